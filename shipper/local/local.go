@@ -1,0 +1,247 @@
+// Package local is the Transport for a directory on a local or mounted file
+// system: the destination of `coldship send --to /path` and the way to read
+// a shipment that arrived by any other means (rsync, tape, aws s3 sync).
+package local
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/coldship/coldship/shipper"
+)
+
+// Transport stores objects as files under a root directory.
+type Transport struct {
+	root string
+}
+
+// New returns a Transport rooted at dir. The directory is created (with its
+// parents) on the first Put; reading a missing directory finds nothing.
+func New(dir string) (*Transport, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("destination %s: %w", dir, err)
+	}
+	return &Transport{root: abs}, nil
+}
+
+func (t *Transport) String() string { return t.root }
+
+// Close implements shipper.Transport; a local directory holds no connection.
+func (t *Transport) Close() error { return nil }
+
+func (t *Transport) path(name string) (string, error) {
+	if err := shipper.CheckName(name); err != nil {
+		return "", err
+	}
+	return filepath.Join(t.root, filepath.FromSlash(name)), nil
+}
+
+// classify wraps err with the sentinel errors callers branch on.
+func classify(op, path string, err error) error {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%s %s: %w (%w)", op, path, err, shipper.ErrNotFound)
+	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.ENOSPC),
+		errors.Is(err, syscall.EROFS), errors.Is(err, syscall.EDQUOT):
+		return fmt.Errorf("%s %s: %w (%w)", op, path, err, shipper.ErrPermanent)
+	}
+	return fmt.Errorf("%s %s: %w", op, path, err)
+}
+
+// Put writes to a temporary file in the object's directory, syncs it, renames
+// it to its final name and syncs the directory, so that a crash leaves either
+// the complete object or no object.
+func (t *Transport) Put(ctx context.Context, name string, r io.Reader, size int64) (err error) {
+	final, err := t.path(name)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(final)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return classify("create directory", dir, err)
+	}
+	var rnd [6]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, "."+filepath.Base(final)+".tmp-"+hex.EncodeToString(rnd[:]))
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return classify("create", tmp, err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	n, err := io.Copy(f, ctxReader{ctx, r})
+	if err != nil {
+		return classify("write", tmp, err)
+	}
+	if size >= 0 && n != size {
+		return fmt.Errorf("write %s: got %d bytes, want %d", final, n, size)
+	}
+	if err := f.Sync(); err != nil {
+		return classify("sync", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return classify("close", tmp, err)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return classify("rename", final, err)
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return classify("open", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return classify("sync", dir, err)
+	}
+	return nil
+}
+
+// ctxReader stops a copy when its context is cancelled.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// ReadFrom-free: io.Copy falls back to Read/Write so that cancellation is
+// checked between reads.
+
+// Open returns a section of the object's file.
+func (t *Transport) Open(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
+	p, err := t.path(name)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, classify("open", p, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, classify("stat", p, err)
+	}
+	if offset < 0 || offset > fi.Size() {
+		f.Close()
+		return nil, fmt.Errorf("open %s: offset %d beyond size %d", p, offset, fi.Size())
+	}
+	if length < 0 {
+		length = fi.Size() - offset
+	}
+	return &sectionCloser{io.NewSectionReader(f, offset, length), f}, nil
+}
+
+type sectionCloser struct {
+	*io.SectionReader
+	f *os.File
+}
+
+func (s *sectionCloser) Close() error { return s.f.Close() }
+
+// Stat returns the size of the object's file.
+func (t *Transport) Stat(ctx context.Context, name string) (shipper.ObjectInfo, error) {
+	p, err := t.path(name)
+	if err != nil {
+		return shipper.ObjectInfo{}, err
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		return shipper.ObjectInfo{}, classify("stat", p, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return shipper.ObjectInfo{}, fmt.Errorf("stat %s: not a regular file", p)
+	}
+	return shipper.ObjectInfo{Name: name, Size: fi.Size()}, nil
+}
+
+// List walks the root; files and directories whose names start with '.'
+// (temporaries) are skipped.
+func (t *Transport) List(ctx context.Context, prefix string, fn func(shipper.ObjectInfo) error) error {
+	err := filepath.WalkDir(t.root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p == t.root && errors.Is(err, fs.ErrNotExist) {
+				return fs.SkipAll
+			}
+			return classify("list", p, err)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if p == t.root {
+			return nil
+		}
+		if strings.HasPrefix(d.Name(), ".") {
+			if d.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		rel, err := filepath.Rel(t.root, p)
+		if err != nil {
+			return err
+		}
+		name := filepath.ToSlash(rel)
+		if d.IsDir() {
+			// Skip directories that cannot hold a match.
+			if !strings.HasPrefix(name+"/", prefix) && !strings.HasPrefix(prefix, name+"/") {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		if !d.Type().IsRegular() || !strings.HasPrefix(name, prefix) {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // deleted meanwhile
+			}
+			return classify("stat", p, err)
+		}
+		return fn(shipper.ObjectInfo{Name: name, Size: fi.Size()})
+	})
+	return err
+}
+
+// Delete removes the object's file and then any directories it leaves empty.
+func (t *Transport) Delete(ctx context.Context, name string) error {
+	p, err := t.path(name)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return classify("delete", p, err)
+	}
+	for dir := filepath.Dir(p); dir != t.root && strings.HasPrefix(dir, t.root); dir = filepath.Dir(dir) {
+		if os.Remove(dir) != nil {
+			break
+		}
+	}
+	return nil
+}

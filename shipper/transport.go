@@ -1,0 +1,70 @@
+package shipper
+
+import (
+	"context"
+	"errors"
+	"io"
+)
+
+// ErrNotFound is returned (wrapped) by a Transport when an object does not exist.
+var ErrNotFound = errors.New("object not found")
+
+// ErrPermanent marks a transport error that retrying cannot fix: permission
+// denied, a full disk, a missing bucket. Transports wrap such errors with it
+// so the retry wrapper gives up at once.
+var ErrPermanent = errors.New("permanent error")
+
+// ErrAuth marks an authentication failure of the transport itself: an unknown
+// or changed host key, a rejected user key, wrong credentials.
+var ErrAuth = errors.New("authentication failed")
+
+// ObjectInfo describes one stored object.
+type ObjectInfo struct {
+	Name string // slash-separated, relative to the transport's root
+	Size int64
+}
+
+// Transport stores the objects of shipments under one root (a directory, an
+// SFTP path, an S3 bucket and prefix). Names are slash-separated relative
+// paths such as "20261121T233000Z-3f9a1c2e/segments/00000001"; a name never
+// starts with '/' and never contains "." or ".." elements or empty elements.
+//
+// Every implementation guarantees:
+//
+//   - Atomic put: an object appears under its final name only once all of its
+//     bytes are durably stored (temporary name, sync, rename, or the store's
+//     own atomic commit). A failed or cancelled Put leaves nothing under the
+//     final name; it may leave a temporary that a later Put of the same name
+//     or Delete removes or overwrites.
+//   - Put replaces an existing object of the same name atomically.
+//   - Read-after-write: once Put returns nil, Stat, Open and List see the
+//     object with its full size.
+//   - Not found is reported as an error wrapping ErrNotFound, never as an
+//     empty object.
+//   - All methods are safe for concurrent use.
+type Transport interface {
+	// Put stores r under name. size is the number of bytes r yields, or -1
+	// when unknown. Put reads r until io.EOF; it fails if r yields a
+	// different number of bytes than a non-negative size.
+	Put(ctx context.Context, name string, r io.Reader, size int64) error
+
+	// Open returns a reader of length bytes of the object starting at
+	// offset. length -1 means to the end of the object.
+	Open(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error)
+
+	// Stat returns the object's size.
+	Stat(ctx context.Context, name string) (ObjectInfo, error)
+
+	// List calls fn for every object whose name starts with prefix, in no
+	// particular order. Temporaries of unfinished Puts are not listed.
+	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
+
+	// Delete removes the object. Deleting a missing object is not an error.
+	Delete(ctx context.Context, name string) error
+
+	// Close releases connections. It does not delete anything.
+	Close() error
+
+	// String names the destination for messages, without secrets.
+	String() string
+}
