@@ -1,0 +1,85 @@
+package archive
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// FormatVersion is the version of the shipment format written by this code.
+const FormatVersion = 1
+
+// Names of the objects of a shipment, relative to the shipment's folder.
+const (
+	HeaderObject    = "header"
+	InventoryObject = "inventory"
+	ManifestObject  = "manifest"
+	keyPrefix       = "keys/"
+	segmentPrefix   = "segments/"
+)
+
+// Magic lines that start the plaintext objects.
+const (
+	headerMagic    = "coldship-shipment-v1\n"
+	manifestMagic  = "coldship-manifest-v1"
+	inventoryMagic = "coldship-inventory-v1\n"
+)
+
+// Limits that keep a hostile manifest from exhausting memory.
+const (
+	MinBlockSize = 64 << 10
+	MaxBlockSize = 64 << 20
+	maxManifest  = 1 << 30
+	maxHeader    = 64 << 10
+)
+
+// ErrIntegrity marks data that is tampered, corrupted, truncated or missing.
+// Callers map it to exit status 5. It matches cipher.ErrIntegrity too.
+var ErrIntegrity = errors.New("integrity check failed")
+
+// ErrIncomplete marks a shipment without its manifest: its send did not
+// finish (or is still running).
+var ErrIncomplete = errors.New("shipment is incomplete (no manifest)")
+
+// KeyObject returns the name of the wrapped key of a key slot.
+func KeyObject(slot int) string { return fmt.Sprintf("%s%04d", keyPrefix, slot) }
+
+// SegmentObject returns the name of the n-th segment (n from 1).
+func SegmentObject(n int) string { return fmt.Sprintf("%s%08d", segmentPrefix, n) }
+
+var idPattern = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$`)
+
+// NewID returns a shipment id that sorts by creation time, such as
+// 20261121T233000Z-3f9a1c2e.
+func NewID(now time.Time) (string, error) {
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return now.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:]), nil
+}
+
+// ValidID reports whether s has the form of a shipment id.
+func ValidID(s string) bool { return idPattern.MatchString(s) }
+
+// BlockContext is the Cobblestone context of one block: it binds the format
+// version, the shipment, the file's index in the manifest and the block's
+// index in the file, so a block moved anywhere else fails to open.
+func BlockContext(id string, file uint32, block uint64) []byte {
+	c := make([]byte, 0, 64)
+	c = append(c, "coldship/v1/block\x00"...)
+	c = append(c, id...)
+	c = append(c, 0)
+	c = binary.BigEndian.AppendUint32(c, file)
+	c = binary.BigEndian.AppendUint64(c, block)
+	return c
+}
+
+// ManifestContext is the Cobblestone context of a shipment's manifest.
+func ManifestContext(id string) []byte {
+	return []byte("coldship/v1/manifest\x00" + id)
+}

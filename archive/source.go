@@ -1,0 +1,131 @@
+package archive
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Source is one file or directory to ship.
+type Source struct {
+	Path string      // on the local file system
+	Name string      // relative, slash-separated name in the shipment
+	Info fs.FileInfo // from Lstat when collected
+}
+
+// CollectSources expands the command line's SOURCE arguments: a file ships
+// under its base name, a directory under its base name with everything in
+// it, recursively. Symbolic links given as arguments are followed; inside a
+// directory, anything but regular files and directories is refused.
+func CollectSources(args []string) ([]Source, error) {
+	var out []Source
+	seen := map[string]string{}
+	add := func(s Source) error {
+		if prev, dup := seen[s.Name]; dup {
+			return fmt.Errorf("%s and %s would both ship as %q", prev, s.Path, s.Name)
+		}
+		seen[s.Name] = s.Path
+		out = append(out, s)
+		return nil
+	}
+	for _, arg := range args {
+		fi, err := os.Stat(arg)
+		if err != nil {
+			return nil, fmt.Errorf("source %s: %w", arg, err)
+		}
+		base := filepath.Base(filepath.Clean(arg))
+		if base == "/" || base == "." || base == ".." {
+			abs, err := filepath.Abs(arg)
+			if err != nil {
+				return nil, err
+			}
+			base = filepath.Base(abs)
+		}
+		if base == "/" {
+			return nil, fmt.Errorf("source %s: cannot ship the root directory", arg)
+		}
+		switch {
+		case fi.Mode().IsRegular():
+			if err := add(Source{Path: arg, Name: base, Info: fi}); err != nil {
+				return nil, err
+			}
+		case fi.IsDir():
+			err := filepath.WalkDir(arg, func(p string, d fs.DirEntry, err error) error {
+				if err != nil {
+					return fmt.Errorf("source %s: %w", p, err)
+				}
+				rel, err := filepath.Rel(arg, p)
+				if err != nil {
+					return err
+				}
+				name := path.Join(base, filepath.ToSlash(rel))
+				info, err := d.Info()
+				if err != nil {
+					return fmt.Errorf("source %s: %w", p, err)
+				}
+				if !info.Mode().IsRegular() && !info.IsDir() {
+					return fmt.Errorf("source %s: %v is not supported (only regular files and directories)", p, info.Mode().Type())
+				}
+				return add(Source{Path: p, Name: name, Info: info})
+			})
+			if err != nil {
+				return nil, err
+			}
+		default:
+			return nil, fmt.Errorf("source %s: not a regular file or directory", arg)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// Range is a byte range [Offset, Offset+Length).
+type Range struct{ Offset, Length int64 }
+
+// DataRanges returns the ranges of f that hold data, found with SEEK_DATA
+// and SEEK_HOLE so that holes are never read. A file system without
+// SEEK_DATA reports the whole file as data.
+func DataRanges(f *os.File, size int64) ([]Range, error) {
+	fd := int(f.Fd())
+	var out []Range
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if err != nil {
+			if errors.Is(err, syscall.ENXIO) {
+				break // only a hole remains
+			}
+			if errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EOPNOTSUPP) {
+				return []Range{{off, size - off}}, nil
+			}
+			return nil, fmt.Errorf("seek data in %s: %w", f.Name(), err)
+		}
+		if data >= size {
+			break
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, fmt.Errorf("seek hole in %s: %w", f.Name(), err)
+		}
+		hole = min(hole, size)
+		out = append(out, Range{data, hole - data})
+		off = hole
+	}
+	return out, nil
+}
+
+// Overlaps reports whether [off, off+n) intersects any of the sorted ranges,
+// starting the search at *cursor and advancing it (blocks are visited in
+// order, so the whole scan is linear).
+func Overlaps(rs []Range, cursor *int, off, n int64) bool {
+	for *cursor < len(rs) && rs[*cursor].Offset+rs[*cursor].Length <= off {
+		*cursor++
+	}
+	return *cursor < len(rs) && rs[*cursor].Offset < off+n
+}

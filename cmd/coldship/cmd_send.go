@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/shipper"
+)
+
+type sendOptions struct {
+	sources        []string
+	to             string
+	recipients     []string
+	recipientFiles []string
+	passphraseFile string
+	jobs           int
+	blockSize      string
+	compress       string
+	name           string
+	transport      transportOptions
+	output         outputOptions
+}
+
+func newSendCmd(s *streams) *cobra.Command {
+	opts := &sendOptions{}
+	c := &cobra.Command{
+		Use:   "send SOURCE... --to DEST [-r RECIPIENT]... [-R FILE]... [--passphrase-file FILE]",
+		Short: "Seal and ship images and VM directories to DEST",
+		Long: `Seal SOURCE files and directories (sent recursively under their base names)
+under a fresh shipment key wrapped for the recipients, and ship them to DEST.
+
+Recipients: -r age1... (age X25519), -r "ssh-ed25519 ..." or "ssh-rsa ..."
+(SSH public keys), -R FILE (one recipient per line), or a passphrase from
+--passphrase-file, $COLDSHIP_PASSPHRASE or a prompt when stdin is a terminal.
+
+stdout: exactly one line, the shipment id.` + "\n" + exitStatusHelp,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			opts.sources = args
+			return runSend(c.Context(), s, opts)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&opts.to, "to", "", "destination `DEST` (required)")
+	f.StringArrayVarP(&opts.recipients, "recipient", "r", nil, "encrypt to `RECIPIENT` (repeatable)")
+	f.StringArrayVarP(&opts.recipientFiles, "recipients-file", "R", nil, "encrypt to the recipients listed in `FILE` (repeatable)")
+	f.StringVar(&opts.passphraseFile, "passphrase-file", "", "read the passphrase from the first line of `FILE`")
+	f.IntVarP(&opts.jobs, "jobs", "j", 0, "parallel readers and sealers (default: all CPUs)")
+	f.StringVar(&opts.blockSize, "block-size", "1M", "block `SIZE` (64K to 64M)")
+	f.StringVar(&opts.compress, "compress", "none", "per-block compression: zstd or none")
+	f.StringVar(&opts.name, "name", "", "a `LABEL` shown by list (stored in plaintext)")
+	f.IntVar(&opts.transport.streams, "streams", shipper.DefaultStreams, "segments moved at once")
+	f.BoolVar(&opts.output.json, "json", false, "NDJSON progress and a final summary on stderr")
+	f.BoolVarP(&opts.output.quiet, "quiet", "q", false, "print only errors")
+	return c
+}
+
+func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
+	if opts.to == "" {
+		return usagef("send: --to DEST is required")
+	}
+	bs, err := parseSize(opts.blockSize)
+	if err != nil {
+		return usagef("--block-size: %v", err)
+	}
+	if bs < archive.MinBlockSize || bs > archive.MaxBlockSize || bs%4096 != 0 {
+		return usagef("--block-size %s: must be a multiple of 4 KiB between 64 KiB and 64 MiB", opts.blockSize)
+	}
+	if opts.compress != "zstd" && opts.compress != "none" {
+		return usagef("--compress %q: want zstd or none", opts.compress)
+	}
+	if opts.jobs < 0 || opts.transport.streams < 1 {
+		return usagef("--jobs and --streams must be positive")
+	}
+	recipients, err := s.sendRecipients(opts.recipients, opts.recipientFiles, opts.passphraseFile)
+	if err != nil {
+		return err
+	}
+	sources, err := archive.CollectSources(opts.sources)
+	if err != nil {
+		return err
+	}
+	tr, err := openDest(ctx, s, opts.to, opts.transport)
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+
+	cnt := new(shipper.Counters)
+	rep := startProgress(s, "send", opts.output, cnt)
+	res, err := shipper.Send(ctx, tr, sources, shipper.SendOptions{
+		Recipients: recipients, Jobs: opts.jobs, Streams: opts.transport.streams, BlockSize: bs,
+		Compress: opts.compress == "zstd", Label: opts.name, Counters: cnt,
+	})
+	if err != nil {
+		rep.finish(false, nil, "")
+		return fmt.Errorf("send to %s: %w", tr, err)
+	}
+	rep.finish(true, map[string]any{
+		"shipment": res.ID, "files": res.Files, "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
+		"bytes_hole": cnt.Hole.Load(), "bytes_zero": cnt.Zero.Load(), "bytes_data": cnt.Data.Load(),
+		"bytes_shipped": cnt.Shipped.Load(), "segments": cnt.Segments.Load(),
+	}, fmt.Sprintf("shipped %s as %s: %s of data, %s holes and zeros skipped, %s sealed",
+		humanBytes(cnt.Total.Load()), res.ID, humanBytes(cnt.Data.Load()),
+		humanBytes(cnt.Hole.Load()+cnt.Zero.Load()), humanBytes(cnt.Shipped.Load())))
+	_ = time.Second
+	fmt.Fprintln(s.out, res.ID)
+	return nil
+}

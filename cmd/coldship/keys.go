@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+
+	"filippo.io/age"
+	"golang.org/x/term"
+
+	"github.com/coldship/coldship/cipher"
+)
+
+// passphraseEnv holds a passphrase for unattended runs.
+const passphraseEnv = "COLDSHIP_PASSPHRASE"
+
+// readPassphraseFile reads the first line of a passphrase file.
+func readPassphraseFile(name string) ([]byte, error) {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return nil, fmt.Errorf("read passphrase file: %w", err)
+	}
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	if len(line) == 0 {
+		return nil, usagef("passphrase file %s is empty", name)
+	}
+	return line, nil
+}
+
+// passphrase returns the passphrase from --passphrase-file or the
+// environment, or nil when neither gives one.
+func passphrase(file string) ([]byte, error) {
+	if file != "" {
+		return readPassphraseFile(file)
+	}
+	if p := os.Getenv(passphraseEnv); p != "" {
+		return []byte(p), nil
+	}
+	return nil, nil
+}
+
+// prompt reads a secret from the terminal on stdin, prompting on stderr.
+func (s *streams) prompt(msg string) ([]byte, error) {
+	f, ok := s.in.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return nil, errors.New("no terminal to prompt on")
+	}
+	fmt.Fprint(s.err, msg)
+	p, err := term.ReadPassword(int(f.Fd()))
+	fmt.Fprintln(s.err)
+	if err != nil {
+		return nil, fmt.Errorf("read passphrase: %w", err)
+	}
+	return p, nil
+}
+
+// askPass is the prompt callback for encrypted SSH keys: nil without a
+// terminal, so that unattended runs never block on a prompt.
+func (s *streams) askPass() func(string) ([]byte, error) {
+	if !s.stdinIsTerminal() {
+		return nil
+	}
+	return func(p string) ([]byte, error) { return s.prompt(p + ": ") }
+}
+
+// sendRecipients gathers -r, -R and the passphrase into age recipients.
+func (s *streams) sendRecipients(rs, files []string, passFile string) ([]age.Recipient, error) {
+	var out []age.Recipient
+	for _, r := range rs {
+		rec, err := cipher.ParseRecipient(r)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("-r %s: %w", r, err)}
+		}
+		out = append(out, rec)
+	}
+	for _, f := range files {
+		recs, err := cipher.ParseRecipientsFile(f)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		out = append(out, recs...)
+	}
+	if len(out) > 0 {
+		if passFile != "" {
+			return nil, usagef("--passphrase-file cannot be combined with -r or -R: a passphrase must be the only recipient")
+		}
+		return out, nil
+	}
+	pass, err := passphrase(passFile)
+	if err != nil {
+		return nil, err
+	}
+	if pass == nil {
+		if !s.stdinIsTerminal() {
+			return nil, usagef("no recipients: give -r RECIPIENT, -R FILE, --passphrase-file FILE or %s", passphraseEnv)
+		}
+		if pass, err = s.prompt("Passphrase for the shipment: "); err != nil {
+			return nil, err
+		}
+		again, err := s.prompt("Confirm passphrase: ")
+		if err != nil {
+			return nil, err
+		}
+		if !bytes.Equal(pass, again) {
+			return nil, usagef("passphrases do not match")
+		}
+		if len(pass) == 0 {
+			return nil, usagef("empty passphrase")
+		}
+	}
+	rec, err := cipher.PassphraseRecipient(pass)
+	if err != nil {
+		return nil, err
+	}
+	return []age.Recipient{rec}, nil
+}
+
+// identities gathers -i files and the passphrase into age identities.
+func (s *streams) identities(files []string, passFile string, required bool) ([]age.Identity, error) {
+	var out []age.Identity
+	for _, f := range files {
+		ids, err := cipher.ParseIdentityFile(f, s.askPass())
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ids...)
+	}
+	pass, err := passphrase(passFile)
+	if err != nil {
+		return nil, err
+	}
+	if pass == nil && len(out) == 0 && required {
+		if !s.stdinIsTerminal() {
+			return nil, usagef("no identity: give -i IDENTITY, --passphrase-file FILE or %s", passphraseEnv)
+		}
+		if pass, err = s.prompt("Passphrase for the shipment: "); err != nil {
+			return nil, err
+		}
+	}
+	if pass != nil {
+		id, err := cipher.PassphraseIdentity(pass)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, nil
+}

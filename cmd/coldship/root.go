@@ -1,0 +1,74 @@
+package main
+
+import (
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+// streams are the process's standard streams, replaceable in tests.
+type streams struct {
+	in       io.Reader
+	out, err io.Writer
+}
+
+func (s *streams) stdinIsTerminal() bool {
+	f, ok := s.in.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+func (s *streams) stderrIsTerminal() bool {
+	f, ok := s.err.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+const exitStatusHelp = `
+EXIT STATUS
+  0    success
+  1    other error
+  2    usage error
+  3    a hook failed
+  4    authentication failed: no identity matches, wrong passphrase,
+       unknown or changed host key, wrong credentials
+  5    integrity: tampered, corrupted, truncated or missing data,
+       or an incomplete shipment
+  130  interrupted (Ctrl-C, SIGTERM)
+`
+
+func newRootCmd(in io.Reader, out, errw io.Writer) *cobra.Command {
+	s := &streams{in: in, out: out, err: errw}
+	root := &cobra.Command{
+		Use:   "coldship",
+		Short: "Encrypt-then-ship cold migration of virtual machines",
+		Long: `coldship seals powered-off VM disk images (raw, qcow2, vmdk, or whole VM
+directories) block by block with AES-256-GCM (c2sp.org/chunked-encryption,
+Cobblestone-256) under a fresh per-shipment key wrapped with age, skips holes
+and zero blocks, and ships the sealed blocks to a destination, where they are
+verified and restored bit-exactly.
+
+DEST is a directory path or file:///path.` + "\n" + exitStatusHelp,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetIn(in)
+	root.SetOut(out)
+	root.SetErr(errw)
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(newKeygenCmd(s), newSendCmd(s), newReceiveCmd(s), newVerifyCmd(s), newListCmd(s))
+	for _, c := range root.Commands() {
+		c.SetFlagErrorFunc(root.FlagErrorFunc())
+		if c.Args == nil {
+			continue
+		}
+		args := c.Args
+		c.Args = func(c *cobra.Command, a []string) error {
+			if err := args(c, a); err != nil {
+				return usageError{err}
+			}
+			return nil
+		}
+	}
+	return root
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what coldship's tests need: Debian packages and pinned Go tools.
+# Idempotent: installs only what is missing. --bench adds the peers that
+# `make bench` measures against.
+set -euo pipefail
+
+debs=(openssh-server openssh-client qemu-utils)
+if [ "${1:-}" = "--bench" ]; then
+	debs+=(age openssl rclone restic rsync time)
+fi
+
+missing=()
+for p in "${debs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	sudo=""
+	[ "$(id -u)" = 0 ] || sudo=sudo
+	echo "installing Debian packages: ${missing[*]}" >&2
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Pinned Go tools, installed into $(go env GOPATH)/bin where the tests look.
+gobin="$(go env GOBIN)"
+[ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"
+install_go_tool() { # name module@version
+	if [ ! -x "$gobin/$1" ] || ! grep -qx "$2" "$gobin/.$1.version" 2>/dev/null; then
+		echo "installing $2" >&2
+		go install "$2"
+		echo "$2" >"$gobin/.$1.version"
+	fi
+}
+while read -r name mod; do
+	[ -n "$name" ] && install_go_tool "$name" "$mod"
+done <<'TOOLS'
+TOOLS

@@ -1,0 +1,294 @@
+package shipper
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/coldship/coldship/archive"
+)
+
+// ErrExists means an output file exists and --force was not given.
+var ErrExists = errors.New("already exists (use --force to overwrite)")
+
+// ReceiveOptions configure Receive.
+type ReceiveOptions struct {
+	Jobs     int
+	Streams  int
+	Force    bool
+	Counters *Counters
+}
+
+// ReceiveResult lists the restored files, relative to the output directory.
+type ReceiveResult struct {
+	Files []string // every file and directory, as restored on disk
+}
+
+type outFile struct {
+	f     *os.File
+	tmp   string
+	final string
+}
+
+// Receive restores the shipment into dir. Every file is written to a
+// temporary file next to its final path, with holes for holes and zero
+// blocks, synced and checked against its whole-file digest; only when every
+// file of the shipment checks out are they renamed into place. On any
+// failure, nothing is left at a final name.
+func (sh *Shipment) Receive(ctx context.Context, dir string, opts ReceiveOptions) (res *ReceiveResult, err error) {
+	m := sh.Manifest
+	if opts.Counters == nil {
+		opts.Counters = new(Counters)
+	}
+	if opts.Jobs <= 0 {
+		opts.Jobs = runtime.NumCPU()
+	}
+	cnt := opts.Counters
+	dir, err = filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	// Check every final path before creating anything.
+	for _, f := range m.Files {
+		final := filepath.Join(dir, filepath.FromSlash(f.Path))
+		fi, err := os.Lstat(final)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			return nil, fmt.Errorf("output %s: %w", final, err)
+		case f.Type == archive.TypeDir && fi.IsDir():
+		case f.Type == archive.TypeFile && fi.Mode().IsRegular() && opts.Force:
+		case f.Type == archive.TypeFile && fi.Mode().IsRegular():
+			return nil, fmt.Errorf("output %s: %w", final, ErrExists)
+		default:
+			return nil, fmt.Errorf("output %s: exists and is not a %s", final, f.Type)
+		}
+		cnt.Total.Add(f.Size)
+	}
+
+	var createdDirs []string
+	outs := make([]*outFile, len(m.Files))
+	defer func() {
+		if err == nil {
+			return
+		}
+		for _, o := range outs {
+			if o != nil {
+				o.f.Close()
+				os.Remove(o.tmp)
+			}
+		}
+		for i := len(createdDirs) - 1; i >= 0; i-- {
+			os.Remove(createdDirs[i]) // only if empty
+		}
+	}()
+	mkdirs := func(p string) error {
+		var missing []string
+		for d := p; ; d = filepath.Dir(d) {
+			if _, err := os.Lstat(d); err == nil {
+				break
+			}
+			missing = append(missing, d)
+			if d == filepath.Dir(d) {
+				break
+			}
+		}
+		for i := len(missing) - 1; i >= 0; i-- {
+			if err := os.Mkdir(missing[i], 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("create directory %s: %w", missing[i], err)
+			}
+			createdDirs = append(createdDirs, missing[i])
+		}
+		return nil
+	}
+	if err := mkdirs(dir); err != nil {
+		return nil, err
+	}
+	for i, f := range m.Files {
+		final := filepath.Join(dir, filepath.FromSlash(f.Path))
+		if f.Type == archive.TypeDir {
+			if err := mkdirs(final); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err := mkdirs(filepath.Dir(final)); err != nil {
+			return nil, err
+		}
+		var rnd [6]byte
+		if _, err := rand.Read(rnd[:]); err != nil {
+			return nil, err
+		}
+		tmp := filepath.Join(filepath.Dir(final), "."+filepath.Base(final)+".coldship-"+hex.EncodeToString(rnd[:]))
+		fh, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("create %s: %w", tmp, err)
+		}
+		outs[i] = &outFile{f: fh, tmp: tmp, final: final}
+		if err := fh.Truncate(f.Size); err != nil {
+			return nil, fmt.Errorf("size %s: %w", tmp, err)
+		}
+		// Holes and zero blocks are never written: the file stays sparse.
+		for _, e := range f.Extents {
+			if e.Kind != archive.KindData {
+				cnt.Done.Add(e.Length)
+			}
+		}
+	}
+
+	err = sh.fetchBlocks(ctx, opts.Streams, opts.Jobs, cnt, func(p placed, plain []byte) error {
+		o := outs[p.file]
+		if _, err := o.f.WriteAt(plain, p.block.Index*m.BlockSize); err != nil {
+			return fmt.Errorf("write %s: %w", o.tmp, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := sh.checkRestored(ctx, outs, opts.Jobs); err != nil {
+		return nil, err
+	}
+
+	res = &ReceiveResult{}
+	for i, f := range m.Files {
+		final := filepath.Join(dir, filepath.FromSlash(f.Path))
+		res.Files = append(res.Files, final)
+		if o := outs[i]; o != nil {
+			if err := o.f.Chmod(f.Mode); err != nil {
+				return nil, fmt.Errorf("chmod %s: %w", o.tmp, err)
+			}
+			if err := o.f.Close(); err != nil {
+				return nil, fmt.Errorf("close %s: %w", o.tmp, err)
+			}
+			if err := os.Chtimes(o.tmp, time.Now(), f.MTime); err != nil {
+				return nil, fmt.Errorf("set mtime of %s: %w", o.tmp, err)
+			}
+		}
+	}
+	// Everything checked: rename into place, then sync the directories.
+	dirs := map[string]bool{}
+	for i := range m.Files {
+		o := outs[i]
+		if o == nil {
+			continue
+		}
+		if err := os.Rename(o.tmp, o.final); err != nil {
+			return nil, fmt.Errorf("rename %s: %w", o.final, err)
+		}
+		outs[i] = nil
+		dirs[filepath.Dir(o.final)] = true
+	}
+	// Directory modes last, deepest first, so a read-only directory does
+	// not stop its own files from landing.
+	for i := len(m.Files) - 1; i >= 0; i-- {
+		f := m.Files[i]
+		if f.Type == archive.TypeDir {
+			p := filepath.Join(dir, filepath.FromSlash(f.Path))
+			os.Chmod(p, f.Mode)
+			os.Chtimes(p, time.Now(), f.MTime)
+		}
+	}
+	names := make([]string, 0, len(dirs))
+	for d := range dirs {
+		names = append(names, d)
+	}
+	sort.Strings(names)
+	for _, d := range names {
+		if df, err := os.Open(d); err == nil {
+			df.Sync()
+			df.Close()
+		}
+	}
+	return res, nil
+}
+
+// checkRestored syncs every temporary file, reads back its data blocks and
+// checks the whole-file digest against the manifest.
+func (sh *Shipment) checkRestored(ctx context.Context, outs []*outFile, jobs int) error {
+	m := sh.Manifest
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(jobs)
+	for i := range m.Files {
+		f := &m.Files[i]
+		o := outs[i]
+		if o == nil {
+			continue
+		}
+		g.Go(func() error {
+			if err := o.f.Sync(); err != nil {
+				return fmt.Errorf("sync %s: %w", o.tmp, err)
+			}
+			nb := m.NumBlocks(f.Size)
+			digests := make([]archive.Digest, nb)
+			for b := range nb {
+				digests[b] = archive.ZeroDigest(archive.BlockLen(f.Size, m.BlockSize, b))
+			}
+			buf := make([]byte, m.BlockSize)
+			for _, b := range f.Blocks {
+				if err := gctx.Err(); err != nil {
+					return err
+				}
+				n := archive.BlockLen(f.Size, m.BlockSize, b.Index)
+				if _, err := o.f.ReadAt(buf[:n], b.Index*m.BlockSize); err != nil {
+					return fmt.Errorf("read back %s: %w", o.tmp, err)
+				}
+				digests[b.Index] = archive.BlockDigest(buf[:n])
+			}
+			if archive.FileDigest(f.Size, m.BlockSize, digests) != f.BLAKE3 {
+				return fmt.Errorf("%s: whole-file digest does not match the manifest: %w", f.Path, archive.ErrIntegrity)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// Verify authenticates every block of the shipment and checks every file
+// digest, writing nothing.
+func (sh *Shipment) Verify(ctx context.Context, streams, jobs int, cnt *Counters) error {
+	m := sh.Manifest
+	if cnt == nil {
+		cnt = new(Counters)
+	}
+	for _, f := range m.Files {
+		cnt.Total.Add(f.Size)
+		for _, e := range f.Extents {
+			if e.Kind != archive.KindData {
+				cnt.Done.Add(e.Length)
+			}
+		}
+	}
+	// The plaintext digests were checked block by block as they were
+	// opened; the whole-file digest then ties the blocks to the file.
+	if err := sh.fetchBlocks(ctx, streams, jobs, cnt, func(placed, []byte) error { return nil }); err != nil {
+		return err
+	}
+	for _, f := range m.Files {
+		if f.Type != archive.TypeFile {
+			continue
+		}
+		nb := m.NumBlocks(f.Size)
+		digests := make([]archive.Digest, nb)
+		for b := range nb {
+			digests[b] = archive.ZeroDigest(archive.BlockLen(f.Size, m.BlockSize, b))
+		}
+		for _, b := range f.Blocks {
+			digests[b.Index] = b.BLAKE3
+		}
+		if archive.FileDigest(f.Size, m.BlockSize, digests) != f.BLAKE3 {
+			return fmt.Errorf("%s: whole-file digest does not match its blocks: %w", f.Path, archive.ErrIntegrity)
+		}
+	}
+	return nil
+}
