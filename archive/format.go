@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -50,6 +52,19 @@ func KeyObject(slot int) string { return fmt.Sprintf("%s%04d", keyPrefix, slot) 
 
 // SegmentObject returns the name of the n-th segment (n from 1).
 func SegmentObject(n int) string { return fmt.Sprintf("%s%08d", segmentPrefix, n) }
+
+// SegmentNumber returns n for a name SegmentObject(n).
+func SegmentNumber(name string) (int, bool) {
+	digits, ok := strings.CutPrefix(name, segmentPrefix)
+	if !ok || len(digits) != 8 {
+		return 0, false
+	}
+	n, err := strconv.Atoi(digits)
+	if err != nil || n < 1 || SegmentObject(n) != name {
+		return 0, false
+	}
+	return n, true
+}
 
 var idPattern = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$`)
 

@@ -11,8 +11,8 @@ import (
 // and SHA-256 digests. It lets `coldship verify` check a shipment without
 // any key; it reveals object names and sizes, nothing else.
 type Inventory struct {
-	Format  int               `json:"format"`
-	ID      string            `json:"id"`
+	Format  int              `json:"format"`
+	ID      string           `json:"id"`
 	Objects []InventoryEntry `json:"objects"`
 }
 

@@ -193,10 +193,13 @@ func (m *Manifest) check() error {
 	if m.BlockSize < MinBlockSize || m.BlockSize > MaxBlockSize {
 		return fmt.Errorf("block size %d out of range", m.BlockSize)
 	}
-	for i, s := range m.Segments {
-		if s.Name != SegmentObject(i+1) {
-			return fmt.Errorf("segment %d is named %q, want %q", i, s.Name, SegmentObject(i+1))
+	prevSeg := 0
+	for _, s := range m.Segments {
+		n, ok := SegmentNumber(s.Name)
+		if !ok || n <= prevSeg {
+			return fmt.Errorf("segment %q: not a segment name in ascending order", s.Name)
 		}
+		prevSeg = n
 		if s.Size < 0 || s.Key < 0 || s.Key > 9999 {
 			return fmt.Errorf("segment %s: bad size or key slot", s.Name)
 		}

@@ -41,7 +41,10 @@ func TestManifestCheck(t *testing.T) {
 		{"extents short", func(m *Manifest) { m.Files[1].Extents = m.Files[1].Extents[:2] }, "extents cover"},
 		{"extents gap", func(m *Manifest) { m.Files[1].Extents[1].Offset++ }, "tile"},
 		{"setuid mode", func(m *Manifest) { m.Files[1].Mode |= 1 << 23 }, "permission bits"},
-		{"segment misnamed", func(m *Manifest) { m.Segments[0].Name = "../x" }, "named"},
+		{"segment misnamed", func(m *Manifest) { m.Segments[0].Name = "../x" }, "not a segment name"},
+		{"segments out of order", func(m *Manifest) {
+			m.Segments = []Segment{{Name: SegmentObject(3), Size: 3000}, {Name: SegmentObject(2), Size: 10}}
+		}, "ascending"},
 		{"block size", func(m *Manifest) { m.BlockSize = 1 }, "block size"},
 	}
 	for _, tc := range tests {

@@ -34,4 +34,5 @@ install_go_tool() { # name module@version
 while read -r name mod; do
 	[ -n "$name" ] && install_go_tool "$name" "$mod"
 done <<'TOOLS'
+versitygw github.com/versity/versitygw/cmd/versitygw@v1.8.0
 TOOLS

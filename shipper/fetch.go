@@ -56,11 +56,15 @@ func (sh *Shipment) fetchBlocks(ctx context.Context, streams, jobs int, cnt *Cou
 			}
 		}
 	}
-	codec, err := archive.NewCodec(sh.key, sh.Header.ID, m.Compression == "zstd", jobs)
-	if err != nil {
-		return err
+	codecs := map[int]*archive.Codec{}
+	for slot, key := range sh.keys {
+		codec, err := archive.NewCodec(key, sh.Header.ID, m.Compression == "zstd", jobs)
+		if err != nil {
+			return err
+		}
+		defer codec.Close()
+		codecs[slot] = codec
 	}
-	defer codec.Close()
 
 	sealedSize := int(cipher.SealedSize(m.BlockSize))
 	recPool := newBufferPool(2*jobs+2*streams, sealedSize)
@@ -104,6 +108,7 @@ func (sh *Shipment) fetchBlocks(ctx context.Context, streams, jobs int, cnt *Cou
 			for r := range recs {
 				f := &m.Files[r.file]
 				n := archive.BlockLen(f.Size, m.BlockSize, r.block.Index)
+				codec := codecs[m.Segments[r.block.Segment].Key]
 				plain, err := codec.Open(out, scratch, r.record, uint32(r.file), uint64(r.block.Index), r.block.Compressed, n, r.block.BLAKE3)
 				recPool.put(r.buf)
 				if err != nil {

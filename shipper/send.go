@@ -44,12 +44,24 @@ type SendOptions struct {
 	Label       string
 	Counters    *Counters // may be nil
 	Now         func() time.Time
+
+	// Resuming: with a StateDir, an interrupted send leaves a journal there
+	// and the next Send of the same sources to the same Dest resumes it.
+	StateDir            string
+	Dest                string // names the destination in the journal
+	RecipientsID        string // RecipientsFingerprint of the recipients
+	NoResume            bool
+	Retries             int           // attempts after a transient failure, each resuming
+	RetryDelay          time.Duration // first backoff delay; doubles each time
+	Log                 func(format string, a ...any)
 }
 
 // SendResult describes a finished shipment.
 type SendResult struct {
 	ID       string
 	Files    int
+	Resumed  bool // continued an interrupted shipment
+	Attempts int
 	Duration time.Duration
 }
 
@@ -61,8 +73,9 @@ type fileState struct {
 	stamp   stamp
 	ranges  []archive.Range
 	digests []archive.Digest
-	kinds   []byte          // per block: archive.KindData/Hole/Zero initial
-	blocks  []archive.Block // per block; Length 0 unless data
+	kinds   []byte          // per block: kindHole, kindZero or kindData
+	blocks  []archive.Block // per block; Length 0 unless data; Segment holds the segment number
+	placed  []bool          // per block: already in a complete segment (resume)
 }
 
 // stamp is what must not change while a file ships.
@@ -81,10 +94,11 @@ func statStamp(f *os.File) (stamp, error) {
 }
 
 type blockJob struct {
-	file  int
-	index int64
-	off   int64
-	n     int64
+	file   int
+	index  int64
+	off    int64
+	n      int64
+	placed bool // only its digest is needed
 }
 
 type sealedBlock struct {
@@ -96,11 +110,24 @@ type sealedBlock struct {
 	digest     archive.Digest
 }
 
+// sendState is what survives from one attempt of a send to the next, and
+// what the journal persists across processes.
+type sendState struct {
+	j           *journal
+	journalPath string
+	resumed     bool
+}
+
 // Send reads the sources, seals their blocks under a fresh shipment key
 // wrapped for opts.Recipients, and puts the shipment to tr. Holes are never
 // read; all-zero blocks are not shipped. The manifest is put last, so a
 // failed or interrupted Send leaves an incomplete shipment that receive
 // refuses and list marks incomplete.
+//
+// A transient failure is retried opts.Retries times with backoff; each
+// retry, like a rerun of the same command after a crash, resumes: segments
+// already complete at the destination are kept, the rest is sealed under a
+// new key slot.
 func Send(ctx context.Context, tr Transport, sources []archive.Source, opts SendOptions) (*SendResult, error) {
 	start := time.Now()
 	if opts.Now == nil {
@@ -124,10 +151,15 @@ func Send(ctx context.Context, tr Transport, sources []archive.Source, opts Send
 	if opts.Counters == nil {
 		opts.Counters = new(Counters)
 	}
+	if opts.Log == nil {
+		opts.Log = func(string, ...any) {}
+	}
+	if opts.RetryDelay <= 0 {
+		opts.RetryDelay = time.Second
+	}
 	if len(opts.Recipients) == 0 {
 		return nil, errors.New("no recipients")
 	}
-	cnt := opts.Counters
 
 	// Open every file first: a missing or unreadable source fails before
 	// anything is written to the destination.
@@ -157,62 +189,233 @@ func Send(ctx context.Context, tr Transport, sources []archive.Source, opts Send
 		if st.ranges, err = archive.DataRanges(f, st.size); err != nil {
 			return nil, err
 		}
-		nb := (st.size + opts.BlockSize - 1) / opts.BlockSize
-		st.digests = make([]archive.Digest, nb)
-		st.blocks = make([]archive.Block, nb)
-		st.kinds = make([]byte, nb)
-		cnt.Total.Add(st.size)
 	}
 
-	id, err := archive.NewID(opts.Now())
-	if err != nil {
-		return nil, err
-	}
-	key, err := cipher.NewKey()
-	if err != nil {
-		return nil, err
-	}
-	wrapped, err := key.Wrap(opts.Recipients...)
-	if err != nil {
-		return nil, fmt.Errorf("wrap shipment key: %w", err)
-	}
-	compression := "none"
-	if opts.Compress {
-		compression = "zstd"
-	}
-	hdr := archive.Header{
-		Format: archive.FormatVersion, ID: id, Created: opts.Now().UTC().Truncate(time.Second),
-		Label: opts.Label, BlockSize: opts.BlockSize, Cipher: archive.CipherName, Compression: compression,
-	}
-	hb, err := hdr.Marshal()
-	if err != nil {
-		return nil, err
-	}
-	inv := &archive.Inventory{Format: archive.FormatVersion, ID: id}
-	putSmall := func(name string, b []byte) error {
-		if err := tr.Put(ctx, id+"/"+name, bytes.NewReader(b), int64(len(b))); err != nil {
-			return fmt.Errorf("put %s/%s: %w", id, name, err)
+	state := &sendState{}
+	if opts.StateDir != "" {
+		state.journalPath = journalPath(opts.StateDir, opts.Dest, sources)
+		if opts.NoResume {
+			os.Remove(state.journalPath)
+		} else if err := state.loadResumable(ctx, tr, files, opts); err != nil {
+			return nil, err
 		}
-		inv.Objects = append(inv.Objects, archive.InventoryEntry{Name: name, Size: int64(len(b)), SHA256: archive.SHA256(b)})
+	}
+
+	for attempt := 1; ; attempt++ {
+		for _, st := range files {
+			st.reset(opts.BlockSize)
+		}
+		opts.Counters.reset()
+		id, err := sendAttempt(ctx, tr, files, state, opts)
+		if err == nil {
+			if state.journalPath != "" {
+				os.Remove(state.journalPath)
+			}
+			return &SendResult{ID: id, Files: len(files), Resumed: state.resumed, Attempts: attempt, Duration: time.Since(start)}, nil
+		}
+		if !retryable(ctx, err) || attempt > opts.Retries {
+			if state.j != nil && len(state.j.Segments) > 0 && state.journalPath != "" && retryable(ctx, err) {
+				err = fmt.Errorf("%w\n(%d segments of shipment %s are at the destination: run the same command again to resume)",
+					err, len(state.j.Segments), state.j.ID)
+			}
+			return nil, err
+		}
+		delay := opts.RetryDelay << min(attempt-1, 6)
+		opts.Log("attempt %d failed: %v; resuming in %s", attempt, err, delay)
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return nil, err
+		}
+		state.resumed = true
+	}
+}
+
+// retryable reports whether another attempt might succeed.
+func retryable(ctx context.Context, err error) bool {
+	return ctx.Err() == nil && !errors.Is(err, ErrPermanent) && !errors.Is(err, ErrAuth) &&
+		!errors.Is(err, ErrSourceChanged) && !errors.Is(err, archive.ErrIntegrity) && !errors.Is(err, context.Canceled)
+}
+
+func (st *fileState) reset(bs int64) {
+	if st.f == nil {
+		return
+	}
+	nb := (st.size + bs - 1) / bs
+	st.digests = make([]archive.Digest, nb)
+	st.blocks = make([]archive.Block, nb)
+	st.kinds = make([]byte, nb)
+	st.placed = make([]bool, nb)
+}
+
+func (c *Counters) reset() {
+	for _, v := range []*atomic.Int64{&c.Total, &c.Done, &c.Read, &c.Hole, &c.Zero, &c.Data, &c.Shipped, &c.Segments} {
+		v.Store(0)
+	}
+}
+
+// loadResumable adopts the journal of an interrupted send when the sources
+// are unchanged and the destination still holds its incomplete shipment.
+func (state *sendState) loadResumable(ctx context.Context, tr Transport, files []*fileState, opts SendOptions) error {
+	j, err := loadJournal(state.journalPath)
+	if err != nil || j == nil {
+		return err
+	}
+	compression := map[bool]string{false: "none", true: "zstd"}[opts.Compress]
+	why := ""
+	switch {
+	case j.Dest != opts.Dest || len(j.Files) != len(files):
+		why = "the sources differ"
+	case j.BlockSize != opts.BlockSize || j.Compression != compression || j.Label != opts.Label:
+		why = "--block-size, --compress or --name differ"
+	case j.Recipients != opts.RecipientsID:
+		why = "the recipients differ"
+	}
+	if why == "" {
+		for i, st := range files {
+			if st.journalFile() != j.Files[i] {
+				why = fmt.Sprintf("%s changed since", st.src.Path)
+				break
+			}
+		}
+	}
+	if why == "" {
+		if _, err := tr.Stat(ctx, j.ID+"/"+archive.ManifestObject); err == nil {
+			why = "it completed"
+		} else if hb, err := getObject(ctx, tr, j.ID+"/"+archive.HeaderObject, 64<<10); err != nil || archive.SHA256(hb) != j.HeaderSHA256 {
+			why = "its header is gone from the destination"
+		}
+	}
+	if why != "" {
+		opts.Log("not resuming shipment %s (%s): starting a new shipment", j.ID, why)
+		os.Remove(state.journalPath)
+		return nil
+	}
+	// Keep only segments still complete at the destination.
+	kept := j.Segments[:0]
+	for _, s := range j.Segments {
+		if oi, err := tr.Stat(ctx, j.ID+"/"+s.Name); err == nil && oi.Size == s.Size {
+			kept = append(kept, s)
+		}
+	}
+	j.Segments = kept
+	state.j, state.resumed = j, true
+	opts.Log("resuming shipment %s: %d segments already at the destination", j.ID, len(kept))
+	return nil
+}
+
+// sendAttempt runs one attempt of a send and returns the shipment id.
+func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *sendState, opts SendOptions) (string, error) {
+	cnt := opts.Counters
+	for _, st := range files {
+		cnt.Total.Add(st.size)
+	}
+	compression := map[bool]string{false: "none", true: "zstd"}[opts.Compress]
+	putObject := func(name string, b []byte) error {
+		if err := tr.Put(ctx, name, bytes.NewReader(b), int64(len(b))); err != nil {
+			return fmt.Errorf("put %s: %w", name, err)
+		}
 		cnt.Shipped.Add(int64(len(b)))
 		return nil
 	}
-	if err := putSmall(archive.HeaderObject, hb); err != nil {
-		return nil, err
+	saveJournal := func() {
+		if state.journalPath == "" {
+			return
+		}
+		if err := state.j.save(state.journalPath); err != nil {
+			opts.Log("warning: %v (an interrupted send will not resume)", err)
+		}
 	}
-	if err := putSmall(archive.KeyObject(0), wrapped); err != nil {
-		return nil, err
+
+	var hdr archive.Header
+	if state.j == nil {
+		id, err := archive.NewID(opts.Now())
+		if err != nil {
+			return "", err
+		}
+		hdr = archive.Header{
+			Format: archive.FormatVersion, ID: id, Created: opts.Now().UTC().Truncate(time.Second),
+			Label: opts.Label, BlockSize: opts.BlockSize, Cipher: archive.CipherName, Compression: compression,
+		}
+		hb, err := hdr.Marshal()
+		if err != nil {
+			return "", err
+		}
+		j := &journal{Format: 1, Dest: opts.Dest, ID: id, Created: hdr.Created, Label: opts.Label, BlockSize: opts.BlockSize,
+			Compression: compression, Recipients: opts.RecipientsID, HeaderSHA256: archive.SHA256(hb)}
+		for _, st := range files {
+			j.Files = append(j.Files, st.journalFile())
+		}
+		if err := putObject(id+"/"+archive.HeaderObject, hb); err != nil {
+			return "", err
+		}
+		state.j = j
+		saveJournal()
+	} else {
+		hdr = archive.Header{
+			Format: archive.FormatVersion, ID: state.j.ID, Created: state.j.Created,
+			Label: state.j.Label, BlockSize: state.j.BlockSize, Cipher: archive.CipherName, Compression: state.j.Compression,
+		}
+	}
+	j := state.j
+	id := j.ID
+	hb, err := hdr.Marshal()
+	if err != nil {
+		return "", err
+	}
+	if archive.SHA256(hb) != j.HeaderSHA256 {
+		panic("shipper: internal error: header does not match the journal")
+	}
+
+	// A fresh key for every attempt: blocks sealed before stay under their
+	// own slot, and nothing is ever sealed twice under one key and salt
+	// space for different plaintext.
+	key, err := cipher.NewKey()
+	if err != nil {
+		return "", err
+	}
+	wrapped, err := key.Wrap(opts.Recipients...)
+	if err != nil {
+		return "", fmt.Errorf("wrap shipment key: %w", err)
+	}
+	slot := j.Slots
+	if slot > 9999 {
+		return "", fmt.Errorf("shipment %s: too many attempts", id)
+	}
+	j.Slots++
+	saveJournal()
+	if err := putObject(id+"/"+archive.KeyObject(slot), wrapped); err != nil {
+		return "", err
+	}
+
+	// Mark the blocks already in complete segments.
+	nextSeg := 1
+	for _, s := range j.Segments {
+		n, _ := archive.SegmentNumber(s.Name)
+		nextSeg = max(nextSeg, n+1)
+		for _, b := range s.Blocks {
+			st := files[b.File]
+			st.placed[b.Index] = true
+			st.blocks[b.Index] = archive.Block{Index: b.Index, Segment: n, Offset: b.Offset, Length: b.Length, Compressed: b.Compressed}
+		}
+		cnt.Shipped.Add(s.Size)
 	}
 
 	codec, err := archive.NewCodec(key, id, opts.Compress, opts.Jobs)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	defer codec.Close()
 
-	segs, err := runSendPipeline(ctx, tr, id, files, codec, opts)
-	if err != nil {
-		return nil, err
+	var mu sync.Mutex
+	onSegment := func(s archive.Segment, blocks []journalBlock) {
+		mu.Lock()
+		defer mu.Unlock()
+		j.Segments = append(j.Segments, journalSegment{Segment: s, Blocks: blocks})
+		saveJournal()
+	}
+	if err := runSendPipeline(ctx, tr, id, slot, nextSeg, files, codec, opts, onSegment); err != nil {
+		return "", err
 	}
 
 	// A source that changed while it was read would restore as a mix of old
@@ -223,45 +426,80 @@ func Send(ctx context.Context, tr Transport, sources []archive.Source, opts Send
 		}
 		now, err := statStamp(st.f)
 		if err != nil {
-			return nil, err
+			return "", err
 		}
 		if now != st.stamp {
-			return nil, fmt.Errorf("%s: %w", st.src.Path, ErrSourceChanged)
+			return "", fmt.Errorf("%s: %w", st.src.Path, ErrSourceChanged)
 		}
 	}
 
+	sort.Slice(j.Segments, func(a, b int) bool { return j.Segments[a].Name < j.Segments[b].Name })
 	m := &archive.Manifest{
 		Format: archive.FormatVersion, ID: id, Created: hdr.Created, Label: hdr.Label,
-		HeaderSHA256: archive.SHA256(hb), BlockSize: opts.BlockSize, Compression: compression,
-		Segments: segs,
+		HeaderSHA256: j.HeaderSHA256, BlockSize: opts.BlockSize, Compression: compression,
+	}
+	segIndex := map[int]int{}
+	for i, s := range j.Segments {
+		n, _ := archive.SegmentNumber(s.Name)
+		segIndex[n] = i
+		m.Segments = append(m.Segments, s.Segment)
 	}
 	for _, st := range files {
-		m.Files = append(m.Files, st.manifestFile(opts.BlockSize))
+		m.Files = append(m.Files, st.manifestFile(opts.BlockSize, segIndex))
 	}
-	for _, s := range segs {
-		inv.Objects = append(inv.Objects, archive.InventoryEntry{Name: s.Name, Size: s.Size, SHA256: s.SHA256})
-	}
-	mb, err := m.Seal(key, 0)
+	mb, err := m.Seal(key, slot)
 	if err != nil {
-		return nil, err
+		return "", err
+	}
+	inv := &archive.Inventory{Format: archive.FormatVersion, ID: id}
+	inv.Objects = append(inv.Objects, archive.InventoryEntry{Name: archive.HeaderObject, Size: int64(len(hb)), SHA256: j.HeaderSHA256})
+	for s := 0; s < j.Slots; s++ {
+		kb, err := getObject(ctx, tr, id+"/"+archive.KeyObject(s), 1<<20)
+		if err != nil {
+			if errors.Is(err, ErrNotFound) {
+				continue // an attempt that died before its key landed
+			}
+			return "", err
+		}
+		inv.Objects = append(inv.Objects, archive.InventoryEntry{Name: archive.KeyObject(s), Size: int64(len(kb)), SHA256: archive.SHA256(kb)})
+	}
+	for _, s := range m.Segments {
+		inv.Objects = append(inv.Objects, archive.InventoryEntry{Name: s.Name, Size: s.Size, SHA256: s.SHA256})
 	}
 	inv.Objects = append(inv.Objects, archive.InventoryEntry{Name: archive.ManifestObject, Size: int64(len(mb)), SHA256: archive.SHA256(mb)})
 	ib, err := inv.Marshal()
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	if err := tr.Put(ctx, id+"/"+archive.InventoryObject, bytes.NewReader(ib), int64(len(ib))); err != nil {
-		return nil, fmt.Errorf("put %s/%s: %w", id, archive.InventoryObject, err)
+	if err := putObject(id+"/"+archive.InventoryObject, ib); err != nil {
+		return "", err
 	}
-	cnt.Shipped.Add(int64(len(ib)))
-	if err := tr.Put(ctx, id+"/"+archive.ManifestObject, bytes.NewReader(mb), int64(len(mb))); err != nil {
-		return nil, fmt.Errorf("put %s/%s: %w", id, archive.ManifestObject, err)
+	if err := putObject(id+"/"+archive.ManifestObject, mb); err != nil {
+		return "", err
 	}
-	cnt.Shipped.Add(int64(len(mb)))
-	return &SendResult{ID: id, Files: len(files), Duration: time.Since(start)}, nil
+	// Segments left by attempts that died before recording them are not
+	// part of the shipment: remove them (best effort).
+	if state.resumed {
+		listed := map[string]bool{}
+		for _, o := range inv.Objects {
+			listed[id+"/"+o.Name] = true
+		}
+		listed[id+"/"+archive.InventoryObject] = true
+		var stray []string
+		tr.List(ctx, id+"/", func(oi ObjectInfo) error {
+			if !listed[oi.Name] {
+				stray = append(stray, oi.Name)
+			}
+			return nil
+		})
+		for _, name := range stray {
+			tr.Delete(ctx, name)
+		}
+	}
+	return id, nil
 }
 
-func (st *fileState) manifestFile(blockSize int64) archive.File {
+func (st *fileState) manifestFile(blockSize int64, segIndex map[int]int) archive.File {
 	fi := st.src.Info
 	f := archive.File{Path: st.src.Name, Mode: fi.Mode().Perm(), MTime: fi.ModTime().UTC()}
 	if fi.IsDir() {
@@ -282,7 +520,10 @@ func (st *fileState) manifestFile(blockSize int64) archive.File {
 			f.Extents = append(f.Extents, archive.Extent{Kind: kind, Offset: off, Length: n})
 		}
 		if kind == archive.KindData {
-			f.Blocks = append(f.Blocks, st.blocks[i])
+			b := st.blocks[i]
+			b.Segment = segIndex[b.Segment]
+			b.BLAKE3 = st.digests[i]
+			f.Blocks = append(f.Blocks, b)
 		}
 	}
 	return f
@@ -296,14 +537,17 @@ const (
 )
 
 // runSendPipeline runs the feeder, the readers/sealers and the segment
-// writers, and returns the segments written. Memory is bounded by the two
-// buffer pools: (2*jobs + 2*streams) blocks of plaintext and as many sealed.
-func runSendPipeline(ctx context.Context, tr Transport, id string, files []*fileState, codec *archive.Codec, opts SendOptions) ([]archive.Segment, error) {
+// writers. Blocks already placed (a resumed send) are read for their digest
+// only. New segments are numbered from nextSeg and sealed under key slot;
+// onSegment records each one once it is complete at the destination.
+// Memory is bounded by the buffer pools: jobs+1 plaintext blocks and
+// 2*(jobs+streams) sealed records.
+func runSendPipeline(ctx context.Context, tr Transport, id string, slot, nextSeg int, files []*fileState, codec *archive.Codec,
+	opts SendOptions, onSegment func(archive.Segment, []journalBlock)) error {
 	cnt := opts.Counters
 	bs := opts.BlockSize
-	nbuf := 2*opts.Jobs + 2*opts.Streams
 	plainPool := newBufferPool(opts.Jobs+1, int(bs))
-	sealedPool := newBufferPool(nbuf, int(cipher.SealedSize(bs)))
+	sealedPool := newBufferPool(2*opts.Jobs+2*opts.Streams, int(cipher.SealedSize(bs)))
 	zero := make([]byte, bs)
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -321,7 +565,7 @@ func runSendPipeline(ctx context.Context, tr Transport, id string, files []*file
 			for i := range int64(len(st.kinds)) {
 				off := i * bs
 				n := archive.BlockLen(st.size, bs, i)
-				if !archive.Overlaps(st.ranges, &cursor, off, n) {
+				if !archive.Overlaps(st.ranges, &cursor, off, n) && !st.placed[i] {
 					st.kinds[i] = kindHole
 					st.digests[i] = archive.ZeroDigest(n)
 					cnt.Hole.Add(n)
@@ -329,7 +573,7 @@ func runSendPipeline(ctx context.Context, tr Transport, id string, files []*file
 					continue
 				}
 				select {
-				case jobs <- blockJob{file: fi, index: i, off: off, n: n}:
+				case jobs <- blockJob{file: fi, index: i, off: off, n: n, placed: st.placed[i]}:
 				case <-done:
 					return gctx.Err()
 				}
@@ -357,21 +601,21 @@ func runSendPipeline(ctx context.Context, tr Transport, id string, files []*file
 		close(sealed)
 	}()
 
-	var mu sync.Mutex
-	var segs []archive.Segment
 	var segCounter atomic.Int64
+	segCounter.Store(int64(nextSeg - 1))
 	for range opts.Streams {
 		g.Go(func() error {
 			var cur *segmentWriter
+			var blocks []journalBlock
 			finish := func() error {
 				s, err := cur.close()
 				cur = nil
 				if err != nil {
 					return err
 				}
-				mu.Lock()
-				segs = append(segs, s)
-				mu.Unlock()
+				s.Key = slot
+				onSegment(s, blocks)
+				blocks = nil
 				cnt.Segments.Add(1)
 				return nil
 			}
@@ -390,11 +634,12 @@ func runSendPipeline(ctx context.Context, tr Transport, id string, files []*file
 					return err
 				}
 				st := files[sb.file]
+				n := int64(len(sb.record))
 				st.blocks[sb.index] = archive.Block{
-					Index: sb.index, Segment: cur.n - 1, Offset: off, Length: int64(len(sb.record)),
-					Compressed: sb.compressed, BLAKE3: sb.digest,
+					Index: sb.index, Segment: cur.n, Offset: off, Length: n, Compressed: sb.compressed,
 				}
-				cnt.Shipped.Add(int64(len(sb.record)))
+				blocks = append(blocks, journalBlock{File: sb.file, Index: sb.index, Offset: off, Length: n, Compressed: sb.compressed})
+				cnt.Shipped.Add(n)
 				sealedPool.put(sb.buf)
 				if cur.size >= opts.SegmentSize {
 					if err := finish(); err != nil {
@@ -408,18 +653,7 @@ func runSendPipeline(ctx context.Context, tr Transport, id string, files []*file
 			return nil
 		})
 	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	sort.Slice(segs, func(i, j int) bool { return segs[i].Name < segs[j].Name })
-	// Segment numbers are handed out in order and every opened segment gets
-	// at least one block, so they are dense from 1.
-	for i, s := range segs {
-		if s.Name != archive.SegmentObject(i+1) {
-			panic("shipper: internal error: segment numbers are not dense")
-		}
-	}
-	return segs, nil
+	return g.Wait()
 }
 
 func sealOne(ctx context.Context, j blockJob, st *fileState, codec *archive.Codec, plainPool, sealedPool *bufferPool,
@@ -438,7 +672,19 @@ func sealOne(ctx context.Context, j blockJob, st *fileState, codec *archive.Code
 		return fmt.Errorf("read %s at %d: %w", st.src.Path, j.off, err)
 	}
 	cnt.Read.Add(j.n)
-	if bytes.Equal(p, zero[:j.n]) {
+	isZero := bytes.Equal(p, zero[:j.n])
+	if j.placed {
+		// Shipped by an earlier attempt: only its digest is needed.
+		if isZero {
+			return fmt.Errorf("%s block %d: %w", st.src.Path, j.index, ErrSourceChanged)
+		}
+		st.kinds[j.index] = kindData
+		st.digests[j.index] = archive.BlockDigest(p)
+		cnt.Data.Add(j.n)
+		cnt.Done.Add(j.n)
+		return nil
+	}
+	if isZero {
 		st.kinds[j.index] = kindZero
 		st.digests[j.index] = archive.ZeroDigest(j.n)
 		cnt.Zero.Add(j.n)

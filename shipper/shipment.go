@@ -121,7 +121,7 @@ type Shipment struct {
 	Header    *archive.Header
 	Manifest  *archive.Manifest
 	Inventory *archive.Inventory
-	key       *cipher.Key
+	keys      map[int]*cipher.Key // by key slot
 	tr        Transport
 }
 
@@ -175,13 +175,29 @@ func OpenShipment(ctx context.Context, tr Transport, id string, identities []age
 	if err != nil {
 		return nil, fmt.Errorf("%s/%s: %w", id, archive.ManifestObject, err)
 	}
+	keys := map[int]*cipher.Key{slot: key}
 	for _, s := range m.Segments {
 		if err := inv.CheckSegment(s); err != nil {
 			return nil, fmt.Errorf("%s/%s: %w", id, archive.InventoryObject, err)
 		}
-		if s.Key != slot {
-			return nil, fmt.Errorf("%s/%s: sealed with key slot %d, this coldship reads only the manifest's slot: %w", id, s.Name, s.Key, archive.ErrIntegrity)
+		if keys[s.Key] != nil {
+			continue
 		}
+		// A resumed send sealed earlier segments under an earlier key slot,
+		// wrapped for the same recipients.
+		name := archive.KeyObject(s.Key)
+		b, err := getObject(ctx, tr, id+"/"+name, 1<<20)
+		if err != nil {
+			return nil, missingIsIntegrity(err)
+		}
+		if err := inv.Check(name, b); err != nil {
+			return nil, fmt.Errorf("%s/%s: %w", id, name, err)
+		}
+		k, err := cipher.UnwrapKey(b, identities...)
+		if err != nil {
+			return nil, fmt.Errorf("%s/%s: %w", id, name, err)
+		}
+		keys[s.Key] = k
 	}
-	return &Shipment{Header: h, Manifest: m, Inventory: inv, key: key, tr: tr}, nil
+	return &Shipment{Header: h, Manifest: m, Inventory: inv, keys: keys, tr: tr}, nil
 }

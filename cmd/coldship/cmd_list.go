@@ -33,11 +33,11 @@ object per line instead.` + "\n" + exitStatusHelp,
 		},
 	}
 	c.Flags().BoolVar(&opts.json, "json", false, "one JSON object per shipment on stdout")
+	addTransportFlags(c.Flags(), &opts.transport)
 	return c
 }
 
 func runList(ctx context.Context, s *streams, opts *listOptions) error {
-	opts.transport.streams = 1
 	tr, err := openDest(ctx, s, opts.dest, opts.transport)
 	if err != nil {
 		return err

@@ -51,7 +51,7 @@ stdout: the restored paths, one per line.` + "\n" + exitStatusHelp,
 	f.StringVar(&opts.passphraseFile, "passphrase-file", "", "read the passphrase from the first line of `FILE`")
 	f.IntVarP(&opts.jobs, "jobs", "j", 0, "parallel decrypters (default: all CPUs)")
 	f.BoolVarP(&opts.force, "force", "f", false, "overwrite existing files")
-	f.IntVar(&opts.transport.streams, "streams", shipper.DefaultStreams, "segments fetched at once")
+	addTransportFlags(f, &opts.transport)
 	f.BoolVar(&opts.output.json, "json", false, "NDJSON progress and a final summary on stderr")
 	f.BoolVarP(&opts.output.quiet, "quiet", "q", false, "print only errors")
 	return c

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
-	"time"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -21,6 +23,9 @@ type sendOptions struct {
 	blockSize      string
 	compress       string
 	name           string
+	stateDir       string
+	noResume       bool
+	retries        int
 	transport      transportOptions
 	output         outputOptions
 }
@@ -53,7 +58,10 @@ stdout: exactly one line, the shipment id.` + "\n" + exitStatusHelp,
 	f.StringVar(&opts.blockSize, "block-size", "1M", "block `SIZE` (64K to 64M)")
 	f.StringVar(&opts.compress, "compress", "none", "per-block compression: zstd or none")
 	f.StringVar(&opts.name, "name", "", "a `LABEL` shown by list (stored in plaintext)")
-	f.IntVar(&opts.transport.streams, "streams", shipper.DefaultStreams, "segments moved at once")
+	f.StringVar(&opts.stateDir, "state-dir", defaultStateDir(), "where resume journals (and DR state) are kept")
+	f.BoolVar(&opts.noResume, "no-resume", false, "start a new shipment even if an interrupted one could be resumed")
+	f.IntVar(&opts.retries, "retries", 5, "resume this many times after a transient failure (dropped connection), with backoff")
+	addTransportFlags(f, &opts.transport)
 	f.BoolVar(&opts.output.json, "json", false, "NDJSON progress and a final summary on stderr")
 	f.BoolVarP(&opts.output.quiet, "quiet", "q", false, "print only errors")
 	return c
@@ -80,6 +88,18 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if err != nil {
 		return err
 	}
+	if opts.retries < 0 {
+		return usagef("--retries must not be negative")
+	}
+	// The journal must tell whether a resumed send wraps for the same
+	// recipients; a passphrase cannot be fingerprinted without storing a
+	// guessable hash of it, so passphrase sends resume only within one run.
+	stateDir, rid := opts.stateDir, ""
+	if len(opts.recipients)+len(opts.recipientFiles) == 0 {
+		stateDir = ""
+	} else if rid, err = recipientsID(opts.recipients, opts.recipientFiles); err != nil {
+		return err
+	}
 	sources, err := archive.CollectSources(opts.sources)
 	if err != nil {
 		return err
@@ -95,6 +115,8 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	res, err := shipper.Send(ctx, tr, sources, shipper.SendOptions{
 		Recipients: recipients, Jobs: opts.jobs, Streams: opts.transport.streams, BlockSize: bs,
 		Compress: opts.compress == "zstd", Label: opts.name, Counters: cnt,
+		StateDir: stateDir, Dest: destKey(opts.to), RecipientsID: rid, NoResume: opts.noResume,
+		Retries: opts.retries, Log: s.logf(opts.output),
 	})
 	if err != nil {
 		rep.finish(false, nil, "")
@@ -107,7 +129,44 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	}, fmt.Sprintf("shipped %s as %s: %s of data, %s holes and zeros skipped, %s sealed",
 		humanBytes(cnt.Total.Load()), res.ID, humanBytes(cnt.Data.Load()),
 		humanBytes(cnt.Hole.Load()+cnt.Zero.Load()), humanBytes(cnt.Shipped.Load())))
-	_ = time.Second
 	fmt.Fprintln(s.out, res.ID)
 	return nil
+}
+
+// recipientsID fingerprints the recipients given on the command line.
+func recipientsID(rs, files []string) (string, error) {
+	all := append([]string(nil), rs...)
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return "", fmt.Errorf("read recipients file: %w", err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+				all = append(all, l)
+			}
+		}
+	}
+	return shipper.RecipientsFingerprint(all), nil
+}
+
+// destKey names a destination in resume journals: absolute for paths.
+func destKey(dest string) string {
+	if !strings.Contains(dest, "://") {
+		if abs, err := filepath.Abs(dest); err == nil {
+			return abs
+		}
+	}
+	return dest
+}
+
+// defaultStateDir is $XDG_STATE_HOME/coldship, or ~/.local/state/coldship.
+func defaultStateDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "coldship")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "state", "coldship")
+	}
+	return ""
 }

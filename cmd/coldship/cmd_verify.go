@@ -42,7 +42,7 @@ Nothing is written.` + "\n" + exitStatusHelp,
 	f.StringArrayVarP(&opts.identities, "identity", "i", nil, "authenticate with the identity in `FILE` (repeatable)")
 	f.StringVar(&opts.passphraseFile, "passphrase-file", "", "read the passphrase from the first line of `FILE`")
 	f.IntVarP(&opts.jobs, "jobs", "j", 0, "parallel decrypters (default: all CPUs)")
-	f.IntVar(&opts.transport.streams, "streams", shipper.DefaultStreams, "segments fetched at once")
+	addTransportFlags(f, &opts.transport)
 	f.BoolVar(&opts.output.json, "json", false, "NDJSON progress and a final summary on stderr")
 	f.BoolVarP(&opts.output.quiet, "quiet", "q", false, "print only errors")
 	return c

@@ -148,3 +148,15 @@ func noFinalFiles(t *testing.T, dir string) {
 func randomSeed() uint64 { return mrand.Uint64() }
 
 var _ = io.EOF
+
+func TestMain(m *testing.M) {
+	// Resume journals of the tests go to a scratch state directory.
+	d, err := os.MkdirTemp("", "coldship-state-")
+	if err != nil {
+		panic(err)
+	}
+	os.Setenv("XDG_STATE_HOME", d)
+	code := m.Run()
+	os.RemoveAll(d)
+	os.Exit(code)
+}

@@ -161,3 +161,18 @@ func parseSize(s string) (int64, error) {
 	}
 	return n * m, nil
 }
+
+// logf returns a logger for notices (resuming, retrying) on stderr: NDJSON
+// with --json, plain text otherwise, nothing with --quiet.
+func (s *streams) logf(o outputOptions) func(string, ...any) {
+	return func(format string, a ...any) {
+		msg := fmt.Sprintf(format, a...)
+		switch {
+		case o.json:
+			b, _ := json.Marshal(map[string]string{"type": "notice", "message": msg})
+			fmt.Fprintf(s.err, "%s\n", b)
+		case !o.quiet:
+			fmt.Fprintf(s.err, "coldship: %s\n", msg)
+		}
+	}
+}

@@ -1,8 +1,8 @@
 package main
 
 import (
-	"fmt"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,7 +34,6 @@ func TestRoundTripSizes(t *testing.T) {
 		}
 	}
 }
-
 
 // TestSparseImage ships an image of holes, allocated zeros, random and
 // compressible data, and checks the restore is identical and as sparse.

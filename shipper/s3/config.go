@@ -1,0 +1,123 @@
+package s3
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+
+	"github.com/minio/minio-go/v7/pkg/s3utils"
+
+	"github.com/coldship/coldship/shipper"
+)
+
+// DefaultStreams is the number of parts of one object that are uploaded or
+// downloaded at once when Config.Streams is zero. BenchmarkPutGet through a
+// link of 40 MB/s per connection: 1 stream 38/40 MB/s (put/get), 4 streams
+// 134/158 MB/s; on loopback the machine's CPU is the limit and the number
+// of streams makes no steady difference. With the 4 segments the pipeline
+// sends at once, 4 parts each fill the part pool (poolBudget) exactly.
+const DefaultStreams = 4
+
+// Config says where a Transport keeps its objects and how it reaches them.
+type Config struct {
+	Bucket string
+	Prefix string // key prefix without leading or trailing '/'; "" for the whole bucket
+
+	// Endpoint is a URL such as "http://127.0.0.1:7070" or a host[:port].
+	// Plain http is used only when the URL says http:// explicitly. When
+	// empty, New takes AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL from the
+	// environment, and then the AWS endpoint of Region.
+	Endpoint string
+
+	// Region defaults to AWS_REGION or AWS_DEFAULT_REGION; when all are
+	// empty the client asks the server for the bucket's location.
+	Region string
+
+	// PathStyle forces path-style requests (endpoint/bucket/key). Without
+	// it, virtual-host style is used for AWS endpoints and path style for
+	// every other endpoint, IP addresses included.
+	PathStyle bool
+
+	// Streams is the number of parts of one object moved at once; 0 means
+	// DefaultStreams.
+	Streams int
+
+	// Stderr receives warnings (such as an upload that could not be
+	// aborted); nil discards them.
+	Stderr io.Writer
+}
+
+// ParseURL parses a destination of the form s3://bucket[/prefix]. Endpoint,
+// region and credentials are never part of the URL.
+func ParseURL(raw string) (Config, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		// Not echoed: a mistyped URL may hold a secret.
+		return Config{}, errors.New("s3 destination: not a valid s3://bucket[/prefix] URL")
+	}
+	shown := u.Redacted()
+	if u.Scheme != "s3" {
+		return Config{}, fmt.Errorf("s3 destination %q: scheme must be s3://", shown)
+	}
+	if u.User != nil || u.Port() != "" || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+		return Config{}, fmt.Errorf("s3 destination %q: want s3://bucket[/prefix] (set the endpoint with --s3-endpoint or AWS_ENDPOINT_URL, credentials in the environment or ~/.aws/credentials)", shown)
+	}
+	if err := s3utils.CheckValidBucketName(u.Host); err != nil {
+		return Config{}, fmt.Errorf("s3 destination %q: bucket %q: %w", shown, u.Host, err)
+	}
+	prefix := strings.Trim(u.Path, "/")
+	if prefix != "" {
+		if err := shipper.CheckName(prefix); err != nil {
+			return Config{}, fmt.Errorf("s3 destination %q: prefix: %w", shown, err)
+		}
+	}
+	return Config{Bucket: u.Host, Prefix: prefix}, nil
+}
+
+// endpoint resolves cfg.Endpoint (or the environment) into the host[:port]
+// the client dials and whether it uses TLS.
+func (cfg *Config) endpoint() (host string, secure bool, err error) {
+	raw := cfg.Endpoint
+	if raw == "" {
+		raw = os.Getenv("AWS_ENDPOINT_URL_S3")
+	}
+	if raw == "" {
+		raw = os.Getenv("AWS_ENDPOINT_URL")
+	}
+	if raw == "" {
+		// The client turns the global host into the regional one.
+		return "s3.amazonaws.com", true, nil
+	}
+	if strings.Contains(raw, "@") {
+		// Not echoed: it may hold a password.
+		return "", false, errors.New("s3 endpoint: credentials in the URL are not accepted; use the environment or ~/.aws/credentials")
+	}
+	if !strings.Contains(raw, "://") {
+		raw = "https://" + raw
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", false, fmt.Errorf("s3 endpoint: %w", err)
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return "", false, fmt.Errorf("s3 endpoint %q: scheme must be http or https", raw)
+	case u.Host == "":
+		return "", false, fmt.Errorf("s3 endpoint %q: no host", raw)
+	case strings.Trim(u.Path, "/") != "" || u.RawQuery != "":
+		return "", false, fmt.Errorf("s3 endpoint %q: a path or query is not supported", raw)
+	}
+	return u.Host, u.Scheme == "https", nil
+}
+
+func (cfg *Config) region() string {
+	for _, r := range []string{cfg.Region, os.Getenv("AWS_REGION"), os.Getenv("AWS_DEFAULT_REGION")} {
+		if r != "" {
+			return r
+		}
+	}
+	return ""
+}

@@ -1,0 +1,265 @@
+package s3
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/minio/minio-go/v7"
+)
+
+// readBudget bounds the chunk buffers of all parallel reads of one
+// Transport together. Reads never wait for a buffer: without one they
+// stream the next chunk directly.
+const readBudget = 128 << 20
+
+// Open reads the range with one GET when it fits in one chunk (partSize)
+// or Streams is 1, and otherwise with up to Streams ranged GETs at once:
+// the first chunk streams straight from its response while the following
+// ones are fetched into buffers.
+func (t *Transport) Open(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
+	key, err := t.key(name)
+	if err != nil {
+		return nil, err
+	}
+	if offset < 0 || length < -1 {
+		return nil, fmt.Errorf("open %s: invalid range offset %d length %d", t.where(key), offset, length)
+	}
+	if length == 0 {
+		// HTTP cannot ask for zero bytes; still report a missing object.
+		return t.emptyAt(ctx, name, key, offset)
+	}
+	parallel := t.streams > 1 && (length < 0 || length > partSize)
+	var opts minio.GetObjectOptions
+	switch {
+	case parallel:
+		opts.SetRange(offset, offset+partSize-1)
+	case length > 0:
+		opts.SetRange(offset, offset+length-1)
+	case offset > 0:
+		opts.SetRange(offset, 0)
+	}
+	body, info, h, err := t.core.GetObject(ctx, t.bucket, key, opts)
+	if err != nil {
+		if isCode(err, "InvalidRange") {
+			// The range starts at or past the end: S3 refuses even
+			// "bytes=size-", which is an empty read.
+			return t.emptyAt(ctx, name, key, offset)
+		}
+		return nil, t.classify("open", key, err)
+	}
+	if !parallel {
+		return body, nil
+	}
+	total, ok := totalSize(h.Get("Content-Range"))
+	if !ok {
+		// The server sent the whole object instead of the range.
+		if offset > 0 {
+			body.Close()
+			return nil, fmt.Errorf("open %s: the server ignored the range request", t.where(key))
+		}
+		if length > 0 {
+			return struct {
+				io.Reader
+				io.Closer
+			}{io.LimitReader(body, length), body}, nil
+		}
+		return body, nil
+	}
+	end := total
+	if length > 0 {
+		end = min(total, offset+length)
+	}
+	next := min(offset+partSize, end)
+	if next >= end {
+		return body, nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	r := &chunkReader{t: t, ctx: ctx, cancel: cancel, key: key, etag: info.ETag, cur: body, next: next, fetchAt: next, end: end}
+	r.schedule()
+	return r, nil
+}
+
+// totalSize parses the object size from "bytes 0-8388607/268435456".
+func totalSize(contentRange string) (int64, bool) {
+	_, total, ok := strings.Cut(contentRange, "/")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(total, 10, 64)
+	return n, err == nil
+}
+
+// emptyAt returns an empty reader if offset is within or at the end of the
+// object.
+func (t *Transport) emptyAt(ctx context.Context, name, key string, offset int64) (io.ReadCloser, error) {
+	oi, err := t.Stat(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if offset > oi.Size {
+		return nil, fmt.Errorf("open %s: offset %d beyond size %d", t.where(key), offset, oi.Size)
+	}
+	return io.NopCloser(bytes.NewReader(nil)), nil
+}
+
+// chunkReader delivers [start, end) of an object in order from ranged GETs
+// of partSize, keeping up to Streams of them in flight. Every GET after the
+// first requires the first one's ETag (if the server sent one), so that an
+// object replaced during the read fails the read instead of mixing two
+// versions. Its first error is sticky.
+type chunkReader struct {
+	t      *Transport
+	ctx    context.Context
+	cancel context.CancelFunc
+	key    string
+	etag   string
+
+	cur     io.ReadCloser // the chunk being read
+	curBuf  []byte        // cur's buffer, returned to the pool when it is done
+	next    int64         // offset of the chunk after cur
+	fetchAt int64         // offset of the first chunk not yet fetched
+	end     int64
+	queue   []*chunk // fetches in order, the first at next
+	err     error
+}
+
+type chunk struct {
+	off  int64
+	buf  []byte
+	done chan struct{}
+	err  error
+}
+
+// schedule starts fetches while buffers are free and fewer than Streams
+// GETs are in flight, counting cur when it streams from a response.
+func (r *chunkReader) schedule() {
+	window := r.t.streams
+	if r.cur != nil && r.curBuf == nil {
+		window--
+	}
+	for r.fetchAt < r.end && len(r.queue) < window {
+		buf := r.t.reads.tryGet()
+		if buf == nil {
+			return
+		}
+		n := min(int64(len(buf)), r.end-r.fetchAt)
+		c := &chunk{off: r.fetchAt, buf: buf[:n], done: make(chan struct{})}
+		r.fetchAt += n
+		r.queue = append(r.queue, c)
+		go func() {
+			defer close(c.done)
+			body, err := r.get(c.off, n)
+			if err != nil {
+				c.err = err
+				return
+			}
+			defer body.Close()
+			if _, err := io.ReadFull(body, c.buf); err != nil {
+				c.err = fmt.Errorf("read %s at %d: %w", r.t.where(r.key), c.off, err)
+			}
+		}()
+	}
+}
+
+func (r *chunkReader) get(off, n int64) (io.ReadCloser, error) {
+	var opts minio.GetObjectOptions
+	opts.SetRange(off, off+n-1)
+	if r.etag != "" {
+		opts.SetMatchETag(r.etag)
+	}
+	body, _, _, err := r.t.core.GetObject(r.ctx, r.t.bucket, r.key, opts)
+	if err != nil {
+		if isCode(err, "PreconditionFailed") {
+			return nil, fmt.Errorf("read %s: the object was replaced during the read", r.t.where(r.key))
+		}
+		return nil, r.t.classify("read", r.key, err)
+	}
+	return body, nil
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	for r.err == nil {
+		if r.cur != nil {
+			n, err := r.cur.Read(p)
+			if err == io.EOF {
+				r.closeCur()
+				if n > 0 {
+					return n, nil
+				}
+				continue
+			}
+			if err != nil {
+				r.err = fmt.Errorf("read %s: %w", r.t.where(r.key), err)
+			}
+			return n, r.err
+		}
+		if r.next >= r.end {
+			return 0, io.EOF
+		}
+		if len(r.queue) == 0 {
+			// No buffer was free: stream this chunk directly.
+			n := min(partSize, r.end-r.next)
+			body, err := r.get(r.next, n)
+			if err != nil {
+				r.err = err
+				break
+			}
+			r.cur = struct {
+				io.Reader
+				io.Closer
+			}{io.LimitReader(body, n), body}
+			r.next += n
+			r.fetchAt = max(r.fetchAt, r.next)
+			r.schedule()
+			continue
+		}
+		c := r.queue[0]
+		select {
+		case <-c.done:
+		case <-r.ctx.Done():
+			r.err = r.ctx.Err()
+			return 0, r.err
+		}
+		r.queue = r.queue[1:]
+		if c.err != nil {
+			r.t.reads.put(c.buf)
+			r.err = c.err
+			break
+		}
+		r.cur, r.curBuf = io.NopCloser(bytes.NewReader(c.buf)), c.buf
+		r.next += int64(len(c.buf))
+		r.schedule()
+	}
+	return 0, r.err
+}
+
+func (r *chunkReader) closeCur() {
+	if r.cur != nil {
+		r.cur.Close()
+		r.cur = nil
+	}
+	if r.curBuf != nil {
+		r.t.reads.put(r.curBuf)
+		r.curBuf = nil
+	}
+}
+
+// Close stops the fetches in flight and returns their buffers.
+func (r *chunkReader) Close() error {
+	r.cancel()
+	r.closeCur()
+	for _, c := range r.queue {
+		<-c.done
+		r.t.reads.put(c.buf)
+	}
+	r.queue = nil
+	if r.err == nil {
+		r.err = errors.New("read after close")
+	}
+	return nil
+}

@@ -1,0 +1,142 @@
+package s3
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/coldship/coldship/shipper"
+	"github.com/coldship/coldship/shipper/s3/s3test"
+)
+
+// TestOpenChunks reads ranges that start, end and cross chunk boundaries
+// with parallel ranged GETs, and with the chunk buffers all taken, when
+// every chunk is streamed directly.
+func TestOpenChunks(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.SetEnv(t)
+	ctx := context.Background()
+	data := randomBytes(3*partSize+12345, 21)
+	size := int64(len(data))
+	setup := newTransport(t, Config{Bucket: srv.Bucket, Prefix: "chunks"})
+	if err := setup.Put(ctx, "seg", bytes.NewReader(data), size); err != nil {
+		t.Fatal(err)
+	}
+	ranges := []struct{ off, n int64 }{
+		{0, -1}, {0, size}, {1, -1}, {partSize - 1, -1}, {partSize, -1}, {partSize + 1, 2 * partSize},
+		{0, partSize}, {0, partSize + 1}, {5, 2*partSize - 3}, {size - partSize - 1, -1}, {size - 1, -1}, {size, -1},
+	}
+	for _, streams := range []int{1, 2, 4} {
+		for _, starved := range []bool{false, true} {
+			t.Run(fmt.Sprintf("streams=%d/starved=%v", streams, starved), func(t *testing.T) {
+				tr := newTransport(t, Config{Bucket: srv.Bucket, Prefix: "chunks", Streams: streams})
+				if starved {
+					for tr.reads.tryGet() != nil {
+					}
+				}
+				for _, r := range ranges {
+					want := data[r.off:]
+					if r.n >= 0 {
+						want = want[:r.n]
+					}
+					rc, err := tr.Open(ctx, "seg", r.off, r.n)
+					if err != nil {
+						t.Fatalf("Open(%d, %d): %v", r.off, r.n, err)
+					}
+					got, err := io.ReadAll(rc)
+					rc.Close()
+					if err != nil || !bytes.Equal(got, want) {
+						t.Errorf("Open(%d, %d): read %d bytes, %v; want %d bytes (or content differs)", r.off, r.n, len(got), err, len(want))
+					}
+				}
+				if !starved && len(tr.reads.sem) != 0 {
+					t.Errorf("%d chunk buffers not returned", len(tr.reads.sem))
+				}
+			})
+		}
+	}
+}
+
+// TestOpenEdges covers empty reads and reads past the end.
+func TestOpenEdges(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.SetEnv(t)
+	ctx := context.Background()
+	tr := newTransport(t, Config{Bucket: srv.Bucket, Prefix: "edges"})
+	if err := tr.Put(ctx, "empty", bytes.NewReader(nil), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Put(ctx, "ten", strings.NewReader("0123456789"), 10); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		off, n   int64
+		want     string
+		wantErr  error // nil with wantFail: any error
+		wantFail bool
+	}{
+		{name: "empty", want: "", n: -1},
+		{name: "empty", n: 0},
+		{name: "ten", off: 10, n: -1},
+		{name: "ten", off: 10, n: 0},
+		{name: "ten", off: 3, n: 0},
+		{name: "ten", off: 7, n: 5, want: "789"}, // as a file section: what there is
+		{name: "ten", off: 11, n: -1, wantFail: true},
+		{name: "ten", off: -1, n: -1, wantFail: true},
+		{name: "missing", n: 0, wantErr: shipper.ErrNotFound, wantFail: true},
+		{name: "missing", off: 5, n: -1, wantErr: shipper.ErrNotFound, wantFail: true},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprintf("%s/%d/%d", tc.name, tc.off, tc.n), func(t *testing.T) {
+			rc, err := tr.Open(ctx, tc.name, tc.off, tc.n)
+			if tc.wantFail {
+				if err == nil || (tc.wantErr != nil && !errors.Is(err, tc.wantErr)) {
+					t.Fatalf("err = %v, want failure %v", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			got, err := io.ReadAll(rc)
+			if err != nil || string(got) != tc.want {
+				t.Errorf("read %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestOpenObjectReplaced replaces an object during a parallel read: the
+// read fails rather than mixing the two versions.
+func TestOpenObjectReplaced(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.SetEnv(t)
+	ctx := context.Background()
+	tr := newTransport(t, Config{Bucket: srv.Bucket, Prefix: "replaced", Streams: 2})
+	v1, v2 := randomBytes(4*partSize, 31), randomBytes(4*partSize, 32)
+	if err := tr.Put(ctx, "seg", bytes.NewReader(v1), -1); err != nil {
+		t.Fatal(err)
+	}
+	for tr.reads.tryGet() != nil { // every chunk after the first is fetched later
+	}
+	rc, err := tr.Open(ctx, "seg", 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if _, err := io.ReadFull(rc, make([]byte, partSize)); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Put(ctx, "seg", bytes.NewReader(v2), -1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(rc); err == nil || !strings.Contains(err.Error(), "replaced") {
+		t.Errorf("read after the object was replaced: err = %v, want it to say so", err)
+	}
+}

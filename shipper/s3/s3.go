@@ -1,0 +1,196 @@
+package s3
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/coldship/coldship/shipper"
+)
+
+// Transport stores objects as keys "<prefix>/<name>" of one bucket.
+type Transport struct {
+	core     minio.Core // Core embeds *minio.Client: both APIs from one client
+	http     *http.Transport
+	bucket   string
+	prefix   string // "" or ending in '/'
+	endpoint string // for messages: scheme://host
+	streams  int
+	stderr   io.Writer
+	parts    *partPool // part buffers of all Puts
+	reads    *partPool // chunk buffers of all parallel reads
+
+	mu       sync.Mutex
+	uploads  map[string]int // multipart uploads in flight in this process, by upload ID
+	warnOnce sync.Once
+}
+
+var _ shipper.Transport = (*Transport)(nil)
+
+// New returns a Transport for cfg. It resolves the credentials (without
+// contacting the bucket) and fails with an error wrapping shipper.ErrAuth
+// when there are none.
+func New(ctx context.Context, cfg Config) (*Transport, error) {
+	if cfg.Bucket == "" {
+		return nil, errors.New("s3: no bucket")
+	}
+	host, secure, err := cfg.endpoint()
+	if err != nil {
+		return nil, err
+	}
+	ht, err := minio.DefaultTransport(secure)
+	if err != nil {
+		return nil, err
+	}
+	// Several objects at once, each with Streams requests: keep their
+	// connections for reuse rather than reconnect for every part.
+	ht.MaxIdleConnsPerHost = 64
+	lookup := minio.BucketLookupAuto
+	if cfg.PathStyle {
+		lookup = minio.BucketLookupPath
+	}
+	creds := credentialChain(ht)
+	client, err := minio.New(host, &minio.Options{
+		Creds:        creds,
+		Secure:       secure,
+		Transport:    ht,
+		Region:       cfg.region(),
+		BucketLookup: lookup,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("s3 endpoint %s: %w", host, err)
+	}
+	v, err := creds.GetWithContext(&credentials.CredContext{Client: &http.Client{Transport: ht}, Context: ctx})
+	if err != nil || v.SignerType.IsAnonymous() || v.AccessKeyID == "" || v.SecretAccessKey == "" {
+		return nil, fmt.Errorf("s3://%s: no complete S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "+
+			"or AWS_PROFILE with a profile in ~/.aws/credentials, or run with an instance or web identity role: %w", cfg.Bucket, shipper.ErrAuth)
+	}
+	streams := cfg.Streams
+	if streams <= 0 {
+		streams = DefaultStreams
+	}
+	stderr := cfg.Stderr
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	scheme := "https://"
+	if !secure {
+		scheme = "http://"
+	}
+	t := &Transport{
+		core:     minio.Core{Client: client},
+		http:     ht,
+		bucket:   cfg.Bucket,
+		endpoint: scheme + host,
+		streams:  streams,
+		stderr:   stderr,
+		parts:    newPartPool(partSize, poolBudget/partSize),
+		reads:    newPartPool(partSize, readBudget/partSize),
+		uploads:  map[string]int{},
+	}
+	if p := strings.Trim(cfg.Prefix, "/"); p != "" {
+		t.prefix = p + "/"
+	}
+	return t, nil
+}
+
+// credentialChain is the standard chain: environment, shared files
+// (AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE), then roles.
+func credentialChain(ht *http.Transport) *credentials.Credentials {
+	providers := []credentials.Provider{
+		&credentials.EnvAWS{},
+		&credentials.FileAWSCredentials{},
+	}
+	// Honour the AWS SDKs' switch so that no request goes to the
+	// instance metadata address when there is no such service (tests, CI).
+	metadataOff := strings.EqualFold(os.Getenv("AWS_EC2_METADATA_DISABLED"), "true")
+	roleEnv := os.Getenv("AWS_WEB_IDENTITY_TOKEN_FILE") != "" ||
+		os.Getenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") != "" ||
+		os.Getenv("AWS_CONTAINER_CREDENTIALS_FULL_URI") != ""
+	if !metadataOff || roleEnv {
+		providers = append(providers, &credentials.IAM{Client: &http.Client{Transport: ht}})
+	}
+	return credentials.NewChainCredentials(providers)
+}
+
+func (t *Transport) String() string {
+	s := "s3://" + t.bucket + "/" + strings.TrimSuffix(t.prefix, "/")
+	if t.endpoint != "https://s3.amazonaws.com" {
+		s += " at " + t.endpoint
+	}
+	return s
+}
+
+// Close releases idle connections.
+func (t *Transport) Close() error {
+	t.http.CloseIdleConnections()
+	return nil
+}
+
+// key maps an object name to its S3 key.
+func (t *Transport) key(name string) (string, error) {
+	if err := shipper.CheckName(name); err != nil {
+		return "", err
+	}
+	return t.prefix + name, nil
+}
+
+// where names a key for messages.
+func (t *Transport) where(key string) string { return "s3://" + t.bucket + "/" + key }
+
+// Stat returns the object's size.
+func (t *Transport) Stat(ctx context.Context, name string) (shipper.ObjectInfo, error) {
+	key, err := t.key(name)
+	if err != nil {
+		return shipper.ObjectInfo{}, err
+	}
+	oi, err := t.core.StatObject(ctx, t.bucket, key, minio.StatObjectOptions{})
+	if err != nil {
+		return shipper.ObjectInfo{}, t.classify("stat", key, t.explainHead(ctx, key, err))
+	}
+	return shipper.ObjectInfo{Name: name, Size: oi.Size}, nil
+}
+
+// List lists the keys under the prefix; keys that are not valid object
+// names (directory markers, dot files) are skipped as local skips them.
+func (t *Transport) List(ctx context.Context, prefix string, fn func(shipper.ObjectInfo) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops the listing goroutine when fn fails
+	opts := minio.ListObjectsOptions{Prefix: t.prefix + prefix, Recursive: true}
+	for oi := range t.core.ListObjectsIter(ctx, t.bucket, opts) {
+		if oi.Err != nil {
+			return t.classify("list", t.prefix+prefix, oi.Err)
+		}
+		name, ok := strings.CutPrefix(oi.Key, t.prefix)
+		if !ok || shipper.CheckName(name) != nil {
+			continue
+		}
+		if err := fn(shipper.ObjectInfo{Name: name, Size: oi.Size}); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+// Delete removes the object and aborts multipart uploads of its key left by
+// a process that died during a Put.
+func (t *Transport) Delete(ctx context.Context, name string) error {
+	key, err := t.key(name)
+	if err != nil {
+		return err
+	}
+	if err := t.core.RemoveObject(ctx, t.bucket, key, minio.RemoveObjectOptions{}); err != nil {
+		if err := t.classify("delete", key, err); !errors.Is(err, shipper.ErrNotFound) {
+			return err
+		}
+	}
+	return t.abortStale(ctx, key)
+}
