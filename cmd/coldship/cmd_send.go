@@ -21,6 +21,7 @@ type sendOptions struct {
 	passphraseFile string
 	jobs           int
 	blockSize      string
+	segmentSize    string
 	compress       string
 	name           string
 	stateDir       string
@@ -56,6 +57,7 @@ stdout: exactly one line, the shipment id.` + "\n" + exitStatusHelp,
 	f.StringVar(&opts.passphraseFile, "passphrase-file", "", "read the passphrase from the first line of `FILE`")
 	f.IntVarP(&opts.jobs, "jobs", "j", 0, "parallel readers and sealers (default: all CPUs)")
 	f.StringVar(&opts.blockSize, "block-size", "1M", "block `SIZE` (64K to 64M)")
+	f.StringVar(&opts.segmentSize, "segment-size", "64M", "close segment objects at about `SIZE`")
 	f.StringVar(&opts.compress, "compress", "none", "per-block compression: zstd or none")
 	f.StringVar(&opts.name, "name", "", "a `LABEL` shown by list (stored in plaintext)")
 	f.StringVar(&opts.stateDir, "state-dir", defaultStateDir(), "where resume journals (and DR state) are kept")
@@ -77,6 +79,10 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	}
 	if bs < archive.MinBlockSize || bs > archive.MaxBlockSize || bs%4096 != 0 {
 		return usagef("--block-size %s: must be a multiple of 4 KiB between 64 KiB and 64 MiB", opts.blockSize)
+	}
+	segSize, err := parseSize(opts.segmentSize)
+	if err != nil || segSize < 1<<20 {
+		return usagef("--segment-size %s: want a size of at least 1M", opts.segmentSize)
 	}
 	if opts.compress != "zstd" && opts.compress != "none" {
 		return usagef("--compress %q: want zstd or none", opts.compress)
@@ -113,7 +119,7 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	cnt := new(shipper.Counters)
 	rep := startProgress(s, "send", opts.output, cnt)
 	res, err := shipper.Send(ctx, tr, sources, shipper.SendOptions{
-		Recipients: recipients, Jobs: opts.jobs, Streams: opts.transport.streams, BlockSize: bs,
+		Recipients: recipients, Jobs: opts.jobs, Streams: opts.transport.streams, BlockSize: bs, SegmentSize: segSize,
 		Compress: opts.compress == "zstd", Label: opts.name, Counters: cnt,
 		StateDir: stateDir, Dest: destKey(opts.to), RecipientsID: rid, NoResume: opts.noResume,
 		Retries: opts.retries, Log: s.logf(opts.output),

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coldship/coldship/shipper/s3/s3test"
+)
+
+func TestS3RoundTrip(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.SetEnv(t)
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "vm", "disk.img")
+	os.MkdirAll(filepath.Dir(src), 0o755)
+	makeImage(t, src, 40<<20, region{0, 9 << 20, "random"}, region{20 << 20, 3 << 20, "text"}, region{30 << 20, 2 << 20, "zero"})
+	dest := "s3://" + srv.Bucket + "/dr/web01"
+	id := strings.TrimSpace(mustRun(t, "send", filepath.Join(dir, "vm"), "--to", dest, "-r", rcpt, "--segment-size", "4M", "-q").stdout)
+
+	r := mustRun(t, "list", dest)
+	if !strings.Contains(r.stdout, id) || !strings.Contains(r.stdout, "complete") {
+		t.Errorf("list over S3: %q", r.stdout)
+	}
+	mustRun(t, "verify", dest, id)
+	mustRun(t, "verify", dest, id, "-i", key)
+	out := filepath.Join(dir, "out")
+	mustRun(t, "receive", dest, id, "--out", out, "-i", key, "-q")
+	sameFile(t, src, filepath.Join(out, "vm", "disk.img"))
+	if a, b := allocated(t, src), allocated(t, filepath.Join(out, "vm", "disk.img")); b > a {
+		t.Errorf("restored image allocates %d bytes, the source %d", b, a)
+	}
+
+	// A missing object: exit 5, nothing at a final name.
+	seg := filepath.Join(srv.Dir, srv.Bucket, "dr", "web01", id, "segments", "00000002")
+	if err := os.Remove(seg); err != nil {
+		t.Fatalf("remove a segment behind the server's back: %v", err)
+	}
+	out2 := filepath.Join(dir, "out2")
+	if r := run(t, "receive", dest, id, "--out", out2, "-i", key); r.code != exitIntegrity {
+		t.Errorf("receive with a missing segment: exit %d, want 5; %s", r.code, r.stderr)
+	}
+	noFinalFiles(t, out2)
+	if r := run(t, "verify", dest, id); r.code != exitIntegrity {
+		t.Errorf("verify with a missing segment: exit %d, want 5; %s", r.code, r.stderr)
+	}
+
+	// Wrong secret: exit 4, and the secret never printed.
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-0123456789")
+	for _, args := range [][]string{{"list", dest}, {"send", src, "--to", dest, "-r", rcpt}, {"receive", dest, id, "--out", out2, "-i", key}} {
+		r := run(t, args...)
+		if r.code != exitAuth {
+			t.Errorf("%s with a wrong secret: exit %d, want 4; %s", args[0], r.code, r.stderr)
+		}
+		if strings.Contains(r.stderr, "not-the-secret") || strings.Contains(r.stderr, srv.SecretKey) {
+			t.Errorf("%s printed a secret: %s", args[0], r.stderr)
+		}
+	}
+}
+
+func TestS3InterruptedSendResumes(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.SetEnv(t)
+	// A slow link, so that the server can be killed in the middle.
+	t.Setenv("AWS_ENDPOINT_URL", srv.SlowProxy(t, 6<<20))
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	makeImage(t, src, 24<<20, region{0, 24 << 20, "random"})
+	dest := "s3://" + srv.Bucket + "/dr"
+	args := []string{"send", src, "--to", dest, "-r", rcpt, "--segment-size", "2M", "--streams", "2", "--retries", "0", "-q"}
+
+	done := make(chan result, 1)
+	go func() { done <- runCtx(t, context.Background(), nil, args...) }()
+	// Kill the server once a few segments are complete.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		segs, _ := filepath.Glob(filepath.Join(srv.Dir, srv.Bucket, "dr", "*", "segments", "0*"))
+		if len(segs) >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no segment reached the server in time")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	srv.Stop()
+	r := <-done
+	if r.code == 0 {
+		t.Fatal("send succeeded although the server was killed")
+	}
+	if !strings.Contains(r.stderr, "run the same command again to resume") {
+		t.Errorf("interrupted send does not say how to resume: %s", r.stderr)
+	}
+	srv.Restart()
+
+	r = mustRun(t, args...)
+	id := strings.TrimSpace(r.stdout)
+	ships, _ := filepath.Glob(filepath.Join(srv.Dir, srv.Bucket, "dr", "*"))
+	if len(ships) != 1 || filepath.Base(ships[0]) != id {
+		t.Errorf("rerun did not resume the interrupted shipment: %v, id %s", ships, id)
+	}
+	out := filepath.Join(dir, "out")
+	mustRun(t, "receive", dest, id, "--out", out, "-i", key, "-q")
+	sameFile(t, src, filepath.Join(out, "disk.img"))
+	for u := range srv.Client().ListIncompleteUploads(context.Background(), srv.Bucket, "", true) {
+		if u.Err != nil {
+			t.Fatalf("list incomplete uploads: %v", u.Err)
+		}
+		t.Errorf("incomplete multipart upload left behind: %s", u.Key)
+	}
+}
