@@ -48,7 +48,7 @@ func (c *Codec) Close() {
 // least len(plain) capacity for the compressed form.
 func (c *Codec) Seal(dst, scratch, plain []byte, file uint32, block uint64) (record []byte, compressed bool, err error) {
 	payload := plain
-	if c.compress {
+	if c.compress && c.worthCompressing(plain, scratch) {
 		z := c.enc.EncodeAll(plain, scratch[:0])
 		if len(z) <= len(plain)-len(plain)/16 {
 			payload, compressed = z, true
@@ -56,6 +56,18 @@ func (c *Codec) Seal(dst, scratch, plain []byte, file uint32, block uint64) (rec
 	}
 	record, err = c.key.Seal(dst, BlockContext(c.id, file, block), payload)
 	return record, compressed, err
+}
+
+// worthCompressing compresses a 64 KiB sample of a large block first:
+// encrypted, already compressed or random data (common in disk images)
+// then costs a sixteenth of a full attempt.
+func (c *Codec) worthCompressing(plain, scratch []byte) bool {
+	const sample = 64 << 10
+	if len(plain) < 2*sample {
+		return true
+	}
+	z := c.enc.EncodeAll(plain[:sample], scratch[:0])
+	return len(z) < sample-sample/32
 }
 
 // Open authenticates a record, decompresses it if needed into dst, and

@@ -9,7 +9,7 @@ import (
 
 // Header is the plaintext description of a shipment, readable without a
 // key so that `coldship list` can show it. The sealed manifest records the
-// header's SHA-256, so a changed header fails at receive.
+// header's digest, so a changed header fails at receive.
 type Header struct {
 	Format      int       `json:"format"`
 	ID          string    `json:"id"`

@@ -8,7 +8,7 @@ import (
 )
 
 // Inventory is the plaintext list of a shipment's objects with their sizes
-// and SHA-256 digests. It lets `coldship verify` check a shipment without
+// and BLAKE3 digests. It lets `coldship verify` check a shipment without
 // any key; it reveals object names and sizes, nothing else.
 type Inventory struct {
 	Format  int              `json:"format"`
@@ -20,7 +20,7 @@ type Inventory struct {
 type InventoryEntry struct {
 	Name   string `json:"name"` // relative to the shipment folder
 	Size   int64  `json:"size"`
-	SHA256 Digest `json:"sha256"`
+	BLAKE3 Digest `json:"blake3"`
 }
 
 // Marshal encodes the inventory object.
@@ -62,7 +62,7 @@ func ParseInventory(b []byte) (*Inventory, error) {
 func (inv *Inventory) Check(name string, b []byte) error {
 	for _, o := range inv.Objects {
 		if o.Name == name {
-			if o.Size != int64(len(b)) || o.SHA256 != SHA256(b) {
+			if o.Size != int64(len(b)) || o.BLAKE3 != ObjectDigest(b) {
 				return fmt.Errorf("content does not match the inventory: %w", ErrIntegrity)
 			}
 			return nil
@@ -76,7 +76,7 @@ func (inv *Inventory) Check(name string, b []byte) error {
 func (inv *Inventory) CheckSegment(s Segment) error {
 	for _, o := range inv.Objects {
 		if o.Name == s.Name {
-			if o.Size != s.Size || o.SHA256 != s.SHA256 {
+			if o.Size != s.Size || o.BLAKE3 != s.BLAKE3 {
 				return fmt.Errorf("entry of %s differs from the manifest: %w", s.Name, ErrIntegrity)
 			}
 			return nil

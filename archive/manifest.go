@@ -41,7 +41,7 @@ type Manifest struct {
 	ID           string    `json:"id"`
 	Created      time.Time `json:"created"`
 	Label        string    `json:"label,omitempty"`
-	HeaderSHA256 Digest    `json:"header_sha256"`
+	HeaderDigest Digest    `json:"header_blake3"`
 	BlockSize    int64     `json:"block_size"`
 	Compression  string    `json:"compression"`
 	Segments     []Segment `json:"segments"`
@@ -52,7 +52,7 @@ type Manifest struct {
 type Segment struct {
 	Name   string `json:"name"` // relative to the shipment folder
 	Size   int64  `json:"size"`
-	SHA256 Digest `json:"sha256"`
+	BLAKE3 Digest `json:"blake3"`
 	Key    int    `json:"key"` // key slot that sealed its blocks
 }
 
@@ -157,7 +157,7 @@ func OpenManifest(b []byte, key *cipher.Key, h *Header, header []byte) (*Manifes
 	if m.ID != h.ID || m.BlockSize != h.BlockSize || m.Compression != h.Compression || !m.Created.Equal(h.Created) || m.Label != h.Label {
 		return nil, fmt.Errorf("manifest: does not match the shipment header: %w", ErrIntegrity)
 	}
-	if m.HeaderSHA256 != sha256Sum(header) {
+	if m.HeaderDigest != ObjectDigest(header) {
 		return nil, fmt.Errorf("manifest: header object was changed: %w", ErrIntegrity)
 	}
 	return m, nil

@@ -30,7 +30,7 @@ type journal struct {
 	BlockSize    int64            `json:"block_size"`
 	Compression  string           `json:"compression"`
 	Recipients   string           `json:"recipients"` // fingerprint of the recipient list
-	HeaderSHA256 archive.Digest   `json:"header_sha256"`
+	HeaderDigest archive.Digest   `json:"header_blake3"`
 	Slots        int              `json:"slots"` // key slots written so far
 	Files        []journalFile    `json:"files"`
 	Segments     []journalSegment `json:"segments"`

@@ -146,7 +146,7 @@ func (sh *Shipment) Receive(ctx context.Context, dir string, opts ReceiveOptions
 		}
 	}
 
-	err = sh.fetchBlocks(ctx, opts.Streams, opts.Jobs, cnt, func(p placed, plain []byte) error {
+	err = sh.fetchBlocks(ctx, opts.Streams, opts.Jobs, false, cnt, func(p placed, plain []byte) error {
 		o := outs[p.file]
 		if _, err := o.f.WriteAt(plain, p.block.Index*m.BlockSize); err != nil {
 			return fmt.Errorf("write %s: %w", o.tmp, err)
@@ -271,7 +271,7 @@ func (sh *Shipment) Verify(ctx context.Context, streams, jobs int, cnt *Counters
 	}
 	// The plaintext digests were checked block by block as they were
 	// opened; the whole-file digest then ties the blocks to the file.
-	if err := sh.fetchBlocks(ctx, streams, jobs, cnt, func(placed, []byte) error { return nil }); err != nil {
+	if err := sh.fetchBlocks(ctx, streams, jobs, true, cnt, func(placed, []byte) error { return nil }); err != nil {
 		return err
 	}
 	for _, f := range m.Files {

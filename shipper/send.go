@@ -3,9 +3,9 @@ package shipper
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
+	"github.com/zeebo/blake3"
 	"hash"
 	"io"
 	"os"
@@ -47,13 +47,13 @@ type SendOptions struct {
 
 	// Resuming: with a StateDir, an interrupted send leaves a journal there
 	// and the next Send of the same sources to the same Dest resumes it.
-	StateDir            string
-	Dest                string // names the destination in the journal
-	RecipientsID        string // RecipientsFingerprint of the recipients
-	NoResume            bool
-	Retries             int           // attempts after a transient failure, each resuming
-	RetryDelay          time.Duration // first backoff delay; doubles each time
-	Log                 func(format string, a ...any)
+	StateDir     string
+	Dest         string // names the destination in the journal
+	RecipientsID string // RecipientsFingerprint of the recipients
+	NoResume     bool
+	Retries      int           // attempts after a transient failure, each resuming
+	RetryDelay   time.Duration // first backoff delay; doubles each time
+	Log          func(format string, a ...any)
 }
 
 // SendResult describes a finished shipment.
@@ -282,7 +282,7 @@ func (state *sendState) loadResumable(ctx context.Context, tr Transport, files [
 	if why == "" {
 		if _, err := tr.Stat(ctx, j.ID+"/"+archive.ManifestObject); err == nil {
 			why = "it completed"
-		} else if hb, err := getObject(ctx, tr, j.ID+"/"+archive.HeaderObject, 64<<10); err != nil || archive.SHA256(hb) != j.HeaderSHA256 {
+		} else if hb, err := getObject(ctx, tr, j.ID+"/"+archive.HeaderObject, 64<<10); err != nil || archive.ObjectDigest(hb) != j.HeaderDigest {
 			why = "its header is gone from the destination"
 		}
 	}
@@ -342,7 +342,7 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 			return "", err
 		}
 		j := &journal{Format: 1, Dest: opts.Dest, ID: id, Created: hdr.Created, Label: opts.Label, BlockSize: opts.BlockSize,
-			Compression: compression, Recipients: opts.RecipientsID, HeaderSHA256: archive.SHA256(hb)}
+			Compression: compression, Recipients: opts.RecipientsID, HeaderDigest: archive.ObjectDigest(hb)}
 		for _, st := range files {
 			j.Files = append(j.Files, st.journalFile())
 		}
@@ -363,7 +363,7 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 	if err != nil {
 		return "", err
 	}
-	if archive.SHA256(hb) != j.HeaderSHA256 {
+	if archive.ObjectDigest(hb) != j.HeaderDigest {
 		panic("shipper: internal error: header does not match the journal")
 	}
 
@@ -436,7 +436,7 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 	sort.Slice(j.Segments, func(a, b int) bool { return j.Segments[a].Name < j.Segments[b].Name })
 	m := &archive.Manifest{
 		Format: archive.FormatVersion, ID: id, Created: hdr.Created, Label: hdr.Label,
-		HeaderSHA256: j.HeaderSHA256, BlockSize: opts.BlockSize, Compression: compression,
+		HeaderDigest: j.HeaderDigest, BlockSize: opts.BlockSize, Compression: compression,
 	}
 	segIndex := map[int]int{}
 	for i, s := range j.Segments {
@@ -452,7 +452,7 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 		return "", err
 	}
 	inv := &archive.Inventory{Format: archive.FormatVersion, ID: id}
-	inv.Objects = append(inv.Objects, archive.InventoryEntry{Name: archive.HeaderObject, Size: int64(len(hb)), SHA256: j.HeaderSHA256})
+	inv.Objects = append(inv.Objects, archive.InventoryEntry{Name: archive.HeaderObject, Size: int64(len(hb)), BLAKE3: j.HeaderDigest})
 	for s := 0; s < j.Slots; s++ {
 		kb, err := getObject(ctx, tr, id+"/"+archive.KeyObject(s), 1<<20)
 		if err != nil {
@@ -461,12 +461,12 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 			}
 			return "", err
 		}
-		inv.Objects = append(inv.Objects, archive.InventoryEntry{Name: archive.KeyObject(s), Size: int64(len(kb)), SHA256: archive.SHA256(kb)})
+		inv.Objects = append(inv.Objects, archive.InventoryEntry{Name: archive.KeyObject(s), Size: int64(len(kb)), BLAKE3: archive.ObjectDigest(kb)})
 	}
 	for _, s := range m.Segments {
-		inv.Objects = append(inv.Objects, archive.InventoryEntry{Name: s.Name, Size: s.Size, SHA256: s.SHA256})
+		inv.Objects = append(inv.Objects, archive.InventoryEntry{Name: s.Name, Size: s.Size, BLAKE3: s.BLAKE3})
 	}
-	inv.Objects = append(inv.Objects, archive.InventoryEntry{Name: archive.ManifestObject, Size: int64(len(mb)), SHA256: archive.SHA256(mb)})
+	inv.Objects = append(inv.Objects, archive.InventoryEntry{Name: archive.ManifestObject, Size: int64(len(mb)), BLAKE3: archive.ObjectDigest(mb)})
 	ib, err := inv.Marshal()
 	if err != nil {
 		return "", err
@@ -726,7 +726,7 @@ type segmentWriter struct {
 
 func openSegment(ctx context.Context, tr Transport, id string, n int) *segmentWriter {
 	pr, pw := io.Pipe()
-	w := &segmentWriter{n: n, name: archive.SegmentObject(n), pw: pw, h: sha256.New(), res: make(chan error, 1)}
+	w := &segmentWriter{n: n, name: archive.SegmentObject(n), pw: pw, h: blake3.New(), res: make(chan error, 1)}
 	go func() {
 		err := tr.Put(ctx, id+"/"+w.name, pr, -1)
 		if err != nil {
@@ -756,7 +756,7 @@ func (w *segmentWriter) close() (archive.Segment, error) {
 	}
 	var d archive.Digest
 	w.h.Sum(d[:0])
-	return archive.Segment{Name: w.name, Size: w.size, SHA256: d, Key: 0}, nil
+	return archive.Segment{Name: w.name, Size: w.size, BLAKE3: d, Key: 0}, nil
 }
 
 func (w *segmentWriter) abort() {

@@ -2,16 +2,16 @@ package shipper
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
+	"github.com/zeebo/blake3"
 	"io"
 
 	"github.com/coldship/coldship/archive"
 )
 
 // VerifyInventory checks, without any key, that every object listed in the
-// shipment's inventory is present with its recorded size and SHA-256, and
+// shipment's inventory is present with its recorded size and BLAKE3 digest, and
 // that the manifest is there.
 func VerifyInventory(ctx context.Context, tr Transport, id string, cnt *Counters) error {
 	if cnt == nil {
@@ -53,7 +53,7 @@ func VerifyInventory(ctx context.Context, tr Transport, id string, cnt *Counters
 			}
 			return missingIsIntegrity(err)
 		}
-		h := sha256.New()
+		h := blake3.New()
 		n, err := io.Copy(h, rc)
 		rc.Close()
 		if err != nil {
@@ -63,8 +63,8 @@ func VerifyInventory(ctx context.Context, tr Transport, id string, cnt *Counters
 		cnt.Shipped.Add(n)
 		var d archive.Digest
 		h.Sum(d[:0])
-		if n != o.Size || d != o.SHA256 {
-			return fmt.Errorf("%s: size or SHA-256 does not match the inventory: %w", name, archive.ErrIntegrity)
+		if n != o.Size || d != o.BLAKE3 {
+			return fmt.Errorf("%s: size or digest does not match the inventory: %w", name, archive.ErrIntegrity)
 		}
 	}
 	return nil

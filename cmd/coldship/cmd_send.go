@@ -58,7 +58,7 @@ stdout: exactly one line, the shipment id.` + "\n" + exitStatusHelp,
 	f.IntVarP(&opts.jobs, "jobs", "j", 0, "parallel readers and sealers (default: all CPUs)")
 	f.StringVar(&opts.blockSize, "block-size", "1M", "block `SIZE` (64K to 64M)")
 	f.StringVar(&opts.segmentSize, "segment-size", "64M", "close segment objects at about `SIZE`")
-	f.StringVar(&opts.compress, "compress", "none", "per-block compression: zstd or none")
+	f.StringVar(&opts.compress, "compress", "zstd", "per-block compression where it saves at least 1/16: zstd or none")
 	f.StringVar(&opts.name, "name", "", "a `LABEL` shown by list (stored in plaintext)")
 	f.StringVar(&opts.stateDir, "state-dir", defaultStateDir(), "where resume journals (and DR state) are kept")
 	f.BoolVar(&opts.noResume, "no-resume", false, "start a new shipment even if an interrupted one could be resumed")

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/coldship/coldship/archive"
@@ -69,6 +70,13 @@ func main() {
 		<-sigs
 		os.Exit(exitInterrupted) // a second signal does not wait for cleanup
 	}()
+	// COLDSHIP_CPUPROFILE=FILE writes a CPU profile: for benchmarking only.
+	if p := os.Getenv("COLDSHIP_CPUPROFILE"); p != "" {
+		if f, err := os.Create(p); err == nil {
+			pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
 	root := newRootCmd(os.Stdin, os.Stdout, os.Stderr)
 	err := root.ExecuteContext(ctx)
 	if err != nil && context.Cause(ctx) == errInterrupted {
@@ -77,5 +85,6 @@ func main() {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "coldship: %v\n", err)
 	}
+	pprof.StopCPUProfile()
 	os.Exit(exitCode(err))
 }

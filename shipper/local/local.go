@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/coldship/coldship/shipper"
@@ -85,7 +86,11 @@ func (t *Transport) Put(ctx context.Context, name string, r io.Reader, size int6
 			os.Remove(tmp)
 		}
 	}()
-	n, err := io.Copy(f, ctxReader{ctx, r})
+	// Large writes: segments arrive through a pipe, and 32 KiB copies would
+	// cost a system call each.
+	buf := copyBuffers.Get().(*[]byte)
+	n, err := io.CopyBuffer(struct{ io.Writer }{f}, ctxReader{ctx, r}, *buf)
+	copyBuffers.Put(buf)
 	if err != nil {
 		return classify("write", tmp, err)
 	}
@@ -129,8 +134,7 @@ func (c ctxReader) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
-// ReadFrom-free: io.Copy falls back to Read/Write so that cancellation is
-// checked between reads.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
 // Open returns a section of the object's file.
 func (t *Transport) Open(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
