@@ -1,0 +1,289 @@
+package archive_test
+
+// This test is an independent decoder written from docs/FORMAT.md alone:
+// it parses a fixed shipment (testdata/fixture, made once with -update)
+// with nothing but the record layer, age, zstd, BLAKE3 and encoding/json,
+// so neither the format nor its documentation can drift silently.
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"filippo.io/age"
+	"github.com/klauspost/compress/zstd"
+	"github.com/zeebo/blake3"
+
+	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/cipher"
+	"github.com/coldship/coldship/shipper"
+	"github.com/coldship/coldship/shipper/local"
+)
+
+var update = flag.Bool("update", false, "regenerate testdata/fixture")
+
+const fixtureBS = 64 << 10
+
+// fixtureFiles is the content of the fixture shipment, generated
+// deterministically.
+func fixtureFiles() map[string][]byte {
+	r := rand.New(rand.NewPCG(1, 2))
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(r.Uint32())
+		}
+		return b
+	}
+	disk := make([]byte, 5*fixtureBS+100)
+	copy(disk[0:], random(fixtureBS)) // block 0: data
+	// block 1: hole
+	// block 2: allocated zeros
+	copy(disk[3*fixtureBS:], bytes.Repeat([]byte("coldship fixture log line\n"), 2520)) // block 3: compressible
+	copy(disk[4*fixtureBS:], random(fixtureBS+100))                                     // block 4 and the short block 5
+	return map[string][]byte{
+		"vm/disk.img": disk,
+		"vm/vm.xml":   []byte("<domain type='kvm'><name>fixture</name></domain>\n"),
+	}
+}
+
+func writeFixtureSource(t *testing.T, dir string) {
+	for name, b := range fixtureFiles() {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Truncate(int64(len(b)))
+		// Write everything but block 1, which stays a hole.
+		if name == "vm/disk.img" {
+			f.WriteAt(b[:fixtureBS], 0)
+			f.WriteAt(b[2*fixtureBS:], 2*fixtureBS)
+		} else {
+			f.Write(b)
+		}
+		f.Close()
+	}
+}
+
+func TestFixtureDecodesPerFormatDoc(t *testing.T) {
+	dir := filepath.Join("testdata", "fixture")
+	if *update {
+		regenerate(t, dir)
+	}
+	idb, err := os.ReadFile(filepath.Join(dir, "identity.txt"))
+	if err != nil {
+		t.Fatalf("fixture: %v (regenerate with go test ./archive -run Fixture -update)", err)
+	}
+	ids, err := age.ParseIdentities(bytes.NewReader(idb))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ships, _ := filepath.Glob(filepath.Join(dir, "2*"))
+	if len(ships) != 1 {
+		t.Fatalf("fixture holds %d shipments, want 1", len(ships))
+	}
+	ship := ships[0]
+	id := filepath.Base(ship)
+	read := func(name string) []byte {
+		b, err := os.ReadFile(filepath.Join(ship, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+
+	// header: magic line, then one JSON line.
+	hb := read("header")
+	line1, rest, _ := bytes.Cut(hb, []byte("\n"))
+	if string(line1) != "coldship-shipment-v1" {
+		t.Fatalf("header magic %q", line1)
+	}
+	var hdr map[string]any
+	if err := json.Unmarshal(rest, &hdr); err != nil {
+		t.Fatal(err)
+	}
+	if hdr["format"] != 1.0 || hdr["id"] != id || hdr["block_size"] != float64(fixtureBS) || hdr["cipher"] != "cobblestone-256" || hdr["compression"] != "zstd" {
+		t.Fatalf("header fields: %v", hdr)
+	}
+
+	// manifest: first line names the key slot.
+	mb := read("manifest")
+	mline, sealed, _ := bytes.Cut(mb, []byte("\n"))
+	slot, ok := strings.CutPrefix(string(mline), "coldship-manifest-v1 key=")
+	if !ok || len(slot) != 4 {
+		t.Fatalf("manifest first line %q", mline)
+	}
+	key, err := cipher.UnwrapKey(read("keys/"+slot), ids...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	z, err := key.Open(nil, []byte("coldship/v1/manifest\x00"+id), sealed)
+	if err != nil {
+		t.Fatalf("open manifest with the documented context: %v", err)
+	}
+	dec, _ := zstd.NewReader(nil)
+	defer dec.Close()
+	mj, err := dec.DecodeAll(z, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m struct {
+		Format       int    `json:"format"`
+		Created      string `json:"created"`
+		Label        string `json:"label"`
+		Compression  string `json:"compression"`
+		ID           string `json:"id"`
+		HeaderBLAKE3 string `json:"header_blake3"`
+		BlockSize    int64  `json:"block_size"`
+		Segments     []struct {
+			Name   string `json:"name"`
+			Size   int64  `json:"size"`
+			BLAKE3 string `json:"blake3"`
+			Key    int    `json:"key"`
+		} `json:"segments"`
+		Files []struct {
+			Path    string `json:"path"`
+			Type    string `json:"type"`
+			Size    int64  `json:"size"`
+			Mode    int    `json:"mode"`
+			MTime   string `json:"mtime"`
+			BLAKE3  string `json:"blake3"`
+			Extents []struct {
+				Kind           string
+				Offset, Length int64
+			} `json:"extents"`
+			Blocks []struct {
+				I int64  `json:"i"`
+				S int    `json:"s"`
+				O int64  `json:"o"`
+				N int64  `json:"n"`
+				Z bool   `json:"z"`
+				H string `json:"h"`
+			} `json:"blocks"`
+		} `json:"files"`
+	}
+	d := json.NewDecoder(bytes.NewReader(mj))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&m); err != nil {
+		t.Fatalf("manifest JSON does not match the documented fields: %v", err)
+	}
+	b3 := func(b []byte) string { s := blake3.Sum256(b); return hex.EncodeToString(s[:]) }
+	if m.Format != 1 || m.Label != "fixture" || m.Compression != "zstd" || m.Created != hdr["created"] {
+		t.Errorf("manifest fields: format %d label %q compression %q created %q", m.Format, m.Label, m.Compression, m.Created)
+	}
+	if m.ID != id || m.HeaderBLAKE3 != b3(hb) {
+		t.Fatalf("manifest id %q / header digest mismatch", m.ID)
+	}
+	for _, s := range m.Segments {
+		if b := read(s.Name); int64(len(b)) != s.Size || b3(b) != s.BLAKE3 {
+			t.Errorf("segment %s: size or digest differs from the manifest", s.Name)
+		}
+	}
+
+	want := fixtureFiles()
+	kinds := map[string][]string{}
+	for fi, f := range m.Files {
+		if f.Type == "dir" {
+			if f.Path != "vm" || f.Mode != 0o755 {
+				t.Errorf("dir entry %+v", f)
+			}
+			continue
+		}
+		out := make([]byte, f.Size)
+		for _, b := range f.Blocks {
+			seg := read(m.Segments[b.S].Name)
+			ctx := append([]byte("coldship/v1/block\x00"+id+"\x00"), binary.BigEndian.AppendUint32(nil, uint32(fi))...)
+			ctx = binary.BigEndian.AppendUint64(ctx, uint64(b.I))
+			p, err := key.Open(nil, ctx, seg[b.O:b.O+b.N])
+			if err != nil {
+				t.Fatalf("%s block %d: %v", f.Path, b.I, err)
+			}
+			if b.Z {
+				if p, err = dec.DecodeAll(p, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if b3(p) != b.H {
+				t.Errorf("%s block %d: digest", f.Path, b.I)
+			}
+			copy(out[b.I*m.BlockSize:], p)
+		}
+		if !bytes.Equal(out, want[f.Path]) {
+			t.Errorf("%s decodes to different bytes", f.Path)
+		}
+		// whole-file digest
+		h := blake3.New()
+		h.WriteString("coldship/v1/file\x00")
+		binary.Write(h, binary.BigEndian, uint64(f.Size))
+		binary.Write(h, binary.BigEndian, uint64(m.BlockSize))
+		for off := int64(0); off < f.Size; off += m.BlockSize {
+			s := blake3.Sum256(out[off:min(off+m.BlockSize, f.Size)])
+			h.Write(s[:])
+		}
+		if hex.EncodeToString(h.Sum(nil)) != f.BLAKE3 {
+			t.Errorf("%s: whole-file digest differs from the documented construction", f.Path)
+		}
+		for _, e := range f.Extents {
+			kinds[f.Path] = append(kinds[f.Path], e.Kind)
+		}
+	}
+	if got := strings.Join(kinds["vm/disk.img"], ","); got != "data,hole,zero,data" {
+		t.Errorf("disk.img extents = %s, want data,hole,zero,data", got)
+	}
+	compressed := 0
+	for _, f := range m.Files {
+		for _, b := range f.Blocks {
+			if b.Z {
+				compressed++
+			}
+		}
+	}
+	if compressed == 0 {
+		t.Error("no block of the fixture is compressed; the compressible block should be")
+	}
+
+	// And the real receiver agrees.
+	tr, _ := local.New(dir)
+	sh, err := shipper.OpenShipment(context.Background(), tr, id, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sh.Verify(context.Background(), 1, 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := shipper.VerifyInventory(context.Background(), tr, id, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func regenerate(t *testing.T, dir string) {
+	os.RemoveAll(dir)
+	os.MkdirAll(dir, 0o755)
+	ident, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "identity.txt"), []byte("# test-only identity of the format fixture; never use it for data\n"+ident.String()+"\n"), 0o600)
+	src := t.TempDir()
+	writeFixtureSource(t, src)
+	sources, err := archive.CollectSources([]string{filepath.Join(src, "vm")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, _ := local.New(dir)
+	if _, err := shipper.Send(context.Background(), tr, sources, shipper.SendOptions{
+		Recipients: []age.Recipient{ident.Recipient()}, BlockSize: fixtureBS, Compress: true, Jobs: 1, Streams: 1, Label: "fixture",
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
