@@ -14,7 +14,8 @@ img=$d/vm/disk.img
 truncate -s 512M "$img"
 dd if=/dev/urandom of="$img" bs=1M count=24 conv=notrunc status=none             # 'boot' data at 0
 dd if=/dev/zero of="$img" bs=1M count=16 seek=64 conv=notrunc status=none        # allocated zeros
-yes 'coldship demo log line' | head -c 8M | dd of="$img" bs=1M seek=200 conv=notrunc status=none iflag=fullblock
+awk 'BEGIN { for (i = 0; i < 250000; i++) printf "Nov 22 00:00:%02d web01 app[42]: request %d served\n", i % 60, i }' |
+	dd of="$img" bs=1M seek=200 conv=notrunc status=none iflag=fullblock                     # compressible logs
 dd if=/dev/urandom of="$img" bs=1M count=8 seek=500 conv=notrunc status=none
 printf '<domain><name>demo</name><memory>1048576</memory></domain>\n' >"$d/vm/demo.xml"
 ls -ls "$d/vm"
