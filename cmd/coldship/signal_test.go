@@ -1,0 +1,99 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// coldshipBinary builds the command once, for tests that need a real
+// process (signals, exit statuses as the shell sees them).
+func coldshipBinary(t *testing.T) string {
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "coldship-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "coldship")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = errors.New(string(out))
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("build coldship: %v", buildErr)
+	}
+	return binPath
+}
+
+func TestInterruptLeavesNothing(t *testing.T) {
+	bin := coldshipBinary(t)
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "big.img")
+	makeImage(t, src, 192<<20, region{0, 192 << 20, "random"})
+	dest := filepath.Join(dir, "dest")
+
+	// Interrupted send: exit 130, no complete shipment.
+	cmd := exec.Command(bin, "send", src, "--to", dest, "-r", rcpt, "-q", "-j", "1", "--no-resume")
+	cmd.Env = append(os.Environ(), "XDG_STATE_HOME="+t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitForFile(t, filepath.Join(dest, "*", "keys", "0000"))
+	cmd.Process.Signal(syscall.SIGINT)
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitInterrupted {
+		t.Errorf("interrupted send: %v, want exit 130", err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dest, "*", "manifest")); len(m) != 0 {
+		t.Errorf("an interrupted send left a complete shipment: %v", m)
+	}
+	tmps, _ := filepath.Glob(filepath.Join(dest, "*", "segments", ".*"))
+	if len(tmps) != 0 {
+		t.Errorf("temporary objects left behind: %v", tmps)
+	}
+
+	id := strings.TrimSpace(mustRun(t, "send", src, "--to", dest, "-r", rcpt, "-q", "--no-resume").stdout)
+	out := filepath.Join(dir, "out")
+	cmd = exec.Command(bin, "receive", dest, id, "--out", out, "-i", key, "-q", "-j", "1", "--streams", "1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitForFile(t, filepath.Join(out, ".big.img.coldship-*"))
+	time.Sleep(50 * time.Millisecond)
+	cmd.Process.Signal(syscall.SIGINT)
+	err = cmd.Wait()
+	if !errors.As(err, &ee) || ee.ExitCode() != exitInterrupted {
+		t.Errorf("interrupted receive: %v, want exit 130", err)
+	}
+	if entries, _ := os.ReadDir(out); len(entries) != 0 {
+		t.Errorf("an interrupted receive left files: %v", entries)
+	}
+}
+
+func waitForFile(t *testing.T, pattern string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if m, _ := filepath.Glob(pattern); len(m) > 0 {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("%s did not appear", pattern)
+}
