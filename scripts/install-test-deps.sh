@@ -4,7 +4,7 @@
 # `make bench` measures against.
 set -euo pipefail
 
-debs=(openssh-server openssh-client qemu-utils)
+debs=(openssh-server openssh-client qemu-utils libvirt-clients util-linux)
 if [ "${1:-}" = "--bench" ]; then
 	debs+=(age openssl rclone restic rsync time)
 fi

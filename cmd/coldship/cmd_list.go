@@ -38,7 +38,7 @@ object per line instead.` + "\n" + exitStatusHelp,
 }
 
 func runList(ctx context.Context, s *streams, opts *listOptions) error {
-	tr, err := openDest(ctx, s, opts.dest, opts.transport)
+	tr, err := openDest(ctx, s, opts.dest, &opts.transport)
 	if err != nil {
 		return err
 	}

@@ -61,14 +61,14 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 	if opts.out == "" {
 		return usagef("receive: --out DIR is required")
 	}
-	if opts.jobs < 0 || opts.transport.streams < 1 {
-		return usagef("--jobs and --streams must be positive")
+	if opts.jobs < 0 {
+		return usagef("--jobs must not be negative")
 	}
 	ids, err := s.identities(opts.identities, opts.passphraseFile, true)
 	if err != nil {
 		return err
 	}
-	tr, err := openDest(ctx, s, opts.dest, opts.transport)
+	tr, err := openDest(ctx, s, opts.dest, &opts.transport)
 	if err != nil {
 		return err
 	}

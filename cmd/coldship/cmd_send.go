@@ -87,8 +87,8 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if opts.compress != "zstd" && opts.compress != "none" {
 		return usagef("--compress %q: want zstd or none", opts.compress)
 	}
-	if opts.jobs < 0 || opts.transport.streams < 1 {
-		return usagef("--jobs and --streams must be positive")
+	if opts.jobs < 0 {
+		return usagef("--jobs must not be negative")
 	}
 	recipients, err := s.sendRecipients(opts.recipients, opts.recipientFiles, opts.passphraseFile)
 	if err != nil {
@@ -110,7 +110,7 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if err != nil {
 		return err
 	}
-	tr, err := openDest(ctx, s, opts.to, opts.transport)
+	tr, err := openDest(ctx, s, opts.to, &opts.transport)
 	if err != nil {
 		return err
 	}

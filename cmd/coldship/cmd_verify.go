@@ -53,7 +53,7 @@ func runVerify(ctx context.Context, s *streams, opts *verifyOptions) error {
 	if err != nil {
 		return err
 	}
-	tr, err := openDest(ctx, s, opts.dest, opts.transport)
+	tr, err := openDest(ctx, s, opts.dest, &opts.transport)
 	if err != nil {
 		return err
 	}

@@ -10,11 +10,15 @@ import (
 	"github.com/coldship/coldship/shipper"
 	"github.com/coldship/coldship/shipper/local"
 	"github.com/coldship/coldship/shipper/s3"
+	"github.com/coldship/coldship/shipper/sftp"
 )
 
 // transportOptions are the flags that shape a connection to DEST.
 type transportOptions struct {
-	streams     int
+	streams     int // 0: the transport's default
+	sshKeys     []string
+	knownHosts  string
+	acceptNew   bool
 	s3Endpoint  string
 	s3Region    string
 	s3PathStyle bool
@@ -22,19 +26,40 @@ type transportOptions struct {
 
 // addTransportFlags adds the flags of every transport to a command.
 func addTransportFlags(f *pflag.FlagSet, o *transportOptions) {
-	f.IntVar(&o.streams, "streams", shipper.DefaultStreams, "segments moved at once (connections or parallel requests)")
+	f.IntVar(&o.streams, "streams", 0, "segments moved at once: SSH connections or parallel S3 requests (default 8 for sftp, 4 otherwise)")
+	f.StringArrayVar(&o.sshKeys, "ssh-key", nil, "SFTP: authenticate with the private key in `FILE` (repeatable; default: ssh-agent, ~/.ssh/config, ~/.ssh/id_*)")
+	f.StringVar(&o.knownHosts, "known-hosts", "", "SFTP: check host keys against `FILE` (default ~/.ssh/known_hosts)")
+	f.BoolVar(&o.acceptNew, "accept-new-host-key", false, "SFTP: trust and record an unknown host's key (like StrictHostKeyChecking=accept-new); a changed key is always refused")
 	f.StringVar(&o.s3Endpoint, "s3-endpoint", "", "S3 endpoint `URL` (default $AWS_ENDPOINT_URL or AWS); http:// only when given explicitly")
 	f.StringVar(&o.s3Region, "s3-region", "", "S3 `REGION` (default $AWS_REGION)")
 	f.BoolVar(&o.s3PathStyle, "s3-path-style", false, "force path-style S3 addressing (automatic for non-AWS endpoints)")
 }
 
-// openDest returns the Transport for a DEST argument.
-func openDest(ctx context.Context, s *streams, dest string, o transportOptions) (shipper.Transport, error) {
+// openDest returns the Transport for a DEST argument, and sets o.streams
+// to the transport's default when it was not given.
+func openDest(ctx context.Context, s *streams, dest string, o *transportOptions) (shipper.Transport, error) {
+	if o.streams < 0 {
+		return nil, usagef("--streams must be positive")
+	}
 	scheme, _, hasScheme := strings.Cut(dest, "://")
+	if o.streams == 0 {
+		o.streams = shipper.DefaultStreams
+		if scheme == "sftp" {
+			o.streams = sftp.DefaultStreams
+		}
+	}
 	if !hasScheme {
 		return local.New(dest)
 	}
 	switch scheme {
+	case "sftp":
+		cfg, err := sftp.ParseURL(dest)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		cfg.KeyFiles, cfg.KnownHosts, cfg.AcceptNewHostKey = o.sshKeys, o.knownHosts, o.acceptNew
+		cfg.Streams, cfg.AskPass, cfg.Stderr = o.streams, s.askPass(), s.err
+		return sftp.Dial(ctx, cfg)
 	case "file":
 		u, err := url.Parse(dest)
 		if err != nil || (u.Host != "" && u.Host != "localhost") || u.Path == "" {

@@ -43,3 +43,5 @@ func TestSSHKeyRecipient(t *testing.T) {
 		sameFile(t, src, filepath.Join(out, "disk.img"))
 	}
 }
+
+func marshalAuthorizedKey(k ssh.PublicKey) []byte { return ssh.MarshalAuthorizedKey(k) }

@@ -1,0 +1,159 @@
+package sftp
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	sftpclient "github.com/pkg/sftp"
+
+	"github.com/coldship/coldship/shipper"
+)
+
+func TestResolve(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	local := currentUser()
+	sshConfig := filepath.Join(t.TempDir(), "config")
+	os.WriteFile(sshConfig, []byte(`
+Host backup
+    HostName 192.0.2.7
+    Port 2222
+    User shipper
+    IdentityFile ~/.ssh/backup_%r_%h
+    IdentityFile /keys/%n.key
+    UserKnownHostsFile ~/.ssh/kh1 /etc/kh2
+    IdentitiesOnly yes
+    HashKnownHosts yes
+
+Host *.example.org
+    HostName %h.internal
+`), 0o600)
+
+	tests := []struct {
+		name string
+		cfg  Config
+		want destination
+	}{
+		{
+			name: "alias",
+			cfg:  Config{Host: "backup", Path: "/srv", SSHConfig: sshConfig},
+			want: destination{
+				alias: "backup", host: "192.0.2.7", port: 2222, user: "shipper", root: "/srv",
+				keyFiles:  []string{home + "/.ssh/backup_shipper_192.0.2.7", "/keys/backup.key"},
+				keySource: keysConfig, identitiesOnly: true,
+				knownHosts:      []string{home + "/.ssh/kh1", "/etc/kh2", "/etc/ssh/ssh_known_hosts"},
+				knownHostsWrite: home + "/.ssh/kh1", hashKnownHosts: true,
+			},
+		},
+		{
+			name: "URL wins over ssh_config",
+			cfg: Config{Host: "backup", User: "alice", Port: 22, SSHConfig: sshConfig,
+				KeyFiles: []string{"/k"}, KnownHosts: "/kh"},
+			want: destination{
+				alias: "backup", host: "192.0.2.7", port: 22, user: "alice",
+				keyFiles: []string{"/k"}, keySource: keysFlag, identitiesOnly: true,
+				knownHosts: []string{"/kh"}, knownHostsWrite: "/kh", hashKnownHosts: true,
+			},
+		},
+		{
+			name: "pattern with %h",
+			cfg:  Config{Host: "vault.example.org", SSHConfig: sshConfig},
+			want: destination{
+				alias: "vault.example.org", host: "vault.example.org.internal", port: 22, user: local,
+				keyFiles:   []string{home + "/.ssh/id_ed25519", home + "/.ssh/id_ecdsa", home + "/.ssh/id_rsa"},
+				knownHosts: []string{home + "/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts"}, knownHostsWrite: home + "/.ssh/known_hosts",
+			},
+		},
+		{
+			name: "no ssh_config",
+			cfg:  Config{Host: "backup", SSHConfig: "none"},
+			want: destination{
+				alias: "backup", host: "backup", port: 22, user: local,
+				keyFiles:   []string{home + "/.ssh/id_ed25519", home + "/.ssh/id_ecdsa", home + "/.ssh/id_rsa"},
+				knownHosts: []string{home + "/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts"}, knownHostsWrite: home + "/.ssh/known_hosts",
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := resolve(tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(*got, tc.want) {
+				t.Errorf("resolve:\n got %+v\nwant %+v", *got, tc.want)
+			}
+		})
+	}
+
+	if _, err := resolve(Config{Host: "x", SSHConfig: filepath.Join(t.TempDir(), "missing")}); err == nil {
+		t.Error("resolve with a missing explicit ssh_config succeeded")
+	}
+	// A default ~/.ssh/config that does not parse is ignored with a warning.
+	os.MkdirAll(filepath.Join(home, ".ssh"), 0o700)
+	os.WriteFile(filepath.Join(home, ".ssh", "config"), []byte("Match exec true\n  User x\n"), 0o600)
+	var warn strings.Builder
+	if d, err := resolve(Config{Host: "x", Stderr: &warn}); err != nil || d.user != local {
+		t.Errorf("resolve with an unparsable default ssh_config: %+v, %v", d, err)
+	}
+	if !strings.Contains(warn.String(), "ignoring") {
+		t.Errorf("no warning about the unparsable ssh_config: %q", warn.String())
+	}
+}
+
+func TestClassify(t *testing.T) {
+	tr := &Transport{dest: &destination{user: "u", alias: "h"}}
+	tests := []struct {
+		err       error
+		sentinel  error
+		permanent bool
+	}{
+		{fs.ErrNotExist, shipper.ErrNotFound, false},
+		{&sftpclient.StatusError{Code: fxNoSuchPath}, shipper.ErrNotFound, false},
+		{fs.ErrPermission, shipper.ErrPermanent, true},
+		{&sftpclient.StatusError{Code: fxWriteProtect}, shipper.ErrPermanent, true},
+		{&sftpclient.StatusError{Code: fxNoSpace}, shipper.ErrPermanent, true},
+		{&sftpclient.StatusError{Code: fxQuotaExceeded}, shipper.ErrPermanent, true},
+		{&sftpclient.StatusError{Code: fxFailure}, nil, false},
+		{sftpclient.ErrSSHFxConnectionLost, nil, false},
+	}
+	for _, tc := range tests {
+		err := tr.classify(nil, "write", "/r/.x.tmp-1", tc.err)
+		if tc.sentinel != nil && !errors.Is(err, tc.sentinel) {
+			t.Errorf("classify(%v) = %v, want %v", tc.err, err, tc.sentinel)
+		}
+		if got := errors.Is(err, shipper.ErrPermanent); got != tc.permanent {
+			t.Errorf("classify(%v) = %v: permanent = %v, want %v", tc.err, err, got, tc.permanent)
+		}
+		if !strings.Contains(err.Error(), "/r/.x.tmp-1") {
+			t.Errorf("classify(%v) = %v does not name the file", tc.err, err)
+		}
+	}
+	if !isConnError(sftpclient.ErrSSHFxConnectionLost) || isConnError(&sftpclient.StatusError{Code: fxFailure}) {
+		t.Error("isConnError misclassifies")
+	}
+}
+
+func FuzzParseURL(f *testing.F) {
+	for _, s := range []string{"sftp://u@h:22/p", "sftp://[::1]/~/x", "sftp://u:pw@h/", "sftp://h:99999"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		cfg, err := ParseURL(raw)
+		if err != nil {
+			return
+		}
+		if cfg.Host == "" || cfg.Port < 0 || cfg.Port > 65535 {
+			t.Errorf("ParseURL(%q) = %+v", raw, cfg)
+		}
+		again, err := ParseURL(cfg.String())
+		if err != nil || again.User != cfg.User || again.Host != cfg.Host || again.Port != cfg.Port || again.Path != cfg.Path {
+			t.Errorf("ParseURL(%q).String() = %q does not round-trip: %+v, %v", raw, cfg.String(), again, err)
+		}
+	})
+}

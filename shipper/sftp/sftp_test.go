@@ -1,0 +1,574 @@
+package sftp_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
+	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/coldship/coldship/shipper"
+	"github.com/coldship/coldship/shipper/sftp"
+	"github.com/coldship/coldship/shipper/sftp/sftptest"
+	"github.com/coldship/coldship/shipper/shippertest"
+)
+
+// isolate keeps the user's agent and ~/.ssh out of a test.
+func isolate(t *testing.T) {
+	t.Setenv("SSH_AUTH_SOCK", "")
+	t.Setenv("HOME", t.TempDir())
+}
+
+// config returns a Config that reaches srv through its forwarder with the
+// authorized key file and srv's known_hosts.
+func config(srv *sftptest.Server, dir string, streams int) sftp.Config {
+	return sftp.Config{
+		User:       srv.User,
+		Host:       srv.Host,
+		Port:       srv.Port,
+		Path:       filepath.Join(srv.Root, dir),
+		KeyFiles:   []string{srv.ClientKeyFile},
+		KnownHosts: srv.KnownHostsFile,
+		SSHConfig:  "none",
+		Streams:    streams,
+	}
+}
+
+func dial(t testing.TB, cfg sftp.Config) *sftp.Transport {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tr, err := sftp.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	return tr
+}
+
+func TestConformance(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+	var n atomic.Int64
+	for _, streams := range []int{1, 2} {
+		t.Run(fmt.Sprintf("streams=%d", streams), func(t *testing.T) {
+			shippertest.Run(t, func(t *testing.T) shipper.Transport {
+				cfg := config(srv, fmt.Sprintf("dest%d", n.Add(1)), streams)
+				return dial(t, cfg)
+			})
+		})
+	}
+}
+
+func TestUnknownHost(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+	for _, tc := range []struct {
+		name  string
+		setup func(p string)
+	}{
+		{"empty known_hosts", func(p string) { os.WriteFile(p, nil, 0o600) }},
+		{"missing known_hosts", func(p string) {}},
+		{"other hosts only", func(p string) {
+			_, other := sftptest.NewKeyFile(t, t.TempDir(), "k", nil)
+			os.WriteFile(p, []byte(knownhosts.Line([]string{"example.com"}, other.PublicKey())+"\n"), 0o600)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := config(srv, "d", 1)
+			cfg.KnownHosts = filepath.Join(t.TempDir(), "known_hosts")
+			tc.setup(cfg.KnownHosts)
+			_, err := sftp.Dial(context.Background(), cfg)
+			if !errors.Is(err, shipper.ErrAuth) {
+				t.Fatalf("Dial to an unknown host: err = %v, want ErrAuth", err)
+			}
+			t.Log(err)
+			for _, want := range []string{srv.HostKeyFingerprint, "ssh-ed25519", "--accept-new-host-key", "ssh-keyscan"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not mention %q", err, want)
+				}
+			}
+		})
+	}
+}
+
+func TestAcceptNewHostKey(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+	cfg := config(srv, "d", 2)
+	cfg.KnownHosts = filepath.Join(t.TempDir(), "sub", "known_hosts") // directory created too
+	cfg.AcceptNewHostKey = true
+	var stderr bytes.Buffer
+	cfg.Stderr = &stderr
+	tr := dial(t, cfg)
+	if err := tr.Put(context.Background(), "x/y", strings.NewReader("data"), 4); err != nil {
+		t.Fatal(err)
+	}
+	tr.Close()
+
+	data, err := os.ReadFile(cfg.KnownHosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := knownhosts.Line([]string{srv.Addr}, srv.HostKey) + "\n"
+	if string(data) != want {
+		t.Errorf("known_hosts = %q, want %q (once, although 2 connections were made)", data, want)
+	}
+	if !strings.Contains(stderr.String(), "Permanently added") || !strings.Contains(stderr.String(), srv.HostKeyFingerprint) {
+		t.Errorf("stderr = %q, want a notice with the fingerprint", stderr.String())
+	}
+
+	cfg.AcceptNewHostKey = false
+	cfg.Stderr = nil
+	dial(t, cfg)
+}
+
+func TestChangedHostKey(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+	_, impostor := sftptest.NewKeyFile(t, t.TempDir(), "k", nil)
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecPub, err := ssh.NewPublicKey(&ecKey.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, line string
+		want       string
+	}{
+		{"changed", knownhosts.Line([]string{srv.Addr}, impostor.PublicKey()), "REMOTE HOST IDENTIFICATION HAS CHANGED"},
+		// Only the recorded key type is asked for, so a server without
+		// it cannot present another one.
+		{"other type", knownhosts.Line([]string{srv.Addr}, ecPub), "presents none of the host key types recorded"},
+		{"revoked", "@revoked * " + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(srv.HostKey))), "revoked"},
+	} {
+		for _, accept := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/accept=%v", tc.name, accept), func(t *testing.T) {
+				cfg := config(srv, "d", 1)
+				cfg.KnownHosts = filepath.Join(t.TempDir(), "known_hosts")
+				content := "# comment\n" + tc.line + "\n"
+				os.WriteFile(cfg.KnownHosts, []byte(content), 0o600)
+				cfg.AcceptNewHostKey = accept
+				_, err := sftp.Dial(context.Background(), cfg)
+				if !errors.Is(err, shipper.ErrAuth) {
+					t.Fatalf("Dial: err = %v, want ErrAuth", err)
+				}
+				t.Log(err)
+				wants := []string{tc.want, cfg.KnownHosts + ":2", srv.HostKeyFingerprint}
+				if tc.name == "other type" {
+					wants = []string{tc.want, "ecdsa-sha2-nistp256"}
+				}
+				for _, want := range wants {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("error %q does not mention %q", err, want)
+					}
+				}
+				if data, _ := os.ReadFile(cfg.KnownHosts); string(data) != content {
+					t.Errorf("known_hosts was modified: %q", data)
+				}
+			})
+		}
+	}
+}
+
+func TestWrongUserKey(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+	cfg := config(srv, "d", 1)
+	cfg.KeyFiles[0], _ = sftptest.NewKeyFile(t, t.TempDir(), "id_ed25519", nil)
+	_, err := sftp.Dial(context.Background(), cfg)
+	if !errors.Is(err, shipper.ErrAuth) {
+		t.Fatalf("Dial with an unauthorized key: err = %v, want ErrAuth", err)
+	}
+	t.Log(err)
+	if !strings.Contains(err.Error(), cfg.KeyFiles[0]) {
+		t.Errorf("error %q does not name the key file offered", err)
+	}
+
+	cfg.KeyFiles[0] = filepath.Join(t.TempDir(), "missing")
+	if _, err := sftp.Dial(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Errorf("Dial with a missing --ssh-key: err = %v", err)
+	}
+}
+
+func TestEncryptedKey(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+	pass := []byte("correct horse")
+	keyFile, signer := sftptest.NewKeyFile(t, t.TempDir(), "id_ed25519", pass)
+	srv.Authorize(signer.PublicKey())
+
+	t.Run("prompted once", func(t *testing.T) {
+		cfg := config(srv, "d", 3)
+		cfg.KeyFiles = []string{keyFile}
+		var prompts []string
+		var mu sync.Mutex
+		cfg.AskPass = func(prompt string) ([]byte, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			prompts = append(prompts, prompt)
+			if len(prompts) == 1 {
+				return []byte("wrong"), nil
+			}
+			return bytes.Clone(pass), nil
+		}
+		tr := dial(t, cfg)
+		if err := tr.Put(context.Background(), "a", strings.NewReader("x"), 1); err != nil {
+			t.Fatal(err)
+		}
+		if len(prompts) != 2 || !strings.Contains(prompts[0], keyFile) {
+			t.Errorf("prompts = %q, want two (one wrong passphrase) naming %s", prompts, keyFile)
+		}
+	})
+	t.Run("no terminal", func(t *testing.T) {
+		cfg := config(srv, "d", 1)
+		cfg.KeyFiles = []string{keyFile}
+		_, err := sftp.Dial(context.Background(), cfg)
+		if !errors.Is(err, shipper.ErrAuth) || !strings.Contains(err.Error(), "passphrase") {
+			t.Errorf("Dial with an encrypted key and no AskPass: err = %v, want ErrAuth naming the passphrase", err)
+		}
+	})
+	t.Run("not asked for a key the server refuses", func(t *testing.T) {
+		other, _ := sftptest.NewKeyFile(t, t.TempDir(), "id_other", pass)
+		cfg := config(srv, "d", 1)
+		cfg.KeyFiles = []string{other, srv.ClientKeyFile}
+		cfg.AskPass = func(string) ([]byte, error) {
+			t.Error("AskPass called for a key the server does not accept")
+			return nil, errors.New("no")
+		}
+		dial(t, cfg)
+	})
+}
+
+func TestSSHConfig(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+	dir := t.TempDir()
+	sshConfig := filepath.Join(dir, "config")
+	os.WriteFile(sshConfig, []byte(fmt.Sprintf(`
+Host backup-target
+    HostName %s
+    Port %d
+    User %s
+    IdentityFile %s
+    UserKnownHostsFile %s
+
+Host *
+    IdentityFile %s
+`, srv.Host, srv.Port, srv.User, srv.ClientKeyFile, srv.KnownHostsFile, filepath.Join(dir, "id_missing"))), 0o600)
+
+	cfg, err := sftp.ParseURL("sftp://backup-target" + srv.Root + "/viaconfig")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.SSHConfig = sshConfig
+	cfg.Streams = 1
+	tr := dial(t, cfg)
+	if err := tr.Put(context.Background(), "s/m", strings.NewReader("hello"), -1); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(srv.Root, "viaconfig", "s", "m")); err != nil || string(got) != "hello" {
+		t.Errorf("object on the server = %q, %v", got, err)
+	}
+	if s := tr.String(); s != "sftp://"+srv.User+"@backup-target:"+fmt.Sprint(srv.Port)+srv.Root+"/viaconfig" {
+		t.Errorf("String() = %q", s)
+	}
+
+	cfg.SSHConfig = filepath.Join(dir, "nonexistent")
+	if _, err := sftp.Dial(context.Background(), cfg); err == nil {
+		t.Error("Dial with a missing explicit ssh_config succeeded")
+	}
+}
+
+func TestAgent(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+
+	keyring := agent.NewKeyring()
+	data, err := os.ReadFile(srv.ClientKeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, err := ssh.ParseRawPrivateKey(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := keyring.Add(agent.AddedKey{PrivateKey: priv}); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var served atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			served.Add(1)
+			go func() {
+				defer c.Close()
+				agent.ServeAgent(keyring, c)
+			}()
+		}
+	}()
+	t.Setenv("SSH_AUTH_SOCK", sock)
+
+	cfg := config(srv, "d", 2)
+	cfg.KeyFiles = nil // and HOME has no ~/.ssh
+	tr := dial(t, cfg)
+	if _, err := tr.Stat(context.Background(), "nothing"); !errors.Is(err, shipper.ErrNotFound) {
+		t.Errorf("Stat over an agent-authenticated connection: %v", err)
+	}
+	if served.Load() < 2 {
+		t.Errorf("agent served %d connections, want one per stream", served.Load())
+	}
+}
+
+// cutReader calls cut once after n bytes.
+type cutReader struct {
+	r    io.Reader
+	n    int64
+	cut  func()
+	done bool
+}
+
+func (c *cutReader) Read(p []byte) (int, error) {
+	if !c.done && c.n <= 0 {
+		c.done = true
+		c.cut()
+		time.Sleep(50 * time.Millisecond) // let the failure reach the client
+	}
+	m, err := c.r.Read(p)
+	c.n -= int64(m)
+	return m, err
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+func TestConnectionCutDuringPut(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+	ctx := context.Background()
+	for _, size := range []int64{-1, 32 << 20} {
+		t.Run(fmt.Sprintf("size=%d", size), func(t *testing.T) {
+			dir := fmt.Sprintf("cut%d", size)
+			tr := dial(t, config(srv, dir, 1))
+			data := randomBytes(32 << 20)
+			r := &cutReader{r: bytes.NewReader(data), n: 8 << 20, cut: srv.CutConnections}
+			err := tr.Put(ctx, "s/segments/00000001", r, size)
+			if err == nil {
+				t.Fatal("Put succeeded although its connection was cut")
+			}
+			t.Log(err)
+			if errors.Is(err, shipper.ErrPermanent) || errors.Is(err, shipper.ErrAuth) {
+				t.Errorf("Put over a cut connection: %v, want a transient error", err)
+			}
+			accepted := srv.Forwarder().Accepted()
+			if _, err := tr.Stat(ctx, "s/segments/00000001"); !errors.Is(err, shipper.ErrNotFound) {
+				t.Errorf("Stat after the failed Put: %v, want ErrNotFound", err)
+			}
+			if srv.Forwarder().Accepted() != accepted+1 {
+				t.Errorf("Stat did not re-dial (%d connections accepted before, %d after)", accepted, srv.Forwarder().Accepted())
+			}
+			tr.List(ctx, "", func(oi shipper.ObjectInfo) error {
+				t.Errorf("List shows %q after the failed Put", oi.Name)
+				return nil
+			})
+
+			if err := tr.Put(ctx, "s/segments/00000001", bytes.NewReader(data), size); err != nil {
+				t.Fatalf("Put after the cut: %v", err)
+			}
+			rc, err := tr.Open(ctx, "s/segments/00000001", 0, -1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(rc)
+			rc.Close()
+			if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("read back %d bytes (err %v), want the %d put", len(got), err, len(data))
+			}
+			entries, _ := os.ReadDir(filepath.Join(srv.Root, dir, "s", "segments"))
+			for _, e := range entries {
+				if e.Name() != "00000001" {
+					t.Errorf("the server still holds %s after the connection came back", e.Name())
+				}
+			}
+		})
+	}
+}
+
+func TestConnectionCutDuringOpen(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+	ctx := context.Background()
+	tr := dial(t, config(srv, "d", 1))
+	data := randomBytes(16 << 20)
+	if err := tr.Put(ctx, "obj", bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := tr.Open(ctx, "obj", 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(rc, make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	srv.CutConnections()
+	if _, err := io.Copy(io.Discard, rc); err == nil {
+		t.Error("reading over a cut connection ended without an error")
+	}
+	rc.Close()
+	rc, err = tr.Open(ctx, "obj", 5, -1)
+	if err != nil {
+		t.Fatalf("Open after the cut: %v", err)
+	}
+	defer rc.Close()
+	if got, err := io.ReadAll(rc); err != nil || !bytes.Equal(got, data[5:]) {
+		t.Errorf("read after the cut: %d bytes, err %v", len(got), err)
+	}
+}
+
+func TestServerRestart(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+	ctx := context.Background()
+	tr := dial(t, config(srv, "d", 2))
+	if err := tr.Put(ctx, "a", strings.NewReader("1"), 1); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	_, err := tr.Stat(ctx, "a")
+	if err == nil {
+		t.Fatal("Stat succeeded while sshd was down")
+	}
+	if errors.Is(err, shipper.ErrPermanent) || errors.Is(err, shipper.ErrAuth) || errors.Is(err, shipper.ErrNotFound) {
+		t.Errorf("Stat while sshd is down: %v, want a transient error", err)
+	}
+	srv.Restart()
+	for i := range 2 { // both streams re-dial
+		if oi, err := tr.Stat(ctx, "a"); err != nil || oi.Size != 1 {
+			t.Errorf("Stat %d after restart: %v, %v", i, oi, err)
+		}
+	}
+	if err := tr.Put(ctx, "b", strings.NewReader("2"), 1); err != nil {
+		t.Errorf("Put after restart: %v", err)
+	}
+}
+
+func TestCancelledRedial(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+	tr := dial(t, config(srv, "d", 1))
+	srv.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := tr.Stat(ctx, "a"); err == nil {
+		t.Fatal("Stat succeeded while sshd was down")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Stat with a 100ms context took %v", d)
+	}
+}
+
+func TestPermissionDenied(t *testing.T) {
+	isolate(t)
+	ctx := context.Background()
+	t.Run("read-only server", func(t *testing.T) {
+		srv := sftptest.StartSSHD(t, sftptest.ReadOnly())
+		tr := dial(t, config(srv, "", 1))
+		err := tr.Put(ctx, "s/obj", strings.NewReader("data"), 4)
+		if !errors.Is(err, shipper.ErrPermanent) || !strings.Contains(err.Error(), "s/obj") {
+			t.Errorf("Put to a read-only server: %v, want ErrPermanent naming the object", err)
+		}
+		t.Log(err)
+	})
+	t.Run("directory mode 0555", func(t *testing.T) {
+		if os.Geteuid() == 0 {
+			t.Skip("root ignores directory permissions; the read-only server case covers ErrPermanent")
+		}
+		srv := sftptest.StartSSHD(t)
+		if err := os.Chmod(srv.Root, 0o555); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Chmod(srv.Root, 0o755) })
+		tr := dial(t, config(srv, "", 1))
+		err := tr.Put(ctx, "obj", strings.NewReader("data"), 4)
+		if !errors.Is(err, shipper.ErrPermanent) || !strings.Contains(err.Error(), "obj") {
+			t.Errorf("Put into a 0555 directory: %v, want ErrPermanent naming the object", err)
+		}
+	})
+}
+
+func TestParseURL(t *testing.T) {
+	for _, tc := range []struct {
+		url  string
+		want sftp.Config
+		err  bool
+	}{
+		{url: "sftp://host/backups", want: sftp.Config{Host: "host", Path: "/backups"}},
+		{url: "sftp://alice@host:2222/srv/x/", want: sftp.Config{User: "alice", Host: "host", Port: 2222, Path: "/srv/x"}},
+		{url: "sftp://[::1]:22/x", want: sftp.Config{Host: "::1", Port: 22, Path: "/x"}},
+		{url: "sftp://bob@[2001:db8::1]/x", want: sftp.Config{User: "bob", Host: "2001:db8::1", Path: "/x"}},
+		{url: "sftp://host/~/backups", want: sftp.Config{Host: "host", Path: "backups"}},
+		{url: "sftp://host/~", want: sftp.Config{Host: "host", Path: ""}},
+		{url: "sftp://host", want: sftp.Config{Host: "host"}},
+		{url: "SFTP://Host/x", want: sftp.Config{Host: "Host", Path: "/x"}},
+		{url: "sftp://user:secret@host/x", err: true},
+		{url: "s3://bucket/x", err: true},
+		{url: "sftp:///x", err: true},
+		{url: "sftp://host:0/x", err: true},
+		{url: "sftp://host:99999/x", err: true},
+		{url: "sftp://host/x?y=1", err: true},
+		{url: "/local/path", err: true},
+	} {
+		got, err := sftp.ParseURL(tc.url)
+		if tc.err {
+			if err == nil {
+				t.Errorf("ParseURL(%q) = %+v, want an error", tc.url, got)
+			} else if strings.Contains(err.Error(), "secret") {
+				t.Errorf("ParseURL(%q) error reveals the password: %v", tc.url, err)
+			}
+			continue
+		}
+		type fields struct {
+			user, host string
+			port       int
+			path       string
+		}
+		if err != nil || (fields{got.User, got.Host, got.Port, got.Path} != fields{tc.want.User, tc.want.Host, tc.want.Port, tc.want.Path}) {
+			t.Errorf("ParseURL(%q) = %+v, %v; want %+v", tc.url, got, err, tc.want)
+		}
+	}
+}

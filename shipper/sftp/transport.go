@@ -1,0 +1,529 @@
+package sftp
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/coldship/coldship/shipper"
+)
+
+// smallRead is the largest Open that is read at once into memory rather
+// than streamed.
+const smallRead = 1 << 20
+
+// Transport stores objects as files under a directory of an SFTP server. It
+// keeps several SSH connections and gives each Put or Open to the least busy
+// one; a connection that breaks is re-dialed by the next call that picks it.
+type Transport struct {
+	dest     *destination
+	hostKeys *hostKeyChecker
+	auth     *authenticator
+	stderr   io.Writer
+	streams  []*stream
+
+	pickMu      sync.Mutex
+	closed      atomic.Bool
+	bannerShown atomic.Bool
+
+	orphanMu sync.Mutex
+	orphans  []string // temporaries left by a Put whose connection broke
+}
+
+var _ shipper.Transport = (*Transport)(nil)
+
+// Dial resolves cfg through ssh_config, connects, authenticates and opens
+// cfg.Streams connections. The first connection is made alone, so that a
+// passphrase is asked and a new host key recorded once; the others follow
+// in parallel. The remote directory is created by the first Put.
+func Dial(ctx context.Context, cfg Config) (*Transport, error) {
+	d, err := resolve(cfg)
+	if err != nil {
+		return nil, err
+	}
+	n := cfg.Streams
+	switch {
+	case n == 0:
+		n = DefaultStreams
+	case n < 0:
+		return nil, fmt.Errorf("sftp: invalid number of streams %d", n)
+	}
+	auth, err := newAuthenticator(d, cfg.AskPass)
+	if err != nil {
+		return nil, err
+	}
+	t := &Transport{
+		dest:     d,
+		hostKeys: &hostKeyChecker{d: d, accept: cfg.AcceptNewHostKey, stderr: cfg.Stderr},
+		auth:     auth,
+		stderr:   cfg.Stderr,
+	}
+	for range n {
+		t.streams = append(t.streams, &stream{t: t})
+	}
+	first, err := t.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	t.streams[0].set(first)
+
+	// A stream that cannot connect now (sshd's MaxStartups, a transient
+	// error) is dialed again when first used; only a refusal is fatal.
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i, s := range t.streams[1:] {
+		wg.Go(func() {
+			c, err := t.dial(ctx)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			s.set(c)
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if errors.Is(err, shipper.ErrAuth) || (err != nil && ctx.Err() != nil) {
+			t.Close()
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+// String names the destination as an sftp URL.
+func (t *Transport) String() string { return t.dest.String() }
+
+// Close closes the connections. It does not delete anything. It does not
+// wait for a re-dial in progress, which closes its connection itself.
+func (t *Transport) Close() error {
+	t.closed.Store(true)
+	for _, s := range t.streams {
+		if c := s.live.Swap(nil); c != nil {
+			c.close()
+		}
+	}
+	return nil
+}
+
+// remote returns the remote path of a checked object name.
+func (t *Transport) remote(name string) string {
+	if t.dest.root == "" {
+		return name
+	}
+	return path.Join(t.dest.root, name)
+}
+
+// Put writes r to a temporary file next to the object, syncs it
+// (fsync@openssh.com) and renames it over the object
+// (posix-rename@openssh.com), so that the object appears complete or not at
+// all. SFTP cannot sync a directory, so the rename itself is as durable as
+// the server's file system makes it. Many write requests are kept in
+// flight, whether or not size is known.
+func (t *Transport) Put(ctx context.Context, name string, r io.Reader, size int64) error {
+	if err := shipper.CheckName(name); err != nil {
+		return err
+	}
+	err := t.do(ctx, func(c *conn) error { return t.put(ctx, c, t.remote(name), r, size) })
+	if err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	return nil
+}
+
+func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader, size int64) (err error) {
+	dir := path.Dir(final)
+	tmp := path.Join(dir, "."+path.Base(final)+".tmp-"+randomSuffix())
+	const flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL
+	f, err := c.sftp.OpenFile(tmp, flags)
+	if errors.Is(err, os.ErrNotExist) {
+		// Creating the directory only when needed saves a round trip per
+		// Put; it may also have been removed by a concurrent Delete.
+		if err := c.sftp.MkdirAll(dir); err != nil {
+			return t.classify(c, "create directory", dir, err)
+		}
+		f, err = c.sftp.OpenFile(tmp, flags)
+	}
+	if err != nil {
+		return t.classify(c, "create", tmp, err)
+	}
+	open := true
+	defer func() {
+		if err != nil {
+			if open {
+				f.Close()
+			}
+			t.discard(c, tmp)
+		}
+	}()
+
+	src := &sourceReader{ctx: ctx, r: r}
+	var in io.Reader = src
+	concurrency := requestsPerFile
+	if size >= 0 {
+		// One byte more than announced is enough to notice a longer source.
+		in = io.LimitReader(src, size+1)
+		concurrency = int(min(int64(requestsPerFile), size/32768+1))
+	}
+	// ReadFrom would write sequentially for a reader of unknown size (an
+	// io.Pipe): ReadFromWithConcurrency keeps the requests in flight.
+	_, err = f.ReadFromWithConcurrency(in, concurrency)
+	if src.err != nil {
+		return &sourceError{src.err}
+	}
+	if err != nil {
+		return t.classify(c, "write", tmp, err)
+	}
+	if size >= 0 && src.n != size {
+		return fmt.Errorf("the source yielded %d bytes, want %d", src.n, size)
+	}
+	if c.fsync {
+		if err := f.Sync(); err != nil {
+			return t.classify(c, "sync", tmp, err)
+		}
+	}
+	open = false
+	if err := f.Close(); err != nil {
+		return t.classify(c, "close", tmp, err)
+	}
+	if err := t.rename(c, tmp, final); err != nil {
+		return t.classify(c, "rename to", final, err)
+	}
+	return nil
+}
+
+// rename moves tmp over final. Without posix-rename@openssh.com, SFTPv3's
+// rename fails if final exists, so final is removed first: the only window
+// in which neither version of the object exists.
+func (t *Transport) rename(c *conn, tmp, final string) error {
+	if c.posixRename {
+		return c.sftp.PosixRename(tmp, final)
+	}
+	err := c.sftp.Rename(tmp, final)
+	if err == nil {
+		return nil
+	}
+	if _, serr := c.sftp.Stat(final); serr != nil {
+		return err
+	}
+	if err := c.sftp.Remove(final); err != nil {
+		return err
+	}
+	return c.sftp.Rename(tmp, final)
+}
+
+// discard removes a temporary, or remembers it for when the connection is
+// back.
+func (t *Transport) discard(c *conn, tmp string) {
+	if err := c.sftp.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.orphanMu.Lock()
+		t.orphans = append(t.orphans, tmp)
+		t.orphanMu.Unlock()
+	}
+}
+
+// removeOrphans removes the temporaries that broken connections left, on a
+// fresh connection. It is best effort: a temporary is never listed.
+func (t *Transport) removeOrphans(c *conn) {
+	t.orphanMu.Lock()
+	orphans := t.orphans
+	t.orphans = nil
+	t.orphanMu.Unlock()
+	for i, tmp := range orphans {
+		if err := c.sftp.Remove(tmp); err != nil && isConnError(err) {
+			t.orphanMu.Lock()
+			t.orphans = append(t.orphans, orphans[i:]...)
+			t.orphanMu.Unlock()
+			return
+		}
+	}
+}
+
+func randomSuffix() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// sourceReader counts what Put reads, keeps the source's error apart from
+// the server's, and stops when ctx is cancelled.
+type sourceReader struct {
+	ctx context.Context
+	r   io.Reader
+	n   int64
+	err error
+}
+
+func (s *sourceReader) Read(p []byte) (int, error) {
+	if err := s.ctx.Err(); err != nil {
+		s.err = err
+		return 0, err
+	}
+	n, err := s.r.Read(p)
+	s.n += int64(n)
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return n, err
+}
+
+// sourceError is a failure of the reader given to Put.
+type sourceError struct{ err error }
+
+func (e *sourceError) Error() string { return "read source: " + e.err.Error() }
+func (e *sourceError) Unwrap() error { return e.err }
+
+// Open returns a reader of the object's bytes [offset, offset+length). A
+// large range is streamed with many read requests in flight; the reader
+// stops with ctx.
+func (t *Transport) Open(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
+	if err := shipper.CheckName(name); err != nil {
+		return nil, err
+	}
+	if offset < 0 {
+		return nil, fmt.Errorf("open %s: negative offset %d", name, offset)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s := t.acquire()
+	c, err := s.get(ctx)
+	if err != nil {
+		s.release()
+		return nil, fmt.Errorf("open %s: %w", name, err)
+	}
+	rc, err := t.open(ctx, s, c, name, offset, length)
+	if err != nil {
+		s.checkBroken(c, err)
+		s.release()
+		return nil, fmt.Errorf("open %s: %w", name, err)
+	}
+	return rc, nil
+}
+
+// open opens the object on c. When it returns a streaming reader, that
+// reader releases s.
+func (t *Transport) open(ctx context.Context, s *stream, c *conn, name string, offset, length int64) (io.ReadCloser, error) {
+	p := t.remote(name)
+	f, err := c.sftp.Open(p)
+	if err != nil {
+		return nil, t.classify(c, "open", p, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, t.classify(c, "stat", p, err)
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file", p)
+	}
+	size := fi.Size()
+	if offset > size {
+		f.Close()
+		return nil, fmt.Errorf("offset %d beyond size %d", offset, size)
+	}
+	n := size - offset
+	if length >= 0 && length < n {
+		n = length
+	}
+
+	if n <= smallRead {
+		buf := make([]byte, n)
+		m, err := f.ReadAt(buf, offset)
+		f.Close()
+		if err != nil && err != io.EOF {
+			return nil, t.classify(c, "read", p, err)
+		}
+		s.release()
+		return io.NopCloser(bytes.NewReader(buf[:m])), nil
+	}
+
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	pr, pw := io.Pipe()
+	r := &objectReader{pr: pr, done: make(chan struct{})}
+	r.stop = context.AfterFunc(ctx, func() { pr.CloseWithError(ctx.Err()) })
+	go func() {
+		defer close(r.done)
+		defer s.release()
+		lw := &limitWriter{w: pw, n: n}
+		_, err := f.WriteTo(lw)
+		f.Close()
+		switch {
+		case errors.Is(err, errLimitReached):
+			err = nil
+		case err == nil && lw.n > 0:
+			err = fmt.Errorf("read %s: %w (the object shrank while it was read)", p, io.ErrUnexpectedEOF)
+		case err != nil && lw.writeErr != nil:
+			// The reader was closed or its context cancelled.
+		case err != nil:
+			s.checkBroken(c, err)
+			err = t.classify(c, "read", p, err)
+		}
+		pw.CloseWithError(err)
+	}()
+	return r, nil
+}
+
+// objectReader is the reading end of a streamed Open.
+type objectReader struct {
+	pr   *io.PipeReader
+	done chan struct{}
+	stop func() bool
+}
+
+func (r *objectReader) Read(p []byte) (int, error) { return r.pr.Read(p) }
+
+// Close stops the transfer and waits until the remote file is closed.
+func (r *objectReader) Close() error {
+	r.pr.CloseWithError(errReaderClosed)
+	<-r.done
+	r.stop()
+	return nil
+}
+
+var (
+	errReaderClosed = errors.New("read from a closed object reader")
+	errLimitReached = errors.New("read range complete")
+)
+
+// limitWriter passes on n bytes and then stops the copy that feeds it.
+type limitWriter struct {
+	w        io.Writer
+	n        int64
+	writeErr error
+}
+
+func (l *limitWriter) Write(p []byte) (int, error) {
+	short := false
+	if int64(len(p)) > l.n {
+		p, short = p[:l.n], true
+	}
+	m, err := l.w.Write(p)
+	l.n -= int64(m)
+	if err != nil {
+		l.writeErr = err
+		return m, err
+	}
+	if short || l.n == 0 {
+		return m, errLimitReached
+	}
+	return m, nil
+}
+
+// Stat returns the size of the object's file.
+func (t *Transport) Stat(ctx context.Context, name string) (shipper.ObjectInfo, error) {
+	if err := shipper.CheckName(name); err != nil {
+		return shipper.ObjectInfo{}, err
+	}
+	p := t.remote(name)
+	var oi shipper.ObjectInfo
+	err := t.do(ctx, func(c *conn) error {
+		fi, err := c.sftp.Stat(p)
+		if err != nil {
+			return t.classify(c, "stat", p, err)
+		}
+		if !fi.Mode().IsRegular() {
+			return fmt.Errorf("stat %s: not a regular file", p)
+		}
+		oi = shipper.ObjectInfo{Name: name, Size: fi.Size()}
+		return nil
+	})
+	return oi, err
+}
+
+// List walks the remote root. Files and directories whose names start with
+// '.' (temporaries) are skipped, and so are directories that cannot hold a
+// match.
+func (t *Transport) List(ctx context.Context, prefix string, fn func(shipper.ObjectInfo) error) error {
+	root := t.dest.root
+	if root == "" {
+		root = "."
+	}
+	var fnErr error
+	err := t.do(ctx, func(c *conn) error {
+		return t.walk(ctx, c, root, "", prefix, func(oi shipper.ObjectInfo) error {
+			if err := fn(oi); err != nil {
+				fnErr = err
+				return err
+			}
+			return nil
+		})
+	})
+	if err != nil && fnErr != nil && errors.Is(err, fnErr) {
+		return fnErr
+	}
+	if err != nil {
+		return fmt.Errorf("list %s: %w", t.dest, err)
+	}
+	return nil
+}
+
+func (t *Transport) walk(ctx context.Context, c *conn, dir, rel, prefix string, fn func(shipper.ObjectInfo) error) error {
+	entries, err := c.sftp.ReadDirContext(ctx, dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // a missing root holds nothing; a directory may vanish meanwhile
+		}
+		return t.classify(c, "read directory", dir, err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		name := e.Name()
+		if rel != "" {
+			name = rel + "/" + name
+		}
+		switch {
+		case e.IsDir():
+			if strings.HasPrefix(name+"/", prefix) || strings.HasPrefix(prefix, name+"/") {
+				if err := t.walk(ctx, c, path.Join(dir, e.Name()), name, prefix, fn); err != nil {
+					return err
+				}
+			}
+		case e.Mode().IsRegular() && strings.HasPrefix(name, prefix):
+			if err := fn(shipper.ObjectInfo{Name: name, Size: e.Size()}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Delete removes the object's file and then the directories it leaves
+// empty.
+func (t *Transport) Delete(ctx context.Context, name string) error {
+	if err := shipper.CheckName(name); err != nil {
+		return err
+	}
+	p := t.remote(name)
+	err := t.do(ctx, func(c *conn) error {
+		if err := c.sftp.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return t.classify(c, "delete", p, err)
+		}
+		for dir := path.Dir(name); dir != "."; dir = path.Dir(dir) {
+			if c.sftp.RemoveDirectory(t.remote(dir)) != nil {
+				break
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	return nil
+}
