@@ -495,6 +495,9 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 		for _, name := range stray {
 			tr.Delete(ctx, name)
 		}
+		if tc, ok := tr.(TemporaryRemover); ok {
+			tc.RemoveTemporaries(ctx, id)
+		}
 	}
 	return id, nil
 }

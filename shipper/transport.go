@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 )
 
 // ErrNotFound is returned (wrapped) by a Transport when an object does not exist.
@@ -67,4 +68,27 @@ type Transport interface {
 
 	// String names the destination for messages, without secrets.
 	String() string
+}
+
+// TemporaryRemover is implemented by transports whose interrupted Puts can
+// leave temporaries behind when the process dies (a local directory, an
+// SFTP server). RemoveTemporaries deletes the temporaries under the folder
+// dir (a shipment's id); a resumed send calls it once complete.
+type TemporaryRemover interface {
+	RemoveTemporaries(ctx context.Context, dir string) error
+}
+
+// IsTemporary reports whether a base name is that of a Put's temporary:
+// "." + final name + ".tmp-" + 12 hex digits.
+func IsTemporary(base string) bool {
+	i := strings.LastIndex(base, ".tmp-")
+	if !strings.HasPrefix(base, ".") || i < 1 || len(base)-i-5 != 12 {
+		return false
+	}
+	for _, c := range base[i+5:] {
+		if !strings.ContainsRune("0123456789abcdef", c) {
+			return false
+		}
+	}
+	return true
 }

@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 
+	"filippo.io/age"
+
 	"github.com/spf13/cobra"
 
+	"github.com/coldship/coldship/hooks"
 	"github.com/coldship/coldship/shipper"
 )
 
@@ -17,6 +20,10 @@ type receiveOptions struct {
 	passphraseFile string
 	jobs           int
 	force          bool
+	libvirtDefine  bool
+	libvirtStart   bool
+	libvirtURI     string
+	hooks          hookOptions
 	transport      transportOptions
 	output         outputOptions
 }
@@ -51,6 +58,10 @@ stdout: the restored paths, one per line.` + "\n" + exitStatusHelp,
 	f.StringVar(&opts.passphraseFile, "passphrase-file", "", "read the passphrase from the first line of `FILE`")
 	f.IntVarP(&opts.jobs, "jobs", "j", 0, "parallel decrypters (default: all CPUs)")
 	f.BoolVarP(&opts.force, "force", "f", false, "overwrite existing files")
+	f.BoolVar(&opts.libvirtDefine, "libvirt-define", false, "define the shipped libvirt domain, its disks pointed at where they landed")
+	f.BoolVar(&opts.libvirtStart, "libvirt-start", false, "with --libvirt-define: start the domain")
+	f.StringVar(&opts.libvirtURI, "libvirt-uri", "", "libvirt connection `URI` (virsh -c)")
+	addHookFlags(f, &opts.hooks)
 	addTransportFlags(f, &opts.transport)
 	f.BoolVar(&opts.output.json, "json", false, "NDJSON progress and a final summary on stderr")
 	f.BoolVarP(&opts.output.quiet, "quiet", "q", false, "print only errors")
@@ -64,22 +75,67 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 	if opts.jobs < 0 {
 		return usagef("--jobs must not be negative")
 	}
+	if opts.libvirtStart && !opts.libvirtDefine {
+		return usagef("--libvirt-start needs --libvirt-define")
+	}
+	runner, err := opts.hooks.runner(s)
+	if err != nil {
+		return err
+	}
 	ids, err := s.identities(opts.identities, opts.passphraseFile, true)
 	if err != nil {
 		return err
 	}
+	env := hooks.Env{Dest: opts.dest, Out: opts.out, Shipment: opts.shipment}
+	files, err := receiveShipment(ctx, s, opts, runner, &env, ids)
+	if err != nil {
+		return onFailure(ctx, s, runner, env, err)
+	}
+	for _, p := range files {
+		fmt.Fprintln(s.out, p)
+	}
+	env.Files = files
+	if opts.libvirtDefine {
+		lv := &hooks.Libvirt{URI: opts.libvirtURI, Stderr: s.err}
+		name, err := libvirtDefine(ctx, lv, opts.out, files, opts.libvirtStart)
+		if err != nil {
+			err = fmt.Errorf("shipment %s is restored in %s, but defining the libvirt domain failed: %w", env.Shipment, opts.out, err)
+			return onFailure(ctx, s, runner, env, err)
+		}
+		what := "defined"
+		if opts.libvirtStart {
+			what = "defined and started"
+		}
+		if !opts.output.quiet {
+			fmt.Fprintf(s.err, "coldship: libvirt domain %s %s\n", name, what)
+		}
+	}
+	if err := runner.Run(ctx, hooks.PostReceive, env); err != nil {
+		err = fmt.Errorf("shipment %s is restored in %s and kept, but %w", env.Shipment, opts.out, err)
+		return onFailure(ctx, s, runner, env, hookErr(err))
+	}
+	return nil
+}
+
+// receiveShipment picks, opens and restores the shipment, running the
+// pre-receive hooks before anything is written.
+func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runner *hooks.Runner, env *hooks.Env, ids []age.Identity) ([]string, error) {
 	tr, err := openDest(ctx, s, opts.dest, &opts.transport)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer tr.Close()
 	id, err := pickShipment(ctx, tr, opts.shipment)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	env.Shipment = id
+	if err := runner.Run(ctx, hooks.PreReceive, *env); err != nil {
+		return nil, hookErr(fmt.Errorf("nothing was written: %w", err))
 	}
 	sh, err := shipper.OpenShipment(ctx, tr, id, ids)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cnt := new(shipper.Counters)
 	rep := startProgress(s, "receive", opts.output, cnt)
@@ -88,16 +144,13 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 	})
 	if err != nil {
 		rep.finish(false, nil, "")
-		return fmt.Errorf("receive %s from %s: %w", id, tr, err)
+		return nil, fmt.Errorf("receive %s from %s: %w", id, tr, err)
 	}
 	rep.finish(true, map[string]any{
 		"shipment": id, "files": len(res.Files), "bytes_total": cnt.Total.Load(),
 		"bytes_data": cnt.Data.Load(), "bytes_fetched": cnt.Shipped.Load(),
 	}, fmt.Sprintf("restored %s (%d files, %s) into %s", id, len(res.Files), humanBytes(cnt.Total.Load()), opts.out))
-	for _, p := range res.Files {
-		fmt.Fprintln(s.out, p)
-	}
-	return nil
+	return res.Files, nil
 }
 
 // pickShipment returns the shipment named on the command line, or the

@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"time"
+
+	"filippo.io/age"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/hooks"
 	"github.com/coldship/coldship/shipper"
 )
 
@@ -27,6 +31,12 @@ type sendOptions struct {
 	stateDir       string
 	noResume       bool
 	retries        int
+	force          bool
+	libvirtDomain  string
+	libvirtURI     string
+	shutdown       bool
+	shutdownWait   time.Duration
+	hooks          hookOptions
 	transport      transportOptions
 	output         outputOptions
 }
@@ -44,7 +54,7 @@ Recipients: -r age1... (age X25519), -r "ssh-ed25519 ..." or "ssh-rsa ..."
 --passphrase-file, $COLDSHIP_PASSPHRASE or a prompt when stdin is a terminal.
 
 stdout: exactly one line, the shipment id.` + "\n" + exitStatusHelp,
-		Args: cobra.MinimumNArgs(1),
+		Args: cobra.ArbitraryArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			opts.sources = args
 			return runSend(c.Context(), s, opts)
@@ -62,6 +72,12 @@ stdout: exactly one line, the shipment id.` + "\n" + exitStatusHelp,
 	f.StringVar(&opts.name, "name", "", "a `LABEL` shown by list (stored in plaintext)")
 	f.StringVar(&opts.stateDir, "state-dir", defaultStateDir(), "where resume journals (and DR state) are kept")
 	f.BoolVar(&opts.noResume, "no-resume", false, "start a new shipment even if an interrupted one could be resumed")
+	f.BoolVarP(&opts.force, "force", "f", false, "ship images that another process has locked or open for writing (a running VM)")
+	f.StringVar(&opts.libvirtDomain, "libvirt-domain", "", "ship the disks and definition of libvirt domain `NAME` (it must be shut off)")
+	f.StringVar(&opts.libvirtURI, "libvirt-uri", "", "libvirt connection `URI` (virsh -c)")
+	f.BoolVar(&opts.shutdown, "shutdown", false, "with --libvirt-domain: shut a running domain down (virsh shutdown) and wait")
+	f.DurationVar(&opts.shutdownWait, "shutdown-timeout", 5*time.Minute, "how long --shutdown waits for the domain to be shut off")
+	addHookFlags(f, &opts.hooks)
 	f.IntVar(&opts.retries, "retries", 5, "resume this many times after a transient failure (dropped connection), with backoff")
 	addTransportFlags(f, &opts.transport)
 	f.BoolVar(&opts.output.json, "json", false, "NDJSON progress and a final summary on stderr")
@@ -72,6 +88,9 @@ stdout: exactly one line, the shipment id.` + "\n" + exitStatusHelp,
 func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if opts.to == "" {
 		return usagef("send: --to DEST is required")
+	}
+	if len(opts.sources) == 0 && opts.libvirtDomain == "" {
+		return usagef("send: give SOURCE files or directories, or --libvirt-domain NAME")
 	}
 	bs, err := parseSize(opts.blockSize)
 	if err != nil {
@@ -106,13 +125,60 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	} else if rid, err = recipientsID(opts.recipients, opts.recipientFiles); err != nil {
 		return err
 	}
-	sources, err := archive.CollectSources(opts.sources)
+	runner, err := opts.hooks.runner(s)
 	if err != nil {
 		return err
 	}
+	env := hooks.Env{Dest: opts.to, Files: opts.sources}
+	id, err := sendShipment(ctx, s, opts, runner, env, recipients, bs, segSize, stateDir, rid)
+	if err != nil {
+		return onFailure(ctx, s, runner, hooks.Env{Dest: opts.to, Files: opts.sources, Shipment: id}, err)
+	}
+	fmt.Fprintln(s.out, id)
+	env.Shipment = id
+	if err := runner.Run(ctx, hooks.PostSend, env); err != nil {
+		err = fmt.Errorf("shipment %s is complete at %s, but %w", id, opts.to, err)
+		return onFailure(ctx, s, runner, env, hookErr(err))
+	}
+	return nil
+}
+
+// sendShipment runs the pre-send hooks, gathers and checks the sources,
+// and ships them; it returns the shipment id.
+func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *hooks.Runner, env hooks.Env,
+	recipients []age.Recipient, bs, segSize int64, stateDir, rid string) (string, error) {
+	if err := runner.Run(ctx, hooks.PreSend, env); err != nil {
+		return "", hookErr(fmt.Errorf("nothing was read or shipped: %w", err))
+	}
+	var sources []archive.Source
+	if opts.libvirtDomain != "" {
+		lv := &hooks.Libvirt{URI: opts.libvirtURI, Stderr: s.err}
+		srcs, cleanup, err := libvirtSources(ctx, s, lv, opts.libvirtDomain, opts.shutdown, opts.shutdownWait)
+		if err != nil {
+			return "", err
+		}
+		defer cleanup()
+		sources = append(sources, srcs...)
+	}
+	if len(opts.sources) > 0 {
+		srcs, err := archive.CollectSources(opts.sources)
+		if err != nil {
+			return "", err
+		}
+		sources = append(sources, srcs...)
+	}
+	if !opts.force {
+		for _, src := range sources {
+			if src.Info.Mode().IsRegular() {
+				if err := hooks.CheckNotInUse(src.Path); err != nil {
+					return "", err
+				}
+			}
+		}
+	}
 	tr, err := openDest(ctx, s, opts.to, &opts.transport)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer tr.Close()
 
@@ -126,7 +192,7 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	})
 	if err != nil {
 		rep.finish(false, nil, "")
-		return fmt.Errorf("send to %s: %w", tr, err)
+		return "", fmt.Errorf("send to %s: %w", tr, err)
 	}
 	rep.finish(true, map[string]any{
 		"shipment": res.ID, "files": res.Files, "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
@@ -135,8 +201,7 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	}, fmt.Sprintf("shipped %s as %s: %s of data, %s holes and zeros skipped, %s sealed",
 		humanBytes(cnt.Total.Load()), res.ID, humanBytes(cnt.Data.Load()),
 		humanBytes(cnt.Hole.Load()+cnt.Zero.Load()), humanBytes(cnt.Shipped.Load())))
-	fmt.Fprintln(s.out, res.ID)
-	return nil
+	return res.ID, nil
 }
 
 // recipientsID fingerprints the recipients given on the command line.

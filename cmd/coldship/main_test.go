@@ -150,6 +150,9 @@ func randomSeed() uint64 { return mrand.Uint64() }
 var _ = io.EOF
 
 func TestMain(m *testing.M) {
+	if p := os.Getenv("COLDSHIP_TEST_QEMU_LOCK"); p != "" {
+		os.Exit(holdQEMULock(p))
+	}
 	// Resume journals of the tests go to a scratch state directory.
 	d, err := os.MkdirTemp("", "coldship-state-")
 	if err != nil {

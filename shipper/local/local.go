@@ -249,3 +249,20 @@ func (t *Transport) Delete(ctx context.Context, name string) error {
 	}
 	return nil
 }
+
+// RemoveTemporaries deletes the temporaries of interrupted Puts under dir.
+func (t *Transport) RemoveTemporaries(ctx context.Context, dir string) error {
+	p, err := t.path(dir)
+	if err != nil {
+		return err
+	}
+	return filepath.WalkDir(p, func(q string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil // best effort
+		}
+		if !d.IsDir() && shipper.IsTemporary(d.Name()) {
+			os.Remove(q)
+		}
+		return nil
+	})
+}

@@ -527,3 +527,23 @@ func (t *Transport) Delete(ctx context.Context, name string) error {
 	}
 	return nil
 }
+
+// RemoveTemporaries deletes the temporaries that interrupted Puts (of this
+// or an earlier, killed process) left under dir.
+func (t *Transport) RemoveTemporaries(ctx context.Context, dir string) error {
+	if err := shipper.CheckName(dir); err != nil {
+		return err
+	}
+	return t.do(ctx, func(c *conn) error {
+		walker := c.sftp.Walk(t.remote(dir))
+		for walker.Step() {
+			if walker.Err() != nil {
+				continue
+			}
+			if fi := walker.Stat(); fi != nil && fi.Mode().IsRegular() && shipper.IsTemporary(path.Base(walker.Path())) {
+				c.sftp.Remove(walker.Path())
+			}
+		}
+		return nil
+	})
+}

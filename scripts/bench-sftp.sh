@@ -1,0 +1,310 @@
+# shellcheck shell=bash
+# Sourced by scripts/bench.sh (BENCH_SECTIONS="... sftp"), which then calls
+# sftp. Uses bench.sh's bin, work, rcpt, results, sparse, sparse_data_mib,
+# WALL and its helpers measure, header, ratio and log.
+#
+# coldship send over SFTP against its peers, through a real OpenSSH sshd on a
+# free loopback port (run as the current user, keys generated here), the same
+# random image for every tool in the same run:
+#   scp -c aes128-gcm@openssh.com of the plaintext (the unencrypted baseline),
+#   age -r | ssh 'cat > f', rclone copy to an rclone crypt remote over sftp,
+#   openssl enc -aes-256-ctr then scp (the encrypt-then-scp method), and
+#   coldship send at --streams 8 (its sftp default) and 16;
+# then the same through toxiproxy adding 50 ms each way (100 ms RTT), and a
+# sparse image via coldship vs rsync --sparse -e ssh.
+# Every measurement runs twice; the row shows the best (the machine is shared).
+#
+# Sizes: BENCH_SFTP_SIZE (default 1G) random image on loopback,
+# BENCH_SFTP_WAN_SIZE (default 256M) at 100 ms RTT, BENCH_SFTP_RTT_MS (default
+# 100), and bench.sh's BENCH_SPARSE / BENCH_SPARSE_DATA_MIB (16G / 1024).
+# A quick check:
+#   BENCH_SECTIONS=sftp BENCH_SFTP_SIZE=256M BENCH_SFTP_WAN_SIZE=32M \
+#     BENCH_SPARSE=2G BENCH_SPARSE_DATA_MIB=128 ./scripts/bench.sh
+
+sftp_size=${BENCH_SFTP_SIZE:-1G}
+sftp_wan_size=${BENCH_SFTP_WAN_SIZE:-256M}
+sftp_rtt_ms=${BENCH_SFTP_RTT_MS:-100}
+sftp_dir=$work/sftp
+sftp_pids=()
+
+# sftp_best PREP NAME BYTES CMD... : like measure, but runs CMD twice (PREP,
+# a command without arguments, before each run, untimed) and prints the row
+# of the faster run; WALL[NAME] is its wall time. A failed run is reported.
+sftp_best() {
+	local prep=$1 name=$2 saved=$results tf line best_line="" best_w="" i
+	shift 2
+	tf=$(mktemp)
+	for i in 1 2; do
+		"$prep"
+		unset "WALL[$name]"
+		results=/dev/null
+		measure "$name" "$@" >"$tf"
+		results=$saved
+		line=$(cat "$tf")
+		if [ -z "${WALL[$name]:-}" ]; then
+			log "$line (run $i)"
+		elif [ -z "$best_w" ] || awk -v a="${WALL[$name]}" -v b="$best_w" 'BEGIN { exit !(a < b) }'; then
+			best_w=${WALL[$name]} best_line=$line
+		fi
+	done
+	rm -f "$tf"
+	if [ -n "$best_w" ]; then
+		WALL[$name]=$best_w
+		log "$best_line"
+	fi
+}
+
+# sftp_target DESC A B OP LIMIT : checks WALL[A]/WALL[B] OP LIMIT (OP is <= or >=).
+sftp_target() {
+	awk -v d="$1" -v a="${WALL[$2]:-0}" -v b="${WALL[$3]:-0}" -v op="$4" -v lim="$5" 'BEGIN {
+		if (a <= 0 || b <= 0) { printf "  %-58s not measured: TARGET NOT CHECKED\n", d ":"; exit }
+		r = a / b; ok = (op == "<=") ? (r <= lim) : (r >= lim)
+		printf "  %-58s %6.2fx (target %s %sx): %s\n", d ":", r, (op == "<=" ? "<=" : ">="), lim, (ok ? "met" : "NOT MET")
+	}' | tee -a "$results"
+}
+
+sftp_free_port() { # a loopback port nothing listens on
+	local p i
+	for i in $(seq 1 500); do
+		p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+			echo "$p"
+			return 0
+		fi
+	done
+	echo "no free loopback port" >&2
+	return 1
+}
+
+sftp_wait_port() { # PORT PID LOG : waits until PORT accepts, while PID lives
+	local i
+	for i in $(seq 1 150); do
+		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+			return 0
+		fi
+		if ! kill -0 "$2" 2>/dev/null; then
+			echo "server exited during start:" >&2
+			tail -5 "$3" >&2
+			return 1
+		fi
+		sleep 0.1
+	done
+	echo "no server on 127.0.0.1:$1 after 15 s" >&2
+	return 1
+}
+
+sftp_cleanup() {
+	local p
+	for p in "${sftp_pids[@]}"; do
+		kill "$p" 2>/dev/null || true
+		wait "$p" 2>/dev/null || true
+	done
+	sftp_pids=()
+	rm -rf "$sftp_dir/remote" "$sftp_dir/enc" "$sftp_dir/recv" "$sftp_dir/state"
+}
+
+sftp_reset() { # before each timed run: an empty destination
+	rm -rf "$sftp_dir/remote" "$sftp_dir/enc" "$sftp_dir/recv"
+	mkdir -p "$sftp_dir/remote"
+}
+
+# sftp_random_image SIZE : prints the path of a random image of SIZE, made once.
+sftp_random_image() {
+	local f=$work/random-$1.img
+	if [ ! -f "$f" ] || [ "$(stat -c %s "$f")" != "$(numfmt --from=iec "$1")" ]; then
+		head -c "$1" /dev/urandom >"$f.tmp"
+		mv "$f.tmp" "$f"
+	fi
+	echo "$f"
+}
+
+# sftp_sparse_image : bench.sh's sparse.img ($sparse apparent, $sparse_data_mib
+# MiB of random data in 64 MiB runs spread evenly), made if missing or resized.
+sftp_sparse_image() {
+	local f=$work/sparse.img n step i
+	if [ ! -f "$f" ] || [ "$(stat -c %s "$f")" != "$(numfmt --from=iec "$sparse")" ]; then
+		rm -f "$f"
+		truncate -s "$sparse" "$f"
+		n=$((sparse_data_mib / 64))
+		step=$(($(numfmt --from=iec "$sparse") / 1048576 / n))
+		for i in $(seq 0 $((n - 1))); do
+			head -c 64M /dev/urandom | dd of="$f" bs=1M seek=$((i * step)) conv=notrunc status=none
+		done
+	fi
+	echo "$f"
+}
+
+sftp_toxiproxy_bin() { # NAME (server|cli) : prints the path of toxiproxy's binary
+	local gobin
+	if command -v "toxiproxy-$1" >/dev/null; then
+		command -v "toxiproxy-$1"
+		return 0
+	fi
+	# go install of .../cmd/server and .../cmd/cli names them server and cli;
+	# install-test-deps.sh records which module each came from.
+	gobin=$(go env GOBIN 2>/dev/null || true)
+	[ -n "$gobin" ] || gobin="$(go env GOPATH 2>/dev/null)/bin"
+	if [ -x "$gobin/$1" ] && grep -qs 'github.com/Shopify/toxiproxy' "$gobin/.$1.version"; then
+		echo "$gobin/$1"
+		return 0
+	fi
+	return 1
+}
+
+# sftp_peers TAG PORT IMG BYTES : one table of every tool through PORT.
+sftp_peers() {
+	local tag=$1 p=$2 img=$3 bytes=$4 r=$sftp_dir/remote
+	local -a ssh=(-F none -i "$sftp_dir/client_key" -o IdentitiesOnly=yes -o BatchMode=yes
+		-o UserKnownHostsFile="$sftp_dir/known_hosts" -o GlobalKnownHostsFile=/dev/null
+		-o StrictHostKeyChecking=yes -o LogLevel=ERROR -o Port="$p" -c aes128-gcm@openssh.com)
+	local -a cs=("$bin" send "$img" -r "$rcpt" -q --no-resume --state-dir "$sftp_dir/state"
+		--ssh-key "$sftp_dir/client_key" --known-hosts "$sftp_dir/known_hosts")
+	local crypt=lcrypt
+	[ "$tag" = "" ] || crypt=wcrypt
+	sftp_best sftp_reset "scp -c aes128-gcm$tag" "$bytes" \
+		scp "${ssh[@]}" "$img" "root@127.0.0.1:$r/plain.img"
+	sftp_best sftp_reset "coldship send$tag" "$bytes" \
+		"${cs[@]}" --to "sftp://root@127.0.0.1:$p$r/coldship"
+	sftp_best sftp_reset "coldship send --streams 16$tag" "$bytes" \
+		"${cs[@]}" --streams 16 --to "sftp://root@127.0.0.1:$p$r/coldship16"
+	sftp_best sftp_reset "age -r | ssh cat$tag" "$bytes" \
+		bash -c 'set -o pipefail; rcpt=$1 img=$2 dst=$3; shift 3; age -r "$rcpt" "$img" | ssh "$@" root@127.0.0.1 "cat > $(printf %q "$dst")"' \
+		_ "$rcpt" "$img" "$r/image.age" "${ssh[@]}"
+	sftp_best sftp_reset "rclone crypt$tag" "$bytes" \
+		env RCLONE_CONFIG="$sftp_dir/rclone.conf" rclone copy "$img" "$crypt:"
+	sftp_best sftp_reset "openssl enc + scp$tag" "$bytes" \
+		bash -c 'pass=$1 img=$2 enc=$3 dst=$4; shift 4; openssl enc -aes-256-ctr -pbkdf2 -pass "file:$pass" -in "$img" -out "$enc" && scp "$@" "$enc" "root@127.0.0.1:$dst"' \
+		_ "$work/pass" "$img" "$sftp_dir/enc" "$r/image.enc" "${ssh[@]}"
+}
+
+sftp() {
+	local img wimg size wsize sp spsize port pport tport tsrv tcli hostpub i
+	local -a ssh
+	mkdir -p "$sftp_dir"
+	sftp_cleanup
+	trap 'sftp_cleanup' EXIT
+	trap 'sftp_cleanup; exit 130' INT TERM
+
+	# sshd on a free loopback port, as the current user, keys made here.
+	rm -f "$sftp_dir"/host_key* "$sftp_dir"/client_key*
+	ssh-keygen -q -t ed25519 -N '' -C coldship-bench-host -f "$sftp_dir/host_key"
+	ssh-keygen -q -t ed25519 -N '' -C coldship-bench-client -f "$sftp_dir/client_key"
+	cp "$sftp_dir/client_key.pub" "$sftp_dir/authorized_keys"
+	[ "$(id -u)" != 0 ] || mkdir -p /run/sshd
+	port=$(sftp_free_port)
+	cat >"$sftp_dir/sshd_config" <<EOF
+ListenAddress 127.0.0.1:$port
+HostKey $sftp_dir/host_key
+PidFile $sftp_dir/sshd.pid
+AuthorizedKeysFile $sftp_dir/authorized_keys
+AuthenticationMethods publickey
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+PrintMotd no
+UseDNS no
+MaxStartups 64
+MaxSessions 64
+LogLevel ERROR
+Subsystem sftp internal-sftp
+EOF
+	/usr/sbin/sshd -D -e -f "$sftp_dir/sshd_config" 2>"$sftp_dir/sshd.log" &
+	sftp_pids+=($!)
+	sftp_wait_port "$port" "$!" "$sftp_dir/sshd.log"
+	hostpub=$(cut -d' ' -f1,2 "$sftp_dir/host_key.pub")
+	echo "[127.0.0.1]:$port $hostpub" >"$sftp_dir/known_hosts"
+
+	# toxiproxy on loopback: a proxy to sshd with latency both ways.
+	pport=""
+	if tsrv=$(sftp_toxiproxy_bin server) && tcli=$(sftp_toxiproxy_bin cli); then
+		tport=$(sftp_free_port)
+		"$tsrv" -host 127.0.0.1 -port "$tport" >"$sftp_dir/toxiproxy.log" 2>&1 &
+		sftp_pids+=($!)
+		sftp_wait_port "$tport" "$!" "$sftp_dir/toxiproxy.log"
+		pport=$(sftp_free_port)
+		{
+			"$tcli" -h "http://127.0.0.1:$tport" create -l "127.0.0.1:$pport" -u "127.0.0.1:$port" sshd
+			"$tcli" -h "http://127.0.0.1:$tport" toxic add -t latency -n lat_down -d \
+				-a latency=$((sftp_rtt_ms / 2)) -a jitter=0 sshd
+			"$tcli" -h "http://127.0.0.1:$tport" toxic add -t latency -n lat_up -u \
+				-a latency=$((sftp_rtt_ms / 2)) -a jitter=0 sshd
+		} >>"$sftp_dir/toxiproxy.log"
+		echo "[127.0.0.1]:$pport $hostpub" >>"$sftp_dir/known_hosts"
+	fi
+
+	# rclone: an sftp remote and a crypt remote over it, direct and through the proxy.
+	{
+		for i in l w; do
+			printf '[%ssftp]\ntype = sftp\nhost = 127.0.0.1\nuser = root\nport = %s\n' "$i" "$([ $i = l ] && echo "$port" || echo "${pport:-$port}")"
+			printf 'key_file = %s\nknown_hosts_file = %s\n\n' "$sftp_dir/client_key" "$sftp_dir/known_hosts"
+			printf '[%scrypt]\ntype = crypt\nremote = %ssftp:%s/rclone\n' "$i" "$i" "$sftp_dir/remote"
+			printf 'password = %s\npassword2 = %s\n\n' "$(rclone obscure "$(head -c 24 /dev/urandom | base64)")" \
+				"$(rclone obscure "$(head -c 24 /dev/urandom | base64)")"
+		done
+	} >"$sftp_dir/rclone.conf"
+	chmod 600 "$sftp_dir/rclone.conf"
+
+	img=$(sftp_random_image "$sftp_size")
+	size=$(stat -c %s "$img")
+	cat "$img" >/dev/null
+
+	header "SFTP on loopback: $sftp_size random image to OpenSSH sshd (best of 2 runs)"
+	sftp_peers "" "$port" "$img" "$size"
+	sftp_target "coldship send / scp time, loopback" "coldship send" "scp -c aes128-gcm" "<=" 1.3
+	sftp_target "coldship / rclone crypt throughput, loopback" "rclone crypt" "coldship send" ">=" 1.5
+	ratio "coldship send --streams 16" "coldship send"
+	ratio "age -r | ssh cat" "coldship send"
+	ratio "openssl enc + scp" "coldship send"
+
+	if [ -n "$pport" ]; then
+		wimg=$sftp_dir/wan.img
+		head -c "$sftp_wan_size" "$img" >"$wimg"
+		wsize=$(stat -c %s "$wimg")
+		header "SFTP at ${sftp_rtt_ms} ms RTT (toxiproxy latency $((sftp_rtt_ms / 2)) ms each way): $sftp_wan_size random image (best of 2 runs)"
+		sftp_peers " @${sftp_rtt_ms}ms" "$pport" "$wimg" "$wsize"
+		sftp_target "coldship / scp throughput at ${sftp_rtt_ms} ms RTT" "scp -c aes128-gcm @${sftp_rtt_ms}ms" "coldship send @${sftp_rtt_ms}ms" ">=" 5
+		sftp_target "coldship --streams 16 / scp throughput at ${sftp_rtt_ms} ms RTT" "scp -c aes128-gcm @${sftp_rtt_ms}ms" "coldship send --streams 16 @${sftp_rtt_ms}ms" ">=" 5
+		sftp_target "coldship / rclone crypt throughput at ${sftp_rtt_ms} ms RTT" "rclone crypt @${sftp_rtt_ms}ms" "coldship send @${sftp_rtt_ms}ms" ">=" 1.5
+		rm -f "$wimg"
+	else
+		log ""
+		log "SKIPPED: ${sftp_rtt_ms} ms RTT runs: toxiproxy not installed (scripts/install-test-deps.sh --bench)"
+	fi
+
+	# A sparse image: coldship vs rsync --sparse, plain loopback.
+	sp=$(sftp_sparse_image)
+	spsize=$(stat -c %s "$sp")
+	cat "$sp" >/dev/null
+	ssh=(-F none -i "$sftp_dir/client_key" -o IdentitiesOnly=yes -o BatchMode=yes
+		-o UserKnownHostsFile="$sftp_dir/known_hosts" -o GlobalKnownHostsFile=/dev/null
+		-o StrictHostKeyChecking=yes -o LogLevel=ERROR -o Port="$port" -c aes128-gcm@openssh.com)
+	header "SFTP on loopback: $sparse sparse image holding $sparse_data_mib MiB of data (best of 2 runs)"
+	sftp_best sftp_reset "rsync --sparse -e ssh" "$spsize" \
+		rsync --sparse -e "ssh ${ssh[*]}" "$sp" "root@127.0.0.1:$sftp_dir/remote/"
+	local rs_alloc rs_app
+	rs_alloc=$(du -sh "$sftp_dir/remote/sparse.img" 2>/dev/null | cut -f1)
+	rs_app=$(du -sh --apparent-size "$sftp_dir/remote/sparse.img" 2>/dev/null | cut -f1)
+	sftp_best sftp_reset "coldship send sparse" "$spsize" \
+		"$bin" send "$sp" -r "$rcpt" -q --no-resume --state-dir "$sftp_dir/state" \
+		--ssh-key "$sftp_dir/client_key" --known-hosts "$sftp_dir/known_hosts" \
+		--to "sftp://root@127.0.0.1:$port$sftp_dir/remote/coldship"
+	sftp_rm_recv() { rm -rf "$sftp_dir/recv"; }
+	sftp_best sftp_rm_recv "coldship receive sparse" "$spsize" \
+		"$bin" receive "sftp://root@127.0.0.1:$port$sftp_dir/remote/coldship" -i "$work/id.txt" -q \
+		--ssh-key "$sftp_dir/client_key" --known-hosts "$sftp_dir/known_hosts" --out "$sftp_dir/recv"
+	sftp_target "rsync / coldship send time, sparse image" "rsync --sparse -e ssh" "coldship send sparse" ">=" 10
+	WALL["coldship send + receive sparse"]=$(awk -v a="${WALL["coldship send sparse"]:-0}" -v b="${WALL["coldship receive sparse"]:-0}" 'BEGIN { print (a > 0 && b > 0) ? a + b : 0 }')
+	ratio "rsync --sparse -e ssh" "coldship send + receive sparse"
+	log "  allocated (apparent): source $(du -sh "$sp" | cut -f1) ($(du -sh --apparent-size "$sp" | cut -f1)), rsync --sparse destination ${rs_alloc:-?} (${rs_app:-?}), coldship shipment $(du -sh "$sftp_dir/remote/coldship" 2>/dev/null | cut -f1), coldship restored $(du -sh "$sftp_dir/recv/sparse.img" 2>/dev/null | cut -f1) ($(du -sh --apparent-size "$sftp_dir/recv/sparse.img" 2>/dev/null | cut -f1))"
+	if cmp -s "$sp" "$sftp_dir/recv/sparse.img"; then
+		log "  restored sparse image identical"
+	else
+		log "  restored sparse image DIFFERS or missing"
+	fi
+
+	sftp_cleanup
+	trap - EXIT INT TERM
+}
