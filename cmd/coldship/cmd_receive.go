@@ -24,6 +24,7 @@ type receiveOptions struct {
 	libvirtStart   bool
 	libvirtURI     string
 	hooks          hookOptions
+	live           liveOptions
 	transport      transportOptions
 	output         outputOptions
 }
@@ -62,6 +63,7 @@ stdout: the restored paths, one per line.` + "\n" + exitStatusHelp,
 	f.BoolVar(&opts.libvirtStart, "libvirt-start", false, "with --libvirt-define: start the domain")
 	f.StringVar(&opts.libvirtURI, "libvirt-uri", "", "libvirt connection `URI` (virsh -c)")
 	addHookFlags(f, &opts.hooks)
+	addLiveReceiveFlags(f, &opts.live)
 	addTransportFlags(f, &opts.transport)
 	f.BoolVar(&opts.output.json, "json", false, "NDJSON progress and a final summary on stderr")
 	f.BoolVarP(&opts.output.quiet, "quiet", "q", false, "print only errors")
@@ -69,6 +71,9 @@ stdout: the restored paths, one per line.` + "\n" + exitStatusHelp,
 }
 
 func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
+	if opts.live.enabled {
+		return runLiveReceive(ctx, s, opts)
+	}
 	if opts.out == "" {
 		return usagef("receive: --out DIR is required")
 	}

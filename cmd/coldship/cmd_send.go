@@ -37,6 +37,7 @@ type sendOptions struct {
 	shutdown       bool
 	shutdownWait   time.Duration
 	hooks          hookOptions
+	live           liveOptions
 	transport      transportOptions
 	output         outputOptions
 }
@@ -78,6 +79,7 @@ stdout: exactly one line, the shipment id.` + "\n" + exitStatusHelp,
 	f.BoolVar(&opts.shutdown, "shutdown", false, "with --libvirt-domain: shut a running domain down (virsh shutdown) and wait")
 	f.DurationVar(&opts.shutdownWait, "shutdown-timeout", 5*time.Minute, "how long --shutdown waits for the domain to be shut off")
 	addHookFlags(f, &opts.hooks)
+	addLiveSendFlags(f, &opts.live)
 	f.IntVar(&opts.retries, "retries", 5, "resume this many times after a transient failure (dropped connection), with backoff")
 	addTransportFlags(f, &opts.transport)
 	f.BoolVar(&opts.output.json, "json", false, "NDJSON progress and a final summary on stderr")
@@ -86,6 +88,9 @@ stdout: exactly one line, the shipment id.` + "\n" + exitStatusHelp,
 }
 
 func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
+	if opts.live.enabled {
+		return runLiveSend(ctx, s, opts)
+	}
 	if opts.to == "" {
 		return usagef("send: --to DEST is required")
 	}
