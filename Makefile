@@ -1,7 +1,7 @@
 # coldship: make build | demo | test | bench | lint
 GO      ?= go
 BIN     := bin/coldship
-STATICCHECK_VERSION := 2025.1.1
+STATICCHECK_VERSION := v0.8.1
 
 .PHONY: build demo test test-deps bench lint fuzz clean
 

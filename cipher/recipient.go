@@ -29,7 +29,7 @@ func ParseRecipient(s string) (age.Recipient, error) {
 		// Never echo it: it looks like a secret key.
 		return nil, errors.New("this is a private key, not a recipient: give its public key (age1... or ssh-...)")
 	default:
-		return nil, errors.New("unknown recipient type: want age1..., ssh-ed25519 ... or ssh-rsa ...")
+		return nil, errors.New("unknown recipient type: want an age1, ssh-ed25519 or ssh-rsa public key")
 	}
 	if err != nil {
 		return nil, err

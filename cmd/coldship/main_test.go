@@ -5,8 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"io"
-	mrand "math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -144,10 +142,6 @@ func noFinalFiles(t *testing.T, dir string) {
 		return nil
 	})
 }
-
-func randomSeed() uint64 { return mrand.Uint64() }
-
-var _ = io.EOF
 
 func TestMain(m *testing.M) {
 	if p := os.Getenv("COLDSHIP_TEST_QEMU_LOCK"); p != "" {
