@@ -12,8 +12,14 @@ import (
 	"time"
 )
 
-// FormatVersion is the version of the shipment format written by this code.
-const FormatVersion = 1
+// Format versions. A full shipment is version 1; a shipment that refers to
+// records of earlier shipments (an incremental one, with a base) is version
+// 2, so that a reader of version 1 refuses it plainly instead of failing on
+// fields it does not know.
+const (
+	FormatVersion     = 1 // full shipments
+	FormatIncremental = 2 // shipments with bases
+)
 
 // Names of the objects of a shipment, relative to the shipment's folder.
 const (
@@ -22,6 +28,7 @@ const (
 	ManifestObject  = "manifest"
 	keyPrefix       = "keys/"
 	segmentPrefix   = "segments/"
+	basePrefix      = "bases/"
 )
 
 // Magic lines that start the plaintext objects.
@@ -49,6 +56,12 @@ var ErrIncomplete = errors.New("shipment is incomplete (no manifest)")
 
 // KeyObject returns the name of the wrapped key of a key slot.
 func KeyObject(slot int) string { return fmt.Sprintf("%s%04d", keyPrefix, slot) }
+
+// BaseKeyObject returns the name, inside an incremental shipment, of its
+// copy of key slot slot of its base shipment baseID.
+func BaseKeyObject(baseID string, slot int) string {
+	return fmt.Sprintf("%s%s/%s", basePrefix, baseID, KeyObject(slot))
+}
 
 // SegmentObject returns the name of the n-th segment (n from 1).
 func SegmentObject(n int) string { return fmt.Sprintf("%s%08d", segmentPrefix, n) }

@@ -47,8 +47,18 @@ func FuzzParseManifest(f *testing.F) {
 				t.Fatalf("unsafe path %q accepted", fl.Path)
 			}
 			for _, bl := range fl.Blocks {
-				if bl.Segment < 0 || bl.Segment >= len(m.Segments) || bl.Index < 0 || bl.Index >= m.NumBlocks(fl.Size) {
+				segs := m.Segments
+				if bl.Base < 0 || bl.Base > len(m.Bases) {
+					t.Fatalf("block of a missing base accepted: %+v", bl)
+				}
+				if bl.Base > 0 {
+					segs = m.Bases[bl.Base-1].Segments
+				}
+				if bl.Segment < 0 || bl.Segment >= len(segs) || bl.Index < 0 || bl.Index >= m.NumBlocks(fl.Size) {
 					t.Fatalf("block out of range accepted: %+v", bl)
+				}
+				if bl.Offset < 0 || bl.Offset+bl.Length > segs[bl.Segment].Size {
+					t.Fatalf("block outside its segment accepted: %+v", bl)
 				}
 			}
 		}

@@ -18,6 +18,10 @@ type Header struct {
 	BlockSize   int64     `json:"block_size"`
 	Cipher      string    `json:"cipher"`
 	Compression string    `json:"compression"`
+	// Base is, in an incremental shipment (format 2), the shipment it was
+	// compared with. It is plaintext so that list and prune see the chain
+	// without a key; the manifest lists every shipment whose records it uses.
+	Base string `json:"base,omitempty"`
 }
 
 // CipherName names the record layer in headers.
@@ -51,11 +55,15 @@ func ParseHeader(b []byte) (*Header, error) {
 	if err := dec.Decode(&h); err != nil {
 		return nil, fmt.Errorf("header: %v: %w", err, ErrIntegrity)
 	}
-	if h.Format != FormatVersion {
-		return nil, fmt.Errorf("header: format version %d is not supported (this coldship reads version %d)", h.Format, FormatVersion)
+	if h.Format != FormatVersion && h.Format != FormatIncremental {
+		return nil, fmt.Errorf("header: format version %d is not supported (this coldship reads versions %d and %d)",
+			h.Format, FormatVersion, FormatIncremental)
 	}
 	if !ValidID(h.ID) {
 		return nil, fmt.Errorf("header: invalid shipment id %q: %w", h.ID, ErrIntegrity)
+	}
+	if (h.Format == FormatIncremental) != (h.Base != "") || (h.Base != "" && (!ValidID(h.Base) || h.Base == h.ID)) {
+		return nil, fmt.Errorf("header: base %q does not fit format %d: %w", h.Base, h.Format, ErrIntegrity)
 	}
 	if h.BlockSize < MinBlockSize || h.BlockSize > MaxBlockSize {
 		return nil, fmt.Errorf("header: block size %d out of range: %w", h.BlockSize, ErrIntegrity)

@@ -14,6 +14,17 @@ type Inventory struct {
 	Format  int              `json:"format"`
 	ID      string           `json:"id"`
 	Objects []InventoryEntry `json:"objects"`
+	// Bases (format 2) lists, per base shipment, the objects of the base
+	// that this shipment needs: so that a check without a key covers them,
+	// and prune knows, without a key, which shipments must be kept.
+	Bases []InventoryBase `json:"bases,omitempty"`
+}
+
+// InventoryBase lists the objects of one base shipment that an incremental
+// shipment needs, with names relative to the base's folder.
+type InventoryBase struct {
+	ID      string           `json:"id"`
+	Objects []InventoryEntry `json:"objects"`
 }
 
 // InventoryEntry is one line of an Inventory.
@@ -47,15 +58,39 @@ func ParseInventory(b []byte) (*Inventory, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, fmt.Errorf("inventory: trailing data: %w", ErrIntegrity)
 	}
-	if inv.Format != FormatVersion || !ValidID(inv.ID) {
+	if (inv.Format != FormatVersion && inv.Format != FormatIncremental) || !ValidID(inv.ID) {
 		return nil, fmt.Errorf("inventory: bad format or id: %w", ErrIntegrity)
+	}
+	if inv.Format == FormatVersion && len(inv.Bases) > 0 {
+		return nil, fmt.Errorf("inventory: bases in a format %d inventory: %w", inv.Format, ErrIntegrity)
 	}
 	for _, o := range inv.Objects {
 		if o.Size < 0 || o.Name == "" || o.Name == InventoryObject {
 			return nil, fmt.Errorf("inventory: bad entry %q: %w", o.Name, ErrIntegrity)
 		}
 	}
+	seen := map[string]bool{inv.ID: true}
+	for _, b := range inv.Bases {
+		if !ValidID(b.ID) || seen[b.ID] {
+			return nil, fmt.Errorf("inventory: bad or repeated base %q: %w", b.ID, ErrIntegrity)
+		}
+		seen[b.ID] = true
+		for _, o := range b.Objects {
+			if _, ok := SegmentNumber(o.Name); !ok || o.Size < 0 {
+				return nil, fmt.Errorf("inventory: base %s: bad entry %q: %w", b.ID, o.Name, ErrIntegrity)
+			}
+		}
+	}
 	return &inv, nil
+}
+
+// BaseIDs returns the ids of the base shipments the inventory names.
+func (inv *Inventory) BaseIDs() []string {
+	ids := make([]string, len(inv.Bases))
+	for i, b := range inv.Bases {
+		ids[i] = b.ID
+	}
+	return ids
 }
 
 // Check reports whether object name with content b matches its entry.
@@ -74,7 +109,25 @@ func (inv *Inventory) Check(name string, b []byte) error {
 // CheckSegment reports whether the inventory agrees with a manifest's
 // record of a segment.
 func (inv *Inventory) CheckSegment(s Segment) error {
-	for _, o := range inv.Objects {
+	return checkSegment(inv.Objects, s)
+}
+
+// CheckBaseSegment reports whether the inventory agrees with a manifest's
+// record of a segment of base shipment baseID.
+func (inv *Inventory) CheckBaseSegment(baseID string, s Segment) error {
+	for _, b := range inv.Bases {
+		if b.ID == baseID {
+			if err := checkSegment(b.Objects, s); err != nil {
+				return fmt.Errorf("base %s: %w", baseID, err)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("base %s is not listed: %w", baseID, ErrIntegrity)
+}
+
+func checkSegment(objects []InventoryEntry, s Segment) error {
+	for _, o := range objects {
 		if o.Name == s.Name {
 			if o.Size != s.Size || o.BLAKE3 != s.BLAKE3 {
 				return fmt.Errorf("entry of %s differs from the manifest: %w", s.Name, ErrIntegrity)

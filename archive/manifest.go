@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"path"
 	"strconv"
 	"strings"
@@ -46,6 +47,19 @@ type Manifest struct {
 	Compression  string    `json:"compression"`
 	Segments     []Segment `json:"segments"`
 	Files        []File    `json:"files"`
+	// Bases (format 2 only) are the earlier shipments whose records this
+	// one uses for blocks that did not change, each with the segments that
+	// hold them.
+	Bases []Base `json:"bases,omitempty"`
+}
+
+// Base is an earlier shipment that an incremental shipment refers to. The
+// keys that sealed its segments are copied, still wrapped, into the
+// incremental shipment (BaseKeyObject), so that a receiver unwraps every
+// key it needs from the newest shipment alone.
+type Base struct {
+	ID       string    `json:"id"`
+	Segments []Segment `json:"segments"` // the referenced segments of the base, as in its own manifest
 }
 
 // Segment is one object of sealed blocks.
@@ -88,10 +102,14 @@ type Extent struct {
 	Length int64  `json:"length"`
 }
 
-// Block places one sealed data block.
+// Block places one sealed data block: a record in a segment of this
+// shipment or, when Base is set, of a base shipment, sealed there with the
+// base's key and the block context of the base's file File.
 type Block struct {
 	Index      int64  `json:"i"`
-	Segment    int    `json:"s"` // index into Manifest.Segments
+	Base       int    `json:"b,omitempty"` // 0: this shipment; k > 0: Manifest.Bases[k-1]
+	File       int    `json:"f,omitempty"` // with Base: the file's index in the base (its block context)
+	Segment    int    `json:"s"`           // index into Manifest.Segments, or into the base's Segments
 	Offset     int64  `json:"o"` // of the sealed record in the segment
 	Length     int64  `json:"n"` // of the sealed record
 	Compressed bool   `json:"z,omitempty"`
@@ -154,7 +172,7 @@ func OpenManifest(b []byte, key *cipher.Key, h *Header, header []byte) (*Manifes
 	if err != nil {
 		return nil, err
 	}
-	if m.ID != h.ID || m.BlockSize != h.BlockSize || m.Compression != h.Compression || !m.Created.Equal(h.Created) || m.Label != h.Label {
+	if m.Format != h.Format || m.ID != h.ID || m.BlockSize != h.BlockSize || m.Compression != h.Compression || !m.Created.Equal(h.Created) || m.Label != h.Label {
 		return nil, fmt.Errorf("manifest: does not match the shipment header: %w", ErrIntegrity)
 	}
 	if m.HeaderDigest != ObjectDigest(header) {
@@ -184,7 +202,7 @@ func ParseManifest(j []byte) (*Manifest, error) {
 }
 
 func (m *Manifest) check() error {
-	if m.Format != FormatVersion {
+	if m.Format != FormatVersion && m.Format != FormatIncremental {
 		return fmt.Errorf("format version %d", m.Format)
 	}
 	if !ValidID(m.ID) {
@@ -193,15 +211,20 @@ func (m *Manifest) check() error {
 	if m.BlockSize < MinBlockSize || m.BlockSize > MaxBlockSize {
 		return fmt.Errorf("block size %d out of range", m.BlockSize)
 	}
-	prevSeg := 0
-	for _, s := range m.Segments {
-		n, ok := SegmentNumber(s.Name)
-		if !ok || n <= prevSeg {
-			return fmt.Errorf("segment %q: not a segment name in ascending order", s.Name)
+	if err := checkSegments(m.Segments); err != nil {
+		return err
+	}
+	if m.Format == FormatVersion && len(m.Bases) > 0 {
+		return fmt.Errorf("bases in a format %d manifest", m.Format)
+	}
+	baseIDs := map[string]bool{m.ID: true}
+	for _, b := range m.Bases {
+		if !ValidID(b.ID) || baseIDs[b.ID] {
+			return fmt.Errorf("base %q: invalid or repeated id", b.ID)
 		}
-		prevSeg = n
-		if s.Size < 0 || s.Key < 0 || s.Key > 9999 {
-			return fmt.Errorf("segment %s: bad size or key slot", s.Name)
+		baseIDs[b.ID] = true
+		if err := checkSegments(b.Segments); err != nil {
+			return fmt.Errorf("base %s: %v", b.ID, err)
 		}
 	}
 	seen := map[string]string{}
@@ -247,10 +270,22 @@ func (m *Manifest) check() error {
 				return fmt.Errorf("%s: block index %d out of order or range", f.Path, b.Index)
 			}
 			prev = b.Index
-			if b.Segment < 0 || b.Segment >= len(m.Segments) {
+			segs := m.Segments
+			switch {
+			case b.Base < 0 || b.Base > len(m.Bases):
+				return fmt.Errorf("%s: block %d refers to missing base %d", f.Path, b.Index, b.Base)
+			case b.Base == 0 && b.File != 0:
+				return fmt.Errorf("%s: block %d names a base file without a base", f.Path, b.Index)
+			case b.Base > 0:
+				if b.File < 0 || int64(b.File) > math.MaxUint32 {
+					return fmt.Errorf("%s: block %d: base file index %d out of range", f.Path, b.Index, b.File)
+				}
+				segs = m.Bases[b.Base-1].Segments
+			}
+			if b.Segment < 0 || b.Segment >= len(segs) {
 				return fmt.Errorf("%s: block %d refers to missing segment %d", f.Path, b.Index, b.Segment)
 			}
-			s := m.Segments[b.Segment]
+			s := segs[b.Segment]
 			if b.Offset < 0 || b.Length <= 0 || b.Length > cipher.SealedSize(m.BlockSize) || b.Offset > s.Size-b.Length {
 				return fmt.Errorf("%s: block %d lies outside segment %s", f.Path, b.Index, s.Name)
 			}
@@ -268,6 +303,21 @@ func (m *Manifest) check() error {
 	return nil
 }
 
+func checkSegments(segs []Segment) error {
+	prev := 0
+	for _, s := range segs {
+		n, ok := SegmentNumber(s.Name)
+		if !ok || n <= prev {
+			return fmt.Errorf("segment %q: not a segment name in ascending order", s.Name)
+		}
+		prev = n
+		if s.Size < 0 || s.Key < 0 || s.Key > 9999 {
+			return fmt.Errorf("segment %s: bad size or key slot", s.Name)
+		}
+	}
+	return nil
+}
+
 // checkPath accepts only clean, relative, slash-separated paths.
 func checkPath(p string) error {
 	if p == "" || p == "." || path.Clean(p) != p || strings.HasPrefix(p, "/") || p == ".." || strings.HasPrefix(p, "../") ||
@@ -279,6 +329,15 @@ func checkPath(p string) error {
 
 // NumBlocks returns how many blocks a file of size bytes has.
 func (m *Manifest) NumBlocks(size int64) int64 { return (size + m.BlockSize - 1) / m.BlockSize }
+
+// BaseIDs returns the ids of the shipments whose records this one uses.
+func (m *Manifest) BaseIDs() []string {
+	ids := make([]string, len(m.Bases))
+	for i, b := range m.Bases {
+		ids[i] = b.ID
+	}
+	return ids
+}
 
 // DataSize returns the sum of the sizes of the segments.
 func (m *Manifest) DataSize() int64 {

@@ -46,6 +46,24 @@ func TestManifestCheck(t *testing.T) {
 			m.Segments = []Segment{{Name: SegmentObject(3), Size: 3000}, {Name: SegmentObject(2), Size: 10}}
 		}, "ascending"},
 		{"block size", func(m *Manifest) { m.BlockSize = 1 }, "block size"},
+		{"bases in format 1", func(m *Manifest) { m.Bases = []Base{{ID: "20261120T233000Z-3f9a1c2e"}} }, "bases in a format 1"},
+		{"missing base", func(m *Manifest) { m.Format = 2; m.Files[1].Blocks[0].Base = 1 }, "missing base"},
+		{"base file without base", func(m *Manifest) { m.Files[1].Blocks[0].File = 2 }, "without a base"},
+		{"base is itself", func(m *Manifest) { m.Format = 2; m.Bases = []Base{{ID: m.ID}} }, "repeated id"},
+		{"base repeated", func(m *Manifest) {
+			m.Format = 2
+			m.Bases = []Base{{ID: "20261120T233000Z-3f9a1c2e"}, {ID: "20261120T233000Z-3f9a1c2e"}}
+		}, "repeated id"},
+		{"base segment missing", func(m *Manifest) {
+			m.Format = 2
+			m.Bases = []Base{{ID: "20261120T233000Z-3f9a1c2e", Segments: []Segment{{Name: SegmentObject(1), Size: 1000}}}}
+			m.Files[1].Blocks[0].Base, m.Files[1].Blocks[0].Segment = 1, 1
+		}, "missing segment"},
+		{"outside base segment", func(m *Manifest) {
+			m.Format = 2
+			m.Bases = []Base{{ID: "20261120T233000Z-3f9a1c2e", Segments: []Segment{{Name: SegmentObject(1), Size: 1000}}}}
+			m.Files[1].Blocks[0].Base = 1
+		}, "outside segment"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -54,6 +72,50 @@ func TestManifestCheck(t *testing.T) {
 			err := m.check()
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("check() = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestManifestWithBases(t *testing.T) {
+	m := validManifest()
+	m.Format = FormatIncremental
+	m.Bases = []Base{{ID: "20261120T233000Z-00000001", Segments: []Segment{{Name: SegmentObject(4), Size: 5000, Key: 1}}}}
+	f := &m.Files[1]
+	f.Size = 4 << 20
+	f.Extents = append(f.Extents, Extent{KindData, 3 << 20, 1 << 20})
+	f.Blocks = append(f.Blocks, Block{Index: 3, Base: 1, File: 7, Segment: 0, Offset: 3000, Length: 1500})
+	if err := m.check(); err != nil {
+		t.Fatalf("valid incremental manifest rejected: %v", err)
+	}
+	if got := m.BaseIDs(); len(got) != 1 || got[0] != "20261120T233000Z-00000001" {
+		t.Errorf("BaseIDs() = %v", got)
+	}
+}
+
+func TestHeaderFormats(t *testing.T) {
+	h := Header{Format: 1, ID: "20261121T233000Z-3f9a1c2e", BlockSize: 1 << 20, Cipher: CipherName, Compression: "zstd"}
+	for _, tc := range []struct {
+		name   string
+		format int
+		base   string
+		ok     bool
+	}{
+		{"full", 1, "", true},
+		{"incremental", 2, "20261120T233000Z-3f9a1c2e", true},
+		{"full with base", 1, "20261120T233000Z-3f9a1c2e", false},
+		{"incremental without base", 2, "", false},
+		{"base is itself", 2, h.ID, false},
+		{"bad base", 2, "../x", false},
+		{"future format", 3, "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := h
+			h.Format, h.Base = tc.format, tc.base
+			b, _ := h.Marshal()
+			_, err := ParseHeader(b)
+			if (err == nil) != tc.ok {
+				t.Errorf("ParseHeader: %v, want ok=%v", err, tc.ok)
 			}
 		})
 	}
