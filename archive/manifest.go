@@ -110,8 +110,8 @@ type Block struct {
 	Base       int    `json:"b,omitempty"` // 0: this shipment; k > 0: Manifest.Bases[k-1]
 	File       int    `json:"f,omitempty"` // with Base: the file's index in the base (its block context)
 	Segment    int    `json:"s"`           // index into Manifest.Segments, or into the base's Segments
-	Offset     int64  `json:"o"` // of the sealed record in the segment
-	Length     int64  `json:"n"` // of the sealed record
+	Offset     int64  `json:"o"`           // of the sealed record in the segment
+	Length     int64  `json:"n"`           // of the sealed record
 	Compressed bool   `json:"z,omitempty"`
 	BLAKE3     Digest `json:"h"` // of the block's plaintext
 }
