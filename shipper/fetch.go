@@ -16,10 +16,12 @@ import (
 	"github.com/coldship/coldship/cipher"
 )
 
-// placed is a data block and the file it belongs to.
+// placed is a data block, the file it belongs to, and the segment that
+// holds its record (an index into Shipment.segmentSources).
 type placed struct {
 	file  int
 	block *archive.Block
+	src   int
 }
 
 type openedBlock struct {
@@ -28,12 +30,73 @@ type openedBlock struct {
 	buf    []byte
 }
 
-// fetchBlocks streams every segment of the shipment (streams at once),
-// checks each segment's size (and, with hashSegments, its BLAKE3 digest) against
-// the manifest, opens every
-// block in parallel (jobs workers) and hands each authenticated plaintext
-// to handle, from several goroutines at once.
-func (sh *Shipment) fetchBlocks(ctx context.Context, streams, jobs int, hashSegments bool, cnt *Counters, handle func(p placed, plain []byte) error) error {
+// segmentSource is a segment that holds records of the shipment: one of
+// its own, or one of a base shipment's, with the codec of the key and
+// shipment id that sealed its records.
+type segmentSource struct {
+	obj   string // object name at the destination
+	seg   archive.Segment
+	codec *archive.Codec
+}
+
+// segmentSources lists the shipment's own segments, then those of each
+// base in order, with a codec for each (shipment, key slot); first[k] is
+// the index of base k's first segment. close releases the codecs.
+func (sh *Shipment) segmentSources(jobs int) (srcs []segmentSource, first []int, close func(), err error) {
+	m := sh.Manifest
+	var codecs []*archive.Codec
+	close = func() {
+		for _, c := range codecs {
+			c.Close()
+		}
+	}
+	type codecKey struct {
+		key *cipher.Key
+		id  string
+	}
+	codecOf := map[codecKey]*archive.Codec{}
+	codec := func(key *cipher.Key, id string) (*archive.Codec, error) {
+		if c := codecOf[codecKey{key, id}]; c != nil {
+			return c, nil
+		}
+		c, err := archive.NewCodec(key, id, false, jobs)
+		if err != nil {
+			return nil, err
+		}
+		codecs = append(codecs, c)
+		codecOf[codecKey{key, id}] = c
+		return c, nil
+	}
+	for _, s := range m.Segments {
+		c, err := codec(sh.keys[s.Key], sh.Header.ID)
+		if err != nil {
+			close()
+			return nil, nil, nil, err
+		}
+		srcs = append(srcs, segmentSource{obj: sh.Header.ID + "/" + s.Name, seg: s, codec: c})
+	}
+	for bi, b := range m.Bases {
+		first = append(first, len(srcs))
+		for _, s := range b.Segments {
+			c, err := codec(sh.baseKeys[bi][s.Key], b.ID)
+			if err != nil {
+				close()
+				return nil, nil, nil, err
+			}
+			srcs = append(srcs, segmentSource{obj: b.ID + "/" + s.Name, seg: s, codec: c})
+		}
+	}
+	return srcs, first, close, nil
+}
+
+// fetchBlocks fetches the records of the shipment's data blocks (those
+// want accepts; every one when want is nil) from its segments and its
+// bases' (streams at once), checks each segment's size (and, with
+// hashSegments, its BLAKE3 digest) against the manifest when it reads it
+// whole, opens every block in parallel (jobs workers) and hands each
+// authenticated plaintext to handle, from several goroutines at once.
+func (sh *Shipment) fetchBlocks(ctx context.Context, streams, jobs int, hashSegments bool, cnt *Counters,
+	want func(file int, b *archive.Block) bool, handle func(p placed, plain []byte) error) error {
 	m := sh.Manifest
 	if jobs <= 0 {
 		jobs = runtime.NumCPU()
@@ -41,12 +104,23 @@ func (sh *Shipment) fetchBlocks(ctx context.Context, streams, jobs int, hashSegm
 	if streams <= 0 {
 		streams = DefaultStreams
 	}
-	bySeg := make([][]placed, len(m.Segments))
+	srcs, first, closeCodecs, err := sh.segmentSources(jobs)
+	if err != nil {
+		return err
+	}
+	defer closeCodecs()
+	bySeg := make([][]placed, len(srcs))
 	for fi := range m.Files {
 		f := &m.Files[fi]
 		for bi := range f.Blocks {
 			b := &f.Blocks[bi]
-			bySeg[b.Segment] = append(bySeg[b.Segment], placed{fi, b})
+			src := b.Segment
+			if b.Base > 0 {
+				src += first[b.Base-1]
+			}
+			if want == nil || want(fi, b) {
+				bySeg[src] = append(bySeg[src], placed{fi, b, src})
+			}
 		}
 	}
 	for _, ps := range bySeg {
@@ -56,15 +130,6 @@ func (sh *Shipment) fetchBlocks(ctx context.Context, streams, jobs int, hashSegm
 				return fmt.Errorf("manifest: blocks overlap in a segment: %w", archive.ErrIntegrity)
 			}
 		}
-	}
-	codecs := map[int]*archive.Codec{}
-	for slot, key := range sh.keys {
-		codec, err := archive.NewCodec(key, sh.Header.ID, m.Compression == "zstd", jobs)
-		if err != nil {
-			return err
-		}
-		defer codec.Close()
-		codecs[slot] = codec
 	}
 
 	sealedSize := int(cipher.SealedSize(m.BlockSize))
@@ -76,7 +141,10 @@ func (sh *Shipment) fetchBlocks(ctx context.Context, streams, jobs int, hashSegm
 
 	g.Go(func() error {
 		defer close(segCh)
-		for i := range m.Segments {
+		for i := range srcs {
+			if len(bySeg[i]) == 0 && !hashSegments {
+				continue
+			}
 			select {
 			case segCh <- i:
 			case <-done:
@@ -91,7 +159,7 @@ func (sh *Shipment) fetchBlocks(ctx context.Context, streams, jobs int, hashSegm
 		g.Go(func() error {
 			defer fetchers.Done()
 			for si := range segCh {
-				if err := sh.fetchSegment(gctx, si, bySeg[si], hashSegments, recPool, recs, cnt); err != nil {
+				if err := sh.fetchSegment(gctx, srcs[si], bySeg[si], hashSegments, recPool, recs, cnt); err != nil {
 					return err
 				}
 			}
@@ -109,12 +177,16 @@ func (sh *Shipment) fetchBlocks(ctx context.Context, streams, jobs int, hashSegm
 			for r := range recs {
 				f := &m.Files[r.file]
 				n := archive.BlockLen(f.Size, m.BlockSize, r.block.Index)
-				codec := codecs[m.Segments[r.block.Segment].Key]
-				plain, err := codec.Open(out, scratch, r.record, uint32(r.file), uint64(r.block.Index), r.block.Compressed, n, r.block.BLAKE3)
+				src := srcs[r.src]
+				// A base's record is bound to its place in the base.
+				ctxFile := r.file
+				if r.block.Base > 0 {
+					ctxFile = r.block.File
+				}
+				plain, err := src.codec.Open(out, scratch, r.record, uint32(ctxFile), uint64(r.block.Index), r.block.Compressed, n, r.block.BLAKE3)
 				recPool.put(r.buf)
 				if err != nil {
-					return fmt.Errorf("%s/%s at offset %d (%s block %d): %w", sh.Header.ID, m.Segments[r.block.Segment].Name,
-						r.block.Offset, f.Path, r.block.Index, asIntegrity(err))
+					return fmt.Errorf("%s at offset %d (%s block %d): %w", src.obj, r.block.Offset, f.Path, r.block.Index, asIntegrity(err))
 				}
 				if err := handle(r.placed, plain); err != nil {
 					return err
@@ -137,10 +209,43 @@ func asIntegrity(err error) error {
 	return fmt.Errorf("%w (%w)", err, archive.ErrIntegrity)
 }
 
-func (sh *Shipment) fetchSegment(ctx context.Context, si int, blocks []placed, hashSegments bool, pool *bufferPool, out chan<- openedBlock, cnt *Counters) error {
-	seg := sh.Manifest.Segments[si]
-	name := sh.Header.ID + "/" + seg.Name
-	rc, err := sh.tr.Open(ctx, name, 0, -1)
+// fetchSegment reads the records of blocks (sorted by offset) from one
+// segment. A segment read whole (to hash it, or because most of it is
+// needed) has its size checked; otherwise only the runs of records needed
+// are read with ranged reads, as when an update fetches a few blocks from
+// a large base segment.
+func (sh *Shipment) fetchSegment(ctx context.Context, src segmentSource, blocks []placed, hashSegments bool, pool *bufferPool, out chan<- openedBlock, cnt *Counters) error {
+	var need int64
+	for _, p := range blocks {
+		need += p.block.Length
+	}
+	if hashSegments || 2*need >= src.seg.Size {
+		return sh.readRecords(ctx, src, 0, -1, blocks, hashSegments, pool, out, cnt)
+	}
+	const maxGap = 1 << 20 // read through gaps smaller than this rather than ask again
+	for len(blocks) > 0 {
+		n := 1
+		end := blocks[0].block.Offset + blocks[0].block.Length
+		for n < len(blocks) && blocks[n].block.Offset-end <= maxGap {
+			end = blocks[n].block.Offset + blocks[n].block.Length
+			n++
+		}
+		start := blocks[0].block.Offset
+		if err := sh.readRecords(ctx, src, start, end-start, blocks[:n], false, pool, out, cnt); err != nil {
+			return err
+		}
+		blocks = blocks[n:]
+	}
+	return nil
+}
+
+// readRecords reads length bytes of a segment from offset start (-1: to
+// its end, then checking its size and, with hash, its digest) and hands
+// on the records of blocks.
+func (sh *Shipment) readRecords(ctx context.Context, src segmentSource, start, length int64, blocks []placed, hash bool,
+	pool *bufferPool, out chan<- openedBlock, cnt *Counters) error {
+	name := src.obj
+	rc, err := sh.tr.Open(ctx, name, start, length)
 	if err != nil {
 		return missingIsIntegrity(err)
 	}
@@ -150,10 +255,10 @@ func (sh *Shipment) fetchSegment(ctx context.Context, si int, blocks []placed, h
 	// (redundant, and costly) digest; verify keeps it.
 	var r io.Reader = rc
 	h := blake3.New()
-	if hashSegments {
+	if hash {
 		r = io.TeeReader(rc, h)
 	}
-	var pos int64
+	pos := start
 	done := ctx.Done()
 	for _, p := range blocks {
 		if gap := p.block.Offset - pos; gap > 0 {
@@ -180,16 +285,19 @@ func (sh *Shipment) fetchSegment(ctx context.Context, si int, blocks []placed, h
 			return ctx.Err()
 		}
 	}
+	if length >= 0 {
+		return nil
+	}
 	rest, err := io.Copy(io.Discard, r)
 	if err != nil {
 		return segmentReadError(name, err)
 	}
-	if pos+rest != seg.Size {
-		return fmt.Errorf("%s: %d bytes, the manifest says %d: %w", name, pos+rest, seg.Size, archive.ErrIntegrity)
+	if pos+rest != src.seg.Size {
+		return fmt.Errorf("%s: %d bytes, the manifest says %d: %w", name, pos+rest, src.seg.Size, archive.ErrIntegrity)
 	}
 	var d archive.Digest
 	h.Sum(d[:0])
-	if hashSegments && d != seg.BLAKE3 {
+	if hash && d != src.seg.BLAKE3 {
 		return fmt.Errorf("%s: digest does not match the manifest: %w", name, archive.ErrIntegrity)
 	}
 	return nil

@@ -31,7 +31,8 @@ type journal struct {
 	Compression  string           `json:"compression"`
 	Recipients   string           `json:"recipients"` // fingerprint of the recipient list
 	HeaderDigest archive.Digest   `json:"header_blake3"`
-	Slots        int              `json:"slots"` // key slots written so far
+	Base         string           `json:"base,omitempty"` // of an incremental shipment
+	Slots        int              `json:"slots"`          // key slots written so far
 	Files        []journalFile    `json:"files"`
 	Segments     []journalSegment `json:"segments"`
 }

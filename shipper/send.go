@@ -51,9 +51,17 @@ type SendOptions struct {
 	Dest         string // names the destination in the journal
 	RecipientsID string // RecipientsFingerprint of the recipients
 	NoResume     bool
-	Retries      int           // attempts after a transient failure, each resuming
-	RetryDelay   time.Duration // first backoff delay; doubles each time
-	Log          func(format string, a ...any)
+	// Base makes the send keep DR state for (Dest, sources) in StateDir
+	// and, given "latest" or a shipment id, compare every block with that
+	// earlier shipment and ship only the blocks that changed: the new
+	// shipment refers to the records of the base for the others. When the
+	// state does not fit the destination or the options, the send is a full
+	// one (Log says why). "none" forces a full shipment that starts a new
+	// chain. Needs StateDir and RecipientsID.
+	Base       string
+	Retries    int           // attempts after a transient failure, each resuming
+	RetryDelay time.Duration // first backoff delay; doubles each time
+	Log        func(format string, a ...any)
 }
 
 // SendResult describes a finished shipment.
@@ -63,6 +71,9 @@ type SendResult struct {
 	Resumed  bool // continued an interrupted shipment
 	Attempts int
 	Duration time.Duration
+	Base     string // the shipment this one is incremental on; "" for a full one
+	// FullReason says why a send asked to be incremental is a full one.
+	FullReason string
 }
 
 // fileState is what the pipeline learns about one source file.
@@ -76,6 +87,11 @@ type fileState struct {
 	kinds   []byte          // per block: kindHole, kindZero or kindData
 	blocks  []archive.Block // per block; Length 0 unless data; Segment holds the segment number
 	placed  []bool          // per block: already in a complete segment (resume)
+
+	// Incremental sends.
+	base *drFile          // this file in the base's table, or nil
+	kd   []archive.Digest // per data block: its keyed digest, for the next table
+	ref  []bool           // per block: unchanged since the base, its base record used
 }
 
 // stamp is what must not change while a file ships.
@@ -116,6 +132,15 @@ type sendState struct {
 	j           *journal
 	journalPath string
 	resumed     bool
+	dr          *drStore // nil unless DR state is kept
+	base        *drBase  // nil for a full shipment
+}
+
+func (state *sendState) baseID() string {
+	if state.base == nil {
+		return ""
+	}
+	return state.base.t.ID
 }
 
 // Send reads the sources, seals their blocks under a fresh shipment key
@@ -192,6 +217,34 @@ func Send(ctx context.Context, tr Transport, sources []archive.Source, opts Send
 	}
 
 	state := &sendState{}
+	var fullReason string
+	if opts.Base != "" {
+		if opts.StateDir == "" || opts.RecipientsID == "" {
+			return nil, errors.New("incremental shipments need a state directory and recipients (not a passphrase)")
+		}
+		dr, err := openDRStore(opts.StateDir, opts.Dest, sources)
+		if err != nil {
+			return nil, err
+		}
+		state.dr = dr
+		if opts.Base != "none" {
+			base, why, err := dr.chooseBase(ctx, tr, opts.Base, opts)
+			if err != nil {
+				return nil, err
+			}
+			if base == nil {
+				fullReason = why
+				opts.Log("sending a full shipment: %s", why)
+			} else {
+				state.base = base
+				for _, st := range files {
+					if st.f != nil {
+						st.base = base.files[st.src.Name]
+					}
+				}
+			}
+		}
+	}
 	if opts.StateDir != "" {
 		state.journalPath = journalPath(opts.StateDir, opts.Dest, sources)
 		if opts.NoResume {
@@ -211,7 +264,8 @@ func Send(ctx context.Context, tr Transport, sources []archive.Source, opts Send
 			if state.journalPath != "" {
 				os.Remove(state.journalPath)
 			}
-			return &SendResult{ID: id, Files: len(files), Resumed: state.resumed, Attempts: attempt, Duration: time.Since(start)}, nil
+			return &SendResult{ID: id, Files: len(files), Resumed: state.resumed, Attempts: attempt, Duration: time.Since(start),
+				Base: state.baseID(), FullReason: fullReason}, nil
 		}
 		if !retryable(ctx, err) || attempt > opts.Retries {
 			if state.j != nil && len(state.j.Segments) > 0 && state.journalPath != "" && retryable(ctx, err) {
@@ -246,10 +300,12 @@ func (st *fileState) reset(bs int64) {
 	st.blocks = make([]archive.Block, nb)
 	st.kinds = make([]byte, nb)
 	st.placed = make([]bool, nb)
+	st.kd = make([]archive.Digest, nb)
+	st.ref = make([]bool, nb)
 }
 
 func (c *Counters) reset() {
-	for _, v := range []*atomic.Int64{&c.Total, &c.Done, &c.Read, &c.Hole, &c.Zero, &c.Data, &c.Shipped, &c.Segments} {
+	for _, v := range []*atomic.Int64{&c.Total, &c.Done, &c.Read, &c.Hole, &c.Zero, &c.Data, &c.Unchanged, &c.Shipped, &c.Segments} {
 		v.Store(0)
 	}
 }
@@ -270,6 +326,8 @@ func (state *sendState) loadResumable(ctx context.Context, tr Transport, files [
 		why = "--block-size, --compress or --name differ"
 	case j.Recipients != opts.RecipientsID:
 		why = "the recipients differ"
+	case j.Base != state.baseID():
+		why = "its base differs"
 	}
 	if why == "" {
 		for i, st := range files {
@@ -337,12 +395,15 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 			Format: archive.FormatVersion, ID: id, Created: opts.Now().UTC().Truncate(time.Second),
 			Label: opts.Label, BlockSize: opts.BlockSize, Cipher: archive.CipherName, Compression: compression,
 		}
+		if state.base != nil {
+			hdr.Format, hdr.Base = archive.FormatIncremental, state.baseID()
+		}
 		hb, err := hdr.Marshal()
 		if err != nil {
 			return "", err
 		}
 		j := &journal{Format: 1, Dest: opts.Dest, ID: id, Created: hdr.Created, Label: opts.Label, BlockSize: opts.BlockSize,
-			Compression: compression, Recipients: opts.RecipientsID, HeaderDigest: archive.ObjectDigest(hb)}
+			Compression: compression, Recipients: opts.RecipientsID, HeaderDigest: archive.ObjectDigest(hb), Base: hdr.Base}
 		for _, st := range files {
 			j.Files = append(j.Files, st.journalFile())
 		}
@@ -355,6 +416,9 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 		hdr = archive.Header{
 			Format: archive.FormatVersion, ID: state.j.ID, Created: state.j.Created,
 			Label: state.j.Label, BlockSize: state.j.BlockSize, Cipher: archive.CipherName, Compression: state.j.Compression,
+		}
+		if state.j.Base != "" {
+			hdr.Format, hdr.Base = archive.FormatIncremental, state.j.Base
 		}
 	}
 	j := state.j
@@ -414,7 +478,7 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 		j.Segments = append(j.Segments, journalSegment{Segment: s, Blocks: blocks})
 		saveJournal()
 	}
-	if err := runSendPipeline(ctx, tr, id, slot, nextSeg, files, codec, opts, onSegment); err != nil {
+	if err := runSendPipeline(ctx, tr, id, slot, nextSeg, files, codec, state.dr, opts, onSegment); err != nil {
 		return "", err
 	}
 
@@ -435,7 +499,7 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 
 	sort.Slice(j.Segments, func(a, b int) bool { return j.Segments[a].Name < j.Segments[b].Name })
 	m := &archive.Manifest{
-		Format: archive.FormatVersion, ID: id, Created: hdr.Created, Label: hdr.Label,
+		Format: hdr.Format, ID: id, Created: hdr.Created, Label: hdr.Label,
 		HeaderDigest: j.HeaderDigest, BlockSize: opts.BlockSize, Compression: compression,
 	}
 	segIndex := map[int]int{}
@@ -444,15 +508,32 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 		segIndex[n] = i
 		m.Segments = append(m.Segments, s.Segment)
 	}
+	refs := state.base.plan(files)
+	m.Bases = refs.bases
 	for _, st := range files {
-		m.Files = append(m.Files, st.manifestFile(opts.BlockSize, segIndex))
+		m.Files = append(m.Files, st.manifestFile(opts.BlockSize, segIndex, refs))
 	}
 	mb, err := m.Seal(key, slot)
 	if err != nil {
 		return "", err
 	}
-	inv := &archive.Inventory{Format: archive.FormatVersion, ID: id}
+	inv := &archive.Inventory{Format: hdr.Format, ID: id}
 	inv.Objects = append(inv.Objects, archive.InventoryEntry{Name: archive.HeaderObject, Size: int64(len(hb)), BLAKE3: j.HeaderDigest})
+	// The wrapped keys of the bases, copied so that the newest shipment
+	// holds every key a receiver must unwrap.
+	for _, kc := range refs.keyCopies(state.base) {
+		if err := putObject(id+"/"+kc.name, kc.b); err != nil {
+			return "", err
+		}
+		inv.Objects = append(inv.Objects, archive.InventoryEntry{Name: kc.name, Size: int64(len(kc.b)), BLAKE3: archive.ObjectDigest(kc.b)})
+	}
+	for _, b := range m.Bases {
+		ib := archive.InventoryBase{ID: b.ID}
+		for _, s := range b.Segments {
+			ib.Objects = append(ib.Objects, archive.InventoryEntry{Name: s.Name, Size: s.Size, BLAKE3: s.BLAKE3})
+		}
+		inv.Bases = append(inv.Bases, ib)
+	}
 	for s := 0; s < j.Slots; s++ {
 		kb, err := getObject(ctx, tr, id+"/"+archive.KeyObject(s), 1<<20)
 		if err != nil {
@@ -476,6 +557,12 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 	}
 	if err := putObject(id+"/"+archive.ManifestObject, mb); err != nil {
 		return "", err
+	}
+	if state.dr != nil {
+		t := state.newTable(id, opts, m, inv, ib, files, segIndex)
+		if err := state.dr.save(t); err != nil {
+			opts.Log("warning: %v (the next send with --base will be a full one)", err)
+		}
 	}
 	// Segments left by attempts that died before recording them are not
 	// part of the shipment: remove them (best effort).
@@ -502,7 +589,7 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 	return id, nil
 }
 
-func (st *fileState) manifestFile(blockSize int64, segIndex map[int]int) archive.File {
+func (st *fileState) manifestFile(blockSize int64, segIndex map[int]int, refs *refPlan) archive.File {
 	fi := st.src.Info
 	f := archive.File{Path: st.src.Name, Mode: fi.Mode().Perm(), MTime: fi.ModTime().UTC()}
 	if fi.IsDir() {
@@ -523,8 +610,13 @@ func (st *fileState) manifestFile(blockSize int64, segIndex map[int]int) archive
 			f.Extents = append(f.Extents, archive.Extent{Kind: kind, Offset: off, Length: n})
 		}
 		if kind == archive.KindData {
-			b := st.blocks[i]
-			b.Segment = segIndex[b.Segment]
+			var b archive.Block
+			if st.ref[i] {
+				b = refs.block(st.base, int64(i))
+			} else {
+				b = st.blocks[i]
+				b.Segment = segIndex[b.Segment]
+			}
 			b.BLAKE3 = st.digests[i]
 			f.Blocks = append(f.Blocks, b)
 		}
@@ -546,7 +638,7 @@ const (
 // Memory is bounded by the buffer pools: jobs+1 plaintext blocks and
 // 2*(jobs+streams) sealed records.
 func runSendPipeline(ctx context.Context, tr Transport, id string, slot, nextSeg int, files []*fileState, codec *archive.Codec,
-	opts SendOptions, onSegment func(archive.Segment, []journalBlock)) error {
+	dr *drStore, opts SendOptions, onSegment func(archive.Segment, []journalBlock)) error {
 	cnt := opts.Counters
 	bs := opts.BlockSize
 	plainPool := newBufferPool(opts.Jobs+1, int(bs))
@@ -592,7 +684,7 @@ func runSendPipeline(ctx context.Context, tr Transport, id string, slot, nextSeg
 			defer workers.Done()
 			scratch := make([]byte, 0, bs)
 			for j := range jobs {
-				if err := sealOne(gctx, j, files[j.file], codec, plainPool, sealedPool, zero, scratch, sealed, cnt); err != nil {
+				if err := sealOne(gctx, j, files[j.file], codec, dr, plainPool, sealedPool, zero, scratch, sealed, cnt); err != nil {
 					return err
 				}
 			}
@@ -659,7 +751,7 @@ func runSendPipeline(ctx context.Context, tr Transport, id string, slot, nextSeg
 	return g.Wait()
 }
 
-func sealOne(ctx context.Context, j blockJob, st *fileState, codec *archive.Codec, plainPool, sealedPool *bufferPool,
+func sealOne(ctx context.Context, j blockJob, st *fileState, codec *archive.Codec, dr *drStore, plainPool, sealedPool *bufferPool,
 	zero, scratch []byte, out chan<- sealedBlock, cnt *Counters) error {
 	done := ctx.Done()
 	buf, ok := plainPool.get(done)
@@ -683,6 +775,9 @@ func sealOne(ctx context.Context, j blockJob, st *fileState, codec *archive.Code
 		}
 		st.kinds[j.index] = kindData
 		st.digests[j.index] = archive.BlockDigest(p)
+		if dr != nil {
+			st.kd[j.index] = dr.keyed(j.index, st.digests[j.index])
+		}
 		cnt.Data.Add(j.n)
 		cnt.Done.Add(j.n)
 		return nil
@@ -695,6 +790,19 @@ func sealOne(ctx context.Context, j blockJob, st *fileState, codec *archive.Code
 		return nil
 	}
 	d := archive.BlockDigest(p)
+	if dr != nil {
+		kd := dr.keyed(j.index, d)
+		st.kd[j.index] = kd
+		if e, ok := st.base.block(j.index); ok && e.kind == kindData && e.kd == kd {
+			// Unchanged since the base: its record there serves.
+			st.kinds[j.index] = kindData
+			st.digests[j.index] = d
+			st.ref[j.index] = true
+			cnt.Unchanged.Add(j.n)
+			cnt.Done.Add(j.n)
+			return nil
+		}
+	}
 	sbuf, ok := sealedPool.get(done)
 	if !ok {
 		return ctx.Err()

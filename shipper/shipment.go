@@ -22,6 +22,7 @@ type ShipmentInfo struct {
 	Label    string    `json:"label"`
 	Bytes    int64     `json:"bytes"`
 	Complete bool      `json:"complete"`
+	Base     string    `json:"base,omitempty"`  // an incremental shipment's base
 	Error    string    `json:"error,omitempty"` // why the header could not be read
 }
 
@@ -53,11 +54,29 @@ func List(ctx context.Context, tr Transport) ([]ShipmentInfo, error) {
 		if err != nil {
 			si.Error = err.Error()
 		} else {
-			si.Created, si.Label = h.Created, h.Label
+			si.Created, si.Label, si.Base = h.Created, h.Label, h.Base
 		}
+	}
+	for _, si := range byID {
 		out = append(out, *si)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	// Ids sort by creation time to the second only: within one second, an
+	// incremental shipment comes after the chain of its bases.
+	depth := map[string]int{}
+	for _, si := range out {
+		d := 0
+		for cur := byID[si.ID]; cur != nil && cur.Base != "" && d <= len(out); cur = byID[cur.Base] {
+			d++
+		}
+		depth[si.ID] = d
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].ID, out[j].ID
+		if a[:16] != b[:16] || depth[a] == depth[b] {
+			return a < b
+		}
+		return depth[a] < depth[b]
+	})
 	return out, nil
 }
 
@@ -121,7 +140,8 @@ type Shipment struct {
 	Header    *archive.Header
 	Manifest  *archive.Manifest
 	Inventory *archive.Inventory
-	keys      map[int]*cipher.Key // by key slot
+	keys      map[int]*cipher.Key   // by key slot
+	baseKeys  []map[int]*cipher.Key // per entry of Manifest.Bases, by key slot
 	tr        Transport
 }
 
@@ -199,5 +219,33 @@ func OpenShipment(ctx context.Context, tr Transport, id string, identities []age
 		}
 		keys[s.Key] = k
 	}
-	return &Shipment{Header: h, Manifest: m, Inventory: inv, keys: keys, tr: tr}, nil
+	// The keys of the bases' records: copies, in this shipment, of the
+	// bases' wrapped keys, so that the identities that open this shipment
+	// open its bases too.
+	baseKeys := make([]map[int]*cipher.Key, len(m.Bases))
+	for bi, b := range m.Bases {
+		baseKeys[bi] = map[int]*cipher.Key{}
+		for _, s := range b.Segments {
+			if err := inv.CheckBaseSegment(b.ID, s); err != nil {
+				return nil, fmt.Errorf("%s/%s: %w", id, archive.InventoryObject, err)
+			}
+			if baseKeys[bi][s.Key] != nil {
+				continue
+			}
+			name := archive.BaseKeyObject(b.ID, s.Key)
+			kb, err := getObject(ctx, tr, id+"/"+name, 1<<20)
+			if err != nil {
+				return nil, missingIsIntegrity(err)
+			}
+			if err := inv.Check(name, kb); err != nil {
+				return nil, fmt.Errorf("%s/%s: %w", id, name, err)
+			}
+			k, err := cipher.UnwrapKey(kb, identities...)
+			if err != nil {
+				return nil, fmt.Errorf("%s/%s: %w", id, name, err)
+			}
+			baseKeys[bi][s.Key] = k
+		}
+	}
+	return &Shipment{Header: h, Manifest: m, Inventory: inv, keys: keys, baseKeys: baseKeys, tr: tr}, nil
 }

@@ -12,7 +12,8 @@ import (
 
 // VerifyInventory checks, without any key, that every object listed in the
 // shipment's inventory is present with its recorded size and BLAKE3 digest, and
-// that the manifest is there.
+// that the manifest is there. For an incremental shipment that includes the
+// objects of its bases that it needs.
 func VerifyInventory(ctx context.Context, tr Transport, id string, cnt *Counters) error {
 	if cnt == nil {
 		cnt = new(Counters)
@@ -41,8 +42,23 @@ func VerifyInventory(ctx context.Context, tr Transport, id string, cnt *Counters
 	if !hasManifest {
 		return fmt.Errorf("%s/%s: does not list the manifest: %w", id, archive.InventoryObject, archive.ErrIntegrity)
 	}
+	// The objects of the shipment, then those of its bases that it needs.
+	type object struct {
+		name string
+		archive.InventoryEntry
+	}
+	var objects []object
 	for _, o := range inv.Objects {
-		name := id + "/" + o.Name
+		objects = append(objects, object{id + "/" + o.Name, o})
+	}
+	for _, b := range inv.Bases {
+		for _, o := range b.Objects {
+			cnt.Total.Add(o.Size)
+			objects = append(objects, object{b.ID + "/" + o.Name, o})
+		}
+	}
+	for _, o := range objects {
+		name := o.name
 		if err := CheckName(name); err != nil {
 			return fmt.Errorf("%s/%s: %v: %w", id, archive.InventoryObject, err, archive.ErrIntegrity)
 		}
