@@ -27,11 +27,14 @@ type ReceiveOptions struct {
 	Streams  int
 	Force    bool
 	Counters *Counters
+	Dest     string                        // names the destination in the restore marker
+	Log      func(format string, a ...any) // notices; may be nil
 }
 
 // ReceiveResult lists the restored files, relative to the output directory.
 type ReceiveResult struct {
-	Files []string // every file and directory, as restored on disk
+	Files   []string // every file and directory, as restored on disk
+	Written int64    // bytes written (receive --into: only the blocks that differed)
 }
 
 type outFile struct {
@@ -146,7 +149,7 @@ func (sh *Shipment) Receive(ctx context.Context, dir string, opts ReceiveOptions
 		}
 	}
 
-	err = sh.fetchBlocks(ctx, opts.Streams, opts.Jobs, false, cnt, func(p placed, plain []byte) error {
+	err = sh.fetchBlocks(ctx, opts.Streams, opts.Jobs, false, cnt, nil, func(p placed, plain []byte) error {
 		o := outs[p.file]
 		if _, err := o.f.WriteAt(plain, p.block.Index*m.BlockSize); err != nil {
 			return fmt.Errorf("write %s: %w", o.tmp, err)
@@ -205,12 +208,33 @@ func (sh *Shipment) Receive(ctx context.Context, dir string, opts ReceiveOptions
 	}
 	sort.Strings(names)
 	for _, d := range names {
-		if df, err := os.Open(d); err == nil {
-			df.Sync()
-			df.Close()
+		syncDir(d)
+	}
+	res.Written = cnt.Data.Load()
+	sh.markRestored(dir, opts)
+	return res, nil
+}
+
+// markRestored writes the restore marker that lets `receive --into` update
+// dir later, and removes what an interrupted update there left aside. A
+// failure only costs the next update its shortcut, so it is a notice.
+func (sh *Shipment) markRestored(dir string, opts ReceiveOptions) {
+	path := markerPath(dir, sh.Manifest.Files)
+	old, _ := loadMarker(path)
+	mk, err := sh.doneMarker(dir, opts.Dest)
+	if err == nil {
+		err = mk.save(path)
+	}
+	if err != nil && opts.Log != nil {
+		opts.Log("warning: %v (receive --into cannot update this restore; receive --out again instead)", err)
+	}
+	if old != nil && old.State == markerUpdating {
+		for _, f := range old.Files {
+			if f.Temp != "" {
+				os.Remove(filepath.Join(dir, filepath.FromSlash(f.Temp)))
+			}
 		}
 	}
-	return res, nil
 }
 
 // checkRestored syncs every temporary file, reads back its data blocks and
@@ -271,7 +295,7 @@ func (sh *Shipment) Verify(ctx context.Context, streams, jobs int, cnt *Counters
 	}
 	// The plaintext digests were checked block by block as they were
 	// opened; the whole-file digest then ties the blocks to the file.
-	if err := sh.fetchBlocks(ctx, streams, jobs, true, cnt, func(placed, []byte) error { return nil }); err != nil {
+	if err := sh.fetchBlocks(ctx, streams, jobs, true, cnt, nil, func(placed, []byte) error { return nil }); err != nil {
 		return err
 	}
 	for _, f := range m.Files {
