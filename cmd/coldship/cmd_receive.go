@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 
 	"filippo.io/age"
 
@@ -16,6 +17,7 @@ type receiveOptions struct {
 	dest           string
 	shipment       string
 	out            string
+	into           string
 	identities     []string
 	passphraseFile string
 	jobs           int
@@ -26,19 +28,26 @@ type receiveOptions struct {
 	hooks          hookOptions
 	live           liveOptions
 	transport      transportOptions
+	run            runOptions
 	output         outputOptions
 }
 
 func newReceiveCmd(s *streams) *cobra.Command {
 	opts := &receiveOptions{}
 	c := &cobra.Command{
-		Use:   "receive DEST [SHIPMENT] --out DIR [-i IDENTITY]... [--passphrase-file FILE]",
+		Use:   "receive DEST [SHIPMENT] --out DIR|--into DIR [-i IDENTITY]... [--passphrase-file FILE]",
 		Short: "Verify, decrypt and restore a shipment into DIR",
 		Long: `Fetch, authenticate and decrypt a shipment (default: the latest complete one)
 and restore its files under DIR by their relative names. Files are written to
 temporary names, checked against their whole-file digests and renamed into
 place only when every file of the shipment checks out. Holes and zero blocks
 stay holes. Existing files are never overwritten without --force.
+
+--into DIR updates an earlier restore in DIR (by --out or --into, of any
+shipment of the same chain) in place: only blocks that differ are written,
+every rewritten file is checked against its whole-file digest, and files stay
+aside under hidden names until all check out. An interrupted update is
+completed by running the same command again.
 
 Identities: -i FILE (age identity file or SSH private key), or a passphrase
 from --passphrase-file, $COLDSHIP_PASSPHRASE or a prompt on a terminal.
@@ -54,7 +63,8 @@ stdout: the restored paths, one per line.` + "\n" + exitStatusHelp,
 		},
 	}
 	f := c.Flags()
-	f.StringVarP(&opts.out, "out", "o", "", "restore into `DIR` (required)")
+	f.StringVarP(&opts.out, "out", "o", "", "restore into `DIR`")
+	f.StringVar(&opts.into, "into", "", "update the earlier restore in `DIR` in place, writing only the blocks that differ")
 	f.StringArrayVarP(&opts.identities, "identity", "i", nil, "decrypt with the identity in `FILE` (repeatable)")
 	f.StringVar(&opts.passphraseFile, "passphrase-file", "", "read the passphrase from the first line of `FILE`")
 	f.IntVarP(&opts.jobs, "jobs", "j", 0, "parallel decrypters (default: all CPUs)")
@@ -65,6 +75,7 @@ stdout: the restored paths, one per line.` + "\n" + exitStatusHelp,
 	addHookFlags(f, &opts.hooks)
 	addLiveReceiveFlags(f, &opts.live)
 	addTransportFlags(f, &opts.transport)
+	addRunFlags(f, &opts.run)
 	f.BoolVar(&opts.output.json, "json", false, "NDJSON progress and a final summary on stderr")
 	f.BoolVarP(&opts.output.quiet, "quiet", "q", false, "print only errors")
 	return c
@@ -74,8 +85,16 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 	if opts.live.enabled {
 		return runLiveReceive(ctx, s, opts)
 	}
-	if opts.out == "" {
-		return usagef("receive: --out DIR is required")
+	switch {
+	case opts.out == "" && opts.into == "":
+		return usagef("receive: --out DIR or --into DIR is required")
+	case opts.out != "" && opts.into != "":
+		return usagef("receive: give --out DIR or --into DIR, not both")
+	case opts.into != "":
+		opts.out = opts.into
+	}
+	if err := opts.run.check(); err != nil {
+		return err
 	}
 	if opts.jobs < 0 {
 		return usagef("--jobs must not be negative")
@@ -138,15 +157,22 @@ func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runn
 	if err := runner.Run(ctx, hooks.PreReceive, *env); err != nil {
 		return nil, hookErr(fmt.Errorf("nothing was written: %w", err))
 	}
+	tr = opts.run.limit(tr)
 	sh, err := shipper.OpenShipment(ctx, tr, id, ids)
 	if err != nil {
 		return nil, err
 	}
+	ropts := shipper.ReceiveOptions{
+		Jobs: opts.jobs, Streams: opts.transport.streams, Force: opts.force,
+		Dest: destKey(opts.dest), Log: s.logf(opts.output),
+	}
+	if opts.into != "" {
+		return receiveInto(ctx, s, opts, sh, ropts)
+	}
 	cnt := new(shipper.Counters)
+	ropts.Counters = cnt
 	rep := startProgress(s, "receive", opts.output, cnt)
-	res, err := sh.Receive(ctx, opts.out, shipper.ReceiveOptions{
-		Jobs: opts.jobs, Streams: opts.transport.streams, Force: opts.force, Counters: cnt,
-	})
+	res, err := sh.Receive(ctx, opts.out, ropts)
 	if err != nil {
 		rep.finish(false, nil, "")
 		return nil, fmt.Errorf("receive %s from %s: %w", id, tr, err)
@@ -155,6 +181,34 @@ func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runn
 		"shipment": id, "files": len(res.Files), "bytes_total": cnt.Total.Load(),
 		"bytes_data": cnt.Data.Load(), "bytes_fetched": cnt.Shipped.Load(),
 	}, fmt.Sprintf("restored %s (%d files, %s) into %s", id, len(res.Files), humanBytes(cnt.Total.Load()), opts.out))
+	return res.Files, nil
+}
+
+// receiveInto updates the restore in opts.into to shipment sh, holding the
+// directory's lock so that two updates never meet.
+func receiveInto(ctx context.Context, s *streams, opts *receiveOptions, sh *shipper.Shipment, ropts shipper.ReceiveOptions) ([]string, error) {
+	id := sh.Header.ID
+	if err := os.MkdirAll(opts.into, 0o755); err != nil {
+		return nil, err
+	}
+	lock, err := shipper.AcquireLock(ctx, shipper.IntoLockPath(opts.into), "restore directory "+opts.into, opts.run.lockWait)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Release()
+	cnt := new(shipper.Counters)
+	ropts.Counters = cnt
+	rep := startProgress(s, "receive", opts.output, cnt)
+	res, err := sh.ReceiveInto(ctx, opts.into, ropts)
+	if err != nil {
+		rep.finish(false, nil, "")
+		return nil, fmt.Errorf("update %s to %s from %s: %w", opts.into, id, opts.dest, err)
+	}
+	rep.finish(true, map[string]any{
+		"shipment": id, "files": len(res.Files), "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
+		"bytes_written": res.Written, "bytes_data": cnt.Data.Load(), "bytes_fetched": cnt.Shipped.Load(),
+	}, fmt.Sprintf("updated %s to %s (%d files, %s): %s written", opts.into, id, len(res.Files),
+		humanBytes(cnt.Total.Load()), humanBytes(res.Written)))
 	return res.Files, nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/hooks"
@@ -30,6 +31,8 @@ type sendOptions struct {
 	name           string
 	stateDir       string
 	noResume       bool
+	base           string
+	run            runOptions
 	retries        int
 	force          bool
 	libvirtDomain  string
@@ -73,6 +76,7 @@ stdout: exactly one line, the shipment id.` + "\n" + exitStatusHelp,
 	f.StringVar(&opts.name, "name", "", "a `LABEL` shown by list (stored in plaintext)")
 	f.StringVar(&opts.stateDir, "state-dir", defaultStateDir(), "where resume journals (and DR state) are kept")
 	f.BoolVar(&opts.noResume, "no-resume", false, "start a new shipment even if an interrupted one could be resumed")
+	f.StringVar(&opts.base, "base", "", "incremental: ship only blocks changed since shipment `latest|ID` of these sources (kept in --state-dir); none: a full one that starts a new chain")
 	f.BoolVarP(&opts.force, "force", "f", false, "ship images that another process has locked or open for writing (a running VM)")
 	f.StringVar(&opts.libvirtDomain, "libvirt-domain", "", "ship the disks and definition of libvirt domain `NAME` (it must be shut off)")
 	f.StringVar(&opts.libvirtURI, "libvirt-uri", "", "libvirt connection `URI` (virsh -c)")
@@ -82,6 +86,7 @@ stdout: exactly one line, the shipment id.` + "\n" + exitStatusHelp,
 	addLiveSendFlags(f, &opts.live)
 	f.IntVar(&opts.retries, "retries", 5, "resume this many times after a transient failure (dropped connection), with backoff")
 	addTransportFlags(f, &opts.transport)
+	addRunFlags(f, &opts.run)
 	f.BoolVar(&opts.output.json, "json", false, "NDJSON progress and a final summary on stderr")
 	f.BoolVarP(&opts.output.quiet, "quiet", "q", false, "print only errors")
 	return c
@@ -121,6 +126,9 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if opts.retries < 0 {
 		return usagef("--retries must not be negative")
 	}
+	if err := opts.run.check(); err != nil {
+		return err
+	}
 	// The journal must tell whether a resumed send wraps for the same
 	// recipients; a passphrase cannot be fingerprinted without storing a
 	// guessable hash of it, so passphrase sends resume only within one run.
@@ -130,6 +138,24 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	} else if rid, err = recipientsID(opts.recipients, opts.recipientFiles); err != nil {
 		return err
 	}
+	if opts.base != "" {
+		if opts.base != "latest" && opts.base != "none" && !archive.ValidID(opts.base) {
+			return usagef("--base %q: want latest, none or a shipment id", opts.base)
+		}
+		if rid == "" {
+			return usagef("--base needs recipients (-r or -R): incremental shipments copy the wrapped keys of their base, which a passphrase send cannot check")
+		}
+		if opts.stateDir == "" {
+			return usagef("--base needs a --state-dir")
+		}
+	}
+	// One run per destination at a time: a nightly send that runs long
+	// must not meet the next one, nor a prune.
+	lock, err := opts.run.lockDest(ctx, opts.stateDir, opts.to)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 	runner, err := opts.hooks.runner(s)
 	if err != nil {
 		return err
@@ -186,26 +212,38 @@ func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *ho
 		return "", err
 	}
 	defer tr.Close()
+	tr = opts.run.limit(tr)
 
 	cnt := new(shipper.Counters)
 	rep := startProgress(s, "send", opts.output, cnt)
 	res, err := shipper.Send(ctx, tr, sources, shipper.SendOptions{
 		Recipients: recipients, Jobs: opts.jobs, Streams: opts.transport.streams, BlockSize: bs, SegmentSize: segSize,
 		Compress: opts.compress == "zstd", Label: opts.name, Counters: cnt,
-		StateDir: stateDir, Dest: destKey(opts.to), RecipientsID: rid, NoResume: opts.noResume,
+		StateDir: stateDir, Dest: destKey(opts.to), RecipientsID: rid, NoResume: opts.noResume, Base: opts.base,
 		Retries: opts.retries, Log: s.logf(opts.output),
 	})
 	if err != nil {
 		rep.finish(false, nil, "")
 		return "", fmt.Errorf("send to %s: %w", tr, err)
 	}
-	rep.finish(true, map[string]any{
+	summary := map[string]any{
 		"shipment": res.ID, "files": res.Files, "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
 		"bytes_hole": cnt.Hole.Load(), "bytes_zero": cnt.Zero.Load(), "bytes_data": cnt.Data.Load(),
-		"bytes_shipped": cnt.Shipped.Load(), "segments": cnt.Segments.Load(),
-	}, fmt.Sprintf("shipped %s as %s: %s of data, %s holes and zeros skipped, %s sealed",
+		"bytes_unchanged": cnt.Unchanged.Load(), "bytes_shipped": cnt.Shipped.Load(), "segments": cnt.Segments.Load(),
+		"incremental": res.Base != "",
+	}
+	line := fmt.Sprintf("shipped %s as %s: %s of data, %s holes and zeros skipped, %s sealed",
 		humanBytes(cnt.Total.Load()), res.ID, humanBytes(cnt.Data.Load()),
-		humanBytes(cnt.Hole.Load()+cnt.Zero.Load()), humanBytes(cnt.Shipped.Load())))
+		humanBytes(cnt.Hole.Load()+cnt.Zero.Load()), humanBytes(cnt.Shipped.Load()))
+	if res.Base != "" {
+		summary["base"] = res.Base
+		line = fmt.Sprintf("shipped %s as %s, incremental on %s: %s changed, %s unchanged, %s holes and zeros skipped, %s sealed",
+			humanBytes(cnt.Total.Load()), res.ID, res.Base, humanBytes(cnt.Data.Load()), humanBytes(cnt.Unchanged.Load()),
+			humanBytes(cnt.Hole.Load()+cnt.Zero.Load()), humanBytes(cnt.Shipped.Load()))
+	} else if res.FullReason != "" {
+		summary["full_reason"] = res.FullReason
+	}
+	rep.finish(true, summary, line)
 	return res.ID, nil
 }
 
@@ -245,4 +283,49 @@ func defaultStateDir() string {
 		return filepath.Join(h, ".local", "state", "coldship")
 	}
 	return ""
+}
+
+// runOptions are the flags of unattended runs shared by send, receive and
+// prune: a bandwidth limit and how long to wait for another run's lock.
+type runOptions struct {
+	bwlimit  string
+	rate     int64 // bytes per second; 0: no limit
+	lockWait time.Duration
+}
+
+func addRunFlags(f *pflag.FlagSet, o *runOptions) {
+	f.StringVar(&o.bwlimit, "bwlimit", "", "move at most `RATE` bytes per second over all streams (e.g. 50M)")
+	f.DurationVar(&o.lockWait, "lock-wait", 0, "wait up to `DURATION` for another run on the same destination to finish (default: exit at once)")
+}
+
+func (o *runOptions) check() error {
+	if o.bwlimit != "" {
+		r, err := parseSize(o.bwlimit)
+		if err != nil {
+			return usagef("--bwlimit %s: want bytes per second such as 50M", o.bwlimit)
+		}
+		o.rate = r
+	}
+	if o.lockWait < 0 {
+		return usagef("--lock-wait must not be negative")
+	}
+	return nil
+}
+
+// limit wraps tr in the bandwidth limit, if any.
+func (o *runOptions) limit(tr shipper.Transport) shipper.Transport {
+	if o.rate <= 0 {
+		return tr
+	}
+	return shipper.LimitBandwidth(tr, o.rate)
+}
+
+// lockDest takes the lock of destination dest in the state directory.
+// Without a state directory there is nothing to lock with.
+func (o *runOptions) lockDest(ctx context.Context, stateDir, dest string) (*shipper.RunLock, error) {
+	if stateDir == "" {
+		return nil, nil
+	}
+	key := destKey(dest)
+	return shipper.AcquireLock(ctx, shipper.DestLockPath(stateDir, key), "destination "+key, o.lockWait)
 }

@@ -56,7 +56,7 @@ DEST is a directory path or file:///path.` + "\n" + exitStatusHelp,
 	root.SetOut(out)
 	root.SetErr(errw)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newKeygenCmd(s), newSendCmd(s), newReceiveCmd(s), newVerifyCmd(s), newListCmd(s))
+	root.AddCommand(newKeygenCmd(s), newSendCmd(s), newReceiveCmd(s), newVerifyCmd(s), newListCmd(s), newPruneCmd(s))
 	for _, c := range root.Commands() {
 		c.SetFlagErrorFunc(root.FlagErrorFunc())
 		if c.Args == nil {
