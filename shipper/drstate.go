@@ -3,6 +3,7 @@ package shipper
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -11,6 +12,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/zeebo/blake3"
@@ -172,9 +174,29 @@ func openDRStore(stateDir, dest string, sources []archive.Source) (*drStore, err
 	var id [8]byte
 	blake3.DeriveKey("coldship/v1 state key id", key[:], id[:])
 	s.keyID = hex.EncodeToString(id[:])
-	pair := filepath.Base(journalPath(stateDir, dest, sources))
-	s.dir = filepath.Join(root, strings.TrimSuffix(pair, ".json"))
+	s.dir = filepath.Join(root, drPair(dest, sources))
 	return s, nil
+}
+
+// drPair names the state of a destination and a set of sources by the
+// destination and the sources' top-level names (what was named on the
+// command line), so that files added to or removed from a VM directory,
+// or a libvirt domain staged afresh each run, keep their chain. It only
+// chooses the base: a block is reused only when its keyed digest matches.
+func drPair(dest string, sources []archive.Source) string {
+	var tops []string
+	for _, s := range sources {
+		if !strings.Contains(s.Name, "/") {
+			tops = append(tops, s.Name)
+		}
+	}
+	sort.Strings(tops)
+	h := sha256.New()
+	fmt.Fprintf(h, "%q\n", dest)
+	for _, t := range tops {
+		fmt.Fprintf(h, "%q\n", t)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 
 // loadStateKey reads the state key, or makes one (mode 0600) on first use.

@@ -188,8 +188,8 @@ func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runn
 // directory's lock so that two updates never meet.
 func receiveInto(ctx context.Context, s *streams, opts *receiveOptions, sh *shipper.Shipment, ropts shipper.ReceiveOptions) ([]string, error) {
 	id := sh.Header.ID
-	if err := os.MkdirAll(opts.into, 0o755); err != nil {
-		return nil, err
+	if fi, err := os.Stat(opts.into); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("--into %s: not a directory that %w", opts.into, shipper.ErrNoRestore)
 	}
 	lock, err := shipper.AcquireLock(ctx, shipper.IntoLockPath(opts.into), "restore directory "+opts.into, opts.run.lockWait)
 	if err != nil {

@@ -1,0 +1,604 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/coldship/coldship/cipher"
+	"github.com/coldship/coldship/shipper"
+)
+
+// drSend runs send with --json and returns the shipment id and the summary.
+func drSend(t *testing.T, args ...string) (string, map[string]any, string) {
+	t.Helper()
+	r := run(t, append([]string{"send", "--json"}, args...)...)
+	if r.code != 0 {
+		t.Fatalf("coldship send %s: exit %d\nstderr: %s", strings.Join(args, " "), r.code, r.stderr)
+	}
+	return strings.TrimSpace(r.stdout), summaryOf(t, r.stderr), r.stderr
+}
+
+func summaryOf(t *testing.T, stderr string) map[string]any {
+	t.Helper()
+	for _, line := range strings.Split(stderr, "\n") {
+		if strings.Contains(line, `"type":"summary"`) {
+			var m map[string]any
+			if err := json.Unmarshal([]byte(line), &m); err != nil {
+				t.Fatal(err)
+			}
+			return m
+		}
+	}
+	t.Fatalf("no summary in %s", stderr)
+	return nil
+}
+
+func num(m map[string]any, k string) int64 { v, _ := m[k].(float64); return int64(v) }
+
+// rewriteBlocks overwrites blocks of bs bytes of a file with random data.
+func rewriteBlocks(t *testing.T, path string, bs int64, blocks ...int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, bs)
+	for _, b := range blocks {
+		rand.Read(buf)
+		if _, err := f.WriteAt(buf, b*bs); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// snapshot reads every regular file under dir, by relative path.
+func snapshot(t *testing.T, dir string) map[string][]byte {
+	t.Helper()
+	out := map[string][]byte{}
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().IsRegular() && !strings.HasPrefix(fi.Name(), ".coldship-restore") {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rel, _ := filepath.Rel(dir, p)
+			out[rel] = b
+		}
+		return nil
+	})
+	return out
+}
+
+func sameTree(t *testing.T, want map[string][]byte, dir string) {
+	t.Helper()
+	got := snapshot(t, dir)
+	for p, b := range want {
+		if g, ok := got[p]; !ok {
+			t.Errorf("%s: missing from %s", p, dir)
+		} else if !bytes.Equal(g, b) {
+			t.Errorf("%s: differs in %s", p, dir)
+		}
+	}
+	for p := range got {
+		if _, ok := want[p]; !ok {
+			t.Errorf("%s: in %s, but not in the source", p, dir)
+		}
+	}
+}
+
+func TestIncrementalShipsOnlyChangedBlocks(t *testing.T) {
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	// 64 random blocks, 16 compressible ones, and a hole.
+	makeImage(t, src, 128*testBS, region{0, 64 * testBS, "random"}, region{96 * testBS, 16 * testBS, "text"})
+	dest := filepath.Join(dir, "dest")
+	send := []string{src, "--to", dest, "-r", rcpt, "--block-size", "64K", "--base", "latest"}
+
+	id1, sum1, stderr := drSend(t, send...)
+	if sum1["incremental"] != false || !strings.Contains(stderr, "sending a full shipment: no DR state") {
+		t.Errorf("first send: incremental %v, stderr %s; want a full one saying why", sum1["incremental"], stderr)
+	}
+	if d := num(sum1, "bytes_data"); d != 80*testBS {
+		t.Errorf("first send: bytes_data %d, want %d", d, 80*testBS)
+	}
+
+	rewriteBlocks(t, src, testBS, 3, 40, 120) // two random blocks, and one in the hole
+	id2, sum2, _ := drSend(t, send...)
+	if sum2["incremental"] != true || sum2["base"] != id1 {
+		t.Fatalf("second send: %v; want incremental on %s", sum2, id1)
+	}
+	if d, u := num(sum2, "bytes_data"), num(sum2, "bytes_unchanged"); d != 3*testBS || u != 78*testBS {
+		t.Errorf("second send: bytes_data %d, bytes_unchanged %d; want %d and %d", d, u, 3*testBS, 78*testBS)
+	}
+	// Three sealed blocks, plus the header, keys, inventory and manifest.
+	sealed := 3 * cipher.SealedSize(testBS)
+	if s := num(sum2, "bytes_shipped"); s < sealed || s > sealed+32<<10 {
+		t.Errorf("second send shipped %d bytes; want the %d of 3 sealed blocks and a few KiB of metadata", s, sealed)
+	}
+	r := mustRun(t, "list", dest, "--json")
+	if !strings.Contains(r.stdout, `"base":"`+id1+`"`) {
+		t.Errorf("list --json does not show the base: %s", r.stdout)
+	}
+
+	// No change at all: nothing but metadata.
+	id3, sum3, _ := drSend(t, send...)
+	if sum3["base"] != id2 || num(sum3, "bytes_data") != 0 || num(sum3, "bytes_shipped") > 32<<10 {
+		t.Errorf("unchanged source: %v", sum3)
+	}
+
+	for _, id := range []string{id2, id3} {
+		mustRun(t, "verify", dest, id)
+		mustRun(t, "verify", dest, id, "-i", key)
+		out := filepath.Join(dir, "out-"+id)
+		mustRun(t, "receive", dest, id, "--out", out, "-i", key, "-q")
+		sameFile(t, src, filepath.Join(out, "disk.img"))
+		if a, b := allocated(t, src), allocated(t, filepath.Join(out, "disk.img")); b > a {
+			t.Errorf("restored incremental allocates %d bytes, the source %d", b, a)
+		}
+	}
+	// The latest shipment is the newest of the chain.
+	out := filepath.Join(dir, "out-latest")
+	mustRun(t, "receive", dest, "--out", out, "-i", key, "-q")
+	sameFile(t, src, filepath.Join(out, "disk.img"))
+}
+
+// TestIncrementalChain sends a VM directory through a chain of changes
+// (blocks rewritten, zeroed, punched, the image grown and shrunk, files
+// added and removed) and restores every step exactly: from scratch with
+// --out, step by step with --into, and with --into across several steps.
+func TestIncrementalChain(t *testing.T) {
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	vm := filepath.Join(dir, "vm")
+	os.MkdirAll(vm, 0o755)
+	disk := filepath.Join(vm, "disk.img")
+	makeImage(t, disk, 64*testBS, region{0, 40 * testBS, "random"}, region{48 * testBS, 8 * testBS, "text"})
+	os.WriteFile(filepath.Join(vm, "vm.xml"), []byte("<domain>v0</domain>\n"), 0o644)
+	dest := filepath.Join(dir, "dest")
+	send := []string{vm, "--to", dest, "-r", rcpt, "--block-size", "64K", "--base", "latest"}
+
+	steps := []struct {
+		name   string
+		change func()
+	}{
+		{"full", func() {}},
+		{"rewrite blocks", func() { rewriteBlocks(t, disk, testBS, 1, 2, 30, 50, 60) }},
+		{"zero and punch", func() {
+			f, _ := os.OpenFile(disk, os.O_WRONLY, 0)
+			f.WriteAt(make([]byte, 2*testBS), 4*testBS)
+			if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 10*testBS, 3*testBS); err != nil {
+				t.Logf("punch hole: %v", err)
+			}
+			f.Close()
+			os.WriteFile(filepath.Join(vm, "vm.xml"), []byte("<domain>v2, longer</domain>\n"), 0o600)
+		}},
+		{"grow", func() {
+			f, _ := os.OpenFile(disk, os.O_WRONLY|os.O_APPEND, 0)
+			b := make([]byte, 3*testBS+777)
+			rand.Read(b)
+			f.Write(b)
+			f.Close()
+		}},
+		{"shrink, add and remove files", func() {
+			os.Truncate(disk, 60*testBS+5)
+			os.Remove(filepath.Join(vm, "vm.xml"))
+			os.MkdirAll(filepath.Join(vm, "nvram"), 0o700)
+			makeImage(t, filepath.Join(vm, "nvram", "efivars.fd"), 2*testBS, region{0, testBS, "random"})
+		}},
+		{"nothing changed", func() {}},
+		{"rewrite again", func() { rewriteBlocks(t, disk, testBS, 0, 59) }},
+	}
+	var ids []string
+	var want []map[string][]byte
+	for i, st := range steps {
+		st.change()
+		id, sum, stderr := drSend(t, send...)
+		if i > 0 && sum["incremental"] != true {
+			t.Fatalf("step %s: not incremental: %s", st.name, stderr)
+		}
+		ids = append(ids, id)
+		want = append(want, snapshot(t, vm))
+	}
+
+	into := filepath.Join(dir, "into")
+	for i, id := range ids {
+		t.Run(steps[i].name, func(t *testing.T) {
+			mustRun(t, "verify", dest, id, "-i", key, "-q")
+			out := filepath.Join(dir, "out", id)
+			mustRun(t, "receive", dest, id, "--out", out, "-i", key, "-q")
+			sameTree(t, want[i], filepath.Join(out, "vm"))
+			if i == 0 {
+				mustRun(t, "receive", dest, id, "--out", into, "-i", key, "-q")
+			} else {
+				r := mustRun(t, "receive", dest, id, "--into", into, "-i", key, "--json")
+				s := summaryOf(t, r.stderr)
+				if num(s, "bytes_read") != 0 {
+					t.Errorf("--into read %d bytes of an untouched restore; the marker should vouch for it", num(s, "bytes_read"))
+				}
+			}
+			sameTree(t, want[i], filepath.Join(into, "vm"))
+			if a, b := allocated(t, filepath.Join(out, "vm", "disk.img")), allocated(t, filepath.Join(into, "vm", "disk.img")); b > a+2*testBS {
+				t.Errorf("updated image allocates %d bytes, a fresh restore %d: not as sparse", b, a)
+			}
+		})
+	}
+	// Several steps at once, and back to an older shipment.
+	jump := filepath.Join(dir, "jump")
+	mustRun(t, "receive", dest, ids[1], "--out", jump, "-i", key, "-q")
+	mustRun(t, "receive", dest, ids[len(ids)-1], "--into", jump, "-i", key, "-q")
+	sameTree(t, want[len(ids)-1], filepath.Join(jump, "vm"))
+	mustRun(t, "receive", dest, ids[2], "--into", jump, "-i", key, "-q")
+	sameTree(t, want[2], filepath.Join(jump, "vm"))
+
+	// A restore that changed since (the VM ran from it) is read and fixed.
+	rewriteBlocks(t, filepath.Join(jump, "vm", "disk.img"), testBS, 7, 33)
+	r := mustRun(t, "receive", dest, ids[2], "--into", jump, "-i", key)
+	if !strings.Contains(r.stderr, "changed since it was restored") {
+		t.Errorf("--into over a changed restore does not say so: %s", r.stderr)
+	}
+	sameTree(t, want[2], filepath.Join(jump, "vm"))
+
+	// --into needs a restore to update.
+	if r := run(t, "receive", dest, ids[2], "--into", filepath.Join(dir, "empty"), "-i", key); r.code != exitError ||
+		!strings.Contains(r.stderr, "--out first") {
+		t.Errorf("--into an empty directory: exit %d, %s", r.code, r.stderr)
+	}
+}
+
+// TestIntoInterrupted kills an update in the middle: no half-written image
+// is left under its name, the marker says so, and running receive --into
+// again completes it exactly, without trusting what the killed run left.
+func TestIntoInterrupted(t *testing.T) {
+	bin := coldshipBinary(t)
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	makeImage(t, src, 256*testBS, region{0, 256 * testBS, "random"})
+	dest := filepath.Join(dir, "dest")
+	send := []string{src, "--to", dest, "-r", rcpt, "--block-size", "64K", "--base", "latest", "-q"}
+	id1 := strings.TrimSpace(mustRun(t, append([]string{"send"}, send...)...).stdout)
+	into := filepath.Join(dir, "into")
+	mustRun(t, "receive", dest, id1, "--out", into, "-i", key, "-q")
+	var changed []int64
+	for b := int64(0); b < 256; b += 2 {
+		changed = append(changed, b)
+	}
+	rewriteBlocks(t, src, testBS, changed...) // 8 MiB of 16
+	id2 := strings.TrimSpace(mustRun(t, append([]string{"send"}, send...)...).stdout)
+
+	// 8 MiB at 2 MiB/s: killed well before the end.
+	cmd := exec.Command(bin, "receive", dest, id2, "--into", into, "-i", key, "-q", "--bwlimit", "2M", "-j", "1", "--streams", "1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	markers, _ := filepath.Glob(filepath.Join(into, ".coldship-restore-*.json"))
+	if len(markers) != 1 {
+		t.Fatalf("restore marker: %v", markers)
+	}
+	aside := filepath.Join(into, ".disk.img.coldship-update")
+	waitForFile(t, aside)
+	time.Sleep(time.Second)
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+
+	mb, _ := os.ReadFile(markers[0])
+	if !strings.Contains(string(mb), `"state":"updating"`) {
+		t.Errorf("marker after a killed update does not say updating: %.200s", mb)
+	}
+	if _, err := os.Stat(filepath.Join(into, "disk.img")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a half-updated image is under its final name (%v)", err)
+	}
+	// Damage a block the update does not rewrite: the rerun must not trust
+	// the state the killed run left behind.
+	rewriteBlocks(t, aside, testBS, 101)
+
+	r := mustRun(t, "receive", dest, id2, "--into", into, "-i", key)
+	if !strings.Contains(r.stderr, "interrupted update") {
+		t.Errorf("rerun does not say it completes an interrupted update: %s", r.stderr)
+	}
+	sameFile(t, src, filepath.Join(into, "disk.img"))
+	if _, err := os.Stat(aside); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the aside file is left after the update completed: %v", err)
+	}
+	mb, _ = os.ReadFile(markers[0])
+	if !strings.Contains(string(mb), `"state":"done"`) || !strings.Contains(string(mb), id2) {
+		t.Errorf("marker after the completed update: %.200s", mb)
+	}
+
+	// Killed again, then restored afresh with --out: what was left aside goes.
+	rewriteBlocks(t, src, testBS, changed...)
+	id3 := strings.TrimSpace(mustRun(t, append([]string{"send"}, send...)...).stdout)
+	cmd = exec.Command(bin, "receive", dest, id3, "--into", into, "-i", key, "-q", "--bwlimit", "2M", "-j", "1", "--streams", "1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitForFile(t, aside)
+	time.Sleep(300 * time.Millisecond)
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	mustRun(t, "receive", dest, id3, "--out", into, "-i", key, "-q")
+	sameFile(t, src, filepath.Join(into, "disk.img"))
+	if _, err := os.Stat(aside); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("receive --out left the aside file of the interrupted update: %v", err)
+	}
+}
+
+// TestPruneKeepsBases prunes a chain: kept shipments stay restorable,
+// their bases are kept, the rest (an old incomplete one too) goes.
+func TestPruneKeepsBases(t *testing.T) {
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	makeImage(t, src, 16*testBS, region{0, 16 * testBS, "random"})
+	dest := filepath.Join(dir, "dest")
+	// An old failed send: incomplete, older than every complete shipment.
+	stale := strings.TrimSpace(mustRun(t, "send", src, "--to", dest, "-r", rcpt, "--block-size", "64K", "-q").stdout)
+	os.Remove(filepath.Join(dest, stale, "manifest"))
+
+	send := []string{src, "--to", dest, "-r", rcpt, "--block-size", "64K", "--base", "latest", "-q"}
+	full := strings.TrimSpace(mustRun(t, append([]string{"send"}, send...)...).stdout)
+	var incs []string
+	for range 3 {
+		rewriteBlocks(t, src, testBS, 0, 1, 2, 3) // the same blocks: each shipment needs only the full one
+		incs = append(incs, strings.TrimSpace(mustRun(t, append([]string{"send"}, send...)...).stdout))
+	}
+	before := mustRun(t, "list", dest).stdout
+
+	r := mustRun(t, "prune", dest, "--keep-last", "1", "--dry-run")
+	if got, want := strings.Fields(r.stdout), []string{stale, incs[0], incs[1]}; strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("prune --dry-run would delete %v, want %v\n%s", got, want, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "base of "+incs[2]) || !strings.Contains(r.stderr, "incomplete, older") {
+		t.Errorf("prune does not say why it keeps the base or deletes the incomplete shipment:\n%s", r.stderr)
+	}
+	if after := mustRun(t, "list", dest).stdout; after != before {
+		t.Errorf("--dry-run deleted something:\n%s\n%s", before, after)
+	}
+
+	mustRun(t, "prune", dest, "--keep-last", "1")
+	r = mustRun(t, "list", dest)
+	for _, id := range []string{full, incs[2]} {
+		if !strings.Contains(r.stdout, id) {
+			t.Errorf("prune deleted %s:\n%s", id, r.stdout)
+		}
+	}
+	for _, id := range []string{stale, incs[0], incs[1]} {
+		if strings.Contains(r.stdout, id) {
+			t.Errorf("prune kept %s:\n%s", id, r.stdout)
+		}
+		if _, err := os.Stat(filepath.Join(dest, id)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: left at the destination (%v)", id, err)
+		}
+	}
+	mustRun(t, "verify", dest, incs[2])
+	mustRun(t, "verify", dest, incs[2], "-i", key)
+	out := filepath.Join(dir, "out")
+	mustRun(t, "receive", dest, incs[2], "--out", out, "-i", key, "-q")
+	sameFile(t, src, filepath.Join(out, "disk.img"))
+
+	// The chain goes on, and keeps its base through the next prune.
+	rewriteBlocks(t, src, testBS, 9)
+	next := strings.TrimSpace(mustRun(t, append([]string{"send"}, send...)...).stdout)
+	mustRun(t, "prune", dest, "--keep-last", "1", "-q")
+	for _, id := range []string{full, incs[2], next} {
+		mustRun(t, "verify", dest, id)
+	}
+	out = filepath.Join(dir, "out2")
+	mustRun(t, "receive", dest, next, "--out", out, "-i", key, "-q")
+	sameFile(t, src, filepath.Join(out, "disk.img"))
+
+	if r := run(t, "prune", dest); r.code != exitUsage {
+		t.Errorf("prune without a policy: exit %d, want 2", r.code)
+	}
+}
+
+// TestConcurrentRunIsRefused runs a slow send in another process: a second
+// run for the same destination exits at once naming it, or waits for it
+// with --lock-wait.
+func TestConcurrentRunIsRefused(t *testing.T) {
+	bin := coldshipBinary(t)
+	_, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	makeImage(t, src, 8<<20, region{0, 8 << 20, "random"})
+	dest := filepath.Join(dir, "dest")
+	state := filepath.Join(dir, "state")
+	args := []string{"send", src, "--to", dest, "-r", rcpt, "--state-dir", state, "-q"}
+
+	cmd := exec.Command(bin, append(args, "--bwlimit", "3M", "--compress", "none")...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	lockFile := shipper.DestLockPath(state, destKey(dest))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if b, _ := os.ReadFile(lockFile); bytes.HasPrefix(b, []byte("pid ")) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first send never took the lock")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	for _, second := range [][]string{args, {"prune", dest, "--keep-last", "1", "--state-dir", state}} {
+		r := run(t, second...)
+		if r.code != exitError || !strings.Contains(r.stderr, fmt.Sprintf("pid %d", cmd.Process.Pid)) ||
+			!strings.Contains(r.stderr, "--lock-wait") {
+			t.Errorf("%s during a send: exit %d, stderr %q; want 1 naming the running pid", second[0], r.code, r.stderr)
+		}
+	}
+	if r := run(t, append(args, "--lock-wait", "200ms")...); r.code != exitError || !strings.Contains(r.stderr, "gave up after") {
+		t.Errorf("send with a short --lock-wait: exit %d, %q", r.code, r.stderr)
+	}
+	start := time.Now()
+	r := run(t, append(args, "--lock-wait", "2m")...)
+	if r.code != 0 {
+		t.Fatalf("send with --lock-wait: exit %d, %s", r.code, r.stderr)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("first send: %v", err)
+	}
+	t.Logf("second send waited and ran for %s", time.Since(start).Round(time.Millisecond))
+	if out := mustRun(t, "list", dest).stdout; strings.Count(out, "complete") != 2 || strings.Contains(out, "incomplete") {
+		t.Errorf("want two complete shipments:\n%s", out)
+	}
+}
+
+// TestStateOutOfStep changes the destination or the state behind the
+// source's back: the send falls back to a full shipment, saying why, and
+// the next one is incremental again.
+func TestStateOutOfStep(t *testing.T) {
+	key, rcpt := keypair(t)
+	_, rcpt2 := keypair(t)
+	for _, tc := range []struct {
+		name   string
+		why    string
+		args   []string
+		break_ func(t *testing.T, dest, state, base string)
+	}{
+		{"base deleted", "is missing at the destination", nil, func(t *testing.T, dest, state, base string) {
+			os.RemoveAll(filepath.Join(dest, base))
+		}},
+		{"base incomplete", "is incomplete", nil, func(t *testing.T, dest, state, base string) {
+			os.Remove(filepath.Join(dest, base, "manifest"))
+		}},
+		{"base listed differently", "listed differently", nil, func(t *testing.T, dest, state, base string) {
+			p := filepath.Join(dest, base, "inventory")
+			b, _ := os.ReadFile(p)
+			os.WriteFile(p, append(b, '\n'), 0o644)
+		}},
+		{"segment missing", "missing or of the wrong size", nil, func(t *testing.T, dest, state, base string) {
+			segs, _ := filepath.Glob(filepath.Join(dest, base, "segments", "*"))
+			os.Remove(segs[0])
+		}},
+		{"key object replaced", "differs from the key object", nil, func(t *testing.T, dest, state, base string) {
+			p := filepath.Join(dest, base, "keys", "0000")
+			b, _ := os.ReadFile(p)
+			b[len(b)-1] ^= 1
+			os.WriteFile(p, b, 0o644)
+		}},
+		{"recipients changed", "recipients differ", []string{"-r", rcpt2}, nil},
+		{"block size changed", "--block-size differs", []string{"--block-size", "128K"}, nil},
+		{"unknown base", "knows no shipment 20200101T000000Z-00000000", []string{"--base", "20200101T000000Z-00000000"}, nil},
+		{"state key lost", "state key changed", nil, func(t *testing.T, dest, state, base string) {
+			os.Remove(filepath.Join(state, "dr", "state.key"))
+		}},
+		{"state damaged", "damaged", nil, func(t *testing.T, dest, state, base string) {
+			tables, _ := filepath.Glob(filepath.Join(state, "dr", "*", base+".json"))
+			os.WriteFile(tables[0], []byte("{"), 0o600)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			src := filepath.Join(dir, "disk.img")
+			makeImage(t, src, 32*testBS, region{0, 32 * testBS, "random"})
+			dest, state := filepath.Join(dir, "dest"), filepath.Join(dir, "state")
+			send := []string{src, "--to", dest, "-r", rcpt, "--block-size", "64K", "--base", "latest", "--state-dir", state}
+			base, _, _ := drSend(t, send...)
+			if tc.break_ != nil {
+				tc.break_(t, dest, state, base)
+			}
+			rewriteBlocks(t, src, testBS, 5)
+			id, sum, stderr := drSend(t, append(send, tc.args...)...)
+			if sum["incremental"] != false || !strings.Contains(stderr, "sending a full shipment") || !strings.Contains(stderr, tc.why) {
+				t.Fatalf("incremental %v; stderr %s\nwant a full shipment, saying %q", sum["incremental"], stderr, tc.why)
+			}
+			bs := int64(testBS)
+			if tc.name == "block size changed" {
+				bs *= 2
+			}
+			if d := num(sum, "bytes_data"); d != 32*testBS {
+				t.Errorf("fallback shipped %d bytes of data, want all %d", d, 32*testBS)
+			}
+			out := filepath.Join(dir, "out")
+			mustRun(t, "receive", dest, id, "--out", out, "-i", key, "-q")
+			sameFile(t, src, filepath.Join(out, "disk.img"))
+
+			// And in step again.
+			rewriteBlocks(t, src, testBS, 6)
+			_, sum, stderr = drSend(t, append(send, tc.args...)...)
+			if tc.name != "unknown base" && (sum["incremental"] != true || num(sum, "bytes_data") != bs) {
+				t.Errorf("the send after the fallback: %v\n%s", sum, stderr)
+			}
+		})
+	}
+	t.Run("passphrase", func(t *testing.T) {
+		dir := t.TempDir()
+		src := filepath.Join(dir, "disk.img")
+		makeImage(t, src, testBS, region{0, testBS, "random"})
+		pass := filepath.Join(dir, "pass")
+		os.WriteFile(pass, []byte("correct horse\n"), 0o600)
+		if r := run(t, "send", src, "--to", filepath.Join(dir, "dest"), "--passphrase-file", pass, "--base", "latest"); r.code != exitUsage {
+			t.Errorf("--base with a passphrase: exit %d, want 2; %s", r.code, r.stderr)
+		}
+	})
+}
+
+// TestIncrementalResumes interrupts an incremental send: the rerun resumes
+// it as the same incremental shipment.
+func TestIncrementalResumes(t *testing.T) {
+	bin := coldshipBinary(t)
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	makeImage(t, src, 512*testBS, region{0, 512 * testBS, "random"})
+	dest, state := filepath.Join(dir, "dest"), filepath.Join(dir, "state")
+	send := []string{"send", src, "--to", dest, "-r", rcpt, "--block-size", "64K", "--base", "latest", "--state-dir", state,
+		"--segment-size", "1M", "--compress", "none", "-q"}
+	base := strings.TrimSpace(mustRun(t, send...).stdout)
+	var changed []int64
+	for b := int64(0); b < 512; b += 3 {
+		changed = append(changed, b)
+	}
+	rewriteBlocks(t, src, testBS, changed...)
+
+	cmd := exec.Command(bin, append(send, "--bwlimit", "4M", "--streams", "1", "-j", "1")...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		segs, _ := filepath.Glob(filepath.Join(dest, "*", "segments", "00000003"))
+		if len(segs) > 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the incremental send put no segment in time")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+
+	r := mustRun(t, append(send[:len(send)-1], "--json")...)
+	id := strings.TrimSpace(r.stdout)
+	if !strings.Contains(r.stderr, "resuming shipment "+id) {
+		t.Errorf("the rerun did not resume: %s", r.stderr)
+	}
+	if s := summaryOf(t, r.stderr); s["base"] != base {
+		t.Errorf("resumed send: %v; want incremental on %s", s, base)
+	}
+	out := filepath.Join(dir, "out")
+	mustRun(t, "receive", dest, id, "--out", out, "-i", key, "-q")
+	sameFile(t, src, filepath.Join(out, "disk.img"))
+	mustRun(t, "verify", dest, id)
+}
