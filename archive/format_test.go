@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -286,4 +287,246 @@ func regenerate(t *testing.T, dir string) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// incrementalFiles is fixtureFiles after the change that the incremental
+// fixture ships: block 0 rewritten, the zero block 2 now data; blocks 3, 4
+// and 5 and vm.xml unchanged, so they come from the base.
+func incrementalFiles() map[string][]byte {
+	files := fixtureFiles()
+	r := rand.New(rand.NewPCG(3, 4))
+	disk := files["vm/disk.img"]
+	for i := range fixtureBS {
+		disk[i] = byte(r.Uint32())
+		disk[2*fixtureBS+i] = byte(r.Uint32())
+	}
+	return files
+}
+
+// TestIncrementalFixtureDecodesPerFormatDoc decodes the incremental
+// shipment of testdata/fixture-incremental as docs/FORMAT.md describes,
+// following its blocks into its base with the keys copied into it.
+func TestIncrementalFixtureDecodesPerFormatDoc(t *testing.T) {
+	dir := filepath.Join("testdata", "fixture-incremental")
+	if *update {
+		regenerateIncremental(t, dir)
+	}
+	idb, err := os.ReadFile(filepath.Join(dir, "identity.txt"))
+	if err != nil {
+		t.Fatalf("fixture: %v (regenerate with go test ./archive -run Fixture -update)", err)
+	}
+	ids, _ := age.ParseIdentities(bytes.NewReader(idb))
+	read := func(name string) []byte {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	b3 := func(b []byte) string { s := blake3.Sum256(b); return hex.EncodeToString(s[:]) }
+
+	// The incremental shipment is the one whose header names a base.
+	var id, baseID string
+	ships, _ := filepath.Glob(filepath.Join(dir, "2*"))
+	for _, s := range ships {
+		var h map[string]any
+		_, j, _ := bytes.Cut(read(filepath.Base(s)+"/header"), []byte("\n"))
+		if err := json.Unmarshal(j, &h); err != nil {
+			t.Fatal(err)
+		}
+		if b, ok := h["base"].(string); ok {
+			if h["format"] != 2.0 {
+				t.Errorf("header with a base has format %v, want 2", h["format"])
+			}
+			id, baseID = filepath.Base(s), b
+		} else if h["format"] != 1.0 {
+			t.Errorf("header without a base has format %v, want 1", h["format"])
+		}
+	}
+	if len(ships) != 2 || id == "" {
+		t.Fatalf("fixture holds %d shipments, want a full one and an incremental one on it", len(ships))
+	}
+	if filepath.Base(ships[0]) != baseID && filepath.Base(ships[1]) != baseID {
+		t.Fatalf("the base %s is not in the fixture", baseID)
+	}
+
+	mb := read(id + "/manifest")
+	mline, sealed, _ := bytes.Cut(mb, []byte("\n"))
+	slot := strings.TrimPrefix(string(mline), "coldship-manifest-v1 key=")
+	key, err := cipher.UnwrapKey(read(id+"/keys/"+slot), ids...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	z, err := key.Open(nil, []byte("coldship/v1/manifest\x00"+id), sealed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec, _ := zstd.NewReader(nil)
+	defer dec.Close()
+	mj, _ := dec.DecodeAll(z, nil)
+	type segment struct {
+		Name   string `json:"name"`
+		Size   int64  `json:"size"`
+		BLAKE3 string `json:"blake3"`
+		Key    int    `json:"key"`
+	}
+	var m struct {
+		Format       int       `json:"format"`
+		ID           string    `json:"id"`
+		Created      string    `json:"created"`
+		Label        string    `json:"label"`
+		HeaderBLAKE3 string    `json:"header_blake3"`
+		BlockSize    int64     `json:"block_size"`
+		Compression  string    `json:"compression"`
+		Segments     []segment `json:"segments"`
+		Files        []struct {
+			Path    string          `json:"path"`
+			Type    string          `json:"type"`
+			Size    int64           `json:"size"`
+			Mode    int             `json:"mode"`
+			MTime   string          `json:"mtime"`
+			BLAKE3  string          `json:"blake3"`
+			Extents json.RawMessage `json:"extents"`
+			Blocks  []struct {
+				I int64  `json:"i"`
+				B int    `json:"b"`
+				F int    `json:"f"`
+				S int    `json:"s"`
+				O int64  `json:"o"`
+				N int64  `json:"n"`
+				Z bool   `json:"z"`
+				H string `json:"h"`
+			} `json:"blocks"`
+		} `json:"files"`
+		Bases []struct {
+			ID       string    `json:"id"`
+			Segments []segment `json:"segments"`
+		} `json:"bases"`
+	}
+	d := json.NewDecoder(bytes.NewReader(mj))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&m); err != nil {
+		t.Fatalf("manifest JSON does not match the documented fields: %v", err)
+	}
+	if m.Format != 2 || len(m.Bases) != 1 || m.Bases[0].ID != baseID {
+		t.Fatalf("manifest: format %d, bases %+v; want 2 and the base %s", m.Format, m.Bases, baseID)
+	}
+	// The keys of the base's records, from the copies in this shipment.
+	baseKeys := map[int]*cipher.Key{}
+	for _, s := range m.Bases[0].Segments {
+		if b := read(baseID + "/" + s.Name); int64(len(b)) != s.Size || b3(b) != s.BLAKE3 {
+			t.Errorf("base segment %s: size or digest differs from the manifest", s.Name)
+		}
+		if baseKeys[s.Key] == nil {
+			k, err := cipher.UnwrapKey(read(fmt.Sprintf("%s/bases/%s/keys/%04d", id, baseID, s.Key)), ids...)
+			if err != nil {
+				t.Fatalf("copy of the base's key slot %d: %v", s.Key, err)
+			}
+			baseKeys[s.Key] = k
+		}
+	}
+	want := incrementalFiles()
+	fromBase := 0
+	for fi, f := range m.Files {
+		if f.Type != "file" {
+			continue
+		}
+		out := make([]byte, f.Size)
+		for _, b := range f.Blocks {
+			shipID, file, k, seg := id, fi, key, m.Segments[b.S]
+			if b.B > 0 {
+				fromBase++
+				seg = m.Bases[b.B-1].Segments[b.S]
+				shipID, file, k = m.Bases[b.B-1].ID, b.F, baseKeys[seg.Key]
+			}
+			rec := read(shipID + "/" + seg.Name)[b.O : b.O+b.N]
+			ctx := append([]byte("coldship/v1/block\x00"+shipID+"\x00"), binary.BigEndian.AppendUint32(nil, uint32(file))...)
+			ctx = binary.BigEndian.AppendUint64(ctx, uint64(b.I))
+			p, err := k.Open(nil, ctx, rec)
+			if err != nil {
+				t.Fatalf("%s block %d (base %d): %v", f.Path, b.I, b.B, err)
+			}
+			if b.Z {
+				if p, err = dec.DecodeAll(p, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if b3(p) != b.H {
+				t.Errorf("%s block %d: digest", f.Path, b.I)
+			}
+			copy(out[b.I*m.BlockSize:], p)
+		}
+		if !bytes.Equal(out, want[f.Path]) {
+			t.Errorf("%s decodes to different bytes", f.Path)
+		}
+	}
+	if fromBase != 4 {
+		t.Errorf("%d blocks come from the base, want 4 (disk.img blocks 3, 4, 5 and vm.xml)", fromBase)
+	}
+
+	// The inventory lists the key copy and the base's segments.
+	var inv struct {
+		Format  int `json:"format"`
+		Objects []struct {
+			Name string `json:"name"`
+		} `json:"objects"`
+		Bases []struct {
+			ID      string `json:"id"`
+			Objects []struct {
+				Name string `json:"name"`
+			} `json:"objects"`
+		} `json:"bases"`
+	}
+	_, ij, _ := bytes.Cut(read(id+"/inventory"), []byte("\n"))
+	if err := json.Unmarshal(ij, &inv); err != nil {
+		t.Fatal(err)
+	}
+	if inv.Format != 2 || len(inv.Bases) != 1 || inv.Bases[0].ID != baseID || len(inv.Bases[0].Objects) != len(m.Bases[0].Segments) ||
+		!strings.Contains(string(ij), `"bases/`+baseID+`/keys/0000"`) {
+		t.Errorf("inventory: %s", ij)
+	}
+
+	// And the real receiver agrees.
+	tr, _ := local.New(dir)
+	sh, err := shipper.OpenShipment(context.Background(), tr, id, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sh.Verify(context.Background(), 1, 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := shipper.VerifyInventory(context.Background(), tr, id, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func regenerateIncremental(t *testing.T, dir string) {
+	os.RemoveAll(dir)
+	os.MkdirAll(dir, 0o755)
+	ident, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "identity.txt"), []byte("# test-only identity of the format fixture; never use it for data\n"+ident.String()+"\n"), 0o600)
+	src, state := t.TempDir(), t.TempDir()
+	writeFixtureSource(t, src)
+	tr, _ := local.New(dir)
+	send := func() {
+		sources, err := archive.CollectSources([]string{filepath.Join(src, "vm")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := shipper.Send(context.Background(), tr, sources, shipper.SendOptions{
+			Recipients: []age.Recipient{ident.Recipient()}, BlockSize: fixtureBS, Compress: true, Jobs: 1, Streams: 1, Label: "fixture",
+			StateDir: state, Dest: "fixture", RecipientsID: "fixture", Base: "latest",
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send()
+	disk := incrementalFiles()["vm/disk.img"]
+	f, _ := os.OpenFile(filepath.Join(src, "vm", "disk.img"), os.O_WRONLY, 0)
+	f.WriteAt(disk[:3*fixtureBS], 0)
+	f.Close()
+	send()
 }
