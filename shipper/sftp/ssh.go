@@ -1,0 +1,155 @@
+package sftp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/coldship/coldship/shipper"
+)
+
+// ParseSSHURL parses ssh://[user@]host[:port][/path] with the rules of
+// ParseURL: "/x" is the absolute path /x, "/~/x" is x relative to the login
+// directory, and no path at all means the login directory.
+func ParseSSHURL(raw string) (Config, error) {
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok || !strings.EqualFold(scheme, "ssh") {
+		return Config{}, errors.New("invalid ssh URL: want ssh://[user@]host[:port]/path")
+	}
+	cfg, err := ParseURL("sftp://" + rest)
+	if err != nil {
+		return Config{}, errors.New(strings.ReplaceAll(err.Error(), "sftp", "ssh"))
+	}
+	return cfg, nil
+}
+
+// DialSSH resolves cfg through ssh_config as Dial does and opens one SSH
+// connection under the same rules: keys from ssh-agent, cfg.KeyFiles,
+// ssh_config or the OpenSSH defaults (an encrypted key asked for through
+// cfg.AskPass); the host key checked against known_hosts, an unknown one
+// recorded only with cfg.AcceptNewHostKey, a changed one always refused;
+// errors that wrap shipper.ErrAuth for both. cfg.Path and cfg.Streams are
+// not used. The connection answers no SFTP: the caller opens its own
+// sessions on it. It is kept alive with keepalive@openssh.com requests and
+// closed when they go unanswered. The caller closes it.
+func DialSSH(ctx context.Context, cfg Config) (*ssh.Client, error) {
+	d, err := resolve(cfg)
+	if err != nil {
+		return nil, err
+	}
+	auth, err := newAuthenticator(d, cfg.AskPass)
+	if err != nil {
+		return nil, err
+	}
+	// A Transport without streams lends its host key checking,
+	// authentication and banner to the one connection.
+	t := &Transport{
+		dest:     d,
+		hostKeys: &hostKeyChecker{d: d, accept: cfg.AcceptNewHostKey, stderr: cfg.Stderr},
+		auth:     auth,
+		stderr:   cfg.Stderr,
+	}
+	hostKeyCallback, algos, refused, err := t.hostKeys.prepare()
+	if err != nil {
+		return nil, err
+	}
+	session := t.auth.begin()
+	defer session.close()
+	config := &ssh.ClientConfig{
+		User:              d.user,
+		HostKeyCallback:   hostKeyCallback,
+		HostKeyAlgorithms: algos,
+		AuthCallback:      session.callback,
+		BannerCallback:    t.banner,
+	}
+	config.Ciphers = cipherOffer()
+
+	deadline := time.Now().Add(handshakeTimeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	dialer := net.Dialer{Deadline: deadline, KeepAlive: keepaliveInterval}
+	nc, err := dialer.DialContext(ctx, "tcp", d.addr())
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", d.addr(), err)
+	}
+	nc.SetDeadline(deadline)
+	interrupt := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
+
+	var client *ssh.Client
+	sc, chans, reqs, err := ssh.NewClientConn(nc, d.addr(), config)
+	if err == nil {
+		client = ssh.NewClient(sc, chans, reqs)
+	}
+	if !interrupt() && err == nil {
+		client.Close()
+		err = ctx.Err()
+	}
+	if err != nil {
+		nc.Close()
+		if e := refused(); e != nil {
+			return nil, e
+		}
+		if session.err != nil {
+			return nil, session.err
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("connect to %s: %w", d.addr(), ctx.Err())
+		}
+		if e := noCommonHostKeyError(d, algos, err); e != nil && len(algos) > 0 {
+			return nil, e
+		}
+		if session.started && !errors.Is(err, shipper.ErrAuth) {
+			return nil, fmt.Errorf("authenticate as %s at %s: %v: %w", d.user, d.addr(), err, shipper.ErrAuth)
+		}
+		return nil, fmt.Errorf("connect to %s: %w", d.addr(), err)
+	}
+	nc.SetDeadline(time.Time{})
+	go keepAlive(client)
+	return client, nil
+}
+
+// keepAlive closes client when it stops answering keepalive requests: a
+// peer that vanished without closing the connection (a NAT that forgot
+// it) would otherwise leave reads and writes waiting forever.
+func keepAlive(client *ssh.Client) {
+	done := make(chan struct{})
+	go func() {
+		client.Wait()
+		close(done)
+	}()
+	tick := time.NewTicker(keepaliveInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+		}
+		reply := make(chan error, 1)
+		go func() {
+			_, _, err := client.SendRequest("keepalive@openssh.com", true, nil)
+			reply <- err
+		}()
+		timeout := time.NewTimer(keepaliveTimeout)
+		select {
+		case err := <-reply:
+			timeout.Stop()
+			if err != nil {
+				client.Close()
+				return
+			}
+		case <-timeout.C:
+			client.Close()
+			return
+		case <-done:
+			timeout.Stop()
+			return
+		}
+	}
+}
