@@ -1,0 +1,174 @@
+package live
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"sync"
+)
+
+// outLane is the sending end of one lane. The position of a sealed frame
+// in its lane is part of its context, so it must be known before the frame
+// is sealed: a sealer takes a ticket (the position) first, seals, and
+// deposits the frame; the lane's writer writes the frames in ticket order,
+// whatever order the sealers finish in.
+type outLane struct {
+	n    uint32
+	w    *bufio.Writer
+	pool *bufferPool // where block frames' buffers go back
+
+	mu      sync.Mutex
+	cond    sync.Cond
+	ticket  uint64 // next position to hand out
+	next    uint64 // next position to write
+	pending map[uint64]outFrame
+	idle    bool   // everything up to next is written and flushed
+	blocks  uint64 // block frames in the current round
+	err     error  // sticky write error
+	aborted bool
+	reason  string // written as an abort frame by lane 0 once aborted
+	done    chan struct{}
+}
+
+type outFrame struct {
+	data []byte
+	buf  []byte // pool buffer to return, or nil
+}
+
+// errLink marks a failure to write to or read from the receiver: the
+// receiver's own report, if it sends one, explains it better.
+var errLink = errors.New("connection to the receiver failed")
+
+func newOutLane(n uint32, w io.Writer, pool *bufferPool) *outLane {
+	l := &outLane{n: n, w: bufio.NewWriterSize(w, 256<<10), pool: pool, pending: map[uint64]outFrame{}, done: make(chan struct{})}
+	l.cond.L = &l.mu
+	go l.run()
+	return l
+}
+
+// take hands out the next position. A block frame counts towards the
+// round's blocks.
+func (l *outLane) take(block bool) uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t := l.ticket
+	l.ticket++
+	if block {
+		l.blocks++
+	}
+	return t
+}
+
+// deposit queues the frame of position t for writing. It never blocks. A
+// frame deposited into an aborted lane is dropped.
+func (l *outLane) deposit(t uint64, f outFrame) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.aborted || l.err != nil {
+		l.pool.put(f.buf)
+		return
+	}
+	l.pending[t] = f
+	l.cond.Broadcast()
+}
+
+// run writes frames in position order, flushing whenever it has nothing
+// ready to write.
+func (l *outLane) run() {
+	defer close(l.done)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for {
+		f, ok := l.pending[l.next]
+		if !ok {
+			if l.aborted || l.err != nil {
+				if l.aborted && l.reason != "" && l.err == nil {
+					l.w.Write(appendFrame(nil, frameAbort, []byte(l.reason)))
+					l.w.Flush()
+				}
+				for _, f := range l.pending {
+					l.pool.put(f.buf)
+				}
+				l.pending = nil
+				return
+			}
+			if !l.idle {
+				l.mu.Unlock()
+				err := l.w.Flush()
+				l.mu.Lock()
+				if err != nil {
+					l.fail(err)
+					continue
+				}
+				l.idle = true
+				l.cond.Broadcast()
+				continue
+			}
+			l.cond.Wait()
+			continue
+		}
+		delete(l.pending, l.next)
+		l.idle = false
+		l.mu.Unlock()
+		_, err := l.w.Write(f.data)
+		l.pool.put(f.buf)
+		l.mu.Lock()
+		if err != nil {
+			l.fail(err)
+			continue
+		}
+		l.next++
+	}
+}
+
+func (l *outLane) fail(err error) {
+	if l.err == nil {
+		l.err = errors.Join(errLink, err)
+	}
+	l.cond.Broadcast()
+}
+
+// drain waits until every position handed out is written and flushed.
+func (l *outLane) drain() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for !(l.next == l.ticket && l.idle) && l.err == nil && !l.aborted {
+		l.cond.Wait()
+	}
+	if l.err != nil {
+		return l.err
+	}
+	if l.aborted {
+		return errAborted
+	}
+	return nil
+}
+
+var errAborted = errors.New("live: session aborted")
+
+// roundBlocks returns the block frames of the round and starts counting
+// the next.
+func (l *outLane) roundBlocks() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.blocks
+	l.blocks = 0
+	return b
+}
+
+// abort stops the lane: frames not yet written are dropped and, on lane 0,
+// an abort frame carrying reason follows the last whole frame written.
+func (l *outLane) abort(reason string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.aborted {
+		l.aborted, l.reason = true, reason
+	}
+	l.cond.Broadcast()
+}
+
+// stop ends the writer once everything is written.
+func (l *outLane) stop() {
+	l.abort("")
+	<-l.done
+}

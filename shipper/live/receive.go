@@ -1,0 +1,1063 @@
+package live
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"filippo.io/age"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+
+	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/cipher"
+	"github.com/coldship/coldship/shipper"
+)
+
+// DefaultLaneTimeout is how long Receive waits for a session's TCP lanes.
+const DefaultLaneTimeout = 30 * time.Second
+
+// ReceiveOptions configure Receive.
+type ReceiveOptions struct {
+	Dir   string // restore into
+	Force bool   // overwrite existing files
+	Jobs  int    // parallel openers; 0: all CPUs
+
+	// Listen opens the listener of a session's TCP lanes; nil refuses
+	// sessions that ask for them. Advertise is the host the sender is told
+	// to dial; "" lets it dial the address it reached the SSH server at.
+	Listen      func() (net.Listener, error)
+	Advertise   string
+	LaneTimeout time.Duration // 0: DefaultLaneTimeout
+
+	// PreReceive runs once the session's shipment id is known and before
+	// anything is written.
+	PreReceive func(ctx context.Context, id string) error
+
+	Counters *shipper.Counters // may be nil
+	Log      func(format string, a ...any)
+}
+
+// ReceiveResult describes a restored session.
+type ReceiveResult struct {
+	ID     string
+	Files  []string // every file and directory, as restored
+	Rounds int
+}
+
+// ErrAborted marks a session that the sender gave up, saying why.
+var ErrAborted = errors.New("the sender aborted the session")
+
+type recvFile struct {
+	meta       archive.File // the current round's size
+	final, tmp string
+	fh         *os.File
+	// written holds, per block, the round that last wrote it; 0 means
+	// never, and then the block is all zero on disk.
+	written []atomic.Uint32
+	digests []archive.Digest
+}
+
+type recvJob struct {
+	lane   uint32
+	seq    uint64
+	round  uint32
+	h      blockHeader
+	record []byte
+	buf    []byte
+}
+
+type laneEnd struct {
+	lane   uint32
+	round  uint32
+	blocks uint64
+}
+
+type ctlFrame struct {
+	frame
+	err error
+}
+
+type receiver struct {
+	opts  ReceiveOptions
+	out   io.Writer
+	dir   string
+	id    string
+	key   *cipher.Key
+	sess  sessionMsg
+	bs    int64
+	codec *archive.Codec
+	files []*recvFile
+	dirs  []string // created, to remove on failure
+
+	pool     *bufferPool
+	jobs     chan recvJob
+	roundWG  sync.WaitGroup
+	gate     gate
+	laneEnds chan laneEnd
+	ctl      chan ctlFrame
+	ctlSeq   uint64
+	conns    []net.Conn
+	bg       sync.WaitGroup // workers and lane readers: they touch the files
+
+	cancel   context.CancelCauseFunc
+	failOnce sync.Once
+	failErr  error
+	failed   chan struct{}
+
+	blocks atomic.Uint64 // of the current round
+	bytes  atomic.Int64
+}
+
+// Receive runs the receiving end of a session: it reads the sender's
+// control lane from in, answers on out, restores the shipment into
+// opts.Dir and returns once every file is checked and renamed into place.
+// On any failure nothing is left at a final name. The caller then tells
+// the sender the outcome with ReplyDone or ReplyError.
+//
+// Receive does not close in or out. A read from in that cannot be
+// interrupted may outlive it, on a goroutine that touches nothing else.
+func Receive(ctx context.Context, in io.Reader, out io.Writer, opts ReceiveOptions) (res *ReceiveResult, err error) {
+	if opts.Jobs <= 0 {
+		opts.Jobs = runtime.NumCPU()
+	}
+	if opts.LaneTimeout <= 0 {
+		opts.LaneTimeout = DefaultLaneTimeout
+	}
+	if opts.Counters == nil {
+		opts.Counters = new(shipper.Counters)
+	}
+	if opts.Log == nil {
+		opts.Log = func(string, ...any) {}
+	}
+	dir, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	r := &receiver{opts: opts, out: out, dir: dir, cancel: cancel, failed: make(chan struct{})}
+	r.gate.cond.L = &r.gate.mu
+	stopGate := context.AfterFunc(ctx, r.gate.close)
+	defer func() {
+		cancel(nil)
+		stopGate()
+		r.gate.close()
+		for _, c := range r.conns {
+			c.Close()
+		}
+		r.bg.Wait()
+		if r.codec != nil {
+			r.codec.Close()
+		}
+		if err != nil {
+			r.cleanup()
+		}
+	}()
+
+	br := bufio.NewReaderSize(in, 256<<10)
+	if err := r.handshake(ctx, br); err != nil {
+		return nil, err
+	}
+	if opts.PreReceive != nil {
+		if err := opts.PreReceive(ctx, r.id); err != nil {
+			return nil, err
+		}
+	}
+	if err := r.openLanes(ctx); err != nil {
+		return nil, err
+	}
+
+	r.pool = newBufferPool(2*opts.Jobs+2*(len(r.conns)+1), blockHeaderSize+int(cipher.SealedSize(r.bs)))
+	r.jobs = make(chan recvJob, opts.Jobs)
+	r.laneEnds = make(chan laneEnd, len(r.conns))
+	for range opts.Jobs {
+		r.bg.Add(1)
+		go r.work(ctx)
+	}
+	r.ctl = make(chan ctlFrame)
+	go r.readControl(ctx, br)
+	for i, c := range r.conns {
+		r.bg.Add(1)
+		go r.readLane(ctx, uint32(i+1), bufio.NewReaderSize(c, 256<<10))
+	}
+
+	rounds, err := r.rounds(ctx)
+	if err != nil {
+		return nil, err
+	}
+	fr, err := r.nextControl(ctx, "M")
+	if err != nil {
+		return nil, err
+	}
+	plain, err := r.openControl(fr, frameManifest, rounds)
+	if err != nil {
+		return nil, err
+	}
+	m, err := archive.ParseLiveManifest(plain)
+	if err != nil {
+		return nil, err
+	}
+	files, err := r.finish(ctx, m, rounds)
+	if err != nil {
+		return nil, err
+	}
+	return &ReceiveResult{ID: r.id, Files: files, Rounds: int(rounds)}, nil
+}
+
+// ReplyDone tells the sender that the shipment is restored as files.
+func ReplyDone(out io.Writer, files []string) error {
+	_, err := out.Write(appendFrame(nil, replyDone, marshal(doneMsg{Files: files})))
+	return err
+}
+
+// ReplyError tells the sender that the session failed and how the
+// receiver exits (code, as the command's exit status).
+func ReplyError(out io.Writer, code int, err error) error {
+	_, werr := out.Write(appendFrame(nil, replyError, marshal(errorMsg{Code: code, Message: err.Error()})))
+	return werr
+}
+
+func (r *receiver) fail(err error) {
+	r.failOnce.Do(func() {
+		r.failErr = err
+		close(r.failed)
+		r.cancel(err)
+	})
+}
+
+func (r *receiver) reply(kind byte, v any) error {
+	if _, err := r.out.Write(appendFrame(nil, kind, marshal(v))); err != nil {
+		return fmt.Errorf("reply to the sender: %w", err)
+	}
+	return nil
+}
+
+// handshake offers an ephemeral key, unwraps the shipment key the sender
+// wrapped for it and opens the session's description.
+func (r *receiver) handshake(ctx context.Context, br *bufio.Reader) error {
+	identity, err := age.GenerateX25519Identity()
+	if err != nil {
+		return err
+	}
+	if err := r.reply(replyHello, helloMsg{Protocol: Protocol, Recipient: identity.Recipient().String()}); err != nil {
+		return err
+	}
+	fr, err := readFrame(br, sessionKinds, nil)
+	if err != nil {
+		return streamError(err, "before the session started")
+	}
+	if fr.kind == frameAbort {
+		return abortError(fr.body)
+	}
+	id, wrapped, err := parseKey(fr.body)
+	if err != nil {
+		return err
+	}
+	if r.key, err = cipher.UnwrapKey(wrapped, identity); err != nil {
+		// Not wrapped for this session's key: not from the sender that
+		// started us.
+		return fmt.Errorf("live: shipment key: %v: %w", err, archive.ErrIntegrity)
+	}
+	r.id = id
+	if fr, err = readFrame(br, "SA", nil); err != nil {
+		return streamError(err, "before the session started")
+	}
+	if fr.kind == frameAbort {
+		return abortError(fr.body)
+	}
+	plain, err := r.openControl(fr, frameSession, 0)
+	if err != nil {
+		return err
+	}
+	s := &r.sess
+	if err := unmarshal(plain, s); err != nil {
+		return err
+	}
+	switch {
+	case s.Format != Protocol || s.ID != id:
+		return errFrame("session of protocol %d, shipment %q", s.Format, s.ID)
+	case s.BlockSize < archive.MinBlockSize || s.BlockSize > archive.MaxBlockSize:
+		return errFrame("block size %d out of range", s.BlockSize)
+	case s.Compression != "none" && s.Compression != "zstd":
+		return errFrame("compression %q", s.Compression)
+	case s.Lanes < 0 || s.Lanes > maxLanes:
+		return errFrame("%d lanes", s.Lanes)
+	}
+	r.bs = s.BlockSize
+	r.codec, err = archive.NewCodec(r.key, id, s.Compression == "zstd", r.opts.Jobs)
+	return err
+}
+
+// openControl authenticates the next sealed message of the control lane.
+func (r *receiver) openControl(fr frame, kind byte, round uint32) ([]byte, error) {
+	seq := r.ctlSeq
+	r.ctlSeq++
+	plain, err := r.key.Open(nil, archive.LiveContext(r.id, kind, 0, seq, round), fr.body)
+	if err != nil {
+		return nil, fmt.Errorf("live: control message %d (%q, round %d): %w", seq, kind, round, integrity(err))
+	}
+	return plain, nil
+}
+
+// integrity makes a record that fails to open read as an integrity
+// failure (exit 5) whichever layer reported it.
+func integrity(err error) error {
+	switch {
+	case errors.Is(err, archive.ErrIntegrity):
+		return err
+	case errors.Is(err, cipher.ErrIntegrity):
+		return fmt.Errorf("not authentic (tampered with, replayed, reordered, injected, or one before it dropped): %w", archive.ErrIntegrity)
+	}
+	return fmt.Errorf("%v: %w", err, archive.ErrIntegrity)
+}
+
+func streamError(err error, when string) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("live: the sender's stream ended %s: %w", when, archive.ErrIntegrity)
+	}
+	return err
+}
+
+func abortError(reason []byte) error {
+	return fmt.Errorf("%w: %s", ErrAborted, reason)
+}
+
+// openLanes accepts the session's TCP lanes. A connection that does not
+// prove it belongs to the session (its first frame sealed under the
+// session's key for a lane not yet taken) is closed and ignored: a port
+// scanner must not stop a migration.
+func (r *receiver) openLanes(ctx context.Context) error {
+	n := r.sess.Lanes
+	if n == 0 {
+		return r.reply(replyReady, readyMsg{})
+	}
+	if r.opts.Listen == nil {
+		return errors.New("live: the sender asked for TCP data connections, which this receiver does not accept")
+	}
+	ln, err := r.opts.Listen()
+	if err != nil {
+		return fmt.Errorf("live: listen for data connections: %w", err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	if err := r.reply(replyReady, readyMsg{Host: r.opts.Advertise, Port: port}); err != nil {
+		return err
+	}
+
+	type hello struct {
+		lane uint32
+		conn net.Conn
+		err  error
+	}
+	hellos := make(chan hello)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				lane, err := r.laneHello(c)
+				c.SetReadDeadline(time.Time{})
+				select {
+				case hellos <- hello{lane, c, err}:
+				case <-stop:
+					c.Close()
+				}
+			}()
+		}
+	}()
+	conns := make([]net.Conn, n)
+	timeout := time.NewTimer(r.opts.LaneTimeout)
+	defer timeout.Stop()
+	for bound := 0; bound < n; {
+		select {
+		case h := <-hellos:
+			if h.err == nil && (h.lane < 1 || int(h.lane) > n || conns[h.lane-1] != nil) {
+				h.err = fmt.Errorf("lane %d is not open", h.lane)
+			}
+			if h.err != nil {
+				r.opts.Log("refused a data connection from %s: %v", h.conn.RemoteAddr(), h.err)
+				h.conn.Close()
+				continue
+			}
+			conns[h.lane-1] = h.conn
+			bound++
+		case <-timeout.C:
+			for _, c := range conns {
+				if c != nil {
+					c.Close()
+				}
+			}
+			return fmt.Errorf("live: %d of %d data connections arrived in %s (a firewall in the way? try --data ssh)", bound, n, r.opts.LaneTimeout)
+		case <-ctx.Done():
+			for _, c := range conns {
+				if c != nil {
+					c.Close()
+				}
+			}
+			return context.Cause(ctx)
+		}
+	}
+	r.conns = conns
+	return nil
+}
+
+// laneHello reads and checks the first frame of a TCP connection.
+func (r *receiver) laneHello(c net.Conn) (uint32, error) {
+	fr, err := readFrame(c, helloKinds, nil)
+	if err != nil {
+		return 0, err
+	}
+	lane, sealed, err := parseHello(fr.body)
+	if err != nil {
+		return 0, err
+	}
+	plain, err := r.key.Open(nil, archive.LiveContext(r.id, frameHello, lane, 0, 0), sealed)
+	if err != nil {
+		return 0, fmt.Errorf("not sealed for this session: %w", integrity(err))
+	}
+	if len(plain) != 0 {
+		return 0, errFrame("hello with a payload")
+	}
+	return lane, nil
+}
+
+// allocBlock gives block frames a buffer from the pool, so that the
+// records in flight are bounded whatever the senders do.
+func (r *receiver) allocBlock(ctx context.Context) func(kind byte, n int) ([]byte, error) {
+	return func(kind byte, n int) ([]byte, error) {
+		if kind != frameBlock {
+			return nil, nil
+		}
+		if n > r.pool.size {
+			return nil, errFrame("block frame of %d bytes for blocks of %d", n, r.bs)
+		}
+		b, ok := r.pool.get(ctx.Done())
+		if !ok {
+			return nil, context.Cause(ctx)
+		}
+		return b, nil
+	}
+}
+
+func (r *receiver) readControl(ctx context.Context, br *bufio.Reader) {
+	alloc := r.allocBlock(ctx)
+	for {
+		fr, err := readFrame(br, controlKinds, alloc)
+		select {
+		case r.ctl <- ctlFrame{fr, err}:
+		case <-ctx.Done():
+			r.pool.put(fr.buf)
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// nextControl returns the next frame of the control lane, of a kind in
+// allowed.
+func (r *receiver) nextControl(ctx context.Context, allowed string) (frame, error) {
+	select {
+	case c := <-r.ctl:
+		switch {
+		case c.err != nil:
+			return frame{}, streamError(c.err, "before the shipment was complete")
+		case c.kind == frameAbort:
+			return frame{}, abortError(c.body)
+		case !containsByte(allowed, c.kind):
+			r.pool.put(c.buf)
+			return frame{}, errFrame("unexpected %q frame on the control lane", c.kind)
+		}
+		return c.frame, nil
+	case <-r.failed:
+		return frame{}, r.failErr
+	case <-ctx.Done():
+		return frame{}, context.Cause(ctx)
+	}
+}
+
+func containsByte(s string, b byte) bool {
+	for i := range len(s) {
+		if s[i] == b {
+			return true
+		}
+	}
+	return false
+}
+
+// rounds runs the rounds up to the final one and returns its number.
+func (r *receiver) rounds(ctx context.Context) (uint32, error) {
+	for round := uint32(1); ; round++ {
+		fr, err := r.nextControl(ctx, "B")
+		if err != nil {
+			return 0, err
+		}
+		plain, err := r.openControl(fr, frameBegin, round)
+		if err != nil {
+			return 0, err
+		}
+		var begin beginMsg
+		if err := unmarshal(plain, &begin); err != nil {
+			return 0, err
+		}
+		if begin.Round != round {
+			return 0, errFrame("round %d begins as round %d", round, begin.Round)
+		}
+		if err := r.begin(begin); err != nil {
+			return 0, err
+		}
+		r.blocks.Store(0)
+		r.bytes.Store(0)
+		r.gate.open(round, begin.Final)
+
+		// Blocks on the control lane, up to the end of the round.
+		var blocks uint64
+		var end endMsg
+		for {
+			fr, err := r.nextControl(ctx, "DE")
+			if err != nil {
+				return 0, err
+			}
+			if fr.kind == frameBlock {
+				if err := r.dispatch(ctx, 0, r.ctlSeq, round, fr); err != nil {
+					return 0, err
+				}
+				r.ctlSeq++
+				blocks++
+				continue
+			}
+			plain, err := r.openControl(fr, frameRoundEnd, round)
+			if err != nil {
+				return 0, err
+			}
+			if err := unmarshal(plain, &end); err != nil {
+				return 0, err
+			}
+			break
+		}
+		if end.Round != round || len(end.Blocks) != len(r.conns)+1 {
+			return 0, errFrame("round %d ends as round %d with %d lanes", round, end.Round, len(end.Blocks))
+		}
+		if end.Blocks[0] != blocks {
+			return 0, errFrame("round %d: the control lane carried %d blocks, the sender sent %d", round, blocks, end.Blocks[0])
+		}
+		for range r.conns {
+			select {
+			case le := <-r.laneEnds:
+				if le.round != round || le.blocks != end.Blocks[le.lane] {
+					return 0, errFrame("round %d: lane %d carried %d blocks, the sender sent %d", round, le.lane, le.blocks, end.Blocks[le.lane])
+				}
+			case <-r.failed:
+				return 0, r.failErr
+			case <-ctx.Done():
+				return 0, context.Cause(ctx)
+			}
+		}
+		r.roundWG.Wait()
+		select {
+		case <-r.failed:
+			return 0, r.failErr
+		default:
+		}
+		if err := r.readBack(ctx, round); err != nil {
+			return 0, err
+		}
+		n, b := r.blocks.Load(), r.bytes.Load()
+		r.opts.Log("round %d: %d blocks, %d bytes written", round, n, b)
+		if err := r.reply(replyAck, ackMsg{Round: round, Blocks: n, Bytes: b}); err != nil {
+			return 0, err
+		}
+		if begin.Final {
+			return round, nil
+		}
+	}
+}
+
+// begin applies a round's file table: the first creates the temporary
+// files, later ones follow changes of size.
+func (r *receiver) begin(b beginMsg) error {
+	if err := archive.CheckLiveFiles(b.Files); err != nil {
+		return errFrame("round %d: %v", b.Round, err)
+	}
+	cnt := r.opts.Counters
+	cnt.Total.Store(0)
+	cnt.Done.Store(0)
+	for _, f := range b.Files {
+		cnt.Total.Add(f.Size)
+	}
+	if b.Round == 1 {
+		return r.create(b.Files)
+	}
+	if len(b.Files) != len(r.files) {
+		return errFrame("round %d has %d files, round 1 had %d", b.Round, len(b.Files), len(r.files))
+	}
+	for i, f := range b.Files {
+		rf := r.files[i]
+		if f.Path != rf.meta.Path || f.Type != rf.meta.Type {
+			return errFrame("round %d: file %d is %s %q, was %s %q", b.Round, i, f.Type, f.Path, rf.meta.Type, rf.meta.Path)
+		}
+		if f.Type == archive.TypeFile && f.Size != rf.meta.Size {
+			if err := r.resize(rf, f.Size); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// create checks every final path, then creates the temporary files next to
+// them.
+func (r *receiver) create(files []archive.File) error {
+	for _, f := range files {
+		final := filepath.Join(r.dir, filepath.FromSlash(f.Path))
+		fi, err := os.Lstat(final)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			return fmt.Errorf("output %s: %w", final, err)
+		case f.Type == archive.TypeDir && fi.IsDir():
+		case f.Type == archive.TypeFile && fi.Mode().IsRegular() && r.opts.Force:
+		case f.Type == archive.TypeFile && fi.Mode().IsRegular():
+			return fmt.Errorf("output %s: %w", final, shipper.ErrExists)
+		default:
+			return fmt.Errorf("output %s: exists and is not a %s", final, f.Type)
+		}
+	}
+	if err := r.mkdirs(r.dir); err != nil {
+		return err
+	}
+	r.files = make([]*recvFile, len(files))
+	for i, f := range files {
+		rf := &recvFile{meta: f, final: filepath.Join(r.dir, filepath.FromSlash(f.Path))}
+		r.files[i] = rf
+		if f.Type == archive.TypeDir {
+			if err := r.mkdirs(rf.final); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := r.mkdirs(filepath.Dir(rf.final)); err != nil {
+			return err
+		}
+		var rnd [6]byte
+		rand.Read(rnd[:])
+		rf.tmp = filepath.Join(filepath.Dir(rf.final), "."+filepath.Base(rf.final)+".coldship-"+hex.EncodeToString(rnd[:]))
+		fh, err := os.OpenFile(rf.tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return fmt.Errorf("create %s: %w", rf.tmp, err)
+		}
+		rf.fh = fh
+		if err := fh.Truncate(f.Size); err != nil {
+			return fmt.Errorf("size %s: %w", rf.tmp, err)
+		}
+		nb := (f.Size + r.bs - 1) / r.bs
+		rf.written, rf.digests = make([]atomic.Uint32, nb), make([]archive.Digest, nb)
+	}
+	return nil
+}
+
+func (r *receiver) mkdirs(p string) error {
+	var missing []string
+	for d := p; ; d = filepath.Dir(d) {
+		if _, err := os.Lstat(d); err == nil {
+			break
+		}
+		missing = append(missing, d)
+		if d == filepath.Dir(d) {
+			break
+		}
+	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		if err := os.Mkdir(missing[i], 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("create directory %s: %w", missing[i], err)
+		}
+		r.dirs = append(r.dirs, missing[i])
+	}
+	return nil
+}
+
+// resize follows a file whose size changed between rounds: the block that
+// the shorter size cuts is zeroed, so that every block not written since
+// holds zeros, as the sender assumes (see srcFile.resize).
+func (r *receiver) resize(rf *recvFile, size int64) error {
+	old := rf.meta.Size
+	short := min(old, size)
+	keep := short / r.bs
+	if err := rf.fh.Truncate(size); err != nil {
+		return fmt.Errorf("size %s: %w", rf.tmp, err)
+	}
+	if short%r.bs != 0 && rf.written[keep].Load() != 0 {
+		if err := punch(rf.fh, keep*r.bs, short-keep*r.bs); err != nil {
+			return fmt.Errorf("%s: %w", rf.tmp, err)
+		}
+	}
+	nb := (size + r.bs - 1) / r.bs
+	written, digests := make([]atomic.Uint32, nb), make([]archive.Digest, nb)
+	for i := range min(keep, nb) {
+		written[i].Store(rf.written[i].Load())
+		digests[i] = rf.digests[i]
+	}
+	rf.written, rf.digests, rf.meta.Size = written, digests, size
+	return nil
+}
+
+// punch deallocates [off, off+n) of f, or writes zeros there where the
+// file system cannot punch holes.
+func punch(f *os.File, off, n int64) error {
+	err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) {
+		return fmt.Errorf("punch a hole: %w", err)
+	}
+	zero := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		k := min(n, int64(len(zero)))
+		if _, err := f.WriteAt(zero[:k], off); err != nil {
+			return err
+		}
+		off, n = off+k, n-k
+	}
+	return nil
+}
+
+// dispatch checks a block frame's place and hands it to the workers.
+func (r *receiver) dispatch(ctx context.Context, lane uint32, seq uint64, round uint32, fr frame) error {
+	h, record, err := parseBlock(fr.body)
+	if err == nil && (int64(h.file) >= int64(len(r.files)) || r.files[h.file].meta.Type != archive.TypeFile ||
+		h.block >= uint64(len(r.files[h.file].written))) {
+		err = errFrame("lane %d record %d: block %d of file %d is out of range", lane, seq, h.block, h.file)
+	}
+	if err != nil {
+		r.pool.put(fr.buf)
+		return err
+	}
+	r.opts.Counters.Shipped.Add(int64(len(fr.body) + frameHeaderSize))
+	r.roundWG.Add(1)
+	select {
+	case r.jobs <- recvJob{lane: lane, seq: seq, round: round, h: h, record: record, buf: fr.buf}:
+		return nil
+	case <-ctx.Done():
+		r.roundWG.Done()
+		r.pool.put(fr.buf)
+		return context.Cause(ctx)
+	}
+}
+
+func (r *receiver) work(ctx context.Context) {
+	defer r.bg.Done()
+	out := make([]byte, r.bs)
+	scratch := make([]byte, 0, r.bs)
+	for {
+		select {
+		case j := <-r.jobs:
+			if err := r.writeBlock(j, out, scratch); err != nil {
+				r.fail(err)
+			}
+			r.pool.put(j.buf)
+			r.roundWG.Done()
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// writeBlock opens a block record in its place (shipment, lane, position,
+// round, file, block), writes it and notes its digest.
+func (r *receiver) writeBlock(j recvJob, out, scratch []byte) error {
+	select {
+	case <-r.failed:
+		return nil
+	default:
+	}
+	f := r.files[j.h.file]
+	n := archive.BlockLen(f.meta.Size, r.bs, int64(j.h.block))
+	context := archive.LiveBlockContext(r.id, j.lane, j.seq, j.round, j.h.file, j.h.block, j.h.compressed)
+	plain, err := r.codec.OpenLive(out, scratch, j.record, context, j.h.compressed, n)
+	if err != nil {
+		return fmt.Errorf("live: lane %d record %d (%s block %d, round %d): %w", j.lane, j.seq, f.meta.Path, j.h.block, j.round, integrity(err))
+	}
+	w := &f.written[j.h.block]
+	if old := w.Load(); old == j.round || !w.CompareAndSwap(old, j.round) {
+		return errFrame("%s block %d arrived twice in round %d", f.meta.Path, j.h.block, j.round)
+	}
+	f.digests[j.h.block] = archive.BlockDigest(plain)
+	if _, err := f.fh.WriteAt(plain, int64(j.h.block)*r.bs); err != nil {
+		return fmt.Errorf("write %s: %w", f.tmp, err)
+	}
+	r.blocks.Add(1)
+	r.bytes.Add(n)
+	r.opts.Counters.Data.Add(n)
+	r.opts.Counters.Done.Add(n)
+	return nil
+}
+
+// readLane reads TCP lane n, round after round: its block records, then
+// the sealed end of the round that counts them.
+func (r *receiver) readLane(ctx context.Context, n uint32, br *bufio.Reader) {
+	defer r.bg.Done()
+	alloc := r.allocBlock(ctx)
+	seq := uint64(1) // 0 was the hello
+	for round := uint32(1); ; round++ {
+		final, ok := r.gate.wait(round)
+		if !ok {
+			return
+		}
+		var blocks uint64
+		for {
+			fr, err := readFrame(br, laneKinds, alloc)
+			if err != nil {
+				if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+					err = fmt.Errorf("live: data connection %d ended in round %d: %w", n, round, archive.ErrIntegrity)
+				} else if ctx.Err() == nil && !errors.Is(err, archive.ErrIntegrity) {
+					err = fmt.Errorf("live: data connection %d: %w", n, err)
+				}
+				r.fail(err)
+				return
+			}
+			if fr.kind == frameBlock {
+				if err := r.dispatch(ctx, n, seq, round, fr); err != nil {
+					r.fail(err)
+					return
+				}
+				seq++
+				blocks++
+				continue
+			}
+			plain, err := r.key.Open(nil, archive.LiveContext(r.id, frameLaneEnd, n, seq, round), fr.body)
+			seq++
+			if err != nil {
+				r.fail(fmt.Errorf("live: data connection %d: the end of round %d: %w", n, round, integrity(err)))
+				return
+			}
+			endRound, endBlocks, err := parseLaneEnd(plain)
+			if err == nil && (endRound != round || endBlocks != blocks) {
+				err = errFrame("data connection %d ends round %d as round %d with %d blocks, it carried %d", n, round, endRound, endBlocks, blocks)
+			}
+			if err != nil {
+				r.fail(err)
+				return
+			}
+			select {
+			case r.laneEnds <- laneEnd{lane: n, round: round, blocks: blocks}:
+			case <-ctx.Done():
+				return
+			}
+			break
+		}
+		if final {
+			return
+		}
+	}
+}
+
+// readBack reads back the blocks written in round and checks their
+// digests: what is on disk is what was opened.
+func (r *receiver) readBack(ctx context.Context, round uint32) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.opts.Jobs)
+	const chunk = 64
+	for _, f := range r.files {
+		if f.fh == nil {
+			continue
+		}
+		for lo := 0; lo < len(f.written); lo += chunk {
+			hi := min(lo+chunk, len(f.written))
+			g.Go(func() error {
+				var buf []byte
+				for b := lo; b < hi; b++ {
+					if f.written[b].Load() != round {
+						continue
+					}
+					if err := gctx.Err(); err != nil {
+						return err
+					}
+					if buf == nil {
+						buf = make([]byte, r.bs)
+					}
+					n := archive.BlockLen(f.meta.Size, r.bs, int64(b))
+					if _, err := f.fh.ReadAt(buf[:n], int64(b)*r.bs); err != nil {
+						return fmt.Errorf("read back %s: %w", f.tmp, err)
+					}
+					if archive.BlockDigest(buf[:n]) != f.digests[b] {
+						return fmt.Errorf("%s block %d reads back differently from what was written: %w", f.tmp, b, archive.ErrIntegrity)
+					}
+				}
+				return nil
+			})
+		}
+	}
+	return g.Wait()
+}
+
+// finish checks every file against the manifest, then renames them all
+// into place.
+func (r *receiver) finish(ctx context.Context, m *archive.LiveManifest, rounds uint32) ([]string, error) {
+	if m.ID != r.id || m.BlockSize != r.bs || m.Compression != r.sess.Compression || m.Rounds != int(rounds) || len(m.Files) != len(r.files) {
+		return nil, errFrame("the manifest does not match the session")
+	}
+	for i := range m.Files {
+		mf, rf := &m.Files[i], r.files[i]
+		if mf.Path != rf.meta.Path || mf.Type != rf.meta.Type || mf.Size != rf.meta.Size {
+			return nil, errFrame("manifest: file %d is %s %q of %d bytes, the final round sent %s %q of %d", i,
+				mf.Type, mf.Path, mf.Size, rf.meta.Type, rf.meta.Path, rf.meta.Size)
+		}
+		if rf.fh == nil {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, context.Cause(ctx)
+		}
+		digests := make([]archive.Digest, len(rf.written))
+		bi := int64(0)
+		for _, e := range mf.Extents {
+			for end := e.Offset + e.Length; bi*r.bs < end; bi++ {
+				n := archive.BlockLen(mf.Size, r.bs, bi)
+				switch written := rf.written[bi].Load() != 0; {
+				case e.Kind == archive.KindData && !written:
+					return nil, fmt.Errorf("%s: block %d was never received: %w", mf.Path, bi, archive.ErrIntegrity)
+				case e.Kind == archive.KindData:
+					digests[bi] = rf.digests[bi]
+				case written:
+					// Data in an earlier round, a hole or zeros now.
+					if err := punch(rf.fh, bi*r.bs, n); err != nil {
+						return nil, fmt.Errorf("%s: %w", rf.tmp, err)
+					}
+					digests[bi] = archive.ZeroDigest(n)
+				default:
+					digests[bi] = archive.ZeroDigest(n)
+				}
+			}
+		}
+		if archive.FileDigest(mf.Size, r.bs, digests) != mf.BLAKE3 {
+			return nil, fmt.Errorf("%s: whole-file digest does not match the manifest: %w", mf.Path, archive.ErrIntegrity)
+		}
+		if err := rf.fh.Sync(); err != nil {
+			return nil, fmt.Errorf("sync %s: %w", rf.tmp, err)
+		}
+		if err := rf.fh.Chmod(mf.Mode); err != nil {
+			return nil, fmt.Errorf("chmod %s: %w", rf.tmp, err)
+		}
+		err := rf.fh.Close()
+		rf.fh = nil
+		if err != nil {
+			return nil, fmt.Errorf("close %s: %w", rf.tmp, err)
+		}
+		if err := os.Chtimes(rf.tmp, time.Now(), mf.MTime); err != nil {
+			return nil, fmt.Errorf("set mtime of %s: %w", rf.tmp, err)
+		}
+	}
+
+	// Everything checked: rename into place, then sync the directories.
+	var files []string
+	dirs := map[string]bool{}
+	for i, mf := range m.Files {
+		rf := r.files[i]
+		files = append(files, rf.final)
+		if mf.Type != archive.TypeFile {
+			continue
+		}
+		if err := os.Rename(rf.tmp, rf.final); err != nil {
+			return nil, fmt.Errorf("rename %s: %w", rf.final, err)
+		}
+		rf.tmp = ""
+		dirs[filepath.Dir(rf.final)] = true
+	}
+	for i := len(m.Files) - 1; i >= 0; i-- {
+		if mf := m.Files[i]; mf.Type == archive.TypeDir {
+			p := r.files[i].final
+			os.Chmod(p, mf.Mode)
+			os.Chtimes(p, time.Now(), mf.MTime)
+		}
+	}
+	names := make([]string, 0, len(dirs))
+	for d := range dirs {
+		names = append(names, d)
+	}
+	sort.Strings(names)
+	for _, d := range names {
+		if df, err := os.Open(d); err == nil {
+			df.Sync()
+			df.Close()
+		}
+	}
+	r.dirs = nil
+	return files, nil
+}
+
+// cleanup removes the temporary files and the directories created.
+func (r *receiver) cleanup() {
+	for _, f := range r.files {
+		if f == nil {
+			continue
+		}
+		if f.fh != nil {
+			f.fh.Close()
+		}
+		if f.tmp != "" {
+			os.Remove(f.tmp)
+		}
+	}
+	for i := len(r.dirs) - 1; i >= 0; i-- {
+		os.Remove(r.dirs[i]) // only if empty
+	}
+}
+
+// gate lets the TCP lanes' readers into a round once the control lane has
+// begun it, so that no block of a round is written before every block of
+// the round before.
+type gate struct {
+	mu     sync.Mutex
+	cond   sync.Cond
+	round  uint32
+	final  bool
+	closed bool
+}
+
+func (g *gate) open(round uint32, final bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.round, g.final = round, final
+	g.cond.Broadcast()
+}
+
+func (g *gate) close() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.closed = true
+	g.cond.Broadcast()
+}
+
+// wait waits for round to begin and reports whether it is the final one;
+// ok is false once the session is over.
+func (g *gate) wait(round uint32) (final, ok bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for g.round < round && !g.closed {
+		g.cond.Wait()
+	}
+	if g.closed {
+		return false, false
+	}
+	return g.final, true
+}

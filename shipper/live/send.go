@@ -1,0 +1,844 @@
+package live
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"filippo.io/age"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/cipher"
+	"github.com/coldship/coldship/shipper"
+)
+
+// DefaultMaxRounds bounds the pre-copy rounds of SendOptions.UntilDirty
+// when SendOptions.Rounds does not.
+const DefaultMaxRounds = 30
+
+// helloTimeout bounds the wait for a receiver that was just started.
+const helloTimeout = 60 * time.Second
+
+// Peer is the far end of a session: a `coldship receive --live` whose
+// standard output is In and standard input is Out (see StartRemote).
+type Peer struct {
+	In  io.Reader
+	Out io.Writer
+	// DataHost is the host the TCP lanes dial when the receiver does not
+	// name one: the address the SSH connection reached.
+	DataHost string
+	// Dial opens a TCP lane; nil means a net.Dialer.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// SendOptions configure Send.
+type SendOptions struct {
+	Jobs      int   // parallel readers and sealers; 0: all CPUs
+	Lanes     int   // direct TCP lanes for the blocks; 0: the blocks travel on the control channel
+	BlockSize int64 // 0: shipper.DefaultBlockSize
+	Compress  bool  // zstd per block where it helps
+	Label     string
+
+	// Rounds is the number of pre-copy rounds, sent while the sources may
+	// still change, before the switch-over; 0 means none. With UntilDirty,
+	// pre-copy ends as soon as a round sends at most UntilDirty bytes of
+	// data, and Rounds (default DefaultMaxRounds) bounds it. The final round
+	// follows the switch-over and must see the sources unchanged.
+	Rounds     int
+	UntilDirty int64
+
+	// Switchover runs before the final round: it runs the pre-switchover
+	// hook, which pauses or shuts down the VM, and any check that the
+	// sources are now at rest. Its error aborts the session.
+	Switchover func(ctx context.Context, id string) error
+
+	Counters *shipper.Counters // may be nil
+	Log      func(format string, a ...any)
+	OnRound  func(RoundStats) // called as each round is acknowledged
+	Now      func() time.Time
+}
+
+// RoundStats describe one round.
+type RoundStats struct {
+	Round    int           `json:"round"`
+	Final    bool          `json:"final"`
+	Blocks   int64         `json:"blocks"`     // block records sent: the dirty blocks
+	Data     int64         `json:"bytes_data"` // their plaintext bytes
+	Wire     int64         `json:"bytes_sent"` // bytes of frames sent on every lane
+	Read     int64         `json:"bytes_read"` // bytes read and hashed
+	Duration time.Duration `json:"-"`          // from the round's start to the receiver's acknowledgement
+	Seconds  float64       `json:"duration_s"` // Duration, for JSON
+}
+
+// SendResult describes a finished session.
+type SendResult struct {
+	ID     string
+	Files  []string // the paths restored at the destination, as receive prints them
+	Rounds []RoundStats
+	// Switchover is the time from the start of the Switchover callback to
+	// the receiver's report that every file is in place (and its
+	// post-receive hooks ran); Hook is the callback's share of it.
+	Switchover time.Duration
+	Hook       time.Duration
+	Duration   time.Duration
+	// Of the final round: logical bytes, and bytes found in holes or zero.
+	Total, Hole, Zero int64
+}
+
+// RemoteError is the receiver's report of its failure.
+type RemoteError struct {
+	Code    int // the receiver's exit status: 3 hook, 4 authentication, 5 integrity, 1 other
+	Message string
+}
+
+func (e *RemoteError) Error() string { return "destination: " + e.Message }
+
+// Unwrap lets errors.Is find the class of the receiver's failure.
+func (e *RemoteError) Unwrap() error {
+	switch e.Code {
+	case 4:
+		return shipper.ErrAuth
+	case 5:
+		return archive.ErrIntegrity
+	}
+	return nil
+}
+
+// srcFile is a source as the sender knows it, and as it knows the
+// receiver holds it.
+type srcFile struct {
+	src   archive.Source
+	f     *os.File
+	size  int64
+	stamp stamp
+	// What the receiver holds of each block, from earlier rounds.
+	has  []bool
+	sent []archive.Digest
+	// The current round's scan.
+	ranges  []archive.Range
+	kinds   []byte
+	digests []archive.Digest
+}
+
+const (
+	kindHole byte = iota
+	kindZero
+	kindData
+)
+
+// stamp is what must not change while the final round reads a file.
+type stamp struct {
+	size         int64
+	mtime, ctime syscall.Timespec
+	ino          uint64
+}
+
+func statStamp(f *os.File) (stamp, error) {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		return stamp{}, fmt.Errorf("stat %s: %w", f.Name(), err)
+	}
+	return stamp{size: st.Size, mtime: st.Mtim, ctime: st.Ctim, ino: st.Ino}, nil
+}
+
+// resize follows a change of the file's size between rounds. The receiver
+// truncates its copy to the new size and zeroes the block that the
+// shorter size cuts, so neither that block nor any after it is held there
+// any more.
+func (f *srcFile) resize(size, bs int64) {
+	if size == f.size && f.has != nil {
+		return
+	}
+	keep := min(size, f.size) / bs
+	nb := (size + bs - 1) / bs
+	has, sent := make([]bool, nb), make([]archive.Digest, nb)
+	if f.has != nil {
+		copy(has[:min(keep, nb)], f.has)
+		copy(sent[:min(keep, nb)], f.sent)
+	}
+	f.has, f.sent, f.size = has, sent, size
+}
+
+type sendSession struct {
+	opts   SendOptions
+	peer   Peer
+	files  []*srcFile
+	key    *cipher.Key
+	id     string
+	codec  *archive.Codec
+	lanes  []*outLane // lanes[0] is the control lane
+	conns  []net.Conn
+	pool   *bufferPool
+	cancel context.CancelCauseFunc
+
+	replies      chan reply
+	repliesEnded chan struct{} // closed when the receiver's output ended
+	stopped      chan struct{} // closed when Send returns
+	rr           atomic.Uint64
+}
+
+type reply struct {
+	frame
+	err error
+}
+
+// Send streams the sources to the receiver at peer: pre-copy rounds if
+// asked, the switch-over, the final round and the manifest, and returns
+// once the receiver reports every file in place. The caller closes peer's
+// streams afterwards; Send does not.
+//
+// A failure of the receiver comes back as a *RemoteError. On a failure of
+// its own (a source that changed in the final round, a failed
+// switch-over, an interruption) Send tells the receiver why, and the
+// receiver removes what it wrote.
+func Send(ctx context.Context, peer Peer, sources []archive.Source, opts SendOptions) (*SendResult, error) {
+	start := time.Now()
+	if opts.Jobs <= 0 {
+		opts.Jobs = runtime.NumCPU()
+	}
+	if opts.BlockSize == 0 {
+		opts.BlockSize = shipper.DefaultBlockSize
+	}
+	if opts.BlockSize < archive.MinBlockSize || opts.BlockSize > archive.MaxBlockSize {
+		return nil, fmt.Errorf("block size %d out of range [%d, %d]", opts.BlockSize, archive.MinBlockSize, archive.MaxBlockSize)
+	}
+	if opts.Lanes < 0 || opts.Lanes > maxLanes {
+		return nil, fmt.Errorf("live: %d TCP lanes: want 0 to %d", opts.Lanes, maxLanes)
+	}
+	if opts.Rounds < 0 || opts.UntilDirty < 0 {
+		return nil, errors.New("live: negative rounds or dirty size")
+	}
+	if opts.Counters == nil {
+		opts.Counters = new(shipper.Counters)
+	}
+	if opts.Log == nil {
+		opts.Log = func(string, ...any) {}
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if peer.Dial == nil {
+		var d net.Dialer
+		peer.Dial = d.DialContext
+	}
+
+	s := &sendSession{opts: opts, peer: peer, replies: make(chan reply, 16), repliesEnded: make(chan struct{}), stopped: make(chan struct{})}
+	defer close(s.stopped)
+	s.files = make([]*srcFile, len(sources))
+	defer func() {
+		for _, f := range s.files {
+			if f != nil && f.f != nil {
+				f.f.Close()
+			}
+		}
+	}()
+	for i, src := range sources {
+		f := &srcFile{src: src}
+		s.files[i] = f
+		if src.Info.IsDir() {
+			continue
+		}
+		fh, err := os.Open(src.Path)
+		if err != nil {
+			return nil, fmt.Errorf("open source: %w", err)
+		}
+		f.f = fh
+		if f.stamp, err = statStamp(fh); err != nil {
+			return nil, err
+		}
+	}
+	s.pool = newBufferPool(2*opts.Jobs+2*(opts.Lanes+1),
+		frameHeaderSize+blockHeaderSize+int(cipher.SealedSize(opts.BlockSize)))
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	s.cancel = cancel
+	go s.readReplies(ctx)
+
+	res, err := s.run(ctx)
+	if err == nil {
+		s.shutdown()
+		res.Duration = time.Since(start)
+		return res, nil
+	}
+	return nil, s.failed(ctx, err)
+}
+
+// failed stops the session after err and returns the error to report: the
+// receiver's own report when it sent one, since a broken link is usually
+// its consequence.
+func (s *sendSession) failed(ctx context.Context, err error) error {
+	var re *RemoteError
+	if errors.As(context.Cause(ctx), &re) {
+		s.shutdown()
+		return re
+	}
+	if errors.As(err, &re) {
+		s.shutdown()
+		return re
+	}
+	if errors.Is(err, errLink) || errors.Is(err, errAborted) {
+		// The receiver failed first, probably: wait a little for its word,
+		// unless its output already ended without one.
+		t := time.NewTimer(5 * time.Second)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-s.repliesEnded:
+		case <-t.C:
+		}
+		if errors.As(context.Cause(ctx), &re) {
+			s.shutdown()
+			return re
+		}
+		s.shutdown()
+		return err
+	}
+	// Our own failure: tell the receiver why, after the last whole frame.
+	reason := err.Error()
+	if ctx.Err() != nil && context.Cause(ctx) == ctx.Err() {
+		reason = "the sender was interrupted"
+	}
+	if len(s.lanes) > 0 {
+		s.lanes[0].abort(reason)
+		select {
+		case <-s.lanes[0].done:
+		case <-time.After(5 * time.Second):
+		}
+	} else {
+		// Before the control lane's writer started: the key exchange.
+		writeTimeout(s.peer.Out, appendFrame(nil, frameAbort, []byte(reason)), 5*time.Second)
+	}
+	s.shutdown()
+	return err
+}
+
+func writeTimeout(w io.Writer, b []byte, d time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		w.Write(b)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
+}
+
+// shutdown stops the lanes' writers and closes the TCP lanes.
+func (s *sendSession) shutdown() {
+	for _, c := range s.conns {
+		c.Close()
+	}
+	for _, l := range s.lanes {
+		l.abort("")
+	}
+}
+
+func (s *sendSession) readReplies(ctx context.Context) {
+	defer close(s.repliesEnded)
+	br := bufio.NewReader(s.peer.In)
+	for {
+		fr, err := readFrame(br, replyKinds, nil)
+		if err == nil && fr.kind == replyError {
+			var m errorMsg
+			if err = unmarshal(fr.body, &m); err == nil {
+				if m.Code == 0 {
+					m.Code = 1
+				}
+				s.cancel(&RemoteError{Code: m.Code, Message: m.Message})
+			}
+		}
+		select {
+		case s.replies <- reply{fr, err}:
+		case <-s.stopped:
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// waitReply returns the body of the receiver's next reply, which must be
+// of kind want.
+func (s *sendSession) waitReply(ctx context.Context, want byte, timeout time.Duration) ([]byte, error) {
+	var expire <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		expire = t.C
+	}
+	select {
+	case r := <-s.replies:
+		switch {
+		case errors.Is(r.err, io.EOF) || errors.Is(r.err, io.ErrUnexpectedEOF):
+			return nil, fmt.Errorf("%w: the receiver ended the session", errLink)
+		case r.err != nil:
+			return nil, errors.Join(errLink, r.err)
+		case r.kind == replyError:
+			<-ctx.Done()
+			return nil, context.Cause(ctx)
+		case r.kind != want:
+			return nil, errFrame("receiver sent %q, want %q", r.kind, want)
+		}
+		return r.body, nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	case <-expire:
+		return nil, fmt.Errorf("%w: no answer from the receiver after %s", errLink, timeout)
+	}
+}
+
+func (s *sendSession) run(ctx context.Context) (*SendResult, error) {
+	opts := s.opts
+	body, err := s.waitReply(ctx, replyHello, helloTimeout)
+	if err != nil {
+		return nil, err
+	}
+	var hello helloMsg
+	if err := unmarshal(body, &hello); err != nil {
+		return nil, err
+	}
+	if hello.Protocol != Protocol {
+		return nil, fmt.Errorf("the receiver speaks live protocol %d, this coldship %d: use the same version at both ends", hello.Protocol, Protocol)
+	}
+	recipient, err := age.ParseX25519Recipient(hello.Recipient)
+	if err != nil {
+		return nil, errFrame("receiver's key: %v", err)
+	}
+
+	// The shipment key: fresh, and handed over only wrapped for the
+	// receiver's key of this session, inside the SSH channel.
+	if s.key, err = cipher.NewKey(); err != nil {
+		return nil, err
+	}
+	now := opts.Now()
+	if s.id, err = archive.NewID(now); err != nil {
+		return nil, err
+	}
+	wrapped, err := s.key.Wrap(recipient)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.peer.Out.Write(appendFrame(nil, frameKey, appendKey(nil, s.id, wrapped))); err != nil {
+		return nil, errors.Join(errLink, err)
+	}
+	compression := map[bool]string{false: "none", true: "zstd"}[opts.Compress]
+	if s.codec, err = archive.NewCodec(s.key, s.id, opts.Compress, opts.Jobs); err != nil {
+		return nil, err
+	}
+	defer s.codec.Close()
+
+	s.lanes = []*outLane{newOutLane(0, s.peer.Out, s.pool)}
+	created := now.UTC().Truncate(time.Second)
+	s.sendSealed(s.lanes[0], frameSession, 0, marshal(sessionMsg{
+		Format: Protocol, ID: s.id, Created: created, Label: opts.Label,
+		BlockSize: opts.BlockSize, Compression: compression, Lanes: opts.Lanes,
+	}))
+	if body, err = s.waitReply(ctx, replyReady, 0); err != nil {
+		return nil, err
+	}
+	var ready readyMsg
+	if err := unmarshal(body, &ready); err != nil {
+		return nil, err
+	}
+	if opts.Lanes > 0 {
+		if err := s.openLanes(ctx, ready); err != nil {
+			return nil, err
+		}
+	}
+
+	res := &SendResult{ID: s.id}
+	round := uint32(0)
+	if opts.Rounds > 0 || opts.UntilDirty > 0 {
+		maxRounds := opts.Rounds
+		if maxRounds == 0 {
+			maxRounds = DefaultMaxRounds
+		}
+		for range maxRounds {
+			round++
+			st, err := s.sendRound(ctx, round, false)
+			if err != nil {
+				return nil, err
+			}
+			res.Rounds = append(res.Rounds, st)
+			if opts.UntilDirty > 0 && st.Data <= opts.UntilDirty {
+				break
+			}
+		}
+	}
+
+	// The switch-over: the VM stops, the final round sends what is still
+	// dirty, and the receiver finishes.
+	switchStart := time.Now()
+	if opts.Switchover != nil {
+		if err := opts.Switchover(ctx, s.id); err != nil {
+			return nil, err
+		}
+	}
+	res.Hook = time.Since(switchStart)
+	before := make([]stamp, len(s.files))
+	for i, f := range s.files {
+		if f.f != nil {
+			if before[i], err = statStamp(f.f); err != nil {
+				return nil, err
+			}
+		}
+	}
+	round++
+	st, err := s.sendRound(ctx, round, true)
+	if err != nil {
+		return nil, err
+	}
+	res.Rounds = append(res.Rounds, st)
+	// A source that changed while the final round read it would restore
+	// as a mix of old and new blocks.
+	for i, f := range s.files {
+		if f.f == nil {
+			continue
+		}
+		now, err := statStamp(f.f)
+		if err != nil {
+			return nil, err
+		}
+		if now != before[i] {
+			return nil, fmt.Errorf("%s: %w", f.src.Path, shipper.ErrSourceChanged)
+		}
+	}
+
+	m := s.manifest(created, compression, round)
+	s.sendSealed(s.lanes[0], frameManifest, round, marshal(m))
+	if body, err = s.waitReply(ctx, replyDone, 0); err != nil {
+		return nil, err
+	}
+	var done doneMsg
+	if err := unmarshal(body, &done); err != nil {
+		return nil, err
+	}
+	res.Switchover = time.Since(switchStart)
+	res.Files = done.Files
+	for _, f := range s.files {
+		res.Total += f.size
+		for i, k := range f.kinds {
+			n := archive.BlockLen(f.size, opts.BlockSize, int64(i))
+			switch k {
+			case kindHole:
+				res.Hole += n
+			case kindZero:
+				res.Zero += n
+			}
+		}
+	}
+	return res, nil
+}
+
+// sendSealed seals plaintext as the next message of lane l and queues it.
+func (s *sendSession) sendSealed(l *outLane, kind byte, round uint32, plaintext []byte) {
+	t := l.take(false)
+	b := make([]byte, frameHeaderSize, frameHeaderSize+int(cipher.SealedSize(int64(len(plaintext)))))
+	b, err := s.key.Seal(b, archive.LiveContext(s.id, kind, l.n, t, round), plaintext)
+	if err != nil {
+		panic("live: internal error: seal: " + err.Error())
+	}
+	putFrameHeader(b, kind)
+	l.deposit(t, outFrame{data: b})
+}
+
+// openLanes dials the TCP lanes and proves, on each, that it belongs to
+// this session: its first frame is a message sealed under the session's
+// key, bound to the lane's number.
+func (s *sendSession) openLanes(ctx context.Context, ready readyMsg) error {
+	if ready.Port <= 0 || ready.Port > 65535 {
+		return errFrame("the receiver opened no data port")
+	}
+	host := ready.Host
+	if host == "" {
+		host = s.peer.DataHost
+	}
+	addr := net.JoinHostPort(host, strconv.Itoa(ready.Port))
+	conns := make([]net.Conn, s.opts.Lanes)
+	g, gctx := errgroup.WithContext(ctx)
+	for i := range conns {
+		g.Go(func() error {
+			dctx, cancel := context.WithTimeout(gctx, 30*time.Second)
+			defer cancel()
+			c, err := s.peer.Dial(dctx, "tcp", addr)
+			if err != nil {
+				return fmt.Errorf("%w: open data connection to %s: %v", errLink, addr, err)
+			}
+			conns[i] = c
+			return nil
+		})
+	}
+	err := g.Wait()
+	for _, c := range conns {
+		if c != nil {
+			s.conns = append(s.conns, c)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	context.AfterFunc(ctx, func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	for i, c := range conns {
+		l := newOutLane(uint32(i+1), c, s.pool)
+		s.lanes = append(s.lanes, l)
+		t := l.take(false)
+		b := make([]byte, frameHeaderSize, 128)
+		b = append(b, 0, 0, 0, 0)
+		putUint32(b[frameHeaderSize:], l.n)
+		b, err := s.key.Seal(b, archive.LiveContext(s.id, frameHello, l.n, t, 0), nil)
+		if err != nil {
+			panic("live: internal error: seal: " + err.Error())
+		}
+		putFrameHeader(b, frameHello)
+		l.deposit(t, outFrame{data: b})
+	}
+	return nil
+}
+
+func putUint32(b []byte, v uint32) {
+	b[0], b[1], b[2], b[3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
+}
+
+// blockJob is one block to read in a round.
+type blockJob struct {
+	file  int
+	index int64
+	off   int64
+	n     int64
+}
+
+// sendRound reads every file, seals the blocks that differ from what the
+// receiver holds and sends them, then ends the round on every lane and
+// waits for the receiver's acknowledgement.
+func (s *sendSession) sendRound(ctx context.Context, round uint32, final bool) (RoundStats, error) {
+	opts := s.opts
+	bs := opts.BlockSize
+	start := time.Now()
+	st := RoundStats{Round: int(round), Final: final}
+	cnt := opts.Counters
+	for _, v := range []*atomic.Int64{&cnt.Total, &cnt.Done, &cnt.Read, &cnt.Hole, &cnt.Zero, &cnt.Data, &cnt.Shipped} {
+		v.Store(0)
+	}
+
+	table := make([]archive.File, len(s.files))
+	for i, f := range s.files {
+		table[i] = archive.File{Path: f.src.Name, Type: archive.TypeDir, Mode: f.src.Info.Mode().Perm()}
+		if f.f == nil {
+			continue
+		}
+		now, err := statStamp(f.f)
+		if err != nil {
+			return st, err
+		}
+		f.resize(now.size, bs)
+		if f.ranges, err = archive.DataRanges(f.f, f.size); err != nil {
+			return st, err
+		}
+		nb := (f.size + bs - 1) / bs
+		f.kinds, f.digests = make([]byte, nb), make([]archive.Digest, nb)
+		table[i].Type, table[i].Size = archive.TypeFile, f.size
+		cnt.Total.Add(f.size)
+	}
+	s.sendSealed(s.lanes[0], frameBegin, round, marshal(beginMsg{Round: round, Final: final, Files: table}))
+
+	var blocks, data, wire, read atomic.Int64
+	plainPool := newBufferPool(opts.Jobs+1, int(bs))
+	zero := make([]byte, bs)
+	g, gctx := errgroup.WithContext(ctx)
+	done := gctx.Done()
+	jobs := make(chan blockJob, 2*opts.Jobs)
+	g.Go(func() error {
+		defer close(jobs)
+		for fi, f := range s.files {
+			if f.f == nil {
+				continue
+			}
+			cursor := 0
+			for i := range int64(len(f.kinds)) {
+				off := i * bs
+				n := archive.BlockLen(f.size, bs, i)
+				if !archive.Overlaps(f.ranges, &cursor, off, n) {
+					f.kinds[i], f.digests[i] = kindHole, archive.ZeroDigest(n)
+					cnt.Hole.Add(n)
+					cnt.Done.Add(n)
+					continue
+				}
+				select {
+				case jobs <- blockJob{file: fi, index: i, off: off, n: n}:
+				case <-done:
+					return gctx.Err()
+				}
+			}
+		}
+		return nil
+	})
+	for range opts.Jobs {
+		g.Go(func() error {
+			scratch := make([]byte, 0, bs)
+			for j := range jobs {
+				f := s.files[j.file]
+				buf, ok := plainPool.get(done)
+				if !ok {
+					return gctx.Err()
+				}
+				p := buf[:j.n]
+				if _, err := f.f.ReadAt(p, j.off); err != nil {
+					plainPool.put(buf)
+					if err == io.EOF {
+						return fmt.Errorf("read %s at %d: %w", f.src.Path, j.off, shipper.ErrSourceChanged)
+					}
+					return fmt.Errorf("read %s at %d: %w", f.src.Path, j.off, err)
+				}
+				read.Add(j.n)
+				cnt.Read.Add(j.n)
+				if bytes.Equal(p, zero[:j.n]) {
+					plainPool.put(buf)
+					f.kinds[j.index], f.digests[j.index] = kindZero, archive.ZeroDigest(j.n)
+					cnt.Zero.Add(j.n)
+					cnt.Done.Add(j.n)
+					continue
+				}
+				d := archive.BlockDigest(p)
+				f.kinds[j.index], f.digests[j.index] = kindData, d
+				if f.has[j.index] && f.sent[j.index] == d {
+					plainPool.put(buf)
+					cnt.Done.Add(j.n)
+					continue // the receiver holds it
+				}
+				n, err := s.sendBlock(gctx, round, j, p, scratch)
+				plainPool.put(buf)
+				if err != nil {
+					return err
+				}
+				f.has[j.index], f.sent[j.index] = true, d
+				blocks.Add(1)
+				data.Add(j.n)
+				wire.Add(n)
+				cnt.Data.Add(j.n)
+				cnt.Shipped.Add(n)
+				cnt.Done.Add(j.n)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return st, err
+	}
+
+	// End the round: on each TCP lane, then on the control lane with the
+	// count of every lane.
+	counts := make([]uint64, len(s.lanes))
+	for i, l := range s.lanes {
+		counts[i] = l.roundBlocks()
+		if i > 0 {
+			s.sendSealed(l, frameLaneEnd, round, appendLaneEnd(nil, round, counts[i]))
+		}
+	}
+	s.sendSealed(s.lanes[0], frameRoundEnd, round, marshal(endMsg{Round: round, Blocks: counts}))
+	for _, l := range s.lanes {
+		if err := l.drain(); err != nil {
+			return st, err
+		}
+	}
+	body, err := s.waitReply(ctx, replyAck, 0)
+	if err != nil {
+		return st, err
+	}
+	var ack ackMsg
+	if err := unmarshal(body, &ack); err != nil {
+		return st, err
+	}
+	if ack.Round != round || ack.Blocks != uint64(blocks.Load()) {
+		return st, errFrame("receiver acknowledged round %d with %d blocks, want round %d with %d", ack.Round, ack.Blocks, round, blocks.Load())
+	}
+	st.Blocks, st.Data, st.Wire, st.Read = blocks.Load(), data.Load(), wire.Load(), read.Load()
+	st.Duration = time.Since(start)
+	st.Seconds = st.Duration.Seconds()
+	if opts.OnRound != nil {
+		opts.OnRound(st)
+	}
+	return st, nil
+}
+
+// sendBlock seals block j of the round for the next position of a lane and
+// queues it; it returns the frame's size.
+func (s *sendSession) sendBlock(ctx context.Context, round uint32, j blockJob, plain, scratch []byte) (int64, error) {
+	buf, ok := s.pool.get(ctx.Done())
+	if !ok {
+		return 0, ctx.Err()
+	}
+	l := s.lanes[0]
+	if n := len(s.lanes) - 1; n > 0 {
+		l = s.lanes[1+int(s.rr.Add(1)%uint64(n))]
+	}
+	h := blockHeader{file: uint32(j.file), block: uint64(j.index)}
+	t := l.take(true)
+	b := appendBlockHeader(buf[:frameHeaderSize], h)
+	b, compressed, err := s.codec.SealLive(b, scratch, plain, func(compressed bool) []byte {
+		return archive.LiveBlockContext(s.id, l.n, t, round, h.file, h.block, compressed)
+	})
+	if err != nil {
+		// The lane waits for this position: nothing can follow it.
+		l.abort("")
+		s.pool.put(buf)
+		return 0, fmt.Errorf("seal %s block %d: %w", s.files[j.file].src.Path, j.index, err)
+	}
+	if compressed {
+		b[frameHeaderSize+blockHeaderSize-1] = flagCompressed
+	}
+	putFrameHeader(b, frameBlock)
+	l.deposit(t, outFrame{data: b, buf: buf})
+	return int64(len(b)), nil
+}
+
+// manifest describes the files as the final round found them.
+func (s *sendSession) manifest(created time.Time, compression string, rounds uint32) *archive.LiveManifest {
+	bs := s.opts.BlockSize
+	m := &archive.LiveManifest{
+		Format: Protocol, ID: s.id, Created: created, Label: s.opts.Label, BlockSize: bs,
+		Compression: compression, Rounds: int(rounds),
+	}
+	for _, f := range s.files {
+		fi := f.src.Info
+		af := archive.File{Path: f.src.Name, Mode: fi.Mode().Perm(), MTime: fi.ModTime().UTC()}
+		if f.f == nil {
+			af.Type = archive.TypeDir
+			m.Files = append(m.Files, af)
+			continue
+		}
+		af.Type, af.Size = archive.TypeFile, f.size
+		if st, err := statStamp(f.f); err == nil {
+			af.MTime = time.Unix(st.mtime.Unix()).UTC()
+		}
+		af.BLAKE3 = archive.FileDigest(f.size, bs, f.digests)
+		for i, k := range f.kinds {
+			kind := [...]string{archive.KindHole, archive.KindZero, archive.KindData}[k]
+			n := archive.BlockLen(f.size, bs, int64(i))
+			if l := len(af.Extents); l > 0 && af.Extents[l-1].Kind == kind {
+				af.Extents[l-1].Length += n
+			} else {
+				af.Extents = append(af.Extents, archive.Extent{Kind: kind, Offset: int64(i) * bs, Length: n})
+			}
+		}
+		m.Files = append(m.Files, af)
+	}
+	return m
+}
