@@ -1,29 +1,388 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/hooks"
+	"github.com/coldship/coldship/shipper"
+	"github.com/coldship/coldship/shipper/live"
+	"github.com/coldship/coldship/shipper/sftp"
 )
 
 // liveOptions are the flags of live mode (send --live, receive --live).
 type liveOptions struct {
 	enabled bool
+
+	// send
+	remoteColdship string
+	data           string
+	rounds         int
+	untilDirty     string
+	remoteHooks    []string
+	remoteHooksDir string
+	remoteForce    bool
+
+	// receive
+	listen string
 }
 
+// defaultLiveStreams is the number of TCP lanes of --data tcp.
+const defaultLiveStreams = 4
+
+// liveDial, when set, opens the TCP lanes of --data tcp: tests put a
+// tampering proxy there.
+var liveDial func(ctx context.Context, network, addr string) (net.Conn, error)
+
 func addLiveSendFlags(f *pflag.FlagSet, o *liveOptions) {
-	f.BoolVar(&o.enabled, "live", false, "stream sealed records straight into `coldship receive --live` over SSH (no ciphertext at rest)")
+	f.BoolVar(&o.enabled, "live", false, "stream straight into \"coldship receive --live\" started over SSH at --to ssh://[user@]host[:port]/dir (no ciphertext at rest)")
+	f.StringVar(&o.remoteColdship, "remote-coldship", "coldship", "live: the coldship `PATH` on the destination")
+	f.StringVar(&o.data, "data", "ssh", "live: carry the sealed blocks over the SSH channel (ssh) or over --streams direct TCP connections (tcp, default 4)")
+	f.IntVar(&o.rounds, "rounds", 0, "live: pre-copy `N` rounds while the VM runs, then run the pre-switchover hook and a final round")
+	f.StringVar(&o.untilDirty, "until-dirty", "", "live: pre-copy until a round sends at most `SIZE` (at most --rounds rounds, default 30)")
+	f.StringArrayVar(&o.remoteHooks, "remote-hook", nil, "live: run `PHASE=COMMAND` on the destination: pre-receive, post-receive, on-failure (repeatable)")
+	f.StringVar(&o.remoteHooksDir, "remote-hooks-dir", "", "live: the destination's hooks directory `DIR` (receive --hooks-dir)")
+	f.BoolVar(&o.remoteForce, "remote-force", false, "live: overwrite existing files at the destination (receive --force)")
 }
 
 func addLiveReceiveFlags(f *pflag.FlagSet, o *liveOptions) {
-	f.BoolVar(&o.enabled, "live", false, "receive a live stream on stdin (started by `coldship send --live` over SSH)")
+	f.BoolVar(&o.enabled, "live", false, "receive a live session on stdin and stdout (DEST -), as \"coldship send --live\" starts it over SSH")
+	f.StringVar(&o.listen, "listen", "", "live, --data tcp: accept the data connections on `ADDR` (default: the address the SSH connection reached, any port)")
 }
 
 func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
-	return errors.New("live mode is not implemented yet")
+	lo := &opts.live
+	if opts.to == "" {
+		return usagef("send --live: --to ssh://[user@]host[:port]/dir is required")
+	}
+	if !strings.HasPrefix(strings.ToLower(opts.to), "ssh://") {
+		return usagef("send --live: --to %q: want ssh://[user@]host[:port]/dir, the directory to restore into", opts.to)
+	}
+	cfg, err := sftp.ParseSSHURL(opts.to)
+	if err != nil {
+		return usageError{err}
+	}
+	if opts.libvirtDomain != "" {
+		return usagef("send --live: --libvirt-domain is not supported; give the images and the definition as SOURCEs and stop the domain in a pre-switchover hook")
+	}
+	if len(opts.sources) == 0 {
+		return usagef("send --live: give SOURCE files or directories")
+	}
+	if len(opts.recipients)+len(opts.recipientFiles) > 0 || opts.passphraseFile != "" {
+		return usagef("send --live: -r, -R and --passphrase-file do not apply: a one-time key is handed to the receiver over SSH")
+	}
+	bs, err := parseSize(opts.blockSize)
+	if err != nil {
+		return usagef("--block-size: %v", err)
+	}
+	if bs < archive.MinBlockSize || bs > archive.MaxBlockSize || bs%4096 != 0 {
+		return usagef("--block-size %s: must be a multiple of 4 KiB between 64 KiB and 64 MiB", opts.blockSize)
+	}
+	if opts.compress != "zstd" && opts.compress != "none" {
+		return usagef("--compress %q: want zstd or none", opts.compress)
+	}
+	if opts.jobs < 0 {
+		return usagef("--jobs must not be negative")
+	}
+	lanes := opts.transport.streams
+	switch lo.data {
+	case "ssh":
+		if lanes != 0 {
+			return usagef("--streams applies to --data tcp only")
+		}
+	case "tcp":
+		if lanes == 0 {
+			lanes = defaultLiveStreams
+		}
+		if lanes < 0 || lanes > 64 {
+			return usagef("--streams %d: want 1 to 64", lanes)
+		}
+	default:
+		return usagef("--data %q: want ssh or tcp", lo.data)
+	}
+	if lo.rounds < 0 {
+		return usagef("--rounds must not be negative")
+	}
+	var untilDirty int64
+	if lo.untilDirty != "" {
+		if untilDirty, err = parseSize(lo.untilDirty); err != nil {
+			return usagef("--until-dirty: %v", err)
+		}
+	}
+	for _, h := range lo.remoteHooks {
+		hk, err := hooks.ParseHook(h)
+		if err != nil {
+			return usageError{fmt.Errorf("--remote-hook %s: %w", h, err)}
+		}
+		if hk.Phase != hooks.PreReceive && hk.Phase != hooks.PostReceive && hk.Phase != hooks.OnFailure {
+			return usagef("--remote-hook %s: the destination runs pre-receive, post-receive and on-failure hooks only", h)
+		}
+	}
+	runner, err := opts.hooks.runner(s)
+	if err != nil {
+		return err
+	}
+	env := hooks.Env{Dest: opts.to, Files: opts.sources}
+	res, err := liveSend(ctx, s, opts, cfg, runner, env, bs, lanes, untilDirty)
+	if err != nil {
+		if res != nil {
+			env.Shipment = res.ID
+		}
+		return onFailure(ctx, s, runner, env, liveError(err))
+	}
+	for _, p := range res.Files {
+		fmt.Fprintln(s.out, p)
+	}
+	env.Shipment = res.ID
+	if err := runner.Run(ctx, hooks.PostSend, env); err != nil {
+		err = fmt.Errorf("shipment %s is restored at %s, but %w", res.ID, opts.to, err)
+		return onFailure(ctx, s, runner, env, hookErr(err))
+	}
+	return nil
+}
+
+// liveError gives a receiver's failure the exit status it had there.
+func liveError(err error) error {
+	var re *live.RemoteError
+	if errors.As(err, &re) && re.Code == exitHook && !errors.Is(err, errHook) {
+		return remoteHookError{err}
+	}
+	return err
+}
+
+// remoteHookError is a hook that failed at the destination: exit 3, and
+// its message says so already.
+type remoteHookError struct{ error }
+
+func (e remoteHookError) Unwrap() error        { return e.error }
+func (e remoteHookError) Is(target error) bool { return target == errHook }
+
+// liveSend connects, starts the receiver and runs the session. The result
+// carries the shipment id, once known, even on failure.
+func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Config, runner *hooks.Runner, env hooks.Env,
+	bs int64, lanes int, untilDirty int64) (*live.SendResult, error) {
+	lo := &opts.live
+	if err := runner.Run(ctx, hooks.PreSend, env); err != nil {
+		return nil, hookErr(fmt.Errorf("nothing was read or shipped: %w", err))
+	}
+	sources, err := archive.CollectSources(opts.sources)
+	if err != nil {
+		return nil, err
+	}
+	preCopy := lo.rounds > 0 || untilDirty > 0
+	if preCopy && !runner.Has(hooks.PreSwitchover) {
+		s.logf(opts.output)("warning: pre-copy without a pre-switchover hook: the final round runs while the VM may still write, and fails if it does")
+	}
+
+	cfg.KeyFiles, cfg.KnownHosts, cfg.AcceptNewHostKey = opts.transport.sshKeys, opts.transport.knownHosts, opts.transport.acceptNew
+	cfg.AskPass, cfg.Stderr = s.askPass(), s.err
+	client, err := sftp.DialSSH(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer client.Close()
+	dir := cfg.Path
+	if dir == "" {
+		dir = "."
+	}
+	argv := []string{lo.remoteColdship, "receive", "--live", "-", "--out", dir, "--quiet"}
+	if lo.remoteForce {
+		argv = append(argv, "--force")
+	}
+	for _, h := range lo.remoteHooks {
+		argv = append(argv, "--hook", h)
+	}
+	if lo.remoteHooksDir != "" {
+		argv = append(argv, "--hooks-dir", lo.remoteHooksDir)
+	}
+	logf := s.logf(opts.output)
+	remoteLog := &lineWriter{emit: func(line string) { logf("remote: %s", line) }}
+	defer remoteLog.flush()
+	remote, err := live.StartRemote(client, argv, remoteLog)
+	if err != nil {
+		return nil, err
+	}
+	peer := remote.Peer()
+	peer.Dial = liveDial
+
+	var id string
+	cnt := new(shipper.Counters)
+	rep := startProgress(s, "send", opts.output, cnt)
+	res, err := live.Send(ctx, peer, sources, live.SendOptions{
+		Jobs: opts.jobs, Lanes: lanes, BlockSize: bs, Compress: opts.compress == "zstd", Label: opts.name,
+		Rounds: lo.rounds, UntilDirty: untilDirty, Counters: cnt, Log: logf,
+		Switchover: func(ctx context.Context, shipment string) error {
+			id = shipment
+			env.Shipment = shipment
+			if err := runner.Run(ctx, hooks.PreSwitchover, env); err != nil {
+				return hookErr(fmt.Errorf("the destination keeps nothing: %w", err))
+			}
+			// Without pre-copy this is an ordinary cold send: refuse an
+			// image a running VM holds. With pre-copy, a paused VM still
+			// holds its images: the final round's check that nothing
+			// changed while it read them is what guards the copy.
+			if !preCopy && !opts.force {
+				for _, src := range sources {
+					if src.Info.Mode().IsRegular() {
+						if err := hooks.CheckNotInUse(src.Path); err != nil {
+							return err
+						}
+					}
+				}
+			}
+			return nil
+		},
+		OnRound: func(st live.RoundStats) {
+			what := "pre-copy"
+			if st.Final {
+				what = "final"
+			}
+			logf("round %d (%s): %s in %d blocks sent (%s on the wire) in %s", st.Round, what,
+				humanBytes(st.Data), st.Blocks, humanBytes(st.Wire), st.Duration.Round(time.Millisecond))
+		},
+	})
+	err = remote.Finish(err)
+	if err != nil {
+		rep.finish(false, nil, "")
+		return &live.SendResult{ID: id}, fmt.Errorf("send --live to %s: %w", opts.to, err)
+	}
+	var data, wire int64
+	for _, r := range res.Rounds {
+		data += r.Data
+		wire += r.Wire
+	}
+	rep.finish(true, map[string]any{
+		"shipment": res.ID, "files": len(res.Files), "rounds": res.Rounds,
+		"switchover_s": res.Switchover.Seconds(), "pre_switchover_hook_s": res.Hook.Seconds(),
+		"bytes_total": res.Total, "bytes_hole": res.Hole, "bytes_zero": res.Zero,
+		"bytes_data": data, "bytes_sent": wire,
+	}, fmt.Sprintf("restored %s (%d files) at %s as %s in %d rounds, %s sent; switch-over %s (pre-switchover hook %s)",
+		humanBytes(res.Total), len(res.Files), opts.to, res.ID, len(res.Rounds), humanBytes(wire),
+		res.Switchover.Round(time.Millisecond), res.Hook.Round(time.Millisecond)))
+	return res, nil
 }
 
 func runLiveReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
-	return errors.New("live mode is not implemented yet")
+	if opts.dest != "-" {
+		return usagef("receive --live: DEST must be - (the session arrives on stdin and answers on stdout)")
+	}
+	if opts.shipment != "" {
+		return usagef("receive --live: no SHIPMENT: the sender names it")
+	}
+	if opts.out == "" {
+		return usagef("receive: --out DIR is required")
+	}
+	if opts.jobs < 0 {
+		return usagef("--jobs must not be negative")
+	}
+	if opts.libvirtDefine {
+		return usagef("receive --live: --libvirt-define is not supported; define the domain in a post-receive hook")
+	}
+	listen, advertise, err := liveListener(opts.live.listen)
+	if err != nil {
+		return err
+	}
+	runner, err := opts.hooks.runner(s)
+	if err != nil {
+		return err
+	}
+	// stdout is the session: a sender that went away must be an error to
+	// handle (and temporaries to remove), not a SIGPIPE that kills us.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+
+	env := hooks.Env{Dest: opts.dest, Out: opts.out}
+	cnt := new(shipper.Counters)
+	rep := startProgress(s, "receive", opts.output, cnt)
+	res, err := live.Receive(ctx, s.in, s.out, live.ReceiveOptions{
+		Dir: opts.out, Force: opts.force, Jobs: opts.jobs, Listen: listen, Advertise: advertise,
+		Counters: cnt, Log: s.logf(opts.output),
+		PreReceive: func(ctx context.Context, id string) error {
+			env.Shipment = id
+			if err := runner.Run(ctx, hooks.PreReceive, env); err != nil {
+				return hookErr(fmt.Errorf("nothing was written: %w", err))
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		rep.finish(false, nil, "")
+		live.ReplyError(s.out, exitCode(err), err)
+		return onFailure(ctx, s, runner, env, err)
+	}
+	rep.finish(true, map[string]any{
+		"shipment": res.ID, "files": len(res.Files), "rounds": res.Rounds, "bytes_total": cnt.Total.Load(),
+	}, fmt.Sprintf("restored %s (%d files) into %s in %d rounds", res.ID, len(res.Files), opts.out, res.Rounds))
+	env.Files = res.Files
+	if err := runner.Run(ctx, hooks.PostReceive, env); err != nil {
+		err = hookErr(fmt.Errorf("shipment %s is restored in %s and kept, but %w", res.ID, opts.out, err))
+		live.ReplyError(s.out, exitCode(err), err)
+		return onFailure(ctx, s, runner, env, err)
+	}
+	return live.ReplyDone(s.out, res.Files)
+}
+
+// liveListener returns how to listen for TCP lanes, and the host to tell
+// the sender when the listening address names one.
+func liveListener(flag string) (func() (net.Listener, error), string, error) {
+	addr, advertise := flag, ""
+	if addr == "" {
+		host := "127.0.0.1"
+		// The address the SSH connection reached: the sender can reach it.
+		if f := strings.Fields(os.Getenv("SSH_CONNECTION")); len(f) == 4 {
+			host = f[2]
+		}
+		addr = net.JoinHostPort(host, "0")
+	} else {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, "", usagef("--listen %q: want HOST:PORT or :PORT", flag)
+		}
+		if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
+			advertise = host
+		}
+	}
+	return func() (net.Listener, error) { return net.Listen("tcp", addr) }, advertise, nil
+}
+
+// lineWriter hands each complete line written to it to emit.
+type lineWriter struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	emit func(string)
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	for {
+		line, err := w.buf.ReadString('\n')
+		if err == io.EOF {
+			w.buf.WriteString(line)
+			return len(p), nil
+		}
+		w.emit(strings.TrimRight(line, "\r\n"))
+	}
+}
+
+func (w *lineWriter) flush() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.buf.Len() > 0 {
+		w.emit(w.buf.String())
+		w.buf.Reset()
+	}
 }

@@ -1,0 +1,253 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coldship/coldship/shipper/live/livetest"
+	"github.com/coldship/coldship/shipper/sftp/sftptest"
+)
+
+// liveEnv starts sshd on loopback and returns the destination directory,
+// its ssh:// URL and the flags that reach it with the coldship built from
+// this tree as the remote receiver.
+func liveEnv(t *testing.T) (srv *sftptest.Server, dir, to string, flags []string) {
+	bin := coldshipBinary(t)
+	srv, _, auth := sftpEnv(t)
+	dir = filepath.Join(srv.Root, "vms")
+	to = fmt.Sprintf("ssh://%s@%s:%d%s", srv.User, srv.Host, srv.Port, dir)
+	return srv, dir, to, append([]string{"--live", "--remote-coldship", bin}, auth...)
+}
+
+func TestLiveRoundTrip(t *testing.T) {
+	for _, data := range []string{"ssh", "tcp"} {
+		t.Run(data, func(t *testing.T) {
+			_, dir, to, flags := liveEnv(t)
+			src := t.TempDir()
+			vm := filepath.Join(src, "web01")
+			os.MkdirAll(vm, 0o755)
+			img := filepath.Join(vm, "disk.img")
+			makeImage(t, img, 40<<20, region{0, 3 << 20, "random"}, region{10 << 20, 2 << 20, "text"},
+				region{20 << 20, 1 << 20, "zero"}, region{39 << 20, 1 << 20, "random"})
+			os.WriteFile(filepath.Join(vm, "web01.xml"), []byte("<domain/>\n"), 0o644)
+			hookOut := filepath.Join(t.TempDir(), "post-receive")
+
+			args := append([]string{"send", vm, "--to", to, "--data", data, "--json",
+				"--remote-hook", "post-receive=printf '%s\\n' \"$COLDSHIP_SHIPMENT\" \"$COLDSHIP_FILES\" > " + hookOut}, flags...)
+			if data == "tcp" {
+				args = append(args, "--streams", "3")
+			}
+			r := mustRun(t, args...)
+			sameFile(t, img, filepath.Join(dir, "web01", "disk.img"))
+			sameFile(t, filepath.Join(vm, "web01.xml"), filepath.Join(dir, "web01", "web01.xml"))
+			if a, b := allocated(t, img), allocated(t, filepath.Join(dir, "web01", "disk.img")); b > a {
+				t.Errorf("restored image allocates %d bytes, the source %d: holes not kept", b, a)
+			}
+			// stdout: the restored paths, as receive prints them.
+			want := []string{filepath.Join(dir, "web01"), filepath.Join(dir, "web01", "disk.img"), filepath.Join(dir, "web01", "web01.xml")}
+			if got := strings.Fields(r.stdout); strings.Join(got, " ") != strings.Join(want, " ") {
+				t.Errorf("stdout %q, want %q", got, want)
+			}
+			summary := lastJSON(t, r.stderr)
+			if summary["type"] != "summary" || summary["switchover_s"] == nil || len(summary["rounds"].([]any)) != 1 {
+				t.Errorf("summary: %v", summary)
+			}
+			hook, err := os.ReadFile(hookOut)
+			if err != nil || !strings.Contains(string(hook), summary["shipment"].(string)) || !strings.Contains(string(hook), "disk.img") {
+				t.Errorf("post-receive hook at the destination: %q %v", hook, err)
+			}
+			// Nothing sealed was stored anywhere: the destination holds the files.
+			leftovers, _ := filepath.Glob(filepath.Join(dir, "*", ".*"))
+			if len(leftovers) != 0 {
+				t.Errorf("temporaries left: %v", leftovers)
+			}
+
+			// Again: the files exist now.
+			r = run(t, args...)
+			if r.code != exitError || !strings.Contains(r.stderr, "already exists") {
+				t.Errorf("second send: exit %d, %s", r.code, r.stderr)
+			}
+			mustRun(t, append(args, "--remote-force")...)
+		})
+	}
+}
+
+func lastJSON(t *testing.T, stderr string) map[string]any {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	var m map[string]any
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &m); err != nil {
+		t.Fatalf("last stderr line is not JSON: %q", lines[len(lines)-1])
+	}
+	return m
+}
+
+// TestLivePreCopy writes to the image through the pre-copy rounds, like a
+// running VM (to a working set of a few blocks), until the pre-switchover hook stops the writer: the copy is
+// the image as it was then.
+func TestLivePreCopy(t *testing.T) {
+	for _, data := range []string{"ssh", "tcp"} {
+		t.Run(data, func(t *testing.T) {
+			_, dir, to, flags := liveEnv(t)
+			src := t.TempDir()
+			img := filepath.Join(src, "disk.img")
+			makeImage(t, img, 32<<20, region{0, 24 << 20, "random"})
+			stop, stopped := filepath.Join(src, "stop"), filepath.Join(src, "stopped")
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				defer os.WriteFile(stopped, nil, 0o644)
+				f, err := os.OpenFile(img, os.O_RDWR, 0)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer f.Close()
+				b := make([]byte, 4096)
+				for i := 0; ; i++ {
+					if _, err := os.Stat(stop); err == nil {
+						return
+					}
+					for j := range b {
+						b[j] = byte(rand.Uint32())
+					}
+					// A working set, as a VM's: the first 4 MiB.
+					f.WriteAt(b, rand.Int64N(4<<20-4096))
+					time.Sleep(200 * time.Microsecond)
+				}
+			})
+			hook := fmt.Sprintf("pre-switchover=touch %s; while [ ! -e %s ]; do sleep 0.01; done", stop, stopped)
+			r := mustRun(t, append([]string{"send", img, "--to", to, "--data", data, "--rounds", "3", "--hook", hook, "--json"}, flags...)...)
+			wg.Wait()
+			sameFile(t, img, filepath.Join(dir, "disk.img"))
+			summary := lastJSON(t, r.stderr)
+			rounds := summary["rounds"].([]any)
+			if len(rounds) != 4 {
+				t.Fatalf("%d rounds, want 3 pre-copy and the final", len(rounds))
+			}
+			first := rounds[0].(map[string]any)["bytes_data"].(float64)
+			if first < 24<<20 {
+				t.Errorf("round 1 sent %v bytes, want the whole image", first)
+			}
+			for _, rd := range rounds[1:] {
+				if d := rd.(map[string]any)["bytes_data"].(float64); d >= first {
+					t.Errorf("a later round sent %v bytes, as much as the first", d)
+				}
+			}
+			if summary["switchover_s"].(float64) <= 0 {
+				t.Errorf("switch-over time: %v", summary["switchover_s"])
+			}
+		})
+	}
+}
+
+// TestLiveConnectionCut cuts the SSH connection in the middle of a send:
+// the sender fails, and the receiver leaves nothing at a final name (nor
+// its temporaries).
+func TestLiveConnectionCut(t *testing.T) {
+	srv, dir, to, flags := liveEnv(t)
+	srv.Forwarder().SetDelay(2 * time.Millisecond)
+	src := t.TempDir()
+	img := filepath.Join(src, "disk.img")
+	makeImage(t, img, 64<<20, region{0, 64 << 20, "random"})
+	done := make(chan result, 1)
+	go func() {
+		done <- runCtx(t, context.Background(), nil, append([]string{"send", img, "--to", to, "-q"}, flags...)...)
+	}()
+	waitForFile(t, filepath.Join(dir, ".disk.img.coldship-*"))
+	time.Sleep(100 * time.Millisecond)
+	srv.CutConnections()
+	r := <-done
+	if r.code == 0 {
+		t.Fatal("send succeeded although its connection was cut")
+	}
+	// The receiver notices the end of its input and cleans up.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		left, _ := filepath.Glob(filepath.Join(dir, "*"))
+		hidden, _ := filepath.Glob(filepath.Join(dir, ".*"))
+		if len(left)+len(hidden) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("left at the destination: %v %v", left, hidden)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestLiveTCPAttacks tampers with, replays and injects records on a TCP
+// data connection: the receiver fails with exit status 5, so does the
+// sender, and nothing is left at the destination.
+func TestLiveTCPAttacks(t *testing.T) {
+	_, dir, to, flags := liveEnv(t)
+	src := t.TempDir()
+	img := filepath.Join(src, "disk.img")
+	makeImage(t, img, 16<<20, region{0, 16 << 20, "random"})
+	for name, attack := range map[string]func(int) livetest.Edit{
+		"tamper": livetest.Tamper, "replay": livetest.Replay, "inject": livetest.Inject, "drop": livetest.Drop,
+	} {
+		t.Run(name, func(t *testing.T) {
+			var mu sync.Mutex
+			n := 0
+			liveDial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				var d net.Dialer
+				c, err := d.DialContext(ctx, network, addr)
+				mu.Lock()
+				defer mu.Unlock()
+				if n++; err != nil || n != 2 {
+					return c, err
+				}
+				return livetest.Wrap(c, attack(1)), nil
+			}
+			defer func() { liveDial = nil }()
+			r := run(t, append([]string{"send", img, "--to", to, "--data", "tcp", "--streams", "2", "-q"}, flags...)...)
+			if r.code != exitIntegrity {
+				t.Errorf("exit %d, want 5\n%s", r.code, r.stderr)
+			}
+			left, _ := filepath.Glob(filepath.Join(dir, "*"))
+			hidden, _ := filepath.Glob(filepath.Join(dir, ".*"))
+			if len(left)+len(hidden) != 0 {
+				t.Errorf("left at the destination: %v %v", left, hidden)
+			}
+		})
+	}
+}
+
+func TestLiveUsage(t *testing.T) {
+	_, rcpt := keypair(t)
+	img := filepath.Join(t.TempDir(), "disk.img")
+	makeImage(t, img, 1<<20, region{0, 1 << 20, "random"})
+	for _, args := range [][]string{
+		{"send", "--live", img, "--to", "sftp://h/x"},
+		{"send", "--live", img, "--to", "ssh://h/x", "-r", rcpt},
+		{"send", "--live", img, "--to", "ssh://h/x", "--data", "udp"},
+		{"send", "--live", img, "--to", "ssh://h/x", "--streams", "4"},
+		{"send", "--live", img, "--to", "ssh://h/x", "--remote-hook", "pre-send=true"},
+		{"send", "--live", "--to", "ssh://h/x"},
+		{"receive", "--live", "/srv", "--out", "x"},
+		{"receive", "--live", "-"},
+	} {
+		if r := run(t, args...); r.code != exitUsage {
+			t.Errorf("coldship %s: exit %d, want 2; %s", strings.Join(args, " "), r.code, r.stderr)
+		}
+	}
+}
+
+func TestLiveRemoteMissing(t *testing.T) {
+	_, _, to, flags := liveEnv(t)
+	img := filepath.Join(t.TempDir(), "disk.img")
+	makeImage(t, img, 1<<20, region{0, 1 << 20, "random"})
+	r := run(t, append(append([]string{"send", img, "--to", to}, flags...), "--remote-coldship", "/nonexistent/coldship")...)
+	if r.code != exitError || !strings.Contains(r.stderr, "--remote-coldship") {
+		t.Errorf("exit %d, want 1 and a hint at --remote-coldship; %s", r.code, r.stderr)
+	}
+}
