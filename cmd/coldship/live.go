@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/hooks"
@@ -302,6 +303,11 @@ func runLiveReceive(ctx context.Context, s *streams, opts *receiveOptions) error
 	// stdout is the session: a sender that went away must be an error to
 	// handle (and temporaries to remove), not a SIGPIPE that kills us.
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	// A larger pipe from sshd lets it hand over the stream in bigger
+	// pieces, rather than whenever we are scheduled (best effort).
+	if f, ok := s.in.(*os.File); ok {
+		unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, 1<<20)
+	}
 
 	env := hooks.Env{Dest: opts.dest, Out: opts.out}
 	cnt := new(shipper.Counters)

@@ -2,6 +2,7 @@ package live
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"io"
 	"sync"
@@ -129,16 +130,24 @@ func (l *outLane) fail(err error) {
 }
 
 // drain waits until every position handed out is written and flushed.
-func (l *outLane) drain() error {
+func (l *outLane) drain(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() {
+		l.mu.Lock()
+		l.cond.Broadcast()
+		l.mu.Unlock()
+	})
+	defer stop()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for !(l.next == l.ticket && l.idle) && l.err == nil && !l.aborted {
+	for !(l.next == l.ticket && l.idle) && l.err == nil && !l.aborted && ctx.Err() == nil {
 		l.cond.Wait()
 	}
-	if l.err != nil {
+	switch {
+	case l.err != nil:
 		return l.err
-	}
-	if l.aborted {
+	case ctx.Err() != nil:
+		return context.Cause(ctx)
+	case l.aborted:
 		return errAborted
 	}
 	return nil

@@ -32,6 +32,7 @@ type session struct {
 	attack func(n int, c net.Conn) net.Conn
 	// control, if set, wraps the control lane from the sender.
 	control func(w io.Writer) io.Writer
+	ctx     context.Context // of Send; nil: Background
 }
 
 type outcome struct {
@@ -96,7 +97,11 @@ func (s *session) run(names ...string) outcome {
 		mu.Unlock()
 		return s.attack(n, c), nil
 	}}
-	o.send, o.sendErr = Send(context.Background(), peer, sources, s.send)
+	ctx := s.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	o.send, o.sendErr = Send(ctx, peer, sources, s.send)
 	toRecvW.Close()
 	toSendR.Close()
 	wg.Wait()
@@ -351,6 +356,34 @@ func TestSourceChangedInFinalRound(t *testing.T) {
 	s.nothingLeft()
 }
 
+// TestSenderInterrupted: the receiver learns that the sender was
+// interrupted, and keeps nothing.
+func TestSenderInterrupted(t *testing.T) {
+	for _, lanes := range []int{0, 2} {
+		s := newSession(t)
+		s.send.Lanes = lanes
+		s.write("disk.img", 64*testBS, [3]int64{0, 64 * testBS, 0})
+		ctx, cancel := context.WithCancel(context.Background())
+		s.ctx = ctx
+		s.control = func(w io.Writer) io.Writer {
+			return livetest.Wrap(writerConn{w}, func(i int, frame []byte) [][]byte {
+				if i == 3 {
+					cancel()
+				}
+				return [][]byte{frame}
+			})
+		}
+		o := s.run("disk.img")
+		// The receiver learns it from the abort frame, or, if the round
+		// was complete by then, from its acknowledgement going nowhere.
+		if !errors.Is(o.sendErr, context.Canceled) || o.recvErr == nil ||
+			!strings.Contains(o.recvErr.Error(), "interrupted") && !strings.Contains(o.recvErr.Error(), "reply to the sender") {
+			t.Fatalf("send: %v; receive: %v", o.sendErr, o.recvErr)
+		}
+		s.nothingLeft()
+	}
+}
+
 func TestSwitchoverFails(t *testing.T) {
 	s := newSession(t)
 	s.send.Rounds = 1
@@ -463,6 +496,11 @@ func TestStrangerOnDataPort(t *testing.T) {
 			}
 		}
 		return ln, err
+	}
+	// The session's own lanes say hello once the strangers are dealt with.
+	s.attack = func(_ int, c net.Conn) net.Conn {
+		time.Sleep(200 * time.Millisecond)
+		return c
 	}
 	o := s.run("disk.img")
 	if o.sendErr != nil {

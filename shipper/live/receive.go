@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"filippo.io/age"
-	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/coldship/coldship/archive"
@@ -29,6 +28,10 @@ import (
 
 // DefaultLaneTimeout is how long Receive waits for a session's TCP lanes.
 const DefaultLaneTimeout = 30 * time.Second
+
+// laneEOFGrace is how long a TCP lane that ended early waits for the
+// control lane to explain it (an abort, or the end of its input).
+const laneEOFGrace = 2 * time.Second
 
 // ReceiveOptions configure Receive.
 type ReceiveOptions struct {
@@ -180,8 +183,8 @@ func Receive(ctx context.Context, in io.Reader, out io.Writer, opts ReceiveOptio
 		return nil, err
 	}
 
-	r.pool = newBufferPool(2*opts.Jobs+2*(len(r.conns)+1), blockHeaderSize+int(cipher.SealedSize(r.bs)))
-	r.jobs = make(chan recvJob, opts.Jobs)
+	r.pool = newBufferPool(4*opts.Jobs+2*(len(r.conns)+1), blockHeaderSize+int(cipher.SealedSize(r.bs)))
+	r.jobs = make(chan recvJob, 2*opts.Jobs)
 	r.laneEnds = make(chan laneEnd, len(r.conns))
 	for range opts.Jobs {
 		r.bg.Add(1)
@@ -495,6 +498,19 @@ func (r *receiver) nextControl(ctx context.Context, allowed string) (frame, erro
 	}
 }
 
+// unexpectedControl reports a control frame that arrived while the
+// receiver finished a round: only an abort may come then.
+func (r *receiver) unexpectedControl(c ctlFrame) error {
+	switch {
+	case c.err != nil:
+		return streamError(c.err, "before the shipment was complete")
+	case c.kind == frameAbort:
+		return abortError(c.body)
+	}
+	r.pool.put(c.buf)
+	return errFrame("unexpected %q frame on the control lane", c.kind)
+}
+
 func containsByte(s string, b byte) bool {
 	for i := range len(s) {
 		if s[i] == b {
@@ -566,20 +582,34 @@ func (r *receiver) rounds(ctx context.Context) (uint32, error) {
 				if le.round != round || le.blocks != end.Blocks[le.lane] {
 					return 0, errFrame("round %d: lane %d carried %d blocks, the sender sent %d", round, le.lane, le.blocks, end.Blocks[le.lane])
 				}
+			case c := <-r.ctl:
+				return 0, r.unexpectedControl(c)
 			case <-r.failed:
 				return 0, r.failErr
 			case <-ctx.Done():
 				return 0, context.Cause(ctx)
 			}
 		}
-		r.roundWG.Wait()
+		// Every block of the round written: workers stop on a failure, so
+		// wait for them only as long as nothing failed.
+		written := make(chan struct{})
+		go func() {
+			r.roundWG.Wait()
+			close(written)
+		}()
+		select {
+		case <-written:
+		case c := <-r.ctl:
+			return 0, r.unexpectedControl(c)
+		case <-r.failed:
+			return 0, r.failErr
+		case <-ctx.Done():
+			return 0, context.Cause(ctx)
+		}
 		select {
 		case <-r.failed:
 			return 0, r.failErr
 		default:
-		}
-		if err := r.readBack(ctx, round); err != nil {
-			return 0, err
 		}
 		n, b := r.blocks.Load(), r.bytes.Load()
 		r.opts.Log("round %d: %d blocks, %d bytes written", round, n, b)
@@ -766,12 +796,12 @@ func (r *receiver) dispatch(ctx context.Context, lane uint32, seq uint64, round 
 
 func (r *receiver) work(ctx context.Context) {
 	defer r.bg.Done()
-	out := make([]byte, r.bs)
+	out, back := make([]byte, r.bs), make([]byte, r.bs)
 	scratch := make([]byte, 0, r.bs)
 	for {
 		select {
 		case j := <-r.jobs:
-			if err := r.writeBlock(j, out, scratch); err != nil {
+			if err := r.writeBlock(j, out, back, scratch); err != nil {
 				r.fail(err)
 			}
 			r.pool.put(j.buf)
@@ -783,8 +813,10 @@ func (r *receiver) work(ctx context.Context) {
 }
 
 // writeBlock opens a block record in its place (shipment, lane, position,
-// round, file, block), writes it and notes its digest.
-func (r *receiver) writeBlock(j recvJob, out, scratch []byte) error {
+// round, file, block) and writes it. It then reads the block back and
+// notes the digest of what is on disk: the whole-file digests that must
+// match the sender's manifest are made of those.
+func (r *receiver) writeBlock(j recvJob, out, back, scratch []byte) error {
 	select {
 	case <-r.failed:
 		return nil
@@ -801,10 +833,16 @@ func (r *receiver) writeBlock(j recvJob, out, scratch []byte) error {
 	if old := w.Load(); old == j.round || !w.CompareAndSwap(old, j.round) {
 		return errFrame("%s block %d arrived twice in round %d", f.meta.Path, j.h.block, j.round)
 	}
-	f.digests[j.h.block] = archive.BlockDigest(plain)
-	if _, err := f.fh.WriteAt(plain, int64(j.h.block)*r.bs); err != nil {
+	off := int64(j.h.block) * r.bs
+	if _, err := f.fh.WriteAt(plain, off); err != nil {
 		return fmt.Errorf("write %s: %w", f.tmp, err)
 	}
+	// Start writing it out now rather than all at the final sync.
+	unix.SyncFileRange(int(f.fh.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
+	if _, err := f.fh.ReadAt(back[:n], off); err != nil {
+		return fmt.Errorf("read back %s: %w", f.tmp, err)
+	}
+	f.digests[j.h.block] = archive.BlockDigest(back[:n])
 	r.blocks.Add(1)
 	r.bytes.Add(n)
 	r.opts.Counters.Data.Add(n)
@@ -828,6 +866,13 @@ func (r *receiver) readLane(ctx context.Context, n uint32, br *bufio.Reader) {
 			fr, err := readFrame(br, laneKinds, alloc)
 			if err != nil {
 				if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+					// A sender that gives up says why on the control lane,
+					// and closes this one: give that word time to arrive.
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(laneEOFGrace):
+					}
 					err = fmt.Errorf("live: data connection %d ended in round %d: %w", n, round, archive.ErrIntegrity)
 				} else if ctx.Err() == nil && !errors.Is(err, archive.ErrIntegrity) {
 					err = fmt.Errorf("live: data connection %d: %w", n, err)
@@ -869,45 +914,6 @@ func (r *receiver) readLane(ctx context.Context, n uint32, br *bufio.Reader) {
 			return
 		}
 	}
-}
-
-// readBack reads back the blocks written in round and checks their
-// digests: what is on disk is what was opened.
-func (r *receiver) readBack(ctx context.Context, round uint32) error {
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(r.opts.Jobs)
-	const chunk = 64
-	for _, f := range r.files {
-		if f.fh == nil {
-			continue
-		}
-		for lo := 0; lo < len(f.written); lo += chunk {
-			hi := min(lo+chunk, len(f.written))
-			g.Go(func() error {
-				var buf []byte
-				for b := lo; b < hi; b++ {
-					if f.written[b].Load() != round {
-						continue
-					}
-					if err := gctx.Err(); err != nil {
-						return err
-					}
-					if buf == nil {
-						buf = make([]byte, r.bs)
-					}
-					n := archive.BlockLen(f.meta.Size, r.bs, int64(b))
-					if _, err := f.fh.ReadAt(buf[:n], int64(b)*r.bs); err != nil {
-						return fmt.Errorf("read back %s: %w", f.tmp, err)
-					}
-					if archive.BlockDigest(buf[:n]) != f.digests[b] {
-						return fmt.Errorf("%s block %d reads back differently from what was written: %w", f.tmp, b, archive.ErrIntegrity)
-					}
-				}
-				return nil
-			})
-		}
-	}
-	return g.Wait()
 }
 
 // finish checks every file against the manifest, then renames them all

@@ -279,16 +279,16 @@ func Send(ctx context.Context, peer Peer, sources []archive.Source, opts SendOpt
 // receiver's own report when it sent one, since a broken link is usually
 // its consequence.
 func (s *sendSession) failed(ctx context.Context, err error) error {
+	defer s.shutdown()
 	var re *RemoteError
-	if errors.As(context.Cause(ctx), &re) {
-		s.shutdown()
+	if errors.As(context.Cause(ctx), &re) || errors.As(err, &re) {
 		return re
 	}
-	if errors.As(err, &re) {
-		s.shutdown()
-		return re
-	}
-	if errors.Is(err, errLink) || errors.Is(err, errAborted) {
+	reason := err.Error()
+	switch {
+	case ctx.Err() != nil:
+		reason = "the sender was interrupted"
+	case errors.Is(err, errLink) || errors.Is(err, errAborted):
 		// The receiver failed first, probably: wait a little for its word,
 		// unless its output already ended without one.
 		t := time.NewTimer(5 * time.Second)
@@ -299,17 +299,11 @@ func (s *sendSession) failed(ctx context.Context, err error) error {
 		case <-t.C:
 		}
 		if errors.As(context.Cause(ctx), &re) {
-			s.shutdown()
 			return re
 		}
-		s.shutdown()
 		return err
 	}
 	// Our own failure: tell the receiver why, after the last whole frame.
-	reason := err.Error()
-	if ctx.Err() != nil && context.Cause(ctx) == ctx.Err() {
-		reason = "the sender was interrupted"
-	}
 	if len(s.lanes) > 0 {
 		s.lanes[0].abort(reason)
 		select {
@@ -320,7 +314,6 @@ func (s *sendSession) failed(ctx context.Context, err error) error {
 		// Before the control lane's writer started: the key exchange.
 		writeTimeout(s.peer.Out, appendFrame(nil, frameAbort, []byte(reason)), 5*time.Second)
 	}
-	s.shutdown()
 	return err
 }
 
@@ -591,11 +584,6 @@ func (s *sendSession) openLanes(ctx context.Context, ready readyMsg) error {
 	if err != nil {
 		return err
 	}
-	context.AfterFunc(ctx, func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	})
 	for i, c := range conns {
 		l := newOutLane(uint32(i+1), c, s.pool)
 		s.lanes = append(s.lanes, l)
@@ -754,7 +742,7 @@ func (s *sendSession) sendRound(ctx context.Context, round uint32, final bool) (
 	}
 	s.sendSealed(s.lanes[0], frameRoundEnd, round, marshal(endMsg{Round: round, Blocks: counts}))
 	for _, l := range s.lanes {
-		if err := l.drain(); err != nil {
+		if err := l.drain(ctx); err != nil {
 			return st, err
 		}
 	}
