@@ -339,6 +339,25 @@ func TestIntoInterrupted(t *testing.T) {
 	if _, err := os.Stat(aside); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("receive --out left the aside file of the interrupted update: %v", err)
 	}
+
+	// A tampered record: exit 5, and again no image under its name.
+	rewriteBlocks(t, src, testBS, 7)
+	id4 := strings.TrimSpace(mustRun(t, append([]string{"send"}, send...)...).stdout)
+	segs, _ := filepath.Glob(filepath.Join(dest, id4, "segments", "*"))
+	b, _ := os.ReadFile(segs[0])
+	b[100] ^= 1
+	os.WriteFile(segs[0], b, 0o644)
+	if r := run(t, "receive", dest, id4, "--into", into, "-i", key); r.code != exitIntegrity {
+		t.Errorf("--into from a tampered shipment: exit %d, want 5; %s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(into, "disk.img")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("an update that failed its checks left the image under its final name (%v)", err)
+	}
+	// Back to id3 (the source has moved on: compare with a fresh restore).
+	mustRun(t, "receive", dest, id3, "--into", into, "-i", key, "-q")
+	fresh := filepath.Join(dir, "fresh")
+	mustRun(t, "receive", dest, id3, "--out", fresh, "-i", key, "-q")
+	sameFile(t, filepath.Join(fresh, "disk.img"), filepath.Join(into, "disk.img"))
 }
 
 // TestPruneKeepsBases prunes a chain: kept shipments stay restorable,
