@@ -202,6 +202,9 @@ func TestIncrementalChain(t *testing.T) {
 			os.Remove(filepath.Join(vm, "vm.xml"))
 			os.MkdirAll(filepath.Join(vm, "nvram"), 0o700)
 			makeImage(t, filepath.Join(vm, "nvram", "efivars.fd"), 2*testBS, region{0, testBS, "random"})
+			// Sorts before disk.img: its file index (and block contexts) moves,
+			// while its unchanged records keep those of their base.
+			makeImage(t, filepath.Join(vm, "boot.fd"), testBS, region{0, testBS, "random"})
 		}},
 		{"nothing changed", func() {}},
 		{"rewrite again", func() { rewriteBlocks(t, disk, testBS, 0, 59) }},
