@@ -576,40 +576,56 @@ func (r *receiver) rounds(ctx context.Context) (uint32, error) {
 		if end.Blocks[0] != blocks {
 			return 0, errFrame("round %d: the control lane carried %d blocks, the sender sent %d", round, blocks, end.Blocks[0])
 		}
-		for range r.conns {
+		// The end of the round on every TCP lane, then every block of the
+		// round written. Meanwhile the control lane may only abort; if it
+		// ends, the lanes and workers first get to report what they saw.
+		ctl, ended := r.ctl, error(nil)
+		for lanes := len(r.conns); lanes > 0; {
 			select {
 			case le := <-r.laneEnds:
 				if le.round != round || le.blocks != end.Blocks[le.lane] {
 					return 0, errFrame("round %d: lane %d carried %d blocks, the sender sent %d", round, le.lane, le.blocks, end.Blocks[le.lane])
 				}
-			case c := <-r.ctl:
-				return 0, r.unexpectedControl(c)
+				lanes--
+			case c := <-ctl:
+				if ended = r.unexpectedControl(c); c.err == nil {
+					return 0, ended
+				}
+				ctl = nil
 			case <-r.failed:
 				return 0, r.failErr
 			case <-ctx.Done():
 				return 0, context.Cause(ctx)
 			}
 		}
-		// Every block of the round written: workers stop on a failure, so
-		// wait for them only as long as nothing failed.
+		// Workers stop on a failure: wait for them only while nothing failed.
 		written := make(chan struct{})
 		go func() {
 			r.roundWG.Wait()
 			close(written)
 		}()
-		select {
-		case <-written:
-		case c := <-r.ctl:
-			return 0, r.unexpectedControl(c)
-		case <-r.failed:
-			return 0, r.failErr
-		case <-ctx.Done():
-			return 0, context.Cause(ctx)
+		for waiting := true; waiting; {
+			select {
+			case <-written:
+				waiting = false
+			case c := <-ctl:
+				if ended = r.unexpectedControl(c); c.err == nil {
+					return 0, ended
+				}
+				ctl = nil
+			case <-r.failed:
+				return 0, r.failErr
+			case <-ctx.Done():
+				return 0, context.Cause(ctx)
+			}
 		}
 		select {
 		case <-r.failed:
 			return 0, r.failErr
 		default:
+		}
+		if ended != nil {
+			return 0, ended
 		}
 		n, b := r.blocks.Load(), r.bytes.Load()
 		r.opts.Log("round %d: %d blocks, %d bytes written", round, n, b)
