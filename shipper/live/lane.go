@@ -175,9 +175,3 @@ func (l *outLane) abort(reason string) {
 	}
 	l.cond.Broadcast()
 }
-
-// stop ends the writer once everything is written.
-func (l *outLane) stop() {
-	l.abort("")
-	<-l.done
-}
