@@ -172,7 +172,7 @@ func (s *session) nothingLeft() {
 	})
 }
 
-func TestRoundTrip(t *testing.T) {
+func TestLiveRoundTrip(t *testing.T) {
 	for _, lanes := range []int{0, 3} {
 		t.Run(map[int]string{0: "ssh", 3: "tcp"}[lanes], func(t *testing.T) {
 			s := newSession(t)
@@ -209,10 +209,10 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
-// TestPreCopy changes the image between rounds (grows, shrinks, blocks
+// TestLivePreCopy changes the image between rounds (grows, shrinks, blocks
 // rewritten, zeroed and punched) and checks that each later round sends
 // only what changed and that the final copy is exact.
-func TestPreCopy(t *testing.T) {
+func TestLivePreCopy(t *testing.T) {
 	for _, lanes := range []int{0, 2} {
 		t.Run(map[int]string{0: "ssh", 2: "tcp"}[lanes], func(t *testing.T) {
 			s := newSession(t)
@@ -265,7 +265,7 @@ func TestPreCopy(t *testing.T) {
 	}
 }
 
-func TestUntilDirty(t *testing.T) {
+func TestLiveUntilDirty(t *testing.T) {
 	s := newSession(t)
 	s.send.UntilDirty = 3 * testBS
 	img := s.write("disk.img", 20*testBS, [3]int64{0, 20 * testBS, 0})
@@ -292,10 +292,10 @@ func TestUntilDirty(t *testing.T) {
 	}
 }
 
-// TestRunningWriter writes to the image all through the pre-copy rounds
+// TestLiveRunningWriter writes to the image all through the pre-copy rounds
 // and stops when the switch-over asks: the copy is the image as it was
 // then.
-func TestRunningWriter(t *testing.T) {
+func TestLiveRunningWriter(t *testing.T) {
 	s := newSession(t)
 	s.send.Lanes = 2
 	s.send.Rounds = 3
@@ -329,9 +329,9 @@ func TestRunningWriter(t *testing.T) {
 	s.same("disk.img")
 }
 
-// TestSourceChangedInFinalRound: the final round must see the sources at
+// TestLiveSourceChangedInFinalRound: the final round must see the sources at
 // rest; the receiver is told why and keeps nothing.
-func TestSourceChangedInFinalRound(t *testing.T) {
+func TestLiveSourceChangedInFinalRound(t *testing.T) {
 	s := newSession(t)
 	img := s.write("disk.img", 16*testBS, [3]int64{0, 16 * testBS, 0})
 	// A write lands while the round is under way: as the first block
@@ -356,9 +356,9 @@ func TestSourceChangedInFinalRound(t *testing.T) {
 	s.nothingLeft()
 }
 
-// TestSenderInterrupted: the receiver learns that the sender was
+// TestLiveSenderInterrupted: the receiver learns that the sender was
 // interrupted, and keeps nothing.
-func TestSenderInterrupted(t *testing.T) {
+func TestLiveSenderInterrupted(t *testing.T) {
 	for _, lanes := range []int{0, 2} {
 		s := newSession(t)
 		s.send.Lanes = lanes
@@ -384,7 +384,7 @@ func TestSenderInterrupted(t *testing.T) {
 	}
 }
 
-func TestSwitchoverFails(t *testing.T) {
+func TestLiveSwitchoverFails(t *testing.T) {
 	s := newSession(t)
 	s.send.Rounds = 1
 	s.write("disk.img", 8*testBS, [3]int64{0, 8 * testBS, 0})
@@ -396,11 +396,11 @@ func TestSwitchoverFails(t *testing.T) {
 	s.nothingLeft()
 }
 
-// TestAttacks tampers with, replays, drops, reorders and injects records
+// TestLiveAttacks tampers with, replays, drops, reorders and injects records
 // on a TCP lane, in the first or a later round: the receiver fails with
 // ErrIntegrity, the sender reports the receiver's failure, and nothing is
 // left.
-func TestAttacks(t *testing.T) {
+func TestLiveAttacks(t *testing.T) {
 	attacks := map[string]func(k int) livetest.Edit{
 		"tamper": livetest.Tamper, "replay": livetest.Replay, "drop": livetest.Drop,
 		"inject": livetest.Inject, "swap": livetest.Swap,
@@ -440,9 +440,9 @@ func TestAttacks(t *testing.T) {
 	}
 }
 
-// TestControlLaneTampered: blocks on the control lane are bound the same
+// TestLiveControlLaneTampered: blocks on the control lane are bound the same
 // way.
-func TestControlLaneTampered(t *testing.T) {
+func TestLiveControlLaneTampered(t *testing.T) {
 	for name, attack := range map[string]livetest.Edit{"tamper": livetest.Tamper(3), "replay": livetest.Replay(3), "drop": livetest.Drop(3)} {
 		t.Run(name, func(t *testing.T) {
 			s := newSession(t)
@@ -470,9 +470,9 @@ func (w writerConn) Write(p []byte) (int, error)    { return w.Writer.Write(p) }
 
 var _ net.Conn = writerConn{}
 
-// TestStrangerOnDataPort: a connection that cannot prove it belongs to the
+// TestLiveStrangerOnDataPort: a connection that cannot prove it belongs to the
 // session is refused; the session goes on.
-func TestStrangerOnDataPort(t *testing.T) {
+func TestLiveStrangerOnDataPort(t *testing.T) {
 	s := newSession(t)
 	s.send.Lanes = 2
 	s.write("disk.img", 8*testBS, [3]int64{0, 8 * testBS, 0})
@@ -512,7 +512,7 @@ func TestStrangerOnDataPort(t *testing.T) {
 	}
 }
 
-func TestExistingOutput(t *testing.T) {
+func TestLiveExistingOutput(t *testing.T) {
 	s := newSession(t)
 	s.write("disk.img", testBS, [3]int64{0, testBS, 0})
 	os.MkdirAll(s.out, 0o755)

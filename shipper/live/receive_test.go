@@ -117,10 +117,10 @@ func manifestFor(s *scripted, rounds int, extents []archive.Extent, digests []ar
 	})
 }
 
-// TestReceiverRejects feeds the receiver streams that an honest sender
+// TestLiveReceiverRejects feeds the receiver streams that an honest sender
 // never sends, sealed with the right key: each must fail with
 // ErrIntegrity and leave nothing.
-func TestReceiverRejects(t *testing.T) {
+func TestLiveReceiverRejects(t *testing.T) {
 	a, b := fill(testBS, 'a'), fill(testBS, 'b')
 	zero := archive.ZeroDigest(testBS)
 	tests := []struct {
@@ -205,9 +205,9 @@ func TestReceiverRejects(t *testing.T) {
 	}
 }
 
-// TestReceiverScripted: the same scripted sender, honest, restores the file
+// TestLiveReceiverScripted: the same scripted sender, honest, restores the file
 // with the later round's block and the dropped one punched.
-func TestReceiverScripted(t *testing.T) {
+func TestLiveReceiverScripted(t *testing.T) {
 	a, b := fill(testBS, 'a'), fill(testBS, 'b')
 	zero := archive.ZeroDigest(testBS)
 	s := startScripted(t)
