@@ -21,8 +21,9 @@ const (
 	// OnFailure runs when any other step failed, with the error in
 	// COLDSHIP_ERROR.
 	OnFailure Phase = "on-failure"
-	// PreSwitchover runs at the destination just before the workload is
-	// switched over to it (before the libvirt domain is defined and started).
+	// PreSwitchover runs at the sender in live mode, after the pre-copy
+	// rounds and before the final one: where the source VM is paused or
+	// shut down.
 	PreSwitchover Phase = "pre-switchover"
 )
 

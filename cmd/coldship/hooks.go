@@ -24,7 +24,7 @@ type hookOptions struct {
 }
 
 func addHookFlags(f *pflag.FlagSet, o *hookOptions) {
-	f.StringArrayVar(&o.hooks, "hook", nil, "run `PHASE=COMMAND` (sh -c) at a phase: pre-send, post-send, pre-receive, post-receive, on-failure (repeatable)")
+	f.StringArrayVar(&o.hooks, "hook", nil, "run `PHASE=COMMAND` (sh -c) at a phase: pre-send, post-send, pre-receive, post-receive, pre-switchover (send --live), on-failure (repeatable)")
 	f.StringVar(&o.dir, "hooks-dir", "", "run the executables `DIR`/PHASE and DIR/PHASE.d/* at each phase")
 	f.DurationVar(&o.timeout, "hook-timeout", hooks.DefaultTimeout, "kill a hook that runs longer than this")
 }
