@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"os"
+	"sync"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -20,8 +21,26 @@ func (s *streams) stdinIsTerminal() bool {
 }
 
 func (s *streams) stderrIsTerminal() bool {
-	f, ok := s.err.(*os.File)
+	w := s.err
+	if sw, ok := w.(*syncWriter); ok {
+		w = sw.w
+	}
+	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// syncWriter serializes writes to stderr, which progress reports, notices
+// from the pipeline (a retry, a fallback to a full shipment) and hooks
+// reach from several goroutines: each line stays whole.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }
 
 const exitStatusHelp = `
@@ -38,7 +57,7 @@ EXIT STATUS
 `
 
 func newRootCmd(in io.Reader, out, errw io.Writer) *cobra.Command {
-	s := &streams{in: in, out: out, err: errw}
+	s := &streams{in: in, out: out, err: &syncWriter{w: errw}}
 	root := &cobra.Command{
 		Use:   "coldship",
 		Short: "Encrypt-then-ship cold migration of virtual machines",
@@ -54,7 +73,7 @@ DEST is a directory path or file:///path.` + "\n" + exitStatusHelp,
 	}
 	root.SetIn(in)
 	root.SetOut(out)
-	root.SetErr(errw)
+	root.SetErr(s.err)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newKeygenCmd(s), newSendCmd(s), newReceiveCmd(s), newVerifyCmd(s), newListCmd(s), newPruneCmd(s))
 	for _, c := range root.Commands() {
