@@ -83,12 +83,17 @@ var idPattern = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$`)
 
 // NewID returns a shipment id that sorts by creation time, such as
 // 20261121T233000Z-3f9a1c2e.
+//
+// The 8 hex digits are the milliseconds (3 digits, 000 to 3e7) and 20
+// random bits, so that ids made within one second still sort by time.
 func NewID(now time.Time) (string, error) {
-	var b [4]byte
+	var b [3]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", err
 	}
-	return now.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:]), nil
+	now = now.UTC()
+	ms := now.Nanosecond() / 1e6
+	return fmt.Sprintf("%s-%03x%s", now.Format("20060102T150405Z"), ms, hex.EncodeToString(b[:])[:5]), nil
 }
 
 // ValidID reports whether s has the form of a shipment id.

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2154
 # Sourced by scripts/bench.sh (BENCH_SECTIONS="... sftp"), which then calls
 # sftp. Uses bench.sh's bin, work, rcpt, results, sparse, sparse_data_mib,
 # WALL and its helpers measure, header, ratio and log.
@@ -31,15 +31,25 @@ sftp_pids=()
 # a command without arguments, before each run, untimed) and prints the row
 # of the faster run; WALL[NAME] is its wall time. A failed run is reported.
 sftp_best() {
-	local prep=$1 name=$2 saved=$results tf line best_line="" best_w="" i
-	shift 2
+	local prep=$1 name=$2 bytes=$3 saved=$results tf line best_line="" best_w="" i
+	shift 3
 	tf=$(mktemp)
+	rm -f "$tf.int"
 	for i in 1 2; do
 		"$prep"
 		unset "WALL[$name]"
 		results=/dev/null
-		measure "$name" "$@" >"$tf"
+		# measure's /usr/bin/time waits out a Ctrl-C, and bash then takes
+		# the command's exit for its own handling of it: this wrapper notes
+		# an exit by a signal, and the bench stops (the EXIT trap tears down).
+		measure "$name" "$bytes" bash -c 'f=$1; shift; trap ": >\"\$f\"" INT TERM; "$@"; rc=$?; [ "$rc" -lt 128 ] || : >"$f"; exit "$rc"' \
+			_ "$tf.int" "$@" >"$tf"
 		results=$saved
+		if [ -e "$tf.int" ]; then
+			rm -f "$tf" "$tf.int"
+			log "INTERRUPTED: $name (run $i): stopping"
+			exit 130
+		fi
 		line=$(cat "$tf")
 		if [ -z "${WALL[$name]:-}" ]; then
 			log "$line (run $i)"
@@ -66,7 +76,7 @@ sftp_target() {
 sftp_free_port() { # a loopback port nothing listens on
 	local p i
 	for i in $(seq 1 500); do
-		p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+		p=$((20000 + RANDOM % 12000)) # below Linux's ephemeral ports (32768-)
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			echo "$p"
 			return 0
@@ -100,8 +110,24 @@ sftp_cleanup() {
 		wait "$p" 2>/dev/null || true
 	done
 	sftp_pids=()
-	rm -rf "$sftp_dir/remote" "$sftp_dir/enc" "$sftp_dir/recv" "$sftp_dir/state"
+	rm -rf "$sftp_dir/remote" "$sftp_dir/enc" "$sftp_dir/recv" "$sftp_dir/state" "$sftp_dir/rclone.conf"
 }
+
+# sftp_sparseness SOURCE COPY : COPY's allocated and apparent size, and whether
+# it is as sparse as SOURCE (allocates at most 1/16 more).
+sftp_sparseness() {
+	if [ ! -f "$2" ]; then
+		echo "missing"
+		return 0
+	fi
+	local a s
+	a=$(du -k "$2" | cut -f1)
+	s=$(du -k "$1" | cut -f1)
+	printf '%s allocated (%s apparent), %s' "$(du -h "$2" | cut -f1)" "$(du -h --apparent-size "$2" | cut -f1)" \
+		"$([ "$a" -le $((s + s / 16)) ] && echo sparse || echo "NOT sparse")"
+}
+
+sftp_rm_recv() { rm -rf "$sftp_dir/recv"; }
 
 sftp_reset() { # before each timed run: an empty destination
 	rm -rf "$sftp_dir/remote" "$sftp_dir/enc" "$sftp_dir/recv"
@@ -151,12 +177,21 @@ sftp_toxiproxy_bin() { # NAME (server|cli) : prints the path of toxiproxy's bina
 	return 1
 }
 
+# sftp_ssh_opts PORT : sets sftp_ssh to the options of OpenSSH's clients for
+# sshd (or the proxy) at PORT: only our key and known_hosts, no user config,
+# and AES-GCM, the fastest cipher here, for every OpenSSH-based peer.
+sftp_ssh_opts() {
+	sftp_ssh=(-F none -i "$sftp_dir/client_key" -o IdentitiesOnly=yes -o BatchMode=yes
+		-o UserKnownHostsFile="$sftp_dir/known_hosts" -o GlobalKnownHostsFile=/dev/null
+		-o StrictHostKeyChecking=yes -o LogLevel=ERROR -o Port="$1" -c aes128-gcm@openssh.com)
+}
+
 # sftp_peers TAG PORT IMG BYTES : one table of every tool through PORT.
 sftp_peers() {
 	local tag=$1 p=$2 img=$3 bytes=$4 r=$sftp_dir/remote
-	local -a ssh=(-F none -i "$sftp_dir/client_key" -o IdentitiesOnly=yes -o BatchMode=yes
-		-o UserKnownHostsFile="$sftp_dir/known_hosts" -o GlobalKnownHostsFile=/dev/null
-		-o StrictHostKeyChecking=yes -o LogLevel=ERROR -o Port="$p" -c aes128-gcm@openssh.com)
+	local -a ssh
+	sftp_ssh_opts "$p"
+	ssh=("${sftp_ssh[@]}")
 	local -a cs=("$bin" send "$img" -r "$rcpt" -q --no-resume --state-dir "$sftp_dir/state"
 		--ssh-key "$sftp_dir/client_key" --known-hosts "$sftp_dir/known_hosts")
 	local crypt=lcrypt
@@ -177,13 +212,15 @@ sftp_peers() {
 		_ "$work/pass" "$img" "$sftp_dir/enc" "$r/image.enc" "${ssh[@]}"
 }
 
-sftp() {
-	local img wimg size wsize sp spsize port pport tport tsrv tcli hostpub i
-	local -a ssh
+# sftp: the section, in a subshell: its traps end with it.
+sftp() { (sftp_section); }
+
+sftp_section() {
+	local img wimg size wsize sp spsize port pport tport tsrv tcli hostpub i p rs_sparse
 	mkdir -p "$sftp_dir"
 	sftp_cleanup
 	trap 'sftp_cleanup' EXIT
-	trap 'sftp_cleanup; exit 130' INT TERM
+	trap 'sftp_cleanup; echo "sftp: interrupted" >&2; exit 130' INT TERM
 
 	# sshd on a free loopback port, as the current user, keys made here.
 	rm -f "$sftp_dir"/host_key* "$sftp_dir"/client_key*
@@ -211,8 +248,10 @@ MaxSessions 64
 LogLevel ERROR
 Subsystem sftp internal-sftp
 EOF
-	/usr/sbin/sshd -D -e -f "$sftp_dir/sshd_config" 2>"$sftp_dir/sshd.log" &
-	sftp_pids+=($!)
+	# In a session of its own (setsid), as every server here: a Ctrl-C then
+	# reaches only the tool being measured, and the EXIT trap ends the servers.
+	setsid /usr/sbin/sshd -D -e -f "$sftp_dir/sshd_config" 2>"$sftp_dir/sshd.log" &
+	sftp_pids+=("$!")
 	sftp_wait_port "$port" "$!" "$sftp_dir/sshd.log"
 	hostpub=$(cut -d' ' -f1,2 "$sftp_dir/host_key.pub")
 	echo "[127.0.0.1]:$port $hostpub" >"$sftp_dir/known_hosts"
@@ -221,8 +260,8 @@ EOF
 	pport=""
 	if tsrv=$(sftp_toxiproxy_bin server) && tcli=$(sftp_toxiproxy_bin cli); then
 		tport=$(sftp_free_port)
-		"$tsrv" -host 127.0.0.1 -port "$tport" >"$sftp_dir/toxiproxy.log" 2>&1 &
-		sftp_pids+=($!)
+		setsid "$tsrv" -host 127.0.0.1 -port "$tport" >"$sftp_dir/toxiproxy.log" 2>&1 &
+		sftp_pids+=("$!")
 		sftp_wait_port "$tport" "$!" "$sftp_dir/toxiproxy.log"
 		pport=$(sftp_free_port)
 		{
@@ -236,16 +275,18 @@ EOF
 	fi
 
 	# rclone: an sftp remote and a crypt remote over it, direct and through the proxy.
-	{
+	(
+		umask 077
 		for i in l w; do
-			printf '[%ssftp]\ntype = sftp\nhost = 127.0.0.1\nuser = root\nport = %s\n' "$i" "$([ $i = l ] && echo "$port" || echo "${pport:-$port}")"
+			p=$port
+			[ "$i" = l ] || p=${pport:-$port}
+			printf '[%ssftp]\ntype = sftp\nhost = 127.0.0.1\nuser = root\nport = %s\n' "$i" "$p"
 			printf 'key_file = %s\nknown_hosts_file = %s\n\n' "$sftp_dir/client_key" "$sftp_dir/known_hosts"
 			printf '[%scrypt]\ntype = crypt\nremote = %ssftp:%s/rclone\n' "$i" "$i" "$sftp_dir/remote"
-			printf 'password = %s\npassword2 = %s\n\n' "$(rclone obscure "$(head -c 24 /dev/urandom | base64)")" \
-				"$(rclone obscure "$(head -c 24 /dev/urandom | base64)")"
-		done
-	} >"$sftp_dir/rclone.conf"
-	chmod 600 "$sftp_dir/rclone.conf"
+			printf 'password = %s\npassword2 = %s\n\n' "$(head -c 24 /dev/urandom | base64 | rclone obscure -)" \
+				"$(head -c 24 /dev/urandom | base64 | rclone obscure -)"
+		done >"$sftp_dir/rclone.conf"
+	)
 
 	img=$(sftp_random_image "$sftp_size")
 	size=$(stat -c %s "$img")
@@ -278,27 +319,23 @@ EOF
 	sp=$(sftp_sparse_image)
 	spsize=$(stat -c %s "$sp")
 	cat "$sp" >/dev/null
-	ssh=(-F none -i "$sftp_dir/client_key" -o IdentitiesOnly=yes -o BatchMode=yes
-		-o UserKnownHostsFile="$sftp_dir/known_hosts" -o GlobalKnownHostsFile=/dev/null
-		-o StrictHostKeyChecking=yes -o LogLevel=ERROR -o Port="$port" -c aes128-gcm@openssh.com)
+	sftp_ssh_opts "$port"
 	header "SFTP on loopback: $sparse sparse image holding $sparse_data_mib MiB of data (best of 2 runs)"
 	sftp_best sftp_reset "rsync --sparse -e ssh" "$spsize" \
-		rsync --sparse -e "ssh ${ssh[*]}" "$sp" "root@127.0.0.1:$sftp_dir/remote/"
-	local rs_alloc rs_app
-	rs_alloc=$(du -sh "$sftp_dir/remote/sparse.img" 2>/dev/null | cut -f1)
-	rs_app=$(du -sh --apparent-size "$sftp_dir/remote/sparse.img" 2>/dev/null | cut -f1)
+		rsync --sparse -e "ssh ${sftp_ssh[*]}" "$sp" "root@127.0.0.1:$sftp_dir/remote/"
+	rs_sparse=$(sftp_sparseness "$sp" "$sftp_dir/remote/sparse.img")
 	sftp_best sftp_reset "coldship send sparse" "$spsize" \
 		"$bin" send "$sp" -r "$rcpt" -q --no-resume --state-dir "$sftp_dir/state" \
 		--ssh-key "$sftp_dir/client_key" --known-hosts "$sftp_dir/known_hosts" \
 		--to "sftp://root@127.0.0.1:$port$sftp_dir/remote/coldship"
-	sftp_rm_recv() { rm -rf "$sftp_dir/recv"; }
 	sftp_best sftp_rm_recv "coldship receive sparse" "$spsize" \
 		"$bin" receive "sftp://root@127.0.0.1:$port$sftp_dir/remote/coldship" -i "$work/id.txt" -q \
 		--ssh-key "$sftp_dir/client_key" --known-hosts "$sftp_dir/known_hosts" --out "$sftp_dir/recv"
 	sftp_target "rsync / coldship send time, sparse image" "rsync --sparse -e ssh" "coldship send sparse" ">=" 10
 	WALL["coldship send + receive sparse"]=$(awk -v a="${WALL["coldship send sparse"]:-0}" -v b="${WALL["coldship receive sparse"]:-0}" 'BEGIN { print (a > 0 && b > 0) ? a + b : 0 }')
 	ratio "rsync --sparse -e ssh" "coldship send + receive sparse"
-	log "  allocated (apparent): source $(du -sh "$sp" | cut -f1) ($(du -sh --apparent-size "$sp" | cut -f1)), rsync --sparse destination ${rs_alloc:-?} (${rs_app:-?}), coldship shipment $(du -sh "$sftp_dir/remote/coldship" 2>/dev/null | cut -f1), coldship restored $(du -sh "$sftp_dir/recv/sparse.img" 2>/dev/null | cut -f1) ($(du -sh --apparent-size "$sftp_dir/recv/sparse.img" 2>/dev/null | cut -f1))"
+	log "  allocated (apparent size): source $(du -sh "$sp" | cut -f1) ($(du -sh --apparent-size "$sp" | cut -f1)); coldship shipment on the server $(du -sh "$sftp_dir/remote/coldship" 2>/dev/null | cut -f1)"
+	log "  at the destination: rsync --sparse: $rs_sparse; coldship (received from the server): $(sftp_sparseness "$sp" "$sftp_dir/recv/sparse.img")"
 	if cmp -s "$sp" "$sftp_dir/recv/sparse.img"; then
 		log "  restored sparse image identical"
 	else

@@ -7,13 +7,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+export PATH="$PATH:$(go env GOPATH)/bin"
 bin=$root/bin/coldship
 work=${BENCH_DIR:-$root/bench/work}
 out=$root/bench/out
 dense=${BENCH_DENSE:-2G}
 sparse=${BENCH_SPARSE:-16G}
 sparse_data_mib=${BENCH_SPARSE_DATA_MIB:-1024}
-sections=${BENCH_SECTIONS:-core}
+sections=${BENCH_SECTIONS:-core sftp s3 dr live}
 mkdir -p "$work" "$out"
 results=$out/results.md
 : >"$results"

@@ -407,9 +407,6 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 		for _, st := range files {
 			j.Files = append(j.Files, st.journalFile())
 		}
-		if err := putObject(id+"/"+archive.HeaderObject, hb); err != nil {
-			return "", err
-		}
 		state.j = j
 		saveJournal()
 	} else {
@@ -448,9 +445,21 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 	}
 	j.Slots++
 	saveJournal()
-	if err := putObject(id+"/"+archive.KeyObject(slot), wrapped); err != nil {
-		return "", err
-	}
+	// The header and the wrapped key go up while the blocks are sealed: on
+	// a long link their round trips (create, write, sync, rename) would
+	// otherwise delay the first segment by a second or more. Only the
+	// manifest, written last, makes the shipment complete. Every attempt
+	// puts the header again (the same bytes), so a retry never depends on
+	// whether an earlier attempt's header landed.
+	var small errgroup.Group
+	small.Go(func() error { return putObject(id+"/"+archive.HeaderObject, hb) })
+	small.Go(func() error { return putObject(id+"/"+archive.KeyObject(slot), wrapped) })
+	smallDone := false
+	defer func() {
+		if !smallDone {
+			small.Wait()
+		}
+	}()
 
 	// Mark the blocks already in complete segments.
 	nextSeg := 1
@@ -479,6 +488,10 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 		saveJournal()
 	}
 	if err := runSendPipeline(ctx, tr, id, slot, nextSeg, files, codec, state.dr, opts, onSegment); err != nil {
+		return "", err
+	}
+	smallDone = true
+	if err := small.Wait(); err != nil {
 		return "", err
 	}
 
@@ -535,6 +548,10 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 		inv.Bases = append(inv.Bases, ib)
 	}
 	for s := 0; s < j.Slots; s++ {
+		if s == slot {
+			inv.Objects = append(inv.Objects, archive.InventoryEntry{Name: archive.KeyObject(s), Size: int64(len(wrapped)), BLAKE3: archive.ObjectDigest(wrapped)})
+			continue
+		}
 		kb, err := getObject(ctx, tr, id+"/"+archive.KeyObject(s), 1<<20)
 		if err != nil {
 			if errors.Is(err, ErrNotFound) {

@@ -101,7 +101,8 @@ func TestResumeAfterInterruptedSend(t *testing.T) {
 		t.Errorf("rerun uploaded %d segments; the full shipment has ~10 and 3 were already there", got)
 	}
 	for _, n := range tr2.putNames {
-		for _, old := range []string{"segments/00000001", "segments/00000002", "segments/00000003", "keys/0000", "/header"} {
+		// (The header is put again by every attempt: the same bytes.)
+		for _, old := range []string{"segments/00000001", "segments/00000002", "segments/00000003", "keys/0000"} {
 			if strings.HasSuffix(n, old) {
 				t.Errorf("rerun uploaded %s again", n)
 			}
