@@ -290,8 +290,13 @@ func (s *sendSession) failed(ctx context.Context, err error) error {
 		reason = "the sender was interrupted"
 	case errors.Is(err, errLink) || errors.Is(err, errAborted):
 		// The receiver failed first, probably: wait a little for its word,
-		// unless its output already ended without one.
-		t := time.NewTimer(5 * time.Second)
+		// unless its output already ended without one. The data
+		// connections are closed first: a receiver that waits for its lane
+		// readers to end must not wait for us.
+		for _, c := range s.conns {
+			c.Close()
+		}
+		t := time.NewTimer(10 * time.Second)
 		defer t.Stop()
 		select {
 		case <-ctx.Done():
