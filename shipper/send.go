@@ -452,8 +452,17 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 	// puts the header again (the same bytes), so a retry never depends on
 	// whether an earlier attempt's header landed.
 	var small errgroup.Group
+	keyLanded := make(chan bool, 1)
 	small.Go(func() error { return putObject(id+"/"+archive.HeaderObject, hb) })
-	small.Go(func() error { return putObject(id+"/"+archive.KeyObject(slot), wrapped) })
+	small.Go(func() error {
+		err := putObject(id+"/"+archive.KeyObject(slot), wrapped)
+		keyLanded <- err == nil
+		close(keyLanded)
+		return err
+	})
+	// A segment counts as complete (for the journal, and so for a resumed
+	// send) only once the key that sealed it is at the destination too.
+	keyOK := sync.OnceValue(func() bool { return <-keyLanded })
 	smallDone := false
 	defer func() {
 		if !smallDone {
@@ -482,6 +491,9 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 
 	var mu sync.Mutex
 	onSegment := func(s archive.Segment, blocks []journalBlock) {
+		if !keyOK() {
+			return // this attempt fails; a retry seals these blocks again
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		j.Segments = append(j.Segments, journalSegment{Segment: s, Blocks: blocks})

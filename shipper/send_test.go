@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"filippo.io/age"
 
@@ -191,4 +192,38 @@ func restore(t *testing.T, tr shipper.Transport, shipID string, id age.Identity,
 	if err := shipper.VerifyInventory(context.Background(), tr, shipID, nil); err != nil {
 		t.Errorf("inventory verify: %v", err)
 	}
+}
+
+// keyFails fails the first key Put, after the segments of that attempt had
+// time to land: they must not count as shipped, since no key opens them.
+type keyFails struct {
+	shipper.Transport
+	failed atomic.Bool
+}
+
+func (k *keyFails) Put(ctx context.Context, name string, r io.Reader, size int64) error {
+	if strings.HasSuffix(name, "/keys/0000") && k.failed.CompareAndSwap(false, true) {
+		time.Sleep(300 * time.Millisecond)
+		return errDropped
+	}
+	return k.Transport.Put(ctx, name, r, size)
+}
+
+func TestKeyLostSegmentsResent(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	data := writeRandom(t, src, 12*64<<10)
+	sources, _ := archive.CollectSources([]string{src})
+	id, rcpt := newIdentity(t)
+	base, _ := local.New(filepath.Join(dir, "dest"))
+	res, err := shipper.Send(context.Background(), &keyFails{Transport: base}, sources, shipper.SendOptions{
+		Recipients: []age.Recipient{rcpt}, BlockSize: 64 << 10, SegmentSize: 128 << 10, Streams: 2, Retries: 2, RetryDelay: 1,
+	})
+	if err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	if _, err := base.Stat(context.Background(), res.ID+"/keys/0000"); !errors.Is(err, shipper.ErrNotFound) {
+		t.Fatalf("keys/0000 should be missing: %v", err)
+	}
+	restore(t, base, res.ID, id, data)
 }
