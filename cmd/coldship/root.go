@@ -67,7 +67,9 @@ Cobblestone-256) under a fresh per-shipment key wrapped with age, skips holes
 and zero blocks, and ships the sealed blocks to a destination, where they are
 verified and restored bit-exactly.
 
-DEST is a directory path or file:///path.` + "\n" + exitStatusHelp,
+DEST is a directory path, file:///path, sftp://[user@]host[:port]/path
+(any OpenSSH server) or s3://bucket/prefix (S3-compatible object storage).
+send --live streams to ssh://[user@]host[:port]/path instead.` + "\n" + exitStatusHelp,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
