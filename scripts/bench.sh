@@ -88,11 +88,18 @@ core() {
 	header "Local destination: $dense random image (send)"
 	rm -rf "$work/cp" "$work/dest" && mkdir -p "$work/cp"
 	measure "cp" "$size" cp "$work/dense.img" "$work/cp/"
+	rm -f "$work/cp/dense.img"
+	# coldship syncs every object it writes: the durable floor is cp + sync.
+	measure "cp + sync" "$size" sh -c 'cp "$1" "$2" && sync "$2/dense.img"' sh "$work/dense.img" "$work/cp"
 	measure "coldship send" "$size" "$bin" send "$work/dense.img" --to "$work/dest" -r "$rcpt" -q
 	measure "age -r" "$size" age -r "$rcpt" -o "$work/dense.age" "$work/dense.img"
+	rm -f "$work/dense.age"
+	measure "age -r + sync" "$size" sh -c 'age -r "$1" -o "$2" "$3" && sync "$2"' sh "$rcpt" "$work/dense.age" "$work/dense.img"
 	measure "openssl enc -aes-256-ctr" "$size" openssl enc -aes-256-ctr -pbkdf2 -pass "file:$work/pass" -in "$work/dense.img" -out "$work/dense.enc"
 	ratio "coldship send" "cp"
+	ratio "coldship send" "cp + sync"
 	ratio "age -r" "coldship send"
+	ratio "age -r + sync" "coldship send"
 	ratio "openssl enc -aes-256-ctr" "coldship send"
 
 	header "Local destination: $dense random image (receive)"

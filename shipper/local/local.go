@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/coldship/coldship/shipper"
 )
 
@@ -89,7 +91,7 @@ func (t *Transport) Put(ctx context.Context, name string, r io.Reader, size int6
 	// Large writes: segments arrive through a pipe, and 32 KiB copies would
 	// cost a system call each.
 	buf := copyBuffers.Get().(*[]byte)
-	n, err := io.CopyBuffer(struct{ io.Writer }{f}, ctxReader{ctx, r}, *buf)
+	n, err := io.CopyBuffer(&writeback{f: f}, ctxReader{ctx, r}, *buf)
 	copyBuffers.Put(buf)
 	if err != nil {
 		return classify("write", tmp, err)
@@ -132,6 +134,26 @@ func (c ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
+}
+
+// writeback writes to f and starts the kernel's writeback of every 8 MiB
+// written, so that the sync before the rename finds little left to write
+// and the disk works while the pipeline seals the next blocks.
+type writeback struct {
+	f       *os.File
+	off     int64
+	started int64
+}
+
+func (w *writeback) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.off += int64(n)
+	if w.off-w.started >= 8<<20 {
+		// Best effort: not every file system has it.
+		unix.SyncFileRange(int(w.f.Fd()), w.started, w.off-w.started, unix.SYNC_FILE_RANGE_WRITE)
+		w.started = w.off
+	}
+	return n, err
 }
 
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
