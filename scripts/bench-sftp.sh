@@ -15,14 +15,14 @@
 # Every measurement runs twice; the row shows the best (the machine is shared).
 #
 # Sizes: BENCH_SFTP_SIZE (default 1G) random image on loopback,
-# BENCH_SFTP_WAN_SIZE (default 256M) at 100 ms RTT, BENCH_SFTP_RTT_MS (default
+# BENCH_SFTP_WAN_SIZE (default 512M) at 100 ms RTT, BENCH_SFTP_RTT_MS (default
 # 100), and bench.sh's BENCH_SPARSE / BENCH_SPARSE_DATA_MIB (16G / 1024).
 # A quick check:
 #   BENCH_SECTIONS=sftp BENCH_SFTP_SIZE=256M BENCH_SFTP_WAN_SIZE=32M \
 #     BENCH_SPARSE=2G BENCH_SPARSE_DATA_MIB=128 ./scripts/bench.sh
 
 sftp_size=${BENCH_SFTP_SIZE:-1G}
-sftp_wan_size=${BENCH_SFTP_WAN_SIZE:-256M}
+sftp_wan_size=${BENCH_SFTP_WAN_SIZE:-512M}
 sftp_rtt_ms=${BENCH_SFTP_RTT_MS:-100}
 sftp_dir=$work/sftp
 sftp_pids=()
