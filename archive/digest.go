@@ -2,8 +2,9 @@ package archive
 
 import (
 	"encoding/binary"
-	"github.com/zeebo/blake3"
 	"sync"
+
+	"github.com/zeebo/blake3"
 )
 
 // BlockDigest returns the BLAKE3-256 digest of a block's plaintext.

@@ -31,7 +31,8 @@
 //
 // CheckNotInUse refuses an image that another process holds an fcntl lock
 // on (QEMU locks the images of a running VM) or has open for writing.
-// Stamp and ErrChanged detect an image that changes while it is read.
+// (An image that changes while it is read is caught by the send pipeline:
+// archive.Stamp.)
 //
 // # libvirt
 //

@@ -4,16 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/zeebo/blake3"
 	"io"
 	"runtime"
 	"sort"
 	"sync"
 
+	"github.com/zeebo/blake3"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
+	"github.com/coldship/coldship/shipper/internal/bufpool"
 )
 
 // placed is a data block, the file it belongs to, and the segment that
@@ -133,7 +134,7 @@ func (sh *Shipment) fetchBlocks(ctx context.Context, streams, jobs int, hashSegm
 	}
 
 	sealedSize := int(cipher.SealedSize(m.BlockSize))
-	recPool := newBufferPool(2*jobs+2*streams, sealedSize)
+	recPool := bufpool.New(2*jobs+2*streams, sealedSize)
 	g, gctx := errgroup.WithContext(ctx)
 	done := gctx.Done()
 	segCh := make(chan int)
@@ -184,7 +185,7 @@ func (sh *Shipment) fetchBlocks(ctx context.Context, streams, jobs int, hashSegm
 					ctxFile = r.block.File
 				}
 				plain, err := src.codec.Open(out, scratch, r.record, uint32(ctxFile), uint64(r.block.Index), r.block.Compressed, n, r.block.BLAKE3)
-				recPool.put(r.buf)
+				recPool.Put(r.buf)
 				if err != nil {
 					return fmt.Errorf("%s at offset %d (%s block %d): %w", src.obj, r.block.Offset, f.Path, r.block.Index, asIntegrity(err))
 				}
@@ -214,7 +215,7 @@ func asIntegrity(err error) error {
 // needed) has its size checked; otherwise only the runs of records needed
 // are read with ranged reads, as when an update fetches a few blocks from
 // a large base segment.
-func (sh *Shipment) fetchSegment(ctx context.Context, src segmentSource, blocks []placed, hashSegments bool, pool *bufferPool, out chan<- openedBlock, cnt *Counters) error {
+func (sh *Shipment) fetchSegment(ctx context.Context, src segmentSource, blocks []placed, hashSegments bool, pool *bufpool.Pool, out chan<- openedBlock, cnt *Counters) error {
 	var need int64
 	for _, p := range blocks {
 		need += p.block.Length
@@ -243,7 +244,7 @@ func (sh *Shipment) fetchSegment(ctx context.Context, src segmentSource, blocks 
 // its end, then checking its size and, with hash, its digest) and hands
 // on the records of blocks.
 func (sh *Shipment) readRecords(ctx context.Context, src segmentSource, start, length int64, blocks []placed, hash bool,
-	pool *bufferPool, out chan<- openedBlock, cnt *Counters) error {
+	pool *bufpool.Pool, out chan<- openedBlock, cnt *Counters) error {
 	name := src.obj
 	rc, err := sh.tr.Open(ctx, name, start, length)
 	if err != nil {
@@ -267,13 +268,13 @@ func (sh *Shipment) readRecords(ctx context.Context, src segmentSource, start, l
 			}
 			pos += gap
 		}
-		buf, ok := pool.get(done)
+		buf, ok := pool.Get(done)
 		if !ok {
 			return ctx.Err()
 		}
 		rec := buf[:p.block.Length]
 		if _, err := io.ReadFull(r, rec); err != nil {
-			pool.put(buf)
+			pool.Put(buf)
 			return segmentReadError(name, err)
 		}
 		pos += p.block.Length
@@ -281,7 +282,7 @@ func (sh *Shipment) readRecords(ctx context.Context, src segmentSource, start, l
 		select {
 		case out <- openedBlock{placed: p, record: rec, buf: buf}:
 		case <-done:
-			pool.put(buf)
+			pool.Put(buf)
 			return ctx.Err()
 		}
 	}

@@ -120,7 +120,7 @@ func RecipientsFingerprint(recipients []string) string {
 func (st *fileState) journalFile() journalFile {
 	jf := journalFile{Path: st.src.Path, Name: st.src.Name, Dir: st.f == nil}
 	if st.f != nil {
-		jf.Size, jf.MTime, jf.CTime, jf.Ino = st.stamp.size, st.stamp.mtime.Nano(), st.stamp.ctime.Nano(), st.stamp.ino
+		jf.Size, jf.MTime, jf.CTime, jf.Ino = st.stamp.Size, st.stamp.MTime.Nano(), st.stamp.CTime.Nano(), st.stamp.Ino
 	}
 	return jf
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/zeebo/blake3"
 	"hash"
 	"io"
 	"os"
@@ -13,14 +12,15 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"filippo.io/age"
+	"github.com/zeebo/blake3"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
+	"github.com/coldship/coldship/shipper/internal/bufpool"
 )
 
 // Defaults chosen by benchmark (see the README's Performance section).
@@ -94,20 +94,10 @@ type fileState struct {
 	ref  []bool           // per block: unchanged since the base, its base record used
 }
 
-// stamp is what must not change while a file ships.
-type stamp struct {
-	size         int64
-	mtime, ctime syscall.Timespec
-	ino          uint64
-}
+// stamp is what must not change while a file is read.
+type stamp = archive.Stamp
 
-func statStamp(f *os.File) (stamp, error) {
-	var st syscall.Stat_t
-	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
-		return stamp{}, fmt.Errorf("stat %s: %w", f.Name(), err)
-	}
-	return stamp{size: st.Size, mtime: st.Mtim, ctime: st.Ctim, ino: st.Ino}, nil
-}
+var statStamp = archive.StampOf
 
 type blockJob struct {
 	file   int
@@ -210,7 +200,7 @@ func Send(ctx context.Context, tr Transport, sources []archive.Source, opts Send
 		if st.stamp, err = statStamp(f); err != nil {
 			return nil, err
 		}
-		st.size = st.stamp.size
+		st.size = st.stamp.Size
 		if st.ranges, err = archive.DataRanges(f, st.size); err != nil {
 			return nil, err
 		}
@@ -627,7 +617,7 @@ func (st *fileState) manifestFile(blockSize int64, segIndex map[int]int, refs *r
 	}
 	f.Type = archive.TypeFile
 	f.Size = st.size
-	f.MTime = time.Unix(st.stamp.mtime.Unix()).UTC()
+	f.MTime = time.Unix(st.stamp.MTime.Unix()).UTC()
 	f.BLAKE3 = archive.FileDigest(st.size, blockSize, st.digests)
 	for i, k := range st.kinds {
 		kind := [...]string{archive.KindHole, archive.KindZero, archive.KindData}[k]
@@ -670,8 +660,8 @@ func runSendPipeline(ctx context.Context, tr Transport, id string, slot, nextSeg
 	dr *drStore, opts SendOptions, onSegment func(archive.Segment, []journalBlock)) error {
 	cnt := opts.Counters
 	bs := opts.BlockSize
-	plainPool := newBufferPool(opts.Jobs+1, int(bs))
-	sealedPool := newBufferPool(2*opts.Jobs+2*opts.Streams, int(cipher.SealedSize(bs)))
+	plainPool := bufpool.New(opts.Jobs+1, int(bs))
+	sealedPool := bufpool.New(2*opts.Jobs+2*opts.Streams, int(cipher.SealedSize(bs)))
 	zero := make([]byte, bs)
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -754,7 +744,7 @@ func runSendPipeline(ctx context.Context, tr Transport, id string, slot, nextSeg
 				}
 				off := cur.size
 				if err := cur.write(sb.record); err != nil {
-					sealedPool.put(sb.buf)
+					sealedPool.Put(sb.buf)
 					return err
 				}
 				st := files[sb.file]
@@ -764,7 +754,7 @@ func runSendPipeline(ctx context.Context, tr Transport, id string, slot, nextSeg
 				}
 				blocks = append(blocks, journalBlock{File: sb.file, Index: sb.index, Offset: off, Length: n, Compressed: sb.compressed})
 				cnt.Shipped.Add(n)
-				sealedPool.put(sb.buf)
+				sealedPool.Put(sb.buf)
 				if cur.size >= opts.SegmentSize {
 					if err := finish(); err != nil {
 						return err
@@ -780,14 +770,14 @@ func runSendPipeline(ctx context.Context, tr Transport, id string, slot, nextSeg
 	return g.Wait()
 }
 
-func sealOne(ctx context.Context, j blockJob, st *fileState, codec *archive.Codec, dr *drStore, plainPool, sealedPool *bufferPool,
+func sealOne(ctx context.Context, j blockJob, st *fileState, codec *archive.Codec, dr *drStore, plainPool, sealedPool *bufpool.Pool,
 	zero, scratch []byte, out chan<- sealedBlock, cnt *Counters) error {
 	done := ctx.Done()
-	buf, ok := plainPool.get(done)
+	buf, ok := plainPool.Get(done)
 	if !ok {
 		return ctx.Err()
 	}
-	defer plainPool.put(buf)
+	defer plainPool.Put(buf)
 	p := buf[:j.n]
 	if _, err := st.f.ReadAt(p, j.off); err != nil {
 		if err == io.EOF {
@@ -832,13 +822,13 @@ func sealOne(ctx context.Context, j blockJob, st *fileState, codec *archive.Code
 			return nil
 		}
 	}
-	sbuf, ok := sealedPool.get(done)
+	sbuf, ok := sealedPool.Get(done)
 	if !ok {
 		return ctx.Err()
 	}
 	rec, compressed, err := codec.Seal(sbuf[:0], scratch, p, uint32(j.file), uint64(j.index))
 	if err != nil {
-		sealedPool.put(sbuf)
+		sealedPool.Put(sbuf)
 		return fmt.Errorf("seal %s block %d: %w", st.src.Path, j.index, err)
 	}
 	st.kinds[j.index] = kindData
@@ -849,7 +839,7 @@ func sealOne(ctx context.Context, j blockJob, st *fileState, codec *archive.Code
 	case out <- sealedBlock{file: j.file, index: j.index, record: rec, buf: sbuf, compressed: compressed, digest: d}:
 		return nil
 	case <-done:
-		sealedPool.put(sbuf)
+		sealedPool.Put(sbuf)
 		return ctx.Err()
 	}
 }

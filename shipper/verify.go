@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/zeebo/blake3"
 	"io"
+
+	"github.com/zeebo/blake3"
 
 	"github.com/coldship/coldship/archive"
 )

@@ -6,7 +6,6 @@ import (
 	"os"
 
 	"filippo.io/age"
-
 	"github.com/spf13/cobra"
 
 	"github.com/coldship/coldship/hooks"

@@ -3,13 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
-	"time"
-
-	"filippo.io/age"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
+	"filippo.io/age"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"sync"
+
+	"github.com/coldship/coldship/shipper/internal/bufpool"
 )
 
 // outLane is the sending end of one lane. The position of a sealed frame
@@ -16,7 +18,7 @@ import (
 type outLane struct {
 	n    uint32
 	w    *bufio.Writer
-	pool *bufferPool // where block frames' buffers go back
+	pool *bufpool.Pool // where block frames' buffers go back
 
 	mu      sync.Mutex
 	cond    sync.Cond
@@ -40,7 +42,7 @@ type outFrame struct {
 // receiver's own report, if it sends one, explains it better.
 var errLink = errors.New("connection to the receiver failed")
 
-func newOutLane(n uint32, w io.Writer, pool *bufferPool) *outLane {
+func newOutLane(n uint32, w io.Writer, pool *bufpool.Pool) *outLane {
 	l := &outLane{n: n, w: bufio.NewWriterSize(w, 256<<10), pool: pool, pending: map[uint64]outFrame{}, done: make(chan struct{})}
 	l.cond.L = &l.mu
 	go l.run()
@@ -66,7 +68,7 @@ func (l *outLane) deposit(t uint64, f outFrame) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.aborted || l.err != nil {
-		l.pool.put(f.buf)
+		l.pool.Put(f.buf)
 		return
 	}
 	l.pending[t] = f
@@ -88,7 +90,7 @@ func (l *outLane) run() {
 					l.w.Flush()
 				}
 				for _, f := range l.pending {
-					l.pool.put(f.buf)
+					l.pool.Put(f.buf)
 				}
 				l.pending = nil
 				return
@@ -112,7 +114,7 @@ func (l *outLane) run() {
 		l.idle = false
 		l.mu.Unlock()
 		_, err := l.w.Write(f.data)
-		l.pool.put(f.buf)
+		l.pool.Put(f.buf)
 		l.mu.Lock()
 		if err != nil {
 			l.fail(err)

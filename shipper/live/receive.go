@@ -24,6 +24,7 @@ import (
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
 	"github.com/coldship/coldship/shipper"
+	"github.com/coldship/coldship/shipper/internal/bufpool"
 )
 
 // DefaultLaneTimeout is how long Receive waits for a session's TCP lanes.
@@ -106,7 +107,7 @@ type receiver struct {
 	files []*recvFile
 	dirs  []string // created, to remove on failure
 
-	pool     *bufferPool
+	pool     *bufpool.Pool
 	jobs     chan recvJob
 	roundWG  sync.WaitGroup
 	gate     gate
@@ -183,7 +184,7 @@ func Receive(ctx context.Context, in io.Reader, out io.Writer, opts ReceiveOptio
 		return nil, err
 	}
 
-	r.pool = newBufferPool(4*opts.Jobs+2*(len(r.conns)+1), blockHeaderSize+int(cipher.SealedSize(r.bs)))
+	r.pool = bufpool.New(4*opts.Jobs+2*(len(r.conns)+1), blockHeaderSize+int(cipher.SealedSize(r.bs)))
 	r.jobs = make(chan recvJob, 2*opts.Jobs)
 	r.laneEnds = make(chan laneEnd, len(r.conns))
 	for range opts.Jobs {
@@ -449,10 +450,10 @@ func (r *receiver) allocBlock(ctx context.Context) func(kind byte, n int) ([]byt
 		if kind != frameBlock {
 			return nil, nil
 		}
-		if n > r.pool.size {
+		if n > r.pool.Size() {
 			return nil, errFrame("block frame of %d bytes for blocks of %d", n, r.bs)
 		}
-		b, ok := r.pool.get(ctx.Done())
+		b, ok := r.pool.Get(ctx.Done())
 		if !ok {
 			return nil, context.Cause(ctx)
 		}
@@ -467,7 +468,7 @@ func (r *receiver) readControl(ctx context.Context, br *bufio.Reader) {
 		select {
 		case r.ctl <- ctlFrame{fr, err}:
 		case <-ctx.Done():
-			r.pool.put(fr.buf)
+			r.pool.Put(fr.buf)
 			return
 		}
 		if err != nil {
@@ -487,7 +488,7 @@ func (r *receiver) nextControl(ctx context.Context, allowed string) (frame, erro
 		case c.kind == frameAbort:
 			return frame{}, abortError(c.body)
 		case !containsByte(allowed, c.kind):
-			r.pool.put(c.buf)
+			r.pool.Put(c.buf)
 			return frame{}, errFrame("unexpected %q frame on the control lane", c.kind)
 		}
 		return c.frame, nil
@@ -507,7 +508,7 @@ func (r *receiver) unexpectedControl(c ctlFrame) error {
 	case c.kind == frameAbort:
 		return abortError(c.body)
 	}
-	r.pool.put(c.buf)
+	r.pool.Put(c.buf)
 	return errFrame("unexpected %q frame on the control lane", c.kind)
 }
 
@@ -795,7 +796,7 @@ func (r *receiver) dispatch(ctx context.Context, lane uint32, seq uint64, round 
 		err = errFrame("lane %d record %d: block %d of file %d is out of range", lane, seq, h.block, h.file)
 	}
 	if err != nil {
-		r.pool.put(fr.buf)
+		r.pool.Put(fr.buf)
 		return err
 	}
 	r.opts.Counters.Shipped.Add(int64(len(fr.body) + frameHeaderSize))
@@ -805,7 +806,7 @@ func (r *receiver) dispatch(ctx context.Context, lane uint32, seq uint64, round 
 		return nil
 	case <-ctx.Done():
 		r.roundWG.Done()
-		r.pool.put(fr.buf)
+		r.pool.Put(fr.buf)
 		return context.Cause(ctx)
 	}
 }
@@ -820,7 +821,7 @@ func (r *receiver) work(ctx context.Context) {
 			if err := r.writeBlock(j, out, back, scratch); err != nil {
 				r.fail(err)
 			}
-			r.pool.put(j.buf)
+			r.pool.Put(j.buf)
 			r.roundWG.Done()
 		case <-ctx.Done():
 			return

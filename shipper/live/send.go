@@ -12,7 +12,6 @@ import (
 	"runtime"
 	"strconv"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"filippo.io/age"
@@ -21,6 +20,7 @@ import (
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
 	"github.com/coldship/coldship/shipper"
+	"github.com/coldship/coldship/shipper/internal/bufpool"
 )
 
 // DefaultMaxRounds bounds the pre-copy rounds of SendOptions.UntilDirty
@@ -137,20 +137,10 @@ const (
 	kindData
 )
 
-// stamp is what must not change while the final round reads a file.
-type stamp struct {
-	size         int64
-	mtime, ctime syscall.Timespec
-	ino          uint64
-}
+// stamp is what must not change while a file is read.
+type stamp = archive.Stamp
 
-func statStamp(f *os.File) (stamp, error) {
-	var st syscall.Stat_t
-	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
-		return stamp{}, fmt.Errorf("stat %s: %w", f.Name(), err)
-	}
-	return stamp{size: st.Size, mtime: st.Mtim, ctime: st.Ctim, ino: st.Ino}, nil
-}
+var statStamp = archive.StampOf
 
 // resize follows a change of the file's size between rounds. The receiver
 // truncates its copy to the new size and zeroes the block that the
@@ -179,7 +169,7 @@ type sendSession struct {
 	codec  *archive.Codec
 	lanes  []*outLane // lanes[0] is the control lane
 	conns  []net.Conn
-	pool   *bufferPool
+	pool   *bufpool.Pool
 	cancel context.CancelCauseFunc
 
 	replies      chan reply
@@ -258,7 +248,7 @@ func Send(ctx context.Context, peer Peer, sources []archive.Source, opts SendOpt
 			return nil, err
 		}
 	}
-	s.pool = newBufferPool(2*opts.Jobs+2*(opts.Lanes+1),
+	s.pool = bufpool.New(2*opts.Jobs+2*(opts.Lanes+1),
 		frameHeaderSize+blockHeaderSize+int(cipher.SealedSize(opts.BlockSize)))
 
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -641,7 +631,7 @@ func (s *sendSession) sendRound(ctx context.Context, round uint32, final bool) (
 		if err != nil {
 			return st, err
 		}
-		f.resize(now.size, bs)
+		f.resize(now.Size, bs)
 		if f.ranges, err = archive.DataRanges(f.f, f.size); err != nil {
 			return st, err
 		}
@@ -653,7 +643,7 @@ func (s *sendSession) sendRound(ctx context.Context, round uint32, final bool) (
 	s.sendSealed(s.lanes[0], frameBegin, round, marshal(beginMsg{Round: round, Final: final, Files: table}))
 
 	var blocks, data, wire, read atomic.Int64
-	plainPool := newBufferPool(opts.Jobs+1, int(bs))
+	plainPool := bufpool.New(opts.Jobs+1, int(bs))
 	zero := make([]byte, bs)
 	g, gctx := errgroup.WithContext(ctx)
 	done := gctx.Done()
@@ -688,13 +678,13 @@ func (s *sendSession) sendRound(ctx context.Context, round uint32, final bool) (
 			scratch := make([]byte, 0, bs)
 			for j := range jobs {
 				f := s.files[j.file]
-				buf, ok := plainPool.get(done)
+				buf, ok := plainPool.Get(done)
 				if !ok {
 					return gctx.Err()
 				}
 				p := buf[:j.n]
 				if _, err := f.f.ReadAt(p, j.off); err != nil {
-					plainPool.put(buf)
+					plainPool.Put(buf)
 					if err == io.EOF {
 						return fmt.Errorf("read %s at %d: %w", f.src.Path, j.off, shipper.ErrSourceChanged)
 					}
@@ -703,7 +693,7 @@ func (s *sendSession) sendRound(ctx context.Context, round uint32, final bool) (
 				read.Add(j.n)
 				cnt.Read.Add(j.n)
 				if bytes.Equal(p, zero[:j.n]) {
-					plainPool.put(buf)
+					plainPool.Put(buf)
 					f.kinds[j.index], f.digests[j.index] = kindZero, archive.ZeroDigest(j.n)
 					cnt.Zero.Add(j.n)
 					cnt.Done.Add(j.n)
@@ -712,12 +702,12 @@ func (s *sendSession) sendRound(ctx context.Context, round uint32, final bool) (
 				d := archive.BlockDigest(p)
 				f.kinds[j.index], f.digests[j.index] = kindData, d
 				if f.has[j.index] && f.sent[j.index] == d {
-					plainPool.put(buf)
+					plainPool.Put(buf)
 					cnt.Done.Add(j.n)
 					continue // the receiver holds it
 				}
 				n, err := s.sendBlock(gctx, round, j, p, scratch)
-				plainPool.put(buf)
+				plainPool.Put(buf)
 				if err != nil {
 					return err
 				}
@@ -774,7 +764,7 @@ func (s *sendSession) sendRound(ctx context.Context, round uint32, final bool) (
 // sendBlock seals block j of the round for the next position of a lane and
 // queues it; it returns the frame's size.
 func (s *sendSession) sendBlock(ctx context.Context, round uint32, j blockJob, plain, scratch []byte) (int64, error) {
-	buf, ok := s.pool.get(ctx.Done())
+	buf, ok := s.pool.Get(ctx.Done())
 	if !ok {
 		return 0, ctx.Err()
 	}
@@ -791,7 +781,7 @@ func (s *sendSession) sendBlock(ctx context.Context, round uint32, j blockJob, p
 	if err != nil {
 		// The lane waits for this position: nothing can follow it.
 		l.abort("")
-		s.pool.put(buf)
+		s.pool.Put(buf)
 		return 0, fmt.Errorf("seal %s block %d: %w", s.files[j.file].src.Path, j.index, err)
 	}
 	if compressed {
@@ -819,7 +809,7 @@ func (s *sendSession) manifest(created time.Time, compression string, rounds uin
 		}
 		af.Type, af.Size = archive.TypeFile, f.size
 		if st, err := statStamp(f.f); err == nil {
-			af.MTime = time.Unix(st.mtime.Unix()).UTC()
+			af.MTime = time.Unix(st.MTime.Unix()).UTC()
 		}
 		af.BLAKE3 = archive.FileDigest(f.size, bs, f.digests)
 		for i, k := range f.kinds {
