@@ -120,8 +120,25 @@ func (c *conn) watch() {
 	}
 }
 
-// dial opens one connection to the destination.
+// dial opens one connection to the destination and its SFTP session.
 func (t *Transport) dial(ctx context.Context) (*conn, error) {
+	var c *conn
+	_, err := t.connect(ctx, func(client *ssh.Client) (err error) {
+		c, err = newConn(client)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	go c.watch()
+	return c, nil
+}
+
+// connect opens one SSH connection to the destination: the host key
+// checked against known_hosts, the user authenticated, the server's
+// preferred cipher chosen from ours. setup runs on the new client within
+// the same deadline and cancellation; if it fails the client is closed.
+func (t *Transport) connect(ctx context.Context, setup func(*ssh.Client) error) (*ssh.Client, error) {
 	d := t.dest
 	hostKeyCallback, algos, refused, err := t.hostKeys.prepare()
 	if err != nil {
@@ -151,9 +168,18 @@ func (t *Transport) dial(ctx context.Context) (*conn, error) {
 	nc.SetDeadline(deadline)
 	interrupt := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
 
-	c, err := t.handshake(nc, config)
+	var client *ssh.Client
+	sc, chans, reqs, err := ssh.NewClientConn(nc, d.addr(), config)
+	if err == nil {
+		client = ssh.NewClient(sc, chans, reqs)
+		if setup != nil {
+			if err = setup(client); err != nil {
+				client.Close()
+			}
+		}
+	}
 	if !interrupt() && err == nil {
-		c.close()
+		client.Close()
 		err = ctx.Err()
 	}
 	if err != nil {
@@ -176,16 +202,11 @@ func (t *Transport) dial(ctx context.Context) (*conn, error) {
 		return nil, fmt.Errorf("connect to %s: %w", d.addr(), err)
 	}
 	nc.SetDeadline(time.Time{})
-	go c.watch()
-	return c, nil
+	return client, nil
 }
 
-func (t *Transport) handshake(nc net.Conn, config *ssh.ClientConfig) (*conn, error) {
-	sc, chans, reqs, err := ssh.NewClientConn(nc, t.dest.addr(), config)
-	if err != nil {
-		return nil, err
-	}
-	client := ssh.NewClient(sc, chans, reqs)
+// newConn starts an SFTP session on client.
+func newConn(client *ssh.Client) (*conn, error) {
 	sc2, err := sftpclient.NewClient(client,
 		sftpclient.UseConcurrentWrites(true),
 		sftpclient.UseConcurrentReads(true),
@@ -193,7 +214,6 @@ func (t *Transport) handshake(nc net.Conn, config *ssh.ClientConfig) (*conn, err
 		sftpclient.MaxConcurrentRequestsPerFile(requestsPerFile),
 	)
 	if err != nil {
-		client.Close()
 		return nil, fmt.Errorf("start sftp session: %w", err)
 	}
 	c := &conn{ssh: client, sftp: sc2, done: make(chan struct{})}

@@ -3,14 +3,10 @@ package sftp
 import (
 	"context"
 	"errors"
-	"fmt"
-	"net"
 	"strings"
 	"time"
 
 	"golang.org/x/crypto/ssh"
-
-	"github.com/coldship/coldship/shipper"
 )
 
 // ParseSSHURL parses ssh://[user@]host[:port][/path] with the rules of
@@ -54,62 +50,10 @@ func DialSSH(ctx context.Context, cfg Config) (*ssh.Client, error) {
 		auth:     auth,
 		stderr:   cfg.Stderr,
 	}
-	hostKeyCallback, algos, refused, err := t.hostKeys.prepare()
+	client, err := t.connect(ctx, nil)
 	if err != nil {
 		return nil, err
 	}
-	session := t.auth.begin()
-	defer session.close()
-	config := &ssh.ClientConfig{
-		User:              d.user,
-		HostKeyCallback:   hostKeyCallback,
-		HostKeyAlgorithms: algos,
-		AuthCallback:      session.callback,
-		BannerCallback:    t.banner,
-	}
-	config.Ciphers = cipherOffer()
-
-	deadline := time.Now().Add(handshakeTimeout)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
-	}
-	dialer := net.Dialer{Deadline: deadline, KeepAlive: keepaliveInterval}
-	nc, err := dialer.DialContext(ctx, "tcp", d.addr())
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", d.addr(), err)
-	}
-	nc.SetDeadline(deadline)
-	interrupt := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
-
-	var client *ssh.Client
-	sc, chans, reqs, err := ssh.NewClientConn(nc, d.addr(), config)
-	if err == nil {
-		client = ssh.NewClient(sc, chans, reqs)
-	}
-	if !interrupt() && err == nil {
-		client.Close()
-		err = ctx.Err()
-	}
-	if err != nil {
-		nc.Close()
-		if e := refused(); e != nil {
-			return nil, e
-		}
-		if session.err != nil {
-			return nil, session.err
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("connect to %s: %w", d.addr(), ctx.Err())
-		}
-		if e := noCommonHostKeyError(d, algos, err); e != nil && len(algos) > 0 {
-			return nil, e
-		}
-		if session.started && !errors.Is(err, shipper.ErrAuth) {
-			return nil, fmt.Errorf("authenticate as %s at %s: %v: %w", d.user, d.addr(), err, shipper.ErrAuth)
-		}
-		return nil, fmt.Errorf("connect to %s: %w", d.addr(), err)
-	}
-	nc.SetDeadline(time.Time{})
 	go keepAlive(client)
 	return client, nil
 }
