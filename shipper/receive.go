@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/shipper/internal/outdir"
 )
 
 // ErrExists means an output file exists and --force was not given.
@@ -96,25 +97,7 @@ func (sh *Shipment) Receive(ctx context.Context, dir string, opts ReceiveOptions
 			os.Remove(createdDirs[i]) // only if empty
 		}
 	}()
-	mkdirs := func(p string) error {
-		var missing []string
-		for d := p; ; d = filepath.Dir(d) {
-			if _, err := os.Lstat(d); err == nil {
-				break
-			}
-			missing = append(missing, d)
-			if d == filepath.Dir(d) {
-				break
-			}
-		}
-		for i := len(missing) - 1; i >= 0; i-- {
-			if err := os.Mkdir(missing[i], 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-				return fmt.Errorf("create directory %s: %w", missing[i], err)
-			}
-			createdDirs = append(createdDirs, missing[i])
-		}
-		return nil
-	}
+	mkdirs := func(p string) error { return outdir.Mkdirs(p, &createdDirs) }
 	if err := mkdirs(dir); err != nil {
 		return nil, err
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/coldship/coldship/cipher"
 	"github.com/coldship/coldship/shipper"
 	"github.com/coldship/coldship/shipper/internal/bufpool"
+	"github.com/coldship/coldship/shipper/internal/outdir"
 )
 
 // DefaultLaneTimeout is how long Receive waits for a session's TCP lanes.
@@ -722,25 +723,7 @@ func (r *receiver) create(files []archive.File) error {
 	return nil
 }
 
-func (r *receiver) mkdirs(p string) error {
-	var missing []string
-	for d := p; ; d = filepath.Dir(d) {
-		if _, err := os.Lstat(d); err == nil {
-			break
-		}
-		missing = append(missing, d)
-		if d == filepath.Dir(d) {
-			break
-		}
-	}
-	for i := len(missing) - 1; i >= 0; i-- {
-		if err := os.Mkdir(missing[i], 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("create directory %s: %w", missing[i], err)
-		}
-		r.dirs = append(r.dirs, missing[i])
-	}
-	return nil
-}
+func (r *receiver) mkdirs(p string) error { return outdir.Mkdirs(p, &r.dirs) }
 
 // resize follows a file whose size changed between rounds: the block that
 // the shorter size cuts is zeroed, so that every block not written since
