@@ -7,6 +7,7 @@ import (
 	"net"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -16,7 +17,7 @@ import (
 // with its standard input and output as the session's control lane.
 type Remote struct {
 	session *ssh.Session
-	stdin   io.WriteCloser
+	stdin   *eofWriter
 	stdout  io.Reader
 	host    string
 	exit    chan error
@@ -45,7 +46,7 @@ func StartRemote(client *ssh.Client, argv []string, stderr io.Writer) (*Remote, 
 		session.Close()
 		return nil, fmt.Errorf("start the receiver: %w", err)
 	}
-	r := &Remote{session: session, stdin: stdin, stdout: stdout, exit: make(chan error, 1)}
+	r := &Remote{session: session, stdin: &eofWriter{w: stdin}, stdout: stdout, exit: make(chan error, 1)}
 	if a, ok := client.RemoteAddr().(*net.TCPAddr); ok {
 		r.host = a.IP.String()
 	}
@@ -63,7 +64,7 @@ func (r *Remote) Peer() Peer {
 // receiver's input, waits for its exit status, and returns the error to
 // report, which accounts for how the receiver ended.
 func (r *Remote) Finish(err error) error {
-	r.stdin.Close()
+	r.stdin.closeWrite()
 	wait := 30 * time.Second
 	if err != nil {
 		wait = 10 * time.Second
@@ -113,4 +114,35 @@ func ShellQuote(argv []string) string {
 		}
 	}
 	return strings.Join(q, " ")
+}
+
+// eofWriter is the session's standard input, written by one lane writer at
+// a time. x/crypto/ssh does not allow sending EOF while a write is in
+// flight, and a write stuck on a receiver that stopped reading must not
+// stop Finish: closeWrite sends EOF only between writes, and otherwise
+// leaves the end to the session's close.
+type eofWriter struct {
+	mu     sync.Mutex // held for the whole of each write
+	w      io.WriteCloser
+	closed bool
+}
+
+func (e *eofWriter) Write(p []byte) (int, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return 0, io.ErrClosedPipe
+	}
+	return e.w.Write(p)
+}
+
+func (e *eofWriter) closeWrite() {
+	if !e.mu.TryLock() {
+		return
+	}
+	defer e.mu.Unlock()
+	if !e.closed {
+		e.closed = true
+		e.w.Close()
+	}
 }

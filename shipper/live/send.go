@@ -274,11 +274,7 @@ func (s *sendSession) failed(ctx context.Context, err error) error {
 	if errors.As(context.Cause(ctx), &re) || errors.As(err, &re) {
 		return re
 	}
-	reason := err.Error()
-	switch {
-	case ctx.Err() != nil:
-		reason = "the sender was interrupted"
-	case errors.Is(err, errLink) || errors.Is(err, errAborted):
+	if errors.Is(err, errLink) || errors.Is(err, errAborted) {
 		// The receiver failed first, probably: wait a little for its word,
 		// unless its output already ended without one. The data
 		// connections are closed first: a receiver that waits for its lane
@@ -297,6 +293,14 @@ func (s *sendSession) failed(ctx context.Context, err error) error {
 			return re
 		}
 		return err
+	}
+	// The receiver's word may have arrived meanwhile, cancelling ctx.
+	if errors.As(context.Cause(ctx), &re) {
+		return re
+	}
+	reason := err.Error()
+	if ctx.Err() != nil {
+		reason = "the sender was interrupted"
 	}
 	// Our own failure: tell the receiver why, after the last whole frame.
 	if len(s.lanes) > 0 {
@@ -331,6 +335,18 @@ func (s *sendSession) shutdown() {
 	}
 	for _, l := range s.lanes {
 		l.abort("")
+	}
+	// Let the writers finish the frame in hand, so that the caller may
+	// end the control channel; one stuck on a receiver that stopped
+	// reading is left to the channel's close.
+	deadline := time.NewTimer(5 * time.Second)
+	defer deadline.Stop()
+	for _, l := range s.lanes {
+		select {
+		case <-l.done:
+		case <-deadline.C:
+			return
+		}
 	}
 }
 
