@@ -90,15 +90,25 @@ func (sh *Shipment) segmentSources(jobs int) (srcs []segmentSource, first []int,
 	return srcs, first, close, nil
 }
 
+// fetch says what fetchBlocks fetches and how.
+type fetch struct {
+	streams, jobs int
+	// hashSegments checks the BLAKE3 digest of every segment, read whole
+	// (verify); otherwise only its size is checked.
+	hashSegments bool
+	cnt          *Counters
+	want         func(file int, b *archive.Block) bool // nil: every data block
+}
+
 // fetchBlocks fetches the records of the shipment's data blocks (those
-// want accepts; every one when want is nil) from its segments and its
-// bases' (streams at once), checks each segment's size (and, with
-// hashSegments, its BLAKE3 digest) against the manifest when it reads it
-// whole, opens every block in parallel (jobs workers) and hands each
-// authenticated plaintext to handle, from several goroutines at once.
-func (sh *Shipment) fetchBlocks(ctx context.Context, streams, jobs int, hashSegments bool, cnt *Counters,
-	want func(file int, b *archive.Block) bool, handle func(p placed, plain []byte) error) error {
+// fe.want accepts) from its segments and its bases' (fe.streams at once),
+// checks each segment's size (and, with fe.hashSegments, its BLAKE3
+// digest) against the manifest when it reads it whole, opens every block
+// in parallel (fe.jobs workers), checks its length and plaintext digest,
+// and hands each plaintext to handle, from several goroutines at once.
+func (sh *Shipment) fetchBlocks(ctx context.Context, fe fetch, handle func(p placed, plain []byte) error) error {
 	m := sh.Manifest
+	streams, jobs, hashSegments, cnt, want := fe.streams, fe.jobs, fe.hashSegments, fe.cnt, fe.want
 	if jobs <= 0 {
 		jobs = runtime.NumCPU()
 	}

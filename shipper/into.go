@@ -194,8 +194,8 @@ func (sh *Shipment) ReceiveInto(ctx context.Context, dir string, opts ReceiveOpt
 			}
 		}
 	}
-	err = sh.fetchBlocks(ctx, opts.Streams, opts.Jobs, false, cnt,
-		func(fi int, b *archive.Block) bool { return plans[fi] != nil && plans[fi].write[b.Index] },
+	err = sh.fetchBlocks(ctx, fetch{streams: opts.Streams, jobs: opts.Jobs, cnt: cnt,
+		want: func(fi int, b *archive.Block) bool { return plans[fi] != nil && plans[fi].write[b.Index] }},
 		func(pl placed, plain []byte) error {
 			p := plans[pl.file]
 			if _, err := p.h.WriteAt(plain, pl.block.Index*m.BlockSize); err != nil {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -133,21 +134,43 @@ func (sh *Shipment) Receive(ctx context.Context, dir string, opts ReceiveOptions
 		}
 	}
 
-	err = sh.fetchBlocks(ctx, opts.Streams, opts.Jobs, false, cnt, nil, func(p placed, plain []byte) error {
+	// Every block's plaintext digest is checked as it is opened, before
+	// it is written; the digests then make the whole-file digest. Holes
+	// and zero blocks are known. Writes to one file are serialized: the
+	// kernel takes the file's lock for each buffered write anyway, and a
+	// worker waiting here can open the next block meanwhile instead of
+	// spinning on that lock.
+	digests := make([][]archive.Digest, len(m.Files))
+	locks := make([]sync.Mutex, len(m.Files))
+	for i := range m.Files {
+		if outs[i] == nil {
+			continue
+		}
+		f := &m.Files[i]
+		digests[i] = make([]archive.Digest, m.NumBlocks(f.Size))
+		for b := range digests[i] {
+			digests[i][b] = archive.ZeroDigest(archive.BlockLen(f.Size, m.BlockSize, int64(b)))
+		}
+	}
+	err = sh.fetchBlocks(ctx, fetch{streams: opts.Streams, jobs: opts.Jobs, cnt: cnt}, func(p placed, plain []byte) error {
 		o := outs[p.file]
 		off := p.block.Index * m.BlockSize
-		if _, err := o.f.WriteAt(plain, off); err != nil {
+		locks[p.file].Lock()
+		_, err := o.f.WriteAt(plain, off)
+		locks[p.file].Unlock()
+		if err != nil {
 			return fmt.Errorf("write %s: %w", o.tmp, err)
 		}
 		// Start writeback now, so that the fsync before the rename finds
 		// little left to write (best effort: not every file system has it).
 		unix.SyncFileRange(int(o.f.Fd()), off, int64(len(plain)), unix.SYNC_FILE_RANGE_WRITE)
+		digests[p.file][p.block.Index] = p.block.BLAKE3
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := sh.checkRestored(ctx, outs, opts.Jobs); err != nil {
+	if err := sh.checkRestored(ctx, outs, digests, opts.Jobs); err != nil {
 		return nil, err
 	}
 
@@ -225,14 +248,12 @@ func (sh *Shipment) markRestored(dir string, opts ReceiveOptions) {
 	}
 }
 
-// checkRestored syncs every temporary file, reads back its data blocks and
-// checks the whole-file digest against the manifest.
-func (sh *Shipment) checkRestored(ctx context.Context, outs []*outFile, jobs int) error {
+// checkRestored syncs every temporary file and checks its whole-file
+// digest, made of the digests of its blocks as opened.
+func (sh *Shipment) checkRestored(ctx context.Context, outs []*outFile, digests [][]archive.Digest, jobs int) error {
 	m := sh.Manifest
-	// Sync every file (in parallel: the disk sees them all at once), then
-	// read back and hash their data blocks with all workers, whatever the
-	// number of files: one large image is the common case.
-	g, gctx := errgroup.WithContext(ctx)
+	// In parallel: the disk sees them all at once.
+	g, _ := errgroup.WithContext(ctx)
 	g.SetLimit(jobs)
 	for _, o := range outs {
 		if o == nil {
@@ -241,52 +262,6 @@ func (sh *Shipment) checkRestored(ctx context.Context, outs []*outFile, jobs int
 		g.Go(func() error {
 			if err := o.f.Sync(); err != nil {
 				return fmt.Errorf("sync %s: %w", o.tmp, err)
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	digests := make([][]archive.Digest, len(m.Files))
-	type readBack struct {
-		file  int
-		block int64
-	}
-	work := make(chan readBack, 2*jobs)
-	g, gctx = errgroup.WithContext(ctx)
-	g.Go(func() error {
-		defer close(work)
-		for i := range m.Files {
-			f := &m.Files[i]
-			if outs[i] == nil {
-				continue
-			}
-			nb := m.NumBlocks(f.Size)
-			digests[i] = make([]archive.Digest, nb)
-			for b := range nb {
-				digests[i][b] = archive.ZeroDigest(archive.BlockLen(f.Size, m.BlockSize, b))
-			}
-			for _, b := range f.Blocks {
-				select {
-				case work <- readBack{i, b.Index}:
-				case <-gctx.Done():
-					return gctx.Err()
-				}
-			}
-		}
-		return nil
-	})
-	for range jobs {
-		g.Go(func() error {
-			buf := make([]byte, m.BlockSize)
-			for w := range work {
-				f, o := &m.Files[w.file], outs[w.file]
-				n := archive.BlockLen(f.Size, m.BlockSize, w.block)
-				if _, err := o.f.ReadAt(buf[:n], w.block*m.BlockSize); err != nil {
-					return fmt.Errorf("read back %s: %w", o.tmp, err)
-				}
-				digests[w.file][w.block] = archive.BlockDigest(buf[:n])
 			}
 			return nil
 		})
@@ -320,7 +295,7 @@ func (sh *Shipment) Verify(ctx context.Context, streams, jobs int, cnt *Counters
 	}
 	// The plaintext digests were checked block by block as they were
 	// opened; the whole-file digest then ties the blocks to the file.
-	if err := sh.fetchBlocks(ctx, streams, jobs, true, cnt, nil, func(placed, []byte) error { return nil }); err != nil {
+	if err := sh.fetchBlocks(ctx, fetch{streams: streams, jobs: jobs, hashSegments: true, cnt: cnt}, func(placed, []byte) error { return nil }); err != nil {
 		return err
 	}
 	for _, f := range m.Files {

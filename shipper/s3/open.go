@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/minio/minio-go/v7"
 )
@@ -17,10 +20,13 @@ import (
 // stream the next chunk directly.
 const readBudget = 128 << 20
 
-// Open reads the range with one GET when it fits in one chunk (partSize)
-// or Streams is 1, and otherwise with up to Streams ranged GETs at once:
-// the first chunk streams straight from its response while the following
-// ones are fetched into buffers.
+// Open reads the range with one GET when it fits in one chunk (partSize),
+// or when the GETs of other reads already take every stream but this one's
+// (a shipment's segments, read several at once, then go one GET each:
+// fewer, longer requests cost the server less). Otherwise it uses up to
+// Streams ranged GETs at once while streams are free: the first chunk
+// streams straight from its response while the following ones are
+// fetched into buffers.
 func (t *Transport) Open(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
 	key, err := t.key(name)
 	if err != nil {
@@ -33,7 +39,7 @@ func (t *Transport) Open(ctx context.Context, name string, offset, length int64)
 		// HTTP cannot ask for zero bytes; still report a missing object.
 		return t.emptyAt(ctx, name, key, offset)
 	}
-	parallel := t.streams > 1 && (length < 0 || length > partSize)
+	parallel := t.streams > 1 && (length < 0 || length > partSize) && int(t.gets.Load()) < t.streams-1
 	var opts minio.GetObjectOptions
 	switch {
 	case parallel:
@@ -43,7 +49,7 @@ func (t *Transport) Open(ctx context.Context, name string, offset, length int64)
 	case offset > 0:
 		opts.SetRange(offset, 0)
 	}
-	body, info, h, err := t.core.GetObject(ctx, t.bucket, key, opts)
+	body, info, h, err := t.getCounted(ctx, key, opts)
 	if err != nil {
 		if isCode(err, "InvalidRange") {
 			// The range starts at or past the end: S3 refuses even
@@ -94,6 +100,41 @@ func totalSize(contentRange string) (int64, bool) {
 	return n, err == nil
 }
 
+// getCounted is a GET whose response counts in t.gets until it is closed.
+func (t *Transport) getCounted(ctx context.Context, key string, opts minio.GetObjectOptions) (io.ReadCloser, minio.ObjectInfo, http.Header, error) {
+	t.gets.Add(1)
+	body, info, h, err := t.core.GetObject(ctx, t.bucket, key, opts)
+	if err != nil {
+		t.gets.Add(-1)
+		return nil, info, h, err
+	}
+	return &countedBody{ReadCloser: body, gets: &t.gets}, info, h, nil
+}
+
+type countedBody struct {
+	io.ReadCloser
+	gets *atomic.Int32
+	once sync.Once
+}
+
+func (b *countedBody) Close() error {
+	b.once.Do(func() { b.gets.Add(-1) })
+	return b.ReadCloser.Close()
+}
+
+// takeStream counts one more GET if fewer than Streams are being read.
+func (t *Transport) takeStream() bool {
+	for {
+		n := t.gets.Load()
+		if int(n) >= t.streams {
+			return false
+		}
+		if t.gets.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
 // emptyAt returns an empty reader if offset is within or at the end of the
 // object.
 func (t *Transport) emptyAt(ctx context.Context, name, key string, offset int64) (io.ReadCloser, error) {
@@ -135,16 +176,21 @@ type chunk struct {
 	err  error
 }
 
-// schedule starts fetches while buffers are free and fewer than Streams
-// GETs are in flight, counting cur when it streams from a response.
+// schedule starts fetches while buffers and streams are free (fewer than
+// Streams GETs of all reads in flight) and this read has fewer than
+// Streams of its own, counting cur when it streams from a response.
 func (r *chunkReader) schedule() {
 	window := r.t.streams
 	if r.cur != nil && r.curBuf == nil {
 		window--
 	}
 	for r.fetchAt < r.end && len(r.queue) < window {
+		if !r.t.takeStream() {
+			return
+		}
 		buf := r.t.reads.tryGet()
 		if buf == nil {
+			r.t.gets.Add(-1)
 			return
 		}
 		n := min(int64(len(buf)), r.end-r.fetchAt)
@@ -153,6 +199,7 @@ func (r *chunkReader) schedule() {
 		r.queue = append(r.queue, c)
 		go func() {
 			defer close(c.done)
+			defer r.t.gets.Add(-1)
 			body, err := r.get(c.off, n)
 			if err != nil {
 				c.err = err
@@ -202,20 +249,22 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		if len(r.queue) == 0 {
-			// No buffer was free: stream this chunk directly.
-			n := min(partSize, r.end-r.next)
+			// No stream or buffer was free: stream the rest with one GET.
+			n := r.end - r.next
+			r.t.gets.Add(1)
 			body, err := r.get(r.next, n)
 			if err != nil {
+				r.t.gets.Add(-1)
 				r.err = err
 				break
 			}
+			body = &countedBody{ReadCloser: body, gets: &r.t.gets}
 			r.cur = struct {
 				io.Reader
 				io.Closer
 			}{io.LimitReader(body, n), body}
 			r.next += n
-			r.fetchAt = max(r.fetchAt, r.next)
-			r.schedule()
+			r.fetchAt = r.end
 			continue
 		}
 		c := r.queue[0]

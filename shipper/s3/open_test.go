@@ -14,8 +14,9 @@ import (
 )
 
 // TestOpenChunks reads ranges that start, end and cross chunk boundaries
-// with parallel ranged GETs, and with the chunk buffers all taken, when
-// every chunk is streamed directly.
+// with parallel ranged GETs; with the chunk buffers all taken, and with
+// the streams all taken by other reads, when the rest of a range streams
+// from one GET.
 func TestOpenChunks(t *testing.T) {
 	srv := s3test.Start(t)
 	srv.SetEnv(t)
@@ -31,12 +32,16 @@ func TestOpenChunks(t *testing.T) {
 		{0, partSize}, {0, partSize + 1}, {5, 2*partSize - 3}, {size - partSize - 1, -1}, {size - 1, -1}, {size, -1},
 	}
 	for _, streams := range []int{1, 2, 4} {
-		for _, starved := range []bool{false, true} {
-			t.Run(fmt.Sprintf("streams=%d/starved=%v", streams, starved), func(t *testing.T) {
+		for _, starved := range []string{"", "buffers", "streams"} {
+			t.Run(fmt.Sprintf("streams=%d/starved=%s", streams, starved), func(t *testing.T) {
 				tr := newTransport(t, Config{Bucket: srv.Bucket, Prefix: "chunks", Streams: streams})
-				if starved {
+				switch starved {
+				case "buffers":
 					for tr.reads.tryGet() != nil {
 					}
+				case "streams":
+					tr.gets.Add(int32(streams))
+					defer tr.gets.Add(-int32(streams))
 				}
 				for _, r := range ranges {
 					want := data[r.off:]
@@ -52,12 +57,53 @@ func TestOpenChunks(t *testing.T) {
 					if err != nil || !bytes.Equal(got, want) {
 						t.Errorf("Open(%d, %d): read %d bytes, %v; want %d bytes (or content differs)", r.off, r.n, len(got), err, len(want))
 					}
+					if busy := tr.gets.Load(); starved != "streams" && busy != 0 {
+						t.Errorf("Open(%d, %d): %d GETs still counted after Close", r.off, r.n, busy)
+					}
 				}
-				if !starved && len(tr.reads.sem) != 0 {
+				if starved != "buffers" && len(tr.reads.sem) != 0 {
 					t.Errorf("%d chunk buffers not returned", len(tr.reads.sem))
 				}
 			})
 		}
+	}
+}
+
+// TestOpenSharesStreams opens several multi-chunk reads at once, as
+// receive does with segments: the first, alone, splits into ranged GETs;
+// those opened while the streams are taken each use one GET.
+func TestOpenSharesStreams(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.SetEnv(t)
+	ctx := context.Background()
+	data := randomBytes(3*partSize, 22)
+	tr := newTransport(t, Config{Bucket: srv.Bucket, Prefix: "shared", Streams: 4})
+	for i := range 4 {
+		if err := tr.Put(ctx, fmt.Sprint("seg", i), bytes.NewReader(data), int64(len(data))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var rcs []io.ReadCloser
+	for i := range 4 {
+		rc, err := tr.Open(ctx, fmt.Sprint("seg", i), 0, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rcs = append(rcs, rc)
+		_, chunked := rc.(*chunkReader)
+		if chunked != (i == 0) {
+			t.Errorf("read %d: split into ranged GETs: %v, want %v (%d GETs counted)", i, chunked, i == 0, tr.gets.Load())
+		}
+	}
+	for i, rc := range rcs {
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || !bytes.Equal(got, data) {
+			t.Errorf("read %d: %d bytes, %v", i, len(got), err)
+		}
+	}
+	if n := tr.gets.Load(); n != 0 {
+		t.Errorf("%d GETs still counted after every read closed", n)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -25,8 +26,9 @@ type Transport struct {
 	endpoint string // for messages: scheme://host
 	streams  int
 	stderr   io.Writer
-	parts    *partPool // part buffers of all Puts
-	reads    *partPool // chunk buffers of all parallel reads
+	parts    *partPool    // part buffers of all Puts
+	reads    *partPool    // chunk buffers of all parallel reads
+	gets     atomic.Int32 // GET responses being read, of all Opens
 
 	mu       sync.Mutex
 	uploads  map[string]int // multipart uploads in flight in this process, by upload ID
