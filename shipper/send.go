@@ -721,16 +721,33 @@ func runSendPipeline(ctx context.Context, tr Transport, id string, slot, nextSeg
 		g.Go(func() error {
 			var cur *segmentWriter
 			var blocks []journalBlock
+			// A segment whose bytes are all written finishes (the
+			// transport syncs and renames it: round trips on a WAN) while
+			// the next one is written; one at a time per stream, so that
+			// a slow finish holds back the stream.
+			finishing := make(chan struct{}, 1)
 			finish := func() error {
-				s, err := cur.close()
-				cur = nil
-				if err != nil {
-					return err
+				select {
+				case finishing <- struct{}{}:
+				case <-done:
+					cur.abort()
+					cur = nil
+					return gctx.Err()
 				}
-				s.Key = slot
-				onSegment(s, blocks)
-				blocks = nil
-				cnt.Segments.Add(1)
+				w, wblocks := cur, blocks
+				cur, blocks = nil, nil
+				w.pw.Close()
+				g.Go(func() error {
+					defer func() { <-finishing }()
+					s, err := w.close()
+					if err != nil {
+						return err
+					}
+					s.Key = slot
+					onSegment(s, wblocks)
+					cnt.Segments.Add(1)
+					return nil
+				})
 				return nil
 			}
 			defer func() {

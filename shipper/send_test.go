@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -22,10 +23,13 @@ import (
 )
 
 // faulty wraps a Transport and fails segment Puts after the first okSegs,
-// like a connection that drops in the middle of a send.
+// like a connection that drops in the middle of a send; with late, after
+// reading all of the segment's bytes (as when the sync or rename fails,
+// while the sender already writes the next segment).
 type faulty struct {
 	shipper.Transport
 	okSegs   int32
+	late     bool
 	segPuts  atomic.Int32
 	mu       sync.Mutex
 	putNames []string
@@ -36,7 +40,11 @@ var errDropped = errors.New("connection dropped")
 func (f *faulty) Put(ctx context.Context, name string, r io.Reader, size int64) error {
 	if strings.Contains(name, "/segments/") {
 		if f.segPuts.Add(1) > f.okSegs {
-			io.CopyN(io.Discard, r, 1000)
+			if f.late {
+				io.Copy(io.Discard, r)
+			} else {
+				io.CopyN(io.Discard, r, 1000)
+			}
 			return errDropped
 		}
 	}
@@ -64,6 +72,12 @@ func writeRandom(t *testing.T, path string, n int) []byte {
 }
 
 func TestResumeAfterInterruptedSend(t *testing.T) {
+	for _, late := range []bool{false, true} {
+		t.Run(fmt.Sprintf("late=%v", late), func(t *testing.T) { testResume(t, late) })
+	}
+}
+
+func testResume(t *testing.T, late bool) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "disk.img")
 	data := writeRandom(t, src, 40*64<<10) // 40 blocks of 64 KiB
@@ -79,7 +93,7 @@ func TestResumeAfterInterruptedSend(t *testing.T) {
 	}
 
 	// First run: the link drops after 3 segments.
-	tr := &faulty{Transport: base, okSegs: 3}
+	tr := &faulty{Transport: base, okSegs: 3, late: late}
 	_, err = shipper.Send(context.Background(), tr, sources, opts)
 	if !errors.Is(err, errDropped) || !strings.Contains(err.Error(), "run the same command again to resume") {
 		t.Fatalf("interrupted send: err = %v, want the dropped connection and how to resume", err)

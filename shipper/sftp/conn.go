@@ -76,9 +76,12 @@ func (c *conn) alive() bool {
 	}
 }
 
+// close ends the connection at once: the SFTP session's own close would
+// wait a round trip for the server's answer, and every call on it has had
+// its answer already.
 func (c *conn) close() {
-	c.sftp.Close()
 	c.ssh.Close()
+	c.sftp.Close()
 }
 
 // watch marks the connection dead when it ends and closes it when it stops
@@ -120,8 +123,15 @@ func (c *conn) watch() {
 	}
 }
 
-// dial opens one connection to the destination and its SFTP session.
+// dial opens one connection to the destination and its SFTP session, at
+// most maxHandshakes at once.
 func (t *Transport) dial(ctx context.Context) (*conn, error) {
+	select {
+	case t.handshakes <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("connect to %s: %w", t.dest.addr(), ctx.Err())
+	}
+	defer func() { <-t.handshakes }()
 	var c *conn
 	_, err := t.connect(ctx, func(client *ssh.Client) (err error) {
 		c, err = newConn(client)
@@ -240,9 +250,10 @@ func (t *Transport) banner(msg string) error {
 // stream is one slot of the connection pool. Its connection is re-dialed
 // when it broke.
 type stream struct {
-	t    *Transport
-	load atomic.Int64         // calls and open readers using the stream
-	live atomic.Pointer[conn] // c, for acquire, which must not wait for a re-dial
+	t       *Transport
+	load    atomic.Int64         // calls and open readers using the stream
+	live    atomic.Pointer[conn] // c, for acquire, which must not wait for a re-dial
+	dialing atomic.Bool          // its first connection is being made
 
 	mu sync.Mutex // held while re-dialing
 	c  *conn
@@ -313,7 +324,9 @@ func (s *stream) healthy() bool {
 }
 
 // acquire returns the least busy stream, preferring live connections, and
-// counts the caller on it until release.
+// counts the caller on it until release. A stream still making its first
+// connection counts as busy with two calls: a call shares a live
+// connection with one other rather than wait for a new one.
 func (t *Transport) acquire() *stream {
 	t.pickMu.Lock()
 	defer t.pickMu.Unlock()
@@ -321,7 +334,10 @@ func (t *Transport) acquire() *stream {
 	var bestScore int64
 	for _, s := range t.streams {
 		score := 2 * s.load.Load()
-		if !s.healthy() {
+		switch {
+		case s.dialing.Load():
+			score += 4
+		case !s.healthy():
 			score++
 		}
 		if best == nil || score < bestScore {

@@ -343,6 +343,10 @@ func TestAgent(t *testing.T) {
 	if _, err := tr.Stat(context.Background(), "nothing"); !errors.Is(err, shipper.ErrNotFound) {
 		t.Errorf("Stat over an agent-authenticated connection: %v", err)
 	}
+	// The second stream connects in the background.
+	for deadline := time.Now().Add(20 * time.Second); served.Load() < 2 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	if served.Load() < 2 {
 		t.Errorf("agent served %d connections, want one per stream", served.Load())
 	}

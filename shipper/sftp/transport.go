@@ -15,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	sftpclient "github.com/pkg/sftp"
+
 	"github.com/coldship/coldship/shipper"
 )
 
@@ -36,6 +38,9 @@ type Transport struct {
 	closed      atomic.Bool
 	bannerShown atomic.Bool
 
+	handshakes chan struct{} // a slot for each connection being made
+	stopDials  context.CancelFunc
+
 	orphanMu sync.Mutex
 	orphans  []string // temporaries left by a Put whose connection broke
 }
@@ -44,8 +49,12 @@ var _ shipper.Transport = (*Transport)(nil)
 
 // Dial resolves cfg through ssh_config, connects, authenticates and opens
 // cfg.Streams connections. The first connection is made alone, so that a
-// passphrase is asked and a new host key recorded once; the others follow
-// in parallel. The remote directory is created by the first Put.
+// passphrase is asked and a new host key recorded once, and Dial returns
+// with it: the others are dialed in parallel in the background (on a
+// 100 ms link a connection takes about a second), and a call that picks
+// one of them before it is up waits for it. A stream that cannot connect
+// (sshd's MaxStartups, a transient error) is dialed again when used. The
+// remote directory is created by the first Put.
 func Dial(ctx context.Context, cfg Config) (*Transport, error) {
 	d, err := resolve(cfg)
 	if err != nil {
@@ -63,10 +72,11 @@ func Dial(ctx context.Context, cfg Config) (*Transport, error) {
 		return nil, err
 	}
 	t := &Transport{
-		dest:     d,
-		hostKeys: &hostKeyChecker{d: d, accept: cfg.AcceptNewHostKey, stderr: cfg.Stderr},
-		auth:     auth,
-		stderr:   cfg.Stderr,
+		dest:       d,
+		hostKeys:   &hostKeyChecker{d: d, accept: cfg.AcceptNewHostKey, stderr: cfg.Stderr},
+		auth:       auth,
+		stderr:     cfg.Stderr,
+		handshakes: make(chan struct{}, maxHandshakes),
 	}
 	for range n {
 		t.streams = append(t.streams, &stream{t: t})
@@ -76,27 +86,26 @@ func Dial(ctx context.Context, cfg Config) (*Transport, error) {
 		return nil, err
 	}
 	t.streams[0].set(first)
-
-	// A stream that cannot connect now (sshd's MaxStartups, a transient
-	// error) is dialed again when first used; only a refusal is fatal.
-	var wg sync.WaitGroup
-	errs := make([]error, n)
-	for i, s := range t.streams[1:] {
-		wg.Go(func() {
-			c, err := t.dial(ctx)
-			if err != nil {
-				errs[i] = err
-				return
+	// The background dials outlive Dial's ctx (a deadline for connecting,
+	// often): Close stops them.
+	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
+	t.stopDials = stop
+	for _, s := range t.streams[1:] {
+		// Locked before Dial returns, so that a call picking s waits for
+		// this dial rather than starting its own.
+		s.mu.Lock()
+		s.dialing.Store(true)
+		go func() {
+			defer s.mu.Unlock()
+			defer s.dialing.Store(false)
+			if c, err := t.dial(bg); err == nil {
+				s.set(c)
+				if t.closed.Load() { // Close ran meanwhile
+					c.close()
+					s.set(nil)
+				}
 			}
-			s.set(c)
-		})
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if errors.Is(err, shipper.ErrAuth) || (err != nil && ctx.Err() != nil) {
-			t.Close()
-			return nil, err
-		}
+		}()
 	}
 	return t, nil
 }
@@ -108,6 +117,9 @@ func (t *Transport) String() string { return t.dest.String() }
 // wait for a re-dial in progress, which closes its connection itself.
 func (t *Transport) Close() error {
 	t.closed.Store(true)
+	if t.stopDials != nil {
+		t.stopDials()
+	}
 	for _, s := range t.streams {
 		if c := s.live.Swap(nil); c != nil {
 			c.close()
@@ -149,7 +161,7 @@ func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader,
 	if errors.Is(err, os.ErrNotExist) {
 		// Creating the directory only when needed saves a round trip per
 		// Put; it may also have been removed by a concurrent Delete.
-		if err := c.sftp.MkdirAll(dir); err != nil {
+		if err := mkdirAll(c.sftp, dir); err != nil {
 			return t.classify(c, "create directory", dir, err)
 		}
 		f, err = c.sftp.OpenFile(tmp, flags)
@@ -187,19 +199,60 @@ func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader,
 	if size >= 0 && src.n != size {
 		return fmt.Errorf("the source yielded %d bytes, want %d", src.n, size)
 	}
-	if c.fsync {
-		if err := f.Sync(); err != nil {
-			return t.classify(c, "sync", tmp, err)
-		}
-	}
 	open = false
-	if err := f.Close(); err != nil {
-		return t.classify(c, "close", tmp, err)
+	if !c.fsync {
+		if err := f.Close(); err != nil {
+			return t.classify(c, "close", tmp, err)
+		}
+		if err := t.rename(c, tmp, final); err != nil {
+			return t.classify(c, "rename to", final, err)
+		}
+		return nil
 	}
-	if err := t.rename(c, tmp, final); err != nil {
-		return t.classify(c, "rename to", final, err)
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return t.classify(c, "sync", tmp, err)
+	}
+	// Synced: the file is complete on the server's disk, so the handle is
+	// closed while it is renamed, one round trip instead of two. (Only
+	// where fsync@openssh.com says the server writes through to a file
+	// system; a server that stores a file when it is closed gets the
+	// rename after the close.)
+	closed := make(chan error, 1)
+	go func() { closed <- f.Close() }()
+	rerr := t.rename(c, tmp, final)
+	cerr := <-closed
+	if rerr != nil {
+		return t.classify(c, "rename to", final, rerr)
+	}
+	if cerr != nil {
+		return t.classify(c, "close", final, cerr)
 	}
 	return nil
+}
+
+// mkdirAll creates dir and its missing parents in fewer round trips than
+// the client's MkdirAll, which stats every level first: Mkdir at once, and
+// a parent only when Mkdir says it is missing.
+func mkdirAll(c *sftpclient.Client, dir string) error {
+	err := c.Mkdir(dir)
+	if err == nil {
+		return nil
+	}
+	if parent := path.Dir(dir); errors.Is(err, os.ErrNotExist) && parent != dir && parent != "." && parent != "/" {
+		if err := mkdirAll(c, parent); err != nil {
+			return err
+		}
+		if err = c.Mkdir(dir); err == nil {
+			return nil
+		}
+	}
+	// SFTP says only "failure" for a directory that exists (a concurrent
+	// Put made it): look.
+	if fi, serr := c.Stat(dir); serr == nil && fi.IsDir() {
+		return nil
+	}
+	return err
 }
 
 // rename moves tmp over final. Without posix-rename@openssh.com, SFTPv3's
