@@ -16,6 +16,8 @@ sparse=${BENCH_SPARSE:-16G}
 sparse_data_mib=${BENCH_SPARSE_DATA_MIB:-1024}
 sections=${BENCH_SECTIONS:-core sftp s3 dr live}
 mkdir -p "$work" "$out"
+# Always the coldship of this tree: a stale binary would measure old code.
+go build -o "$bin" ./cmd/coldship
 results=$out/results.md
 : >"$results"
 
