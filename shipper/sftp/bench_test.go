@@ -76,7 +76,7 @@ func BenchmarkPut(b *testing.B) {
 // the forwarder's delay line, which makes every round trip take rtt longer
 // without limiting bandwidth: the flow-control windows of SSH are then the
 // limit, as on a long fat link. It is the measurement behind
-// DefaultStreams.
+// AutoStreams.
 func BenchmarkStreams(b *testing.B) {
 	b.Setenv("SSH_AUTH_SOCK", "")
 	srv := sftptest.StartSSHD(b)

@@ -13,12 +13,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/kevinburke/ssh_config"
 )
 
-// DefaultStreams is the number of SSH connections a Transport keeps when
-// Config.Streams is zero.
+// When Config.Streams is zero a Transport picks the number of SSH
+// connections from the round trip it measures on the first one (AutoStreams).
 //
 // Each Put or Open runs on one connection, whose single SFTP channel moves
 // at most its flow-control window per round trip: OpenSSH's sshd offers
@@ -32,20 +33,30 @@ import (
 //	RTT 100 ms      15 MB/s  29     57    108    189
 //	RTT 200 ms     7.5 MB/s  14     29     57    109
 //
-// On loopback, where the window is no limit, one connection puts 256 MiB at
-// 260-460 MB/s (as fast as OpenSSH's own sftp on the same machine) and four
-// connections with four objects reach ~510 MB/s, CPU-bound on two cores:
-// more connections cost nothing there. A 1 GiB send through toxiproxy at
-// 100 ms RTT took 10.7 s with 8 connections, 8.3 s with 12 and 7.8 s with
-// 16 (on loopback 2.6-2.7 s with 8, 2.8-3.1 s with 16: noise on two
-// cores). Sixteen it is; Dial makes at most maxHandshakes at once, so that
-// sshd's default MaxStartups (10 unauthenticated connections) never
-// refuses one. Streams only helps when the caller runs that many Puts or
-// Opens at once: send runs one segment per stream.
-const DefaultStreams = 16
+// On a short link the window is no limit and more connections only cost
+// CPU: one connection puts 256 MiB at 260-460 MB/s, and a 1 GiB send on
+// loopback took 2.4-2.6 s with 2 or 4 connections, 3.0-3.1 s with 8 and
+// 3.3-3.9 s with 16 (two cores shared with sshd). Through toxiproxy at
+// 100 ms RTT the same send took 10.7 s with 8 connections, 8.3 s with 12
+// and 7.8 s with 16.
+const (
+	// MinAutoStreams and MaxAutoStreams bound the automatic choice: one
+	// more connection per streamRTT of round trip, so 4 up to 25 ms and
+	// 16 from 100 ms.
+	MinAutoStreams = 4
+	MaxAutoStreams = 16
+	streamRTT      = 6250 * time.Microsecond
+)
+
+// AutoStreams is the number of connections for a measured round trip.
+func AutoStreams(rtt time.Duration) int {
+	n := int((rtt + streamRTT - 1) / streamRTT)
+	return min(max(n, MinAutoStreams), MaxAutoStreams)
+}
 
 // maxHandshakes is how many connections of one Transport authenticate at
-// once.
+// once, so that sshd's default MaxStartups (10 unauthenticated
+// connections) never refuses one.
 const maxHandshakes = 8
 
 // Config is everything needed to reach an SFTP destination.
@@ -78,7 +89,7 @@ type Config struct {
 	AcceptNewHostKey bool
 
 	// Streams is the number of SSH connections used concurrently; 0 means
-	// DefaultStreams.
+	// AutoStreams of the round trip measured on the first connection.
 	Streams int
 
 	// SSHConfig is the ssh_config file to read: "" means ~/.ssh/config if

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -35,10 +36,19 @@ const (
 	redialAttempts = 3
 	redialBackoff  = 250 * time.Millisecond
 
-	// requestsPerFile is how many SFTP read or write requests of 32 KiB one
-	// Put or Open keeps in flight: 4 MiB, twice OpenSSH's 2 MiB channel
-	// window, so that the window, not the request count, is the limit.
-	requestsPerFile = 128
+	// inFlightPerFile is how many bytes of SFTP read or write requests one
+	// Put or Open keeps in flight: twice OpenSSH's 2 MiB channel window, so
+	// that the window, not the request count, is the limit.
+	inFlightPerFile = 4 << 20
+
+	// defaultPacket is the largest read or write request every SFTP server
+	// takes. openSSHPacket is what OpenSSH's sftp-server takes (messages
+	// up to 256 KiB, the max-read-length and max-write-length its
+	// limits@openssh.com extension reports): 8 times fewer requests, and
+	// pwrite calls on the server, for the same bytes. A 1 GiB send on
+	// loopback took 2.3-2.4 s instead of 2.7-2.8 s.
+	defaultPacket = 32 << 10
+	openSSHPacket = 255 << 10
 )
 
 // preferredCiphers come first in the offer: AES-GCM runs at several GB/s
@@ -65,7 +75,11 @@ type conn struct {
 	fsync       bool // fsync@openssh.com
 	posixRename bool // posix-rename@openssh.com
 	statvfs     bool // statvfs@openssh.com
+	packet      int  // bytes of data per read or write request
 }
+
+// requests is how many requests of c.packet make inFlightPerFile.
+func (c *conn) requests() int { return inFlightPerFile / c.packet }
 
 func (c *conn) alive() bool {
 	select {
@@ -221,15 +235,30 @@ func newConn(client *ssh.Client) (*conn, error) {
 		sftpclient.UseConcurrentWrites(true),
 		sftpclient.UseConcurrentReads(true),
 		sftpclient.UseFstat(true),
-		sftpclient.MaxConcurrentRequestsPerFile(requestsPerFile),
+		sftpclient.MaxConcurrentRequestsPerFile(inFlightPerFile/defaultPacket),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("start sftp session: %w", err)
 	}
-	c := &conn{ssh: client, sftp: sc2, done: make(chan struct{})}
+	c := &conn{ssh: client, sftp: sc2, done: make(chan struct{}), packet: defaultPacket}
 	c.fsync = hasExtension(sc2, "fsync@openssh.com")
 	c.posixRename = hasExtension(sc2, "posix-rename@openssh.com")
 	c.statvfs = hasExtension(sc2, "statvfs@openssh.com")
+	// Larger requests only for OpenSSH's own sftp-server, which says so
+	// with limits@openssh.com; the client's options apply to a client
+	// not yet used.
+	if hasExtension(sc2, "limits@openssh.com") && strings.HasPrefix(string(client.ServerVersion()), "SSH-2.0-OpenSSH_") {
+		c.packet = openSSHPacket
+		for _, opt := range []sftpclient.ClientOption{
+			sftpclient.MaxPacketUnchecked(c.packet),
+			sftpclient.MaxConcurrentRequestsPerFile(c.requests()),
+		} {
+			if err := opt(sc2); err != nil {
+				sc2.Close()
+				return nil, err
+			}
+		}
+	}
 	return c, nil
 }
 

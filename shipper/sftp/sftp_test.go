@@ -576,3 +576,36 @@ func TestParseURL(t *testing.T) {
 		}
 	}
 }
+
+func TestAutoStreamsRule(t *testing.T) {
+	for _, tc := range []struct {
+		rtt  time.Duration
+		want int
+	}{
+		{0, 4}, {100 * time.Microsecond, 4}, {25 * time.Millisecond, 4}, {26 * time.Millisecond, 5},
+		{50 * time.Millisecond, 8}, {100 * time.Millisecond, 16}, {300 * time.Millisecond, 16},
+	} {
+		if got := sftp.AutoStreams(tc.rtt); got != tc.want {
+			t.Errorf("AutoStreams(%v) = %d, want %d", tc.rtt, got, tc.want)
+		}
+	}
+}
+
+// TestAutoStreams lets Dial pick the number of connections from the round
+// trip: few on loopback, more through a delay line.
+func TestAutoStreams(t *testing.T) {
+	srv := sftptest.StartSSHD(t)
+	tr := dial(t, config(srv, "auto", 0))
+	if n := tr.Streams(); n != sftp.MinAutoStreams {
+		t.Errorf("on loopback: %d streams, want %d", n, sftp.MinAutoStreams)
+	}
+	srv.Forwarder().SetDelay(25 * time.Millisecond) // 50 ms round trip
+	defer srv.Forwarder().SetDelay(0)
+	tr = dial(t, config(srv, "auto", 0))
+	if n := tr.Streams(); n < 8 || n > 10 {
+		t.Errorf("at 50 ms RTT: %d streams, want 8 (to 10, with the machine's own delays)", n)
+	}
+	if _, err := tr.Stat(context.Background(), "nothing"); !errors.Is(err, shipper.ErrNotFound) {
+		t.Errorf("Stat: %v", err)
+	}
+}

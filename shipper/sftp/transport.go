@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	sftpclient "github.com/pkg/sftp"
 
@@ -48,7 +49,8 @@ type Transport struct {
 var _ shipper.Transport = (*Transport)(nil)
 
 // Dial resolves cfg through ssh_config, connects, authenticates and opens
-// cfg.Streams connections. The first connection is made alone, so that a
+// cfg.Streams connections (without it, as many as AutoStreams says for the
+// round trip of one request on the first). The first connection is made alone, so that a
 // passphrase is asked and a new host key recorded once, and Dial returns
 // with it: the others are dialed in parallel in the background (on a
 // 100 ms link a connection takes about a second), and a call that picks
@@ -61,10 +63,7 @@ func Dial(ctx context.Context, cfg Config) (*Transport, error) {
 		return nil, err
 	}
 	n := cfg.Streams
-	switch {
-	case n == 0:
-		n = DefaultStreams
-	case n < 0:
+	if n < 0 {
 		return nil, fmt.Errorf("sftp: invalid number of streams %d", n)
 	}
 	auth, err := newAuthenticator(d, cfg.AskPass)
@@ -78,12 +77,20 @@ func Dial(ctx context.Context, cfg Config) (*Transport, error) {
 		stderr:     cfg.Stderr,
 		handshakes: make(chan struct{}, maxHandshakes),
 	}
-	for range n {
-		t.streams = append(t.streams, &stream{t: t})
-	}
 	first, err := t.dial(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if n == 0 {
+		start := time.Now()
+		if _, _, err := first.ssh.SendRequest("keepalive@openssh.com", true, nil); err != nil {
+			first.close()
+			return nil, fmt.Errorf("connect to %s: %w", d.addr(), err)
+		}
+		n = AutoStreams(time.Since(start))
+	}
+	for range n {
+		t.streams = append(t.streams, &stream{t: t})
 	}
 	t.streams[0].set(first)
 	// The background dials outlive Dial's ctx (a deadline for connecting,
@@ -109,6 +116,9 @@ func Dial(ctx context.Context, cfg Config) (*Transport, error) {
 	}
 	return t, nil
 }
+
+// Streams is the number of SSH connections the Transport keeps.
+func (t *Transport) Streams() int { return len(t.streams) }
 
 // String names the destination as an sftp URL.
 func (t *Transport) String() string { return t.dest.String() }
@@ -181,11 +191,11 @@ func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader,
 
 	src := &sourceReader{ctx: ctx, r: r}
 	var in io.Reader = src
-	concurrency := requestsPerFile
+	concurrency := c.requests()
 	if size >= 0 {
 		// One byte more than announced is enough to notice a longer source.
 		in = io.LimitReader(src, size+1)
-		concurrency = int(min(int64(requestsPerFile), size/32768+1))
+		concurrency = int(min(int64(concurrency), size/int64(c.packet)+1))
 	}
 	// ReadFrom would write sequentially for a reader of unknown size (an
 	// io.Pipe): ReadFromWithConcurrency keeps the requests in flight.
