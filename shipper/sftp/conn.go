@@ -106,35 +106,7 @@ func (c *conn) watch() {
 		c.ssh.Close()
 		close(c.done)
 	}()
-	tick := time.NewTicker(keepaliveInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-c.done:
-			return
-		case <-tick.C:
-		}
-		reply := make(chan error, 1)
-		go func() {
-			_, _, err := c.ssh.SendRequest("keepalive@openssh.com", true, nil)
-			reply <- err
-		}()
-		timeout := time.NewTimer(keepaliveTimeout)
-		select {
-		case err := <-reply:
-			timeout.Stop()
-			if err != nil {
-				c.close()
-				return
-			}
-		case <-timeout.C:
-			c.close()
-			return
-		case <-c.done:
-			timeout.Stop()
-			return
-		}
-	}
+	keepAlive(c.ssh, c.done, c.close)
 }
 
 // dial opens one connection to the destination and its SFTP session, at

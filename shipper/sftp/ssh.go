@@ -54,19 +54,26 @@ func DialSSH(ctx context.Context, cfg Config) (*ssh.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	go keepAlive(client)
+	go keepAliveClient(client)
 	return client, nil
 }
 
-// keepAlive closes client when it stops answering keepalive requests: a
-// peer that vanished without closing the connection (a NAT that forgot
-// it) would otherwise leave reads and writes waiting forever.
-func keepAlive(client *ssh.Client) {
+// keepAliveClient closes client when it stops answering keepalive
+// requests: a peer that vanished without closing the connection (a NAT
+// that forgot it) would otherwise leave reads and writes waiting forever.
+func keepAliveClient(client *ssh.Client) {
 	done := make(chan struct{})
 	go func() {
 		client.Wait()
 		close(done)
 	}()
+	keepAlive(client, done, func() { client.Close() })
+}
+
+// keepAlive sends a keepalive request every keepaliveInterval until done
+// is closed, and calls closeConn when one fails or has no answer within
+// keepaliveTimeout.
+func keepAlive(client *ssh.Client, done <-chan struct{}, closeConn func()) {
 	tick := time.NewTicker(keepaliveInterval)
 	defer tick.Stop()
 	for {
@@ -85,11 +92,11 @@ func keepAlive(client *ssh.Client) {
 		case err := <-reply:
 			timeout.Stop()
 			if err != nil {
-				client.Close()
+				closeConn()
 				return
 			}
 		case <-timeout.C:
-			client.Close()
+			closeConn()
 			return
 		case <-done:
 			timeout.Stop()
