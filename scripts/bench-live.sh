@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Sourced by scripts/bench.sh (BENCH_SECTIONS="... live"), which then calls
 # live. Uses bench.sh's bin, work, results, WALL and its helpers measure,
-# header, ratio and log.
+# header, ratio, log, bench_target and bench_free_port/bench_wait_port.
 #
 # coldship send --live against its peers, through a real OpenSSH sshd on a
 # free loopback port (run as the current user, keys generated here), the
@@ -50,45 +50,6 @@ live_best() {
 	fi
 }
 
-# live_target DESC A B OP LIMIT : checks WALL[A]/WALL[B] OP LIMIT (OP is <= or >=).
-live_target() {
-	awk -v d="$1" -v a="${WALL[$2]:-0}" -v b="${WALL[$3]:-0}" -v op="$4" -v lim="$5" 'BEGIN {
-		if (a <= 0 || b <= 0) { printf "  %-58s not measured: TARGET NOT CHECKED\n", d ":"; exit }
-		r = a / b; ok = (op == "<=") ? (r <= lim) : (r >= lim)
-		printf "  %-58s %6.2fx (target %s %sx): %s\n", d ":", r, (op == "<=" ? "<=" : ">="), lim, (ok ? "met" : "NOT MET")
-	}' | tee -a "$results"
-}
-
-live_free_port() { # a loopback port nothing listens on
-	local p i
-	for i in $(seq 1 500); do
-		p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			echo "$p"
-			return 0
-		fi
-	done
-	echo "no free loopback port" >&2
-	return 1
-}
-
-live_wait_port() { # PORT PID LOG : waits until PORT accepts, while PID lives
-	local i
-	for i in $(seq 1 150); do
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-			return 0
-		fi
-		if ! kill -0 "$2" 2>/dev/null; then
-			echo "sshd exited during start:" >&2
-			tail -5 "$3" >&2
-			return 1
-		fi
-		sleep 0.1
-	done
-	echo "no sshd on 127.0.0.1:$1 after 15 s" >&2
-	return 1
-}
-
 live_cleanup() {
 	local p
 	for p in "${live_pids[@]}"; do
@@ -122,7 +83,7 @@ live() {
 	ssh-keygen -q -t ed25519 -N '' -C coldship-bench-client -f "$live_dir/client_key"
 	cp "$live_dir/client_key.pub" "$live_dir/authorized_keys"
 	[ "$(id -u)" != 0 ] || mkdir -p /run/sshd
-	port=$(live_free_port)
+	port=$(bench_free_port)
 	live_user=$(id -un)
 	cat >"$live_dir/sshd_config" <<EOF
 ListenAddress 127.0.0.1:$port
@@ -145,7 +106,7 @@ Subsystem sftp internal-sftp
 EOF
 	/usr/sbin/sshd -D -e -f "$live_dir/sshd_config" 2>"$live_dir/sshd.log" &
 	live_pids+=($!)
-	live_wait_port "$port" "$!" "$live_dir/sshd.log"
+	bench_wait_port "$port" "$!" "$live_dir/sshd.log"
 	hostpub=$(cut -d' ' -f1,2 "$live_dir/host_key.pub")
 	echo "[127.0.0.1]:$port $hostpub" >"$live_dir/known_hosts"
 
@@ -179,10 +140,10 @@ EOF
 	else
 		log "  restored image DIFFERS or missing"
 	fi
-	live_target "coldship send --live / scp time" "coldship send --live" "scp -c aes128-gcm" "<=" 1.3
-	live_target "coldship send --live --data tcp / scp time" "coldship send --live --data tcp" "scp -c aes128-gcm" "<=" 1.3
-	live_target "age | ssh age -d / coldship send --live time" "age -r | ssh age -d" "coldship send --live" ">=" 1
-	live_target "age | ssh age -d / coldship --data tcp time" "age -r | ssh age -d" "coldship send --live --data tcp" ">=" 1
+	bench_target "coldship send --live / scp time" "coldship send --live" "scp -c aes128-gcm" "<=" 1.3
+	bench_target "coldship send --live --data tcp / scp time" "coldship send --live --data tcp" "scp -c aes128-gcm" "<=" 1.3
+	bench_target "age | ssh age -d / coldship send --live time" "age -r | ssh age -d" "coldship send --live" ">=" 1
+	bench_target "age | ssh age -d / coldship --data tcp time" "age -r | ssh age -d" "coldship send --live --data tcp" ">=" 1
 
 	# Switch-over: a pre-copy round of the whole image, then the
 	# pre-switchover hook rewrites 1% of the blocks (1 MiB each, spread

@@ -1,7 +1,7 @@
 # shellcheck shell=bash disable=SC2154
 # Sourced by scripts/bench.sh (BENCH_SECTIONS="... s3"), which then calls s3.
 # Uses bench.sh's bin, work, rcpt, results, WALL and its helpers measure,
-# header, ratio and log.
+# header, ratio, log, bench_target and bench_free_port/bench_wait_port.
 #
 # coldship send and receive over S3 against rclone copy to and from an rclone
 # crypt remote, both on the same local Versity S3 Gateway (versitygw, posix
@@ -63,15 +63,6 @@ s3_best() {
 	fi
 }
 
-# s3_target DESC A B OP LIMIT : checks WALL[A]/WALL[B] OP LIMIT (OP is <= or >=).
-s3_target() {
-	awk -v d="$1" -v a="${WALL[$2]:-0}" -v b="${WALL[$3]:-0}" -v op="$4" -v lim="$5" 'BEGIN {
-		if (a <= 0 || b <= 0) { printf "  %-58s not measured: TARGET NOT CHECKED\n", d ":"; exit }
-		r = a / b; ok = (op == "<=") ? (r <= lim) : (r >= lim)
-		printf "  %-58s %6.2fx (target %s %sx): %s\n", d ":", r, (op == "<=" ? "<=" : ">="), lim, (ok ? "met" : "NOT MET")
-	}' | tee -a "$results"
-}
-
 s3_rss_target() { # NAME LIMIT_MIB
 	local r=${S3_RSS[$1]:-0}
 	if [ -z "${WALL[$1]:-}" ] || [ "$r" = 0 ]; then
@@ -81,19 +72,6 @@ s3_rss_target() { # NAME LIMIT_MIB
 	else
 		log "$(printf '  %-58s %4s MiB (target <= %s MiB): NOT MET' "peak RSS of $1:" "$r" "$2")"
 	fi
-}
-
-s3_free_port() { # a loopback port nothing listens on
-	local p i
-	for i in $(seq 1 500); do
-		p=$((20000 + RANDOM % 12000)) # below Linux's ephemeral ports (32768-)
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			echo "$p"
-			return 0
-		fi
-	done
-	echo "no free loopback port" >&2
-	return 1
 }
 
 s3_versitygw_bin() {
@@ -155,7 +133,7 @@ s3_section() {
 	AWS_ACCESS_KEY_ID=bench$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
 	AWS_SECRET_ACCESS_KEY=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
 	mkdir -p "$s3_dir/gw"
-	port=$(s3_free_port)
+	port=$(bench_free_port)
 	export AWS_ENDPOINT_URL=http://127.0.0.1:$port
 	# In a session of its own (setsid): a Ctrl-C then reaches only the tool
 	# being measured, and the EXIT trap ends the server.
@@ -213,7 +191,7 @@ EOF
 		"$bin" send "$img" --to "s3://$s3_bucket/coldship" -r "$rcpt" -q --no-resume --state-dir "$s3_dir/state"
 	s3_best s3_clear_rclone "rclone copy to crypt (s3)" "$size" \
 		"${rcl[@]}" copy "$img" s3crypt:
-	s3_target "coldship / rclone crypt throughput, send" "rclone copy to crypt (s3)" "coldship send (s3)" ">=" 1.5
+	bench_target "coldship / rclone crypt throughput, send" "rclone copy to crypt (s3)" "coldship send (s3)" ">=" 1.5
 	s3_rss_target "coldship send (s3)" 256
 
 	header "S3 (versitygw on loopback): $s3_size random image, receive (best of 2 runs)"
@@ -221,7 +199,7 @@ EOF
 		"$bin" receive "s3://$s3_bucket/coldship" -i "$work/id.txt" --out "$s3_dir/recv" -q
 	s3_best s3_clear_rback "rclone copy from crypt (s3)" "$size" \
 		"${rcl[@]}" copy "s3crypt:$(basename "$img")" "$s3_dir/rback"
-	s3_target "coldship / rclone crypt throughput, receive" "rclone copy from crypt (s3)" "coldship receive (s3)" ">=" 1.5
+	bench_target "coldship / rclone crypt throughput, receive" "rclone copy from crypt (s3)" "coldship receive (s3)" ">=" 1.5
 	s3_rss_target "coldship receive (s3)" 256
 	if cmp -s "$img" "$s3_dir/recv/$(basename "$img")"; then
 		log "  coldship: restored image identical"

@@ -1,7 +1,8 @@
 # shellcheck shell=bash disable=SC2154
 # Sourced by scripts/bench.sh (BENCH_SECTIONS="... sftp"), which then calls
 # sftp. Uses bench.sh's bin, work, rcpt, results, sparse, sparse_data_mib,
-# WALL and its helpers measure, header, ratio and log.
+# WALL and its helpers measure, header, ratio, log, bench_target and
+# bench_free_port/bench_wait_port.
 #
 # coldship send over SFTP against its peers, through a real OpenSSH sshd on a
 # free loopback port (run as the current user, keys generated here), the same
@@ -62,45 +63,6 @@ sftp_best() {
 		WALL[$name]=$best_w
 		log "$best_line"
 	fi
-}
-
-# sftp_target DESC A B OP LIMIT : checks WALL[A]/WALL[B] OP LIMIT (OP is <= or >=).
-sftp_target() {
-	awk -v d="$1" -v a="${WALL[$2]:-0}" -v b="${WALL[$3]:-0}" -v op="$4" -v lim="$5" 'BEGIN {
-		if (a <= 0 || b <= 0) { printf "  %-58s not measured: TARGET NOT CHECKED\n", d ":"; exit }
-		r = a / b; ok = (op == "<=") ? (r <= lim) : (r >= lim)
-		printf "  %-58s %6.2fx (target %s %sx): %s\n", d ":", r, (op == "<=" ? "<=" : ">="), lim, (ok ? "met" : "NOT MET")
-	}' | tee -a "$results"
-}
-
-sftp_free_port() { # a loopback port nothing listens on
-	local p i
-	for i in $(seq 1 500); do
-		p=$((20000 + RANDOM % 12000)) # below Linux's ephemeral ports (32768-)
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			echo "$p"
-			return 0
-		fi
-	done
-	echo "no free loopback port" >&2
-	return 1
-}
-
-sftp_wait_port() { # PORT PID LOG : waits until PORT accepts, while PID lives
-	local i
-	for i in $(seq 1 150); do
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-			return 0
-		fi
-		if ! kill -0 "$2" 2>/dev/null; then
-			echo "server exited during start:" >&2
-			tail -5 "$3" >&2
-			return 1
-		fi
-		sleep 0.1
-	done
-	echo "no server on 127.0.0.1:$1 after 15 s" >&2
-	return 1
 }
 
 sftp_cleanup() {
@@ -228,7 +190,7 @@ sftp_section() {
 	ssh-keygen -q -t ed25519 -N '' -C coldship-bench-client -f "$sftp_dir/client_key"
 	cp "$sftp_dir/client_key.pub" "$sftp_dir/authorized_keys"
 	[ "$(id -u)" != 0 ] || mkdir -p /run/sshd
-	port=$(sftp_free_port)
+	port=$(bench_free_port)
 	cat >"$sftp_dir/sshd_config" <<EOF
 ListenAddress 127.0.0.1:$port
 HostKey $sftp_dir/host_key
@@ -252,18 +214,18 @@ EOF
 	# reaches only the tool being measured, and the EXIT trap ends the servers.
 	setsid /usr/sbin/sshd -D -e -f "$sftp_dir/sshd_config" 2>"$sftp_dir/sshd.log" &
 	sftp_pids+=("$!")
-	sftp_wait_port "$port" "$!" "$sftp_dir/sshd.log"
+	bench_wait_port "$port" "$!" "$sftp_dir/sshd.log"
 	hostpub=$(cut -d' ' -f1,2 "$sftp_dir/host_key.pub")
 	echo "[127.0.0.1]:$port $hostpub" >"$sftp_dir/known_hosts"
 
 	# toxiproxy on loopback: a proxy to sshd with latency both ways.
 	pport=""
 	if tsrv=$(sftp_toxiproxy_bin server) && tcli=$(sftp_toxiproxy_bin cli); then
-		tport=$(sftp_free_port)
+		tport=$(bench_free_port)
 		setsid "$tsrv" -host 127.0.0.1 -port "$tport" >"$sftp_dir/toxiproxy.log" 2>&1 &
 		sftp_pids+=("$!")
-		sftp_wait_port "$tport" "$!" "$sftp_dir/toxiproxy.log"
-		pport=$(sftp_free_port)
+		bench_wait_port "$tport" "$!" "$sftp_dir/toxiproxy.log"
+		pport=$(bench_free_port)
 		{
 			"$tcli" -h "http://127.0.0.1:$tport" create -l "127.0.0.1:$pport" -u "127.0.0.1:$port" sshd
 			"$tcli" -h "http://127.0.0.1:$tport" toxic add -t latency -n lat_down -d \
@@ -294,8 +256,8 @@ EOF
 
 	header "SFTP on loopback: $sftp_size random image to OpenSSH sshd (best of 2 runs)"
 	sftp_peers "" "$port" "$img" "$size"
-	sftp_target "coldship send / scp time, loopback" "coldship send" "scp -c aes128-gcm" "<=" 1.3
-	sftp_target "coldship / rclone crypt throughput, loopback" "rclone crypt" "coldship send" ">=" 1.5
+	bench_target "coldship send / scp time, loopback" "coldship send" "scp -c aes128-gcm" "<=" 1.3
+	bench_target "coldship / rclone crypt throughput, loopback" "rclone crypt" "coldship send" ">=" 1.5
 	ratio "coldship send --streams 8" "coldship send"
 	ratio "age -r | ssh cat" "coldship send"
 	ratio "openssl enc + scp" "coldship send"
@@ -306,9 +268,9 @@ EOF
 		wsize=$(stat -c %s "$wimg")
 		header "SFTP at ${sftp_rtt_ms} ms RTT (toxiproxy latency $((sftp_rtt_ms / 2)) ms each way): $sftp_wan_size random image (best of 2 runs)"
 		sftp_peers " @${sftp_rtt_ms}ms" "$pport" "$wimg" "$wsize"
-		sftp_target "coldship / scp throughput at ${sftp_rtt_ms} ms RTT" "scp -c aes128-gcm @${sftp_rtt_ms}ms" "coldship send @${sftp_rtt_ms}ms" ">=" 5
+		bench_target "coldship / scp throughput at ${sftp_rtt_ms} ms RTT" "scp -c aes128-gcm @${sftp_rtt_ms}ms" "coldship send @${sftp_rtt_ms}ms" ">=" 5
 		ratio "coldship send --streams 8 @${sftp_rtt_ms}ms" "coldship send @${sftp_rtt_ms}ms"
-		sftp_target "coldship / rclone crypt throughput at ${sftp_rtt_ms} ms RTT" "rclone crypt @${sftp_rtt_ms}ms" "coldship send @${sftp_rtt_ms}ms" ">=" 1.5
+		bench_target "coldship / rclone crypt throughput at ${sftp_rtt_ms} ms RTT" "rclone crypt @${sftp_rtt_ms}ms" "coldship send @${sftp_rtt_ms}ms" ">=" 1.5
 		rm -f "$wimg"
 	else
 		log ""
@@ -331,7 +293,7 @@ EOF
 	sftp_best sftp_rm_recv "coldship receive sparse" "$spsize" \
 		"$bin" receive "sftp://root@127.0.0.1:$port$sftp_dir/remote/coldship" -i "$work/id.txt" -q \
 		--ssh-key "$sftp_dir/client_key" --known-hosts "$sftp_dir/known_hosts" --out "$sftp_dir/recv"
-	sftp_target "rsync / coldship send time, sparse image" "rsync --sparse -e ssh" "coldship send sparse" ">=" 10
+	bench_target "rsync / coldship send time, sparse image" "rsync --sparse -e ssh" "coldship send sparse" ">=" 10
 	WALL["coldship send + receive sparse"]=$(awk -v a="${WALL["coldship send sparse"]:-0}" -v b="${WALL["coldship receive sparse"]:-0}" 'BEGIN { print (a > 0 && b > 0) ? a + b : 0 }')
 	ratio "rsync --sparse -e ssh" "coldship send + receive sparse"
 	log "  allocated (apparent size): source $(du -sh "$sp" | cut -f1) ($(du -sh --apparent-size "$sp" | cut -f1)); coldship shipment on the server $(du -sh "$sftp_dir/remote/coldship" 2>/dev/null | cut -f1)"

@@ -50,6 +50,45 @@ header() {
 	log "| run                                | wall s   | MB/s    | CPU s   | RSS MiB |"
 	log "|------------------------------------|----------|---------|---------|---------|"
 }
+# bench_target DESC A B OP LIMIT : checks WALL[A]/WALL[B] OP LIMIT (OP is <= or >=).
+bench_target() {
+	awk -v d="$1" -v a="${WALL[$2]:-0}" -v b="${WALL[$3]:-0}" -v op="$4" -v lim="$5" 'BEGIN {
+		if (a <= 0 || b <= 0) { printf "  %-58s not measured: TARGET NOT CHECKED\n", d ":"; exit }
+		r = a / b; ok = (op == "<=") ? (r <= lim) : (r >= lim)
+		printf "  %-58s %6.2fx (target %s %sx): %s\n", d ":", r, (op == "<=" ? "<=" : ">="), lim, (ok ? "met" : "NOT MET")
+	}' | tee -a "$results"
+}
+
+bench_free_port() { # a loopback port nothing listens on
+	local p i
+	for i in $(seq 1 500); do
+		p=$((20000 + RANDOM % 12000)) # below Linux's ephemeral ports (32768-)
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+			echo "$p"
+			return 0
+		fi
+	done
+	echo "no free loopback port" >&2
+	return 1
+}
+
+bench_wait_port() { # PORT PID LOG : waits until PORT accepts, while PID lives
+	local i
+	for i in $(seq 1 150); do
+		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+			return 0
+		fi
+		if ! kill -0 "$2" 2>/dev/null; then
+			echo "server exited during start:" >&2
+			tail -5 "$3" >&2
+			return 1
+		fi
+		sleep 0.1
+	done
+	echo "no server on 127.0.0.1:$1 after 15 s" >&2
+	return 1
+}
+
 ratio() { # A B : prints A/B of wall times
 	awk -v a="${WALL[$1]:-0}" -v b="${WALL[$2]:-0}" -v n1="$1" -v n2="$2" \
 		'BEGIN { if (b > 0) printf "  %-40s %.2fx\n", n1 " / " n2 ":", a / b }' | tee -a "$results"
