@@ -157,10 +157,11 @@ func (t *Transport) connect(ctx context.Context, setup func(*ssh.Client) error) 
 		deadline = dl
 	}
 	dialer := net.Dialer{Deadline: deadline, KeepAlive: keepaliveInterval}
-	nc, err := dialer.DialContext(ctx, "tcp", d.addr())
+	tcp, err := dialer.DialContext(ctx, "tcp", d.addr())
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", d.addr(), err)
 	}
+	nc := newBatchConn(tcp)
 	nc.SetDeadline(deadline)
 	interrupt := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
 
