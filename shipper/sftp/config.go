@@ -11,6 +11,7 @@ import (
 	"os/user"
 	"path"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -33,25 +34,30 @@ import (
 //	RTT 100 ms      15 MB/s  29     57    108    189
 //	RTT 200 ms     7.5 MB/s  14     29     57    109
 //
-// On a short link the window is no limit and more connections only cost
-// CPU: one connection puts 256 MiB at 260-460 MB/s, and a 1 GiB send on
-// loopback took 2.4-2.6 s with 2 or 4 connections, 3.0-3.1 s with 8 and
-// 3.3-3.9 s with 16 (two cores shared with sshd). Through toxiproxy at
-// 100 ms RTT the same send took 10.7 s with 8 connections, 8.3 s with 12
-// and 7.8 s with 16.
+// On a short link the window is no limit and a connection beyond what the
+// sender's cores can fill costs CPU at both ends (an sshd process each, and
+// a sync of every object): one connection puts 256 MiB at 260-460 MB/s,
+// about what one core seals, and a 1 GiB send on loopback (two cores shared
+// with sshd) used 1.7 s of sshd CPU with 2 connections, 2.0 s with 4 and
+// 2.75 s with 8, with the same or a longer wall time. So the fewest is one
+// connection per CPU, from 2 to 4. Through toxiproxy at 100 ms RTT the same
+// send took 10.7 s with 8 connections, 8.3 s with 12 and 7.8 s with 16.
 const (
-	// MinAutoStreams and MaxAutoStreams bound the automatic choice: one
-	// more connection per streamRTT of round trip, so 4 up to 25 ms and
-	// 16 from 100 ms.
-	MinAutoStreams = 4
+	// MaxAutoStreams bounds the automatic choice: one more connection per
+	// streamRTT of round trip, from MinAutoStreams up to 16 from 100 ms.
 	MaxAutoStreams = 16
 	streamRTT      = 6250 * time.Microsecond
 )
 
+// MinAutoStreams is the fewest connections of the automatic choice: one
+// per CPU of this machine, at least 2 (one can wait on the server's sync of
+// an object while the other moves data) and at most 4.
+func MinAutoStreams() int { return min(max(runtime.NumCPU(), 2), 4) }
+
 // AutoStreams is the number of connections for a measured round trip.
 func AutoStreams(rtt time.Duration) int {
 	n := int((rtt + streamRTT - 1) / streamRTT)
-	return min(max(n, MinAutoStreams), MaxAutoStreams)
+	return min(max(n, MinAutoStreams()), MaxAutoStreams)
 }
 
 // maxHandshakes is how many connections of one Transport authenticate at

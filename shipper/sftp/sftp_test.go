@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -578,11 +579,16 @@ func TestParseURL(t *testing.T) {
 }
 
 func TestAutoStreamsRule(t *testing.T) {
+	floor := sftp.MinAutoStreams()
+	if floor < 2 || floor > 4 || (runtime.NumCPU() >= 2 && runtime.NumCPU() <= 4 && floor != runtime.NumCPU()) {
+		t.Errorf("MinAutoStreams() = %d with %d CPUs", floor, runtime.NumCPU())
+	}
 	for _, tc := range []struct {
 		rtt  time.Duration
 		want int
 	}{
-		{0, 4}, {100 * time.Microsecond, 4}, {25 * time.Millisecond, 4}, {26 * time.Millisecond, 5},
+		{0, floor}, {100 * time.Microsecond, floor}, {12 * time.Millisecond, floor},
+		{25 * time.Millisecond, 4}, {26 * time.Millisecond, 5},
 		{50 * time.Millisecond, 8}, {100 * time.Millisecond, 16}, {300 * time.Millisecond, 16},
 	} {
 		if got := sftp.AutoStreams(tc.rtt); got != tc.want {
@@ -596,8 +602,8 @@ func TestAutoStreamsRule(t *testing.T) {
 func TestAutoStreams(t *testing.T) {
 	srv := sftptest.StartSSHD(t)
 	tr := dial(t, config(srv, "auto", 0))
-	if n := tr.Streams(); n != sftp.MinAutoStreams {
-		t.Errorf("on loopback: %d streams, want %d", n, sftp.MinAutoStreams)
+	if n := tr.Streams(); n != sftp.MinAutoStreams() {
+		t.Errorf("on loopback: %d streams, want %d", n, sftp.MinAutoStreams())
 	}
 	srv.Forwarder().SetDelay(25 * time.Millisecond) // 50 ms round trip
 	defer srv.Forwarder().SetDelay(0)
