@@ -101,7 +101,7 @@ printf 'bench-passphrase-%s\n' "$RANDOM" >"$work/pass"
 
 log "# coldship benchmarks, $(date -u +%Y-%m-%dT%H:%MZ)"
 log ""
-log "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); coldship defaults (block 1 MiB, zstd, jobs = cores, 4 streams)."
+log "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); coldship defaults (block 1 MiB, zstd, jobs = cores, 4 streams; sftp: from the round trip)."
 
 make_images() {
 	if [ ! -f "$work/dense.img" ] || [ "$(stat -c %s "$work/dense.img")" != "$(numfmt --from=iec "$dense")" ]; then
