@@ -18,8 +18,9 @@ const readBuffer = 256 << 10
 // system calls, and reads through a larger buffer. x/crypto/ssh writes
 // every packet through a 4 KiB buffered writer and flushes it, which takes
 // two write calls per 32 KiB packet of channel data, and on a fast link
-// wakes the server for each (measured on loopback: sshd used a quarter
-// more CPU than for scp's writes). Here Write copies into a buffer and
+// wakes the server for each (measured on loopback, 1 GiB over 4
+// connections: sshd used 2.2 s of CPU, 1.8 s with the writes gathered, and
+// 1.5 s for scp). Here Write copies into a buffer and
 // returns; one goroutine writes out whatever has gathered, so that while
 // one system call is under way the packets that follow pile up for the
 // next. A write error is returned by the Write calls after it.
