@@ -24,6 +24,7 @@ import (
 
 	"github.com/coldship/coldship/shipper"
 	"github.com/coldship/coldship/shipper/s3/s3test"
+	"github.com/coldship/coldship/shipper/shippertest"
 )
 
 // incompleteUploads lists every multipart upload left in the server's bucket.
@@ -41,16 +42,7 @@ func incompleteUploads(t *testing.T, srv *s3test.Server) []string {
 
 func checkObject(t *testing.T, tr *Transport, name string, want []byte) {
 	t.Helper()
-	rc, err := tr.Open(context.Background(), name, 0, -1)
-	if err != nil {
-		t.Fatalf("Open(%q): %v", name, err)
-	}
-	defer rc.Close()
-	got, err := io.ReadAll(rc)
-	if err != nil {
-		t.Fatalf("read %q: %v", name, err)
-	}
-	if !bytes.Equal(got, want) {
+	if got := shippertest.Get(t, tr, name, 0, -1); !bytes.Equal(got, want) {
 		t.Fatalf("%q: read %d bytes that differ from the %d put", name, len(got), len(want))
 	}
 }

@@ -54,7 +54,9 @@ func randomBytes(n int, seed uint64) []byte {
 	return b
 }
 
-func get(t *testing.T, tr shipper.Transport, name string, off, n int64) []byte {
+// Get reads n bytes of object name from off (n < 0: to its end), failing
+// the test on an error.
+func Get(t *testing.T, tr shipper.Transport, name string, off, n int64) []byte {
 	t.Helper()
 	rc, err := tr.Open(context.Background(), name, off, n)
 	if err != nil {
@@ -118,7 +120,7 @@ func testPutOpenSizes(t *testing.T, tr shipper.Transport) {
 			if oi.Size != int64(n) {
 				t.Errorf("Stat(%q).Size = %d, want %d", name, oi.Size, n)
 			}
-			if got := get(t, tr, name, 0, -1); !bytes.Equal(got, data) {
+			if got := Get(t, tr, name, 0, -1); !bytes.Equal(got, data) {
 				t.Errorf("Open(%q) returned %d bytes that differ from the %d put", name, len(got), n)
 			}
 		}
@@ -136,7 +138,7 @@ func testOpenRange(t *testing.T, tr shipper.Transport) {
 		if c.n >= 0 {
 			want = want[:c.n]
 		}
-		if got := get(t, tr, "s/seg", c.off, c.n); !bytes.Equal(got, want) {
+		if got := Get(t, tr, "s/seg", c.off, c.n); !bytes.Equal(got, want) {
 			t.Errorf("Open(off=%d, n=%d): got %d bytes, want %d (or content differs)", c.off, c.n, len(got), len(want))
 		}
 	}
@@ -145,7 +147,7 @@ func testOpenRange(t *testing.T, tr shipper.Transport) {
 func testOverwrite(t *testing.T, tr shipper.Transport) {
 	put(t, tr, "s/manifest", []byte("first version, longer"), -1)
 	put(t, tr, "s/manifest", []byte("second"), 6)
-	if got := get(t, tr, "s/manifest", 0, -1); string(got) != "second" {
+	if got := Get(t, tr, "s/manifest", 0, -1); string(got) != "second" {
 		t.Errorf("after overwrite got %q, want %q", got, "second")
 	}
 }
