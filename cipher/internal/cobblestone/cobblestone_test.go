@@ -3,6 +3,7 @@ package cobblestone
 import (
 	"bytes"
 	"compress/zlib"
+	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/hex"
 	"encoding/json"
@@ -18,9 +19,12 @@ import (
 	"testing/iotest"
 )
 
-// The Wycheproof vectors live next to the repository, not in it.
-var vectorsFile = filepath.Join("..", "..", "..", // package dir -> repository root
-	"..", "shared", "testvectors", "c2sp_chunked_encryption_aes_256_gcm_test.json")
+// The Wycheproof vectors, copied into the repository with their licence
+// and origin (testdata/README.md): tests read only this copy.
+var vectorsFile = filepath.Join("testdata", "c2sp_chunked_encryption_aes_256_gcm_test.json")
+
+// vectorsSHA256 pins the copy: a changed or truncated file fails loudly.
+const vectorsSHA256 = "0f8e35568d59649fb55fb0e5602dc678dc8910d6822beef4945aee0b5994ef05"
 
 const wantVectors = 35
 
@@ -45,6 +49,9 @@ func loadVectors(t testing.TB) []*vector {
 	data, err := os.ReadFile(vectorsFile)
 	if err != nil {
 		t.Fatalf("test vectors are required: %v", err)
+	}
+	if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != vectorsSHA256 {
+		t.Fatalf("%s: SHA-256 %x, want %s (the copy in testdata was changed)", vectorsFile, sum, vectorsSHA256)
 	}
 	var file struct {
 		Algorithm     string
