@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"time"
 )
 
 // ErrNotFound is returned (wrapped) by a Transport when an object does not exist.
@@ -91,4 +92,53 @@ func IsTemporary(base string) bool {
 		}
 	}
 	return true
+}
+
+// ErrObjectExists is returned (wrapped) by PutNew when an object of that
+// name already exists: nothing was written.
+var ErrObjectExists = errors.New("object already exists")
+
+// ExclusiveCreator is implemented by transports that can create an object
+// only where none exists (key slots must never be overwritten: a rerun that
+// overwrote one would destroy the key of segments already uploaded).
+//
+// PutNew has Put's guarantees (atomic, read-after-write), and in addition:
+// if an object of that name exists, or appears while PutNew runs, PutNew
+// fails with an error wrapping ErrObjectExists and the existing object is
+// left as it was. Of two racing PutNew calls for one name, at most one
+// succeeds.
+type ExclusiveCreator interface {
+	PutNew(ctx context.Context, name string, r io.Reader, size int64) error
+}
+
+// Upload is an unfinished upload that a transport keeps apart from its
+// objects (an S3 multipart upload): it costs storage but List does not
+// show it.
+type Upload struct {
+	Name      string // the object name it would create
+	ID        string // the transport's id of the upload
+	Initiated time.Time
+}
+
+// UploadAborter is implemented by transports whose failed or killed Puts
+// can leave unfinished uploads behind (S3 multipart uploads).
+type UploadAborter interface {
+	// Uploads calls fn for every unfinished upload whose object name starts
+	// with prefix.
+	Uploads(ctx context.Context, prefix string, fn func(Upload) error) error
+	// AbortUpload aborts one; aborting one that is gone is not an error.
+	AbortUpload(ctx context.Context, u Upload) error
+}
+
+// LinkStats describe the link a transport measured and how it uses it,
+// for --json summaries and the README's numbers.
+type LinkStats struct {
+	RTT         time.Duration // round trip measured at connect time; 0 if not measured
+	Connections int           // network connections (SSH connections, or HTTP connections in use at most)
+	Channels    int           // streams carried over them (SFTP channels, parallel S3 requests)
+}
+
+// LinkReporter is implemented by transports that measure their link.
+type LinkReporter interface {
+	LinkStats() LinkStats
 }
