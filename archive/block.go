@@ -13,16 +13,18 @@ import (
 type Codec struct {
 	key      *cipher.Key
 	id       string
+	format   int
 	compress bool
 	enc      *zstd.Encoder
 	dec      *zstd.Decoder
 }
 
-// NewCodec returns a Codec for the blocks of shipment id. compress selects
-// zstd for blocks where it helps; concurrency bounds the encoder and
-// decoder state kept around.
-func NewCodec(key *cipher.Key, id string, compress bool, concurrency int) (*Codec, error) {
-	c := &Codec{key: key, id: id, compress: compress}
+// NewCodec returns a Codec for the blocks of shipment id of format (whose
+// records bind their place with that format's block context). compress
+// selects zstd for blocks where it helps; concurrency bounds the encoder
+// and decoder state kept around.
+func NewCodec(key *cipher.Key, id string, format int, compress bool, concurrency int) (*Codec, error) {
+	c := &Codec{key: key, id: id, format: format, compress: compress}
 	var err error
 	c.enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
 		zstd.WithEncoderConcurrency(concurrency), zstd.WithLowerEncoderMem(true))
@@ -30,7 +32,7 @@ func NewCodec(key *cipher.Key, id string, compress bool, concurrency int) (*Code
 		return nil, err
 	}
 	c.dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(concurrency),
-		zstd.WithDecoderMaxMemory(MaxBlockSize), zstd.WithDecoderLowmem(true))
+		zstd.WithDecoderMaxMemory(uint64(MaxFormLen(MaxBlockSize))), zstd.WithDecoderLowmem(true))
 	if err != nil {
 		return nil, err
 	}
@@ -54,7 +56,7 @@ func (c *Codec) Seal(dst, scratch, plain []byte, file uint32, block uint64) (rec
 			payload, compressed = z, true
 		}
 	}
-	record, err = c.key.Seal(dst, BlockContext(c.id, file, block), payload)
+	record, err = c.key.Seal(dst, blockContext(c.format, c.id, file, block), payload)
 	return record, compressed, err
 }
 
@@ -74,24 +76,74 @@ func (c *Codec) worthCompressing(plain, scratch []byte) bool {
 // checks that the plaintext has the expected length and digest.
 func (c *Codec) Open(dst, scratch, record []byte, file uint32, block uint64, compressed bool, wantLen int64, want Digest) ([]byte, error) {
 	if !compressed {
-		plain, err := c.key.Open(dst[:0], BlockContext(c.id, file, block), record)
+		plain, err := c.key.Open(dst[:0], blockContext(c.format, c.id, file, block), record)
 		if err != nil {
 			return nil, err
 		}
 		return checkBlock(plain, wantLen, want)
 	}
-	z, err := c.key.Open(scratch[:0], BlockContext(c.id, file, block), record)
+	plain, err := c.openCompressed(dst, scratch, record, blockContext(c.format, c.id, file, block), int64(len(dst)))
 	if err != nil {
 		return nil, err
 	}
-	if int64(len(z)) > wantLen+wantLen/8+1024 {
+	return checkBlock(plain, wantLen, want)
+}
+
+// openCompressed authenticates a compressed record and decompresses it
+// into dst, refusing more than limit bytes of plaintext.
+func (c *Codec) openCompressed(dst, scratch, record, context []byte, limit int64) ([]byte, error) {
+	z, err := c.key.Open(scratch[:0], context, record)
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(z)) > limit+limit/8+1024 {
 		return nil, fmt.Errorf("compressed block larger than its plaintext: %w", ErrIntegrity)
 	}
 	plain, err := c.dec.DecodeAll(z, dst[:0])
 	if err != nil {
 		return nil, fmt.Errorf("decompress: %v: %w", err, ErrIntegrity)
 	}
-	return checkBlock(plain, wantLen, want)
+	if int64(len(plain)) > limit {
+		return nil, fmt.Errorf("block decompresses to more than %d bytes: %w", limit, ErrIntegrity)
+	}
+	return plain, nil
+}
+
+// SealForm compresses form, the form of block block (n bytes long) of
+// file file (when enabled and it saves at least 1/16), and seals it in a
+// format 3 record appended to dst. scratch holds at least len(form) bytes.
+func (c *Codec) SealForm(dst, scratch, form []byte, file uint32, block uint64) (record []byte, compressed bool, err error) {
+	if c.format < FormatV3 {
+		panic("archive: internal error: SealForm on a format " + fmt.Sprint(c.format) + " codec")
+	}
+	return c.Seal(dst, scratch, form, file, block)
+}
+
+// OpenForm authenticates a format 3 record of block block (n bytes long)
+// of file file, decompresses it into dst (MaxFormLen(n) bytes at least)
+// when compressed, and checks that it is a canonical form whose digest is
+// want. It returns the form and the number of data bytes it holds.
+func (c *Codec) OpenForm(dst, scratch, record []byte, file uint32, block uint64, compressed bool, n int64, want Digest) ([]byte, int64, error) {
+	context := BlockContextV3(c.id, file, block)
+	limit := int64(MaxFormLen(n))
+	var form []byte
+	var err error
+	if compressed {
+		form, err = c.openCompressed(dst[:limit], scratch, record, context, limit)
+	} else {
+		form, err = c.key.Open(dst[:0], context, record)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	data, err := CheckForm(form, n)
+	if err != nil {
+		return nil, 0, err
+	}
+	if FormDigest(form, n) != want {
+		return nil, 0, fmt.Errorf("block digest mismatch: %w", ErrIntegrity)
+	}
+	return form, data, nil
 }
 
 func checkBlock(plain []byte, wantLen int64, want Digest) ([]byte, error) {

@@ -55,14 +55,14 @@ func ParseHeader(b []byte) (*Header, error) {
 	if err := dec.Decode(&h); err != nil {
 		return nil, fmt.Errorf("header: %v: %w", err, ErrIntegrity)
 	}
-	if h.Format != FormatVersion && h.Format != FormatIncremental {
-		return nil, fmt.Errorf("header: format version %d is not supported (this coldship reads versions %d and %d)",
-			h.Format, FormatVersion, FormatIncremental)
+	if h.Format != FormatVersion && h.Format != FormatIncremental && h.Format != FormatV3 {
+		return nil, fmt.Errorf("header: format version %d is not supported (this coldship reads versions %d to %d): %w",
+			h.Format, FormatVersion, FormatV3, ErrUnsupported)
 	}
 	if !ValidID(h.ID) {
 		return nil, fmt.Errorf("header: invalid shipment id %q: %w", h.ID, ErrIntegrity)
 	}
-	if (h.Format == FormatIncremental) != (h.Base != "") || (h.Base != "" && (!ValidID(h.Base) || h.Base == h.ID)) {
+	if (h.Format != FormatV3 && (h.Format == FormatIncremental) != (h.Base != "")) || (h.Base != "" && (!ValidID(h.Base) || h.Base == h.ID)) {
 		return nil, fmt.Errorf("header: base %q does not fit format %d: %w", h.Base, h.Format, ErrIntegrity)
 	}
 	if h.BlockSize < MinBlockSize || h.BlockSize > MaxBlockSize {

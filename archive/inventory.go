@@ -27,11 +27,14 @@ type InventoryBase struct {
 	Objects []InventoryEntry `json:"objects"`
 }
 
-// InventoryEntry is one line of an Inventory.
+// InventoryEntry is one line of an Inventory: an object's size and its
+// BLAKE3 digest, or, for the segments of a format 3 shipment, its CRC32C
+// (see Segment).
 type InventoryEntry struct {
 	Name   string `json:"name"` // relative to the shipment folder
 	Size   int64  `json:"size"`
-	BLAKE3 Digest `json:"blake3"`
+	BLAKE3 Digest `json:"blake3,omitzero"`
+	CRC32C string `json:"crc32c,omitempty"`
 }
 
 // Marshal encodes the inventory object.
@@ -58,14 +61,16 @@ func ParseInventory(b []byte) (*Inventory, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, fmt.Errorf("inventory: trailing data: %w", ErrIntegrity)
 	}
-	if (inv.Format != FormatVersion && inv.Format != FormatIncremental) || !ValidID(inv.ID) {
+	if (inv.Format != FormatVersion && inv.Format != FormatIncremental && inv.Format != FormatV3) || !ValidID(inv.ID) {
 		return nil, fmt.Errorf("inventory: bad format or id: %w", ErrIntegrity)
 	}
 	if inv.Format == FormatVersion && len(inv.Bases) > 0 {
 		return nil, fmt.Errorf("inventory: bases in a format %d inventory: %w", inv.Format, ErrIntegrity)
 	}
+	v3 := inv.Format >= FormatV3
 	for _, o := range inv.Objects {
-		if o.Size < 0 || o.Name == "" || o.Name == InventoryObject {
+		_, seg := SegmentNumber(o.Name)
+		if o.Size < 0 || o.Name == "" || o.Name == InventoryObject || !o.sumFits(v3 && seg) {
 			return nil, fmt.Errorf("inventory: bad entry %q: %w", o.Name, ErrIntegrity)
 		}
 	}
@@ -76,7 +81,7 @@ func ParseInventory(b []byte) (*Inventory, error) {
 		}
 		seen[b.ID] = true
 		for _, o := range b.Objects {
-			if _, ok := SegmentNumber(o.Name); !ok || o.Size < 0 {
+			if _, ok := SegmentNumber(o.Name); !ok || o.Size < 0 || !o.sumFits(v3) {
 				return nil, fmt.Errorf("inventory: base %s: bad entry %q: %w", b.ID, o.Name, ErrIntegrity)
 			}
 		}
@@ -126,10 +131,24 @@ func (inv *Inventory) CheckBaseSegment(baseID string, s Segment) error {
 	return fmt.Errorf("base %s is not listed: %w", baseID, ErrIntegrity)
 }
 
+// sumFits reports whether the entry carries the checksum its kind needs:
+// a CRC32C (crc) or a BLAKE3 digest, not both.
+func (o *InventoryEntry) sumFits(crc bool) bool {
+	if crc {
+		return validCRC(o.CRC32C) && o.BLAKE3 == Digest{}
+	}
+	return o.CRC32C == ""
+}
+
+// SegmentEntry returns the inventory entry that records segment s.
+func SegmentEntry(s Segment) InventoryEntry {
+	return InventoryEntry{Name: s.Name, Size: s.Size, BLAKE3: s.BLAKE3, CRC32C: s.CRC32C}
+}
+
 func checkSegment(objects []InventoryEntry, s Segment) error {
 	for _, o := range objects {
 		if o.Name == s.Name {
-			if o.Size != s.Size || o.BLAKE3 != s.BLAKE3 {
+			if o.Size != s.Size || o.BLAKE3 != s.BLAKE3 || o.CRC32C != s.CRC32C {
 				return fmt.Errorf("entry of %s differs from the manifest: %w", s.Name, ErrIntegrity)
 			}
 			return nil

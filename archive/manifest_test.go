@@ -107,7 +107,10 @@ func TestHeaderFormats(t *testing.T) {
 		{"incremental without base", 2, "", false},
 		{"base is itself", 2, h.ID, false},
 		{"bad base", 2, "../x", false},
-		{"future format", 3, "", false},
+		{"format 3 full", 3, "", true},
+		{"format 3 incremental", 3, "20261120T233000Z-3f9a1c2e", true},
+		{"format 3 base is itself", 3, h.ID, false},
+		{"future format", 4, "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := h

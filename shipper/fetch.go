@@ -60,7 +60,7 @@ func (sh *Shipment) segmentSources(jobs int) (srcs []segmentSource, first []int,
 		if c := codecOf[codecKey{key, id}]; c != nil {
 			return c, nil
 		}
-		c, err := archive.NewCodec(key, id, false, jobs)
+		c, err := archive.NewCodec(key, id, sh.Header.Format, false, jobs)
 		if err != nil {
 			return nil, err
 		}

@@ -473,7 +473,7 @@ func sendAttempt(ctx context.Context, tr Transport, files []*fileState, state *s
 		cnt.Shipped.Add(s.Size)
 	}
 
-	codec, err := archive.NewCodec(key, id, opts.Compress, opts.Jobs)
+	codec, err := archive.NewCodec(key, id, hdr.Format, opts.Compress, opts.Jobs)
 	if err != nil {
 		return "", err
 	}

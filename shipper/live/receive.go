@@ -302,7 +302,7 @@ func (r *receiver) handshake(ctx context.Context, br *bufio.Reader) error {
 		return errFrame("%d lanes", s.Lanes)
 	}
 	r.bs = s.BlockSize
-	r.codec, err = archive.NewCodec(r.key, id, s.Compression == "zstd", r.opts.Jobs)
+	r.codec, err = archive.NewCodec(r.key, id, archive.FormatVersion, s.Compression == "zstd", r.opts.Jobs)
 	return err
 }
 

@@ -440,7 +440,7 @@ func (s *sendSession) run(ctx context.Context) (*SendResult, error) {
 		return nil, errors.Join(errLink, err)
 	}
 	compression := map[bool]string{false: "none", true: "zstd"}[opts.Compress]
-	if s.codec, err = archive.NewCodec(s.key, s.id, opts.Compress, opts.Jobs); err != nil {
+	if s.codec, err = archive.NewCodec(s.key, s.id, archive.FormatVersion, opts.Compress, opts.Jobs); err != nil {
 		return nil, err
 	}
 	defer s.codec.Close()
