@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"errors"
 	"math"
 	"path"
 	"strconv"
@@ -112,7 +112,7 @@ type File struct {
 	Size    int64       `json:"size,omitempty"`
 	Mode    fs.FileMode `json:"mode"` // permission bits only
 	MTime   time.Time   `json:"mtime"`
-	BLAKE3  Digest      `json:"blake3"` // whole-file digest, see FileDigest
+	BLAKE3  Digest      `json:"blake3"`            // whole-file digest, see FileDigest
 	Extents []Extent    `json:"extents,omitempty"` // formats 1 and 2
 	Blocks  []Block     `json:"blocks,omitempty"`  // formats 1 and 2: data blocks, ascending index
 

@@ -131,13 +131,17 @@ func TestCheckFormRejectsNonCanonical(t *testing.T) {
 		t.Fatal(err)
 	}
 	bad := map[string][]byte{
-		"empty":          nil,
-		"map only":       make([]byte, MapLen(n)),
-		"truncated":      form[:len(form)-1],
-		"trailing byte":  append(append([]byte{}, form...), 1),
-		"bit past end":   func() []byte { b := append([]byte{}, form...); b[0] |= 1 << 7; return b }(),
-		"zero page kept": func() []byte { b := append([]byte{}, form...); b[0] |= 1 << 1; return append(b[:MapLen(n)+PageSize], append(make([]byte, PageSize), b[MapLen(n)+PageSize:]...)...) }(),
-		"length lies":    form, // checked against another length below
+		"empty":         nil,
+		"map only":      make([]byte, MapLen(n)),
+		"truncated":     form[:len(form)-1],
+		"trailing byte": append(append([]byte{}, form...), 1),
+		"bit past end":  func() []byte { b := append([]byte{}, form...); b[0] |= 1 << 7; return b }(),
+		"zero page kept": func() []byte {
+			b := append([]byte{}, form...)
+			b[0] |= 1 << 1
+			return append(b[:MapLen(n)+PageSize], append(make([]byte, PageSize), b[MapLen(n)+PageSize:]...)...)
+		}(),
+		"length lies": form, // checked against another length below
 	}
 	for name, f := range bad {
 		m := n
@@ -254,7 +258,9 @@ func TestManifestV3Check(t *testing.T) {
 		"backing to dir":       func(m *Manifest) { m.Files[2].Backing.Path = "vm" },
 		"backing format":       func(m *Manifest) { m.Files[2].Backing.Format = "nbd" },
 		"huge file":            func(m *Manifest) { m.Files[1].Size = MaxFileSize + 1 },
-		"key of unknown base":  func(m *Manifest) { m.Keys = append(m.Keys, ObjectRef{Name: BaseKeyObject("20261101T000000Z-00000001", 0), Size: 1}) },
+		"key of unknown base": func(m *Manifest) {
+			m.Keys = append(m.Keys, ObjectRef{Name: BaseKeyObject("20261101T000000Z-00000001", 0), Size: 1})
+		},
 	} {
 		m := v3Manifest()
 		spoil(m)
