@@ -1,17 +1,7 @@
 package shipper
 
-import "sync/atomic"
+import "github.com/coldship/coldship/shipper/internal/progress"
 
-// Counters are the running totals of a send or receive. They are updated
-// concurrently by the pipeline and read by progress reporters.
-type Counters struct {
-	Total     atomic.Int64 // logical bytes of all files
-	Done      atomic.Int64 // logical bytes processed (holes count at once)
-	Read      atomic.Int64 // bytes read from the source files
-	Hole      atomic.Int64 // bytes in holes, never read
-	Zero      atomic.Int64 // bytes read and found all-zero, not shipped
-	Data      atomic.Int64 // plaintext bytes of shipped blocks
-	Unchanged atomic.Int64 // plaintext bytes of data blocks unchanged since the base, not shipped
-	Shipped   atomic.Int64 // bytes of objects put or fetched
-	Segments  atomic.Int64
-}
+// Counters are the running totals of a send or receive; see
+// progress.Counters.
+type Counters = progress.Counters

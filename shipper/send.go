@@ -248,7 +248,7 @@ func Send(ctx context.Context, tr Transport, sources []archive.Source, opts Send
 		for _, st := range files {
 			st.reset(opts.BlockSize)
 		}
-		opts.Counters.reset()
+		opts.Counters.Reset()
 		id, err := sendAttempt(ctx, tr, files, state, opts)
 		if err == nil {
 			if state.journalPath != "" {
@@ -294,11 +294,7 @@ func (st *fileState) reset(bs int64) {
 	st.ref = make([]bool, nb)
 }
 
-func (c *Counters) reset() {
-	for _, v := range []*atomic.Int64{&c.Total, &c.Done, &c.Read, &c.Hole, &c.Zero, &c.Data, &c.Unchanged, &c.Shipped, &c.Segments} {
-		v.Store(0)
-	}
-}
+
 
 // loadResumable adopts the journal of an interrupted send when the sources
 // are unchanged and the destination still holds its incomplete shipment.
