@@ -22,7 +22,7 @@ const statementMagic = "# coldship-signed-v1"
 // Limits on a statement: a shipment has a handful of small objects, plus
 // one key slot per resumed attempt and one key copy per base key slot.
 const (
-	maxStatement        = 1 << 20
+	MaxStatement        = 1 << 20 // bytes
 	maxStatementEntries = 8192
 	maxObjectName       = 255
 )
@@ -165,8 +165,8 @@ func ParseStatement(b []byte) (*Statement, error) {
 }
 
 func parseStatement(b []byte) (*Statement, error) {
-	if len(b) > maxStatement {
-		return nil, fmt.Errorf("statement: larger than %d bytes", maxStatement)
+	if len(b) > MaxStatement {
+		return nil, fmt.Errorf("statement: larger than %d bytes", MaxStatement)
 	}
 	text, ok := strings.CutSuffix(string(b), "\n")
 	if !ok || strings.ContainsAny(text, "\r\x00") {

@@ -109,7 +109,7 @@ func TestStatementRefused(t *testing.T) {
 		"no manifest":         strings.Replace(g, "  manifest", "  nanifest", 1),
 		"no objects":          strings.Join(strings.Split(g, "\n")[:5], "\n") + "\n",
 		"too many objects":    g + strings.Repeat(hexA+"  zz\n", maxStatementEntries),
-		"too large":           g + strings.Repeat("#", maxStatement),
+		"too large":           g + strings.Repeat("#", MaxStatement),
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := ParseStatement([]byte(b)); err == nil {
