@@ -313,10 +313,13 @@ func checkPatternList(what, list string) error {
 	return nil
 }
 
+// keyAlgoDSA is refused: DSA is only defined at insecure sizes.
+const keyAlgoDSA = "ssh-dss"
+
 // isKeyType reports whether s names an SSH public key or certificate type.
 func isKeyType(s string) bool {
 	switch strings.TrimSuffix(s, "-cert-v01@openssh.com") {
-	case ssh.KeyAlgoED25519, ssh.KeyAlgoRSA, ssh.KeyAlgoDSA, ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384,
+	case ssh.KeyAlgoED25519, ssh.KeyAlgoRSA, keyAlgoDSA, ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384,
 		ssh.KeyAlgoECDSA521, "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com":
 		return true
 	}
@@ -331,6 +334,9 @@ func parseSignerKey(s string) (ssh.PublicKey, error) {
 	}
 	if !isKeyType(f[0]) {
 		return nil, fmt.Errorf("unknown key type %q", printable(f[0]))
+	}
+	if strings.TrimSuffix(f[0], "-cert-v01@openssh.com") == keyAlgoDSA {
+		return nil, errors.New("DSA keys are not accepted")
 	}
 	if strings.HasSuffix(f[0], "-cert-v01@openssh.com") {
 		return nil, errors.New("a certificate cannot be an allowed signer: list its CA's key with the cert-authority option")

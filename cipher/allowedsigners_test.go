@@ -84,6 +84,7 @@ func TestParseAllowedSigners(t *testing.T) {
 		"wrong type":        "a ssh-rsa " + strings.Fields(k.pub)[1],
 		"unknown type":      "a ssh-foo AAAA",
 		"certificate":       "a ssh-ed25519-cert-v01@openssh.com AAAA",
+		"DSA":               "a ssh-dss AAAAB3NzaC1kc3MAAACBAP",
 		"control char":      "a\x01b " + k.pub,
 	}
 	for name, line := range bad {
