@@ -368,6 +368,9 @@ func (a *AllowedSigners) Verify(message, armored []byte, now time.Time) (*Signer
 	if err != nil {
 		return nil, err
 	}
+	if a == nil {
+		return nil, fmt.Errorf("%w: no allowed signers", ErrUntrustedSigner)
+	}
 	var refusals []string
 	for _, e := range a.entries {
 		principals, refusal := e.vouch(sig.PublicKey, now)

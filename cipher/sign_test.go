@@ -104,6 +104,10 @@ func TestSignVerify(t *testing.T) {
 			if info.Principal() != "site-a,backup@dr" || info.Line != 2 || info.Fingerprint() != ssh.FingerprintSHA256(k.signer.PublicKey()) {
 				t.Fatalf("signer: %q line %d %s", info.Principal(), info.Line, info.Fingerprint())
 			}
+			var none *AllowedSigners
+			if _, err := none.Verify(msg, sig, time.Now()); !errors.Is(err, ErrUntrustedSigner) {
+				t.Fatalf("no allowed signers: %v", err)
+			}
 			if _, err := a.Verify(append(bytes.Clone(msg), 'x'), sig, time.Now()); !errors.Is(err, ErrBadSignature) {
 				t.Fatalf("changed message: %v", err)
 			}
