@@ -12,9 +12,16 @@
 // age file (filippo.io/age) encrypted to X25519, post-quantum hybrid, SSH
 // (ssh-ed25519, ssh-rsa) or passphrase recipients, whose payload is the key.
 //
+// Shipments may also be signed: [Sign] makes an OpenSSH SSH signature
+// (SSHSIG, github.com/hiddeco/sshsig, namespace "coldship") with any
+// x/crypto/ssh signer, ssh-agent keys included, and [AllowedSigners]
+// (OpenSSH's allowed_signers file) says whether a signature is by a key the
+// receiver trusts. Both interoperate with `ssh-keygen -Y sign|verify`.
+//
 // Errors callers branch on: [ErrIntegrity] for data that was tampered with,
-// corrupted or truncated, and [ErrNoIdentity] when none of the given
-// identities or passphrases can unwrap a key.
+// corrupted or truncated, [ErrNoIdentity] when none of the given
+// identities or passphrases can unwrap a key, and [ErrUnsigned],
+// [ErrBadSignature] and [ErrUntrustedSigner] for signatures.
 //
 // The package imports nothing of coldship's. It must never write a key or
 // identity to disk, never log, and never put secret material (keys,

@@ -31,6 +31,8 @@ type sendOptions struct {
 	stateDir       string
 	noResume       bool
 	base           string
+	signKey        string
+	signer         *sendSigner // loaded from signKey
 	run            runOptions
 	retries        int
 	force          bool
@@ -56,6 +58,10 @@ Recipients: -r age1... (age X25519), -r "ssh-ed25519 ..." or "ssh-rsa ..."
 (SSH public keys), -R FILE (one recipient per line), or a passphrase from
 --passphrase-file, $COLDSHIP_PASSPHRASE or a prompt when stdin is a terminal.
 
+--sign-key FILE (or $COLDSHIP_SIGN_KEY) signs the shipment with an SSH key
+(an OpenSSH private key, or a public key whose private key is in ssh-agent)
+so that receivers with --trusted-senders can tell it is yours.
+
 stdout: exactly one line, the shipment id.` + "\n" + exitStatusHelp,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(c *cobra.Command, args []string) error {
@@ -75,6 +81,7 @@ stdout: exactly one line, the shipment id.` + "\n" + exitStatusHelp,
 	f.StringVar(&opts.name, "name", "", "a `LABEL` shown by list (stored in plaintext)")
 	f.StringVar(&opts.stateDir, "state-dir", defaultStateDir(), "where resume journals (and DR state) are kept")
 	f.BoolVar(&opts.noResume, "no-resume", false, "start a new shipment even if an interrupted one could be resumed")
+	f.StringVar(&opts.signKey, "sign-key", "", "sign the shipment with the SSH private key in `FILE`, or with ssh-agent's key for the public key in FILE")
 	f.StringVar(&opts.base, "base", "", "incremental: ship only blocks changed since shipment `latest|ID` of these sources (kept in --state-dir); none: a full one that starts a new chain")
 	f.BoolVarP(&opts.force, "force", "f", false, "ship images that another process has locked or open for writing (a running VM)")
 	f.StringVar(&opts.libvirtDomain, "libvirt-domain", "", "ship the disks and definition of libvirt domain `NAME` (it must be shut off)")
@@ -92,7 +99,9 @@ stdout: exactly one line, the shipment id.` + "\n" + exitStatusHelp,
 }
 
 func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
-	if opts.live.enabled {
+	if opts.live.enabled && opts.signKey != "" {
+		return usagef("send --live: --sign-key does not apply: a live send stores no shipment to sign")
+	} else if opts.live.enabled {
 		return runLiveSend(ctx, s, opts)
 	}
 	if opts.to == "" {
@@ -147,6 +156,13 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 		if opts.stateDir == "" {
 			return usagef("--base needs a --state-dir")
 		}
+	}
+	if opts.signer, err = s.signingKey(opts.signKey); err != nil {
+		return err
+	}
+	defer opts.signer.Close()
+	if opts.signer != nil && opts.stateDir == "" {
+		return usagef("--sign-key needs a --state-dir: the chain of signed shipments is kept there")
 	}
 	// One run per destination at a time: a nightly send that runs long
 	// must not meet the next one, nor a prune.
@@ -224,6 +240,12 @@ func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *ho
 	if err != nil {
 		rep.finish(false, nil, "")
 		return "", fmt.Errorf("send to %s: %w", tr, err)
+	}
+	if opts.signer != nil {
+		if err := opts.signer.sign(ctx, tr, res.ID, opts.stateDir, destKey(opts.to), sources, s.logf(opts.output)); err != nil {
+			rep.finish(false, nil, "")
+			return res.ID, fmt.Errorf("shipment %s is complete at %s but not signed: %w", res.ID, tr, err)
+		}
 	}
 	summary := map[string]any{
 		"shipment": res.ID, "files": res.Files, "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
