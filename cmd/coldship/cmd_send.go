@@ -56,7 +56,11 @@ Recipients: -r age1... (age X25519), -r "ssh-ed25519 ..." or "ssh-rsa ..."
 (SSH public keys), -R FILE (one recipient per line), or a passphrase from
 --passphrase-file, $COLDSHIP_PASSPHRASE or a prompt when stdin is a terminal.
 
-stdout: exactly one line, the shipment id.` + "\n" + exitStatusHelp,
+stdout: exactly one line, the shipment id; with --json, JSON objects only
+(the id is the summary's "shipment").`,
+		Example: `  coldship send /var/lib/libvirt/images/web01.qcow2 /etc/libvirt/qemu/web01.xml --to s3://dr-bucket/web01 -r age1...
+  coldship send --libvirt-domain web01 --to sftp://backup@dr.example.com/srv/coldship/web01 -R /etc/coldship/recipients --base latest
+  coldship send --live /var/lib/libvirt/images/web01.qcow2 --to ssh://root@target.example.com/var/lib/libvirt/images`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			opts.sources = args
@@ -86,8 +90,8 @@ stdout: exactly one line, the shipment id.` + "\n" + exitStatusHelp,
 	f.IntVar(&opts.retries, "retries", 5, "resume this many times after a transient failure (dropped connection), with backoff")
 	addTransportFlags(f, &opts.transport)
 	addRunFlags(f, &opts.run)
-	f.BoolVar(&opts.output.json, "json", false, "NDJSON progress and a final summary on stderr")
-	f.BoolVarP(&opts.output.quiet, "quiet", "q", false, "print only errors")
+	addOutputFlags(f, &opts.output)
+	commaList(f, "recipients-file")
 	return c
 }
 
@@ -164,7 +168,9 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if err != nil {
 		return onFailure(ctx, s, runner, hooks.Env{Dest: opts.to, Files: opts.sources, Shipment: id}, err)
 	}
-	fmt.Fprintln(s.out, id)
+	if !opts.output.json {
+		fmt.Fprintln(s.out, id)
+	}
 	env.Shipment = id
 	if err := runner.Run(ctx, hooks.PostSend, env); err != nil {
 		err = fmt.Errorf("shipment %s is complete at %s, but %w", id, opts.to, err)
@@ -214,7 +220,7 @@ func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *ho
 	tr = opts.run.limit(tr)
 
 	cnt := new(shipper.Counters)
-	rep := startProgress(s, "send", opts.output, cnt)
+	rep := startProgress(s, "send", opts.output, cnt, movedShipped)
 	res, err := shipper.Send(ctx, tr, sources, shipper.SendOptions{
 		Recipients: recipients, Jobs: opts.jobs, Streams: opts.transport.streams, BlockSize: bs, SegmentSize: segSize,
 		Compress: opts.compress == "zstd", Label: opts.name, Counters: cnt,
@@ -226,7 +232,7 @@ func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *ho
 		return "", fmt.Errorf("send to %s: %w", tr, err)
 	}
 	summary := map[string]any{
-		"shipment": res.ID, "files": res.Files, "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
+		"mode": "stored", "shipment": res.ID, "files": res.Files, "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
 		"bytes_hole": cnt.Hole.Load(), "bytes_zero": cnt.Zero.Load(), "bytes_data": cnt.Data.Load(),
 		"bytes_unchanged": cnt.Unchanged.Load(), "bytes_shipped": cnt.Shipped.Load(), "segments": cnt.Segments.Load(),
 		"incremental": res.Base != "",

@@ -144,9 +144,7 @@ func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
 		}
 		return onFailure(ctx, s, runner, env, liveError(err))
 	}
-	for _, p := range res.Files {
-		fmt.Fprintln(s.out, p)
-	}
+	printPaths(s, res.Files, false, opts.output.json)
 	env.Shipment = res.ID
 	if err := runner.Run(ctx, hooks.PostSend, env); err != nil {
 		err = fmt.Errorf("shipment %s is restored at %s, but %w", res.ID, opts.to, err)
@@ -221,7 +219,7 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 
 	var id string
 	cnt := new(shipper.Counters)
-	rep := startProgress(s, "send", opts.output, cnt)
+	rep := startProgress(s, "send", opts.output, cnt, movedShipped)
 	res, err := live.Send(ctx, peer, sources, live.SendOptions{
 		Jobs: opts.jobs, Lanes: lanes, BlockSize: bs, Compress: opts.compress == "zstd", Label: opts.name,
 		Rounds: lo.rounds, UntilDirty: untilDirty, Counters: cnt, Log: logf,
@@ -261,15 +259,18 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 		return &live.SendResult{ID: id}, fmt.Errorf("send --live to %s: %w", opts.to, err)
 	}
 	var data, wire int64
-	for _, r := range res.Rounds {
+	rounds := make([]map[string]any, len(res.Rounds))
+	for i, r := range res.Rounds {
 		data += r.Data
 		wire += r.Wire
+		rounds[i] = map[string]any{"round": r.Round, "final": r.Final, "blocks": r.Blocks, "bytes_data": r.Data,
+			"bytes_shipped": r.Wire, "bytes_read": r.Read, "duration_s": r.Duration.Seconds()}
 	}
 	rep.finish(true, map[string]any{
-		"shipment": res.ID, "files": len(res.Files), "rounds": res.Rounds,
+		"mode": "live", "shipment": res.ID, "files": len(res.Files), "rounds": rounds,
 		"switchover_s": res.Switchover.Seconds(), "pre_switchover_hook_s": res.Hook.Seconds(),
 		"bytes_total": res.Total, "bytes_hole": res.Hole, "bytes_zero": res.Zero,
-		"bytes_data": data, "bytes_sent": wire,
+		"bytes_data": data, "bytes_shipped": wire, "paths": nonNil(res.Files),
 	}, fmt.Sprintf("restored %s (%d files) at %s as %s in %d rounds, %s sent; switch-over %s (pre-switchover hook %s)",
 		humanBytes(res.Total), len(res.Files), opts.to, res.ID, len(res.Rounds), humanBytes(wire),
 		res.Switchover.Round(time.Millisecond), res.Hook.Round(time.Millisecond)))
@@ -282,6 +283,9 @@ func runLiveReceive(ctx context.Context, s *streams, opts *receiveOptions) error
 	}
 	if opts.shipment != "" {
 		return usagef("receive --live: no SHIPMENT: the sender names it")
+	}
+	if opts.output.json || opts.null {
+		return usagef("receive --live: --json and -z do not apply: stdout carries the live session")
 	}
 	if opts.out == "" {
 		return usagef("receive: --out DIR is required")
@@ -311,7 +315,7 @@ func runLiveReceive(ctx context.Context, s *streams, opts *receiveOptions) error
 
 	env := hooks.Env{Dest: opts.dest, Out: opts.out}
 	cnt := new(shipper.Counters)
-	rep := startProgress(s, "receive", opts.output, cnt)
+	rep := startProgress(s, "receive", opts.output, cnt, movedShipped)
 	res, err := live.Receive(ctx, s.in, s.out, live.ReceiveOptions{
 		Dir: opts.out, Force: opts.force, Jobs: opts.jobs, Listen: listen, Advertise: advertise,
 		Counters: cnt, Log: s.logf(opts.output),

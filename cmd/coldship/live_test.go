@@ -57,7 +57,7 @@ func TestLiveRoundTrip(t *testing.T) {
 			if got := strings.Fields(r.stdout); strings.Join(got, " ") != strings.Join(want, " ") {
 				t.Errorf("stdout %q, want %q", got, want)
 			}
-			summary := lastJSON(t, r.stderr)
+			summary := lastJSON(t, r.stdout)
 			if summary["type"] != "summary" || summary["switchover_s"] == nil || len(summary["rounds"].([]any)) != 1 {
 				t.Errorf("summary: %v", summary)
 			}
@@ -81,12 +81,12 @@ func TestLiveRoundTrip(t *testing.T) {
 	}
 }
 
-func lastJSON(t *testing.T, stderr string) map[string]any {
+func lastJSON(t *testing.T, stdout string) map[string]any {
 	t.Helper()
-	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
 	var m map[string]any
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &m); err != nil {
-		t.Fatalf("last stderr line is not JSON: %q", lines[len(lines)-1])
+		t.Fatalf("last stdout line is not JSON: %q", lines[len(lines)-1])
 	}
 	return m
 }
@@ -128,7 +128,7 @@ func TestLivePreCopy(t *testing.T) {
 			r := mustRun(t, append([]string{"send", img, "--to", to, "--data", data, "--rounds", "3", "--hook", hook, "--json"}, flags...)...)
 			wg.Wait()
 			sameFile(t, img, filepath.Join(dir, "disk.img"))
-			summary := lastJSON(t, r.stderr)
+			summary := lastJSON(t, r.stdout)
 			rounds := summary["rounds"].([]any)
 			if len(rounds) != 4 {
 				t.Fatalf("%d rounds, want 3 pre-copy and the final", len(rounds))

@@ -167,10 +167,11 @@ func TestSFTPServerRestartRetried(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("send across an sshd restart: exit %d\n%s", r.code, r.stderr)
 	}
-	if !strings.Contains(r.stderr, "resuming") {
-		t.Errorf("no retry was reported: %s", r.stderr)
+	if !strings.Contains(r.stdout, "resuming") {
+		t.Errorf("no retry was reported: %s", r.stdout)
 	}
 	out := filepath.Join(dir, "out")
-	mustRun(t, append([]string{"receive", dest, strings.TrimSpace(r.stdout), "--out", out, "-i", key, "-q"}, auth...)...)
+	id, _ := summaryOf(t, r.stdout)["shipment"].(string)
+	mustRun(t, append([]string{"receive", dest, id, "--out", out, "-i", key, "-q"}, auth...)...)
 	sameFile(t, src, filepath.Join(out, "disk.img"))
 }
