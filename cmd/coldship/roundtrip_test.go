@@ -194,7 +194,7 @@ func TestListAndVerify(t *testing.T) {
 		if strings.HasPrefix(l, id2) {
 			want = "incomplete"
 		}
-		if f := strings.Fields(l); f[len(f)-1] != want {
+		if f := strings.Split(l, "\t"); f[4] != want {
 			t.Errorf("list line %q, want %s", l, want)
 		}
 	}

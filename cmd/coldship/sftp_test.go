@@ -34,7 +34,7 @@ func TestSFTPRoundTrip(t *testing.T) {
 	os.WriteFile(filepath.Join(vm, "vm.xml"), []byte("<domain/>\n"), 0o644)
 
 	id := strings.TrimSpace(mustRun(t, append([]string{"send", vm, "--to", dest, "-r", rcpt, "--segment-size", "2M", "-q"}, auth...)...).stdout)
-	if r := mustRun(t, append([]string{"list", dest}, auth...)...); !strings.Contains(r.stdout, id+" ") || !strings.Contains(r.stdout, "complete") {
+	if r := mustRun(t, append([]string{"list", dest}, auth...)...); !strings.Contains(r.stdout, id+"\t") || !strings.Contains(r.stdout, "complete") {
 		t.Errorf("list over sftp: %q", r.stdout)
 	}
 	mustRun(t, append([]string{"verify", dest, id}, auth...)...)
@@ -58,6 +58,7 @@ func TestSFTPHostKeysAndUserKey(t *testing.T) {
 
 	empty := filepath.Join(dir, "known_hosts")
 	os.WriteFile(empty, nil, 0o600)
+	os.MkdirAll(filepath.Join(srv.Root, "dr"), 0o755) // list of a missing destination fails
 	r := run(t, "list", dest, "--ssh-key", srv.ClientKeyFile, "--known-hosts", empty)
 	if r.code != exitAuth || !strings.Contains(r.stderr, srv.HostKeyFingerprint) || !strings.Contains(r.stderr, "--accept-new-host-key") {
 		t.Errorf("unknown host: exit %d, stderr %q; want 4 with the SHA256 fingerprint and how to trust it", r.code, r.stderr)
