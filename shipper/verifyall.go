@@ -26,6 +26,8 @@ type Problem struct {
 
 func (p Problem) String() string {
 	switch {
+	case p.Object != "" && p.Shipment != "" && !strings.HasPrefix(p.Object, p.Shipment+"/"):
+		return p.Object + ": " + p.Problem + " (needed by shipment " + p.Shipment + ")"
 	case p.Object != "":
 		return p.Object + ": " + p.Problem
 	case p.Shipment != "":

@@ -95,6 +95,9 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 	if opts.live.enabled {
 		return runLiveReceive(ctx, s, opts)
 	}
+	if err := checkDest(opts.dest); err != nil {
+		return err
+	}
 	switch {
 	case opts.out == "" && opts.into == "":
 		return usagef("receive: --out DIR or --into DIR is required")
@@ -195,7 +198,7 @@ func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runn
 	rep.finish(true, map[string]any{
 		"mode": "out", "shipment": id, "files": len(res.Files), "bytes_total": cnt.Total.Load(),
 		"bytes_data": cnt.Data.Load(), "bytes_fetched": cnt.Shipped.Load(), "paths": nonNil(res.Files),
-	}, fmt.Sprintf("restored %s (%d files, %s) into %s", id, len(res.Files), humanBytes(cnt.Total.Load()), opts.out))
+	}, fmt.Sprintf("restored %s (%s, %s) into %s", id, describeFiles(sh.Manifest.Files), humanBytes(cnt.Total.Load()), opts.out))
 	return res.Files, nil
 }
 
@@ -223,7 +226,7 @@ func receiveInto(ctx context.Context, s *streams, opts *receiveOptions, sh *ship
 	rep.finish(true, map[string]any{
 		"mode": "into", "paths": nonNil(res.Files), "shipment": id, "files": len(res.Files), "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
 		"bytes_written": res.Written, "bytes_data": cnt.Data.Load(), "bytes_fetched": cnt.Shipped.Load(),
-	}, fmt.Sprintf("updated %s to %s (%d files, %s): %s written", opts.into, id, len(res.Files),
+	}, fmt.Sprintf("updated %s to %s (%s, %s): %s written", opts.into, id, describeFiles(sh.Manifest.Files),
 		humanBytes(cnt.Total.Load()), humanBytes(res.Written)))
 	return res.Files, nil
 }

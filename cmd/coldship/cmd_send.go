@@ -102,6 +102,9 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if opts.to == "" {
 		return usagef("send: --to DEST is required")
 	}
+	if err := checkDest(opts.to); err != nil {
+		return err
+	}
 	if len(opts.sources) == 0 && opts.libvirtDomain == "" {
 		return usagef("send: give SOURCE files or directories, or --libvirt-domain NAME")
 	}

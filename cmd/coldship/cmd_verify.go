@@ -108,7 +108,7 @@ func runVerify(ctx context.Context, s *streams, opts *verifyOptions) error {
 		return fmt.Errorf("verify %s at %s: %w", id, tr, err)
 	}
 	rep.finish(true, map[string]any{"shipment": id, "mode": "full", "files": len(sh.Manifest.Files), "bytes_total": cnt.Total.Load()},
-		fmt.Sprintf("%s: every block authentic, every file digest correct (%d files)", id, len(sh.Manifest.Files)))
+		fmt.Sprintf("%s: every block authentic, every file digest correct (%s)", id, describeFiles(sh.Manifest.Files)))
 	return nil
 }
 

@@ -92,7 +92,20 @@ func checkDest(dest string) error {
 	scheme, _, hasScheme := strings.Cut(dest, "://")
 	if hasScheme {
 		switch strings.ToLower(scheme) {
-		case "s3", "sftp", "file":
+		case "s3":
+			if _, err := s3.ParseURL(dest); err != nil {
+				return usageError{fmt.Errorf("%w: %s", err, rightForm("s3"))}
+			}
+			return nil
+		case "sftp":
+			if _, err := sftp.ParseURL(dest); err != nil {
+				return usageError{fmt.Errorf("%w: %s", err, rightForm("sftp"))}
+			}
+			return nil
+		case "file":
+			if u, err := url.Parse(dest); err != nil || (u.Host != "" && u.Host != "localhost") || u.Path == "" {
+				return usagef("DEST %q: %s", dest, rightForm("file"))
+			}
 			return nil
 		}
 		if strings.ContainsAny(scheme, "/") {

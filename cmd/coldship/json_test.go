@@ -127,7 +127,7 @@ func TestJSONEveryCommand(t *testing.T) {
 		{"receive", dest, id, "-i", key, "--into", filepath.Join(dir, "into")},
 		{"receive", dest, id, "-i", key, "--into", filepath.Join(dir, "into")},
 		{"verify", dest}, {"verify", dest, id, "-i", key}, {"verify", "--all", dest},
-		{"list", dest}, {"show", dest, "-i", key}, {"prune", dest, "--keep-last", "5", "--dry-run"},
+		{"list", dest}, {"show", dest, id, "-i", key}, {"prune", dest, "--keep-last", "5", "--dry-run"},
 		{"version"}, {"man", filepath.Join(dir, "man")},
 	}
 	for _, args := range cases {

@@ -271,7 +271,7 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 		"switchover_s": res.Switchover.Seconds(), "pre_switchover_hook_s": res.Hook.Seconds(),
 		"bytes_total": res.Total, "bytes_hole": res.Hole, "bytes_zero": res.Zero,
 		"bytes_data": data, "bytes_shipped": wire, "paths": nonNil(res.Files),
-	}, fmt.Sprintf("restored %s (%d files) at %s as %s in %d rounds, %s sent; switch-over %s (pre-switchover hook %s)",
+	}, fmt.Sprintf("restored %s (%d paths) at %s as %s in %d rounds, %s sent; switch-over %s (pre-switchover hook %s)",
 		humanBytes(res.Total), len(res.Files), opts.to, res.ID, len(res.Rounds), humanBytes(wire),
 		res.Switchover.Round(time.Millisecond), res.Hook.Round(time.Millisecond)))
 	return res, nil
@@ -334,7 +334,7 @@ func runLiveReceive(ctx context.Context, s *streams, opts *receiveOptions) error
 	}
 	rep.finish(true, map[string]any{
 		"shipment": res.ID, "files": len(res.Files), "rounds": res.Rounds, "bytes_total": cnt.Total.Load(),
-	}, fmt.Sprintf("restored %s (%d files) into %s in %d rounds", res.ID, len(res.Files), opts.out, res.Rounds))
+	}, fmt.Sprintf("restored %s (%d paths) into %s in %d rounds", res.ID, len(res.Files), opts.out, res.Rounds))
 	env.Files = res.Files
 	if err := runner.Run(ctx, hooks.PostReceive, env); err != nil {
 		err = hookErr(fmt.Errorf("shipment %s is restored in %s and kept, but %w", res.ID, opts.out, err))

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
+	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/shipper"
 )
 
@@ -250,4 +251,29 @@ func (s *streams) logf(o outputOptions) func(string, ...any) {
 func addOutputFlags(f *pflag.FlagSet, o *outputOptions) {
 	f.BoolVar(&o.json, "json", false, "JSON objects on stdout, one per line: progress, notices, a final summary or an error object (and nothing else there)")
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "print only errors")
+}
+
+// describeFiles counts a shipment's files and folders for a person:
+// "2 files and 1 folder".
+func describeFiles(files []archive.File) string {
+	var nf, nd int
+	for _, f := range files {
+		if f.Type == archive.TypeDir {
+			nd++
+		} else {
+			nf++
+		}
+	}
+	s := plural(nf, "file", "files")
+	if nd > 0 {
+		s += " and " + plural(nd, "folder", "folders")
+	}
+	return s
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }

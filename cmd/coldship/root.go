@@ -101,7 +101,8 @@ With --json, every command writes newline-delimited JSON objects on stdout
 		Example: `  coldship keygen -o ~/.config/coldship/site-b.key
   coldship send /var/lib/libvirt/images/web01.qcow2 --to s3://dr-bucket/web01 -r age1...
   coldship receive s3://dr-bucket/web01 -i ~/.config/coldship/site-b.key --out /var/lib/libvirt/images`,
-		Version:       version,
+		Version:                    version,
+		SuggestionsMinimumDistance: 2,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		// A root that runs is what lets an unknown command be a usage error

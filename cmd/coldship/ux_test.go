@@ -32,7 +32,7 @@ func TestDestTypos(t *testing.T) {
 		{"s3:/dr-bucket/x", "s3://bucket[/prefix]"},
 		{"s3:dr-bucket", "s3://bucket[/prefix]"},
 		{"s3//dr-bucket/x", "s3://bucket[/prefix]"},
-		{"S3://Bad_Bucket/x", "s3://bucket[/prefix]"},
+		{"s3://bucket:9000/x", "s3://bucket[/prefix]"},
 		{"sftp:/host/path", "sftp://[user@]host[:port]/path"},
 		{"sftp//host/path", "sftp://[user@]host[:port]/path"},
 		{"sftp://user:pw@host/path", "sftp://[user@]host[:port]/path"},
@@ -125,7 +125,7 @@ func sendSample(t *testing.T, extra ...string) (dest, key, id, vm string) {
 func TestShow(t *testing.T) {
 	dest, key, id, _ := sendSample(t)
 	r := mustRun(t, "show", dest, "-i", key)
-	for _, want := range []string{"shipment  " + id, "base      - (a full shipment)", "TYPE", "vm/disk.img", `"vm/sub/my vm.xml"`} {
+	for _, want := range []string{"shipment  " + id, "base      - (a full shipment)", "\tvm/disk.img\n", "\t\"vm/sub/my vm.xml\"\n", "file\t0640\t-\t10\t10\t"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("show does not print %q:\n%s", want, r.stdout)
 		}
@@ -291,8 +291,8 @@ func TestPruneRules(t *testing.T) {
 			"2024-03-10 10:00": "yearly 2024"}},
 		{"within", []string{"--keep-within", "1d3h"}, map[string]string{"2026-11-21 06:00": "within 1d3h", "2026-11-20 21:00": "within 1d3h",
 			"2026-11-20 09:00": "within 1d3h"}},
-		{"within months", []string{"--keep-within", "1m"}, map[string]string{"2026-11-21 06:00": "within 1m", "2026-11-01 08:00": "within 1m",
-			"2026-10-31 23:00": "within 1m"}},
+		{"within months", []string{"--keep-within", "1m"}, map[string]string{"2026-11-21 06:00": "within 1m", "2026-11-20 21:00": "within 1m",
+			"2026-11-20 09:00": "within 1m", "2026-11-01 08:00": "within 1m", "2026-10-31 23:00": "within 1m"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dest := t.TempDir()
