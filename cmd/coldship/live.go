@@ -197,7 +197,9 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 	if dir == "" {
 		dir = "."
 	}
-	argv := []string{lo.remoteColdship, "receive", "--live", "-", "--out", dir, "--quiet"}
+	// --json=false: the remote's stdout is the session, whatever its
+	// environment says.
+	argv := []string{lo.remoteColdship, "receive", "--live", "-", "--out", dir, "--quiet", "--json=false"}
 	if lo.remoteForce {
 		argv = append(argv, "--force")
 	}

@@ -36,11 +36,6 @@ func (s *streams) stderrTerminal() (int, bool) {
 	return int(f.Fd()), true
 }
 
-func (s *streams) stderrIsTerminal() bool {
-	_, ok := s.stderrTerminal()
-	return ok
-}
-
 func (s *streams) stdoutIsTerminal() bool {
 	f, ok := s.out.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
@@ -103,8 +98,8 @@ With --json, every command writes newline-delimited JSON objects on stdout
   coldship receive s3://dr-bucket/web01 -i ~/.config/coldship/site-b.key --out /var/lib/libvirt/images`,
 		Version:                    version,
 		SuggestionsMinimumDistance: 2,
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		SilenceUsage:               true,
+		SilenceErrors:              true,
 		// A root that runs is what lets an unknown command be a usage error
 		// (exit 2) rather than cobra's plain error.
 		Args: func(c *cobra.Command, args []string) error {
