@@ -82,7 +82,7 @@ func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
 	policy := shipper.PrunePolicy{KeepLast: opts.keepLast, KeepDaily: opts.keepDaily, KeepWeekly: opts.keepWeekly,
 		KeepMonthly: opts.keepMonthly, KeepYearly: opts.keepYearly, Label: opts.label}
 	if min(opts.keepLast, opts.keepDaily, opts.keepWeekly, opts.keepMonthly, opts.keepYearly) < 0 {
-		return usagef("prune: --keep-* must not be negative")
+		return usagef("prune: each --keep-* takes 0 or a positive number")
 	}
 	if opts.keepWithin != "" {
 		w, err := shipper.ParseWithin(opts.keepWithin)

@@ -100,7 +100,7 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 	}
 	switch {
 	case opts.out == "" && opts.into == "":
-		return usagef("receive: --out DIR or --into DIR is required")
+		return usagef("receive: give --out DIR (a new restore) or --into DIR (update an earlier restore in place)")
 	case opts.out != "" && opts.into != "":
 		return usagef("receive: give --out DIR or --into DIR, not both")
 	case opts.into != "":
@@ -110,7 +110,7 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 		return err
 	}
 	if opts.jobs < 0 {
-		return usagef("--jobs must not be negative")
+		return usagef("--jobs %d: give 0 (one per CPU, the default) or a positive number", opts.jobs)
 	}
 	if opts.libvirtStart && !opts.libvirtDefine {
 		return usagef("--libvirt-start needs --libvirt-define")

@@ -123,14 +123,14 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 		return usagef("--compress %q: want zstd or none", opts.compress)
 	}
 	if opts.jobs < 0 {
-		return usagef("--jobs must not be negative")
+		return usagef("--jobs %d: give 0 (one per CPU, the default) or a positive number", opts.jobs)
 	}
 	recipients, err := s.sendRecipients(opts.recipients, opts.recipientFiles, opts.passphraseFile)
 	if err != nil {
 		return err
 	}
 	if opts.retries < 0 {
-		return usagef("--retries must not be negative")
+		return usagef("--retries %d: give 0 (never retry) or a positive number", opts.retries)
 	}
 	if err := opts.run.check(); err != nil {
 		return err
@@ -315,7 +315,7 @@ func (o *runOptions) check() error {
 		o.rate = r
 	}
 	if o.lockWait < 0 {
-		return usagef("--lock-wait must not be negative")
+		return usagef("--lock-wait %s: give 0 (exit at once, the default) or a positive duration such as 10m", o.lockWait)
 	}
 	return nil
 }

@@ -131,7 +131,7 @@ func checkDest(dest string) error {
 // to the transport's default when it was not given.
 func openDest(ctx context.Context, s *streams, dest string, o *transportOptions) (shipper.Transport, error) {
 	if o.streams < 0 {
-		return nil, usagef("--streams must be positive")
+		return nil, usagef("--streams %d: give a positive number, or leave it out for the default", o.streams)
 	}
 	if err := checkDest(dest); err != nil {
 		return nil, err

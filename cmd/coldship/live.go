@@ -96,7 +96,7 @@ func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
 		return usagef("--compress %q: want zstd or none", opts.compress)
 	}
 	if opts.jobs < 0 {
-		return usagef("--jobs must not be negative")
+		return usagef("--jobs %d: give 0 (one per CPU, the default) or a positive number", opts.jobs)
 	}
 	lanes := opts.transport.streams
 	switch lo.data {
@@ -115,7 +115,7 @@ func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
 		return usagef("--data %q: want ssh or tcp", lo.data)
 	}
 	if lo.rounds < 0 {
-		return usagef("--rounds must not be negative")
+		return usagef("--rounds %d: give 0 (no pre-copy) or a positive number", lo.rounds)
 	}
 	var untilDirty int64
 	if lo.untilDirty != "" {
@@ -293,7 +293,7 @@ func runLiveReceive(ctx context.Context, s *streams, opts *receiveOptions) error
 		return usagef("receive: --out DIR is required")
 	}
 	if opts.jobs < 0 {
-		return usagef("--jobs must not be negative")
+		return usagef("--jobs %d: give 0 (one per CPU, the default) or a positive number", opts.jobs)
 	}
 	if opts.libvirtDefine {
 		return usagef("receive --live: --libvirt-define is not supported; define the domain in a post-receive hook")
