@@ -82,12 +82,18 @@ func TestLiveRoundTrip(t *testing.T) {
 	}
 }
 
+// lastJSON checks every object of stdout against the documented schema
+// and returns the last one.
 func lastJSON(t *testing.T, stdout string) map[string]any {
 	t.Helper()
 	lines := strings.Split(strings.TrimSpace(stdout), "\n")
 	var m map[string]any
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &m); err != nil {
-		t.Fatalf("last stdout line is not JSON: %q", lines[len(lines)-1])
+	for _, line := range lines {
+		m = nil
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("stdout line is not JSON: %q", line)
+		}
+		checkSchema(t, m)
 	}
 	return m
 }

@@ -147,9 +147,6 @@ func TestShow(t *testing.T) {
 	if files["vm/sub"]["file_type"] != "dir" || files["vm/sub"]["mode"] != "0750" {
 		t.Errorf("show --json of a folder: %v", files["vm/sub"])
 	}
-	// An incremental shipment shows its chain.
-	_, rcpt := keypair(t)
-	_ = rcpt
 	if r := run(t, "show", dest, "-i", filepath.Join(t.TempDir(), "missing.key")); r.code == 0 {
 		t.Errorf("show with a missing identity file succeeded")
 	}
