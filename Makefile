@@ -1,12 +1,23 @@
-# coldship: make build | demo | test | bench | lint
+# coldship: make build | man | demo | test | bench | lint
 GO      ?= go
 BIN     := bin/coldship
 STATICCHECK_VERSION := v0.8.1
+# The version is git describe's; a tree without git history says so.
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+COMMIT  := $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: build demo test test-deps bench lint fuzz clean
+.PHONY: build man demo test test-deps bench lint fuzz clean
 
+# A static binary: no cgo, so it runs on any Linux of the same architecture.
 build:
-	$(GO) build -o $(BIN) ./cmd/coldship
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/coldship
+	@if ldd $(BIN) >/dev/null 2>&1; then echo "$(BIN) is dynamically linked"; exit 1; fi
+	@echo "$(BIN): static (CGO_ENABLED=0), $$($(GO) version -m $(BIN) | awk 'NR==1 {print $$2} $$1=="build" && $$2 ~ /^CGO_ENABLED=/ {print $$2}' | paste -sd' '), version $(VERSION)"
+
+# Man pages from the commands' help, in man/man1.
+man: build
+	./$(BIN) man man/man1
 
 # Builds, makes a sample VM disk with holes and data, ships it sealed to a
 # local destination, verifies, restores it and shows it is identical.
@@ -36,4 +47,4 @@ fuzz:
 	./scripts/fuzz.sh 30s
 
 clean:
-	rm -rf bin demo
+	rm -rf bin demo man

@@ -34,8 +34,10 @@ step "4. list and verify without a key (inventory: sizes and digests)"
 $bin list "$d/dest"
 $bin verify "$d/dest" "$id"
 
-step "5. verify with the identity (every block authenticated)"
+step "5. verify with the identity (every block authenticated), and show what the shipment holds"
 $bin verify "$d/dest" "$id" -i "$d/site-b.key"
+$bin show "$d/dest" "$id" -i "$d/site-b.key"
+$bin verify --all "$d/dest"
 
 step "6. receive into a new directory"
 $bin receive "$d/dest" "$id" -i "$d/site-b.key" --out "$d/restored"

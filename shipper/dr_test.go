@@ -164,8 +164,9 @@ func TestPlanPruneDailyWeekly(t *testing.T) {
 		{"last 2", shipper.PrunePolicy{KeepLast: 2}, []time.Time{day(21, 1), day(21, 23)}},
 		{"daily 3", shipper.PrunePolicy{KeepDaily: 3}, []time.Time{day(16, 13), day(20, 1), day(21, 23)}},
 		{"weekly 2", shipper.PrunePolicy{KeepWeekly: 2}, []time.Time{day(10, 1), day(21, 23)}},
+		// Only 2 weeks have a shipment: the oldest is kept too, as restic does.
 		{"last 1, daily 2, weekly 3", shipper.PrunePolicy{KeepLast: 1, KeepDaily: 2, KeepWeekly: 3},
-			[]time.Time{day(10, 1), day(20, 1), day(21, 23)}},
+			[]time.Time{day(9, 1), day(10, 1), day(20, 1), day(21, 23)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.policy.Location = time.UTC

@@ -4,20 +4,117 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/coldship/coldship/archive"
 )
 
-// PrunePolicy says which shipments to keep, as restic's forget does: the
-// KeepLast newest complete shipments, the newest of each of the last
-// KeepDaily days and of the last KeepWeekly ISO weeks that have one.
+// PrunePolicy says which shipments to keep, with restic forget's rules:
+// the KeepLast newest complete shipments; the newest of each of the last
+// KeepDaily days, KeepWeekly ISO weeks, KeepMonthly months and KeepYearly
+// years that have one (counted in Location); and every shipment within
+// KeepWithin of the newest one. When fewer days (weeks, months, years)
+// have a shipment than a rule asks for, the oldest shipment is kept too.
 type PrunePolicy struct {
-	KeepLast, KeepDaily, KeepWeekly int
-	Label                           string         // only shipments with this label are considered; "" all
-	Location                        *time.Location // days and weeks are counted in it; nil: local time
+	KeepLast, KeepDaily, KeepWeekly, KeepMonthly, KeepYearly int
+	KeepWithin                                               Within
+	Label                                                    string         // only shipments with this label are considered; "" all
+	Location                                                 *time.Location // days, weeks, months and years are counted in it; nil: local time
+}
+
+// Within is a span of calendar time as restic writes it: 2y5m7d3h.
+type Within struct {
+	Years, Months, Days, Hours int
+}
+
+// IsZero reports whether w is no span at all.
+func (w Within) IsZero() bool { return w == Within{} }
+
+func (w Within) String() string {
+	var b strings.Builder
+	for _, p := range []struct {
+		n    int
+		unit string
+	}{{w.Years, "y"}, {w.Months, "m"}, {w.Days, "d"}, {w.Hours, "h"}} {
+		if p.n != 0 {
+			fmt.Fprintf(&b, "%d%s", p.n, p.unit)
+		}
+	}
+	if b.Len() == 0 {
+		return "0h"
+	}
+	return b.String()
+}
+
+// Before returns the time w before t, in calendar terms.
+func (w Within) Before(t time.Time) time.Time {
+	return t.AddDate(-w.Years, -w.Months, -w.Days).Add(-time.Duration(w.Hours) * time.Hour)
+}
+
+var withinPart = regexp.MustCompile(`^(\d+)([ymdh])`)
+
+// ParseWithin parses restic's form of a span: numbers of years, months,
+// days and hours, each at most once, such as 2y5m7d3h, 30d or 36h.
+func ParseWithin(s string) (Within, error) {
+	var w Within
+	seen := map[string]bool{}
+	rest := s
+	for rest != "" {
+		m := withinPart.FindStringSubmatch(rest)
+		if m == nil || seen[m[2]] {
+			return Within{}, fmt.Errorf("invalid duration %q: want numbers of years, months, days and hours such as 2y5m7d3h, 30d or 36h", s)
+		}
+		seen[m[2]] = true
+		n, err := strconv.Atoi(m[1])
+		if err != nil || n > 1_000_000 {
+			return Within{}, fmt.Errorf("invalid duration %q: %s is too large", s, m[1])
+		}
+		switch m[2] {
+		case "y":
+			w.Years = n
+		case "m":
+			w.Months = n
+		case "d":
+			w.Days = n
+		case "h":
+			w.Hours = n
+		}
+		rest = rest[len(m[0]):]
+	}
+	if s == "" {
+		return Within{}, errors.New("invalid duration \"\": want such as 2y5m7d3h, 30d or 36h")
+	}
+	return w, nil
+}
+
+// keepsAny reports whether the policy keeps anything by itself.
+func (p PrunePolicy) keepsAny() bool {
+	return p.KeepLast > 0 || p.KeepDaily > 0 || p.KeepWeekly > 0 || p.KeepMonthly > 0 || p.KeepYearly > 0 || !p.KeepWithin.IsZero()
+}
+
+// bucketRule keeps the newest shipment of each of the last n buckets
+// (days, weeks...) that have one.
+type bucketRule struct {
+	name   string
+	n      int
+	bucket func(time.Time) string
+	seen   map[string]bool
+}
+
+func (p PrunePolicy) bucketRules() []*bucketRule {
+	return []*bucketRule{
+		{name: "daily", n: p.KeepDaily, bucket: func(t time.Time) string { return t.Format("2006-01-02") }},
+		{name: "weekly", n: p.KeepWeekly, bucket: func(t time.Time) string {
+			y, w := t.ISOWeek()
+			return fmt.Sprintf("%d-W%02d", y, w)
+		}},
+		{name: "monthly", n: p.KeepMonthly, bucket: func(t time.Time) string { return t.Format("2006-01") }},
+		{name: "yearly", n: p.KeepYearly, bucket: func(t time.Time) string { return t.Format("2006") }},
+	}
 }
 
 // PruneDecision is what prune does with one shipment, and why.
@@ -39,7 +136,7 @@ type PruneDecision struct {
 // were not resumed. Shipments of another label, or whose header cannot be
 // read, are left alone. Decisions are returned oldest first.
 func PlanPrune(ctx context.Context, tr Transport, p PrunePolicy) ([]PruneDecision, error) {
-	if p.KeepLast <= 0 && p.KeepDaily <= 0 && p.KeepWeekly <= 0 {
+	if !p.keepsAny() {
 		return nil, errors.New("prune: the policy keeps nothing")
 	}
 	loc := p.Location
@@ -52,16 +149,27 @@ func PlanPrune(ctx context.Context, tr Transport, p PrunePolicy) ([]PruneDecisio
 	}
 	dec := make([]PruneDecision, len(ships))
 	index := map[string]int{}
-	newestComplete := -1
+	newestComplete, oldestComplete := -1, -1
 	for i, si := range ships {
 		index[si.ID] = i
 		dec[i] = PruneDecision{ID: si.ID, Created: si.Created, Complete: si.Complete, Bytes: si.Bytes}
 		if si.Complete && si.Error == "" && (p.Label == "" || si.Label == p.Label) {
 			newestComplete = i
+			if oldestComplete < 0 {
+				oldestComplete = i
+			}
 		}
 	}
 	keep := func(i int, why string) { dec[i].Reasons = append(dec[i].Reasons, why) }
-	days, weeks, last := map[string]bool{}, map[string]bool{}, 0
+	rules := p.bucketRules()
+	for _, r := range rules {
+		r.seen = map[string]bool{}
+	}
+	var withinSince time.Time
+	if newestComplete >= 0 && !p.KeepWithin.IsZero() {
+		withinSince = p.KeepWithin.Before(ships[newestComplete].Created)
+	}
+	last := 0
 	for i := len(ships) - 1; i >= 0; i-- {
 		si := ships[i]
 		switch {
@@ -82,14 +190,21 @@ func PlanPrune(ctx context.Context, tr Transport, p PrunePolicy) ([]PruneDecisio
 			keep(i, fmt.Sprintf("last %d", last))
 		}
 		t := si.Created.In(loc)
-		if day := t.Format("2006-01-02"); !days[day] && len(days) < p.KeepDaily {
-			days[day] = true
-			keep(i, "daily "+day)
+		for _, r := range rules {
+			if b := r.bucket(t); !r.seen[b] && len(r.seen) < r.n {
+				r.seen[b] = true
+				keep(i, r.name+" "+b)
+			}
 		}
-		y, w := t.ISOWeek()
-		if week := fmt.Sprintf("%d-W%02d", y, w); !weeks[week] && len(weeks) < p.KeepWeekly {
-			weeks[week] = true
-			keep(i, "weekly "+week)
+		if !withinSince.IsZero() && si.Created.After(withinSince) {
+			keep(i, "within "+p.KeepWithin.String()+" of the newest")
+		}
+	}
+	// As restic does: when fewer buckets have a shipment than a rule asks
+	// for, the oldest shipment is kept as well.
+	for _, r := range rules {
+		if oldestComplete >= 0 && r.n > 0 && len(r.seen) < r.n {
+			keep(oldestComplete, fmt.Sprintf("oldest (%s %d: only %d have a shipment)", r.name, r.n, len(r.seen)))
 		}
 	}
 

@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -23,9 +20,22 @@ func newListCmd(s *streams) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "list DEST [--json]",
 		Short: "List the shipments at DEST",
-		Long: `One line per shipment: id, creation time, label, bytes stored, and whether it
-is complete. No key is needed; file names stay sealed. --json prints one JSON
-object per line instead.` + "\n" + exitStatusHelp,
+		Long: `One line per shipment: id, creation time, label, bytes stored, state
+(complete, incomplete, or unreadable when its header cannot be read) and
+base. No key is needed; file names stay sealed.
+
+On a terminal: a header, aligned columns and sizes in KiB, MiB, GiB.
+Otherwise: tab-separated columns without a header, sizes in bytes, for
+scripts. Either way "-" stands for an empty value, and a value holding a
+space, tab, newline, quote or backslash is printed double-quoted with
+escapes, so that columns never break. --json prints one JSON object per
+shipment instead.
+
+A DEST that does not exist (a missing directory or bucket) is an error
+(exit 1), not an empty list.`,
+		Example: `  coldship list s3://dr-bucket/web01
+  coldship list /mnt/backup/web01 | cut -f1,5
+  coldship list sftp://backup@dr.example.com/srv/coldship --json | jq -r 'select(.complete) | .id'`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			opts.dest = args[0]
@@ -38,7 +48,7 @@ object per line instead.` + "\n" + exitStatusHelp,
 }
 
 func runList(ctx context.Context, s *streams, opts *listOptions) error {
-	tr, err := openDest(ctx, s, opts.dest, &opts.transport)
+	tr, err := openExistingDest(ctx, s, opts.dest, &opts.transport)
 	if err != nil {
 		return err
 	}
@@ -48,31 +58,27 @@ func runList(ctx context.Context, s *streams, opts *listOptions) error {
 		return err
 	}
 	if opts.json {
-		enc := json.NewEncoder(s.out)
 		for _, si := range ships {
-			if err := enc.Encode(si); err != nil {
+			if err := s.emit(si); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	w := tabwriter.NewWriter(s.out, 0, 4, 2, ' ', 0)
+	t := newTable(s, "ID", "CREATED", "LABEL", "SIZE", "STATE", "BASE")
 	for _, si := range ships {
 		state := "complete"
 		if !si.Complete {
 			state = "incomplete"
 		}
-		created, label := "-", si.Label
+		if si.Error != "" {
+			state = "unreadable" // its header: see --json's error
+		}
+		created := ""
 		if !si.Created.IsZero() {
 			created = si.Created.UTC().Format(time.RFC3339)
 		}
-		if label == "" {
-			label = "-"
-		}
-		if si.Error != "" {
-			state += " (unreadable header)"
-		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\n", si.ID, created, label, si.Bytes, state)
+		t.row(si.ID, created, si.Label, t.size(si.Bytes), state, si.Base)
 	}
-	return w.Flush()
+	return t.flush()
 }

@@ -2,10 +2,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -13,37 +13,48 @@ import (
 )
 
 type pruneOptions struct {
-	dest       string
-	keepLast   int
-	keepDaily  int
-	keepWeekly int
-	label      string
-	dryRun     bool
-	json       bool
-	quiet      bool
-	stateDir   string
-	transport  transportOptions
-	run        runOptions
+	dest        string
+	keepLast    int
+	keepDaily   int
+	keepWeekly  int
+	keepMonthly int
+	keepYearly  int
+	keepWithin  string
+	label       string
+	dryRun      bool
+	json        bool
+	quiet       bool
+	stateDir    string
+	transport   transportOptions
+	run         runOptions
 }
 
 func newPruneCmd(s *streams) *cobra.Command {
 	opts := &pruneOptions{}
 	c := &cobra.Command{
-		Use:   "prune DEST --keep-last N [--keep-daily N] [--keep-weekly N] [--dry-run]",
+		Use:   "prune DEST --keep-last N [--keep-daily N] [--keep-weekly N] [--keep-monthly N] [--keep-yearly N] [--keep-within SPAN] [--dry-run]",
 		Short: "Delete the shipments at DEST that are no longer wanted",
-		Long: `Keep the N newest complete shipments (--keep-last), the newest of each of the
-last N days (--keep-daily) and of the last N ISO weeks (--keep-weekly) that
-have one, every shipment that a kept one uses as a base (an incremental
+		Long: `Keep, as restic's forget does: the N newest complete shipments (--keep-last);
+the newest of each of the last N days (--keep-daily), ISO weeks
+(--keep-weekly), months (--keep-monthly) and years (--keep-yearly) that have
+one, in local time (when fewer have one than asked, the oldest shipment is
+kept too); every shipment created within SPAN of the newest one
+(--keep-within, such as 2y5m7d3h, 30d or 36h: years, months, days, hours).
+Also kept: every shipment that a kept one uses as a base (an incremental
 shipment needs its bases to be restored), and incomplete shipments newer than
-the newest complete one (a send may be running); delete the rest, incomplete
-shipments older than the newest complete one included. No key is needed.
+the newest complete one (a send may be running). Deleted: the rest,
+incomplete shipments older than the newest complete one included. No key is
+needed.
 
 --name LABEL considers only the shipments of that label (one series among
 several at DEST). --dry-run deletes nothing.
 
 stdout: the ids deleted (or that would be), one per line. stderr: every
-shipment with what is done with it and why; --json: one JSON object per
-shipment on stdout instead.` + "\n" + exitStatusHelp,
+shipment, keep or delete, with every rule that keeps it; --json: one JSON
+object per shipment on stdout (with its "reasons") and a summary instead.`,
+		Example: `  coldship prune s3://dr-bucket/web01 --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --dry-run
+  coldship prune /mnt/backup --name web01 --keep-last 3 --keep-within 30d
+  coldship prune sftp://backup@dr.example.com/srv/coldship/web01 --keep-yearly 5 --keep-monthly 12 --json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			opts.dest = args[0]
@@ -54,23 +65,39 @@ shipment on stdout instead.` + "\n" + exitStatusHelp,
 	f.IntVar(&opts.keepLast, "keep-last", 0, "keep the `N` newest complete shipments")
 	f.IntVar(&opts.keepDaily, "keep-daily", 0, "keep the newest shipment of each of the last `N` days that have one")
 	f.IntVar(&opts.keepWeekly, "keep-weekly", 0, "keep the newest shipment of each of the last `N` ISO weeks that have one")
+	f.IntVar(&opts.keepMonthly, "keep-monthly", 0, "keep the newest shipment of each of the last `N` months that have one")
+	f.IntVar(&opts.keepYearly, "keep-yearly", 0, "keep the newest shipment of each of the last `N` years that have one")
+	f.StringVar(&opts.keepWithin, "keep-within", "", "keep every shipment created within `SPAN` of the newest one (such as 2y5m7d3h, 30d, 36h)")
 	f.StringVar(&opts.label, "name", "", "consider only the shipments with this `LABEL`")
 	f.BoolVarP(&opts.dryRun, "dry-run", "n", false, "show what would be deleted; delete nothing")
 	f.StringVar(&opts.stateDir, "state-dir", defaultStateDir(), "where the lock of DEST is kept")
 	addTransportFlags(f, &opts.transport)
 	f.DurationVar(&opts.run.lockWait, "lock-wait", 0, "wait up to `DURATION` for another run on the same destination to finish (default: exit at once)")
-	f.BoolVar(&opts.json, "json", false, "one JSON object per shipment on stdout")
+	f.BoolVar(&opts.json, "json", false, "one JSON object per shipment, then a summary, on stdout (and nothing else there)")
 	f.BoolVarP(&opts.quiet, "quiet", "q", false, "print only errors (and the deleted ids on stdout)")
 	return c
 }
 
 func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
-	if opts.keepLast < 0 || opts.keepDaily < 0 || opts.keepWeekly < 0 {
-		return usagef("prune: --keep-* must not be negative")
+	policy := shipper.PrunePolicy{KeepLast: opts.keepLast, KeepDaily: opts.keepDaily, KeepWeekly: opts.keepWeekly,
+		KeepMonthly: opts.keepMonthly, KeepYearly: opts.keepYearly, Label: opts.label}
+	if min(opts.keepLast, opts.keepDaily, opts.keepWeekly, opts.keepMonthly, opts.keepYearly) < 0 {
+		return usagef("prune: each --keep-* takes 0 or a positive number")
 	}
-	if opts.keepLast+opts.keepDaily+opts.keepWeekly == 0 {
-		return usagef("prune: give --keep-last, --keep-daily or --keep-weekly (prune never deletes everything)")
+	if opts.keepWithin != "" {
+		w, err := shipper.ParseWithin(opts.keepWithin)
+		if err != nil {
+			return usagef("--keep-within: %v", err)
+		}
+		policy.KeepWithin = w
 	}
+	if opts.keepLast+opts.keepDaily+opts.keepWeekly+opts.keepMonthly+opts.keepYearly == 0 && policy.KeepWithin.IsZero() {
+		return usagef("prune: give at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-within (prune never deletes everything)")
+	}
+	if err := checkDest(opts.dest); err != nil {
+		return err
+	}
+	start := time.Now()
 	if err := opts.run.check(); err != nil {
 		return err
 	}
@@ -79,14 +106,12 @@ func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
 		return err
 	}
 	defer lock.Release()
-	tr, err := openDest(ctx, s, opts.dest, &opts.transport)
+	tr, err := openExistingDest(ctx, s, opts.dest, &opts.transport)
 	if err != nil {
 		return err
 	}
 	defer tr.Close()
-	plan, err := shipper.PlanPrune(ctx, tr, shipper.PrunePolicy{
-		KeepLast: opts.keepLast, KeepDaily: opts.keepDaily, KeepWeekly: opts.keepWeekly, Label: opts.label,
-	})
+	plan, err := shipper.PlanPrune(ctx, tr, policy)
 	if err != nil {
 		return err
 	}
@@ -130,13 +155,13 @@ func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
 		w.Flush()
 	}
 	if opts.json {
-		enc := json.NewEncoder(s.out)
 		for _, d := range plan {
-			if err := enc.Encode(d); err != nil {
+			if err := s.emit(d); err != nil {
 				return err
 			}
 		}
-		return nil
+		return s.emit(map[string]any{"type": "summary", "op": "prune", "dry_run": opts.dryRun, "shipments": len(plan),
+			"deleted": n, "bytes_freed": freed, "duration_s": time.Since(start).Seconds()})
 	}
 	if !opts.quiet {
 		if opts.dryRun {

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 
 	"filippo.io/age"
 	"github.com/spf13/cobra"
@@ -24,6 +27,7 @@ type receiveOptions struct {
 	libvirtDefine  bool
 	libvirtStart   bool
 	libvirtURI     string
+	null           bool
 	hooks          hookOptions
 	live           liveOptions
 	transport      transportOptions
@@ -46,12 +50,18 @@ stay holes. Existing files are never overwritten without --force.
 shipment of the same chain) in place: only blocks that differ are written,
 every rewritten file is checked against its whole-file digest, and files stay
 aside under hidden names until all check out. An interrupted update is
-completed by running the same command again.
+completed by running the same command again. A DIR that is missing or empty
+gets a full restore, as with --out (the first night of a DR copy).
 
 Identities: -i FILE (age identity file or SSH private key), or a passphrase
 from --passphrase-file, $COLDSHIP_PASSPHRASE or a prompt on a terminal.
 
-stdout: the restored paths, one per line.` + "\n" + exitStatusHelp,
+stdout: the restored paths, one per line (-z: each ended by a NUL byte
+instead, for names that hold newlines); with --json, JSON objects only
+(the paths are the summary's "paths").`,
+		Example: `  coldship receive s3://dr-bucket/web01 -i ~/.config/coldship/site-b.key --out /var/lib/libvirt/images
+  coldship receive sftp://backup@dr.example.com/srv/coldship/web01 --into /srv/dr/web01 -i /etc/coldship/site-b.key
+  coldship receive /mnt/backup/web01 20261121T233000Z-3f9a1c2e -i site-b.key --out /tmp/web01 -z | xargs -0 ls -ls`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(c *cobra.Command, args []string) error {
 			opts.dest = args[0]
@@ -68,6 +78,7 @@ stdout: the restored paths, one per line.` + "\n" + exitStatusHelp,
 	f.StringVar(&opts.passphraseFile, "passphrase-file", "", "read the passphrase from the first line of `FILE`")
 	f.IntVarP(&opts.jobs, "jobs", "j", 0, "parallel decrypters (default: all CPUs)")
 	f.BoolVarP(&opts.force, "force", "f", false, "overwrite existing files")
+	f.BoolVarP(&opts.null, "null", "z", false, "end each path printed on stdout with a NUL byte instead of a newline")
 	f.BoolVar(&opts.libvirtDefine, "libvirt-define", false, "define the shipped libvirt domain, its disks pointed at where they landed")
 	f.BoolVar(&opts.libvirtStart, "libvirt-start", false, "with --libvirt-define: start the domain")
 	f.StringVar(&opts.libvirtURI, "libvirt-uri", "", "libvirt connection `URI` (virsh -c)")
@@ -75,8 +86,8 @@ stdout: the restored paths, one per line.` + "\n" + exitStatusHelp,
 	addLiveReceiveFlags(f, &opts.live)
 	addTransportFlags(f, &opts.transport)
 	addRunFlags(f, &opts.run)
-	f.BoolVar(&opts.output.json, "json", false, "NDJSON progress and a final summary on stderr")
-	f.BoolVarP(&opts.output.quiet, "quiet", "q", false, "print only errors")
+	addOutputFlags(f, &opts.output)
+	commaList(f, "identity")
 	return c
 }
 
@@ -84,9 +95,12 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 	if opts.live.enabled {
 		return runLiveReceive(ctx, s, opts)
 	}
+	if err := checkDest(opts.dest); err != nil {
+		return err
+	}
 	switch {
 	case opts.out == "" && opts.into == "":
-		return usagef("receive: --out DIR or --into DIR is required")
+		return usagef("receive: give --out DIR (a new restore) or --into DIR (update an earlier restore in place)")
 	case opts.out != "" && opts.into != "":
 		return usagef("receive: give --out DIR or --into DIR, not both")
 	case opts.into != "":
@@ -96,7 +110,7 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 		return err
 	}
 	if opts.jobs < 0 {
-		return usagef("--jobs must not be negative")
+		return usagef("--jobs %d: give 0 (one per CPU, the default) or a positive number", opts.jobs)
 	}
 	if opts.libvirtStart && !opts.libvirtDefine {
 		return usagef("--libvirt-start needs --libvirt-define")
@@ -114,9 +128,7 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 	if err != nil {
 		return onFailure(ctx, s, runner, env, err)
 	}
-	for _, p := range files {
-		fmt.Fprintln(s.out, p)
-	}
+	printPaths(s, files, opts.null, opts.output.json)
 	env.Files = files
 	if opts.libvirtDefine {
 		lv := &hooks.Libvirt{URI: opts.libvirtURI, Stderr: s.err}
@@ -143,7 +155,7 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 // receiveShipment picks, opens and restores the shipment, running the
 // pre-receive hooks before anything is written.
 func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runner *hooks.Runner, env *hooks.Env, ids []age.Identity) ([]string, error) {
-	tr, err := openDest(ctx, s, opts.dest, &opts.transport)
+	tr, err := openExistingDest(ctx, s, opts.dest, &opts.transport)
 	if err != nil {
 		return nil, err
 	}
@@ -166,20 +178,27 @@ func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runn
 		Dest: destKey(opts.dest), Log: s.logf(opts.output),
 	}
 	if opts.into != "" {
-		return receiveInto(ctx, s, opts, sh, ropts)
+		fresh, err := emptyOrMissing(opts.into)
+		if err != nil {
+			return nil, err
+		}
+		if !fresh {
+			return receiveInto(ctx, s, opts, sh, ropts)
+		}
+		s.logf(opts.output)("%s is empty or missing: restoring %s into it in full (as --out); later runs update it in place", opts.into, id)
 	}
 	cnt := new(shipper.Counters)
 	ropts.Counters = cnt
-	rep := startProgress(s, "receive", opts.output, cnt)
+	rep := startProgress(s, "receive", opts.output, cnt, movedShipped)
 	res, err := sh.Receive(ctx, opts.out, ropts)
 	if err != nil {
 		rep.finish(false, nil, "")
 		return nil, fmt.Errorf("receive %s from %s: %w", id, tr, err)
 	}
 	rep.finish(true, map[string]any{
-		"shipment": id, "files": len(res.Files), "bytes_total": cnt.Total.Load(),
-		"bytes_data": cnt.Data.Load(), "bytes_fetched": cnt.Shipped.Load(),
-	}, fmt.Sprintf("restored %s (%d files, %s) into %s", id, len(res.Files), humanBytes(cnt.Total.Load()), opts.out))
+		"mode": "out", "shipment": id, "files": len(res.Files), "bytes_total": cnt.Total.Load(),
+		"bytes_data": cnt.Data.Load(), "bytes_fetched": cnt.Shipped.Load(), "paths": nonNil(res.Files),
+	}, fmt.Sprintf("restored %s (%s, %s) into %s", id, describeFiles(sh.Manifest.Files), humanBytes(cnt.Total.Load()), opts.out))
 	return res.Files, nil
 }
 
@@ -187,9 +206,6 @@ func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runn
 // directory's lock so that two updates never meet.
 func receiveInto(ctx context.Context, s *streams, opts *receiveOptions, sh *shipper.Shipment, ropts shipper.ReceiveOptions) ([]string, error) {
 	id := sh.Header.ID
-	if fi, err := os.Stat(opts.into); err != nil || !fi.IsDir() {
-		return nil, fmt.Errorf("--into %s: not a directory that %w", opts.into, shipper.ErrNoRestore)
-	}
 	lock, err := shipper.AcquireLock(ctx, shipper.IntoLockPath(opts.into), "restore directory "+opts.into, opts.run.lockWait)
 	if err != nil {
 		return nil, err
@@ -197,18 +213,78 @@ func receiveInto(ctx context.Context, s *streams, opts *receiveOptions, sh *ship
 	defer lock.Release()
 	cnt := new(shipper.Counters)
 	ropts.Counters = cnt
-	rep := startProgress(s, "receive", opts.output, cnt)
+	rep := startProgress(s, "receive", opts.output, cnt, movedFetchedAndRead)
 	res, err := sh.ReceiveInto(ctx, opts.into, ropts)
+	if errors.Is(err, shipper.ErrNoRestore) {
+		rep.finish(false, nil, "")
+		return nil, noRestoreError{opts.into, err}
+	}
 	if err != nil {
 		rep.finish(false, nil, "")
 		return nil, fmt.Errorf("update %s to %s from %s: %w", opts.into, id, opts.dest, err)
 	}
 	rep.finish(true, map[string]any{
-		"shipment": id, "files": len(res.Files), "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
+		"mode": "into", "paths": nonNil(res.Files), "shipment": id, "files": len(res.Files), "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
 		"bytes_written": res.Written, "bytes_data": cnt.Data.Load(), "bytes_fetched": cnt.Shipped.Load(),
-	}, fmt.Sprintf("updated %s to %s (%d files, %s): %s written", opts.into, id, len(res.Files),
+	}, fmt.Sprintf("updated %s to %s (%s, %s): %s written", opts.into, id, describeFiles(sh.Manifest.Files),
 		humanBytes(cnt.Total.Load()), humanBytes(res.Written)))
 	return res.Files, nil
+}
+
+// noRestoreError is receive --into of a directory that holds files but
+// no restore made by coldship: said plainly, with the fix.
+type noRestoreError struct {
+	dir string
+	err error
+}
+
+func (e noRestoreError) Error() string {
+	return fmt.Sprintf("--into %s: this directory holds files, but no restore of this shipment's files made by coldship receive; "+
+		"give an empty or new directory (the first --into restores in full), or use --out", e.dir)
+}
+
+func (e noRestoreError) Unwrap() error { return e.err }
+
+// emptyOrMissing reports whether dir does not exist or holds nothing
+// (but the lock file of an earlier --into).
+func emptyOrMissing(dir string) (bool, error) {
+	entries, err := os.ReadDir(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return true, nil
+	case err != nil:
+		return false, fmt.Errorf("--into %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		// The lock file an earlier --into left is not a restore.
+		if e.Name() != filepath.Base(shipper.IntoLockPath(dir)) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// printPaths prints the restored paths on stdout: one per line, or each
+// ended by a NUL with -z; nothing with --json (they are in the summary).
+func printPaths(s *streams, paths []string, null, json bool) {
+	if json {
+		return
+	}
+	end := "\n"
+	if null {
+		end = "\x00"
+	}
+	for _, p := range paths {
+		fmt.Fprint(s.out, p, end)
+	}
+}
+
+// nonNil makes an empty list print as [] rather than null.
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
 
 // pickShipment returns the shipment named on the command line, or the

@@ -62,7 +62,11 @@ Recipients: -r age1... (age X25519), -r "ssh-ed25519 ..." or "ssh-rsa ..."
 (an OpenSSH private key, or a public key whose private key is in ssh-agent)
 so that receivers with --trusted-senders can tell it is yours.
 
-stdout: exactly one line, the shipment id.` + "\n" + exitStatusHelp,
+stdout: exactly one line, the shipment id; with --json, JSON objects only
+(the id is the summary's "shipment").`,
+		Example: `  coldship send /var/lib/libvirt/images/web01.qcow2 /etc/libvirt/qemu/web01.xml --to s3://dr-bucket/web01 -r age1...
+  coldship send --libvirt-domain web01 --to sftp://backup@dr.example.com/srv/coldship/web01 -R /etc/coldship/recipients --base latest
+  coldship send --live /var/lib/libvirt/images/web01.qcow2 --to ssh://root@target.example.com/var/lib/libvirt/images`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			opts.sources = args
@@ -93,8 +97,8 @@ stdout: exactly one line, the shipment id.` + "\n" + exitStatusHelp,
 	f.IntVar(&opts.retries, "retries", 5, "resume this many times after a transient failure (dropped connection), with backoff")
 	addTransportFlags(f, &opts.transport)
 	addRunFlags(f, &opts.run)
-	f.BoolVar(&opts.output.json, "json", false, "NDJSON progress and a final summary on stderr")
-	f.BoolVarP(&opts.output.quiet, "quiet", "q", false, "print only errors")
+	addOutputFlags(f, &opts.output)
+	commaList(f, "recipients-file")
 	return c
 }
 
@@ -106,6 +110,9 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	}
 	if opts.to == "" {
 		return usagef("send: --to DEST is required")
+	}
+	if err := checkDest(opts.to); err != nil {
+		return err
 	}
 	if len(opts.sources) == 0 && opts.libvirtDomain == "" {
 		return usagef("send: give SOURCE files or directories, or --libvirt-domain NAME")
@@ -125,14 +132,14 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 		return usagef("--compress %q: want zstd or none", opts.compress)
 	}
 	if opts.jobs < 0 {
-		return usagef("--jobs must not be negative")
+		return usagef("--jobs %d: give 0 (one per CPU, the default) or a positive number", opts.jobs)
 	}
 	recipients, err := s.sendRecipients(opts.recipients, opts.recipientFiles, opts.passphraseFile)
 	if err != nil {
 		return err
 	}
 	if opts.retries < 0 {
-		return usagef("--retries must not be negative")
+		return usagef("--retries %d: give 0 (never retry) or a positive number", opts.retries)
 	}
 	if err := opts.run.check(); err != nil {
 		return err
@@ -180,7 +187,9 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if err != nil {
 		return onFailure(ctx, s, runner, hooks.Env{Dest: opts.to, Files: opts.sources, Shipment: id}, err)
 	}
-	fmt.Fprintln(s.out, id)
+	if !opts.output.json {
+		fmt.Fprintln(s.out, id)
+	}
 	env.Shipment = id
 	if err := runner.Run(ctx, hooks.PostSend, env); err != nil {
 		err = fmt.Errorf("shipment %s is complete at %s, but %w", id, opts.to, err)
@@ -230,7 +239,7 @@ func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *ho
 	tr = opts.run.limit(tr)
 
 	cnt := new(shipper.Counters)
-	rep := startProgress(s, "send", opts.output, cnt)
+	rep := startProgress(s, "send", opts.output, cnt, movedShipped)
 	res, err := shipper.Send(ctx, tr, sources, shipper.SendOptions{
 		Recipients: recipients, Jobs: opts.jobs, Streams: opts.transport.streams, BlockSize: bs, SegmentSize: segSize,
 		Compress: opts.compress == "zstd", Label: opts.name, Counters: cnt,
@@ -248,7 +257,7 @@ func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *ho
 		}
 	}
 	summary := map[string]any{
-		"shipment": res.ID, "files": res.Files, "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
+		"mode": "stored", "shipment": res.ID, "files": res.Files, "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
 		"bytes_hole": cnt.Hole.Load(), "bytes_zero": cnt.Zero.Load(), "bytes_data": cnt.Data.Load(),
 		"bytes_unchanged": cnt.Unchanged.Load(), "bytes_shipped": cnt.Shipped.Load(), "segments": cnt.Segments.Load(),
 		"incremental": res.Base != "",
@@ -328,7 +337,7 @@ func (o *runOptions) check() error {
 		o.rate = r
 	}
 	if o.lockWait < 0 {
-		return usagef("--lock-wait must not be negative")
+		return usagef("--lock-wait %s: give 0 (exit at once, the default) or a positive duration such as 10m", o.lockWait)
 	}
 	return nil
 }

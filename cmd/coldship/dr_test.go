@@ -21,19 +21,23 @@ import (
 	"github.com/coldship/coldship/shipper/s3/s3test"
 )
 
-// drSend runs send with --json and returns the shipment id and the summary.
+// drSend runs send with --json and returns the shipment id, the summary
+// and what it printed (the JSON objects, notices among them, and stderr).
 func drSend(t *testing.T, args ...string) (string, map[string]any, string) {
 	t.Helper()
 	r := run(t, append([]string{"send", "--json"}, args...)...)
 	if r.code != 0 {
 		t.Fatalf("coldship send %s: exit %d\nstderr: %s", strings.Join(args, " "), r.code, r.stderr)
 	}
-	return strings.TrimSpace(r.stdout), summaryOf(t, r.stderr), r.stderr
+	sum := summaryOf(t, r.stdout)
+	id, _ := sum["shipment"].(string)
+	return id, sum, r.stdout + r.stderr
 }
 
-func summaryOf(t *testing.T, stderr string) map[string]any {
+// summaryOf returns the summary object among the JSON lines of stdout.
+func summaryOf(t *testing.T, stdout string) map[string]any {
 	t.Helper()
-	for _, line := range strings.Split(stderr, "\n") {
+	for _, line := range strings.Split(stdout, "\n") {
 		if strings.Contains(line, `"type":"summary"`) {
 			var m map[string]any
 			if err := json.Unmarshal([]byte(line), &m); err != nil {
@@ -42,8 +46,19 @@ func summaryOf(t *testing.T, stderr string) map[string]any {
 			return m
 		}
 	}
-	t.Fatalf("no summary in %s", stderr)
+	t.Fatalf("no summary in %s", stdout)
 	return nil
+}
+
+// listIDs returns the first column of list's tab-separated output.
+func listIDs(stdout string) []string {
+	var ids []string
+	for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
+		if id, _, _ := strings.Cut(line, "\t"); id != "" {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 func num(m map[string]any, k string) int64 { v, _ := m[k].(float64); return int64(v) }
@@ -232,7 +247,7 @@ func TestIncrementalChain(t *testing.T) {
 				mustRun(t, "receive", dest, id, "--out", into, "-i", key, "-q")
 			} else {
 				r := mustRun(t, "receive", dest, id, "--into", into, "-i", key, "--json")
-				s := summaryOf(t, r.stderr)
+				s := summaryOf(t, r.stdout)
 				if num(s, "bytes_read") != 0 {
 					t.Errorf("--into read %d bytes of an untouched restore; the marker should vouch for it", num(s, "bytes_read"))
 				}
@@ -259,10 +274,21 @@ func TestIncrementalChain(t *testing.T) {
 	}
 	sameTree(t, want[2], filepath.Join(jump, "vm"))
 
-	// --into needs a restore to update.
-	if r := run(t, "receive", dest, ids[2], "--into", filepath.Join(dir, "empty"), "-i", key); r.code != exitError ||
-		!strings.Contains(r.stderr, "--out first") {
-		t.Errorf("--into an empty directory: exit %d, %s", r.code, r.stderr)
+	// --into a new directory restores in full, and says so; --into a
+	// directory that holds other files names the fix.
+	fresh := filepath.Join(dir, "fresh", "dr")
+	r = run(t, "receive", dest, ids[2], "--into", fresh, "-i", key)
+	if r.code != 0 || !strings.Contains(r.stderr, "restoring "+ids[2]+" into it in full") {
+		t.Errorf("--into a missing directory: exit %d, %s", r.code, r.stderr)
+	}
+	sameTree(t, want[2], filepath.Join(fresh, "vm"))
+	mustRun(t, "receive", dest, ids[2], "--into", fresh, "-i", key, "-q") // now an update
+	other := filepath.Join(dir, "other")
+	os.MkdirAll(other, 0o755)
+	os.WriteFile(filepath.Join(other, "notes.txt"), []byte("mine"), 0o644)
+	if r := run(t, "receive", dest, ids[2], "--into", other, "-i", key); r.code != exitError ||
+		!strings.Contains(r.stderr, "give an empty or new directory") || strings.Contains(r.stderr, "not a directory that") {
+		t.Errorf("--into a directory of other files: exit %d, %s", r.code, r.stderr)
 	}
 }
 
@@ -397,13 +423,14 @@ func TestPruneKeepsBases(t *testing.T) {
 
 	mustRun(t, "prune", dest, "--keep-last", "1")
 	r = mustRun(t, "list", dest)
+	listed := strings.Join(listIDs(r.stdout), " ")
 	for _, id := range []string{full, incs[2]} {
-		if !strings.Contains(r.stdout, id) {
+		if !strings.Contains(listed, id) {
 			t.Errorf("prune deleted %s:\n%s", id, r.stdout)
 		}
 	}
 	for _, id := range []string{stale, incs[0], incs[1]} {
-		if strings.Contains(r.stdout, id) {
+		if strings.Contains(listed, id) {
 			t.Errorf("prune kept %s:\n%s", id, r.stdout)
 		}
 		if _, err := os.Stat(filepath.Join(dest, id)); !errors.Is(err, os.ErrNotExist) {
@@ -613,11 +640,11 @@ func TestIncrementalResumes(t *testing.T) {
 	cmd.Wait()
 
 	r := mustRun(t, append(send[:len(send)-1], "--json")...)
-	id := strings.TrimSpace(r.stdout)
-	if !strings.Contains(r.stderr, "resuming shipment "+id) {
-		t.Errorf("the rerun did not resume: %s", r.stderr)
+	id, _ := summaryOf(t, r.stdout)["shipment"].(string)
+	if !strings.Contains(r.stdout, "resuming shipment "+id) {
+		t.Errorf("the rerun did not resume: %s", r.stdout)
 	}
-	if s := summaryOf(t, r.stderr); s["base"] != base {
+	if s := summaryOf(t, r.stdout); s["base"] != base {
 		t.Errorf("resumed send: %v; want incremental on %s", s, base)
 	}
 	out := filepath.Join(dir, "out")
@@ -654,7 +681,7 @@ func TestS3IncrementalChain(t *testing.T) {
 	mustRun(t, "verify", dest, ids[1])
 	mustRun(t, "verify", dest, ids[1], "-i", key)
 	r := mustRun(t, "receive", dest, ids[1], "--into", out, "-i", key, "--bwlimit", "20M", "--json")
-	if w := num(summaryOf(t, r.stderr), "bytes_written"); w != 3*testBS {
+	if w := num(summaryOf(t, r.stdout), "bytes_written"); w != 3*testBS {
 		t.Errorf("--into over S3 wrote %d bytes, want the 3 changed blocks", w)
 	}
 	sameFile(t, src, filepath.Join(out, "disk.img"))

@@ -39,7 +39,7 @@ func (o *hookOptions) runner(s *streams) (*hooks.Runner, error) {
 		r.Hooks = append(r.Hooks, hk)
 	}
 	if o.timeout <= 0 {
-		return nil, usagef("--hook-timeout must be positive")
+		return nil, usagef("--hook-timeout %s: give a positive duration such as 30m", o.timeout)
 	}
 	return r, nil
 }

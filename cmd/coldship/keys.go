@@ -104,10 +104,10 @@ func (s *streams) sendRecipients(rs, files []string, passFile string) ([]age.Rec
 			return nil, err
 		}
 		if !bytes.Equal(pass, again) {
-			return nil, usagef("passphrases do not match")
+			return nil, usagef("the two passphrases differ: run again and type the same passphrase twice")
 		}
 		if len(pass) == 0 {
-			return nil, usagef("empty passphrase")
+			return nil, usagef("the passphrase is empty: type one, or encrypt to a recipient with -r instead")
 		}
 	}
 	rec, err := cipher.PassphraseRecipient(pass)

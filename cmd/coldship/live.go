@@ -96,7 +96,7 @@ func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
 		return usagef("--compress %q: want zstd or none", opts.compress)
 	}
 	if opts.jobs < 0 {
-		return usagef("--jobs must not be negative")
+		return usagef("--jobs %d: give 0 (one per CPU, the default) or a positive number", opts.jobs)
 	}
 	lanes := opts.transport.streams
 	switch lo.data {
@@ -115,7 +115,7 @@ func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
 		return usagef("--data %q: want ssh or tcp", lo.data)
 	}
 	if lo.rounds < 0 {
-		return usagef("--rounds must not be negative")
+		return usagef("--rounds %d: give 0 (no pre-copy) or a positive number", lo.rounds)
 	}
 	var untilDirty int64
 	if lo.untilDirty != "" {
@@ -144,9 +144,7 @@ func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
 		}
 		return onFailure(ctx, s, runner, env, liveError(err))
 	}
-	for _, p := range res.Files {
-		fmt.Fprintln(s.out, p)
-	}
+	printPaths(s, res.Files, false, opts.output.json)
 	env.Shipment = res.ID
 	if err := runner.Run(ctx, hooks.PostSend, env); err != nil {
 		err = fmt.Errorf("shipment %s is restored at %s, but %w", res.ID, opts.to, err)
@@ -199,7 +197,9 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 	if dir == "" {
 		dir = "."
 	}
-	argv := []string{lo.remoteColdship, "receive", "--live", "-", "--out", dir, "--quiet"}
+	// --json=false: the remote's stdout is the session, whatever its
+	// environment says.
+	argv := []string{lo.remoteColdship, "receive", "--live", "-", "--out", dir, "--quiet", "--json=false"}
 	if lo.remoteForce {
 		argv = append(argv, "--force")
 	}
@@ -221,7 +221,7 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 
 	var id string
 	cnt := new(shipper.Counters)
-	rep := startProgress(s, "send", opts.output, cnt)
+	rep := startProgress(s, "send", opts.output, cnt, movedShipped)
 	res, err := live.Send(ctx, peer, sources, live.SendOptions{
 		Jobs: opts.jobs, Lanes: lanes, BlockSize: bs, Compress: opts.compress == "zstd", Label: opts.name,
 		Rounds: lo.rounds, UntilDirty: untilDirty, Counters: cnt, Log: logf,
@@ -261,16 +261,19 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 		return &live.SendResult{ID: id}, fmt.Errorf("send --live to %s: %w", opts.to, err)
 	}
 	var data, wire int64
-	for _, r := range res.Rounds {
+	rounds := make([]map[string]any, len(res.Rounds))
+	for i, r := range res.Rounds {
 		data += r.Data
 		wire += r.Wire
+		rounds[i] = map[string]any{"round": r.Round, "final": r.Final, "blocks": r.Blocks, "bytes_data": r.Data,
+			"bytes_shipped": r.Wire, "bytes_read": r.Read, "duration_s": r.Duration.Seconds()}
 	}
 	rep.finish(true, map[string]any{
-		"shipment": res.ID, "files": len(res.Files), "rounds": res.Rounds,
+		"mode": "live", "shipment": res.ID, "files": len(res.Files), "rounds": rounds,
 		"switchover_s": res.Switchover.Seconds(), "pre_switchover_hook_s": res.Hook.Seconds(),
 		"bytes_total": res.Total, "bytes_hole": res.Hole, "bytes_zero": res.Zero,
-		"bytes_data": data, "bytes_sent": wire,
-	}, fmt.Sprintf("restored %s (%d files) at %s as %s in %d rounds, %s sent; switch-over %s (pre-switchover hook %s)",
+		"bytes_data": data, "bytes_shipped": wire, "paths": nonNil(res.Files),
+	}, fmt.Sprintf("restored %s (%d paths) at %s as %s in %d rounds, %s sent; switch-over %s (pre-switchover hook %s)",
 		humanBytes(res.Total), len(res.Files), opts.to, res.ID, len(res.Rounds), humanBytes(wire),
 		res.Switchover.Round(time.Millisecond), res.Hook.Round(time.Millisecond)))
 	return res, nil
@@ -283,11 +286,14 @@ func runLiveReceive(ctx context.Context, s *streams, opts *receiveOptions) error
 	if opts.shipment != "" {
 		return usagef("receive --live: no SHIPMENT: the sender names it")
 	}
+	if opts.output.json || opts.null {
+		return usagef("receive --live: --json and -z do not apply: stdout carries the live session")
+	}
 	if opts.out == "" {
 		return usagef("receive: --out DIR is required")
 	}
 	if opts.jobs < 0 {
-		return usagef("--jobs must not be negative")
+		return usagef("--jobs %d: give 0 (one per CPU, the default) or a positive number", opts.jobs)
 	}
 	if opts.libvirtDefine {
 		return usagef("receive --live: --libvirt-define is not supported; define the domain in a post-receive hook")
@@ -311,7 +317,7 @@ func runLiveReceive(ctx context.Context, s *streams, opts *receiveOptions) error
 
 	env := hooks.Env{Dest: opts.dest, Out: opts.out}
 	cnt := new(shipper.Counters)
-	rep := startProgress(s, "receive", opts.output, cnt)
+	rep := startProgress(s, "receive", opts.output, cnt, movedShipped)
 	res, err := live.Receive(ctx, s.in, s.out, live.ReceiveOptions{
 		Dir: opts.out, Force: opts.force, Jobs: opts.jobs, Listen: listen, Advertise: advertise,
 		Counters: cnt, Log: s.logf(opts.output),
@@ -330,7 +336,7 @@ func runLiveReceive(ctx context.Context, s *streams, opts *receiveOptions) error
 	}
 	rep.finish(true, map[string]any{
 		"shipment": res.ID, "files": len(res.Files), "rounds": res.Rounds, "bytes_total": cnt.Total.Load(),
-	}, fmt.Sprintf("restored %s (%d files) into %s in %d rounds", res.ID, len(res.Files), opts.out, res.Rounds))
+	}, fmt.Sprintf("restored %s (%d paths) into %s in %d rounds", res.ID, len(res.Files), opts.out, res.Rounds))
 	env.Files = res.Files
 	if err := runner.Run(ctx, hooks.PostReceive, env); err != nil {
 		err = hookErr(fmt.Errorf("shipment %s is restored in %s and kept, but %w", res.ID, opts.out, err))

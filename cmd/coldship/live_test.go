@@ -52,12 +52,13 @@ func TestLiveRoundTrip(t *testing.T) {
 			if a, b := allocated(t, img), allocated(t, filepath.Join(dir, "web01", "disk.img")); b > a {
 				t.Errorf("restored image allocates %d bytes, the source %d: holes not kept", b, a)
 			}
-			// stdout: the restored paths, as receive prints them.
+			// The restored paths, as receive prints them: in the summary
+			// with --json.
 			want := []string{filepath.Join(dir, "web01"), filepath.Join(dir, "web01", "disk.img"), filepath.Join(dir, "web01", "web01.xml")}
-			if got := strings.Fields(r.stdout); strings.Join(got, " ") != strings.Join(want, " ") {
-				t.Errorf("stdout %q, want %q", got, want)
+			summary := lastJSON(t, r.stdout)
+			if got := fmt.Sprint(summary["paths"]); got != fmt.Sprint(want) {
+				t.Errorf("paths %s, want %q", got, want)
 			}
-			summary := lastJSON(t, r.stderr)
 			if summary["type"] != "summary" || summary["switchover_s"] == nil || len(summary["rounds"].([]any)) != 1 {
 				t.Errorf("summary: %v", summary)
 			}
@@ -81,12 +82,18 @@ func TestLiveRoundTrip(t *testing.T) {
 	}
 }
 
-func lastJSON(t *testing.T, stderr string) map[string]any {
+// lastJSON checks every object of stdout against the documented schema
+// and returns the last one.
+func lastJSON(t *testing.T, stdout string) map[string]any {
 	t.Helper()
-	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
 	var m map[string]any
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &m); err != nil {
-		t.Fatalf("last stderr line is not JSON: %q", lines[len(lines)-1])
+	for _, line := range lines {
+		m = nil
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("stdout line is not JSON: %q", line)
+		}
+		checkSchema(t, m)
 	}
 	return m
 }
@@ -128,7 +135,7 @@ func TestLivePreCopy(t *testing.T) {
 			r := mustRun(t, append([]string{"send", img, "--to", to, "--data", data, "--rounds", "3", "--hook", hook, "--json"}, flags...)...)
 			wg.Wait()
 			sameFile(t, img, filepath.Join(dir, "disk.img"))
-			summary := lastJSON(t, r.stderr)
+			summary := lastJSON(t, r.stdout)
 			rounds := summary["rounds"].([]any)
 			if len(rounds) != 4 {
 				t.Fatalf("%d rounds, want 3 pre-copy and the final", len(rounds))

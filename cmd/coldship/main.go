@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -57,6 +58,26 @@ func exitCode(err error) int {
 	return exitError
 }
 
+// errorCategory names an exit status for the error object of --json, so
+// that scripts can branch on a word rather than a number.
+func errorCategory(code int) string {
+	switch code {
+	case exitUsage:
+		return "usage"
+	case exitHook:
+		return "hook"
+	case exitAuth:
+		return "auth"
+	case exitIntegrity:
+		return "integrity"
+	case 6: // the source is busy (a running VM): see EXIT STATUS
+		return "busy"
+	case exitInterrupted:
+		return "interrupted"
+	}
+	return "other"
+}
+
 // errHook marks a failed hook (exit 3); hooks arrive with their issue.
 var errHook = errors.New("hook failed")
 
@@ -77,14 +98,29 @@ func main() {
 			defer pprof.StopCPUProfile()
 		}
 	}
-	root := newRootCmd(os.Stdin, os.Stdout, os.Stderr)
-	err := root.ExecuteContext(ctx)
+	code := execute(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	pprof.StopCPUProfile()
+	os.Exit(code)
+}
+
+// execute runs one coldship command line and returns its exit status. A
+// failure is reported on stderr and, when --json is on (on the command
+// line or from COLDSHIP_JSON), as an error object on stdout: even when the
+// command line itself is wrong.
+func execute(ctx context.Context, args []string, in io.Reader, out, errw io.Writer) int {
+	root := newRootCmd(in, out, errw)
+	root.SetArgs(args)
+	cmd, err := root.ExecuteContextC(ctx)
 	if err != nil && context.Cause(ctx) == errInterrupted {
 		err = fmt.Errorf("%w: %v", errInterrupted, err)
 	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "coldship: %v\n", err)
+	code := exitCode(err)
+	if err == nil {
+		return code
 	}
-	pprof.StopCPUProfile()
-	os.Exit(exitCode(err))
+	fmt.Fprintf(errw, "coldship: %v\n", err)
+	if jsonRequested(cmd, args) {
+		writeJSON(out, errorObject{Type: "error", Error: err.Error(), ExitCode: code, Category: errorCategory(code)})
+	}
+	return code
 }

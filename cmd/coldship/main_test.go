@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,13 +31,8 @@ func runCtx(t *testing.T, ctx context.Context, env map[string]string, args ...st
 		t.Setenv(k, v)
 	}
 	var out, errb bytes.Buffer
-	root := newRootCmd(strings.NewReader(""), &out, &errb)
-	root.SetArgs(args)
-	err := root.ExecuteContext(ctx)
-	if err != nil {
-		fmt.Fprintf(&errb, "coldship: %v\n", err)
-	}
-	return result{out.String(), errb.String(), exitCode(err)}
+	code := execute(ctx, args, strings.NewReader(""), &out, &errb)
+	return result{out.String(), errb.String(), code}
 }
 
 func mustRun(t *testing.T, args ...string) result {

@@ -1,64 +1,79 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/pflag"
+	"golang.org/x/term"
 
+	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/shipper"
 )
 
-// outputOptions are the flags that choose what goes to stderr.
+// outputOptions are the flags that choose what is printed.
 type outputOptions struct {
 	json  bool
 	quiet bool
 }
 
-// reporter shows progress on stderr: a progress bar on a terminal, NDJSON
-// with --json, nothing with --quiet or when stderr is not a terminal.
-type reporter struct {
-	s     *streams
-	op    string
-	o     outputOptions
-	cnt   *shipper.Counters
-	start time.Time
-	stop  chan struct{}
-	done  chan struct{}
-	bar   *progressbar.ProgressBar
+// moved returns the bytes an operation has really moved, from which its
+// rate is computed: holes and zero blocks that were skipped never count.
+type moved func(*shipper.Counters) int64
+
+// Bytes put to or fetched from the destination (what --bwlimit limits).
+func movedShipped(c *shipper.Counters) int64 { return c.Shipped.Load() }
+
+// Bytes fetched, plus those of existing files read back (receive --into).
+func movedFetchedAndRead(c *shipper.Counters) int64 { return c.Shipped.Load() + c.Read.Load() }
+
+// rateWindow is how far back the rate looks: long enough to smooth
+// segment-sized bursts, short enough to follow a change of pace.
+const rateWindow = 10 * time.Second
+
+type sample struct {
+	t           time.Time
+	moved, done int64 // done: logical bytes processed, less holes skipped
 }
 
-func startProgress(s *streams, op string, o outputOptions, cnt *shipper.Counters) *reporter {
-	r := &reporter{s: s, op: op, o: o, cnt: cnt, start: time.Now(), stop: make(chan struct{}), done: make(chan struct{})}
+// reporter shows progress: a bar on stderr when it is a terminal, NDJSON
+// progress objects on stdout with --json, nothing otherwise.
+type reporter struct {
+	s       *streams
+	op      string
+	o       outputOptions
+	cnt     *shipper.Counters
+	moved   moved
+	start   time.Time
+	samples []sample
+	stop    chan struct{}
+	done    chan struct{}
+	tty     int  // stderr's file descriptor, for its width
+	bar     bool // drawing a bar
+	drawn   bool
+}
+
+func startProgress(s *streams, op string, o outputOptions, cnt *shipper.Counters, m moved) *reporter {
+	r := &reporter{s: s, op: op, o: o, cnt: cnt, moved: m, start: time.Now(), stop: make(chan struct{}), done: make(chan struct{})}
 	interval := time.Second
-	switch {
+	switch fd, tty := s.stderrTerminal(); {
 	case o.json:
-	case !o.quiet && s.stderrIsTerminal():
-		interval = 200 * time.Millisecond
-		r.bar = progressbar.NewOptions64(-1,
-			progressbar.OptionSetWriter(s.err),
-			progressbar.OptionSetDescription(op),
-			progressbar.OptionShowBytes(true),
-			progressbar.OptionShowCount(),
-			progressbar.OptionSetPredictTime(true),
-			progressbar.OptionShowElapsedTimeOnFinish(),
-			progressbar.OptionThrottle(100*time.Millisecond),
-			progressbar.OptionSetWidth(30),
-			progressbar.OptionClearOnFinish(),
-		)
+	case !o.quiet && tty:
+		interval, r.bar, r.tty = 200*time.Millisecond, true, fd
 	default:
 		close(r.done)
 		return r
 	}
+	r.samples = append(r.samples, r.sample(r.start))
 	go func() {
 		defer close(r.done)
 		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
 			select {
-			case <-t.C:
-				r.tick()
+			case now := <-t.C:
+				r.tick(now)
 			case <-r.stop:
 				return
 			}
@@ -67,31 +82,96 @@ func startProgress(s *streams, op string, o outputOptions, cnt *shipper.Counters
 	return r
 }
 
-func (r *reporter) tick() {
+func (r *reporter) sample(now time.Time) sample {
+	return sample{t: now, moved: r.moved(r.cnt), done: r.cnt.Done.Load() - r.cnt.Hole.Load()}
+}
+
+// rates returns the bytes moved per second over the window, and the
+// estimated time left: the logical bytes left at the pace that bytes
+// that were not skipped were processed. ok is false until there is a
+// pace to go by.
+func (r *reporter) rates(now time.Time) (perSecond float64, eta time.Duration, ok bool) {
+	cur := r.sample(now)
+	r.samples = append(r.samples, cur)
+	for len(r.samples) > 2 && now.Sub(r.samples[1].t) >= rateWindow {
+		r.samples = r.samples[1:]
+	}
+	first := r.samples[0]
+	dt := now.Sub(first.t).Seconds()
+	if dt <= 0 {
+		return 0, 0, false
+	}
+	perSecond = float64(cur.moved-first.moved) / dt
+	pace := float64(cur.done-first.done) / dt
+	left := r.cnt.Total.Load() - r.cnt.Done.Load()
+	if pace <= 0 || left < 0 {
+		return perSecond, 0, false
+	}
+	return perSecond, time.Duration(float64(left) / pace * float64(time.Second)), true
+}
+
+func (r *reporter) tick(now time.Time) {
+	rate, eta, etaOK := r.rates(now)
 	total, done := r.cnt.Total.Load(), r.cnt.Done.Load()
-	if r.bar != nil {
-		if total > 0 && r.bar.GetMax64() != total {
-			r.bar.ChangeMax64(total)
-		}
-		r.bar.Set64(done)
+	if r.bar {
+		r.draw(r.line(total, done, rate, eta, etaOK))
 		return
 	}
-	r.emit(map[string]any{
+	ev := map[string]any{
 		"type": "progress", "op": r.op, "bytes_total": total, "bytes_done": done,
-		"bytes_shipped": r.cnt.Shipped.Load(), "elapsed_s": time.Since(r.start).Seconds(),
-	})
-}
-
-func (r *reporter) emit(v map[string]any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(err)
+		"bytes_read": r.cnt.Read.Load(), "bytes_shipped": r.cnt.Shipped.Load(),
+		"bytes_per_s": rate, "duration_s": now.Sub(r.start).Seconds(),
 	}
-	fmt.Fprintf(r.s.err, "%s\n", b)
+	if etaOK {
+		ev["eta_s"] = eta.Seconds()
+	}
+	r.s.emit(ev)
 }
 
-// finish stops the reporter and prints the summary: NDJSON with --json,
-// one line for a person otherwise (unless --quiet).
+// line is the bar's text: operation, percentage, bar, bytes done of the
+// total, bytes read and shipped, the rate and the time left.
+func (r *reporter) line(total, done int64, rate float64, eta time.Duration, etaOK bool) string {
+	pct := 0.0
+	if total > 0 {
+		pct = float64(done) / float64(total) * 100
+	}
+	const width = 20
+	fill := min(int(pct/100*width), width)
+	bar := "[" + strings.Repeat("=", fill) + strings.Repeat(" ", width-fill) + "]"
+	parts := []string{fmt.Sprintf("%s %3.0f%% %s %s / %s", r.op, pct, bar, humanBytes(done), humanBytes(total))}
+	if n := r.cnt.Read.Load(); n > 0 {
+		parts = append(parts, "read "+humanBytes(n))
+	}
+	parts = append(parts, "shipped "+humanBytes(r.cnt.Shipped.Load()), humanBytes(int64(rate))+"/s")
+	if etaOK {
+		parts = append(parts, "ETA "+formatDuration(eta))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// draw replaces the bar's line on the terminal, cut to its width.
+func (r *reporter) draw(line string) {
+	if w, _, err := term.GetSize(r.tty); err == nil && w > 1 && len(line) >= w {
+		line = line[:w-1]
+	}
+	fmt.Fprintf(r.s.err, "\r%s\x1b[K", line)
+	r.drawn = true
+}
+
+// formatDuration shows a time left as 42s, 3m05s or 2h07m.
+func formatDuration(d time.Duration) string {
+	s := int64(d.Round(time.Second) / time.Second)
+	switch {
+	case s < 60:
+		return fmt.Sprintf("%ds", s)
+	case s < 3600:
+		return fmt.Sprintf("%dm%02ds", s/60, s%60)
+	}
+	return fmt.Sprintf("%dh%02dm", s/3600, s%3600/60)
+}
+
+// finish stops the reporter and prints the summary: an object on stdout
+// with --json, one line on stderr for a person otherwise (unless --quiet).
 func (r *reporter) finish(ok bool, summary map[string]any, line string) {
 	select {
 	case <-r.done:
@@ -99,13 +179,8 @@ func (r *reporter) finish(ok bool, summary map[string]any, line string) {
 		close(r.stop)
 		<-r.done
 	}
-	if r.bar != nil {
-		if ok {
-			r.bar.Finish()
-		} else {
-			r.bar.Exit()
-		}
-		fmt.Fprintln(r.s.err)
+	if r.drawn {
+		fmt.Fprint(r.s.err, "\r\x1b[K")
 	}
 	if !ok {
 		return
@@ -114,15 +189,17 @@ func (r *reporter) finish(ok bool, summary map[string]any, line string) {
 	switch {
 	case r.o.json:
 		summary["type"] = "summary"
-		summary["op"] = r.op
+		if _, set := summary["op"]; !set {
+			summary["op"] = r.op
+		}
 		summary["duration_s"] = elapsed.Seconds()
-		r.emit(summary)
+		r.s.emit(summary)
 	case !r.o.quiet && line != "":
 		fmt.Fprintf(r.s.err, "%s in %s\n", line, elapsed.Round(time.Millisecond))
 	}
 }
 
-// humanBytes formats n as a power-of-two size.
+// humanBytes formats n in IEC units: 512 B, 1.5 KiB, 3.0 GiB.
 func humanBytes(n int64) string {
 	const unit = 1024
 	if n < unit {
@@ -136,7 +213,8 @@ func humanBytes(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-// parseSize parses sizes such as 1048576, 1M, 4MiB, 512k.
+// parseSize parses sizes such as 1048576, 1M, 4MiB, 512k. K, M and G are
+// powers of two (KiB, MiB, GiB) whether written with the i or not.
 func parseSize(s string) (int64, error) {
 	var n int64
 	var unit string
@@ -148,31 +226,54 @@ func parseSize(s string) (int64, error) {
 	}
 	mult := map[string]int64{"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10,
 		"m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
-	u := ""
-	for _, c := range unit {
-		if c >= 'A' && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		u += string(c)
-	}
-	m, ok := mult[u]
+	m, ok := mult[strings.ToLower(unit)]
 	if !ok || n <= 0 {
 		return 0, fmt.Errorf("invalid size %q", s)
 	}
 	return n * m, nil
 }
 
-// logf returns a logger for notices (resuming, retrying) on stderr: NDJSON
-// with --json, plain text otherwise, nothing with --quiet.
+// logf returns a logger for notices (resuming, retrying): notice objects
+// on stdout with --json, lines on stderr otherwise, nothing with --quiet.
 func (s *streams) logf(o outputOptions) func(string, ...any) {
 	return func(format string, a ...any) {
 		msg := fmt.Sprintf(format, a...)
 		switch {
 		case o.json:
-			b, _ := json.Marshal(map[string]string{"type": "notice", "message": msg})
-			fmt.Fprintf(s.err, "%s\n", b)
+			s.emit(map[string]string{"type": "notice", "message": msg})
 		case !o.quiet:
 			fmt.Fprintf(s.err, "coldship: %s\n", msg)
 		}
 	}
+}
+
+// addOutputFlags adds --json and --quiet.
+func addOutputFlags(f *pflag.FlagSet, o *outputOptions) {
+	f.BoolVar(&o.json, "json", false, "JSON objects on stdout, one per line: progress, notices, a final summary or an error object (and nothing else there)")
+	f.BoolVarP(&o.quiet, "quiet", "q", false, "print only errors")
+}
+
+// describeFiles counts a shipment's files and folders for a person:
+// "2 files and 1 folder".
+func describeFiles(files []archive.File) string {
+	var nf, nd int
+	for _, f := range files {
+		if f.Type == archive.TypeDir {
+			nd++
+		} else {
+			nf++
+		}
+	}
+	s := plural(nf, "file", "files")
+	if nd > 0 {
+		s += " and " + plural(nd, "folder", "folders")
+	}
+	return s
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"cmp"
+	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 
 	"github.com/spf13/cobra"
@@ -20,14 +23,26 @@ func (s *streams) stdinIsTerminal() bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-func (s *streams) stderrIsTerminal() bool {
+// stderrTerminal returns stderr's file descriptor when it is a terminal.
+func (s *streams) stderrTerminal() (int, bool) {
 	w := s.err
 	if sw, ok := w.(*syncWriter); ok {
 		w = sw.w
 	}
 	f, ok := w.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return 0, false
+	}
+	return int(f.Fd()), true
+}
+
+func (s *streams) stdoutIsTerminal() bool {
+	f, ok := s.out.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
 }
+
+// emit writes one JSON object on stdout (--json).
+func (s *streams) emit(v any) error { return writeJSON(s.out, v) }
 
 // syncWriter serializes writes to stderr, which progress reports, notices
 // from the pipeline (a retry, a fallback to a full shipment) and hooks
@@ -46,8 +61,9 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 const exitStatusHelp = `
 EXIT STATUS
   0    success
-  1    other error
-  2    usage error
+  1    other error (a destination that does not exist, a busy lock...)
+  2    usage error (a wrong flag, argument, destination URL or
+       COLDSHIP_* variable)
   3    a hook failed
   4    authentication failed: no identity matches, wrong passphrase,
        unknown or changed host key, wrong credentials
@@ -55,6 +71,10 @@ EXIT STATUS
        or an incomplete shipment
   130  interrupted (Ctrl-C, SIGTERM)
 `
+
+// flagsResolved, when set by a test, is called once the environment has
+// been applied, before the command runs; an error stops the command.
+var flagsResolved func(*cobra.Command) error
 
 func newRootCmd(in io.Reader, out, errw io.Writer) *cobra.Command {
 	s := &streams{in: in, out: out, err: &syncWriter{w: errw}}
@@ -68,16 +88,51 @@ and zero blocks, and ships the sealed blocks to a destination, where they are
 verified and restored bit-exactly.
 
 DEST is a directory path, file:///path, sftp://[user@]host[:port]/path
-(any OpenSSH server) or s3://bucket/prefix (S3-compatible object storage).
-send --live streams to ssh://[user@]host[:port]/path instead.` + "\n" + exitStatusHelp,
-		SilenceUsage:  true,
-		SilenceErrors: true,
+(any OpenSSH server) or s3://bucket[/prefix] (S3-compatible object storage).
+send --live streams to ssh://[user@]host[:port]/path instead.
+
+With --json, every command writes newline-delimited JSON objects on stdout
+(progress, a summary, or an error object) and nothing else there.`,
+		Example: `  coldship keygen -o ~/.config/coldship/site-b.key
+  coldship send /var/lib/libvirt/images/web01.qcow2 --to s3://dr-bucket/web01 -r age1...
+  coldship receive s3://dr-bucket/web01 -i ~/.config/coldship/site-b.key --out /var/lib/libvirt/images`,
+		Version:                    version,
+		SuggestionsMinimumDistance: 2,
+		SilenceUsage:               true,
+		SilenceErrors:              true,
+		// A root that runs is what lets an unknown command be a usage error
+		// (exit 2) rather than cobra's plain error.
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return nil
+			}
+			msg := fmt.Sprintf("unknown command %q: run \"coldship help\" for the list of commands", args[0])
+			if sug := c.SuggestionsFor(args[0]); len(sug) > 0 {
+				msg = fmt.Sprintf("unknown command %q: did you mean %q?", args[0], sug[0])
+			}
+			return usageError{fmt.Errorf("%s", msg)}
+		},
+		RunE: func(c *cobra.Command, args []string) error { return c.Help() },
+		PersistentPreRunE: func(c *cobra.Command, args []string) error {
+			if err := applyEnv(c); err != nil {
+				return err
+			}
+			if flagsResolved != nil {
+				return flagsResolved(c)
+			}
+			return nil
+		},
 	}
 	root.SetIn(in)
 	root.SetOut(out)
 	root.SetErr(s.err)
-	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newKeygenCmd(s), newSendCmd(s), newReceiveCmd(s), newVerifyCmd(s), newListCmd(s), newPruneCmd(s))
+	root.SetVersionTemplate(versionText(readBuildInfo()))
+	root.SetHelpFunc(help)
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%w (see coldship %s --help)", err, c.Name())}
+	})
+	root.AddCommand(newKeygenCmd(s), newSendCmd(s), newReceiveCmd(s), newVerifyCmd(s), newListCmd(s),
+		newPruneCmd(s), newShowCmd(s), newVersionCmd(s), newManCmd(s))
 	for _, c := range root.Commands() {
 		c.SetFlagErrorFunc(root.FlagErrorFunc())
 		if c.Args == nil {
@@ -86,10 +141,26 @@ send --live streams to ssh://[user@]host[:port]/path instead.` + "\n" + exitStat
 		args := c.Args
 		c.Args = func(c *cobra.Command, a []string) error {
 			if err := args(c, a); err != nil {
-				return usageError{err}
+				return usageError{fmt.Errorf("%w (see coldship %s --help)", err, c.Name())}
 			}
 			return nil
 		}
 	}
+	addCompletions(root)
 	return root
+}
+
+// help prints a command's description and usage, then the environment
+// and exit status rules shared by every command, and ends with examples.
+func help(c *cobra.Command, _ []string) {
+	w := c.OutOrStdout()
+	fmt.Fprintf(w, "%s\n\n", strings.TrimRight(cmp.Or(c.Long, c.Short), " \n"))
+	example := c.Example
+	c.Example = ""
+	fmt.Fprint(w, c.UsageString())
+	c.Example = example
+	fmt.Fprint(w, envHelp, exitStatusHelp)
+	if example != "" {
+		fmt.Fprintf(w, "\nEXAMPLES\n%s\n", example)
+	}
 }

@@ -34,7 +34,7 @@ func TestSFTPRoundTrip(t *testing.T) {
 	os.WriteFile(filepath.Join(vm, "vm.xml"), []byte("<domain/>\n"), 0o644)
 
 	id := strings.TrimSpace(mustRun(t, append([]string{"send", vm, "--to", dest, "-r", rcpt, "--segment-size", "2M", "-q"}, auth...)...).stdout)
-	if r := mustRun(t, append([]string{"list", dest}, auth...)...); !strings.Contains(r.stdout, id+" ") || !strings.Contains(r.stdout, "complete") {
+	if r := mustRun(t, append([]string{"list", dest}, auth...)...); !strings.Contains(r.stdout, id+"\t") || !strings.Contains(r.stdout, "complete") {
 		t.Errorf("list over sftp: %q", r.stdout)
 	}
 	mustRun(t, append([]string{"verify", dest, id}, auth...)...)
@@ -58,6 +58,7 @@ func TestSFTPHostKeysAndUserKey(t *testing.T) {
 
 	empty := filepath.Join(dir, "known_hosts")
 	os.WriteFile(empty, nil, 0o600)
+	os.MkdirAll(filepath.Join(srv.Root, "dr"), 0o755) // list of a missing destination fails
 	r := run(t, "list", dest, "--ssh-key", srv.ClientKeyFile, "--known-hosts", empty)
 	if r.code != exitAuth || !strings.Contains(r.stderr, srv.HostKeyFingerprint) || !strings.Contains(r.stderr, "--accept-new-host-key") {
 		t.Errorf("unknown host: exit %d, stderr %q; want 4 with the SHA256 fingerprint and how to trust it", r.code, r.stderr)
@@ -167,10 +168,11 @@ func TestSFTPServerRestartRetried(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("send across an sshd restart: exit %d\n%s", r.code, r.stderr)
 	}
-	if !strings.Contains(r.stderr, "resuming") {
-		t.Errorf("no retry was reported: %s", r.stderr)
+	if !strings.Contains(r.stdout, "resuming") {
+		t.Errorf("no retry was reported: %s", r.stdout)
 	}
 	out := filepath.Join(dir, "out")
-	mustRun(t, append([]string{"receive", dest, strings.TrimSpace(r.stdout), "--out", out, "-i", key, "-q"}, auth...)...)
+	id, _ := summaryOf(t, r.stdout)["shipment"].(string)
+	mustRun(t, append([]string{"receive", dest, id, "--out", out, "-i", key, "-q"}, auth...)...)
 	sameFile(t, src, filepath.Join(out, "disk.img"))
 }

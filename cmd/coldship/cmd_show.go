@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/shipper"
+)
+
+type showOptions struct {
+	dest           string
+	shipment       string
+	identities     []string
+	passphraseFile string
+	transport      transportOptions
+	json           bool
+}
+
+func newShowCmd(s *streams) *cobra.Command {
+	opts := &showOptions{}
+	c := &cobra.Command{
+		Use:   "show DEST [SHIPMENT] -i IDENTITY",
+		Short: "Show what a shipment holds: its files and its chain of bases",
+		Long: `Open a shipment (default: the latest complete one) with its key and print
+its files (type, mode, owner, size, data, modification time, BLAKE3 digest,
+path) and the chain of earlier shipments whose blocks it uses. Nothing is
+fetched but the shipment's small objects; nothing is written.
+
+The DATA column is the file's data: its size less holes and zero blocks,
+as shipped. Owners are shown as "-" until shipments record them.`,
+		Example: `  coldship show s3://dr-bucket/web01 -i ~/.config/coldship/site-b.key
+  coldship show /mnt/backup/web01 20261121T233000Z-3f9a1c2e -i site-b.key --json | jq -r 'select(.type=="file") | .path'`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(c *cobra.Command, args []string) error {
+			opts.dest = args[0]
+			if len(args) > 1 {
+				opts.shipment = args[1]
+			}
+			return runShow(c.Context(), s, opts)
+		},
+	}
+	f := c.Flags()
+	f.StringArrayVarP(&opts.identities, "identity", "i", nil, "open the shipment with the identity in `FILE` (repeatable)")
+	f.StringVar(&opts.passphraseFile, "passphrase-file", "", "read the passphrase from the first line of `FILE`")
+	addTransportFlags(f, &opts.transport)
+	f.BoolVar(&opts.json, "json", false, "a shipment object, then one object per file, on stdout")
+	commaList(f, "identity")
+	return c
+}
+
+// fileDataBytes is a file's data as shipped: the lengths of its data
+// extents (holes and zero blocks excluded).
+func fileDataBytes(f *archive.File) int64 {
+	var n int64
+	for _, e := range f.Extents {
+		if e.Kind == archive.KindData {
+			n += e.Length
+		}
+	}
+	return n
+}
+
+// fileOwner is a file's owner as uid:gid; shipments do not record it yet.
+func fileOwner(*archive.File) string { return "-" }
+
+// shipmentChain is the chain of bases: the shipment the header names as
+// compared with, then every shipment whose blocks the manifest uses.
+func shipmentChain(sh *shipper.Shipment) (string, []string) {
+	return sh.Header.Base, append([]string{}, sh.Manifest.BaseIDs()...)
+}
+
+func runShow(ctx context.Context, s *streams, opts *showOptions) error {
+	ids, err := s.identities(opts.identities, opts.passphraseFile, true)
+	if err != nil {
+		return err
+	}
+	tr, err := openExistingDest(ctx, s, opts.dest, &opts.transport)
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+	id, err := pickShipment(ctx, tr, opts.shipment)
+	if err != nil {
+		return err
+	}
+	sh, err := shipper.OpenShipment(ctx, tr, id, ids)
+	if err != nil {
+		return fmt.Errorf("show %s at %s: %w", id, tr, err)
+	}
+	m := sh.Manifest
+	base, bases := shipmentChain(sh)
+	var total, data int64
+	for i := range m.Files {
+		total += m.Files[i].Size
+		data += fileDataBytes(&m.Files[i])
+	}
+	if opts.json {
+		head := map[string]any{"type": "shipment", "id": id, "created": sh.Header.Created, "label": sh.Header.Label,
+			"block_size": m.BlockSize, "bases": bases, "files": len(m.Files), "bytes_total": total, "bytes_data": data}
+		if base != "" {
+			head["base"] = base
+		}
+		if err := s.emit(head); err != nil {
+			return err
+		}
+		for i := range m.Files {
+			f := &m.Files[i]
+			digest := ""
+			if f.Type == archive.TypeFile {
+				digest = f.BLAKE3.String()
+			}
+			if err := s.emit(map[string]any{"type": "file", "path": f.Path, "file_type": f.Type, "size": f.Size,
+				"bytes_data": fileDataBytes(f), "mode": fmt.Sprintf("%04o", f.Mode.Perm()), "mtime": f.MTime,
+				"owner": fileOwner(f), "blake3": digest}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	w := s.out
+	fmt.Fprintf(w, "shipment  %s\n", id)
+	fmt.Fprintf(w, "created   %s\n", sh.Header.Created.Local().Format(time.RFC3339))
+	fmt.Fprintf(w, "label     %s\n", cell(sh.Header.Label))
+	switch {
+	case base != "":
+		fmt.Fprintf(w, "base      %s (incremental; uses blocks of %s)\n", base, strings.Join(bases, ", "))
+	case len(bases) > 0:
+		fmt.Fprintf(w, "bases     %s\n", strings.Join(bases, ", "))
+	default:
+		fmt.Fprintf(w, "base      - (a full shipment)\n")
+	}
+	fmt.Fprintf(w, "files     %d, %s, %s of data\n\n", len(m.Files), humanBytes(total), humanBytes(data))
+	t := newTable(s, "TYPE", "MODE", "OWNER", "SIZE", "DATA", "MTIME", "BLAKE3", "PATH")
+	for i := range m.Files {
+		f := &m.Files[i]
+		digest := "-"
+		if f.Type == archive.TypeFile {
+			digest = f.BLAKE3.String()
+		}
+		t.row(f.Type, fmt.Sprintf("%04o", f.Mode.Perm()), fileOwner(f), t.size(f.Size), t.size(fileDataBytes(f)),
+			f.MTime.Local().Format(time.RFC3339), digest, f.Path)
+	}
+	return t.flush()
+}

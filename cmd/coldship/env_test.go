@@ -1,0 +1,155 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// errResolved stops a command once its flags are resolved.
+var errResolved = errors.New("flags resolved")
+
+// argsFor gives each command arguments it accepts, so that it reaches the
+// point where the environment is applied.
+var argsFor = map[string][]string{
+	"receive": {"dest"}, "verify": {"dest"}, "list": {"dest"}, "prune": {"dest"}, "show": {"dest"}, "man": {"dir"},
+}
+
+// envCase is a value for a flag's variable and what the flag must then hold.
+func envCase(f *pflag.Flag) (env string, want []string) {
+	switch f.Value.Type() {
+	case "bool":
+		if f.DefValue == "true" {
+			return "false", []string{"false"}
+		}
+		return "true", []string{"true"}
+	case "int":
+		return "7", []string{"7"}
+	case "duration":
+		return "3s", []string{"3s"}
+	case "stringArray", "stringSlice":
+		if len(f.Annotations[envCommaList]) > 0 {
+			return "from env 1,from-env-2\n from-env-3 ", []string{"from env 1", "from-env-2", "from-env-3"}
+		}
+		return "from env, 1\nfrom-env-2", []string{"from env, 1", "from-env-2"}
+	}
+	return " from-env ", []string{"from-env"}
+}
+
+// resolved returns a flag's value(s) as the command sees them.
+func resolved(fs *pflag.FlagSet, name string) []string {
+	f := fs.Lookup(name)
+	if v, err := fs.GetStringArray(name); err == nil {
+		return v
+	}
+	return []string{f.Value.String()}
+}
+
+// TestEnvEveryFlag sets COLDSHIP_<FLAG> for every flag of every command and
+// checks that the command sees it, and that the flag on the command line wins.
+func TestEnvEveryFlag(t *testing.T) {
+	var seen *pflag.FlagSet
+	flagsResolved = func(c *cobra.Command) error {
+		seen = c.Flags()
+		return errResolved
+	}
+	defer func() { flagsResolved = nil }()
+	root := newRootCmd(strings.NewReader(""), os.Stdout, os.Stderr)
+	root.InitDefaultCompletionCmd()
+	var cmds []*cobra.Command
+	var walk func(*cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.Runnable() && c.Name() != "help" && c != root {
+			cmds = append(cmds, c)
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+	tested := 0
+	for _, c := range cmds {
+		path := strings.Fields(c.CommandPath())[1:]
+		c.Flags().VisitAll(func(f *pflag.Flag) {
+			if flagsWithoutEnv[f.Name] {
+				return
+			}
+			tested++
+			name := envName(f.Name)
+			env, want := envCase(f)
+			t.Setenv(name, env)
+			args := append(append([]string{}, path...), argsFor[c.Name()]...)
+			seen = nil
+			r := run(t, args...)
+			if seen == nil {
+				t.Errorf("%s with %s: the command did not reach its flags (exit %d): %s", c.CommandPath(), name, r.code, r.stderr)
+				return
+			}
+			if got := resolved(seen, f.Name); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("%s: %s=%q gives --%s %q, want %q", c.CommandPath(), name, env, f.Name, got, want)
+			}
+			// The command line wins.
+			cli := "from-cli"
+			switch f.Value.Type() {
+			case "bool":
+				cli = f.DefValue
+			case "int":
+				cli = "9"
+			case "duration":
+				cli = "5s"
+			}
+			seen = nil
+			run(t, append(args, "--"+f.Name+"="+cli)...)
+			if got := resolved(seen, f.Name); seen == nil || fmt.Sprint(got) != fmt.Sprint([]string{cli}) {
+				t.Errorf("%s: --%s=%s with %s=%q set gives %q, want the flag's value", c.CommandPath(), f.Name, cli, name, env, got)
+			}
+			os.Unsetenv(name)
+		})
+	}
+	if tested < 100 {
+		t.Errorf("only %d flags tested; the walk missed commands", tested)
+	}
+}
+
+func TestEnvBadValue(t *testing.T) {
+	for _, tc := range []struct{ name, value, args string }{
+		{"COLDSHIP_JOBS", "many", "verify dest"},
+		{"COLDSHIP_LOCK_WAIT", "soon", "prune dest --keep-last 1"},
+		{"COLDSHIP_JSON", "perhaps", "list dest"},
+		{"COLDSHIP_STREAMS", "1.5", "list dest"},
+	} {
+		t.Setenv(tc.name, tc.value)
+		r := run(t, strings.Fields(tc.args)...)
+		if r.code != exitUsage || !strings.Contains(r.stderr, tc.name) {
+			t.Errorf("%s=%s: exit %d, want 2 naming the variable; %s", tc.name, tc.value, r.code, r.stderr)
+		}
+		os.Unsetenv(tc.name)
+	}
+}
+
+// TestEnvDefaultsRun runs a real send and receive from the environment
+// alone, as a systemd EnvironmentFile sets it, the passphrase included.
+func TestEnvDefaultsRun(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	makeImage(t, src, 1<<20, region{0, 200 << 10, "random"})
+	t.Setenv("COLDSHIP_TO", filepath.Join(dir, "dest"))
+	t.Setenv("COLDSHIP_PASSPHRASE", "correct horse battery staple")
+	t.Setenv("COLDSHIP_BLOCK_SIZE", "64K")
+	t.Setenv("COLDSHIP_NAME", "nightly")
+	t.Setenv("COLDSHIP_QUIET", "true")
+	id := strings.TrimSpace(mustRun(t, "send", src).stdout)
+	r := mustRun(t, "list", filepath.Join(dir, "dest"))
+	if !strings.Contains(r.stdout, id) || !strings.Contains(r.stdout, "nightly") {
+		t.Errorf("list after a send from the environment: %s", r.stdout)
+	}
+	t.Setenv("COLDSHIP_OUT", filepath.Join(dir, "out"))
+	mustRun(t, "receive", filepath.Join(dir, "dest"))
+	sameFile(t, src, filepath.Join(dir, "out", "disk.img"))
+}

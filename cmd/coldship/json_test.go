@@ -1,0 +1,195 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// kindOf finds the schema of an object: by its type (and op and mode for
+// summaries), or for list and prune lines by their fields.
+func kindOf(o map[string]any) *jsonKind {
+	for i := range jsonSchema {
+		k := &jsonSchema[i]
+		switch {
+		case k.Type == "" && o["type"] == nil:
+			if _, isPrune := o["delete"]; isPrune == (k.Name == "decision (prune)") {
+				return k
+			}
+		case k.Type != "" && o["type"] == k.Type && (k.Op == "" || o["op"] == k.Op) && (k.Mode == "" || o["mode"] == k.Mode):
+			return k
+		}
+	}
+	return nil
+}
+
+// checkSchema fails the test unless o is an object the schema documents:
+// every field known, of its documented type, every required one present.
+func checkSchema(t *testing.T, o map[string]any) {
+	t.Helper()
+	k := kindOf(o)
+	if k == nil {
+		t.Errorf("JSON object of no documented kind: %v", o)
+		return
+	}
+	known := map[string]bool{}
+	for _, f := range k.Fields {
+		known[f.Name] = true
+		v, present := o[f.Name]
+		typ, optional := strings.CutSuffix(f.Type, "?")
+		if !present {
+			if !optional {
+				t.Errorf("%s: field %q missing in %v", k.Name, f.Name, o)
+			}
+			continue
+		}
+		ok := false
+		switch x := v.(type) {
+		case string:
+			ok = typ == "string"
+		case bool:
+			ok = typ == "boolean"
+		case float64:
+			ok = typ == "number" || typ == "integer" && x == math.Trunc(x)
+		case []any:
+			ok = typ == "array"
+		case map[string]any:
+			ok = typ == "object"
+		}
+		if !ok {
+			t.Errorf("%s: field %q = %v (%T), documented as %s", k.Name, f.Name, v, v, f.Type)
+		}
+	}
+	for name := range o {
+		if !known[name] {
+			t.Errorf("%s: field %q is not documented", k.Name, name)
+		}
+	}
+}
+
+// TestJSONSchemaInREADME checks that the README documents every object of
+// the schema, field by field, in the order and with the types and meaning
+// of jsonSchema: the one source of truth.
+func TestJSONSchemaInREADME(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	for _, k := range jsonSchema {
+		want := readmeTable(k)
+		if !strings.Contains(readme, want) {
+			t.Errorf("README does not document %q as the schema says; want this block:\n%s", k.Name, want)
+		}
+	}
+	// And no field is documented there that the schema does not know.
+	row := regexp.MustCompile("(?m)^\\| `([a-z_0-9]+)` \\| ")
+	known := map[string]bool{}
+	for _, k := range jsonSchema {
+		for _, f := range k.Fields {
+			known[f.Name] = true
+		}
+	}
+	_, section, _ := strings.Cut(readme, "## Scripting and JSON")
+	section, _, _ = strings.Cut(section, "\n## ")
+	for _, m := range row.FindAllStringSubmatch(section, -1) {
+		if !known[m[1]] {
+			t.Errorf("README documents a field %q that no object has", m[1])
+		}
+	}
+}
+
+// readmeTable is how the README shows one kind of object.
+func readmeTable(k jsonKind) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "#### %s\n\n| field | type | meaning |\n|---|---|---|\n", k.Name)
+	for _, f := range k.Fields {
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", f.Name, f.Type, strings.ReplaceAll(f.Meaning, "|", "\\|"))
+	}
+	return b.String()
+}
+
+// TestJSONEveryCommand runs every command with --json and checks that its
+// stdout holds only documented JSON objects, ending in its summary, or in
+// an error object when it fails, usage errors included.
+func TestJSONEveryCommand(t *testing.T) {
+	dest, key, id, vm := sendSample(t)
+	dir := t.TempDir()
+	_, rcpt := keypair(t)
+	cases := [][]string{
+		{"keygen"}, {"keygen", "-o", filepath.Join(dir, "k", "id.key")},
+		{"send", vm, "--to", dest, "-r", rcpt},
+		{"receive", dest, id, "-i", key, "--out", filepath.Join(dir, "out")},
+		{"receive", dest, id, "-i", key, "--into", filepath.Join(dir, "into")},
+		{"receive", dest, id, "-i", key, "--into", filepath.Join(dir, "into")},
+		{"verify", dest}, {"verify", dest, id, "-i", key}, {"verify", "--all", dest},
+		{"list", dest}, {"show", dest, id, "-i", key}, {"prune", dest, "--keep-last", "5", "--dry-run"},
+		{"version"}, {"man", filepath.Join(dir, "man")},
+	}
+	for _, args := range cases {
+		r := run(t, append(args, "--json")...)
+		if r.code != 0 {
+			t.Errorf("coldship %s --json: exit %d; %s", strings.Join(args, " "), r.code, r.stderr)
+			continue
+		}
+		objs := jsonLines(t, r.stdout)
+		for _, o := range objs {
+			checkSchema(t, o)
+		}
+		last := objs[len(objs)-1]
+		if want := map[string]string{"list": "", "show": "file", "version": "version"}[args[0]]; want != "" || args[0] == "list" {
+			if last["type"] != nil && last["type"] != want {
+				t.Errorf("coldship %s --json: last object %v", args[0], last)
+			}
+		} else if last["type"] != "summary" || last["op"] != args[0] {
+			t.Errorf("coldship %s --json: last object %v, want its summary", args[0], last)
+		}
+	}
+	// Failures: an error object on stdout with the exit status and its
+	// category, even when the command line does not parse.
+	for _, tc := range []struct {
+		args     []string
+		env      string
+		code     int
+		category string
+	}{
+		{[]string{"list", "s3:/typo", "--json"}, "", exitUsage, "usage"},
+		{[]string{"list", "--no-such-flag", "--json"}, "", exitUsage, "usage"},
+		{[]string{"nosuchcommand", "--json"}, "", exitUsage, "usage"},
+		{[]string{"list", filepath.Join(dir, "missing")}, "1", exitError, "other"},
+		{[]string{"receive", dest, id, "--out", filepath.Join(dir, "o2"), "-i", filepath.Join(dir, "k", "id.key"), "--json"}, "", exitAuth, "auth"},
+		{[]string{"prune", dest, "--json", "--keep-within", "soon"}, "", exitUsage, "usage"},
+		{[]string{"list", dest, "--json=false"}, "1", 0, ""},
+	} {
+		t.Setenv(envName("json"), tc.env)
+		r := run(t, tc.args...)
+		if r.code != tc.code {
+			t.Errorf("coldship %s: exit %d, want %d; %s", strings.Join(tc.args, " "), r.code, tc.code, r.stderr)
+			continue
+		}
+		if tc.code == 0 {
+			if strings.HasPrefix(r.stdout, "{") {
+				t.Errorf("--json=false on the command line lost to COLDSHIP_JSON: %s", r.stdout)
+			}
+			continue
+		}
+		objs := jsonLines(t, r.stdout)
+		last := objs[len(objs)-1]
+		checkSchema(t, last)
+		if last["type"] != "error" || last["exit_code"] != float64(tc.code) || last["category"] != tc.category || last["error"] == "" {
+			t.Errorf("coldship %s: error object %v, want exit_code %d category %s", strings.Join(tc.args, " "), last, tc.code, tc.category)
+		}
+	}
+}
+
+func TestErrorCategories(t *testing.T) {
+	for code, want := range map[int]string{0: "other", 1: "other", 2: "usage", 3: "hook", 4: "auth", 5: "integrity", 6: "busy", 130: "interrupted"} {
+		if got := errorCategory(code); got != want {
+			t.Errorf("errorCategory(%d) = %q, want %q", code, got, want)
+		}
+	}
+}

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/creack/pty"
+)
+
+// TestProgressBarOnTerminal runs the built command with stderr on a
+// pseudo terminal and reads the bar it draws: IEC units only, and a rate
+// that counts bytes shipped, not the holes skipped, so that a 1 GiB sparse
+// image holding 4 MiB of data, sent under --bwlimit 1M, never shows a
+// rate far above the limit.
+func TestProgressBarOnTerminal(t *testing.T) {
+	bin := coldshipBinary(t)
+	_, rcpt := keypair(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	makeImage(t, img, 1<<30, region{0, 2 << 20, "random"}, region{700 << 20, 2 << 20, "random"})
+
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		t.Fatalf("open a pseudo terminal: %v", err)
+	}
+	defer ptmx.Close()
+	pty.Setsize(ptmx, &pty.Winsize{Rows: 24, Cols: 160})
+	cmd := exec.Command(bin, "send", img, "--to", filepath.Join(dir, "dest"), "-r", rcpt, "--bwlimit", "1M", "--compress", "none")
+	cmd.Stderr = tty
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Env = append(os.Environ(), "TERM=xterm")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tty.Close()
+	var screen bytes.Buffer
+	copied := make(chan struct{})
+	go func() {
+		io.Copy(&screen, ptmx) // ends with EIO once the command exits
+		close(copied)
+	}()
+	err = cmd.Wait()
+	<-copied
+	drawn := screen.String()
+	if err != nil {
+		t.Fatalf("send under a pty: %v\n%s", err, drawn)
+	}
+	if !strings.Contains(drawn, "\r") || !strings.Contains(drawn, "send ") || !strings.Contains(drawn, "[") {
+		t.Fatalf("no progress bar was drawn:\n%q", drawn)
+	}
+	if m := regexp.MustCompile(`\b[0-9.]+ ?[KMGT]B\b`).FindString(drawn); m != "" {
+		t.Errorf("the bar shows an SI unit %q; want IEC (KiB, MiB, GiB):\n%q", m, drawn)
+	}
+	if !strings.Contains(drawn, "1.0 GiB") {
+		t.Errorf("the bar or summary does not show the 1.0 GiB image in IEC units:\n%q", drawn)
+	}
+	rates := regexp.MustCompile(`([0-9.]+) (B|KiB|MiB|GiB)/s`).FindAllStringSubmatch(drawn, -1)
+	if len(rates) == 0 {
+		t.Fatalf("the bar shows no rate:\n%q", drawn)
+	}
+	unit := map[string]float64{"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+	for _, m := range rates {
+		v, _ := strconv.ParseFloat(m[1], 64)
+		if rate := v * unit[m[2]]; rate > 2<<20 {
+			t.Errorf("the bar shows %s %s/s under --bwlimit 1M: holes or buffered reads counted as moved bytes\n%q", m[1], m[2], drawn)
+		}
+	}
+	if !strings.Contains(drawn, "ETA ") {
+		t.Errorf("the bar shows no ETA:\n%q", drawn)
+	}
+}

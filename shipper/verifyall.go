@@ -1,0 +1,275 @@
+package shipper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"filippo.io/age"
+	"github.com/zeebo/blake3"
+
+	"github.com/coldship/coldship/archive"
+)
+
+// Problem is one thing wrong at a destination, found by VerifyAll.
+type Problem struct {
+	Shipment string `json:"shipment,omitempty"` // the shipment concerned, if any
+	Object   string `json:"object,omitempty"`   // the object concerned, relative to the destination
+	Problem  string `json:"problem"`
+	// Err is the error behind the problem, for callers that classify it
+	// (integrity, or an identity that opens nothing).
+	Err error `json:"-"`
+}
+
+func (p Problem) String() string {
+	switch {
+	case p.Object != "" && p.Shipment != "" && !strings.HasPrefix(p.Object, p.Shipment+"/"):
+		return p.Object + ": " + p.Problem + " (needed by shipment " + p.Shipment + ")"
+	case p.Object != "":
+		return p.Object + ": " + p.Problem
+	case p.Shipment != "":
+		return "shipment " + p.Shipment + ": " + p.Problem
+	}
+	return p.Problem
+}
+
+// VerifyAllOptions configure VerifyAll.
+type VerifyAllOptions struct {
+	// ReadData opens every block of every complete shipment with
+	// Identities (Shipment.Verify), on top of the inventory check.
+	ReadData   bool
+	Identities []age.Identity
+	Streams    int
+	Jobs       int
+	Counters   *Counters
+	// Problem, if set, is called for each problem as it is found.
+	Problem func(Problem)
+}
+
+// VerifyAllResult is what VerifyAll checked and found.
+type VerifyAllResult struct {
+	Shipments int       // shipments checked
+	Problems  []Problem // everything wrong, in the order found
+}
+
+// objectCheck is the result of reading and hashing one object once, even
+// when several shipments need it (a base's segments).
+type objectCheck struct {
+	size   int64
+	digest archive.Digest
+	err    error
+}
+
+// VerifyAll checks everything at tr, like restic's check: every complete
+// shipment's objects against its plaintext inventory (present, with the
+// recorded size and BLAKE3 digest), every base that a complete shipment
+// needs, and objects that belong to no shipment: objects outside any
+// shipment's folder, objects inside one that its inventory does not list,
+// incomplete shipments older than the newest complete one (failed sends
+// that were not resumed) and unfinished uploads. Every problem is
+// reported, not only the first. An error is returned only when the check
+// itself cannot go on (the destination cannot be listed).
+func VerifyAll(ctx context.Context, tr Transport, opts VerifyAllOptions) (*VerifyAllResult, error) {
+	if opts.Counters == nil {
+		opts.Counters = new(Counters)
+	}
+	res := &VerifyAllResult{}
+	report := func(p Problem) {
+		res.Problems = append(res.Problems, p)
+		if opts.Problem != nil {
+			opts.Problem(p)
+		}
+	}
+	objects := map[string]int64{}
+	err := tr.List(ctx, "", func(oi ObjectInfo) error {
+		objects[oi.Name] = oi.Size
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", tr, err)
+	}
+	names := make([]string, 0, len(objects))
+	for n := range objects {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		id, _, ok := strings.Cut(n, "/")
+		if !ok || !archive.ValidID(id) {
+			report(Problem{Object: n, Problem: "belongs to no shipment (a stray object)", Err: archive.ErrIntegrity})
+		}
+	}
+	ships, err := List(ctx, tr)
+	if err != nil {
+		return nil, err
+	}
+	newestComplete := -1
+	for i, si := range ships {
+		if si.Complete {
+			newestComplete = i
+		}
+	}
+	v := &allVerifier{tr: tr, objects: objects, checked: map[string]*objectCheck{}, cnt: opts.Counters, report: report}
+	for i, si := range ships {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		res.Shipments++
+		switch {
+		case !si.Complete && i > newestComplete:
+			continue // a send may be running
+		case !si.Complete:
+			report(Problem{Shipment: si.ID, Problem: "incomplete: a send that failed and was not resumed (prune deletes it)", Err: archive.ErrIntegrity})
+			continue
+		}
+		if err := v.shipment(ctx, si.ID); err != nil {
+			return nil, err
+		}
+		if opts.ReadData {
+			if err := readData(ctx, tr, si.ID, opts, report); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if ua, ok := tr.(UploadAborter); ok {
+		err := ua.Uploads(ctx, "", func(u Upload) error {
+			report(Problem{Object: u.Name, Problem: fmt.Sprintf("an unfinished upload (started %s) costs storage; prune or a rerun of the send aborts it",
+				u.Initiated.Format("2006-01-02 15:04")), Err: archive.ErrIntegrity})
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("list unfinished uploads at %s: %w", tr, err)
+		}
+	}
+	return res, nil
+}
+
+// allVerifier checks shipments against their inventories, reading each
+// object once.
+type allVerifier struct {
+	tr      Transport
+	objects map[string]int64 // every object at the destination, with its size
+	checked map[string]*objectCheck
+	cnt     *Counters
+	report  func(Problem)
+}
+
+// shipment checks one complete shipment's objects and those of its bases
+// that it needs, and reports objects in its folder that it does not list.
+func (v *allVerifier) shipment(ctx context.Context, id string) error {
+	if _, _, err := readHeader(ctx, v.tr, id); err != nil {
+		if !errors.Is(err, archive.ErrIntegrity) {
+			return err
+		}
+		v.report(Problem{Shipment: id, Object: id + "/" + archive.HeaderObject, Problem: err.Error(), Err: err})
+	}
+	ib, err := getObject(ctx, v.tr, id+"/"+archive.InventoryObject, 1<<30)
+	if err != nil {
+		if !errors.Is(err, ErrNotFound) && !errors.Is(err, archive.ErrIntegrity) {
+			return err
+		}
+		v.report(Problem{Shipment: id, Object: id + "/" + archive.InventoryObject, Problem: "the inventory is missing or unreadable: nothing of this shipment can be checked without a key", Err: archive.ErrIntegrity})
+		return nil
+	}
+	inv, err := archive.ParseInventory(ib)
+	if err != nil {
+		v.report(Problem{Shipment: id, Object: id + "/" + archive.InventoryObject, Problem: err.Error(), Err: archive.ErrIntegrity})
+		return nil
+	}
+	listed := map[string]bool{id + "/" + archive.InventoryObject: true}
+	for _, o := range inv.Objects {
+		name := id + "/" + o.Name
+		listed[name] = true
+		if err := v.object(ctx, id, name, o); err != nil {
+			return err
+		}
+	}
+	for _, b := range inv.Bases {
+		if !archive.ValidID(b.ID) {
+			v.report(Problem{Shipment: id, Object: id + "/" + archive.InventoryObject, Problem: fmt.Sprintf("names an invalid base %q", b.ID), Err: archive.ErrIntegrity})
+			continue
+		}
+		if _, ok := v.objects[b.ID+"/"+archive.HeaderObject]; !ok {
+			v.report(Problem{Shipment: id, Problem: fmt.Sprintf("needs base %s, which is missing: it cannot be restored", b.ID), Err: archive.ErrIntegrity})
+			continue
+		}
+		for _, o := range b.Objects {
+			if err := v.object(ctx, id, b.ID+"/"+o.Name, o); err != nil {
+				return err
+			}
+		}
+	}
+	for name := range v.objects {
+		if strings.HasPrefix(name, id+"/") && !listed[name] {
+			v.report(Problem{Shipment: id, Object: name, Problem: "not listed in the shipment's inventory (a leftover)", Err: archive.ErrIntegrity})
+		}
+	}
+	return nil
+}
+
+// object checks that name is present with the inventory's size and
+// digest, reading it only the first time.
+func (v *allVerifier) object(ctx context.Context, id, name string, want archive.InventoryEntry) error {
+	if err := CheckName(name); err != nil {
+		v.report(Problem{Shipment: id, Object: id + "/" + archive.InventoryObject, Problem: err.Error(), Err: archive.ErrIntegrity})
+		return nil
+	}
+	size, ok := v.objects[name]
+	if !ok {
+		v.report(Problem{Shipment: id, Object: name, Problem: "missing", Err: archive.ErrIntegrity})
+		return nil
+	}
+	c := v.checked[name]
+	if c == nil {
+		c = &objectCheck{size: size}
+		v.cnt.Total.Add(size)
+		rc, err := v.tr.Open(ctx, name, 0, -1)
+		if err != nil {
+			if !errors.Is(err, ErrNotFound) {
+				return fmt.Errorf("open %s: %w", name, err)
+			}
+			c.err = err
+		} else {
+			h := blake3.New()
+			n, err := io.Copy(h, rc)
+			rc.Close()
+			if err != nil {
+				return fmt.Errorf("read %s: %w", name, err)
+			}
+			v.cnt.Done.Add(n)
+			v.cnt.Shipped.Add(n)
+			c.size = n
+			h.Sum(c.digest[:0])
+		}
+		v.checked[name] = c
+	}
+	switch {
+	case c.err != nil:
+		v.report(Problem{Shipment: id, Object: name, Problem: "missing", Err: archive.ErrIntegrity})
+	case c.size != want.Size:
+		v.report(Problem{Shipment: id, Object: name, Problem: fmt.Sprintf("%d bytes, the inventory says %d (truncated or replaced)", c.size, want.Size), Err: archive.ErrIntegrity})
+	case c.digest != want.BLAKE3:
+		v.report(Problem{Shipment: id, Object: name, Problem: "its BLAKE3 digest differs from the inventory's (corrupted or tampered)", Err: archive.ErrIntegrity})
+	}
+	return nil
+}
+
+// readData opens shipment id with the identities and authenticates every
+// block of it; what fails is a problem of that shipment.
+func readData(ctx context.Context, tr Transport, id string, opts VerifyAllOptions, report func(Problem)) error {
+	sh, err := OpenShipment(ctx, tr, id, opts.Identities)
+	if err == nil {
+		err = sh.Verify(ctx, opts.Streams, opts.Jobs, nil)
+	}
+	if err == nil {
+		return nil
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		return cerr
+	}
+	report(Problem{Shipment: id, Problem: "reading its data: " + err.Error(), Err: err})
+	return nil
+}
