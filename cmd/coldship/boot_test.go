@@ -14,9 +14,10 @@ import (
 )
 
 // bootTimeout is the post-receive hook's timeout, after which coldship kills
-// QEMU: a safety net for a guest that hangs, not a limit on speed (a boot
-// takes about twenty seconds under TCG here, longer on a loaded machine).
-const bootTimeout = "5m"
+// QEMU: a safety net for a guest that hangs, not a limit on speed. A boot
+// under TCG costs QEMU about 18 CPU seconds: some twenty seconds on an idle
+// 2-core machine, over two minutes at a load average of 20.
+const bootTimeout = "10m"
 
 // newGuestData returns a fresh token for a guest's marker and n random bytes
 // for its /data.

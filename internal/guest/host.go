@@ -18,6 +18,7 @@ type Host struct {
 	QEMUImg string // qemu-img
 	QEMUIO  string // qemu-io
 	Mkfs    string // mkfs.ext4
+	Debugfs string // debugfs
 	Busybox string // a statically linked busybox
 	Kernel  string // /boot/vmlinuz-VERSION
 	Initrd  string // /boot/initrd.img-VERSION, the same VERSION
@@ -39,6 +40,7 @@ func FindHost() (Host, error) {
 		{"qemu-img", "qemu-utils", &h.QEMUImg},
 		{"qemu-io", "qemu-utils", &h.QEMUIO},
 		{"mkfs.ext4", "e2fsprogs", &h.Mkfs},
+		{"debugfs", "e2fsprogs", &h.Debugfs},
 		{"busybox", "busybox-static", &h.Busybox},
 	} {
 		p, err := exec.LookPath(tool.name)

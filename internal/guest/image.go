@@ -3,10 +3,12 @@ package guest
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -78,6 +80,50 @@ func (h Host) Build(ctx context.Context, path string, s Spec) error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		os.Remove(path)
 		return fmt.Errorf("mkfs.ext4 %s: %v\n%s", path, err, out)
+	}
+	if err := h.stampTimes(ctx, path, tree); err != nil {
+		os.Remove(path)
+		return err
+	}
+	return nil
+}
+
+// stampTimes sets the change and access times of every inode copied from
+// tree to epoch: mkfs.ext4 -d copies each file's ctime, which no one can
+// set, and its atime, which reading a folder moves (relatime moves an atime
+// that is not after the mtime), so two builds a second apart would differ
+// in their inode tables.
+func (h Host) stampTimes(ctx context.Context, img, tree string) error {
+	var script strings.Builder
+	err := filepath.WalkDir(tree, func(p string, _ os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(tree, p)
+		for _, field := range []string{"ctime", "atime"} {
+			fmt.Fprintf(&script, "set_inode_field %s %s @%d\n", filepath.Join("/", rel), field, epoch.Unix())
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("stamp inodes of %s: %w", img, err)
+	}
+	cmd := exec.CommandContext(ctx, h.Debugfs, "-w", "-f", "-", img)
+	cmd.Stdin = strings.NewReader(script.String())
+	cmd.Env = append(os.Environ(), fmt.Sprintf("E2FSPROGS_FAKE_TIME=%d", epoch.Unix()))
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	// debugfs exits 0 when a command fails: anything but its banner is one.
+	msg := strings.TrimSpace(stderr.String())
+	if _, after, ok := strings.Cut(msg, "\n"); ok || !strings.HasPrefix(msg, "debugfs ") {
+		if ok {
+			msg = after
+		}
+		err = errors.Join(err, errors.New(msg))
+	}
+	if err != nil {
+		return fmt.Errorf("debugfs set times in %s: %w", img, err)
 	}
 	return nil
 }
