@@ -5,6 +5,9 @@
 set -euo pipefail
 
 debs=(openssh-server openssh-client qemu-utils libvirt-clients util-linux)
+# The boot test (cmd/coldship/boot_test.go): a busybox guest on an ext4 root,
+# booted under QEMU with Debian's kernel and initrd.
+debs+=(qemu-system-x86 busybox-static linux-image-amd64 e2fsprogs)
 if [ "${1:-}" = "--bench" ]; then
 	debs+=(age openssl rclone restic rsync time)
 fi
@@ -18,7 +21,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 	[ "$(id -u)" = 0 ] || sudo=sudo
 	echo "installing Debian packages: ${missing[*]}" >&2
 	$sudo apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	# Non-interactive throughout, through sudo too: the kernel's postinst
+	# runs update-initramfs, and an upgraded conffile keeps local changes.
+	$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}" >/dev/null
 fi
 
 # Pinned Go tools, installed into $(go env GOPATH)/bin where the tests look.
