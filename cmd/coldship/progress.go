@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
@@ -49,8 +50,8 @@ type reporter struct {
 	samples []sample
 	stop    chan struct{}
 	done    chan struct{}
-	tty     int  // stderr's file descriptor, for its width
-	bar     bool // drawing a bar
+	tty     int                      // stderr's file descriptor, for its width
+	bar     *progressbar.ProgressBar // on a terminal; nil otherwise
 	drawn   bool
 }
 
@@ -60,7 +61,8 @@ func startProgress(s *streams, op string, o outputOptions, cnt *shipper.Counters
 	switch fd, tty := s.stderrTerminal(); {
 	case o.json:
 	case !o.quiet && tty:
-		interval, r.bar, r.tty = 200*time.Millisecond, true, fd
+		interval, r.tty = 200*time.Millisecond, fd
+		r.bar = newBar(s, op)
 	default:
 		close(r.done)
 		return r
@@ -113,8 +115,8 @@ func (r *reporter) rates(now time.Time) (perSecond float64, eta time.Duration, o
 func (r *reporter) tick(now time.Time) {
 	rate, eta, etaOK := r.rates(now)
 	total, done := r.cnt.Total.Load(), r.cnt.Done.Load()
-	if r.bar {
-		r.draw(r.line(total, done, rate, eta, etaOK))
+	if r.bar != nil {
+		r.draw(total, done, r.details(total, done, rate, eta, etaOK))
 		return
 	}
 	ev := map[string]any{
@@ -128,17 +130,28 @@ func (r *reporter) tick(now time.Time) {
 	r.s.emit(ev)
 }
 
-// line is the bar's text: operation, percentage, bar, bytes done of the
-// total, bytes read and shipped, the rate and the time left.
-func (r *reporter) line(total, done int64, rate float64, eta time.Duration, etaOK bool) string {
-	pct := 0.0
-	if total > 0 {
-		pct = float64(done) / float64(total) * 100
-	}
-	const width = 20
-	fill := min(int(pct/100*width), width)
-	bar := "[" + strings.Repeat("=", fill) + strings.Repeat(" ", width-fill) + "]"
-	parts := []string{fmt.Sprintf("%s %3.0f%% %s %s / %s", r.op, pct, bar, humanBytes(done), humanBytes(total))}
+// newBar makes the terminal bar. The library draws it; its own rate and
+// time left are off: they would count the logical bytes the bar fills
+// with, holes included, where ours count only bytes really moved.
+func newBar(s *streams, op string) *progressbar.ProgressBar {
+	return progressbar.NewOptions64(-1,
+		progressbar.OptionSetWriter(s.err),
+		progressbar.OptionSetDescription(op),
+		progressbar.OptionSetTheme(progressbar.ThemeASCII),
+		progressbar.OptionSetWidth(20),
+		progressbar.OptionUseIECUnits(true),
+		progressbar.OptionSetPredictTime(false),
+		progressbar.OptionSetElapsedTime(false),
+		progressbar.OptionShowDescriptionAtLineEnd(),
+		progressbar.OptionThrottle(0),
+		progressbar.OptionSetRenderBlankState(false),
+	)
+}
+
+// details is the text after the bar: bytes done of the total, bytes read
+// and shipped, the rate and the time left.
+func (r *reporter) details(total, done int64, rate float64, eta time.Duration, etaOK bool) string {
+	parts := []string{fmt.Sprintf("%s / %s", humanBytes(done), humanBytes(total))}
 	if n := r.cnt.Read.Load(); n > 0 {
 		parts = append(parts, "read "+humanBytes(n))
 	}
@@ -149,12 +162,19 @@ func (r *reporter) line(total, done int64, rate float64, eta time.Duration, etaO
 	return strings.Join(parts, ", ")
 }
 
-// draw replaces the bar's line on the terminal, cut to its width.
-func (r *reporter) draw(line string) {
-	if w, _, err := term.GetSize(r.tty); err == nil && w > 1 && len(line) >= w {
-		line = line[:w-1]
+// draw moves the bar to done of total with the details after it, the
+// whole cut to the terminal's width.
+func (r *reporter) draw(total, done int64, details string) {
+	if w, _, err := term.GetSize(r.tty); err == nil && w > 40 {
+		if max := w - 40; len(details) > max {
+			details = details[:max]
+		}
 	}
-	fmt.Fprintf(r.s.err, "\r%s\x1b[K", line)
+	if total > 0 {
+		r.bar.ChangeMax64(total)
+	}
+	r.bar.Describe(r.op + " " + details)
+	r.bar.Set64(min(done, max(total, 0)))
 	r.drawn = true
 }
 
@@ -180,6 +200,7 @@ func (r *reporter) finish(ok bool, summary map[string]any, line string) {
 		<-r.done
 	}
 	if r.drawn {
+		r.bar.Clear()
 		fmt.Fprint(r.s.err, "\r\x1b[K")
 	}
 	if !ok {
