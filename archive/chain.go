@@ -163,7 +163,7 @@ func AddBackingChains(sources []Source) ([]Source, error) {
 	}
 	find := func(fi fs.FileInfo) int {
 		for i, s := range out {
-			if !s.Info.IsDir() && sameImage(s.Info, fi) {
+			if !s.Info.IsDir() && SameImage(s.Info, fi) {
 				return i
 			}
 		}
@@ -209,9 +209,9 @@ func AddBackingChains(sources []Source) ([]Source, error) {
 	return out, nil
 }
 
-// sameImage reports whether a and b are the same file, or the same block
-// device through two device nodes.
-func sameImage(a, b fs.FileInfo) bool {
+// SameImage reports whether a and b (Stat results) are the same file, or
+// the same block device through two device nodes.
+func SameImage(a, b fs.FileInfo) bool {
 	if isBlockDevice(a.Mode()) && isBlockDevice(b.Mode()) {
 		sa, ok1 := a.Sys().(*syscall.Stat_t)
 		sb, ok2 := b.Sys().(*syscall.Stat_t)

@@ -89,3 +89,21 @@ func TestBackingChainOnDevice(t *testing.T) {
 		t.Errorf("device given through another node: %+v, %v", srcs, err)
 	}
 }
+
+func TestSourceOwner(t *testing.T) {
+	if os.Getuid() != 0 {
+		vmtest.Unavailable(t, "changing a file's owner needs root")
+	}
+	dir := t.TempDir()
+	p := filepath.Join(dir, "disk.img")
+	os.WriteFile(p, []byte("x"), 0o640)
+	if err := os.Chown(p, 64055, 994); err != nil {
+		t.Fatal(err)
+	}
+	for _, srcs := range [][]Source{sourcesOf(t, p), sourcesOf(t, dir)} {
+		s := srcs[len(srcs)-1]
+		if s.Path != p || s.UID != 64055 || s.GID != 994 {
+			t.Errorf("source %s owned by %d:%d, want 64055:994", s.Path, s.UID, s.GID)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -123,7 +124,14 @@ func readDevNumber(p string) (uint64, bool) {
 // a mount (in this mount namespace) of it or of a partition, or a holder
 // (device-mapper, md) on top of it.
 func deviceBusyReason(dev uint64) string {
+	devs := []uint64{dev}
 	for d := range relatedDevices(dev) {
+		if d != dev {
+			devs = append(devs, d)
+		}
+	}
+	slices.Sort(devs[1:])
+	for _, d := range devs {
 		what := ""
 		if d != dev {
 			what = deviceName(d) + " "
@@ -131,9 +139,8 @@ func deviceBusyReason(dev uint64) string {
 		if mnt := mountPoint(d); mnt != "" {
 			return what + "mounted on " + mnt
 		}
-		holders, _ := os.ReadDir(filepath.Join(sysBlock(d), "holders"))
-		for _, h := range holders {
-			name := h.Name()
+		if holders, _ := os.ReadDir(filepath.Join(sysBlock(d), "holders")); len(holders) > 0 {
+			name := holders[0].Name()
 			if dm, err := os.ReadFile(filepath.Join("/sys/class/block", name, "dm", "name")); err == nil {
 				name += " (" + strings.TrimSpace(string(dm)) + ")"
 			}

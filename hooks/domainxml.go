@@ -252,12 +252,17 @@ func RewriteDisks(data []byte, to map[string]Target) ([]byte, error) {
 		sort.Strings(missing)
 		return nil, fmt.Errorf("rewrite domain XML: no disk with source %s", strings.Join(missing, ", "))
 	}
+	return applyEdits(data, edits)
+}
+
+// applyEdits returns data with the edits made.
+func applyEdits(data []byte, edits []edit) ([]byte, error) {
 	sort.Slice(edits, func(i, j int) bool { return edits[i].start < edits[j].start })
 	var out bytes.Buffer
 	last := 0
 	for _, e := range edits {
 		if e.start < last {
-			return nil, errors.New("rewrite domain XML: overlapping edits") // two sources in one element
+			return nil, errors.New("rewrite domain XML: overlapping edits")
 		}
 		out.Write(data[last:e.start])
 		out.WriteString(e.value)

@@ -4,7 +4,7 @@
 # `make bench` measures against.
 set -euo pipefail
 
-debs=(openssh-server openssh-client qemu-utils libvirt-clients util-linux)
+debs=(openssh-server openssh-client qemu-utils libvirt-clients util-linux e2fsprogs)
 if [ "${1:-}" = "--bench" ]; then
 	debs+=(age openssl rclone restic rsync time)
 fi
