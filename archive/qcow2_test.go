@@ -67,6 +67,11 @@ func TestRewriteBacking(t *testing.T) {
 			copyFile(t, base, l0)
 			copyFile(t, mid, l1)
 			copyFile(t, top, l2)
+			if compat == "1.1" {
+				// A persistent dirty bitmap: an extension with offsets
+				// that the rewrite must carry over.
+				vmtest.Run(t, "qemu-img", "bitmap", "--add", l2, "bm0")
+			}
 			// A long name first, then the short one: the old name's bytes
 			// must not survive.
 			long := strings.Repeat("x/../", 150) + "l1.qcow2"
@@ -83,6 +88,9 @@ func TestRewriteBacking(t *testing.T) {
 			if len(chain) != 3 || chain[0].BackingFilename != "l1.qcow2" || chain[0].FullBackingFilename != l1 ||
 				chain[1].BackingFilename != "l0.qcow2" || chain[1].BackingFormat != "qcow2" || chain[2].Filename != l0 {
 				t.Errorf("qemu-img info --backing-chain: %+v", chain)
+			}
+			if info := vmtest.Run(t, "qemu-img", "info", l2); compat == "1.1" && !strings.Contains(info, "name: bm0") {
+				t.Errorf("the bitmap is lost:\n%s", info)
 			}
 			for _, p := range []string{l0, l1, l2} {
 				vmtest.Run(t, "qemu-img", "check", "-q", p)
