@@ -17,13 +17,38 @@ import (
 type Source struct {
 	Path string      // on the local file system
 	Name string      // relative, slash-separated name in the shipment
-	Info fs.FileInfo // from Lstat when collected
+	Info fs.FileInfo // from Lstat when collected (Stat for an argument)
+	// UID and GID own the file (numeric, from Info).
+	UID, GID uint32
+	// Device: a block device, shipped as a raw image of its size.
+	Device bool
+
+	// Backing chains (AddBackingChains). Format is the image's format
+	// when its header was read (ImageQCOW2, ImageRaw, ...), "" otherwise;
+	// set it beforehand when it is known (libvirt's <driver type>) so that
+	// a raw disk is never read as the qcow2 its guest may have written.
+	Format string
+	// Backing is the shipped Name of the source that is this image's
+	// backing file, "" if it has none (or chains were not followed);
+	// BackingFormat is that file's format.
+	Backing, BackingFormat string
 }
 
-// CollectSources expands the command line's SOURCE arguments: a file ships
-// under its base name, a directory under its base name with everything in
-// it, recursively. Symbolic links given as arguments are followed; inside a
-// directory, anything but regular files and directories is refused.
+// NewSource describes the file at p, whose Stat or Lstat is fi, shipped
+// as name.
+func NewSource(p, name string, fi fs.FileInfo) Source {
+	s := Source{Path: p, Name: name, Info: fi, Device: isBlockDevice(fi.Mode())}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		s.UID, s.GID = st.Uid, st.Gid
+	}
+	return s
+}
+
+// CollectSources expands the command line's SOURCE arguments: a file or a
+// block device ships under its base name, a directory under its base name
+// with everything in it, recursively. Symbolic links given as arguments
+// are followed (/dev/VG/LV); inside a directory, anything but regular files
+// and directories is refused.
 func CollectSources(args []string) ([]Source, error) {
 	var out []Source
 	seen := map[string]string{}
@@ -52,8 +77,8 @@ func CollectSources(args []string) ([]Source, error) {
 			return nil, fmt.Errorf("source %s: cannot ship the root directory", arg)
 		}
 		switch {
-		case fi.Mode().IsRegular():
-			if err := add(Source{Path: arg, Name: base, Info: fi}); err != nil {
+		case fi.Mode().IsRegular() || isBlockDevice(fi.Mode()):
+			if err := add(NewSource(arg, base, fi)); err != nil {
 				return nil, err
 			}
 		case fi.IsDir():
@@ -73,13 +98,13 @@ func CollectSources(args []string) ([]Source, error) {
 				if !info.Mode().IsRegular() && !info.IsDir() {
 					return fmt.Errorf("source %s: %v is not supported (only regular files and directories)", p, info.Mode().Type())
 				}
-				return add(Source{Path: p, Name: name, Info: info})
+				return add(NewSource(p, name, info))
 			})
 			if err != nil {
 				return nil, err
 			}
 		default:
-			return nil, fmt.Errorf("source %s: not a regular file or directory", arg)
+			return nil, fmt.Errorf("source %s: not a regular file, block device or directory", arg)
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -91,8 +116,15 @@ type Range struct{ Offset, Length int64 }
 
 // DataRanges returns the ranges of f that hold data, found with SEEK_DATA
 // and SEEK_HOLE so that holes are never read. A file system without
-// SEEK_DATA reports the whole file as data.
+// SEEK_DATA reports the whole file as data, and so does a block device,
+// which has no holes to seek (its zero blocks are found by reading them).
 func DataRanges(f *os.File, size int64) ([]Range, error) {
+	if fi, err := f.Stat(); err == nil && isBlockDevice(fi.Mode()) {
+		if size == 0 {
+			return nil, nil
+		}
+		return []Range{{0, size}}, nil
+	}
 	fd := int(f.Fd())
 	var out []Range
 	for off := int64(0); off < size; {

@@ -30,16 +30,20 @@
 // # Powered-off safety
 //
 // CheckNotInUse refuses an image that another process holds an fcntl lock
-// on (QEMU locks the images of a running VM) or has open for writing.
-// (An image that changes while it is read is caught by the send pipeline:
-// archive.Stamp.)
+// on (QEMU locks the images of a running VM) or has open for writing, and
+// a block device that is mounted or claimed (an O_EXCL open fails);
+// CheckNotWritten lets readers of a shared backing file be;
+// CheckDeviceFree refuses a restore target device that anything uses.
+// Every such refusal matches ErrBusy (exit status 6). (An image that
+// changes while it is read is caught by the send pipeline: archive.Stamp.)
 //
 // # libvirt
 //
 // Libvirt runs virsh (Debian's libvirt-clients): it finds a domain's
-// file-backed disks and NVRAM file in its persistent definition, waits for
-// a shutdown, and defines and starts the domain at the destination once
-// RewriteDisks has pointed its definition at where the images landed.
+// file and block disks, their <backingStore> chains and its NVRAM file in
+// its persistent definition, waits for a shutdown, and defines and starts
+// the domain at the destination once RewriteDisks has pointed its
+// definition at where the images landed.
 // Commands that depend on each other run in one virsh invocation, which
 // libvirt's test driver (state per connection) needs.
 package hooks

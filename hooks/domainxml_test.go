@@ -46,13 +46,22 @@ const rewriteInput = `<?xml version="1.0"?>
 </domain>
 `
 
+// files makes RewriteDisks targets that are files.
+func files(m map[string]string) map[string]Target {
+	out := map[string]Target{}
+	for k, v := range m {
+		out[k] = Target{Path: v}
+	}
+	return out
+}
+
 func TestRewriteDisks(t *testing.T) {
-	paths := map[string]string{
+	paths := files(map[string]string{
 		"/var/lib/images/vm1.qcow2":               "/srv/vms/vm1.qcow2",
 		"/var/lib/images/base.qcow2":              "/srv/vms/base.qcow2",
 		"/var/lib/images/a&b 'data'.img":          "/srv/vms/a&b \"new\".img",
 		"/var/lib/libvirt/qemu/nvram/vm1_VARS.fd": "/srv/vms/vm1_VARS.fd",
-	}
+	})
 	got, err := RewriteDisks([]byte(rewriteInput), paths)
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +81,8 @@ func TestRewriteDisks(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantDisks := []Disk{
-		{Target: "vda", Source: "/srv/vms/vm1.qcow2", Type: "file", Device: "disk"},
+		{Target: "vda", Source: "/srv/vms/vm1.qcow2", Type: "file", Device: "disk", Format: "qcow2",
+			BackingStore: []BackingStore{{Type: "file", Source: "/srv/vms/base.qcow2"}}},
 		{Target: "vdb", Source: "/srv/vms/a&b \"new\".img", Type: "file", Device: "disk"},
 	}
 	if !reflect.DeepEqual(d.Disks, wantDisks) || d.NVRAM != "/srv/vms/vm1_VARS.fd" {
@@ -82,7 +92,7 @@ func TestRewriteDisks(t *testing.T) {
 	if same, err := RewriteDisks([]byte(rewriteInput), nil); err != nil || string(same) != rewriteInput {
 		t.Errorf("empty map changed the XML (%v)", err)
 	}
-	if _, err := RewriteDisks([]byte(rewriteInput), map[string]string{"/var/lib/images/other.img": "/x"}); err == nil ||
+	if _, err := RewriteDisks([]byte(rewriteInput), files(map[string]string{"/var/lib/images/other.img": "/x"})); err == nil ||
 		!strings.Contains(err.Error(), "/var/lib/images/other.img") {
 		t.Errorf("unknown source: %v", err)
 	}
@@ -94,7 +104,7 @@ func TestRewriteDisks(t *testing.T) {
 func TestRewriteDisksNVRAMSource(t *testing.T) {
 	// libvirt 8.5 and later may give the NVRAM file as a <source>.
 	in := `<domain><name>x</name><os><nvram type='file'><source file='/a/VARS.fd'/></nvram></os></domain>`
-	got, err := RewriteDisks([]byte(in), map[string]string{"/a/VARS.fd": "/b/VARS.fd"})
+	got, err := RewriteDisks([]byte(in), files(map[string]string{"/a/VARS.fd": "/b/VARS.fd"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,16 +124,26 @@ func TestParseDomain(t *testing.T) {
 		err   string
 	}{
 		{"file disks, empty drive skipped", rewriteInput, []Disk{
-			{Target: "vda", Source: "/var/lib/images/vm1.qcow2", Type: "file", Device: "disk"},
+			{Target: "vda", Source: "/var/lib/images/vm1.qcow2", Type: "file", Device: "disk", Format: "qcow2",
+				BackingStore: []BackingStore{{Type: "file", Source: "/var/lib/images/base.qcow2"}}},
 			{Target: "vdb", Source: "/var/lib/images/a&b 'data'.img", Type: "file", Device: "disk"},
 		}, ""},
 		{"device defaults to disk", `<domain><name>x</name><devices><disk type='file'><source file='/a.img'/><target dev='hda'/></disk></devices></domain>`,
 			[]Disk{{Target: "hda", Source: "/a.img", Type: "file", Device: "disk"}}, ""},
 		{"empty block cdrom skipped", `<domain><name>x</name><devices><disk type='block' device='cdrom'><target dev='hdc'/></disk></devices></domain>`, nil, ""},
-		{"block disk", `<domain><name>x</name><devices><disk type='block' device='disk'><source dev='/dev/vg/vm1'/><target dev='vda'/></disk></devices></domain>`,
-			nil, `disk vda (/dev/vg/vm1): only file-backed disks can be shipped, not type "block"`},
+		{"block disk", `<domain><name>x</name><devices><disk type='block' device='disk'><driver type='raw'/><source dev='/dev/vg/vm1'/><target dev='vda'/></disk></devices></domain>`,
+			[]Disk{{Target: "vda", Source: "/dev/vg/vm1", Type: "block", Device: "disk", Format: "raw"}}, ""},
+		{"backing chain", `<domain><name>x</name><devices><disk type='file'><driver type='qcow2'/><source file='/top'/>
+			<backingStore type='file'><format type='qcow2'/><source file='/mid'/>
+			<backingStore type='block'><format type='raw'/><source dev='/dev/vg/base'/><backingStore/></backingStore></backingStore>
+			<target dev='vda'/></disk></devices></domain>`,
+			[]Disk{{Target: "vda", Source: "/top", Type: "file", Device: "disk", Format: "qcow2", BackingStore: []BackingStore{
+				{Type: "file", Format: "qcow2", Source: "/mid"}, {Type: "block", Format: "raw", Source: "/dev/vg/base"}}}}, ""},
 		{"network disk", `<domain><name>x</name><devices><disk type='network' device='disk'><source protocol='rbd' name='pool/vm1'/><target dev='vda'/></disk></devices></domain>`,
-			nil, `not type "network"`},
+			nil, `disk vda (pool/vm1): only file and block disks can be shipped, not type "network"`},
+		{"network backing store", `<domain><name>x</name><devices><disk type='file'><source file='/top'/>
+			<backingStore type='network'><source protocol='nbd' name='x'/></backingStore><target dev='vda'/></disk></devices></domain>`,
+			nil, `disk vda: backing store 1 is of type "network"`},
 		{"no name", `<domain><devices/></domain>`, nil, "no <name>"},
 		{"not XML", `{"name": "vm1"}`, nil, "parse domain XML"},
 	}
@@ -151,7 +171,7 @@ func FuzzRewriteDisks(f *testing.F) {
 	f.Add([]byte(`<domain><os><nvram> /a </nvram></os></domain>`), "/a", "/b")
 	f.Add([]byte(`<disk><source file='x' file='x'/></disk>`), "x", "y")
 	f.Fuzz(func(t *testing.T, data []byte, from, to string) {
-		out, err := RewriteDisks(data, map[string]string{from: to})
+		out, err := RewriteDisks(data, map[string]Target{from: {Path: to, Device: len(to)%2 == 1}})
 		if err != nil {
 			return
 		}
@@ -168,6 +188,41 @@ func wellFormed(data []byte) bool {
 		_, err := dec.Token()
 		if err != nil {
 			return err.Error() == "EOF"
+		}
+	}
+}
+
+func TestRewriteDisksBlock(t *testing.T) {
+	in := `<domain><name>x</name><devices>
+  <disk type="block" device="disk"><source dev="/dev/vg/vm1" index='1'/><target dev='vda'/></disk>
+  <disk device='disk' type = 'file'><source file='/img/data.img'/><target dev='vdb'/></disk>
+  <disk type='block' device='lun'><source dev='/dev/sdz'/><target dev='sda'/></disk>
+</devices><os><nvram>/n/VARS.fd</nvram></os></domain>`
+	got, err := RewriteDisks([]byte(in), map[string]Target{
+		"/dev/vg/vm1":   {Path: "/srv/vm1.img"},
+		"/img/data.img": {Path: "/dev/vg/data", Device: true},
+		"/dev/sdz":      {Path: "/dev/sdy", Device: true},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := strings.NewReplacer(
+		`<disk type="block" device="disk"><source dev="/dev/vg/vm1"`, `<disk type="file" device="disk"><source file="/srv/vm1.img"`,
+		`type = 'file'><source file='/img/data.img'`, `type = 'block'><source dev='/dev/vg/data'`,
+		`/dev/sdz`, `/dev/sdy`,
+	).Replace(in)
+	if string(got) != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+	for _, tt := range []struct {
+		to  map[string]Target
+		err string
+	}{
+		{map[string]Target{"/dev/sdz": {Path: "/srv/lun.img"}}, "passthrough LUN"},
+		{map[string]Target{"/n/VARS.fd": {Path: "/dev/x", Device: true}}, "NVRAM file /n/VARS.fd cannot become a block device"},
+	} {
+		if _, err := RewriteDisks([]byte(in), tt.to); err == nil || !strings.Contains(err.Error(), tt.err) {
+			t.Errorf("%v: %v, want %q", tt.to, err, tt.err)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package hooks
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,13 +14,22 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// InUseError says that another process holds an image, and which one
-// when /proc shows it.
+// ErrBusy is matched (errors.Is) by every refusal of a source, or of a
+// restore target, that another process uses: locked, open for writing, a
+// busy block device, a libvirt domain still running. coldship exits 6 on
+// it.
+var ErrBusy = errors.New("source busy")
+
+// InUseError says that another process holds an image or a device, and
+// which one when /proc shows it. It matches ErrBusy.
 type InUseError struct {
 	Path    string
 	PID     int    // 0 if unknown
 	Command string // "" if unknown
-	Reason  string // "write lock on bytes 200-201", "open for writing", ...
+	Reason  string // "write lock on bytes 200-201", "open for writing", "mounted on /mnt", ...
+	// Write: the refusal is of a restore target (CheckDeviceFree), not of
+	// a source.
+	Write bool
 }
 
 func (e *InUseError) Error() string {
@@ -30,8 +40,13 @@ func (e *InUseError) Error() string {
 	case e.PID > 0:
 		who = fmt.Sprintf(" (pid %d)", e.PID)
 	}
+	if e.Write {
+		return fmt.Sprintf("refusing to write %s: %s%s: it must be unmounted and unused", e.Path, e.Reason, who)
+	}
 	return fmt.Sprintf("refusing to read %s: %s%s: is the VM running? use --force to override", e.Path, e.Reason, who)
 }
+
+func (e *InUseError) Unwrap() error { return ErrBusy }
 
 // CheckNotInUse refuses an image that another process has locked or holds
 // open for writing, with an *InUseError. Other errors mean path could not
@@ -44,7 +59,27 @@ func (e *InUseError) Error() string {
 // Holders are found through /proc/PID/fd and /proc/PID/fdinfo; entries we
 // may not read (other users, other PID namespaces) are skipped, so a
 // writer without locks can go unseen there.
+//
+// A block device is also refused when it cannot be opened exclusively
+// (O_EXCL fails with EBUSY when it is mounted, held by device-mapper, md
+// or LVM, or opened exclusively by another process), and when a process
+// has it, its whole disk or one of its partitions open for writing
+// (QEMU opens block devices without O_EXCL).
 func CheckNotInUse(path string) error {
+	return checkInUse(path, false)
+}
+
+// CheckNotWritten is CheckNotInUse for a backing file that coldship adds
+// to a shipment: other VMs may read it (a base shared by linked clones),
+// so only signs of a writer refuse it: a process with it open for writing,
+// a lock on the bytes QEMU locks while it holds the write or resize
+// permission (101 and 103), any other lock outside QEMU's byte ranges, or
+// a block device that cannot be opened exclusively.
+func CheckNotWritten(path string) error {
+	return checkInUse(path, true)
+}
+
+func checkInUse(path string, readersOK bool) error {
 	// O_NONBLOCK: a FIFO given by mistake must not hang the check.
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
@@ -55,15 +90,41 @@ func CheckNotInUse(path string) error {
 	if err != nil {
 		return err
 	}
-	users := procUsers(fi)
+	users := procUsers(sameDevice(fi))
 	other := func(u procUser) bool { return !u.self }
 
-	if lk, ok := probeLock(f, unix.F_OFD_GETLK); ok {
+	if isBlockDevice(fi) {
+		if reason, busy := probeExclusive(path, fi); busy {
+			holder, _ := find(users, other)
+			return &InUseError{Path: path, Reason: reason, PID: holder.pid, Command: holder.command()}
+		}
+	}
+	if readersOK {
+		if err := checkWriteLocks(f, path); err != nil {
+			return err
+		}
+	} else if err := checkLocks(f, path, users); err != nil {
+		return err
+	}
+	if u, ok := find(users, func(u procUser) bool { return u.writable && other(u) }); ok {
+		reason := "open for writing"
+		if isBlockDevice(fi) {
+			reason += u.through(path)
+		}
+		return &InUseError{Path: path, Reason: reason, PID: u.pid, Command: u.command()}
+	}
+	return nil
+}
+
+// checkLocks refuses a file on which another owner holds any fcntl lock.
+func checkLocks(f *os.File, path string, users []procUser) error {
+	other := func(u procUser) bool { return !u.self }
+	if lk, ok := probeLock(f, unix.F_OFD_GETLK, 0, 0); ok {
 		holder, found := find(users, func(u procUser) bool { return u.locks && other(u) })
 		if !found {
 			// A classic POSIX lock names its holder, even one in a
 			// process whose fds we may not see.
-			if plk, ok := probeLock(f, unix.F_GETLK); ok && plk.Pid > 0 {
+			if plk, ok := probeLock(f, unix.F_GETLK, 0, 0); ok && plk.Pid > 0 {
 				lk, holder, found = plk, procUser{pid: int(plk.Pid)}, true
 			}
 		}
@@ -80,19 +141,51 @@ func CheckNotInUse(path string) error {
 		}
 	}
 	// Without OFD locks (before Linux 3.15), or behind a lock of our own.
-	if lk, ok := probeLock(f, unix.F_GETLK); ok && lk.Pid > 0 {
+	if lk, ok := probeLock(f, unix.F_GETLK, 0, 0); ok && lk.Pid > 0 {
 		return &InUseError{Path: path, Reason: describeLock(lk), PID: int(lk.Pid), Command: procUser{pid: int(lk.Pid)}.command()}
-	}
-	if u, ok := find(users, func(u procUser) bool { return u.writable && other(u) }); ok {
-		return &InUseError{Path: path, Reason: "open for writing", PID: u.pid, Command: u.command()}
 	}
 	return nil
 }
 
-// probeLock asks whether a write lock over the whole file would conflict
-// with a lock another owner holds, and returns that lock.
-func probeLock(f *os.File, cmd int) (unix.Flock_t, bool) {
-	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: 0, Len: 0}
+// QEMU's image locking (block/file-posix.c): byte 100+N is locked (shared)
+// while a user holds permission N, byte 200+N while it refuses to share
+// it. Permission 1 is WRITE, 3 is RESIZE.
+var qemuWriterBytes = [][2]int64{{0, 100}, {101, 1}, {103, 1}, {104, 96}, {300, 0}}
+
+// checkWriteLocks refuses a file with a lock that means a writer: one
+// on QEMU's write or resize permission bytes, or outside QEMU's ranges.
+func checkWriteLocks(f *os.File, path string) error {
+	for _, r := range qemuWriterBytes {
+		for _, cmd := range []int{unix.F_OFD_GETLK, unix.F_GETLK} {
+			if lk, ok := probeLock(f, cmd, r[0], r[1]); ok {
+				pid := max(int(lk.Pid), 0)
+				return &InUseError{Path: path, Reason: describeLock(lk), PID: pid, Command: procUser{pid: pid}.command()}
+			}
+		}
+	}
+	return nil
+}
+
+// probeExclusive opens a block device with O_EXCL, which fails with EBUSY
+// while it is mounted or claimed (device-mapper, md, another O_EXCL
+// opener), and says why it is busy.
+func probeExclusive(path string, fi os.FileInfo) (string, bool) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err == nil {
+		unix.Close(fd)
+		return "", false
+	}
+	if !errors.Is(err, unix.EBUSY) {
+		return "", false // cannot tell: the other checks decide
+	}
+	return deviceBusyReason(rdevOf(fi)), true
+}
+
+// probeLock asks whether a write lock over n bytes from start (0: to the
+// end of the file) would conflict with a lock another owner holds, and
+// returns that lock.
+func probeLock(f *os.File, cmd int, start, n int64) (unix.Flock_t, bool) {
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: start, Len: n}
 	if err := unix.FcntlFlock(f.Fd(), cmd, &lk); err != nil {
 		// EINVAL: a kernel without OFD locks. Other errors (ENOLCK on
 		// some network filesystems) leave the fd scan to decide.
@@ -121,8 +214,21 @@ func describeLock(lk unix.Flock_t) string {
 type procUser struct {
 	pid      int
 	self     bool
-	writable bool // some fd open O_WRONLY or O_RDWR
-	locks    bool // some fdinfo shows a lock held through that fd
+	writable bool   // some fd open O_WRONLY or O_RDWR
+	locks    bool   // some fdinfo shows a lock held through that fd
+	via      string // the path of the first such fd (for a block device, maybe a partition's)
+}
+
+// through says by which other device node a block device is used, if not
+// by path itself.
+func (u procUser) through(path string) string {
+	if u.via == "" || u.via == path {
+		return ""
+	}
+	if real, err := filepath.EvalSymlinks(path); err == nil && real == u.via {
+		return ""
+	}
+	return " (as " + u.via + ")"
 }
 
 // command names the process: its comm, or the base of argv[0] when that
@@ -166,9 +272,9 @@ func ourOwn(users []procUser) bool {
 	return false
 }
 
-// procUsers scans /proc for processes that have the file fi open, in pid
-// order. Whatever cannot be read is skipped.
-func procUsers(fi os.FileInfo) []procUser {
+// procUsers scans /proc for processes that have a file that match
+// accepts open, in pid order. Whatever cannot be read is skipped.
+func procUsers(match func(os.FileInfo) bool) []procUser {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
@@ -180,7 +286,7 @@ func procUsers(fi os.FileInfo) []procUser {
 		if err != nil || pid <= 0 {
 			continue
 		}
-		if u, ok := procUserOf(pid, fi); ok {
+		if u, ok := procUserOf(pid, match); ok {
 			u.self = pid == self
 			users = append(users, u)
 		}
@@ -189,7 +295,7 @@ func procUsers(fi os.FileInfo) []procUser {
 	return users
 }
 
-func procUserOf(pid int, fi os.FileInfo) (procUser, bool) {
+func procUserOf(pid int, match func(os.FileInfo) bool) (procUser, bool) {
 	fdDir := fmt.Sprintf("/proc/%d/fd", pid)
 	fds, err := os.ReadDir(fdDir)
 	if err != nil {
@@ -201,12 +307,16 @@ func procUserOf(pid int, fi os.FileInfo) (procUser, bool) {
 		link := filepath.Join(fdDir, fd.Name())
 		// Only paths can be our file: skip sockets, pipes and anon
 		// inodes without stat-ing them.
-		if target, err := os.Readlink(link); err != nil || !strings.HasPrefix(target, "/") {
+		target, err := os.Readlink(link)
+		if err != nil || !strings.HasPrefix(target, "/") {
 			continue
 		}
 		st, err := os.Stat(link)
-		if err != nil || !os.SameFile(st, fi) {
+		if err != nil || !match(st) {
 			continue
+		}
+		if !found {
+			u.via = target
 		}
 		found = true
 		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, fd.Name()))

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/coldship/coldship/internal/vmtest"
 )
 
 // newImage makes a small image file the way a VM would have one.
@@ -134,5 +136,95 @@ func TestInUseErrorUnknownHolder(t *testing.T) {
 	want := "refusing to read /img/a.img: read lock on byte 100: is the VM running? use --force to override"
 	if err.Error() != want {
 		t.Errorf("got %q\nwant %q", err, want)
+	}
+}
+
+func TestCheckNotWritten(t *testing.T) {
+	path := newImage(t)
+	if err := CheckNotWritten(path); err != nil {
+		t.Fatalf("unused image: %v", err)
+	}
+	// Another VM reads it as its backing file: fine to ship, though
+	// CheckNotInUse refuses it.
+	pid := holdImageInChild(t, "backing", path)
+	if err := CheckNotWritten(path); err != nil {
+		t.Errorf("backing file shared with a running VM: %v", err)
+	}
+	wantInUse(t, path, pid, "read lock on byte 100")
+
+	// A VM that holds the write permission (byte 101), or a writer.
+	for _, mode := range []string{"qemu", "write"} {
+		p := newImage(t)
+		holdImageInChild(t, mode, p)
+		err := CheckNotWritten(p)
+		var iu *InUseError
+		if !errors.As(err, &iu) || !errors.Is(err, ErrBusy) || !strings.Contains(iu.Reason, "lock on byte") {
+			t.Errorf("%s: %v, want a refusal for the lock", mode, err)
+		}
+	}
+	p := newImage(t)
+	pid = startShell(t, `exec 3<>"$1"; echo ready; exec sleep 1000`, p)
+	if err := CheckNotWritten(p); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("open for writing (pid %d", pid)) {
+		t.Errorf("writer: %v", err)
+	}
+}
+
+func TestCheckNotInUseBlockDevice(t *testing.T) {
+	dev, _ := vmtest.Loop(t, 16<<20)
+	if err := CheckNotInUse(dev); err != nil {
+		t.Fatalf("unused device: %v", err)
+	}
+	if err := CheckDeviceFree(dev); err != nil {
+		t.Fatalf("CheckDeviceFree of an unused device: %v", err)
+	}
+
+	// QEMU opens a block device read-write, without O_EXCL.
+	pid := startShell(t, `exec 3<>"$1"; echo ready; exec sleep 1000`, dev)
+	wantInUse(t, dev, pid, "open for writing")
+	wantDeviceBusy(t, dev, pid, "open for writing")
+}
+
+func TestCheckDeviceBusy(t *testing.T) {
+	dev, _ := vmtest.Loop(t, 16<<20)
+	// A reader is enough to keep a restore off the device.
+	pid := holdImageInChild(t, "rdonly", dev)
+	if err := CheckNotInUse(dev); err != nil {
+		t.Errorf("CheckNotInUse with a reader: %v", err)
+	}
+	wantDeviceBusy(t, dev, pid, "open")
+
+	// Claimed exclusively.
+	dev2, _ := vmtest.Loop(t, 16<<20)
+	pid = holdImageInChild(t, "excl", dev2)
+	wantInUse(t, dev2, pid, "held exclusively")
+	wantDeviceBusy(t, dev2, 0, "held exclusively")
+
+	if err := CheckDeviceFree(newImage(t)); err == nil || !strings.Contains(err.Error(), "not a block device") || errors.Is(err, ErrBusy) {
+		t.Errorf("CheckDeviceFree of a file: %v", err)
+	}
+}
+
+func TestCheckDeviceMounted(t *testing.T) {
+	dev, _ := vmtest.Loop(t, 16<<20)
+	vmtest.Run(t, "mkfs.ext4", "-q", dev)
+	mnt := t.TempDir()
+	vmtest.Run(t, "mount", dev, mnt)
+	t.Cleanup(func() { vmtest.Run(t, "umount", mnt) })
+	err := CheckNotInUse(dev)
+	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "mounted on "+mnt) {
+		t.Errorf("CheckNotInUse of a mounted device: %v", err)
+	}
+	wantDeviceBusy(t, dev, 0, "mounted on "+mnt)
+}
+
+func wantDeviceBusy(t *testing.T, dev string, pid int, reason string) {
+	t.Helper()
+	err := CheckDeviceFree(dev)
+	var iu *InUseError
+	if !errors.As(err, &iu) || !errors.Is(err, ErrBusy) {
+		t.Fatalf("CheckDeviceFree: %v, want *InUseError", err)
+	}
+	if iu.PID != pid || !strings.Contains(iu.Reason, reason) || !iu.Write || !strings.Contains(err.Error(), "refusing to write "+dev) {
+		t.Errorf("CheckDeviceFree: %v (%+v), want pid %d, reason %q", err, iu, pid, reason)
 	}
 }

@@ -36,8 +36,8 @@ type Libvirt struct {
 }
 
 // Domain returns the persistent definition of domain name and its disks.
-// Only file-backed disks can be shipped: any other disk with a source is
-// an error; drives without media are left out.
+// Only file and block disks can be shipped: any other disk with a source
+// is an error; drives without media are left out.
 func (l *Libvirt) Domain(ctx context.Context, name string) (*Domain, error) {
 	// --inactive: the persistent definition, which is what gets defined
 	// at the destination, not the live one of a running domain.
@@ -87,7 +87,7 @@ func (l *Libvirt) Shutdown(ctx context.Context, name string, wait time.Duration)
 	poll := min(time.Second, max(wait/20, 10*time.Millisecond))
 	for state != StateShutOff {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("domain %s is still %s %s after asking it to shut down: shut it down yourself (virsh shutdown or destroy) or wait longer", name, state, wait)
+			return fmt.Errorf("%w: domain %s is still %s %s after asking it to shut down: shut it down yourself (virsh shutdown or destroy) or wait longer", ErrBusy, name, state, wait)
 		}
 		select {
 		case <-ctx.Done():

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coldship/coldship/internal/vmtest"
 )
 
 // These tests drive libvirt's test driver: virsh -c test:///PATH/node.xml
@@ -88,8 +90,8 @@ func TestLibvirtDomain(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []Disk{
-		{Target: "vda", Source: root, Type: "file", Device: "disk"},
-		{Target: "vdb", Source: data, Type: "file", Device: "disk"},
+		{Target: "vda", Source: root, Type: "file", Device: "disk", Format: "raw"},
+		{Target: "vdb", Source: data, Type: "file", Device: "disk", Format: "raw"},
 	}
 	if d.Name != "vm1" || !reflect.DeepEqual(d.Disks, want) {
 		t.Errorf("domain %q, disks %+v\nwant %+v", d.Name, d.Disks, want)
@@ -112,13 +114,70 @@ func TestLibvirtDomain(t *testing.T) {
 	}
 }
 
-func TestLibvirtDomainBlockDisk(t *testing.T) {
+// TestLibvirtDomainChainAndBlockDisk: a domain with a qcow2 disk whose
+// definition gives its backing chain, and a block disk on a loop device;
+// its definition rewritten for the destination (the block disk restored as
+// a file, the backing files moved, a file made a device) is one that
+// libvirt accepts, pointing where it should.
+func TestLibvirtDomainChainAndBlockDisk(t *testing.T) {
 	needVirsh(t)
-	block := "    <disk type='block' device='disk'><source dev='/dev/null'/><target dev='vdb' bus='virtio'/></disk>"
-	uri := testNode(t, testDomainXML("vm1", true, block))
-	_, err := (&Libvirt{URI: uri}).Domain(context.Background(), "vm1")
-	if err == nil || !strings.Contains(err.Error(), `only file-backed disks can be shipped, not type "block"`) {
-		t.Errorf("Domain with a block disk: %v", err)
+	dev, _ := vmtest.Loop(t, 4<<20)
+	dir := t.TempDir()
+	top, mid, base := filepath.Join(dir, "top.qcow2"), filepath.Join(dir, "mid.qcow2"), filepath.Join(dir, "base.qcow2")
+	chain := "    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='" + top + "'/>\n" +
+		"      <backingStore type='file'><format type='qcow2'/><source file='" + mid + "'/>\n" +
+		"        <backingStore type='file'><format type='qcow2'/><source file='" + base + "'/><backingStore/></backingStore>\n" +
+		"      </backingStore><target dev='vda' bus='virtio'/></disk>"
+	block := "    <disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='" + dev + "'/><target dev='vdb' bus='virtio'/></disk>"
+	l := &Libvirt{URI: testNode(t, testDomainXML("vm1", true, chain, block))}
+	ctx := context.Background()
+	d, err := l.Domain(ctx, "vm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Disk{
+		{Target: "vda", Source: top, Type: "file", Device: "disk", Format: "qcow2", BackingStore: []BackingStore{
+			{Type: "file", Format: "qcow2", Source: mid}, {Type: "file", Format: "qcow2", Source: base}}},
+		{Target: "vdb", Source: dev, Type: "block", Device: "disk", Format: "raw"},
+	}
+	if !reflect.DeepEqual(d.Disks, want) {
+		t.Fatalf("disks %+v\nwant %+v", d.Disks, want)
+	}
+	if got := d.Files(); !reflect.DeepEqual(got, []string{top, mid, base, dev}) {
+		t.Errorf("Files() = %v", got)
+	}
+
+	out := t.TempDir()
+	to := map[string]Target{
+		top:  {Path: filepath.Join(out, "top.qcow2")},
+		mid:  {Path: filepath.Join(out, "mid.qcow2")},
+		base: {Path: "/dev/vg/base", Device: true},
+		dev:  {Path: filepath.Join(out, "vdb.img")},
+	}
+	xml, err := RewriteDisks(d.XML, to)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(t.TempDir(), "vm1.xml")
+	if err := os.WriteFile(f, xml, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dst := &Libvirt{URI: testNode(t)}
+	dumped, err := dst.virsh(ctx, []string{"define", "--file", f}, []string{"dumpxml", "--inactive", "--domain", "vm1"})
+	if err != nil {
+		t.Fatalf("libvirt refuses the rewritten definition: %v\n%s", err, xml)
+	}
+	defined, err := parseDomain(dumped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []Disk{
+		{Target: "vda", Source: to[top].Path, Type: "file", Device: "disk", Format: "qcow2", BackingStore: []BackingStore{
+			{Type: "file", Format: "qcow2", Source: to[mid].Path}, {Type: "block", Format: "qcow2", Source: "/dev/vg/base"}}},
+		{Target: "vdb", Source: to[dev].Path, Type: "file", Device: "disk", Format: "raw"},
+	}
+	if !reflect.DeepEqual(defined.Disks, want) {
+		t.Errorf("defined disks %+v\nwant %+v\n%s", defined.Disks, want, dumped)
 	}
 }
 
@@ -174,7 +233,7 @@ func TestLibvirtDefineAndStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	newRoot, newData := vmImages(t)
-	xml, err := RewriteDisks(d.XML, map[string]string{root: newRoot, data: newData})
+	xml, err := RewriteDisks(d.XML, map[string]Target{root: {Path: newRoot}, data: {Path: newData}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,9 @@ import (
 //	write  open read-write, OFD read lock on 100-101, write lock on 200-201
 //	posix  open read-only, classic POSIX read lock on byte 100
 //	rdonly open read-only, no lock
+//	backing open read-only, OFD read locks on 100, 201 and 203, as QEMU
+//	       does on a backing file (read, and let no one write or resize)
+//	excl   open read-only with O_EXCL (a block device: claim it)
 const lockHelperEnv = "COLDSHIP_HOOKS_TEST_LOCK"
 
 func TestMain(m *testing.M) {
@@ -39,8 +42,11 @@ func TestMain(m *testing.M) {
 // standard input closes.
 func holdImage(mode, path string) error {
 	flag := os.O_RDONLY
-	if mode == "write" {
+	switch mode {
+	case "write":
 		flag = os.O_RDWR
+	case "excl":
+		flag |= os.O_EXCL
 	}
 	f, err := os.OpenFile(path, flag, 0)
 	if err != nil {
@@ -63,7 +69,13 @@ func holdImage(mode, path string) error {
 		}
 	case "posix":
 		err = lock(unix.F_SETLK, unix.F_RDLCK, 100, 1)
-	case "rdonly":
+	case "backing":
+		for _, b := range []int64{100, 201, 203} {
+			if err == nil {
+				err = lock(unix.F_OFD_SETLK, unix.F_RDLCK, b, 1)
+			}
+		}
+	case "rdonly", "excl":
 	default:
 		err = fmt.Errorf("unknown mode %q", mode)
 	}

@@ -132,7 +132,11 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 	env.Files = files
 	if opts.libvirtDefine {
 		lv := &hooks.Libvirt{URI: opts.libvirtURI, Stderr: s.err}
-		name, err := libvirtDefine(ctx, lv, opts.out, files, opts.libvirtStart)
+		root := opts.out
+		if root == "" {
+			root = opts.into
+		}
+		name, err := libvirtDefine(ctx, lv, restoredNames(root, files), opts.libvirtStart)
 		if err != nil {
 			err = fmt.Errorf("shipment %s is restored in %s, but defining the libvirt domain failed: %w", env.Shipment, opts.out, err)
 			return onFailure(ctx, s, runner, env, err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -40,6 +41,7 @@ type sendOptions struct {
 	libvirtURI     string
 	shutdown       bool
 	shutdownWait   time.Duration
+	noBackingChain bool
 	hooks          hookOptions
 	live           liveOptions
 	transport      transportOptions
@@ -51,8 +53,10 @@ func newSendCmd(s *streams) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "send SOURCE... --to DEST [-r RECIPIENT]... [-R FILE]... [--passphrase-file FILE]",
 		Short: "Seal and ship images and VM directories to DEST",
-		Long: `Seal SOURCE files and directories (sent recursively under their base names)
-under a fresh shipment key wrapped for the recipients, and ship them to DEST.
+		Long: `Seal SOURCE files, block devices and directories (sent recursively under
+their base names) under a fresh shipment key wrapped for the recipients, and
+ship them to DEST. The backing files of qcow2 images are shipped with them,
+each once (--no-backing-chain: the images alone).
 
 Recipients: -r age1... (age X25519), -r "ssh-ed25519 ..." or "ssh-rsa ..."
 (SSH public keys), -R FILE (one recipient per line), or a passphrase from
@@ -92,6 +96,7 @@ stdout: exactly one line, the shipment id; with --json, JSON objects only
 	f.StringVar(&opts.libvirtURI, "libvirt-uri", "", "libvirt connection `URI` (virsh -c)")
 	f.BoolVar(&opts.shutdown, "shutdown", false, "with --libvirt-domain: shut a running domain down (virsh shutdown) and wait")
 	f.DurationVar(&opts.shutdownWait, "shutdown-timeout", 5*time.Minute, "how long --shutdown waits for the domain to be shut off")
+	f.BoolVar(&opts.noBackingChain, "no-backing-chain", false, "ship qcow2 overlays without their backing files (the restored overlays will need them)")
 	addHookFlags(f, &opts.hooks)
 	addLiveSendFlags(f, &opts.live)
 	f.IntVar(&opts.retries, "retries", 5, "resume this many times after a transient failure (dropped connection), with backoff")
@@ -182,10 +187,14 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if err != nil {
 		return err
 	}
-	env := hooks.Env{Dest: opts.to, Files: opts.sources}
-	id, err := sendShipment(ctx, s, opts, runner, env, recipients, bs, segSize, stateDir, rid)
+	env, lv, err := sendEnv(ctx, s, opts)
 	if err != nil {
-		return onFailure(ctx, s, runner, hooks.Env{Dest: opts.to, Files: opts.sources, Shipment: id}, err)
+		return onFailure(ctx, s, runner, env, err)
+	}
+	id, err := sendShipment(ctx, s, opts, runner, lv, &env, recipients, bs, segSize, stateDir, rid)
+	if err != nil {
+		env.Shipment = id
+		return onFailure(ctx, s, runner, env, err)
 	}
 	if !opts.output.json {
 		fmt.Fprintln(s.out, id)
@@ -198,39 +207,42 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	return nil
 }
 
-// sendShipment runs the pre-send hooks, gathers and checks the sources,
-// and ships them; it returns the shipment id.
-func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *hooks.Runner, env hooks.Env,
+// sendEnv returns the hooks' environment of a send, and the libvirt
+// connection of --libvirt-domain: the hooks see the domain's files from
+// pre-send on (its definition names them: no image is read for that).
+func sendEnv(ctx context.Context, s *streams, opts *sendOptions) (hooks.Env, *hooks.Libvirt, error) {
+	env := hooks.Env{Dest: opts.to, Files: opts.sources}
+	if opts.libvirtDomain == "" {
+		return env, nil, nil
+	}
+	lv := &hooks.Libvirt{URI: opts.libvirtURI, Stderr: s.err}
+	dom, err := lv.Domain(ctx, opts.libvirtDomain)
+	if err != nil {
+		return env, nil, err
+	}
+	env.Files = append(dom.Files(), opts.sources...)
+	return env, lv, nil
+}
+
+// sendShipment runs the pre-send hooks, gathers and checks the sources
+// (adding the backing files it finds to env's files), and ships them; it
+// returns the shipment id.
+func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *hooks.Runner, lv *hooks.Libvirt, env *hooks.Env,
 	recipients []age.Recipient, bs, segSize int64, stateDir, rid string) (string, error) {
-	if err := runner.Run(ctx, hooks.PreSend, env); err != nil {
+	if err := runner.Run(ctx, hooks.PreSend, *env); err != nil {
 		return "", hookErr(fmt.Errorf("nothing was read or shipped: %w", err))
 	}
-	var sources []archive.Source
-	if opts.libvirtDomain != "" {
-		lv := &hooks.Libvirt{URI: opts.libvirtURI, Stderr: s.err}
-		srcs, cleanup, err := libvirtSources(ctx, s, lv, opts.libvirtDomain, opts.shutdown, opts.shutdownWait)
-		if err != nil {
-			return "", err
-		}
-		defer cleanup()
-		sources = append(sources, srcs...)
+	set, err := sendSources(ctx, s, opts, lv)
+	if err != nil {
+		return "", err
 	}
-	if len(opts.sources) > 0 {
-		srcs, err := archive.CollectSources(opts.sources)
-		if err != nil {
-			return "", err
-		}
-		sources = append(sources, srcs...)
-	}
-	if !opts.force {
-		for _, src := range sources {
-			if src.Info.Mode().IsRegular() {
-				if err := hooks.CheckNotInUse(src.Path); err != nil {
-					return "", err
-				}
-			}
+	defer set.cleanup()
+	for _, p := range set.layers {
+		if !slices.Contains(env.Files, p) {
+			env.Files = append(env.Files, p)
 		}
 	}
+	sources := set.sources
 	tr, err := openDest(ctx, s, opts.to, &opts.transport)
 	if err != nil {
 		return "", err

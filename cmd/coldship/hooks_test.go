@@ -175,7 +175,7 @@ func TestLockedImageRefused(t *testing.T) {
 	}
 	dest := filepath.Join(dir, "dest")
 	r := run(t, "send", src, "--to", dest, "-r", rcpt)
-	if r.code == 0 || !strings.Contains(r.stderr, src) || !strings.Contains(r.stderr, strconv.Itoa(holder.Process.Pid)) {
+	if r.code != exitBusy || !strings.Contains(r.stderr, src) || !strings.Contains(r.stderr, strconv.Itoa(holder.Process.Pid)) {
 		t.Errorf("send of a locked image: exit %d, %q; want a refusal naming the file and pid %d", r.code, r.stderr, holder.Process.Pid)
 	}
 	if _, err := os.Stat(dest); err == nil {
@@ -204,7 +204,7 @@ func TestImageWrittenDuringSend(t *testing.T) {
 	r := runCtx(t, context.Background(), nil, "send", src, "--to", dest, "-r", rcpt, "--force", "-j", "1", "--streams", "1", "--retries", "0")
 	stop.Store(true)
 	<-done
-	if r.code == 0 || !strings.Contains(r.stderr, "source changed while shipping: is the VM still running?") {
+	if r.code != exitBusy || !strings.Contains(r.stderr, "source changed while shipping: is the VM still running?") {
 		t.Errorf("send of an image being written: exit %d, %q", r.code, r.stderr)
 	}
 	if m, _ := filepath.Glob(filepath.Join(dest, "*", "manifest")); len(m) != 0 {
@@ -241,7 +241,7 @@ func TestLibvirtFlow(t *testing.T) {
 	dest := filepath.Join(dir, "dest")
 
 	// A running domain is refused without --shutdown.
-	if r := run(t, "send", "--libvirt-domain", "db01", "--libvirt-uri", uri, "--to", dest, "-r", rcpt); r.code == 0 || !strings.Contains(r.stderr, "running") {
+	if r := run(t, "send", "--libvirt-domain", "db01", "--libvirt-uri", uri, "--to", dest, "-r", rcpt); r.code != exitBusy || !strings.Contains(r.stderr, "running") {
 		t.Errorf("send of a running domain: exit %d, %s", r.code, r.stderr)
 	}
 	id := strings.TrimSpace(mustRun(t, "send", "--libvirt-domain", "web01", "--libvirt-uri", uri, "--to", dest, "-r", rcpt, "-q").stdout)

@@ -236,12 +236,8 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 			// holds its images: the final round's check that nothing
 			// changed while it read them is what guards the copy.
 			if !preCopy && !opts.force {
-				for _, src := range sources {
-					if src.Info.Mode().IsRegular() {
-						if err := hooks.CheckNotInUse(src.Path); err != nil {
-							return err
-						}
-					}
+				if err := checkSourcesNotInUse(sources); err != nil {
+					return err
 				}
 			}
 			return nil

@@ -14,6 +14,7 @@ import (
 
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
+	"github.com/coldship/coldship/hooks"
 	"github.com/coldship/coldship/shipper"
 )
 
@@ -25,6 +26,7 @@ const (
 	exitHook        = 3
 	exitAuth        = 4
 	exitIntegrity   = 5
+	exitBusy        = 6
 	exitInterrupted = 130
 )
 
@@ -54,6 +56,8 @@ func exitCode(err error) int {
 		return exitAuth
 	case errors.Is(err, archive.ErrIntegrity), errors.Is(err, cipher.ErrIntegrity):
 		return exitIntegrity
+	case errors.Is(err, hooks.ErrBusy), errors.Is(err, shipper.ErrSourceChanged):
+		return exitBusy
 	}
 	return exitError
 }

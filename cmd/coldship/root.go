@@ -69,6 +69,9 @@ EXIT STATUS
        unknown or changed host key, wrong credentials
   5    integrity: tampered, corrupted, truncated or missing data,
        or an incomplete shipment
+  6    source busy: an image or device in use (locked, open for writing,
+       mounted), a libvirt domain still running, or a source that
+       changed while it was shipped
   130  interrupted (Ctrl-C, SIGTERM)
 `
 

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/hooks"
+)
+
+// sendSet is what a send ships.
+type sendSet struct {
+	sources []archive.Source
+	layers  []string // the backing files added to what was named, for COLDSHIP_FILES
+	cleanup func()   // removes the staged libvirt definition
+}
+
+// sendSources gathers what a send ships: the libvirt domain's disks,
+// NVRAM and definition (the domain shut off first), the SOURCE arguments,
+// and, unless --no-backing-chain, every backing file of every image once.
+// It checks that nothing is in use. Nothing is read but image headers.
+func sendSources(ctx context.Context, s *streams, opts *sendOptions, lv *hooks.Libvirt) (*sendSet, error) {
+	set, err := gatherSources(ctx, s, opts, lv)
+	if err != nil {
+		return nil, err
+	}
+	if !opts.force {
+		if err := checkSourcesNotInUse(set.sources); err != nil {
+			set.cleanup()
+			return nil, err
+		}
+	}
+	return set, nil
+}
+
+func gatherSources(ctx context.Context, s *streams, opts *sendOptions, lv *hooks.Libvirt) (*sendSet, error) {
+	var srcs []archive.Source
+	var dom *hooks.Domain
+	if opts.libvirtDomain != "" {
+		if err := libvirtDomainOff(ctx, s, lv, opts.libvirtDomain, opts.shutdown, opts.shutdownWait); err != nil {
+			return nil, err
+		}
+		// Again after the pre-send hooks: they may have changed it.
+		var err error
+		if dom, err = lv.Domain(ctx, opts.libvirtDomain); err != nil {
+			return nil, err
+		}
+		if srcs, err = domainSources(dom); err != nil {
+			return nil, err
+		}
+	}
+	if len(opts.sources) > 0 {
+		more, err := archive.CollectSources(opts.sources)
+		if err != nil {
+			return nil, err
+		}
+		srcs = append(srcs, more...)
+	}
+	set := &sendSet{cleanup: func() {}}
+	if opts.noBackingChain {
+		warnNoBackingChain(s, srcs)
+	} else {
+		named := map[string]bool{}
+		for _, src := range srcs {
+			named[src.Name] = true
+		}
+		var err error
+		if srcs, err = archive.AddBackingChains(srcs); err != nil {
+			return nil, err
+		}
+		for _, src := range srcs {
+			if !named[src.Name] {
+				set.layers = append(set.layers, src.Path)
+			}
+		}
+	}
+	if dom != nil {
+		staged, clean, err := stageDomain(dom, srcs, !opts.noBackingChain)
+		if err != nil {
+			return nil, err
+		}
+		srcs, set.cleanup = append(srcs, staged...), clean
+	}
+	set.sources = srcs
+	return set, nil
+}
+
+// checkSourcesNotInUse refuses sources another process uses (ErrBusy,
+// exit 6). A backing file of another source may be read by running VMs
+// (a base shared by linked clones); only a writer refuses it.
+func checkSourcesNotInUse(srcs []archive.Source) error {
+	backing := map[string]bool{}
+	for _, src := range srcs {
+		backing[src.Backing] = true
+	}
+	for _, src := range srcs {
+		if src.Info.IsDir() {
+			continue
+		}
+		check := hooks.CheckNotInUse
+		if backing[src.Name] {
+			check = hooks.CheckNotWritten
+		}
+		if err := check(src.Path); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// warnNoBackingChain says which images ship without their backing files.
+func warnNoBackingChain(s *streams, srcs []archive.Source) {
+	for _, src := range srcs {
+		if src.Info.IsDir() || src.Format == archive.ImageRaw {
+			continue
+		}
+		f, err := os.Open(src.Path)
+		if err != nil {
+			continue
+		}
+		img, err := archive.ImageInfo(f)
+		f.Close()
+		if err == nil && img.HasBacking {
+			fmt.Fprintf(s.err, "coldship: --no-backing-chain: %s ships without its backing file %q: the restored image needs it beside it, or rebased (qemu-img rebase)\n",
+				src.Path, img.Backing)
+		}
+	}
+}

@@ -1,0 +1,321 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/coldship/coldship/internal/vmtest"
+)
+
+// qemuImg makes a qcow2 image in dir (backing "": a 8 MiB base) and
+// writes pattern pat at off (n bytes) into it.
+func qemuImg(t *testing.T, dir, name, backing string, pat byte, off, n int) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if backing == "" {
+		vmtest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "8M")
+	} else {
+		vmtest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2", p)
+	}
+	vmtest.Run(t, "qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -P %d %d %d", pat, off, n), p)
+	return p
+}
+
+// TestSendBackingChain ships two overlays that share a base, one through
+// a middle layer: every layer once, identical to its source.
+func TestSendBackingChain(t *testing.T) {
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	images := filepath.Join(dir, "images")
+	os.Mkdir(images, 0o755)
+	base := qemuImg(t, images, "base.qcow2", "", 0x11, 0, 2<<20)
+	mid := qemuImg(t, images, "mid.qcow2", "base.qcow2", 0x22, 1<<20, 1<<20)
+	top := qemuImg(t, images, "top.qcow2", "mid.qcow2", 0x33, 3<<20, 64<<10)
+	other := qemuImg(t, t.TempDir(), "clone.qcow2", base, 0x44, 5<<20, 64<<10) // absolute backing name
+
+	dest := filepath.Join(dir, "dest")
+	r := mustRun(t, "send", top, other, "--to", dest, "-r", rcpt, "--json")
+	if n := summaryOf(t, r.stderr)["files"].(float64); n != 4 {
+		t.Errorf("shipped %v files, want 4 (top, mid, base once, clone)", n)
+	}
+	out := filepath.Join(dir, "out")
+	files := mustRun(t, "receive", dest, "--out", out, "-i", key).stdout
+	for _, p := range []string{base, mid, top, other} {
+		sameFile(t, p, filepath.Join(out, filepath.Base(p)))
+	}
+	if want := strings.Join([]string{"base.qcow2", "clone.qcow2", "mid.qcow2", "top.qcow2"}, "\n"); sortedBase(files) != want {
+		t.Errorf("restored %q, want %q", files, want)
+	}
+	// The relative chain reads the same disk where it landed.
+	if b, err := exec.Command("qemu-img", "compare", top, filepath.Join(out, "top.qcow2")).CombinedOutput(); err != nil {
+		t.Errorf("qemu-img compare of the restored chain: %v: %s", err, b)
+	}
+
+	// --no-backing-chain: the images alone, and a note that they need
+	// their bases.
+	r = mustRun(t, "send", top, "--to", dest, "-r", rcpt, "--json", "--no-backing-chain")
+	if n := summaryOf(t, r.stderr)["files"].(float64); n != 1 || !strings.Contains(r.stderr, top+` ships without its backing file "mid.qcow2"`) {
+		t.Errorf("--no-backing-chain: %v files, stderr %s", n, r.stderr)
+	}
+
+	// A missing base fails the send, naming it, before anything is shipped.
+	os.Rename(base, base+".away")
+	dest2 := filepath.Join(dir, "dest2")
+	r = run(t, "send", top, "--to", dest2, "-r", rcpt)
+	if r.code != exitError || !strings.Contains(r.stderr, "backing file "+images+"/base.qcow2 of "+mid) {
+		t.Errorf("send with a missing base: exit %d, %s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(dest2); err == nil {
+		t.Error("a send with a missing base wrote to the destination")
+	}
+}
+
+func sortedBase(lines string) string {
+	var out []string
+	for _, l := range strings.Fields(lines) {
+		out = append(out, filepath.Base(l))
+	}
+	for i := range out {
+		for j := i + 1; j < len(out); j++ {
+			if out[j] < out[i] {
+				out[i], out[j] = out[j], out[i]
+			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// TestSendBlockDevice ships a loop device: a raw image of its size,
+// restored as a sparse file, zero blocks not shipped.
+func TestSendBlockDevice(t *testing.T) {
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	backing := filepath.Join(dir, "lv.img")
+	makeImage(t, backing, 16<<20, region{0, 1 << 20, "random"}, region{9 << 20, 1 << 20, "text"})
+	dev := vmtest.LoopFile(t, backing)
+	dest := filepath.Join(dir, "dest")
+	r := mustRun(t, "send", dev, "--to", dest, "-r", rcpt, "--json", "--block-size", "64K")
+	sum := summaryOf(t, r.stderr)
+	if sum["bytes_total"].(float64) != 16<<20 || sum["bytes_zero"].(float64) < 13<<20 || sum["bytes_hole"].(float64) != 0 {
+		t.Errorf("summary %v: want the whole 16 MiB read, its zeros not shipped, no holes", sum)
+	}
+	out := filepath.Join(dir, "out")
+	mustRun(t, "receive", dest, "--out", out, "-i", key, "-q")
+	restored := filepath.Join(out, filepath.Base(dev))
+	sameFile(t, backing, restored)
+	if a := allocated(t, restored); a > 4<<20 {
+		t.Errorf("restored device image allocates %d bytes: not sparse", a)
+	}
+}
+
+// TestExitBusy: every source in use exits 6, naming what holds it. (An
+// image under QEMU's OFD locks: TestLockedImageRefused; one that changes
+// while it is read: TestImageWrittenDuringSend.)
+func TestExitBusy(t *testing.T) {
+	_, rcpt := keypair(t)
+	dir := t.TempDir()
+	dest := filepath.Join(dir, "dest")
+	busy := func(t *testing.T, want []string, args ...string) {
+		t.Helper()
+		r := run(t, append(args, "--to", dest, "-r", rcpt)...)
+		if r.code != exitBusy {
+			t.Errorf("exit %d, want 6: %s", r.code, r.stderr)
+		}
+		for _, w := range want {
+			if !strings.Contains(r.stderr, w) {
+				t.Errorf("stderr %q lacks %q", r.stderr, w)
+			}
+		}
+		if _, err := os.Stat(dest); err == nil {
+			t.Error("a refused send wrote to the destination")
+		}
+	}
+
+	t.Run("open for writing", func(t *testing.T) {
+		img := filepath.Join(t.TempDir(), "disk.img")
+		makeImage(t, img, 1<<20, region{0, 1 << 20, "random"})
+		pid := holdInShell(t, `exec 3<>"$1"; echo ready; exec sleep 1000`, img)
+		busy(t, []string{"refusing to read " + img, "open for writing", fmt.Sprintf("(pid %d, sleep)", pid)}, "send", img)
+	})
+	t.Run("block device", func(t *testing.T) {
+		dev, _ := vmtest.Loop(t, 8<<20)
+		pid := holdInShell(t, `exec 3<>"$1"; echo ready; exec sleep 1000`, dev)
+		busy(t, []string{"refusing to read " + dev, fmt.Sprintf("open for writing (pid %d, sleep)", pid)}, "send", dev)
+	})
+	t.Run("mounted block device", func(t *testing.T) {
+		dev, _ := vmtest.Loop(t, 16<<20)
+		vmtest.Run(t, "mkfs.ext4", "-q", dev)
+		mnt := t.TempDir()
+		vmtest.Run(t, "mount", dev, mnt)
+		defer vmtest.Run(t, "umount", mnt)
+		busy(t, []string{"refusing to read " + dev, "mounted on " + mnt}, "send", dev)
+	})
+	t.Run("running libvirt domain", func(t *testing.T) {
+		requireTool(t, "virsh")
+		img := filepath.Join(t.TempDir(), "web01.img")
+		makeImage(t, img, 1<<20, region{0, 1 << 20, "random"})
+		uri := testDriver(t, domainXML("db01", false, fileDiskXML(img, "raw", "vda")))
+		busy(t, []string{"libvirt domain db01 is running: shut it down first, or pass --shutdown"},
+			"send", "--libvirt-domain", "db01", "--libvirt-uri", uri)
+	})
+}
+
+func TestExitBusyDocumented(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"send", "--help"}} {
+		if r := run(t, args...); !strings.Contains(r.stdout, "6    source busy") {
+			t.Errorf("coldship %s does not document exit status 6:\n%s", strings.Join(args, " "), r.stdout)
+		}
+	}
+}
+
+// holdInShell runs script with sh -c, waits for it to print "ready" and
+// returns its pid; it is killed when the test ends.
+func holdInShell(t *testing.T, script string, args ...string) int {
+	t.Helper()
+	cmd := exec.Command("/bin/sh", append([]string{"-c", script, "sh"}, args...)...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
+		t.Fatalf("shell: %q, %v", line, err)
+	}
+	return cmd.Process.Pid
+}
+
+// domainXML is a libvirt test-driver domain; runstate 5 is shut off.
+func domainXML(name string, shutOff bool, disks ...string) string {
+	state := ""
+	if shutOff {
+		state = "<test:runstate>5</test:runstate>"
+	}
+	return fmt.Sprintf(`<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+  <name>%s</name><memory>65536</memory><os><type>hvm</type></os>
+  <devices>
+%s
+  </devices>%s
+</domain>
+`, name, strings.Join(disks, "\n"), state)
+}
+
+func fileDiskXML(path, format, target string) string {
+	return fmt.Sprintf("    <disk type='file' device='disk'><driver name='qemu' type='%s'/><source file='%s'/><target dev='%s' bus='virtio'/></disk>",
+		format, path, target)
+}
+
+// testDriver writes a test-driver node holding domains and returns its URI.
+func testDriver(t *testing.T, domains ...string) string {
+	t.Helper()
+	node := filepath.Join(t.TempDir(), "node.xml")
+	if err := os.WriteFile(node, []byte("<node>\n"+strings.Join(domains, "")+"</node>\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return "test://" + node
+}
+
+// TestLibvirtChainAndBlockDisk: a domain whose first disk is a qcow2
+// overlay (its <backingStore> given in the definition, a further layer
+// only in the headers) and whose second is a block device. The hooks see
+// the files in every phase; the destination gets every layer and the
+// device's image, and --libvirt-define points the definition at them.
+func TestLibvirtChainAndBlockDisk(t *testing.T) {
+	requireTool(t, "virsh")
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	images := filepath.Join(dir, "images")
+	os.Mkdir(images, 0o755)
+	base := qemuImg(t, images, "base.qcow2", "", 0x11, 0, 1<<20)
+	mid := qemuImg(t, images, "mid.qcow2", "base.qcow2", 0x22, 1<<20, 1<<20)
+	top := qemuImg(t, images, "web01.qcow2", "mid.qcow2", 0x33, 2<<20, 1<<20)
+	lv := filepath.Join(dir, "lv.img")
+	makeImage(t, lv, 8<<20, region{1 << 20, 1 << 20, "random"})
+	dev := vmtest.LoopFile(t, lv)
+
+	chain := fmt.Sprintf(`    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='%s'/>
+      <backingStore type='file'><format type='qcow2'/><source file='%s'/></backingStore>
+      <target dev='vda' bus='virtio'/></disk>`, top, mid)
+	block := fmt.Sprintf("    <disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='%s'/><target dev='vdb' bus='virtio'/></disk>", dev)
+	uri := testDriver(t, domainXML("web01", true, chain, block))
+
+	hk := t.TempDir()
+	dest := filepath.Join(dir, "dest")
+	r := mustRun(t, "send", "--libvirt-domain", "web01", "--libvirt-uri", uri, "--to", dest, "-r", rcpt, "--json",
+		"--hook", filesHook(hk, "pre-send"), "--hook", filesHook(hk, "post-send"))
+	if n := summaryOf(t, r.stderr)["files"].(float64); n != 7 {
+		t.Errorf("shipped %v files, want 7: three layers, the device, definition, sidecar and their folder", n)
+	}
+	if got, want := hookFiles(t, hk, "pre-send"), strings.Join([]string{top, mid, dev}, "\n"); got != want {
+		t.Errorf("pre-send COLDSHIP_FILES %q, want %q", got, want)
+	}
+	if got, want := hookFiles(t, hk, "post-send"), strings.Join([]string{top, mid, dev, images + "/base.qcow2"}, "\n"); got != want {
+		t.Errorf("post-send COLDSHIP_FILES %q, want %q", got, want)
+	}
+
+	out := filepath.Join(dir, "site-b")
+	mustRun(t, "receive", dest, "--out", out, "-i", key, "-q", "--libvirt-define", "--libvirt-uri", "test:///default")
+	restored := filepath.Join(out, "web01")
+	for _, p := range []string{base, mid, top} {
+		sameFile(t, p, filepath.Join(restored, filepath.Base(p)))
+	}
+	sameFile(t, lv, filepath.Join(restored, filepath.Base(dev)))
+
+	// The definition points at the restored layer and at the device's
+	// image, now a file.
+	xml, err := os.ReadFile(filepath.Join(restored, "web01.xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"<source file='" + restored + "/web01.qcow2'/>",
+		"<source file='" + restored + "/mid.qcow2'/>",
+		"<source file='" + restored + "/" + filepath.Base(dev) + "'/>",
+	} {
+		if !strings.Contains(string(xml), want) {
+			t.Errorf("defined definition lacks %s:\n%s", want, xml)
+		}
+	}
+	if strings.Contains(string(xml), images) || strings.Contains(string(xml), dev) || strings.Contains(string(xml), "type='block'") {
+		t.Errorf("defined definition still names a source path:\n%s", xml)
+	}
+	b, err := exec.Command("virsh", "-c", "test:///default", "define "+filepath.Join(restored, "web01.xml")+" ; dumpxml web01").CombinedOutput()
+	if err != nil || !strings.Contains(string(b), restored+"/mid.qcow2") {
+		t.Errorf("virsh define of the rewritten definition: %v\n%s", err, b)
+	}
+
+	// A definition whose <backingStore> is not what the headers say is
+	// refused before anything is shipped; the on-failure hook sees the
+	// files too.
+	wrong := strings.Replace(chain, mid, base, 1)
+	uri = testDriver(t, domainXML("web01", true, wrong))
+	r = run(t, "send", "--libvirt-domain", "web01", "--libvirt-uri", uri, "--to", filepath.Join(dir, "dest2"), "-r", rcpt,
+		"--hook", filesHook(hk, "on-failure"))
+	if r.code != exitError || !strings.Contains(r.stderr, "<backingStore> 1 is "+base) {
+		t.Errorf("mismatched backingStore: exit %d, %s", r.code, r.stderr)
+	}
+	if f := hookFiles(t, hk, "on-failure"); f != top+"\n"+base {
+		t.Errorf("on-failure COLDSHIP_FILES %q", f)
+	}
+}
+
+// filesHook writes COLDSHIP_FILES, as it is, to DIR/PHASE.files.
+func filesHook(dir, phase string) string {
+	return fmt.Sprintf(`%s=printf '%%s' "$COLDSHIP_FILES" > %s/%s.files`, phase, dir, phase)
+}
+
+func hookFiles(t *testing.T, dir, phase string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, phase+".files"))
+	if err != nil {
+		t.Fatalf("the %s hook did not run: %v", phase, err)
+	}
+	return string(b)
+}
