@@ -40,7 +40,7 @@ func TestSendBackingChain(t *testing.T) {
 
 	dest := filepath.Join(dir, "dest")
 	r := mustRun(t, "send", top, other, "--to", dest, "-r", rcpt, "--json")
-	if n := summaryOf(t, r.stderr)["files"].(float64); n != 4 {
+	if n := summaryOf(t, r.stdout)["files"].(float64); n != 4 {
 		t.Errorf("shipped %v files, want 4 (top, mid, base once, clone)", n)
 	}
 	out := filepath.Join(dir, "out")
@@ -59,7 +59,7 @@ func TestSendBackingChain(t *testing.T) {
 	// --no-backing-chain: the images alone, and a note that they need
 	// their bases.
 	r = mustRun(t, "send", top, "--to", dest, "-r", rcpt, "--json", "--no-backing-chain")
-	if n := summaryOf(t, r.stderr)["files"].(float64); n != 1 || !strings.Contains(r.stderr, top+` ships without its backing file "mid.qcow2"`) {
+	if n := summaryOf(t, r.stdout)["files"].(float64); n != 1 || !strings.Contains(r.stderr, top+` ships without its backing file "mid.qcow2"`) {
 		t.Errorf("--no-backing-chain: %v files, stderr %s", n, r.stderr)
 	}
 
@@ -100,7 +100,7 @@ func TestSendBlockDevice(t *testing.T) {
 	dev := vmtest.LoopFile(t, backing)
 	dest := filepath.Join(dir, "dest")
 	r := mustRun(t, "send", dev, "--to", dest, "-r", rcpt, "--json", "--block-size", "64K")
-	sum := summaryOf(t, r.stderr)
+	sum := summaryOf(t, r.stdout)
 	if sum["bytes_total"].(float64) != 16<<20 || sum["bytes_zero"].(float64) < 13<<20 || sum["bytes_hole"].(float64) != 0 {
 		t.Errorf("summary %v: want the whole 16 MiB read, its zeros not shipped, no holes", sum)
 	}
@@ -250,7 +250,7 @@ func TestLibvirtChainAndBlockDisk(t *testing.T) {
 	dest := filepath.Join(dir, "dest")
 	r := mustRun(t, "send", "--libvirt-domain", "web01", "--libvirt-uri", uri, "--to", dest, "-r", rcpt, "--json",
 		"--hook", filesHook(hk, "pre-send"), "--hook", filesHook(hk, "post-send"))
-	if n := summaryOf(t, r.stderr)["files"].(float64); n != 7 {
+	if n := summaryOf(t, r.stdout)["files"].(float64); n != 7 {
 		t.Errorf("shipped %v files, want 7: three layers, the device, definition, sidecar and their folder", n)
 	}
 	if got, want := hookFiles(t, hk, "pre-send"), strings.Join([]string{top, mid, dev}, "\n"); got != want {
