@@ -84,6 +84,9 @@ func (t *Transport) classify(op, key string, err error) error {
 	switch code := resp.Code; {
 	case code == "NoSuchKey":
 		e.kind, e.msg = shipper.ErrNotFound, "object not found"
+	case code == "PreconditionFailed":
+		// Only PutNew's If-None-Match: * asks for it.
+		e.kind, e.msg = shipper.ErrObjectExists, "an object of that name exists"
 	case code == "NoSuchBucket":
 		e.kind, e.msg = shipper.ErrPermanent, fmt.Sprintf("bucket %q does not exist at %s", t.bucket, t.endpoint)
 	case code == "AccessDenied":

@@ -160,48 +160,68 @@ func (t *Transport) Put(ctx context.Context, name string, r io.Reader, size int6
 	if err != nil {
 		return err
 	}
+	_, err = t.put(ctx, key, r, size, false)
+	return err
+}
+
+// put stores r under key and returns the ETag the server gave it. With
+// ifNone, the PUT (or the completion of the multipart upload) carries
+// If-None-Match: *, which a server that supports it refuses with 412 when
+// the key exists.
+func (t *Transport) put(ctx context.Context, key string, r io.Reader, size int64, ifNone bool) (etag string, err error) {
 	src := &sizedReader{ctx: ctx, r: r, want: size}
 	var buf []byte
 	pooled := size < 0 || size > smallObject
 	if !pooled {
 		buf = make([]byte, size+1) // one spare byte: the source must end within
 	} else if buf, err = t.parts.get(ctx); err != nil {
-		return fmt.Errorf("put %s: %w", t.where(key), err)
+		return "", fmt.Errorf("put %s: %w", t.where(key), err)
 	}
 	n, err := fill(src, buf)
 	switch {
 	case err == io.EOF:
-		err = t.putSingle(ctx, key, buf[:n])
+		etag, err = t.putSingle(ctx, key, buf[:n], ifNone)
 	case err != nil:
 		err = fmt.Errorf("put %s: read source: %w", t.where(key), err)
 	default:
-		return t.putMultipart(ctx, key, src, buf)
+		return t.putMultipart(ctx, key, src, buf, ifNone)
 	}
 	if pooled {
 		t.parts.put(buf)
 	}
-	return err
+	return etag, err
 }
 
-func (t *Transport) putSingle(ctx context.Context, key string, b []byte) error {
-	opts := minio.PutObjectOptions{UserMetadata: map[string]string{checksumHeader: crc32c(b)}, DisableContentSha256: true}
-	_, err := t.core.PutObject(ctx, t.bucket, key, bytes.NewReader(b), int64(len(b)), "", "", opts)
-	return t.classify("put", key, err)
+// putOptions are the options of a PUT or of a multipart upload's
+// completion.
+func putOptions(ifNone bool) minio.PutObjectOptions {
+	opts := minio.PutObjectOptions{DisableContentSha256: true}
+	if ifNone {
+		opts.SetMatchETagExcept("*")
+	}
+	return opts
+}
+
+func (t *Transport) putSingle(ctx context.Context, key string, b []byte, ifNone bool) (string, error) {
+	opts := putOptions(ifNone)
+	opts.UserMetadata = map[string]string{checksumHeader: crc32c(b)}
+	info, err := t.core.PutObject(ctx, t.bucket, key, bytes.NewReader(b), int64(len(b)), "", "", opts)
+	return info.ETag, t.classify("put", key, err)
 }
 
 // putMultipart uploads first and the rest of src as parts, t.streams at a
 // time, each in a buffer of the pool; it gives first back to the pool.
-func (t *Transport) putMultipart(ctx context.Context, key string, src *sizedReader, first []byte) (err error) {
+func (t *Transport) putMultipart(ctx context.Context, key string, src *sizedReader, first []byte, ifNone bool) (etag string, err error) {
 	if err := t.abortStale(ctx, key); err != nil {
 		t.parts.put(first)
-		return err
+		return "", err
 	}
 	id, err := t.core.NewMultipartUpload(ctx, t.bucket, key, minio.PutObjectOptions{
 		UserMetadata: map[string]string{"X-Amz-Checksum-Algorithm": checksumAlgorithm},
 	})
 	if err != nil {
 		t.parts.put(first)
-		return t.classify("start upload of", key, err)
+		return "", t.classify("start upload of", key, err)
 	}
 	t.track(id, 1)
 	defer t.track(id, -1)
@@ -210,7 +230,17 @@ func (t *Transport) putMultipart(ctx context.Context, key string, src *sizedRead
 			t.abort(ctx, key, id)
 		}
 	}()
+	parts, err := t.putParts(ctx, key, id, src, first)
+	if err != nil {
+		return "", err
+	}
+	info, err := t.core.CompleteMultipartUpload(ctx, t.bucket, key, id, parts, putOptions(ifNone))
+	return info.ETag, t.classify("complete upload of", key, err)
+}
 
+// putParts uploads first and the rest of src as the parts of upload id,
+// t.streams at a time, and returns them in order.
+func (t *Transport) putParts(ctx context.Context, key, id string, src *sizedReader, first []byte) ([]minio.CompletePart, error) {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(t.streams)
 	src.ctx = gctx // a failed part stops reading the source
@@ -218,6 +248,7 @@ func (t *Transport) putMultipart(ctx context.Context, key string, src *sizedRead
 		mu      sync.Mutex
 		parts   []minio.CompletePart
 		readErr error
+		err     error
 	)
 	buf, n, eof := first, len(first), false
 	for num := 1; ; num++ {
@@ -259,14 +290,13 @@ func (t *Transport) putMultipart(ctx context.Context, key string, src *sizedRead
 		}
 	}
 	if err := g.Wait(); err != nil {
-		return err
+		return nil, err
 	}
 	if readErr != nil {
-		return fmt.Errorf("put %s: %w", t.where(key), readErr)
+		return nil, fmt.Errorf("put %s: %w", t.where(key), readErr)
 	}
 	slices.SortFunc(parts, func(a, b minio.CompletePart) int { return a.PartNumber - b.PartNumber })
-	_, err = t.core.CompleteMultipartUpload(ctx, t.bucket, key, id, parts, minio.PutObjectOptions{})
-	return t.classify("complete upload of", key, err)
+	return parts, nil
 }
 
 // putPart uploads one part with its CRC32C.

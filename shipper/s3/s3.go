@@ -33,6 +33,9 @@ type Transport struct {
 	mu       sync.Mutex
 	uploads  map[string]int // multipart uploads in flight in this process, by upload ID
 	warnOnce sync.Once
+
+	condMu sync.Mutex
+	cond   int // condUnknown, condSupported or condIgnored
 }
 
 var _ shipper.Transport = (*Transport)(nil)
