@@ -329,11 +329,15 @@ func (t *Transport) inFlight(id string) bool {
 	return t.uploads[id] > 0
 }
 
+// abortTimeout bounds the abort of a failed upload: a Ctrl-C must not wait
+// long for an unreachable server.
+const abortTimeout = 10 * time.Second
+
 // abort removes the parts of a failed upload, even when ctx is cancelled.
 // If that fails too (the server is unreachable), the next Put or Delete of
-// the same name removes them.
+// the same name, or shipper.AbortLeftoverUploads, removes them.
 func (t *Transport) abort(ctx context.Context, key, id string) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
 	defer cancel()
 	if err := t.core.AbortMultipartUpload(ctx, t.bucket, key, id); err != nil && !isCode(err, "NoSuchUpload") {
 		fmt.Fprintf(t.stderr, "warning: could not abort the unfinished upload of %s (the next upload or delete of it will): %v\n", t.where(key), err)
