@@ -16,8 +16,6 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"golang.org/x/sync/errgroup"
-
-	"github.com/coldship/coldship/shipper"
 )
 
 const (
@@ -347,28 +345,40 @@ func (t *Transport) abort(ctx context.Context, key, id string) {
 // abortStale aborts the multipart uploads of key that a killed process
 // left behind, so that they stop accruing storage.
 func (t *Transport) abortStale(ctx context.Context, key string) error {
+	err := t.listUploads(ctx, key, func(u minio.ObjectMultipartInfo) error {
+		if u.Key != key || t.inFlight(u.UploadID) {
+			return nil
+		}
+		if err := t.core.AbortMultipartUpload(ctx, t.bucket, key, u.UploadID); err != nil && !isCode(err, "NoSuchUpload") {
+			return t.classify("abort unfinished upload of", key, err)
+		}
+		return nil
+	})
+	if isCode(err, "AccessDenied") || notImplemented(err) {
+		// A policy without s3:ListBucketMultipartUploads (or a store
+		// without the call) is no reason to fail: only the clean-up is
+		// lost.
+		t.warnOnce.Do(func() { fmt.Fprintf(t.stderr, "warning: %v; unfinished uploads of killed runs are not removed\n", err) })
+		return nil
+	}
+	return err
+}
+
+// listUploads calls fn for every multipart upload whose key starts with
+// keyPrefix, page by page.
+func (t *Transport) listUploads(ctx context.Context, keyPrefix string, fn func(minio.ObjectMultipartInfo) error) error {
 	var keyMarker, idMarker string
 	for {
-		res, err := t.core.ListMultipartUploads(ctx, t.bucket, key, keyMarker, idMarker, "", 1000)
+		res, err := t.core.ListMultipartUploads(ctx, t.bucket, keyPrefix, keyMarker, idMarker, "", 1000)
 		if err != nil {
-			err = t.classify("list unfinished uploads of", key, err)
-			if errors.Is(err, shipper.ErrPermanent) && !isCode(err, "NoSuchBucket") {
-				// A policy without s3:ListBucketMultipartUploads is no
-				// reason to fail: only the clean-up is lost.
-				t.warnOnce.Do(func() { fmt.Fprintf(t.stderr, "warning: %v; unfinished uploads of killed runs are not removed\n", err) })
-				return nil
-			}
-			return err
+			return t.classify("list unfinished uploads under", keyPrefix, err)
 		}
 		for _, u := range res.Uploads {
-			if u.Key != key || t.inFlight(u.UploadID) {
-				continue
-			}
-			if err := t.core.AbortMultipartUpload(ctx, t.bucket, key, u.UploadID); err != nil && !isCode(err, "NoSuchUpload") {
-				return t.classify("abort unfinished upload of", key, err)
+			if err := fn(u); err != nil {
+				return err
 			}
 		}
-		if !res.IsTruncated || res.NextKeyMarker > key {
+		if !res.IsTruncated || (res.NextKeyMarker == keyMarker && res.NextUploadIDMarker == idMarker) {
 			return nil
 		}
 		keyMarker, idMarker = res.NextKeyMarker, res.NextUploadIDMarker

@@ -150,7 +150,9 @@ func (t *Transport) conditionalWrites(ctx context.Context) (int, error) {
 			mode = condIgnored
 			break
 		}
-		t.core.RemoveObject(ctx, t.bucket, key, minio.RemoveObjectOptions{})
+		if i == 1 {
+			t.core.RemoveObject(ctx, t.bucket, key, minio.RemoveObjectOptions{})
+		}
 		return condUnknown, err
 	}
 	if err := t.core.RemoveObject(ctx, t.bucket, key, minio.RemoveObjectOptions{}); err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"strings"
 
+	"github.com/minio/minio-go/v7"
+
 	"github.com/coldship/coldship/shipper"
 )
 
@@ -13,26 +15,13 @@ var _ shipper.UploadAborter = (*Transport)(nil)
 // object names (as List shows only those), but not those that a Put of
 // this Transport is still sending. Initiated is the server's clock.
 func (t *Transport) Uploads(ctx context.Context, prefix string, fn func(shipper.Upload) error) error {
-	var keyMarker, idMarker string
-	for {
-		res, err := t.core.ListMultipartUploads(ctx, t.bucket, t.prefix+prefix, keyMarker, idMarker, "", 1000)
-		if err != nil {
-			return t.classify("list unfinished uploads under", t.prefix+prefix, err)
-		}
-		for _, u := range res.Uploads {
-			name, ok := strings.CutPrefix(u.Key, t.prefix)
-			if !ok || shipper.CheckName(name) != nil || t.inFlight(u.UploadID) {
-				continue
-			}
-			if err := fn(shipper.Upload{Name: name, ID: u.UploadID, Initiated: u.Initiated}); err != nil {
-				return err
-			}
-		}
-		if !res.IsTruncated || (res.NextKeyMarker == keyMarker && res.NextUploadIDMarker == idMarker) {
+	return t.listUploads(ctx, t.prefix+prefix, func(u minio.ObjectMultipartInfo) error {
+		name, ok := strings.CutPrefix(u.Key, t.prefix)
+		if !ok || shipper.CheckName(name) != nil || t.inFlight(u.UploadID) {
 			return nil
 		}
-		keyMarker, idMarker = res.NextKeyMarker, res.NextUploadIDMarker
-	}
+		return fn(shipper.Upload{Name: name, ID: u.UploadID, Initiated: u.Initiated})
+	})
 }
 
 // AbortUpload aborts an unfinished upload and deletes its parts. An upload
