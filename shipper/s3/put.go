@@ -210,10 +210,6 @@ func (t *Transport) putSingle(ctx context.Context, key string, b []byte, ifNone 
 // putMultipart uploads first and the rest of src as parts, t.streams at a
 // time, each in a buffer of the pool; it gives first back to the pool.
 func (t *Transport) putMultipart(ctx context.Context, key string, src *sizedReader, first []byte, ifNone bool) (etag string, err error) {
-	if err := t.abortStale(ctx, key); err != nil {
-		t.parts.put(first)
-		return "", err
-	}
 	id, err := t.core.NewMultipartUpload(ctx, t.bucket, key, minio.PutObjectOptions{
 		UserMetadata: map[string]string{"X-Amz-Checksum-Algorithm": checksumAlgorithm},
 	})
@@ -223,6 +219,16 @@ func (t *Transport) putMultipart(ctx context.Context, key string, src *sizedRead
 	}
 	t.track(id, 1)
 	defer t.track(id, -1)
+	// The uploads of this key that a killed process left are aborted while
+	// the parts go up, a round trip off this upload's way; its own upload
+	// is tracked, so spared.
+	stale := make(chan error, 1)
+	go func() { stale <- t.abortStale(ctx, key) }()
+	defer func() {
+		if serr := <-stale; err == nil && serr != nil {
+			fmt.Fprintf(t.stderr, "warning: %v (the next send or prune aborts them)\n", serr)
+		}
+	}()
 	defer func() {
 		if err != nil {
 			t.abort(ctx, key, id)
@@ -237,10 +243,11 @@ func (t *Transport) putMultipart(ctx context.Context, key string, src *sizedRead
 }
 
 // putParts uploads first and the rest of src as the parts of upload id,
-// t.streams at a time, and returns them in order.
+// t.linkStreams() at a time (within the part pool), and returns them in
+// order.
 func (t *Transport) putParts(ctx context.Context, key, id string, src *sizedReader, first []byte) ([]minio.CompletePart, error) {
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(t.streams)
+	g.SetLimit(t.linkStreams())
 	src.ctx = gctx // a failed part stops reading the source
 	var (
 		mu      sync.Mutex
