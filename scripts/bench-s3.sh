@@ -8,7 +8,10 @@
 # backend, a free loopback port), the same random image in the same run; then
 # the same through toxiproxy adding half the round trip each way
 # (BENCH_S3_RTT_MS, default 100 ms), and a table of each tool's time at that
-# round trip against its time on loopback, with CPU seconds per GiB.
+# round trip against its time on loopback, with CPU seconds per GiB. The
+# proxy itself costs CPU (about as much as versitygw per GiB moved, on the
+# same cores), so coldship also runs through toxiproxy without latency: the
+# ratio to that run is what the round trip alone costs.
 # Every measurement runs twice; the row shows the best (the machine is
 # shared), and the RSS target is checked against the larger of the two runs.
 #
@@ -68,16 +71,29 @@ s3_best() {
 	fi
 }
 
-# s3_wan_row NAME BYTES : one row of the round-trip table: NAME on loopback
-# and NAME @RTT, wall and CPU seconds per GiB of each, and their ratio.
+# s3_wan_row NAME BYTES : one row of the round-trip table: NAME on loopback,
+# through the proxy without latency (if measured) and @RTT: wall, the
+# ratios of @RTT to the others, CPU seconds per GiB and peak RSS.
 s3_wan_row() {
-	local far="$1 @${s3_rtt_ms}ms"
-	awk -v n="$1" -v b="$2" -v w1="${WALL[$1]:-0}" -v w2="${WALL[$far]:-0}" \
+	local far="$1 @${s3_rtt_ms}ms" prox="$1 @proxy"
+	awk -v n="$1" -v b="$2" -v w1="${WALL[$1]:-0}" -v w0="${WALL[$prox]:-0}" -v w2="${WALL[$far]:-0}" \
 		-v c1="${S3_CPU[$1]:-0}" -v c2="${S3_CPU[$far]:-0}" -v r1="${S3_RSS[$1]:-0}" -v r2="${S3_RSS[$far]:-0}" 'BEGIN {
 		g = b / 1073741824
-		if (w1 <= 0 || w2 <= 0) { printf "| %-30s | not measured |\n", n; exit }
-		printf "| %-30s | %8.2f | %8.2f | %6.2fx | %7.2f | %7.2f | %5d | %5d |\n", n, w1, w2, w2 / w1, c1 / g, c2 / g, r1, r2
+		if (w1 <= 0 || w2 <= 0) { printf "| %-27s | not measured |\n", n; exit }
+		p = (w0 > 0) ? sprintf("%6.2f", w0) : "     -"; q = (w0 > 0) ? sprintf("%5.2fx", w2 / w0) : "     -"
+		printf "| %-27s | %6.2f | %s | %6.2f | %5.2fx | %s | %5.2f | %5.2f | %4d | %4d |\n", n, w1, p, w2, w2 / w1, q, c1 / g, c2 / g, r1, r2
 	}' | tee -a "$results"
+}
+
+# s3_coldship_runs TAG ENDPOINT IMG BYTES : coldship's send and receive
+# alone through ENDPOINT, one table.
+s3_coldship_runs() {
+	local tag=$1 ep=$2 img=$3 size=$4
+	header "S3 (versitygw through toxiproxy without latency): $s3_size random image (best of 2 runs)"
+	s3_best s3_clear_coldship "coldship send (s3)$tag" "$size" \
+		"$bin" send "$img" --to "s3://$s3_bucket/coldship" --s3-endpoint "$ep" -r "$rcpt" -q --no-resume --state-dir "$s3_dir/state"
+	s3_best s3_clear_recv "coldship receive (s3)$tag" "$size" \
+		"$bin" receive "s3://$s3_bucket/coldship" --s3-endpoint "$ep" -i "$work/id.txt" --out "$s3_dir/recv" -q
 }
 
 s3_rss_target() { # NAME LIMIT_MIB
@@ -203,7 +219,7 @@ s3_section() {
 	done
 
 	# toxiproxy on loopback: a proxy to versitygw with latency both ways.
-	local tsrv tcli tport pport="" far=""
+	local tsrv tcli tport pport="" p0port="" far=""
 	if tsrv=$(command -v toxiproxy-server) && tcli=$(command -v toxiproxy-cli); then
 		tport=$(bench_free_port)
 		setsid "$tsrv" -host 127.0.0.1 -port "$tport" >"$s3_dir/toxiproxy.log" 2>&1 &
@@ -216,6 +232,8 @@ s3_section() {
 				-a latency=$((s3_rtt_ms / 2)) -a jitter=0 versitygw
 			"$tcli" -h "http://127.0.0.1:$tport" toxic add -t latency -n lat_up -u \
 				-a latency=$((s3_rtt_ms / 2)) -a jitter=0 versitygw
+			p0port=$(bench_free_port)
+			"$tcli" -h "http://127.0.0.1:$tport" create -l "127.0.0.1:$p0port" -u "127.0.0.1:$port" versitygw0
 		} >>"$s3_dir/toxiproxy.log"
 		far=" @${s3_rtt_ms}ms"
 	fi
@@ -252,17 +270,20 @@ s3_section() {
 
 	s3_runs "" "$AWS_ENDPOINT_URL" s3crypt "$img" "$size"
 	if [ -n "$far" ]; then
+		s3_coldship_runs " @proxy" "http://127.0.0.1:$p0port" "$img" "$size"
 		s3_runs "$far" "http://127.0.0.1:$pport" s3wcrypt "$img" "$size"
 		log ""
 		log "### S3 at ${s3_rtt_ms} ms RTT (toxiproxy latency $((s3_rtt_ms / 2)) ms each way) against loopback, $s3_size random image"
 		log ""
-		log "| run                            | loop s   | @${s3_rtt_ms}ms s | ratio   | CPU s/GiB loop | CPU s/GiB @${s3_rtt_ms}ms | RSS MiB loop | RSS MiB @${s3_rtt_ms}ms |"
-		log "|--------------------------------|----------|----------|---------|---------|---------|-------|-------|"
+		log "| run                         | loop s | proxy s | @${s3_rtt_ms}ms s | / loop | / proxy | CPU s/GiB loop | CPU s/GiB @${s3_rtt_ms}ms | RSS MiB loop | RSS MiB @${s3_rtt_ms}ms |"
+		log "|-----------------------------|--------|--------|--------|--------|--------|-------|-------|------|------|"
 		for r in "coldship send (s3)" "coldship receive (s3)" "rclone copy to crypt (s3)" "rclone copy from crypt (s3)"; do
 			s3_wan_row "$r" "$size"
 		done
 		bench_target "coldship send at ${s3_rtt_ms} ms / loopback" "coldship send (s3)$far" "coldship send (s3)" "<=" 1.5
 		bench_target "coldship receive at ${s3_rtt_ms} ms / loopback" "coldship receive (s3)$far" "coldship receive (s3)" "<=" 1.5
+		bench_target "coldship send at ${s3_rtt_ms} ms / proxy without latency" "coldship send (s3)$far" "coldship send (s3) @proxy" "<=" 1.5
+		bench_target "coldship receive at ${s3_rtt_ms} ms / proxy without latency" "coldship receive (s3)$far" "coldship receive (s3) @proxy" "<=" 1.5
 	else
 		log ""
 		log "SKIPPED: ${s3_rtt_ms} ms RTT runs: toxiproxy not installed (scripts/install-test-deps.sh --bench)"
