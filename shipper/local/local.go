@@ -204,7 +204,7 @@ func copyExclusive(tmp, final string) (err error) {
 
 // writeTemp writes r to a new synced temporary file beside final and
 // returns its path; on failure it leaves none.
-func (t *Transport) writeTemp(ctx context.Context, final string, r io.Reader, size int64) (tmp string, err error) {
+func (t *Transport) writeTemp(ctx context.Context, final string, r io.Reader, size int64) (_ string, err error) {
 	dir := filepath.Dir(final)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", classify("create directory", dir, err)
@@ -213,7 +213,7 @@ func (t *Transport) writeTemp(ctx context.Context, final string, r io.Reader, si
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return "", err
 	}
-	tmp = filepath.Join(dir, "."+filepath.Base(final)+".tmp-"+hex.EncodeToString(rnd[:]))
+	tmp := filepath.Join(dir, "."+filepath.Base(final)+".tmp-"+hex.EncodeToString(rnd[:]))
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return "", classify("create", tmp, err)

@@ -3,12 +3,14 @@ package local
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
 	"testing"
+	"testing/iotest"
 
 	"golang.org/x/sys/unix"
 
@@ -193,4 +195,39 @@ func asUnprivileged(t *testing.T, fn func()) {
 		return // keep the thread locked: it dies with this goroutine
 	}
 	runtime.UnlockOSThread()
+}
+
+// TestFailedPutLeavesNoTemporary fails Put and PutNew in the ways a send
+// can (the source fails, ends short, the run is interrupted) and checks
+// the object's folder for hidden temporaries, which List never shows.
+func TestFailedPutLeavesNoTemporary(t *testing.T) {
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	sources := map[string]func() (context.Context, io.Reader, int64){
+		"failing source": func() (context.Context, io.Reader, int64) {
+			return context.Background(), io.MultiReader(strings.NewReader("some bytes"), iotest.ErrReader(errors.New("read failed"))), -1
+		},
+		"short source": func() (context.Context, io.Reader, int64) {
+			return context.Background(), strings.NewReader("short"), 100
+		},
+		"interrupted": func() (context.Context, io.Reader, int64) {
+			return cancelled, strings.NewReader("never read"), -1
+		},
+	}
+	tr, _ := New(t.TempDir())
+	for name, src := range sources {
+		for op, put := range map[string]func(context.Context, string, io.Reader, int64) error{"Put": tr.Put, "PutNew": tr.PutNew} {
+			ctx, r, size := src()
+			if err := put(ctx, "s/segments/00000001", r, size); err == nil {
+				t.Errorf("%s with a %s succeeded", op, name)
+			}
+			entries, err := os.ReadDir(filepath.Join(tr.root, "s", "segments"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range entries {
+				t.Errorf("%s with a %s left %s", op, name, e.Name())
+			}
+		}
+	}
 }
