@@ -5,7 +5,13 @@
 #
 # coldship send and receive over S3 against rclone copy to and from an rclone
 # crypt remote, both on the same local Versity S3 Gateway (versitygw, posix
-# backend, a free loopback port), the same random image in the same run.
+# backend, a free loopback port), the same random image in the same run; then
+# the same through toxiproxy adding half the round trip each way
+# (BENCH_S3_RTT_MS, default 100 ms), and a table of each tool's time at that
+# round trip against its time on loopback, with CPU seconds per GiB. The
+# proxy itself costs CPU (about as much as versitygw per GiB moved, on the
+# same cores), so coldship also runs through toxiproxy without latency: the
+# ratio to that run is what the round trip alone costs.
 # Every measurement runs twice; the row shows the best (the machine is
 # shared), and the RSS target is checked against the larger of the two runs.
 #
@@ -13,10 +19,11 @@
 #   BENCH_SECTIONS=s3 BENCH_S3_SIZE=256M ./scripts/bench.sh
 
 s3_size=${BENCH_S3_SIZE:-1G}
+s3_rtt_ms=${BENCH_S3_RTT_MS:-100}
 s3_dir=$work/s3
 s3_bucket=coldship-bench
 s3_pids=()
-declare -gA S3_RSS=()
+declare -gA S3_RSS=() S3_CPU=()
 
 # s3_best PREP NAME BYTES CMD... : like measure, but runs CMD twice (PREP, a
 # command without arguments, before each run, untimed) and prints the row of
@@ -54,6 +61,7 @@ s3_best() {
 		fi
 		if [ -z "$best_w" ] || awk -v a="${WALL[$name]}" -v b="$best_w" 'BEGIN { exit !(a < b) }'; then
 			best_w=${WALL[$name]} best_line=$line
+			S3_CPU[$name]=$(awk -F'|' '{ gsub(/ /, "", $5); print $5 }' <<<"$line")
 		fi
 	done
 	rm -f "$tf"
@@ -61,6 +69,31 @@ s3_best() {
 		WALL[$name]=$best_w
 		log "$best_line"
 	fi
+}
+
+# s3_wan_row NAME BYTES : one row of the round-trip table: NAME on loopback,
+# through the proxy without latency (if measured) and @RTT: wall, the
+# ratios of @RTT to the others, CPU seconds per GiB and peak RSS.
+s3_wan_row() {
+	local far="$1 @${s3_rtt_ms}ms" prox="$1 @proxy"
+	awk -v n="$1" -v b="$2" -v w1="${WALL[$1]:-0}" -v w0="${WALL[$prox]:-0}" -v w2="${WALL[$far]:-0}" \
+		-v c1="${S3_CPU[$1]:-0}" -v c2="${S3_CPU[$far]:-0}" -v r1="${S3_RSS[$1]:-0}" -v r2="${S3_RSS[$far]:-0}" 'BEGIN {
+		g = b / 1073741824
+		if (w1 <= 0 || w2 <= 0) { printf "| %-27s | not measured |\n", n; exit }
+		p = (w0 > 0) ? sprintf("%6.2f", w0) : "     -"; q = (w0 > 0) ? sprintf("%5.2fx", w2 / w0) : "     -"
+		printf "| %-27s | %6.2f | %s | %6.2f | %5.2fx | %s | %5.2f | %5.2f | %4d | %4d |\n", n, w1, p, w2, w2 / w1, q, c1 / g, c2 / g, r1, r2
+	}' | tee -a "$results"
+}
+
+# s3_coldship_runs TAG ENDPOINT IMG BYTES : coldship's send and receive
+# alone through ENDPOINT, one table.
+s3_coldship_runs() {
+	local tag=$1 ep=$2 img=$3 size=$4
+	header "S3 (versitygw through toxiproxy without latency): $s3_size random image (best of 2 runs)"
+	s3_best s3_clear_coldship "coldship send (s3)$tag" "$size" \
+		"$bin" send "$img" --to "s3://$s3_bucket/coldship" --s3-endpoint "$ep" -r "$rcpt" -q --no-resume --state-dir "$s3_dir/state"
+	s3_best s3_clear_recv "coldship receive (s3)$tag" "$size" \
+		"$bin" receive "s3://$s3_bucket/coldship" --s3-endpoint "$ep" -i "$work/id.txt" --out "$s3_dir/recv" -q
 }
 
 s3_rss_target() { # NAME LIMIT_MIB
@@ -93,7 +126,7 @@ s3_cleanup() {
 	done
 	s3_pids=()
 	unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION AWS_ENDPOINT_URL AWS_EC2_METADATA_DISABLED
-	rm -rf "$s3_dir/gw" "$s3_dir/recv" "$s3_dir/rback" "$s3_dir/state" "$s3_dir/rclone.conf"
+	rm -rf "$s3_dir/gw" "$s3_dir/recv" "$s3_dir/rback" "$s3_dir/state" "$s3_dir/rclone.conf" "$s3_dir/home"
 }
 
 # Before each timed run: no earlier upload or download to find.
@@ -109,6 +142,39 @@ s3_random_image() { # SIZE : prints the path of a random image of SIZE, made onc
 		mv "$f.tmp" "$f"
 	fi
 	echo "$f"
+}
+
+# s3_runs TAG ENDPOINT CRYPT IMG BYTES : the send and receive tables of
+# coldship and rclone through ENDPOINT (rclone through its remote CRYPT);
+# TAG ends every row's name ("" on loopback). Uses s3_section's rcl.
+s3_runs() {
+	local tag=$1 ep=$2 crypt=$3 img=$4 size=$5 where="on loopback"
+	[ -z "$tag" ] || where="at ${tag#* @} RTT"
+	header "S3 (versitygw $where): $s3_size random image, send (best of 2 runs)"
+	s3_best s3_clear_coldship "coldship send (s3)$tag" "$size" \
+		"$bin" send "$img" --to "s3://$s3_bucket/coldship" --s3-endpoint "$ep" -r "$rcpt" -q --no-resume --state-dir "$s3_dir/state"
+	s3_best s3_clear_rclone "rclone copy to crypt (s3)$tag" "$size" \
+		"${rcl[@]}" copy "$img" "$crypt:"
+	bench_target "coldship / rclone crypt throughput, send$tag" "rclone copy to crypt (s3)$tag" "coldship send (s3)$tag" ">=" 1.5
+	s3_rss_target "coldship send (s3)$tag" 256
+
+	header "S3 (versitygw $where): $s3_size random image, receive (best of 2 runs)"
+	s3_best s3_clear_recv "coldship receive (s3)$tag" "$size" \
+		"$bin" receive "s3://$s3_bucket/coldship" --s3-endpoint "$ep" -i "$work/id.txt" --out "$s3_dir/recv" -q
+	s3_best s3_clear_rback "rclone copy from crypt (s3)$tag" "$size" \
+		"${rcl[@]}" copy "$crypt:$(basename "$img")" "$s3_dir/rback"
+	bench_target "coldship / rclone crypt throughput, receive$tag" "rclone copy from crypt (s3)$tag" "coldship receive (s3)$tag" ">=" 1.5
+	s3_rss_target "coldship receive (s3)$tag" 256
+	if cmp -s "$img" "$s3_dir/recv/$(basename "$img")"; then
+		log "  coldship: restored image identical"
+	else
+		log "  coldship: restored image DIFFERS or missing"
+	fi
+	if cmp -s "$img" "$s3_dir/rback/$(basename "$img")"; then
+		log "  rclone: restored image identical"
+	else
+		log "  rclone: restored image DIFFERS or missing"
+	fi
 }
 
 # s3: the section, in a subshell: its exports (the AWS_* variables) and traps
@@ -152,26 +218,42 @@ s3_section() {
 		sleep 0.1
 	done
 
-	# rclone: an s3 remote on the same server, a crypt remote over it.
+	# toxiproxy on loopback: a proxy to versitygw with latency both ways.
+	local tsrv tcli tport pport="" p0port="" far=""
+	if tsrv=$(command -v toxiproxy-server) && tcli=$(command -v toxiproxy-cli); then
+		tport=$(bench_free_port)
+		setsid "$tsrv" -host 127.0.0.1 -port "$tport" >"$s3_dir/toxiproxy.log" 2>&1 &
+		s3_pids+=("$!")
+		bench_wait_port "$tport" "$!" "$s3_dir/toxiproxy.log"
+		pport=$(bench_free_port)
+		{
+			"$tcli" -h "http://127.0.0.1:$tport" create -l "127.0.0.1:$pport" -u "127.0.0.1:$port" versitygw
+			"$tcli" -h "http://127.0.0.1:$tport" toxic add -t latency -n lat_down -d \
+				-a latency=$((s3_rtt_ms / 2)) -a jitter=0 versitygw
+			"$tcli" -h "http://127.0.0.1:$tport" toxic add -t latency -n lat_up -u \
+				-a latency=$((s3_rtt_ms / 2)) -a jitter=0 versitygw
+			p0port=$(bench_free_port)
+			"$tcli" -h "http://127.0.0.1:$tport" create -l "127.0.0.1:$p0port" -u "127.0.0.1:$port" versitygw0
+		} >>"$s3_dir/toxiproxy.log"
+		far=" @${s3_rtt_ms}ms"
+	fi
+
+	# rclone: an s3 remote on the same server (and one through the proxy),
+	# a crypt remote over each with the same keys.
+	local pass1 pass2 r ep
+	pass1=$(head -c 24 /dev/urandom | base64 | rclone obscure -)
+	pass2=$(head -c 24 /dev/urandom | base64 | rclone obscure -)
 	(
 		umask 077
-		cat >"$s3_dir/rclone.conf" <<EOF
-[s3]
-type = s3
-provider = Other
-env_auth = false
-access_key_id = $AWS_ACCESS_KEY_ID
-secret_access_key = $AWS_SECRET_ACCESS_KEY
-region = us-east-1
-endpoint = $AWS_ENDPOINT_URL
-force_path_style = true
-
-[s3crypt]
-type = crypt
-remote = s3:$s3_bucket/rclone
-password = $(head -c 24 /dev/urandom | base64 | rclone obscure -)
-password2 = $(head -c 24 /dev/urandom | base64 | rclone obscure -)
-EOF
+		for r in s3 s3w; do
+			ep=$AWS_ENDPOINT_URL
+			[ "$r" = s3 ] || ep=http://127.0.0.1:${pport:-$port}
+			printf '[%s]\ntype = s3\nprovider = Other\nenv_auth = false\n' "$r"
+			printf 'access_key_id = %s\nsecret_access_key = %s\n' "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY"
+			printf 'region = us-east-1\nendpoint = %s\nforce_path_style = true\n\n' "$ep"
+			printf '[%scrypt]\ntype = crypt\nremote = %s:%s/rclone\n' "$r" "$r" "$s3_bucket"
+			printf 'password = %s\npassword2 = %s\n\n' "$pass1" "$pass2"
+		done >"$s3_dir/rclone.conf"
 	)
 	# Without AWS_CA_BUNDLE: rclone's S3 SDK refuses a custom CA bundle with
 	# its own HTTP transport (and the endpoint is plain http anyway).
@@ -186,30 +268,25 @@ EOF
 	size=$(stat -c %s "$img")
 	cat "$img" >/dev/null
 
-	header "S3 (versitygw on loopback): $s3_size random image, send (best of 2 runs)"
-	s3_best s3_clear_coldship "coldship send (s3)" "$size" \
-		"$bin" send "$img" --to "s3://$s3_bucket/coldship" -r "$rcpt" -q --no-resume --state-dir "$s3_dir/state"
-	s3_best s3_clear_rclone "rclone copy to crypt (s3)" "$size" \
-		"${rcl[@]}" copy "$img" s3crypt:
-	bench_target "coldship / rclone crypt throughput, send" "rclone copy to crypt (s3)" "coldship send (s3)" ">=" 1.5
-	s3_rss_target "coldship send (s3)" 256
-
-	header "S3 (versitygw on loopback): $s3_size random image, receive (best of 2 runs)"
-	s3_best s3_clear_recv "coldship receive (s3)" "$size" \
-		"$bin" receive "s3://$s3_bucket/coldship" -i "$work/id.txt" --out "$s3_dir/recv" -q
-	s3_best s3_clear_rback "rclone copy from crypt (s3)" "$size" \
-		"${rcl[@]}" copy "s3crypt:$(basename "$img")" "$s3_dir/rback"
-	bench_target "coldship / rclone crypt throughput, receive" "rclone copy from crypt (s3)" "coldship receive (s3)" ">=" 1.5
-	s3_rss_target "coldship receive (s3)" 256
-	if cmp -s "$img" "$s3_dir/recv/$(basename "$img")"; then
-		log "  coldship: restored image identical"
+	s3_runs "" "$AWS_ENDPOINT_URL" s3crypt "$img" "$size"
+	if [ -n "$far" ]; then
+		s3_coldship_runs " @proxy" "http://127.0.0.1:$p0port" "$img" "$size"
+		s3_runs "$far" "http://127.0.0.1:$pport" s3wcrypt "$img" "$size"
+		log ""
+		log "### S3 at ${s3_rtt_ms} ms RTT (toxiproxy latency $((s3_rtt_ms / 2)) ms each way) against loopback, $s3_size random image"
+		log ""
+		log "| run                         | loop s | proxy s | @${s3_rtt_ms}ms s | / loop | / proxy | CPU s/GiB loop | CPU s/GiB @${s3_rtt_ms}ms | RSS MiB loop | RSS MiB @${s3_rtt_ms}ms |"
+		log "|-----------------------------|--------|--------|--------|--------|--------|-------|-------|------|------|"
+		for r in "coldship send (s3)" "coldship receive (s3)" "rclone copy to crypt (s3)" "rclone copy from crypt (s3)"; do
+			s3_wan_row "$r" "$size"
+		done
+		bench_target "coldship send at ${s3_rtt_ms} ms / loopback" "coldship send (s3)$far" "coldship send (s3)" "<=" 1.5
+		bench_target "coldship receive at ${s3_rtt_ms} ms / loopback" "coldship receive (s3)$far" "coldship receive (s3)" "<=" 1.5
+		bench_target "coldship send at ${s3_rtt_ms} ms / proxy without latency" "coldship send (s3)$far" "coldship send (s3) @proxy" "<=" 1.5
+		bench_target "coldship receive at ${s3_rtt_ms} ms / proxy without latency" "coldship receive (s3)$far" "coldship receive (s3) @proxy" "<=" 1.5
 	else
-		log "  coldship: restored image DIFFERS or missing"
-	fi
-	if cmp -s "$img" "$s3_dir/rback/$(basename "$img")"; then
-		log "  rclone: restored image identical"
-	else
-		log "  rclone: restored image DIFFERS or missing"
+		log ""
+		log "SKIPPED: ${s3_rtt_ms} ms RTT runs: toxiproxy not installed (scripts/install-test-deps.sh --bench)"
 	fi
 
 	s3_cleanup

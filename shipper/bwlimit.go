@@ -2,30 +2,103 @@ package shipper
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"time"
 
 	"golang.org/x/time/rate"
 )
 
-// waiter is the part of *rate.Limiter the bandwidth wrapper uses.
+// waiter is what the bandwidth wrapper asks of its token bucket.
 type waiter interface {
 	WaitN(ctx context.Context, n int) error
 }
 
 // LimitBandwidth returns a Transport that moves at most bytesPerSecond
-// through tr, over all of its streams together: every byte that Put reads
-// from its caller and every byte read from an object that Open returns is
-// paid for from one token bucket first. Because the pipeline is driven by
-// these reads, what the progress counters see is what crossed the limit,
-// so rates and ETAs stay truthful.
+// through tr, over all of its streams together: every byte that Put (and
+// PutNew) reads from its caller and every byte read from an object that
+// Open returns is paid for from one token bucket first. Because the
+// pipeline is driven by these reads, what the progress counters see is
+// what crossed the limit, so rates and ETAs stay truthful.
+//
+// The bucket starts empty and holds at most a twentieth of a second of
+// tokens, so that no transfer, however short, nor any second of a long one
+// moves more than the limit plus 5%.
 //
 // As with restic, the limit is a wrapper around a transport, not code in
-// one: it works the same over every destination.
+// one: it works the same over every destination. The wrapper keeps tr's
+// optional capabilities: it is an ExclusiveCreator exactly when tr is one,
+// and passes TemporaryRemover, UploadAborter and LinkReporter through (as
+// no-ops where tr lacks them: nothing to remove, no uploads, no
+// measurement).
 func LimitBandwidth(tr Transport, bytesPerSecond int64) Transport {
-	// A burst of a tenth of a second (at least 32 KiB, at most 4 MiB) keeps
-	// the flow smooth without starving large reads.
-	burst := int(min(max(bytesPerSecond/10, 32<<10), 4<<20))
-	return &limitedTransport{Transport: tr, lim: rate.NewLimiter(rate.Limit(bytesPerSecond), burst), burst: burst}
+	return limitBandwidth(tr, bytesPerSecond, realClock{})
+}
+
+// burstFor is the bucket's size for a rate: a twentieth of a second, at
+// least a byte, at most 4 MiB (reads larger than that gain nothing).
+func burstFor(bytesPerSecond int64) int {
+	return int(min(max(bytesPerSecond/20, 1), 4<<20))
+}
+
+func limitBandwidth(tr Transport, bytesPerSecond int64, c clock) Transport {
+	burst := burstFor(bytesPerSecond)
+	lim := rate.NewLimiter(rate.Limit(bytesPerSecond), burst)
+	// A new limiter is full: empty it, or the first burst would be free.
+	lim.ReserveN(c.Now(), burst)
+	t := &limitedTransport{Transport: tr, lim: &bucket{lim: lim, clock: c}, burst: burst}
+	if ec, ok := tr.(ExclusiveCreator); ok {
+		return &limitedExclusive{limitedTransport: t, ec: ec}
+	}
+	return t
+}
+
+// clock is the time the token bucket runs on: the real one, or a simulated
+// one in tests.
+type clock interface {
+	Now() time.Time
+	Sleep(ctx context.Context, d time.Duration) error
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+func (realClock) Sleep(ctx context.Context, d time.Duration) error {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// bucket is a rate.Limiter waited on through a clock.
+type bucket struct {
+	lim   *rate.Limiter
+	clock clock
+}
+
+func (b *bucket) WaitN(ctx context.Context, n int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := b.clock.Now()
+	r := b.lim.ReserveN(now, n)
+	if !r.OK() {
+		return fmt.Errorf("bandwidth limit: %d bytes exceed the burst %d", n, b.lim.Burst())
+	}
+	d := r.DelayFrom(now)
+	if d <= 0 {
+		return nil
+	}
+	if err := b.clock.Sleep(ctx, d); err != nil {
+		r.CancelAt(b.clock.Now())
+		return err
+	}
+	return nil
 }
 
 type limitedTransport struct {
@@ -52,6 +125,41 @@ func (t *limitedTransport) RemoveTemporaries(ctx context.Context, dir string) er
 		return tc.RemoveTemporaries(ctx, dir)
 	}
 	return nil
+}
+
+// Uploads passes the optional capability through.
+func (t *limitedTransport) Uploads(ctx context.Context, prefix string, fn func(Upload) error) error {
+	if ua, ok := t.Transport.(UploadAborter); ok {
+		return ua.Uploads(ctx, prefix, fn)
+	}
+	return nil
+}
+
+// AbortUpload passes the optional capability through.
+func (t *limitedTransport) AbortUpload(ctx context.Context, u Upload) error {
+	if ua, ok := t.Transport.(UploadAborter); ok {
+		return ua.AbortUpload(ctx, u)
+	}
+	return nil
+}
+
+// LinkStats passes the optional capability through.
+func (t *limitedTransport) LinkStats() LinkStats {
+	if lr, ok := t.Transport.(LinkReporter); ok {
+		return lr.LinkStats()
+	}
+	return LinkStats{}
+}
+
+// limitedExclusive is the wrapper of a transport that can create objects
+// exclusively.
+type limitedExclusive struct {
+	*limitedTransport
+	ec ExclusiveCreator
+}
+
+func (t *limitedExclusive) PutNew(ctx context.Context, name string, r io.Reader, size int64) error {
+	return t.ec.PutNew(ctx, name, &limitedReader{ctx: ctx, r: r, t: t.limitedTransport}, size)
 }
 
 // limitedReader reads at most a burst at a time and waits for the tokens

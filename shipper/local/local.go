@@ -27,6 +27,11 @@ type Transport struct {
 	root string
 }
 
+var (
+	_ shipper.ExclusiveCreator = (*Transport)(nil)
+	_ shipper.TemporaryRemover = (*Transport)(nil)
+)
+
 // New returns a Transport rooted at dir. The directory is created (with its
 // parents) on the first Put; reading a missing directory finds nothing.
 func New(dir string) (*Transport, error) {
@@ -49,38 +54,169 @@ func (t *Transport) path(name string) (string, error) {
 	return filepath.Join(t.root, filepath.FromSlash(name)), nil
 }
 
-// classify wraps err with the sentinel errors callers branch on.
+// classify wraps err with the sentinel errors callers branch on, and says
+// in words what a permanent error means for the destination.
 func classify(op, path string, err error) error {
+	hint := ""
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("%s %s: %w (%w)", op, path, err, shipper.ErrNotFound)
-	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.ENOSPC),
-		errors.Is(err, syscall.EROFS), errors.Is(err, syscall.EDQUOT):
-		return fmt.Errorf("%s %s: %w (%w)", op, path, err, shipper.ErrPermanent)
+	case errors.Is(err, syscall.ENOTDIR):
+		hint = "a component of the path is a file, not a directory"
+	case errors.Is(err, syscall.EISDIR):
+		hint = "a directory is in the way"
+	case errors.Is(err, fs.ErrPermission):
+		hint = "permission denied"
+	case errors.Is(err, syscall.EROFS):
+		hint = "the file system is read-only"
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		hint = "the destination is full"
+	default:
+		return fmt.Errorf("%s %s: %w", op, path, err)
 	}
-	return fmt.Errorf("%s %s: %w", op, path, err)
+	return fmt.Errorf("%s %s: %s: %w (%w)", op, path, hint, err, shipper.ErrPermanent)
 }
 
 // Put writes to a temporary file in the object's directory, syncs it, renames
 // it to its final name and syncs the directory, so that a crash leaves either
 // the complete object or no object.
-func (t *Transport) Put(ctx context.Context, name string, r io.Reader, size int64) (err error) {
+func (t *Transport) Put(ctx context.Context, name string, r io.Reader, size int64) error {
 	final, err := t.path(name)
 	if err != nil {
 		return err
 	}
+	tmp, err := t.writeTemp(ctx, final, r, size)
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		os.Remove(tmp)
+		if errors.Is(err, fs.ErrExist) {
+			// Linux says EEXIST or ENOTEMPTY for a directory that is not
+			// empty, EISDIR for an empty one.
+			err = &os.LinkError{Op: "rename", Old: tmp, New: final, Err: syscall.EISDIR}
+		}
+		return classify("rename", final, err)
+	}
+	return syncDir(filepath.Dir(final))
+}
+
+// PutNew writes and syncs a temporary file as Put does, then links it to
+// its final name, which fails if that name exists, and removes the
+// temporary. On a file system without hard links (FAT, exFAT, some FUSE
+// file systems) it renames with RENAME_NOREPLACE instead, and where that is
+// not supported either it creates the final name with O_EXCL and copies the
+// synced temporary into it: exclusive still, but a crash during that copy
+// can leave a partial object under the final name.
+func (t *Transport) PutNew(ctx context.Context, name string, r io.Reader, size int64) error {
+	final, err := t.path(name)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Lstat(final); err == nil {
+		return fmt.Errorf("put %s: %w", final, shipper.ErrObjectExists)
+	}
+	tmp, err := t.writeTemp(ctx, final, r, size)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	if err := commitNew(tmp, final); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(final))
+}
+
+// Link and rename without replacing, variables for tests that stand in for
+// file systems without them.
+var (
+	link            = os.Link
+	renameNoReplace = func(oldpath, newpath string) error {
+		return unix.Renameat2(unix.AT_FDCWD, oldpath, unix.AT_FDCWD, newpath, unix.RENAME_NOREPLACE)
+	}
+)
+
+// commitNew gives the complete temporary tmp the name final unless final
+// exists.
+func commitNew(tmp, final string) error {
+	exists := fmt.Errorf("put %s: %w", final, shipper.ErrObjectExists)
+	err := link(tmp, final)
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, fs.ErrExist) {
+		return exists
+	}
+	if !unsupported(err) {
+		return classify("link", final, err)
+	}
+	err = renameNoReplace(tmp, final)
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, fs.ErrExist) {
+		return exists
+	}
+	if !unsupported(err) && !errors.Is(err, syscall.EINVAL) {
+		return classify("rename", final, err)
+	}
+	return copyExclusive(tmp, final)
+}
+
+// unsupported reports whether err says the file system lacks an operation.
+func unsupported(err error) bool {
+	return errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EOPNOTSUPP) ||
+		errors.Is(err, syscall.ENOSYS) || errors.Is(err, syscall.EMLINK)
+}
+
+// copyExclusive creates final with O_EXCL and copies tmp into it; on
+// failure it removes what it created.
+func copyExclusive(tmp, final string) (err error) {
+	src, err := os.Open(tmp)
+	if err != nil {
+		return classify("open", tmp, err)
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(final, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("put %s: %w", final, shipper.ErrObjectExists)
+	}
+	if err != nil {
+		return classify("create", final, err)
+	}
+	defer func() {
+		if err != nil {
+			dst.Close()
+			os.Remove(final)
+		}
+	}()
+	if _, err := io.Copy(dst, src); err != nil {
+		return classify("write", final, err)
+	}
+	if err := dst.Sync(); err != nil {
+		return classify("sync", final, err)
+	}
+	if err := dst.Close(); err != nil {
+		return classify("close", final, err)
+	}
+	return nil
+}
+
+// writeTemp writes r to a new synced temporary file beside final and
+// returns its path; on failure it leaves none.
+func (t *Transport) writeTemp(ctx context.Context, final string, r io.Reader, size int64) (_ string, err error) {
 	dir := filepath.Dir(final)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return classify("create directory", dir, err)
+		return "", classify("create directory", dir, err)
 	}
 	var rnd [6]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
-		return err
+		return "", err
 	}
 	tmp := filepath.Join(dir, "."+filepath.Base(final)+".tmp-"+hex.EncodeToString(rnd[:]))
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		return classify("create", tmp, err)
+		return "", classify("create", tmp, err)
 	}
 	defer func() {
 		if err != nil {
@@ -94,21 +230,18 @@ func (t *Transport) Put(ctx context.Context, name string, r io.Reader, size int6
 	n, err := io.CopyBuffer(&writeback{f: f}, ctxReader{ctx, r}, *buf)
 	copyBuffers.Put(buf)
 	if err != nil {
-		return classify("write", tmp, err)
+		return "", classify("write", tmp, err)
 	}
 	if size >= 0 && n != size {
-		return fmt.Errorf("write %s: got %d bytes, want %d", final, n, size)
+		return "", fmt.Errorf("write %s: got %d bytes, want %d", final, n, size)
 	}
 	if err := f.Sync(); err != nil {
-		return classify("sync", tmp, err)
+		return "", classify("sync", tmp, err)
 	}
 	if err := f.Close(); err != nil {
-		return classify("close", tmp, err)
+		return "", classify("close", tmp, err)
 	}
-	if err := os.Rename(tmp, final); err != nil {
-		return classify("rename", final, err)
-	}
-	return syncDir(dir)
+	return tmp, nil
 }
 
 func syncDir(dir string) error {
@@ -220,6 +353,9 @@ func (t *Transport) List(ctx context.Context, prefix string, fn func(shipper.Obj
 			return err
 		}
 		if p == t.root {
+			if !d.IsDir() {
+				return classify("list", p, syscall.ENOTDIR)
+			}
 			return nil
 		}
 		if strings.HasPrefix(d.Name(), ".") {

@@ -28,12 +28,14 @@ type Config struct {
 
 	// Endpoint is a URL such as "http://127.0.0.1:7070" or a host[:port].
 	// Plain http is used only when the URL says http:// explicitly. When
-	// empty, New takes AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL from the
-	// environment, and then the AWS endpoint of Region.
+	// empty, New finds one as the AWS CLI does (AWS_ENDPOINT_URL_S3,
+	// AWS_ENDPOINT_URL, then endpoint_url in the AWS config file's
+	// profile), and then uses the AWS endpoint of Region.
 	Endpoint string
 
-	// Region defaults to AWS_REGION or AWS_DEFAULT_REGION; when all are
-	// empty the client asks the server for the bucket's location.
+	// Region defaults to AWS_REGION, AWS_DEFAULT_REGION or the profile's
+	// region; when all are empty the client asks the server for the
+	// bucket's location.
 	Region string
 
 	// PathStyle forces path-style requests (endpoint/bucket/key). Without
@@ -77,47 +79,74 @@ func ParseURL(raw string) (Config, error) {
 	return Config{Bucket: u.Host, Prefix: prefix}, nil
 }
 
-// endpoint resolves cfg.Endpoint (or the environment) into the host[:port]
-// the client dials and whether it uses TLS.
+// endpoint resolves the endpoint into the host[:port] the client dials and
+// whether it uses TLS.
 func (cfg *Config) endpoint() (host string, secure bool, err error) {
-	raw := cfg.Endpoint
-	if raw == "" {
-		raw = os.Getenv("AWS_ENDPOINT_URL_S3")
-	}
-	if raw == "" {
-		raw = os.Getenv("AWS_ENDPOINT_URL")
-	}
-	if raw == "" {
+	raw, from, err := cfg.endpointURL()
+	if err != nil || raw == "" {
 		// The client turns the global host into the regional one.
-		return "s3.amazonaws.com", true, nil
+		return "s3.amazonaws.com", true, err
 	}
 	if strings.Contains(raw, "@") {
 		// Not echoed: it may hold a password.
-		return "", false, errors.New("s3 endpoint: credentials in the URL are not accepted; use the environment or ~/.aws/credentials")
+		return "", false, fmt.Errorf("s3 endpoint (%s): credentials in the URL are not accepted; use the environment or ~/.aws/credentials", from)
 	}
 	if !strings.Contains(raw, "://") {
 		raw = "https://" + raw
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return "", false, fmt.Errorf("s3 endpoint: %w", err)
+		return "", false, fmt.Errorf("s3 endpoint (%s): %w", from, err)
 	}
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
-		return "", false, fmt.Errorf("s3 endpoint %q: scheme must be http or https", raw)
+		return "", false, fmt.Errorf("s3 endpoint %q (%s): scheme must be http or https", raw, from)
 	case u.Host == "":
-		return "", false, fmt.Errorf("s3 endpoint %q: no host", raw)
+		return "", false, fmt.Errorf("s3 endpoint %q (%s): no host", raw, from)
 	case strings.Trim(u.Path, "/") != "" || u.RawQuery != "":
-		return "", false, fmt.Errorf("s3 endpoint %q: a path or query is not supported", raw)
+		return "", false, fmt.Errorf("s3 endpoint %q (%s): a path or query is not supported", raw, from)
 	}
 	return u.Host, u.Scheme == "https", nil
 }
 
+// endpointURL finds the endpoint as the AWS CLI does, and says where: the
+// flag (cfg.Endpoint); then, unless AWS_IGNORE_CONFIGURED_ENDPOINT_URLS or
+// the profile's ignore_configured_endpoint_urls is true,
+// AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the s3 endpoint_url of the
+// [services NAME] section that the profile names, and the profile's
+// endpoint_url. "" means AWS itself.
+func (cfg *Config) endpointURL() (raw, from string, err error) {
+	if cfg.Endpoint != "" {
+		return cfg.Endpoint, "--s3-endpoint", nil
+	}
+	conf, err := loadAWSConfig()
+	if err != nil {
+		return "", "", err
+	}
+	if isTrue(os.Getenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")) || isTrue(conf.setting("ignore_configured_endpoint_urls")) {
+		return "", "", nil
+	}
+	for _, env := range []string{"AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"} {
+		if v := os.Getenv(env); v != "" {
+			return v, env, nil
+		}
+	}
+	raw, from = conf.s3Endpoint()
+	return raw, from, nil
+}
+
+func isTrue(s string) bool { return strings.EqualFold(strings.TrimSpace(s), "true") }
+
+// region is the flag's, else AWS_REGION, AWS_DEFAULT_REGION, or the
+// profile's region in the AWS config file.
 func (cfg *Config) region() string {
 	for _, r := range []string{cfg.Region, os.Getenv("AWS_REGION"), os.Getenv("AWS_DEFAULT_REGION")} {
 		if r != "" {
 			return r
 		}
+	}
+	if conf, err := loadAWSConfig(); err == nil {
+		return conf.setting("region")
 	}
 	return ""
 }

@@ -3,8 +3,11 @@ package s3
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,6 +35,11 @@ func TestClassify(t *testing.T) {
 		{"ExpiredToken", 400, shipper.ErrAuth, "session token"},
 		{"AuthorizationHeaderMalformed", 400, shipper.ErrPermanent, ""},
 		{"RequestTimeTooSkewed", 403, shipper.ErrPermanent, ""},
+		{"InsufficientStorage", 507, shipper.ErrPermanent, "full"},
+		{"XMinioStorageFull", 507, shipper.ErrPermanent, "full"},
+		{"507 Insufficient Storage", 507, shipper.ErrPermanent, "full"}, // a HEAD's, made up by the client
+		{"QuotaExceeded", 403, shipper.ErrPermanent, "quota"},
+		{"PreconditionFailed", 412, shipper.ErrObjectExists, "exists"},
 		{"InternalError", 500, nil, ""},
 		{"SlowDown", 503, nil, ""},
 		{"RequestTimeout", 400, nil, ""},
@@ -41,7 +49,7 @@ func TestClassify(t *testing.T) {
 		t.Run(tc.code, func(t *testing.T) {
 			cause := minio.ErrorResponse{Code: tc.code, StatusCode: tc.status, Message: "server says " + tc.code}
 			err := tr.classify("put", "p/x", cause)
-			for _, s := range []error{shipper.ErrNotFound, shipper.ErrPermanent, shipper.ErrAuth} {
+			for _, s := range []error{shipper.ErrNotFound, shipper.ErrPermanent, shipper.ErrAuth, shipper.ErrObjectExists} {
 				if got := errors.Is(err, s); got != (s == tc.want) {
 					t.Errorf("errors.Is(%v, %v) = %v", err, s, got)
 				}
@@ -54,6 +62,10 @@ func TestClassify(t *testing.T) {
 				t.Errorf("message %q, want it to name the object and say %q", err, tc.message)
 			}
 		})
+	}
+	certErr := &url.Error{Op: "Put", URL: "https://s3.example.net/b/x", Err: &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}}
+	if err := tr.classify("put", "x", certErr); !errors.Is(err, shipper.ErrPermanent) || !strings.Contains(err.Error(), "SSL_CERT_FILE") {
+		t.Errorf("certificate refused: %v, want ErrPermanent saying how to trust a CA", err)
 	}
 	netErr := errors.New("dial tcp 127.0.0.1:1: connect: connection refused")
 	if err := tr.classify("put", "x", netErr); errors.Is(err, shipper.ErrPermanent) || errors.Is(err, shipper.ErrAuth) || !errors.Is(err, netErr) {

@@ -23,10 +23,10 @@ const readBudget = 128 << 20
 // Open reads the range with one GET when it fits in one chunk (partSize),
 // or when the GETs of other reads already take every stream but this one's
 // (a shipment's segments, read several at once, then go one GET each:
-// fewer, longer requests cost the server less). Otherwise it uses up to
-// Streams ranged GETs at once while streams are free: the first chunk
-// streams straight from its response while the following ones are
-// fetched into buffers.
+// fewer, longer requests cost the server less). Otherwise it uses ranged
+// GETs, up to linkStreams at once (Streams, more on a long round trip)
+// while streams are free: the first chunk streams straight from its
+// response while the following ones are fetched into buffers.
 func (t *Transport) Open(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
 	key, err := t.key(name)
 	if err != nil {
@@ -39,7 +39,17 @@ func (t *Transport) Open(ctx context.Context, name string, offset, length int64)
 		// HTTP cannot ask for zero bytes; still report a missing object.
 		return t.emptyAt(ctx, name, key, offset)
 	}
-	parallel := t.streams > 1 && (length < 0 || length > partSize) && int(t.gets.Load()) < t.streams-1
+	// A parallel read takes two streams at once, for its first GET and its
+	// first chunk: reads opened together then do not all start in
+	// parallel only to find no stream left for a chunk, which would cost
+	// each of them a second GET, a round trip, after its first chunk.
+	parallel := t.streams > 1 && (length < 0 || length > partSize) && t.takeStreams(2)
+	spare := 0
+	if parallel {
+		spare = 1
+	} else {
+		t.gets.Add(1)
+	}
 	var opts minio.GetObjectOptions
 	switch {
 	case parallel:
@@ -49,8 +59,9 @@ func (t *Transport) Open(ctx context.Context, name string, offset, length int64)
 	case offset > 0:
 		opts.SetRange(offset, 0)
 	}
-	body, info, h, err := t.getCounted(ctx, key, opts)
+	body, info, h, err := t.getStream(ctx, key, opts)
 	if err != nil {
+		t.gets.Add(int32(-spare))
 		if isCode(err, "InvalidRange") {
 			// The range starts at or past the end: S3 refuses even
 			// "bytes=size-", which is an empty read.
@@ -62,6 +73,14 @@ func (t *Transport) Open(ctx context.Context, name string, offset, length int64)
 		return body, nil
 	}
 	total, ok := totalSize(h.Get("Content-Range"))
+	end := total
+	if length > 0 {
+		end = min(total, offset+length)
+	}
+	next := min(offset+partSize, end)
+	if !ok || next >= end {
+		t.gets.Add(-1) // the spare stream is not needed
+	}
 	if !ok {
 		// The server sent the whole object instead of the range.
 		if offset > 0 {
@@ -76,16 +95,11 @@ func (t *Transport) Open(ctx context.Context, name string, offset, length int64)
 		}
 		return body, nil
 	}
-	end := total
-	if length > 0 {
-		end = min(total, offset+length)
-	}
-	next := min(offset+partSize, end)
 	if next >= end {
 		return body, nil
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	r := &chunkReader{t: t, ctx: ctx, cancel: cancel, key: key, etag: info.ETag, cur: body, next: next, fetchAt: next, end: end}
+	r := &chunkReader{t: t, ctx: ctx, cancel: cancel, key: key, etag: info.ETag, cur: body, next: next, fetchAt: next, end: end, spare: 1}
 	r.schedule()
 	return r, nil
 }
@@ -100,9 +114,10 @@ func totalSize(contentRange string) (int64, bool) {
 	return n, err == nil
 }
 
-// getCounted is a GET whose response counts in t.gets until it is closed.
-func (t *Transport) getCounted(ctx context.Context, key string, opts minio.GetObjectOptions) (io.ReadCloser, minio.ObjectInfo, http.Header, error) {
-	t.gets.Add(1)
+// getStream is a GET for which the caller counted a stream in t.gets: its
+// response gives the stream back when it is closed (or at once if the GET
+// fails).
+func (t *Transport) getStream(ctx context.Context, key string, opts minio.GetObjectOptions) (io.ReadCloser, minio.ObjectInfo, http.Header, error) {
 	body, info, h, err := t.core.GetObject(ctx, t.bucket, key, opts)
 	if err != nil {
 		t.gets.Add(-1)
@@ -122,14 +137,16 @@ func (b *countedBody) Close() error {
 	return b.ReadCloser.Close()
 }
 
-// takeStream counts one more GET if fewer than Streams are being read.
-func (t *Transport) takeStream() bool {
+// takeStreams counts n more GETs if that keeps them within what the link
+// asks for (linkStreams).
+func (t *Transport) takeStreams(n int32) bool {
+	limit := t.linkStreams()
 	for {
-		n := t.gets.Load()
-		if int(n) >= t.streams {
+		cur := t.gets.Load()
+		if int(cur+n) > limit {
 			return false
 		}
-		if t.gets.CompareAndSwap(n, n+1) {
+		if t.gets.CompareAndSwap(cur, cur+n) {
 			return true
 		}
 	}
@@ -166,6 +183,7 @@ type chunkReader struct {
 	fetchAt int64         // offset of the first chunk not yet fetched
 	end     int64
 	queue   []*chunk // fetches in order, the first at next
+	spare   int      // streams taken by Open for chunks, not yet used
 	err     error
 }
 
@@ -177,15 +195,17 @@ type chunk struct {
 }
 
 // schedule starts fetches while buffers and streams are free (fewer than
-// Streams GETs of all reads in flight) and this read has fewer than
-// Streams of its own, counting cur when it streams from a response.
+// linkStreams GETs of all reads in flight) and this read has fewer than
+// linkStreams of its own, counting cur when it streams from a response.
 func (r *chunkReader) schedule() {
-	window := r.t.streams
+	window := r.t.linkStreams()
 	if r.cur != nil && r.curBuf == nil {
 		window--
 	}
 	for r.fetchAt < r.end && len(r.queue) < window {
-		if !r.t.takeStream() {
+		if r.spare > 0 {
+			r.spare--
+		} else if !r.t.takeStreams(1) {
 			return
 		}
 		buf := r.t.reads.tryGet()
@@ -302,6 +322,8 @@ func (r *chunkReader) closeCur() {
 func (r *chunkReader) Close() error {
 	r.cancel()
 	r.closeCur()
+	r.t.gets.Add(int32(-r.spare))
+	r.spare = 0
 	for _, c := range r.queue {
 		<-c.done
 		r.t.reads.put(c.buf)

@@ -16,8 +16,6 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"golang.org/x/sync/errgroup"
-
-	"github.com/coldship/coldship/shipper"
 )
 
 const (
@@ -160,64 +158,102 @@ func (t *Transport) Put(ctx context.Context, name string, r io.Reader, size int6
 	if err != nil {
 		return err
 	}
+	_, err = t.put(ctx, key, r, size, false)
+	return err
+}
+
+// put stores r under key and returns the ETag the server gave it. With
+// ifNone, the PUT (or the completion of the multipart upload) carries
+// If-None-Match: *, which a server that supports it refuses with 412 when
+// the key exists.
+func (t *Transport) put(ctx context.Context, key string, r io.Reader, size int64, ifNone bool) (etag string, err error) {
 	src := &sizedReader{ctx: ctx, r: r, want: size}
 	var buf []byte
 	pooled := size < 0 || size > smallObject
 	if !pooled {
 		buf = make([]byte, size+1) // one spare byte: the source must end within
 	} else if buf, err = t.parts.get(ctx); err != nil {
-		return fmt.Errorf("put %s: %w", t.where(key), err)
+		return "", fmt.Errorf("put %s: %w", t.where(key), err)
 	}
 	n, err := fill(src, buf)
 	switch {
 	case err == io.EOF:
-		err = t.putSingle(ctx, key, buf[:n])
+		etag, err = t.putSingle(ctx, key, buf[:n], ifNone)
 	case err != nil:
 		err = fmt.Errorf("put %s: read source: %w", t.where(key), err)
 	default:
-		return t.putMultipart(ctx, key, src, buf)
+		return t.putMultipart(ctx, key, src, buf, ifNone)
 	}
 	if pooled {
 		t.parts.put(buf)
 	}
-	return err
+	return etag, err
 }
 
-func (t *Transport) putSingle(ctx context.Context, key string, b []byte) error {
-	opts := minio.PutObjectOptions{UserMetadata: map[string]string{checksumHeader: crc32c(b)}, DisableContentSha256: true}
-	_, err := t.core.PutObject(ctx, t.bucket, key, bytes.NewReader(b), int64(len(b)), "", "", opts)
-	return t.classify("put", key, err)
+// putOptions are the options of a PUT or of a multipart upload's
+// completion.
+func putOptions(ifNone bool) minio.PutObjectOptions {
+	opts := minio.PutObjectOptions{DisableContentSha256: true}
+	if ifNone {
+		opts.SetMatchETagExcept("*")
+	}
+	return opts
+}
+
+func (t *Transport) putSingle(ctx context.Context, key string, b []byte, ifNone bool) (string, error) {
+	opts := putOptions(ifNone)
+	opts.UserMetadata = map[string]string{checksumHeader: crc32c(b)}
+	info, err := t.core.PutObject(ctx, t.bucket, key, bytes.NewReader(b), int64(len(b)), "", "", opts)
+	return info.ETag, t.classify("put", key, err)
 }
 
 // putMultipart uploads first and the rest of src as parts, t.streams at a
 // time, each in a buffer of the pool; it gives first back to the pool.
-func (t *Transport) putMultipart(ctx context.Context, key string, src *sizedReader, first []byte) (err error) {
-	if err := t.abortStale(ctx, key); err != nil {
-		t.parts.put(first)
-		return err
-	}
+func (t *Transport) putMultipart(ctx context.Context, key string, src *sizedReader, first []byte, ifNone bool) (etag string, err error) {
 	id, err := t.core.NewMultipartUpload(ctx, t.bucket, key, minio.PutObjectOptions{
 		UserMetadata: map[string]string{"X-Amz-Checksum-Algorithm": checksumAlgorithm},
 	})
 	if err != nil {
 		t.parts.put(first)
-		return t.classify("start upload of", key, err)
+		return "", t.classify("start upload of", key, err)
 	}
 	t.track(id, 1)
 	defer t.track(id, -1)
+	// The uploads of this key that a killed process left are aborted while
+	// the parts go up, a round trip off this upload's way; its own upload
+	// is tracked, so spared.
+	stale := make(chan error, 1)
+	go func() { stale <- t.abortStale(ctx, key) }()
+	defer func() {
+		if serr := <-stale; err == nil && serr != nil {
+			fmt.Fprintf(t.stderr, "warning: %v (the next send or prune aborts them)\n", serr)
+		}
+	}()
 	defer func() {
 		if err != nil {
 			t.abort(ctx, key, id)
 		}
 	}()
+	parts, err := t.putParts(ctx, key, id, src, first)
+	if err != nil {
+		return "", err
+	}
+	info, err := t.core.CompleteMultipartUpload(ctx, t.bucket, key, id, parts, putOptions(ifNone))
+	return info.ETag, t.classify("complete upload of", key, err)
+}
 
+// putParts uploads first and the rest of src as the parts of upload id,
+// t.linkStreams() at a time (within the part pool), and returns them in
+// order.
+func (t *Transport) putParts(ctx context.Context, key, id string, src *sizedReader, first []byte) ([]minio.CompletePart, error) {
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(t.streams)
+	g.SetLimit(t.linkStreams())
 	src.ctx = gctx // a failed part stops reading the source
 	var (
 		mu      sync.Mutex
 		parts   []minio.CompletePart
 		readErr error
+		err     error
 	)
 	buf, n, eof := first, len(first), false
 	for num := 1; ; num++ {
@@ -259,14 +295,13 @@ func (t *Transport) putMultipart(ctx context.Context, key string, src *sizedRead
 		}
 	}
 	if err := g.Wait(); err != nil {
-		return err
+		return nil, err
 	}
 	if readErr != nil {
-		return fmt.Errorf("put %s: %w", t.where(key), readErr)
+		return nil, fmt.Errorf("put %s: %w", t.where(key), readErr)
 	}
 	slices.SortFunc(parts, func(a, b minio.CompletePart) int { return a.PartNumber - b.PartNumber })
-	_, err = t.core.CompleteMultipartUpload(ctx, t.bucket, key, id, parts, minio.PutObjectOptions{})
-	return t.classify("complete upload of", key, err)
+	return parts, nil
 }
 
 // putPart uploads one part with its CRC32C.
@@ -299,11 +334,15 @@ func (t *Transport) inFlight(id string) bool {
 	return t.uploads[id] > 0
 }
 
+// abortTimeout bounds the abort of a failed upload: a Ctrl-C must not wait
+// long for an unreachable server.
+const abortTimeout = 10 * time.Second
+
 // abort removes the parts of a failed upload, even when ctx is cancelled.
 // If that fails too (the server is unreachable), the next Put or Delete of
-// the same name removes them.
+// the same name, or shipper.AbortLeftoverUploads, removes them.
 func (t *Transport) abort(ctx context.Context, key, id string) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
 	defer cancel()
 	if err := t.core.AbortMultipartUpload(ctx, t.bucket, key, id); err != nil && !isCode(err, "NoSuchUpload") {
 		fmt.Fprintf(t.stderr, "warning: could not abort the unfinished upload of %s (the next upload or delete of it will): %v\n", t.where(key), err)
@@ -313,28 +352,40 @@ func (t *Transport) abort(ctx context.Context, key, id string) {
 // abortStale aborts the multipart uploads of key that a killed process
 // left behind, so that they stop accruing storage.
 func (t *Transport) abortStale(ctx context.Context, key string) error {
+	err := t.listUploads(ctx, key, func(u minio.ObjectMultipartInfo) error {
+		if u.Key != key || t.inFlight(u.UploadID) {
+			return nil
+		}
+		if err := t.core.AbortMultipartUpload(ctx, t.bucket, key, u.UploadID); err != nil && !isCode(err, "NoSuchUpload") {
+			return t.classify("abort unfinished upload of", key, err)
+		}
+		return nil
+	})
+	if isCode(err, "AccessDenied") || notImplemented(err) {
+		// A policy without s3:ListBucketMultipartUploads (or a store
+		// without the call) is no reason to fail: only the clean-up is
+		// lost.
+		t.warnOnce.Do(func() { fmt.Fprintf(t.stderr, "warning: %v; unfinished uploads of killed runs are not removed\n", err) })
+		return nil
+	}
+	return err
+}
+
+// listUploads calls fn for every multipart upload whose key starts with
+// keyPrefix, page by page.
+func (t *Transport) listUploads(ctx context.Context, keyPrefix string, fn func(minio.ObjectMultipartInfo) error) error {
 	var keyMarker, idMarker string
 	for {
-		res, err := t.core.ListMultipartUploads(ctx, t.bucket, key, keyMarker, idMarker, "", 1000)
+		res, err := t.core.ListMultipartUploads(ctx, t.bucket, keyPrefix, keyMarker, idMarker, "", 1000)
 		if err != nil {
-			err = t.classify("list unfinished uploads of", key, err)
-			if errors.Is(err, shipper.ErrPermanent) && !isCode(err, "NoSuchBucket") {
-				// A policy without s3:ListBucketMultipartUploads is no
-				// reason to fail: only the clean-up is lost.
-				t.warnOnce.Do(func() { fmt.Fprintf(t.stderr, "warning: %v; unfinished uploads of killed runs are not removed\n", err) })
-				return nil
-			}
-			return err
+			return t.classify("list unfinished uploads under", keyPrefix, err)
 		}
 		for _, u := range res.Uploads {
-			if u.Key != key || t.inFlight(u.UploadID) {
-				continue
-			}
-			if err := t.core.AbortMultipartUpload(ctx, t.bucket, key, u.UploadID); err != nil && !isCode(err, "NoSuchUpload") {
-				return t.classify("abort unfinished upload of", key, err)
+			if err := fn(u); err != nil {
+				return err
 			}
 		}
-		if !res.IsTruncated || res.NextKeyMarker > key {
+		if !res.IsTruncated || (res.NextKeyMarker == keyMarker && res.NextUploadIDMarker == idMarker) {
 			return nil
 		}
 		keyMarker, idMarker = res.NextKeyMarker, res.NextUploadIDMarker

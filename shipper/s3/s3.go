@@ -21,6 +21,7 @@ import (
 type Transport struct {
 	core     minio.Core // Core embeds *minio.Client: both APIs from one client
 	http     *http.Transport
+	link     *link // measures the round trip
 	bucket   string
 	prefix   string // "" or ending in '/'
 	endpoint string // for messages: scheme://host
@@ -33,6 +34,9 @@ type Transport struct {
 	mu       sync.Mutex
 	uploads  map[string]int // multipart uploads in flight in this process, by upload ID
 	warnOnce sync.Once
+
+	condMu sync.Mutex
+	cond   int // condUnknown, condSupported or condIgnored
 }
 
 var _ shipper.Transport = (*Transport)(nil)
@@ -60,10 +64,11 @@ func New(ctx context.Context, cfg Config) (*Transport, error) {
 		lookup = minio.BucketLookupPath
 	}
 	creds := credentialChain(ht)
+	lk := newLink(ht)
 	client, err := minio.New(host, &minio.Options{
 		Creds:        creds,
 		Secure:       secure,
-		Transport:    ht,
+		Transport:    lk,
 		Region:       cfg.region(),
 		BucketLookup: lookup,
 	})
@@ -90,6 +95,7 @@ func New(ctx context.Context, cfg Config) (*Transport, error) {
 	t := &Transport{
 		core:     minio.Core{Client: client},
 		http:     ht,
+		link:     lk,
 		bucket:   cfg.Bucket,
 		endpoint: scheme + host,
 		streams:  streams,

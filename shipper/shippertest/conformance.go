@@ -43,6 +43,7 @@ func Run(t *testing.T, newTransport func(t *testing.T) shipper.Transport) {
 			tc.fn(t, tr)
 		})
 	}
+	t.Run("PutNew", func(t *testing.T) { runPutNew(t, newTransport) })
 }
 
 func randomBytes(n int, seed uint64) []byte {
@@ -308,6 +309,136 @@ func testInvalidNames(t *testing.T, tr shipper.Transport) {
 	for _, name := range []string{"", "/abs", "a/../b", "a//b", "./a", "a/.tmp", ".hidden"} {
 		if err := tr.Put(context.Background(), name, bytes.NewReader(nil), 0); err == nil {
 			t.Errorf("Put(%q) succeeded, want an invalid name error", name)
+		}
+	}
+}
+
+// runPutNew checks shipper.ExclusiveCreator: PutNew creates an object only
+// where none exists, never changes an existing one, and of racing calls for
+// one name at most one wins. A transport without PutNew skips it.
+func runPutNew(t *testing.T, newTransport func(t *testing.T) shipper.Transport) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, tr shipper.Transport, ec shipper.ExclusiveCreator)
+	}{
+		{"CreatesAndRefuses", testPutNewRefuses},
+		{"ExistingFromPut", testPutNewOverPut},
+		{"Race", testPutNewRace},
+		{"FailedLeavesNothing", testPutNewFailed},
+		{"InvalidNames", testPutNewInvalidNames},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := newTransport(t)
+			t.Cleanup(func() { tr.Close() })
+			ec, ok := tr.(shipper.ExclusiveCreator)
+			if !ok {
+				t.Skipf("%T does not implement shipper.ExclusiveCreator", tr)
+			}
+			tc.fn(t, tr, ec)
+		})
+	}
+}
+
+func putNew(ec shipper.ExclusiveCreator, name string, data []byte, size int64) error {
+	return ec.PutNew(context.Background(), name, bytes.NewReader(data), size)
+}
+
+func testPutNewRefuses(t *testing.T, tr shipper.Transport, ec shipper.ExclusiveCreator) {
+	for i, n := range []int{0, 1, 4096, 8<<20 + 5} {
+		for _, known := range []bool{true, false} {
+			name := fmt.Sprintf("k/keys/%04d-%v", n, known)
+			first, second := randomBytes(n, uint64(i)), randomBytes(n+1, uint64(i)+100)
+			size, size2 := int64(n), int64(n+1)
+			if !known {
+				size, size2 = -1, -1
+			}
+			if err := putNew(ec, name, first, size); err != nil {
+				t.Fatalf("PutNew(%q, %d bytes): %v", name, n, err)
+			}
+			if oi, err := tr.Stat(context.Background(), name); err != nil || oi.Size != int64(n) {
+				t.Errorf("Stat(%q) after PutNew = %+v, %v; want size %d", name, oi, err, n)
+			}
+			err := putNew(ec, name, second, size2)
+			if !errors.Is(err, shipper.ErrObjectExists) {
+				t.Errorf("second PutNew(%q): err = %v, want ErrObjectExists", name, err)
+			}
+			if got := Get(t, tr, name, 0, -1); !bytes.Equal(got, first) {
+				t.Errorf("%q: after the second PutNew it holds %d bytes, not the first %d", name, len(got), n)
+			}
+		}
+	}
+	// Once deleted, the name can be created again.
+	if err := tr.Delete(context.Background(), "k/keys/0001-true"); err != nil {
+		t.Fatal(err)
+	}
+	if err := putNew(ec, "k/keys/0001-true", []byte("again"), 5); err != nil {
+		t.Errorf("PutNew after Delete: %v", err)
+	}
+	if n := len(listAll(t, tr, "k/")); n != 8 {
+		t.Errorf("List shows %d objects, want 8", n)
+	}
+}
+
+func testPutNewOverPut(t *testing.T, tr shipper.Transport, ec shipper.ExclusiveCreator) {
+	put(t, tr, "k/keys/0000", []byte("written by Put"), -1)
+	if err := putNew(ec, "k/keys/0000", []byte("new"), 3); !errors.Is(err, shipper.ErrObjectExists) {
+		t.Errorf("PutNew over an object put by Put: err = %v, want ErrObjectExists", err)
+	}
+	if got := Get(t, tr, "k/keys/0000", 0, -1); string(got) != "written by Put" {
+		t.Errorf("object holds %q, want what Put wrote", got)
+	}
+}
+
+func testPutNewRace(t *testing.T, tr shipper.Transport, ec shipper.ExclusiveCreator) {
+	const racers = 8
+	var wg sync.WaitGroup
+	errs := make([]error, racers)
+	for i := range racers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = putNew(ec, "k/keys/0000", randomBytes(300<<10, uint64(i)), 300<<10)
+		}()
+	}
+	wg.Wait()
+	winner := -1
+	for i, err := range errs {
+		switch {
+		case err == nil && winner >= 0:
+			t.Errorf("racers %d and %d both created the object", winner, i)
+		case err == nil:
+			winner = i
+		case !errors.Is(err, shipper.ErrObjectExists):
+			t.Errorf("racer %d: %v, want ErrObjectExists", i, err)
+		}
+	}
+	if winner < 0 {
+		t.Fatal("no racer created the object")
+	}
+	if got := Get(t, tr, "k/keys/0000", 0, -1); !bytes.Equal(got, randomBytes(300<<10, uint64(winner))) {
+		t.Errorf("the object does not hold the winner's content")
+	}
+	if n := len(listAll(t, tr, "")); n != 1 {
+		t.Errorf("List shows %d objects after the race, want 1", n)
+	}
+}
+
+func testPutNewFailed(t *testing.T, tr shipper.Transport, ec shipper.ExclusiveCreator) {
+	data := randomBytes(100000, 9)
+	if err := putNew(ec, "k/keys/0000", data, int64(len(data))+1); err == nil {
+		t.Fatal("PutNew with fewer bytes than size succeeded")
+	}
+	assertAbsent(t, tr, "k/keys/0000")
+	if err := putNew(ec, "k/keys/0000", data, int64(len(data))); err != nil {
+		t.Errorf("PutNew after a failed one: %v", err)
+	}
+}
+
+func testPutNewInvalidNames(t *testing.T, tr shipper.Transport, ec shipper.ExclusiveCreator) {
+	for _, name := range []string{"", "/abs", "a/../b", ".hidden"} {
+		if err := putNew(ec, name, nil, 0); err == nil {
+			t.Errorf("PutNew(%q) succeeded, want an invalid name error", name)
 		}
 	}
 }

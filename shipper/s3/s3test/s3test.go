@@ -44,6 +44,8 @@ type Server struct {
 	bin  string
 	addr string
 
+	iamDir string // "": single-account mode
+
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{} // closed when cmd has exited
@@ -53,6 +55,18 @@ type Server struct {
 // Start starts versitygw with fresh root credentials and an empty bucket.
 // It is killed when the test ends.
 func Start(t testing.TB) *Server {
+	t.Helper()
+	return start(t, false)
+}
+
+// StartWithUsers is Start with versitygw's internal IAM service, so that
+// AddUser can create accounts other than root.
+func StartWithUsers(t testing.TB) *Server {
+	t.Helper()
+	return start(t, true)
+}
+
+func start(t testing.TB, users bool) *Server {
 	t.Helper()
 	bin := findBinary()
 	if bin == "" {
@@ -69,6 +83,9 @@ func Start(t testing.TB) *Server {
 		Dir:       t.TempDir(),
 		t:         t,
 		bin:       bin,
+	}
+	if users {
+		s.iamDir = t.TempDir()
 	}
 	t.Cleanup(func() {
 		s.Stop()
@@ -106,13 +123,11 @@ func (s *Server) start() error {
 	if s.cmd != nil {
 		return nil
 	}
-	cmd := exec.Command(s.bin,
-		"--port", s.addr,
-		"--access", s.AccessKey,
-		"--secret", s.SecretKey,
-		"--region", Region,
-		"--quiet",
-		"posix", s.Dir)
+	args := []string{"--port", s.addr, "--access", s.AccessKey, "--secret", s.SecretKey, "--region", Region, "--quiet"}
+	if s.iamDir != "" {
+		args = append(args, "--iam-dir", s.iamDir)
+	}
+	cmd := exec.Command(s.bin, append(args, "posix", s.Dir)...)
 	// The credentials go by flag, so nothing of the test's environment
 	// (AWS_*, VGW_*) may change how the server runs.
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + s.Dir}
@@ -211,6 +226,22 @@ func (s *Server) SetEnv(t testing.TB) {
 	} {
 		t.Setenv(k, v)
 	}
+}
+
+// AddUser creates an account with the role "user" (which owns no bucket
+// and has no grant on the root's) on a server from StartWithUsers, and
+// returns its credentials.
+func (s *Server) AddUser(t testing.TB) (accessKey, secretKey string) {
+	t.Helper()
+	accessKey, secretKey = "AKUSER"+strings.ToUpper(randomHex(6)), randomHex(20)
+	cmd := exec.Command(s.bin, "admin", "--endpoint-url", s.Endpoint,
+		"create-user", "--access", accessKey, "--secret", secretKey, "--role", "user")
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + s.Dir,
+		"ADMIN_ACCESS_KEY_ID=" + s.AccessKey, "ADMIN_SECRET_ACCESS_KEY=" + s.SecretKey}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("s3test: create user: %v\n%s", err, out)
+	}
+	return accessKey, secretKey
 }
 
 // Client returns a client of the server with the root credentials, for

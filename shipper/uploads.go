@@ -1,0 +1,44 @@
+package shipper
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// AbortLeftoverUploads aborts every unfinished upload (an S3 multipart
+// upload) under prefix that was initiated before startedBefore, so that the
+// parts of killed or failed runs stop costing storage. It returns how many
+// it aborted. A transport that keeps no unfinished uploads apart from its
+// objects (not an UploadAborter) has none: 0, nil.
+//
+// Call it only while no other run may be uploading under prefix (after
+// taking the destination's lock), with startedBefore no later than the
+// start of this run's own uploads; the transport's clock decides
+// Initiated, so allow for skew. log, if not nil, is told of each upload
+// aborted. Failing to list or abort is returned: the uploads stay for the
+// next run, so callers may treat it as a warning.
+func AbortLeftoverUploads(ctx context.Context, tr Transport, prefix string, startedBefore time.Time, log func(string, ...any)) (int, error) {
+	ua, ok := tr.(UploadAborter)
+	if !ok {
+		return 0, nil
+	}
+	n := 0
+	err := ua.Uploads(ctx, prefix, func(u Upload) error {
+		if !u.Initiated.Before(startedBefore) {
+			return nil
+		}
+		if err := ua.AbortUpload(ctx, u); err != nil {
+			return err
+		}
+		n++
+		if log != nil {
+			log("aborted an unfinished upload of %s (started %s) left by an earlier run", u.Name, u.Initiated.Local().Format(time.DateTime))
+		}
+		return nil
+	})
+	if err != nil {
+		return n, fmt.Errorf("abort unfinished uploads at %s: %w", tr, err)
+	}
+	return n, nil
+}
