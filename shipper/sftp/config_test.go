@@ -109,21 +109,28 @@ Host *.example.org
 func TestClassify(t *testing.T) {
 	tr := &Transport{dest: &destination{user: "u", alias: "h"}}
 	tests := []struct {
+		op        string
 		err       error
 		sentinel  error
 		permanent bool
 	}{
-		{fs.ErrNotExist, shipper.ErrNotFound, false},
-		{&sftpclient.StatusError{Code: fxNoSuchPath}, shipper.ErrNotFound, false},
-		{fs.ErrPermission, shipper.ErrPermanent, true},
-		{&sftpclient.StatusError{Code: fxWriteProtect}, shipper.ErrPermanent, true},
-		{&sftpclient.StatusError{Code: fxNoSpace}, shipper.ErrPermanent, true},
-		{&sftpclient.StatusError{Code: fxQuotaExceeded}, shipper.ErrPermanent, true},
-		{&sftpclient.StatusError{Code: fxFailure}, nil, false},
-		{sftpclient.ErrSSHFxConnectionLost, nil, false},
+		{"open", fs.ErrNotExist, shipper.ErrNotFound, false},
+		{"stat", &sftpclient.StatusError{Code: fxNoSuchPath}, shipper.ErrNotFound, false},
+		{"create", fs.ErrPermission, shipper.ErrPermanent, true},
+		{"write", &sftpclient.StatusError{Code: fxWriteProtect}, shipper.ErrPermanent, true},
+		{"write", &sftpclient.StatusError{Code: fxNoSpace}, shipper.ErrPermanent, true},
+		{"write", &sftpclient.StatusError{Code: fxQuotaExceeded}, shipper.ErrPermanent, true},
+		{"create directory", &notDirError{"/r"}, shipper.ErrPermanent, true},
+		// pwrite and fsync fail only for what a retry does not mend (OpenSSH
+		// says "failure" for an exceeded quota); opening may fail for a
+		// lack of descriptors on the server, which passes.
+		{"write", &sftpclient.StatusError{Code: fxFailure}, shipper.ErrPermanent, true},
+		{"sync", &sftpclient.StatusError{Code: fxFailure}, shipper.ErrPermanent, true},
+		{"create", &sftpclient.StatusError{Code: fxFailure}, nil, false},
+		{"write", sftpclient.ErrSSHFxConnectionLost, nil, false},
 	}
 	for _, tc := range tests {
-		err := tr.classify(nil, "write", "/r/.x.tmp-1", tc.err)
+		err := tr.classify(nil, tc.op, "/r/.x.tmp-1", tc.err)
 		if tc.sentinel != nil && !errors.Is(err, tc.sentinel) {
 			t.Errorf("classify(%v) = %v, want %v", tc.err, err, tc.sentinel)
 		}

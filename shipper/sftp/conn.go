@@ -74,6 +74,7 @@ type conn struct {
 
 	fsync       bool // fsync@openssh.com
 	posixRename bool // posix-rename@openssh.com
+	hardlink    bool // hardlink@openssh.com
 	statvfs     bool // statvfs@openssh.com
 	packet      int  // bytes of data per read or write request
 }
@@ -216,6 +217,7 @@ func newConn(client *ssh.Client) (*conn, error) {
 	c := &conn{ssh: client, sftp: sc2, done: make(chan struct{}), packet: defaultPacket}
 	c.fsync = hasExtension(sc2, "fsync@openssh.com")
 	c.posixRename = hasExtension(sc2, "posix-rename@openssh.com")
+	c.hardlink = hasExtension(sc2, "hardlink@openssh.com")
 	c.statvfs = hasExtension(sc2, "statvfs@openssh.com")
 	// Larger requests only for OpenSSH's own sftp-server, which says so
 	// with limits@openssh.com; the client's options apply to a client

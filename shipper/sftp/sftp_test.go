@@ -513,21 +513,8 @@ func TestPermissionDenied(t *testing.T) {
 		}
 		t.Log(err)
 	})
-	t.Run("directory mode 0555", func(t *testing.T) {
-		if os.Geteuid() == 0 {
-			t.Skip("root ignores directory permissions; the read-only server case covers ErrPermanent")
-		}
-		srv := sftptest.StartSSHD(t)
-		if err := os.Chmod(srv.Root, 0o555); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.Chmod(srv.Root, 0o755) })
-		tr := dial(t, config(srv, "", 1))
-		err := tr.Put(ctx, "obj", strings.NewReader("data"), 4)
-		if !errors.Is(err, shipper.ErrPermanent) || !strings.Contains(err.Error(), "obj") {
-			t.Errorf("Put into a 0555 directory: %v, want ErrPermanent naming the object", err)
-		}
-	})
+	// A directory of mode 0555, a read-only or full file system:
+	// TestPermanentErrors.
 }
 
 func TestParseURL(t *testing.T) {

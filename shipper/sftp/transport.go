@@ -156,14 +156,38 @@ func (t *Transport) Put(ctx context.Context, name string, r io.Reader, size int6
 	if err := shipper.CheckName(name); err != nil {
 		return err
 	}
-	err := t.do(ctx, func(c *conn) error { return t.put(ctx, c, t.remote(name), r, size) })
+	err := t.do(ctx, func(c *conn) error { return t.put(ctx, c, t.remote(name), r, size, false) })
 	if err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
 	return nil
 }
 
-func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader, size int64) (err error) {
+var _ shipper.ExclusiveCreator = (*Transport)(nil)
+
+// PutNew is Put for an object that must not exist yet (a key slot): the
+// synced temporary is published with a hard link (hardlink@openssh.com),
+// or else with SFTP's own rename, which the protocol defines to fail when
+// the target exists and which OpenSSH's sftp-server implements with
+// link(2) too. Either fails when the object exists or appears meanwhile,
+// and the object is left as it was: the error then wraps
+// shipper.ErrObjectExists. (On a file system without hard links, OpenSSH
+// falls back to a check followed by a rename, which two racing writers
+// could both pass.)
+func (t *Transport) PutNew(ctx context.Context, name string, r io.Reader, size int64) error {
+	if err := shipper.CheckName(name); err != nil {
+		return err
+	}
+	err := t.do(ctx, func(c *conn) error { return t.put(ctx, c, t.remote(name), r, size, true) })
+	if err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	return nil
+}
+
+// put writes the object through a temporary; exclusive publishes it only
+// where no object exists.
+func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader, size int64, exclusive bool) (err error) {
 	dir := path.Dir(final)
 	tmp := path.Join(dir, "."+path.Base(final)+".tmp-"+randomSuffix())
 	const flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL
@@ -210,14 +234,15 @@ func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader,
 		return fmt.Errorf("the source yielded %d bytes, want %d", src.n, size)
 	}
 	open = false
+	publish := t.rename
+	if exclusive {
+		publish = t.publishNew
+	}
 	if !c.fsync {
 		if err := f.Close(); err != nil {
 			return t.classify(c, "close", tmp, err)
 		}
-		if err := t.rename(c, tmp, final); err != nil {
-			return t.classify(c, "rename to", final, err)
-		}
-		return nil
+		return publish(c, tmp, final)
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
@@ -230,10 +255,10 @@ func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader,
 	// rename after the close.)
 	closed := make(chan error, 1)
 	go func() { closed <- f.Close() }()
-	rerr := t.rename(c, tmp, final)
+	perr := publish(c, tmp, final)
 	cerr := <-closed
-	if rerr != nil {
-		return t.classify(c, "rename to", final, rerr)
+	if perr != nil {
+		return perr
 	}
 	if cerr != nil {
 		return t.classify(c, "close", final, cerr)
@@ -258,11 +283,21 @@ func mkdirAll(c *sftpclient.Client, dir string) error {
 		}
 	}
 	// SFTP says only "failure" for a directory that exists (a concurrent
-	// Put made it): look.
-	if fi, serr := c.Stat(dir); serr == nil && fi.IsDir() {
-		return nil
+	// Put made it): look. A file in its place will not go away by itself.
+	if fi, serr := c.Stat(dir); serr == nil {
+		if fi.IsDir() {
+			return nil
+		}
+		return &notDirError{dir}
 	}
 	return err
+}
+
+// notDirError is a file where the destination needs a directory.
+type notDirError struct{ path string }
+
+func (e *notDirError) Error() string {
+	return e.path + " is not a directory"
 }
 
 // rename moves tmp over final. Without posix-rename@openssh.com, SFTPv3's
@@ -270,29 +305,93 @@ func mkdirAll(c *sftpclient.Client, dir string) error {
 // in which neither version of the object exists.
 func (t *Transport) rename(c *conn, tmp, final string) error {
 	if c.posixRename {
-		return c.sftp.PosixRename(tmp, final)
+		if err := c.sftp.PosixRename(tmp, final); err != nil {
+			return t.publishError(c, final, err)
+		}
+		return nil
 	}
 	err := c.sftp.Rename(tmp, final)
 	if err == nil {
 		return nil
 	}
 	if _, serr := c.sftp.Stat(final); serr != nil {
-		return err
+		return t.classify(c, "rename to", final, err)
 	}
 	if err := c.sftp.Remove(final); err != nil {
-		return err
+		return t.publishError(c, final, err)
 	}
-	return c.sftp.Rename(tmp, final)
+	if err := c.sftp.Rename(tmp, final); err != nil {
+		return t.classify(c, "rename to", final, err)
+	}
+	return nil
+}
+
+// publishNew gives tmp the name final only if final does not exist: a
+// hard link, which link(2) makes exclusive, then the temporary's removal;
+// without hardlink@openssh.com, or on a file system without hard links,
+// SFTP's rename, exclusive by the protocol.
+func (t *Transport) publishNew(c *conn, tmp, final string) error {
+	if c.hardlink {
+		err := c.sftp.Link(tmp, final)
+		if err == nil {
+			if err := c.sftp.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				t.remember(tmp)
+			}
+			return nil
+		}
+		if exists, perr := t.existing(c, final); exists || perr != nil {
+			return perr
+		}
+		if isConnError(err) {
+			return t.classify(c, "link to", final, err)
+		}
+	}
+	err := c.sftp.Rename(tmp, final)
+	if err == nil {
+		return nil
+	}
+	if exists, perr := t.existing(c, final); exists || perr != nil {
+		return perr
+	}
+	return t.classify(c, "rename to", final, err)
+}
+
+// existing says whether final exists after a failed publication, and the
+// error to report if it does: ErrObjectExists for a file, a permanent
+// error for a directory.
+func (t *Transport) existing(c *conn, final string) (bool, error) {
+	fi, err := c.sftp.Lstat(final)
+	switch {
+	case err != nil:
+		return false, nil
+	case fi.IsDir():
+		return true, fmt.Errorf("%s is a directory (%w)", final, shipper.ErrPermanent)
+	}
+	return true, fmt.Errorf("%s: %w", final, shipper.ErrObjectExists)
+}
+
+// publishError classifies a failed rename over final: a directory in the
+// way is permanent, as OpenSSH reports it only as a failure.
+func (t *Transport) publishError(c *conn, final string, err error) error {
+	if fi, serr := c.sftp.Lstat(final); serr == nil && fi.IsDir() {
+		return fmt.Errorf("rename to %s: it is a directory (%w)", final, shipper.ErrPermanent)
+	}
+	return t.classify(c, "rename to", final, err)
 }
 
 // discard removes a temporary, or remembers it for when the connection is
 // back.
 func (t *Transport) discard(c *conn, tmp string) {
 	if err := c.sftp.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
-		t.orphanMu.Lock()
-		t.orphans = append(t.orphans, tmp)
-		t.orphanMu.Unlock()
+		t.remember(tmp)
 	}
+}
+
+// remember keeps a temporary to remove once a connection is back.
+func (t *Transport) remember(tmp string) {
+	t.orphanMu.Lock()
+	t.orphans = append(t.orphans, tmp)
+	t.orphanMu.Unlock()
 }
 
 // removeOrphans removes the temporaries that broken connections left, on a
@@ -500,7 +599,7 @@ func (t *Transport) Stat(ctx context.Context, name string) (shipper.ObjectInfo, 
 			return t.classify(c, "stat", p, err)
 		}
 		if !fi.Mode().IsRegular() {
-			return fmt.Errorf("stat %s: not a regular file", p)
+			return fmt.Errorf("stat %s: not a regular file (%w)", p, shipper.ErrPermanent)
 		}
 		oi = shipper.ObjectInfo{Name: name, Size: fi.Size()}
 		return nil
@@ -538,10 +637,18 @@ func (t *Transport) List(ctx context.Context, prefix string, fn func(shipper.Obj
 func (t *Transport) walk(ctx context.Context, c *conn, dir, rel, prefix string, fn func(shipper.ObjectInfo) error) error {
 	entries, err := c.sftp.ReadDirContext(ctx, dir)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil // a missing root holds nothing; a directory may vanish meanwhile
+		if !errors.Is(err, fs.ErrNotExist) {
+			return t.classify(c, "read directory", dir, err)
 		}
-		return t.classify(c, "read directory", dir, err)
+		// A missing root holds nothing, and a directory may vanish
+		// meanwhile; but a root that is a file (or under one) is a
+		// mistake that no retry mends.
+		if rel == "" {
+			if err := t.checkRoot(c, dir); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), ".") {
@@ -562,6 +669,22 @@ func (t *Transport) walk(ctx context.Context, c *conn, dir, rel, prefix string, 
 			if err := fn(shipper.ObjectInfo{Name: name, Size: e.Size()}); err != nil {
 				return err
 			}
+		}
+	}
+	return nil
+}
+
+// checkRoot fails if the root, or a folder above it, is not a directory.
+func (t *Transport) checkRoot(c *conn, root string) error {
+	for p := root; p != "." && p != "/"; p = path.Dir(p) {
+		fi, err := c.sftp.Stat(p)
+		switch {
+		case err == nil && fi.IsDir():
+			return nil
+		case err == nil:
+			return t.classify(c, "read directory", root, &notDirError{p})
+		case !errors.Is(err, fs.ErrNotExist):
+			return nil
 		}
 	}
 	return nil

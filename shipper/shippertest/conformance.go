@@ -35,6 +35,7 @@ func Run(t *testing.T, newTransport func(t *testing.T) shipper.Transport) {
 		{"Delete", testDelete},
 		{"Concurrent", testConcurrent},
 		{"InvalidNames", testInvalidNames},
+		{"PutNew", testPutNew},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -309,5 +310,75 @@ func testInvalidNames(t *testing.T, tr shipper.Transport) {
 		if err := tr.Put(context.Background(), name, bytes.NewReader(nil), 0); err == nil {
 			t.Errorf("Put(%q) succeeded, want an invalid name error", name)
 		}
+	}
+}
+
+// testPutNew checks shipper.ExclusiveCreator where a transport has it: a
+// new object is created, an existing one (made by PutNew or Put) is never
+// replaced, of racing creators exactly one wins, and a failed PutNew
+// leaves nothing behind.
+func testPutNew(t *testing.T, tr shipper.Transport) {
+	ec, ok := tr.(shipper.ExclusiveCreator)
+	if !ok {
+		t.Skipf("%T does not implement shipper.ExclusiveCreator", tr)
+	}
+	ctx := context.Background()
+	first := randomBytes(100_000, 21)
+	if err := ec.PutNew(ctx, "k/keys/0000", bytes.NewReader(first), int64(len(first))); err != nil {
+		t.Fatalf("PutNew of a new object: %v", err)
+	}
+	for _, size := range []int64{3, -1} {
+		err := ec.PutNew(ctx, "k/keys/0000", bytes.NewReader([]byte("new")), size)
+		if !errors.Is(err, shipper.ErrObjectExists) {
+			t.Errorf("PutNew over an existing object (size %d): err = %v, want ErrObjectExists", size, err)
+		}
+	}
+	if got := Get(t, tr, "k/keys/0000", 0, -1); !bytes.Equal(got, first) {
+		t.Errorf("after a refused PutNew the object holds %d bytes, want the first %d", len(got), len(first))
+	}
+	put(t, tr, "k/keys/0001", []byte("by Put"), -1)
+	if err := ec.PutNew(ctx, "k/keys/0001", bytes.NewReader([]byte("x")), 1); !errors.Is(err, shipper.ErrObjectExists) {
+		t.Errorf("PutNew over an object made by Put: err = %v, want ErrObjectExists", err)
+	}
+
+	boom := errors.New("source read failed")
+	err := ec.PutNew(ctx, "k/keys/0002", io.MultiReader(bytes.NewReader(first), iotest.ErrReader(boom)), -1)
+	if err == nil || errors.Is(err, shipper.ErrObjectExists) {
+		t.Errorf("PutNew from a failing reader: err = %v, want the reader's failure", err)
+	}
+	if _, err := tr.Stat(ctx, "k/keys/0002"); !errors.Is(err, shipper.ErrNotFound) {
+		t.Errorf("Stat after a failed PutNew: err = %v, want ErrNotFound", err)
+	}
+
+	const racers = 8
+	var wg sync.WaitGroup
+	errs := make([]error, racers)
+	for i := range racers {
+		wg.Go(func() {
+			data := randomBytes(64<<10+i, uint64(100+i))
+			errs[i] = ec.PutNew(ctx, "k/keys/0003", bytes.NewReader(data), int64(len(data)))
+		})
+	}
+	wg.Wait()
+	winner := -1
+	for i, err := range errs {
+		switch {
+		case err == nil && winner >= 0:
+			t.Errorf("racing PutNew: both %d and %d succeeded", winner, i)
+		case err == nil:
+			winner = i
+		case !errors.Is(err, shipper.ErrObjectExists):
+			t.Errorf("racing PutNew %d: err = %v, want ErrObjectExists", i, err)
+		}
+	}
+	if winner < 0 {
+		t.Fatal("racing PutNew: none succeeded")
+	}
+	if got := Get(t, tr, "k/keys/0003", 0, -1); !bytes.Equal(got, randomBytes(64<<10+winner, uint64(100+winner))) {
+		t.Errorf("racing PutNew: the object does not hold the winner's %d bytes", 64<<10+winner)
+	}
+	want := map[string]int64{"k/keys/0000": int64(len(first)), "k/keys/0001": 6, "k/keys/0003": int64(64<<10 + winner)}
+	if got := listAll(t, tr, ""); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("List after PutNew = %v, want %v (no temporaries)", got, want)
 	}
 }
