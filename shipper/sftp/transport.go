@@ -22,22 +22,34 @@ import (
 )
 
 // smallRead is the largest Open that is read at once into memory rather
-// than streamed.
-const smallRead = 1 << 20
+// than streamed, and smallPut the largest Put of known size that is no
+// transfer (see acquire): the objects other than segments.
+const (
+	smallRead = 1 << 20
+	smallPut  = 1 << 20
+)
 
-// Transport stores objects as files under a directory of an SFTP server. It
-// keeps several SSH connections and gives each Put or Open to the least busy
-// one; a connection that breaks is re-dialed by the next call that picks it.
+// isTransfer says whether a Put of size bytes is a transfer.
+func isTransfer(size int64) bool { return size < 0 || size > smallPut }
+
+// Transport stores objects as files under a directory of an SFTP server.
+// It keeps a pool of SFTP sessions (streams), each in an SSH channel of its
+// own, several to an SSH connection (links), and gives each Put or Open to
+// a stream that acquire picks; a session or connection that breaks is
+// opened again by the next call that picks it.
 type Transport struct {
 	dest     *destination
 	hostKeys *hostKeyChecker
 	auth     *authenticator
 	stderr   io.Writer
+	links    []*link
 	streams  []*stream
+	rtt      time.Duration // measured on the first connection
 
-	pickMu      sync.Mutex
-	closed      atomic.Bool
-	bannerShown atomic.Bool
+	pickMu       sync.Mutex
+	closed       atomic.Bool
+	bannerShown  atomic.Bool
+	refusalShown atomic.Bool
 
 	handshakes chan struct{} // a slot for each connection being made
 	stopDials  context.CancelFunc
@@ -46,25 +58,30 @@ type Transport struct {
 	orphans  []string // temporaries left by a Put whose connection broke
 }
 
-var _ shipper.Transport = (*Transport)(nil)
+var (
+	_ shipper.Transport    = (*Transport)(nil)
+	_ shipper.LinkReporter = (*Transport)(nil)
+)
 
-// Dial resolves cfg through ssh_config, connects, authenticates and opens
-// cfg.Streams connections (without it, as many as AutoStreams says for the
-// round trip of one request on the first). The first connection is made alone, so that a
-// passphrase is asked and a new host key recorded once, and Dial returns
-// with it: the others are dialed in parallel in the background (on a
-// 100 ms link a connection takes about a second), and a call that picks
-// one of them before it is up waits for it. A stream that cannot connect
-// (sshd's MaxStartups, a transient error) is dialed again when used. The
-// remote directory is created by the first Put.
+// Dial resolves cfg through ssh_config, connects, authenticates and starts
+// the pool: cfg.Streams SFTP sessions (without it, as many as AutoStreams
+// says for the round trip measured on the first), spread over SSH
+// connections as Plan says. The first connection and its first session
+// are made alone, so that a passphrase is asked and a new host key
+// recorded once, and Dial returns with them: the other sessions of that
+// connection and the other connections are opened in parallel in the
+// background (on a 100 ms link a connection takes about a second), and a
+// transfer that picks a stream before it is up waits for it. A stream that
+// cannot connect (sshd's MaxStartups, a transient error) is opened again
+// when used; one whose channel the server refuses (MaxSessions) is
+// retired. The remote directory is created by the first Put.
 func Dial(ctx context.Context, cfg Config) (*Transport, error) {
 	d, err := resolve(cfg)
 	if err != nil {
 		return nil, err
 	}
-	n := cfg.Streams
-	if n < 0 {
-		return nil, fmt.Errorf("sftp: invalid number of streams %d", n)
+	if cfg.Streams < 0 {
+		return nil, fmt.Errorf("sftp: invalid number of streams %d", cfg.Streams)
 	}
 	auth, err := newAuthenticator(d, cfg.AskPass)
 	if err != nil {
@@ -77,58 +94,120 @@ func Dial(ctx context.Context, cfg Config) (*Transport, error) {
 		stderr:     cfg.Stderr,
 		handshakes: make(chan struct{}, maxHandshakes),
 	}
-	first, err := t.dial(ctx)
+	sc, err := t.dialSSH(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if n == 0 {
-		start := time.Now()
-		if _, _, err := first.ssh.SendRequest("keepalive@openssh.com", true, nil); err != nil {
-			first.close()
-			return nil, fmt.Errorf("connect to %s: %w", d.addr(), err)
+	first, rtt, err := openSession(ctx, sc, true)
+	if err != nil {
+		sc.client.Close()
+		return nil, fmt.Errorf("connect to %s: %w", d.addr(), err)
+	}
+	t.rtt = rtt
+	var groups [][]*stream
+	for _, n := range Plan(rtt, cfg.Streams) {
+		l := &link{t: t}
+		t.links = append(t.links, l)
+		var group []*stream
+		for range n {
+			group = append(group, &stream{t: t, l: l})
 		}
-		n = AutoStreams(time.Since(start))
+		t.streams = append(t.streams, group...)
+		groups = append(groups, group)
 	}
-	for range n {
-		t.streams = append(t.streams, &stream{t: t})
-	}
+	t.links[0].set(sc)
 	t.streams[0].set(first)
-	// The background dials outlive Dial's ctx (a deadline for connecting,
-	// often): Close stops them.
+	// The background work outlives Dial's ctx (a deadline for connecting,
+	// often): Close stops it.
 	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
 	t.stopDials = stop
-	for _, s := range t.streams[1:] {
-		// Locked before Dial returns, so that a call picking s waits for
-		// this dial rather than starting its own.
-		s.mu.Lock()
-		s.dialing.Store(true)
-		go func() {
-			defer s.mu.Unlock()
-			defer s.dialing.Store(false)
-			if c, err := t.dial(bg); err == nil {
-				s.set(c)
-				if t.closed.Load() { // Close ran meanwhile
-					c.close()
-					s.set(nil)
-				}
-			}
-		}()
+	for i, l := range t.links {
+		streams := groups[i]
+		if i == 0 {
+			streams = streams[1:]
+		}
+		// Locked before Dial returns, so that a call picking one of them
+		// waits for this rather than starting its own.
+		for _, s := range streams {
+			s.mu.Lock()
+			s.dialing.Store(true)
+		}
+		go t.fill(bg, l, streams)
 	}
 	return t, nil
 }
 
-// Streams is the number of SSH connections the Transport keeps.
+// fill connects l if it is not, and opens the sessions of its streams,
+// all at once (the channels of one connection open in parallel); the
+// caller locked every stream.
+func (t *Transport) fill(ctx context.Context, l *link, streams []*stream) {
+	done := func(s *stream) {
+		s.dialing.Store(false)
+		s.mu.Unlock()
+	}
+	sc, err := l.get(ctx)
+	if err != nil {
+		for _, s := range streams {
+			done(s)
+		}
+		return
+	}
+	for _, s := range streams {
+		go func() {
+			defer done(s)
+			c, _, err := openSession(ctx, sc, false)
+			var refused *channelRefusedError
+			switch {
+			case errors.As(err, &refused):
+				s.refuse(err)
+			case err != nil:
+			case t.closed.Load(): // Close ran meanwhile
+				c.close()
+			default:
+				s.set(c)
+			}
+		}()
+	}
+}
+
+// Streams is the number of SFTP sessions the Transport keeps: how many
+// segments to move at once.
 func (t *Transport) Streams() int { return len(t.streams) }
+
+// LinkStats reports the round trip measured on the first connection and
+// the SSH connections and SFTP channels that are up.
+func (t *Transport) LinkStats() shipper.LinkStats {
+	st := shipper.LinkStats{RTT: t.rtt}
+	for _, l := range t.links {
+		if sc := l.live.Load(); sc != nil && sc.alive() {
+			st.Connections++
+		}
+	}
+	for _, s := range t.streams {
+		if s.healthy() {
+			st.Channels++
+		}
+	}
+	return st
+}
 
 // String names the destination as an sftp URL.
 func (t *Transport) String() string { return t.dest.String() }
 
 // Close closes the connections. It does not delete anything. It does not
-// wait for a re-dial in progress, which closes its connection itself.
+// wait for a dial in progress, which closes its connection itself.
 func (t *Transport) Close() error {
 	t.closed.Store(true)
 	if t.stopDials != nil {
 		t.stopDials()
+	}
+	for _, l := range t.links {
+		if l.mu.TryLock() {
+			if l.sc != nil {
+				l.sc.client.Close()
+			}
+			l.mu.Unlock()
+		}
 	}
 	for _, s := range t.streams {
 		if c := s.live.Swap(nil); c != nil {
@@ -156,7 +235,7 @@ func (t *Transport) Put(ctx context.Context, name string, r io.Reader, size int6
 	if err := shipper.CheckName(name); err != nil {
 		return err
 	}
-	err := t.do(ctx, func(c *conn) error { return t.put(ctx, c, t.remote(name), r, size, false) })
+	err := t.do(ctx, isTransfer(size), func(c *conn) error { return t.put(ctx, c, t.remote(name), r, size, false) })
 	if err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
@@ -178,7 +257,7 @@ func (t *Transport) PutNew(ctx context.Context, name string, r io.Reader, size i
 	if err := shipper.CheckName(name); err != nil {
 		return err
 	}
-	err := t.do(ctx, func(c *conn) error { return t.put(ctx, c, t.remote(name), r, size, true) })
+	err := t.do(ctx, isTransfer(size), func(c *conn) error { return t.put(ctx, c, t.remote(name), r, size, true) })
 	if err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
@@ -446,8 +525,8 @@ func (e *sourceError) Error() string { return "read source: " + e.err.Error() }
 func (e *sourceError) Unwrap() error { return e.err }
 
 // Open returns a reader of the object's bytes [offset, offset+length). A
-// large range is streamed with many read requests in flight; the reader
-// stops with ctx.
+// large range is streamed with several reads in flight; the reader stops
+// with ctx.
 func (t *Transport) Open(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
 	if err := shipper.CheckName(name); err != nil {
 		return nil, err
@@ -458,24 +537,34 @@ func (t *Transport) Open(ctx context.Context, name string, offset, length int64)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	s := t.acquire()
-	c, err := s.get(ctx)
+	transfer := length < 0 || length > smallRead
+	s, c, err := t.session(ctx, t.acquire(transfer), transfer)
 	if err != nil {
-		s.release()
+		s.release(transfer)
 		return nil, fmt.Errorf("open %s: %w", name, err)
 	}
-	rc, err := t.open(ctx, s, c, name, offset, length)
+	rc, err := t.open(ctx, c, name, offset, length)
 	if err != nil {
 		s.checkBroken(c, err)
-		s.release()
+		s.release(transfer)
 		return nil, fmt.Errorf("open %s: %w", name, err)
 	}
+	if rr, ok := rc.(*rangeReader); ok {
+		rr.release = func(err error) {
+			if err != nil {
+				s.checkBroken(c, err)
+			}
+			s.release(transfer)
+		}
+		return rr, nil
+	}
+	s.release(transfer)
 	return rc, nil
 }
 
-// open opens the object on c. When it returns a streaming reader, that
-// reader releases s.
-func (t *Transport) open(ctx context.Context, s *stream, c *conn, name string, offset, length int64) (io.ReadCloser, error) {
+// open opens the object on c: a small range is read at once, a large one
+// returned as a rangeReader.
+func (t *Transport) open(ctx context.Context, c *conn, name string, offset, length int64) (io.ReadCloser, error) {
 	p := t.remote(name)
 	f, err := c.sftp.Open(p)
 	if err != nil {
@@ -488,7 +577,7 @@ func (t *Transport) open(ctx context.Context, s *stream, c *conn, name string, o
 	}
 	if !fi.Mode().IsRegular() {
 		f.Close()
-		return nil, fmt.Errorf("%s is not a regular file", p)
+		return nil, fmt.Errorf("%s is not a regular file (%w)", p, shipper.ErrPermanent)
 	}
 	size := fi.Size()
 	if offset > size {
@@ -499,7 +588,6 @@ func (t *Transport) open(ctx context.Context, s *stream, c *conn, name string, o
 	if length >= 0 && length < n {
 		n = length
 	}
-
 	if n <= smallRead {
 		buf := make([]byte, n)
 		m, err := f.ReadAt(buf, offset)
@@ -507,83 +595,12 @@ func (t *Transport) open(ctx context.Context, s *stream, c *conn, name string, o
 		if err != nil && err != io.EOF {
 			return nil, t.classify(c, "read", p, err)
 		}
-		s.release()
-		return io.NopCloser(bytes.NewReader(buf[:m])), nil
-	}
-
-	if _, err := f.Seek(offset, io.SeekStart); err != nil {
-		f.Close()
-		return nil, err
-	}
-	pr, pw := io.Pipe()
-	r := &objectReader{pr: pr, done: make(chan struct{})}
-	r.stop = context.AfterFunc(ctx, func() { pr.CloseWithError(ctx.Err()) })
-	go func() {
-		defer close(r.done)
-		defer s.release()
-		lw := &limitWriter{w: pw, n: n}
-		_, err := f.WriteTo(lw)
-		f.Close()
-		switch {
-		case errors.Is(err, errLimitReached):
-			err = nil
-		case err == nil && lw.n > 0:
-			err = fmt.Errorf("read %s: %w (the object shrank while it was read)", p, io.ErrUnexpectedEOF)
-		case err != nil && lw.writeErr != nil:
-			// The reader was closed or its context cancelled.
-		case err != nil:
-			s.checkBroken(c, err)
-			err = t.classify(c, "read", p, err)
+		if int64(m) < n {
+			return nil, fmt.Errorf("read %s: %w (the object shrank while it was read)", p, io.ErrUnexpectedEOF)
 		}
-		pw.CloseWithError(err)
-	}()
-	return r, nil
-}
-
-// objectReader is the reading end of a streamed Open.
-type objectReader struct {
-	pr   *io.PipeReader
-	done chan struct{}
-	stop func() bool
-}
-
-func (r *objectReader) Read(p []byte) (int, error) { return r.pr.Read(p) }
-
-// Close stops the transfer and waits until the remote file is closed.
-func (r *objectReader) Close() error {
-	r.pr.CloseWithError(errReaderClosed)
-	<-r.done
-	r.stop()
-	return nil
-}
-
-var (
-	errReaderClosed = errors.New("read from a closed object reader")
-	errLimitReached = errors.New("read range complete")
-)
-
-// limitWriter passes on n bytes and then stops the copy that feeds it.
-type limitWriter struct {
-	w        io.Writer
-	n        int64
-	writeErr error
-}
-
-func (l *limitWriter) Write(p []byte) (int, error) {
-	short := false
-	if int64(len(p)) > l.n {
-		p, short = p[:l.n], true
+		return io.NopCloser(bytes.NewReader(buf)), nil
 	}
-	m, err := l.w.Write(p)
-	l.n -= int64(m)
-	if err != nil {
-		l.writeErr = err
-		return m, err
-	}
-	if short || l.n == 0 {
-		return m, errLimitReached
-	}
-	return m, nil
+	return newRangeReader(ctx, t, c, f, p, offset, n), nil
 }
 
 // Stat returns the size of the object's file.
@@ -593,7 +610,7 @@ func (t *Transport) Stat(ctx context.Context, name string) (shipper.ObjectInfo, 
 	}
 	p := t.remote(name)
 	var oi shipper.ObjectInfo
-	err := t.do(ctx, func(c *conn) error {
+	err := t.do(ctx, false, func(c *conn) error {
 		fi, err := c.sftp.Stat(p)
 		if err != nil {
 			return t.classify(c, "stat", p, err)
@@ -616,7 +633,7 @@ func (t *Transport) List(ctx context.Context, prefix string, fn func(shipper.Obj
 		root = "."
 	}
 	var fnErr error
-	err := t.do(ctx, func(c *conn) error {
+	err := t.do(ctx, false, func(c *conn) error {
 		return t.walk(ctx, c, root, "", prefix, func(oi shipper.ObjectInfo) error {
 			if err := fn(oi); err != nil {
 				fnErr = err
@@ -697,7 +714,7 @@ func (t *Transport) Delete(ctx context.Context, name string) error {
 		return err
 	}
 	p := t.remote(name)
-	err := t.do(ctx, func(c *conn) error {
+	err := t.do(ctx, false, func(c *conn) error {
 		if err := c.sftp.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return t.classify(c, "delete", p, err)
 		}
@@ -720,7 +737,7 @@ func (t *Transport) RemoveTemporaries(ctx context.Context, dir string) error {
 	if err := shipper.CheckName(dir); err != nil {
 		return err
 	}
-	return t.do(ctx, func(c *conn) error {
+	return t.do(ctx, false, func(c *conn) error {
 		walker := c.sftp.Walk(t.remote(dir))
 		for walker.Step() {
 			if walker.Err() != nil {
