@@ -42,9 +42,10 @@ import (
 // one per CPU, from 2 to 4, each on a connection of its own so that sshd
 // decrypts on every core.
 const (
-	// MaxAutoStreams bounds the automatic choice (and the memory of that
-	// many transfers at once).
-	MaxAutoStreams = 40
+	// MaxAutoStreams bounds the automatic choice, and with it the memory
+	// of that many transfers at once (a receive holds 2.5 MiB of reads
+	// in flight, and two blocks, for each).
+	MaxAutoStreams = 32
 
 	// maxChannelsPerLink is OpenSSH's default MaxSessions.
 	maxChannelsPerLink = 10
@@ -74,12 +75,18 @@ func AutoStreams(rtt time.Duration) int {
 // Plan spreads streams (0: AutoStreams of rtt) over SSH connections: at
 // most maxChannelsPerLink to a connection, and at least MinAutoStreams
 // connections, so that the server's side of each runs on a core of its
-// own. It returns the number of streams of each connection.
-func Plan(rtt time.Duration, streams int) []int {
+// own. A tunnelled connection (ProxyJump, ProxyCommand) travels in a
+// channel of a jump host's connection, whose window would cap all of its
+// channels at one's throughput: one stream each. It returns the number of
+// streams of each connection.
+func Plan(rtt time.Duration, streams int, tunnelled bool) []int {
 	if streams <= 0 {
 		streams = AutoStreams(rtt)
 	}
 	links := max((streams+maxChannelsPerLink-1)/maxChannelsPerLink, min(streams, MinAutoStreams()))
+	if tunnelled {
+		links = streams
+	}
 	per := make([]int, links)
 	for i := range per {
 		per[i] = streams / links
@@ -230,6 +237,9 @@ type destination struct {
 	knownHosts      []string // read for verification
 	knownHostsWrite string   // where AcceptNewHostKey appends
 	hashKnownHosts  bool
+
+	jumps        []*destination // ProxyJump's hosts, in order
+	proxyCommand string         // ProxyCommand, its tokens expanded
 }
 
 // keySource says where the key files come from: a missing file named on
@@ -249,18 +259,112 @@ func (d *destination) String() string {
 	return Config{User: d.user, Host: d.alias, Port: d.port, Path: d.root}.String()
 }
 
-// resolve applies ssh_config and the defaults to cfg.
+// resolve applies ssh_config and the defaults to cfg, and to each of its
+// jump hosts.
 func resolve(cfg Config) (*destination, error) {
 	if cfg.Host == "" {
 		return nil, errors.New("sftp: no host")
 	}
-	home, _ := os.UserHomeDir()
-	local := currentUser()
-
+	home := homeDir()
 	sc, err := loadSSHConfig(cfg.SSHConfig, home, cfg.Stderr)
 	if err != nil {
 		return nil, err
 	}
+	d, err := resolveHost(cfg, sc, home)
+	if err != nil {
+		return nil, err
+	}
+	switch proxyKey(sc, cfg.Host) {
+	case "proxycommand":
+		v, _ := sc.Get(cfg.Host, "ProxyCommand")
+		if v = strings.TrimSpace(v); !strings.EqualFold(v, "none") {
+			tokens := tokenExpander{home: home, local: currentUser(), host: d.host, alias: cfg.Host, user: d.user, port: d.port}
+			d.proxyCommand = tokens.expand(v)
+		}
+	case "proxyjump":
+		v, _ := sc.Get(cfg.Host, "ProxyJump")
+		if v = strings.TrimSpace(v); strings.EqualFold(v, "none") || v == "" {
+			break
+		}
+		for _, spec := range strings.Split(v, ",") {
+			hop, err := parseHop(strings.TrimSpace(spec))
+			if err != nil {
+				return nil, fmt.Errorf("ssh_config: Host %s: ProxyJump: %w", cfg.Host, err)
+			}
+			hop.KeyFiles, hop.KnownHosts, hop.Stderr = cfg.KeyFiles, cfg.KnownHosts, cfg.Stderr
+			jd, err := resolveHost(hop, sc, home)
+			if err != nil {
+				return nil, fmt.Errorf("ProxyJump %s: %w", spec, err)
+			}
+			d.jumps = append(d.jumps, jd)
+		}
+	}
+	return d, nil
+}
+
+// homeDir is $HOME, or else the login directory the password database
+// gives (a cron job or a systemd unit may run without HOME).
+func homeDir() string {
+	if h := os.Getenv("HOME"); h != "" {
+		return h
+	}
+	if u, err := user.Current(); err == nil {
+		return u.HomeDir
+	}
+	return ""
+}
+
+// proxyKey says which of ProxyJump and ProxyCommand applies to alias,
+// "proxyjump", "proxycommand" or "": whichever comes first, as OpenSSH
+// takes the first value it obtains and either one prevents the other.
+func proxyKey(sc *ssh_config.Config, alias string) string {
+	if sc == nil {
+		return ""
+	}
+	for _, h := range sc.Hosts {
+		if !h.Matches(alias) {
+			continue
+		}
+		for _, n := range h.Nodes {
+			switch n := n.(type) {
+			case *ssh_config.KV:
+				if k := strings.ToLower(n.Key); k == "proxyjump" || k == "proxycommand" {
+					return k
+				}
+			case *ssh_config.Include:
+				if n.Get(alias, "ProxyJump") != "" {
+					return "proxyjump"
+				}
+				if n.Get(alias, "ProxyCommand") != "" {
+					return "proxycommand"
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// parseHop parses one jump host of ProxyJump: [user@]host[:port] or
+// ssh://[user@]host[:port].
+func parseHop(spec string) (Config, error) {
+	if spec == "" {
+		return Config{}, errors.New("an empty jump host")
+	}
+	raw := spec
+	if !strings.Contains(spec, "://") {
+		raw = "ssh://" + spec
+	}
+	cfg, err := ParseSSHURL(raw)
+	if err != nil || cfg.Path != "" {
+		return Config{}, fmt.Errorf("jump host %q: want [user@]host[:port]", spec)
+	}
+	return cfg, nil
+}
+
+// resolveHost applies the ssh_config entry of cfg.Host and the defaults.
+func resolveHost(cfg Config, sc *ssh_config.Config, home string) (*destination, error) {
+	local := currentUser()
+	var err error
 	get := func(key string) string {
 		if sc == nil {
 			return ""

@@ -125,7 +125,7 @@ func (t *Transport) dialSSH(ctx context.Context) (*sshConn, error) {
 		return nil, fmt.Errorf("connect to %s: %w", t.dest.addr(), ctx.Err())
 	}
 	defer func() { <-t.handshakes }()
-	client, err := t.connect(ctx, nil)
+	client, err := t.connect(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -272,17 +272,48 @@ func waitChan(wait func() error) <-chan struct{} {
 	return ch
 }
 
-// connect opens one SSH connection to the destination: the host key
-// checked against known_hosts, the user authenticated, the server's
-// preferred cipher chosen from ours. setup runs on the new client within
-// the same deadline and cancellation; if it fails the client is closed.
-func (t *Transport) connect(ctx context.Context, setup func(*ssh.Client) error) (*ssh.Client, error) {
-	d := t.dest
-	hostKeyCallback, algos, refused, err := t.hostKeys.prepare()
+// connect opens one SSH connection to the destination: directly, through
+// its ProxyCommand or through its jump hosts, then the SSH handshake.
+func (t *Transport) connect(ctx context.Context) (*ssh.Client, error) {
+	deadline := time.Now().Add(handshakeTimeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	nc, err := t.route.dial(ctx, t.target.d, deadline, t.banner)
 	if err != nil {
 		return nil, err
 	}
-	auth := t.auth.begin()
+	return t.target.handshake(ctx, nc, deadline, t.banner)
+}
+
+// endpoint is an SSH server that coldship authenticates to: the
+// destination, or one of its jump hosts, each with the host keys and user
+// keys that its ssh_config entry gives.
+type endpoint struct {
+	d        *destination
+	hostKeys *hostKeyChecker
+	auth     *authenticator
+}
+
+func newEndpoint(d *destination, cfg Config) (*endpoint, error) {
+	auth, err := newAuthenticator(d, cfg.AskPass)
+	if err != nil {
+		return nil, err
+	}
+	return &endpoint{d: d, hostKeys: &hostKeyChecker{d: d, accept: cfg.AcceptNewHostKey, stderr: cfg.Stderr}, auth: auth}, nil
+}
+
+// handshake runs the SSH handshake over nc, which it owns: the host key
+// checked against known_hosts, the user authenticated, the server's
+// preferred cipher chosen from ours, all before deadline or ctx's end.
+func (e *endpoint) handshake(ctx context.Context, conn net.Conn, deadline time.Time, banner ssh.BannerCallback) (*ssh.Client, error) {
+	d := e.d
+	hostKeyCallback, algos, refused, err := e.hostKeys.prepare()
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	auth := e.auth.begin()
 	defer auth.close()
 
 	config := &ssh.ClientConfig{
@@ -290,20 +321,11 @@ func (t *Transport) connect(ctx context.Context, setup func(*ssh.Client) error) 
 		HostKeyCallback:   hostKeyCallback,
 		HostKeyAlgorithms: algos,
 		AuthCallback:      auth.callback,
-		BannerCallback:    t.banner,
+		BannerCallback:    banner,
 	}
 	config.Ciphers = cipherOffer()
 
-	deadline := time.Now().Add(handshakeTimeout)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
-	}
-	dialer := net.Dialer{Deadline: deadline, KeepAlive: keepaliveInterval}
-	tcp, err := dialer.DialContext(ctx, "tcp", d.addr())
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", d.addr(), err)
-	}
-	nc := newBatchConn(tcp)
+	nc := newBatchConn(conn)
 	nc.SetDeadline(deadline)
 	interrupt := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
 
@@ -311,11 +333,6 @@ func (t *Transport) connect(ctx context.Context, setup func(*ssh.Client) error) 
 	sc, chans, reqs, err := ssh.NewClientConn(nc, d.addr(), config)
 	if err == nil {
 		client = ssh.NewClient(sc, chans, reqs)
-		if setup != nil {
-			if err = setup(client); err != nil {
-				client.Close()
-			}
-		}
 	}
 	if !interrupt() && err == nil {
 		client.Close()

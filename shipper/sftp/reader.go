@@ -11,12 +11,18 @@ import (
 )
 
 // readChunk is how much one read of a rangeReader asks for: a few
-// requests' worth, which the SFTP client sends at once.
-const readChunk = 512 << 10
+// requests' worth, which the SFTP client sends at once. readAhead is how
+// much a rangeReader keeps asked for: the SSH channel's window of 2 MiB,
+// which is all the server can send per round trip. More would only wait
+// at the server, in buffers held here (a receive at 100 ms RTT keeps 32
+// readers busy).
+const (
+	readChunk = 512 << 10
+	readAhead = 2 << 20
+)
 
 // rangeReader streams the bytes [off, off+n) of a remote file: reads of
-// a chunk each, inFlightPerFile bytes of them in flight, handed on in
-// order. Memory is bounded by its chunk buffers, whatever the range, and
+// a chunk each, readAhead bytes of them in flight, handed on in order. Memory is bounded by its chunk buffers, whatever the range, and
 // nothing beyond the range is read.
 type rangeReader struct {
 	ctx     context.Context
@@ -46,7 +52,7 @@ type chunk struct {
 
 func newRangeReader(ctx context.Context, t *Transport, c *conn, f *sftpclient.File, p string, off, n int64) *rangeReader {
 	size := max(c.packet, readChunk/c.packet*c.packet)
-	depth := max(inFlightPerFile/size, 2) + 1 // one is being read
+	depth := max(readAhead/size, 2) + 1 // one is being read
 	r := &rangeReader{
 		ctx: ctx, t: t, c: c, f: f, p: p, release: func(error) {},
 		chunks: make(chan chan chunk, depth),

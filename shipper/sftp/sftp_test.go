@@ -585,8 +585,8 @@ func TestAutoStreamsRule(t *testing.T) {
 		}
 	}
 	if runtime.NumCPU() == 2 {
-		// The README's numbers: 2 CPUs, 100 and 200 ms.
-		for rtt, want := range map[time.Duration]int{100 * time.Millisecond: 38, 200 * time.Millisecond: 40} {
+		// The README's numbers: 2 CPUs, 50, 100 and 200 ms.
+		for rtt, want := range map[time.Duration]int{50 * time.Millisecond: 19, 100 * time.Millisecond: 32, 200 * time.Millisecond: 32} {
 			if got := sftp.AutoStreams(rtt); got != want {
 				t.Errorf("AutoStreams(%v) on 2 CPUs = %d, want %d", rtt, got, want)
 			}
@@ -615,7 +615,7 @@ func TestPlan(t *testing.T) {
 		if tc.streams == 21 && floor > 3 {
 			continue
 		}
-		got := sftp.Plan(0, tc.streams)
+		got := sftp.Plan(0, tc.streams, false)
 		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
 			t.Errorf("Plan(%d streams) = %v, want %v", tc.streams, got, tc.want)
 		}
@@ -624,7 +624,7 @@ func TestPlan(t *testing.T) {
 	// MaxSessions on one connection.
 	for _, rtt := range []time.Duration{0, 30 * time.Millisecond, 100 * time.Millisecond, time.Second} {
 		total := 0
-		for _, n := range sftp.Plan(rtt, 0) {
+		for _, n := range sftp.Plan(rtt, 0, false) {
 			if n < 1 || n > 10 {
 				t.Errorf("Plan(%v) puts %d channels on one connection", rtt, n)
 			}

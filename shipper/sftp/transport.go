@@ -38,13 +38,13 @@ func isTransfer(size int64) bool { return size < 0 || size > smallPut }
 // a stream that acquire picks; a session or connection that breaks is
 // opened again by the next call that picks it.
 type Transport struct {
-	dest     *destination
-	hostKeys *hostKeyChecker
-	auth     *authenticator
-	stderr   io.Writer
-	links    []*link
-	streams  []*stream
-	rtt      time.Duration // measured on the first connection
+	dest    *destination
+	target  *endpoint
+	route   *route // how connections reach the destination
+	stderr  io.Writer
+	links   []*link
+	streams []*stream
+	rtt     time.Duration // measured on the first connection
 
 	pickMu       sync.Mutex
 	closed       atomic.Bool
@@ -83,16 +83,9 @@ func Dial(ctx context.Context, cfg Config) (*Transport, error) {
 	if cfg.Streams < 0 {
 		return nil, fmt.Errorf("sftp: invalid number of streams %d", cfg.Streams)
 	}
-	auth, err := newAuthenticator(d, cfg.AskPass)
+	t, err := newTransport(d, cfg)
 	if err != nil {
 		return nil, err
-	}
-	t := &Transport{
-		dest:       d,
-		hostKeys:   &hostKeyChecker{d: d, accept: cfg.AcceptNewHostKey, stderr: cfg.Stderr},
-		auth:       auth,
-		stderr:     cfg.Stderr,
-		handshakes: make(chan struct{}, maxHandshakes),
 	}
 	sc, err := t.dialSSH(ctx)
 	if err != nil {
@@ -105,7 +98,7 @@ func Dial(ctx context.Context, cfg Config) (*Transport, error) {
 	}
 	t.rtt = rtt
 	var groups [][]*stream
-	for _, n := range Plan(rtt, cfg.Streams) {
+	for _, n := range Plan(rtt, cfg.Streams, t.route.tunnelled()) {
 		l := &link{t: t}
 		t.links = append(t.links, l)
 		var group []*stream
@@ -135,6 +128,26 @@ func Dial(ctx context.Context, cfg Config) (*Transport, error) {
 		go t.fill(bg, l, streams)
 	}
 	return t, nil
+}
+
+// newTransport prepares the authentication to the destination and the
+// route to it, without connecting.
+func newTransport(d *destination, cfg Config) (*Transport, error) {
+	target, err := newEndpoint(d, cfg)
+	if err != nil {
+		return nil, err
+	}
+	r, err := newRoute(d, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Transport{
+		dest:       d,
+		target:     target,
+		route:      r,
+		stderr:     cfg.Stderr,
+		handshakes: make(chan struct{}, maxHandshakes),
+	}, nil
 }
 
 // fill connects l if it is not, and opens the sessions of its streams,
@@ -214,6 +227,7 @@ func (t *Transport) Close() error {
 			c.close()
 		}
 	}
+	t.route.close()
 	return nil
 }
 
