@@ -67,10 +67,11 @@ type Server struct {
 type Option func(*options)
 
 type options struct {
-	readOnly   bool
-	noOverride bool
-	mounts     []mount
-	verbose    bool
+	readOnly     bool
+	noOverride   bool
+	mounts       []mount
+	verbose      bool
+	noForwarding bool
 }
 
 type mount struct{ rel, opts string }
@@ -91,6 +92,10 @@ func NoOverride() Option { return func(o *options) { o.noOverride = true } }
 func Mount(rel, opts string) Option {
 	return func(o *options) { o.mounts = append(o.mounts, mount{rel, opts}) }
 }
+
+// NoForwarding refuses TCP forwarding (AllowTcpForwarding no): a
+// direct-tcpip channel is refused as administratively prohibited.
+func NoForwarding() Option { return func(o *options) { o.noForwarding = true } }
 
 // Verbose makes sshd log at level DEBUG1 (see Log): it then names every
 // session channel it opens, which tests count.
@@ -184,6 +189,7 @@ func StartSSHD(t testing.TB, opts ...Option) *Server {
 		"MaxSessions 64",
 		"LogLevel " + logLevel,
 		"Subsystem sftp " + subsystem,
+		"AllowTcpForwarding " + map[bool]string{false: "yes", true: "no"}[o.noForwarding],
 		"",
 	}, "\n")), 0o600)
 
