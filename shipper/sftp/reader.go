@@ -50,7 +50,9 @@ type chunk struct {
 	err error
 }
 
-func newRangeReader(ctx context.Context, t *Transport, c *conn, f *sftpclient.File, p string, off, n int64) *rangeReader {
+// newRangeReader returns a reader of head, already read, and then of the
+// n bytes from off.
+func newRangeReader(ctx context.Context, t *Transport, c *conn, f *sftpclient.File, p string, head []byte, off, n int64) *rangeReader {
 	size := max(c.packet, readChunk/c.packet*c.packet)
 	depth := max(readAhead/size, 2) + 1 // one is being read
 	r := &rangeReader{
@@ -59,6 +61,7 @@ func newRangeReader(ctx context.Context, t *Transport, c *conn, f *sftpclient.Fi
 		pool:   make(chan []byte, depth),
 		stop:   make(chan struct{}),
 		issued: make(chan struct{}),
+		cur:    head,
 	}
 	for range depth {
 		r.pool <- nil
@@ -139,14 +142,14 @@ func (r *rangeReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Close stops the reads, waits until the remote file is closed and gives
-// the stream back.
+// Close stops the reads, waits for those under way, closes the remote file
+// (without waiting for the server's answer) and gives the stream back.
 func (r *rangeReader) Close() error {
 	r.once.Do(func() {
 		close(r.stop)
 		<-r.issued
 		r.reads.Wait()
-		r.f.Close()
+		go r.f.Close()
 		err := r.err
 		if errors.Is(err, io.EOF) {
 			err = nil

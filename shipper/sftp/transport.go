@@ -17,6 +17,7 @@ import (
 	"time"
 
 	sftpclient "github.com/pkg/sftp"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/coldship/coldship/shipper"
 )
@@ -577,44 +578,69 @@ func (t *Transport) Open(ctx context.Context, name string, offset, length int64)
 }
 
 // open opens the object on c: a small range is read at once, a large one
-// returned as a rangeReader.
+// returned as a rangeReader. The size and the first bytes (all of a small
+// object) are asked for together, one round trip; the handle is closed
+// without waiting for the server's answer.
 func (t *Transport) open(ctx context.Context, c *conn, name string, offset, length int64) (io.ReadCloser, error) {
 	p := t.remote(name)
 	f, err := c.sftp.Open(p)
 	if err != nil {
 		return nil, t.classify(c, "open", p, err)
 	}
+	head := make([]byte, readChunk)
+	if length >= 0 && length < readChunk {
+		head = head[:length]
+	}
+	var m int
+	var rerr error
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		if len(head) > 0 {
+			m, rerr = f.ReadAt(head, offset)
+		}
+	}()
 	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, t.classify(c, "stat", p, err)
+	<-read
+	fail := func(err error) (io.ReadCloser, error) {
+		go f.Close()
+		return nil, err
 	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("%s is not a regular file (%w)", p, shipper.ErrPermanent)
+	switch {
+	case err != nil:
+		return fail(t.classify(c, "stat", p, err))
+	case !fi.Mode().IsRegular():
+		return fail(fmt.Errorf("%s is not a regular file (%w)", p, shipper.ErrPermanent))
+	case offset > fi.Size():
+		return fail(fmt.Errorf("offset %d beyond size %d", offset, fi.Size()))
+	case rerr != nil && rerr != io.EOF:
+		return fail(t.classify(c, "read", p, rerr))
 	}
-	size := fi.Size()
-	if offset > size {
-		f.Close()
-		return nil, fmt.Errorf("offset %d beyond size %d", offset, size)
-	}
-	n := size - offset
+	n := fi.Size() - offset
 	if length >= 0 && length < n {
 		n = length
 	}
+	if int64(m) < min(n, int64(len(head))) {
+		return fail(fmt.Errorf("read %s: %w (the object shrank while it was read)", p, io.ErrUnexpectedEOF))
+	}
+	head = head[:min(n, int64(len(head)))]
+	if n == int64(len(head)) {
+		go f.Close()
+		return io.NopCloser(bytes.NewReader(head)), nil
+	}
 	if n <= smallRead {
-		buf := make([]byte, n)
-		m, err := f.ReadAt(buf, offset)
-		f.Close()
-		if err != nil && err != io.EOF {
+		buf := append(head, make([]byte, n-int64(len(head)))...)
+		m, err := f.ReadAt(buf[len(head):], offset+int64(len(head)))
+		go f.Close()
+		switch {
+		case err != nil && err != io.EOF:
 			return nil, t.classify(c, "read", p, err)
-		}
-		if int64(m) < n {
+		case m < len(buf)-len(head):
 			return nil, fmt.Errorf("read %s: %w (the object shrank while it was read)", p, io.ErrUnexpectedEOF)
 		}
 		return io.NopCloser(bytes.NewReader(buf)), nil
 	}
-	return newRangeReader(ctx, t, c, f, p, offset, n), nil
+	return newRangeReader(ctx, t, c, f, p, head, offset+int64(len(head)), n-int64(len(head))), nil
 }
 
 // Stat returns the size of the object's file.
@@ -638,48 +664,81 @@ func (t *Transport) Stat(ctx context.Context, name string) (shipper.ObjectInfo, 
 	return oi, err
 }
 
-// List walks the remote root. Files and directories whose names start with
-// '.' (temporaries) are skipped, and so are directories that cannot hold a
+// listParallel bounds the directories List reads at once. Reading one
+// takes four round trips (open, read, read to its end, close), so the
+// folders of a level are read together, over several channels.
+const listParallel = 16
+
+// List walks the remote root, from the deepest folder that prefix names,
+// reading the folders of each level in parallel; fn is called from one
+// goroutine at a time. Files and directories whose names start with '.'
+// (temporaries) are skipped, and so are directories that cannot hold a
 // match.
 func (t *Transport) List(ctx context.Context, prefix string, fn func(shipper.ObjectInfo) error) error {
-	root := t.dest.root
-	if root == "" {
-		root = "."
+	start := ""
+	if i := strings.LastIndex(prefix, "/"); i > 0 && shipper.CheckName(prefix[:i]) == nil {
+		start = prefix[:i]
 	}
-	var fnErr error
-	err := t.do(ctx, false, func(c *conn) error {
-		return t.walk(ctx, c, root, "", prefix, func(oi shipper.ObjectInfo) error {
-			if err := fn(oi); err != nil {
-				fnErr = err
-				return err
-			}
-			return nil
-		})
-	})
-	if err != nil && fnErr != nil && errors.Is(err, fnErr) {
-		return fnErr
+	w := &walker{t: t, prefix: prefix, fn: fn, sem: make(chan struct{}, listParallel)}
+	var gctx context.Context
+	w.g, gctx = errgroup.WithContext(ctx)
+	w.g.Go(func() error { return w.walk(gctx, start, true) })
+	err := w.g.Wait()
+	switch {
+	case err == nil:
+		return nil
+	case w.fnErr != nil && errors.Is(err, w.fnErr):
+		return w.fnErr
 	}
-	if err != nil {
-		return fmt.Errorf("list %s: %w", t.dest, err)
-	}
-	return nil
+	return fmt.Errorf("list %s: %w", t.dest, err)
 }
 
-func (t *Transport) walk(ctx context.Context, c *conn, dir, rel, prefix string, fn func(shipper.ObjectInfo) error) error {
-	entries, err := c.sftp.ReadDirContext(ctx, dir)
-	if err != nil {
-		if !errors.Is(err, fs.ErrNotExist) {
-			return t.classify(c, "read directory", dir, err)
+// walker is one List in progress.
+type walker struct {
+	t      *Transport
+	prefix string
+	g      *errgroup.Group
+	sem    chan struct{}
+
+	mu    sync.Mutex // serialises fn
+	fn    func(shipper.ObjectInfo) error
+	fnErr error
+}
+
+// walk reads the folder rel (relative to the root) and walks the folders
+// in it that can hold a match, each in a goroutine of its own.
+func (w *walker) walk(ctx context.Context, rel string, first bool) error {
+	dir := w.t.remote(rel)
+	if rel == "" {
+		dir = w.t.remote(".")
+		if w.t.dest.root == "" {
+			dir = "."
 		}
-		// A missing root holds nothing, and a directory may vanish
-		// meanwhile; but a root that is a file (or under one) is a
-		// mistake that no retry mends.
-		if rel == "" {
-			if err := t.checkRoot(c, dir); err != nil {
-				return err
-			}
+	}
+	var entries []os.FileInfo
+	select {
+	case w.sem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	err := w.t.do(ctx, false, func(c *conn) error {
+		var err error
+		entries, err = c.sftp.ReadDirContext(ctx, dir)
+		switch {
+		case err == nil:
+		case !errors.Is(err, fs.ErrNotExist):
+			return w.t.classify(c, "read directory", dir, err)
+		case first:
+			// A missing root holds nothing, and a directory may vanish
+			// meanwhile; but a root that is a file (or under one) is a
+			// mistake that no retry mends.
+			return w.t.checkRoot(c, dir)
 		}
 		return nil
+	})
+	<-w.sem
+	if err != nil {
+		return err
 	}
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), ".") {
@@ -691,13 +750,19 @@ func (t *Transport) walk(ctx context.Context, c *conn, dir, rel, prefix string, 
 		}
 		switch {
 		case e.IsDir():
-			if strings.HasPrefix(name+"/", prefix) || strings.HasPrefix(prefix, name+"/") {
-				if err := t.walk(ctx, c, path.Join(dir, e.Name()), name, prefix, fn); err != nil {
-					return err
+			if strings.HasPrefix(name+"/", w.prefix) || strings.HasPrefix(w.prefix, name+"/") {
+				w.g.Go(func() error { return w.walk(ctx, name, false) })
+			}
+		case e.Mode().IsRegular() && strings.HasPrefix(name, w.prefix):
+			w.mu.Lock()
+			err := w.fnErr
+			if err == nil {
+				if err = w.fn(shipper.ObjectInfo{Name: name, Size: e.Size()}); err != nil {
+					w.fnErr = err
 				}
 			}
-		case e.Mode().IsRegular() && strings.HasPrefix(name, prefix):
-			if err := fn(shipper.ObjectInfo{Name: name, Size: e.Size()}); err != nil {
+			w.mu.Unlock()
+			if err != nil {
 				return err
 			}
 		}
