@@ -57,6 +57,8 @@ type Transport struct {
 
 	orphanMu sync.Mutex
 	orphans  []string // temporaries left by a Put whose connection broke
+
+	dirs dirSet // folders made
 }
 
 var (
@@ -285,10 +287,12 @@ func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader,
 	dir := path.Dir(final)
 	tmp := path.Join(dir, "."+path.Base(final)+".tmp-"+randomSuffix())
 	const flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL
+	t.dirs.ensure(dir, func() { t.makeDirs(c, dir) })
 	f, err := c.sftp.OpenFile(tmp, flags)
 	if errors.Is(err, os.ErrNotExist) {
-		// Creating the directory only when needed saves a round trip per
-		// Put; it may also have been removed by a concurrent Delete.
+		// The folder was not made (the root is missing), or a Delete of
+		// its last object removed it: make it level by level, with the
+		// precise error if it cannot be.
 		if err := mkdirAll(c.sftp, dir); err != nil {
 			return t.classify(c, "create directory", dir, err)
 		}
@@ -358,6 +362,55 @@ func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader,
 		return t.classify(c, "close", final, cerr)
 	}
 	return nil
+}
+
+// makeDirs makes the folders from the root down to dir, one request each
+// and whatever the answers: a new shipment's folders cost a round trip
+// each, rather than the failed create, failed folder, parent, folder and
+// create again of making them only once a create fails. An error shows in
+// the create that follows.
+func (t *Transport) makeDirs(c *conn, dir string) {
+	rel := dir
+	if t.dest.root != "" {
+		var ok bool
+		if rel, ok = strings.CutPrefix(dir, strings.TrimSuffix(t.dest.root, "/")+"/"); !ok {
+			return
+		}
+	}
+	if rel == "." || shipper.CheckName(rel) != nil {
+		return
+	}
+	parts := strings.Split(rel, "/")
+	for i := range parts {
+		c.sftp.Mkdir(t.remote(strings.Join(parts[:i+1], "/")))
+	}
+}
+
+// dirSet is the folders a Transport has made (or found), so that a Put
+// makes its folder once, and Puts into one new folder wait for the first
+// to make it rather than all trying.
+type dirSet struct {
+	mu sync.Mutex
+	m  map[string]chan struct{} // closed once made or tried
+}
+
+func (d *dirSet) ensure(dir string, mkdir func()) {
+	d.mu.Lock()
+	if d.m == nil {
+		d.m = map[string]chan struct{}{}
+	}
+	done, ok := d.m[dir]
+	if !ok {
+		done = make(chan struct{})
+		d.m[dir] = done
+	}
+	d.mu.Unlock()
+	if ok {
+		<-done
+		return
+	}
+	defer close(done)
+	mkdir()
 }
 
 // mkdirAll creates dir and its missing parents in fewer round trips than
