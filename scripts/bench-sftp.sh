@@ -252,15 +252,17 @@ sftp_lat_run() {
 	WALL[$name]=$LAT_WALL
 }
 
-# sftp_lat_row NAME BYTES BASE : a row of the latency table; BASE is the
-# loopback run's name, for the ratio.
+# sftp_lat_row NAME BYTES BASE PROXY : a row of the latency table; BASE is
+# the loopback run's name and PROXY the 0 ms proxy run's, for the ratios
+# (the second one leaves out what the proxy itself costs).
 sftp_lat_row() {
 	[ -n "${WALL[$1]:-}" ] || return 0
 	awk -v n="$1" -v b="$2" -v w="$LAT_WALL" -v c="$LAT_CPU" -v sd="$LAT_SSHD" -v px="$LAT_PROXY" \
-		-v base="${WALL[$3]:-0}" -v link="$LAT_LINK" 'BEGIN {
+		-v base="${WALL[$3]:-0}" -v pbase="${WALL[$4]:-0}" -v link="$LAT_LINK" 'BEGIN {
 		gib = b / 1073741824
 		r = (base > 0) ? sprintf("%.2f", w / base) : "-"
-		printf "| %-30s | %7.2f | %5.0f | %6.2f | %6.2f | %6.2f | %6.2f | %5s | %-14s |\n", n, w, b / w / 1e6, c, c / gib, sd, px, r, link
+		rp = (pbase > 0) ? sprintf("%.2f", w / pbase) : "-"
+		printf "| %-30s | %7.2f | %5.0f | %6.2f | %6.2f | %6.2f | %6.2f | %5s | %5s | %-14s |\n", n, w, b / w / 1e6, c, c / gib, sd, px, r, rp, link
 	}' | tee -a "$results"
 }
 
@@ -279,8 +281,8 @@ sftp_latency() {
 		log ""
 		log "### SFTP latency: $sz random image, send and receive, loopback and through toxiproxy (best of 2 runs)"
 		log ""
-		log "| run                            | wall s  | MB/s  | CPU s  | CPU s/GiB | sshd CPU s | proxy CPU s | x loopback | RTT, conns x channels |"
-		log "|--------------------------------|---------|-------|--------|--------|--------|--------|-------|----------------|"
+		log "| run                            | wall s  | MB/s  | CPU s  | CPU s/GiB | sshd CPU s | proxy CPU s | x loopback | x proxy 0 ms | RTT, conns x channels |"
+		log "|--------------------------------|---------|-------|--------|--------|--------|--------|-------|-------|----------------|"
 		for rtt in loopback 0 $sftp_rtts; do
 			if [ "$rtt" = loopback ]; then
 				p=$port tag="loopback"
@@ -292,10 +294,10 @@ sftp_latency() {
 			dest="sftp://root@127.0.0.1:$p$sftp_dir/lat"
 			sftp_lat_run "send $sz, $tag" "$lsize" sftp_rm_lat \
 				"$bin" send "$limg" -r "$rcpt" --no-resume --state-dir "$sftp_dir/state" --to "$dest" "${auth[@]}"
-			sftp_lat_row "send $sz, $tag" "$lsize" "send $sz, loopback"
+			sftp_lat_row "send $sz, $tag" "$lsize" "send $sz, loopback" "send $sz, toxiproxy 0 ms"
 			sftp_lat_run "receive $sz, $tag" "$lsize" sftp_rm_recv \
 				"$bin" receive "$dest" -i "$work/id.txt" --out "$sftp_dir/recv" "${auth[@]}"
-			sftp_lat_row "receive $sz, $tag" "$lsize" "receive $sz, loopback"
+			sftp_lat_row "receive $sz, $tag" "$lsize" "receive $sz, loopback" "receive $sz, toxiproxy 0 ms"
 			cmp -s "$limg" "$sftp_dir/recv/$(basename "$limg")" || log "  received image DIFFERS or missing ($tag)"
 		done
 		for rtt in $sftp_rtts; do
@@ -303,6 +305,8 @@ sftp_latency() {
 			[ "$rtt" -lt 200 ] || lim=2
 			bench_target "send $sz at $rtt ms / loopback" "send $sz, toxiproxy $rtt ms" "send $sz, loopback" "<=" "$lim"
 			bench_target "receive $sz at $rtt ms / loopback" "receive $sz, toxiproxy $rtt ms" "receive $sz, loopback" "<=" "$lim"
+			ratio "send $sz, toxiproxy $rtt ms" "send $sz, toxiproxy 0 ms"
+			ratio "receive $sz, toxiproxy $rtt ms" "receive $sz, toxiproxy 0 ms"
 		done
 		sftp_rm_lat
 	done
