@@ -311,7 +311,7 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 		"shipment": res.ID, "files": len(res.Files), "rounds": res.Rounds,
 		"switchover_s": res.Switchover.Seconds(), "pre_switchover_hook_s": res.Hook.Seconds(),
 		"bytes_total": res.Total, "bytes_hole": res.Hole, "bytes_zero": res.Zero,
-		"bytes_data": data, "bytes_sent": wire,
+		"bytes_data": data, "bytes_sent": wire, "data": lo.data, "lanes": lanes,
 	}, fmt.Sprintf("restored %s (%d files) at %s as %s in %d rounds, %s sent; switch-over %s (pre-switchover hook %s)",
 		humanBytes(res.Total), len(res.Files), opts.to, res.ID, len(res.Rounds), humanBytes(wire),
 		res.Switchover.Round(time.Millisecond), res.Hook.Round(time.Millisecond)))
