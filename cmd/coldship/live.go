@@ -152,6 +152,48 @@ func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	return nil
 }
 
+// startReceiver starts `coldship receive --live` at the destination and
+// returns it, the peer to send to and the lanes to open: those of --data
+// tcp as given, those of --data ssh as sshLanes says.
+func startReceiver(client *ssh.Client, cfg sftp.Config, lo *liveOptions, lanes int, stderr io.Writer,
+	logf func(string, ...any)) (*live.Remote, live.Peer, int, error) {
+	dir := cfg.Path
+	if dir == "" {
+		dir = "."
+	}
+	argv := []string{lo.remoteColdship, "receive", "--live", "-", "--out", dir, "--quiet"}
+	if lo.remoteForce {
+		argv = append(argv, "--force")
+	}
+	for _, h := range lo.remoteHooks {
+		argv = append(argv, "--hook", h)
+	}
+	if lo.remoteHooksDir != "" {
+		argv = append(argv, "--hooks-dir", lo.remoteHooksDir)
+	}
+	if lo.data == "ssh" {
+		// The lanes reach the receiver through the SSH server, on its
+		// loopback, where nothing else can connect.
+		argv = append(argv, "--listen", "127.0.0.1:0")
+	}
+	remote, err := live.StartRemote(client, argv, stderr)
+	if err != nil {
+		return nil, live.Peer{}, 0, err
+	}
+	peer := remote.Peer()
+	peer.Dial = liveDial
+	if lo.data == "ssh" {
+		var forwards bool
+		if lanes, forwards = sshLanes(client, lanes); forwards {
+			peer.Dial = client.DialContext
+		} else {
+			lanes = 0
+			logf("notice: %s does not forward TCP connections (sshd's AllowTcpForwarding): the blocks travel in the one SSH channel, which a long link slows down", cfg.Host)
+		}
+	}
+	return remote, peer, lanes, nil
+}
+
 // sshLanes says how many lanes --data ssh opens (want, or 0: as many as
 // the round trip needs, as for SFTP streams) and whether the SSH server
 // forwards TCP connections to carry them: each lane is a direct-tcpip
@@ -223,42 +265,12 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 		return nil, err
 	}
 	defer client.Close()
-	dir := cfg.Path
-	if dir == "" {
-		dir = "."
-	}
-	argv := []string{lo.remoteColdship, "receive", "--live", "-", "--out", dir, "--quiet"}
-	if lo.remoteForce {
-		argv = append(argv, "--force")
-	}
-	for _, h := range lo.remoteHooks {
-		argv = append(argv, "--hook", h)
-	}
-	if lo.remoteHooksDir != "" {
-		argv = append(argv, "--hooks-dir", lo.remoteHooksDir)
-	}
-	if lo.data == "ssh" {
-		// The lanes reach the receiver through the SSH server, on its
-		// loopback, where nothing else can connect.
-		argv = append(argv, "--listen", "127.0.0.1:0")
-	}
 	logf := s.logf(opts.output)
 	remoteLog := &lineWriter{emit: func(line string) { logf("remote: %s", line) }}
 	defer remoteLog.flush()
-	remote, err := live.StartRemote(client, argv, remoteLog)
+	remote, peer, lanes, err := startReceiver(client, cfg, lo, lanes, remoteLog, logf)
 	if err != nil {
 		return nil, err
-	}
-	peer := remote.Peer()
-	peer.Dial = liveDial
-	if lo.data == "ssh" {
-		var forwards bool
-		if lanes, forwards = sshLanes(client, lanes); forwards {
-			peer.Dial = client.DialContext
-		} else {
-			lanes = 0
-			logf("notice: %s does not forward TCP connections (sshd's AllowTcpForwarding): the blocks travel in the one SSH channel, which a long link slows down", cfg.Host)
-		}
 	}
 
 	var id string
