@@ -5,26 +5,39 @@
 # bench_free_port/bench_wait_port.
 #
 # coldship send over SFTP against its peers, through a real OpenSSH sshd on a
-# free loopback port (run as the current user, keys generated here), the same
-# random image for every tool in the same run:
+# free loopback port (run as the current user, keys generated here, sshd's
+# defaults for MaxSessions and MaxStartups), the same random image for every
+# tool in the same run:
 #   scp -c aes128-gcm@openssh.com of the plaintext (the unencrypted baseline),
 #   age -r | ssh 'cat > f', rclone copy to an rclone crypt remote over sftp,
 #   openssl enc -aes-256-ctr then scp (the encrypt-then-scp method), and
-#   coldship send at its sftp default of 16 streams and at --streams 8;
-# then the same through toxiproxy adding 50 ms each way (100 ms RTT), and a
-# sparse image via coldship vs rsync --sparse -e ssh.
+#   coldship send at its sftp default (streams from the round trip) and at
+#   --streams 8;
+# then the same through toxiproxy adding 50 ms each way (100 ms RTT); then
+# coldship send and receive on loopback and through toxiproxy at 0, 100 and
+# 200 ms RTT (issue 18: latency hidden), with coldship's CPU, sshd's and
+# toxiproxy's beside the wall time, the ratio to loopback, and the round
+# trip, connections and channels coldship chose; and a sparse image via
+# coldship vs rsync --sparse -e ssh.
 # Every measurement runs twice; the row shows the best (the machine is shared).
 #
 # Sizes: BENCH_SFTP_SIZE (default 1G) random image on loopback,
-# BENCH_SFTP_WAN_SIZE (default 1G, as on loopback) at 100 ms RTT, BENCH_SFTP_RTT_MS (default
-# 100), and bench.sh's BENCH_SPARSE / BENCH_SPARSE_DATA_MIB (16G / 1024).
+# BENCH_SFTP_WAN_SIZE (default 1G, as on loopback) at 100 ms RTT for the
+# peers, BENCH_SFTP_RTT_MS (default 100), BENCH_SFTP_LATENCY_SIZES (default
+# 1G; BENCH_BIG=1 adds 4G) and BENCH_SFTP_RTTS (default "100 200") for the
+# latency runs (BENCH_SFTP_PEERS=0 skips the peers), and bench.sh's
+# BENCH_SPARSE / BENCH_SPARSE_DATA_MIB (16G / 1024).
 # A quick check:
-#   BENCH_SECTIONS=sftp BENCH_SFTP_SIZE=256M BENCH_SFTP_WAN_SIZE=32M \
+#   BENCH_SECTIONS=sftp BENCH_SFTP_SIZE=256M BENCH_SFTP_WAN_SIZE=32M BENCH_SFTP_LATENCY_SIZES=256M \
 #     BENCH_SPARSE=2G BENCH_SPARSE_DATA_MIB=128 ./scripts/bench.sh
 
 sftp_size=${BENCH_SFTP_SIZE:-1G}
 sftp_wan_size=${BENCH_SFTP_WAN_SIZE:-1G}
 sftp_rtt_ms=${BENCH_SFTP_RTT_MS:-100}
+sftp_lat_sizes=${BENCH_SFTP_LATENCY_SIZES:-1G}
+[ "${BENCH_BIG:-0}" = 0 ] || sftp_lat_sizes="$sftp_lat_sizes 4G"
+sftp_rtts=${BENCH_SFTP_RTTS:-100 200}
+sftp_peers_on=${BENCH_SFTP_PEERS:-1}
 sftp_dir=$work/sftp
 sftp_pids=()
 
@@ -72,7 +85,7 @@ sftp_cleanup() {
 		wait "$p" 2>/dev/null || true
 	done
 	sftp_pids=()
-	rm -rf "$sftp_dir/remote" "$sftp_dir/enc" "$sftp_dir/recv" "$sftp_dir/state" "$sftp_dir/rclone.conf"
+	rm -rf "$sftp_dir/remote" "$sftp_dir/enc" "$sftp_dir/recv" "$sftp_dir/state" "$sftp_dir/rclone.conf" "$sftp_dir/lat"
 }
 
 # sftp_sparseness SOURCE COPY : COPY's allocated and apparent size, and whether
@@ -174,11 +187,136 @@ sftp_peers() {
 		_ "$work/pass" "$img" "$sftp_dir/enc" "$r/image.enc" "${ssh[@]}"
 }
 
+# sftp_rclone_conf PORT WANPORT : an sftp remote and a crypt remote over it,
+# direct (l) and through the proxy (w).
+sftp_rclone_conf() {
+	local i p
+	(
+		umask 077
+		for i in l w; do
+			p=$1
+			[ "$i" = l ] || p=$2
+			printf '[%ssftp]\ntype = sftp\nhost = 127.0.0.1\nuser = root\nport = %s\n' "$i" "$p"
+			printf 'key_file = %s\nknown_hosts_file = %s\n\n' "$sftp_dir/client_key" "$sftp_dir/known_hosts"
+			printf '[%scrypt]\ntype = crypt\nremote = %ssftp:%s/rclone\n' "$i" "$i" "$sftp_dir/remote"
+			printf 'password = %s\npassword2 = %s\n\n' "$(head -c 24 /dev/urandom | base64 | rclone obscure -)" \
+				"$(head -c 24 /dev/urandom | base64 | rclone obscure -)"
+		done >"$sftp_dir/rclone.conf"
+	)
+}
+
+# sftp_cpu PID : CPU seconds of PID and of its children it has reaped (sshd's
+# connections, once they end).
+sftp_cpu() {
+	awk '{ printf "%.2f", ($14 + $15 + $16 + $17) / 100 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+# sftp_summary FIELD FILE : a field of the --json summary in FILE.
+sftp_summary() {
+	grep '"type":"summary"' "$2" | grep -o "\"$1\":[0-9.e+-]*" | tail -1 | cut -d: -f2
+}
+
+# sftp_lat_run NAME BYTES PREP CMD... : runs CMD (which writes a --json
+# summary on stderr) twice, PREP before each, and keeps the faster run in
+# LAT_WALL, LAT_CPU (the command's), LAT_SSHD and LAT_PROXY (CPU seconds)
+# and LAT_LINK (round trip, connections x channels); WALL[NAME] too.
+sftp_lat_run() {
+	local name=$1 bytes=$2 prep=$3 i tf s0 t0 s1 t1 w u sy
+	shift 3
+	tf=$(mktemp)
+	LAT_WALL="" LAT_CPU="" LAT_SSHD="" LAT_PROXY="" LAT_LINK=""
+	for i in 1 2; do
+		"$prep"
+		sync
+		s0=$(sftp_cpu "$sftp_sshd_pid")
+		t0=$(sftp_cpu "${sftp_toxi_pid:-0}")
+		if ! /usr/bin/time -f '%e %U %S' -o "$tf" "$@" >/dev/null 2>"$tf.err"; then
+			log "FAILED: $name (run $i): $(grep -v '"type":"progress"' "$tf.err" | tail -3)"
+			continue
+		fi
+		sleep 0.2 # sshd reaps its connections
+		s1=$(sftp_cpu "$sftp_sshd_pid")
+		t1=$(sftp_cpu "${sftp_toxi_pid:-0}")
+		read -r w u sy <"$tf"
+		if [ -z "$LAT_WALL" ] || awk -v a="$w" -v b="$LAT_WALL" 'BEGIN { exit !(a < b) }'; then
+			LAT_WALL=$w
+			LAT_CPU=$(awk -v u="$u" -v s="$sy" 'BEGIN { printf "%.2f", u + s }')
+			LAT_SSHD=$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%.2f", b - a }')
+			LAT_PROXY=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+			LAT_LINK=$(awk -v r="$(sftp_summary rtt_ms "$tf.err")" -v c="$(sftp_summary connections "$tf.err")" \
+				-v n="$(sftp_summary channels "$tf.err")" 'BEGIN { if (c > 0) printf "%.0f ms, %d x %.3g", r, c, n / c }')
+		fi
+	done
+	rm -f "$tf" "$tf.err"
+	[ -n "$LAT_WALL" ] || return 0
+	WALL[$name]=$LAT_WALL
+}
+
+# sftp_lat_row NAME BYTES BASE PROXY : a row of the latency table; BASE is
+# the loopback run's name and PROXY the 0 ms proxy run's, for the ratios
+# (the second one leaves out what the proxy itself costs).
+sftp_lat_row() {
+	[ -n "${WALL[$1]:-}" ] || return 0
+	awk -v n="$1" -v b="$2" -v w="$LAT_WALL" -v c="$LAT_CPU" -v sd="$LAT_SSHD" -v px="$LAT_PROXY" \
+		-v base="${WALL[$3]:-0}" -v pbase="${WALL[$4]:-0}" -v link="$LAT_LINK" 'BEGIN {
+		gib = b / 1073741824
+		r = (base > 0) ? sprintf("%.2f", w / base) : "-"
+		rp = (pbase > 0) ? sprintf("%.2f", w / pbase) : "-"
+		printf "| %-30s | %7.2f | %5.0f | %6.2f | %6.2f | %6.2f | %6.2f | %5s | %5s | %-14s |\n", n, w, b / w / 1e6, c, c / gib, sd, px, r, rp, link
+	}' | tee -a "$results"
+}
+
+sftp_rm_lat() { rm -rf "$sftp_dir/lat" "$sftp_dir/recv"; }
+
+# sftp_latency PORT : coldship send and receive on loopback and through the
+# proxies, each size, with ratios to loopback (issue 18's targets: at 100 ms
+# RTT <= 1.5x loopback, at 200 ms <= 2x, no more CPU per GiB).
+sftp_latency() {
+	local sz limg lsize rtt p tag dest
+	local -a auth=(--ssh-key "$sftp_dir/client_key" --known-hosts "$sftp_dir/known_hosts" --json)
+	for sz in $sftp_lat_sizes; do
+		limg=$(sftp_random_image "$sz")
+		lsize=$(stat -c %s "$limg")
+		cat "$limg" >/dev/null
+		log ""
+		log "### SFTP latency: $sz random image, send and receive, loopback and through toxiproxy (best of 2 runs)"
+		log ""
+		log "| run                            | wall s  | MB/s  | CPU s  | CPU s/GiB | sshd CPU s | proxy CPU s | x loopback | x proxy 0 ms | RTT, conns x channels |"
+		log "|--------------------------------|---------|-------|--------|--------|--------|--------|-------|-------|----------------|"
+		for rtt in loopback 0 $sftp_rtts; do
+			if [ "$rtt" = loopback ]; then
+				p=$port tag="loopback"
+			else
+				p=${pports[$rtt]:-}
+				[ -n "$p" ] || continue
+				tag="toxiproxy ${rtt} ms"
+			fi
+			dest="sftp://root@127.0.0.1:$p$sftp_dir/lat"
+			sftp_lat_run "send $sz, $tag" "$lsize" sftp_rm_lat \
+				"$bin" send "$limg" -r "$rcpt" --no-resume --state-dir "$sftp_dir/state" --to "$dest" "${auth[@]}"
+			sftp_lat_row "send $sz, $tag" "$lsize" "send $sz, loopback" "send $sz, toxiproxy 0 ms"
+			sftp_lat_run "receive $sz, $tag" "$lsize" sftp_rm_recv \
+				"$bin" receive "$dest" -i "$work/id.txt" --out "$sftp_dir/recv" "${auth[@]}"
+			sftp_lat_row "receive $sz, $tag" "$lsize" "receive $sz, loopback" "receive $sz, toxiproxy 0 ms"
+			cmp -s "$limg" "$sftp_dir/recv/$(basename "$limg")" || log "  received image DIFFERS or missing ($tag)"
+		done
+		for rtt in $sftp_rtts; do
+			local lim=1.5
+			[ "$rtt" -lt 200 ] || lim=2
+			bench_target "send $sz at $rtt ms / loopback" "send $sz, toxiproxy $rtt ms" "send $sz, loopback" "<=" "$lim"
+			bench_target "receive $sz at $rtt ms / loopback" "receive $sz, toxiproxy $rtt ms" "receive $sz, loopback" "<=" "$lim"
+			ratio "send $sz, toxiproxy $rtt ms" "send $sz, toxiproxy 0 ms"
+			ratio "receive $sz, toxiproxy $rtt ms" "receive $sz, toxiproxy 0 ms"
+		done
+		sftp_rm_lat
+	done
+}
+
 # sftp: the section, in a subshell: its traps end with it.
 sftp() { (sftp_section); }
 
 sftp_section() {
-	local img wimg size wsize sp spsize port pport tport tsrv tcli hostpub i p rs_sparse
+	local img wimg size wsize sp spsize port pport tport tsrv tcli hostpub rtt rs_sparse
 	mkdir -p "$sftp_dir"
 	sftp_cleanup
 	trap 'sftp_cleanup' EXIT
@@ -205,8 +343,6 @@ UsePAM no
 StrictModes no
 PrintMotd no
 UseDNS no
-MaxStartups 64
-MaxSessions 64
 LogLevel ERROR
 Subsystem sftp internal-sftp
 EOF
@@ -214,67 +350,68 @@ EOF
 	# reaches only the tool being measured, and the EXIT trap ends the servers.
 	setsid /usr/sbin/sshd -D -e -f "$sftp_dir/sshd_config" 2>"$sftp_dir/sshd.log" &
 	sftp_pids+=("$!")
+	sftp_sshd_pid=$!
 	bench_wait_port "$port" "$!" "$sftp_dir/sshd.log"
 	hostpub=$(cut -d' ' -f1,2 "$sftp_dir/host_key.pub")
 	echo "[127.0.0.1]:$port $hostpub" >"$sftp_dir/known_hosts"
 
-	# toxiproxy on loopback: a proxy to sshd with latency both ways.
-	pport=""
+	# toxiproxy on loopback: a proxy to sshd for each round trip, with half
+	# of it as latency each way (0: the proxy alone, to show its own cost).
+	declare -A pports=()
 	if tsrv=$(sftp_toxiproxy_bin server) && tcli=$(sftp_toxiproxy_bin cli); then
 		tport=$(bench_free_port)
 		setsid "$tsrv" -host 127.0.0.1 -port "$tport" >"$sftp_dir/toxiproxy.log" 2>&1 &
 		sftp_pids+=("$!")
+		sftp_toxi_pid=$!
 		bench_wait_port "$tport" "$!" "$sftp_dir/toxiproxy.log"
-		pport=$(bench_free_port)
-		{
-			"$tcli" -h "http://127.0.0.1:$tport" create -l "127.0.0.1:$pport" -u "127.0.0.1:$port" sshd
-			"$tcli" -h "http://127.0.0.1:$tport" toxic add -t latency -n lat_down -d \
-				-a latency=$((sftp_rtt_ms / 2)) -a jitter=0 sshd
-			"$tcli" -h "http://127.0.0.1:$tport" toxic add -t latency -n lat_up -u \
-				-a latency=$((sftp_rtt_ms / 2)) -a jitter=0 sshd
-		} >>"$sftp_dir/toxiproxy.log"
-		echo "[127.0.0.1]:$pport $hostpub" >>"$sftp_dir/known_hosts"
+		for rtt in 0 $sftp_rtt_ms $sftp_rtts; do
+			[ -z "${pports[$rtt]:-}" ] || continue
+			pport=$(bench_free_port)
+			{
+				"$tcli" -h "http://127.0.0.1:$tport" create -l "127.0.0.1:$pport" -u "127.0.0.1:$port" "sshd$rtt"
+				"$tcli" -h "http://127.0.0.1:$tport" toxic add -t latency -n lat_down -d \
+					-a latency=$((rtt / 2)) -a jitter=0 "sshd$rtt"
+				"$tcli" -h "http://127.0.0.1:$tport" toxic add -t latency -n lat_up -u \
+					-a latency=$((rtt / 2)) -a jitter=0 "sshd$rtt"
+			} >>"$sftp_dir/toxiproxy.log"
+			echo "[127.0.0.1]:$pport $hostpub" >>"$sftp_dir/known_hosts"
+			pports[$rtt]=$pport
+		done
 	fi
-
-	# rclone: an sftp remote and a crypt remote over it, direct and through the proxy.
-	(
-		umask 077
-		for i in l w; do
-			p=$port
-			[ "$i" = l ] || p=${pport:-$port}
-			printf '[%ssftp]\ntype = sftp\nhost = 127.0.0.1\nuser = root\nport = %s\n' "$i" "$p"
-			printf 'key_file = %s\nknown_hosts_file = %s\n\n' "$sftp_dir/client_key" "$sftp_dir/known_hosts"
-			printf '[%scrypt]\ntype = crypt\nremote = %ssftp:%s/rclone\n' "$i" "$i" "$sftp_dir/remote"
-			printf 'password = %s\npassword2 = %s\n\n' "$(head -c 24 /dev/urandom | base64 | rclone obscure -)" \
-				"$(head -c 24 /dev/urandom | base64 | rclone obscure -)"
-		done >"$sftp_dir/rclone.conf"
-	)
+	pport=${pports[$sftp_rtt_ms]:-}
 
 	img=$(sftp_random_image "$sftp_size")
 	size=$(stat -c %s "$img")
 	cat "$img" >/dev/null
 
-	header "SFTP on loopback: $sftp_size random image to OpenSSH sshd (best of 2 runs)"
-	sftp_peers "" "$port" "$img" "$size"
-	bench_target "coldship send / scp time, loopback" "coldship send" "scp -c aes128-gcm" "<=" 1.3
-	bench_target "coldship / rclone crypt throughput, loopback" "rclone crypt" "coldship send" ">=" 1.5
-	ratio "coldship send --streams 8" "coldship send"
-	ratio "age -r | ssh cat" "coldship send"
-	ratio "openssl enc + scp" "coldship send"
+	if [ "$sftp_peers_on" != 0 ]; then
+		sftp_rclone_conf "$port" "${pport:-$port}"
+		header "SFTP on loopback: $sftp_size random image to OpenSSH sshd (best of 2 runs)"
+		sftp_peers "" "$port" "$img" "$size"
+		bench_target "coldship send / scp time, loopback" "coldship send" "scp -c aes128-gcm" "<=" 1.3
+		bench_target "coldship / rclone crypt throughput, loopback" "rclone crypt" "coldship send" ">=" 1.5
+		ratio "coldship send --streams 8" "coldship send"
+		ratio "age -r | ssh cat" "coldship send"
+		ratio "openssl enc + scp" "coldship send"
 
-	if [ -n "$pport" ]; then
-		wimg=$sftp_dir/wan.img
-		head -c "$sftp_wan_size" "$img" >"$wimg"
-		wsize=$(stat -c %s "$wimg")
-		header "SFTP at ${sftp_rtt_ms} ms RTT (toxiproxy latency $((sftp_rtt_ms / 2)) ms each way): $sftp_wan_size random image (best of 2 runs)"
-		sftp_peers " @${sftp_rtt_ms}ms" "$pport" "$wimg" "$wsize"
-		bench_target "coldship / scp throughput at ${sftp_rtt_ms} ms RTT" "scp -c aes128-gcm @${sftp_rtt_ms}ms" "coldship send @${sftp_rtt_ms}ms" ">=" 5
-		ratio "coldship send --streams 8 @${sftp_rtt_ms}ms" "coldship send @${sftp_rtt_ms}ms"
-		bench_target "coldship / rclone crypt throughput at ${sftp_rtt_ms} ms RTT" "rclone crypt @${sftp_rtt_ms}ms" "coldship send @${sftp_rtt_ms}ms" ">=" 1.5
-		rm -f "$wimg"
+		if [ -n "$pport" ]; then
+			wimg=$sftp_dir/wan.img
+			head -c "$sftp_wan_size" "$img" >"$wimg"
+			wsize=$(stat -c %s "$wimg")
+			header "SFTP at ${sftp_rtt_ms} ms RTT (toxiproxy latency $((sftp_rtt_ms / 2)) ms each way): $sftp_wan_size random image (best of 2 runs)"
+			sftp_peers " @${sftp_rtt_ms}ms" "$pport" "$wimg" "$wsize"
+			bench_target "coldship / scp throughput at ${sftp_rtt_ms} ms RTT" "scp -c aes128-gcm @${sftp_rtt_ms}ms" "coldship send @${sftp_rtt_ms}ms" ">=" 5
+			ratio "coldship send --streams 8 @${sftp_rtt_ms}ms" "coldship send @${sftp_rtt_ms}ms"
+			bench_target "coldship / rclone crypt throughput at ${sftp_rtt_ms} ms RTT" "rclone crypt @${sftp_rtt_ms}ms" "coldship send @${sftp_rtt_ms}ms" ">=" 1.5
+			rm -f "$wimg"
+		fi
+	fi
+
+	if [ ${#pports[@]} -gt 0 ]; then
+		sftp_latency "$port"
 	else
 		log ""
-		log "SKIPPED: ${sftp_rtt_ms} ms RTT runs: toxiproxy not installed (scripts/install-test-deps.sh --bench)"
+		log "SKIPPED: the runs at ${sftp_rtt_ms} ms RTT and more: toxiproxy not installed (scripts/install-test-deps.sh)"
 	fi
 
 	# A sparse image: coldship vs rsync --sparse, plain loopback.

@@ -43,17 +43,16 @@ done <<'TOOLS'
 versitygw github.com/versity/versitygw/cmd/versitygw@v1.8.0
 TOOLS
 
-# Benchmarks only: toxiproxy (latency between coldship and sshd). Its
-# commands build as "server" and "cli": install them in a directory of
-# their own and link them under their usual names.
-if [ "${1:-}" = "--bench" ]; then
-	tv=v2.12.0
-	if ! grep -qx "$tv" "$gobin/.toxiproxy.version" 2>/dev/null || [ ! -x "$gobin/toxiproxy-server" ]; then
-		echo "installing toxiproxy $tv" >&2
-		mkdir -p "$gobin/toxiproxy"
-		GOBIN="$gobin/toxiproxy" go install "github.com/Shopify/toxiproxy/v2/cmd/server@$tv" "github.com/Shopify/toxiproxy/v2/cmd/cli@$tv"
-		ln -sf "$gobin/toxiproxy/server" "$gobin/toxiproxy-server"
-		ln -sf "$gobin/toxiproxy/cli" "$gobin/toxiproxy-cli"
-		echo "$tv" >"$gobin/.toxiproxy.version"
-	fi
+# toxiproxy: latency between coldship and sshd, for the tests (a modest
+# delay) and the benchmarks (100 and 200 ms). Its commands build as
+# "server" and "cli": install them in a directory of their own and link
+# them under their usual names.
+tv=v2.12.0
+if ! grep -qx "$tv" "$gobin/.toxiproxy.version" 2>/dev/null || [ ! -x "$gobin/toxiproxy-server" ]; then
+	echo "installing toxiproxy $tv" >&2
+	mkdir -p "$gobin/toxiproxy"
+	GOBIN="$gobin/toxiproxy" go install "github.com/Shopify/toxiproxy/v2/cmd/server@$tv" "github.com/Shopify/toxiproxy/v2/cmd/cli@$tv"
+	ln -sf "$gobin/toxiproxy/server" "$gobin/toxiproxy-server"
+	ln -sf "$gobin/toxiproxy/cli" "$gobin/toxiproxy-cli"
+	echo "$tv" >"$gobin/.toxiproxy.version"
 fi

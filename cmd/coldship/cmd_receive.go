@@ -199,10 +199,10 @@ func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runn
 		rep.finish(false, nil, "")
 		return nil, fmt.Errorf("receive %s from %s: %w", id, tr, err)
 	}
-	rep.finish(true, map[string]any{
+	rep.finish(true, addLinkStats(map[string]any{
 		"mode": "out", "shipment": id, "files": len(res.Files), "bytes_total": cnt.Total.Load(),
 		"bytes_data": cnt.Data.Load(), "bytes_fetched": cnt.Shipped.Load(), "paths": nonNil(res.Files),
-	}, fmt.Sprintf("restored %s (%s, %s) into %s", id, describeFiles(sh.Manifest.Files), humanBytes(cnt.Total.Load()), opts.out))
+	}, tr, cnt.Shipped.Load(), rep.start), fmt.Sprintf("restored %s (%s, %s) into %s", id, describeFiles(sh.Manifest.Files), humanBytes(cnt.Total.Load()), opts.out))
 	return res.Files, nil
 }
 

@@ -285,7 +285,7 @@ func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *ho
 	} else if res.FullReason != "" {
 		summary["full_reason"] = res.FullReason
 	}
-	rep.finish(true, summary, line)
+	rep.finish(true, addLinkStats(summary, tr, cnt.Shipped.Load(), rep.start), line)
 	return res.ID, nil
 }
 

@@ -30,7 +30,7 @@ type transportOptions struct {
 
 // addTransportFlags adds the flags of every transport to a command.
 func addTransportFlags(f *pflag.FlagSet, o *transportOptions) {
-	f.IntVar(&o.streams, "streams", 0, "segments moved at once: SSH connections or parallel S3 requests (default for sftp: one per CPU, 2 to 4, up to 16 by the measured round trip; 4 otherwise)")
+	f.IntVar(&o.streams, "streams", 0, "segments moved at once: SFTP channels or parallel S3 requests (default for sftp: from the measured round trip, one per CPU (2 to 4) on a short link, up to 32; 4 otherwise)")
 	f.StringArrayVar(&o.sshKeys, "ssh-key", nil, "SFTP: authenticate with the private key in `FILE` (repeatable; default: ssh-agent, ~/.ssh/config, ~/.ssh/id_*)")
 	f.StringVar(&o.knownHosts, "known-hosts", "", "SFTP: check host keys against `FILE` (default ~/.ssh/known_hosts)")
 	f.BoolVar(&o.acceptNew, "accept-new-host-key", false, "SFTP: trust and record an unknown host's key (like StrictHostKeyChecking=accept-new); a changed key is always refused")

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 
 	"github.com/coldship/coldship/archive"
@@ -51,7 +52,7 @@ var liveDial func(ctx context.Context, network, addr string) (net.Conn, error)
 func addLiveSendFlags(f *pflag.FlagSet, o *liveOptions) {
 	f.BoolVar(&o.enabled, "live", false, "stream straight into \"coldship receive --live\" started over SSH at --to ssh://[user@]host[:port]/dir (no ciphertext at rest)")
 	f.StringVar(&o.remoteColdship, "remote-coldship", "coldship", "live: the coldship `PATH` on the destination")
-	f.StringVar(&o.data, "data", "ssh", "live: carry the sealed blocks over the SSH channel (ssh) or over --streams direct TCP connections (tcp, default 4)")
+	f.StringVar(&o.data, "data", "ssh", "live: carry the sealed blocks over --streams SSH channels (ssh, default: from the round trip) or direct TCP connections (tcp, default 4)")
 	f.IntVar(&o.rounds, "rounds", 0, "live: pre-copy `N` rounds while the VM runs, then run the pre-switchover hook and a final round")
 	f.StringVar(&o.untilDirty, "until-dirty", "", "live: pre-copy until a round sends at most `SIZE` (at most --rounds rounds, default 30)")
 	f.StringArrayVar(&o.remoteHooks, "remote-hook", nil, "live: run `PHASE=COMMAND` on the destination: pre-receive, post-receive, on-failure (repeatable)")
@@ -100,16 +101,12 @@ func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	}
 	lanes := opts.transport.streams
 	switch lo.data {
-	case "ssh":
-		if lanes != 0 {
-			return usagef("--streams applies to --data tcp only")
-		}
-	case "tcp":
-		if lanes == 0 {
-			lanes = defaultLiveStreams
-		}
+	case "ssh", "tcp":
 		if lanes < 0 || lanes > 64 {
 			return usagef("--streams %d: want 1 to 64", lanes)
+		}
+		if lanes == 0 && lo.data == "tcp" {
+			lanes = defaultLiveStreams
 		}
 	default:
 		return usagef("--data %q: want ssh or tcp", lo.data)
@@ -153,6 +150,81 @@ func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	return nil
 }
 
+// startReceiver starts `coldship receive --live` at the destination and
+// returns it, the peer to send to and the lanes to open: those of --data
+// tcp as given, those of --data ssh as sshLanes says.
+func startReceiver(client *ssh.Client, cfg sftp.Config, lo *liveOptions, lanes int, stderr io.Writer,
+	logf func(string, ...any)) (*live.Remote, live.Peer, int, error) {
+	dir := cfg.Path
+	if dir == "" {
+		dir = "."
+	}
+	// --json=false: the remote's stdout is the session, whatever its
+	// environment says.
+	argv := []string{lo.remoteColdship, "receive", "--live", "-", "--out", dir, "--quiet", "--json=false"}
+	if lo.remoteForce {
+		argv = append(argv, "--force")
+	}
+	for _, h := range lo.remoteHooks {
+		argv = append(argv, "--hook", h)
+	}
+	if lo.remoteHooksDir != "" {
+		argv = append(argv, "--hooks-dir", lo.remoteHooksDir)
+	}
+	if lo.data == "ssh" {
+		// The lanes reach the receiver through the SSH server, on its
+		// loopback, where nothing else can connect.
+		argv = append(argv, "--listen", "127.0.0.1:0")
+	}
+	remote, err := live.StartRemote(client, argv, stderr)
+	if err != nil {
+		return nil, live.Peer{}, 0, err
+	}
+	peer := remote.Peer()
+	peer.Dial = liveDial
+	if lo.data == "ssh" {
+		var forwards bool
+		if lanes, forwards = sshLanes(client, lanes); forwards {
+			peer.Dial = client.DialContext
+		} else {
+			lanes = 0
+			logf("notice: %s does not forward TCP connections (sshd's AllowTcpForwarding): the blocks travel in the one SSH channel, which a long link slows down", cfg.Host)
+		}
+	}
+	return remote, peer, lanes, nil
+}
+
+// sshLanes says how many lanes --data ssh opens (want, or 0: as many as
+// the round trip needs, as for SFTP streams) and whether the SSH server
+// forwards TCP connections to carry them: each lane is a direct-tcpip
+// channel, with a flow-control window of its own, to the receiver's
+// listener on the server's loopback. A channel to port 0 there tells at
+// once: refused as administratively prohibited when forwarding is off, a
+// failed connection when it is on. Both requests go out together, once the
+// receiver is started (the first request after authentication waits for
+// the server's own setup, which the round trip must not count).
+func sshLanes(client *ssh.Client, want int) (int, bool) {
+	rtt := make(chan time.Duration, 1)
+	go func() {
+		start := time.Now()
+		client.SendRequest("keepalive@openssh.com", true, nil)
+		rtt <- time.Since(start)
+	}()
+	forwards := true
+	c, err := client.Dial("tcp", "127.0.0.1:0")
+	var refused *ssh.OpenChannelError
+	switch {
+	case err == nil:
+		c.Close()
+	case errors.As(err, &refused) && refused.Reason == ssh.Prohibited:
+		forwards = false
+	}
+	if want == 0 {
+		want = sftp.AutoStreams(<-rtt)
+	}
+	return want, forwards
+}
+
 // liveError gives a receiver's failure the exit status it had there.
 func liveError(err error) error {
 	var re *live.RemoteError
@@ -193,31 +265,13 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 		return nil, err
 	}
 	defer client.Close()
-	dir := cfg.Path
-	if dir == "" {
-		dir = "."
-	}
-	// --json=false: the remote's stdout is the session, whatever its
-	// environment says.
-	argv := []string{lo.remoteColdship, "receive", "--live", "-", "--out", dir, "--quiet", "--json=false"}
-	if lo.remoteForce {
-		argv = append(argv, "--force")
-	}
-	for _, h := range lo.remoteHooks {
-		argv = append(argv, "--hook", h)
-	}
-	if lo.remoteHooksDir != "" {
-		argv = append(argv, "--hooks-dir", lo.remoteHooksDir)
-	}
 	logf := s.logf(opts.output)
 	remoteLog := &lineWriter{emit: func(line string) { logf("remote: %s", line) }}
 	defer remoteLog.flush()
-	remote, err := live.StartRemote(client, argv, remoteLog)
+	remote, peer, lanes, err := startReceiver(client, cfg, lo, lanes, remoteLog, logf)
 	if err != nil {
 		return nil, err
 	}
-	peer := remote.Peer()
-	peer.Dial = liveDial
 
 	var id string
 	cnt := new(shipper.Counters)
@@ -268,7 +322,7 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 		"mode": "live", "shipment": res.ID, "files": len(res.Files), "rounds": rounds,
 		"switchover_s": res.Switchover.Seconds(), "pre_switchover_hook_s": res.Hook.Seconds(),
 		"bytes_total": res.Total, "bytes_hole": res.Hole, "bytes_zero": res.Zero,
-		"bytes_data": data, "bytes_shipped": wire, "paths": nonNil(res.Files),
+		"bytes_data": data, "bytes_shipped": wire, "paths": nonNil(res.Files), "data": lo.data, "lanes": lanes,
 	}, fmt.Sprintf("restored %s (%d paths) at %s as %s in %d rounds, %s sent; switch-over %s (pre-switchover hook %s)",
 		humanBytes(res.Total), len(res.Files), opts.to, res.ID, len(res.Rounds), humanBytes(wire),
 		res.Switchover.Round(time.Millisecond), res.Hook.Round(time.Millisecond)))

@@ -20,9 +20,12 @@ import (
 // liveEnv starts sshd on loopback and returns the destination directory,
 // its ssh:// URL and the flags that reach it with the coldship built from
 // this tree as the remote receiver.
-func liveEnv(t *testing.T) (srv *sftptest.Server, dir, to string, flags []string) {
+func liveEnv(t *testing.T, opts ...sftptest.Option) (srv *sftptest.Server, dir, to string, flags []string) {
 	bin := coldshipBinary(t)
-	srv, _, auth := sftpEnv(t)
+	srv = sftptest.StartSSHD(t, opts...)
+	t.Setenv("HOME", t.TempDir())
+	t.Setenv("SSH_AUTH_SOCK", "")
+	auth := []string{"--ssh-key", srv.ClientKeyFile, "--known-hosts", srv.KnownHostsFile}
 	dir = filepath.Join(srv.Root, "vms")
 	to = fmt.Sprintf("ssh://%s@%s:%d%s", srv.User, srv.Host, srv.Port, dir)
 	return srv, dir, to, append([]string{"--live", "--remote-coldship", bin}, auth...)
@@ -237,7 +240,7 @@ func TestLiveUsage(t *testing.T) {
 		{"send", "--live", img, "--to", "sftp://h/x"},
 		{"send", "--live", img, "--to", "ssh://h/x", "-r", rcpt},
 		{"send", "--live", img, "--to", "ssh://h/x", "--data", "udp"},
-		{"send", "--live", img, "--to", "ssh://h/x", "--streams", "4"},
+		{"send", "--live", img, "--to", "ssh://h/x", "--streams", "65"},
 		{"send", "--live", img, "--to", "ssh://h/x", "--remote-hook", "pre-send=true"},
 		{"send", "--live", "--to", "ssh://h/x"},
 		{"receive", "--live", "/srv", "--out", "x"},
@@ -256,5 +259,55 @@ func TestLiveRemoteMissing(t *testing.T) {
 	r := run(t, append(append([]string{"send", img, "--to", to}, flags...), "--remote-coldship", "/nonexistent/coldship")...)
 	if r.code != exitError || !strings.Contains(r.stderr, "--remote-coldship") {
 		t.Errorf("exit %d, want 1 and a hint at --remote-coldship; %s", r.code, r.stderr)
+	}
+}
+
+// forwardedTo returns the ports of the direct-tcpip channels that sshd
+// (logging at DEBUG1) opened to its loopback, port 0 (the probe) aside.
+func forwardedTo(log string) []string {
+	var ports []string
+	for _, line := range strings.Split(log, "\n") {
+		if _, after, ok := strings.Cut(line, "server_request_direct_tcpip: originator"); ok {
+			if _, port, ok := strings.Cut(after, "target 127.0.0.1 port "); ok && strings.TrimSpace(port) != "0" {
+				ports = append(ports, strings.TrimSpace(port))
+			}
+		}
+	}
+	return ports
+}
+
+// TestLiveSSHLanes carries the blocks of --data ssh over several SSH
+// channels of the one connection: sshd shows a forwarded channel per lane
+// to the receiver's listener on its loopback, and the image arrives whole.
+func TestLiveSSHLanes(t *testing.T) {
+	srv, dir, to, flags := liveEnv(t, sftptest.Verbose())
+	img := filepath.Join(t.TempDir(), "disk.img")
+	makeImage(t, img, 24<<20, region{0, 20 << 20, "random"})
+	r := mustRun(t, append([]string{"send", img, "--to", to, "--streams", "3"}, flags...)...)
+	sameFile(t, img, filepath.Join(dir, "disk.img"))
+	ports := forwardedTo(srv.Log())
+	if len(ports) != 3 {
+		t.Fatalf("sshd forwarded %d channels (%v), want one per lane (3)\n%s", len(ports), ports, r.stderr)
+	}
+	for _, p := range ports[1:] {
+		if p != ports[0] {
+			t.Errorf("lanes went to ports %v, want the receiver's one", ports)
+		}
+	}
+	if strings.Contains(r.stderr, "forward") {
+		t.Errorf("a notice about forwarding although sshd forwards: %s", r.stderr)
+	}
+}
+
+// TestLiveSSHNoForwarding falls back to the one SSH channel, saying so,
+// when sshd does not forward TCP connections.
+func TestLiveSSHNoForwarding(t *testing.T) {
+	_, dir, to, flags := liveEnv(t, sftptest.NoForwarding())
+	img := filepath.Join(t.TempDir(), "disk.img")
+	makeImage(t, img, 8<<20, region{0, 6 << 20, "random"})
+	r := mustRun(t, append([]string{"send", img, "--to", to}, flags...)...)
+	sameFile(t, img, filepath.Join(dir, "disk.img"))
+	if !strings.Contains(r.stderr, "AllowTcpForwarding") || !strings.Contains(r.stderr, "one SSH channel") {
+		t.Errorf("no notice of the fallback: %s", r.stderr)
 	}
 }

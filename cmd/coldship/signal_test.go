@@ -20,7 +20,7 @@ var (
 
 // coldshipBinary builds the command once, for tests that need a real
 // process (signals, exit statuses as the shell sees them).
-func coldshipBinary(t *testing.T) string {
+func coldshipBinary(t testing.TB) string {
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "coldship-bin-")
 		if err != nil {

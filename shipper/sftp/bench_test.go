@@ -72,7 +72,7 @@ func BenchmarkPut(b *testing.B) {
 	}
 }
 
-// BenchmarkStreams puts one 64 MiB object per connection at once through
+// BenchmarkStreams puts one 64 MiB object per stream (SFTP channel) at once through
 // the forwarder's delay line, which makes every round trip take rtt longer
 // without limiting bandwidth: the flow-control windows of SSH are then the
 // limit, as on a long fat link. It is the measurement behind

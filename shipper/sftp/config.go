@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"net/url"
@@ -19,45 +20,81 @@ import (
 	"github.com/kevinburke/ssh_config"
 )
 
-// When Config.Streams is zero a Transport picks the number of SSH
-// connections from the round trip it measures on the first one (AutoStreams).
+// When Config.Streams is zero a Transport picks the number of SFTP
+// sessions (streams) from the round trip it measures on the first
+// connection (AutoStreams), and spreads them over SSH connections (Plan).
 //
-// Each Put or Open runs on one connection, whose single SFTP channel moves
-// at most its flow-control window per round trip: OpenSSH's sshd offers
-// 2 MiB and tops it up when half is used, x/crypto/ssh's client window for
-// downloads is 2 MiB too. Measured through the test harness's delay line
-// (BenchmarkStreams, one 64 MiB object per connection at once), that is
-// ~1.4 MiB per round trip per connection, and it scales linearly with
-// connections:
+// Each Put or Open of a segment runs on one session, a channel of its own,
+// which moves at most its flow-control window per round trip: OpenSSH's
+// sshd offers 2 MiB and tops it up when half is used, x/crypto/ssh's
+// client window for downloads is 2 MiB too. Measured through the test
+// harness's delay line, that is ~1.4 MiB per round trip per channel
+// (15 MB/s at 100 ms, 7.5 MB/s at 200 ms), and it scales linearly with
+// channels, whether they share a connection or not. Channels on one
+// connection cost no handshake and no slot of sshd's MaxStartups; OpenSSH
+// allows 10 per connection (MaxSessions).
 //
-//	connections        1      2      4      8     16
-//	RTT 100 ms      15 MB/s  29     57    108    189
-//	RTT 200 ms     7.5 MB/s  14     29     57    109
-//
-// On a short link the window is no limit and a connection beyond what the
-// sender's cores can fill costs CPU at both ends (an sshd process each, and
-// a sync of every object): one connection puts 256 MiB at 260-460 MB/s,
-// about what one core seals, and a 1 GiB send on loopback (two cores shared
-// with sshd) used 1.7 s of sshd CPU with 2 connections, 2.0 s with 4 and
-// 2.75 s with 8, with the same or a longer wall time. So the fewest is one
-// connection per CPU, from 2 to 4. Through toxiproxy at 100 ms RTT the same
-// send took 10.7 s with 8 connections, 8.3 s with 12 and 7.8 s with 16.
+// The number of streams covers the bandwidth-delay product of the most
+// this machine can feed: feedRatePerCPU per CPU, times the round trip,
+// over one channel's bytes per round trip. On a short link the window is
+// no limit and a stream beyond what the sender's cores can fill costs CPU
+// at both ends (a sync of every object; an sshd process per connection):
+// one per CPU, from 2 to 4, each on a connection of its own so that sshd
+// decrypts on every core.
 const (
-	// MaxAutoStreams bounds the automatic choice: one more connection per
-	// streamRTT of round trip, from MinAutoStreams up to 16 from 100 ms.
-	MaxAutoStreams = 16
-	streamRTT      = 6250 * time.Microsecond
+	// MaxAutoStreams bounds the automatic choice, and with it the memory
+	// of that many transfers at once (a receive holds 2.5 MiB of reads
+	// in flight, and two blocks, for each).
+	MaxAutoStreams = 32
+
+	// maxChannelsPerLink is OpenSSH's default MaxSessions.
+	maxChannelsPerLink = 10
+
+	// channelBytesPerRTT is what one SFTP channel moves per round trip.
+	channelBytesPerRTT = 1400 << 10
+
+	// feedRatePerCPU is what one CPU seals and encrypts for SSH, in bytes
+	// per second (a 1 GiB send on loopback: ~530 MB/s on two cores, sshd
+	// included).
+	feedRatePerCPU = 256 << 20
 )
 
-// MinAutoStreams is the fewest connections of the automatic choice: one
-// per CPU of this machine, at least 2 (one can wait on the server's sync of
+// MinAutoStreams is the fewest streams of the automatic choice: one per
+// CPU of this machine, at least 2 (one can wait on the server's sync of
 // an object while the other moves data) and at most 4.
 func MinAutoStreams() int { return min(max(runtime.NumCPU(), 2), 4) }
 
-// AutoStreams is the number of connections for a measured round trip.
+// AutoStreams is the number of streams for a measured round trip: enough
+// channels to keep feedRatePerCPU per CPU in flight.
 func AutoStreams(rtt time.Duration) int {
-	n := int((rtt + streamRTT - 1) / streamRTT)
+	bdp := float64(feedRatePerCPU*runtime.NumCPU()) * rtt.Seconds()
+	n := int(math.Ceil(bdp / channelBytesPerRTT))
 	return min(max(n, MinAutoStreams()), MaxAutoStreams)
+}
+
+// Plan spreads streams (0: AutoStreams of rtt) over SSH connections: at
+// most maxChannelsPerLink to a connection, and at least MinAutoStreams
+// connections, so that the server's side of each runs on a core of its
+// own. A tunnelled connection (ProxyJump, ProxyCommand) travels in a
+// channel of a jump host's connection, whose window would cap all of its
+// channels at one's throughput: one stream each. It returns the number of
+// streams of each connection.
+func Plan(rtt time.Duration, streams int, tunnelled bool) []int {
+	if streams <= 0 {
+		streams = AutoStreams(rtt)
+	}
+	links := max((streams+maxChannelsPerLink-1)/maxChannelsPerLink, min(streams, MinAutoStreams()))
+	if tunnelled {
+		links = streams
+	}
+	per := make([]int, links)
+	for i := range per {
+		per[i] = streams / links
+		if i < streams%links {
+			per[i]++
+		}
+	}
+	return per
 }
 
 // maxHandshakes is how many connections of one Transport authenticate at
@@ -200,6 +237,9 @@ type destination struct {
 	knownHosts      []string // read for verification
 	knownHostsWrite string   // where AcceptNewHostKey appends
 	hashKnownHosts  bool
+
+	jumps        []*destination // ProxyJump's hosts, in order
+	proxyCommand string         // ProxyCommand, its tokens expanded
 }
 
 // keySource says where the key files come from: a missing file named on
@@ -219,18 +259,112 @@ func (d *destination) String() string {
 	return Config{User: d.user, Host: d.alias, Port: d.port, Path: d.root}.String()
 }
 
-// resolve applies ssh_config and the defaults to cfg.
+// resolve applies ssh_config and the defaults to cfg, and to each of its
+// jump hosts.
 func resolve(cfg Config) (*destination, error) {
 	if cfg.Host == "" {
 		return nil, errors.New("sftp: no host")
 	}
-	home, _ := os.UserHomeDir()
-	local := currentUser()
-
+	home := homeDir()
 	sc, err := loadSSHConfig(cfg.SSHConfig, home, cfg.Stderr)
 	if err != nil {
 		return nil, err
 	}
+	d, err := resolveHost(cfg, sc, home)
+	if err != nil {
+		return nil, err
+	}
+	switch proxyKey(sc, cfg.Host) {
+	case "proxycommand":
+		v, _ := sc.Get(cfg.Host, "ProxyCommand")
+		if v = strings.TrimSpace(v); !strings.EqualFold(v, "none") {
+			tokens := tokenExpander{home: home, local: currentUser(), host: d.host, alias: cfg.Host, user: d.user, port: d.port}
+			d.proxyCommand = tokens.expand(v)
+		}
+	case "proxyjump":
+		v, _ := sc.Get(cfg.Host, "ProxyJump")
+		if v = strings.TrimSpace(v); strings.EqualFold(v, "none") || v == "" {
+			break
+		}
+		for _, spec := range strings.Split(v, ",") {
+			hop, err := parseHop(strings.TrimSpace(spec))
+			if err != nil {
+				return nil, fmt.Errorf("ssh_config: Host %s: ProxyJump: %w", cfg.Host, err)
+			}
+			hop.KeyFiles, hop.KnownHosts, hop.Stderr = cfg.KeyFiles, cfg.KnownHosts, cfg.Stderr
+			jd, err := resolveHost(hop, sc, home)
+			if err != nil {
+				return nil, fmt.Errorf("ProxyJump %s: %w", spec, err)
+			}
+			d.jumps = append(d.jumps, jd)
+		}
+	}
+	return d, nil
+}
+
+// homeDir is $HOME, or else the login directory the password database
+// gives (a cron job or a systemd unit may run without HOME).
+func homeDir() string {
+	if h := os.Getenv("HOME"); h != "" {
+		return h
+	}
+	if u, err := user.Current(); err == nil {
+		return u.HomeDir
+	}
+	return ""
+}
+
+// proxyKey says which of ProxyJump and ProxyCommand applies to alias,
+// "proxyjump", "proxycommand" or "": whichever comes first, as OpenSSH
+// takes the first value it obtains and either one prevents the other.
+func proxyKey(sc *ssh_config.Config, alias string) string {
+	if sc == nil {
+		return ""
+	}
+	for _, h := range sc.Hosts {
+		if !h.Matches(alias) {
+			continue
+		}
+		for _, n := range h.Nodes {
+			switch n := n.(type) {
+			case *ssh_config.KV:
+				if k := strings.ToLower(n.Key); k == "proxyjump" || k == "proxycommand" {
+					return k
+				}
+			case *ssh_config.Include:
+				if n.Get(alias, "ProxyJump") != "" {
+					return "proxyjump"
+				}
+				if n.Get(alias, "ProxyCommand") != "" {
+					return "proxycommand"
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// parseHop parses one jump host of ProxyJump: [user@]host[:port] or
+// ssh://[user@]host[:port].
+func parseHop(spec string) (Config, error) {
+	if spec == "" {
+		return Config{}, errors.New("an empty jump host")
+	}
+	raw := spec
+	if !strings.Contains(spec, "://") {
+		raw = "ssh://" + spec
+	}
+	cfg, err := ParseSSHURL(raw)
+	if err != nil || cfg.Path != "" {
+		return Config{}, fmt.Errorf("jump host %q: want [user@]host[:port]", spec)
+	}
+	return cfg, nil
+}
+
+// resolveHost applies the ssh_config entry of cfg.Host and the defaults.
+func resolveHost(cfg Config, sc *ssh_config.Config, home string) (*destination, error) {
+	local := currentUser()
+	var err error
 	get := func(key string) string {
 		if sc == nil {
 			return ""

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"os/user"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -106,24 +107,126 @@ Host *.example.org
 	}
 }
 
+// TestResolveProxy reads ProxyJump and ProxyCommand: each jump host
+// resolved through ssh_config like a destination, the command's tokens
+// expanded, whichever of the two comes first applying, "none" turning
+// either off.
+func TestResolveProxy(t *testing.T) {
+	t.Setenv("HOME", "/home/op")
+	sshConfig := filepath.Join(t.TempDir(), "config")
+	os.WriteFile(sshConfig, []byte(`
+Host target
+    HostName 192.0.2.7
+    Port 2200
+    User shipper
+    ProxyJump bastion, alice@192.0.2.1:2022
+    ProxyCommand nc %h %p
+
+Host cmd
+    HostName 192.0.2.8
+    ProxyCommand ssh -W %h:%p -l %r gw %n %% %d
+    ProxyJump bastion
+
+Host nojump
+    ProxyJump none
+
+Host bastion
+    HostName gw.example.org
+    User jumper
+    IdentityFile ~/.ssh/gw
+    UserKnownHostsFile ~/.ssh/gw_hosts
+
+Host bad
+    ProxyJump a,,b
+`), 0o600)
+
+	d, err := resolve(Config{Host: "target", SSHConfig: sshConfig})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.proxyCommand != "" || len(d.jumps) != 2 {
+		t.Fatalf("target: command %q, %d jump hosts; want ProxyJump's two (it comes first)", d.proxyCommand, len(d.jumps))
+	}
+	j0, j1 := d.jumps[0], d.jumps[1]
+	if j0.alias != "bastion" || j0.host != "gw.example.org" || j0.port != 22 || j0.user != "jumper" ||
+		!reflect.DeepEqual(j0.keyFiles, []string{"/home/op/.ssh/gw"}) || j0.knownHostsWrite != "/home/op/.ssh/gw_hosts" {
+		t.Errorf("first jump host: %+v", *j0)
+	}
+	if j1.host != "192.0.2.1" || j1.port != 2022 || j1.user != "alice" || j1.keySource != keysDefault {
+		t.Errorf("second jump host: %+v", *j1)
+	}
+	if len(j0.jumps) != 0 || j0.proxyCommand != "" {
+		t.Errorf("a jump host has a route of its own: %+v", *j0)
+	}
+
+	d, err = resolve(Config{Host: "cmd", User: "bob", SSHConfig: sshConfig})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "ssh -W 192.0.2.8:22 -l bob gw cmd % /home/op"; d.proxyCommand != want || len(d.jumps) != 0 {
+		t.Errorf("cmd: command %q, %d jump hosts; want %q alone (it comes first)", d.proxyCommand, len(d.jumps), want)
+	}
+	if d, err := resolve(Config{Host: "nojump", SSHConfig: sshConfig}); err != nil || len(d.jumps) != 0 || d.proxyCommand != "" {
+		t.Errorf("ProxyJump none: %+v, %v", d, err)
+	}
+	if _, err := resolve(Config{Host: "bad", SSHConfig: sshConfig}); err == nil || !strings.Contains(err.Error(), "ProxyJump") {
+		t.Errorf("an empty jump host: err = %v", err)
+	}
+	// --ssh-key and --known-hosts apply to every hop.
+	d, err = resolve(Config{Host: "target", SSHConfig: sshConfig, KeyFiles: []string{"/k"}, KnownHosts: "/kh"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(d.jumps[0].keyFiles, []string{"/k"}) || d.jumps[0].knownHostsWrite != "/kh" {
+		t.Errorf("the flags do not reach the jump host: %+v", *d.jumps[0])
+	}
+}
+
+// TestHomeFromPasswd finds ~ in the password database when HOME is unset
+// (cron, systemd units), for the default keys and known_hosts.
+func TestHomeFromPasswd(t *testing.T) {
+	u, err := user.Current()
+	if err != nil || u.HomeDir == "" {
+		t.Skipf("no home folder in the password database: %v", err)
+	}
+	t.Setenv("HOME", "")
+	if got := homeDir(); got != u.HomeDir {
+		t.Errorf("homeDir() without HOME = %q, want %q", got, u.HomeDir)
+	}
+	d, err := resolve(Config{Host: "h", SSHConfig: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.keyFiles[0] != filepath.Join(u.HomeDir, ".ssh", "id_ed25519") || d.knownHostsWrite != filepath.Join(u.HomeDir, ".ssh", "known_hosts") {
+		t.Errorf("without HOME: keys %v, known_hosts %s; want them under %s", d.keyFiles, d.knownHostsWrite, u.HomeDir)
+	}
+}
+
 func TestClassify(t *testing.T) {
 	tr := &Transport{dest: &destination{user: "u", alias: "h"}}
 	tests := []struct {
+		op        string
 		err       error
 		sentinel  error
 		permanent bool
 	}{
-		{fs.ErrNotExist, shipper.ErrNotFound, false},
-		{&sftpclient.StatusError{Code: fxNoSuchPath}, shipper.ErrNotFound, false},
-		{fs.ErrPermission, shipper.ErrPermanent, true},
-		{&sftpclient.StatusError{Code: fxWriteProtect}, shipper.ErrPermanent, true},
-		{&sftpclient.StatusError{Code: fxNoSpace}, shipper.ErrPermanent, true},
-		{&sftpclient.StatusError{Code: fxQuotaExceeded}, shipper.ErrPermanent, true},
-		{&sftpclient.StatusError{Code: fxFailure}, nil, false},
-		{sftpclient.ErrSSHFxConnectionLost, nil, false},
+		{"open", fs.ErrNotExist, shipper.ErrNotFound, false},
+		{"stat", &sftpclient.StatusError{Code: fxNoSuchPath}, shipper.ErrNotFound, false},
+		{"create", fs.ErrPermission, shipper.ErrPermanent, true},
+		{"write", &sftpclient.StatusError{Code: fxWriteProtect}, shipper.ErrPermanent, true},
+		{"write", &sftpclient.StatusError{Code: fxNoSpace}, shipper.ErrPermanent, true},
+		{"write", &sftpclient.StatusError{Code: fxQuotaExceeded}, shipper.ErrPermanent, true},
+		{"create directory", &notDirError{"/r"}, shipper.ErrPermanent, true},
+		// pwrite and fsync fail only for what a retry does not mend (OpenSSH
+		// says "failure" for an exceeded quota); opening may fail for a
+		// lack of descriptors on the server, which passes.
+		{"write", &sftpclient.StatusError{Code: fxFailure}, shipper.ErrPermanent, true},
+		{"sync", &sftpclient.StatusError{Code: fxFailure}, shipper.ErrPermanent, true},
+		{"create", &sftpclient.StatusError{Code: fxFailure}, nil, false},
+		{"write", sftpclient.ErrSSHFxConnectionLost, nil, false},
 	}
 	for _, tc := range tests {
-		err := tr.classify(nil, "write", "/r/.x.tmp-1", tc.err)
+		err := tr.classify(nil, tc.op, "/r/.x.tmp-1", tc.err)
 		if tc.sentinel != nil && !errors.Is(err, tc.sentinel) {
 			t.Errorf("classify(%v) = %v, want %v", tc.err, err, tc.sentinel)
 		}

@@ -66,14 +66,16 @@ func cipherOffer() []string {
 	return out
 }
 
-// conn is one SSH connection with its SFTP session.
+// conn is one SFTP session: an SSH channel running the server's sftp
+// subsystem, over one of the pool's SSH connections.
 type conn struct {
-	ssh  *ssh.Client
-	sftp *sftpclient.Client
-	done chan struct{} // closed once the connection is dead
+	session *ssh.Session
+	sftp    *sftpclient.Client
+	done    chan struct{} // closed once the session is dead
 
 	fsync       bool // fsync@openssh.com
 	posixRename bool // posix-rename@openssh.com
+	hardlink    bool // hardlink@openssh.com
 	statvfs     bool // statvfs@openssh.com
 	packet      int  // bytes of data per read or write request
 }
@@ -90,57 +92,228 @@ func (c *conn) alive() bool {
 	}
 }
 
-// close ends the connection at once: the SFTP session's own close would
-// wait a round trip for the server's answer, and every call on it has had
-// its answer already.
+// close ends the session at once, leaving its SSH connection up: the SFTP
+// client's own close would wait a round trip for the server to hang up,
+// and every call on it has had its answer already.
 func (c *conn) close() {
-	c.ssh.Close()
-	c.sftp.Close()
+	c.session.Close()
+	go c.sftp.Close()
 }
 
-// watch marks the connection dead when it ends and closes it when it stops
+// sshConn is one SSH connection of the pool.
+type sshConn struct {
+	client *ssh.Client
+	done   chan struct{} // closed once the connection is dead
+}
+
+func (sc *sshConn) alive() bool {
+	select {
+	case <-sc.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// dialSSH opens one SSH connection to the destination, at most
+// maxHandshakes at once, and watches it: it is closed when it stops
 // answering keepalives.
-func (c *conn) watch() {
-	go func() {
-		c.sftp.Wait()
-		c.ssh.Close()
-		close(c.done)
-	}()
-	keepAlive(c.ssh, c.done, c.close)
-}
-
-// dial opens one connection to the destination and its SFTP session, at
-// most maxHandshakes at once.
-func (t *Transport) dial(ctx context.Context) (*conn, error) {
+func (t *Transport) dialSSH(ctx context.Context) (*sshConn, error) {
 	select {
 	case t.handshakes <- struct{}{}:
 	case <-ctx.Done():
 		return nil, fmt.Errorf("connect to %s: %w", t.dest.addr(), ctx.Err())
 	}
 	defer func() { <-t.handshakes }()
-	var c *conn
-	_, err := t.connect(ctx, func(client *ssh.Client) (err error) {
-		c, err = newConn(client)
-		return err
-	})
+	client, err := t.connect(ctx)
 	if err != nil {
 		return nil, err
 	}
-	go c.watch()
+	sc := &sshConn{client: client, done: make(chan struct{})}
+	go func() {
+		client.Wait()
+		close(sc.done)
+	}()
+	go keepAlive(client, sc.done, func() { client.Close() })
+	return sc, nil
+}
+
+// openSession starts an SFTP session on sc. With probe, it also measures
+// the round trip: a keepalive request sent once the channel is open and
+// answered by sshd itself, at once. (The first request after
+// authentication waits for the server's own setup, tens of milliseconds on
+// loopback, and would pass for a long link.)
+func openSession(ctx context.Context, sc *sshConn, probe bool) (*conn, time.Duration, error) {
+	type result struct {
+		c   *conn
+		rtt time.Duration
+		err error
+	}
+	// The SSH library's calls take no context: a connection that hangs
+	// is closed by its keepalives, and ctx ends the wait for it here.
+	res := make(chan result, 1)
+	go func() {
+		var r result
+		r.c, r.rtt, r.err = startSFTP(sc, probe)
+		res <- r
+	}()
+	select {
+	case r := <-res:
+		return r.c, r.rtt, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-res; r.c != nil {
+				r.c.close()
+			}
+		}()
+		return nil, 0, ctx.Err()
+	}
+}
+
+func startSFTP(sc *sshConn, probe bool) (*conn, time.Duration, error) {
+	session, err := sc.client.NewSession()
+	if err != nil {
+		var refused *ssh.OpenChannelError
+		if errors.As(err, &refused) {
+			return nil, 0, &channelRefusedError{refused}
+		}
+		return nil, 0, fmt.Errorf("open an SSH channel: %w", err)
+	}
+	rtt := make(chan time.Duration, 1)
+	if probe {
+		// Sent before the subsystem request, which it does not delay.
+		go func() {
+			start := time.Now()
+			if _, _, err := sc.client.SendRequest("keepalive@openssh.com", true, nil); err != nil {
+				rtt <- 0
+				return
+			}
+			rtt <- time.Since(start)
+		}()
+	} else {
+		rtt <- 0
+	}
+	c, err := newConn(sc, session)
+	if err != nil {
+		session.Close()
+		return nil, 0, err
+	}
+	return c, <-rtt, nil
+}
+
+// channelRefusedError is a server's refusal to open one more channel on a
+// connection: OpenSSH refuses sessions beyond its MaxSessions.
+type channelRefusedError struct{ err *ssh.OpenChannelError }
+
+func (e *channelRefusedError) Error() string {
+	return "the server refused another SFTP channel on the connection: " + e.err.Error()
+}
+
+// newConn starts the sftp subsystem in session.
+func newConn(sc *sshConn, session *ssh.Session) (*conn, error) {
+	stdin, err := session.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := session.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := session.RequestSubsystem("sftp"); err != nil {
+		return nil, fmt.Errorf("start the sftp subsystem: %w", err)
+	}
+	sc2, err := sftpclient.NewClientPipe(stdout, stdin,
+		sftpclient.UseConcurrentWrites(true),
+		sftpclient.UseConcurrentReads(true),
+		sftpclient.UseFstat(true),
+		sftpclient.MaxConcurrentRequestsPerFile(inFlightPerFile/defaultPacket),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("start sftp session: %w", err)
+	}
+	c := &conn{session: session, sftp: sc2, done: make(chan struct{}), packet: defaultPacket}
+	go func() {
+		select {
+		case <-sc.done:
+			c.close()
+		case <-waitChan(sc2.Wait):
+		}
+		close(c.done)
+	}()
+	c.fsync = hasExtension(sc2, "fsync@openssh.com")
+	c.posixRename = hasExtension(sc2, "posix-rename@openssh.com")
+	c.hardlink = hasExtension(sc2, "hardlink@openssh.com")
+	c.statvfs = hasExtension(sc2, "statvfs@openssh.com")
+	// Larger requests only for OpenSSH's own sftp-server, which says so
+	// with limits@openssh.com; the client's options apply to a client
+	// not yet used.
+	if hasExtension(sc2, "limits@openssh.com") && strings.HasPrefix(string(sc.client.ServerVersion()), "SSH-2.0-OpenSSH_") {
+		c.packet = openSSHPacket
+		for _, opt := range []sftpclient.ClientOption{
+			sftpclient.MaxPacketUnchecked(c.packet),
+			sftpclient.MaxConcurrentRequestsPerFile(c.requests()),
+		} {
+			if err := opt(sc2); err != nil {
+				c.close()
+				return nil, err
+			}
+		}
+	}
 	return c, nil
 }
 
-// connect opens one SSH connection to the destination: the host key
-// checked against known_hosts, the user authenticated, the server's
-// preferred cipher chosen from ours. setup runs on the new client within
-// the same deadline and cancellation; if it fails the client is closed.
-func (t *Transport) connect(ctx context.Context, setup func(*ssh.Client) error) (*ssh.Client, error) {
-	d := t.dest
-	hostKeyCallback, algos, refused, err := t.hostKeys.prepare()
+// waitChan returns a channel closed when wait returns.
+func waitChan(wait func() error) <-chan struct{} {
+	ch := make(chan struct{})
+	go func() {
+		wait()
+		close(ch)
+	}()
+	return ch
+}
+
+// connect opens one SSH connection to the destination: directly, through
+// its ProxyCommand or through its jump hosts, then the SSH handshake.
+func (t *Transport) connect(ctx context.Context) (*ssh.Client, error) {
+	deadline := time.Now().Add(handshakeTimeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	nc, err := t.route.dial(ctx, t.target.d, deadline, t.banner)
 	if err != nil {
 		return nil, err
 	}
-	auth := t.auth.begin()
+	return t.target.handshake(ctx, nc, deadline, t.banner)
+}
+
+// endpoint is an SSH server that coldship authenticates to: the
+// destination, or one of its jump hosts, each with the host keys and user
+// keys that its ssh_config entry gives.
+type endpoint struct {
+	d        *destination
+	hostKeys *hostKeyChecker
+	auth     *authenticator
+}
+
+func newEndpoint(d *destination, cfg Config) (*endpoint, error) {
+	auth, err := newAuthenticator(d, cfg.AskPass)
+	if err != nil {
+		return nil, err
+	}
+	return &endpoint{d: d, hostKeys: &hostKeyChecker{d: d, accept: cfg.AcceptNewHostKey, stderr: cfg.Stderr}, auth: auth}, nil
+}
+
+// handshake runs the SSH handshake over nc, which it owns: the host key
+// checked against known_hosts, the user authenticated, the server's
+// preferred cipher chosen from ours, all before deadline or ctx's end.
+func (e *endpoint) handshake(ctx context.Context, conn net.Conn, deadline time.Time, banner ssh.BannerCallback) (*ssh.Client, error) {
+	d := e.d
+	hostKeyCallback, algos, refused, err := e.hostKeys.prepare()
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	auth := e.auth.begin()
 	defer auth.close()
 
 	config := &ssh.ClientConfig{
@@ -148,20 +321,11 @@ func (t *Transport) connect(ctx context.Context, setup func(*ssh.Client) error) 
 		HostKeyCallback:   hostKeyCallback,
 		HostKeyAlgorithms: algos,
 		AuthCallback:      auth.callback,
-		BannerCallback:    t.banner,
+		BannerCallback:    banner,
 	}
 	config.Ciphers = cipherOffer()
 
-	deadline := time.Now().Add(handshakeTimeout)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
-	}
-	dialer := net.Dialer{Deadline: deadline, KeepAlive: keepaliveInterval}
-	tcp, err := dialer.DialContext(ctx, "tcp", d.addr())
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", d.addr(), err)
-	}
-	nc := newBatchConn(tcp)
+	nc := newBatchConn(conn)
 	nc.SetDeadline(deadline)
 	interrupt := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
 
@@ -169,11 +333,6 @@ func (t *Transport) connect(ctx context.Context, setup func(*ssh.Client) error) 
 	sc, chans, reqs, err := ssh.NewClientConn(nc, d.addr(), config)
 	if err == nil {
 		client = ssh.NewClient(sc, chans, reqs)
-		if setup != nil {
-			if err = setup(client); err != nil {
-				client.Close()
-			}
-		}
 	}
 	if !interrupt() && err == nil {
 		client.Close()
@@ -202,39 +361,6 @@ func (t *Transport) connect(ctx context.Context, setup func(*ssh.Client) error) 
 	return client, nil
 }
 
-// newConn starts an SFTP session on client.
-func newConn(client *ssh.Client) (*conn, error) {
-	sc2, err := sftpclient.NewClient(client,
-		sftpclient.UseConcurrentWrites(true),
-		sftpclient.UseConcurrentReads(true),
-		sftpclient.UseFstat(true),
-		sftpclient.MaxConcurrentRequestsPerFile(inFlightPerFile/defaultPacket),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("start sftp session: %w", err)
-	}
-	c := &conn{ssh: client, sftp: sc2, done: make(chan struct{}), packet: defaultPacket}
-	c.fsync = hasExtension(sc2, "fsync@openssh.com")
-	c.posixRename = hasExtension(sc2, "posix-rename@openssh.com")
-	c.statvfs = hasExtension(sc2, "statvfs@openssh.com")
-	// Larger requests only for OpenSSH's own sftp-server, which says so
-	// with limits@openssh.com; the client's options apply to a client
-	// not yet used.
-	if hasExtension(sc2, "limits@openssh.com") && strings.HasPrefix(string(client.ServerVersion()), "SSH-2.0-OpenSSH_") {
-		c.packet = openSSHPacket
-		for _, opt := range []sftpclient.ClientOption{
-			sftpclient.MaxPacketUnchecked(c.packet),
-			sftpclient.MaxConcurrentRequestsPerFile(c.requests()),
-		} {
-			if err := opt(sc2); err != nil {
-				sc2.Close()
-				return nil, err
-			}
-		}
-	}
-	return c, nil
-}
-
 func hasExtension(c *sftpclient.Client, name string) bool {
 	_, ok := c.HasExtension(name)
 	return ok
@@ -249,37 +375,29 @@ func (t *Transport) banner(msg string) error {
 	return nil
 }
 
-// stream is one slot of the connection pool. Its connection is re-dialed
-// when it broke.
-type stream struct {
-	t       *Transport
-	load    atomic.Int64         // calls and open readers using the stream
-	live    atomic.Pointer[conn] // c, for acquire, which must not wait for a re-dial
-	dialing atomic.Bool          // its first connection is being made
-
-	mu sync.Mutex // held while re-dialing
-	c  *conn
+// link is one SSH connection of the pool, which its streams share: each
+// runs an SFTP session in a channel of its own over it. A link that broke
+// is dialed again by the first stream that needs it.
+type link struct {
+	t    *Transport
+	mu   sync.Mutex // held while dialing
+	sc   *sshConn
+	live atomic.Pointer[sshConn] // sc, for LinkStats
 }
 
-// set makes c the stream's connection; the caller holds s.mu or owns s.
-func (s *stream) set(c *conn) {
-	s.c = c
-	s.live.Store(c)
-}
-
-// get returns the stream's live connection, re-dialing it if it broke.
-func (s *stream) get(ctx context.Context) (*conn, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.t.closed.Load() {
+// get returns the link's connection, dialing it again if it broke.
+func (l *link) get(ctx context.Context) (*sshConn, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.t.closed.Load() {
 		return nil, errClosed
 	}
-	if s.c != nil && s.c.alive() {
-		return s.c, nil
+	if l.sc != nil && l.sc.alive() {
+		return l.sc, nil
 	}
-	if s.c != nil {
-		s.c.close()
-		s.set(nil)
+	if l.sc != nil {
+		l.sc.client.Close()
+		l.set(nil)
 	}
 	var err error
 	for attempt := range redialAttempts {
@@ -288,20 +406,19 @@ func (s *stream) get(ctx context.Context) (*conn, error) {
 			select {
 			case <-ctx.Done():
 				timer.Stop()
-				return nil, fmt.Errorf("reconnect to %s: %w (after %v)", s.t.dest.addr(), ctx.Err(), err)
+				return nil, fmt.Errorf("reconnect to %s: %w (after %v)", l.t.dest.addr(), ctx.Err(), err)
 			case <-timer.C:
 			}
 		}
-		var c *conn
-		c, err = s.t.dial(ctx)
+		var sc *sshConn
+		sc, err = l.t.dialSSH(ctx)
 		if err == nil {
-			s.set(c)
-			if s.t.closed.Load() { // Close ran meanwhile
-				c.close()
+			l.set(sc)
+			if l.t.closed.Load() { // Close ran meanwhile
+				sc.client.Close()
 				return nil, errClosed
 			}
-			s.t.removeOrphans(c)
-			return c, nil
+			return sc, nil
 		}
 		if errors.Is(err, shipper.ErrAuth) || ctx.Err() != nil {
 			break
@@ -310,7 +427,87 @@ func (s *stream) get(ctx context.Context) (*conn, error) {
 	return nil, err
 }
 
-// drop discards c if it is still the stream's connection.
+// set makes sc the link's connection; the caller holds l.mu or owns l.
+func (l *link) set(sc *sshConn) {
+	l.sc = sc
+	l.live.Store(sc)
+}
+
+// stream is one slot of the pool: an SFTP session on one of the links.
+// Its session is opened again when it broke.
+type stream struct {
+	t       *Transport
+	l       *link
+	load    atomic.Int64         // calls and open readers using the stream
+	xfers   atomic.Int64         // of them, transfers (see acquire)
+	live    atomic.Pointer[conn] // c, for acquire, which must not wait for a re-dial
+	dialing atomic.Bool          // its first session is being made
+	refused atomic.Bool          // the server refused its channel: never used again
+
+	mu sync.Mutex // held while opening the session
+	c  *conn
+}
+
+// set makes c the stream's session; the caller holds s.mu or owns s.
+func (s *stream) set(c *conn) {
+	s.c = c
+	s.live.Store(c)
+}
+
+// get returns the stream's live session, opening it again (and its link's
+// connection if that broke too) when it is gone.
+func (s *stream) get(ctx context.Context) (*conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.t.closed.Load() {
+		return nil, errClosed
+	}
+	if s.refused.Load() {
+		return nil, errRefused
+	}
+	if s.c != nil && s.c.alive() {
+		return s.c, nil
+	}
+	if s.c != nil {
+		s.c.close()
+		s.set(nil)
+	}
+	for {
+		sc, err := s.l.get(ctx)
+		if err != nil {
+			return nil, err
+		}
+		c, _, err := openSession(ctx, sc, false)
+		var refused *channelRefusedError
+		switch {
+		case err == nil:
+			s.set(c)
+			if s.t.closed.Load() {
+				c.close()
+				return nil, errClosed
+			}
+			s.t.removeOrphans(c)
+			return c, nil
+		case errors.As(err, &refused):
+			s.refuse(err)
+			return nil, errRefused
+		case sc.alive() || ctx.Err() != nil:
+			return nil, err
+		}
+		// The connection broke meanwhile: the link dials it again.
+	}
+}
+
+// refuse retires a stream whose channel the server refused, saying so
+// once per Transport.
+func (s *stream) refuse(err error) {
+	s.refused.Store(true)
+	if s.t.stderr != nil && s.t.refusalShown.CompareAndSwap(false, true) {
+		fmt.Fprintf(s.t.stderr, "notice: %v; coldship goes on with fewer (is sshd's MaxSessions below %d?)\n", err, maxChannelsPerLink)
+	}
+}
+
+// drop discards c if it is still the stream's session.
 func (s *stream) drop(c *conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -325,42 +522,85 @@ func (s *stream) healthy() bool {
 	return c != nil && c.alive()
 }
 
-// acquire returns the least busy stream, preferring live connections, and
-// counts the caller on it until release. A stream still making its first
-// connection counts as busy with two calls: a call shares a live
-// connection with one other rather than wait for a new one.
-func (t *Transport) acquire() *stream {
+// acquire returns a stream for one call and counts the call on it until
+// release. A transfer (a Put of unknown or large size, a streamed Open)
+// moves data for a long time, and a session moves at most one window per
+// round trip: it gets a live stream no transfer uses, or else one still
+// being connected (and waits for it: more sessions come up in the
+// background while the first ones move data), and shares a busy one only
+// when neither exists. Any other call takes the least busy live stream.
+func (t *Transport) acquire(transfer bool) *stream {
 	t.pickMu.Lock()
 	defer t.pickMu.Unlock()
 	var best *stream
 	var bestScore int64
 	for _, s := range t.streams {
-		score := 2 * s.load.Load()
+		if s.refused.Load() {
+			continue
+		}
+		xfers, load := s.xfers.Load(), s.load.Load()
+		var score int64
 		switch {
-		case s.dialing.Load():
-			score += 4
-		case !s.healthy():
-			score++
+		case !transfer && s.healthy():
+			score = xfers + load
+		case !transfer && s.dialing.Load():
+			score = 1<<20 + load
+		case !transfer:
+			score = 1<<10 + load // opening a session costs round trips
+		case s.healthy() && xfers == 0:
+			score = load
+		case s.dialing.Load() && xfers == 0:
+			score = 1<<10 + load
+		case xfers == 0:
+			score = 1<<11 + load
+		default:
+			score = 1<<20 + 1<<10*xfers + load
 		}
 		if best == nil || score < bestScore {
 			best, bestScore = s, score
 		}
 	}
+	if best == nil {
+		// Every channel was refused: the first stream carries on, and
+		// reports the refusal when used.
+		best = t.streams[0]
+	}
 	best.load.Add(1)
+	if transfer {
+		best.xfers.Add(1)
+	}
 	return best
 }
 
-func (s *stream) release() { s.load.Add(-1) }
+func (s *stream) release(transfer bool) {
+	s.load.Add(-1)
+	if transfer {
+		s.xfers.Add(-1)
+	}
+}
 
-// do runs fn on a live connection of the least busy stream. A connection
-// that fn found broken is dropped so that the next call re-dials.
-func (t *Transport) do(ctx context.Context, fn func(c *conn) error) error {
+// session returns a live session for a call that acquired s or, when the
+// server refused s's channel, moves the call to another stream: it
+// returns the stream the call ended on, to release.
+func (t *Transport) session(ctx context.Context, s *stream, transfer bool) (*stream, *conn, error) {
+	for {
+		c, err := s.get(ctx)
+		if !errors.Is(err, errRefused) || s == t.streams[0] {
+			return s, c, err
+		}
+		s.release(transfer)
+		s = t.acquire(transfer)
+	}
+}
+
+// do runs fn on a live session of a stream that acquire picks. A session
+// that fn found broken is dropped so that the next call opens it again.
+func (t *Transport) do(ctx context.Context, transfer bool, fn func(c *conn) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	s := t.acquire()
-	defer s.release()
-	c, err := s.get(ctx)
+	s, c, err := t.session(ctx, t.acquire(transfer), transfer)
+	defer s.release(transfer)
 	if err != nil {
 		return err
 	}
@@ -371,8 +611,8 @@ func (t *Transport) do(ctx context.Context, fn func(c *conn) error) error {
 	return err
 }
 
-// checkBroken drops c if err says the connection is gone. A failing source
-// reader or a cancelled context says nothing about the connection.
+// checkBroken drops c if err says the session is gone. A failing source
+// reader or a cancelled context says nothing about the session.
 func (s *stream) checkBroken(c *conn, err error) {
 	var src *sourceError
 	switch {
@@ -402,4 +642,7 @@ func isConnError(err error) bool {
 		errors.As(err, &netErr)
 }
 
-var errClosed = errors.New("sftp transport is closed")
+var (
+	errClosed  = errors.New("sftp transport is closed")
+	errRefused = errors.New("the server refused the channel")
+)

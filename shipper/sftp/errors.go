@@ -37,7 +37,10 @@ func (t *Transport) classify(c *conn, op, p string, err error) error {
 	if errors.As(err, &status) {
 		code = status.Code
 	}
+	var notDir *notDirError
 	switch {
+	case errors.As(err, &notDir):
+		return fmt.Errorf("%s %s: %v: the destination needs a directory there (%w)", op, p, err, shipper.ErrPermanent)
 	case errors.Is(err, fs.ErrNotExist), code == fxNoSuchPath:
 		return fmt.Errorf("%s %s: %w (%w)", op, p, err, shipper.ErrNotFound)
 	case errors.Is(err, fs.ErrPermission):
@@ -52,10 +55,17 @@ func (t *Transport) classify(c *conn, op, p string, err error) error {
 		return fmt.Errorf("%s %s: no medium in the destination's drive (%w)", op, p, shipper.ErrPermanent)
 	case code == fxFileIsDirectory:
 		return fmt.Errorf("%s %s: is a directory (%w)", op, p, shipper.ErrPermanent)
-	case code == fxFailure && c != nil && c.statvfs:
+	}
+	if code == fxFailure && c != nil && c.statvfs {
 		if why := fileSystemTrouble(c, p); why != "" {
 			return fmt.Errorf("%s %s: %v; %s (%w)", op, p, err, why, shipper.ErrPermanent)
 		}
+	}
+	if code == fxFailure && (op == "write" || op == "sync") {
+		// pwrite and fsync on a regular file fail for a full disk, an
+		// exceeded quota or an I/O error, none of which a retry mends;
+		// OpenSSH reports them all as the same failure.
+		return fmt.Errorf("%s %s: %v: the server could not store it (disk quota exceeded, or an I/O error) (%w)", op, p, err, shipper.ErrPermanent)
 	}
 	return fmt.Errorf("%s %s: %w", op, p, err)
 }

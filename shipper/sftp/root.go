@@ -15,7 +15,7 @@ func (t *Transport) CheckRoot(ctx context.Context) error {
 	if root == "" {
 		return nil
 	}
-	return t.do(ctx, func(c *conn) error {
+	return t.do(ctx, false, func(c *conn) error {
 		fi, err := c.sftp.Stat(root)
 		if err != nil {
 			err = t.classify(c, "stat", root, err)

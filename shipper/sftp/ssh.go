@@ -38,22 +38,21 @@ func DialSSH(ctx context.Context, cfg Config) (*ssh.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	auth, err := newAuthenticator(d, cfg.AskPass)
-	if err != nil {
-		return nil, err
-	}
-	// A Transport without streams lends its host key checking,
+	// A Transport without streams lends its route, host key checking,
 	// authentication and banner to the one connection.
-	t := &Transport{
-		dest:     d,
-		hostKeys: &hostKeyChecker{d: d, accept: cfg.AcceptNewHostKey, stderr: cfg.Stderr},
-		auth:     auth,
-		stderr:   cfg.Stderr,
-	}
-	client, err := t.connect(ctx, nil)
+	t, err := newTransport(d, cfg)
 	if err != nil {
 		return nil, err
 	}
+	client, err := t.connect(ctx)
+	if err != nil {
+		t.route.close()
+		return nil, err
+	}
+	go func() {
+		client.Wait()
+		t.route.close()
+	}()
 	go keepAliveClient(client)
 	return client, nil
 }

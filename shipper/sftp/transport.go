@@ -17,124 +17,220 @@ import (
 	"time"
 
 	sftpclient "github.com/pkg/sftp"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/coldship/coldship/shipper"
 )
 
 // smallRead is the largest Open that is read at once into memory rather
-// than streamed.
-const smallRead = 1 << 20
+// than streamed, and smallPut the largest Put of known size that is no
+// transfer (see acquire): the objects other than segments.
+const (
+	smallRead = 1 << 20
+	smallPut  = 1 << 20
+)
 
-// Transport stores objects as files under a directory of an SFTP server. It
-// keeps several SSH connections and gives each Put or Open to the least busy
-// one; a connection that breaks is re-dialed by the next call that picks it.
+// isTransfer says whether a Put of size bytes is a transfer.
+func isTransfer(size int64) bool { return size < 0 || size > smallPut }
+
+// Transport stores objects as files under a directory of an SFTP server.
+// It keeps a pool of SFTP sessions (streams), each in an SSH channel of its
+// own, several to an SSH connection (links), and gives each Put or Open to
+// a stream that acquire picks; a session or connection that breaks is
+// opened again by the next call that picks it.
 type Transport struct {
-	dest     *destination
-	hostKeys *hostKeyChecker
-	auth     *authenticator
-	stderr   io.Writer
-	streams  []*stream
+	dest    *destination
+	target  *endpoint
+	route   *route // how connections reach the destination
+	stderr  io.Writer
+	links   []*link
+	streams []*stream
+	rtt     time.Duration // measured on the first connection
 
-	pickMu      sync.Mutex
-	closed      atomic.Bool
-	bannerShown atomic.Bool
+	pickMu       sync.Mutex
+	closed       atomic.Bool
+	bannerShown  atomic.Bool
+	refusalShown atomic.Bool
 
 	handshakes chan struct{} // a slot for each connection being made
 	stopDials  context.CancelFunc
 
 	orphanMu sync.Mutex
 	orphans  []string // temporaries left by a Put whose connection broke
+
+	dirs dirSet // folders made
 }
 
-var _ shipper.Transport = (*Transport)(nil)
+var (
+	_ shipper.Transport    = (*Transport)(nil)
+	_ shipper.LinkReporter = (*Transport)(nil)
+)
 
-// Dial resolves cfg through ssh_config, connects, authenticates and opens
-// cfg.Streams connections (without it, as many as AutoStreams says for the
-// round trip of one request on the first). The first connection is made alone, so that a
-// passphrase is asked and a new host key recorded once, and Dial returns
-// with it: the others are dialed in parallel in the background (on a
-// 100 ms link a connection takes about a second), and a call that picks
-// one of them before it is up waits for it. A stream that cannot connect
-// (sshd's MaxStartups, a transient error) is dialed again when used. The
-// remote directory is created by the first Put.
+// Dial resolves cfg through ssh_config, connects, authenticates and starts
+// the pool: cfg.Streams SFTP sessions (without it, as many as AutoStreams
+// says for the round trip measured on the first), spread over SSH
+// connections as Plan says. The first connection and its first session
+// are made alone, so that a passphrase is asked and a new host key
+// recorded once, and Dial returns with them: the other sessions of that
+// connection and the other connections are opened in parallel in the
+// background (on a 100 ms link a connection takes about a second), and a
+// transfer that picks a stream before it is up waits for it. A stream that
+// cannot connect (sshd's MaxStartups, a transient error) is opened again
+// when used; one whose channel the server refuses (MaxSessions) is
+// retired. The remote directory is created by the first Put.
 func Dial(ctx context.Context, cfg Config) (*Transport, error) {
 	d, err := resolve(cfg)
 	if err != nil {
 		return nil, err
 	}
-	n := cfg.Streams
-	if n < 0 {
-		return nil, fmt.Errorf("sftp: invalid number of streams %d", n)
+	if cfg.Streams < 0 {
+		return nil, fmt.Errorf("sftp: invalid number of streams %d", cfg.Streams)
 	}
-	auth, err := newAuthenticator(d, cfg.AskPass)
+	t, err := newTransport(d, cfg)
 	if err != nil {
 		return nil, err
 	}
-	t := &Transport{
-		dest:       d,
-		hostKeys:   &hostKeyChecker{d: d, accept: cfg.AcceptNewHostKey, stderr: cfg.Stderr},
-		auth:       auth,
-		stderr:     cfg.Stderr,
-		handshakes: make(chan struct{}, maxHandshakes),
-	}
-	first, err := t.dial(ctx)
+	sc, err := t.dialSSH(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if n == 0 {
-		start := time.Now()
-		if _, _, err := first.ssh.SendRequest("keepalive@openssh.com", true, nil); err != nil {
-			first.close()
-			return nil, fmt.Errorf("connect to %s: %w", d.addr(), err)
+	first, rtt, err := openSession(ctx, sc, true)
+	if err != nil {
+		sc.client.Close()
+		return nil, fmt.Errorf("connect to %s: %w", d.addr(), err)
+	}
+	t.rtt = rtt
+	var groups [][]*stream
+	for _, n := range Plan(rtt, cfg.Streams, t.route.tunnelled()) {
+		l := &link{t: t}
+		t.links = append(t.links, l)
+		var group []*stream
+		for range n {
+			group = append(group, &stream{t: t, l: l})
 		}
-		n = AutoStreams(time.Since(start))
+		t.streams = append(t.streams, group...)
+		groups = append(groups, group)
 	}
-	for range n {
-		t.streams = append(t.streams, &stream{t: t})
-	}
+	t.links[0].set(sc)
 	t.streams[0].set(first)
-	// The background dials outlive Dial's ctx (a deadline for connecting,
-	// often): Close stops them.
+	// The background work outlives Dial's ctx (a deadline for connecting,
+	// often): Close stops it.
 	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
 	t.stopDials = stop
-	for _, s := range t.streams[1:] {
-		// Locked before Dial returns, so that a call picking s waits for
-		// this dial rather than starting its own.
-		s.mu.Lock()
-		s.dialing.Store(true)
-		go func() {
-			defer s.mu.Unlock()
-			defer s.dialing.Store(false)
-			if c, err := t.dial(bg); err == nil {
-				s.set(c)
-				if t.closed.Load() { // Close ran meanwhile
-					c.close()
-					s.set(nil)
-				}
-			}
-		}()
+	for i, l := range t.links {
+		streams := groups[i]
+		if i == 0 {
+			streams = streams[1:]
+		}
+		// Locked before Dial returns, so that a call picking one of them
+		// waits for this rather than starting its own.
+		for _, s := range streams {
+			s.mu.Lock()
+			s.dialing.Store(true)
+		}
+		go t.fill(bg, l, streams)
 	}
 	return t, nil
 }
 
-// Streams is the number of SSH connections the Transport keeps.
+// newTransport prepares the authentication to the destination and the
+// route to it, without connecting.
+func newTransport(d *destination, cfg Config) (*Transport, error) {
+	target, err := newEndpoint(d, cfg)
+	if err != nil {
+		return nil, err
+	}
+	r, err := newRoute(d, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Transport{
+		dest:       d,
+		target:     target,
+		route:      r,
+		stderr:     cfg.Stderr,
+		handshakes: make(chan struct{}, maxHandshakes),
+	}, nil
+}
+
+// fill connects l if it is not, and opens the sessions of its streams,
+// all at once (the channels of one connection open in parallel); the
+// caller locked every stream.
+func (t *Transport) fill(ctx context.Context, l *link, streams []*stream) {
+	done := func(s *stream) {
+		s.dialing.Store(false)
+		s.mu.Unlock()
+	}
+	sc, err := l.get(ctx)
+	if err != nil {
+		for _, s := range streams {
+			done(s)
+		}
+		return
+	}
+	for _, s := range streams {
+		go func() {
+			defer done(s)
+			c, _, err := openSession(ctx, sc, false)
+			var refused *channelRefusedError
+			switch {
+			case errors.As(err, &refused):
+				s.refuse(err)
+			case err != nil:
+			case t.closed.Load(): // Close ran meanwhile
+				c.close()
+			default:
+				s.set(c)
+			}
+		}()
+	}
+}
+
+// Streams is the number of SFTP sessions the Transport keeps: how many
+// segments to move at once.
 func (t *Transport) Streams() int { return len(t.streams) }
+
+// LinkStats reports the round trip measured on the first connection and
+// the SSH connections and SFTP channels that are up.
+func (t *Transport) LinkStats() shipper.LinkStats {
+	st := shipper.LinkStats{RTT: t.rtt}
+	for _, l := range t.links {
+		if sc := l.live.Load(); sc != nil && sc.alive() {
+			st.Connections++
+		}
+	}
+	for _, s := range t.streams {
+		if s.healthy() {
+			st.Channels++
+		}
+	}
+	return st
+}
 
 // String names the destination as an sftp URL.
 func (t *Transport) String() string { return t.dest.String() }
 
 // Close closes the connections. It does not delete anything. It does not
-// wait for a re-dial in progress, which closes its connection itself.
+// wait for a dial in progress, which closes its connection itself.
 func (t *Transport) Close() error {
 	t.closed.Store(true)
 	if t.stopDials != nil {
 		t.stopDials()
+	}
+	for _, l := range t.links {
+		if l.mu.TryLock() {
+			if l.sc != nil {
+				l.sc.client.Close()
+			}
+			l.mu.Unlock()
+		}
 	}
 	for _, s := range t.streams {
 		if c := s.live.Swap(nil); c != nil {
 			c.close()
 		}
 	}
+	t.route.close()
 	return nil
 }
 
@@ -156,21 +252,47 @@ func (t *Transport) Put(ctx context.Context, name string, r io.Reader, size int6
 	if err := shipper.CheckName(name); err != nil {
 		return err
 	}
-	err := t.do(ctx, func(c *conn) error { return t.put(ctx, c, t.remote(name), r, size) })
+	err := t.do(ctx, isTransfer(size), func(c *conn) error { return t.put(ctx, c, t.remote(name), r, size, false) })
 	if err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
 	return nil
 }
 
-func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader, size int64) (err error) {
+var _ shipper.ExclusiveCreator = (*Transport)(nil)
+
+// PutNew is Put for an object that must not exist yet (a key slot): the
+// synced temporary is published with a hard link (hardlink@openssh.com),
+// or else with SFTP's own rename, which the protocol defines to fail when
+// the target exists and which OpenSSH's sftp-server implements with
+// link(2) too. Either fails when the object exists or appears meanwhile,
+// and the object is left as it was: the error then wraps
+// shipper.ErrObjectExists. (On a file system without hard links, OpenSSH
+// falls back to a check followed by a rename, which two racing writers
+// could both pass.)
+func (t *Transport) PutNew(ctx context.Context, name string, r io.Reader, size int64) error {
+	if err := shipper.CheckName(name); err != nil {
+		return err
+	}
+	err := t.do(ctx, isTransfer(size), func(c *conn) error { return t.put(ctx, c, t.remote(name), r, size, true) })
+	if err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	return nil
+}
+
+// put writes the object through a temporary; exclusive publishes it only
+// where no object exists.
+func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader, size int64, exclusive bool) (err error) {
 	dir := path.Dir(final)
 	tmp := path.Join(dir, "."+path.Base(final)+".tmp-"+randomSuffix())
 	const flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL
+	t.dirs.ensure(dir, func() { t.makeDirs(c, dir) })
 	f, err := c.sftp.OpenFile(tmp, flags)
 	if errors.Is(err, os.ErrNotExist) {
-		// Creating the directory only when needed saves a round trip per
-		// Put; it may also have been removed by a concurrent Delete.
+		// The folder was not made (the root is missing), or a Delete of
+		// its last object removed it: make it level by level, with the
+		// precise error if it cannot be.
 		if err := mkdirAll(c.sftp, dir); err != nil {
 			return t.classify(c, "create directory", dir, err)
 		}
@@ -210,14 +332,15 @@ func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader,
 		return fmt.Errorf("the source yielded %d bytes, want %d", src.n, size)
 	}
 	open = false
+	publish := t.rename
+	if exclusive {
+		publish = t.publishNew
+	}
 	if !c.fsync {
 		if err := f.Close(); err != nil {
 			return t.classify(c, "close", tmp, err)
 		}
-		if err := t.rename(c, tmp, final); err != nil {
-			return t.classify(c, "rename to", final, err)
-		}
-		return nil
+		return publish(c, tmp, final)
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
@@ -230,15 +353,64 @@ func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader,
 	// rename after the close.)
 	closed := make(chan error, 1)
 	go func() { closed <- f.Close() }()
-	rerr := t.rename(c, tmp, final)
+	perr := publish(c, tmp, final)
 	cerr := <-closed
-	if rerr != nil {
-		return t.classify(c, "rename to", final, rerr)
+	if perr != nil {
+		return perr
 	}
 	if cerr != nil {
 		return t.classify(c, "close", final, cerr)
 	}
 	return nil
+}
+
+// makeDirs makes the folders from the root down to dir, one request each
+// and whatever the answers: a new shipment's folders cost a round trip
+// each, rather than the failed create, failed folder, parent, folder and
+// create again of making them only once a create fails. An error shows in
+// the create that follows.
+func (t *Transport) makeDirs(c *conn, dir string) {
+	rel := dir
+	if t.dest.root != "" {
+		var ok bool
+		if rel, ok = strings.CutPrefix(dir, strings.TrimSuffix(t.dest.root, "/")+"/"); !ok {
+			return
+		}
+	}
+	if rel == "." || shipper.CheckName(rel) != nil {
+		return
+	}
+	parts := strings.Split(rel, "/")
+	for i := range parts {
+		c.sftp.Mkdir(t.remote(strings.Join(parts[:i+1], "/")))
+	}
+}
+
+// dirSet is the folders a Transport has made (or found), so that a Put
+// makes its folder once, and Puts into one new folder wait for the first
+// to make it rather than all trying.
+type dirSet struct {
+	mu sync.Mutex
+	m  map[string]chan struct{} // closed once made or tried
+}
+
+func (d *dirSet) ensure(dir string, mkdir func()) {
+	d.mu.Lock()
+	if d.m == nil {
+		d.m = map[string]chan struct{}{}
+	}
+	done, ok := d.m[dir]
+	if !ok {
+		done = make(chan struct{})
+		d.m[dir] = done
+	}
+	d.mu.Unlock()
+	if ok {
+		<-done
+		return
+	}
+	defer close(done)
+	mkdir()
 }
 
 // mkdirAll creates dir and its missing parents in fewer round trips than
@@ -258,11 +430,21 @@ func mkdirAll(c *sftpclient.Client, dir string) error {
 		}
 	}
 	// SFTP says only "failure" for a directory that exists (a concurrent
-	// Put made it): look.
-	if fi, serr := c.Stat(dir); serr == nil && fi.IsDir() {
-		return nil
+	// Put made it): look. A file in its place will not go away by itself.
+	if fi, serr := c.Stat(dir); serr == nil {
+		if fi.IsDir() {
+			return nil
+		}
+		return &notDirError{dir}
 	}
 	return err
+}
+
+// notDirError is a file where the destination needs a directory.
+type notDirError struct{ path string }
+
+func (e *notDirError) Error() string {
+	return e.path + " is not a directory"
 }
 
 // rename moves tmp over final. Without posix-rename@openssh.com, SFTPv3's
@@ -270,29 +452,93 @@ func mkdirAll(c *sftpclient.Client, dir string) error {
 // in which neither version of the object exists.
 func (t *Transport) rename(c *conn, tmp, final string) error {
 	if c.posixRename {
-		return c.sftp.PosixRename(tmp, final)
+		if err := c.sftp.PosixRename(tmp, final); err != nil {
+			return t.publishError(c, final, err)
+		}
+		return nil
 	}
 	err := c.sftp.Rename(tmp, final)
 	if err == nil {
 		return nil
 	}
 	if _, serr := c.sftp.Stat(final); serr != nil {
-		return err
+		return t.classify(c, "rename to", final, err)
 	}
 	if err := c.sftp.Remove(final); err != nil {
-		return err
+		return t.publishError(c, final, err)
 	}
-	return c.sftp.Rename(tmp, final)
+	if err := c.sftp.Rename(tmp, final); err != nil {
+		return t.classify(c, "rename to", final, err)
+	}
+	return nil
+}
+
+// publishNew gives tmp the name final only if final does not exist: a
+// hard link, which link(2) makes exclusive, then the temporary's removal;
+// without hardlink@openssh.com, or on a file system without hard links,
+// SFTP's rename, exclusive by the protocol.
+func (t *Transport) publishNew(c *conn, tmp, final string) error {
+	if c.hardlink {
+		err := c.sftp.Link(tmp, final)
+		if err == nil {
+			if err := c.sftp.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				t.remember(tmp)
+			}
+			return nil
+		}
+		if exists, perr := t.existing(c, final); exists || perr != nil {
+			return perr
+		}
+		if isConnError(err) {
+			return t.classify(c, "link to", final, err)
+		}
+	}
+	err := c.sftp.Rename(tmp, final)
+	if err == nil {
+		return nil
+	}
+	if exists, perr := t.existing(c, final); exists || perr != nil {
+		return perr
+	}
+	return t.classify(c, "rename to", final, err)
+}
+
+// existing says whether final exists after a failed publication, and the
+// error to report if it does: ErrObjectExists for a file, a permanent
+// error for a directory.
+func (t *Transport) existing(c *conn, final string) (bool, error) {
+	fi, err := c.sftp.Lstat(final)
+	switch {
+	case err != nil:
+		return false, nil
+	case fi.IsDir():
+		return true, fmt.Errorf("%s is a directory (%w)", final, shipper.ErrPermanent)
+	}
+	return true, fmt.Errorf("%s: %w", final, shipper.ErrObjectExists)
+}
+
+// publishError classifies a failed rename over final: a directory in the
+// way is permanent, as OpenSSH reports it only as a failure.
+func (t *Transport) publishError(c *conn, final string, err error) error {
+	if fi, serr := c.sftp.Lstat(final); serr == nil && fi.IsDir() {
+		return fmt.Errorf("rename to %s: it is a directory (%w)", final, shipper.ErrPermanent)
+	}
+	return t.classify(c, "rename to", final, err)
 }
 
 // discard removes a temporary, or remembers it for when the connection is
 // back.
 func (t *Transport) discard(c *conn, tmp string) {
 	if err := c.sftp.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
-		t.orphanMu.Lock()
-		t.orphans = append(t.orphans, tmp)
-		t.orphanMu.Unlock()
+		t.remember(tmp)
 	}
+}
+
+// remember keeps a temporary to remove once a connection is back.
+func (t *Transport) remember(tmp string) {
+	t.orphanMu.Lock()
+	t.orphans = append(t.orphans, tmp)
+	t.orphanMu.Unlock()
 }
 
 // removeOrphans removes the temporaries that broken connections left, on a
@@ -347,8 +593,8 @@ func (e *sourceError) Error() string { return "read source: " + e.err.Error() }
 func (e *sourceError) Unwrap() error { return e.err }
 
 // Open returns a reader of the object's bytes [offset, offset+length). A
-// large range is streamed with many read requests in flight; the reader
-// stops with ctx.
+// large range is streamed with several reads in flight; the reader stops
+// with ctx.
 func (t *Transport) Open(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
 	if err := shipper.CheckName(name); err != nil {
 		return nil, err
@@ -359,132 +605,95 @@ func (t *Transport) Open(ctx context.Context, name string, offset, length int64)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	s := t.acquire()
-	c, err := s.get(ctx)
+	transfer := length < 0 || length > smallRead
+	s, c, err := t.session(ctx, t.acquire(transfer), transfer)
 	if err != nil {
-		s.release()
+		s.release(transfer)
 		return nil, fmt.Errorf("open %s: %w", name, err)
 	}
-	rc, err := t.open(ctx, s, c, name, offset, length)
+	rc, err := t.open(ctx, c, name, offset, length)
 	if err != nil {
 		s.checkBroken(c, err)
-		s.release()
+		s.release(transfer)
 		return nil, fmt.Errorf("open %s: %w", name, err)
 	}
+	if rr, ok := rc.(*rangeReader); ok {
+		rr.release = func(err error) {
+			if err != nil {
+				s.checkBroken(c, err)
+			}
+			s.release(transfer)
+		}
+		return rr, nil
+	}
+	s.release(transfer)
 	return rc, nil
 }
 
-// open opens the object on c. When it returns a streaming reader, that
-// reader releases s.
-func (t *Transport) open(ctx context.Context, s *stream, c *conn, name string, offset, length int64) (io.ReadCloser, error) {
+// open opens the object on c: a small range is read at once, a large one
+// returned as a rangeReader. The size and the first bytes (all of a small
+// object) are asked for together, one round trip; the handle is closed
+// without waiting for the server's answer.
+func (t *Transport) open(ctx context.Context, c *conn, name string, offset, length int64) (io.ReadCloser, error) {
 	p := t.remote(name)
 	f, err := c.sftp.Open(p)
 	if err != nil {
 		return nil, t.classify(c, "open", p, err)
 	}
+	head := make([]byte, readChunk)
+	if length >= 0 && length < readChunk {
+		head = head[:length]
+	}
+	var m int
+	var rerr error
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		if len(head) > 0 {
+			m, rerr = f.ReadAt(head, offset)
+		}
+	}()
 	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, t.classify(c, "stat", p, err)
+	<-read
+	fail := func(err error) (io.ReadCloser, error) {
+		go f.Close()
+		return nil, err
 	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("%s is not a regular file", p)
+	switch {
+	case err != nil:
+		return fail(t.classify(c, "stat", p, err))
+	case !fi.Mode().IsRegular():
+		return fail(fmt.Errorf("%s is not a regular file (%w)", p, shipper.ErrPermanent))
+	case offset > fi.Size():
+		return fail(fmt.Errorf("offset %d beyond size %d", offset, fi.Size()))
+	case rerr != nil && rerr != io.EOF:
+		return fail(t.classify(c, "read", p, rerr))
 	}
-	size := fi.Size()
-	if offset > size {
-		f.Close()
-		return nil, fmt.Errorf("offset %d beyond size %d", offset, size)
-	}
-	n := size - offset
+	n := fi.Size() - offset
 	if length >= 0 && length < n {
 		n = length
 	}
-
+	if int64(m) < min(n, int64(len(head))) {
+		return fail(fmt.Errorf("read %s: %w (the object shrank while it was read)", p, io.ErrUnexpectedEOF))
+	}
+	head = head[:min(n, int64(len(head)))]
+	if n == int64(len(head)) {
+		go f.Close()
+		return io.NopCloser(bytes.NewReader(head)), nil
+	}
 	if n <= smallRead {
-		buf := make([]byte, n)
-		m, err := f.ReadAt(buf, offset)
-		f.Close()
-		if err != nil && err != io.EOF {
-			return nil, t.classify(c, "read", p, err)
-		}
-		s.release()
-		return io.NopCloser(bytes.NewReader(buf[:m])), nil
-	}
-
-	if _, err := f.Seek(offset, io.SeekStart); err != nil {
-		f.Close()
-		return nil, err
-	}
-	pr, pw := io.Pipe()
-	r := &objectReader{pr: pr, done: make(chan struct{})}
-	r.stop = context.AfterFunc(ctx, func() { pr.CloseWithError(ctx.Err()) })
-	go func() {
-		defer close(r.done)
-		defer s.release()
-		lw := &limitWriter{w: pw, n: n}
-		_, err := f.WriteTo(lw)
-		f.Close()
+		buf := append(head, make([]byte, n-int64(len(head)))...)
+		m, err := f.ReadAt(buf[len(head):], offset+int64(len(head)))
+		go f.Close()
 		switch {
-		case errors.Is(err, errLimitReached):
-			err = nil
-		case err == nil && lw.n > 0:
-			err = fmt.Errorf("read %s: %w (the object shrank while it was read)", p, io.ErrUnexpectedEOF)
-		case err != nil && lw.writeErr != nil:
-			// The reader was closed or its context cancelled.
-		case err != nil:
-			s.checkBroken(c, err)
-			err = t.classify(c, "read", p, err)
+		case err != nil && err != io.EOF:
+			return nil, t.classify(c, "read", p, err)
+		case m < len(buf)-len(head):
+			return nil, fmt.Errorf("read %s: %w (the object shrank while it was read)", p, io.ErrUnexpectedEOF)
 		}
-		pw.CloseWithError(err)
-	}()
-	return r, nil
-}
-
-// objectReader is the reading end of a streamed Open.
-type objectReader struct {
-	pr   *io.PipeReader
-	done chan struct{}
-	stop func() bool
-}
-
-func (r *objectReader) Read(p []byte) (int, error) { return r.pr.Read(p) }
-
-// Close stops the transfer and waits until the remote file is closed.
-func (r *objectReader) Close() error {
-	r.pr.CloseWithError(errReaderClosed)
-	<-r.done
-	r.stop()
-	return nil
-}
-
-var (
-	errReaderClosed = errors.New("read from a closed object reader")
-	errLimitReached = errors.New("read range complete")
-)
-
-// limitWriter passes on n bytes and then stops the copy that feeds it.
-type limitWriter struct {
-	w        io.Writer
-	n        int64
-	writeErr error
-}
-
-func (l *limitWriter) Write(p []byte) (int, error) {
-	short := false
-	if int64(len(p)) > l.n {
-		p, short = p[:l.n], true
+		return io.NopCloser(bytes.NewReader(buf)), nil
 	}
-	m, err := l.w.Write(p)
-	l.n -= int64(m)
-	if err != nil {
-		l.writeErr = err
-		return m, err
-	}
-	if short || l.n == 0 {
-		return m, errLimitReached
-	}
-	return m, nil
+	return newRangeReader(ctx, t, c, f, p, head, offset+int64(len(head)), n-int64(len(head))), nil
 }
 
 // Stat returns the size of the object's file.
@@ -494,13 +703,13 @@ func (t *Transport) Stat(ctx context.Context, name string) (shipper.ObjectInfo, 
 	}
 	p := t.remote(name)
 	var oi shipper.ObjectInfo
-	err := t.do(ctx, func(c *conn) error {
+	err := t.do(ctx, false, func(c *conn) error {
 		fi, err := c.sftp.Stat(p)
 		if err != nil {
 			return t.classify(c, "stat", p, err)
 		}
 		if !fi.Mode().IsRegular() {
-			return fmt.Errorf("stat %s: not a regular file", p)
+			return fmt.Errorf("stat %s: not a regular file (%w)", p, shipper.ErrPermanent)
 		}
 		oi = shipper.ObjectInfo{Name: name, Size: fi.Size()}
 		return nil
@@ -508,40 +717,81 @@ func (t *Transport) Stat(ctx context.Context, name string) (shipper.ObjectInfo, 
 	return oi, err
 }
 
-// List walks the remote root. Files and directories whose names start with
-// '.' (temporaries) are skipped, and so are directories that cannot hold a
+// listParallel bounds the directories List reads at once. Reading one
+// takes four round trips (open, read, read to its end, close), so the
+// folders of a level are read together, over several channels.
+const listParallel = 16
+
+// List walks the remote root, from the deepest folder that prefix names,
+// reading the folders of each level in parallel; fn is called from one
+// goroutine at a time. Files and directories whose names start with '.'
+// (temporaries) are skipped, and so are directories that cannot hold a
 // match.
 func (t *Transport) List(ctx context.Context, prefix string, fn func(shipper.ObjectInfo) error) error {
-	root := t.dest.root
-	if root == "" {
-		root = "."
+	start := ""
+	if i := strings.LastIndex(prefix, "/"); i > 0 && shipper.CheckName(prefix[:i]) == nil {
+		start = prefix[:i]
 	}
-	var fnErr error
-	err := t.do(ctx, func(c *conn) error {
-		return t.walk(ctx, c, root, "", prefix, func(oi shipper.ObjectInfo) error {
-			if err := fn(oi); err != nil {
-				fnErr = err
-				return err
-			}
-			return nil
-		})
-	})
-	if err != nil && fnErr != nil && errors.Is(err, fnErr) {
-		return fnErr
+	w := &walker{t: t, prefix: prefix, fn: fn, sem: make(chan struct{}, listParallel)}
+	var gctx context.Context
+	w.g, gctx = errgroup.WithContext(ctx)
+	w.g.Go(func() error { return w.walk(gctx, start, true) })
+	err := w.g.Wait()
+	switch {
+	case err == nil:
+		return nil
+	case w.fnErr != nil && errors.Is(err, w.fnErr):
+		return w.fnErr
 	}
-	if err != nil {
-		return fmt.Errorf("list %s: %w", t.dest, err)
-	}
-	return nil
+	return fmt.Errorf("list %s: %w", t.dest, err)
 }
 
-func (t *Transport) walk(ctx context.Context, c *conn, dir, rel, prefix string, fn func(shipper.ObjectInfo) error) error {
-	entries, err := c.sftp.ReadDirContext(ctx, dir)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil // a missing root holds nothing; a directory may vanish meanwhile
+// walker is one List in progress.
+type walker struct {
+	t      *Transport
+	prefix string
+	g      *errgroup.Group
+	sem    chan struct{}
+
+	mu    sync.Mutex // serialises fn
+	fn    func(shipper.ObjectInfo) error
+	fnErr error
+}
+
+// walk reads the folder rel (relative to the root) and walks the folders
+// in it that can hold a match, each in a goroutine of its own.
+func (w *walker) walk(ctx context.Context, rel string, first bool) error {
+	dir := w.t.remote(rel)
+	if rel == "" {
+		dir = w.t.remote(".")
+		if w.t.dest.root == "" {
+			dir = "."
 		}
-		return t.classify(c, "read directory", dir, err)
+	}
+	var entries []os.FileInfo
+	select {
+	case w.sem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	err := w.t.do(ctx, false, func(c *conn) error {
+		var err error
+		entries, err = c.sftp.ReadDirContext(ctx, dir)
+		switch {
+		case err == nil:
+		case !errors.Is(err, fs.ErrNotExist):
+			return w.t.classify(c, "read directory", dir, err)
+		case first:
+			// A missing root holds nothing, and a directory may vanish
+			// meanwhile; but a root that is a file (or under one) is a
+			// mistake that no retry mends.
+			return w.t.checkRoot(c, dir)
+		}
+		return nil
+	})
+	<-w.sem
+	if err != nil {
+		return err
 	}
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), ".") {
@@ -553,15 +803,37 @@ func (t *Transport) walk(ctx context.Context, c *conn, dir, rel, prefix string, 
 		}
 		switch {
 		case e.IsDir():
-			if strings.HasPrefix(name+"/", prefix) || strings.HasPrefix(prefix, name+"/") {
-				if err := t.walk(ctx, c, path.Join(dir, e.Name()), name, prefix, fn); err != nil {
-					return err
+			if strings.HasPrefix(name+"/", w.prefix) || strings.HasPrefix(w.prefix, name+"/") {
+				w.g.Go(func() error { return w.walk(ctx, name, false) })
+			}
+		case e.Mode().IsRegular() && strings.HasPrefix(name, w.prefix):
+			w.mu.Lock()
+			err := w.fnErr
+			if err == nil {
+				if err = w.fn(shipper.ObjectInfo{Name: name, Size: e.Size()}); err != nil {
+					w.fnErr = err
 				}
 			}
-		case e.Mode().IsRegular() && strings.HasPrefix(name, prefix):
-			if err := fn(shipper.ObjectInfo{Name: name, Size: e.Size()}); err != nil {
+			w.mu.Unlock()
+			if err != nil {
 				return err
 			}
+		}
+	}
+	return nil
+}
+
+// checkRoot fails if the root, or a folder above it, is not a directory.
+func (t *Transport) checkRoot(c *conn, root string) error {
+	for p := root; p != "." && p != "/"; p = path.Dir(p) {
+		fi, err := c.sftp.Stat(p)
+		switch {
+		case err == nil && fi.IsDir():
+			return nil
+		case err == nil:
+			return t.classify(c, "read directory", root, &notDirError{p})
+		case !errors.Is(err, fs.ErrNotExist):
+			return nil
 		}
 	}
 	return nil
@@ -574,7 +846,7 @@ func (t *Transport) Delete(ctx context.Context, name string) error {
 		return err
 	}
 	p := t.remote(name)
-	err := t.do(ctx, func(c *conn) error {
+	err := t.do(ctx, false, func(c *conn) error {
 		if err := c.sftp.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return t.classify(c, "delete", p, err)
 		}
@@ -597,7 +869,7 @@ func (t *Transport) RemoveTemporaries(ctx context.Context, dir string) error {
 	if err := shipper.CheckName(dir); err != nil {
 		return err
 	}
-	return t.do(ctx, func(c *conn) error {
+	return t.do(ctx, false, func(c *conn) error {
 		walker := c.sftp.Walk(t.remote(dir))
 		for walker.Step() {
 			if walker.Err() != nil {

@@ -9,9 +9,11 @@
 package sftptest
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -55,6 +57,7 @@ type Server struct {
 	dir    string
 	config string
 	fwd    *Forwarder
+	opts   options
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -66,12 +69,39 @@ type Server struct {
 type Option func(*options)
 
 type options struct {
-	readOnly bool
+	readOnly     bool
+	noOverride   bool
+	mounts       []mount
+	verbose      bool
+	noForwarding bool
 }
+
+type mount struct{ rel, opts string }
 
 // ReadOnly serves SFTP in read-only mode (internal-sftp -R): every write is
 // refused with SSH_FX_PERMISSION_DENIED, which works even for root.
 func ReadOnly() Option { return func(o *options) { o.readOnly = true } }
+
+// NoOverride makes a root sshd obey file modes as an unprivileged user's
+// would: it runs without CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and
+// CAP_FOWNER, so that a directory of mode 0555 refuses new files.
+func NoOverride() Option { return func(o *options) { o.noOverride = true } }
+
+// Mount gives sshd a tmpfs at Root/rel, mounted with the tmpfs options
+// opts ("ro", "size=256k") in a mount namespace of sshd's own: the server
+// sees a read-only or a small file system there, the test's process the
+// empty directory under it. It needs root; without it the test is skipped.
+func Mount(rel, opts string) Option {
+	return func(o *options) { o.mounts = append(o.mounts, mount{rel, opts}) }
+}
+
+// NoForwarding refuses TCP forwarding (AllowTcpForwarding no): a
+// direct-tcpip channel is refused as administratively prohibited.
+func NoForwarding() Option { return func(o *options) { o.noForwarding = true } }
+
+// Verbose makes sshd log at level DEBUG1 (see Log): it then names every
+// session channel it opens, which tests count.
+func Verbose() Option { return func(o *options) { o.verbose = true } }
 
 // StartSSHD starts sshd and waits until it accepts connections. It is
 // stopped in t.Cleanup.
@@ -87,6 +117,9 @@ func StartSSHD(t testing.TB, opts ...Option) *Server {
 		}
 		t.Skipf("no sshd (%v); install openssh-server to run these tests", err)
 	}
+	if len(o.mounts) > 0 && os.Geteuid() != 0 {
+		t.Skip("mounting a file system for sshd needs root")
+	}
 	if os.Geteuid() == 0 {
 		// sshd running as root insists on its privilege separation
 		// directory, which the package's init script would create.
@@ -100,7 +133,7 @@ func StartSSHD(t testing.TB, opts ...Option) *Server {
 	}
 
 	dir := t.TempDir()
-	s := &Server{t: t, dir: dir, User: u.Username, Host: "127.0.0.1"}
+	s := &Server{t: t, dir: dir, User: u.Username, Host: "127.0.0.1", opts: o}
 	s.log = filepath.Join(dir, "sshd.log")
 	s.Root = filepath.Join(dir, "root")
 	if err := os.Mkdir(s.Root, 0o755); err != nil {
@@ -131,6 +164,10 @@ func StartSSHD(t testing.TB, opts ...Option) *Server {
 	if os.Geteuid() == 0 {
 		usePAM = "no"
 	}
+	logLevel := "ERROR"
+	if o.verbose {
+		logLevel = "DEBUG1"
+	}
 	subsystem := "internal-sftp"
 	if o.readOnly {
 		subsystem += " -R"
@@ -152,8 +189,9 @@ func StartSSHD(t testing.TB, opts ...Option) *Server {
 		"UseDNS no",
 		"MaxStartups 64",
 		"MaxSessions 64",
-		"LogLevel ERROR",
+		"LogLevel " + logLevel,
 		"Subsystem sftp " + subsystem,
+		"AllowTcpForwarding " + map[bool]string{false: "yes", true: "no"}[o.noForwarding],
 		"",
 	}, "\n")), 0o600)
 
@@ -207,6 +245,11 @@ func (s *Server) start() {
 	}
 	defer logFile.Close()
 	cmd := exec.Command(SSHDPath, "-D", "-e", "-f", s.config)
+	cmd.Args = s.wrap(cmd.Args)
+	cmd.Path = cmd.Args[0]
+	if lp, err := exec.LookPath(cmd.Path); err == nil {
+		cmd.Path = lp
+	}
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -236,6 +279,28 @@ func (s *Server) start() {
 	}
 }
 
+// wrap puts argv (sshd's command line) under the commands that give it
+// its mounts and take away its privileges: unshare and setpriv, from
+// util-linux.
+func (s *Server) wrap(argv []string) []string {
+	if s.opts.noOverride && os.Geteuid() == 0 { // others have no override to lose
+		argv = append([]string{"setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--"}, argv...)
+	}
+	if len(s.opts.mounts) == 0 {
+		return argv
+	}
+	// sh mounts each tmpfs ($1 on $2), then execs the rest.
+	const script = `set -e
+while [ "$1" != -- ]; do mkdir -p "$2"; mount -t tmpfs -o "$1" coldship-test "$2"; shift 2; done
+shift
+exec "$@"`
+	pre := []string{"unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh"}
+	for _, m := range s.opts.mounts {
+		pre = append(pre, m.opts, filepath.Join(s.Root, m.rel))
+	}
+	return append(append(pre, "--"), argv...)
+}
+
 // banner reports whether an SSH server answers on addr.
 func banner(addr string) bool {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
@@ -263,6 +328,28 @@ func (s *Server) stop() {
 		<-s.exited
 	}
 	s.cmd = nil
+}
+
+// CPU returns the CPU time of sshd and of the connections it has reaped
+// (their sessions, and what they ran: a live receiver), for benchmarks.
+func (s *Server) CPU() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name, which ends with ')'.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	var ticks int64
+	for _, i := range []int{11, 12, 13, 14} { // utime stime cutime cstime
+		n, _ := strconv.ParseInt(f[i], 10, 64)
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / 100
 }
 
 // Log returns what sshd wrote so far.
