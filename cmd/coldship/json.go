@@ -88,7 +88,17 @@ var (
 	fFiles    = jsonField{"files", "integer", "files and directories in the shipment"}
 	fTotal    = jsonField{"bytes_total", "integer", "logical size of all files (holes included)"}
 	fPaths    = jsonField{"paths", "array", "the restored paths, relative to the output directory (what stdout prints without --json)"}
+	// What the transport measured of its link (send and receive).
+	fLink = []jsonField{
+		{"throughput_bps", "integer?", "bytes moved to or from the destination per second, over the whole command"},
+		{"rtt_ms", "number?", "round trip to the destination in milliseconds, measured at connect time (SFTP, S3)"},
+		{"connections", "integer?", "network connections used (SSH connections; HTTP connections for S3)"},
+		{"channels", "integer?", "streams carried over them (SFTP channels, parallel S3 requests)"},
+	}
 )
+
+// withLink appends the link fields to a summary's fields.
+func withLink(fields []jsonField) []jsonField { return append(fields, fLink...) }
 
 // jsonSchema lists every object coldship prints with --json.
 var jsonSchema = []jsonKind{
@@ -109,7 +119,7 @@ var jsonSchema = []jsonKind{
 		{"exit_code", "integer", "the exit status (see Exit status)"},
 		{"category", "string", "usage, hook, auth, integrity, busy, interrupted or other"},
 	}},
-	{Name: "summary of send", Type: "summary", Op: "send", Mode: "stored", Fields: []jsonField{
+	{Name: "summary of send", Type: "summary", Op: "send", Mode: "stored", Fields: withLink([]jsonField{
 		fType, fOp, {"mode", "string", "stored"}, fShipment, fFiles, fTotal,
 		{"bytes_read", "integer", "bytes read from the sources (holes are never read)"},
 		{"bytes_hole", "integer", "bytes in holes, skipped"},
@@ -122,7 +132,7 @@ var jsonSchema = []jsonKind{
 		{"base", "string?", "the base shipment (incremental)"},
 		{"full_reason", "string?", "why an incremental send had to be a full one"},
 		fDuration,
-	}},
+	})},
 	{Name: "summary of send --live", Type: "summary", Op: "send", Mode: "live", Fields: []jsonField{
 		fType, fOp, {"mode", "string", "live"}, fShipment, fFiles, fTotal,
 		{"bytes_hole", "integer", "bytes in holes in the final round, skipped"},
@@ -133,9 +143,11 @@ var jsonSchema = []jsonKind{
 		{"switchover_s", "number", "seconds from the pre-switchover hook's start to the files in place"},
 		{"pre_switchover_hook_s", "number", "the hook's share of it"},
 		{"paths", "array", "the restored paths at the destination"},
+		{"data", "string", "the data path: ssh (lanes over SSH channels) or tcp (direct TCP lanes)"},
+		{"lanes", "integer", "lanes that carried the blocks (0: the one control channel)"},
 		fDuration,
 	}},
-	{Name: "summary of receive", Type: "summary", Op: "receive", Fields: []jsonField{
+	{Name: "summary of receive", Type: "summary", Op: "receive", Fields: withLink([]jsonField{
 		fType, fOp, fShipment, fFiles, fTotal,
 		{"bytes_data", "integer", "plaintext bytes of the data blocks written"},
 		{"bytes_fetched", "integer", "bytes read from the destination"},
@@ -143,7 +155,7 @@ var jsonSchema = []jsonKind{
 		{"bytes_written", "integer?", "receive --into: bytes written"},
 		{"mode", "string", "out (a new restore) or into (an earlier restore updated in place)"},
 		fPaths, fDuration,
-	}},
+	})},
 	{Name: "summary of verify", Type: "summary", Op: "verify", Fields: []jsonField{
 		fType, fOp,
 		{"shipment", "string?", "the shipment checked (not with --all)"},

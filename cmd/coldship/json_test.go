@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"math"
 	"os"
@@ -75,11 +76,18 @@ func checkSchema(t *testing.T, o map[string]any) {
 // the schema, field by field, in the order and with the types and meaning
 // of jsonSchema: the one source of truth.
 func TestJSONSchemaInREADME(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	path := filepath.Join("..", "..", "README.md")
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	readme := string(b)
+	if *updateReadme {
+		readme = rewriteSchemaTables(readme)
+		if err := os.WriteFile(path, []byte(readme), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, k := range jsonSchema {
 		want := readmeTable(k)
 		if !strings.Contains(readme, want) {
@@ -101,6 +109,26 @@ func TestJSONSchemaInREADME(t *testing.T) {
 			t.Errorf("README documents a field %q that no object has", m[1])
 		}
 	}
+}
+
+var updateReadme = flag.Bool("update-readme", false, "rewrite the README's JSON tables from jsonSchema")
+
+// rewriteSchemaTables replaces each object's table in the README by the
+// one jsonSchema gives (for -update-readme).
+func rewriteSchemaTables(readme string) string {
+	for _, k := range jsonSchema {
+		head := "#### " + k.Name + "\n\n| field | type | meaning |\n|---|---|---|\n"
+		i := strings.Index(readme, head)
+		if i < 0 {
+			continue
+		}
+		j := i + len(head)
+		for strings.HasPrefix(readme[j:], "| `") {
+			j += strings.Index(readme[j:], "\n") + 1
+		}
+		readme = readme[:i] + readmeTable(k) + readme[j:]
+	}
+	return readme
 }
 
 // readmeTable is how the README shows one kind of object.
