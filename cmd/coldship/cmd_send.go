@@ -160,7 +160,7 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 		return err
 	}
 	env := hooks.Env{Dest: opts.to, Files: opts.sources}
-	id, err := sendShipment(ctx, s, opts, runner, env, recipients, bs, segSize, stateDir, rid)
+	id, err := sendShipment(ctx, s, opts, runner, env, recipients, bs, segSize, stateDir, rid, lock != nil)
 	if err != nil {
 		return onFailure(ctx, s, runner, hooks.Env{Dest: opts.to, Files: opts.sources, Shipment: id}, err)
 	}
@@ -176,7 +176,7 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 // sendShipment runs the pre-send hooks, gathers and checks the sources,
 // and ships them; it returns the shipment id.
 func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *hooks.Runner, env hooks.Env,
-	recipients []age.Recipient, bs, segSize int64, stateDir, rid string) (string, error) {
+	recipients []age.Recipient, bs, segSize int64, stateDir, rid string, locked bool) (string, error) {
 	if err := runner.Run(ctx, hooks.PreSend, env); err != nil {
 		return "", hookErr(fmt.Errorf("nothing was read or shipped: %w", err))
 	}
@@ -219,7 +219,7 @@ func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *ho
 		Recipients: recipients, Jobs: opts.jobs, Streams: opts.transport.streams, BlockSize: bs, SegmentSize: segSize,
 		Compress: opts.compress == "zstd", Label: opts.name, Counters: cnt,
 		StateDir: stateDir, Dest: destKey(opts.to), RecipientsID: rid, NoResume: opts.noResume, Base: opts.base,
-		Retries: opts.retries, Log: s.logf(opts.output),
+		Retries: opts.retries, CleanLeftovers: locked, Log: s.logf(opts.output),
 	})
 	if err != nil {
 		rep.finish(false, nil, "")
@@ -229,6 +229,7 @@ func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *ho
 		"shipment": res.ID, "files": res.Files, "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
 		"bytes_hole": cnt.Hole.Load(), "bytes_zero": cnt.Zero.Load(), "bytes_data": cnt.Data.Load(),
 		"bytes_unchanged": cnt.Unchanged.Load(), "bytes_shipped": cnt.Shipped.Load(), "segments": cnt.Segments.Load(),
+		"bytes_reused": cnt.Reused.Load(), "segments_reused": cnt.SegmentsReused.Load(),
 		"incremental": res.Base != "",
 	}
 	line := fmt.Sprintf("shipped %s as %s: %s of data, %s holes and zeros skipped, %s sealed",

@@ -1,0 +1,61 @@
+package shipper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+
+	"github.com/coldship/coldship/archive"
+)
+
+// segmentWriter streams one segment object to the transport through a
+// pipe, computing its CRC32C (format 3) as the bytes go by.
+type segmentWriter struct {
+	n    int
+	name string
+	pw   *io.PipeWriter
+	crc  hash.Hash32
+	size int64
+	res  chan error
+}
+
+func openSegment(ctx context.Context, tr Transport, id string, n int) *segmentWriter {
+	pr, pw := io.Pipe()
+	w := &segmentWriter{n: n, name: archive.SegmentObject(n), pw: pw, crc: archive.NewCRC32C(), res: make(chan error, 1)}
+	go func() {
+		err := tr.Put(ctx, id+"/"+w.name, pr, -1)
+		if err != nil {
+			err = fmt.Errorf("put %s/%s: %w", id, w.name, err)
+			pr.CloseWithError(err)
+		} else {
+			pr.CloseWithError(fmt.Errorf("put %s/%s: transport returned before reading all data", id, w.name))
+		}
+		w.res <- err
+	}()
+	return w
+}
+
+func (w *segmentWriter) write(p []byte) error {
+	w.crc.Write(p)
+	if _, err := w.pw.Write(p); err != nil {
+		return err
+	}
+	w.size += int64(len(p))
+	return nil
+}
+
+// close ends the segment and waits for the transport to store it.
+func (w *segmentWriter) close() (archive.Segment, error) {
+	w.pw.Close()
+	if err := <-w.res; err != nil {
+		return archive.Segment{}, err
+	}
+	return archive.Segment{Name: w.name, Size: w.size, CRC32C: archive.CRC32CString(w.crc.Sum32())}, nil
+}
+
+func (w *segmentWriter) abort() {
+	w.pw.CloseWithError(errors.New("send aborted"))
+	<-w.res
+}
