@@ -52,6 +52,7 @@ type pipeline struct {
 	entries  int64             // data blocks delivered so far (emit only)
 	usedOwn  map[int]bool      // segment numbers of earlier attempts in use (emit only)
 	usedBase map[[2]int]bool   // (DR shipment, segment) of the base in use (emit only)
+	scratch  sync.Pool         // of *[]byte: compression scratch for recordFits
 	mu       sync.Mutex        // guards what follows
 	newSegs  []archive.Segment // complete this attempt
 	segNums  map[string]int
@@ -67,6 +68,10 @@ type placedBatch struct {
 // run reads every source and puts the new records into segments.
 func (p *pipeline) run() error {
 	p.usedOwn, p.usedBase, p.segNums = map[int]bool{}, map[[2]int]bool{}, map[string]int{}
+	p.scratch.New = func() any {
+		b := make([]byte, archive.MaxFormLen(p.opts.BlockSize)+archive.MaxFormLen(p.opts.BlockSize)/8+1024)
+		return &b
+	}
 	for _, sf := range p.files {
 		if sf.f != nil {
 			sf.digest = archive.NewFileDigester(archive.FormatV3, sf.stamp.Size, p.opts.BlockSize)
@@ -113,11 +118,15 @@ func (p *pipeline) lookup(file int, block int64) (prior, error) {
 }
 
 // decide is the reader's Seal: a block whose keyed digest matches a
-// record already at the destination is not sealed again.
-func (p *pipeline) decide(pr *prior, file int, block int64, d archive.Digest) bool {
-	pr.kd = p.keys.keyedDigest(block, d)
+// record already at the destination is not sealed again. A record of an
+// earlier attempt must also have the length (and compression) that the
+// form read now gives: the journal's lengths place every record of its
+// segment, so a wrong one would misplace the others.
+func (p *pipeline) decide(b *blocks.Block[prior]) bool {
+	pr := &b.Prior
+	pr.kd = p.keys.keyedDigest(b.Index, b.Digest)
 	switch {
-	case pr.hasOwn && pr.own.Digest == pr.kd:
+	case pr.hasOwn && pr.own.Digest == pr.kd && p.recordFits(b.Form, &pr.own):
 		pr.use = useOwn
 	case pr.hasBase && pr.base.Digest == pr.kd:
 		pr.use = useBase
@@ -125,6 +134,15 @@ func (p *pipeline) decide(pr *prior, file int, block int64, d archive.Digest) bo
 		pr.use = useNew
 	}
 	return pr.use == useNew
+}
+
+// recordFits reports whether a record of an earlier attempt has the
+// length and compression that sealing form gives.
+func (p *pipeline) recordFits(form []byte, e *archive.TableEntry) bool {
+	scratch := p.scratch.Get().(*[]byte)
+	defer p.scratch.Put(scratch)
+	n, z := p.codec.RecordLen(*scratch, form)
+	return n == int64(e.Length) && z == e.Compressed
 }
 
 // emit takes the batches in order: it numbers their data blocks, adds them

@@ -122,7 +122,7 @@ func (w *worker[P]) block(b *Batch[P], blk *Block[P]) error {
 		return nil
 	}
 	blk.Digest = archive.FormDigest(blk.Form, blk.Len)
-	if r.opts.Seal != nil && !r.opts.Seal(&blk.Prior, blk.File, blk.Index, blk.Digest) || r.opts.Sealer == nil {
+	if r.opts.Seal != nil && !r.opts.Seal(blk) || r.opts.Sealer == nil {
 		return nil
 	}
 	rec, z, err := r.opts.Sealer(b.sealed[blk.soff:blk.soff:blk.soff+blk.scap], w.scratch, blk.Form, blk.File, blk.Index)

@@ -53,9 +53,10 @@ type Options[P any] struct {
 	// they know of the block there (a base's entry, a journal's record),
 	// reading their own state sequentially.
 	Prior func(file int, block int64) (P, error)
-	// Seal, if set, is called on a worker for every Data block with its
-	// digest: true to seal it. Nil seals every Data block.
-	Seal func(p *P, file int, block int64, d archive.Digest) bool
+	// Seal, if set, is called on a worker for every Data block once its
+	// form and digest are known (it may set b.Prior): true to seal it.
+	// Nil seals every Data block.
+	Seal func(b *Block[P]) bool
 	// Sealer seals the blocks that Seal chose; nil: none is sealed.
 	Sealer SealFunc
 	// Headroom is reserved before every record for the Sealer's header.

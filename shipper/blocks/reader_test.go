@@ -264,7 +264,7 @@ func TestPriorInOrderAndSealing(t *testing.T) {
 			last.Store(block)
 			return block * 10, nil
 		},
-		Seal: func(p *int64, file int, block int64, d archive.Digest) bool { return *p%20 == 0 },
+		Seal: func(b *Block[int64]) bool { return b.Prior%20 == 0 },
 		Sealer: func(dst, scratch, form []byte, file int, block int64) ([]byte, bool, error) {
 			dst = append(dst, "header!"...)
 			return codec.SealForm(dst, scratch, form, uint32(file), uint64(block))
