@@ -86,8 +86,8 @@ func (p *pipeline) run() error {
 		return blocks.Read(gctx, readerFiles(p.files), blocks.Options[prior]{
 			BlockSize: p.opts.BlockSize, Jobs: p.opts.Jobs, Counters: p.opts.Counters,
 			Prior: p.lookup, Seal: p.decide,
-			Sealer: func(dst, scratch, form []byte, file int, block int64) ([]byte, bool, error) {
-				return p.codec.SealForm(dst, scratch, form, uint32(file), uint64(block))
+			Sealer: func(b *blocks.Block[prior], dst, scratch []byte) ([]byte, bool, error) {
+				return p.codec.SealForm(dst, scratch, b.Form, uint32(b.File), uint64(b.Index))
 			},
 		}, func(b *blocks.Batch[prior]) error { return p.emit(gctx, b, batches) })
 	})

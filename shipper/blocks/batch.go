@@ -125,7 +125,7 @@ func (w *worker[P]) block(b *Batch[P], blk *Block[P]) error {
 	if r.opts.Seal != nil && !r.opts.Seal(blk) || r.opts.Sealer == nil {
 		return nil
 	}
-	rec, z, err := r.opts.Sealer(b.sealed[blk.soff:blk.soff:blk.soff+blk.scap], w.scratch, blk.Form, blk.File, blk.Index)
+	rec, z, err := r.opts.Sealer(blk, b.sealed[blk.soff:blk.soff:blk.soff+blk.scap], w.scratch)
 	if err != nil {
 		return fmt.Errorf("seal %s block %d: %w", f.Path, blk.Index, err)
 	}

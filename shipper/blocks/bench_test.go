@@ -30,8 +30,8 @@ func BenchmarkSparseBlocks(b *testing.B) {
 	}
 	defer codec.Close()
 	opts := Options[struct{}]{BlockSize: bs, Jobs: 2,
-		Sealer: func(dst, scratch, form []byte, file int, block int64) ([]byte, bool, error) {
-			return codec.SealForm(dst, scratch, form, uint32(file), uint64(block))
+		Sealer: func(b *Block[struct{}], dst, scratch []byte) ([]byte, bool, error) {
+			return codec.SealForm(dst, scratch, b.Form, uint32(b.File), uint64(b.Index))
 		}}
 	b.ResetTimer()
 	for b.Loop() {

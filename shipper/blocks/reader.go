@@ -34,11 +34,6 @@ type File struct {
 	Stamp archive.Stamp // as the caller found the file; Stamp.Size is the size read
 }
 
-// SealFunc seals the form of block block of file file, appending the
-// record (and any header the caller reserved Options.Headroom for) to dst,
-// which has room for it. It runs on the workers, in parallel.
-type SealFunc func(dst, scratch, form []byte, file int, block int64) (record []byte, compressed bool, err error)
-
 // Options configure Read. P is what the caller attaches to every block
 // that is read (not to hole runs): see Prior.
 type Options[P any] struct {
@@ -57,10 +52,17 @@ type Options[P any] struct {
 	// form and digest are known (it may set b.Prior): true to seal it.
 	// Nil seals every Data block.
 	Seal func(b *Block[P]) bool
-	// Sealer seals the blocks that Seal chose; nil: none is sealed.
-	Sealer SealFunc
+	// Sealer seals b.Form (of block b.Index of file b.File), appending the
+	// record, and any header it reserved Headroom bytes for, to dst, which
+	// has room for them; scratch is the worker's. It runs on the workers,
+	// in parallel, for the blocks Seal chose; nil: none is sealed.
+	Sealer func(b *Block[P], dst, scratch []byte) (record []byte, compressed bool, err error)
 	// Headroom is reserved before every record for the Sealer's header.
 	Headroom int
+	// Changing says the sources may change while they are read (the
+	// pre-copy rounds of a live send): their stamps are not checked. A
+	// source that ends early still fails the read.
+	Changing bool
 }
 
 // Read reads files in blocks of opts.BlockSize and calls emit with every
@@ -117,6 +119,9 @@ func (r *reader[P]) deliver(ctx context.Context, order <-chan *Batch[P], emit fu
 			return ctx.Err()
 		}
 		for _, fi := range b.Ends {
+			if r.opts.Changing {
+				break
+			}
 			if err := r.checkStamp(fi); err != nil {
 				return err
 			}

@@ -265,9 +265,9 @@ func TestPriorInOrderAndSealing(t *testing.T) {
 			return block * 10, nil
 		},
 		Seal: func(b *Block[int64]) bool { return b.Prior%20 == 0 },
-		Sealer: func(dst, scratch, form []byte, file int, block int64) ([]byte, bool, error) {
+		Sealer: func(b *Block[int64], dst, scratch []byte) ([]byte, bool, error) {
 			dst = append(dst, "header!"...)
-			return codec.SealForm(dst, scratch, form, uint32(file), uint64(block))
+			return codec.SealForm(dst, scratch, b.Form, uint32(b.File), uint64(b.Index))
 		},
 	}, func(b *Batch[int64]) error {
 		defer b.Release()
@@ -341,8 +341,8 @@ func TestHugeJobsBounded(t *testing.T) {
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	_, _, _, err := collect(t, openFiles(t, p), Options[int64]{BlockSize: bs, Jobs: 100000,
-		Sealer: func(dst, scratch, form []byte, file int, block int64) ([]byte, bool, error) {
-			return append(dst, form...), false, nil
+		Sealer: func(b *Block[int64], dst, scratch []byte) ([]byte, bool, error) {
+			return append(dst, b.Form...), false, nil
 		}})
 	runtime.ReadMemStats(&after)
 	if err != nil {
