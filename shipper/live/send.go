@@ -585,4 +585,3 @@ func (s *sendSession) openLanes(ctx context.Context, ready readyMsg) error {
 func putUint32(b []byte, v uint32) {
 	b[0], b[1], b[2], b[3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
 }
-
