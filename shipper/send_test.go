@@ -247,7 +247,21 @@ type interruptedSend struct {
 
 func interrupt(t *testing.T, okSegs int32, streams int) *interruptedSend {
 	t.Helper()
-	s := &interruptedSend{dir: t.TempDir(), logs: new(bytes.Buffer)}
+	dir := t.TempDir()
+	base, _ := local.New(filepath.Join(dir, "dest"))
+	s := interruptOn(t, base, dir, okSegs, streams)
+	s.base = base
+	return s
+}
+
+// interruptOver interrupts a send to tr (one stream).
+func interruptOver(t *testing.T, tr shipper.Transport, okSegs int32) *interruptedSend {
+	return interruptOn(t, tr, t.TempDir(), okSegs, 1)
+}
+
+func interruptOn(t *testing.T, tr shipper.Transport, dir string, okSegs int32, streams int) *interruptedSend {
+	t.Helper()
+	s := &interruptedSend{dir: dir, logs: new(bytes.Buffer)}
 	s.src = filepath.Join(s.dir, "disk.img")
 	// Block i has i%16+1 random pages, then zeros: records of many lengths.
 	s.data = make([]byte, 48*64<<10)
@@ -260,16 +274,15 @@ func interrupt(t *testing.T, okSegs int32, streams int) *interruptedSend {
 	s.sources, _ = archive.CollectSources([]string{s.src})
 	var rcpt age.Recipient
 	s.id, rcpt = newIdentity(t)
-	s.base, _ = local.New(filepath.Join(s.dir, "dest"))
 	s.opts = shipper.SendOptions{
 		Recipients: []age.Recipient{rcpt}, BlockSize: 64 << 10, SegmentSize: 256 << 10, Jobs: 2, Streams: streams,
 		StateDir: filepath.Join(s.dir, "state"), Dest: "test-dest", RecipientsID: "r1",
 		Log: func(f string, a ...any) { fmt.Fprintf(s.logs, f+"\n", a...) },
 	}
-	if _, err := shipper.Send(context.Background(), &faulty{Transport: s.base, okSegs: okSegs}, s.sources, s.opts); err == nil {
+	if _, err := shipper.Send(context.Background(), &faulty{Transport: tr, okSegs: okSegs}, s.sources, s.opts); err == nil {
 		t.Fatal("interrupted send succeeded")
 	}
-	ships, _ := shipper.List(context.Background(), s.base)
+	ships, _ := shipper.List(context.Background(), tr)
 	if len(ships) != 1 || ships[0].Complete {
 		t.Fatalf("after the interruption: %+v", ships)
 	}
