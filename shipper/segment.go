@@ -1,6 +1,7 @@
 package shipper
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -11,19 +12,27 @@ import (
 )
 
 // segmentWriter streams one segment object to the transport through a
-// pipe, computing its CRC32C (format 3) as the bytes go by.
+// pipe, computing its CRC32C (format 3) as the bytes go by. Records are
+// gathered into large writes: a sparse image's records are a few KiB each,
+// and a pipe handoff and a write at the destination per record cost more
+// than sealing it.
 type segmentWriter struct {
 	n    int
 	name string
 	pw   *io.PipeWriter
+	bw   *bufio.Writer
 	crc  hash.Hash32
 	size int64
 	res  chan error
 }
 
+// segmentBuffer is what a segment writer gathers before a write.
+const segmentBuffer = 256 << 10
+
 func openSegment(ctx context.Context, tr Transport, id string, n int) *segmentWriter {
 	pr, pw := io.Pipe()
-	w := &segmentWriter{n: n, name: archive.SegmentObject(n), pw: pw, crc: archive.NewCRC32C(), res: make(chan error, 1)}
+	w := &segmentWriter{n: n, name: archive.SegmentObject(n), pw: pw, bw: bufio.NewWriterSize(pw, segmentBuffer),
+		crc: archive.NewCRC32C(), res: make(chan error, 1)}
 	go func() {
 		err := tr.Put(ctx, id+"/"+w.name, pr, -1)
 		if err != nil {
@@ -39,16 +48,26 @@ func openSegment(ctx context.Context, tr Transport, id string, n int) *segmentWr
 
 func (w *segmentWriter) write(p []byte) error {
 	w.crc.Write(p)
-	if _, err := w.pw.Write(p); err != nil {
+	if _, err := w.bw.Write(p); err != nil {
 		return err
 	}
 	w.size += int64(len(p))
 	return nil
 }
 
+// end writes what is gathered and ends the segment's bytes; close then
+// waits for the transport to store it.
+func (w *segmentWriter) end() {
+	if err := w.bw.Flush(); err != nil {
+		w.pw.CloseWithError(err)
+		return
+	}
+	w.pw.Close()
+}
+
 // close ends the segment and waits for the transport to store it.
 func (w *segmentWriter) close() (archive.Segment, error) {
-	w.pw.Close()
+	w.end()
 	if err := <-w.res; err != nil {
 		return archive.Segment{}, err
 	}

@@ -130,7 +130,7 @@ func (w *stream) finish() error {
 	}
 	sw, records := w.cur, w.records
 	w.cur = nil
-	sw.pw.Close()
+	sw.end()
 	w.g.Go(func() error {
 		defer func() { <-w.finishing }()
 		s, err := sw.close()
