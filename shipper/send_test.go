@@ -544,3 +544,49 @@ func (r *recorder) names() []string {
 	defer r.mu.Unlock()
 	return append([]string(nil), r.put...)
 }
+
+// TestSendSizes sends files of every size around page and block bounds,
+// random and zero, with and without compression, in one shipment, and
+// decodes it.
+func TestSendSizes(t *testing.T) {
+	for _, compress := range []bool{false, true} {
+		t.Run(fmt.Sprintf("compress=%v", compress), func(t *testing.T) {
+			dir := t.TempDir()
+			vm := filepath.Join(dir, "vm")
+			os.MkdirAll(filepath.Join(vm, "empty-dir"), 0o755)
+			want := map[string][]byte{}
+			for _, n := range []int{0, 1, 4095, 4096, 4097, 65535, 65536, 65537, 196625} {
+				for _, kind := range []string{"zero", "random"} {
+					b := make([]byte, n)
+					if kind == "random" {
+						rand.Read(b)
+					}
+					name := fmt.Sprintf("%s-%d", kind, n)
+					os.WriteFile(filepath.Join(vm, name), b, 0o640)
+					want["vm/"+name] = b
+				}
+			}
+			sources, err := archive.CollectSources([]string{vm})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, rcpt := newIdentity(t)
+			tr, _ := local.New(filepath.Join(dir, "dest"))
+			res, err := shipper.Send(context.Background(), tr, sources, shipper.SendOptions{
+				Recipients: []age.Recipient{rcpt}, BlockSize: 64 << 10, SegmentSize: 100 << 10, Compress: compress, Jobs: 3, Streams: 2,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := decodeV3(t, tr, res.ID, []age.Identity{id})
+			for name, b := range want {
+				if !bytes.Equal(got[name], b) {
+					t.Errorf("%s decodes to other bytes", name)
+				}
+			}
+			if len(got) != len(want) {
+				t.Errorf("%d files decoded, want %d", len(got), len(want))
+			}
+		})
+	}
+}

@@ -352,3 +352,32 @@ func TestHugeJobsBounded(t *testing.T) {
 		t.Errorf("reading one byte with --jobs 100000 allocated %d MiB", got>>20)
 	}
 }
+
+// TestChangingSources: with Options.Changing (pre-copy rounds) a source
+// written while it is read is read as it goes; one cut short still fails.
+func TestChangingSources(t *testing.T) {
+	for name, tc := range map[string]struct {
+		change func(f *os.File)
+		fails  bool
+	}{
+		"written":   {func(f *os.File) { f.WriteAt([]byte("new"), 5) }, false},
+		"truncated": {func(f *os.File) { f.Truncate(bs) }, true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "f")
+			makeFile(t, p, 40*bs, region{0, random(40 * bs)})
+			w, _ := os.OpenFile(p, os.O_WRONLY, 0)
+			defer w.Close()
+			_, _, _, err := collect(t, openFiles(t, p), Options[int64]{BlockSize: bs, Jobs: 2, Memory: 1, Changing: true,
+				Prior: func(file int, block int64) (int64, error) {
+					if block == 20 {
+						tc.change(w)
+					}
+					return 0, nil
+				}})
+			if tc.fails != errors.Is(err, ErrSourceChanged) || !tc.fails && err != nil {
+				t.Errorf("err = %v, want failure %v", err, tc.fails)
+			}
+		})
+	}
+}
