@@ -55,26 +55,6 @@ func fixtureFiles() map[string][]byte {
 	}
 }
 
-func writeFixtureSource(t *testing.T, dir string) {
-	for name, b := range fixtureFiles() {
-		p := filepath.Join(dir, name)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		f, err := os.Create(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.Truncate(int64(len(b)))
-		// Write everything but block 1, which stays a hole.
-		if name == "vm/disk.img" {
-			f.WriteAt(b[:fixtureBS], 0)
-			f.WriteAt(b[2*fixtureBS:], 2*fixtureBS)
-		} else {
-			f.Write(b)
-		}
-		f.Close()
-	}
-}
-
 func TestFixtureDecodesPerFormatDoc(t *testing.T) {
 	// Format 1 and 2 fixtures are frozen: coldship writes format 3 now.
 	dir := filepath.Join("testdata", "fixture")

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/coldship/coldship/archive"
 )
@@ -14,22 +13,6 @@ import (
 // keys/0000 would destroy the key of the segments already uploaded. Each
 // attempt takes a slot above every slot its journal recorded and every key
 // object at the destination, and creates it exclusively.
-
-// keySlotsAt returns one more than the highest key slot of shipment id at
-// the destination (0 when there is none).
-func keySlotsAt(ctx context.Context, tr Transport, id string) (int, error) {
-	next := 0
-	err := tr.List(ctx, id+"/"+"keys/", func(oi ObjectInfo) error {
-		if slot, ok := archive.KeySlot(strings.TrimPrefix(oi.Name, id+"/")); ok {
-			next = max(next, slot+1)
-		}
-		return nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("list %s/keys: %w", id, err)
-	}
-	return next, nil
-}
 
 // maxKeySlot is the highest slot a key object may have (4 digits).
 const maxKeySlot = 9999

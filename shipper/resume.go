@@ -107,7 +107,7 @@ func (r *sendRun) reuse(ctx context.Context) (*ownRecords, int, error) {
 		nblocks[i] = (sf.stamp.Size + r.opts.BlockSize - 1) / r.opts.BlockSize
 	}
 	maxRecord := (&archive.Manifest{Format: archive.FormatV3, BlockSize: r.opts.BlockSize}).MaxRecordLen()
-	var kept, toRead []*journalSegment
+	var toRead []*journalSegment
 	for _, s := range r.j.complete() {
 		why := ""
 		switch size, ok := objs[s.Name]; {
@@ -125,7 +125,6 @@ func (r *sendRun) reuse(ctx context.Context) (*ownRecords, int, error) {
 			r.j.drop(s.n)
 			continue
 		}
-		kept = append(kept, s)
 		if !s.verified {
 			toRead = append(toRead, s)
 		}
@@ -133,7 +132,7 @@ func (r *sendRun) reuse(ctx context.Context) (*ownRecords, int, error) {
 	if err := r.checkContent(ctx, toRead); err != nil {
 		return nil, 0, err
 	}
-	kept = r.j.complete()
+	kept := r.j.complete()
 	if len(kept) == 0 {
 		return nil, slot, nil
 	}

@@ -22,9 +22,9 @@ type held struct {
 
 // round is one round's run of the block reader into the lanes.
 type round struct {
-	s                        *sendSession
-	n                        uint32
-	blocks, data, wire, read atomic.Int64
+	s                  *sendSession
+	n                  uint32
+	blocks, data, wire atomic.Int64
 }
 
 // sendRound reads every file, seals the blocks whose form differs from
