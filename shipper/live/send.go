@@ -406,63 +406,15 @@ func (s *sendSession) waitReply(ctx context.Context, want byte, timeout time.Dur
 
 func (s *sendSession) run(ctx context.Context) (*SendResult, error) {
 	opts := s.opts
-	body, err := s.waitReply(ctx, replyHello, helloTimeout)
-	if err != nil {
-		return nil, err
-	}
-	var hello helloMsg
-	if err := unmarshal(body, &hello); err != nil {
-		return nil, err
-	}
-	if hello.Protocol != Protocol {
-		return nil, fmt.Errorf("the receiver speaks live protocol %d, this coldship %d: use the same version at both ends", hello.Protocol, Protocol)
-	}
-	recipient, err := age.ParseX25519Recipient(hello.Recipient)
-	if err != nil {
-		return nil, errFrame("receiver's key: %v", err)
-	}
-
-	// The shipment key: fresh, and handed over only wrapped for the
-	// receiver's key of this session, inside the SSH channel.
-	if s.key, err = cipher.NewKey(); err != nil {
-		return nil, err
-	}
-	now := opts.Now()
-	if s.id, err = archive.NewID(now); err != nil {
-		return nil, err
-	}
-	wrapped, err := s.key.Wrap(recipient)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := s.peer.Out.Write(appendFrame(nil, frameKey, appendKey(nil, s.id, wrapped))); err != nil {
-		return nil, errors.Join(errLink, err)
-	}
-	compression := map[bool]string{false: "none", true: "zstd"}[opts.Compress]
-	if s.codec, err = archive.NewCodec(s.key, s.id, archive.FormatV3, opts.Compress, opts.Jobs); err != nil {
-		return nil, err
-	}
-	defer s.codec.Close()
-
-	s.lanes = []*outLane{newOutLane(0, s.peer.Out)}
-	created := now.UTC().Truncate(time.Second)
-	s.sendSealed(s.lanes[0], frameSession, 0, marshal(sessionMsg{
-		Format: Protocol, ID: s.id, Created: created, Label: opts.Label,
-		BlockSize: opts.BlockSize, Compression: compression, Lanes: opts.Lanes,
-	}))
-	if body, err = s.waitReply(ctx, replyReady, 0); err != nil {
-		return nil, err
-	}
-	var ready readyMsg
-	if err := unmarshal(body, &ready); err != nil {
-		return nil, err
-	}
-	if opts.Lanes > 0 {
-		if err := s.openLanes(ctx, ready); err != nil {
-			return nil, err
+	defer func() {
+		if s.codec != nil {
+			s.codec.Close()
 		}
+	}()
+	created, err := s.handshake(ctx)
+	if err != nil {
+		return nil, err
 	}
-
 	res := &SendResult{ID: s.id}
 	round := uint32(0)
 	if opts.Rounds > 0 || opts.UntilDirty > 0 {
@@ -502,9 +454,9 @@ func (s *sendSession) run(ctx context.Context) (*SendResult, error) {
 	}
 	res.Rounds = append(res.Rounds, st)
 
-	m := s.manifest(created, compression, round)
-	s.sendSealed(s.lanes[0], frameManifest, round, marshal(m))
-	if body, err = s.waitReply(ctx, replyDone, 0); err != nil {
+	s.sendSealed(s.lanes[0], frameManifest, round, marshal(s.manifest(created, s.compression(), round)))
+	body, err := s.waitReply(ctx, replyDone, 0)
+	if err != nil {
 		return nil, err
 	}
 	var done doneMsg
@@ -516,6 +468,68 @@ func (s *sendSession) run(ctx context.Context) (*SendResult, error) {
 	cnt := opts.Counters
 	res.Total, res.Hole, res.Zero = cnt.Total.Load(), cnt.Hole.Load(), cnt.Zero.Load()
 	return res, nil
+}
+
+func (s *sendSession) compression() string {
+	return map[bool]string{false: "none", true: "zstd"}[s.opts.Compress]
+}
+
+// handshake takes the receiver's hello, hands it the session's key
+// wrapped for its ephemeral recipient, describes the session and opens
+// the TCP lanes. It returns the session's creation time.
+func (s *sendSession) handshake(ctx context.Context) (time.Time, error) {
+	opts := s.opts
+	body, err := s.waitReply(ctx, replyHello, helloTimeout)
+	if err != nil {
+		return time.Time{}, err
+	}
+	var hello helloMsg
+	if err := unmarshal(body, &hello); err != nil {
+		return time.Time{}, err
+	}
+	if hello.Protocol != Protocol {
+		return time.Time{}, fmt.Errorf("the receiver speaks live protocol %d, this coldship %d: use the same version at both ends", hello.Protocol, Protocol)
+	}
+	recipient, err := age.ParseX25519Recipient(hello.Recipient)
+	if err != nil {
+		return time.Time{}, errFrame("receiver's key: %v", err)
+	}
+	// The shipment key: fresh, and handed over only wrapped for the
+	// receiver's key of this session, inside the SSH channel.
+	if s.key, err = cipher.NewKey(); err != nil {
+		return time.Time{}, err
+	}
+	now := opts.Now()
+	if s.id, err = archive.NewID(now); err != nil {
+		return time.Time{}, err
+	}
+	wrapped, err := s.key.Wrap(recipient)
+	if err != nil {
+		return time.Time{}, err
+	}
+	if _, err := s.peer.Out.Write(appendFrame(nil, frameKey, appendKey(nil, s.id, wrapped))); err != nil {
+		return time.Time{}, errors.Join(errLink, err)
+	}
+	if s.codec, err = archive.NewCodec(s.key, s.id, archive.FormatV3, opts.Compress, opts.Jobs); err != nil {
+		return time.Time{}, err
+	}
+	s.lanes = []*outLane{newOutLane(0, s.peer.Out)}
+	created := now.UTC().Truncate(time.Second)
+	s.sendSealed(s.lanes[0], frameSession, 0, marshal(sessionMsg{
+		Format: Protocol, ID: s.id, Created: created, Label: opts.Label,
+		BlockSize: opts.BlockSize, Compression: s.compression(), Lanes: opts.Lanes,
+	}))
+	if body, err = s.waitReply(ctx, replyReady, 0); err != nil {
+		return created, err
+	}
+	var ready readyMsg
+	if err := unmarshal(body, &ready); err != nil {
+		return created, err
+	}
+	if opts.Lanes > 0 {
+		return created, s.openLanes(ctx, ready)
+	}
+	return created, nil
 }
 
 // sendSealed seals plaintext as the next message of lane l and queues it.
