@@ -2,11 +2,13 @@ package main
 
 import (
 	"encoding/binary"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -34,20 +36,59 @@ func TestMissingKeyFilesExit2(t *testing.T) {
 }
 
 // sendRSS runs the built coldship with args and returns its peak RSS in
-// bytes and its stderr.
+// bytes and its stderr. The peak is VmHWM of /proc/PID/status, read until
+// the process exits: wait4's ru_maxrss is no good here, since a child
+// started with vfork (as os/exec does) counts the RSS of the test process
+// it was forked from.
 func sendRSS(t *testing.T, args ...string) (int64, string) {
 	t.Helper()
 	cmd := exec.Command(coldshipBinary(t), args...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	start := time.Now()
-	if err := cmd.Run(); err != nil {
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var peak atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		status := fmt.Sprintf("/proc/%d/status", cmd.Process.Pid)
+		for {
+			if kb := vmHWM(status); kb > peak.Load() {
+				peak.Store(kb)
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	err := cmd.Wait()
+	close(done)
+	if err != nil {
 		t.Fatalf("coldship %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
 	}
 	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
 	t.Logf("coldship %s: %s wall, %.1f s CPU, peak RSS %d MiB", args[0], time.Since(start).Round(time.Millisecond),
-		time.Duration(ru.Utime.Nano()+ru.Stime.Nano()).Seconds(), ru.Maxrss>>10)
-	return ru.Maxrss << 10, stderr.String()
+		time.Duration(ru.Utime.Nano()+ru.Stime.Nano()).Seconds(), peak.Load()>>10)
+	return peak.Load() << 10, stderr.String()
+}
+
+// vmHWM returns the VmHWM line of a /proc status file, in KiB (0 once the
+// process is gone).
+func vmHWM(status string) int64 {
+	b, err := os.ReadFile(status)
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
 }
 
 // TestJobsClamped: --jobs 100000 on a 1-byte file is clamped to what the
