@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/shipper"
 	"github.com/coldship/coldship/shipper/blocks"
 )
 
@@ -61,6 +62,15 @@ func (s *sendSession) sendRound(ctx context.Context, n uint32, final bool) (Roun
 	if err := s.endRound(ctx, n, r.blocks.Load()); err != nil {
 		return st, err
 	}
+	if final {
+		// The reader checked each file once it had read it; a write that
+		// lands while the round's frames are still on their way is as
+		// much a change of the source: check again once the receiver
+		// holds the round.
+		if err := s.unchanged(); err != nil {
+			return st, err
+		}
+	}
 	st.Blocks, st.Data, st.Wire, st.Read = r.blocks.Load(), r.data.Load(), r.wire.Load(), cnt.Read.Load()
 	st.Duration = time.Since(start)
 	st.Seconds = st.Duration.Seconds()
@@ -92,6 +102,24 @@ func (s *sendSession) beginRound() ([]archive.File, []blocks.File, error) {
 		s.opts.Counters.Total.Add(f.size)
 	}
 	return table, files, nil
+}
+
+// unchanged fails with ErrSourceChanged if a file's stamp differs from
+// the one the round started with.
+func (s *sendSession) unchanged() error {
+	for _, f := range s.files {
+		if f.f == nil {
+			continue
+		}
+		now, err := statStamp(f.f)
+		if err != nil {
+			return err
+		}
+		if now != f.stamp {
+			return fmt.Errorf("%s: %w", f.src.Path, shipper.ErrSourceChanged)
+		}
+	}
+	return nil
 }
 
 // seal is the reader's Sealer: it takes the next position of a lane and
