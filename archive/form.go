@@ -216,7 +216,9 @@ const formDigestPrefix = "coldship/v3/block\x00"
 // "coldship/v3/block" 0x00 || u64be(n) || form, n the block's length. It
 // costs as much as the block holds data, not as much as it is long.
 func FormDigest(form []byte, n int64) Digest {
-	h := blake3.New()
+	h := hashers.Get().(*blake3.Hasher)
+	defer hashers.Put(h)
+	h.Reset()
 	var b [len(formDigestPrefix) + 8]byte
 	copy(b[:], formDigestPrefix)
 	binary.BigEndian.PutUint64(b[len(formDigestPrefix):], uint64(n))
@@ -230,6 +232,10 @@ func FormDigest(form []byte, n int64) Digest {
 	h.Sum(d[:0])
 	return d
 }
+
+// hashers keeps BLAKE3 states (8 KiB each) for FormDigest, which runs
+// once per block: a sparse image has millions of small blocks.
+var hashers = sync.Pool{New: func() any { return blake3.New() }}
 
 var zeroFormDigests sync.Map // int64 length -> Digest
 

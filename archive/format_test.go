@@ -23,7 +23,6 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
 
-	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
 	"github.com/coldship/coldship/shipper"
 	"github.com/coldship/coldship/shipper/local"
@@ -56,34 +55,12 @@ func fixtureFiles() map[string][]byte {
 	}
 }
 
-func writeFixtureSource(t *testing.T, dir string) {
-	for name, b := range fixtureFiles() {
-		p := filepath.Join(dir, name)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		f, err := os.Create(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.Truncate(int64(len(b)))
-		// Write everything but block 1, which stays a hole.
-		if name == "vm/disk.img" {
-			f.WriteAt(b[:fixtureBS], 0)
-			f.WriteAt(b[2*fixtureBS:], 2*fixtureBS)
-		} else {
-			f.Write(b)
-		}
-		f.Close()
-	}
-}
-
 func TestFixtureDecodesPerFormatDoc(t *testing.T) {
+	// Format 1 and 2 fixtures are frozen: coldship writes format 3 now.
 	dir := filepath.Join("testdata", "fixture")
-	if *update {
-		regenerate(t, dir)
-	}
 	idb, err := os.ReadFile(filepath.Join(dir, "identity.txt"))
 	if err != nil {
-		t.Fatalf("fixture: %v (regenerate with go test ./archive -run Fixture -update)", err)
+		t.Fatalf("fixture: %v", err)
 	}
 	ids, err := age.ParseIdentities(bytes.NewReader(idb))
 	if err != nil {
@@ -267,28 +244,6 @@ func TestFixtureDecodesPerFormatDoc(t *testing.T) {
 	}
 }
 
-func regenerate(t *testing.T, dir string) {
-	os.RemoveAll(dir)
-	os.MkdirAll(dir, 0o755)
-	ident, err := age.GenerateX25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(dir, "identity.txt"), []byte("# test-only identity of the format fixture; never use it for data\n"+ident.String()+"\n"), 0o600)
-	src := t.TempDir()
-	writeFixtureSource(t, src)
-	sources, err := archive.CollectSources([]string{filepath.Join(src, "vm")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, _ := local.New(dir)
-	if _, err := shipper.Send(context.Background(), tr, sources, shipper.SendOptions{
-		Recipients: []age.Recipient{ident.Recipient()}, BlockSize: fixtureBS, Compress: true, Jobs: 1, Streams: 1, Label: "fixture",
-	}); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // incrementalFiles is fixtureFiles after the change that the incremental
 // fixture ships: block 0 rewritten, the zero block 2 now data; blocks 3, 4
 // and 5 and vm.xml unchanged, so they come from the base.
@@ -308,12 +263,9 @@ func incrementalFiles() map[string][]byte {
 // following its blocks into its base with the keys copied into it.
 func TestIncrementalFixtureDecodesPerFormatDoc(t *testing.T) {
 	dir := filepath.Join("testdata", "fixture-incremental")
-	if *update {
-		regenerateIncremental(t, dir)
-	}
 	idb, err := os.ReadFile(filepath.Join(dir, "identity.txt"))
 	if err != nil {
-		t.Fatalf("fixture: %v (regenerate with go test ./archive -run Fixture -update)", err)
+		t.Fatalf("fixture: %v", err)
 	}
 	ids, _ := age.ParseIdentities(bytes.NewReader(idb))
 	read := func(name string) []byte {
@@ -498,35 +450,4 @@ func TestIncrementalFixtureDecodesPerFormatDoc(t *testing.T) {
 	if err := shipper.VerifyInventory(context.Background(), tr, id, nil); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func regenerateIncremental(t *testing.T, dir string) {
-	os.RemoveAll(dir)
-	os.MkdirAll(dir, 0o755)
-	ident, err := age.GenerateX25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(dir, "identity.txt"), []byte("# test-only identity of the format fixture; never use it for data\n"+ident.String()+"\n"), 0o600)
-	src, state := t.TempDir(), t.TempDir()
-	writeFixtureSource(t, src)
-	tr, _ := local.New(dir)
-	send := func() {
-		sources, err := archive.CollectSources([]string{filepath.Join(src, "vm")})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := shipper.Send(context.Background(), tr, sources, shipper.SendOptions{
-			Recipients: []age.Recipient{ident.Recipient()}, BlockSize: fixtureBS, Compress: true, Jobs: 1, Streams: 1, Label: "fixture",
-			StateDir: state, Dest: "fixture", RecipientsID: "fixture", Base: "latest",
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	send()
-	disk := incrementalFiles()["vm/disk.img"]
-	f, _ := os.OpenFile(filepath.Join(src, "vm", "disk.img"), os.O_WRONLY, 0)
-	f.WriteAt(disk[:3*fixtureBS], 0)
-	f.Close()
-	send()
 }

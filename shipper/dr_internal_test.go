@@ -132,74 +132,113 @@ func TestRunLock(t *testing.T) {
 	l3.Release()
 }
 
-func TestDRBlockRoundTrip(t *testing.T) {
-	var kd archive.Digest
-	rand.Read(kd[:])
-	for _, b := range []drBlock{
-		{kind: kindHole},
-		{kind: kindZero},
-		{kind: kindData, compressed: true, ship: 65535, file: 1<<32 - 1, seg: 123456, off: 1 << 40, n: 64<<20 + 4152, kd: kd},
-	} {
-		f := drFile{Blocks: make([]byte, drBlockSize)}
-		b.put(f.Blocks)
-		got, ok := f.block(0)
-		if !ok || got != b {
-			t.Errorf("round trip: %+v, want %+v", got, b)
-		}
-		if _, ok := f.block(1); ok {
-			t.Error("block past the end")
-		}
-	}
-}
-
 func TestKeyedDigestHidesContent(t *testing.T) {
 	dir := t.TempDir()
-	s1, err := openDRStore(dir, "d", nil)
+	k1, err := loadStateKeys(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fi, _ := os.Stat(filepath.Join(dir, "dr", "state.key"))
+	fi, _ := os.Stat(stateKeyFile(dir))
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("state key mode %v, want 0600", fi.Mode())
 	}
-	s2, _ := openDRStore(dir, "d", nil)
-	d := archive.BlockDigest([]byte("block"))
-	if s1.keyed(3, d) != s2.keyed(3, d) || s1.keyID != s2.keyID {
+	k2, _ := loadStateKeys(dir)
+	d := archive.FormDigest([]byte{1, 'x'}, 4096)
+	if k1.keyedDigest(3, d) != k2.keyedDigest(3, d) || k1.id != k2.id || k1.journalMAC != k2.journalMAC {
 		t.Error("the state key is not kept")
 	}
-	if s1.keyed(3, d) == d || s1.keyed(3, d) == s1.keyed(4, d) {
+	if k1.keyedDigest(3, d) == d || k1.keyedDigest(3, d) == k1.keyedDigest(4, d) {
 		t.Error("keyed digest equals the plain one, or does not bind the block's place")
 	}
-	other, _ := openDRStore(t.TempDir(), "d", nil)
-	if other.keyed(3, d) == s1.keyed(3, d) || other.keyID == s1.keyID {
+	if k1.journalMAC == k1.tableMAC {
+		t.Error("the journal and the DR tables share a MAC key")
+	}
+	other, _ := loadStateKeys(t.TempDir())
+	if other.keyedDigest(3, d) == k1.keyedDigest(3, d) || other.id == k1.id {
 		t.Error("another state key gives the same keyed digest")
+	}
+	eph, _ := loadStateKeys("")
+	if eph.keyedDigest(3, d) == k1.keyedDigest(3, d) {
+		t.Error("a run without a state directory uses the state key")
 	}
 }
 
-func TestDRTableCheck(t *testing.T) {
+// testTable writes a DR table of one file of two blocks, block 1 a record
+// of 1000 bytes at 4000 of a segment of 5000, and returns the store.
+func testTable(t *testing.T, mutate func(tb *drTable, e *archive.TableEntry)) (*drStore, *drTable) {
+	t.Helper()
+	keys, _ := loadStateKeys(t.TempDir())
+	s := &drStore{dir: t.TempDir(), keys: keys}
 	id := "20261121T233000Z-3f9a1c2e"
-	good := func() *drTable {
-		tb := &drTable{Format: drFormat, ID: id, BlockSize: 1 << 20,
-			Shipments: []drShipment{{ID: id, Segments: []archive.Segment{{Name: archive.SegmentObject(1), Size: 5000}}}},
-			Files:     []drFile{{Name: "disk", Size: 2 << 20, Blocks: make([]byte, 2*drBlockSize)}}}
-		drBlock{kind: kindData, n: 1000, off: 4000}.put(tb.Files[0].Blocks)
-		return tb
+	tb := &drTable{Format: drFormat, ID: id, BlockSize: 1 << 20, StateKey: keys.id,
+		Shipments: []drShipment{{ID: id, Segments: []archive.Segment{{Name: archive.SegmentObject(1), Size: 5000}}}},
+		Files:     []drFile{{Name: "vm", Dir: true}, {Name: "vm/disk", Size: 2 << 20, First: 0, Count: 1}}}
+	e := archive.TableEntry{File: 1, Block: 1, Offset: 4000, Length: 1000}
+	if mutate != nil {
+		mutate(tb, &e)
 	}
-	if err := good().check(); err != nil {
+	w, err := s.newWriter(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.add(&e)
+	if err := s.save(tb, w); err != nil {
+		t.Fatal(err)
+	}
+	return s, tb
+}
+
+func TestDRTableCheck(t *testing.T) {
+	s, tb := testTable(t, nil)
+	t2, err := s.load(tb.ID)
+	if err != nil {
 		t.Fatalf("good table: %v", err)
 	}
-	for name, mutate := range map[string]func(tb *drTable){
-		"short table":      func(tb *drTable) { tb.Files[0].Size = 3 << 20 },
-		"outside segment":  func(tb *drTable) { drBlock{kind: kindData, n: 1001, off: 4000}.put(tb.Files[0].Blocks) },
-		"missing segment":  func(tb *drTable) { drBlock{kind: kindData, seg: 1, n: 10}.put(tb.Files[0].Blocks) },
-		"missing shipment": func(tb *drTable) { drBlock{kind: kindData, ship: 1, n: 10}.put(tb.Files[0].Blocks) },
-		"other id":         func(tb *drTable) { tb.Shipments[0].ID = "20261121T233000Z-00000000" },
-		"format":           func(tb *drTable) { tb.Format = 9 },
+	n := 0
+	if err := s.readBlocks(t2, func(*archive.TableEntry) error { n++; return nil }); err != nil || n != 1 {
+		t.Fatalf("good table: %v (%d entries)", err, n)
+	}
+	for name, mutate := range map[string]func(tb *drTable, e *archive.TableEntry){
+		"outside segment":  func(tb *drTable, e *archive.TableEntry) { e.Length = 1001 },
+		"missing segment":  func(tb *drTable, e *archive.TableEntry) { e.Segment = 1 },
+		"missing shipment": func(tb *drTable, e *archive.TableEntry) { e.Base = 1 },
+		"past the file":    func(tb *drTable, e *archive.TableEntry) { e.Block = 2 },
+		"wrong file":       func(tb *drTable, e *archive.TableEntry) { e.File = 0 },
 	} {
-		tb := good()
-		mutate(tb)
+		s, tb := testTable(t, mutate)
+		t2, err := s.load(tb.ID)
+		if err == nil {
+			err = s.readBlocks(t2, func(*archive.TableEntry) error { return nil })
+		}
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	for name, mutate := range map[string]func(tb *drTable){
+		"other id":      func(tb *drTable) { tb.Shipments[0].ID = "20261121T233000Z-00000000" },
+		"format":        func(tb *drTable) { tb.Format = 9 },
+		"count":         func(tb *drTable) { tb.Files[1].Count = 3 },
+		"entries":       func(tb *drTable) { tb.Entries = 2 },
+		"dir with data": func(tb *drTable) { tb.Files[0].Count = 1 },
+	} {
+		tb := *tb
+		tb.Files = append([]drFile(nil), tb.Files...)
+		tb.Shipments = append([]drShipment(nil), tb.Shipments...)
+		mutate(&tb)
 		if tb.check() == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+	// A block file changed behind the sender's back does not verify.
+	b, _ := os.ReadFile(s.blocksPath(tb.ID))
+	b[30] ^= 1
+	os.WriteFile(s.blocksPath(tb.ID), b, 0o600)
+	if err := s.readBlocks(t2, func(*archive.TableEntry) error { return nil }); err == nil {
+		t.Error("a changed block file verifies")
+	}
+	// An older table says so.
+	os.WriteFile(s.headerPath(tb.ID), []byte(`{"format":1,"blocks":"AAAA"}`), 0o600)
+	if _, err := s.load(tb.ID); !errors.Is(err, errOlderFormat) {
+		t.Errorf("a format 1 table: %v", err)
 	}
 }

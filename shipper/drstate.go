@@ -1,15 +1,13 @@
 package shipper
 
 import (
-	"context"
-	"crypto/rand"
+	"bufio"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -23,20 +21,26 @@ import (
 // The DR state lets a source that holds only recipients (it cannot read
 // the sealed manifests of its own shipments) send incremental shipments.
 // For every (destination, set of sources) pair it keeps, per shipment sent
-// with --base, a table of every block: its kind, a digest KEYED with a
-// random state key, and where its record lives (shipment, file index,
-// segment, offset, length, compressed, and through the segment the key
-// slot). The state key lives in its own 0600 file, so a table copied
-// without it does not let anyone confirm a guess of a block's content; a
-// reader of a table learns file names and sizes, which blocks are holes,
-// zeros or data, which blocks changed from one shipment to the next, and
-// the names, sizes and digests of the segment objects (which the
-// destination shows anyway). It never holds a key or a plain digest.
+// with --base, a table: a JSON header (<id>.json: the shipments whose
+// records it uses, the files) and a block file (<id>.blocks) of one entry
+// per data block, in (file, block) order, read and written as a stream, so
+// that neither the sender's memory nor the JSON grows with the image. An
+// entry has the layout of a block table entry (archive.TableEntry) whose
+// digest is the block's digest KEYED with the random state key (in its own
+// 0600 file), and whose base, base file, segment, offset and length say
+// where the record lives: base indexes the table's shipments (0: the
+// shipment the table describes), base file is the file's index in that
+// shipment (its block context), segment indexes that shipment's segments.
+// The block file carries a MAC keyed from the state key (in the header):
+// a file changed behind the sender's back is refused. A reader of a table
+// learns file names and sizes, which blocks hold data, which changed from
+// one shipment to the next, and the names, sizes and checksums of segment
+// objects (which the destination shows anyway). It never holds a key or a
+// plain digest.
 
 const (
-	drFormat    = 1
-	drKeep      = 4  // tables kept per pair: --base SHIPMENT can name one of these
-	drBlockSize = 56 // bytes per block in a drFile's table
+	drFormat = 3
+	drKeep   = 4 // tables kept per pair: --base SHIPMENT can name one of these
 )
 
 // drTable describes one shipment of one set of sources to one destination.
@@ -49,6 +53,8 @@ type drTable struct {
 	BlockSize  int64        `json:"block_size"`
 	Shipments  []drShipment `json:"shipments"` // [0] is ID; the others hold records that ID uses
 	Files      []drFile     `json:"files"`
+	Entries    int64        `json:"entries"`    // of the block file
+	BlocksMAC  string       `json:"blocks_mac"` // of the block file, hex
 }
 
 // drShipment is what the source knows of a shipment it sent: enough to
@@ -66,116 +72,25 @@ type drKey struct {
 	BLAKE3 archive.Digest `json:"blake3"` // of the wrapped key object
 }
 
-// drFile is one source file or directory and its block table: drBlockSize
-// bytes per block, see drBlock.
+// drFile is one source file or directory and where its entries are in the
+// block file.
 type drFile struct {
-	Name   string `json:"name"`
-	Dir    bool   `json:"dir,omitempty"`
-	Size   int64  `json:"size"`
-	Blocks []byte `json:"blocks,omitempty"`
-}
-
-// drBlock is one entry of a block table. Packed as: kind(1) flags(1)
-// ship(u16) file(u32) segment(u32) offset(u64) length(u32) keyed digest(32).
-type drBlock struct {
-	kind       byte
-	compressed bool
-	ship       int   // index into drTable.Shipments
-	file       int   // the file's index in that shipment (its block context)
-	seg        int   // index into that shipment's Segments
-	off, n     int64 // of the sealed record in the segment
-	kd         archive.Digest
-}
-
-func (b drBlock) put(dst []byte) {
-	dst[0] = b.kind
-	dst[1] = 0
-	if b.compressed {
-		dst[1] = 1
-	}
-	binary.BigEndian.PutUint16(dst[2:], uint16(b.ship))
-	binary.BigEndian.PutUint32(dst[4:], uint32(b.file))
-	binary.BigEndian.PutUint32(dst[8:], uint32(b.seg))
-	binary.BigEndian.PutUint64(dst[12:], uint64(b.off))
-	binary.BigEndian.PutUint32(dst[20:], uint32(b.n))
-	copy(dst[24:56], b.kd[:])
-}
-
-// block returns entry i of the file's table, if it has one.
-func (f *drFile) block(i int64) (drBlock, bool) {
-	if f == nil || i < 0 || (i+1)*drBlockSize > int64(len(f.Blocks)) {
-		return drBlock{}, false
-	}
-	p := f.Blocks[i*drBlockSize:]
-	b := drBlock{
-		kind: p[0], compressed: p[1]&1 != 0,
-		ship: int(binary.BigEndian.Uint16(p[2:])), file: int(binary.BigEndian.Uint32(p[4:])),
-		seg: int(binary.BigEndian.Uint32(p[8:])), off: int64(binary.BigEndian.Uint64(p[12:])),
-		n: int64(binary.BigEndian.Uint32(p[20:])),
-	}
-	copy(b.kd[:], p[24:56])
-	return b, true
-}
-
-// check makes sure a table read from disk is consistent, so that a damaged
-// one falls back to a full shipment instead of producing a broken one.
-func (t *drTable) check() error {
-	if t.Format != drFormat || !archive.ValidID(t.ID) || len(t.Shipments) == 0 || t.Shipments[0].ID != t.ID ||
-		t.BlockSize < archive.MinBlockSize || t.BlockSize > archive.MaxBlockSize || len(t.Shipments) > 1<<16 {
-		return errors.New("malformed")
-	}
-	for _, s := range t.Shipments {
-		if !archive.ValidID(s.ID) {
-			return errors.New("malformed shipment id")
-		}
-	}
-	for fi := range t.Files {
-		f := &t.Files[fi]
-		nb := (f.Size + t.BlockSize - 1) / t.BlockSize
-		if f.Dir {
-			nb = 0
-		}
-		if f.Size < 0 || int64(len(f.Blocks)) != nb*drBlockSize {
-			return fmt.Errorf("%s: block table of the wrong size", f.Name)
-		}
-		for i := range nb {
-			b, _ := f.block(i)
-			if b.kind != kindData {
-				continue
-			}
-			if b.ship >= len(t.Shipments) || b.seg >= len(t.Shipments[b.ship].Segments) ||
-				b.n <= 0 || b.off < 0 || b.off+b.n > t.Shipments[b.ship].Segments[b.seg].Size {
-				return fmt.Errorf("%s: block %d has a bad location", f.Name, i)
-			}
-		}
-	}
-	return nil
+	Name  string `json:"name"`
+	Dir   bool   `json:"dir,omitempty"`
+	Size  int64  `json:"size"`
+	First int64  `json:"first,omitempty"` // index of its first entry
+	Count int64  `json:"count,omitempty"` // its data blocks
 }
 
 // drStore is the DR state of one (destination, sources) pair.
 type drStore struct {
-	dir   string   // holds one <id>.json table per shipment, the newest drKeep
-	key   [32]byte // the state key
-	keyID string
+	dir  string // holds the tables, the newest drKeep, and the index
+	keys *stateKeys
 }
 
-// openDRStore opens (creating if needed) the state key of stateDir and the
-// table directory of the pair.
-func openDRStore(stateDir, dest string, sources []archive.Source) (*drStore, error) {
-	root := filepath.Join(stateDir, "dr")
-	if err := os.MkdirAll(root, 0o700); err != nil {
-		return nil, fmt.Errorf("DR state: %w", err)
-	}
-	key, err := loadStateKey(filepath.Join(root, "state.key"))
-	if err != nil {
-		return nil, err
-	}
-	s := &drStore{key: key}
-	var id [8]byte
-	blake3.DeriveKey("coldship/v1 state key id", key[:], id[:])
-	s.keyID = hex.EncodeToString(id[:])
-	s.dir = filepath.Join(root, drPair(dest, sources))
-	return s, nil
+// openDRStore opens the table directory of the pair.
+func openDRStore(stateDir, dest string, sources []archive.Source, keys *stateKeys) *drStore {
+	return &drStore{dir: filepath.Join(stateDir, "dr", drPair(dest, sources)), keys: keys}
 }
 
 // drPair names the state of a destination and a set of sources by the
@@ -199,57 +114,6 @@ func drPair(dest string, sources []archive.Source) string {
 	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 
-// loadStateKey reads the state key, or makes one (mode 0600) on first use.
-func loadStateKey(path string) ([32]byte, error) {
-	var key [32]byte
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		rand.Read(key[:])
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if errors.Is(err, fs.ErrExist) {
-			return loadStateKey(path) // made by a concurrent run
-		}
-		if err != nil {
-			return key, fmt.Errorf("DR state key: %w", err)
-		}
-		_, err = fmt.Fprintf(f, "%x\n", key[:])
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			os.Remove(path)
-			return key, fmt.Errorf("DR state key: %w", err)
-		}
-		return key, nil
-	}
-	if err != nil {
-		return key, fmt.Errorf("DR state key: %w", err)
-	}
-	if n, err := hex.Decode(key[:], []byte(strings.TrimSpace(string(b)))); err != nil || n != len(key) {
-		return key, fmt.Errorf("DR state key %s is damaged; remove it (the next send with --base is then a full one)", path)
-	}
-	return key, nil
-}
-
-// keyed returns the keyed digest of block index with plaintext digest d:
-// BLAKE3 keyed with the state key over "coldship/v1/state-block" 0x00 ||
-// u64be(index) || d. The index keeps equal blocks at different places
-// from showing as equal in the table.
-func (s *drStore) keyed(index int64, d archive.Digest) archive.Digest {
-	h, err := blake3.NewKeyed(s.key[:])
-	if err != nil {
-		panic("shipper: internal error: " + err.Error())
-	}
-	var buf [24 + 8 + 32]byte
-	copy(buf[:], "coldship/v1/state-block\x00")
-	binary.BigEndian.PutUint64(buf[24:], uint64(index))
-	copy(buf[32:], d[:])
-	h.Write(buf[:])
-	var out archive.Digest
-	h.Sum(out[:0])
-	return out
-}
-
 // tables returns the ids of the pair's tables in the order they were
 // sent, oldest first. (Shipment ids sort by time only to the second.)
 func (s *drStore) tables() []string {
@@ -266,10 +130,23 @@ func (s *drStore) tables() []string {
 	return ids
 }
 
+func (s *drStore) headerPath(id string) string { return filepath.Join(s.dir, id+".json") }
+func (s *drStore) blocksPath(id string) string { return filepath.Join(s.dir, id+".blocks") }
+
+// errOlderFormat marks a table of format 1 (a base of format 1 or 2).
+var errOlderFormat = errors.New("of an older format")
+
+// load reads the header of table id and checks it.
 func (s *drStore) load(id string) (*drTable, error) {
-	b, err := os.ReadFile(filepath.Join(s.dir, id+".json"))
+	b, err := os.ReadFile(s.headerPath(id))
 	if err != nil {
 		return nil, err
+	}
+	var probe struct {
+		Format int `json:"format"`
+	}
+	if json.Unmarshal(b, &probe) == nil && probe.Format != 0 && probe.Format < drFormat {
+		return nil, errOlderFormat
 	}
 	var t drTable
 	if err := json.Unmarshal(b, &t); err != nil {
@@ -284,17 +161,165 @@ func (s *drStore) load(id string) (*drTable, error) {
 	return &t, nil
 }
 
-// save writes t atomically, makes it the latest, and drops all but the
-// newest drKeep tables.
-func (s *drStore) save(t *drTable) error {
+// check makes sure a table header read from disk is consistent; the block
+// file is checked as it is read (readBlocks).
+func (t *drTable) check() error {
+	if t.Format != drFormat || !archive.ValidID(t.ID) || len(t.Shipments) == 0 || t.Shipments[0].ID != t.ID ||
+		t.BlockSize < archive.MinBlockSize || t.BlockSize > archive.MaxBlockSize || len(t.Shipments) > 1<<16 || t.Entries < 0 {
+		return errors.New("malformed")
+	}
+	for _, s := range t.Shipments {
+		if !archive.ValidID(s.ID) {
+			return errors.New("malformed shipment id")
+		}
+	}
+	next := int64(0)
+	for _, f := range t.Files {
+		nb := (f.Size + t.BlockSize - 1) / t.BlockSize
+		if f.Size < 0 || f.Count < 0 || f.Count > nb || (f.Dir && (f.Count != 0 || f.Size != 0)) || (f.Count > 0 && f.First != next) {
+			return fmt.Errorf("%s: bad size or entries", f.Name)
+		}
+		next += f.Count
+	}
+	if next != t.Entries {
+		return errors.New("entries do not add up")
+	}
+	return nil
+}
+
+// readBlocks streams the table's block file, checking every entry (order,
+// files, places) and, at the end, its MAC; fn sees each entry, with Base
+// the shipment's index and File the table's file index.
+func (s *drStore) readBlocks(t *drTable, fn func(e *archive.TableEntry) error) error {
+	f, err := os.Open(s.blocksPath(t.ID))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := s.newMAC(t.ID)
+	r := bufio.NewReaderSize(io.TeeReader(io.LimitReader(f, t.Entries*archive.TableEntrySize+1), h), 64<<10)
+	var buf [archive.TableEntrySize]byte
+	fi, prev := 0, int64(-1)
+	for k := range t.Entries {
+		if _, err := io.ReadFull(r, buf[:]); err != nil {
+			return errors.New("block file cut short")
+		}
+		e, err := archive.DecodeTableEntry(buf[:])
+		if err != nil {
+			return err
+		}
+		for fi < len(t.Files) && k >= t.Files[fi].First+t.Files[fi].Count {
+			fi, prev = fi+1, -1
+		}
+		if err := t.checkEntry(&e, fi, prev); err != nil {
+			return fmt.Errorf("entry %d: %v", k, err)
+		}
+		prev = int64(e.Block)
+		if err := fn(&e); err != nil {
+			return err
+		}
+	}
+	if n, _ := r.Read(buf[:1]); n != 0 {
+		return errors.New("block file too long")
+	}
+	if hex.EncodeToString(h.Sum(nil)) != t.BlocksMAC {
+		return errors.New("block file does not verify")
+	}
+	return nil
+}
+
+// checkEntry checks one entry of file fi whose previous entry was block
+// prev (-1: none).
+func (t *drTable) checkEntry(e *archive.TableEntry, fi int, prev int64) error {
+	if fi >= len(t.Files) || int(e.File) != fi || t.Files[fi].Dir {
+		return errors.New("not in order of files")
+	}
+	f := &t.Files[fi]
+	if int64(e.Block) <= prev || int64(e.Block) >= (f.Size+t.BlockSize-1)/t.BlockSize {
+		return errors.New("block out of order or range")
+	}
+	if int(e.Base) >= len(t.Shipments) || int(e.Segment) >= len(t.Shipments[e.Base].Segments) {
+		return errors.New("refers to a missing shipment or segment")
+	}
+	seg := t.Shipments[e.Base].Segments[e.Segment]
+	if e.Length == 0 || int64(e.Offset)+int64(e.Length) > seg.Size {
+		return errors.New("lies outside its segment")
+	}
+	return nil
+}
+
+// newMAC starts the MAC of the block file of table id: BLAKE3 keyed from
+// the state key over the id and the file's bytes.
+func (s *drStore) newMAC(id string) *blake3.Hasher {
+	h, _ := blake3.NewKeyed(s.keys.tableMAC[:])
+	h.WriteString(id)
+	return h
+}
+
+// drWriter writes the block file of a new table as a stream, next to its
+// final name until save.
+type drWriter struct {
+	f       *os.File
+	w       *bufio.Writer
+	mac     *blake3.Hasher
+	entries int64
+	buf     [archive.TableEntrySize]byte
+}
+
+func (s *drStore) newWriter(id string) (*drWriter, error) {
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("save DR state: %w", err)
+	}
+	f, err := os.OpenFile(s.blocksPath(id)+".tmp", os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("save DR state: %w", err)
+	}
+	w := &drWriter{f: f, mac: s.newMAC(id)}
+	w.w = bufio.NewWriterSize(io.MultiWriter(f, w.mac), 64<<10)
+	return w, nil
+}
+
+func (w *drWriter) add(e *archive.TableEntry) error {
+	archive.EncodeTableEntry(w.buf[:], e)
+	w.entries++
+	_, err := w.w.Write(w.buf[:])
+	return err
+}
+
+// abort removes the unfinished block file.
+func (w *drWriter) abort() {
+	if w != nil && w.f != nil {
+		w.f.Close()
+		os.Remove(w.f.Name())
+		w.f = nil
+	}
+}
+
+// save ends the block file of t, writes t's header, makes t the latest,
+// and drops all but the newest drKeep tables.
+func (s *drStore) save(t *drTable, w *drWriter) error {
+	err := w.w.Flush()
+	if err == nil {
+		err = w.f.Sync()
+	}
+	if cerr := w.f.Close(); err == nil {
+		err = cerr
+	}
+	tmp := w.f.Name()
+	w.f = nil
+	if err == nil {
+		err = os.Rename(tmp, s.blocksPath(t.ID))
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("save DR state: %w", err)
+	}
+	t.Entries, t.BlocksMAC = w.entries, hex.EncodeToString(w.mac.Sum(nil))
 	b, err := json.Marshal(t)
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
-		return fmt.Errorf("save DR state: %w", err)
-	}
-	if err := writeFileAtomic(filepath.Join(s.dir, t.ID+".json"), b); err != nil {
+	if err := writeFileAtomic(s.headerPath(t.ID), b); err != nil {
 		return fmt.Errorf("save DR state: %w", err)
 	}
 	var ids []string
@@ -310,7 +335,8 @@ func (s *drStore) save(t *drTable) error {
 		return fmt.Errorf("save DR state: %w", err)
 	}
 	for _, id := range drop {
-		os.Remove(filepath.Join(s.dir, id+".json"))
+		os.Remove(s.headerPath(id))
+		os.Remove(s.blocksPath(id))
 	}
 	return nil
 }
@@ -337,141 +363,4 @@ func writeFileAtomic(path string, b []byte) error {
 		os.Remove(tmp)
 	}
 	return err
-}
-
-// drBase is a checked base for an incremental send: its table, and the
-// wrapped key objects of every shipment it refers to, read back from the
-// destination.
-type drBase struct {
-	t     *drTable
-	files map[string]*drFile     // by name in the shipment
-	keys  map[int]map[int][]byte // by shipment index, key slot
-	used  map[int]map[int]bool   // shipment index -> segment indexes that hold blocks
-}
-
-// chooseBase picks the table for --base (latest or an id) and checks it
-// against the destination. It returns nil and the reason when the send
-// must be a full one instead; an error only when the destination cannot
-// be asked.
-func (s *drStore) chooseBase(ctx context.Context, tr Transport, base string, opts SendOptions) (*drBase, string, error) {
-	ids := s.tables()
-	var id string
-	switch {
-	case base == "latest" && len(ids) == 0:
-		return nil, "no DR state for these sources and this destination yet (the first run is always full)", nil
-	case base == "latest":
-		id = ids[len(ids)-1]
-	default:
-		id = base
-		found := false
-		for _, x := range ids {
-			found = found || x == id
-		}
-		if !found {
-			return nil, fmt.Sprintf("the DR state knows no shipment %s of these sources to this destination (it keeps the last %d)", id, drKeep), nil
-		}
-	}
-	t, err := s.load(id)
-	if err != nil {
-		return nil, fmt.Sprintf("the DR state of base %s is %v", id, err), nil
-	}
-	switch {
-	case t.Dest != opts.Dest:
-		return nil, fmt.Sprintf("the DR state of base %s is for another destination", id), nil
-	case t.Recipients != opts.RecipientsID:
-		return nil, fmt.Sprintf("the recipients differ from those of base %s (whose keys are wrapped for its own recipients)", id), nil
-	case t.StateKey != s.keyID:
-		return nil, fmt.Sprintf("the DR state key changed since base %s was sent", id), nil
-	case t.BlockSize != opts.BlockSize:
-		return nil, fmt.Sprintf("--block-size differs from that of base %s (%d bytes)", id, t.BlockSize), nil
-	}
-	b := &drBase{t: t, files: map[string]*drFile{}, keys: map[int]map[int][]byte{}, used: map[int]map[int]bool{0: {}}}
-	for i := range t.Files {
-		f := &t.Files[i]
-		if !f.Dir {
-			b.files[f.Name] = f
-		}
-		for bi := range int64(len(f.Blocks) / drBlockSize) {
-			e, _ := f.block(bi)
-			if e.kind == kindData {
-				if b.used[e.ship] == nil {
-					b.used[e.ship] = map[int]bool{}
-				}
-				b.used[e.ship][e.seg] = true
-			}
-		}
-	}
-	why, err := b.checkAtDest(ctx, tr)
-	if why != "" || err != nil {
-		return nil, why, err
-	}
-	return b, "", nil
-}
-
-// checkAtDest checks that every shipment the base uses is complete at the
-// destination with the very inventory it was sent with, that the segments
-// holding its blocks are there at their size, and reads the wrapped keys
-// those segments need (checking them against the state).
-func (b *drBase) checkAtDest(ctx context.Context, tr Transport) (string, error) {
-	for si, segs := range b.used {
-		ship := &b.t.Shipments[si]
-		objs := map[string]int64{}
-		err := tr.List(ctx, ship.ID+"/", func(oi ObjectInfo) error {
-			objs[strings.TrimPrefix(oi.Name, ship.ID+"/")] = oi.Size
-			return nil
-		})
-		if err != nil {
-			return "", fmt.Errorf("list %s: %w", ship.ID, err)
-		}
-		what := "base " + ship.ID
-		if si > 0 {
-			what = fmt.Sprintf("shipment %s (which base %s refers to)", ship.ID, b.t.ID)
-		}
-		if len(objs) == 0 {
-			return what + " is missing at the destination", nil
-		}
-		if _, ok := objs[archive.ManifestObject]; !ok {
-			return what + " is incomplete at the destination", nil
-		}
-		ib, err := getObject(ctx, tr, ship.ID+"/"+archive.InventoryObject, 1<<30)
-		if errors.Is(err, ErrNotFound) {
-			return what + " is incomplete at the destination", nil
-		}
-		if err != nil {
-			return "", err
-		}
-		if archive.ObjectDigest(ib) != ship.Inventory {
-			return what + " is listed differently at the destination than when it was sent", nil
-		}
-		slots := map[int]bool{}
-		for seg := range segs {
-			s := ship.Segments[seg]
-			if size, ok := objs[s.Name]; !ok || size != s.Size {
-				return fmt.Sprintf("%s/%s is missing or of the wrong size at the destination", ship.ID, s.Name), nil
-			}
-			slots[s.Key] = true
-		}
-		b.keys[si] = map[int][]byte{}
-		for slot := range slots {
-			var want *drKey
-			for i := range ship.Keys {
-				if ship.Keys[i].Slot == slot {
-					want = &ship.Keys[i]
-				}
-			}
-			name := ship.ID + "/" + archive.KeyObject(slot)
-			kb, err := getObject(ctx, tr, name, 1<<20)
-			if errors.Is(err, ErrNotFound) {
-				return name + " is missing at the destination", nil
-			}
-			if err != nil {
-				return "", err
-			}
-			if want == nil || archive.ObjectDigest(kb) != want.BLAKE3 {
-				return name + " differs from the key object that was sent", nil
-			}
-			b.keys[si][slot] = kb
-		}
-	}
-	return "", nil
 }

@@ -1,12 +1,259 @@
 package shipper
 
 import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/coldship/coldship/archive"
 )
+
+// drBase is a checked base for an incremental send: its table, and the
+// wrapped key objects of every shipment it refers to, read back from the
+// destination.
+type drBase struct {
+	s     *drStore
+	t     *drTable
+	files map[string]int         // by name in the shipment: index into t.Files
+	keys  map[int]map[int][]byte // by shipment index, key slot
+}
+
+func (b *drBase) id() string {
+	if b == nil {
+		return ""
+	}
+	return b.t.ID
+}
+
+// chooseBase picks the table for --base (latest or an id) and checks it,
+// and the destination against it. It returns nil and the reason when the
+// send must be a full one instead; an error only when the destination
+// cannot be asked.
+func (s *drStore) chooseBase(ctx context.Context, tr Transport, base string, opts *SendOptions) (*drBase, string, error) {
+	ids := s.tables()
+	var id string
+	switch {
+	case base == "latest" && len(ids) == 0:
+		return nil, "no DR state for these sources and this destination yet (the first run is always full)", nil
+	case base == "latest":
+		id = ids[len(ids)-1]
+	default:
+		id = base
+		found := false
+		for _, x := range ids {
+			found = found || x == id
+		}
+		if !found {
+			return nil, fmt.Sprintf("the DR state knows no shipment %s of these sources to this destination (it keeps the last %d)", id, drKeep), nil
+		}
+	}
+	t, err := s.load(id)
+	switch {
+	case errors.Is(err, errOlderFormat):
+		return nil, fmt.Sprintf("the base %s is of an older format (shipments of format 1 and 2 are not used as bases)", id), nil
+	case err != nil:
+		return nil, fmt.Sprintf("the DR state of base %s is %v", id, err), nil
+	case t.Dest != opts.Dest:
+		return nil, fmt.Sprintf("the DR state of base %s is for another destination", id), nil
+	case t.Recipients != opts.RecipientsID:
+		return nil, fmt.Sprintf("the recipients differ from those of base %s (whose keys are wrapped for its own recipients)", id), nil
+	case t.StateKey != s.keys.id:
+		return nil, fmt.Sprintf("the DR state key changed since base %s was sent", id), nil
+	case t.BlockSize != opts.BlockSize:
+		return nil, fmt.Sprintf("--block-size differs from that of base %s (%d bytes)", id, t.BlockSize), nil
+	}
+	b := &drBase{s: s, t: t, files: map[string]int{}, keys: map[int]map[int][]byte{}}
+	for i, f := range t.Files {
+		if !f.Dir {
+			b.files[f.Name] = i
+		}
+	}
+	used := map[int]map[int]bool{0: {}}
+	err = s.readBlocks(t, func(e *archive.TableEntry) error {
+		if used[int(e.Base)] == nil {
+			used[int(e.Base)] = map[int]bool{}
+		}
+		used[int(e.Base)][int(e.Segment)] = true
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Sprintf("the DR state of base %s is damaged: %v", id, err), nil
+	}
+	why, err := b.checkAtDest(ctx, tr, used)
+	if why != "" || err != nil {
+		return nil, why, err
+	}
+	return b, "", nil
+}
+
+// checkAtDest checks that every shipment the base uses is complete at the
+// destination with the very inventory it was sent with, that the segments
+// holding its blocks are there at their size, and reads the wrapped keys
+// those segments need (checking them against the state).
+func (b *drBase) checkAtDest(ctx context.Context, tr Transport, used map[int]map[int]bool) (string, error) {
+	for si, segs := range used {
+		ship := &b.t.Shipments[si]
+		objs := map[string]int64{}
+		err := tr.List(ctx, ship.ID+"/", func(oi ObjectInfo) error {
+			objs[strings.TrimPrefix(oi.Name, ship.ID+"/")] = oi.Size
+			return nil
+		})
+		if err != nil {
+			return "", fmt.Errorf("list %s: %w", ship.ID, err)
+		}
+		what := "base " + ship.ID
+		if si > 0 {
+			what = fmt.Sprintf("shipment %s (which base %s refers to)", ship.ID, b.t.ID)
+		}
+		if len(objs) == 0 {
+			return what + " is missing at the destination", nil
+		}
+		if _, ok := objs[archive.ManifestObject]; !ok {
+			return what + " is incomplete at the destination", nil
+		}
+		ib, err := getObject(ctx, tr, ship.ID+"/"+archive.InventoryObject, 1<<30)
+		if errors.Is(err, ErrNotFound) {
+			return what + " is incomplete at the destination", nil
+		}
+		if err != nil {
+			return "", err
+		}
+		if archive.ObjectDigest(ib) != ship.Inventory {
+			return what + " is listed differently at the destination than when it was sent", nil
+		}
+		slots := map[int]bool{}
+		for seg := range segs {
+			s := ship.Segments[seg]
+			if size, ok := objs[s.Name]; !ok || size != s.Size {
+				return fmt.Sprintf("%s/%s is missing or of the wrong size at the destination", ship.ID, s.Name), nil
+			}
+			slots[s.Key] = true
+		}
+		b.keys[si] = map[int][]byte{}
+		for slot := range slots {
+			why, err := b.readKey(ctx, tr, si, slot)
+			if why != "" || err != nil {
+				return why, err
+			}
+		}
+	}
+	return "", nil
+}
+
+// readKey reads back key slot slot of shipment si and checks it against
+// the state.
+func (b *drBase) readKey(ctx context.Context, tr Transport, si, slot int) (string, error) {
+	ship := &b.t.Shipments[si]
+	var want *drKey
+	for i := range ship.Keys {
+		if ship.Keys[i].Slot == slot {
+			want = &ship.Keys[i]
+		}
+	}
+	name := ship.ID + "/" + archive.KeyObject(slot)
+	kb, err := getObject(ctx, tr, name, archive.MaxKeyObject)
+	if errors.Is(err, ErrNotFound) {
+		return name + " is missing at the destination", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	if want == nil || archive.ObjectDigest(kb) != want.BLAKE3 {
+		return name + " differs from the key object that was sent", nil
+	}
+	b.keys[si][slot] = kb
+	return "", nil
+}
+
+// baseCursor reads the base's block file in the order of the new
+// shipment's files, for the block reader's Prior: the entries of the
+// base's file of the same name.
+type baseCursor struct {
+	b     *drBase
+	f     *os.File
+	names []string // of the new shipment's files
+	file  int      // the new file being read; -1 before the first
+	r     *bufio.Reader
+	left  int64
+	head  archive.TableEntry
+	ok    bool
+	buf   [archive.TableEntrySize]byte
+}
+
+func (b *drBase) cursor(files []*sendFile) (*baseCursor, error) {
+	f, err := os.Open(b.s.blocksPath(b.t.ID))
+	if err != nil {
+		return nil, fmt.Errorf("DR state of base %s: %w", b.t.ID, err)
+	}
+	c := &baseCursor{b: b, f: f, file: -1}
+	for _, sf := range files {
+		c.names = append(c.names, sf.src.Name)
+	}
+	return c, nil
+}
+
+func (c *baseCursor) close() { c.f.Close() }
+
+// lookup returns the base's entry for block block of new file file, if
+// the base has one; calls come in (file, block) order. The entry's Base is
+// its shipment's index in the base's table plus 1.
+func (c *baseCursor) lookup(file int, block int64) (archive.TableEntry, bool, error) {
+	if file != c.file {
+		c.open(file)
+	}
+	for c.ok && int64(c.head.Block) < block {
+		if err := c.advance(); err != nil {
+			return archive.TableEntry{}, false, err
+		}
+	}
+	if !c.ok || int64(c.head.Block) != block {
+		return archive.TableEntry{}, false, nil
+	}
+	e := c.head
+	e.Base++
+	return e, true, nil
+}
+
+// open positions the cursor at the entries of the base's file named as
+// new file file.
+func (c *baseCursor) open(file int) {
+	c.file, c.ok, c.left = file, false, 0
+	bi, found := c.b.files[c.names[file]]
+	if !found {
+		return
+	}
+	bf := &c.b.t.Files[bi]
+	sr := io.NewSectionReader(c.f, bf.First*archive.TableEntrySize, bf.Count*archive.TableEntrySize)
+	if c.r == nil {
+		c.r = bufio.NewReaderSize(sr, 64<<10)
+	} else {
+		c.r.Reset(sr)
+	}
+	c.left = bf.Count
+	c.advance()
+}
+
+func (c *baseCursor) advance() error {
+	if c.left == 0 {
+		c.ok = false
+		return nil
+	}
+	c.left--
+	if _, err := io.ReadFull(c.r, c.buf[:]); err != nil {
+		return fmt.Errorf("DR state of base %s: %w", c.b.t.ID, err)
+	}
+	e, err := archive.DecodeTableEntry(c.buf[:])
+	if err != nil || (c.ok && e.Block <= c.head.Block) {
+		return fmt.Errorf("DR state of base %s changed while in use", c.b.t.ID)
+	}
+	c.head, c.ok = e, true
+	return nil
+}
 
 // refPlan maps the records of the base that unchanged blocks use to the
 // manifest's Bases: only shipments and segments actually used are listed.
@@ -17,56 +264,33 @@ type refPlan struct {
 	segOf  map[[2]int]int // (table shipment, segment) -> index into its Base.Segments
 }
 
-// plan gathers the records that the unchanged blocks of files use. It
-// works on a nil base (a full shipment), giving an empty plan.
-func (b *drBase) plan(files []*fileState) *refPlan {
+// plan lists the base records in use (table shipment, segment). It works
+// on a nil base (a full shipment), giving an empty plan.
+func (b *drBase) plan(used map[[2]int]bool) *refPlan {
 	p := &refPlan{baseOf: map[int]int{}, segOf: map[[2]int]int{}}
 	if b == nil {
 		return p
 	}
-	used := map[int]map[int]bool{}
-	for _, st := range files {
-		for i, r := range st.ref {
-			if !r {
-				continue
-			}
-			e, _ := st.base.block(int64(i))
-			if used[e.ship] == nil {
-				used[e.ship] = map[int]bool{}
-			}
-			used[e.ship][e.seg] = true
-		}
+	segs := map[int][]int{}
+	for k := range used {
+		segs[k[0]] = append(segs[k[0]], k[1])
 	}
-	for si := range used {
+	for si := range segs {
 		p.ships = append(p.ships, si)
 	}
 	sort.Slice(p.ships, func(i, j int) bool { return b.t.Shipments[p.ships[i]].ID < b.t.Shipments[p.ships[j]].ID })
 	for k, si := range p.ships {
 		ship := &b.t.Shipments[si]
 		p.baseOf[si] = k + 1
-		segs := make([]int, 0, len(used[si]))
-		for seg := range used[si] {
-			segs = append(segs, seg)
-		}
-		sort.Ints(segs) // a shipment's segments are in ascending order of name
+		sort.Ints(segs[si]) // a shipment's segments are in ascending order of name
 		base := archive.Base{ID: ship.ID}
-		for _, seg := range segs {
+		for _, seg := range segs[si] {
 			p.segOf[[2]int{si, seg}] = len(base.Segments)
 			base.Segments = append(base.Segments, ship.Segments[seg])
 		}
 		p.bases = append(p.bases, base)
 	}
 	return p
-}
-
-// block returns the manifest entry of block i of a file, unchanged since
-// the base, that uses the base's record.
-func (p *refPlan) block(f *drFile, i int64) archive.Block {
-	e, _ := f.block(i)
-	return archive.Block{
-		Index: i, Base: p.baseOf[e.ship], File: e.file, Segment: p.segOf[[2]int{e.ship, e.seg}],
-		Offset: e.off, Length: e.n, Compressed: e.compressed,
-	}
 }
 
 type keyCopy struct {
@@ -97,65 +321,4 @@ func (p *refPlan) keyCopies(b *drBase) []keyCopy {
 		}
 	}
 	return out
-}
-
-// newTable describes the shipment just completed for the next incremental
-// send: new records where they were put, unchanged blocks where the base
-// said they were.
-func (state *sendState) newTable(id string, opts SendOptions, m *archive.Manifest, inv *archive.Inventory, ib []byte,
-	files []*fileState, segIndex map[int]int) *drTable {
-	t := &drTable{Format: drFormat, Dest: opts.Dest, ID: id, Recipients: opts.RecipientsID, StateKey: state.dr.keyID, BlockSize: opts.BlockSize}
-	own := drShipment{ID: id, Inventory: archive.ObjectDigest(ib), Segments: m.Segments}
-	slots := map[int]bool{}
-	for _, s := range m.Segments {
-		slots[s.Key] = true
-	}
-	for _, o := range inv.Objects {
-		if slot, ok := keySlot(o.Name); ok && slots[slot] {
-			own.Keys = append(own.Keys, drKey{Slot: slot, BLAKE3: o.BLAKE3})
-		}
-	}
-	t.Shipments = []drShipment{own}
-	shipIdx := map[int]int{} // base table index -> index in t
-	for fi, st := range files {
-		f := drFile{Name: st.src.Name, Dir: st.f == nil, Size: st.size}
-		if st.f != nil {
-			f.Blocks = make([]byte, len(st.kinds)*drBlockSize)
-			for i, k := range st.kinds {
-				e := drBlock{kind: k}
-				switch {
-				case k != kindData:
-				case st.ref[i]:
-					e, _ = st.base.block(int64(i))
-					ni, ok := shipIdx[e.ship]
-					if !ok {
-						ni = len(t.Shipments)
-						t.Shipments = append(t.Shipments, state.base.t.Shipments[e.ship])
-						shipIdx[e.ship] = ni
-					}
-					e.ship = ni
-				default:
-					b := st.blocks[i]
-					e = drBlock{kind: kindData, compressed: b.Compressed, file: fi, seg: segIndex[b.Segment],
-						off: b.Offset, n: b.Length, kd: st.kd[i]}
-				}
-				e.put(f.Blocks[i*drBlockSize:])
-			}
-		}
-		t.Files = append(t.Files, f)
-	}
-	return t
-}
-
-// keySlot returns n for the name of key slot n ("keys/NNNN").
-func keySlot(name string) (int, bool) {
-	digits, ok := strings.CutPrefix(name, "keys/")
-	if !ok {
-		return 0, false
-	}
-	n, err := strconv.Atoi(digits)
-	if err != nil || archive.KeyObject(n) != name {
-		return 0, false
-	}
-	return n, true
 }

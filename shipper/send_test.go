@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -191,20 +192,9 @@ func TestSourceChangedStartsNewShipment(t *testing.T) {
 
 func restore(t *testing.T, tr shipper.Transport, shipID string, id age.Identity, want []byte) {
 	t.Helper()
-	sh, err := shipper.OpenShipment(context.Background(), tr, shipID, []age.Identity{id})
-	if err != nil {
-		t.Fatalf("open shipment: %v", err)
-	}
-	out := t.TempDir()
-	if _, err := sh.Receive(context.Background(), out, shipper.ReceiveOptions{}); err != nil {
-		t.Fatalf("receive: %v", err)
-	}
-	got, err := os.ReadFile(filepath.Join(out, "disk.img"))
-	if err != nil || !bytes.Equal(got, want) {
-		t.Fatalf("restored image differs from the source (%v)", err)
-	}
-	if err := shipper.VerifyInventory(context.Background(), tr, shipID, nil); err != nil {
-		t.Errorf("inventory verify: %v", err)
+	files := decodeV3(t, tr, shipID, []age.Identity{id})
+	if !bytes.Equal(files["disk.img"], want) {
+		t.Fatalf("restored image differs from the source")
 	}
 }
 
@@ -240,4 +230,363 @@ func TestKeyLostSegmentsResent(t *testing.T) {
 		t.Fatalf("keys/0000 should be missing: %v", err)
 	}
 	restore(t, base, res.ID, id, data)
+}
+
+// interrupted runs a send of a new 48-block image that the link cuts
+// after okSegs segments, and returns what a rerun needs.
+type interruptedSend struct {
+	dir, src string
+	data     []byte
+	sources  []archive.Source
+	id       age.Identity
+	base     *local.Transport
+	opts     shipper.SendOptions
+	logs     *bytes.Buffer
+	ship     string // the incomplete shipment
+}
+
+func interrupt(t *testing.T, okSegs int32, streams int) *interruptedSend {
+	t.Helper()
+	dir := t.TempDir()
+	base, _ := local.New(filepath.Join(dir, "dest"))
+	s := interruptOn(t, base, dir, okSegs, streams)
+	s.base = base
+	return s
+}
+
+// interruptOver interrupts a send to tr (one stream).
+func interruptOver(t *testing.T, tr shipper.Transport, okSegs int32) *interruptedSend {
+	return interruptOn(t, tr, t.TempDir(), okSegs, 1)
+}
+
+func interruptOn(t *testing.T, tr shipper.Transport, dir string, okSegs int32, streams int) *interruptedSend {
+	t.Helper()
+	s := &interruptedSend{dir: dir, logs: new(bytes.Buffer)}
+	s.src = filepath.Join(s.dir, "disk.img")
+	// Block i has i%16+1 random pages, then zeros: records of many lengths.
+	s.data = make([]byte, 48*64<<10)
+	for i := range 48 {
+		rand.Read(s.data[i*64<<10 : i*64<<10+(i%16+1)*4096])
+	}
+	if err := os.WriteFile(s.src, s.data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.sources, _ = archive.CollectSources([]string{s.src})
+	var rcpt age.Recipient
+	s.id, rcpt = newIdentity(t)
+	s.opts = shipper.SendOptions{
+		Recipients: []age.Recipient{rcpt}, BlockSize: 64 << 10, SegmentSize: 256 << 10, Jobs: 2, Streams: streams,
+		StateDir: filepath.Join(s.dir, "state"), Dest: "test-dest", RecipientsID: "r1",
+		Log: func(f string, a ...any) { fmt.Fprintf(s.logs, f+"\n", a...) },
+	}
+	if _, err := shipper.Send(context.Background(), &faulty{Transport: tr, okSegs: okSegs}, s.sources, s.opts); err == nil {
+		t.Fatal("interrupted send succeeded")
+	}
+	ships, _ := shipper.List(context.Background(), tr)
+	if len(ships) != 1 || ships[0].Complete {
+		t.Fatalf("after the interruption: %+v", ships)
+	}
+	s.ship = ships[0].ID
+	return s
+}
+
+func (s *interruptedSend) journal() string {
+	return shipper.JournalPath(s.opts.StateDir, s.opts.Dest, s.sources)
+}
+
+// rerun runs the same send again and checks that the shipment it
+// completes decodes to the source.
+func (s *interruptedSend) rerun(t *testing.T) *shipper.SendResult {
+	t.Helper()
+	return s.rerunWith(t, s.base)
+}
+
+func (s *interruptedSend) rerunWith(t *testing.T, tr shipper.Transport) *shipper.SendResult {
+	t.Helper()
+	s.logs.Reset()
+	res, err := shipper.Send(context.Background(), tr, s.sources, s.opts)
+	if err != nil {
+		t.Fatalf("rerun: %v\n%s", err, s.logs)
+	}
+	restore(t, s.base, res.ID, s.id, s.data)
+	return res
+}
+
+// records returns the records of the 'R' bodies of segment seg.
+func records(bodies [][]byte, seg uint32) [][]byte {
+	var recs [][]byte
+	for _, body := range bodies {
+		if body[0] != 'R' || binary.BigEndian.Uint32(body[1:]) != seg {
+			continue
+		}
+		for p := body[5:]; len(p) > 0; p = p[shipper.JournalRecordSize:] {
+			recs = append(recs, p[:shipper.JournalRecordSize])
+		}
+	}
+	return recs
+}
+
+func addUint32(b []byte, d int32) {
+	binary.BigEndian.PutUint32(b, uint32(int32(binary.BigEndian.Uint32(b))+d))
+}
+
+func swap(a, b []byte) {
+	t := append([]byte(nil), a...)
+	copy(a, b)
+	copy(b, t)
+}
+
+// journalEdits are the edits of issue 14 that made a resumed send exit 0
+// with a broken shipment, on a journal whose records no longer hold
+// offsets (they are the running sum of the lengths): each edits the
+// records of segment 1 (and 2).
+var journalEdits = map[string]func(recs1, recs2 [][]byte){
+	"offset +1":                       func(r, _ [][]byte) { addUint32(r[0][12:], 1); addUint32(r[1][12:], -1) },
+	"length -1":                       func(r, _ [][]byte) { addUint32(r[0][12:], -1) },
+	"swapped offsets":                 func(r, _ [][]byte) { swap(r[0][12:16], r[1][12:16]) },
+	"swapped indexes":                 func(r, _ [][]byte) { swap(r[0][4:12], r[1][4:12]) },
+	"indexes swapped across segments": func(r1, r2 [][]byte) { swap(r1[len(r1)-1][4:12], r2[0][4:12]) },
+}
+
+// TestResumeWithEditedJournal makes the journal edits of issue 14: by
+// hand (the MAC no longer verifies: the journal is moved aside and a new
+// shipment starts) and as if with the state key (the MAC verifies: what
+// the records claim is checked against the segments and the sources).
+// Either way the send ends with a shipment that decodes to the source.
+func TestResumeWithEditedJournal(t *testing.T) {
+	for name, edit := range journalEdits {
+		for _, remac := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/remac=%v", name, remac), func(t *testing.T) {
+				s := interrupt(t, 4, 1)
+				shipper.RewriteJournal(t, s.journal(), s.opts.StateDir, remac, func(bodies [][]byte) [][]byte {
+					r1, r2 := records(bodies, 1), records(bodies, 2)
+					if len(r1) < 2 || len(r2) < 1 || binary.BigEndian.Uint32(r1[0][12:]) == binary.BigEndian.Uint32(r1[1][12:]) {
+						t.Fatalf("segments 1 and 2 hold %d and %d records, of equal lengths", len(r1), len(r2))
+					}
+					edit(r1, r2)
+					return bodies
+				})
+				res := s.rerun(t)
+				if !remac {
+					bad, _ := filepath.Glob(s.journal() + ".bad-*")
+					if res.Resumed || len(bad) != 1 || !strings.Contains(s.logs.String(), "moved aside to "+bad[0]) {
+						t.Errorf("resumed %v, moved aside %v, log:\n%s", res.Resumed, bad, s.logs)
+					}
+				} else if !res.Resumed || res.ID != s.ship {
+					t.Errorf("resumed %v shipment %s, want %s resumed", res.Resumed, res.ID, s.ship)
+				}
+			})
+		}
+	}
+}
+
+// TestResumeRechecksReusedSegments flips a bit in a segment already at
+// the destination (same size): the rerun reads it back, finds it
+// differs, and sends its blocks again.
+func TestResumeRechecksReusedSegments(t *testing.T) {
+	s := interrupt(t, 4, 1)
+	p := filepath.Join(s.dir, "dest", s.ship, "segments", "00000002")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 1
+	os.WriteFile(p, b, 0o644)
+	cnt := new(shipper.Counters)
+	s.opts.Counters = cnt
+	res := s.rerun(t)
+	if !res.Resumed || !strings.Contains(s.logs.String(), "segment segments/00000002 of shipment "+s.ship+": its content differs") {
+		t.Errorf("resumed %v; log:\n%s", res.Resumed, s.logs)
+	}
+	if cnt.SegmentsReused.Load() != 3 {
+		t.Errorf("%d segments reused, want the 3 intact ones", cnt.SegmentsReused.Load())
+	}
+	if _, err := os.Stat(p); err == nil {
+		t.Error("the damaged segment is still at the destination")
+	}
+}
+
+// TestDamagedJournalMovedAside: a journal that does not parse is moved
+// aside with a warning, and the send completes a new shipment without a
+// human.
+func TestDamagedJournalMovedAside(t *testing.T) {
+	s := interrupt(t, 2, 1)
+	os.WriteFile(s.journal(), []byte("not a journal"), 0o600)
+	res := s.rerun(t)
+	bad, _ := filepath.Glob(s.journal() + ".bad-*")
+	if res.Resumed || res.ID == s.ship || len(bad) != 1 || !strings.Contains(s.logs.String(), "warning: ") {
+		t.Errorf("resumed %v as %s, moved aside %v, log:\n%s", res.Resumed, res.ID, bad, s.logs)
+	}
+}
+
+// TestKeySlotNeverOverwritten resumes with a journal that forgot its key
+// slots (restored from an old backup): the rerun must not write its key
+// over keys/0000, which sealed the segments already there.
+func TestKeySlotNeverOverwritten(t *testing.T) {
+	s := interrupt(t, 3, 1)
+	k0 := filepath.Join(s.dir, "dest", s.ship, "keys", "0000")
+	before, err := os.ReadFile(k0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shipper.RewriteJournal(t, s.journal(), s.opts.StateDir, true, func(bodies [][]byte) [][]byte {
+		var out [][]byte
+		for _, b := range bodies {
+			if b[0] != 'K' {
+				out = append(out, b)
+			}
+		}
+		return out
+	})
+	rec := &recorder{Transport: s.base}
+	res := s.rerunWith(t, rec)
+	for _, n := range rec.names() {
+		if strings.HasSuffix(n, "/keys/0000") {
+			t.Fatalf("the rerun wrote %s", n)
+		}
+	}
+	if !res.Resumed || res.ID != s.ship {
+		t.Errorf("resumed %v as %s", res.Resumed, res.ID)
+	}
+	if after, err := os.ReadFile(k0); err == nil && !bytes.Equal(before, after) {
+		t.Error("keys/0000 changed")
+	}
+	if names := keyObjectNames(t, s.base, s.ship); len(names) < 1 || names[0] == "keys/0000" {
+		t.Errorf("key objects %v: want the rerun's own slot, not keys/0000", names)
+	}
+}
+
+// TestResumeCountsThisRun: after a resume, bytes shipped are those of the
+// rerun only, and the reused segments are counted apart.
+func TestResumeCountsThisRun(t *testing.T) {
+	s := interrupt(t, 5, 1)
+	var reusedBytes int64
+	segs, _ := filepath.Glob(filepath.Join(s.dir, "dest", s.ship, "segments", "*"))
+	for _, p := range segs {
+		fi, _ := os.Stat(p)
+		reusedBytes += fi.Size()
+	}
+	cnt := new(shipper.Counters)
+	s.opts.Counters = cnt
+	s.rerun(t)
+	var total int64
+	filepath.Walk(filepath.Join(s.dir, "dest", s.ship), func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() {
+			total += fi.Size()
+		}
+		return nil
+	})
+	if cnt.SegmentsReused.Load() != int64(len(segs)) || cnt.Reused.Load() != reusedBytes {
+		t.Errorf("reused %d segments of %d bytes, want %d of %d", cnt.SegmentsReused.Load(), cnt.Reused.Load(), len(segs), reusedBytes)
+	}
+	if shipped := cnt.Shipped.Load(); shipped <= 0 || shipped > total-reusedBytes+4096 {
+		t.Errorf("shipped %d bytes; the shipment holds %d, of which %d were reused", shipped, total, reusedBytes)
+	}
+	var data int64
+	for off := 0; off < len(s.data); off += 4096 {
+		if !bytes.Equal(s.data[off:off+4096], make([]byte, 4096)) {
+			data += 4096
+		}
+	}
+	if cnt.Data.Load() != data || cnt.Total.Load() != int64(len(s.data)) || cnt.Zero.Load() != int64(len(s.data))-data {
+		t.Errorf("data %d, zero %d, total %d; want %d of data in %d", cnt.Data.Load(), cnt.Zero.Load(), cnt.Total.Load(), data, len(s.data))
+	}
+}
+
+// permanentPut fails every segment Put with a permanent error.
+type permanentPut struct {
+	shipper.Transport
+	puts atomic.Int32
+}
+
+func (p *permanentPut) Put(ctx context.Context, name string, r io.Reader, size int64) error {
+	if strings.Contains(name, "/segments/") {
+		p.puts.Add(1)
+		io.Copy(io.Discard, r)
+		return fmt.Errorf("disk full: %w", shipper.ErrPermanent)
+	}
+	return p.Transport.Put(ctx, name, r, size)
+}
+
+// TestPermanentErrorNotRetried: a permanent error fails the send at once.
+func TestPermanentErrorNotRetried(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	writeRandom(t, src, 8*64<<10)
+	sources, _ := archive.CollectSources([]string{src})
+	_, rcpt := newIdentity(t)
+	base, _ := local.New(filepath.Join(dir, "dest"))
+	tr := &permanentPut{Transport: base}
+	_, err := shipper.Send(context.Background(), tr, sources, shipper.SendOptions{
+		Recipients: []age.Recipient{rcpt}, BlockSize: 64 << 10, Streams: 1, Retries: 5, RetryDelay: time.Hour,
+	})
+	if !errors.Is(err, shipper.ErrPermanent) || tr.puts.Load() != 1 {
+		t.Errorf("err %v after %d segment puts; want the permanent error after one", err, tr.puts.Load())
+	}
+}
+
+// recorder records the names of the objects put.
+type recorder struct {
+	shipper.Transport
+	mu  sync.Mutex
+	put []string
+}
+
+func (r *recorder) Put(ctx context.Context, name string, rd io.Reader, size int64) error {
+	r.mu.Lock()
+	r.put = append(r.put, name)
+	r.mu.Unlock()
+	return r.Transport.Put(ctx, name, rd, size)
+}
+
+func (r *recorder) names() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.put...)
+}
+
+// TestSendSizes sends files of every size around page and block bounds,
+// random and zero, with and without compression, in one shipment, and
+// decodes it.
+func TestSendSizes(t *testing.T) {
+	for _, compress := range []bool{false, true} {
+		t.Run(fmt.Sprintf("compress=%v", compress), func(t *testing.T) {
+			dir := t.TempDir()
+			vm := filepath.Join(dir, "vm")
+			os.MkdirAll(filepath.Join(vm, "empty-dir"), 0o755)
+			want := map[string][]byte{}
+			for _, n := range []int{0, 1, 4095, 4096, 4097, 65535, 65536, 65537, 196625} {
+				for _, kind := range []string{"zero", "random"} {
+					b := make([]byte, n)
+					if kind == "random" {
+						rand.Read(b)
+					}
+					name := fmt.Sprintf("%s-%d", kind, n)
+					os.WriteFile(filepath.Join(vm, name), b, 0o640)
+					want["vm/"+name] = b
+				}
+			}
+			sources, err := archive.CollectSources([]string{vm})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, rcpt := newIdentity(t)
+			tr, _ := local.New(filepath.Join(dir, "dest"))
+			res, err := shipper.Send(context.Background(), tr, sources, shipper.SendOptions{
+				Recipients: []age.Recipient{rcpt}, BlockSize: 64 << 10, SegmentSize: 100 << 10, Compress: compress, Jobs: 3, Streams: 2,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := decodeV3(t, tr, res.ID, []age.Identity{id})
+			for name, b := range want {
+				if !bytes.Equal(got[name], b) {
+					t.Errorf("%s decodes to other bytes", name)
+				}
+			}
+			if len(got) != len(want) {
+				t.Errorf("%d files decoded, want %d", len(got), len(want))
+			}
+		})
+	}
 }

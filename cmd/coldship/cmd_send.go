@@ -191,7 +191,7 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if err != nil {
 		return onFailure(ctx, s, runner, env, err)
 	}
-	id, err := sendShipment(ctx, s, opts, runner, lv, &env, recipients, bs, segSize, stateDir, rid)
+	id, err := sendShipment(ctx, s, opts, runner, lv, &env, recipients, bs, segSize, stateDir, rid, lock != nil)
 	if err != nil {
 		env.Shipment = id
 		return onFailure(ctx, s, runner, env, err)
@@ -228,7 +228,7 @@ func sendEnv(ctx context.Context, s *streams, opts *sendOptions) (hooks.Env, *ho
 // (adding the backing files it finds to env's files), and ships them; it
 // returns the shipment id.
 func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *hooks.Runner, lv *hooks.Libvirt, env *hooks.Env,
-	recipients []age.Recipient, bs, segSize int64, stateDir, rid string) (string, error) {
+	recipients []age.Recipient, bs, segSize int64, stateDir, rid string, locked bool) (string, error) {
 	if err := runner.Run(ctx, hooks.PreSend, *env); err != nil {
 		return "", hookErr(fmt.Errorf("nothing was read or shipped: %w", err))
 	}
@@ -256,7 +256,7 @@ func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *ho
 		Recipients: recipients, Jobs: opts.jobs, Streams: opts.transport.streams, BlockSize: bs, SegmentSize: segSize,
 		Compress: opts.compress == "zstd", Label: opts.name, Counters: cnt,
 		StateDir: stateDir, Dest: destKey(opts.to), RecipientsID: rid, NoResume: opts.noResume, Base: opts.base,
-		Retries: opts.retries, Log: s.logf(opts.output),
+		Retries: opts.retries, CleanLeftovers: locked, Log: s.logf(opts.output),
 	})
 	if err != nil {
 		rep.finish(false, nil, "")
@@ -272,6 +272,7 @@ func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *ho
 		"mode": "stored", "shipment": res.ID, "files": res.Files, "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
 		"bytes_hole": cnt.Hole.Load(), "bytes_zero": cnt.Zero.Load(), "bytes_data": cnt.Data.Load(),
 		"bytes_unchanged": cnt.Unchanged.Load(), "bytes_shipped": cnt.Shipped.Load(), "segments": cnt.Segments.Load(),
+		"bytes_reused": cnt.Reused.Load(), "segments_reused": cnt.SegmentsReused.Load(),
 		"incremental": res.Base != "",
 	}
 	line := fmt.Sprintf("shipped %s as %s: %s of data, %s holes and zeros skipped, %s sealed",

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 
 	"filippo.io/age"
@@ -19,7 +20,7 @@ const passphraseEnv = "COLDSHIP_PASSPHRASE"
 func readPassphraseFile(name string) ([]byte, error) {
 	b, err := os.ReadFile(name)
 	if err != nil {
-		return nil, fmt.Errorf("read passphrase file: %w", err)
+		return nil, missingIsUsage(fmt.Errorf("read passphrase file: %w", err))
 	}
 	line, _, _ := bytes.Cut(b, []byte("\n"))
 	line = bytes.TrimSuffix(line, []byte("\r"))
@@ -123,7 +124,7 @@ func (s *streams) identities(files []string, passFile string, required bool) ([]
 	for _, f := range files {
 		ids, err := cipher.ParseIdentityFile(f, s.askPass())
 		if err != nil {
-			return nil, err
+			return nil, missingIsUsage(err)
 		}
 		out = append(out, ids...)
 	}
@@ -147,4 +148,14 @@ func (s *streams) identities(files []string, passFile string, required bool) ([]
 		out = append(out, id)
 	}
 	return out, nil
+}
+
+// missingIsUsage makes a key, identity or passphrase file that does not
+// exist (or cannot be read) a usage error (exit 2), as a missing -R file
+// is: the command line names a file that is not there.
+func missingIsUsage(err error) error {
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
+		return usageError{err}
+	}
+	return err
 }

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"io"
 	"sync"
-
-	"github.com/coldship/coldship/shipper/internal/bufpool"
 )
 
 // outLane is the sending end of one lane. The position of a sealed frame
@@ -16,9 +14,8 @@ import (
 // deposits the frame; the lane's writer writes the frames in ticket order,
 // whatever order the sealers finish in.
 type outLane struct {
-	n    uint32
-	w    *bufio.Writer
-	pool *bufpool.Pool // where block frames' buffers go back
+	n uint32
+	w *bufio.Writer
 
 	mu      sync.Mutex
 	cond    sync.Cond
@@ -35,15 +32,21 @@ type outLane struct {
 
 type outFrame struct {
 	data []byte
-	buf  []byte // pool buffer to return, or nil
+	done func() // called once the frame is written or dropped; may be nil
+}
+
+func (f outFrame) release() {
+	if f.done != nil {
+		f.done()
+	}
 }
 
 // errLink marks a failure to write to or read from the receiver: the
 // receiver's own report, if it sends one, explains it better.
 var errLink = errors.New("connection to the receiver failed")
 
-func newOutLane(n uint32, w io.Writer, pool *bufpool.Pool) *outLane {
-	l := &outLane{n: n, w: bufio.NewWriterSize(w, 256<<10), pool: pool, pending: map[uint64]outFrame{}, done: make(chan struct{})}
+func newOutLane(n uint32, w io.Writer) *outLane {
+	l := &outLane{n: n, w: bufio.NewWriterSize(w, 256<<10), pending: map[uint64]outFrame{}, done: make(chan struct{})}
 	l.cond.L = &l.mu
 	go l.run()
 	return l
@@ -68,7 +71,7 @@ func (l *outLane) deposit(t uint64, f outFrame) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.aborted || l.err != nil {
-		l.pool.Put(f.buf)
+		f.release()
 		return
 	}
 	l.pending[t] = f
@@ -90,7 +93,7 @@ func (l *outLane) run() {
 					l.w.Flush()
 				}
 				for _, f := range l.pending {
-					l.pool.Put(f.buf)
+					f.release()
 				}
 				l.pending = nil
 				return
@@ -114,7 +117,7 @@ func (l *outLane) run() {
 		l.idle = false
 		l.mu.Unlock()
 		_, err := l.w.Write(f.data)
-		l.pool.Put(f.buf)
+		f.release()
 		l.mu.Lock()
 		if err != nil {
 			l.fail(err)

@@ -2,7 +2,6 @@ package live
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -20,7 +19,6 @@ import (
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
 	"github.com/coldship/coldship/shipper"
-	"github.com/coldship/coldship/shipper/internal/bufpool"
 )
 
 // DefaultMaxRounds bounds the pre-copy rounds of SendOptions.UntilDirty
@@ -121,21 +119,14 @@ type srcFile struct {
 	src   archive.Source
 	f     *os.File
 	size  int64
-	stamp stamp
-	// What the receiver holds of each block, from earlier rounds.
-	has  []bool
-	sent []archive.Digest
-	// The current round's scan.
-	ranges  []archive.Range
-	kinds   []byte
-	digests []archive.Digest
+	stamp stamp // at the start of the current round
+	// held is the digest of the form the receiver holds of each block,
+	// from earlier rounds (zero: nothing).
+	held []archive.Digest
+	// The current round's view, built in order as the blocks go by.
+	digest  *archive.FileDigester
+	extents []archive.Extent
 }
-
-const (
-	kindHole byte = iota
-	kindZero
-	kindData
-)
 
 // stamp is what must not change while a file is read.
 type stamp = archive.Stamp
@@ -147,17 +138,28 @@ var statStamp = archive.StampOf
 // shorter size cuts, so neither that block nor any after it is held there
 // any more.
 func (f *srcFile) resize(size, bs int64) {
-	if size == f.size && f.has != nil {
+	if size == f.size && f.held != nil {
 		return
 	}
 	keep := min(size, f.size) / bs
-	nb := (size + bs - 1) / bs
-	has, sent := make([]bool, nb), make([]archive.Digest, nb)
-	if f.has != nil {
-		copy(has[:min(keep, nb)], f.has)
-		copy(sent[:min(keep, nb)], f.sent)
+	held := make([]archive.Digest, (size+bs-1)/bs)
+	if f.held != nil {
+		copy(held[:min(keep, int64(len(held)))], f.held)
 	}
-	f.has, f.sent, f.size = has, sent, size
+	f.held, f.size = held, size
+}
+
+// extend adds n bytes of kind at the end of the file's extents.
+func (f *srcFile) extend(kind string, n int64) {
+	if l := len(f.extents); l > 0 && f.extents[l-1].Kind == kind {
+		f.extents[l-1].Length += n
+		return
+	}
+	off := int64(0)
+	if l := len(f.extents); l > 0 {
+		off = f.extents[l-1].Offset + f.extents[l-1].Length
+	}
+	f.extents = append(f.extents, archive.Extent{Kind: kind, Offset: off, Length: n})
 }
 
 type sendSession struct {
@@ -169,7 +171,6 @@ type sendSession struct {
 	codec  *archive.Codec
 	lanes  []*outLane // lanes[0] is the control lane
 	conns  []net.Conn
-	pool   *bufpool.Pool
 	cancel context.CancelCauseFunc
 
 	replies      chan reply
@@ -248,8 +249,6 @@ func Send(ctx context.Context, peer Peer, sources []archive.Source, opts SendOpt
 			return nil, err
 		}
 	}
-	s.pool = bufpool.New(2*opts.Jobs+2*(opts.Lanes+1),
-		frameHeaderSize+blockHeaderSize+int(cipher.SealedSize(opts.BlockSize)))
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -407,63 +406,15 @@ func (s *sendSession) waitReply(ctx context.Context, want byte, timeout time.Dur
 
 func (s *sendSession) run(ctx context.Context) (*SendResult, error) {
 	opts := s.opts
-	body, err := s.waitReply(ctx, replyHello, helloTimeout)
-	if err != nil {
-		return nil, err
-	}
-	var hello helloMsg
-	if err := unmarshal(body, &hello); err != nil {
-		return nil, err
-	}
-	if hello.Protocol != Protocol {
-		return nil, fmt.Errorf("the receiver speaks live protocol %d, this coldship %d: use the same version at both ends", hello.Protocol, Protocol)
-	}
-	recipient, err := age.ParseX25519Recipient(hello.Recipient)
-	if err != nil {
-		return nil, errFrame("receiver's key: %v", err)
-	}
-
-	// The shipment key: fresh, and handed over only wrapped for the
-	// receiver's key of this session, inside the SSH channel.
-	if s.key, err = cipher.NewKey(); err != nil {
-		return nil, err
-	}
-	now := opts.Now()
-	if s.id, err = archive.NewID(now); err != nil {
-		return nil, err
-	}
-	wrapped, err := s.key.Wrap(recipient)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := s.peer.Out.Write(appendFrame(nil, frameKey, appendKey(nil, s.id, wrapped))); err != nil {
-		return nil, errors.Join(errLink, err)
-	}
-	compression := map[bool]string{false: "none", true: "zstd"}[opts.Compress]
-	if s.codec, err = archive.NewCodec(s.key, s.id, archive.FormatVersion, opts.Compress, opts.Jobs); err != nil {
-		return nil, err
-	}
-	defer s.codec.Close()
-
-	s.lanes = []*outLane{newOutLane(0, s.peer.Out, s.pool)}
-	created := now.UTC().Truncate(time.Second)
-	s.sendSealed(s.lanes[0], frameSession, 0, marshal(sessionMsg{
-		Format: Protocol, ID: s.id, Created: created, Label: opts.Label,
-		BlockSize: opts.BlockSize, Compression: compression, Lanes: opts.Lanes,
-	}))
-	if body, err = s.waitReply(ctx, replyReady, 0); err != nil {
-		return nil, err
-	}
-	var ready readyMsg
-	if err := unmarshal(body, &ready); err != nil {
-		return nil, err
-	}
-	if opts.Lanes > 0 {
-		if err := s.openLanes(ctx, ready); err != nil {
-			return nil, err
+	defer func() {
+		if s.codec != nil {
+			s.codec.Close()
 		}
+	}()
+	created, err := s.handshake(ctx)
+	if err != nil {
+		return nil, err
 	}
-
 	res := &SendResult{ID: s.id}
 	round := uint32(0)
 	if opts.Rounds > 0 || opts.UntilDirty > 0 {
@@ -493,38 +444,19 @@ func (s *sendSession) run(ctx context.Context) (*SendResult, error) {
 		}
 	}
 	res.Hook = time.Since(switchStart)
-	before := make([]stamp, len(s.files))
-	for i, f := range s.files {
-		if f.f != nil {
-			if before[i], err = statStamp(f.f); err != nil {
-				return nil, err
-			}
-		}
-	}
+	// The final round's reader fails with ErrSourceChanged if a source
+	// changed while it read it: it would restore as a mix of old and new
+	// blocks.
 	round++
 	st, err := s.sendRound(ctx, round, true)
 	if err != nil {
 		return nil, err
 	}
 	res.Rounds = append(res.Rounds, st)
-	// A source that changed while the final round read it would restore
-	// as a mix of old and new blocks.
-	for i, f := range s.files {
-		if f.f == nil {
-			continue
-		}
-		now, err := statStamp(f.f)
-		if err != nil {
-			return nil, err
-		}
-		if now != before[i] {
-			return nil, fmt.Errorf("%s: %w", f.src.Path, shipper.ErrSourceChanged)
-		}
-	}
 
-	m := s.manifest(created, compression, round)
-	s.sendSealed(s.lanes[0], frameManifest, round, marshal(m))
-	if body, err = s.waitReply(ctx, replyDone, 0); err != nil {
+	s.sendSealed(s.lanes[0], frameManifest, round, marshal(s.manifest(created, s.compression(), round)))
+	body, err := s.waitReply(ctx, replyDone, 0)
+	if err != nil {
 		return nil, err
 	}
 	var done doneMsg
@@ -533,19 +465,71 @@ func (s *sendSession) run(ctx context.Context) (*SendResult, error) {
 	}
 	res.Switchover = time.Since(switchStart)
 	res.Files = done.Files
-	for _, f := range s.files {
-		res.Total += f.size
-		for i, k := range f.kinds {
-			n := archive.BlockLen(f.size, opts.BlockSize, int64(i))
-			switch k {
-			case kindHole:
-				res.Hole += n
-			case kindZero:
-				res.Zero += n
-			}
-		}
-	}
+	cnt := opts.Counters
+	res.Total, res.Hole, res.Zero = cnt.Total.Load(), cnt.Hole.Load(), cnt.Zero.Load()
 	return res, nil
+}
+
+func (s *sendSession) compression() string {
+	return map[bool]string{false: "none", true: "zstd"}[s.opts.Compress]
+}
+
+// handshake takes the receiver's hello, hands it the session's key
+// wrapped for its ephemeral recipient, describes the session and opens
+// the TCP lanes. It returns the session's creation time.
+func (s *sendSession) handshake(ctx context.Context) (time.Time, error) {
+	opts := s.opts
+	body, err := s.waitReply(ctx, replyHello, helloTimeout)
+	if err != nil {
+		return time.Time{}, err
+	}
+	var hello helloMsg
+	if err := unmarshal(body, &hello); err != nil {
+		return time.Time{}, err
+	}
+	if hello.Protocol != Protocol {
+		return time.Time{}, fmt.Errorf("the receiver speaks live protocol %d, this coldship %d: use the same version at both ends", hello.Protocol, Protocol)
+	}
+	recipient, err := age.ParseX25519Recipient(hello.Recipient)
+	if err != nil {
+		return time.Time{}, errFrame("receiver's key: %v", err)
+	}
+	// The shipment key: fresh, and handed over only wrapped for the
+	// receiver's key of this session, inside the SSH channel.
+	if s.key, err = cipher.NewKey(); err != nil {
+		return time.Time{}, err
+	}
+	now := opts.Now()
+	if s.id, err = archive.NewID(now); err != nil {
+		return time.Time{}, err
+	}
+	wrapped, err := s.key.Wrap(recipient)
+	if err != nil {
+		return time.Time{}, err
+	}
+	if _, err := s.peer.Out.Write(appendFrame(nil, frameKey, appendKey(nil, s.id, wrapped))); err != nil {
+		return time.Time{}, errors.Join(errLink, err)
+	}
+	if s.codec, err = archive.NewCodec(s.key, s.id, archive.FormatV3, opts.Compress, opts.Jobs); err != nil {
+		return time.Time{}, err
+	}
+	s.lanes = []*outLane{newOutLane(0, s.peer.Out)}
+	created := now.UTC().Truncate(time.Second)
+	s.sendSealed(s.lanes[0], frameSession, 0, marshal(sessionMsg{
+		Format: Protocol, ID: s.id, Created: created, Label: opts.Label,
+		BlockSize: opts.BlockSize, Compression: s.compression(), Lanes: opts.Lanes,
+	}))
+	if body, err = s.waitReply(ctx, replyReady, 0); err != nil {
+		return created, err
+	}
+	var ready readyMsg
+	if err := unmarshal(body, &ready); err != nil {
+		return created, err
+	}
+	if opts.Lanes > 0 {
+		return created, s.openLanes(ctx, ready)
+	}
+	return created, nil
 }
 
 // sendSealed seals plaintext as the next message of lane l and queues it.
@@ -596,7 +580,7 @@ func (s *sendSession) openLanes(ctx context.Context, ready readyMsg) error {
 		return err
 	}
 	for i, c := range conns {
-		l := newOutLane(uint32(i+1), c, s.pool)
+		l := newOutLane(uint32(i+1), c)
 		s.lanes = append(s.lanes, l)
 		t := l.take(false)
 		b := make([]byte, frameHeaderSize, 128)
@@ -614,230 +598,4 @@ func (s *sendSession) openLanes(ctx context.Context, ready readyMsg) error {
 
 func putUint32(b []byte, v uint32) {
 	b[0], b[1], b[2], b[3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
-}
-
-// blockJob is one block to read in a round.
-type blockJob struct {
-	file  int
-	index int64
-	off   int64
-	n     int64
-}
-
-// sendRound reads every file, seals the blocks that differ from what the
-// receiver holds and sends them, then ends the round on every lane and
-// waits for the receiver's acknowledgement.
-func (s *sendSession) sendRound(ctx context.Context, round uint32, final bool) (RoundStats, error) {
-	opts := s.opts
-	bs := opts.BlockSize
-	start := time.Now()
-	st := RoundStats{Round: int(round), Final: final}
-	cnt := opts.Counters
-	for _, v := range []*atomic.Int64{&cnt.Total, &cnt.Done, &cnt.Read, &cnt.Hole, &cnt.Zero, &cnt.Data, &cnt.Shipped} {
-		v.Store(0)
-	}
-
-	table := make([]archive.File, len(s.files))
-	for i, f := range s.files {
-		table[i] = archive.File{Path: f.src.Name, Type: archive.TypeDir, Mode: f.src.Info.Mode().Perm()}
-		if f.f == nil {
-			continue
-		}
-		now, err := statStamp(f.f)
-		if err != nil {
-			return st, err
-		}
-		f.resize(now.Size, bs)
-		if f.ranges, err = archive.DataRanges(f.f, f.size); err != nil {
-			return st, err
-		}
-		nb := (f.size + bs - 1) / bs
-		f.kinds, f.digests = make([]byte, nb), make([]archive.Digest, nb)
-		table[i].Type, table[i].Size = archive.TypeFile, f.size
-		cnt.Total.Add(f.size)
-	}
-	s.sendSealed(s.lanes[0], frameBegin, round, marshal(beginMsg{Round: round, Final: final, Files: table}))
-
-	var blocks, data, wire, read atomic.Int64
-	plainPool := bufpool.New(opts.Jobs+1, int(bs))
-	zero := make([]byte, bs)
-	g, gctx := errgroup.WithContext(ctx)
-	done := gctx.Done()
-	jobs := make(chan blockJob, 2*opts.Jobs)
-	g.Go(func() error {
-		defer close(jobs)
-		for fi, f := range s.files {
-			if f.f == nil {
-				continue
-			}
-			cursor := 0
-			for i := range int64(len(f.kinds)) {
-				off := i * bs
-				n := archive.BlockLen(f.size, bs, i)
-				if !archive.Overlaps(f.ranges, &cursor, off, n) {
-					f.kinds[i], f.digests[i] = kindHole, archive.ZeroDigest(n)
-					cnt.Hole.Add(n)
-					cnt.Done.Add(n)
-					continue
-				}
-				select {
-				case jobs <- blockJob{file: fi, index: i, off: off, n: n}:
-				case <-done:
-					return gctx.Err()
-				}
-			}
-		}
-		return nil
-	})
-	for range opts.Jobs {
-		g.Go(func() error {
-			scratch := make([]byte, 0, bs)
-			for j := range jobs {
-				f := s.files[j.file]
-				buf, ok := plainPool.Get(done)
-				if !ok {
-					return gctx.Err()
-				}
-				p := buf[:j.n]
-				if _, err := f.f.ReadAt(p, j.off); err != nil {
-					plainPool.Put(buf)
-					if err == io.EOF {
-						return fmt.Errorf("read %s at %d: %w", f.src.Path, j.off, shipper.ErrSourceChanged)
-					}
-					return fmt.Errorf("read %s at %d: %w", f.src.Path, j.off, err)
-				}
-				read.Add(j.n)
-				cnt.Read.Add(j.n)
-				if bytes.Equal(p, zero[:j.n]) {
-					plainPool.Put(buf)
-					f.kinds[j.index], f.digests[j.index] = kindZero, archive.ZeroDigest(j.n)
-					cnt.Zero.Add(j.n)
-					cnt.Done.Add(j.n)
-					continue
-				}
-				d := archive.BlockDigest(p)
-				f.kinds[j.index], f.digests[j.index] = kindData, d
-				if f.has[j.index] && f.sent[j.index] == d {
-					plainPool.Put(buf)
-					cnt.Done.Add(j.n)
-					continue // the receiver holds it
-				}
-				n, err := s.sendBlock(gctx, round, j, p, scratch)
-				plainPool.Put(buf)
-				if err != nil {
-					return err
-				}
-				f.has[j.index], f.sent[j.index] = true, d
-				blocks.Add(1)
-				data.Add(j.n)
-				wire.Add(n)
-				cnt.Data.Add(j.n)
-				cnt.Shipped.Add(n)
-				cnt.Done.Add(j.n)
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return st, err
-	}
-
-	// End the round: on each TCP lane, then on the control lane with the
-	// count of every lane.
-	counts := make([]uint64, len(s.lanes))
-	for i, l := range s.lanes {
-		counts[i] = l.roundBlocks()
-		if i > 0 {
-			s.sendSealed(l, frameLaneEnd, round, appendLaneEnd(nil, round, counts[i]))
-		}
-	}
-	s.sendSealed(s.lanes[0], frameRoundEnd, round, marshal(endMsg{Round: round, Blocks: counts}))
-	for _, l := range s.lanes {
-		if err := l.drain(ctx); err != nil {
-			return st, err
-		}
-	}
-	body, err := s.waitReply(ctx, replyAck, 0)
-	if err != nil {
-		return st, err
-	}
-	var ack ackMsg
-	if err := unmarshal(body, &ack); err != nil {
-		return st, err
-	}
-	if ack.Round != round || ack.Blocks != uint64(blocks.Load()) {
-		return st, errFrame("receiver acknowledged round %d with %d blocks, want round %d with %d", ack.Round, ack.Blocks, round, blocks.Load())
-	}
-	st.Blocks, st.Data, st.Wire, st.Read = blocks.Load(), data.Load(), wire.Load(), read.Load()
-	st.Duration = time.Since(start)
-	st.Seconds = st.Duration.Seconds()
-	if opts.OnRound != nil {
-		opts.OnRound(st)
-	}
-	return st, nil
-}
-
-// sendBlock seals block j of the round for the next position of a lane and
-// queues it; it returns the frame's size.
-func (s *sendSession) sendBlock(ctx context.Context, round uint32, j blockJob, plain, scratch []byte) (int64, error) {
-	buf, ok := s.pool.Get(ctx.Done())
-	if !ok {
-		return 0, ctx.Err()
-	}
-	l := s.lanes[0]
-	if n := len(s.lanes) - 1; n > 0 {
-		l = s.lanes[1+int(s.rr.Add(1)%uint64(n))]
-	}
-	h := blockHeader{file: uint32(j.file), block: uint64(j.index)}
-	t := l.take(true)
-	b := appendBlockHeader(buf[:frameHeaderSize], h)
-	b, compressed, err := s.codec.SealLive(b, scratch, plain, func(compressed bool) []byte {
-		return archive.LiveBlockContext(s.id, l.n, t, round, h.file, h.block, compressed)
-	})
-	if err != nil {
-		// The lane waits for this position: nothing can follow it.
-		l.abort("")
-		s.pool.Put(buf)
-		return 0, fmt.Errorf("seal %s block %d: %w", s.files[j.file].src.Path, j.index, err)
-	}
-	if compressed {
-		b[frameHeaderSize+blockHeaderSize-1] = flagCompressed
-	}
-	putFrameHeader(b, frameBlock)
-	l.deposit(t, outFrame{data: b, buf: buf})
-	return int64(len(b)), nil
-}
-
-// manifest describes the files as the final round found them.
-func (s *sendSession) manifest(created time.Time, compression string, rounds uint32) *archive.LiveManifest {
-	bs := s.opts.BlockSize
-	m := &archive.LiveManifest{
-		Format: Protocol, ID: s.id, Created: created, Label: s.opts.Label, BlockSize: bs,
-		Compression: compression, Rounds: int(rounds),
-	}
-	for _, f := range s.files {
-		fi := f.src.Info
-		af := archive.File{Path: f.src.Name, Mode: fi.Mode().Perm(), MTime: fi.ModTime().UTC()}
-		if f.f == nil {
-			af.Type = archive.TypeDir
-			m.Files = append(m.Files, af)
-			continue
-		}
-		af.Type, af.Size = archive.TypeFile, f.size
-		if st, err := statStamp(f.f); err == nil {
-			af.MTime = time.Unix(st.MTime.Unix()).UTC()
-		}
-		af.BLAKE3 = archive.FileDigest(f.size, bs, f.digests)
-		for i, k := range f.kinds {
-			kind := [...]string{archive.KindHole, archive.KindZero, archive.KindData}[k]
-			n := archive.BlockLen(f.size, bs, int64(i))
-			if l := len(af.Extents); l > 0 && af.Extents[l-1].Kind == kind {
-				af.Extents[l-1].Length += n
-			} else {
-				af.Extents = append(af.Extents, archive.Extent{Kind: kind, Offset: int64(i) * bs, Length: n})
-			}
-		}
-		m.Files = append(m.Files, af)
-	}
-	return m
 }

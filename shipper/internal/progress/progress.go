@@ -14,16 +14,28 @@ type Counters struct {
 	Done      atomic.Int64 // logical bytes processed (holes count at once)
 	Read      atomic.Int64 // bytes read from the source files
 	Hole      atomic.Int64 // bytes in holes, never read
-	Zero      atomic.Int64 // bytes read and found all-zero, not shipped
-	Data      atomic.Int64 // plaintext bytes of shipped blocks
-	Unchanged atomic.Int64 // plaintext bytes of data blocks unchanged since the base, not shipped
-	Shipped   atomic.Int64 // bytes of objects put or fetched
-	Segments  atomic.Int64
+	Zero      atomic.Int64 // bytes read and found zero (whole 4 KiB pages), not shipped
+	Data      atomic.Int64 // bytes in the non-zero pages of blocks whose records are this shipment's own
+	Unchanged atomic.Int64 // bytes in the non-zero pages of blocks unchanged since the base, not shipped
+	Shipped   atomic.Int64 // bytes of objects put (send: by this run only) or fetched
+	Segments  atomic.Int64 // segments put by this run
+
+	// Send only: segments of an interrupted run that a resumed send
+	// checked at the destination and kept, and their bytes.
+	Reused         atomic.Int64
+	SegmentsReused atomic.Int64
 }
 
-// Reset sets every counter to zero, for a new attempt.
+// Reset sets every counter to zero.
 func (c *Counters) Reset() {
-	for _, v := range []*atomic.Int64{&c.Total, &c.Done, &c.Read, &c.Hole, &c.Zero, &c.Data, &c.Unchanged, &c.Shipped, &c.Segments} {
+	for _, v := range append(c.PerAttempt(), &c.Shipped, &c.Segments, &c.Reused, &c.SegmentsReused) {
 		v.Store(0)
 	}
+}
+
+// PerAttempt returns the counters that an attempt of a send counts from
+// zero again: those of reading the sources (what was put and reused
+// counts for the whole run).
+func (c *Counters) PerAttempt() []*atomic.Int64 {
+	return []*atomic.Int64{&c.Total, &c.Done, &c.Read, &c.Hole, &c.Zero, &c.Data, &c.Unchanged}
 }

@@ -1,0 +1,333 @@
+package shipper
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+
+	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/cipher"
+)
+
+// finish completes the shipment of an attempt whose records are all at
+// the destination: the copies of the base's keys, the block table, the
+// inventory and, last, the manifest; then the DR table for the next
+// incremental send.
+func (r *sendRun) finish(ctx context.Context, p *pipeline, key *cipher.Key, wrapped, header []byte) error {
+	opts, id := r.opts, p.id
+	segs, fromBefore := r.listedSegments(p)
+	segIndex := map[int]int{}
+	for i, s := range segs {
+		n, _ := archive.SegmentNumber(s.Name)
+		segIndex[n] = i
+	}
+	plan := r.base.plan(p.usedBase)
+	copies := plan.keyCopies(r.base)
+	for _, kc := range copies {
+		if err := r.put(ctx, id+"/"+kc.name, kc.b); err != nil {
+			return err
+		}
+	}
+	var drw *drWriter
+	if r.dr != nil {
+		var err error
+		if drw, err = r.dr.newWriter(id); err != nil {
+			opts.Log("warning: %v (the next send with --base will be a full one)", err)
+		}
+	}
+	defer drw.abort()
+	table, err := r.writeTable(ctx, p, key, segIndex, plan, &drw)
+	if err != nil {
+		return err
+	}
+	keys, err := r.keyObjects(ctx, p.slot, wrapped, segs, copies)
+	if err != nil {
+		return err
+	}
+	m := r.manifest(segs, plan, table, keys)
+	mb, err := m.Seal(key, p.slot)
+	if err != nil {
+		return err
+	}
+	inv := inventoryOf(m, int64(len(header)), keys, mb)
+	ib, err := inv.Marshal()
+	if err != nil {
+		return err
+	}
+	if r.resumed {
+		if err := r.checkShipment(ctx, inv, ib); err != nil {
+			return err
+		}
+	}
+	if err := r.put(ctx, id+"/"+archive.InventoryObject, ib); err != nil {
+		return err
+	}
+	if err := r.put(ctx, id+"/"+archive.ManifestObject, mb); err != nil {
+		return err
+	}
+	opts.Counters.Reused.Add(fromBefore.bytes)
+	opts.Counters.SegmentsReused.Add(fromBefore.n)
+	if drw != nil {
+		if err := r.dr.save(r.newTable(m, keys, plan, ib), drw); err != nil {
+			opts.Log("warning: %v (the next send with --base will be a full one)", err)
+		}
+	}
+	if r.resumed {
+		r.removeStrays(ctx, id, inv)
+	}
+	return nil
+}
+
+type reused struct{ n, bytes int64 }
+
+// listedSegments returns the segments the manifest lists, in ascending
+// order of name: those of this attempt, and those of earlier attempts that
+// hold records in use; and what of them an earlier run put.
+func (r *sendRun) listedSegments(p *pipeline) ([]archive.Segment, reused) {
+	p.mu.Lock()
+	segs := append([]archive.Segment(nil), p.newSegs...)
+	p.mu.Unlock()
+	var before reused
+	for _, s := range r.j.complete() {
+		if p.usedOwn[s.n] {
+			segs = append(segs, s.Segment)
+			if s.fromBefore {
+				before.n++
+				before.bytes += s.Size
+			}
+		}
+	}
+	sort.Slice(segs, func(a, b int) bool { return segs[a].Name < segs[b].Name })
+	return segs, before
+}
+
+// writeTable streams the block table from the per-block state to the
+// blocks object, and the next DR table's block file beside it.
+func (r *sendRun) writeTable(ctx context.Context, p *pipeline, key *cipher.Key, segIndex map[int]int, plan *refPlan, drw **drWriter) (archive.ObjectRef, error) {
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	name := p.id + "/" + archive.BlocksObject
+	go func() {
+		err := r.tr.Put(ctx, name, pr, -1)
+		if err != nil {
+			err = fmt.Errorf("put %s: %w", name, err)
+		}
+		pr.CloseWithError(err)
+		done <- err
+	}()
+	tw, err := archive.NewTableWriter(pw, key, p.slot, p.id)
+	if err == nil {
+		err = r.state.scan(p.entries, func(e *archive.TableEntry, kd *archive.Digest) error {
+			te, de := *e, *e
+			de.Digest = *kd
+			if e.Base == 0 {
+				idx, ok := segIndex[int(e.Segment)]
+				if !ok {
+					panic("shipper: internal error: a record in a segment that is not listed")
+				}
+				te.Segment, de.Segment, de.BaseFile = uint32(idx), uint32(idx), e.File
+			} else {
+				ship := int(e.Base) - 1
+				te.Base, te.Segment = uint16(plan.baseOf[ship]), uint32(plan.segOf[[2]int{ship, int(e.Segment)}])
+				de.Base = te.Base
+			}
+			if *drw != nil && (*drw).add(&de) != nil {
+				r.opts.Log("warning: DR state: cannot write the block file (the next send with --base will be a full one)")
+				(*drw).abort()
+				*drw = nil
+			}
+			return tw.Add(te)
+		})
+	}
+	var ref archive.ObjectRef
+	if err == nil {
+		ref, err = tw.Close()
+	}
+	pw.CloseWithError(err)
+	if perr := <-done; err == nil {
+		err = perr
+	}
+	if err != nil {
+		return ref, err
+	}
+	r.opts.Counters.Shipped.Add(ref.Size)
+	return ref, nil
+}
+
+// keyObjects lists every key object of the shipment: the slot of this
+// attempt, the slot of every listed segment (read back, and checked
+// against the journal), and the copies of the bases' keys.
+func (r *sendRun) keyObjects(ctx context.Context, slot int, wrapped []byte, segs []archive.Segment, copies []keyCopy) ([]archive.ObjectRef, error) {
+	slots := map[int]bool{slot: true}
+	for _, s := range segs {
+		slots[s.Key] = true
+	}
+	var sorted []int
+	for s := range slots {
+		sorted = append(sorted, s)
+	}
+	sort.Ints(sorted)
+	var refs []archive.ObjectRef
+	for _, s := range sorted {
+		b := wrapped
+		if s != slot {
+			var err error
+			if b, err = getObject(ctx, r.tr, r.j.hdr.ID+"/"+archive.KeyObject(s), archive.MaxKeyObject); err != nil {
+				return nil, err
+			}
+			if archive.ObjectDigest(b) != r.j.keyObjs[s] {
+				return nil, fmt.Errorf("%s/%s changed at the destination while the send ran: %w", r.j.hdr.ID, archive.KeyObject(s), archive.ErrIntegrity)
+			}
+		}
+		refs = append(refs, archive.ObjectRef{Name: archive.KeyObject(s), Size: int64(len(b)), BLAKE3: archive.ObjectDigest(b)})
+	}
+	for _, kc := range copies {
+		refs = append(refs, archive.ObjectRef{Name: kc.name, Size: int64(len(kc.b)), BLAKE3: archive.ObjectDigest(kc.b)})
+	}
+	return refs, nil
+}
+
+// manifest describes the shipment.
+func (r *sendRun) manifest(segs []archive.Segment, plan *refPlan, table archive.ObjectRef, keys []archive.ObjectRef) *archive.Manifest {
+	h := &r.j.hdr
+	m := &archive.Manifest{
+		Format: archive.FormatV3, ID: h.ID, Created: h.Created, Label: h.Label, HeaderDigest: h.HeaderDigest,
+		BlockSize: h.BlockSize, Compression: h.Compression, Segments: segs, Bases: plan.bases, Table: &table, Keys: keys,
+	}
+	if m.Segments == nil {
+		m.Segments = []archive.Segment{}
+	}
+	for _, sf := range r.files {
+		m.Files = append(m.Files, sf.manifestFile())
+	}
+	return m
+}
+
+// inventoryOf lists every object of the shipment with its size and
+// checksum (segments: CRC32C), and the base segments it needs.
+func inventoryOf(m *archive.Manifest, headerSize int64, keys []archive.ObjectRef, mb []byte) *archive.Inventory {
+	inv := &archive.Inventory{Format: m.Format, ID: m.ID}
+	add := func(name string, size int64, d archive.Digest) {
+		inv.Objects = append(inv.Objects, archive.InventoryEntry{Name: name, Size: size, BLAKE3: d})
+	}
+	add(archive.HeaderObject, headerSize, m.HeaderDigest)
+	for _, k := range keys {
+		add(k.Name, k.Size, k.BLAKE3)
+	}
+	for _, s := range m.Segments {
+		inv.Objects = append(inv.Objects, archive.SegmentEntry(s))
+	}
+	add(archive.BlocksObject, m.Table.Size, m.Table.BLAKE3)
+	add(archive.ManifestObject, int64(len(mb)), archive.ObjectDigest(mb))
+	for _, b := range m.Bases {
+		ib := archive.InventoryBase{ID: b.ID}
+		for _, s := range b.Segments {
+			ib.Objects = append(ib.Objects, archive.SegmentEntry(s))
+		}
+		inv.Bases = append(inv.Bases, ib)
+	}
+	return inv
+}
+
+// checkShipment checks a resumed shipment without a key before its
+// manifest is put: every object its inventory lists is at the
+// destination at its size; the small ones (header, keys, blocks) are read
+// back and checked against their BLAKE3; the segments' content was read
+// back and checked when the attempt started (those of earlier runs) or
+// summed as they were written (those of this run); the base segments are
+// at their size.
+func (r *sendRun) checkShipment(ctx context.Context, inv *archive.Inventory, ib []byte) error {
+	sizes := map[string]int64{}
+	list := func(id string) error {
+		return r.tr.List(ctx, id+"/", func(oi ObjectInfo) error { sizes[oi.Name] = oi.Size; return nil })
+	}
+	if err := list(inv.ID); err != nil {
+		return fmt.Errorf("list %s: %w", inv.ID, err)
+	}
+	for _, o := range inv.Objects {
+		name := inv.ID + "/" + o.Name
+		if o.Name == archive.ManifestObject {
+			continue
+		}
+		if size, ok := sizes[name]; !ok || size != o.Size {
+			return fmt.Errorf("resumed shipment %s: %s is missing or of the wrong size at the destination: %w", inv.ID, o.Name, archive.ErrIntegrity)
+		}
+		if _, seg := archive.SegmentNumber(o.Name); seg {
+			continue
+		}
+		b, err := getObject(ctx, r.tr, name, o.Size)
+		if err != nil {
+			return err
+		}
+		if archive.ObjectDigest(b) != o.BLAKE3 {
+			return fmt.Errorf("resumed shipment %s: %s does not match what was put: %w", inv.ID, o.Name, archive.ErrIntegrity)
+		}
+	}
+	for _, b := range inv.Bases {
+		if err := list(b.ID); err != nil {
+			return fmt.Errorf("list %s: %w", b.ID, err)
+		}
+		for _, o := range b.Objects {
+			if size, ok := sizes[b.ID+"/"+o.Name]; !ok || size != o.Size {
+				return fmt.Errorf("base %s: %s is missing or of the wrong size at the destination: %w", b.ID, o.Name, archive.ErrIntegrity)
+			}
+		}
+	}
+	return nil
+}
+
+// removeStrays deletes, once a resumed shipment is complete, what earlier
+// attempts left that it does not list (best effort): segments that never
+// completed or failed their check, unused key slots, temporaries.
+func (r *sendRun) removeStrays(ctx context.Context, id string, inv *archive.Inventory) {
+	listed := map[string]bool{id + "/" + archive.InventoryObject: true}
+	for _, o := range inv.Objects {
+		listed[id+"/"+o.Name] = true
+	}
+	var stray []string
+	r.tr.List(ctx, id+"/", func(oi ObjectInfo) error {
+		if !listed[oi.Name] {
+			stray = append(stray, oi.Name)
+		}
+		return nil
+	})
+	for _, name := range stray {
+		r.tr.Delete(ctx, name)
+	}
+	if tc, ok := r.tr.(TemporaryRemover); ok {
+		tc.RemoveTemporaries(ctx, id)
+	}
+}
+
+// newTable describes the shipment just completed for the next
+// incremental send: new records where they were put, unchanged blocks
+// where the base said they were.
+func (r *sendRun) newTable(m *archive.Manifest, keys []archive.ObjectRef, plan *refPlan, ib []byte) *drTable {
+	t := &drTable{Format: drFormat, Dest: r.opts.Dest, ID: m.ID, Recipients: r.opts.RecipientsID, StateKey: r.keys.id, BlockSize: m.BlockSize}
+	own := drShipment{ID: m.ID, Inventory: archive.ObjectDigest(ib), Segments: m.Segments}
+	slots := map[int]bool{}
+	for _, s := range m.Segments {
+		slots[s.Key] = true
+	}
+	for _, k := range keys {
+		if slot, ok := archive.KeySlot(k.Name); ok && slots[slot] {
+			own.Keys = append(own.Keys, drKey{Slot: slot, BLAKE3: k.BLAKE3})
+		}
+	}
+	t.Shipments = []drShipment{own}
+	for _, si := range plan.ships {
+		t.Shipments = append(t.Shipments, r.base.t.Shipments[si])
+	}
+	for _, sf := range r.files {
+		f := drFile{Name: sf.src.Name, Dir: sf.f == nil, Size: sf.stamp.Size}
+		if f.Dir {
+			f.Size = 0
+		}
+		if sf.dataBlocks > 0 {
+			f.First, f.Count = sf.firstEntry, sf.dataBlocks
+		}
+		t.Files = append(t.Files, f)
+	}
+	return t
+}

@@ -1,0 +1,146 @@
+package shipper_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"filippo.io/age"
+
+	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/shipper"
+	"github.com/coldship/coldship/shipper/local"
+)
+
+// drChain sends a 32-block image of 64 KiB blocks with --base latest.
+type drChain struct {
+	dir, src string
+	data     []byte
+	id       age.Identity
+	tr       *local.Transport
+	opts     shipper.SendOptions
+	logs     bytes.Buffer
+}
+
+func newDRChain(t *testing.T) *drChain {
+	c := &drChain{dir: t.TempDir()}
+	c.src = filepath.Join(c.dir, "disk.img")
+	c.data = make([]byte, 32*64<<10)
+	for i := range 32 {
+		if i%4 != 3 { // every fourth block stays a hole
+			rand.Read(c.data[i*64<<10 : i*64<<10+(i%5+1)*4096])
+		}
+	}
+	f, _ := os.Create(c.src)
+	f.Truncate(int64(len(c.data)))
+	for i := range 32 {
+		if i%4 != 3 {
+			f.WriteAt(c.data[i*64<<10:(i+1)*64<<10], int64(i)*64<<10)
+		}
+	}
+	f.Close()
+	var rcpt age.Recipient
+	c.id, rcpt = newIdentity(t)
+	c.tr, _ = local.New(filepath.Join(c.dir, "dest"))
+	c.opts = shipper.SendOptions{Recipients: []age.Recipient{rcpt}, BlockSize: 64 << 10, SegmentSize: 256 << 10, Jobs: 2, Streams: 2,
+		Compress: true, StateDir: filepath.Join(c.dir, "state"), Dest: "dr", RecipientsID: "r", Base: "latest",
+		Log: func(f string, a ...any) { c.logs.WriteString(f + "\n") }}
+	return c
+}
+
+// rewrite gives blocks new random content in their first page.
+func (c *drChain) rewrite(t *testing.T, blocks ...int) {
+	f, _ := os.OpenFile(c.src, os.O_WRONLY, 0)
+	defer f.Close()
+	for _, b := range blocks {
+		rand.Read(c.data[b*64<<10 : b*64<<10+4096])
+		f.WriteAt(c.data[b*64<<10:b*64<<10+4096], int64(b)*64<<10)
+	}
+}
+
+func (c *drChain) send(t *testing.T) (*shipper.SendResult, *shipper.Counters) {
+	t.Helper()
+	c.logs.Reset()
+	sources, _ := archive.CollectSources([]string{c.src})
+	cnt := new(shipper.Counters)
+	c.opts.Counters = cnt
+	res, err := shipper.Send(context.Background(), c.tr, sources, c.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restore(t, c.tr, res.ID, c.id, c.data)
+	return res, cnt
+}
+
+func TestIncrementalChainV3(t *testing.T) {
+	c := newDRChain(t)
+	full, cnt := c.send(t)
+	if full.Base != "" || !strings.Contains(full.FullReason, "first run is always full") {
+		t.Fatalf("first send: base %q, reason %q", full.Base, full.FullReason)
+	}
+	allData := cnt.Data.Load()
+
+	c.rewrite(t, 1, 3, 17) // 3 was a hole
+	inc, cnt := c.send(t)
+	// Blocks 1 and 17 hold 2 and 3 pages, block 3 now one.
+	if inc.Base != full.ID || cnt.Data.Load() != 6*4096 || cnt.Unchanged.Load() != allData-5*4096 {
+		t.Errorf("incremental: base %q, data %d, unchanged %d (all %d)\n%s", inc.Base, cnt.Data.Load(), cnt.Unchanged.Load(), allData, c.logs.String())
+	}
+
+	// Nothing changed: no segment, no data, only the small objects.
+	same, cnt := c.send(t)
+	if same.Base != inc.ID || cnt.Segments.Load() != 0 || cnt.Data.Load() != 0 || cnt.Shipped.Load() > 8<<10 {
+		t.Errorf("unchanged: base %q, %d segments, data %d, shipped %d", same.Base, cnt.Segments.Load(), cnt.Data.Load(), cnt.Shipped.Load())
+	}
+	bases := 0
+	c.tr.List(context.Background(), same.ID+"/bases/", func(oi shipper.ObjectInfo) error { bases++; return nil })
+	if bases != 2 {
+		t.Errorf("the unchanged shipment copies %d base keys, want those of both earlier shipments", bases)
+	}
+}
+
+// TestIncrementalFallsBack: a base the DR state cannot vouch for makes a
+// full shipment, saying why.
+func TestIncrementalFallsBack(t *testing.T) {
+	for _, tc := range []struct {
+		name, why string
+		break_    func(t *testing.T, c *drChain, base string)
+	}{
+		{"older format", "of an older format", func(t *testing.T, c *drChain, base string) {
+			hdrs, _ := filepath.Glob(filepath.Join(c.opts.StateDir, "dr", "*", base+".json"))
+			os.WriteFile(hdrs[0], []byte(`{"format":1,"id":"`+base+`","files":[{"name":"disk.img","blocks":"AAAA"}]}`), 0o600)
+		}},
+		{"block file damaged", "damaged", func(t *testing.T, c *drChain, base string) {
+			bl, _ := filepath.Glob(filepath.Join(c.opts.StateDir, "dr", "*", base+".blocks"))
+			b, _ := os.ReadFile(bl[0])
+			b[40] ^= 1
+			os.WriteFile(bl[0], b, 0o600)
+		}},
+		{"block file gone", "damaged", func(t *testing.T, c *drChain, base string) {
+			bl, _ := filepath.Glob(filepath.Join(c.opts.StateDir, "dr", "*", base+".blocks"))
+			os.Remove(bl[0])
+		}},
+		{"segment gone", "missing or of the wrong size", func(t *testing.T, c *drChain, base string) {
+			os.Remove(filepath.Join(c.dir, "dest", base, "segments", "00000001"))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newDRChain(t)
+			full, _ := c.send(t)
+			tc.break_(t, c, full.ID)
+			c.rewrite(t, 2)
+			res, cnt := c.send(t)
+			if res.Base != "" || !strings.Contains(res.FullReason, tc.why) || cnt.Unchanged.Load() != 0 {
+				t.Errorf("base %q, reason %q, unchanged %d; want a full shipment because %q", res.Base, res.FullReason, cnt.Unchanged.Load(), tc.why)
+			}
+			c.rewrite(t, 5)
+			if res, _ := c.send(t); res.Base == "" {
+				t.Errorf("the send after the fallback is not incremental: %s", res.FullReason)
+			}
+		})
+	}
+}

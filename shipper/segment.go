@@ -1,0 +1,80 @@
+package shipper
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+
+	"github.com/coldship/coldship/archive"
+)
+
+// segmentWriter streams one segment object to the transport through a
+// pipe, computing its CRC32C (format 3) as the bytes go by. Records are
+// gathered into large writes: a sparse image's records are a few KiB each,
+// and a pipe handoff and a write at the destination per record cost more
+// than sealing it.
+type segmentWriter struct {
+	n    int
+	name string
+	pw   *io.PipeWriter
+	bw   *bufio.Writer
+	crc  hash.Hash32
+	size int64
+	res  chan error
+}
+
+// segmentBuffer is what a segment writer gathers before a write.
+const segmentBuffer = 256 << 10
+
+func openSegment(ctx context.Context, tr Transport, id string, n int) *segmentWriter {
+	pr, pw := io.Pipe()
+	w := &segmentWriter{n: n, name: archive.SegmentObject(n), pw: pw, bw: bufio.NewWriterSize(pw, segmentBuffer),
+		crc: archive.NewCRC32C(), res: make(chan error, 1)}
+	go func() {
+		err := tr.Put(ctx, id+"/"+w.name, pr, -1)
+		if err != nil {
+			err = fmt.Errorf("put %s/%s: %w", id, w.name, err)
+			pr.CloseWithError(err)
+		} else {
+			pr.CloseWithError(fmt.Errorf("put %s/%s: transport returned before reading all data", id, w.name))
+		}
+		w.res <- err
+	}()
+	return w
+}
+
+func (w *segmentWriter) write(p []byte) error {
+	w.crc.Write(p)
+	if _, err := w.bw.Write(p); err != nil {
+		return err
+	}
+	w.size += int64(len(p))
+	return nil
+}
+
+// end writes what is gathered and ends the segment's bytes; close then
+// waits for the transport to store it.
+func (w *segmentWriter) end() {
+	if err := w.bw.Flush(); err != nil {
+		w.pw.CloseWithError(err)
+		return
+	}
+	w.pw.Close()
+}
+
+// close ends the segment and waits for the transport to store it.
+func (w *segmentWriter) close() (archive.Segment, error) {
+	w.end()
+	if err := <-w.res; err != nil {
+		return archive.Segment{}, err
+	}
+	return archive.Segment{Name: w.name, Size: w.size, CRC32C: archive.CRC32CString(w.crc.Sum32())}, nil
+}
+
+func (w *segmentWriter) abort() {
+	w.pw.CloseWithError(errors.New("send aborted"))
+	<-w.res
+}

@@ -1,0 +1,105 @@
+package shipper
+
+import (
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/shipper/blocks"
+)
+
+// sendFile is one source of a send: what was found when it was opened,
+// and what an attempt learns of it as its blocks go by, in order.
+type sendFile struct {
+	src   archive.Source
+	f     *os.File // nil for a directory
+	stamp archive.Stamp
+
+	// Per attempt, filled in order by the pipeline.
+	digest     *archive.FileDigester
+	dataBlocks int64
+	dataBytes  int64
+	firstEntry int64 // ordinal of its first data block in the per-block state
+}
+
+// openSources opens every file first, so that a missing or unreadable
+// source fails before anything is written to the destination. The caller
+// closes them (closeSources).
+func openSources(sources []archive.Source) ([]*sendFile, error) {
+	files := make([]*sendFile, len(sources))
+	for i, src := range sources {
+		sf := &sendFile{src: src}
+		files[i] = sf
+		if src.Info.IsDir() {
+			continue
+		}
+		f, err := os.Open(src.Path)
+		if err != nil {
+			closeSources(files)
+			return nil, fmt.Errorf("open source: %w", err)
+		}
+		sf.f = f
+		if sf.stamp, err = archive.StampOf(f); err != nil {
+			closeSources(files)
+			return nil, err
+		}
+	}
+	return files, nil
+}
+
+func closeSources(files []*sendFile) {
+	for _, sf := range files {
+		if sf != nil && sf.f != nil {
+			sf.f.Close()
+		}
+	}
+}
+
+// readerFiles is the block reader's view of the sources.
+func readerFiles(files []*sendFile) []blocks.File {
+	out := make([]blocks.File, len(files))
+	for i, sf := range files {
+		if sf.f != nil {
+			out[i] = blocks.File{F: sf.f, Path: sf.src.Path, Stamp: sf.stamp}
+		}
+	}
+	return out
+}
+
+// journalFile is how the journal identifies the source: a rerun resumes
+// only if every source is as it was.
+func (sf *sendFile) journalFile() journalFile {
+	jf := journalFile{Path: sf.src.Path, Name: sf.src.Name, Dir: sf.f == nil}
+	if sf.f != nil {
+		jf.Size, jf.MTime, jf.CTime, jf.Ino = sf.stamp.Size, sf.stamp.MTime.Nano(), sf.stamp.CTime.Nano(), sf.stamp.Ino
+	}
+	return jf
+}
+
+// manifestFile describes the source in a format 3 manifest, from what the
+// attempt learned of its blocks.
+func (sf *sendFile) manifestFile() archive.File {
+	fi := sf.src.Info
+	uid, gid := owner(fi.Sys())
+	f := archive.File{Path: sf.src.Name, Mode: fi.Mode().Perm(), MTime: fi.ModTime().UTC(), UID: &uid, GID: &gid}
+	if sf.f == nil {
+		f.Type = archive.TypeDir
+		return f
+	}
+	f.Type = archive.TypeFile
+	f.Size = sf.stamp.Size
+	f.MTime = time.Unix(sf.stamp.MTime.Unix()).UTC()
+	f.BLAKE3 = sf.digest.Sum()
+	f.DataBlocks, f.DataBytes = sf.dataBlocks, sf.dataBytes
+	return f
+}
+
+// owner returns the numeric owner and group of a file's stat data.
+func owner(sys any) (uint32, uint32) {
+	if st, ok := sys.(*syscall.Stat_t); ok {
+		return st.Uid, st.Gid
+	}
+	return 0, 0
+}
