@@ -17,13 +17,14 @@ type Counters struct {
 	Zero      atomic.Int64 // bytes read and found all-zero, not shipped
 	Data      atomic.Int64 // plaintext bytes of shipped blocks
 	Unchanged atomic.Int64 // plaintext bytes of data blocks unchanged since the base, not shipped
-	Shipped   atomic.Int64 // bytes of objects put or fetched
+	Shipped   atomic.Int64 // bytes of objects put or fetched (receive: fetched by this run)
 	Segments  atomic.Int64
+	Reused    atomic.Int64 // receive: data bytes an interrupted receive had written, reused, not fetched
 }
 
 // Reset sets every counter to zero, for a new attempt.
 func (c *Counters) Reset() {
-	for _, v := range []*atomic.Int64{&c.Total, &c.Done, &c.Read, &c.Hole, &c.Zero, &c.Data, &c.Unchanged, &c.Shipped, &c.Segments} {
+	for _, v := range []*atomic.Int64{&c.Total, &c.Done, &c.Read, &c.Hole, &c.Zero, &c.Data, &c.Unchanged, &c.Shipped, &c.Segments, &c.Reused} {
 		v.Store(0)
 	}
 }
