@@ -9,6 +9,12 @@ package archive
 // in that lane and its round, so that a record replayed, reordered,
 // dropped, moved to another lane or carried over from an earlier round
 // fails to open. docs/LIVE.md specifies the protocol.
+//
+// Protocol 2 carries format 3 block records: the payload of a block record
+// is the block's form (see FormBuilder), or a zstd frame of it, so a block
+// that is mostly hole costs what it holds in data on the wire and at the
+// receiver; the live manifest's whole-file digest is format 3's (see
+// FileDigester), and every context starts with "coldship/v3/live" 0x00.
 
 import (
 	"bytes"
@@ -21,17 +27,19 @@ import (
 	"time"
 )
 
-const liveContextPrefix = "coldship/v1/live\x00"
+const liveContextPrefix = "coldship/v3/live\x00"
 
 // LiveFormat is the version of the live protocol and of its manifest.
-const LiveFormat = 1
+// Version 1 carried dense blocks under "coldship/v1/live" contexts; peers of
+// different versions refuse each other at the hello.
+const LiveFormat = 2
 
 // LiveBlock is the kind byte of a block record in live contexts.
 const LiveBlock = 'D'
 
 // LiveContext is the Cobblestone context of a message of a live session:
 //
-//	"coldship/v1/live" 0x00 || id || 0x00 || kind || u32be(lane) || u64be(seq) || u32be(round)
+//	"coldship/v3/live" 0x00 || id || 0x00 || kind || u32be(lane) || u64be(seq) || u32be(round)
 func LiveContext(id string, kind byte, lane uint32, seq uint64, round uint32) []byte {
 	c := make([]byte, 0, 64+len(id))
 	c = append(c, liveContextPrefix...)
@@ -58,7 +66,8 @@ func LiveBlockContext(id string, lane uint32, seq uint64, round uint32, file uin
 }
 
 // SealLive is Seal for a live session: context gives the record's context
-// once it is known whether the payload is compressed.
+// once it is known whether the payload is compressed. In protocol 2, plain
+// is the block's form.
 func (c *Codec) SealLive(dst, scratch, plain []byte, context func(compressed bool) []byte) (record []byte, compressed bool, err error) {
 	payload := plain
 	if c.compress && c.worthCompressing(plain, scratch) {
@@ -100,6 +109,33 @@ func (c *Codec) OpenLive(dst, scratch, record, context []byte, compressed bool, 
 	return checkLen(plain, wantLen)
 }
 
+// OpenLiveForm authenticates a block record of a live session (protocol
+// 2) under context, decompresses it if needed into dst (at least
+// MaxFormLen(n) bytes), and checks that it is the canonical form of a
+// block of n bytes that holds data. It returns the form and its data
+// bytes; the caller computes FormDigest when it needs the digest.
+func (c *Codec) OpenLiveForm(dst, scratch, record, context []byte, compressed bool, n int64) ([]byte, int64, error) {
+	limit := int64(MaxFormLen(n))
+	var form []byte
+	var err error
+	switch {
+	case !compressed:
+		form, err = c.key.Open(dst[:0], context, record)
+	case !c.compress:
+		return nil, 0, fmt.Errorf("compressed block in a session without compression: %w", ErrIntegrity)
+	default:
+		form, err = c.openCompressed(dst[:limit], scratch, record, context, limit)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	data, err := CheckForm(form, n)
+	if err != nil {
+		return nil, 0, err
+	}
+	return form, data, nil
+}
+
 func checkLen(plain []byte, wantLen int64) ([]byte, error) {
 	if int64(len(plain)) != wantLen {
 		return nil, fmt.Errorf("block has %d bytes, want %d: %w", len(plain), wantLen, ErrIntegrity)
@@ -108,10 +144,12 @@ func checkLen(plain []byte, wantLen int64) ([]byte, error) {
 }
 
 // LiveManifest is the manifest of a live session, sent after its final
-// round: the files as they were then. Its Files carry extents and
-// whole-file digests but no Blocks: the receiver has hashed every block it
-// wrote, and the whole-file digest (see FileDigest) over those digests,
-// holes and zero blocks proves that what it holds is the sender's file.
+// round: the files as they were then. Its Files carry extents (runs of
+// whole blocks: data, hole, zero) and whole-file digests but no Blocks:
+// the receiver has the FormDigest of the form it wrote last for every
+// data block, and the format 3 whole-file digest (FileDigester(FormatV3))
+// over those, in index order, proves that what it holds is the sender's
+// file.
 type LiveManifest struct {
 	Format      int       `json:"format"`
 	ID          string    `json:"id"`

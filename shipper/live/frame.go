@@ -61,7 +61,8 @@ const (
 func maxBody(kind byte) int {
 	switch kind {
 	case frameBlock:
-		return blockHeaderSize + int(cipher.SealedSize(archive.MaxBlockSize))
+		// A record carries a block's form: its page map and pages.
+		return blockHeaderSize + int(cipher.SealedSize(int64(archive.MaxFormLen(archive.MaxBlockSize))))
 	case frameKey, frameAbort:
 		return 16 << 10
 	case frameHello, frameLaneEnd:
