@@ -89,6 +89,9 @@ func (w *Writer) Resize(i int, size int64) error {
 func (w *Writer) Settle(i int, final archive.File) error {
 	f := w.files[i]
 	if f == nil {
+		if w.sh.Files[i].Type == archive.TypeDir && final.Type == archive.TypeDir {
+			w.sh.Files[i] = final // its mode and mtime
+		}
 		return nil
 	}
 	if final.Size != f.meta.Size {
