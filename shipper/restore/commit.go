@@ -265,7 +265,11 @@ func (w *Writer) cleanup() {
 	remove(w.t.root, w.names.record)
 	kept := map[string]bool{}
 	for _, f := range w.files {
-		if f != nil {
+		switch {
+		case f == nil:
+		case f.device: // not in the marker: the folder does not hold it
+			remove(w.bdir, f.blocks)
+		default:
 			kept[f.blocks] = true
 		}
 	}

@@ -62,10 +62,16 @@ func (w *Writer) openFresh(ctx context.Context) error {
 		return err
 	}
 	for _, f := range w.files {
-		if f != nil && !f.device {
-			if err := w.openTemp(f); err != nil {
-				return err
-			}
+		if f == nil {
+			continue
+		}
+		if f.device {
+			err = w.openDeviceSlots(f)
+		} else {
+			err = w.openTemp(f)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return w.checkResumed(ctx)
@@ -80,7 +86,7 @@ func (w *Writer) checkFinals() error {
 			return err
 		}
 		if ok && st.Mode&unix.S_IFMT != unix.S_IFDIR {
-			return fmt.Errorf("output %s: exists and is not a directory", w.t.abs(p))
+			return fmt.Errorf("output %s: exists and is not a directory%s", w.t.abs(p), linkNote(&st))
 		}
 	}
 	for _, f := range w.files {
@@ -93,7 +99,7 @@ func (w *Writer) checkFinals() error {
 			return err
 		case !ok:
 		case st.Mode&unix.S_IFMT != unix.S_IFREG:
-			return fmt.Errorf("output %s: exists and is not a file", w.t.abs(f.meta.Path))
+			return fmt.Errorf("output %s: exists and is not a file%s", w.t.abs(f.meta.Path), linkNote(&st))
 		case !w.opts.Force:
 			return fmt.Errorf("output %s: %w", w.t.abs(f.meta.Path), ErrExists)
 		}
@@ -132,6 +138,18 @@ func (w *Writer) openTemp(f *file) error {
 	}
 	f.slots = &slotFile{f: sf, name: path.Join(w.names.blocks, f.blocks)}
 	return w.size(f)
+}
+
+// openDeviceSlots gives a file written onto a device a blocks file of its
+// own (a device is not resumed: it is written whole again).
+func (w *Writer) openDeviceSlots(f *file) error {
+	f.blocks = tempSuffix()
+	sf, err := createFile(w.bdir, f.blocks)
+	if err != nil {
+		return err
+	}
+	f.slots = &slotFile{f: sf, name: path.Join(w.names.blocks, f.blocks)}
+	return f.slots.truncate(w.nblocks(f))
 }
 
 // size gives the file being written its size (and its blocks file the
@@ -231,4 +249,12 @@ func (w *Writer) sweep(rec *record) error {
 			w.t.removeEntry(w.names.blocks, name)
 		}
 	})
+}
+
+// linkNote says why a link where a file or folder goes is refused.
+func linkNote(st *unix.Stat_t) string {
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		return " (a symbolic link is never followed)"
+	}
+	return ""
 }

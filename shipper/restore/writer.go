@@ -56,8 +56,8 @@ type Options struct {
 	// Run marks the blocks this restore writes (0: a random mark). The
 	// attempts of one receive share it, so that what an earlier attempt
 	// wrote does not count as reused.
-	Run uint32
-	Counters    *progress.Counters
+	Run      uint32
+	Counters *progress.Counters
 	// Finalize, if set, runs for each file written, after its digest
 	// checked out and before its owner, mode and mtime are set and it is
 	// renamed into place; an error fails the restore.
@@ -124,8 +124,8 @@ type file struct {
 	touched bool // update: moved aside and rewritten
 	loc     int  // update: where its content is (locNone, locFinal, locAside)
 	oldSize int64
-	cur     *cursor   // update: the walk through its slots
-	prev    *slotFile // resumed update: the slots the interrupted update wrote
+	cur     *cursor      // update: the walk through its slots
+	prev    *slotFile    // resumed update: the slots the interrupted update wrote
 	pending atomic.Int64 // bytes written since writeback was last started
 }
 
@@ -133,7 +133,7 @@ type file struct {
 // checks every final name, removes what earlier receives left that
 // nothing can resume, and creates (or, resuming, reopens and checks) the
 // temporary files. Close must follow.
-func Open(ctx context.Context, sh Shipment, opts Options) (w *Writer, err error) {
+func Open(ctx context.Context, sh Shipment, opts Options) (_ *Writer, err error) {
 	if opts.Counters == nil {
 		opts.Counters = new(progress.Counters)
 	}
@@ -146,7 +146,7 @@ func Open(ctx context.Context, sh Shipment, opts Options) (w *Writer, err error)
 	if sh.BlockSize < archive.MinBlockSize || sh.BlockSize > archive.MaxBlockSize {
 		return nil, fmt.Errorf("block size %d out of range", sh.BlockSize)
 	}
-	w = &Writer{sh: sh, opts: opts, cnt: opts.Counters, names: namesFor(sh.Files), kind: digestsPlain, walk: walkState{file: -1}}
+	w := &Writer{sh: sh, opts: opts, cnt: opts.Counters, names: namesFor(sh.Files), kind: digestsPlain, walk: walkState{file: -1}}
 	if sh.Format >= archive.FormatV3 {
 		w.kind = digestsForm
 	}
@@ -167,7 +167,6 @@ func Open(ctx context.Context, sh Shipment, opts Options) (w *Writer, err error)
 	defer func() {
 		if err != nil {
 			w.Close(false)
-			w = nil
 		}
 	}()
 	if w.old, err = loadMarker(w.t, w.names.marker); err != nil {
@@ -184,7 +183,10 @@ func Open(ctx context.Context, sh Shipment, opts Options) (w *Writer, err error)
 	} else {
 		err = w.openFresh(ctx)
 	}
-	return w, err
+	if err != nil {
+		return nil, err
+	}
+	return w, nil
 }
 
 // NewRun returns a random mark for Options.Run.
@@ -285,10 +287,10 @@ func (w *Writer) Close(keep bool) {
 // removeTemps removes what a failed fresh receive made.
 func (w *Writer) removeTemps() {
 	for _, f := range w.files {
-		if f == nil || f.device {
+		if f == nil {
 			continue
 		}
-		if f.temp != "" && f.dir != nil {
+		if f.temp != "" && f.dir != nil && !f.device {
 			remove(f.dir, f.temp)
 		}
 		if f.blocks != "" && w.bdir != nil {

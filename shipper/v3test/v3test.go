@@ -35,6 +35,9 @@ type File struct {
 	// returns true, or returns false for a block of zeros (buf untouched);
 	// nil: all zero. Pages that are zero are not shipped.
 	Content func(block int64, buf []byte) bool
+	// Blocks, if set, lists the only blocks Content is asked for (in
+	// ascending order): a huge sparse file costs nothing to encode.
+	Blocks  []int64
 	Backing *archive.Backing
 	Device  bool
 }
@@ -200,7 +203,13 @@ func (e *encoder) file(index uint32, f File) error {
 	plain := make([]byte, bs)
 	formBuf := make([]byte, archive.MaxFormLen(bs))
 	var fb archive.FormBuilder
-	for b := int64(0); b*bs < f.Size && f.Content != nil; b++ {
+	for k, b := 0, int64(0); b*bs < f.Size && f.Content != nil; b++ {
+		if f.Blocks != nil {
+			if k == len(f.Blocks) {
+				break
+			}
+			b, k = f.Blocks[k], k+1
+		}
 		n := archive.BlockLen(f.Size, bs, b)
 		if !f.Content(b, plain[:n]) {
 			continue
