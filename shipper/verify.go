@@ -116,11 +116,8 @@ func VerifyInventory(ctx context.Context, tr Transport, id string, cnt *Counters
 	if cnt == nil {
 		cnt = new(Counters)
 	}
-	h, _, err := readHeader(ctx, tr, id)
+	h, err := ReadHeader(ctx, tr, id)
 	if err != nil {
-		if errors.Is(err, ErrNotFound) && absent(ctx, tr, id) {
-			return fmt.Errorf("no shipment %s at %s: %w", id, tr, ErrNotFound)
-		}
 		return err
 	}
 	limit := int64(maxLegacyObject)
@@ -175,6 +172,17 @@ func VerifyInventory(ctx context.Context, tr Transport, id string, cnt *Counters
 		}
 	}
 	return nil
+}
+
+// ReadHeader reads and checks the plaintext header of shipment id (no
+// key needed); a shipment that is not there is ErrNotFound ("no shipment
+// ID at DEST"), not an integrity failure.
+func ReadHeader(ctx context.Context, tr Transport, id string) (*archive.Header, error) {
+	h, _, err := readHeader(ctx, tr, id)
+	if err != nil && errors.Is(err, ErrNotFound) && absent(ctx, tr, id) {
+		return nil, fmt.Errorf("no shipment %s at %s: %w", id, tr, ErrNotFound)
+	}
+	return h, err
 }
 
 // checkObject reads an object whole and checks it against its entry.

@@ -1,0 +1,267 @@
+package main
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"filippo.io/age"
+
+	"github.com/coldship/coldship/cipher"
+	"github.com/coldship/coldship/shipper/v3test"
+)
+
+// The three receive paths (--out, --into, --live) go through one restore
+// writer; each gets the same tests here: a receive killed with SIGKILL
+// half-way, then run again (no stale temporary file left, the result
+// bit-exact, sparse to 4 KiB), a link planted at a recorded temporary name
+// and one at a parent folder (never followed).
+
+// sparseImage writes size bytes with 4 KiB of random data at the start of
+// every 64 KiB, the rest holes.
+func sparseImage(t *testing.T, path string, size int64, seed uint64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.Truncate(size)
+	r := rand.New(rand.NewPCG(seed, 9))
+	page := make([]byte, 4096)
+	for off := int64(0); off < size; off += 64 << 10 {
+		for i := range page {
+			page[i] = byte(r.Uint32() | 1)
+		}
+		if _, err := f.WriteAt(page, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// restorePath is one receive path under test.
+type restorePath struct {
+	name string
+	// setup makes the source and whatever the path needs, and returns the
+	// command line of the receive (or live send) to kill and rerun, the
+	// folder restored into and the source image.
+	setup func(t *testing.T, dir string) (argv []string, out, src string)
+	pidFile string // live: where the receiver writes its pid
+	// tempGlob matches the temporary file of the image while it is written.
+	tempGlob string
+}
+
+// killMidway starts argv, waits until pattern matches a file that holds
+// some data, and kills the receiver with SIGKILL: the process itself, or,
+// with pidFile, the process whose pid it holds (a live receiver).
+func killMidway(t *testing.T, argv []string, pattern, pidFile string) {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if m, _ := filepath.Glob(pattern); len(m) > 0 && allocatedOK(m[0]) > 64<<10 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	victim := cmd.Process
+	if pidFile != "" {
+		b, _ := os.ReadFile(pidFile)
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			t.Fatalf("receiver pid: %q", b)
+		}
+		if victim, err = os.FindProcess(pid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	victim.Signal(syscall.SIGKILL)
+	cmd.Wait()
+}
+
+func allocatedOK(p string) int64 {
+	var st syscall.Stat_t
+	if syscall.Stat(p, &st) != nil {
+		return 0
+	}
+	return st.Blocks * 512
+}
+
+func TestReceivePathsKilledAndLinked(t *testing.T) {
+	bin := coldshipBinary(t)
+	key, rcpt := keypair(t)
+	const size = 128 << 20 // 8 MiB of data
+	paths := []restorePath{
+		{name: "out", tempGlob: "vm/.disk.img.coldship-*", setup: func(t *testing.T, dir string) ([]string, string, string) {
+			src := filepath.Join(dir, "vm", "disk.img")
+			os.MkdirAll(filepath.Dir(src), 0o755)
+			sparseImage(t, src, size, 1)
+			dest := filepath.Join(dir, "dest")
+			id := strings.TrimSpace(mustRun(t, "send", filepath.Dir(src), "--to", dest, "-r", rcpt, "--block-size", "64K", "-q").stdout)
+			out := filepath.Join(dir, "out")
+			return []string{bin, "receive", dest, id, "--out", out, "-i", key, "-j", "1", "--streams", "1", "--bwlimit", "2M"}, out, src
+		}},
+		{name: "into", tempGlob: "vm/.disk.img.coldship-update", setup: func(t *testing.T, dir string) ([]string, string, string) {
+			src := filepath.Join(dir, "vm", "disk.img")
+			os.MkdirAll(filepath.Dir(src), 0o755)
+			sparseImage(t, src, size, 2)
+			dest := filepath.Join(dir, "dest")
+			send := []string{"send", filepath.Dir(src), "--to", dest, "-r", rcpt, "--block-size", "64K", "-q"}
+			id1 := strings.TrimSpace(mustRun(t, send...).stdout)
+			out := filepath.Join(dir, "out")
+			mustRun(t, "receive", dest, id1, "--out", out, "-i", key, "-q")
+			sparseImage(t, src, size, 3) // every block changes
+			id2 := strings.TrimSpace(mustRun(t, send...).stdout)
+			return []string{bin, "receive", dest, id2, "--into", out, "-i", key, "-j", "1", "--streams", "1", "--bwlimit", "2M"}, out, src
+		}},
+		{name: "live", tempGlob: "vm/.disk.img.coldship-*", pidFile: "receiver.pid", setup: func(t *testing.T, dir string) ([]string, string, string) {
+			_, out, to, flags := liveEnv(t)
+			// The receiver, through a wrapper that says its pid.
+			wrapper := filepath.Join(dir, "coldship-wrapper")
+			os.WriteFile(wrapper, []byte(fmt.Sprintf("#!/bin/sh\necho $$ > %s\nexec %s \"$@\"\n",
+				filepath.Join(dir, "receiver.pid"), bin)), 0o755)
+			for i := range flags {
+				if flags[i] == bin {
+					flags[i] = wrapper
+				}
+			}
+			src := filepath.Join(dir, "vm", "disk.img")
+			os.MkdirAll(filepath.Dir(src), 0o755)
+			sparseImage(t, src, 4*size, 4)
+			return append([]string{bin, "send", filepath.Dir(src), "--to", to, "--block-size", "64K", "-q"}, flags...), out, src
+		}},
+	}
+	for _, p := range paths {
+		t.Run(p.name, func(t *testing.T) {
+			dir := t.TempDir()
+			argv, out, src := p.setup(t, dir)
+			final := filepath.Join(out, "vm", "disk.img")
+			pidFile := ""
+			if p.pidFile != "" {
+				pidFile = filepath.Join(dir, p.pidFile)
+			}
+			killMidway(t, argv, filepath.Join(out, p.tempGlob), pidFile)
+			if _, err := os.Stat(final); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("a killed receive left the image at its final name (%v)", err)
+			}
+			// A link where the killed receive's temporary file is.
+			temps, _ := filepath.Glob(filepath.Join(out, p.tempGlob))
+			if len(temps) != 1 {
+				t.Fatalf("temporary files after the kill: %v", temps)
+			}
+			victim := filepath.Join(dir, "victim")
+			os.WriteFile(victim, []byte("precious"), 0o644)
+			if p.name == "out" {
+				// Keep the resumable one; plant a stale one of another run.
+				os.Symlink(victim, filepath.Join(out, "vm", ".disk.img.coldship-0123456789ab"))
+			} else {
+				os.Remove(temps[0])
+				os.Symlink(victim, temps[0])
+			}
+
+			rerun := append(argv[1:], "--json")
+			r := mustRun(t, rerun...)
+			sameFile(t, src, final)
+			if a, b := allocated(t, src), allocated(t, final); b > a+a/20 {
+				t.Errorf("restored image allocates %d bytes, the source %d: not sparse to 4 KiB", b, a)
+			}
+			if got, _ := os.ReadFile(victim); string(got) != "precious" {
+				t.Errorf("a link planted at a temporary name was written through: %q", got)
+			}
+			if left, _ := filepath.Glob(filepath.Join(out, "vm", ".*coldship-*")); len(left) != 0 {
+				t.Errorf("temporary files left after the rerun: %v", left)
+			}
+			if p.name == "out" {
+				if s := summaryOf(t, r.stderr); num(s, "bytes_reused") <= 0 {
+					t.Errorf("the resumed receive reports bytes_reused %v", s["bytes_reused"])
+				}
+			}
+
+			// A link where a folder of the shipment goes: refused, not followed.
+			elsewhere := filepath.Join(dir, "elsewhere")
+			os.MkdirAll(elsewhere, 0o755)
+			os.Rename(filepath.Join(out, "vm"), filepath.Join(dir, "moved"))
+			os.Symlink(elsewhere, filepath.Join(out, "vm"))
+			again := rerun
+			if p.name == "out" {
+				again = append(again, "--force")
+			}
+			if r := run(t, again...); r.code != exitError || !strings.Contains(r.stderr, "symbolic link") {
+				t.Errorf("receive through a linked folder: exit %d, %s", r.code, r.stderr)
+			}
+			if entries, _ := os.ReadDir(elsewhere); len(entries) != 0 {
+				t.Errorf("wrote through a linked folder: %v", entries)
+			}
+		})
+	}
+}
+
+// TestReceiveMemoryFlat receives a shipment of about 500,000 blocks with
+// the built binary and measures its peak RSS: nothing per block is held in
+// memory (issue 16: at most 256 MiB).
+func TestReceiveMemoryFlat(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 500,000-block receive")
+	}
+	bin := coldshipBinary(t)
+	dir := t.TempDir()
+	key, _ := keypair(t)
+	dest := filepath.Join(dir, "dest")
+	id := writeManyBlocks(t, dest, key, 500_000)
+	out := filepath.Join(dir, "out")
+	cmd := exec.Command(bin, "receive", dest, id, "--out", out, "-i", key, "-q")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("receive: %v: %s", err, b)
+	}
+	peak := cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
+	t.Logf("receive of 500,000 blocks: peak RSS %d MiB", peak>>20)
+	if peak > 256<<20 {
+		t.Errorf("peak RSS %d MiB, want at most 256", peak>>20)
+	}
+	cmd = exec.Command(bin, "verify", dest, id, "-i", key, "-q")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("verify: %v: %s", err, b)
+	}
+	if peak := cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10; peak > 256<<20 {
+		t.Errorf("verify: peak RSS %d MiB, want at most 256", peak>>20)
+	}
+	fi, err := os.Stat(filepath.Join(out, "big.img"))
+	if err != nil || fi.Size() != 500_000*(64<<10) {
+		t.Fatalf("restored image: %v %v", fi, err)
+	}
+}
+
+// writeManyBlocks writes a format 3 shipment of one 64 KiB-block image of
+// n blocks, each with one page of data, for the recipient of key.
+func writeManyBlocks(t *testing.T, dest, key string, n int64) string {
+	t.Helper()
+	ids, err := cipher.ParseIdentityFile(key, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcpt := ids[0].(*age.X25519Identity).Recipient()
+	const bs = 64 << 10
+	id, err := v3test.Write(dest, []v3test.File{{Path: "big.img", Size: n * bs, Content: func(b int64, buf []byte) bool {
+		clear(buf)
+		for i := 0; i < 4096; i += 8 {
+			binary.LittleEndian.PutUint64(buf[i:], uint64(b)<<8|1)
+		}
+		return true
+	}}}, v3test.Options{BlockSize: bs, Compress: true, Recipients: []age.Recipient{rcpt}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
