@@ -312,3 +312,92 @@ func writeManyBlocks(t *testing.T, dest, key string, n int64) string {
 	}
 	return id
 }
+
+// TestReceiveOwners: as root, files get the numeric owner and group of
+// the manifest (format 3), unless --no-same-owner; as another user they
+// belong to that user.
+func TestReceiveOwners(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give files other owners")
+	}
+	bin := coldshipBinary(t)
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755) // nobody must reach it
+	key, rcpt := keypair(t)
+	r, err := age.ParseX25519Recipient(rcpt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dest := filepath.Join(dir, "dest")
+	id, err := v3test.Write(dest, []v3test.File{
+		{Path: "vm", Dir: true, UID: 64055, GID: 994},
+		{Path: "vm/disk.img", Size: 1 << 20, UID: 64055, GID: 994, Content: v3test.Pattern(1, "d0")},
+	}, v3test.Options{BlockSize: 64 << 10, Recipients: []age.Recipient{r}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner := func(p string) (uint32, uint32) {
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Uid, st.Gid
+	}
+	out := filepath.Join(dir, "root")
+	mustRun(t, "receive", dest, id, "--out", out, "-i", key, "-q")
+	for _, p := range []string{"vm", "vm/disk.img"} {
+		if u, g := owner(filepath.Join(out, p)); u != 64055 || g != 994 {
+			t.Errorf("as root: %s owned by %d:%d, want 64055:994", p, u, g)
+		}
+	}
+	out = filepath.Join(dir, "nosame")
+	mustRun(t, "receive", dest, id, "--out", out, "-i", key, "-q", "--no-same-owner")
+	if u, g := owner(filepath.Join(out, "vm/disk.img")); u != 0 || g != 0 {
+		t.Errorf("--no-same-owner: owned by %d:%d, want 0:0", u, g)
+	}
+
+	// As nobody, into a folder of nobody's, with a key nobody can read.
+	nobody := filepath.Join(dir, "nobody")
+	os.MkdirAll(nobody, 0o755)
+	os.Chown(nobody, 65534, 65534)
+	nkey := filepath.Join(nobody, "key")
+	b, _ := os.ReadFile(key)
+	os.WriteFile(nkey, b, 0o600)
+	os.Chown(nkey, 65534, 65534)
+	nbin := filepath.Join(nobody, "coldship")
+	b, _ = os.ReadFile(bin)
+	os.WriteFile(nbin, b, 0o755)
+	cmd := exec.Command(nbin, "receive", dest, id, "--out", filepath.Join(nobody, "out"), "-i", nkey, "-q")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("receive as nobody: %v: %s", err, b)
+	}
+	if u, g := owner(filepath.Join(nobody, "out", "vm/disk.img")); u != 65534 || g != 65534 {
+		t.Errorf("as nobody: owned by %d:%d, want the user", u, g)
+	}
+}
+
+// TestReceiveJobsClamped: --jobs far beyond what memory allows is lowered,
+// with a notice, and the receive stays within its memory bound (issue
+// 14.5: --jobs 100000 once took 3.1 GiB for a 1-byte file).
+func TestReceiveJobsClamped(t *testing.T) {
+	bin := coldshipBinary(t)
+	dir := t.TempDir()
+	key, rcpt := keypair(t)
+	r, _ := age.ParseX25519Recipient(rcpt)
+	dest := filepath.Join(dir, "dest")
+	id, err := v3test.Write(dest, []v3test.File{{Path: "one", Size: 1, Content: v3test.Pattern(1, "d")}},
+		v3test.Options{BlockSize: 64 << 20, Recipients: []age.Recipient{r}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := mustRun(t, "receive", dest, id, "--out", filepath.Join(dir, "a"), "-i", key, "--jobs", "100000", "--streams", "1000")
+	if !strings.Contains(res.stderr, "memory bound allows") {
+		t.Errorf("no notice that --jobs was lowered: %s", res.stderr)
+	}
+	peak := maxRSS(t, []string{bin, "receive", dest, id, "--out", filepath.Join(dir, "b"), "-i", key, "-q", "--jobs", "100000"})
+	if peak > 256<<20 {
+		t.Errorf("receive --jobs 100000 of 64 MiB blocks: peak RSS %d MiB", peak>>20)
+	}
+}

@@ -85,6 +85,9 @@ func (w *Writer) check(ctx context.Context, f *file) error {
 		if err := f.slots.f.Sync(); err != nil {
 			return fmt.Errorf("sync %s: %w", f.slots.name, err)
 		}
+		if testAfterSync != nil {
+			testAfterSync(f.fh)
+		}
 	}
 	d, data, err := w.fileDigest(f)
 	if err != nil {
@@ -101,6 +104,10 @@ func (w *Writer) check(ctx context.Context, f *file) error {
 	}
 	return nil
 }
+
+// testAfterSync, set by tests, damages a file between its sync and its
+// checks, as a disk that loses a write would.
+var testAfterSync func(*os.File)
 
 // fileDigest computes f's whole-file digest, and its data bytes, from the
 // digests its blocks file records, in index order.

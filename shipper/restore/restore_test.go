@@ -334,3 +334,139 @@ func TestWriterUpdate(t *testing.T) {
 	}
 	checkImages(t, dir, a2)
 }
+
+// TestReadBackPolicy damages each file after it is written and synced, as
+// a disk that loses a write would: without ReadBack the restore trusts
+// what it wrote (as cp, rsync and tar do); with ReadBack every written
+// block is read again, page cache dropped, and the damage is an integrity
+// failure, for a fresh restore, an update and a live restore alike.
+func TestReadBackPolicy(t *testing.T) {
+	im := image{"vm/disk.img", sparse(16*testBS, 10)}
+	sh, blocks := shipment("20261130T120000Z-00000001", im)
+	im2 := image{"vm/disk.img", sparse(16*testBS, 11)}
+	sh2, blocks2 := shipment("20261130T120000Z-00000002", im2)
+	defer func() { testAfterSync = nil }()
+	for _, mode := range []string{"fresh", "update", "live"} {
+		for _, readBack := range []bool{false, true} {
+			dir := filepath.Join(t.TempDir(), "out")
+			if mode == "update" {
+				if _, err := restoreAll(t, sh, blocks, Options{Dir: dir}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			testAfterSync = func(f *os.File) {
+				b := make([]byte, 1)
+				f.ReadAt(b, 0)
+				b[0] ^= 0x80
+				f.WriteAt(b, 0)
+				f.Sync()
+			}
+			var err error
+			switch mode {
+			case "fresh":
+				_, err = restoreAll(t, sh, blocks, Options{Dir: dir, ReadBack: readBack})
+			case "update":
+				_, err = restoreAll(t, sh2, blocks2, Options{Dir: dir, Update: true, ReadBack: readBack})
+			case "live":
+				err = restoreLive(t, sh, blocks, Options{Dir: dir, Live: true, ReadBack: readBack})
+			}
+			testAfterSync = nil
+			if readBack && !errors.Is(err, archive.ErrIntegrity) {
+				t.Errorf("%s, read back: %v, want an integrity failure", mode, err)
+			}
+			if !readBack && err != nil {
+				t.Errorf("%s, no read back: %v", mode, err)
+			}
+			if readBack {
+				if _, err := os.Stat(filepath.Join(dir, im.path)); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("%s: the damaged file is at its final name (%v)", mode, err)
+				}
+			}
+		}
+	}
+}
+
+// restoreLive restores a shipment as a live receiver does, in two rounds.
+func restoreLive(t *testing.T, sh Shipment, blocks []block, opts Options) error {
+	t.Helper()
+	w, err := Open(context.Background(), sh, opts)
+	if err != nil {
+		return err
+	}
+	defer w.Close(false)
+	for round := uint32(1); round <= 2; round++ {
+		for _, b := range blocks {
+			if err := w.WriteLive(b.file, b.index, b.form, b.data, round); err != nil {
+				return err
+			}
+		}
+	}
+	for i, f := range sh.Files {
+		if f.Type == archive.TypeFile {
+			f.Extents = []archive.Extent{{Kind: archive.KindData, Offset: 0, Length: f.Size}}
+		}
+		if err := w.Settle(i, f); err != nil {
+			return err
+		}
+	}
+	_, err = w.Commit(context.Background())
+	return err
+}
+
+// TestFinalizeAndOwners: Finalize sees each checked file before it lands
+// and may change it; a Finalize that fails leaves nothing at a final name;
+// as root, numeric owners come from the manifest unless NoSameOwner.
+func TestFinalizeAndOwners(t *testing.T) {
+	im := image{"vm/top.qcow2", sparse(4*testBS, 12)}
+	sh, blocks := shipment("20261130T120000Z-00000001", im)
+	uid, gid := uint32(12345), uint32(23456)
+	sh.Files[1].UID, sh.Files[1].GID = &uid, &gid
+	dir := filepath.Join(t.TempDir(), "out")
+	var seen []string
+	_, err := restoreAll(t, sh, blocks, Options{Dir: dir, Finalize: func(ctx context.Context, f *FinalFile) error {
+		seen = append(seen, f.File.Path, f.Final, f.PathOf("vm"))
+		_, err := f.Temp.WriteAt([]byte("rewritten backing"), 0)
+		return err
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != 3 || seen[0] != im.path || seen[1] != filepath.Join(dir, im.path) || seen[2] != filepath.Join(dir, "vm") {
+		t.Errorf("Finalize saw %v", seen)
+	}
+	got, _ := os.ReadFile(filepath.Join(dir, im.path))
+	if !bytes.HasPrefix(got, []byte("rewritten backing")) {
+		t.Error("what Finalize wrote is not in the restored file")
+	}
+	fi, _ := os.Stat(filepath.Join(dir, im.path))
+	st := fi.Sys().(*syscall.Stat_t)
+	if os.Geteuid() == 0 && (st.Uid != uid || st.Gid != gid) {
+		t.Errorf("as root: owner %d:%d, want %d:%d", st.Uid, st.Gid, uid, gid)
+	}
+	if os.Geteuid() != 0 && int(st.Uid) != os.Geteuid() {
+		t.Errorf("not root: owner %d, want the user", st.Uid)
+	}
+	if !fi.ModTime().Equal(sh.Files[1].MTime) {
+		t.Errorf("mtime %v after Finalize, want the manifest's", fi.ModTime())
+	}
+
+	dir2 := filepath.Join(t.TempDir(), "out")
+	if _, err := restoreAll(t, sh, blocks, Options{Dir: dir2, NoSameOwner: true}); err != nil {
+		t.Fatal(err)
+	}
+	fi, _ = os.Stat(filepath.Join(dir2, im.path))
+	if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) != os.Geteuid() {
+		t.Errorf("NoSameOwner: owner %d, want the user %d", st.Uid, os.Geteuid())
+	}
+
+	dir3 := filepath.Join(t.TempDir(), "out")
+	_, err = restoreAll(t, sh, blocks, Options{Dir: dir3, Finalize: func(context.Context, *FinalFile) error {
+		return errors.New("cannot rewrite the backing file")
+	}})
+	if err == nil || !strings.Contains(err.Error(), "cannot rewrite") {
+		t.Fatalf("a failing Finalize: %v", err)
+	}
+	if _, err := os.Stat(dir3); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a failed Finalize left the output folder (%v)", err)
+	}
+}
