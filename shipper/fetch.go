@@ -1,6 +1,7 @@
 package shipper
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -287,7 +288,8 @@ func (rd *reader) fetchRun(ctx context.Context, r run, out chan<- record) error 
 		return transportErr(missingIsIntegrity(err))
 	}
 	defer rc.Close()
-	var rdr io.Reader = transportReader{rc, src.obj}
+	// Buffered: small records (sparse blocks) cost one read each otherwise.
+	var rdr io.Reader = bufio.NewReaderSize(transportReader{rc, src.obj}, 256<<10)
 	var sum hash.Hash32
 	if src.seg.CRC32C != "" {
 		sum = archive.NewCRC32C()

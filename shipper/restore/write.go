@@ -62,7 +62,13 @@ func (w *Writer) target(i int, block int64) (*file, error) {
 func (w *Writer) writeRun(f *file, block int64) func(off int64, b []byte) error {
 	base := block * w.sh.BlockSize
 	return func(off int64, b []byte) error {
-		if _, err := f.fh.WriteAt(b, base+off); err != nil {
+		// One writer per file at a time: the kernel takes the file's
+		// lock for each write anyway, and a worker that waits here opens
+		// its next block meanwhile instead of spinning on that lock.
+		f.mu.Lock()
+		_, err := f.fh.WriteAt(b, base+off)
+		f.mu.Unlock()
+		if err != nil {
 			return fmt.Errorf("write %s: %w", f.fh.Name(), err)
 		}
 		return nil
