@@ -34,20 +34,10 @@ func (w *Writer) WriteLive(i int, block int64, form []byte, data int64, round ui
 	if err != nil {
 		return err
 	}
-	var zero func(off, n int64) error
-	if old.Mark != 0 {
-		base := block * w.sh.BlockSize
-		zero = func(off, n int64) error { return zeroRange(f.fh, base+off, n, f.device) }
-	}
-	if err := archive.WalkForm(form, n, w.writeRun(f, block), zero); err != nil {
+	if err := archive.WalkForm(form, n, w.writeRun(f, block), w.zeroRun(f, block, old.Mark != 0)); err != nil {
 		return err
 	}
-	w.written.Add(n)
-	w.cnt.Data.Add(n)
-	w.cnt.Done.Add(n)
-	if p := f.pending.Add(n); p >= writebackEvery && f.pending.CompareAndSwap(p, 0) {
-		syncRange(f)
-	}
+	w.account(f, n)
 	return nil
 }
 

@@ -177,13 +177,16 @@ func validBlocksName(s string) bool {
 	return err == nil
 }
 
-func (m *marker) save(t *tree, name string) error {
-	b, err := json.Marshal(m)
-	if err != nil {
-		return err
+func (m *marker) save(t *tree, name string) error { return saveJSON(t, name, "restore marker", m) }
+
+// saveJSON writes v as JSON to name in the output folder, atomically.
+func saveJSON(t *tree, name, what string, v any) error {
+	b, err := json.Marshal(v)
+	if err == nil {
+		err = writeAtomic(t.root, name, b)
 	}
-	if err := writeAtomic(t.root, name, b); err != nil {
-		return fmt.Errorf("restore marker: %w", err)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }
@@ -216,16 +219,7 @@ func loadRecord(t *tree, name string) *record {
 	return &r
 }
 
-func (r *record) save(t *tree, name string) error {
-	b, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	if err := writeAtomic(t.root, name, b); err != nil {
-		return fmt.Errorf("resume record: %w", err)
-	}
-	return nil
-}
+func (r *record) save(t *tree, name string) error { return saveJSON(t, name, "resume record", r) }
 
 func (r *record) file(p string) *recordFile {
 	if r == nil {

@@ -24,7 +24,7 @@ func (w *Writer) WriteForm(i int, block int64, form []byte, d archive.Digest, da
 		return err
 	}
 	n := w.blockLen(f, block)
-	if err := archive.WalkForm(form, n, w.writeRun(f, block), w.zeroRun(f, block)); err != nil {
+	if err := archive.WalkForm(form, n, w.writeRun(f, block), w.zeroRun(f, block, f.mayHold)); err != nil {
 		return err
 	}
 	return w.wrote(f, block, Slot{Digest: d, Data: uint32(data), Mark: w.run}, n)
@@ -42,7 +42,7 @@ func (w *Writer) WriteDense(i int, block int64, plain []byte, d archive.Digest) 
 	if int64(len(plain)) != n {
 		panic("restore: internal error: block of the wrong length")
 	}
-	if err := archive.WalkDense(plain, w.writeRun(f, block), w.zeroRun(f, block)); err != nil {
+	if err := archive.WalkDense(plain, w.writeRun(f, block), w.zeroRun(f, block, f.mayHold)); err != nil {
 		return err
 	}
 	return w.wrote(f, block, Slot{Digest: d, Data: uint32(n), Mark: w.run}, n)
@@ -75,27 +75,34 @@ func (w *Writer) writeRun(f *file, block int64) func(off int64, b []byte) error 
 	}
 }
 
-func (w *Writer) zeroRun(f *file, block int64) func(off, n int64) error {
-	if !f.mayHold {
-		return nil // a new file: its zero pages are holes already
+// zeroRun returns what makes a zero run of a block zero on disk: nothing
+// where the file cannot hold data there (a new file: holes already).
+func (w *Writer) zeroRun(f *file, block int64, mayHold bool) func(off, n int64) error {
+	if !mayHold {
+		return nil
 	}
 	base := block * w.sh.BlockSize
 	return func(off, n int64) error { return zeroRange(f.fh, base+off, n, f.device) }
 }
 
-// wrote records a block written: its slot, the counters, and, every
-// writebackEvery bytes, the start of its writeback.
+// wrote records a block written: its slot, then what account counts.
 func (w *Writer) wrote(f *file, block int64, sl Slot, n int64) error {
 	if err := f.slots.put(block, sl); err != nil {
 		return err
 	}
+	w.account(f, n)
+	return nil
+}
+
+// account counts a block of n bytes written and, every writebackEvery
+// bytes of a file, starts its writeback.
+func (w *Writer) account(f *file, n int64) {
 	w.written.Add(n)
 	w.cnt.Data.Add(n)
 	w.cnt.Done.Add(n)
 	if p := f.pending.Add(n); p >= writebackEvery && f.pending.CompareAndSwap(p, 0) {
 		syncRange(f)
 	}
-	return nil
 }
 
 // syncRange starts the writeback of what f holds (best effort: not every
