@@ -549,88 +549,12 @@ func (r *receiver) rounds(ctx context.Context) (uint32, error) {
 		r.blocks.Store(0)
 		r.bytes.Store(0)
 		r.gate.open(round, begin.Final)
-
-		// Blocks on the control lane, up to the end of the round.
-		var blocks uint64
-		var end endMsg
-		for {
-			fr, err := r.nextControl(ctx, "DE")
-			if err != nil {
-				return 0, err
-			}
-			if fr.kind == frameBlock {
-				if err := r.dispatch(ctx, 0, r.ctlSeq, round, fr); err != nil {
-					return 0, err
-				}
-				r.ctlSeq++
-				blocks++
-				continue
-			}
-			plain, err := r.openControl(fr, frameRoundEnd, round)
-			if err != nil {
-				return 0, err
-			}
-			if err := unmarshal(plain, &end); err != nil {
-				return 0, err
-			}
-			break
+		end, err := r.controlBlocks(ctx, round)
+		if err != nil {
+			return 0, err
 		}
-		if end.Round != round || len(end.Blocks) != len(r.conns)+1 {
-			return 0, errFrame("round %d ends as round %d with %d lanes", round, end.Round, len(end.Blocks))
-		}
-		if end.Blocks[0] != blocks {
-			return 0, errFrame("round %d: the control lane carried %d blocks, the sender sent %d", round, blocks, end.Blocks[0])
-		}
-		// The end of the round on every TCP lane, then every block of the
-		// round written. Meanwhile the control lane may only abort; if it
-		// ends, the lanes and workers first get to report what they saw.
-		ctl, ended := r.ctl, error(nil)
-		for lanes := len(r.conns); lanes > 0; {
-			select {
-			case le := <-r.laneEnds:
-				if le.round != round || le.blocks != end.Blocks[le.lane] {
-					return 0, errFrame("round %d: lane %d carried %d blocks, the sender sent %d", round, le.lane, le.blocks, end.Blocks[le.lane])
-				}
-				lanes--
-			case c := <-ctl:
-				if ended = r.unexpectedControl(c); c.err == nil {
-					return 0, ended
-				}
-				ctl = nil
-			case <-r.failed:
-				return 0, r.failErr
-			case <-ctx.Done():
-				return 0, context.Cause(ctx)
-			}
-		}
-		// Workers stop on a failure: wait for them only while nothing failed.
-		written := make(chan struct{})
-		go func() {
-			r.roundWG.Wait()
-			close(written)
-		}()
-		for waiting := true; waiting; {
-			select {
-			case <-written:
-				waiting = false
-			case c := <-ctl:
-				if ended = r.unexpectedControl(c); c.err == nil {
-					return 0, ended
-				}
-				ctl = nil
-			case <-r.failed:
-				return 0, r.failErr
-			case <-ctx.Done():
-				return 0, context.Cause(ctx)
-			}
-		}
-		select {
-		case <-r.failed:
-			return 0, r.failErr
-		default:
-		}
-		if ended != nil {
-			return 0, ended
+		if err := r.roundWritten(ctx, round, end); err != nil {
+			return 0, err
 		}
 		n, b := r.blocks.Load(), r.bytes.Load()
 		r.opts.Log("round %d: %d blocks, %d bytes written", round, n, b)
@@ -641,6 +565,102 @@ func (r *receiver) rounds(ctx context.Context) (uint32, error) {
 			return round, nil
 		}
 	}
+}
+
+// controlBlocks takes the block records of the control lane up to the
+// end of the round, and checks the end's count of them.
+func (r *receiver) controlBlocks(ctx context.Context, round uint32) (endMsg, error) {
+	var blocks uint64
+	var end endMsg
+	for {
+		fr, err := r.nextControl(ctx, "DE")
+		if err != nil {
+			return end, err
+		}
+		if fr.kind == frameBlock {
+			if err := r.dispatch(ctx, 0, r.ctlSeq, round, fr); err != nil {
+				return end, err
+			}
+			r.ctlSeq++
+			blocks++
+			continue
+		}
+		plain, err := r.openControl(fr, frameRoundEnd, round)
+		if err != nil {
+			return end, err
+		}
+		if err := unmarshal(plain, &end); err != nil {
+			return end, err
+		}
+		break
+	}
+	if end.Round != round || len(end.Blocks) != len(r.conns)+1 {
+		return end, errFrame("round %d ends as round %d with %d lanes", round, end.Round, len(end.Blocks))
+	}
+	if end.Blocks[0] != blocks {
+		return end, errFrame("round %d: the control lane carried %d blocks, the sender sent %d", round, blocks, end.Blocks[0])
+	}
+	return end, nil
+}
+
+// roundWritten waits for the end of the round on every TCP lane, then for
+// every block of the round to be written. Meanwhile the control lane may
+// only abort; if it ends, the lanes and workers first get to report what
+// they saw.
+func (r *receiver) roundWritten(ctx context.Context, round uint32, end endMsg) error {
+	ctl, ended := r.ctl, error(nil)
+	// control takes a control frame that arrived meanwhile: an abort
+	// fails at once; the lane's end is reported once the rest has.
+	control := func(c ctlFrame) error {
+		if ended = r.unexpectedControl(c); c.err == nil {
+			return ended
+		}
+		ctl = nil
+		return nil
+	}
+	for lanes := len(r.conns); lanes > 0; {
+		select {
+		case le := <-r.laneEnds:
+			if le.round != round || le.blocks != end.Blocks[le.lane] {
+				return errFrame("round %d: lane %d carried %d blocks, the sender sent %d", round, le.lane, le.blocks, end.Blocks[le.lane])
+			}
+			lanes--
+		case c := <-ctl:
+			if err := control(c); err != nil {
+				return err
+			}
+		case <-r.failed:
+			return r.failErr
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	// Workers stop on a failure: wait for them only while nothing failed.
+	written := make(chan struct{})
+	go func() {
+		r.roundWG.Wait()
+		close(written)
+	}()
+	for waiting := true; waiting; {
+		select {
+		case <-written:
+			waiting = false
+		case c := <-ctl:
+			if err := control(c); err != nil {
+				return err
+			}
+		case <-r.failed:
+			return r.failErr
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	select {
+	case <-r.failed:
+		return r.failErr
+	default:
+	}
+	return ended
 }
 
 // begin applies a round's file table: the first opens the restore

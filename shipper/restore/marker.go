@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path"
 	"path/filepath"
 	"sort"
@@ -231,4 +232,24 @@ func (r *record) file(p string) *recordFile {
 		}
 	}
 	return nil
+}
+
+// Held reports which shipment the restore marker of files in dir says the
+// folder holds (state "done"), or is being updated to ("updating", with
+// the one it held before in from); ok is false when there is no marker.
+// It takes no lock: it is for checks before a receive (a rollback check
+// compares it with the shipment about to be received).
+func Held(dir string, files []archive.File) (shipment, state, from string, ok bool, err error) {
+	b, err := os.ReadFile(MarkerPath(dir, files))
+	if errors.Is(err, os.ErrNotExist) {
+		return "", "", "", false, nil
+	}
+	if err != nil {
+		return "", "", "", false, fmt.Errorf("read restore marker: %w", err)
+	}
+	var m marker
+	if json.Unmarshal(b, &m) != nil || !archive.ValidID(m.Shipment) || (m.State != stateDone && m.State != stateUpdating) {
+		return "", "", "", false, fmt.Errorf("restore marker %s is %w", MarkerPath(dir, files), errDamaged)
+	}
+	return m.Shipment, m.State, m.From, true, nil
 }

@@ -470,3 +470,19 @@ func TestFinalizeAndOwners(t *testing.T) {
 		t.Errorf("a failed Finalize left the output folder (%v)", err)
 	}
 }
+
+func TestHeld(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	im := image{"vm/disk.img", sparse(2*testBS, 13)}
+	sh, blocks := shipment("20261130T120000Z-00000001", im)
+	if _, _, _, ok, err := Held(dir, sh.Files); ok || err != nil {
+		t.Fatalf("no restore yet: %v %v", ok, err)
+	}
+	if _, err := restoreAll(t, sh, blocks, Options{Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	id, state, _, ok, err := Held(dir, sh.Files)
+	if !ok || err != nil || id != sh.ID || state != stateDone {
+		t.Fatalf("Held: %s %s %v %v", id, state, ok, err)
+	}
+}
