@@ -17,6 +17,7 @@ import (
 
 	"filippo.io/age"
 
+	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
 	"github.com/coldship/coldship/shipper/v3test"
 )
@@ -399,5 +400,67 @@ func TestReceiveJobsClamped(t *testing.T) {
 	peak := maxRSS(t, []string{bin, "receive", dest, id, "--out", filepath.Join(dir, "b"), "-i", key, "-q", "--jobs", "100000"})
 	if peak > 256<<20 {
 		t.Errorf("receive --jobs 100000 of 64 MiB blocks: peak RSS %d MiB", peak>>20)
+	}
+}
+
+// TestReceiveForgedExitCodes: at the command level, what issue 13 lists
+// ends as the README says: a swapped key object and a manifest that
+// contradicts itself exit 5, a shipment that does not fit exits 1, an
+// honest 8 TiB sparse image restores, a shipment that is not there exits
+// 1; none leaves a temporary file.
+func TestReceiveForgedExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	key, rcpt := keypair(t)
+	r, _ := age.ParseX25519Recipient(rcpt)
+	dest := filepath.Join(dir, "dest")
+	const bs = 1 << 20
+	big := []v3test.File{{Path: "big.img", Size: 8 << 40, Blocks: []int64{0, (8<<40)/bs - 1}, Content: v3test.Pattern(3, "d0")}}
+	write := func(files []v3test.File, tamper func(m *archive.Manifest), slots int) string {
+		id, err := v3test.Write(dest, files, v3test.Options{BlockSize: bs, Recipients: []age.Recipient{r}, Tamper: tamper, Slots: slots})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	honest := write(big, nil, 1)
+	swapped := write(big, nil, 2)
+	k, _ := cipher.NewKey()
+	wrapped, _ := k.Wrap(r)
+	if err := v3test.ReplaceObject(dest, swapped, "keys/0000", wrapped); err != nil {
+		t.Fatal(err)
+	}
+	contradicts := write(big, func(m *archive.Manifest) { m.Files[0].DataBlocks++ }, 1)
+	tooMuch := write(big, func(m *archive.Manifest) { m.Files[0].DataBlocks, m.Files[0].DataBytes = 8<<20, 8<<40 }, 1)
+	for _, tc := range []struct {
+		name, id string
+		code     int
+		stderr   string
+	}{
+		{"honest 8 TiB sparse", honest, exitOK, ""},
+		{"swapped key object", swapped, exitIntegrity, "keys/0000"},
+		{"manifest contradicts its table", contradicts, exitIntegrity, "data blocks"},
+		{"more data than the disk holds", tooMuch, exitError, "needs"},
+		{"no such shipment", "20261130T000000Z-0deadbee", exitError, "no shipment 20261130T000000Z-0deadbee at"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := filepath.Join(dir, "out-"+tc.id)
+			res := run(t, "receive", dest, tc.id, "--out", out, "-i", key)
+			if res.code != tc.code || !strings.Contains(res.stderr, tc.stderr) {
+				t.Fatalf("exit %d, want %d; stderr: %s", res.code, tc.code, res.stderr)
+			}
+			if left, _ := filepath.Glob(filepath.Join(out, ".*.coldship-*")); len(left) != 0 {
+				t.Errorf("temporary files left: %v", left)
+			}
+			if tc.code == exitOK {
+				if a := allocated(t, filepath.Join(out, "big.img")); a > 4<<20 {
+					t.Errorf("the 8 TiB image allocates %d bytes", a)
+				}
+			} else if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("a failed receive left %s (%v)", out, err)
+			}
+		})
+	}
+	if res := run(t, "verify", dest, "20261130T000000Z-0deadbee"); res.code != exitError || !strings.Contains(res.stderr, "no shipment") {
+		t.Errorf("verify of a shipment that is not there: exit %d, %s", res.code, res.stderr)
 	}
 }

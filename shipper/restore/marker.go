@@ -136,7 +136,9 @@ var errDamaged = errors.New("damaged")
 
 // loadMarker reads the marker in the root folder; nil if there is none.
 func loadMarker(t *tree, name string) (*marker, error) {
-	b, ok, err := readSmall(t.root, name, 64<<20)
+	// Format 2 markers are small; a format 1 marker of a large restore
+	// holds every block's digest inline (read once, after an upgrade).
+	b, ok, err := readSmall(t.root, name, 1<<30)
 	if err != nil || !ok {
 		return nil, err
 	}

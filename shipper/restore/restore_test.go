@@ -486,3 +486,31 @@ func TestHeld(t *testing.T) {
 		t.Fatalf("Held: %s %s %v %v", id, state, ok, err)
 	}
 }
+
+// TestMarkerFormat1 updates a restore made by an earlier version, whose
+// marker (format 1) held the digests inline: it vouches for nothing, the
+// files are read again, and the update completes.
+func TestMarkerFormat1(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	a := image{"vm/a.img", sparse(8*testBS, 14)}
+	sh, blocks := shipment("20261130T120000Z-00000001", a)
+	if _, err := restoreAll(t, sh, blocks, Options{Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	n := namesFor(sh.Files)
+	os.RemoveAll(filepath.Join(dir, n.blocks))
+	v1 := `{"format":1,"state":"done","shipment":"20261130T120000Z-00000001","block_size":65536,"files":[` +
+		`{"path":"vm","type":"dir"},{"path":"vm/a.img","type":"file","size":524288,"stamp":{"size":524288,"mtime_ns":1,"ctime_ns":1,"ino":1},"digests":"AAAA"}]}`
+	os.WriteFile(filepath.Join(dir, n.marker), []byte(v1), 0o644)
+	a2 := image{"vm/a.img", append([]byte(nil), a.data...)}
+	a2.data[3*testBS] ^= 1
+	sh2, blocks2 := shipment("20261130T120000Z-00000002", a2)
+	res, err := restoreAll(t, sh2, blocks2, Options{Dir: dir, Update: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkImages(t, dir, a2)
+	if res.Written > testBS {
+		t.Errorf("wrote %d bytes for one changed block", res.Written)
+	}
+}
