@@ -73,6 +73,9 @@ func (w *Writer) checkAll(ctx context.Context) error {
 
 // check syncs one file and checks it against the manifest.
 func (w *Writer) check(ctx context.Context, f *file) error {
+	if err := f.slots.flush(); err != nil {
+		return err
+	}
 	if f.device {
 		if err := w.zeroGaps(f); err != nil {
 			return err

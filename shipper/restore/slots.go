@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -54,11 +56,68 @@ func parseSlot(b []byte) Slot {
 	return s
 }
 
-// slotFile is an open blocks file. Get and Put are safe for concurrent use
-// on different blocks.
+// slotFile is an open blocks file. Its methods are safe for concurrent
+// use on different blocks.
 type slotFile struct {
 	f    *os.File
 	name string // relative to the output folder, for messages
+
+	mu      sync.Mutex
+	pending []pendingSlot // putLater's, not yet written
+}
+
+type pendingSlot struct {
+	block int64
+	b     [SlotSize]byte
+}
+
+// slotBatch is how many slots putLater gathers before it writes them.
+const slotBatch = 512
+
+// putLater records a block's slot, written with others in as few writes as
+// their order allows (the blocks of a receive come nearly in order); flush
+// writes the rest. A slot not yet written is lost in a crash: a resumed
+// receive then writes that block again.
+func (s *slotFile) putLater(block int64, sl Slot) error {
+	p := pendingSlot{block: block}
+	sl.put(p.b[:])
+	s.mu.Lock()
+	s.pending = append(s.pending, p)
+	var batch []pendingSlot
+	if len(s.pending) >= slotBatch {
+		batch, s.pending = s.pending, make([]pendingSlot, 0, slotBatch)
+	}
+	s.mu.Unlock()
+	return s.writeBatch(batch)
+}
+
+// flush writes the slots putLater holds.
+func (s *slotFile) flush() error {
+	if s == nil || s.f == nil {
+		return nil
+	}
+	s.mu.Lock()
+	batch := s.pending
+	s.pending = nil
+	s.mu.Unlock()
+	return s.writeBatch(batch)
+}
+
+func (s *slotFile) writeBatch(batch []pendingSlot) error {
+	sort.Slice(batch, func(i, j int) bool { return batch[i].block < batch[j].block })
+	buf := make([]byte, 0, len(batch)*SlotSize)
+	for i := 0; i < len(batch); {
+		j := i
+		buf = buf[:0]
+		for ; j < len(batch) && batch[j].block == batch[i].block+int64(j-i); j++ {
+			buf = append(buf, batch[j].b[:]...)
+		}
+		if _, err := s.f.WriteAt(buf, batch[i].block*SlotSize); err != nil {
+			return fmt.Errorf("write %s: %w", s.name, err)
+		}
+		i = j
+	}
+	return nil
 }
 
 func (s *slotFile) get(block int64) (Slot, error) {

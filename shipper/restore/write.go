@@ -87,7 +87,7 @@ func (w *Writer) zeroRun(f *file, block int64, mayHold bool) func(off, n int64) 
 
 // wrote records a block written: its slot, then what account counts.
 func (w *Writer) wrote(f *file, block int64, sl Slot, n int64) error {
-	if err := f.slots.put(block, sl); err != nil {
+	if err := f.slots.putLater(block, sl); err != nil {
 		return err
 	}
 	w.account(f, n)

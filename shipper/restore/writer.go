@@ -274,6 +274,9 @@ func (w *Writer) Close(keep bool) {
 			f.fh.Close()
 			f.fh = nil
 		}
+		if keep {
+			f.slots.flush() // what a resumed receive may reuse
+		}
 		f.slots.close()
 		f.prev.close()
 	}
