@@ -1,15 +1,15 @@
 package shipper
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
-	"runtime"
 	"sort"
 	"sync"
 
-	"github.com/zeebo/blake3"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/coldship/coldship/archive"
@@ -17,19 +17,19 @@ import (
 	"github.com/coldship/coldship/shipper/internal/bufpool"
 )
 
-// placed is a data block, the file it belongs to, and the segment that
-// holds its record (an index into Shipment.segmentSources).
-type placed struct {
-	file  int
-	block *archive.Block
-	src   int
-}
+// The block reader of receive and verify: the block table is read as a
+// stream (archive.OpenTable, or a format 1 or 2 manifest's own table),
+// each entry the caller wants is gathered into a window, and each window
+// is cut into runs of records that lie together in one segment, which
+// fetchers (streams at once) read with ranged reads and openers (jobs at
+// once) authenticate, decompress and check. Memory is bounded by the
+// window and the buffer pool, never by the number of blocks.
 
-type openedBlock struct {
-	placed
-	record []byte
-	buf    []byte
-}
+// Window and run limits.
+const (
+	windowEntries = 4096    // table entries gathered before they are fetched
+	maxGap        = 1 << 20 // a run reads through gaps smaller than this rather than ask again
+)
 
 // segmentSource is a segment that holds records of the shipment: one of
 // its own, or one of a base shipment's, with the codec of the key and
@@ -90,87 +90,81 @@ func (sh *Shipment) segmentSources(jobs int) (srcs []segmentSource, first []int,
 	return srcs, first, close, nil
 }
 
-// fetch says what fetchBlocks fetches and how.
+// fetch says how the block reader fetches.
 type fetch struct {
 	streams, jobs int
-	// hashSegments checks the BLAKE3 digest of every segment, read whole
-	// (verify); otherwise only its size is checked.
-	hashSegments bool
-	cnt          *Counters
-	want         func(file int, b *archive.Block) bool // nil: every data block
+	cnt           *Counters
+	// want is called for every entry of the table, in table order, from
+	// one goroutine: whether to fetch it.
+	want func(e *archive.TableEntry) (bool, error)
+	// handle gets each opened block (its form in format 3, its plaintext
+	// in formats 1 and 2, and its data bytes), from several goroutines.
+	handle func(e *archive.TableEntry, payload []byte, data int64) error
 }
 
-// fetchBlocks fetches the records of the shipment's data blocks (those
-// fe.want accepts) from its segments and its bases' (fe.streams at once),
-// checks each segment's size (and, with fe.hashSegments, its BLAKE3
-// digest) against the manifest when it reads it whole, opens every block
-// in parallel (fe.jobs workers), checks its length and plaintext digest,
-// and hands each plaintext to handle, from several goroutines at once.
-func (sh *Shipment) fetchBlocks(ctx context.Context, fe fetch, handle func(p placed, plain []byte) error) error {
-	m := sh.Manifest
-	streams, jobs, hashSegments, cnt, want := fe.streams, fe.jobs, fe.hashSegments, fe.cnt, fe.want
-	if jobs <= 0 {
-		jobs = runtime.NumCPU()
-	}
-	if streams <= 0 {
-		streams = DefaultStreams
-	}
-	srcs, first, closeCodecs, err := sh.segmentSources(jobs)
+// record is one fetched record on its way to an opener.
+type record struct {
+	e   archive.TableEntry
+	src int
+	rec []byte
+	buf []byte
+}
+
+// run is a stretch [start, end) of one segment holding wanted records.
+type run struct {
+	src        int
+	start, end int64
+	entries    []archive.TableEntry // by offset
+}
+
+// reader is one pass of the block reader over a shipment.
+type reader struct {
+	sh    *Shipment
+	fe    fetch
+	srcs  []segmentSource
+	first []int
+	pool  *bufpool.Pool
+	crcs  *crcTracker
+}
+
+// readBlocks streams the shipment's block table through fe.want and
+// fetches, opens, checks and hands to fe.handle every block it wants.
+func (sh *Shipment) readBlocks(ctx context.Context, fe fetch) error {
+	_, err := sh.readBlocksTracked(ctx, fe)
+	return err
+}
+
+// readBlocksTracked is readBlocks, returning which segments it read whole
+// and checked.
+func (sh *Shipment) readBlocksTracked(ctx context.Context, fe fetch) (*crcTracker, error) {
+	srcs, first, closeCodecs, err := sh.segmentSources(fe.jobs)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer closeCodecs()
-	bySeg := make([][]placed, len(srcs))
-	for fi := range m.Files {
-		f := &m.Files[fi]
-		for bi := range f.Blocks {
-			b := &f.Blocks[bi]
-			src := b.Segment
-			if b.Base > 0 {
-				src += first[b.Base-1]
-			}
-			if want == nil || want(fi, b) {
-				bySeg[src] = append(bySeg[src], placed{fi, b, src})
-			}
-		}
+	rd := &reader{sh: sh, fe: fe, srcs: srcs, first: first, crcs: newCRCTracker(srcs)}
+	m := sh.Manifest
+	rd.pool = bufpool.New(fe.jobs+fe.streams, int(m.MaxRecordLen()))
+	table, closeTable, err := sh.openTable(ctx)
+	if err != nil {
+		return nil, err
 	}
-	for _, ps := range bySeg {
-		sort.Slice(ps, func(i, j int) bool { return ps[i].block.Offset < ps[j].block.Offset })
-		for i := 1; i < len(ps); i++ {
-			if ps[i].block.Offset < ps[i-1].block.Offset+ps[i-1].block.Length {
-				return fmt.Errorf("manifest: blocks overlap in a segment: %w", archive.ErrIntegrity)
-			}
-		}
-	}
+	defer closeTable()
 
-	sealedSize := int(cipher.SealedSize(m.BlockSize))
-	recPool := bufpool.New(2*jobs+2*streams, sealedSize)
 	g, gctx := errgroup.WithContext(ctx)
-	done := gctx.Done()
-	segCh := make(chan int)
-	recs := make(chan openedBlock, 2*jobs)
-
+	runs := make(chan run, fe.streams)
+	recs := make(chan record, fe.jobs)
 	g.Go(func() error {
-		defer close(segCh)
-		for i := range srcs {
-			if len(bySeg[i]) == 0 && !hashSegments {
-				continue
-			}
-			select {
-			case segCh <- i:
-			case <-done:
-				return gctx.Err()
-			}
-		}
-		return nil
+		defer close(runs)
+		return rd.dispatch(gctx, table, runs)
 	})
 	var fetchers sync.WaitGroup
-	for range streams {
+	for range fe.streams {
 		fetchers.Add(1)
 		g.Go(func() error {
 			defer fetchers.Done()
-			for si := range segCh {
-				if err := sh.fetchSegment(gctx, srcs[si], bySeg[si], hashSegments, recPool, recs, cnt); err != nil {
+			for r := range runs {
+				if err := rd.fetchRun(gctx, r, recs); err != nil {
 					return err
 				}
 			}
@@ -181,34 +175,205 @@ func (sh *Shipment) fetchBlocks(ctx context.Context, fe fetch, handle func(p pla
 		fetchers.Wait()
 		close(recs)
 	}()
-	for range jobs {
-		g.Go(func() error {
-			out := make([]byte, m.BlockSize)
-			scratch := make([]byte, 0, m.BlockSize)
-			for r := range recs {
-				f := &m.Files[r.file]
-				n := archive.BlockLen(f.Size, m.BlockSize, r.block.Index)
-				src := srcs[r.src]
-				// A base's record is bound to its place in the base.
-				ctxFile := r.file
-				if r.block.Base > 0 {
-					ctxFile = r.block.File
-				}
-				plain, err := src.codec.Open(out, scratch, r.record, uint32(ctxFile), uint64(r.block.Index), r.block.Compressed, n, r.block.BLAKE3)
-				recPool.Put(r.buf)
-				if err != nil {
-					return fmt.Errorf("%s at offset %d (%s block %d): %w", src.obj, r.block.Offset, f.Path, r.block.Index, asIntegrity(err))
-				}
-				if err := handle(r.placed, plain); err != nil {
-					return err
-				}
-				cnt.Data.Add(n)
-				cnt.Done.Add(n)
-			}
-			return nil
-		})
+	for range fe.jobs {
+		g.Go(func() error { return rd.open(gctx, recs) })
 	}
-	return g.Wait()
+	return rd.crcs, g.Wait()
+}
+
+// openTable opens the shipment's block table: the blocks object read as a
+// stream (format 3), or the manifest's own (formats 1 and 2).
+func (sh *Shipment) openTable(ctx context.Context) (archive.BlockTable, func(), error) {
+	m := sh.Manifest
+	if m.Format < archive.FormatV3 {
+		return m.LegacyTable(), func() {}, nil
+	}
+	name := sh.Header.ID + "/" + archive.BlocksObject
+	rc, err := sh.tr.Open(ctx, name, 0, -1)
+	if err != nil {
+		return nil, nil, transportErr(missingIsIntegrity(err))
+	}
+	t, err := archive.OpenTable(transportReader{rc, name}, sh.keys[sh.slot], sh.slot, m)
+	if err != nil {
+		rc.Close()
+		return nil, nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return t, func() { rc.Close() }, nil
+}
+
+// dispatch walks the table, gathers the wanted entries into windows and
+// sends each window's runs to the fetchers.
+func (rd *reader) dispatch(ctx context.Context, table archive.BlockTable, runs chan<- run) error {
+	win := make([]sourced, 0, windowEntries)
+	for {
+		e, err := table.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		ok, err := rd.fe.want(&e)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		src := int(e.Segment)
+		if e.Base > 0 {
+			src += rd.first[e.Base-1]
+		}
+		win = append(win, sourced{e, src})
+		if len(win) == windowEntries {
+			if err := rd.flush(ctx, win, runs); err != nil {
+				return err
+			}
+			win = win[:0]
+		}
+	}
+	return rd.flush(ctx, win, runs)
+}
+
+type sourced struct {
+	e   archive.TableEntry
+	src int
+}
+
+// flush cuts a window into runs and hands them on.
+func (rd *reader) flush(ctx context.Context, win []sourced, runs chan<- run) error {
+	sort.Slice(win, func(i, j int) bool {
+		return win[i].src < win[j].src || win[i].src == win[j].src && win[i].e.Offset < win[j].e.Offset
+	})
+	for i := 0; i < len(win); {
+		r := run{src: win[i].src, start: int64(win[i].e.Offset)}
+		end := r.start
+		j := i
+		for ; j < len(win) && win[j].src == r.src; j++ {
+			off := int64(win[j].e.Offset)
+			if off < end {
+				return fmt.Errorf("%s: records overlap at offset %d: %w", rd.srcs[r.src].obj, off, archive.ErrIntegrity)
+			}
+			if j > i && off-end > maxGap {
+				break
+			}
+			end = off + int64(win[j].e.Length)
+			r.entries = append(r.entries, win[j].e)
+		}
+		r.end = end
+		select {
+		case runs <- r:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		i = j
+	}
+	return nil
+}
+
+// fetchRun reads one run with one ranged read and hands on its records.
+// A run that reaches the end of its segment reads to the object's end,
+// so that the segment's size is checked; format 3 checksums every byte
+// read (CRC32C), and the pieces of a segment make its checksum once they
+// cover it.
+func (rd *reader) fetchRun(ctx context.Context, r run, out chan<- record) error {
+	src := &rd.srcs[r.src]
+	length := r.end - r.start
+	toEnd := r.end == src.seg.Size
+	if toEnd {
+		length = -1
+	}
+	rc, err := rd.sh.tr.Open(ctx, src.obj, r.start, length)
+	if err != nil {
+		return transportErr(missingIsIntegrity(err))
+	}
+	defer rc.Close()
+	// Buffered: small records (sparse blocks) cost one read each otherwise.
+	var rdr io.Reader = bufio.NewReaderSize(transportReader{rc, src.obj}, 256<<10)
+	var sum hash.Hash32
+	if src.seg.CRC32C != "" {
+		sum = archive.NewCRC32C()
+		rdr = io.TeeReader(rdr, sum)
+	}
+	pos := r.start
+	done := ctx.Done()
+	for _, e := range r.entries {
+		if gap := int64(e.Offset) - pos; gap > 0 {
+			if _, err := io.CopyN(io.Discard, rdr, gap); err != nil {
+				return segmentReadError(src.obj, err)
+			}
+			pos += gap
+		}
+		buf, ok := rd.pool.Get(done)
+		if !ok {
+			return context.Cause(ctx)
+		}
+		rec := buf[:e.Length]
+		if _, err := io.ReadFull(rdr, rec); err != nil {
+			rd.pool.Put(buf)
+			return segmentReadError(src.obj, err)
+		}
+		pos += int64(e.Length)
+		rd.fe.cnt.Shipped.Add(int64(e.Length))
+		select {
+		case out <- record{e: e, src: r.src, rec: rec, buf: buf}:
+		case <-done:
+			rd.pool.Put(buf)
+			return context.Cause(ctx)
+		}
+	}
+	if toEnd {
+		rest, err := io.Copy(io.Discard, rdr)
+		if err != nil {
+			return segmentReadError(src.obj, err)
+		}
+		if pos += rest; pos != src.seg.Size {
+			return fmt.Errorf("%s: %d bytes, the manifest says %d: %w", src.obj, pos, src.seg.Size, archive.ErrIntegrity)
+		}
+	}
+	if sum != nil {
+		return rd.crcs.add(r.src, r.start, pos, sum.Sum32())
+	}
+	return nil
+}
+
+// open authenticates, decompresses and checks records, and hands them on.
+func (rd *reader) open(ctx context.Context, recs <-chan record) error {
+	m := rd.sh.Manifest
+	v3 := m.Format >= archive.FormatV3
+	formLen := int64(archive.MaxFormLen(m.BlockSize))
+	out := make([]byte, formLen)
+	scratch := make([]byte, 0, formLen+formLen/8+1024)
+	for r := range recs {
+		e := &r.e
+		f := &m.Files[e.File]
+		n := archive.BlockLen(f.Size, m.BlockSize, int64(e.Block))
+		src := &rd.srcs[r.src]
+		// A base's record is bound to its place in the base.
+		ctxFile := e.File
+		if e.Base > 0 {
+			ctxFile = e.BaseFile
+		}
+		var payload []byte
+		var err error
+		data := n
+		if v3 {
+			payload, data, err = src.codec.OpenForm(out, scratch, r.rec, ctxFile, e.Block, e.Compressed, n, e.Digest)
+		} else {
+			payload, err = src.codec.Open(out[:n], scratch, r.rec, ctxFile, e.Block, e.Compressed, n, e.Digest)
+		}
+		rd.pool.Put(r.buf)
+		if err != nil {
+			return fmt.Errorf("%s at offset %d (%s block %d): %w", src.obj, e.Offset, f.Path, e.Block, asIntegrity(err))
+		}
+		if err := rd.fe.handle(e, payload, data); err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return context.Cause(ctx)
+		}
+	}
+	return nil
 }
 
 // asIntegrity makes sure a failure to open a block reads as an integrity
@@ -218,100 +383,6 @@ func asIntegrity(err error) error {
 		return err
 	}
 	return fmt.Errorf("%w (%w)", err, archive.ErrIntegrity)
-}
-
-// fetchSegment reads the records of blocks (sorted by offset) from one
-// segment. A segment read whole (to hash it, or because most of it is
-// needed) has its size checked; otherwise only the runs of records needed
-// are read with ranged reads, as when an update fetches a few blocks from
-// a large base segment.
-func (sh *Shipment) fetchSegment(ctx context.Context, src segmentSource, blocks []placed, hashSegments bool, pool *bufpool.Pool, out chan<- openedBlock, cnt *Counters) error {
-	var need int64
-	for _, p := range blocks {
-		need += p.block.Length
-	}
-	if hashSegments || 2*need >= src.seg.Size {
-		return sh.readRecords(ctx, src, 0, -1, blocks, hashSegments, pool, out, cnt)
-	}
-	const maxGap = 1 << 20 // read through gaps smaller than this rather than ask again
-	for len(blocks) > 0 {
-		n := 1
-		end := blocks[0].block.Offset + blocks[0].block.Length
-		for n < len(blocks) && blocks[n].block.Offset-end <= maxGap {
-			end = blocks[n].block.Offset + blocks[n].block.Length
-			n++
-		}
-		start := blocks[0].block.Offset
-		if err := sh.readRecords(ctx, src, start, end-start, blocks[:n], false, pool, out, cnt); err != nil {
-			return err
-		}
-		blocks = blocks[n:]
-	}
-	return nil
-}
-
-// readRecords reads length bytes of a segment from offset start (-1: to
-// its end, then checking its size and, with hash, its digest) and hands
-// on the records of blocks.
-func (sh *Shipment) readRecords(ctx context.Context, src segmentSource, start, length int64, blocks []placed, hash bool,
-	pool *bufpool.Pool, out chan<- openedBlock, cnt *Counters) error {
-	name := src.obj
-	rc, err := sh.tr.Open(ctx, name, start, length)
-	if err != nil {
-		return missingIsIntegrity(err)
-	}
-	defer rc.Close()
-	// Every byte of a segment belongs to a record that AES-GCM
-	// authenticates, and the size is checked below, so receive skips the
-	// (redundant, and costly) digest; verify keeps it.
-	var r io.Reader = rc
-	h := blake3.New()
-	if hash {
-		r = io.TeeReader(rc, h)
-	}
-	pos := start
-	done := ctx.Done()
-	for _, p := range blocks {
-		if gap := p.block.Offset - pos; gap > 0 {
-			if _, err := io.CopyN(io.Discard, r, gap); err != nil {
-				return segmentReadError(name, err)
-			}
-			pos += gap
-		}
-		buf, ok := pool.Get(done)
-		if !ok {
-			return ctx.Err()
-		}
-		rec := buf[:p.block.Length]
-		if _, err := io.ReadFull(r, rec); err != nil {
-			pool.Put(buf)
-			return segmentReadError(name, err)
-		}
-		pos += p.block.Length
-		cnt.Shipped.Add(p.block.Length)
-		select {
-		case out <- openedBlock{placed: p, record: rec, buf: buf}:
-		case <-done:
-			pool.Put(buf)
-			return ctx.Err()
-		}
-	}
-	if length >= 0 {
-		return nil
-	}
-	rest, err := io.Copy(io.Discard, r)
-	if err != nil {
-		return segmentReadError(name, err)
-	}
-	if pos+rest != src.seg.Size {
-		return fmt.Errorf("%s: %d bytes, the manifest says %d: %w", name, pos+rest, src.seg.Size, archive.ErrIntegrity)
-	}
-	var d archive.Digest
-	h.Sum(d[:0])
-	if hash && d != src.seg.BLAKE3 {
-		return fmt.Errorf("%s: digest does not match the manifest: %w", name, archive.ErrIntegrity)
-	}
-	return nil
 }
 
 func segmentReadError(name string, err error) error {

@@ -2,29 +2,17 @@ package shipper
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
-	"runtime"
-	"sort"
-	"sync"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-	"golang.org/x/sys/unix"
-
 	"github.com/coldship/coldship/archive"
-	"github.com/coldship/coldship/shipper/internal/outdir"
+	"github.com/coldship/coldship/shipper/restore"
 )
 
 // ErrExists means an output file exists and --force was not given.
-var ErrExists = errors.New("already exists (use --force to overwrite)")
+var ErrExists = restore.ErrExists
 
-// ReceiveOptions configure Receive.
+// ReceiveOptions configure Receive and ReceiveInto.
 type ReceiveOptions struct {
 	Jobs     int
 	Streams  int
@@ -32,287 +20,174 @@ type ReceiveOptions struct {
 	Counters *Counters
 	Dest     string                        // names the destination in the restore marker
 	Log      func(format string, a ...any) // notices; may be nil
+
+	ReadBack    bool              // read every written block back after the sync (see restore.Options)
+	NoSameOwner bool              // as root, do not restore owners and groups
+	Include     []string          // restore only the files these shell patterns match
+	Devices     map[string]string // restore these files onto block devices, in place
+	LockWait    time.Duration     // wait this long for another receive into the folder
+	// Retries is how many times a receive that lost its connection is
+	// tried again, each attempt resuming, after RetryDelay (doubling).
+	Retries    int
+	RetryDelay time.Duration
+	// Finalize runs on each file written before it is renamed into place.
+	Finalize func(ctx context.Context, f *restore.FinalFile) error
 }
 
-// ReceiveResult lists the restored files, relative to the output directory.
+// ReceiveResult lists the restored files.
 type ReceiveResult struct {
-	Files   []string // every file and directory, as restored on disk
-	Written int64    // bytes written (receive --into: only the blocks that differed)
+	Files    []string // every file and folder, as restored on disk
+	Written  int64    // bytes written or zeroed (receive --into: only the blocks that differed)
+	Reused   int64    // data bytes an interrupted receive had written, reused
+	Attempts int
 }
 
-type outFile struct {
-	f     *os.File
-	tmp   string
-	final string
+// Receive restores the shipment into dir through the restore writer (see
+// package restore for what it guarantees): nothing is at a final name
+// until every file of the shipment checks out. A receive that was
+// interrupted (killed, a lost connection) resumes: the blocks it wrote are
+// checked on disk and reused. A lost connection is retried opts.Retries
+// times.
+func (sh *Shipment) Receive(ctx context.Context, dir string, opts ReceiveOptions) (*ReceiveResult, error) {
+	return sh.receive(ctx, dir, opts, false)
 }
 
-// Receive restores the shipment into dir. Every file is written to a
-// temporary file next to its final path, with holes for holes and zero
-// blocks, synced and checked against its whole-file digest; only when every
-// file of the shipment checks out are they renamed into place. On any
-// failure, nothing is left at a final name.
-func (sh *Shipment) Receive(ctx context.Context, dir string, opts ReceiveOptions) (res *ReceiveResult, err error) {
-	m := sh.Manifest
+func (sh *Shipment) receive(ctx context.Context, dir string, opts ReceiveOptions, update bool) (*ReceiveResult, error) {
 	if opts.Counters == nil {
 		opts.Counters = new(Counters)
 	}
-	if opts.Jobs <= 0 {
-		opts.Jobs = runtime.NumCPU()
+	if opts.Log == nil {
+		opts.Log = func(string, ...any) {}
 	}
-	cnt := opts.Counters
-	dir, err = filepath.Abs(dir)
-	if err != nil {
-		return nil, err
+	if opts.RetryDelay <= 0 {
+		opts.RetryDelay = time.Second
 	}
-	// Check every final path before creating anything.
-	for _, f := range m.Files {
-		final := filepath.Join(dir, filepath.FromSlash(f.Path))
-		fi, err := os.Lstat(final)
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-		case err != nil:
-			return nil, fmt.Errorf("output %s: %w", final, err)
-		case f.Type == archive.TypeDir && fi.IsDir():
-		case f.Type == archive.TypeFile && fi.Mode().IsRegular() && opts.Force:
-		case f.Type == archive.TypeFile && fi.Mode().IsRegular():
-			return nil, fmt.Errorf("output %s: %w", final, ErrExists)
-		default:
-			return nil, fmt.Errorf("output %s: exists and is not a %s", final, f.Type)
-		}
-		cnt.Total.Add(f.Size)
-	}
-
-	var createdDirs []string
-	outs := make([]*outFile, len(m.Files))
-	defer func() {
+	opts.Jobs, opts.Streams = sh.clampPipeline(opts.Jobs, opts.Streams, opts.Log)
+	run := restore.NewRun()
+	for attempt := 1; ; attempt++ {
+		res, err := sh.receiveAttempt(ctx, dir, opts, update, run)
 		if err == nil {
-			return
+			res.Attempts = attempt
+			return res, nil
 		}
-		for _, o := range outs {
-			if o != nil {
-				o.f.Close()
-				os.Remove(o.tmp)
-			}
-		}
-		for i := len(createdDirs) - 1; i >= 0; i-- {
-			os.Remove(createdDirs[i]) // only if empty
-		}
-	}()
-	mkdirs := func(p string) error { return outdir.Mkdirs(p, &createdDirs) }
-	if err := mkdirs(dir); err != nil {
-		return nil, err
-	}
-	for i, f := range m.Files {
-		final := filepath.Join(dir, filepath.FromSlash(f.Path))
-		if f.Type == archive.TypeDir {
-			if err := mkdirs(final); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		if err := mkdirs(filepath.Dir(final)); err != nil {
+		if !retryableReceive(ctx, err) || attempt > opts.Retries {
 			return nil, err
 		}
-		var rnd [6]byte
-		if _, err := rand.Read(rnd[:]); err != nil {
+		delay := opts.RetryDelay << min(attempt-1, 6)
+		opts.Log("attempt %d failed: %v; resuming in %s", attempt, err, delay)
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
 			return nil, err
 		}
-		tmp := filepath.Join(filepath.Dir(final), "."+filepath.Base(final)+".coldship-"+hex.EncodeToString(rnd[:]))
-		fh, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			return nil, fmt.Errorf("create %s: %w", tmp, err)
-		}
-		outs[i] = &outFile{f: fh, tmp: tmp, final: final}
-		if err := fh.Truncate(f.Size); err != nil {
-			return nil, fmt.Errorf("size %s: %w", tmp, err)
-		}
-		// Holes and zero blocks are never written: the file stays sparse.
-		for _, e := range f.Extents {
-			if e.Kind != archive.KindData {
-				cnt.Done.Add(e.Length)
-			}
-		}
 	}
+}
 
-	// Every block's plaintext digest is checked as it is opened, before
-	// it is written; the digests then make the whole-file digest. Holes
-	// and zero blocks are known. Writes to one file are serialized: the
-	// kernel takes the file's lock for each buffered write anyway, and a
-	// worker waiting here can open the next block meanwhile instead of
-	// spinning on that lock.
-	digests := make([][]archive.Digest, len(m.Files))
-	locks := make([]sync.Mutex, len(m.Files))
-	for i := range m.Files {
-		if outs[i] == nil {
-			continue
-		}
-		f := &m.Files[i]
-		digests[i] = make([]archive.Digest, m.NumBlocks(f.Size))
-		for b := range digests[i] {
-			digests[i][b] = archive.ZeroDigest(archive.BlockLen(f.Size, m.BlockSize, int64(b)))
-		}
-	}
-	err = sh.fetchBlocks(ctx, fetch{streams: opts.Streams, jobs: opts.Jobs, cnt: cnt}, func(p placed, plain []byte) error {
-		o := outs[p.file]
-		off := p.block.Index * m.BlockSize
-		locks[p.file].Lock()
-		_, err := o.f.WriteAt(plain, off)
-		locks[p.file].Unlock()
-		if err != nil {
-			return fmt.Errorf("write %s: %w", o.tmp, err)
-		}
-		// Start writeback now, so that the fsync before the rename finds
-		// little left to write (best effort: not every file system has it).
-		unix.SyncFileRange(int(o.f.Fd()), off, int64(len(plain)), unix.SYNC_FILE_RANGE_WRITE)
-		digests[p.file][p.block.Index] = p.block.BLAKE3
-		return nil
+// receiveAttempt is one attempt: open the restore writer (resuming what
+// an earlier attempt left), stream the table, fetch and write what is
+// needed, commit.
+func (sh *Shipment) receiveAttempt(ctx context.Context, dir string, opts ReceiveOptions, update bool, run uint32) (res *ReceiveResult, err error) {
+	m := sh.Manifest
+	cnt := opts.Counters
+	cnt.Total.Store(0)
+	cnt.Done.Store(0)
+	cnt.Data.Store(0)
+	w, err := restore.Open(ctx, restore.Shipment{ID: m.ID, Format: m.Format, BlockSize: m.BlockSize, Files: m.Files}, restore.Options{
+		Dir: dir, Update: update, Force: opts.Force, Resume: true, ReadBack: opts.ReadBack, NoSameOwner: opts.NoSameOwner,
+		Include: opts.Include, Devices: opts.Devices, LockWait: opts.LockWait, Jobs: opts.Jobs, Dest: opts.Dest,
+		Counters: cnt, Finalize: opts.Finalize, Log: opts.Log, Run: run,
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := sh.checkRestored(ctx, outs, digests, opts.Jobs); err != nil {
+	defer func() {
+		// Kept for the next attempt or run to resume, unless it failed in
+		// a way that would fail again.
+		w.Close(err != nil && (retryableReceive(ctx, err) || ctx.Err() != nil))
+	}()
+	for i := range m.Files {
+		if w.Restored(i) {
+			cnt.Total.Add(m.Files[i].Size)
+		}
+	}
+	v3 := m.Format >= archive.FormatV3
+	err = sh.readBlocks(ctx, fetch{
+		streams: opts.Streams, jobs: opts.Jobs, cnt: cnt,
+		want: func(e *archive.TableEntry) (bool, error) {
+			if !w.Restored(int(e.File)) {
+				return false, nil
+			}
+			return w.Need(int(e.File), int64(e.Block), e.Digest)
+		},
+		handle: func(e *archive.TableEntry, payload []byte, data int64) error {
+			if v3 {
+				return w.WriteForm(int(e.File), int64(e.Block), payload, e.Digest, data)
+			}
+			return w.WriteDense(int(e.File), int64(e.Block), payload, e.Digest)
+		},
+	})
+	if err != nil {
 		return nil, err
 	}
-
-	res = &ReceiveResult{}
-	for i, f := range m.Files {
-		final := filepath.Join(dir, filepath.FromSlash(f.Path))
-		res.Files = append(res.Files, final)
-		if o := outs[i]; o != nil {
-			if err := o.f.Chmod(f.Mode); err != nil {
-				return nil, fmt.Errorf("chmod %s: %w", o.tmp, err)
-			}
-			if err := o.f.Close(); err != nil {
-				return nil, fmt.Errorf("close %s: %w", o.tmp, err)
-			}
-			if err := os.Chtimes(o.tmp, time.Now(), f.MTime); err != nil {
-				return nil, fmt.Errorf("set mtime of %s: %w", o.tmp, err)
-			}
-		}
+	r, err := w.Commit(ctx)
+	if err != nil {
+		return nil, err
 	}
-	// Everything checked: rename into place, then sync the directories.
-	dirs := map[string]bool{}
-	for i := range m.Files {
-		o := outs[i]
-		if o == nil {
-			continue
-		}
-		if err := os.Rename(o.tmp, o.final); err != nil {
-			return nil, fmt.Errorf("rename %s: %w", o.final, err)
-		}
-		outs[i] = nil
-		dirs[filepath.Dir(o.final)] = true
+	if r.Reused > 0 {
+		opts.Log("resumed an interrupted receive: %d bytes were already written and checked", r.Reused)
 	}
-	// Directory modes last, deepest first, so a read-only directory does
-	// not stop its own files from landing.
-	for i := len(m.Files) - 1; i >= 0; i-- {
-		f := m.Files[i]
-		if f.Type == archive.TypeDir {
-			p := filepath.Join(dir, filepath.FromSlash(f.Path))
-			os.Chmod(p, f.Mode)
-			os.Chtimes(p, time.Now(), f.MTime)
-		}
-	}
-	names := make([]string, 0, len(dirs))
-	for d := range dirs {
-		names = append(names, d)
-	}
-	sort.Strings(names)
-	for _, d := range names {
-		syncDir(d)
-	}
-	res.Written = cnt.Data.Load()
-	sh.markRestored(dir, opts)
-	return res, nil
+	return &ReceiveResult{Files: r.Files, Written: r.Written, Reused: r.Reused}, nil
 }
 
-// markRestored writes the restore marker that lets `receive --into` update
-// dir later, and removes what an interrupted update there left aside. A
-// failure only costs the next update its shortcut, so it is a notice.
-func (sh *Shipment) markRestored(dir string, opts ReceiveOptions) {
-	path := markerPath(dir, sh.Manifest.Files)
-	old, _ := loadMarker(path)
-	mk, err := sh.doneMarker(dir, opts.Dest)
-	if err == nil {
-		err = mk.save(path)
-	}
-	if err != nil && opts.Log != nil {
-		opts.Log("warning: %v (receive --into cannot update this restore; receive --out again instead)", err)
-	}
-	if old != nil && old.State == markerUpdating {
-		for _, f := range old.Files {
-			if f.Temp != "" {
-				os.Remove(filepath.Join(dir, filepath.FromSlash(f.Temp)))
-			}
-		}
-	}
-}
-
-// checkRestored syncs every temporary file and checks its whole-file
-// digest, made of the digests of its blocks as opened.
-func (sh *Shipment) checkRestored(ctx context.Context, outs []*outFile, digests [][]archive.Digest, jobs int) error {
-	m := sh.Manifest
-	// In parallel: the disk sees them all at once.
-	g, _ := errgroup.WithContext(ctx)
-	g.SetLimit(jobs)
-	for _, o := range outs {
-		if o == nil {
-			continue
-		}
-		g.Go(func() error {
-			if err := o.f.Sync(); err != nil {
-				return fmt.Errorf("sync %s: %w", o.tmp, err)
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	for i := range m.Files {
-		f := &m.Files[i]
-		if outs[i] != nil && archive.FileDigest(f.Size, m.BlockSize, digests[i]) != f.BLAKE3 {
-			return fmt.Errorf("%s: whole-file digest does not match the manifest: %w", f.Path, archive.ErrIntegrity)
-		}
-	}
-	return nil
-}
-
-// Verify authenticates every block of the shipment and checks every file
-// digest, writing nothing.
+// Verify authenticates every block of the shipment, checks every file's
+// whole-file digest (and, format 3, data bytes) and every segment's
+// checksum, writing nothing.
 func (sh *Shipment) Verify(ctx context.Context, streams, jobs int, cnt *Counters) error {
-	m := sh.Manifest
-	if cnt == nil {
-		cnt = new(Counters)
+	return sh.verify(ctx, streams, jobs, cnt)
+}
+
+// fileDigests computes, for verify, each file's whole-file digest from
+// the table's digests as it streams by.
+type fileDigests struct {
+	m    *archive.Manifest
+	file int
+	fd   *archive.FileDigester
+}
+
+// add takes the next entry of the table (nil at its end), finishing the
+// files before it.
+func (d *fileDigests) add(e *archive.TableEntry) error {
+	end := len(d.m.Files)
+	if e != nil {
+		end = int(e.File)
 	}
-	for _, f := range m.Files {
-		cnt.Total.Add(f.Size)
-		for _, e := range f.Extents {
-			if e.Kind != archive.KindData {
-				cnt.Done.Add(e.Length)
-			}
+	for ; d.file < end; d.file++ {
+		if err := d.finish(); err != nil {
+			return err
 		}
 	}
-	// The plaintext digests were checked block by block as they were
-	// opened; the whole-file digest then ties the blocks to the file.
-	if err := sh.fetchBlocks(ctx, fetch{streams: streams, jobs: jobs, hashSegments: true, cnt: cnt}, func(placed, []byte) error { return nil }); err != nil {
-		return err
+	if e == nil {
+		return nil
 	}
-	for _, f := range m.Files {
-		if f.Type != archive.TypeFile {
-			continue
-		}
-		nb := m.NumBlocks(f.Size)
-		digests := make([]archive.Digest, nb)
-		for b := range nb {
-			digests[b] = archive.ZeroDigest(archive.BlockLen(f.Size, m.BlockSize, b))
-		}
-		for _, b := range f.Blocks {
-			digests[b.Index] = b.BLAKE3
-		}
-		if archive.FileDigest(f.Size, m.BlockSize, digests) != f.BLAKE3 {
-			return fmt.Errorf("%s: whole-file digest does not match its blocks: %w", f.Path, archive.ErrIntegrity)
-		}
+	if d.fd == nil {
+		f := &d.m.Files[d.file]
+		d.fd = archive.NewFileDigester(d.m.Format, f.Size, d.m.BlockSize)
+	}
+	return d.fd.Add(int64(e.Block), e.Digest)
+}
+
+func (d *fileDigests) finish() error {
+	f := &d.m.Files[d.file]
+	fd := d.fd
+	d.fd = nil
+	if f.Type != archive.TypeFile {
+		return nil
+	}
+	if fd == nil {
+		fd = archive.NewFileDigester(d.m.Format, f.Size, d.m.BlockSize)
+	}
+	if fd.Sum() != f.BLAKE3 {
+		return fmt.Errorf("%s: whole-file digest does not match its blocks: %w", f.Path, archive.ErrIntegrity)
 	}
 	return nil
 }

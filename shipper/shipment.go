@@ -142,27 +142,48 @@ type Shipment struct {
 	Inventory *archive.Inventory
 	keys      map[int]*cipher.Key   // by key slot
 	baseKeys  []map[int]*cipher.Key // per entry of Manifest.Bases, by key slot
+	slot      int                   // the manifest's key slot (and the block table's)
 	tr        Transport
 }
 
+// Limits on the small objects of a shipment, so that a forged one cannot
+// make a receiver allocate what it claims. A format 3 manifest holds no
+// per-block data.
+const (
+	maxLegacyObject = 1 << 30
+	maxV3Manifest   = 64<<20 + 64<<10
+	maxV3Inventory  = 64 << 20
+)
+
 // OpenShipment reads the header, the inventory and the manifest of shipment
-// id, unwraps its key with identities and authenticates the manifest.
+// id, unwraps its key with identities and authenticates the manifest. In
+// format 3 every key object is checked against the manifest's list before
+// it is unwrapped (the manifest's own slot right after the manifest
+// opens), so that a key object swapped or re-wrapped is an integrity
+// failure whoever re-sealed the records.
 func OpenShipment(ctx context.Context, tr Transport, id string, identities []age.Identity) (*Shipment, error) {
 	if !archive.ValidID(id) {
 		return nil, fmt.Errorf("%q is not a shipment id", id)
 	}
 	h, hb, err := readHeader(ctx, tr, id)
 	if err != nil {
+		if errors.Is(err, ErrNotFound) && absent(ctx, tr, id) {
+			return nil, fmt.Errorf("no shipment %s at %s: %w", id, tr, ErrNotFound)
+		}
 		return nil, err
 	}
-	mb, err := getObject(ctx, tr, id+"/"+archive.ManifestObject, 1<<30)
+	limit, invLimit := int64(maxLegacyObject), int64(maxLegacyObject)
+	if h.Format >= archive.FormatV3 {
+		limit, invLimit = maxV3Manifest, maxV3Inventory
+	}
+	mb, err := getObject(ctx, tr, id+"/"+archive.ManifestObject, limit)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			return nil, fmt.Errorf("shipment %s: %w (%w)", id, archive.ErrIncomplete, archive.ErrIntegrity)
 		}
 		return nil, err
 	}
-	ib, err := getObject(ctx, tr, id+"/"+archive.InventoryObject, 1<<30)
+	ib, err := getObject(ctx, tr, id+"/"+archive.InventoryObject, invLimit)
 	if err != nil {
 		return nil, missingIsIntegrity(err)
 	}
@@ -174,78 +195,122 @@ func OpenShipment(ctx context.Context, tr Transport, id string, identities []age
 	if err != nil {
 		return nil, fmt.Errorf("%s/%s: %w", id, archive.ManifestObject, err)
 	}
-	keyName := archive.KeyObject(slot)
-	kb, err := getObject(ctx, tr, id+"/"+keyName, 1<<20)
-	if err != nil {
-		return nil, missingIsIntegrity(err)
-	}
-	// The small objects are checked against the inventory before the key is
-	// unwrapped, so that a corrupted key object reads as corruption (exit 5)
-	// rather than as a wrong identity (exit 4).
-	for name, b := range map[string][]byte{archive.HeaderObject: hb, keyName: kb, archive.ManifestObject: mb} {
+	sh := &Shipment{Header: h, Inventory: inv, keys: map[int]*cipher.Key{}, slot: slot, tr: tr}
+	for name, b := range map[string][]byte{archive.HeaderObject: hb, archive.ManifestObject: mb} {
 		if err := inv.Check(name, b); err != nil {
 			return nil, fmt.Errorf("%s/%s: %w", id, name, err)
 		}
+	}
+	keyName := archive.KeyObject(slot)
+	kb, err := sh.keyObject(ctx, keyName)
+	if err != nil {
+		return nil, err
 	}
 	key, err := cipher.UnwrapKey(kb, identities...)
 	if err != nil {
 		return nil, fmt.Errorf("%s/%s: %w", id, keyName, err)
 	}
-	m, err := archive.OpenManifest(mb, key, h, hb)
-	if err != nil {
+	if sh.Manifest, err = archive.OpenManifest(mb, key, h, hb); err != nil {
 		return nil, fmt.Errorf("%s/%s: %w", id, archive.ManifestObject, err)
 	}
-	keys := map[int]*cipher.Key{slot: key}
-	for _, s := range m.Segments {
-		if err := inv.CheckSegment(s); err != nil {
-			return nil, fmt.Errorf("%s/%s: %w", id, archive.InventoryObject, err)
+	if err := sh.checkKeyObject(keyName, kb); err != nil {
+		return nil, err
+	}
+	sh.keys[slot] = key
+	if err := sh.unwrapKeys(ctx, identities); err != nil {
+		return nil, err
+	}
+	return sh, nil
+}
+
+// absent reports whether the destination holds nothing of shipment id.
+func absent(ctx context.Context, tr Transport, id string) bool {
+	found := errors.New("found")
+	err := tr.List(ctx, id+"/", func(ObjectInfo) error { return found })
+	return err == nil
+}
+
+// keyObject reads a key object of the shipment and checks it against the
+// inventory (so that a damaged key object reads as damage, exit 5, rather
+// than as a wrong identity) and, once the manifest is open, against the
+// manifest's list (format 3).
+func (sh *Shipment) keyObject(ctx context.Context, name string) ([]byte, error) {
+	id := sh.Header.ID
+	kb, err := getObject(ctx, sh.tr, id+"/"+name, archive.MaxKeyObject)
+	if err != nil {
+		return nil, missingIsIntegrity(err)
+	}
+	if err := sh.Inventory.Check(name, kb); err != nil {
+		return nil, fmt.Errorf("%s/%s: %w", id, name, err)
+	}
+	if sh.Manifest != nil {
+		if err := sh.checkKeyObject(name, kb); err != nil {
+			return nil, err
 		}
-		if keys[s.Key] != nil {
-			continue
-		}
-		// A resumed send sealed earlier segments under an earlier key slot,
-		// wrapped for the same recipients.
-		name := archive.KeyObject(s.Key)
-		b, err := getObject(ctx, tr, id+"/"+name, 1<<20)
+	}
+	return kb, nil
+}
+
+// checkKeyObject checks a key object against the manifest's list of key
+// objects (format 3; earlier formats have none).
+func (sh *Shipment) checkKeyObject(name string, b []byte) error {
+	m := sh.Manifest
+	if m.Format < archive.FormatV3 {
+		return nil
+	}
+	ref, ok := m.KeyObjectRef(name)
+	if !ok || ref.Size != int64(len(b)) || ref.BLAKE3 != archive.ObjectDigest(b) {
+		return fmt.Errorf("%s/%s: the key object is not the one the manifest lists (swapped or re-wrapped): %w", sh.Header.ID, name, archive.ErrIntegrity)
+	}
+	return nil
+}
+
+// unwrapKeys unwraps the key of every other slot the shipment's segments
+// name (a resumed send sealed earlier segments under an earlier slot,
+// wrapped for the same recipients) and of every base slot, from this
+// shipment's copies of the bases' wrapped keys.
+func (sh *Shipment) unwrapKeys(ctx context.Context, identities []age.Identity) error {
+	m, id := sh.Manifest, sh.Header.ID
+	unwrap := func(name string) (*cipher.Key, error) {
+		b, err := sh.keyObject(ctx, name)
 		if err != nil {
-			return nil, missingIsIntegrity(err)
-		}
-		if err := inv.Check(name, b); err != nil {
-			return nil, fmt.Errorf("%s/%s: %w", id, name, err)
+			return nil, err
 		}
 		k, err := cipher.UnwrapKey(b, identities...)
 		if err != nil {
 			return nil, fmt.Errorf("%s/%s: %w", id, name, err)
 		}
-		keys[s.Key] = k
+		return k, nil
 	}
-	// The keys of the bases' records: copies, in this shipment, of the
-	// bases' wrapped keys, so that the identities that open this shipment
-	// open its bases too.
-	baseKeys := make([]map[int]*cipher.Key, len(m.Bases))
+	for _, s := range m.Segments {
+		if err := sh.Inventory.CheckSegment(s); err != nil {
+			return fmt.Errorf("%s/%s: %w", id, archive.InventoryObject, err)
+		}
+		if sh.keys[s.Key] != nil {
+			continue
+		}
+		k, err := unwrap(archive.KeyObject(s.Key))
+		if err != nil {
+			return err
+		}
+		sh.keys[s.Key] = k
+	}
+	sh.baseKeys = make([]map[int]*cipher.Key, len(m.Bases))
 	for bi, b := range m.Bases {
-		baseKeys[bi] = map[int]*cipher.Key{}
+		sh.baseKeys[bi] = map[int]*cipher.Key{}
 		for _, s := range b.Segments {
-			if err := inv.CheckBaseSegment(b.ID, s); err != nil {
-				return nil, fmt.Errorf("%s/%s: %w", id, archive.InventoryObject, err)
+			if err := sh.Inventory.CheckBaseSegment(b.ID, s); err != nil {
+				return fmt.Errorf("%s/%s: %w", id, archive.InventoryObject, err)
 			}
-			if baseKeys[bi][s.Key] != nil {
+			if sh.baseKeys[bi][s.Key] != nil {
 				continue
 			}
-			name := archive.BaseKeyObject(b.ID, s.Key)
-			kb, err := getObject(ctx, tr, id+"/"+name, 1<<20)
+			k, err := unwrap(archive.BaseKeyObject(b.ID, s.Key))
 			if err != nil {
-				return nil, missingIsIntegrity(err)
+				return err
 			}
-			if err := inv.Check(name, kb); err != nil {
-				return nil, fmt.Errorf("%s/%s: %w", id, name, err)
-			}
-			k, err := cipher.UnwrapKey(kb, identities...)
-			if err != nil {
-				return nil, fmt.Errorf("%s/%s: %w", id, name, err)
-			}
-			baseKeys[bi][s.Key] = k
+			sh.baseKeys[bi][s.Key] = k
 		}
 	}
-	return &Shipment{Header: h, Manifest: m, Inventory: inv, keys: keys, baseKeys: baseKeys, tr: tr}, nil
+	return nil
 }

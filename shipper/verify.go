@@ -4,25 +4,127 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
+	"sync/atomic"
 
 	"github.com/zeebo/blake3"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/coldship/coldship/archive"
 )
 
+// verify authenticates every block, checks every whole-file digest (from
+// the table's digests, each block checked against its digest as it is
+// opened), each format 3 file's data bytes, and every segment as a whole:
+// format 3 segments by CRC32C (those the record pass read whole were
+// checked as they went), formats 1 and 2 by BLAKE3, read again.
+func (sh *Shipment) verify(ctx context.Context, streams, jobs int, cnt *Counters) error {
+	m := sh.Manifest
+	if cnt == nil {
+		cnt = new(Counters)
+	}
+	jobs, streams = sh.clampPipeline(jobs, streams, nil)
+	for _, f := range m.Files {
+		cnt.Total.Add(f.Size)
+	}
+	data := make([]atomic.Int64, len(m.Files))
+	digests := &fileDigests{m: m}
+	crcs, err := sh.readBlocksTracked(ctx, fetch{
+		streams: streams, jobs: jobs, cnt: cnt,
+		want: func(e *archive.TableEntry) (bool, error) { return true, digests.add(e) },
+		handle: func(e *archive.TableEntry, _ []byte, d int64) error {
+			data[e.File].Add(d)
+			n := archive.BlockLen(m.Files[e.File].Size, m.BlockSize, int64(e.Block))
+			cnt.Data.Add(n)
+			cnt.Done.Add(n)
+			return nil
+		},
+	})
+	if err != nil {
+		return err
+	}
+	if err := digests.add(nil); err != nil {
+		return err
+	}
+	for i := range m.Files {
+		if f := &m.Files[i]; m.Format >= archive.FormatV3 && f.Type == archive.TypeFile && data[i].Load() != f.DataBytes {
+			return fmt.Errorf("%s: holds %d bytes of data, the manifest says %d: %w", f.Path, data[i].Load(), f.DataBytes, archive.ErrIntegrity)
+		}
+	}
+	cnt.Done.Store(cnt.Total.Load())
+	return sh.checkSegments(ctx, streams, crcs, cnt)
+}
+
+// checkSegments reads whole, and checks, every segment the record pass
+// did not check whole.
+func (sh *Shipment) checkSegments(ctx context.Context, streams int, crcs *crcTracker, cnt *Counters) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(streams)
+	for i, src := range crcs.srcs {
+		if crcs.checked(i) {
+			continue
+		}
+		g.Go(func() error { return sh.checkSegment(gctx, src, cnt) })
+	}
+	return g.Wait()
+}
+
+// checkSegment reads one segment whole and checks its size and checksum.
+func (sh *Shipment) checkSegment(ctx context.Context, src segmentSource, cnt *Counters) error {
+	rc, err := sh.tr.Open(ctx, src.obj, 0, -1)
+	if err != nil {
+		return transportErr(missingIsIntegrity(err))
+	}
+	defer rc.Close()
+	var h hash.Hash
+	if src.seg.CRC32C != "" {
+		h = archive.NewCRC32C()
+	} else {
+		h = blake3.New()
+	}
+	n, err := io.Copy(h, transportReader{rc, src.obj})
+	cnt.Shipped.Add(n)
+	if err != nil {
+		return segmentReadError(src.obj, err)
+	}
+	if n != src.seg.Size {
+		return fmt.Errorf("%s: %d bytes, the manifest says %d: %w", src.obj, n, src.seg.Size, archive.ErrIntegrity)
+	}
+	ok := false
+	if src.seg.CRC32C != "" {
+		ok = archive.CRC32CString(h.(interface{ Sum32() uint32 }).Sum32()) == src.seg.CRC32C
+	} else {
+		var d archive.Digest
+		h.Sum(d[:0])
+		ok = d == src.seg.BLAKE3
+	}
+	if !ok {
+		return fmt.Errorf("%s: checksum does not match the manifest: %w", src.obj, archive.ErrIntegrity)
+	}
+	return nil
+}
+
 // VerifyInventory checks, without any key, that every object listed in the
-// shipment's inventory is present with its recorded size and BLAKE3 digest, and
-// that the manifest is there. For an incremental shipment that includes the
-// objects of its bases that it needs.
+// shipment's inventory is present with its recorded size and checksum
+// (BLAKE3 of the small objects; CRC32C of format 3 segments, BLAKE3 of
+// earlier formats' segments), and that the manifest is there. For an
+// incremental shipment that includes the objects of its bases that it
+// needs. It proves the shipment consistent with its inventory, not
+// authentic: anyone can write an inventory.
 func VerifyInventory(ctx context.Context, tr Transport, id string, cnt *Counters) error {
 	if cnt == nil {
 		cnt = new(Counters)
 	}
-	if _, _, err := readHeader(ctx, tr, id); err != nil {
+	h, err := ReadHeader(ctx, tr, id)
+	if err != nil {
 		return err
 	}
-	ib, err := getObject(ctx, tr, id+"/"+archive.InventoryObject, 1<<30)
+	limit := int64(maxLegacyObject)
+	if h.Format >= archive.FormatV3 {
+		limit = maxV3Inventory
+	}
+	ib, err := getObject(ctx, tr, id+"/"+archive.InventoryObject, limit)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			return fmt.Errorf("shipment %s: %w (%w)", id, archive.ErrIncomplete, archive.ErrIntegrity)
@@ -59,30 +161,57 @@ func VerifyInventory(ctx context.Context, tr Transport, id string, cnt *Counters
 		}
 	}
 	for _, o := range objects {
-		name := o.name
-		if err := CheckName(name); err != nil {
+		if err := CheckName(o.name); err != nil {
 			return fmt.Errorf("%s/%s: %v: %w", id, archive.InventoryObject, err, archive.ErrIntegrity)
 		}
-		rc, err := tr.Open(ctx, name, 0, -1)
-		if err != nil {
+		if err := checkObject(ctx, tr, o.name, o.InventoryEntry, cnt); err != nil {
 			if errors.Is(err, ErrNotFound) && o.Name == archive.ManifestObject {
 				return fmt.Errorf("shipment %s: %w (%w)", id, archive.ErrIncomplete, archive.ErrIntegrity)
 			}
-			return missingIsIntegrity(err)
+			return err
 		}
-		h := blake3.New()
-		n, err := io.Copy(h, rc)
-		rc.Close()
-		if err != nil {
-			return fmt.Errorf("read %s: %w", name, err)
-		}
-		cnt.Done.Add(n)
-		cnt.Shipped.Add(n)
+	}
+	return nil
+}
+
+// ReadHeader reads and checks the plaintext header of shipment id (no
+// key needed); a shipment that is not there is ErrNotFound ("no shipment
+// ID at DEST"), not an integrity failure.
+func ReadHeader(ctx context.Context, tr Transport, id string) (*archive.Header, error) {
+	h, _, err := readHeader(ctx, tr, id)
+	if err != nil && errors.Is(err, ErrNotFound) && absent(ctx, tr, id) {
+		return nil, fmt.Errorf("no shipment %s at %s: %w", id, tr, ErrNotFound)
+	}
+	return h, err
+}
+
+// checkObject reads an object whole and checks it against its entry.
+func checkObject(ctx context.Context, tr Transport, name string, o archive.InventoryEntry, cnt *Counters) error {
+	rc, err := tr.Open(ctx, name, 0, -1)
+	if err != nil {
+		return missingIsIntegrity(err)
+	}
+	defer rc.Close()
+	var h hash.Hash = blake3.New()
+	if o.CRC32C != "" {
+		h = archive.NewCRC32C()
+	}
+	n, err := io.Copy(h, rc)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", name, err)
+	}
+	cnt.Done.Add(n)
+	cnt.Shipped.Add(n)
+	ok := n == o.Size
+	if o.CRC32C != "" {
+		ok = ok && archive.CRC32CString(h.(interface{ Sum32() uint32 }).Sum32()) == o.CRC32C
+	} else {
 		var d archive.Digest
 		h.Sum(d[:0])
-		if n != o.Size || d != o.BLAKE3 {
-			return fmt.Errorf("%s: size or digest does not match the inventory: %w", name, archive.ErrIntegrity)
-		}
+		ok = ok && d == o.BLAKE3
+	}
+	if !ok {
+		return fmt.Errorf("%s: size or checksum does not match the inventory: %w", name, archive.ErrIntegrity)
 	}
 	return nil
 }

@@ -6,7 +6,8 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
+	"path"
+	"strings"
 
 	"filippo.io/age"
 	"github.com/spf13/cobra"
@@ -24,6 +25,11 @@ type receiveOptions struct {
 	passphraseFile string
 	jobs           int
 	force          bool
+	readBack       bool
+	noSameOwner    bool
+	include        []string
+	outDevices     []string
+	retries        int
 	libvirtDefine  bool
 	libvirtStart   bool
 	libvirtURI     string
@@ -43,8 +49,15 @@ func newReceiveCmd(s *streams) *cobra.Command {
 		Long: `Fetch, authenticate and decrypt a shipment (default: the latest complete one)
 and restore its files under DIR by their relative names. Files are written to
 temporary names, checked against their whole-file digests and renamed into
-place only when every file of the shipment checks out. Holes and zero blocks
-stay holes. Existing files are never overwritten without --force.
+place only when every file of the shipment checks out. Only the non-zero 4 KiB
+pages of each block are written: holes stay holes. Existing files are never
+overwritten without --force. Every block is checked against its digest before
+it is written; files are synced; --read-back also reads every written block
+again after the sync (page cache dropped) and checks it.
+
+An interrupted receive (killed, a lost connection) resumes: run the same
+command again and the blocks already written are checked on disk and reused.
+A lost connection is retried --retries times, each retry resuming.
 
 --into DIR updates an earlier restore in DIR (by --out or --into, of any
 shipment of the same chain) in place: only blocks that differ are written,
@@ -52,6 +65,14 @@ every rewritten file is checked against its whole-file digest, and files stay
 aside under hidden names until all check out. An interrupted update is
 completed by running the same command again. A DIR that is missing or empty
 gets a full restore, as with --out (the first night of a DR copy).
+
+--include PATTERN restores only the files the shell pattern matches (or that
+lie in a folder it matches). --out-device NAME=/dev/X writes file NAME of the
+shipment onto an existing block device instead, in place: a receive that
+fails leaves that device unusable.
+
+As root, files get the numeric owner and group they had at the source
+(--no-same-owner: not); otherwise they belong to the user running receive.
 
 Identities: -i FILE (age identity file or SSH private key), or a passphrase
 from --passphrase-file, $COLDSHIP_PASSPHRASE or a prompt on a terminal.
@@ -79,6 +100,11 @@ instead, for names that hold newlines); with --json, JSON objects only
 	f.IntVarP(&opts.jobs, "jobs", "j", 0, "parallel decrypters (default: all CPUs)")
 	f.BoolVarP(&opts.force, "force", "f", false, "overwrite existing files")
 	f.BoolVarP(&opts.null, "null", "z", false, "end each path printed on stdout with a NUL byte instead of a newline")
+	f.BoolVar(&opts.readBack, "read-back", false, "read every written block back after the sync, page cache dropped, and check it")
+	f.BoolVar(&opts.noSameOwner, "no-same-owner", false, "as root, do not give files the owner and group they had at the source")
+	f.StringArrayVar(&opts.include, "include", nil, "restore only the files matching the shell `PATTERN` (repeatable)")
+	f.StringArrayVar(&opts.outDevices, "out-device", nil, "write file `NAME=/dev/X` of the shipment onto that block device, in place (repeatable)")
+	f.IntVar(&opts.retries, "retries", 5, "resume this many times after a lost connection, with backoff")
 	f.BoolVar(&opts.libvirtDefine, "libvirt-define", false, "define the shipped libvirt domain, its disks pointed at where they landed")
 	f.BoolVar(&opts.libvirtStart, "libvirt-start", false, "with --libvirt-define: start the domain")
 	f.StringVar(&opts.libvirtURI, "libvirt-uri", "", "libvirt connection `URI` (virsh -c)")
@@ -111,6 +137,12 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 	}
 	if opts.jobs < 0 {
 		return usagef("--jobs %d: give 0 (one per CPU, the default) or a positive number", opts.jobs)
+	}
+	if opts.retries < 0 {
+		return usagef("--retries must not be negative")
+	}
+	if err := opts.checkPartial(); err != nil {
+		return err
 	}
 	if opts.libvirtStart && !opts.libvirtDefine {
 		return usagef("--libvirt-start needs --libvirt-define")
@@ -177,9 +209,12 @@ func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runn
 	if err != nil {
 		return nil, err
 	}
+	devices, _ := parseDevices(opts.outDevices)
 	ropts := shipper.ReceiveOptions{
 		Jobs: opts.jobs, Streams: opts.transport.streams, Force: opts.force,
 		Dest: destKey(opts.dest), Log: s.logf(opts.output),
+		ReadBack: opts.readBack, NoSameOwner: opts.noSameOwner, Include: opts.include, Devices: devices,
+		LockWait: opts.run.lockWait, Retries: opts.retries,
 	}
 	if opts.into != "" {
 		fresh, err := emptyOrMissing(opts.into)
@@ -201,7 +236,7 @@ func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runn
 	}
 	rep.finish(true, addLinkStats(map[string]any{
 		"mode": "out", "shipment": id, "files": len(res.Files), "bytes_total": cnt.Total.Load(),
-		"bytes_data": cnt.Data.Load(), "bytes_fetched": cnt.Shipped.Load(), "paths": nonNil(res.Files),
+		"bytes_data": cnt.Data.Load(), "bytes_fetched": cnt.Shipped.Load(), "bytes_reused": res.Reused, "paths": nonNil(res.Files),
 	}, tr, cnt.Shipped.Load(), rep.start), fmt.Sprintf("restored %s (%s, %s) into %s", id, describeFiles(sh.Manifest.Files), humanBytes(cnt.Total.Load()), opts.out))
 	return res.Files, nil
 }
@@ -210,11 +245,6 @@ func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runn
 // directory's lock so that two updates never meet.
 func receiveInto(ctx context.Context, s *streams, opts *receiveOptions, sh *shipper.Shipment, ropts shipper.ReceiveOptions) ([]string, error) {
 	id := sh.Header.ID
-	lock, err := shipper.AcquireLock(ctx, shipper.IntoLockPath(opts.into), "restore directory "+opts.into, opts.run.lockWait)
-	if err != nil {
-		return nil, err
-	}
-	defer lock.Release()
 	cnt := new(shipper.Counters)
 	ropts.Counters = cnt
 	rep := startProgress(s, "receive", opts.output, cnt, movedFetchedAndRead)
@@ -230,6 +260,7 @@ func receiveInto(ctx context.Context, s *streams, opts *receiveOptions, sh *ship
 	rep.finish(true, map[string]any{
 		"mode": "into", "paths": nonNil(res.Files), "shipment": id, "files": len(res.Files), "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
 		"bytes_written": res.Written, "bytes_data": cnt.Data.Load(), "bytes_fetched": cnt.Shipped.Load(),
+		"bytes_reused": res.Reused,
 	}, fmt.Sprintf("updated %s to %s (%s, %s): %s written", opts.into, id, describeFiles(sh.Manifest.Files),
 		humanBytes(cnt.Total.Load()), humanBytes(res.Written)))
 	return res.Files, nil
@@ -249,8 +280,10 @@ func (e noRestoreError) Error() string {
 
 func (e noRestoreError) Unwrap() error { return e.err }
 
-// emptyOrMissing reports whether dir does not exist or holds nothing
-// (but the lock file of an earlier --into).
+// emptyOrMissing reports whether dir does not exist or holds nothing but
+// what an interrupted receive of coldship's left there (hidden temporary
+// files and the record that lets it resume), so that the first --into of a
+// new folder restores in full, and resumes as such when run again.
 func emptyOrMissing(dir string) (bool, error) {
 	entries, err := os.ReadDir(dir)
 	switch {
@@ -260,8 +293,7 @@ func emptyOrMissing(dir string) (bool, error) {
 		return false, fmt.Errorf("--into %s: %w", dir, err)
 	}
 	for _, e := range entries {
-		// The lock file an earlier --into left is not a restore.
-		if e.Name() != filepath.Base(shipper.IntoLockPath(dir)) {
+		if !strings.HasPrefix(e.Name(), ".") || !strings.Contains(e.Name(), ".coldship") {
 			return false, nil
 		}
 	}
@@ -298,4 +330,39 @@ func pickShipment(ctx context.Context, tr shipper.Transport, id string) (string,
 		return id, nil
 	}
 	return shipper.Latest(ctx, tr)
+}
+
+// checkPartial checks --include and --out-device.
+func (opts *receiveOptions) checkPartial() error {
+	for _, p := range opts.include {
+		if _, err := path.Match(p, ""); err != nil || p == "" {
+			return usagef("--include %q: not a shell pattern", p)
+		}
+	}
+	if _, err := parseDevices(opts.outDevices); err != nil {
+		return err
+	}
+	if opts.into != "" && (len(opts.include) > 0 || len(opts.outDevices) > 0) {
+		return usagef("--include and --out-device restore part of a shipment: use them with --out, not --into")
+	}
+	return nil
+}
+
+// parseDevices parses the --out-device NAME=/dev/X flags.
+func parseDevices(flags []string) (map[string]string, error) {
+	if len(flags) == 0 {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for _, fl := range flags {
+		name, dev, ok := strings.Cut(fl, "=")
+		if !ok || name == "" || !strings.HasPrefix(dev, "/dev/") {
+			return nil, usagef("--out-device %q: want NAME=/dev/DEVICE, NAME a file of the shipment", fl)
+		}
+		if _, dup := out[name]; dup {
+			return nil, usagef("--out-device: %s is given twice", name)
+		}
+		out[name] = dev
+	}
+	return out, nil
 }

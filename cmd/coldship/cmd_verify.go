@@ -30,10 +30,14 @@ func newVerifyCmd(s *streams) *cobra.Command {
 		Use:   "verify DEST [SHIPMENT] [-i IDENTITY]... | verify --all DEST [--read-data -i IDENTITY]",
 		Short: "Check a shipment, or everything, at DEST, with or without a key",
 		Long: `Without an identity: check that every object of the shipment (default: the
-latest complete one) is present with the size and BLAKE3 digest recorded in
-its plaintext inventory (which reveals object names and sizes, nothing
-else). With an identity (-i, --passphrase-file or $COLDSHIP_PASSPHRASE):
-authenticate every block and check every file digest. Nothing is written.
+latest complete one) is present with the size and checksum recorded in its
+plaintext inventory (which reveals object names and sizes, nothing else):
+BLAKE3 of the header, key objects, block table and manifest, CRC32C of the
+segments (BLAKE3 in shipments of formats 1 and 2). That proves the shipment
+consistent with its inventory, not authentic: anyone who can write to DEST
+can write an inventory. With an identity (-i, --passphrase-file or
+$COLDSHIP_PASSPHRASE): authenticate every block, check every file's
+whole-file digest and every segment's checksum. Nothing is written.
 
 --all checks everything at DEST, like restic's check: every complete
 shipment against its inventory, every base that one of them needs, and
@@ -94,8 +98,12 @@ func runVerify(ctx context.Context, s *streams, opts *verifyOptions) error {
 			rep.finish(false, nil, "")
 			return fmt.Errorf("verify %s at %s: %w", id, tr, err)
 		}
+		sums := "BLAKE3 of the small objects, CRC32C of the segments"
+		if h, err := shipper.ReadHeader(ctx, tr, id); err == nil && h.Format < archive.FormatV3 {
+			sums = "BLAKE3 of every object"
+		}
 		rep.finish(true, map[string]any{"shipment": id, "mode": "inventory", "bytes_checked": cnt.Shipped.Load()},
-			fmt.Sprintf("%s: every object present and intact (inventory check, no key)", id))
+			fmt.Sprintf("%s: consistent with its inventory (%s), not authenticated (verify with -i to authenticate every block)", id, sums))
 		return nil
 	}
 	sh, err := shipper.OpenShipment(ctx, tr, id, ids)
@@ -108,7 +116,7 @@ func runVerify(ctx context.Context, s *streams, opts *verifyOptions) error {
 		return fmt.Errorf("verify %s at %s: %w", id, tr, err)
 	}
 	rep.finish(true, map[string]any{"shipment": id, "mode": "full", "files": len(sh.Manifest.Files), "bytes_total": cnt.Total.Load()},
-		fmt.Sprintf("%s: every block authentic, every file digest correct (%s)", id, describeFiles(sh.Manifest.Files)))
+		fmt.Sprintf("%s: every block authentic, every file digest and segment checksum correct (%s)", id, describeFiles(sh.Manifest.Files)))
 	return nil
 }
 

@@ -348,6 +348,9 @@ func runLiveReceive(ctx context.Context, s *streams, opts *receiveOptions) error
 	if opts.libvirtDefine {
 		return usagef("receive --live: --libvirt-define is not supported; define the domain in a post-receive hook")
 	}
+	if len(opts.include) > 0 || len(opts.outDevices) > 0 || opts.into != "" {
+		return usagef("receive --live: --include, --out-device and --into do not apply (a live session restores everything into --out)")
+	}
 	listen, advertise, err := liveListener(opts.live.listen)
 	if err != nil {
 		return err
@@ -370,6 +373,7 @@ func runLiveReceive(ctx context.Context, s *streams, opts *receiveOptions) error
 	rep := startProgress(s, "receive", opts.output, cnt, movedShipped)
 	res, err := live.Receive(ctx, s.in, s.out, live.ReceiveOptions{
 		Dir: opts.out, Force: opts.force, Jobs: opts.jobs, Listen: listen, Advertise: advertise,
+		ReadBack: opts.readBack, NoSameOwner: opts.noSameOwner, LockWait: opts.run.lockWait,
 		Counters: cnt, Log: s.logf(opts.output),
 		PreReceive: func(ctx context.Context, id string) error {
 			env.Shipment = id

@@ -141,6 +141,9 @@ func TestMain(m *testing.M) {
 	if p := os.Getenv("COLDSHIP_TEST_QEMU_LOCK"); p != "" {
 		os.Exit(holdQEMULock(p))
 	}
+	if cmdline := os.Getenv("COLDSHIP_TEST_MAXRSS"); cmdline != "" {
+		os.Exit(reportMaxRSS(cmdline))
+	}
 	// Resume journals of the tests go to a scratch state directory.
 	d, err := os.MkdirTemp("", "coldship-state-")
 	if err != nil {

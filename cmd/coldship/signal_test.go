@@ -81,8 +81,18 @@ func TestInterruptLeavesNothing(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != exitInterrupted {
 		t.Errorf("interrupted receive: %v, want exit 130", err)
 	}
-	if entries, _ := os.ReadDir(out); len(entries) != 0 {
-		t.Errorf("an interrupted receive left files: %v", entries)
+	// Nothing at a final name; what it wrote stays, recorded, for the
+	// same command to resume (issue 14: a receive resumes).
+	if _, err := os.Stat(filepath.Join(out, "big.img")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("an interrupted receive left the image at its final name (%v)", err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(out, ".coldship-receive-*.json")); len(m) != 1 {
+		t.Errorf("an interrupted receive left no resume record: %v", m)
+	}
+	mustRun(t, "receive", dest, id, "--out", out, "-i", key, "-q")
+	sameFile(t, src, filepath.Join(out, "big.img"))
+	if m, _ := filepath.Glob(filepath.Join(out, ".*.coldship-*")); len(m) != 0 {
+		t.Errorf("temporary files left after the resumed receive: %v", m)
 	}
 }
 

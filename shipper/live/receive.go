@@ -3,29 +3,23 @@ package live
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net"
-	"os"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"filippo.io/age"
-	"golang.org/x/sys/unix"
 
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
 	"github.com/coldship/coldship/shipper"
 	"github.com/coldship/coldship/shipper/internal/bufpool"
-	"github.com/coldship/coldship/shipper/internal/outdir"
+	"github.com/coldship/coldship/shipper/restore"
 )
 
 // DefaultLaneTimeout is how long Receive waits for a session's TCP lanes.
@@ -52,6 +46,10 @@ type ReceiveOptions struct {
 	// anything is written.
 	PreReceive func(ctx context.Context, id string) error
 
+	ReadBack    bool // read every written block back after the sync (see restore.Options)
+	NoSameOwner bool
+	LockWait    time.Duration // wait this long for another receive into Dir
+
 	Counters *shipper.Counters // may be nil
 	Log      func(format string, a ...any)
 }
@@ -66,14 +64,13 @@ type ReceiveResult struct {
 // ErrAborted marks a session that the sender gave up, saying why.
 var ErrAborted = errors.New("the sender aborted the session")
 
+// recvFile is what the receiver tracks of a file of the session: its
+// place and its size in the current round. Everything per block is in the
+// restore writer's blocks files.
 type recvFile struct {
-	meta       archive.File // the current round's size
-	final, tmp string
-	fh         *os.File
-	// written holds, per block, the round that last wrote it; 0 means
-	// never, and then the block is all zero on disk.
-	written []atomic.Uint32
-	digests []archive.Digest
+	path string
+	typ  string
+	size int64
 }
 
 type recvJob struct {
@@ -105,8 +102,8 @@ type receiver struct {
 	sess  sessionMsg
 	bs    int64
 	codec *archive.Codec
-	files []*recvFile
-	dirs  []string // created, to remove on failure
+	files []recvFile
+	w     *restore.Writer
 
 	pool     *bufpool.Pool
 	jobs     chan recvJob
@@ -167,9 +164,8 @@ func Receive(ctx context.Context, in io.Reader, out io.Writer, opts ReceiveOptio
 		if r.codec != nil {
 			r.codec.Close()
 		}
-		if err != nil {
-			r.cleanup()
-		}
+		// A live session cannot resume: what a failed one wrote goes.
+		r.w.Close(false)
 	}()
 
 	br := bufio.NewReaderSize(in, 256<<10)
@@ -185,7 +181,7 @@ func Receive(ctx context.Context, in io.Reader, out io.Writer, opts ReceiveOptio
 		return nil, err
 	}
 
-	r.pool = bufpool.New(4*opts.Jobs+2*(len(r.conns)+1), blockHeaderSize+int(cipher.SealedSize(r.bs)))
+	r.pool = bufpool.New(4*opts.Jobs+2*(len(r.conns)+1), blockHeaderSize+int(maxRecord(r.bs)))
 	r.jobs = make(chan recvJob, 2*opts.Jobs)
 	r.laneEnds = make(chan laneEnd, len(r.conns))
 	for range opts.Jobs {
@@ -302,8 +298,15 @@ func (r *receiver) handshake(ctx context.Context, br *bufio.Reader) error {
 		return errFrame("%d lanes", s.Lanes)
 	}
 	r.bs = s.BlockSize
-	r.codec, err = archive.NewCodec(r.key, id, archive.FormatVersion, s.Compression == "zstd", r.opts.Jobs)
+	r.codec, err = archive.NewCodec(r.key, id, archive.FormatV3, s.Compression == "zstd", r.opts.Jobs)
 	return err
+}
+
+// maxRecord is the longest sealed record of a block of bs bytes: its
+// form, or a zstd frame of it, sealed.
+func maxRecord(bs int64) int64 {
+	n := int64(archive.MaxFormLen(bs))
+	return cipher.SealedSize(n + n/8 + 1024)
 }
 
 // openControl authenticates the next sealed message of the control lane.
@@ -540,94 +543,18 @@ func (r *receiver) rounds(ctx context.Context) (uint32, error) {
 		if begin.Round != round {
 			return 0, errFrame("round %d begins as round %d", round, begin.Round)
 		}
-		if err := r.begin(begin); err != nil {
+		if err := r.begin(ctx, begin); err != nil {
 			return 0, err
 		}
 		r.blocks.Store(0)
 		r.bytes.Store(0)
 		r.gate.open(round, begin.Final)
-
-		// Blocks on the control lane, up to the end of the round.
-		var blocks uint64
-		var end endMsg
-		for {
-			fr, err := r.nextControl(ctx, "DE")
-			if err != nil {
-				return 0, err
-			}
-			if fr.kind == frameBlock {
-				if err := r.dispatch(ctx, 0, r.ctlSeq, round, fr); err != nil {
-					return 0, err
-				}
-				r.ctlSeq++
-				blocks++
-				continue
-			}
-			plain, err := r.openControl(fr, frameRoundEnd, round)
-			if err != nil {
-				return 0, err
-			}
-			if err := unmarshal(plain, &end); err != nil {
-				return 0, err
-			}
-			break
+		end, err := r.controlBlocks(ctx, round)
+		if err != nil {
+			return 0, err
 		}
-		if end.Round != round || len(end.Blocks) != len(r.conns)+1 {
-			return 0, errFrame("round %d ends as round %d with %d lanes", round, end.Round, len(end.Blocks))
-		}
-		if end.Blocks[0] != blocks {
-			return 0, errFrame("round %d: the control lane carried %d blocks, the sender sent %d", round, blocks, end.Blocks[0])
-		}
-		// The end of the round on every TCP lane, then every block of the
-		// round written. Meanwhile the control lane may only abort; if it
-		// ends, the lanes and workers first get to report what they saw.
-		ctl, ended := r.ctl, error(nil)
-		for lanes := len(r.conns); lanes > 0; {
-			select {
-			case le := <-r.laneEnds:
-				if le.round != round || le.blocks != end.Blocks[le.lane] {
-					return 0, errFrame("round %d: lane %d carried %d blocks, the sender sent %d", round, le.lane, le.blocks, end.Blocks[le.lane])
-				}
-				lanes--
-			case c := <-ctl:
-				if ended = r.unexpectedControl(c); c.err == nil {
-					return 0, ended
-				}
-				ctl = nil
-			case <-r.failed:
-				return 0, r.failErr
-			case <-ctx.Done():
-				return 0, context.Cause(ctx)
-			}
-		}
-		// Workers stop on a failure: wait for them only while nothing failed.
-		written := make(chan struct{})
-		go func() {
-			r.roundWG.Wait()
-			close(written)
-		}()
-		for waiting := true; waiting; {
-			select {
-			case <-written:
-				waiting = false
-			case c := <-ctl:
-				if ended = r.unexpectedControl(c); c.err == nil {
-					return 0, ended
-				}
-				ctl = nil
-			case <-r.failed:
-				return 0, r.failErr
-			case <-ctx.Done():
-				return 0, context.Cause(ctx)
-			}
-		}
-		select {
-		case <-r.failed:
-			return 0, r.failErr
-		default:
-		}
-		if ended != nil {
-			return 0, ended
+		if err := r.roundWritten(ctx, round, end); err != nil {
+			return 0, err
 		}
 		n, b := r.blocks.Load(), r.bytes.Load()
 		r.opts.Log("round %d: %d blocks, %d bytes written", round, n, b)
@@ -640,9 +567,106 @@ func (r *receiver) rounds(ctx context.Context) (uint32, error) {
 	}
 }
 
-// begin applies a round's file table: the first creates the temporary
-// files, later ones follow changes of size.
-func (r *receiver) begin(b beginMsg) error {
+// controlBlocks takes the block records of the control lane up to the
+// end of the round, and checks the end's count of them.
+func (r *receiver) controlBlocks(ctx context.Context, round uint32) (endMsg, error) {
+	var blocks uint64
+	var end endMsg
+	for {
+		fr, err := r.nextControl(ctx, "DE")
+		if err != nil {
+			return end, err
+		}
+		if fr.kind == frameBlock {
+			if err := r.dispatch(ctx, 0, r.ctlSeq, round, fr); err != nil {
+				return end, err
+			}
+			r.ctlSeq++
+			blocks++
+			continue
+		}
+		plain, err := r.openControl(fr, frameRoundEnd, round)
+		if err != nil {
+			return end, err
+		}
+		if err := unmarshal(plain, &end); err != nil {
+			return end, err
+		}
+		break
+	}
+	if end.Round != round || len(end.Blocks) != len(r.conns)+1 {
+		return end, errFrame("round %d ends as round %d with %d lanes", round, end.Round, len(end.Blocks))
+	}
+	if end.Blocks[0] != blocks {
+		return end, errFrame("round %d: the control lane carried %d blocks, the sender sent %d", round, blocks, end.Blocks[0])
+	}
+	return end, nil
+}
+
+// roundWritten waits for the end of the round on every TCP lane, then for
+// every block of the round to be written. Meanwhile the control lane may
+// only abort; if it ends, the lanes and workers first get to report what
+// they saw.
+func (r *receiver) roundWritten(ctx context.Context, round uint32, end endMsg) error {
+	ctl, ended := r.ctl, error(nil)
+	// control takes a control frame that arrived meanwhile: an abort
+	// fails at once; the lane's end is reported once the rest has.
+	control := func(c ctlFrame) error {
+		if ended = r.unexpectedControl(c); c.err == nil {
+			return ended
+		}
+		ctl = nil
+		return nil
+	}
+	for lanes := len(r.conns); lanes > 0; {
+		select {
+		case le := <-r.laneEnds:
+			if le.round != round || le.blocks != end.Blocks[le.lane] {
+				return errFrame("round %d: lane %d carried %d blocks, the sender sent %d", round, le.lane, le.blocks, end.Blocks[le.lane])
+			}
+			lanes--
+		case c := <-ctl:
+			if err := control(c); err != nil {
+				return err
+			}
+		case <-r.failed:
+			return r.failErr
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	// Workers stop on a failure: wait for them only while nothing failed.
+	written := make(chan struct{})
+	go func() {
+		r.roundWG.Wait()
+		close(written)
+	}()
+	for waiting := true; waiting; {
+		select {
+		case <-written:
+			waiting = false
+		case c := <-ctl:
+			if err := control(c); err != nil {
+				return err
+			}
+		case <-r.failed:
+			return r.failErr
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	select {
+	case <-r.failed:
+		return r.failErr
+	default:
+	}
+	return ended
+}
+
+// begin applies a round's file table: the first opens the restore
+// writer (which checks the final paths and creates the temporary files),
+// later ones follow changes of size.
+func (r *receiver) begin(ctx context.Context, b beginMsg) error {
 	if err := archive.CheckLiveFiles(b.Files); err != nil {
 		return errFrame("round %d: %v", b.Round, err)
 	}
@@ -653,129 +677,50 @@ func (r *receiver) begin(b beginMsg) error {
 		cnt.Total.Add(f.Size)
 	}
 	if b.Round == 1 {
-		return r.create(b.Files)
+		return r.create(ctx, b.Files)
 	}
 	if len(b.Files) != len(r.files) {
 		return errFrame("round %d has %d files, round 1 had %d", b.Round, len(b.Files), len(r.files))
 	}
 	for i, f := range b.Files {
-		rf := r.files[i]
-		if f.Path != rf.meta.Path || f.Type != rf.meta.Type {
-			return errFrame("round %d: file %d is %s %q, was %s %q", b.Round, i, f.Type, f.Path, rf.meta.Type, rf.meta.Path)
+		rf := &r.files[i]
+		if f.Path != rf.path || f.Type != rf.typ {
+			return errFrame("round %d: file %d is %s %q, was %s %q", b.Round, i, f.Type, f.Path, rf.typ, rf.path)
 		}
-		if f.Type == archive.TypeFile && f.Size != rf.meta.Size {
-			if err := r.resize(rf, f.Size); err != nil {
+		if f.Type == archive.TypeFile && f.Size != rf.size {
+			// The block the shorter size cuts is zeroed, so that every
+			// block not written since holds zeros, as the sender assumes.
+			if err := r.w.Resize(i, f.Size); err != nil {
 				return err
 			}
+			rf.size = f.Size
 		}
 	}
 	return nil
 }
 
-// create checks every final path, then creates the temporary files next to
-// them.
-func (r *receiver) create(files []archive.File) error {
-	for _, f := range files {
-		final := filepath.Join(r.dir, filepath.FromSlash(f.Path))
-		fi, err := os.Lstat(final)
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-		case err != nil:
-			return fmt.Errorf("output %s: %w", final, err)
-		case f.Type == archive.TypeDir && fi.IsDir():
-		case f.Type == archive.TypeFile && fi.Mode().IsRegular() && r.opts.Force:
-		case f.Type == archive.TypeFile && fi.Mode().IsRegular():
-			return fmt.Errorf("output %s: %w", final, shipper.ErrExists)
-		default:
-			return fmt.Errorf("output %s: exists and is not a %s", final, f.Type)
-		}
+// create opens the restore writer on round 1's file table.
+func (r *receiver) create(ctx context.Context, files []archive.File) error {
+	r.files = make([]recvFile, len(files))
+	for i, f := range files {
+		r.files[i] = recvFile{path: f.Path, typ: f.Type, size: f.Size}
 	}
-	if err := r.mkdirs(r.dir); err != nil {
+	w, err := restore.Open(ctx, restore.Shipment{ID: r.id, Format: archive.FormatV3, BlockSize: r.bs, Files: files}, restore.Options{
+		Dir: r.dir, Force: r.opts.Force, Live: true, ReadBack: r.opts.ReadBack, NoSameOwner: r.opts.NoSameOwner,
+		LockWait: r.opts.LockWait, Jobs: r.opts.Jobs, Counters: r.opts.Counters, Log: r.opts.Log,
+	})
+	if err != nil {
 		return err
 	}
-	r.files = make([]*recvFile, len(files))
-	for i, f := range files {
-		rf := &recvFile{meta: f, final: filepath.Join(r.dir, filepath.FromSlash(f.Path))}
-		r.files[i] = rf
-		if f.Type == archive.TypeDir {
-			if err := r.mkdirs(rf.final); err != nil {
-				return err
-			}
-			continue
-		}
-		if err := r.mkdirs(filepath.Dir(rf.final)); err != nil {
-			return err
-		}
-		var rnd [6]byte
-		rand.Read(rnd[:])
-		rf.tmp = filepath.Join(filepath.Dir(rf.final), "."+filepath.Base(rf.final)+".coldship-"+hex.EncodeToString(rnd[:]))
-		fh, err := os.OpenFile(rf.tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			return fmt.Errorf("create %s: %w", rf.tmp, err)
-		}
-		rf.fh = fh
-		if err := fh.Truncate(f.Size); err != nil {
-			return fmt.Errorf("size %s: %w", rf.tmp, err)
-		}
-		nb := (f.Size + r.bs - 1) / r.bs
-		rf.written, rf.digests = make([]atomic.Uint32, nb), make([]archive.Digest, nb)
-	}
-	return nil
-}
-
-func (r *receiver) mkdirs(p string) error { return outdir.Mkdirs(p, &r.dirs) }
-
-// resize follows a file whose size changed between rounds: the block that
-// the shorter size cuts is zeroed, so that every block not written since
-// holds zeros, as the sender assumes (see srcFile.resize).
-func (r *receiver) resize(rf *recvFile, size int64) error {
-	old := rf.meta.Size
-	short := min(old, size)
-	keep := short / r.bs
-	if err := rf.fh.Truncate(size); err != nil {
-		return fmt.Errorf("size %s: %w", rf.tmp, err)
-	}
-	if short%r.bs != 0 && rf.written[keep].Load() != 0 {
-		if err := punch(rf.fh, keep*r.bs, short-keep*r.bs); err != nil {
-			return fmt.Errorf("%s: %w", rf.tmp, err)
-		}
-	}
-	nb := (size + r.bs - 1) / r.bs
-	written, digests := make([]atomic.Uint32, nb), make([]archive.Digest, nb)
-	for i := range min(keep, nb) {
-		written[i].Store(rf.written[i].Load())
-		digests[i] = rf.digests[i]
-	}
-	rf.written, rf.digests, rf.meta.Size = written, digests, size
-	return nil
-}
-
-// punch deallocates [off, off+n) of f, or writes zeros there where the
-// file system cannot punch holes.
-func punch(f *os.File, off, n int64) error {
-	err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
-	if err == nil {
-		return nil
-	}
-	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) {
-		return fmt.Errorf("punch a hole: %w", err)
-	}
-	zero := make([]byte, min(n, 1<<20))
-	for n > 0 {
-		k := min(n, int64(len(zero)))
-		if _, err := f.WriteAt(zero[:k], off); err != nil {
-			return err
-		}
-		off, n = off+k, n-k
-	}
+	r.w = w
 	return nil
 }
 
 // dispatch checks a block frame's place and hands it to the workers.
 func (r *receiver) dispatch(ctx context.Context, lane uint32, seq uint64, round uint32, fr frame) error {
 	h, record, err := parseBlock(fr.body)
-	if err == nil && (int64(h.file) >= int64(len(r.files)) || r.files[h.file].meta.Type != archive.TypeFile ||
-		h.block >= uint64(len(r.files[h.file].written))) {
+	if err == nil && (int64(h.file) >= int64(len(r.files)) || r.files[h.file].typ != archive.TypeFile ||
+		h.block >= uint64((r.files[h.file].size+r.bs-1)/r.bs)) {
 		err = errFrame("lane %d record %d: block %d of file %d is out of range", lane, seq, h.block, h.file)
 	}
 	if err != nil {
@@ -796,12 +741,12 @@ func (r *receiver) dispatch(ctx context.Context, lane uint32, seq uint64, round 
 
 func (r *receiver) work(ctx context.Context) {
 	defer r.bg.Done()
-	out, back := make([]byte, r.bs), make([]byte, r.bs)
-	scratch := make([]byte, 0, r.bs)
+	n := int64(archive.MaxFormLen(r.bs))
+	out, scratch := make([]byte, n), make([]byte, 0, n+n/8+1024)
 	for {
 		select {
 		case j := <-r.jobs:
-			if err := r.writeBlock(j, out, back, scratch); err != nil {
+			if err := r.writeBlock(j, out, scratch); err != nil {
 				r.fail(err)
 			}
 			r.pool.Put(j.buf)
@@ -813,40 +758,31 @@ func (r *receiver) work(ctx context.Context) {
 }
 
 // writeBlock opens a block record in its place (shipment, lane, position,
-// round, file, block) and writes it. It then reads the block back and
-// notes the digest of what is on disk: the whole-file digests that must
-// match the sender's manifest are made of those.
-func (r *receiver) writeBlock(j recvJob, out, back, scratch []byte) error {
+// round, file, block), checks its form and hands it to the restore
+// writer, which writes its data pages and keeps its digest: the
+// whole-file digests that must match the sender's manifest are made of
+// the digests of the forms written last.
+func (r *receiver) writeBlock(j recvJob, out, scratch []byte) error {
 	select {
 	case <-r.failed:
 		return nil
 	default:
 	}
-	f := r.files[j.h.file]
-	n := archive.BlockLen(f.meta.Size, r.bs, int64(j.h.block))
+	f := &r.files[j.h.file]
+	n := archive.BlockLen(f.size, r.bs, int64(j.h.block))
 	context := archive.LiveBlockContext(r.id, j.lane, j.seq, j.round, j.h.file, j.h.block, j.h.compressed)
-	plain, err := r.codec.OpenLive(out, scratch, j.record, context, j.h.compressed, n)
+	form, data, err := r.codec.OpenLiveForm(out, scratch, j.record, context, j.h.compressed, n)
 	if err != nil {
-		return fmt.Errorf("live: lane %d record %d (%s block %d, round %d): %w", j.lane, j.seq, f.meta.Path, j.h.block, j.round, integrity(err))
+		return fmt.Errorf("live: lane %d record %d (%s block %d, round %d): %w", j.lane, j.seq, f.path, j.h.block, j.round, integrity(err))
 	}
-	w := &f.written[j.h.block]
-	if old := w.Load(); old == j.round || !w.CompareAndSwap(old, j.round) {
-		return errFrame("%s block %d arrived twice in round %d", f.meta.Path, j.h.block, j.round)
+	if err := r.w.WriteLive(int(j.h.file), int64(j.h.block), form, data, j.round); err != nil {
+		if errors.Is(err, archive.ErrIntegrity) {
+			return errFrame("%v", err)
+		}
+		return err
 	}
-	off := int64(j.h.block) * r.bs
-	if _, err := f.fh.WriteAt(plain, off); err != nil {
-		return fmt.Errorf("write %s: %w", f.tmp, err)
-	}
-	// Start writing it out now rather than all at the final sync.
-	unix.SyncFileRange(int(f.fh.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
-	if _, err := f.fh.ReadAt(back[:n], off); err != nil {
-		return fmt.Errorf("read back %s: %w", f.tmp, err)
-	}
-	f.digests[j.h.block] = archive.BlockDigest(back[:n])
 	r.blocks.Add(1)
 	r.bytes.Add(n)
-	r.opts.Counters.Data.Add(n)
-	r.opts.Counters.Done.Add(n)
 	return nil
 }
 
@@ -916,117 +852,30 @@ func (r *receiver) readLane(ctx context.Context, n uint32, br *bufio.Reader) {
 	}
 }
 
-// finish checks every file against the manifest, then renames them all
-// into place.
+// finish checks every file against the manifest, then has the restore
+// writer check and rename them all into place.
 func (r *receiver) finish(ctx context.Context, m *archive.LiveManifest, rounds uint32) ([]string, error) {
 	if m.ID != r.id || m.BlockSize != r.bs || m.Compression != r.sess.Compression || m.Rounds != int(rounds) || len(m.Files) != len(r.files) {
 		return nil, errFrame("the manifest does not match the session")
 	}
 	for i := range m.Files {
-		mf, rf := &m.Files[i], r.files[i]
-		if mf.Path != rf.meta.Path || mf.Type != rf.meta.Type || mf.Size != rf.meta.Size {
+		mf, rf := &m.Files[i], &r.files[i]
+		if mf.Path != rf.path || mf.Type != rf.typ || mf.Size != rf.size {
 			return nil, errFrame("manifest: file %d is %s %q of %d bytes, the final round sent %s %q of %d", i,
-				mf.Type, mf.Path, mf.Size, rf.meta.Type, rf.meta.Path, rf.meta.Size)
-		}
-		if rf.fh == nil {
-			continue
+				mf.Type, mf.Path, mf.Size, rf.typ, rf.path, rf.size)
 		}
 		if err := ctx.Err(); err != nil {
 			return nil, context.Cause(ctx)
 		}
-		digests := make([]archive.Digest, len(rf.written))
-		bi := int64(0)
-		for _, e := range mf.Extents {
-			for end := e.Offset + e.Length; bi*r.bs < end; bi++ {
-				n := archive.BlockLen(mf.Size, r.bs, bi)
-				switch written := rf.written[bi].Load() != 0; {
-				case e.Kind == archive.KindData && !written:
-					return nil, fmt.Errorf("%s: block %d was never received: %w", mf.Path, bi, archive.ErrIntegrity)
-				case e.Kind == archive.KindData:
-					digests[bi] = rf.digests[bi]
-				case written:
-					// Data in an earlier round, a hole or zeros now.
-					if err := punch(rf.fh, bi*r.bs, n); err != nil {
-						return nil, fmt.Errorf("%s: %w", rf.tmp, err)
-					}
-					digests[bi] = archive.ZeroDigest(n)
-				default:
-					digests[bi] = archive.ZeroDigest(n)
-				}
-			}
-		}
-		if archive.FileDigest(mf.Size, r.bs, digests) != mf.BLAKE3 {
-			return nil, fmt.Errorf("%s: whole-file digest does not match the manifest: %w", mf.Path, archive.ErrIntegrity)
-		}
-		if err := rf.fh.Sync(); err != nil {
-			return nil, fmt.Errorf("sync %s: %w", rf.tmp, err)
-		}
-		if err := rf.fh.Chmod(mf.Mode); err != nil {
-			return nil, fmt.Errorf("chmod %s: %w", rf.tmp, err)
-		}
-		err := rf.fh.Close()
-		rf.fh = nil
-		if err != nil {
-			return nil, fmt.Errorf("close %s: %w", rf.tmp, err)
-		}
-		if err := os.Chtimes(rf.tmp, time.Now(), mf.MTime); err != nil {
-			return nil, fmt.Errorf("set mtime of %s: %w", rf.tmp, err)
+		if err := r.w.Settle(i, *mf); err != nil {
+			return nil, err
 		}
 	}
-
-	// Everything checked: rename into place, then sync the directories.
-	var files []string
-	dirs := map[string]bool{}
-	for i, mf := range m.Files {
-		rf := r.files[i]
-		files = append(files, rf.final)
-		if mf.Type != archive.TypeFile {
-			continue
-		}
-		if err := os.Rename(rf.tmp, rf.final); err != nil {
-			return nil, fmt.Errorf("rename %s: %w", rf.final, err)
-		}
-		rf.tmp = ""
-		dirs[filepath.Dir(rf.final)] = true
+	res, err := r.w.Commit(ctx)
+	if err != nil {
+		return nil, err
 	}
-	for i := len(m.Files) - 1; i >= 0; i-- {
-		if mf := m.Files[i]; mf.Type == archive.TypeDir {
-			p := r.files[i].final
-			os.Chmod(p, mf.Mode)
-			os.Chtimes(p, time.Now(), mf.MTime)
-		}
-	}
-	names := make([]string, 0, len(dirs))
-	for d := range dirs {
-		names = append(names, d)
-	}
-	sort.Strings(names)
-	for _, d := range names {
-		if df, err := os.Open(d); err == nil {
-			df.Sync()
-			df.Close()
-		}
-	}
-	r.dirs = nil
-	return files, nil
-}
-
-// cleanup removes the temporary files and the directories created.
-func (r *receiver) cleanup() {
-	for _, f := range r.files {
-		if f == nil {
-			continue
-		}
-		if f.fh != nil {
-			f.fh.Close()
-		}
-		if f.tmp != "" {
-			os.Remove(f.tmp)
-		}
-	}
-	for i := len(r.dirs) - 1; i >= 0; i-- {
-		os.Remove(r.dirs[i]) // only if empty
-	}
+	return res.Files, nil
 }
 
 // gate lets the TCP lanes' readers into a round once the control lane has

@@ -86,11 +86,27 @@ func (s *scripted) sealed(kind byte, round uint32, plain []byte) {
 	s.write(appendFrame(nil, kind, b))
 }
 
+// block sends a block of plaintext plain as its form (protocol 2).
 func (s *scripted) block(round, file uint32, block uint64, plain []byte) {
+	s.rawBlock(round, file, block, formOf(plain))
+}
+
+// rawBlock sends payload as a block record, whatever it is.
+func (s *scripted) rawBlock(round, file uint32, block uint64, payload []byte) {
 	b := appendBlockHeader(nil, blockHeader{file: file, block: block})
-	b, _ = s.key.Seal(b, archive.LiveBlockContext(s.id, 0, s.seq, round, file, block, false), plain)
+	b, _ = s.key.Seal(b, archive.LiveBlockContext(s.id, 0, s.seq, round, file, block, false), payload)
 	s.seq++
 	s.write(appendFrame(nil, frameBlock, b))
+}
+
+// formOf returns the format 3 form of a block (nil for a zero block).
+func formOf(plain []byte) []byte {
+	n := int64(len(plain))
+	var fb archive.FormBuilder
+	fb.Reset(make([]byte, archive.MaxFormLen(n)), n)
+	copy(fb.Next(0, archive.Pages(n)), plain)
+	fb.Commit(0, archive.Pages(n))
+	return fb.Form()
 }
 
 // result waits for Receive and returns its error.
@@ -109,11 +125,22 @@ func fill(n int, c byte) []byte { return []byte(strings.Repeat(string(c), n)) }
 // oneFile is the table of a single 3-block file.
 var oneFile = []archive.File{{Path: "disk.img", Type: archive.TypeFile, Size: 3 * testBS, Mode: 0o644}}
 
-func manifestFor(s *scripted, rounds int, extents []archive.Extent, digests []archive.Digest) []byte {
+// manifestFor describes oneFile whose blocks are blocks (nil: zero), with
+// the format 3 whole-file digest.
+func manifestFor(s *scripted, rounds int, extents []archive.Extent, blocks [][]byte) []byte {
+	fd := archive.NewFileDigester(archive.FormatV3, 3*testBS, testBS)
+	for i, b := range blocks {
+		if b == nil {
+			continue
+		}
+		if form := formOf(b); form != nil {
+			fd.Add(int64(i), archive.FormDigest(form, int64(len(b))))
+		}
+	}
 	return marshal(archive.LiveManifest{
 		Format: Protocol, ID: s.id, BlockSize: testBS, Compression: "none", Rounds: rounds,
 		Files: []archive.File{{Path: "disk.img", Type: archive.TypeFile, Size: 3 * testBS, Mode: 0o644,
-			BLAKE3: archive.FileDigest(3*testBS, testBS, digests), Extents: extents}},
+			BLAKE3: fd.Sum(), Extents: extents}},
 	})
 }
 
@@ -122,7 +149,8 @@ func manifestFor(s *scripted, rounds int, extents []archive.Extent, digests []ar
 // ErrIntegrity and leave nothing.
 func TestLiveReceiverRejects(t *testing.T) {
 	a, b := fill(testBS, 'a'), fill(testBS, 'b')
-	zero := archive.ZeroDigest(testBS)
+	zeroPage := append(formOf(a)[:archive.MapLen(testBS)], make([]byte, archive.PageSize)...)
+	zeroPage[0] = 1
 	tests := []struct {
 		name   string
 		script func(s *scripted)
@@ -139,11 +167,21 @@ func TestLiveReceiverRejects(t *testing.T) {
 			s.sealed(frameBegin, 1, marshal(beginMsg{Round: 1, Final: true, Files: oneFile}))
 			s.block(1, 1, 0, a)
 		}, "out of range"},
-		{"short block", func(s *scripted) {
+		{"short form", func(s *scripted) {
 			s.sealed(frameBegin, 1, marshal(beginMsg{Round: 1, Final: true, Files: oneFile}))
-			s.block(1, 0, 0, a[:100])
+			s.rawBlock(1, 0, 0, formOf(a)[:100])
 			s.sealed(frameRoundEnd, 1, marshal(endMsg{Round: 1, Blocks: []uint64{1}}))
-		}, "want 65536"},
+		}, "block form"},
+		{"form with a zero page", func(s *scripted) {
+			s.sealed(frameBegin, 1, marshal(beginMsg{Round: 1, Final: true, Files: oneFile}))
+			s.rawBlock(1, 0, 0, zeroPage)
+			s.sealed(frameRoundEnd, 1, marshal(endMsg{Round: 1, Blocks: []uint64{1}}))
+		}, "zero page"},
+		{"dense block", func(s *scripted) {
+			s.sealed(frameBegin, 1, marshal(beginMsg{Round: 1, Final: true, Files: oneFile}))
+			s.rawBlock(1, 0, 0, a)
+			s.sealed(frameRoundEnd, 1, marshal(endMsg{Round: 1, Blocks: []uint64{1}}))
+		}, "block form"},
 		{"block twice in a round", func(s *scripted) {
 			s.sealed(frameBegin, 1, marshal(beginMsg{Round: 1, Final: true, Files: oneFile}))
 			s.block(1, 0, 1, a)
@@ -165,7 +203,7 @@ func TestLiveReceiverRejects(t *testing.T) {
 			var ack ackMsg
 			s.reply(replyAck, &ack)
 			s.sealed(frameManifest, 1, manifestFor(s, 1, []archive.Extent{{Kind: "data", Offset: 0, Length: 2 * testBS}, {Kind: "hole", Offset: 2 * testBS, Length: testBS}},
-				[]archive.Digest{archive.BlockDigest(a), archive.BlockDigest(b), zero}))
+				[][]byte{a, b, nil}))
 		}, "never received"},
 		{"manifest digest differs", func(s *scripted) {
 			s.sealed(frameBegin, 1, marshal(beginMsg{Round: 1, Final: true, Files: oneFile}))
@@ -174,7 +212,7 @@ func TestLiveReceiverRejects(t *testing.T) {
 			var ack ackMsg
 			s.reply(replyAck, &ack)
 			s.sealed(frameManifest, 1, manifestFor(s, 1, []archive.Extent{{Kind: "data", Offset: 0, Length: testBS}, {Kind: "hole", Offset: testBS, Length: 2 * testBS}},
-				[]archive.Digest{archive.BlockDigest(b), zero, zero}))
+				[][]byte{b, nil, nil}))
 		}, "whole-file digest"},
 		{"stream ends early", func(s *scripted) {
 			s.sealed(frameBegin, 1, marshal(beginMsg{Round: 1, Final: true, Files: oneFile}))
@@ -205,11 +243,12 @@ func TestLiveReceiverRejects(t *testing.T) {
 	}
 }
 
-// TestLiveReceiverScripted: the same scripted sender, honest, restores the file
-// with the later round's block and the dropped one punched.
+// TestLiveReceiverScripted: the same scripted sender, honest, restores the
+// file with the later round's block (its pages that became zero punched)
+// and the dropped one punched.
 func TestLiveReceiverScripted(t *testing.T) {
-	a, b := fill(testBS, 'a'), fill(testBS, 'b')
-	zero := archive.ZeroDigest(testBS)
+	a := fill(testBS, 'a')
+	b := append(fill(archive.PageSize, 'b'), make([]byte, testBS-archive.PageSize)...) // one page of data
 	s := startScripted(t)
 	var ack ackMsg
 	s.sealed(frameBegin, 1, marshal(beginMsg{Round: 1, Files: oneFile}))
@@ -222,12 +261,16 @@ func TestLiveReceiverScripted(t *testing.T) {
 	s.sealed(frameRoundEnd, 2, marshal(endMsg{Round: 2, Blocks: []uint64{1}}))
 	s.reply(replyAck, &ack)
 	s.sealed(frameManifest, 2, manifestFor(s, 2, []archive.Extent{{Kind: "data", Offset: 0, Length: testBS}, {Kind: "zero", Offset: testBS, Length: 2 * testBS}},
-		[]archive.Digest{archive.BlockDigest(b), zero, zero}))
+		[][]byte{b, nil, nil}))
 	if err := s.result(); err != nil {
 		t.Fatal(err)
 	}
-	got, _ := os.ReadFile(filepath.Join(s.dir, "disk.img"))
+	p := filepath.Join(s.dir, "disk.img")
+	got, _ := os.ReadFile(p)
 	if want := append(append(b, make([]byte, testBS)...), make([]byte, testBS)...); string(got) != string(want) {
 		t.Error("restored file differs")
+	}
+	if n := allocated(t, p); n > 4*archive.PageSize {
+		t.Errorf("%d bytes allocated for one page of data: the pages that became zero were not punched", n)
 	}
 }

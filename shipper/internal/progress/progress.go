@@ -20,8 +20,10 @@ type Counters struct {
 	Shipped   atomic.Int64 // bytes of objects put (send: by this run only) or fetched
 	Segments  atomic.Int64 // segments put by this run
 
-	// Send only: segments of an interrupted run that a resumed send
-	// checked at the destination and kept, and their bytes.
+	// What an interrupted run left that this one checked and kept. Send:
+	// the bytes of the segments a resumed send kept (SegmentsReused of
+	// them). Receive: the data bytes an interrupted receive had written,
+	// reused instead of fetched.
 	Reused         atomic.Int64
 	SegmentsReused atomic.Int64
 }

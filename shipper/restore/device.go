@@ -1,0 +1,82 @@
+package restore
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// openDevices opens the block devices that files are restored onto
+// (Options.Devices). A device is opened with O_EXCL, which the kernel
+// refuses while it is mounted or held by another exclusive user (a device
+// mapper or an LVM volume in use, a swap area); its size must hold the
+// file. It is written in place: there is no temporary file and no rename,
+// so a restore that fails leaves the device unusable.
+func (w *Writer) openDevices() error {
+	for name, dev := range w.opts.Devices {
+		f := w.files[indexOf(w.sh.Files, name)]
+		if f == nil {
+			return fmt.Errorf("--out-device %s: the file is not restored (--include)", name)
+		}
+		fd, err := unix.Open(dev, unix.O_RDWR|unix.O_EXCL|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("--out-device %s=%s: the device is mounted or in use", name, dev)
+		}
+		if err != nil {
+			return fmt.Errorf("--out-device %s=%s: %w", name, dev, err)
+		}
+		fh := os.NewFile(uintptr(fd), dev)
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+			fh.Close()
+			return fmt.Errorf("--out-device %s=%s: not a block device", name, dev)
+		}
+		size, err := unix.Seek(fd, 0, 2) // a block device's end is its size
+		if err != nil {
+			fh.Close()
+			return fmt.Errorf("--out-device %s=%s: size: %w", name, dev, err)
+		}
+		if size < f.meta.Size {
+			fh.Close()
+			return fmt.Errorf("--out-device %s=%s: the device holds %d bytes, the file %d", name, dev, size, f.meta.Size)
+		}
+		f.fh, f.device, f.final, f.mayHold = fh, true, dev, true
+		w.opts.Log("%s is written in place onto %s: if the receive fails, the device holds a partial image", name, dev)
+	}
+	return nil
+}
+
+// zeroRange makes [off, off+n) of f read as zeros, deallocating where it
+// can: a hole punched in a file, a range discarded or zeroed on a device
+// (FALLOC_FL_PUNCH_HOLE zeroes block devices too; BLKZEROOUT where it
+// does not), and zeros written where nothing else works.
+func zeroRange(f *os.File, off, n int64, device bool) error {
+	if n <= 0 {
+		return nil
+	}
+	fd := int(f.Fd())
+	err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+	if err == nil {
+		return nil
+	}
+	if device {
+		r := [2]uint64{uint64(off), uint64(n)}
+		if err = ioctlRange(fd, unix.BLKZEROOUT, &r); err == nil {
+			return nil
+		}
+	}
+	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOTTY) {
+		return fmt.Errorf("zero %s at %d: %w", f.Name(), off, err)
+	}
+	zero := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		k := min(n, int64(len(zero)))
+		if _, err := f.WriteAt(zero[:k], off); err != nil {
+			return fmt.Errorf("zero %s at %d: %w", f.Name(), off, err)
+		}
+		off, n = off+k, n-k
+	}
+	return nil
+}

@@ -1,0 +1,260 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/coldship/coldship/archive"
+)
+
+// openFresh prepares a fresh restore (receive --out, live): every file is
+// written to a temporary file beside its final name, recorded first.
+func (w *Writer) openFresh(ctx context.Context) error {
+	if err := w.checkFinals(); err != nil {
+		return err
+	}
+	rec := loadRecord(w.t, w.names.record)
+	if rec != nil && !(w.opts.Resume && rec.Shipment == w.sh.ID && rec.BlockSize == w.sh.BlockSize && rec.Digests == w.kind) {
+		if w.opts.Resume {
+			w.opts.Log("%s holds an interrupted receive of %s: removing what it wrote", w.t.path, rec.Shipment)
+		}
+		rec = nil
+	}
+	var err error
+	if w.bdir, err = w.t.dir(w.names.blocks, true); err != nil {
+		return err
+	}
+	if err := w.sweep(rec); err != nil {
+		return err
+	}
+	for _, i := range w.dirs {
+		if _, err := w.t.dir(w.sh.Files[i].Path, true); err != nil {
+			return err
+		}
+	}
+	w.rec = &record{Format: recordFormat, Shipment: w.sh.ID, Dest: w.opts.Dest, BlockSize: w.sh.BlockSize, Digests: w.kind, Run: w.run}
+	for _, f := range w.files {
+		if f == nil || f.device {
+			continue
+		}
+		if f.dir, err = w.t.dir(parentOf(f.meta.Path), true); err != nil {
+			return err
+		}
+		f.final = w.t.abs(f.meta.Path)
+		if rf := rec.file(f.meta.Path); rf != nil {
+			f.temp, f.blocks, f.resumed = rf.Temp, rf.Blocks, true
+		} else {
+			s := tempSuffix()
+			f.temp, f.blocks = tempName(f.base, s), s
+		}
+		w.rec.Files = append(w.rec.Files, recordFile{Path: f.meta.Path, Temp: f.temp, Blocks: f.blocks})
+	}
+	if err := w.checkSpace(); err != nil {
+		return err
+	}
+	// Recorded before anything is created: a receive killed from here on
+	// leaves nothing that the next one does not find.
+	if err := w.rec.save(w.t, w.names.record); err != nil {
+		return err
+	}
+	for _, f := range w.files {
+		if f == nil {
+			continue
+		}
+		if f.device {
+			err = w.openDeviceSlots(f)
+		} else {
+			err = w.openTemp(f)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return w.checkResumed(ctx)
+}
+
+// checkFinals checks every final name before anything is created.
+func (w *Writer) checkFinals() error {
+	for _, i := range w.dirs {
+		p := w.sh.Files[i].Path
+		st, ok, err := w.t.lstat(p)
+		if err != nil {
+			return err
+		}
+		if ok && st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			return fmt.Errorf("output %s: exists and is not a directory%s", w.t.abs(p), linkNote(&st))
+		}
+	}
+	for _, f := range w.files {
+		if f == nil || f.device {
+			continue
+		}
+		st, ok, err := w.t.lstat(f.meta.Path)
+		switch {
+		case err != nil:
+			return err
+		case !ok:
+		case st.Mode&unix.S_IFMT != unix.S_IFREG:
+			return fmt.Errorf("output %s: exists and is not a file%s", w.t.abs(f.meta.Path), linkNote(&st))
+		case !w.opts.Force:
+			return fmt.Errorf("output %s: %w", w.t.abs(f.meta.Path), ErrExists)
+		}
+	}
+	return nil
+}
+
+// openTemp creates a file's temporary file and blocks file, or reopens
+// those of the interrupted receive it resumes (starting afresh if they are
+// gone or not what that receive made).
+func (w *Writer) openTemp(f *file) error {
+	if f.resumed {
+		fh, err := openFile(f.dir, f.temp, false, true)
+		sf, serr := openFile(w.bdir, f.blocks, false, true)
+		if err == nil && serr == nil {
+			f.fh, f.slots = fh, &slotFile{f: sf, name: path.Join(w.names.blocks, f.blocks)}
+			f.mayHold = true
+			return w.size(f)
+		}
+		if fh != nil {
+			fh.Close()
+		}
+		if sf != nil {
+			sf.Close()
+		}
+		f.resumed = false
+	}
+	fh, err := createFile(f.dir, f.temp)
+	if err != nil {
+		return err
+	}
+	f.fh = fh
+	sf, err := createFile(w.bdir, f.blocks)
+	if err != nil {
+		return err
+	}
+	f.slots = &slotFile{f: sf, name: path.Join(w.names.blocks, f.blocks)}
+	return w.size(f)
+}
+
+// openDeviceSlots gives a file written onto a device a blocks file of its
+// own (a device is not resumed: it is written whole again).
+func (w *Writer) openDeviceSlots(f *file) error {
+	f.blocks = tempSuffix()
+	sf, err := createFile(w.bdir, f.blocks)
+	if err != nil {
+		return err
+	}
+	f.slots = &slotFile{f: sf, name: path.Join(w.names.blocks, f.blocks)}
+	return f.slots.truncate(w.nblocks(f))
+}
+
+// size gives the file being written its size (and its blocks file the
+// slots for as many blocks).
+func (w *Writer) size(f *file) error {
+	if err := f.fh.Truncate(f.meta.Size); err != nil {
+		if errors.Is(err, unix.EFBIG) {
+			return fmt.Errorf("%s: the file system cannot hold a file of %d bytes: %w", w.t.abs(f.meta.Path), f.meta.Size, err)
+		}
+		return fmt.Errorf("size %s: %w", f.fh.Name(), err)
+	}
+	return f.slots.truncate(w.nblocks(f))
+}
+
+// checkResumed reads back every block an interrupted receive recorded and
+// keeps those whose digest checks; the others are written again.
+func (w *Writer) checkResumed(ctx context.Context) error {
+	for _, f := range w.files {
+		if f == nil || !f.resumed {
+			continue
+		}
+		each := func(yield func(int64) error) error {
+			return f.slots.each(w.nblocks(f), func(b int64, _ Slot) error { return yield(b) })
+		}
+		err := scan(ctx, f.fh, f.meta.Size, w.sh.BlockSize, w.kind, w.opts.Jobs, each, func(b int64, got Slot) error {
+			want, err := f.slots.get(b)
+			if err != nil || (got.Digest == want.Digest && got.Data == want.Data) {
+				return err
+			}
+			return f.slots.put(b, Slot{})
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sweep removes what earlier receives left and nothing can use any more:
+// temporary files of the restored files that neither rec (the record
+// being resumed) nor the folder's marker names, blocks files that neither
+// names, a stale record and leftovers of atomic writes.
+func (w *Writer) sweep(rec *record) error {
+	keepTemp := map[string]bool{}
+	keepBlocks := map[string]bool{}
+	if rec != nil {
+		for _, rf := range rec.Files {
+			keepTemp[path.Join(path.Dir(rf.Path), rf.Temp)] = true
+			keepBlocks[rf.Blocks] = true
+		}
+	} else {
+		remove(w.t.root, w.names.record)
+	}
+	if m := w.old; m != nil {
+		for _, mf := range m.Files {
+			if mf.Blocks != "" {
+				keepBlocks[mf.Blocks] = true
+			}
+			if mf.Temp != "" {
+				keepTemp[mf.Temp] = true
+			}
+		}
+	}
+	bases := map[string]map[string]bool{} // folder -> base names of restored files
+	for i := range w.sh.Files {
+		f := &w.sh.Files[i]
+		if f.Type == archive.TypeFile {
+			d := parentOf(f.Path)
+			if bases[d] == nil {
+				bases[d] = map[string]bool{}
+			}
+			bases[d][path.Base(f.Path)] = true
+		}
+	}
+	for d, bs := range bases {
+		err := w.t.eachEntry(d, func(name string) {
+			for b := range bs {
+				if isTempOf(name, b) && !keepTemp[path.Join(d, name)] {
+					w.t.removeEntry(d, name)
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+	}
+	for _, n := range []string{w.names.marker, w.names.record} {
+		pre := "." + n + ".tmp-"
+		w.t.eachEntry("", func(name string) {
+			if len(name) > len(pre) && name[:len(pre)] == pre {
+				w.t.removeEntry("", name)
+			}
+		})
+	}
+	return w.t.eachEntry(w.names.blocks, func(name string) {
+		if !keepBlocks[name] {
+			w.t.removeEntry(w.names.blocks, name)
+		}
+	})
+}
+
+// linkNote says why a link where a file or folder goes is refused.
+func linkNote(st *unix.Stat_t) string {
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		return " (a symbolic link is never followed)"
+	}
+	return ""
+}

@@ -1,0 +1,516 @@
+package restore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coldship/coldship/archive"
+)
+
+const testBS = 64 << 10
+
+// image is the content of one file of a test shipment.
+type image struct {
+	path string
+	data []byte
+}
+
+// block is one data block of a test shipment, as a receive hands it over.
+type block struct {
+	file  int
+	index int64
+	form  []byte
+	d     archive.Digest
+	data  int64
+}
+
+// shipment builds a format 3 shipment of images under the folder "vm":
+// its manifest files and its data blocks in table order.
+func shipment(id string, images ...image) (Shipment, []block) {
+	u := uint32(os.Getuid())
+	g := uint32(os.Getgid())
+	mtime := time.Date(2026, 11, 30, 12, 0, 0, 5, time.UTC)
+	sh := Shipment{ID: id, Format: archive.FormatV3, BlockSize: testBS,
+		Files: []archive.File{{Path: "vm", Type: archive.TypeDir, Mode: 0o755, MTime: mtime, UID: &u, GID: &g}}}
+	var blocks []block
+	for _, im := range images {
+		fi := len(sh.Files)
+		f := archive.File{Path: im.path, Type: archive.TypeFile, Size: int64(len(im.data)), Mode: 0o640, MTime: mtime, UID: &u, GID: &g}
+		fd := archive.NewFileDigester(archive.FormatV3, f.Size, testBS)
+		for b := int64(0); b*testBS < f.Size; b++ {
+			n := archive.BlockLen(f.Size, testBS, b)
+			var fb archive.FormBuilder
+			fb.Reset(make([]byte, archive.MaxFormLen(n)), n)
+			copy(fb.Next(0, archive.Pages(n)), im.data[b*testBS:])
+			data := fb.Commit(0, archive.Pages(n))
+			form := fb.Form()
+			if form == nil {
+				continue
+			}
+			d := archive.FormDigest(form, n)
+			fd.Add(b, d)
+			blocks = append(blocks, block{fi, b, form, d, data})
+			f.DataBlocks++
+			f.DataBytes += data
+		}
+		f.BLAKE3 = fd.Sum()
+		sh.Files = append(sh.Files, f)
+	}
+	return sh, blocks
+}
+
+// sparse returns n bytes with a page of data every 16 pages.
+func sparse(n int, seed uint64) []byte {
+	r := rand.New(rand.NewPCG(seed, 1))
+	b := make([]byte, n)
+	for p := 0; p < n; p += 16 * archive.PageSize {
+		for i := p; i < min(p+archive.PageSize, n); i++ {
+			b[i] = byte(r.Uint32() | 1)
+		}
+	}
+	return b
+}
+
+// deliver writes blocks through w as a receive does, up to limit of them
+// (-1: all), and commits when all were written.
+func deliver(t *testing.T, w *Writer, blocks []block, limit int) (*Result, error) {
+	t.Helper()
+	for k, b := range blocks {
+		if k == limit {
+			return nil, nil
+		}
+		need, err := w.Need(b.file, b.index, b.d)
+		if err != nil {
+			return nil, err
+		}
+		if need {
+			if err := w.WriteForm(b.file, b.index, b.form, b.d, b.data); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return w.Commit(context.Background())
+}
+
+func restoreAll(t *testing.T, sh Shipment, blocks []block, opts Options) (*Result, error) {
+	t.Helper()
+	w, err := Open(context.Background(), sh, opts)
+	if err != nil {
+		return nil, err
+	}
+	res, err := deliver(t, w, blocks, -1)
+	w.Close(false)
+	return res, err
+}
+
+func checkImages(t *testing.T, dir string, images ...image) {
+	t.Helper()
+	for _, im := range images {
+		got, err := os.ReadFile(filepath.Join(dir, im.path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, im.data) {
+			t.Fatalf("%s differs from its source", im.path)
+		}
+	}
+}
+
+func temps(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && strings.Contains(fi.Name(), tempInfix) && !strings.HasPrefix(fi.Name(), ".coldship-restore-") {
+			out = append(out, p)
+		}
+		return nil
+	})
+	return out
+}
+
+func TestWriterRoundTripIsSparse(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	im := image{"vm/disk.img", sparse(64*testBS+100, 1)}
+	sh, blocks := shipment("20261130T120000Z-00000001", im)
+	res, err := restoreAll(t, sh, blocks, Options{Dir: dir, ReadBack: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkImages(t, dir, im)
+	var st syscall.Stat_t
+	syscall.Stat(filepath.Join(dir, im.path), &st)
+	if data := int64(len(blocks)) * archive.PageSize * 4; st.Blocks*512 > data*105/100+64<<10 {
+		t.Errorf("%d bytes allocated for %d of data: not sparse to the page", st.Blocks*512, data)
+	}
+	if len(res.Files) != 2 || len(temps(t, dir)) != 0 {
+		t.Errorf("result %v, temporary files %v", res.Files, temps(t, dir))
+	}
+	fi, _ := os.Stat(filepath.Join(dir, im.path))
+	if fi.Mode().Perm() != 0o640 || !fi.ModTime().Equal(sh.Files[1].MTime) {
+		t.Errorf("mode %v mtime %v", fi.Mode(), fi.ModTime())
+	}
+}
+
+func TestWriterRefusesBadDigest(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	im := image{"vm/disk.img", sparse(8*testBS, 2)}
+	sh, blocks := shipment("20261130T120000Z-00000001", im)
+	sh.Files[1].BLAKE3[0] ^= 1
+	if _, err := restoreAll(t, sh, blocks, Options{Dir: dir}); !errors.Is(err, archive.ErrIntegrity) {
+		t.Fatalf("a file whose digest does not match: %v", err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a failed restore left its output folder (%v): %v", err, temps(t, filepath.Dir(dir)))
+	}
+}
+
+// TestTempNameLinkNeverFollowed plants a link at the name the restore
+// will use for its temporary file, and at the name an update moves a file
+// aside to: neither is written through.
+func TestTempNameLinkNeverFollowed(t *testing.T) {
+	base := t.TempDir()
+	victim := filepath.Join(base, "victim")
+	os.WriteFile(victim, []byte("precious"), 0o644)
+	dir := filepath.Join(base, "out")
+	os.MkdirAll(filepath.Join(dir, "vm"), 0o755)
+	old := tempSuffix
+	tempSuffix = func() string { return "00000000aaaa" }
+	defer func() { tempSuffix = old }()
+	os.Symlink(victim, filepath.Join(dir, "vm", ".disk.img.coldship-00000000aaaa"))
+
+	im := image{"vm/disk.img", sparse(8*testBS, 3)}
+	sh, blocks := shipment("20261130T120000Z-00000001", im)
+	tempSuffix = func() string { return "00000000aaaa" }
+	if _, err := restoreAll(t, sh, blocks, Options{Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	tempSuffix = old
+	checkImages(t, dir, im)
+
+	// An update of a file the folder does not hold yet creates it aside.
+	os.Symlink(victim, filepath.Join(dir, "vm", ".new.img.coldship-update"))
+	im2 := image{"vm/new.img", sparse(4*testBS, 4)}
+	sh2, blocks2 := shipment("20261130T120000Z-00000002", im, im2)
+	if _, err := restoreAll(t, sh2, blocks2, Options{Dir: dir, Update: true}); err != nil {
+		t.Fatal(err)
+	}
+	checkImages(t, dir, im, im2)
+	if b, _ := os.ReadFile(victim); string(b) != "precious" {
+		t.Fatalf("a link planted at a temporary name was written through: %q", b)
+	}
+	if fi, err := os.Lstat(victim); err != nil || !fi.Mode().IsRegular() {
+		t.Fatalf("victim: %v %v", fi, err)
+	}
+}
+
+// TestParentLinkRefused plants a link where a folder of the shipment goes.
+func TestParentLinkRefused(t *testing.T) {
+	base := t.TempDir()
+	elsewhere := filepath.Join(base, "elsewhere")
+	os.MkdirAll(elsewhere, 0o755)
+	dir := filepath.Join(base, "out")
+	os.MkdirAll(dir, 0o755)
+	os.Symlink(elsewhere, filepath.Join(dir, "vm"))
+	im := image{"vm/disk.img", sparse(4*testBS, 5)}
+	sh, blocks := shipment("20261130T120000Z-00000001", im)
+	_, err := restoreAll(t, sh, blocks, Options{Dir: dir, Force: true})
+	if err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Fatalf("restore through a planted folder link: %v", err)
+	}
+	if entries, _ := os.ReadDir(elsewhere); len(entries) != 0 {
+		t.Fatalf("wrote through the link: %v", entries)
+	}
+	// A link on the way to a file that has no folder entry of its own.
+	sh.Files = sh.Files[1:]
+	if _, err := restoreAll(t, sh, blocks[:0], Options{Dir: dir, Force: true}); err == nil {
+		t.Fatal("restore under a linked parent succeeded")
+	}
+	if entries, _ := os.ReadDir(elsewhere); len(entries) != 0 {
+		t.Fatalf("wrote through the link: %v", entries)
+	}
+}
+
+// TestWriterResumes interrupts a restore half-way, damages one block it
+// wrote and plants a link at a recorded temporary name: the next restore
+// of the same shipment reuses the blocks that check out, rewrites the
+// rest, and never follows the link.
+func TestWriterResumes(t *testing.T) {
+	base := t.TempDir()
+	dir := filepath.Join(base, "out")
+	a := image{"vm/a.img", sparse(32*testBS, 6)}
+	b := image{"vm/b.img", sparse(8*testBS, 7)}
+	sh, blocks := shipment("20261130T120000Z-00000001", a, b)
+	w, err := Open(context.Background(), sh, Options{Dir: dir, Resume: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := len(blocks) / 2
+	if _, err := deliver(t, w, blocks, half); err != nil {
+		t.Fatal(err)
+	}
+	w.Close(true)
+	tmpA, _ := filepath.Glob(filepath.Join(dir, "vm", ".a.img.coldship-*"))
+	if len(tmpA) != 1 {
+		t.Fatalf("temporary files of a.img: %v", tmpA)
+	}
+	f, _ := os.OpenFile(tmpA[0], os.O_RDWR, 0)
+	f.WriteAt([]byte{0xff}, 3*testBS+17) // a block the next run must not trust
+	f.Close()
+	tmpB, _ := filepath.Glob(filepath.Join(dir, "vm", ".b.img.coldship-*"))
+	victim := filepath.Join(base, "victim")
+	os.WriteFile(victim, []byte("precious"), 0o644)
+	os.Remove(tmpB[0])
+	os.Symlink(victim, tmpB[0])
+	// A stale temporary file of another receive is removed.
+	stale := filepath.Join(dir, "vm", ".a.img.coldship-0123456789ab")
+	os.WriteFile(stale, []byte("stale"), 0o600)
+
+	res, err := restoreAll(t, sh, blocks, Options{Dir: dir, Resume: true, ReadBack: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkImages(t, dir, a, b)
+	var written int64
+	for _, bl := range blocks[:half] {
+		written += bl.data
+	}
+	if res.Reused <= 0 || res.Reused >= written {
+		t.Errorf("reused %d bytes, want some but not all of the %d written before", res.Reused, written)
+	}
+	if v, _ := os.ReadFile(victim); string(v) != "precious" {
+		t.Fatalf("the link at a recorded temporary name was followed: %q", v)
+	}
+	if l := temps(t, dir); len(l) != 0 {
+		t.Errorf("temporary files left: %v", l)
+	}
+}
+
+// TestWriterUpdate updates a restore: only changed blocks are written,
+// pages that became zero are punched, a file that shrank and one that
+// went are handled, and the marker then vouches for the result.
+func TestWriterUpdate(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	a := image{"vm/a.img", sparse(32*testBS, 8)}
+	gone := image{"vm/gone.img", sparse(2*testBS, 9)}
+	sh, blocks := shipment("20261130T120000Z-00000001", a, gone)
+	if _, err := restoreAll(t, sh, blocks, Options{Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	a2 := image{"vm/a.img", append([]byte(nil), a.data[:30*testBS]...)}
+	a2.data[5*testBS] ^= 0x55                    // one block changed
+	clear(a2.data[9*testBS : 10*testBS])         // one block zero
+	clear(a2.data[12*testBS : 12*testBS+4096*2]) // one page zero
+	sh2, blocks2 := shipment("20261130T120000Z-00000002", a2)
+	res, err := restoreAll(t, sh2, blocks2, Options{Dir: dir, Update: true, ReadBack: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkImages(t, dir, a2)
+	if res.Written > 3*testBS {
+		t.Errorf("wrote %d bytes for 3 changed blocks", res.Written)
+	}
+	if _, err := os.Stat(filepath.Join(dir, gone.path)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a file the new shipment does not have is still there (%v)", err)
+	}
+	// Unchanged since: the next update trusts the marker and writes nothing.
+	res, err = restoreAll(t, sh2, blocks2, Options{Dir: dir, Update: true})
+	if err != nil || res.Written != 0 {
+		t.Fatalf("an update to the same shipment wrote %v bytes: %v", res, err)
+	}
+	// Changed behind its back: the file is read again and repaired.
+	f, _ := os.OpenFile(filepath.Join(dir, a2.path), os.O_RDWR, 0)
+	f.WriteAt([]byte("scribble"), 20*testBS)
+	f.Close()
+	if _, err := restoreAll(t, sh2, blocks2, Options{Dir: dir, Update: true}); err != nil {
+		t.Fatal(err)
+	}
+	checkImages(t, dir, a2)
+}
+
+// TestReadBackPolicy damages each file after it is written and synced, as
+// a disk that loses a write would: without ReadBack the restore trusts
+// what it wrote (as cp, rsync and tar do); with ReadBack every written
+// block is read again, page cache dropped, and the damage is an integrity
+// failure, for a fresh restore, an update and a live restore alike.
+func TestReadBackPolicy(t *testing.T) {
+	im := image{"vm/disk.img", sparse(16*testBS, 10)}
+	sh, blocks := shipment("20261130T120000Z-00000001", im)
+	im2 := image{"vm/disk.img", sparse(16*testBS, 11)}
+	sh2, blocks2 := shipment("20261130T120000Z-00000002", im2)
+	defer func() { testAfterSync = nil }()
+	for _, mode := range []string{"fresh", "update", "live"} {
+		for _, readBack := range []bool{false, true} {
+			dir := filepath.Join(t.TempDir(), "out")
+			if mode == "update" {
+				if _, err := restoreAll(t, sh, blocks, Options{Dir: dir}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			testAfterSync = func(f *os.File) {
+				b := make([]byte, 1)
+				f.ReadAt(b, 0)
+				b[0] ^= 0x80
+				f.WriteAt(b, 0)
+				f.Sync()
+			}
+			var err error
+			switch mode {
+			case "fresh":
+				_, err = restoreAll(t, sh, blocks, Options{Dir: dir, ReadBack: readBack})
+			case "update":
+				_, err = restoreAll(t, sh2, blocks2, Options{Dir: dir, Update: true, ReadBack: readBack})
+			case "live":
+				err = restoreLive(t, sh, blocks, Options{Dir: dir, Live: true, ReadBack: readBack})
+			}
+			testAfterSync = nil
+			if readBack && !errors.Is(err, archive.ErrIntegrity) {
+				t.Errorf("%s, read back: %v, want an integrity failure", mode, err)
+			}
+			if !readBack && err != nil {
+				t.Errorf("%s, no read back: %v", mode, err)
+			}
+			if readBack {
+				if _, err := os.Stat(filepath.Join(dir, im.path)); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("%s: the damaged file is at its final name (%v)", mode, err)
+				}
+			}
+		}
+	}
+}
+
+// restoreLive restores a shipment as a live receiver does, in two rounds.
+func restoreLive(t *testing.T, sh Shipment, blocks []block, opts Options) error {
+	t.Helper()
+	w, err := Open(context.Background(), sh, opts)
+	if err != nil {
+		return err
+	}
+	defer w.Close(false)
+	for round := uint32(1); round <= 2; round++ {
+		for _, b := range blocks {
+			if err := w.WriteLive(b.file, b.index, b.form, b.data, round); err != nil {
+				return err
+			}
+		}
+	}
+	for i, f := range sh.Files {
+		if f.Type == archive.TypeFile {
+			f.Extents = []archive.Extent{{Kind: archive.KindData, Offset: 0, Length: f.Size}}
+		}
+		if err := w.Settle(i, f); err != nil {
+			return err
+		}
+	}
+	_, err = w.Commit(context.Background())
+	return err
+}
+
+// TestFinalizeAndOwners: Finalize sees each checked file before it lands
+// and may change it; a Finalize that fails leaves nothing at a final name;
+// as root, numeric owners come from the manifest unless NoSameOwner.
+func TestFinalizeAndOwners(t *testing.T) {
+	im := image{"vm/top.qcow2", sparse(4*testBS, 12)}
+	sh, blocks := shipment("20261130T120000Z-00000001", im)
+	uid, gid := uint32(12345), uint32(23456)
+	sh.Files[1].UID, sh.Files[1].GID = &uid, &gid
+	dir := filepath.Join(t.TempDir(), "out")
+	var seen []string
+	_, err := restoreAll(t, sh, blocks, Options{Dir: dir, Finalize: func(ctx context.Context, f *FinalFile) error {
+		seen = append(seen, f.File.Path, f.Final, f.PathOf("vm"))
+		_, err := f.Temp.WriteAt([]byte("rewritten backing"), 0)
+		return err
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != 3 || seen[0] != im.path || seen[1] != filepath.Join(dir, im.path) || seen[2] != filepath.Join(dir, "vm") {
+		t.Errorf("Finalize saw %v", seen)
+	}
+	got, _ := os.ReadFile(filepath.Join(dir, im.path))
+	if !bytes.HasPrefix(got, []byte("rewritten backing")) {
+		t.Error("what Finalize wrote is not in the restored file")
+	}
+	fi, _ := os.Stat(filepath.Join(dir, im.path))
+	st := fi.Sys().(*syscall.Stat_t)
+	if os.Geteuid() == 0 && (st.Uid != uid || st.Gid != gid) {
+		t.Errorf("as root: owner %d:%d, want %d:%d", st.Uid, st.Gid, uid, gid)
+	}
+	if os.Geteuid() != 0 && int(st.Uid) != os.Geteuid() {
+		t.Errorf("not root: owner %d, want the user", st.Uid)
+	}
+	if !fi.ModTime().Equal(sh.Files[1].MTime) {
+		t.Errorf("mtime %v after Finalize, want the manifest's", fi.ModTime())
+	}
+
+	dir2 := filepath.Join(t.TempDir(), "out")
+	if _, err := restoreAll(t, sh, blocks, Options{Dir: dir2, NoSameOwner: true}); err != nil {
+		t.Fatal(err)
+	}
+	fi, _ = os.Stat(filepath.Join(dir2, im.path))
+	if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) != os.Geteuid() {
+		t.Errorf("NoSameOwner: owner %d, want the user %d", st.Uid, os.Geteuid())
+	}
+
+	dir3 := filepath.Join(t.TempDir(), "out")
+	_, err = restoreAll(t, sh, blocks, Options{Dir: dir3, Finalize: func(context.Context, *FinalFile) error {
+		return errors.New("cannot rewrite the backing file")
+	}})
+	if err == nil || !strings.Contains(err.Error(), "cannot rewrite") {
+		t.Fatalf("a failing Finalize: %v", err)
+	}
+	if _, err := os.Stat(dir3); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a failed Finalize left the output folder (%v)", err)
+	}
+}
+
+func TestHeld(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	im := image{"vm/disk.img", sparse(2*testBS, 13)}
+	sh, blocks := shipment("20261130T120000Z-00000001", im)
+	if _, _, _, ok, err := Held(dir, sh.Files); ok || err != nil {
+		t.Fatalf("no restore yet: %v %v", ok, err)
+	}
+	if _, err := restoreAll(t, sh, blocks, Options{Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	id, state, _, ok, err := Held(dir, sh.Files)
+	if !ok || err != nil || id != sh.ID || state != stateDone {
+		t.Fatalf("Held: %s %s %v %v", id, state, ok, err)
+	}
+}
+
+// TestMarkerFormat1 updates a restore made by an earlier version, whose
+// marker (format 1) held the digests inline: it vouches for nothing, the
+// files are read again, and the update completes.
+func TestMarkerFormat1(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	a := image{"vm/a.img", sparse(8*testBS, 14)}
+	sh, blocks := shipment("20261130T120000Z-00000001", a)
+	if _, err := restoreAll(t, sh, blocks, Options{Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	n := namesFor(sh.Files)
+	os.RemoveAll(filepath.Join(dir, n.blocks))
+	v1 := `{"format":1,"state":"done","shipment":"20261130T120000Z-00000001","block_size":65536,"files":[` +
+		`{"path":"vm","type":"dir"},{"path":"vm/a.img","type":"file","size":524288,"stamp":{"size":524288,"mtime_ns":1,"ctime_ns":1,"ino":1},"digests":"AAAA"}]}`
+	os.WriteFile(filepath.Join(dir, n.marker), []byte(v1), 0o644)
+	a2 := image{"vm/a.img", append([]byte(nil), a.data...)}
+	a2.data[3*testBS] ^= 1
+	sh2, blocks2 := shipment("20261130T120000Z-00000002", a2)
+	res, err := restoreAll(t, sh2, blocks2, Options{Dir: dir, Update: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkImages(t, dir, a2)
+	if res.Written > testBS {
+		t.Errorf("wrote %d bytes for one changed block", res.Written)
+	}
+}

@@ -1,0 +1,281 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/coldship/coldship/archive"
+)
+
+// Where the content of a file of an update is when the update begins.
+const (
+	locNone  = iota // nowhere: a file the folder does not hold yet
+	locFinal        // at its final name
+	locAside        // aside, where an interrupted update left it
+)
+
+// openUpdate prepares an update of the restore in the folder (receive
+// --into): for every file, where its content is and the digests of its
+// blocks (from its blocks file while the file's stamp vouches for it, else
+// by reading it); the marker then says "updating" before anything changes.
+func (w *Writer) openUpdate(ctx context.Context) error {
+	m := w.old
+	from := m.Shipment
+	if m.State == stateUpdating {
+		from = m.From
+		w.opts.Log("%s holds an interrupted update from %s to %s: completing it as an update to %s", w.t.path, m.From, m.Shipment, w.sh.ID)
+	}
+	if err := w.sweep(nil); err != nil {
+		return err
+	}
+	var err error
+	if w.bdir, err = w.t.dir(w.names.blocks, true); err != nil {
+		return err
+	}
+	for _, i := range w.dirs {
+		if _, err := w.t.dir(w.sh.Files[i].Path, true); err != nil {
+			return err
+		}
+	}
+	w.upd = &marker{Format: markerFormat, State: stateUpdating, Shipment: w.sh.ID, From: from, Dest: w.opts.Dest,
+		BlockSize: w.sh.BlockSize, Digests: w.kind, Partial: m.Partial, Run: w.run, Files: append([]markerFile(nil), m.Files...)}
+	var replaced []string
+	for _, f := range w.files {
+		if f == nil || f.device {
+			continue
+		}
+		old, err := w.planFile(ctx, f, m.file(f.meta.Path))
+		if err != nil {
+			return err
+		}
+		if old != "" {
+			replaced = append(replaced, old)
+		}
+	}
+	if err := w.upd.save(w.t, w.names.marker); err != nil {
+		return err
+	}
+	for _, b := range replaced {
+		remove(w.bdir, b)
+	}
+	for _, f := range w.files {
+		if f != nil && !f.device && (f.loc != locFinal || f.oldSize != f.meta.Size) {
+			if err := w.touch(f); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// planFile finds where f's content is and opens the blocks file that
+// describes it; it returns the name of a blocks file the update replaces.
+func (w *Writer) planFile(ctx context.Context, f *file, mf *markerFile) (replaced string, err error) {
+	if mf != nil && mf.Type != archive.TypeFile {
+		mf = nil
+	}
+	if f.dir, err = w.t.dir(parentOf(f.meta.Path), true); err != nil {
+		return "", err
+	}
+	f.final = w.t.abs(f.meta.Path)
+	st, atFinal, err := w.t.lstat(f.meta.Path)
+	if err != nil {
+		return "", err
+	}
+	if atFinal && st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return "", fmt.Errorf("output %s: exists and is not a file", f.final)
+	}
+	aside := path.Join(parentOf(f.meta.Path), asideName(f.base))
+	if mf != nil && mf.Temp == aside {
+		if ast, ok, err := w.t.lstat(aside); err == nil && ok && ast.Mode&unix.S_IFMT == unix.S_IFREG {
+			f.loc, st = locAside, ast
+		}
+	}
+	if f.loc == locNone && atFinal {
+		if mf == nil && !w.opts.Force {
+			return "", fmt.Errorf("output %s: %w (it is not part of the restore in %s)", f.final, ErrExists, w.t.path)
+		}
+		f.loc = locFinal
+	}
+	if f.loc != locNone {
+		f.oldSize = st.Size
+	}
+	m := w.old
+	if f.loc == locFinal && mf != nil && mf.Stamp != nil && mf.Blocks != "" && m.Digests == w.kind &&
+		m.BlockSize == w.sh.BlockSize && *mf.Stamp == *stampOf(&st) {
+		if sf, err := openFile(w.bdir, mf.Blocks, false, true); err == nil {
+			f.blocks, f.slots = mf.Blocks, &slotFile{f: sf, name: path.Join(w.names.blocks, mf.Blocks)}
+			f.cur, err = newCursor(f.slots)
+			return "", err
+		}
+	}
+	if f.loc == locFinal && mf != nil && mf.Stamp != nil && m.State == stateDone {
+		w.opts.Log("%s changed since it was restored: reading it to find the blocks that differ", f.final)
+	}
+	if mf != nil && m.State == stateUpdating && m.Run != 0 && f.loc == locAside && mf.Blocks != "" {
+		if pf, err := openFile(w.bdir, mf.Blocks, false, true); err == nil {
+			f.prev = &slotFile{f: pf, name: mf.Blocks} // what the interrupted update wrote
+		}
+	}
+	if err := w.rehash(ctx, f); err != nil {
+		return "", err
+	}
+	if e := w.upd.file(f.meta.Path); e != nil {
+		e.Blocks, e.Stamp = f.blocks, nil
+	}
+	if mf != nil {
+		replaced = mf.Blocks
+	}
+	return replaced, nil
+}
+
+// rehash reads f's current content (if any) and records the digest of each
+// of its blocks in a new blocks file.
+func (w *Writer) rehash(ctx context.Context, f *file) error {
+	f.blocks = tempSuffix()
+	sf, err := createFile(w.bdir, f.blocks)
+	if err != nil {
+		return err
+	}
+	f.slots = &slotFile{f: sf, name: path.Join(w.names.blocks, f.blocks)}
+	if f.loc != locNone {
+		name := f.base
+		if f.loc == locAside {
+			name = asideName(f.base)
+		}
+		src, err := openRead(f.dir, name)
+		if err != nil {
+			return err
+		}
+		defer src.Close()
+		nb := (f.oldSize + w.sh.BlockSize - 1) / w.sh.BlockSize
+		if err := f.slots.truncate(nb); err != nil {
+			return err
+		}
+		err = scan(ctx, src, f.oldSize, w.sh.BlockSize, w.kind, w.opts.Jobs, dataBlocks(src, f.oldSize, w.sh.BlockSize),
+			func(b int64, sl Slot) error {
+				w.cnt.Read.Add(archive.BlockLen(f.oldSize, w.sh.BlockSize, b))
+				if sl.Zero() {
+					return nil
+				}
+				return f.slots.put(b, sl)
+			})
+		if err != nil {
+			return err
+		}
+	}
+	f.cur, err = newCursor(f.slots)
+	return err
+}
+
+// openRead opens a regular file in d for reading, not following a link.
+func openRead(d *os.File, name string) (*os.File, error) {
+	fd, err := unix.Openat(int(d.Fd()), name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: d.Name() + "/" + name, Err: err}
+	}
+	return os.NewFile(uintptr(fd), d.Name()+"/"+name), nil
+}
+
+// touch moves f aside to be rewritten (recorded in the marker first), or
+// creates it there when it is new, and sizes it.
+func (w *Writer) touch(f *file) error {
+	if f.touched {
+		return nil
+	}
+	aside := asideName(f.base)
+	e := w.upd.file(f.meta.Path)
+	if e == nil {
+		w.upd.Files = append(w.upd.Files, markerFile{Path: f.meta.Path, Type: archive.TypeFile})
+		e = &w.upd.Files[len(w.upd.Files)-1]
+	}
+	e.Temp, e.Stamp, e.Blocks = path.Join(parentOf(f.meta.Path), aside), nil, f.blocks
+	if err := w.upd.save(w.t, w.names.marker); err != nil {
+		return err
+	}
+	switch f.loc {
+	case locFinal:
+		if err := rename(f.dir, f.base, aside, true); err != nil {
+			return fmt.Errorf("move %s aside: %w", f.final, err)
+		}
+	case locNone:
+		fh, err := createFile(f.dir, aside)
+		if err != nil {
+			return err
+		}
+		fh.Close()
+	}
+	f.loc, f.temp = locAside, aside
+	fh, err := openFile(f.dir, aside, false, false)
+	if errors.Is(err, unix.EACCES) {
+		// A read-only image: writable while it is aside.
+		if unix.Fchmodat(int(f.dir.Fd()), aside, 0o600, 0) == nil {
+			fh, err = openFile(f.dir, aside, false, false)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	f.fh, f.touched, f.mayHold = fh, true, true
+	return w.size(f)
+}
+
+// updateNeed compares a data block of the new shipment with what f holds.
+func (w *Writer) updateNeed(f *file, block int64, d archive.Digest) (bool, error) {
+	old, err := f.cur.at(block)
+	if err != nil {
+		return false, err
+	}
+	if old.Digest == d {
+		if f.prev != nil {
+			if pv, err := f.prev.get(block); err == nil && pv.Mark == w.old.Run && pv.Mark != w.run && pv.Digest == d {
+				w.reused.Add(int64(old.Data))
+				w.cnt.Reused.Add(int64(old.Data))
+			}
+		}
+		w.cnt.Done.Add(w.blockLen(f, block))
+		return false, nil
+	}
+	return true, w.touch(f)
+}
+
+// updateSkip makes the blocks [from, to) of f zero where they held data.
+func (w *Writer) updateSkip(f *file, from, to int64) error {
+	bs := w.sh.BlockSize
+	for b := from; b < min(to, f.cur.blocks()); b++ {
+		old, err := f.cur.at(b)
+		if err != nil {
+			return err
+		}
+		if old.Zero() {
+			continue
+		}
+		if err := w.touch(f); err != nil {
+			return err
+		}
+		if b >= w.nblocks(f) {
+			break // cut off by the new size
+		}
+		n := w.blockLen(f, b)
+		if err := zeroRange(f.fh, b*bs, n, false); err != nil {
+			return err
+		}
+		if err := f.slots.put(b, Slot{}); err != nil {
+			return err
+		}
+		w.written.Add(n)
+	}
+	w.cnt.Done.Add(min(to*bs, f.meta.Size) - min(from*bs, f.meta.Size))
+	return nil
+}
+
+// updateEnd is called once the walk has passed f.
+func (w *Writer) updateEnd(f *file) error {
+	f.prev.close()
+	return nil
+}
