@@ -63,9 +63,10 @@ type restorePath struct {
 }
 
 // killMidway starts argv, waits until pattern matches a file that holds
-// some data, and kills the receiver with SIGKILL: the process itself, or,
-// with pidFile, the process whose pid it holds (a live receiver).
-func killMidway(t *testing.T, argv []string, pattern, pidFile string) {
+// at least min bytes of data, and kills the receiver with SIGKILL: the
+// process itself, or, with pidFile, the process whose pid it holds (a
+// live receiver).
+func killMidway(t *testing.T, argv []string, pattern, pidFile string, min int64) {
 	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	if err := cmd.Start(); err != nil {
@@ -73,7 +74,7 @@ func killMidway(t *testing.T, argv []string, pattern, pidFile string) {
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		if m, _ := filepath.Glob(pattern); len(m) > 0 && allocatedOK(m[0]) > 64<<10 {
+		if m, _ := filepath.Glob(pattern); len(m) > 0 && allocatedOK(m[0]) >= min {
 			break
 		}
 		time.Sleep(time.Millisecond)
@@ -154,7 +155,13 @@ func TestReceivePathsKilledAndLinked(t *testing.T) {
 			if p.pidFile != "" {
 				pidFile = filepath.Join(dir, p.pidFile)
 			}
-			killMidway(t, argv, filepath.Join(out, p.tempGlob), pidFile)
+			// Far enough for a batch of the blocks' records (slots) to be
+			// on disk: what a resumed receive can reuse.
+			min := int64(64 << 10)
+			if p.name == "out" {
+				min = 5 << 20
+			}
+			killMidway(t, argv, filepath.Join(out, p.tempGlob), pidFile, min)
 			if _, err := os.Stat(final); !errors.Is(err, os.ErrNotExist) {
 				t.Fatalf("a killed receive left the image at its final name (%v)", err)
 			}

@@ -115,7 +115,7 @@ func (w *Writer) openTemp(f *file) error {
 		fh, err := openFile(f.dir, f.temp, false, true)
 		sf, serr := openFile(w.bdir, f.blocks, false, true)
 		if err == nil && serr == nil {
-			f.fh, f.slots = fh, &slotFile{f: sf, name: path.Join(w.names.blocks, f.blocks)}
+			f.fh, f.slots = fh, w.slotFile(sf, f.blocks)
 			f.mayHold = true
 			return w.size(f)
 		}
@@ -136,7 +136,7 @@ func (w *Writer) openTemp(f *file) error {
 	if err != nil {
 		return err
 	}
-	f.slots = &slotFile{f: sf, name: path.Join(w.names.blocks, f.blocks)}
+	f.slots = w.slotFile(sf, f.blocks)
 	return w.size(f)
 }
 
@@ -148,7 +148,7 @@ func (w *Writer) openDeviceSlots(f *file) error {
 	if err != nil {
 		return err
 	}
-	f.slots = &slotFile{f: sf, name: path.Join(w.names.blocks, f.blocks)}
+	f.slots = w.slotFile(sf, f.blocks)
 	return f.slots.truncate(w.nblocks(f))
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"sort"
 	"sync"
 	"syscall"
@@ -64,6 +65,7 @@ type slotFile struct {
 
 	mu      sync.Mutex
 	pending []pendingSlot // putLater's, not yet written
+	batch   int           // how many putLater gathers
 }
 
 type pendingSlot struct {
@@ -71,8 +73,19 @@ type pendingSlot struct {
 	b     [SlotSize]byte
 }
 
-// slotBatch is how many slots putLater gathers before it writes them.
-const slotBatch = 512
+// A batch of slots is at most slotBatch slots and covers at most
+// slotBatchBytes of blocks: what a crash can make a resumed receive write
+// again.
+const (
+	slotBatch      = 512
+	slotBatchBytes = 32 << 20
+)
+
+// slotFile opens the blocks file sf, named name in the blocks folder.
+func (w *Writer) slotFile(sf *os.File, name string) *slotFile {
+	b := int(min(slotBatch, max(1, slotBatchBytes/w.sh.BlockSize)))
+	return &slotFile{f: sf, name: path.Join(w.names.blocks, name), batch: b}
+}
 
 // putLater records a block's slot, written with others in as few writes as
 // their order allows (the blocks of a receive come nearly in order); flush
@@ -84,8 +97,8 @@ func (s *slotFile) putLater(block int64, sl Slot) error {
 	s.mu.Lock()
 	s.pending = append(s.pending, p)
 	var batch []pendingSlot
-	if len(s.pending) >= slotBatch {
-		batch, s.pending = s.pending, make([]pendingSlot, 0, slotBatch)
+	if len(s.pending) >= s.batch {
+		batch, s.pending = s.pending, make([]pendingSlot, 0, s.batch)
 	}
 	s.mu.Unlock()
 	return s.writeBatch(batch)

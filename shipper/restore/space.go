@@ -9,25 +9,19 @@ import (
 	"github.com/coldship/coldship/archive"
 )
 
-// dataBytes returns the bytes of data the shipment says file f holds:
-// what a restore allocates for it.
-func dataBytes(f *archive.File) int64 {
-	if f.DataBytes > 0 {
-		return f.DataBytes
-	}
-	var n int64
-	for _, e := range f.Extents {
-		if e.Kind == archive.KindData {
-			n += e.Length
-		}
-	}
-	return n
-}
+// dataBytes returns the bytes of data the shipment says file f holds
+// (format 3): what a restore allocates for it.
+func dataBytes(f *archive.File) int64 { return f.DataBytes }
 
 // checkSpace fails before anything is written when the file system of the
 // output folder has less room than the data still to write: a restore
 // that cannot fit stops with a clear message, not half-way with ENOSPC.
+// Formats 1 and 2 do not say how much of a data block is zero pages (which
+// are not written), so only format 3 is checked; the others meet ENOSPC.
 func (w *Writer) checkSpace() error {
+	if w.sh.Format < archive.FormatV3 {
+		return nil
+	}
 	var need int64
 	for _, f := range w.files {
 		if f == nil || f.device {

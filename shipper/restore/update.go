@@ -109,7 +109,7 @@ func (w *Writer) planFile(ctx context.Context, f *file, mf *markerFile) (replace
 	if f.loc == locFinal && mf != nil && mf.Stamp != nil && mf.Blocks != "" && m.Digests == w.kind &&
 		m.BlockSize == w.sh.BlockSize && *mf.Stamp == *stampOf(&st) {
 		if sf, err := openFile(w.bdir, mf.Blocks, false, true); err == nil {
-			f.blocks, f.slots = mf.Blocks, &slotFile{f: sf, name: path.Join(w.names.blocks, mf.Blocks)}
+			f.blocks, f.slots = mf.Blocks, w.slotFile(sf, mf.Blocks)
 			f.cur, err = newCursor(f.slots)
 			return "", err
 		}
@@ -119,7 +119,7 @@ func (w *Writer) planFile(ctx context.Context, f *file, mf *markerFile) (replace
 	}
 	if mf != nil && m.State == stateUpdating && m.Run != 0 && f.loc == locAside && mf.Blocks != "" {
 		if pf, err := openFile(w.bdir, mf.Blocks, false, true); err == nil {
-			f.prev = &slotFile{f: pf, name: mf.Blocks} // what the interrupted update wrote
+			f.prev = w.slotFile(pf, mf.Blocks) // what the interrupted update wrote
 		}
 	}
 	if err := w.rehash(ctx, f); err != nil {
@@ -142,7 +142,7 @@ func (w *Writer) rehash(ctx context.Context, f *file) error {
 	if err != nil {
 		return err
 	}
-	f.slots = &slotFile{f: sf, name: path.Join(w.names.blocks, f.blocks)}
+	f.slots = w.slotFile(sf, f.blocks)
 	if f.loc != locNone {
 		name := f.base
 		if f.loc == locAside {
