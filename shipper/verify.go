@@ -192,26 +192,40 @@ func checkObject(ctx context.Context, tr Transport, name string, o archive.Inven
 		return missingIsIntegrity(err)
 	}
 	defer rc.Close()
-	var h hash.Hash = blake3.New()
-	if o.CRC32C != "" {
-		h = archive.NewCRC32C()
-	}
-	n, err := io.Copy(h, rc)
+	crc, want := entrySum(o)
+	n, got, err := objectSum(rc, crc)
 	if err != nil {
 		return fmt.Errorf("read %s: %w", name, err)
 	}
 	cnt.Done.Add(n)
 	cnt.Shipped.Add(n)
-	ok := n == o.Size
-	if o.CRC32C != "" {
-		ok = ok && archive.CRC32CString(h.(interface{ Sum32() uint32 }).Sum32()) == o.CRC32C
-	} else {
-		var d archive.Digest
-		h.Sum(d[:0])
-		ok = ok && d == o.BLAKE3
-	}
-	if !ok {
+	if n != o.Size || got != want {
 		return fmt.Errorf("%s: size or checksum does not match the inventory: %w", name, archive.ErrIntegrity)
 	}
 	return nil
+}
+
+// entrySum returns the kind of checksum an inventory entry records (CRC32C
+// for the segments of format 3, BLAKE3 otherwise) and its value in the
+// form objectSum gives.
+func entrySum(o archive.InventoryEntry) (crc bool, sum string) {
+	if o.CRC32C != "" {
+		return true, o.CRC32C
+	}
+	return false, o.BLAKE3.String()
+}
+
+// objectSum reads r to its end and returns its size and its CRC32C (crc)
+// or BLAKE3, as inventories record them.
+func objectSum(r io.Reader, crc bool) (int64, string, error) {
+	if crc {
+		h := archive.NewCRC32C()
+		n, err := io.Copy(h, r)
+		return n, archive.CRC32CString(h.Sum32()), err
+	}
+	h := blake3.New()
+	n, err := io.Copy(h, r)
+	var d archive.Digest
+	h.Sum(d[:0])
+	return n, d.String(), err
 }

@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"sort"
 	"strings"
 
 	"filippo.io/age"
-	"github.com/zeebo/blake3"
 
 	"github.com/coldship/coldship/archive"
 )
@@ -58,9 +56,10 @@ type VerifyAllResult struct {
 // objectCheck is the result of reading and hashing one object once, even
 // when several shipments need it (a base's segments).
 type objectCheck struct {
-	size   int64
-	digest archive.Digest
-	err    error
+	size int64
+	crc  bool   // sum is a CRC32C (format 3 segments), else a BLAKE3
+	sum  string // as entrySum gives it
+	err  error
 }
 
 // VerifyAll checks everything at tr, like restic's check: every complete
@@ -233,16 +232,15 @@ func (v *allVerifier) object(ctx context.Context, id, name string, want archive.
 			}
 			c.err = err
 		} else {
-			h := blake3.New()
-			n, err := io.Copy(h, rc)
+			c.crc, _ = entrySum(want)
+			n, sum, err := objectSum(rc, c.crc)
 			rc.Close()
 			if err != nil {
 				return fmt.Errorf("read %s: %w", name, err)
 			}
 			v.cnt.Done.Add(n)
 			v.cnt.Shipped.Add(n)
-			c.size = n
-			h.Sum(c.digest[:0])
+			c.size, c.sum = n, sum
 		}
 		v.checked[name] = c
 	}
@@ -251,8 +249,12 @@ func (v *allVerifier) object(ctx context.Context, id, name string, want archive.
 		v.report(Problem{Shipment: id, Object: name, Problem: "missing", Err: archive.ErrIntegrity})
 	case c.size != want.Size:
 		v.report(Problem{Shipment: id, Object: name, Problem: fmt.Sprintf("%d bytes, the inventory says %d (truncated or replaced)", c.size, want.Size), Err: archive.ErrIntegrity})
-	case c.digest != want.BLAKE3:
-		v.report(Problem{Shipment: id, Object: name, Problem: "its BLAKE3 digest differs from the inventory's (corrupted or tampered)", Err: archive.ErrIntegrity})
+	default:
+		crc, sum := entrySum(want)
+		if crc != c.crc || sum != c.sum {
+			what := map[bool]string{false: "BLAKE3 digest", true: "CRC32C"}[crc]
+			v.report(Problem{Shipment: id, Object: name, Problem: "its " + what + " differs from the inventory's (corrupted or tampered)", Err: archive.ErrIntegrity})
+		}
 	}
 	return nil
 }

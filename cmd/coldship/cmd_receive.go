@@ -281,9 +281,11 @@ func (e noRestoreError) Error() string {
 func (e noRestoreError) Unwrap() error { return e.err }
 
 // emptyOrMissing reports whether dir does not exist or holds nothing but
-// what an interrupted receive of coldship's left there (hidden temporary
-// files and the record that lets it resume), so that the first --into of a
-// new folder restores in full, and resumes as such when run again.
+// what an interrupted first receive left there (hidden temporary files
+// and the record that lets it resume), so that the first --into of a new
+// folder restores in full, and resumes as such when run again. A folder
+// with a restore marker holds a restore (perhaps in the middle of an
+// update), never "nothing".
 func emptyOrMissing(dir string) (bool, error) {
 	entries, err := os.ReadDir(dir)
 	switch {
@@ -293,7 +295,9 @@ func emptyOrMissing(dir string) (bool, error) {
 		return false, fmt.Errorf("--into %s: %w", dir, err)
 	}
 	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), ".") || !strings.Contains(e.Name(), ".coldship") {
+		name := e.Name()
+		if !strings.HasPrefix(name, ".") || !strings.Contains(name, ".coldship") ||
+			strings.HasPrefix(name, ".coldship-restore-") && strings.HasSuffix(name, ".json") {
 			return false, nil
 		}
 	}

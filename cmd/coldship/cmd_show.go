@@ -56,6 +56,9 @@ as shipped. Owners are shown as "-" until shipments record them.`,
 // fileDataBytes is a file's data as shipped: the lengths of its data
 // extents (holes and zero blocks excluded).
 func fileDataBytes(f *archive.File) int64 {
+	if f.UID != nil { // format 3 records it exactly, to the page
+		return f.DataBytes
+	}
 	var n int64
 	for _, e := range f.Extents {
 		if e.Kind == archive.KindData {
@@ -65,8 +68,14 @@ func fileDataBytes(f *archive.File) int64 {
 	return n
 }
 
-// fileOwner is a file's owner as uid:gid; shipments do not record it yet.
-func fileOwner(*archive.File) string { return "-" }
+// fileOwner is a file's numeric owner as uid:gid, or "-" where the
+// shipment does not record it (formats 1 and 2).
+func fileOwner(f *archive.File) string {
+	if f.UID == nil || f.GID == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%d:%d", *f.UID, *f.GID)
+}
 
 // shipmentChain is the chain of bases: the shipment the header names as
 // compared with, then every shipment whose blocks the manifest uses.

@@ -151,8 +151,9 @@ var jsonSchema = []jsonKind{
 	}},
 	{Name: "summary of receive", Type: "summary", Op: "receive", Fields: withLink([]jsonField{
 		fType, fOp, fShipment, fFiles, fTotal,
-		{"bytes_data", "integer", "plaintext bytes of the data blocks written"},
-		{"bytes_fetched", "integer", "bytes read from the destination"},
+		{"bytes_data", "integer", "bytes in the non-zero pages of the blocks written"},
+		{"bytes_fetched", "integer", "bytes read from the destination by this run"},
+		{"bytes_reused", "integer", "bytes an interrupted receive had written, checked and kept instead of fetched"},
 		{"bytes_read", "integer?", "receive --into: bytes of existing files read back and hashed"},
 		{"bytes_written", "integer?", "receive --into: bytes written"},
 		{"mode", "string", "out (a new restore) or into (an earlier restore updated in place)"},
@@ -211,7 +212,7 @@ var jsonSchema = []jsonKind{
 		{"bytes_data", "integer", "bytes of data: the file's allocated data, holes and zero blocks excluded"},
 		{"mode", "string", "permission bits, octal"},
 		{"mtime", "string", "modification time, RFC 3339"},
-		{"owner", "string", "uid:gid, \"-\" while shipments do not record it"},
+		{"owner", "string", "numeric uid:gid at the source, \"-\" for shipments of formats 1 and 2, which do not record it"},
 		{"blake3", "string", "whole-file digest, hex (\"\" for a directory)"},
 	}},
 	{Name: "version", Type: "version", Fields: []jsonField{

@@ -193,7 +193,7 @@ func TestReceivePathsKilledAndLinked(t *testing.T) {
 				t.Errorf("temporary files left after the rerun: %v", left)
 			}
 			if p.name == "out" {
-				if s := summaryOf(t, r.stderr); num(s, "bytes_reused") <= 0 {
+				if s := summaryOf(t, r.stdout); num(s, "bytes_reused") <= 0 {
 					t.Errorf("the resumed receive reports bytes_reused %v", s["bytes_reused"])
 				}
 			}
