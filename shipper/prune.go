@@ -286,6 +286,11 @@ func DeleteShipment(ctx context.Context, tr Transport, id string) error {
 	if tc, ok := tr.(TemporaryRemover); ok {
 		tc.RemoveTemporaries(ctx, id)
 	}
+	// The caller holds the destination's lock: no upload under id is a
+	// running send's.
+	if _, err := AbortLeftoverUploads(ctx, tr, id+"/", time.Now().Add(time.Hour), nil); err != nil {
+		return err
+	}
 	var names []string
 	err := tr.List(ctx, id+"/", func(oi ObjectInfo) error {
 		names = append(names, oi.Name)

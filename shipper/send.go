@@ -96,7 +96,10 @@ func Send(ctx context.Context, tr Transport, sources []archive.Source, opts Send
 	}
 	defer closeSources(files)
 	if opts.CleanLeftovers {
-		abortLeftoverUploads(ctx, tr, start, opts.Log)
+		// Best effort: what is not aborted now, the next run or prune does.
+		if _, err := AbortLeftoverUploads(ctx, tr, "", start, opts.Log); err != nil {
+			opts.Log("warning: %v", err)
+		}
 	}
 	r := &sendRun{tr: tr, opts: &opts, files: files, sources: sources}
 	defer r.close()

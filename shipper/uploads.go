@@ -3,7 +3,10 @@ package shipper
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
+
+	"github.com/coldship/coldship/archive"
 )
 
 // AbortLeftoverUploads aborts every unfinished upload (an S3 multipart
@@ -25,7 +28,9 @@ func AbortLeftoverUploads(ctx context.Context, tr Transport, prefix string, star
 	}
 	n := 0
 	err := ua.Uploads(ctx, prefix, func(u Upload) error {
-		if !u.Initiated.Before(startedBefore) {
+		// Only uploads into shipment folders are coldship's own.
+		id, _, _ := strings.Cut(u.Name, "/")
+		if !u.Initiated.Before(startedBefore) || !archive.ValidID(id) {
 			return nil
 		}
 		if err := ua.AbortUpload(ctx, u); err != nil {

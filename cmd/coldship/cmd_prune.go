@@ -115,6 +115,14 @@ func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
 	if err != nil {
 		return err
 	}
+	if !opts.dryRun {
+		// Uploads of killed or failed sends (S3 multipart uploads) cost
+		// storage though no shipment lists them; with the lock held, those
+		// begun before this run are no running send's.
+		if _, err := shipper.AbortLeftoverUploads(ctx, tr, "", start, s.logf(outputOptions{json: opts.json, quiet: opts.quiet})); err != nil {
+			s.logf(outputOptions{json: opts.json, quiet: opts.quiet})("warning: %v", err)
+		}
+	}
 
 	verb := "delete"
 	if opts.dryRun {

@@ -20,6 +20,9 @@ import (
 // killed by TestLeftoverUploadOfKilledProcess.
 const killedPutEnv = "COLDSHIP_TEST_S3_KILLED_PUT"
 
+// killedShipment is the shipment folder the killed process uploads into.
+const killedShipment = "20261122T020000Z-0000000c"
+
 func TestMain(m *testing.M) {
 	if prefix := os.Getenv(killedPutEnv); prefix != "" {
 		os.Exit(blockInPut(prefix))
@@ -36,7 +39,7 @@ func blockInPut(prefix string) int {
 		return 1
 	}
 	src := io.MultiReader(generated(2*partSize+1, 1), blockingReader{})
-	fmt.Fprintln(os.Stderr, tr.Put(context.Background(), "ship/segments/00000001", src, -1))
+	fmt.Fprintln(os.Stderr, tr.Put(context.Background(), killedShipment+"/segments/00000001", src, -1))
 	return 1
 }
 
@@ -93,13 +96,13 @@ func TestLeftoverUploadOfKilledProcess(t *testing.T) {
 	cmd.Process.Kill()
 	<-exited
 
-	if up.Name != "ship/segments/00000001" || up.ID == "" || up.Initiated.IsZero() {
+	if up.Name != killedShipment+"/segments/00000001" || up.ID == "" || up.Initiated.IsZero() {
 		t.Errorf("Uploads shows %+v", up)
 	}
 	var logged []string
 	logf := func(format string, args ...any) { logged = append(logged, fmt.Sprintf(format, args...)) }
 	// Begun after the cut-off: left alone, as a running send's would be.
-	if n, err := shipper.AbortLeftoverUploads(ctx, tr, "ship/", up.Initiated.Add(-time.Hour), logf); n != 0 || err != nil {
+	if n, err := shipper.AbortLeftoverUploads(ctx, tr, killedShipment+"/", up.Initiated.Add(-time.Hour), logf); n != 0 || err != nil {
 		t.Errorf("AbortLeftoverUploads before the upload began: %d, %v; want 0", n, err)
 	}
 	if n, err := shipper.AbortLeftoverUploads(ctx, tr, "other/", up.Initiated.Add(time.Hour), logf); n != 0 || err != nil {
@@ -108,7 +111,7 @@ func TestLeftoverUploadOfKilledProcess(t *testing.T) {
 	if u := incompleteUploads(t, srv); len(u) != 1 {
 		t.Fatalf("uploads %v, want the killed process's", u)
 	}
-	n, err := shipper.AbortLeftoverUploads(ctx, tr, "ship/", up.Initiated.Add(time.Hour), logf)
+	n, err := shipper.AbortLeftoverUploads(ctx, tr, killedShipment+"/", up.Initiated.Add(time.Hour), logf)
 	if n != 1 || err != nil {
 		t.Errorf("AbortLeftoverUploads: %d, %v; want 1", n, err)
 	}
