@@ -153,8 +153,13 @@ func ValidID(s string) bool { return idPattern.MatchString(s) }
 // version, the shipment, the file's index in the manifest and the block's
 // index in the file, so a block moved anywhere else fails to open.
 func BlockContext(id string, file uint32, block uint64) []byte {
-	c := make([]byte, 0, 64)
-	c = append(c, "coldship/v1/block\x00"...)
+	return placeContext("coldship/v1/block\x00", id, file, block)
+}
+
+// placeContext is prefix || id || 0x00 || u32be(file) || u64be(block).
+func placeContext(prefix, id string, file uint32, block uint64) []byte {
+	c := make([]byte, 0, len(prefix)+len(id)+13)
+	c = append(c, prefix...)
 	c = append(c, id...)
 	c = append(c, 0)
 	c = binary.BigEndian.AppendUint32(c, file)
@@ -174,13 +179,7 @@ func ManifestContext(id string) []byte {
 // The version in the prefix keeps a record of one format from ever
 // opening as a record of another.
 func BlockContextV3(id string, file uint32, block uint64) []byte {
-	c := make([]byte, 0, 64)
-	c = append(c, "coldship/v3/block\x00"...)
-	c = append(c, id...)
-	c = append(c, 0)
-	c = binary.BigEndian.AppendUint32(c, file)
-	c = binary.BigEndian.AppendUint64(c, block)
-	return c
+	return placeContext("coldship/v3/block\x00", id, file, block)
 }
 
 // ManifestContextV3 is the context of a format 3 manifest.
