@@ -277,7 +277,8 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 	cnt := new(shipper.Counters)
 	rep := startProgress(s, "send", opts.output, cnt, movedShipped)
 	res, err := live.Send(ctx, peer, sources, live.SendOptions{
-		Jobs: opts.jobs, Lanes: lanes, BlockSize: bs, Compress: opts.compress == "zstd", Label: opts.name,
+		Version: version,
+		Jobs:    opts.jobs, Lanes: lanes, BlockSize: bs, Compress: opts.compress == "zstd", Label: opts.name,
 		Rounds: lo.rounds, UntilDirty: untilDirty, Counters: cnt, Log: logf,
 		Switchover: func(ctx context.Context, shipment string) error {
 			id = shipment
@@ -372,7 +373,8 @@ func runLiveReceive(ctx context.Context, s *streams, opts *receiveOptions) error
 	cnt := new(shipper.Counters)
 	rep := startProgress(s, "receive", opts.output, cnt, movedShipped)
 	res, err := live.Receive(ctx, s.in, s.out, live.ReceiveOptions{
-		Dir: opts.out, Force: opts.force, Jobs: opts.jobs, Listen: listen, Advertise: advertise,
+		Version: version,
+		Dir:     opts.out, Force: opts.force, Jobs: opts.jobs, Listen: listen, Advertise: advertise,
 		ReadBack: opts.readBack, NoSameOwner: opts.noSameOwner, LockWait: opts.run.lockWait,
 		Counters: cnt, Log: s.logf(opts.output),
 		PreReceive: func(ctx context.Context, id string) error {

@@ -238,6 +238,10 @@ func parseLaneEnd(p []byte) (round uint32, blocks uint64, err error) {
 type helloMsg struct {
 	Protocol  int    `json:"protocol"`
 	Recipient string `json:"recipient"`
+	// Version is the receiver's coldship version, for the message of a
+	// sender that speaks another protocol (receivers of protocol 1 did not
+	// send it).
+	Version string `json:"version,omitempty"`
 }
 
 // sessionMsg describes the session; the first sealed message of lane 0.

@@ -31,9 +31,10 @@ const laneEOFGrace = 2 * time.Second
 
 // ReceiveOptions configure Receive.
 type ReceiveOptions struct {
-	Dir   string // restore into
-	Force bool   // overwrite existing files
-	Jobs  int    // parallel openers; 0: all CPUs
+	Version string // this coldship's version, told to the sender
+	Dir     string // restore into
+	Force   bool   // overwrite existing files
+	Jobs    int    // parallel openers; 0: all CPUs
 
 	// Listen opens the listener of a session's TCP lanes; nil refuses
 	// sessions that ask for them. Advertise is the host the sender is told
@@ -253,7 +254,7 @@ func (r *receiver) handshake(ctx context.Context, br *bufio.Reader) error {
 	if err != nil {
 		return err
 	}
-	if err := r.reply(replyHello, helloMsg{Protocol: Protocol, Recipient: identity.Recipient().String()}); err != nil {
+	if err := r.reply(replyHello, helloMsg{Protocol: Protocol, Recipient: identity.Recipient().String(), Version: r.opts.Version}); err != nil {
 		return err
 	}
 	fr, err := readFrame(br, sessionKinds, nil)

@@ -42,10 +42,11 @@ type Peer struct {
 
 // SendOptions configure Send.
 type SendOptions struct {
-	Jobs      int   // parallel readers and sealers; 0: all CPUs
-	Lanes     int   // direct TCP lanes for the blocks; 0: the blocks travel on the control channel
-	BlockSize int64 // 0: shipper.DefaultBlockSize
-	Compress  bool  // zstd per block where it helps
+	Version   string // this coldship's version, for messages
+	Jobs      int    // parallel readers and sealers; 0: all CPUs
+	Lanes     int    // direct TCP lanes for the blocks; 0: the blocks travel on the control channel
+	BlockSize int64  // 0: shipper.DefaultBlockSize
+	Compress  bool   // zstd per block where it helps
 	Label     string
 
 	// Rounds is the number of pre-copy rounds, sent while the sources may
@@ -488,7 +489,7 @@ func (s *sendSession) handshake(ctx context.Context) (time.Time, error) {
 		return time.Time{}, err
 	}
 	if hello.Protocol != Protocol {
-		return time.Time{}, fmt.Errorf("the receiver speaks live protocol %d, this coldship %d: use the same version at both ends", hello.Protocol, Protocol)
+		return time.Time{}, protocolMismatch(hello, opts.Version)
 	}
 	recipient, err := age.ParseX25519Recipient(hello.Recipient)
 	if err != nil {
@@ -598,4 +599,18 @@ func (s *sendSession) openLanes(ctx context.Context, ready readyMsg) error {
 
 func putUint32(b []byte, v uint32) {
 	b[0], b[1], b[2], b[3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
+}
+
+// protocolMismatch says which coldship each end runs when they speak
+// different live protocols.
+func protocolMismatch(hello helloMsg, ours string) error {
+	theirs := hello.Version
+	if theirs == "" {
+		theirs = "an older version"
+	}
+	if ours == "" {
+		ours = "this version"
+	}
+	return fmt.Errorf("the receiver runs coldship %s, which speaks live protocol %d; this coldship (%s) speaks protocol %d: "+
+		"install the same coldship at both ends (--remote-coldship PATH picks the receiver's binary)", theirs, hello.Protocol, ours, Protocol)
 }
