@@ -514,10 +514,12 @@ func CheckStatement(ctx context.Context, tr Transport, id string) (*archive.Stat
 // CheckNotOlder is the rollback check of an update whose next shipment's
 // signature was not checked: shipment next must not be dated before
 // restoredID, the shipment the restore holds (ids name their creation
-// time; within one second either may follow the other). The error wraps
-// ErrRollback and archive.ErrIntegrity and names both shipments.
+// time to the millisecond; within one, either may follow the other). The
+// error wraps ErrRollback and archive.ErrIntegrity and names both
+// shipments.
 func CheckNotOlder(restoredID, next string) error {
-	if len(next) >= 16 && len(restoredID) >= 16 && next[:16] < restoredID[:16] {
+	const stamp = len("20060102T150405Z-000") // the time and the milliseconds
+	if len(next) >= stamp && len(restoredID) >= stamp && next[:stamp] < restoredID[:stamp] {
 		return fmt.Errorf("%w: shipment %s is older than %s, which the restore holds (%w)",
 			ErrRollback, next, restoredID, archive.ErrIntegrity)
 	}
