@@ -68,6 +68,18 @@ aside under hidden names until all check out. An interrupted update is
 completed by running the same command again. A DIR that is missing or empty
 gets a full restore, as with --out (the first night of a DR copy).
 
+--trusted-senders FILE (an OpenSSH allowed_signers file) accepts only
+shipments signed (send --sign-key) by a key of FILE and unchanged since:
+any other exits 4 before anything is written or any hook runs, and the
+default is the newest shipment that verifies (newer ones are named on
+stderr). Without it, receive says that the sender is not authenticated.
+The default is never a shipment dated more than 24 hours ahead. --into
+refuses a shipment older than the one the restore holds, or (both
+signatures checked) of another chain: exit 5, unless --allow-rollback.
+The pre-receive hooks run once the shipment opened (its signature checked),
+before anything is written; post-receive and --libvirt-define once every
+block and file checked out.
+
 --include PATTERN restores only the files the shell pattern matches (or that
 lie in a folder it matches). --out-device NAME=/dev/X writes file NAME of the
 shipment onto an existing block device instead, in place: a receive that
