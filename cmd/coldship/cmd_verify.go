@@ -28,7 +28,7 @@ type verifyOptions struct {
 func newVerifyCmd(s *streams) *cobra.Command {
 	opts := &verifyOptions{}
 	c := &cobra.Command{
-		Use:   "verify DEST [SHIPMENT] [-i IDENTITY]... [--trusted-senders FILE] | verify --all DEST [--read-data -i IDENTITY]",
+		Use:   "verify DEST [SHIPMENT] [-i IDENTITY]... [--trusted-senders FILE] | verify --all DEST [--read-data -i IDENTITY] [--trusted-senders FILE]",
 		Short: "Check a shipment, or everything, at DEST, with or without a key",
 		Long: `Without an identity: check that every object of the shipment (default: the
 latest complete one) is present with the size and checksum recorded in its
@@ -53,7 +53,9 @@ shipment's folder that its inventory does not list, incomplete shipments
 older than the newest complete one, unfinished uploads). Every problem is
 listed, on stderr (--json: a problem object each), and the exit status is 5
 if there is any. With --read-data and an identity it also opens every block
-of every shipment.`,
+of every shipment. With --trusted-senders, every complete shipment that is
+not signed by a key of FILE, or not what it signed, is a problem too (exit
+4 when there is no other kind).`,
 		Example: `  coldship verify s3://dr-bucket/web01
   coldship verify s3://dr-bucket/web01 20261121T233000Z-3f9a1c2e -i ~/.config/coldship/site-b.key
   coldship verify --all /mnt/backup/web01 --read-data -i /etc/coldship/site-b.key`,
@@ -170,6 +172,9 @@ func runVerifyAll(ctx context.Context, s *streams, opts *verifyOptions) error {
 	if len(ids) > 0 && !opts.readData {
 		return usagef("verify --all: an identity is used with --read-data only; add --read-data to open every block")
 	}
+	if err := opts.trust.load(); err != nil {
+		return err
+	}
 	tr, err := openExistingDest(ctx, s, opts.dest, &opts.transport)
 	if err != nil {
 		return err
@@ -177,16 +182,20 @@ func runVerifyAll(ctx context.Context, s *streams, opts *verifyOptions) error {
 	defer tr.Close()
 	cnt := new(shipper.Counters)
 	rep := startProgress(s, "verify", opts.output, cnt, movedShipped)
+	report := func(p shipper.Problem) {
+		if opts.output.json {
+			s.emit(map[string]any{"type": "problem", "shipment": p.Shipment, "object": p.Object, "problem": p.Problem})
+			return
+		}
+		fmt.Fprintf(s.err, "coldship: problem: %s\n", p)
+	}
 	res, err := shipper.VerifyAll(ctx, tr, shipper.VerifyAllOptions{
 		ReadData: opts.readData, Identities: ids, Streams: opts.transport.streams, Jobs: opts.jobs, Counters: cnt,
-		Problem: func(p shipper.Problem) {
-			if opts.output.json {
-				s.emit(map[string]any{"type": "problem", "shipment": p.Shipment, "object": p.Object, "problem": p.Problem})
-				return
-			}
-			fmt.Fprintf(s.err, "coldship: problem: %s\n", p)
-		},
+		Problem: report,
 	})
+	if err == nil && opts.trust.senders != nil {
+		err = opts.trust.checkAll(ctx, tr, res, report)
+	}
 	if err != nil {
 		rep.finish(false, nil, "")
 		return fmt.Errorf("verify --all at %s: %w", tr, err)
@@ -194,6 +203,9 @@ func runVerifyAll(ctx context.Context, s *streams, opts *verifyOptions) error {
 	mode := "inventory checks"
 	if opts.readData {
 		mode = "inventory checks and every block opened"
+	}
+	if opts.trust.senders != nil {
+		mode += ", every signature checked"
 	}
 	summary := map[string]any{"mode": "all", "shipments": res.Shipments, "problems": len(res.Problems), "bytes_checked": cnt.Shipped.Load()}
 	if len(res.Problems) == 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"filippo.io/age"
@@ -105,6 +106,31 @@ func (o *trustOptions) open(ctx context.Context, tr shipper.Transport, id string
 	}
 	sh, err := shipper.OpenShipment(ctx, tr, id, ids, opts...)
 	return id, sh, err
+}
+
+// checkAll checks the signature of every complete shipment at tr (verify
+// --all): each that does not verify is a problem, reported and added to
+// res.
+func (o *trustOptions) checkAll(ctx context.Context, tr shipper.Transport, res *shipper.VerifyAllResult, report func(shipper.Problem)) error {
+	ships, err := shipper.List(ctx, tr)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, si := range ships {
+		if !si.Complete {
+			continue
+		}
+		_, err := shipper.CheckSignature(ctx, tr, si.ID, o.senders, now)
+		if errors.Is(err, shipper.ErrUntrusted) {
+			p := shipper.Problem{Shipment: si.ID, Problem: strings.TrimPrefix(err.Error(), "shipment "+si.ID+": "), Err: err}
+			report(p)
+			res.Problems = append(res.Problems, p)
+		} else if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // signedBy describes the signer of a checked shipment for a person:

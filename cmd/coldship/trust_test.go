@@ -247,6 +247,12 @@ func testForgery(t *testing.T, s *trustSite, libvirt bool) {
 		t.Errorf("verify -i --trusted-senders:\n%s", r.stderr)
 	}
 	checkListTrust(t, s, map[string]string{real: "site-a", forged: "unsigned", bySelf: "untrusted"})
+	r = s.run(append([]string{"verify", "--all", s.dest}, trusted...)...)
+	if r.code != exitAuth || !strings.Contains(r.stderr, "problem: shipment "+forged+": no signed object: not signed") ||
+		!strings.Contains(r.stderr, "problem: shipment "+bySelf+": signature: signer is not trusted") || strings.Contains(r.stderr, "shipment "+real) {
+		t.Errorf("verify --all --trusted-senders: exit %d:\n%s", r.code, r.stderr)
+	}
+	s.mustRun("verify", "--all", s.dest)
 	if r := s.mustRun(append([]string{"show", s.dest, "-i", s.key}, trusted...)...); !strings.Contains(r.stdout, "shipment  "+real) ||
 		!strings.Contains(r.stdout, "signer    site-a (ssh-ed25519 SHA256:") {
 		t.Errorf("show --trusted-senders:\n%s", r.stdout)
@@ -506,6 +512,9 @@ func TestTrustStrippedBases(t *testing.T) {
 	// Key-less verify checks the statement the shipment carries...
 	if r := s.run("verify", s.dest, c); r.code != exitIntegrity || !strings.Contains(r.stderr, "inventory differs from it") {
 		t.Errorf("key-less verify of the stripped shipment: exit %d:\n%s", r.code, r.stderr)
+	}
+	if r := s.run("verify", "--all", s.dest); r.code != exitIntegrity || !strings.Contains(r.stderr, "problem: "+c+"/signed: shipment "+c) {
+		t.Errorf("key-less verify --all: exit %d:\n%s", r.code, r.stderr)
 	}
 	// ...which the attacker can remove: then only a trusted key tells.
 	os.Remove(filepath.Join(s.dest, c, archive.SignedObject))
