@@ -48,7 +48,6 @@ A DEST that does not exist (a missing directory or bucket) is an error
 (exit 1), not an empty list.`,
 		Example: `  coldship list s3://dr-bucket/web01
   coldship list /mnt/backup/web01 | cut -f1,5
-  coldship list /mnt/backup/web01 --trusted-senders /etc/coldship/allowed_signers
   coldship list sftp://backup@dr.example.com/srv/coldship --json | jq -r 'select(.complete) | .id'`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {

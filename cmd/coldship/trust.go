@@ -140,7 +140,8 @@ func signedBy(ti *shipper.TrustInfo) string {
 }
 
 // checkRollback refuses to update the restore in dir to sh when that
-// would roll it back: sh older than the shipment the restore holds or,
+// would roll it back: sh older than the shipment the restore holds (of an
+// update that did not complete: the one it came from) or,
 // when sh's signature was checked and the restore's was too, of another
 // chain. A restore of an unsigned shipment, or a receive without trusted
 // senders, has no chain to compare: only the age rule applies. With
@@ -150,10 +151,17 @@ func checkRollback(dir string, sh *shipper.Shipment, allow bool, log func(string
 	if err != nil || !ok {
 		return err
 	}
+	// An update that did not complete left the folder at the shipment it
+	// came from: completing it, or going anywhere from there, is no
+	// rollback.
+	ref := held.Shipment
+	if held.State == "updating" && held.From != "" && sh.Header.ID != held.Shipment {
+		ref = held.From
+	}
 	if ti := sh.Trust(); ti != nil {
-		err = shipper.CheckNotRollback(held.Shipment, held.Chain, ti)
+		err = shipper.CheckNotRollback(ref, held.Chain, ti)
 	} else {
-		err = shipper.CheckNotOlder(held.Shipment, sh.Header.ID)
+		err = shipper.CheckNotOlder(ref, sh.Header.ID)
 	}
 	switch {
 	case err == nil:
