@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/cipher"
 )
 
 // PrunePolicy says which shipments to keep, with restic forget's rules:
@@ -24,6 +25,14 @@ type PrunePolicy struct {
 	KeepWithin                                               Within
 	Label                                                    string         // only shipments with this label are considered; "" all
 	Location                                                 *time.Location // days, weeks, months and years are counted in it; nil: local time
+	// Trusted, when set, makes prune count only shipments whose signature
+	// CheckSignature vouches for, and take the bases to keep only from
+	// their checked inventories: a shipment that does not verify counts
+	// for no rule and is left alone.
+	Trusted *cipher.AllowedSigners
+	// Now is the receiver's clock, for the trust checks and MaxClockSkew;
+	// zero: time.Now().
+	Now time.Time
 }
 
 // Within is a span of calendar time as restic writes it: 2y5m7d3h.
@@ -125,6 +134,11 @@ type PruneDecision struct {
 	Bytes    int64     `json:"bytes"`
 	Delete   bool      `json:"delete"`
 	Reasons  []string  `json:"reasons"`
+	// Ignored says why prune counts the shipment for no rule and leaves
+	// it alone (unless a kept shipment needs it as a base): its header
+	// cannot be read, it is dated more than MaxClockSkew ahead, or it is
+	// not from a trusted sender.
+	Ignored string `json:"ignored,omitempty"`
 }
 
 // PlanPrune decides, without any key, which shipments at tr the policy
@@ -133,137 +147,222 @@ type PruneDecision struct {
 // incomplete and newer than the newest complete one (a send may be
 // running; its base chain is kept too). Incomplete shipments older than
 // the newest complete one are deleted: they are sends that failed and
-// were not resumed. Shipments of another label, or whose header cannot be
-// read, are left alone. Decisions are returned oldest first.
+// were not resumed. Shipments of another label are left alone, and so are
+// the shipments prune does not count (see PruneDecision.Ignored): none of
+// them takes the place of a counted one, and none is deleted or keeps
+// another on its own word. Decisions are returned oldest first.
 func PlanPrune(ctx context.Context, tr Transport, p PrunePolicy) ([]PruneDecision, error) {
 	if !p.keepsAny() {
 		return nil, errors.New("prune: the policy keeps nothing")
-	}
-	loc := p.Location
-	if loc == nil {
-		loc = time.Local
 	}
 	ships, err := List(ctx, tr)
 	if err != nil {
 		return nil, err
 	}
-	dec := make([]PruneDecision, len(ships))
-	index := map[string]int{}
-	newestComplete, oldestComplete := -1, -1
+	pl, err := newPrunePlan(ctx, tr, p, ships)
+	if err != nil {
+		return nil, err
+	}
+	pl.applyRules(p)
+	if err := pl.keepBases(ctx, tr); err != nil {
+		return nil, err
+	}
+	for i := range pl.dec {
+		d := &pl.dec[i]
+		if len(d.Reasons) > 0 {
+			continue
+		}
+		d.Delete = true
+		if d.Complete {
+			d.Reasons = []string{"not kept by the policy, and no kept shipment's base"}
+		} else {
+			d.Reasons = []string{"incomplete, older than the newest complete shipment"}
+		}
+	}
+	return pl.dec, nil
+}
+
+// prunePlan is PlanPrune's work: the shipments, oldest first, and what
+// is decided of each.
+type prunePlan struct {
+	ships []ShipmentInfo
+	dec   []PruneDecision
+	index map[string]int
+	// counted marks the complete shipments the rules count; trust holds
+	// their checked signatures (with trusted senders).
+	counted        []bool
+	trust          []*TrustInfo
+	newestComplete int // the newest counted shipment, or -1
+	oldestComplete int
+	trusted        *cipher.AllowedSigners
+	now            time.Time
+}
+
+// newPrunePlan decides which shipments count: complete, of the label,
+// header readable, not dated ahead, and verified when there are trusted
+// senders. The others (but those of another label) are marked ignored.
+func newPrunePlan(ctx context.Context, tr Transport, p PrunePolicy, ships []ShipmentInfo) (*prunePlan, error) {
+	now := p.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	pl := &prunePlan{ships: ships, dec: make([]PruneDecision, len(ships)), index: map[string]int{},
+		counted: make([]bool, len(ships)), trust: make([]*TrustInfo, len(ships)), newestComplete: -1, oldestComplete: -1,
+		trusted: p.Trusted, now: now}
 	for i, si := range ships {
-		index[si.ID] = i
-		dec[i] = PruneDecision{ID: si.ID, Created: si.Created, Complete: si.Complete, Bytes: si.Bytes}
-		if si.Complete && si.Error == "" && (p.Label == "" || si.Label == p.Label) {
-			newestComplete = i
-			if oldestComplete < 0 {
-				oldestComplete = i
+		pl.index[si.ID] = i
+		d := &pl.dec[i]
+		*d = PruneDecision{ID: si.ID, Created: si.Created, Complete: si.Complete, Bytes: si.Bytes}
+		switch {
+		case si.Error != "":
+			d.Ignored = "header unreadable"
+		case p.Label != "" && si.Label != p.Label:
+			d.Reasons = []string{"another label"}
+		case CheckNotFuture(si.ID, now) != nil:
+			d.Ignored = CheckNotFuture(si.ID, now).Error()
+		case si.Complete && p.Trusted != nil:
+			ti, err := CheckSignature(ctx, tr, si.ID, p.Trusted, now)
+			if errors.Is(err, ErrUntrusted) {
+				d.Ignored = "not from a trusted sender: " + err.Error()
+				break
+			} else if err != nil {
+				return nil, fmt.Errorf("prune: %w", err)
+			}
+			pl.trust[i], pl.counted[i] = ti, true
+			d.Created = ti.Header.Created
+		case si.Complete:
+			pl.counted[i] = true
+		}
+		if d.Ignored != "" {
+			d.Reasons = []string{d.Ignored + ": left alone, counted for no rule"}
+		}
+		if pl.counted[i] {
+			pl.newestComplete = i
+			if pl.oldestComplete < 0 {
+				pl.oldestComplete = i
 			}
 		}
 	}
-	keep := func(i int, why string) { dec[i].Reasons = append(dec[i].Reasons, why) }
+	return pl, nil
+}
+
+// applyRules keeps what the policy's rules keep of the counted shipments,
+// and the incomplete shipments newer than the newest counted one.
+func (pl *prunePlan) applyRules(p PrunePolicy) {
+	loc := p.Location
+	if loc == nil {
+		loc = time.Local
+	}
+	keep := func(i int, why string) { pl.dec[i].Reasons = append(pl.dec[i].Reasons, why) }
 	rules := p.bucketRules()
 	for _, r := range rules {
 		r.seen = map[string]bool{}
 	}
 	var withinSince time.Time
-	if newestComplete >= 0 && !p.KeepWithin.IsZero() {
-		withinSince = p.KeepWithin.Before(ships[newestComplete].Created)
+	if pl.newestComplete >= 0 && !p.KeepWithin.IsZero() {
+		withinSince = p.KeepWithin.Before(pl.dec[pl.newestComplete].Created)
 	}
 	last := 0
-	for i := len(ships) - 1; i >= 0; i-- {
-		si := ships[i]
+	for i := len(pl.ships) - 1; i >= 0; i-- {
+		d := &pl.dec[i]
 		switch {
-		case si.Error != "":
-			keep(i, "header unreadable: left alone")
+		case len(d.Reasons) > 0: // another label, or ignored
 			continue
-		case p.Label != "" && si.Label != p.Label:
-			keep(i, "another label")
-			continue
-		case !si.Complete && i > newestComplete:
+		case !d.Complete && i > pl.newestComplete:
 			keep(i, "incomplete and newer than the newest complete shipment: a send may be running")
 			continue
-		case !si.Complete:
+		case !pl.counted[i]:
 			continue
 		}
 		if last < p.KeepLast {
 			last++
 			keep(i, fmt.Sprintf("last %d", last))
 		}
-		t := si.Created.In(loc)
+		t := d.Created.In(loc)
 		for _, r := range rules {
 			if b := r.bucket(t); !r.seen[b] && len(r.seen) < r.n {
 				r.seen[b] = true
 				keep(i, r.name+" "+b)
 			}
 		}
-		if !withinSince.IsZero() && si.Created.After(withinSince) {
+		if !withinSince.IsZero() && d.Created.After(withinSince) {
 			keep(i, "within "+p.KeepWithin.String()+" of the newest")
 		}
 	}
 	// As restic does: when fewer buckets have a shipment than a rule asks
 	// for, the oldest shipment is kept as well.
 	for _, r := range rules {
-		if oldestComplete >= 0 && r.n > 0 && len(r.seen) < r.n {
-			keep(oldestComplete, fmt.Sprintf("oldest (%s %d: only %d have a shipment)", r.name, r.n, len(r.seen)))
+		if pl.oldestComplete >= 0 && r.n > 0 && len(r.seen) < r.n {
+			keep(pl.oldestComplete, fmt.Sprintf("oldest (%s %d: only %d have a shipment)", r.name, r.n, len(r.seen)))
 		}
 	}
+}
 
-	// Keep the bases of everything kept, transitively. An incremental
-	// shipment's inventory lists every shipment whose records it uses; a
-	// send in progress may use any shipment its base uses.
+// keepBases keeps the bases of everything kept, transitively. A counted
+// shipment's inventory lists every shipment whose records it uses (with
+// trusted senders: the inventory its signature vouches for); a send in
+// progress may use any shipment its base uses. A shipment prune does not
+// count keeps nothing.
+func (pl *prunePlan) keepBases(ctx context.Context, tr Transport) error {
 	queue := []int{}
-	for i := range dec {
-		if len(dec[i].Reasons) > 0 {
+	for i := range pl.dec {
+		if len(pl.dec[i].Reasons) > 0 {
 			queue = append(queue, i)
 		}
 	}
 	for len(queue) > 0 {
 		i := queue[0]
 		queue = queue[1:]
-		si := ships[i]
-		if si.Base == "" {
-			continue
-		}
-		var bases []string
-		if si.Complete {
-			ib, err := getObject(ctx, tr, si.ID+"/"+archive.InventoryObject, 1<<30)
-			if err != nil {
-				return nil, fmt.Errorf("prune: cannot tell which shipments %s needs: %w", si.ID, err)
-			}
-			inv, err := archive.ParseInventory(ib)
-			if err != nil {
-				return nil, fmt.Errorf("prune: cannot tell which shipments %s needs: %w", si.ID, err)
-			}
-			bases = inv.BaseIDs()
-		} else {
-			bases = []string{si.Base}
+		bases, err := pl.basesOf(ctx, tr, i)
+		if err != nil {
+			return err
 		}
 		for _, b := range bases {
-			j, ok := index[b]
+			j, ok := pl.index[b]
 			if !ok {
 				continue // already gone: nothing to protect
 			}
-			if len(dec[j].Reasons) == 0 {
+			if len(pl.dec[j].Reasons) == 0 {
 				queue = append(queue, j)
 			}
-			why := "base of " + si.ID
-			if !hasReason(dec[j].Reasons, why) {
-				keep(j, why)
+			why := "base of " + pl.ships[i].ID
+			if !hasReason(pl.dec[j].Reasons, why) {
+				pl.dec[j].Reasons = append(pl.dec[j].Reasons, why)
 			}
 		}
 	}
-	for i := range dec {
-		if len(dec[i].Reasons) > 0 {
-			continue
+	return nil
+}
+
+// basesOf returns the shipments kept shipment i needs.
+func (pl *prunePlan) basesOf(ctx context.Context, tr Transport, i int) ([]string, error) {
+	si := pl.ships[i]
+	ti := pl.trust[i]
+	switch {
+	case ti != nil:
+		return ti.Inventory.BaseIDs(), nil
+	case pl.dec[i].Ignored != "" || si.Base == "":
+		return nil, nil
+	case !si.Complete:
+		return []string{si.Base}, nil
+	case pl.trusted != nil: // of another label: only on the word of its signature
+		ti, err := CheckSignature(ctx, tr, si.ID, pl.trusted, pl.now)
+		if errors.Is(err, ErrUntrusted) {
+			return nil, nil
+		} else if err != nil {
+			return nil, fmt.Errorf("prune: %w", err)
 		}
-		dec[i].Delete = true
-		if dec[i].Complete {
-			dec[i].Reasons = []string{"not kept by the policy, and no kept shipment's base"}
-		} else {
-			dec[i].Reasons = []string{"incomplete, older than the newest complete shipment"}
-		}
+		return ti.Inventory.BaseIDs(), nil
 	}
-	return dec, nil
+	ib, err := getObject(ctx, tr, si.ID+"/"+archive.InventoryObject, 1<<30)
+	if err != nil {
+		return nil, fmt.Errorf("prune: cannot tell which shipments %s needs: %w", si.ID, err)
+	}
+	inv, err := archive.ParseInventory(ib)
+	if err != nil {
+		return nil, fmt.Errorf("prune: cannot tell which shipments %s needs: %w", si.ID, err)
+	}
+	return inv.BaseIDs(), nil
 }
 
 func hasReason(rs []string, r string) bool {

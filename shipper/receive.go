@@ -92,7 +92,11 @@ func (sh *Shipment) receiveAttempt(ctx context.Context, dir string, opts Receive
 	cnt.Total.Store(0)
 	cnt.Done.Store(0)
 	cnt.Data.Store(0)
-	w, err := restore.Open(ctx, restore.Shipment{ID: m.ID, Format: m.Format, BlockSize: m.BlockSize, Files: m.Files}, restore.Options{
+	rs := restore.Shipment{ID: m.ID, Format: m.Format, BlockSize: m.BlockSize, Files: m.Files}
+	if sh.trust != nil {
+		rs.Chain, rs.Statement = sh.trust.Statement.Chain, sh.trust.SHA256
+	}
+	w, err := restore.Open(ctx, rs, restore.Options{
 		Dir: dir, Update: update, Force: opts.Force, Resume: true, ReadBack: opts.ReadBack, NoSameOwner: opts.NoSameOwner,
 		Include: opts.Include, Devices: opts.Devices, LockWait: opts.LockWait, Jobs: opts.Jobs, Dest: opts.Dest,
 		Counters: cnt, Finalize: opts.Finalize, Log: opts.Log, Run: run,

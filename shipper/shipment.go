@@ -80,18 +80,20 @@ func List(ctx context.Context, tr Transport) ([]ShipmentInfo, error) {
 	return out, nil
 }
 
-// Latest returns the id of the newest complete shipment at tr.
-func Latest(ctx context.Context, tr Transport) (string, error) {
+// Latest returns the id of the newest complete shipment at tr whose
+// header reads and that is not dated more than MaxClockSkew ahead of now
+// (see NewestComplete): what `latest` means without trusted senders.
+// Newer complete shipments it passes over are named with log.
+func Latest(ctx context.Context, tr Transport, now time.Time, log func(string, ...any)) (string, error) {
 	ships, err := List(ctx, tr)
 	if err != nil {
 		return "", err
 	}
-	for i := len(ships) - 1; i >= 0; i-- {
-		if ships[i].Complete {
-			return ships[i].ID, nil
-		}
+	id, err := NewestComplete(ships, now, log)
+	if err != nil {
+		return "", fmt.Errorf("no complete shipment at %s: %w", tr, ErrNotFound)
 	}
-	return "", fmt.Errorf("no complete shipment at %s: %w", tr, ErrNotFound)
+	return id, nil
 }
 
 // getObject reads a whole small object; limit guards against a hostile size.
@@ -144,7 +146,22 @@ type Shipment struct {
 	baseKeys  []map[int]*cipher.Key // per entry of Manifest.Bases, by key slot
 	slot      int                   // the manifest's key slot (and the block table's)
 	tr        Transport
+	trust     *TrustInfo // its checked signature, if opened with Trusted
 }
+
+// OpenOption configures OpenShipment.
+type OpenOption func(*Shipment)
+
+// Trusted makes OpenShipment use only objects that ti, the checked
+// signature of the shipment (CheckSignature, LatestTrusted), vouches for:
+// the header, the inventory, the manifest and every key object are
+// checked against its statement as they are read, so that an object
+// swapped after the signature was checked is refused (ErrUntrusted).
+func Trusted(ti *TrustInfo) OpenOption { return func(sh *Shipment) { sh.trust = ti } }
+
+// Trust returns the checked signature the shipment was opened with, or
+// nil.
+func (sh *Shipment) Trust() *TrustInfo { return sh.trust }
 
 // Limits on the small objects of a shipment, so that a forged one cannot
 // make a receiver allocate what it claims. A format 3 manifest holds no
@@ -160,10 +177,18 @@ const (
 // format 3 every key object is checked against the manifest's list before
 // it is unwrapped (the manifest's own slot right after the manifest
 // opens), so that a key object swapped or re-wrapped is an integrity
-// failure whoever re-sealed the records.
-func OpenShipment(ctx context.Context, tr Transport, id string, identities []age.Identity) (*Shipment, error) {
+// failure whoever re-sealed the records. With Trusted, every object it
+// reads is also checked against the signed statement.
+func OpenShipment(ctx context.Context, tr Transport, id string, identities []age.Identity, opts ...OpenOption) (*Shipment, error) {
 	if !archive.ValidID(id) {
 		return nil, fmt.Errorf("%q is not a shipment id", id)
+	}
+	sh := &Shipment{keys: map[int]*cipher.Key{}, tr: tr}
+	for _, o := range opts {
+		o(sh)
+	}
+	if sh.trust != nil && sh.trust.Statement.ID != id {
+		return nil, fmt.Errorf("open shipment %s: its trust is that of shipment %s", id, sh.trust.Statement.ID)
 	}
 	h, hb, err := readHeader(ctx, tr, id)
 	if err != nil {
@@ -195,7 +220,10 @@ func OpenShipment(ctx context.Context, tr Transport, id string, identities []age
 	if err != nil {
 		return nil, fmt.Errorf("%s/%s: %w", id, archive.ManifestObject, err)
 	}
-	sh := &Shipment{Header: h, Inventory: inv, keys: map[int]*cipher.Key{}, slot: slot, tr: tr}
+	sh.Header, sh.Inventory, sh.slot = h, inv, slot
+	if err := sh.checkTrusted(map[string][]byte{archive.HeaderObject: hb, archive.InventoryObject: ib, archive.ManifestObject: mb}); err != nil {
+		return nil, err
+	}
 	for name, b := range map[string][]byte{archive.HeaderObject: hb, archive.ManifestObject: mb} {
 		if err := inv.Check(name, b); err != nil {
 			return nil, fmt.Errorf("%s/%s: %w", id, name, err)
@@ -240,6 +268,9 @@ func (sh *Shipment) keyObject(ctx context.Context, name string) ([]byte, error) 
 	if err != nil {
 		return nil, missingIsIntegrity(err)
 	}
+	if err := sh.checkTrusted(map[string][]byte{name: kb}); err != nil {
+		return nil, err
+	}
 	if err := sh.Inventory.Check(name, kb); err != nil {
 		return nil, fmt.Errorf("%s/%s: %w", id, name, err)
 	}
@@ -249,6 +280,20 @@ func (sh *Shipment) keyObject(ctx context.Context, name string) ([]byte, error) 
 		}
 	}
 	return kb, nil
+}
+
+// checkTrusted checks objects just read (by name) against the signed
+// statement, when the shipment was opened with Trusted.
+func (sh *Shipment) checkTrusted(objects map[string][]byte) error {
+	if sh.trust == nil {
+		return nil
+	}
+	for name, b := range objects {
+		if err := sh.trust.Check(name, b); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkKeyObject checks a key object against the manifest's list of key

@@ -260,12 +260,16 @@ func hashObject(ctx context.Context, tr Transport, name string, withBLAKE3 bool)
 // shipment (the header with the statement's creation time).
 //
 // Failures of trust wrap ErrUntrusted and the specific error; errors of
-// the transport do not.
+// the transport do not, nor does a shipment that is not there at all
+// (ErrNotFound).
 func CheckSignature(ctx context.Context, tr Transport, id string, trusted *cipher.AllowedSigners, now time.Time) (*TrustInfo, error) {
 	if !archive.ValidID(id) {
 		return nil, fmt.Errorf("%q is not a shipment id", id)
 	}
 	sb, err := readSignatureObject(ctx, tr, id, archive.SignedObject, archive.MaxStatement)
+	if errors.Is(err, cipher.ErrUnsigned) && absent(ctx, tr, id) {
+		return nil, fmt.Errorf("no shipment %s at %s: %w", id, tr, ErrNotFound)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -463,6 +467,63 @@ func NewestComplete(ships []ShipmentInfo, now time.Time, log func(string, ...any
 		return si.ID, nil
 	}
 	return "", fmt.Errorf("no complete shipment: %w", ErrNotFound)
+}
+
+// ReadStatement reads and parses the statement of shipment id as it is at
+// tr, without checking any signature: for showing a shipment's chain and
+// previous shipment where no trusted senders are given, never for
+// deciding anything. It returns nil and no error when the shipment has
+// no statement.
+func ReadStatement(ctx context.Context, tr Transport, id string) (*archive.Statement, error) {
+	b, err := getObject(ctx, tr, id+"/"+archive.SignedObject, archive.MaxStatement)
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	st, err := archive.ParseStatement(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s/%s: %w", id, archive.SignedObject, err)
+	}
+	if st.ID != id {
+		return nil, fmt.Errorf("%s/%s: it is the statement of shipment %s: %w", id, archive.SignedObject, st.ID, archive.ErrIntegrity)
+	}
+	return st, nil
+}
+
+// CheckStatement checks, without any trusted key, that the objects of
+// shipment id match its statement if it has one (what `sha256sum -c
+// signed` checks); it returns nil and no error for a shipment without
+// one. Anyone who can write to the destination can write a statement:
+// this proves consistency, not authenticity. Errors wrap
+// archive.ErrIntegrity, not ErrUntrusted.
+func CheckStatement(ctx context.Context, tr Transport, id string) (*archive.Statement, error) {
+	st, err := ReadStatement(ctx, tr, id)
+	if err != nil || st == nil {
+		return nil, err
+	}
+	ti := &TrustInfo{Statement: st}
+	if err := ti.checkObjects(ctx, tr); errors.Is(err, ErrUntrusted) {
+		return nil, fmt.Errorf("%v (%w)", err, archive.ErrIntegrity)
+	} else if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// CheckNotOlder is the rollback check of an update whose next shipment's
+// signature was not checked: shipment next must not be dated before
+// restoredID, the shipment the restore holds (ids name their creation
+// time to the millisecond; within one, either may follow the other). The
+// error wraps ErrRollback and archive.ErrIntegrity and names both
+// shipments.
+func CheckNotOlder(restoredID, next string) error {
+	const stamp = len("20060102T150405Z-000") // the time and the milliseconds
+	if len(next) >= stamp && len(restoredID) >= stamp && next[:stamp] < restoredID[:stamp] {
+		return fmt.Errorf("%w: shipment %s is older than %s, which the restore holds (%w)",
+			ErrRollback, next, restoredID, archive.ErrIntegrity)
+	}
+	return nil
 }
 
 // CheckNotRollback is for updating a restore in place: the restore holds

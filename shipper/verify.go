@@ -135,6 +135,22 @@ func VerifyInventory(ctx context.Context, tr Transport, id string, cnt *Counters
 	if err != nil {
 		return fmt.Errorf("%s/%s: %w", id, archive.InventoryObject, err)
 	}
+	return verifyInventory(ctx, tr, id, inv, cnt)
+}
+
+// VerifyInventory is the key-less check of the shipment against the
+// inventory its signature vouches for (not one read again): proof that
+// every object is present and consistent with what the signer shipped,
+// the segments by their CRC32C (format 3), which only the sealed manifest
+// binds cryptographically.
+func (t *TrustInfo) VerifyInventory(ctx context.Context, tr Transport, cnt *Counters) error {
+	if cnt == nil {
+		cnt = new(Counters)
+	}
+	return verifyInventory(ctx, tr, t.Statement.ID, t.Inventory, cnt)
+}
+
+func verifyInventory(ctx context.Context, tr Transport, id string, inv *archive.Inventory, cnt *Counters) error {
 	hasManifest := false
 	for _, o := range inv.Objects {
 		cnt.Total.Add(o.Size)

@@ -202,8 +202,18 @@ func (v *allVerifier) shipment(ctx context.Context, id string) error {
 		}
 	}
 	for name := range v.objects {
-		if strings.HasPrefix(name, id+"/") && !listed[name] {
+		rel, ok := strings.CutPrefix(name, id+"/")
+		// A signed shipment's statement and signature come after its
+		// inventory, which the statement lists.
+		if ok && !listed[name] && rel != archive.SignedObject && rel != archive.SignatureObject {
 			v.report(Problem{Shipment: id, Object: name, Problem: "not listed in the shipment's inventory (a leftover)", Err: archive.ErrIntegrity})
+		}
+	}
+	if _, signed := v.objects[id+"/"+archive.SignedObject]; signed {
+		if _, err := CheckStatement(ctx, v.tr, id); errors.Is(err, archive.ErrIntegrity) {
+			v.report(Problem{Shipment: id, Object: id + "/" + archive.SignedObject, Problem: err.Error(), Err: err})
+		} else if err != nil {
+			return err
 		}
 	}
 	return nil

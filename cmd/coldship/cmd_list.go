@@ -1,35 +1,48 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/cipher"
 	"github.com/coldship/coldship/shipper"
 )
 
 type listOptions struct {
 	dest      string
 	json      bool
+	trust     trustOptions
 	transport transportOptions
 }
 
 func newListCmd(s *streams) *cobra.Command {
 	opts := &listOptions{}
 	c := &cobra.Command{
-		Use:   "list DEST [--json]",
+		Use:   "list DEST [--trusted-senders FILE] [--json]",
 		Short: "List the shipments at DEST",
 		Long: `One line per shipment: id, creation time, label, bytes stored, state
 (complete, incomplete, or unreadable when its header cannot be read) and
 base. No key is needed; file names stay sealed.
+
+With --trusted-senders FILE (an OpenSSH allowed_signers file) a SIGNER
+column follows: the principal of the trusted key that signed the shipment,
+or unsigned, untrusted (signed by a key FILE does not trust), bad signature
+or tampered (its objects are not those it signed); "-" for an incomplete
+shipment.
 
 On a terminal: a header, aligned columns and sizes in KiB, MiB, GiB.
 Otherwise: tab-separated columns without a header, sizes in bytes, for
 scripts. Either way "-" stands for an empty value, and a value holding a
 space, tab, newline, quote or backslash is printed double-quoted with
 escapes, so that columns never break. --json prints one JSON object per
-shipment instead.
+shipment instead, with the chain and previous shipment of a signed one
+(checked with --trusted-senders; as its statement says, unchecked,
+without).
 
 A DEST that does not exist (a missing directory or bucket) is an error
 (exit 1), not an empty list.`,
@@ -43,11 +56,25 @@ A DEST that does not exist (a missing directory or bucket) is an error
 		},
 	}
 	c.Flags().BoolVar(&opts.json, "json", false, "one JSON object per shipment on stdout")
+	addTrustFlags(c.Flags(), &opts.trust)
 	addTransportFlags(c.Flags(), &opts.transport)
 	return c
 }
 
+// listedShipment is a line of list: the shipment and, when it is signed,
+// who signed it and where it stands in its chain.
+type listedShipment struct {
+	shipper.ShipmentInfo
+	Signer   string `json:"signer,omitempty"`
+	Trust    string `json:"trust,omitempty"`
+	Chain    string `json:"chain,omitempty"`
+	Previous string `json:"previous,omitempty"`
+}
+
 func runList(ctx context.Context, s *streams, opts *listOptions) error {
+	if err := opts.trust.load(); err != nil {
+		return err
+	}
 	tr, err := openExistingDest(ctx, s, opts.dest, &opts.transport)
 	if err != nil {
 		return err
@@ -57,16 +84,28 @@ func runList(ctx context.Context, s *streams, opts *listOptions) error {
 	if err != nil {
 		return err
 	}
+	listed := make([]listedShipment, len(ships))
+	now := time.Now()
+	for i, si := range ships {
+		if listed[i], err = opts.trust.describe(ctx, tr, si, now); err != nil {
+			return err
+		}
+	}
 	if opts.json {
-		for _, si := range ships {
-			if err := s.emit(si); err != nil {
+		for _, ls := range listed {
+			if err := s.emit(ls); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	t := newTable(s, "ID", "CREATED", "LABEL", "SIZE", "STATE", "BASE")
-	for _, si := range ships {
+	cols := []string{"ID", "CREATED", "LABEL", "SIZE", "STATE", "BASE"}
+	if opts.trust.senders != nil {
+		cols = append(cols, "SIGNER")
+	}
+	t := newTable(s, cols...)
+	for _, ls := range listed {
+		si := ls.ShipmentInfo
 		state := "complete"
 		if !si.Complete {
 			state = "incomplete"
@@ -78,7 +117,54 @@ func runList(ctx context.Context, s *streams, opts *listOptions) error {
 		if !si.Created.IsZero() {
 			created = si.Created.UTC().Format(time.RFC3339)
 		}
-		t.row(si.ID, created, si.Label, t.size(si.Bytes), state, si.Base)
+		row := []string{si.ID, created, si.Label, t.size(si.Bytes), state, si.Base}
+		if opts.trust.senders != nil {
+			row = append(row, cmp.Or(ls.Signer, ls.Trust))
+		}
+		t.row(row...)
 	}
 	return t.flush()
+}
+
+// describe adds to a listed shipment what its statement says: with
+// trusted senders, only once its signature checked out (else why not);
+// without, as it is at DEST, unchecked.
+func (o *trustOptions) describe(ctx context.Context, tr shipper.Transport, si shipper.ShipmentInfo, now time.Time) (listedShipment, error) {
+	ls := listedShipment{ShipmentInfo: si}
+	if !si.Complete {
+		return ls, nil
+	}
+	var st *archive.Statement
+	if o.senders == nil {
+		st, _ = shipper.ReadStatement(ctx, tr, si.ID) // a statement that does not parse shows nothing
+	} else {
+		ti, err := shipper.CheckSignature(ctx, tr, si.ID, o.senders, now)
+		if err != nil && !errors.Is(err, shipper.ErrUntrusted) {
+			return ls, err
+		}
+		ls.Trust = trustWord(err)
+		if ti != nil {
+			st, ls.Signer = ti.Statement, ti.Signer.Principal()
+		}
+	}
+	if st != nil {
+		ls.Chain, ls.Previous = st.Chain, st.Previous
+	}
+	return ls, nil
+}
+
+// trustWord names the outcome of a signature check: trusted, unsigned,
+// untrusted, bad signature or tampered.
+func trustWord(err error) string {
+	switch {
+	case err == nil:
+		return "trusted"
+	case errors.Is(err, cipher.ErrUnsigned):
+		return "unsigned"
+	case errors.Is(err, cipher.ErrUntrustedSigner):
+		return "untrusted"
+	case errors.Is(err, cipher.ErrBadSignature):
+		return "bad signature"
+	}
+	return "tampered" // shipper.ErrStatementMismatch
 }

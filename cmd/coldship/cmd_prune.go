@@ -25,6 +25,7 @@ type pruneOptions struct {
 	json        bool
 	quiet       bool
 	stateDir    string
+	trust       trustOptions
 	transport   transportOptions
 	run         runOptions
 }
@@ -32,7 +33,7 @@ type pruneOptions struct {
 func newPruneCmd(s *streams) *cobra.Command {
 	opts := &pruneOptions{}
 	c := &cobra.Command{
-		Use:   "prune DEST --keep-last N [--keep-daily N] [--keep-weekly N] [--keep-monthly N] [--keep-yearly N] [--keep-within SPAN] [--dry-run]",
+		Use:   "prune DEST --keep-last N [--keep-daily N] [--keep-weekly N] [--keep-monthly N] [--keep-yearly N] [--keep-within SPAN] [--trusted-senders FILE] [--dry-run]",
 		Short: "Delete the shipments at DEST that are no longer wanted",
 		Long: `Keep, as restic's forget does: the N newest complete shipments (--keep-last);
 the newest of each of the last N days (--keep-daily), ISO weeks
@@ -45,6 +46,15 @@ shipment needs its bases to be restored), and incomplete shipments newer than
 the newest complete one (a send may be running). Deleted: the rest,
 incomplete shipments older than the newest complete one included. No key is
 needed.
+
+Left alone and counted for no rule (so that none takes the place of a
+shipment you want kept, or is deleted on its own word): shipments whose
+header cannot be read, shipments dated more than 24 hours ahead of this
+machine's clock, and, with --trusted-senders FILE (an OpenSSH
+allowed_signers file), every shipment that is not signed by a key of FILE
+or does not match what it signed; with it, the bases to keep are taken only
+from what a signature vouches for. Each one is named in a warning, even
+with --quiet: remove what is not yours by hand.
 
 --name LABEL considers only the shipments of that label (one series among
 several at DEST). --dry-run deletes nothing.
@@ -71,6 +81,7 @@ object per shipment on stdout (with its "reasons") and a summary instead.`,
 	f.StringVar(&opts.label, "name", "", "consider only the shipments with this `LABEL`")
 	f.BoolVarP(&opts.dryRun, "dry-run", "n", false, "show what would be deleted; delete nothing")
 	f.StringVar(&opts.stateDir, "state-dir", defaultStateDir(), "where the lock of DEST is kept")
+	addTrustFlags(f, &opts.trust)
 	addTransportFlags(f, &opts.transport)
 	f.DurationVar(&opts.run.lockWait, "lock-wait", 0, "wait up to `DURATION` for another run on the same destination to finish (default: exit at once)")
 	f.BoolVar(&opts.json, "json", false, "one JSON object per shipment, then a summary, on stdout (and nothing else there)")
@@ -97,6 +108,10 @@ func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
 	if err := checkDest(opts.dest); err != nil {
 		return err
 	}
+	if err := opts.trust.load(); err != nil {
+		return err
+	}
+	policy.Trusted = opts.trust.senders
 	start := time.Now()
 	if err := opts.run.check(); err != nil {
 		return err
@@ -132,12 +147,21 @@ func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
 	if !opts.json && !opts.quiet {
 		w = tabwriter.NewWriter(s.err, 0, 4, 2, ' ', 0)
 	}
-	var n int
+	var n, ignored int
 	var freed int64
 	for _, d := range plan {
 		what := "keep"
-		if d.Delete {
+		switch {
+		case d.Delete:
 			what = verb
+		case d.Ignored != "" && len(d.Reasons) == 1:
+			what = "ignore"
+		}
+		if d.Ignored != "" {
+			ignored++
+			if w == nil {
+				s.warnf(opts.json)("left alone, counted for no rule: %s: %s", d.ID, d.Ignored)
+			}
 		}
 		if w != nil {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", what, d.ID, humanBytes(d.Bytes), strings.Join(d.Reasons, "; "))
@@ -162,6 +186,9 @@ func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
 	if w != nil {
 		w.Flush()
 	}
+	if ignored > 0 {
+		s.warnf(opts.json)("%d shipments at %s are left alone and counted for no rule (named above): remove those that are not yours by hand", ignored, tr)
+	}
 	if opts.json {
 		for _, d := range plan {
 			if err := s.emit(d); err != nil {
@@ -169,7 +196,7 @@ func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
 			}
 		}
 		return s.emit(map[string]any{"type": "summary", "op": "prune", "dry_run": opts.dryRun, "shipments": len(plan),
-			"deleted": n, "bytes_freed": freed, "duration_s": time.Since(start).Seconds()})
+			"deleted": n, "ignored": ignored, "bytes_freed": freed, "duration_s": time.Since(start).Seconds()})
 	}
 	if !opts.quiet {
 		if opts.dryRun {

@@ -34,6 +34,8 @@ type receiveOptions struct {
 	libvirtStart   bool
 	libvirtURI     string
 	null           bool
+	allowRollback  bool
+	trust          trustOptions
 	hooks          hookOptions
 	live           liveOptions
 	transport      transportOptions
@@ -65,6 +67,18 @@ every rewritten file is checked against its whole-file digest, and files stay
 aside under hidden names until all check out. An interrupted update is
 completed by running the same command again. A DIR that is missing or empty
 gets a full restore, as with --out (the first night of a DR copy).
+
+--trusted-senders FILE (an OpenSSH allowed_signers file) accepts only
+shipments signed (send --sign-key) by a key of FILE and unchanged since:
+any other exits 4 before anything is written or any hook runs, and the
+default is the newest shipment that verifies (newer ones are named on
+stderr). Without it, receive says that the sender is not authenticated.
+The default is never a shipment dated more than 24 hours ahead. --into
+refuses a shipment older than the one the restore holds, or (both
+signatures checked) of another chain: exit 5, unless --allow-rollback.
+The pre-receive hooks run once the shipment opened (its signature checked),
+before anything is written; post-receive and --libvirt-define once every
+block and file checked out.
 
 --include PATTERN restores only the files the shell pattern matches (or that
 lie in a folder it matches). --out-device NAME=/dev/X writes file NAME of the
@@ -108,6 +122,8 @@ instead, for names that hold newlines); with --json, JSON objects only
 	f.BoolVar(&opts.libvirtDefine, "libvirt-define", false, "define the shipped libvirt domain, its disks pointed at where they landed")
 	f.BoolVar(&opts.libvirtStart, "libvirt-start", false, "with --libvirt-define: start the domain")
 	f.StringVar(&opts.libvirtURI, "libvirt-uri", "", "libvirt connection `URI` (virsh -c)")
+	addTrustFlags(f, &opts.trust)
+	f.BoolVar(&opts.allowRollback, "allow-rollback", false, "--into: update to a shipment older than the one the restore holds, or of another chain")
 	addHookFlags(f, &opts.hooks)
 	addLiveReceiveFlags(f, &opts.live)
 	addTransportFlags(f, &opts.transport)
@@ -119,6 +135,10 @@ instead, for names that hold newlines); with --json, JSON objects only
 
 func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 	if opts.live.enabled {
+		if opts.trust.file != "" {
+			return usagef("receive --live: --trusted-senders does not apply: a live session is neither stored nor signed; " +
+				"its sender is the SSH login that started it (unset COLDSHIP_TRUSTED_SENDERS for it)")
+		}
 		return runLiveReceive(ctx, s, opts)
 	}
 	if err := checkDest(opts.dest); err != nil {
@@ -146,6 +166,12 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 	}
 	if opts.libvirtStart && !opts.libvirtDefine {
 		return usagef("--libvirt-start needs --libvirt-define")
+	}
+	if opts.allowRollback && opts.into == "" {
+		return usagef("--allow-rollback goes with --into")
+	}
+	if err := opts.trust.load(); err != nil {
+		return err
 	}
 	runner, err := opts.hooks.runner(s)
 	if err != nil {
@@ -188,26 +214,32 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 	return nil
 }
 
-// receiveShipment picks, opens and restores the shipment, running the
-// pre-receive hooks before anything is written.
+// receiveShipment picks, opens (with trusted senders: only once its
+// signature checked out) and restores the shipment, running the
+// pre-receive hooks after the shipment opened and before anything is
+// written.
 func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runner *hooks.Runner, env *hooks.Env, ids []age.Identity) ([]string, error) {
 	tr, err := openExistingDest(ctx, s, opts.dest, &opts.transport)
 	if err != nil {
 		return nil, err
 	}
 	defer tr.Close()
-	id, err := pickShipment(ctx, tr, opts.shipment)
+	tr = opts.run.limit(tr)
+	id, sh, err := opts.trust.open(ctx, tr, opts.shipment, ids, s.warnf(opts.output.json))
+	env.Shipment = id
 	if err != nil {
 		return nil, err
 	}
-	env.Shipment = id
+	if opts.trust.senders == nil {
+		s.logf(opts.output)("the sender of %s is not authenticated: give --trusted-senders to accept only shipments signed by a trusted key", id)
+	}
+	if opts.into != "" {
+		if err := checkRollback(opts.into, sh, opts.allowRollback, s.logf(opts.output)); err != nil {
+			return nil, err
+		}
+	}
 	if err := runner.Run(ctx, hooks.PreReceive, *env); err != nil {
 		return nil, hookErr(fmt.Errorf("nothing was written: %w", err))
-	}
-	tr = opts.run.limit(tr)
-	sh, err := shipper.OpenShipment(ctx, tr, id, ids)
-	if err != nil {
-		return nil, err
 	}
 	devices, _ := parseDevices(opts.outDevices)
 	ropts := shipper.ReceiveOptions{
@@ -325,15 +357,6 @@ func nonNil(s []string) []string {
 		return []string{}
 	}
 	return s
-}
-
-// pickShipment returns the shipment named on the command line, or the
-// latest complete one.
-func pickShipment(ctx context.Context, tr shipper.Transport, id string) (string, error) {
-	if id != "" {
-		return id, nil
-	}
-	return shipper.Latest(ctx, tr)
 }
 
 // checkPartial checks --include and --out-device.

@@ -18,18 +18,23 @@ type showOptions struct {
 	identities     []string
 	passphraseFile string
 	transport      transportOptions
+	trust          trustOptions
 	json           bool
 }
 
 func newShowCmd(s *streams) *cobra.Command {
 	opts := &showOptions{}
 	c := &cobra.Command{
-		Use:   "show DEST [SHIPMENT] -i IDENTITY",
+		Use:   "show DEST [SHIPMENT] -i IDENTITY [--trusted-senders FILE]",
 		Short: "Show what a shipment holds: its files and its chain of bases",
 		Long: `Open a shipment (default: the latest complete one) with its key and print
 its files (type, mode, owner, size, data, modification time, BLAKE3 digest,
 path) and the chain of earlier shipments whose blocks it uses. Nothing is
 fetched but the shipment's small objects; nothing is written.
+
+With --trusted-senders FILE the shipment (default: the newest that
+verifies) must be signed by a key of that OpenSSH allowed_signers file
+(exit 4 otherwise) and the head names the signer.
 
 The DATA column is the file's data: its size less holes and zero blocks,
 as shipped. Owners are shown as "-" until shipments record them.`,
@@ -47,6 +52,7 @@ as shipped. Owners are shown as "-" until shipments record them.`,
 	f := c.Flags()
 	f.StringArrayVarP(&opts.identities, "identity", "i", nil, "open the shipment with the identity in `FILE` (repeatable)")
 	f.StringVar(&opts.passphraseFile, "passphrase-file", "", "read the passphrase from the first line of `FILE`")
+	addTrustFlags(f, &opts.trust)
 	addTransportFlags(f, &opts.transport)
 	f.BoolVar(&opts.json, "json", false, "a shipment object, then one object per file, on stdout")
 	commaList(f, "identity")
@@ -84,6 +90,9 @@ func shipmentChain(sh *shipper.Shipment) (string, []string) {
 }
 
 func runShow(ctx context.Context, s *streams, opts *showOptions) error {
+	if err := opts.trust.load(); err != nil {
+		return err
+	}
 	ids, err := s.identities(opts.identities, opts.passphraseFile, true)
 	if err != nil {
 		return err
@@ -93,12 +102,11 @@ func runShow(ctx context.Context, s *streams, opts *showOptions) error {
 		return err
 	}
 	defer tr.Close()
-	id, err := pickShipment(ctx, tr, opts.shipment)
+	id, sh, err := opts.trust.open(ctx, tr, opts.shipment, ids, s.warnf(opts.json))
 	if err != nil {
-		return err
-	}
-	sh, err := shipper.OpenShipment(ctx, tr, id, ids)
-	if err != nil {
+		if id == "" {
+			return err
+		}
 		return fmt.Errorf("show %s at %s: %w", id, tr, err)
 	}
 	m := sh.Manifest
@@ -113,6 +121,9 @@ func runShow(ctx context.Context, s *streams, opts *showOptions) error {
 			"block_size": m.BlockSize, "bases": bases, "files": len(m.Files), "bytes_total": total, "bytes_data": data}
 		if base != "" {
 			head["base"] = base
+		}
+		if ti := sh.Trust(); ti != nil {
+			head["signer"] = ti.Signer.Principal()
 		}
 		if err := s.emit(head); err != nil {
 			return err
@@ -135,6 +146,11 @@ func runShow(ctx context.Context, s *streams, opts *showOptions) error {
 	fmt.Fprintf(w, "shipment  %s\n", id)
 	fmt.Fprintf(w, "created   %s\n", sh.Header.Created.Local().Format(time.RFC3339))
 	fmt.Fprintf(w, "label     %s\n", cell(sh.Header.Label))
+	if ti := sh.Trust(); ti != nil {
+		fmt.Fprintf(w, "signer    %s\n", signedBy(ti))
+	} else {
+		fmt.Fprintf(w, "signer    - (not checked: give --trusted-senders)\n")
+	}
 	switch {
 	case base != "":
 		fmt.Fprintf(w, "base      %s (incremental; uses blocks of %s)\n", base, strings.Join(bases, ", "))

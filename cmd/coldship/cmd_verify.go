@@ -20,6 +20,7 @@ type verifyOptions struct {
 	identities     []string
 	passphraseFile string
 	jobs           int
+	trust          trustOptions
 	transport      transportOptions
 	output         outputOptions
 }
@@ -27,17 +28,23 @@ type verifyOptions struct {
 func newVerifyCmd(s *streams) *cobra.Command {
 	opts := &verifyOptions{}
 	c := &cobra.Command{
-		Use:   "verify DEST [SHIPMENT] [-i IDENTITY]... | verify --all DEST [--read-data -i IDENTITY]",
+		Use:   "verify DEST [SHIPMENT] [-i IDENTITY]... [--trusted-senders FILE] | verify --all DEST [--read-data -i IDENTITY] [--trusted-senders FILE]",
 		Short: "Check a shipment, or everything, at DEST, with or without a key",
 		Long: `Without an identity: check that every object of the shipment (default: the
 latest complete one) is present with the size and checksum recorded in its
 plaintext inventory (which reveals object names and sizes, nothing else):
 BLAKE3 of the header, key objects, block table and manifest, CRC32C of the
-segments (BLAKE3 in shipments of formats 1 and 2). That proves the shipment
-consistent with its inventory, not authentic: anyone who can write to DEST
-can write an inventory. With an identity (-i, --passphrase-file or
-$COLDSHIP_PASSPHRASE): authenticate every block, check every file's
-whole-file digest and every segment's checksum. Nothing is written.
+segments (BLAKE3 in shipments of formats 1 and 2), and, if the shipment is
+signed, that its objects match the SHA-256 sums of its statement. That
+proves the shipment consistent with its inventory, not authentic: anyone
+who can write to DEST can write an inventory and a statement. With
+--trusted-senders FILE (an OpenSSH allowed_signers file): the shipment
+(default: the newest that verifies) must be signed by a key of FILE and
+match what it signed, or verify exits 4; the header, inventory, key
+objects and manifest are then authenticated. With an identity (-i,
+--passphrase-file or $COLDSHIP_PASSPHRASE): authenticate every block,
+check every file's whole-file digest and every segment's checksum.
+Nothing is written.
 
 --all checks everything at DEST, like restic's check: every complete
 shipment against its inventory, every base that one of them needs, and
@@ -46,7 +53,9 @@ shipment's folder that its inventory does not list, incomplete shipments
 older than the newest complete one, unfinished uploads). Every problem is
 listed, on stderr (--json: a problem object each), and the exit status is 5
 if there is any. With --read-data and an identity it also opens every block
-of every shipment.`,
+of every shipment. With --trusted-senders, every complete shipment that is
+not signed by a key of FILE, or not what it signed, is a problem too (exit
+4 when there is no other kind).`,
 		Example: `  coldship verify s3://dr-bucket/web01
   coldship verify s3://dr-bucket/web01 20261121T233000Z-3f9a1c2e -i ~/.config/coldship/site-b.key
   coldship verify --all /mnt/backup/web01 --read-data -i /etc/coldship/site-b.key`,
@@ -68,6 +77,7 @@ of every shipment.`,
 	f.StringArrayVarP(&opts.identities, "identity", "i", nil, "authenticate with the identity in `FILE` (repeatable)")
 	f.StringVar(&opts.passphraseFile, "passphrase-file", "", "read the passphrase from the first line of `FILE`")
 	f.IntVarP(&opts.jobs, "jobs", "j", 0, "parallel decrypters (default: all CPUs)")
+	addTrustFlags(f, &opts.trust)
 	addTransportFlags(f, &opts.transport)
 	addOutputFlags(f, &opts.output)
 	commaList(f, "identity")
@@ -78,6 +88,9 @@ func runVerify(ctx context.Context, s *streams, opts *verifyOptions) error {
 	if opts.readData {
 		return usagef("--read-data goes with --all; to open every block of one shipment, give an identity (-i)")
 	}
+	if err := opts.trust.load(); err != nil {
+		return err
+	}
 	ids, err := s.identities(opts.identities, opts.passphraseFile, false)
 	if err != nil {
 		return err
@@ -87,36 +100,64 @@ func runVerify(ctx context.Context, s *streams, opts *verifyOptions) error {
 		return err
 	}
 	defer tr.Close()
-	id, err := pickShipment(ctx, tr, opts.shipment)
+	if len(ids) == 0 {
+		return verifyKeyless(ctx, s, opts, tr)
+	}
+	id, sh, err := opts.trust.open(ctx, tr, opts.shipment, ids, s.warnf(opts.output.json))
 	if err != nil {
 		return err
 	}
 	cnt := new(shipper.Counters)
-	if len(ids) == 0 {
-		rep := startProgress(s, "verify", opts.output, cnt, movedShipped)
-		if err := shipper.VerifyInventory(ctx, tr, id, cnt); err != nil {
-			rep.finish(false, nil, "")
-			return fmt.Errorf("verify %s at %s: %w", id, tr, err)
-		}
-		sums := "BLAKE3 of the small objects, CRC32C of the segments"
-		if h, err := shipper.ReadHeader(ctx, tr, id); err == nil && h.Format < archive.FormatV3 {
-			sums = "BLAKE3 of every object"
-		}
-		rep.finish(true, map[string]any{"shipment": id, "mode": "inventory", "bytes_checked": cnt.Shipped.Load()},
-			fmt.Sprintf("%s: consistent with its inventory (%s), not authenticated (verify with -i to authenticate every block)", id, sums))
-		return nil
-	}
-	sh, err := shipper.OpenShipment(ctx, tr, id, ids)
-	if err != nil {
-		return err
-	}
 	rep := startProgress(s, "verify", opts.output, cnt, movedShipped)
 	if err := sh.Verify(ctx, opts.transport.streams, opts.jobs, cnt); err != nil {
 		rep.finish(false, nil, "")
 		return fmt.Errorf("verify %s at %s: %w", id, tr, err)
 	}
+	auth := ""
+	if ti := sh.Trust(); ti != nil {
+		auth = "authenticated (signed by " + signedBy(ti) + "); "
+	}
 	rep.finish(true, map[string]any{"shipment": id, "mode": "full", "files": len(sh.Manifest.Files), "bytes_total": cnt.Total.Load()},
-		fmt.Sprintf("%s: every block authentic, every file digest and segment checksum correct (%s)", id, describeFiles(sh.Manifest.Files)))
+		fmt.Sprintf("%s: %severy block authentic, every file digest and segment checksum correct (%s)", id, auth, describeFiles(sh.Manifest.Files)))
+	return nil
+}
+
+// verifyKeyless checks a shipment without its key: against its inventory
+// and statement as they are at DEST, or, with trusted senders, against
+// what its signature vouches for.
+func verifyKeyless(ctx context.Context, s *streams, opts *verifyOptions, tr shipper.Transport) error {
+	id, ti, err := opts.trust.pick(ctx, tr, opts.shipment, s.warnf(opts.output.json))
+	if err != nil {
+		return err
+	}
+	cnt := new(shipper.Counters)
+	rep := startProgress(s, "verify", opts.output, cnt, movedShipped)
+	var st *archive.Statement
+	if ti != nil {
+		err = ti.VerifyInventory(ctx, tr, cnt)
+	} else if err = shipper.VerifyInventory(ctx, tr, id, cnt); err == nil {
+		st, err = shipper.CheckStatement(ctx, tr, id)
+	}
+	if err != nil {
+		rep.finish(false, nil, "")
+		return fmt.Errorf("verify %s at %s: %w", id, tr, err)
+	}
+	sums := "BLAKE3 of the small objects, CRC32C of the segments"
+	if h, err := shipper.ReadHeader(ctx, tr, id); err == nil && h.Format < archive.FormatV3 {
+		sums = "BLAKE3 of every object"
+	}
+	var msg string
+	switch {
+	case ti != nil:
+		msg = fmt.Sprintf("%s: authenticated (signed by %s): its header, inventory, key objects and manifest are what it signed, "+
+			"its segments consistent with its inventory (%s); verify with -i to authenticate every block", id, signedBy(ti), sums)
+	case st != nil:
+		msg = fmt.Sprintf("%s: consistent with its inventory (%s) and its signed statement, not authenticated "+
+			"(verify with --trusted-senders to check the signature, with -i to authenticate every block)", id, sums)
+	default:
+		msg = fmt.Sprintf("%s: consistent with its inventory (%s), not authenticated (verify with -i to authenticate every block)", id, sums)
+	}
+	rep.finish(true, map[string]any{"shipment": id, "mode": "inventory", "bytes_checked": cnt.Shipped.Load()}, msg)
 	return nil
 }
 
@@ -131,6 +172,9 @@ func runVerifyAll(ctx context.Context, s *streams, opts *verifyOptions) error {
 	if len(ids) > 0 && !opts.readData {
 		return usagef("verify --all: an identity is used with --read-data only; add --read-data to open every block")
 	}
+	if err := opts.trust.load(); err != nil {
+		return err
+	}
 	tr, err := openExistingDest(ctx, s, opts.dest, &opts.transport)
 	if err != nil {
 		return err
@@ -138,16 +182,20 @@ func runVerifyAll(ctx context.Context, s *streams, opts *verifyOptions) error {
 	defer tr.Close()
 	cnt := new(shipper.Counters)
 	rep := startProgress(s, "verify", opts.output, cnt, movedShipped)
+	report := func(p shipper.Problem) {
+		if opts.output.json {
+			s.emit(map[string]any{"type": "problem", "shipment": p.Shipment, "object": p.Object, "problem": p.Problem})
+			return
+		}
+		fmt.Fprintf(s.err, "coldship: problem: %s\n", p)
+	}
 	res, err := shipper.VerifyAll(ctx, tr, shipper.VerifyAllOptions{
 		ReadData: opts.readData, Identities: ids, Streams: opts.transport.streams, Jobs: opts.jobs, Counters: cnt,
-		Problem: func(p shipper.Problem) {
-			if opts.output.json {
-				s.emit(map[string]any{"type": "problem", "shipment": p.Shipment, "object": p.Object, "problem": p.Problem})
-				return
-			}
-			fmt.Fprintf(s.err, "coldship: problem: %s\n", p)
-		},
+		Problem: report,
 	})
+	if err == nil && opts.trust.senders != nil {
+		err = opts.trust.checkAll(ctx, tr, res, report)
+	}
 	if err != nil {
 		rep.finish(false, nil, "")
 		return fmt.Errorf("verify --all at %s: %w", tr, err)
@@ -155,6 +203,9 @@ func runVerifyAll(ctx context.Context, s *streams, opts *verifyOptions) error {
 	mode := "inventory checks"
 	if opts.readData {
 		mode = "inventory checks and every block opened"
+	}
+	if opts.trust.senders != nil {
+		mode += ", every signature checked"
 	}
 	summary := map[string]any{"mode": "all", "shipments": res.Shipments, "problems": len(res.Problems), "bytes_checked": cnt.Shipped.Load()}
 	if len(res.Problems) == 0 {

@@ -263,7 +263,11 @@ func TestIncrementalChain(t *testing.T) {
 	mustRun(t, "receive", dest, ids[1], "--out", jump, "-i", key, "-q")
 	mustRun(t, "receive", dest, ids[len(ids)-1], "--into", jump, "-i", key, "-q")
 	sameTree(t, want[len(ids)-1], filepath.Join(jump, "vm"))
-	mustRun(t, "receive", dest, ids[2], "--into", jump, "-i", key, "-q")
+	// Going back is a rollback: refused, unless asked for.
+	if r := run(t, "receive", dest, ids[2], "--into", jump, "-i", key, "-q"); r.code != exitIntegrity {
+		t.Errorf("back to an older shipment without --allow-rollback: exit %d", r.code)
+	}
+	mustRun(t, "receive", dest, ids[2], "--into", jump, "-i", key, "-q", "--allow-rollback")
 	sameTree(t, want[2], filepath.Join(jump, "vm"))
 
 	// A restore that changed since (the VM ran from it) is read and fixed.

@@ -181,6 +181,7 @@ var jsonSchema = []jsonKind{
 		{"dry_run", "boolean", "true when nothing was deleted (--dry-run)"},
 		{"shipments", "integer", "shipments at DEST"},
 		{"deleted", "integer", "shipments deleted (or that would be)"},
+		{"ignored", "integer", "shipments left alone and counted for no rule (each has ignored)"},
 		{"bytes_freed", "integer", "bytes of the shipments deleted"},
 		fDuration,
 	}},
@@ -203,7 +204,7 @@ var jsonSchema = []jsonKind{
 		{"bases", "array", "ids of every shipment whose blocks it uses (the chain to keep)"},
 		fFiles, fTotal,
 		{"bytes_data", "integer", "bytes of data in all files (holes and zero blocks excluded)"},
-		{"signer", "string?", "who signed it (once shipments are signed)"},
+		{"signer", "string?", "with --trusted-senders: the principal of the trusted key that signed it"},
 	}},
 	{Name: "file (show)", Type: "file", Fields: []jsonField{
 		fType, {"path", "string", "slash-separated, relative to the restore directory"},
@@ -230,6 +231,10 @@ var jsonSchema = []jsonKind{
 		{"complete", "boolean", "false for a send that failed, was interrupted or is running"},
 		{"base", "string?", "an incremental shipment's base"},
 		{"error", "string?", "why its header could not be read"},
+		{"signer", "string?", "with --trusted-senders: the principal of the trusted key that signed it"},
+		{"trust", "string?", "with --trusted-senders, of a complete shipment: trusted, unsigned, untrusted (a key the file does not trust), bad signature, or tampered (its objects are not those it signed)"},
+		{"chain", "string?", "a signed shipment's chain (its sources to this destination); with --trusted-senders only once its signature checked out, without it as its statement says, unchecked"},
+		{"previous", "string?", "the shipment signed before it in its chain (absent for the first one); checked as chain is"},
 	}},
 	{Name: "decision (prune)", Fields: []jsonField{
 		{"id", "string", "the shipment id"},
@@ -238,5 +243,6 @@ var jsonSchema = []jsonKind{
 		{"bytes", "integer", "bytes stored at DEST"},
 		{"delete", "boolean", "true if prune deletes it (or would, with --dry-run)"},
 		{"reasons", "array", "every rule that keeps it (\"last 1\", \"daily 2026-11-21\", \"within 7d\", \"base of ID\"...), or why it is deleted"},
+		{"ignored", "string?", "why it is left alone and counted for no rule: its header cannot be read, it is dated more than 24 h ahead, or it is not from a trusted sender (--trusted-senders)"},
 	}},
 }

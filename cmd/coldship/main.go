@@ -52,9 +52,9 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.Is(err, errHook):
 		return exitHook
-	case errors.Is(err, cipher.ErrNoIdentity), errors.Is(err, shipper.ErrAuth):
+	case errors.Is(err, cipher.ErrNoIdentity), errors.Is(err, shipper.ErrAuth), errors.Is(err, shipper.ErrUntrusted):
 		return exitAuth
-	case errors.Is(err, archive.ErrIntegrity), errors.Is(err, cipher.ErrIntegrity):
+	case errors.Is(err, archive.ErrIntegrity), errors.Is(err, cipher.ErrIntegrity), errors.Is(err, shipper.ErrRollback):
 		return exitIntegrity
 	case errors.Is(err, hooks.ErrBusy), errors.Is(err, shipper.ErrSourceChanged):
 		return exitBusy

@@ -66,9 +66,10 @@ EXIT STATUS
        COLDSHIP_* variable)
   3    a hook failed
   4    authentication failed: no identity matches, wrong passphrase,
-       unknown or changed host key, wrong credentials
+       unknown or changed host key, wrong credentials, a shipment not
+       signed by a trusted sender (--trusted-senders)
   5    integrity: tampered, corrupted, truncated or missing data,
-       or an incomplete shipment
+       an incomplete shipment, or a refused rollback (receive --into)
   6    source busy: an image or device in use (locked, open for writing,
        mounted), a libvirt domain still running, or a source that
        changed while it was shipped

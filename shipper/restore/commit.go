@@ -248,7 +248,8 @@ func (w *Writer) dirAttrs() {
 // markDone writes the marker of the restore just completed.
 func (w *Writer) markDone() error {
 	mk := &marker{Format: markerFormat, State: stateDone, Shipment: w.sh.ID, Dest: w.opts.Dest,
-		BlockSize: w.sh.BlockSize, Digests: w.kind, Partial: w.Partial() || len(w.opts.Devices) > 0}
+		BlockSize: w.sh.BlockSize, Digests: w.kind, Partial: w.Partial() || len(w.opts.Devices) > 0,
+		Chain: w.sh.Chain, Statement: w.sh.Statement}
 	for _, i := range w.dirs {
 		mk.Files = append(mk.Files, markerFile{Path: w.sh.Files[i].Path, Type: archive.TypeDir})
 	}

@@ -45,6 +45,11 @@ type marker struct {
 	Partial   bool         `json:"partial,omitempty"` // receive --include: the files the shipment has beyond these are absent
 	Run       uint32       `json:"run,omitempty"`     // updating: the mark of the update's writes
 	Files     []markerFile `json:"files"`
+
+	// Chain and Statement are Shipment's chain id and the SHA-256 of its
+	// signed statement, when receive checked its signature; else absent.
+	Chain     string         `json:"chain,omitempty"`
+	Statement archive.Digest `json:"statement_sha256,omitzero"`
 }
 
 const (
@@ -236,22 +241,34 @@ func (r *record) file(p string) *recordFile {
 	return nil
 }
 
-// Held reports which shipment the restore marker of files in dir says the
-// folder holds (state "done"), or is being updated to ("updating", with
-// the one it held before in from); ok is false when there is no marker.
-// It takes no lock: it is for checks before a receive (a rollback check
-// compares it with the shipment about to be received).
-func Held(dir string, files []archive.File) (shipment, state, from string, ok bool, err error) {
+// Holding is what a restore marker says its folder holds.
+type Holding struct {
+	Shipment string // done: the shipment the folder holds; updating: the one being written
+	State    string // "done" or "updating"
+	From     string // updating: the shipment the folder held before
+	// Chain and Statement are Shipment's chain id and the SHA-256 of its
+	// statement when it was a signed shipment whose signature receive
+	// checked; "" and zero otherwise.
+	Chain     string
+	Statement archive.Digest
+}
+
+// Held reports what the restore marker of files in dir says the folder
+// holds; ok is false when there is no marker. It takes no lock: it is for
+// checks before a receive (a rollback check compares it with the
+// shipment about to be received).
+func Held(dir string, files []archive.File) (h Holding, ok bool, err error) {
 	b, err := os.ReadFile(MarkerPath(dir, files))
 	if errors.Is(err, os.ErrNotExist) {
-		return "", "", "", false, nil
+		return Holding{}, false, nil
 	}
 	if err != nil {
-		return "", "", "", false, fmt.Errorf("read restore marker: %w", err)
+		return Holding{}, false, fmt.Errorf("read restore marker: %w", err)
 	}
 	var m marker
-	if json.Unmarshal(b, &m) != nil || !archive.ValidID(m.Shipment) || (m.State != stateDone && m.State != stateUpdating) {
-		return "", "", "", false, fmt.Errorf("restore marker %s is %w", MarkerPath(dir, files), errDamaged)
+	if json.Unmarshal(b, &m) != nil || !archive.ValidID(m.Shipment) || (m.State != stateDone && m.State != stateUpdating) ||
+		(m.Chain != "" && !archive.ValidChainID(m.Chain)) {
+		return Holding{}, false, fmt.Errorf("restore marker %s is %w", MarkerPath(dir, files), errDamaged)
 	}
-	return m.Shipment, m.State, m.From, true, nil
+	return Holding{Shipment: m.Shipment, State: m.State, From: m.From, Chain: m.Chain, Statement: m.Statement}, true, nil
 }

@@ -475,15 +475,26 @@ func TestHeld(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "out")
 	im := image{"vm/disk.img", sparse(2*testBS, 13)}
 	sh, blocks := shipment("20261130T120000Z-00000001", im)
-	if _, _, _, ok, err := Held(dir, sh.Files); ok || err != nil {
+	if _, ok, err := Held(dir, sh.Files); ok || err != nil {
 		t.Fatalf("no restore yet: %v %v", ok, err)
 	}
 	if _, err := restoreAll(t, sh, blocks, Options{Dir: dir}); err != nil {
 		t.Fatal(err)
 	}
-	id, state, _, ok, err := Held(dir, sh.Files)
-	if !ok || err != nil || id != sh.ID || state != stateDone {
-		t.Fatalf("Held: %s %s %v %v", id, state, ok, err)
+	h, ok, err := Held(dir, sh.Files)
+	if !ok || err != nil || h.Shipment != sh.ID || h.State != stateDone || h.Chain != "" || h.Statement != (archive.Digest{}) {
+		t.Fatalf("Held: %+v %v %v", h, ok, err)
+	}
+	// A signed shipment's chain and statement digest are recorded, and
+	// an update records the new shipment's.
+	sh2, blocks2 := shipment("20261130T120001Z-00000002", im)
+	sh2.Chain, sh2.Statement = "0123456789abcdef0123456789abcdef", archive.Digest{1, 2, 3}
+	if _, err := restoreAll(t, sh2, blocks2, Options{Dir: dir, Update: true}); err != nil {
+		t.Fatal(err)
+	}
+	h, ok, err = Held(dir, sh.Files)
+	if !ok || err != nil || h.Shipment != sh2.ID || h.Chain != sh2.Chain || h.Statement != sh2.Statement {
+		t.Fatalf("Held after an update to a signed shipment: %+v %v %v", h, ok, err)
 	}
 }
 

@@ -32,6 +32,11 @@ type Shipment struct {
 	Format    int   // archive.FormatV3 (forms, FormDigest) or 1, 2 (dense blocks, BlockDigest)
 	BlockSize int64 // bytes
 	Files     []archive.File
+	// Chain and Statement, for a signed shipment whose signature was
+	// checked: its chain id and the SHA-256 of its statement, which the
+	// marker records for the rollback check of the next update.
+	Chain     string
+	Statement archive.Digest
 }
 
 // Options configure a Writer.

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"filippo.io/age"
+	"github.com/spf13/pflag"
+
+	"github.com/coldship/coldship/cipher"
+	"github.com/coldship/coldship/shipper"
+	"github.com/coldship/coldship/shipper/restore"
+)
+
+// trustOptions is --trusted-senders (receive, verify, list, prune, show):
+// the OpenSSH allowed_signers file whose keys may sign shipments.
+type trustOptions struct {
+	file    string
+	senders *cipher.AllowedSigners // loaded by load; nil without the flag
+}
+
+func addTrustFlags(f *pflag.FlagSet, o *trustOptions) {
+	f.StringVar(&o.file, "trusted-senders", "", "accept only shipments signed (send --sign-key) by a key of this OpenSSH allowed_signers `FILE`")
+}
+
+// load reads the allowed signers file, if given: a file that does not
+// load is a usage error, so that an unattended run fails before it looks
+// at DEST.
+func (o *trustOptions) load() error {
+	if o.file == "" {
+		return nil
+	}
+	a, err := cipher.ReadAllowedSigners(o.file)
+	if err != nil {
+		return usagef("--trusted-senders: %v", err)
+	}
+	o.senders = a
+	return nil
+}
+
+// warnf reports what coldship passed over at DEST (a shipment dated ahead,
+// one that does not verify): on stderr even with --quiet, as a notice with
+// --json.
+func (s *streams) warnf(json bool) func(string, ...any) {
+	return func(format string, a ...any) {
+		msg := "warning: " + fmt.Sprintf(format, a...)
+		if json {
+			s.emit(map[string]string{"type": "notice", "message": msg})
+			return
+		}
+		fmt.Fprintf(s.err, "coldship: %s\n", msg)
+	}
+}
+
+// pick returns shipment id, or the latest one when id is "". With trusted
+// senders the shipment's signature is checked (exit 4 when it does not
+// verify) and the latest is the newest that verifies; without, the latest
+// is the newest complete shipment that is readable and not dated more
+// than shipper.MaxClockSkew ahead. Every newer shipment passed over is
+// named with warn, with why.
+func (o *trustOptions) pick(ctx context.Context, tr shipper.Transport, id string, warn func(string, ...any)) (string, *shipper.TrustInfo, error) {
+	now := time.Now()
+	switch {
+	case o.senders == nil && id != "":
+		return id, nil, nil
+	case o.senders == nil:
+		id, err := shipper.Latest(ctx, tr, now, warn)
+		return id, nil, err
+	case id != "":
+		ti, err := shipper.CheckSignature(ctx, tr, id, o.senders, now)
+		if err != nil {
+			return id, nil, o.refused(err)
+		}
+		return id, ti, nil
+	}
+	ti, err := shipper.LatestTrusted(ctx, tr, o.senders, now, warn)
+	if err != nil {
+		return "", nil, o.refused(err)
+	}
+	return ti.Statement.ID, ti, nil
+}
+
+// refused says which file a shipment was checked against.
+func (o *trustOptions) refused(err error) error {
+	if errors.Is(err, shipper.ErrUntrusted) {
+		return fmt.Errorf("%w (trusted senders: %s)", err, o.file)
+	}
+	return err
+}
+
+// open picks the shipment as pick does and opens it, every object it
+// reads checked against the signed statement when there are trusted
+// senders. The id is returned even when opening fails, for the hooks.
+func (o *trustOptions) open(ctx context.Context, tr shipper.Transport, id string, ids []age.Identity,
+	warn func(string, ...any)) (string, *shipper.Shipment, error) {
+	id, ti, err := o.pick(ctx, tr, id, warn)
+	if err != nil {
+		return id, nil, err
+	}
+	var opts []shipper.OpenOption
+	if ti != nil {
+		opts = append(opts, shipper.Trusted(ti))
+	}
+	sh, err := shipper.OpenShipment(ctx, tr, id, ids, opts...)
+	return id, sh, err
+}
+
+// checkAll checks the signature of every complete shipment at tr (verify
+// --all): each that does not verify is a problem, reported and added to
+// res.
+func (o *trustOptions) checkAll(ctx context.Context, tr shipper.Transport, res *shipper.VerifyAllResult, report func(shipper.Problem)) error {
+	ships, err := shipper.List(ctx, tr)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, si := range ships {
+		if !si.Complete {
+			continue
+		}
+		_, err := shipper.CheckSignature(ctx, tr, si.ID, o.senders, now)
+		if errors.Is(err, shipper.ErrUntrusted) {
+			p := shipper.Problem{Shipment: si.ID, Problem: strings.TrimPrefix(err.Error(), "shipment "+si.ID+": "), Err: err}
+			report(p)
+			res.Problems = append(res.Problems, p)
+		} else if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// signedBy describes the signer of a checked shipment for a person:
+// "site-a (ssh-ed25519 SHA256:...)".
+func signedBy(ti *shipper.TrustInfo) string {
+	return fmt.Sprintf("%s (%s %s)", ti.Signer.Principal(), ti.Signer.Key.Type(), ti.Signer.Fingerprint())
+}
+
+// checkRollback refuses to update the restore in dir to sh when that
+// would roll it back: sh older than the shipment the restore holds (of an
+// update that did not complete: the one it came from) or,
+// when sh's signature was checked and the restore's was too, of another
+// chain. A restore of an unsigned shipment, or a receive without trusted
+// senders, has no chain to compare: only the age rule applies. With
+// allow, the refusal is only said.
+func checkRollback(dir string, sh *shipper.Shipment, allow bool, log func(string, ...any)) error {
+	held, ok, err := restore.Held(dir, sh.Manifest.Files)
+	if err != nil || !ok {
+		return err
+	}
+	// An update that did not complete left the folder at the shipment it
+	// came from: completing it, or going anywhere from there, is no
+	// rollback.
+	ref := held.Shipment
+	if held.State == "updating" && held.From != "" && sh.Header.ID != held.Shipment {
+		ref = held.From
+	}
+	if ti := sh.Trust(); ti != nil {
+		err = shipper.CheckNotRollback(ref, held.Chain, ti)
+	} else {
+		err = shipper.CheckNotOlder(ref, sh.Header.ID)
+	}
+	switch {
+	case err == nil:
+		return nil
+	case allow:
+		log("--allow-rollback: %v: updating %s anyway", err, dir)
+		return nil
+	}
+	return fmt.Errorf("--into %s: %w; give --allow-rollback to update to it anyway", dir, err)
+}
