@@ -45,9 +45,16 @@ func TestSendBackingChain(t *testing.T) {
 	}
 	out := filepath.Join(dir, "out")
 	files := mustRun(t, "receive", dest, "--out", out, "-i", key).stdout
-	for _, p := range []string{base, mid, top, other} {
+	// The relative chain landed as it was: byte for byte the source's.
+	for _, p := range []string{base, mid, top} {
 		sameFile(t, p, filepath.Join(out, filepath.Base(p)))
 	}
+	// The clone named its base by an absolute path: it now names the
+	// restored base beside it.
+	if b := vmtest.Run(t, "qemu-img", "info", "--output=json", filepath.Join(out, "clone.qcow2")); !strings.Contains(b, `"backing-filename": "base.qcow2"`) {
+		t.Errorf("restored clone:\n%s", b)
+	}
+	compareChain(t, other, filepath.Join(out, "clone.qcow2"))
 	if want := strings.Join([]string{"base.qcow2", "clone.qcow2", "mid.qcow2", "top.qcow2"}, "\n"); sortedBase(files) != want {
 		t.Errorf("restored %q, want %q", files, want)
 	}
