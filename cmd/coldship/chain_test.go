@@ -213,3 +213,17 @@ func TestChainIncremental(t *testing.T) {
 	compareChain(t, s.top, filepath.Join(out, "top.qcow2"))
 	compareChain(t, s.clone, filepath.Join(out, "clone.qcow2"))
 }
+
+// TestChainLive: send --live follows the chains too, and the receiver
+// points the overlays at the layers it restored.
+func TestChainLive(t *testing.T) {
+	_, dir, to, flags := liveEnv(t)
+	s := newChainSite(t)
+	mustRun(t, append([]string{"send", s.top, s.clone, "--to", to, "-q"}, flags...)...)
+	s.away(t, func() {
+		checkRestoredChain(t, s, dir, filepath.Join(dir, "top.qcow2"), 3)
+		checkRestoredChain(t, s, dir, filepath.Join(dir, "clone.qcow2"), 2)
+	})
+	compareChain(t, s.top, filepath.Join(dir, "top.qcow2"))
+	compareChain(t, s.clone, filepath.Join(dir, "clone.qcow2"))
+}
