@@ -63,16 +63,16 @@ type chainImage struct {
 }
 
 // checkRestoredChain checks the restored overlay at restored, with the
-// source site moved away: qemu-img check passes on every layer, and its
+// source at srcRoot moved away: qemu-img check passes on every layer, and its
 // chain, as qemu-img info --backing-chain reads it, has layers layers,
 // all under out, with relative backing names and no source path left.
-func checkRestoredChain(t *testing.T, s chainSite, out, restored string, layers int) {
+func checkRestoredChain(t *testing.T, srcRoot, out, restored string, layers int) {
 	t.Helper()
 	b, err := exec.Command("qemu-img", "info", "--backing-chain", "--output=json", restored).CombinedOutput()
 	if err != nil {
 		t.Fatalf("qemu-img info --backing-chain %s: %v\n%s", restored, err, b)
 	}
-	if strings.Contains(string(b), s.root) {
+	if strings.Contains(string(b), srcRoot) {
 		t.Errorf("the restored chain of %s still names a source path:\n%s", restored, b)
 	}
 	var chain []chainImage
@@ -145,8 +145,8 @@ func TestChainRoundTrip(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "site-b")
 			s.away(t, func() {
 				mustRun(t, append([]string{"receive", dest, "--out", out, "-i", key, "-q"}, auth...)...)
-				checkRestoredChain(t, s, out, filepath.Join(out, tc.top), 3)
-				checkRestoredChain(t, s, out, filepath.Join(out, tc.cl), 2)
+				checkRestoredChain(t, s.root, out, filepath.Join(out, tc.top), 3)
+				checkRestoredChain(t, s.root, out, filepath.Join(out, tc.cl), 2)
 			})
 			compareChain(t, s.top, filepath.Join(out, tc.top))
 			compareChain(t, s.clone, filepath.Join(out, tc.cl))
@@ -207,8 +207,8 @@ func TestChainIncremental(t *testing.T) {
 		if w == 0 || w > 3*bs {
 			t.Errorf("receive --into wrote %d bytes: want the top layer's changed blocks only", w)
 		}
-		checkRestoredChain(t, s, out, filepath.Join(out, "top.qcow2"), 3)
-		checkRestoredChain(t, s, out, filepath.Join(out, "clone.qcow2"), 2)
+		checkRestoredChain(t, s.root, out, filepath.Join(out, "top.qcow2"), 3)
+		checkRestoredChain(t, s.root, out, filepath.Join(out, "clone.qcow2"), 2)
 	})
 	compareChain(t, s.top, filepath.Join(out, "top.qcow2"))
 	compareChain(t, s.clone, filepath.Join(out, "clone.qcow2"))
@@ -221,8 +221,8 @@ func TestChainLive(t *testing.T) {
 	s := newChainSite(t)
 	mustRun(t, append([]string{"send", s.top, s.clone, "--to", to, "-q"}, flags...)...)
 	s.away(t, func() {
-		checkRestoredChain(t, s, dir, filepath.Join(dir, "top.qcow2"), 3)
-		checkRestoredChain(t, s, dir, filepath.Join(dir, "clone.qcow2"), 2)
+		checkRestoredChain(t, s.root, dir, filepath.Join(dir, "top.qcow2"), 3)
+		checkRestoredChain(t, s.root, dir, filepath.Join(dir, "clone.qcow2"), 2)
 	})
 	compareChain(t, s.top, filepath.Join(dir, "top.qcow2"))
 	compareChain(t, s.clone, filepath.Join(dir, "clone.qcow2"))

@@ -168,7 +168,8 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 		if root == "" {
 			root = opts.into
 		}
-		name, err := libvirtDefine(ctx, lv, restoredNames(root, files), opts.libvirtStart)
+		devices, _ := parseDevices(opts.outDevices)
+		name, err := libvirtDefine(ctx, lv, restoredNames(root, files, devices), opts.libvirtStart)
 		if err != nil {
 			err = fmt.Errorf("shipment %s is restored in %s, but defining the libvirt domain failed: %w", env.Shipment, opts.out, err)
 			return onFailure(ctx, s, runner, env, err)
