@@ -2,10 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/coldship/coldship/cipher"
@@ -226,4 +228,86 @@ func TestChainLive(t *testing.T) {
 	})
 	compareChain(t, s.top, filepath.Join(dir, "top.qcow2"))
 	compareChain(t, s.clone, filepath.Join(dir, "clone.qcow2"))
+}
+
+// TestOwnersEndToEnd: a VM whose overlay and folder belong to
+// libvirt-qemu:kvm (64055:994) and whose base, found through the chain,
+// belongs to root is sent; the shipment records each owner; received as
+// root each comes back with its own, with --no-same-owner everything
+// belongs to root, and received as nobody everything belongs to nobody.
+func TestOwnersEndToEnd(t *testing.T) {
+	if os.Geteuid() != 0 {
+		vmtest.Unavailable(t, "giving files other owners needs root")
+	}
+	setpriv := requireTool(t, "setpriv")
+	bin := coldshipBinary(t)
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755) // nobody must reach it
+	src := filepath.Join(dir, "src")
+	vm := filepath.Join(src, "vm")
+	os.MkdirAll(vm, 0o755)
+	base := qemuImg(t, src, "base.qcow2", "", 0x11, 0, 1<<20)
+	top := qemuImg(t, vm, "disk.qcow2", base, 0x22, 1<<20, 64<<10)
+	for _, p := range []string{vm, top} {
+		if err := os.Chown(p, 64055, 994); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dest := filepath.Join(dir, "dest")
+	id := strings.TrimSpace(mustRun(t, "send", vm, "--to", dest, "-r", rcpt, "-q").stdout)
+	want := map[string]string{"vm": "64055:994", "vm/disk.qcow2": "64055:994", "vm/base.qcow2": "0:0"}
+	shown := 0
+	for _, line := range strings.Split(strings.TrimSpace(mustRun(t, "show", dest, id, "-i", key, "--json").stdout), "\n") {
+		var f struct{ Path, Owner string }
+		json.Unmarshal([]byte(line), &f)
+		if w, ok := want[f.Path]; ok {
+			shown++
+			if f.Owner != w {
+				t.Errorf("show: %s owned by %s, want %s", f.Path, f.Owner, w)
+			}
+		}
+	}
+	if shown != len(want) {
+		t.Errorf("show listed %d of the %d files", shown, len(want))
+	}
+	check := func(out, what string, want map[string]string) {
+		t.Helper()
+		for p, w := range want {
+			fi, err := os.Stat(filepath.Join(out, p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			st := fi.Sys().(*syscall.Stat_t)
+			if got := fmt.Sprintf("%d:%d", st.Uid, st.Gid); got != w {
+				t.Errorf("%s: %s owned by %s, want %s", what, p, got, w)
+			}
+		}
+	}
+
+	out := filepath.Join(dir, "root")
+	mustRun(t, "receive", dest, id, "--out", out, "-i", key, "-q")
+	check(out, "received as root", want)
+	out = filepath.Join(dir, "nosame")
+	mustRun(t, "receive", dest, id, "--out", out, "-i", key, "-q", "--no-same-owner")
+	check(out, "--no-same-owner", map[string]string{"vm": "0:0", "vm/disk.qcow2": "0:0", "vm/base.qcow2": "0:0"})
+
+	// As nobody, into a folder of nobody's, with a key only nobody reads.
+	home := filepath.Join(dir, "nobody")
+	os.Mkdir(home, 0o755)
+	os.Chown(home, 65534, 65534)
+	nkey := filepath.Join(home, "key")
+	b, _ := os.ReadFile(key)
+	os.WriteFile(nkey, b, 0o600)
+	os.Chown(nkey, 65534, 65534)
+	out = filepath.Join(home, "out")
+	cmd := exec.Command(setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--",
+		bin, "receive", dest, id, "--out", out, "-i", nkey, "-q")
+	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_STATE_HOME="+home)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("receive as nobody: %v: %s", err, b)
+	}
+	check(out, "received as nobody", map[string]string{"vm": "65534:65534", "vm/disk.qcow2": "65534:65534", "vm/base.qcow2": "65534:65534"})
+	compareChain(t, top, filepath.Join(out, "vm", "disk.qcow2"))
 }
