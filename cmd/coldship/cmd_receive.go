@@ -71,6 +71,10 @@ lie in a folder it matches). --out-device NAME=/dev/X writes file NAME of the
 shipment onto an existing block device instead, in place: a receive that
 fails leaves that device unusable.
 
+qcow2 backing chains land side by side, each overlay's header rewritten to
+name its restored layer by a relative name (a device's path for a layer on
+--out-device); --include of an overlay brings its layers.
+
 As root, files get the numeric owner and group they had at the source
 (--no-same-owner: not); otherwise they belong to the user running receive.
 
