@@ -145,7 +145,8 @@ func checkLen(plain []byte, wantLen int64) ([]byte, error) {
 
 // LiveManifest is the manifest of a live session, sent after its final
 // round: the files as they were then. Its Files carry extents (runs of
-// whole blocks: data, hole, zero) and whole-file digests but no Blocks:
+// whole blocks: data, hole, zero), whole-file digests, and, as in format
+// 3, owners, the device flag and backing layers, but no Blocks:
 // the receiver has the FormDigest of the form it wrote last for every
 // data block, and the format 3 whole-file digest (FileDigester(FormatV3))
 // over those, in index order, proves that what it holds is the sender's
@@ -198,14 +199,19 @@ func (m *LiveManifest) check() error {
 	if err := CheckLiveFiles(m.Files); err != nil {
 		return err
 	}
+	types := map[string]string{}
 	for i := range m.Files {
 		f := &m.Files[i]
-		if len(f.Blocks) != 0 {
+		types[f.Path] = f.Type
+		if len(f.Blocks) != 0 || f.DataBlocks != 0 || f.DataBytes != 0 {
 			return fmt.Errorf("%s: block table in a live manifest", f.Path)
 		}
+		if (f.UID == nil) != (f.GID == nil) {
+			return fmt.Errorf("%s: owner without group", f.Path)
+		}
 		if f.Type != TypeFile {
-			if len(f.Extents) != 0 {
-				return fmt.Errorf("%s: directory with extents", f.Path)
+			if len(f.Extents) != 0 || f.Backing != nil || f.Device {
+				return fmt.Errorf("%s: directory with data", f.Path)
 			}
 			continue
 		}
@@ -226,7 +232,7 @@ func (m *LiveManifest) check() error {
 			return fmt.Errorf("%s: extents cover %d of %d bytes", f.Path, off, f.Size)
 		}
 	}
-	return nil
+	return checkBacking(m.Files, types)
 }
 
 // CheckLiveFiles checks the file table of a live session (paths, types,

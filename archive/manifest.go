@@ -303,7 +303,7 @@ func (m *Manifest) check() error {
 			}
 		}
 	}
-	return m.checkBacking(seen)
+	return checkBacking(m.Files, seen)
 }
 
 // checkFile checks one entry of files.
@@ -443,11 +443,12 @@ func (m *Manifest) checkV3Objects() error {
 	return nil
 }
 
-// checkBacking checks that every backing reference names another file of
-// the shipment and that following them never loops.
-func (m *Manifest) checkBacking(types map[string]string) error {
+// checkBacking checks that every backing reference of files names another
+// file of them (types: the type of each path) and that following them
+// never loops.
+func checkBacking(files []File, types map[string]string) error {
 	next := map[string]string{}
-	for _, f := range m.Files {
+	for _, f := range files {
 		if f.Backing == nil {
 			continue
 		}

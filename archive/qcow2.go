@@ -237,16 +237,21 @@ func (h *qcow2Header) structures() map[string]int64 {
 // a name that would not fit in the first cluster, and an image whose
 // metadata tables lie inside that cluster. The write is synced; it is one
 // write of at most one cluster, not atomic against a crash: rewrite a copy
-// that is renamed into place afterwards, as restores do.
+// that is renamed into place afterwards, as restores do. f may be a block
+// device holding a qcow2 image (written in place).
 func RewriteBacking(f *os.File, name, format string) error {
 	fi, err := f.Stat()
 	if err != nil {
 		return fmt.Errorf("rewrite backing file of %s: %w", f.Name(), err)
 	}
-	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("rewrite backing file of %s: not a regular file", f.Name())
+	if !fi.Mode().IsRegular() && !isBlockDevice(fi.Mode()) {
+		return fmt.Errorf("rewrite backing file of %s: not a regular file or block device", f.Name())
 	}
-	b, err := readQCOW2Cluster(f, fi.Size())
+	size, err := fileSize(f)
+	if err != nil {
+		return fmt.Errorf("rewrite backing file of %s: %w", f.Name(), err)
+	}
+	b, err := readQCOW2Cluster(f, size)
 	if err != nil {
 		return fmt.Errorf("rewrite backing file of %s: %w", f.Name(), err)
 	}

@@ -44,6 +44,15 @@ func NewSource(p, name string, fi fs.FileInfo) Source {
 	return s
 }
 
+// ManifestBacking is the manifest's record of s's backing layer (its
+// shipped name and format), nil when it has none.
+func (s Source) ManifestBacking() *Backing {
+	if s.Backing == "" {
+		return nil
+	}
+	return &Backing{Path: s.Backing, Format: s.BackingFormat}
+}
+
 // CollectSources expands the command line's SOURCE arguments: a file or a
 // block device ships under its base name, a directory under its base name
 // with everything in it, recursively. Symbolic links given as arguments

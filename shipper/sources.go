@@ -3,7 +3,6 @@ package shipper
 import (
 	"fmt"
 	"os"
-	"syscall"
 	"time"
 
 	"github.com/coldship/coldship/archive"
@@ -79,10 +78,11 @@ func (sf *sendFile) journalFile() journalFile {
 }
 
 // manifestFile describes the source in a format 3 manifest, from what the
-// attempt learned of its blocks.
+// attempt learned of its blocks: owner, group, device and backing layer as
+// the source was collected (archive.Source).
 func (sf *sendFile) manifestFile() archive.File {
 	fi := sf.src.Info
-	uid, gid := owner(fi.Sys())
+	uid, gid := sf.src.UID, sf.src.GID
 	f := archive.File{Path: sf.src.Name, Mode: fi.Mode().Perm(), MTime: fi.ModTime().UTC(), UID: &uid, GID: &gid}
 	if sf.f == nil {
 		f.Type = archive.TypeDir
@@ -93,13 +93,7 @@ func (sf *sendFile) manifestFile() archive.File {
 	f.MTime = time.Unix(sf.stamp.MTime.Unix()).UTC()
 	f.BLAKE3 = sf.digest.Sum()
 	f.DataBlocks, f.DataBytes = sf.dataBlocks, sf.dataBytes
+	f.Device = sf.src.Device
+	f.Backing = sf.src.ManifestBacking()
 	return f
-}
-
-// owner returns the numeric owner and group of a file's stat data.
-func owner(sys any) (uint32, uint32) {
-	if st, ok := sys.(*syscall.Stat_t); ok {
-		return st.Uid, st.Gid
-	}
-	return 0, 0
 }

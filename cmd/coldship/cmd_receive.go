@@ -85,6 +85,10 @@ lie in a folder it matches). --out-device NAME=/dev/X writes file NAME of the
 shipment onto an existing block device instead, in place: a receive that
 fails leaves that device unusable.
 
+qcow2 backing chains land side by side, each overlay's header rewritten to
+name its restored layer by a relative name (a device's path for a layer on
+--out-device); --include of an overlay brings its layers.
+
 As root, files get the numeric owner and group they had at the source
 (--no-same-owner: not); otherwise they belong to the user running receive.
 
@@ -194,7 +198,8 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 		if root == "" {
 			root = opts.into
 		}
-		name, err := libvirtDefine(ctx, lv, restoredNames(root, files), opts.libvirtStart)
+		devices, _ := parseDevices(opts.outDevices)
+		name, err := libvirtDefine(ctx, lv, restoredNames(root, files, devices), opts.libvirtStart)
 		if err != nil {
 			err = fmt.Errorf("shipment %s is restored in %s, but defining the libvirt domain failed: %w", env.Shipment, opts.out, err)
 			return onFailure(ctx, s, runner, env, err)

@@ -182,13 +182,17 @@ func shippedPaths(dom *hooks.Domain, srcs []archive.Source, chains bool) (map[st
 }
 
 // restoredNames maps the name in the shipment of each restored file under
-// root to its path.
-func restoredNames(root string, files []string) map[string]string {
+// root to its path, and of each file written onto a device (--out-device)
+// to the device.
+func restoredNames(root string, files []string, devices map[string]string) map[string]string {
 	out := map[string]string{}
 	for _, p := range files {
 		if rel, err := filepath.Rel(root, p); err == nil && !strings.HasPrefix(rel, "..") {
 			out[filepath.ToSlash(rel)] = p
 		}
+	}
+	for name, dev := range devices {
+		out[name] = dev
 	}
 	return out
 }

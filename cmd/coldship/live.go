@@ -134,7 +134,7 @@ func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
 		return err
 	}
 	env := hooks.Env{Dest: opts.to, Files: opts.sources}
-	res, err := liveSend(ctx, s, opts, cfg, runner, env, bs, lanes, untilDirty)
+	res, err := liveSend(ctx, s, opts, cfg, runner, &env, bs, lanes, untilDirty)
 	if err != nil {
 		if res != nil {
 			env.Shipment = res.ID
@@ -243,16 +243,19 @@ func (e remoteHookError) Is(target error) bool { return target == errHook }
 
 // liveSend connects, starts the receiver and runs the session. The result
 // carries the shipment id, once known, even on failure.
-func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Config, runner *hooks.Runner, env hooks.Env,
+func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Config, runner *hooks.Runner, env *hooks.Env,
 	bs int64, lanes int, untilDirty int64) (*live.SendResult, error) {
 	lo := &opts.live
-	if err := runner.Run(ctx, hooks.PreSend, env); err != nil {
+	if err := runner.Run(ctx, hooks.PreSend, *env); err != nil {
 		return nil, hookErr(fmt.Errorf("nothing was read or shipped: %w", err))
 	}
-	sources, err := archive.CollectSources(opts.sources)
+	set, err := gatherSources(ctx, s, opts, nil)
 	if err != nil {
 		return nil, err
 	}
+	defer set.cleanup()
+	sources := set.sources
+	env.Files = append(env.Files, set.layers...)
 	preCopy := lo.rounds > 0 || untilDirty > 0
 	if preCopy && !runner.Has(hooks.PreSwitchover) {
 		s.logf(opts.output)("warning: pre-copy without a pre-switchover hook: the final round runs while the VM may still write, and fails if it does")
@@ -283,7 +286,7 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 		Switchover: func(ctx context.Context, shipment string) error {
 			id = shipment
 			env.Shipment = shipment
-			if err := runner.Run(ctx, hooks.PreSwitchover, env); err != nil {
+			if err := runner.Run(ctx, hooks.PreSwitchover, *env); err != nil {
 				return hookErr(fmt.Errorf("the destination keeps nothing: %w", err))
 			}
 			// Without pre-copy this is an ordinary cold send: refuse an

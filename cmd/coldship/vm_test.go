@@ -2,7 +2,9 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,9 +47,16 @@ func TestSendBackingChain(t *testing.T) {
 	}
 	out := filepath.Join(dir, "out")
 	files := mustRun(t, "receive", dest, "--out", out, "-i", key).stdout
-	for _, p := range []string{base, mid, top, other} {
+	// The relative chain landed as it was: byte for byte the source's.
+	for _, p := range []string{base, mid, top} {
 		sameFile(t, p, filepath.Join(out, filepath.Base(p)))
 	}
+	// The clone named its base by an absolute path: it now names the
+	// restored base beside it.
+	if b := vmtest.Run(t, "qemu-img", "info", "--output=json", filepath.Join(out, "clone.qcow2")); !strings.Contains(b, `"backing-filename": "base.qcow2"`) {
+		t.Errorf("restored clone:\n%s", b)
+	}
+	compareChain(t, other, filepath.Join(out, "clone.qcow2"))
 	if want := strings.Join([]string{"base.qcow2", "clone.qcow2", "mid.qcow2", "top.qcow2"}, "\n"); sortedBase(files) != want {
 		t.Errorf("restored %q, want %q", files, want)
 	}
@@ -235,7 +244,7 @@ func TestLibvirtChainAndBlockDisk(t *testing.T) {
 	os.Mkdir(images, 0o755)
 	base := qemuImg(t, images, "base.qcow2", "", 0x11, 0, 1<<20)
 	mid := qemuImg(t, images, "mid.qcow2", "base.qcow2", 0x22, 1<<20, 1<<20)
-	top := qemuImg(t, images, "web01.qcow2", "mid.qcow2", 0x33, 2<<20, 1<<20)
+	top := qemuImg(t, images, "web01.qcow2", mid, 0x33, 2<<20, 1<<20) // by its absolute path, as libvirt names layers
 	lv := filepath.Join(dir, "lv.img")
 	makeImage(t, lv, 8<<20, region{1 << 20, 1 << 20, "random"})
 	dev := vmtest.LoopFile(t, lv)
@@ -261,11 +270,15 @@ func TestLibvirtChainAndBlockDisk(t *testing.T) {
 	}
 
 	out := filepath.Join(dir, "site-b")
+	os.Rename(images, images+".away") // no source path may be needed
 	mustRun(t, "receive", dest, "--out", out, "-i", key, "-q", "--libvirt-define", "--libvirt-uri", "test:///default")
 	restored := filepath.Join(out, "web01")
-	for _, p := range []string{base, mid, top} {
+	checkRestoredChain(t, images, out, filepath.Join(restored, "web01.qcow2"), 3)
+	os.Rename(images+".away", images)
+	for _, p := range []string{base, mid} {
 		sameFile(t, p, filepath.Join(restored, filepath.Base(p)))
 	}
+	compareChain(t, top, filepath.Join(restored, "web01.qcow2"))
 	sameFile(t, lv, filepath.Join(restored, filepath.Base(dev)))
 
 	// The definition points at the restored layer and at the device's
@@ -291,6 +304,30 @@ func TestLibvirtChainAndBlockDisk(t *testing.T) {
 		t.Errorf("virsh define of the rewritten definition: %v\n%s", err, b)
 	}
 
+	// The block disk onto a block device at the destination: the
+	// definition keeps it a block disk, on that device.
+	target, _ := vmtest.Loop(t, 8<<20)
+	out2 := filepath.Join(dir, "site-c")
+	mustRun(t, "receive", dest, "--out", out2, "-i", key, "-q", "--out-device", "web01/"+filepath.Base(dev)+"="+target,
+		"--libvirt-define", "--libvirt-uri", "test:///default")
+	sameDevice(t, lv, target)
+	xml, err = os.ReadFile(filepath.Join(out2, "web01", "web01.xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"<disk type='block' device='disk'>", "<source dev='" + target + "'/>",
+		"<source file='" + out2 + "/web01/web01.qcow2'/>",
+		"<source file='" + out2 + "/web01/mid.qcow2'/>",
+	} {
+		if !strings.Contains(string(xml), want) {
+			t.Errorf("definition defined with --out-device lacks %s:\n%s", want, xml)
+		}
+	}
+	if strings.Contains(string(xml), "'"+dev+"'") || strings.Contains(string(xml), images) {
+		t.Errorf("definition defined with --out-device still names a source path:\n%s", xml)
+	}
+
 	// A definition whose <backingStore> is not what the headers say is
 	// refused before anything is shipped; the on-failure hook sees the
 	// files too.
@@ -303,6 +340,24 @@ func TestLibvirtChainAndBlockDisk(t *testing.T) {
 	}
 	if f := hookFiles(t, hk, "on-failure"); f != top+"\n"+base {
 		t.Errorf("on-failure COLDSHIP_FILES %q", f)
+	}
+}
+
+// sameDevice checks that the device holds the file's bytes at its start.
+func sameDevice(t *testing.T, file, dev string) {
+	t.Helper()
+	want, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(f, got); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("%s does not hold %s: %v", dev, file, err)
 	}
 }
 

@@ -229,7 +229,8 @@ func (s *sendSession) manifest(created time.Time, compression string, rounds uin
 	}
 	for _, f := range s.files {
 		fi := f.src.Info
-		af := archive.File{Path: f.src.Name, Mode: fi.Mode().Perm(), MTime: fi.ModTime().UTC()}
+		uid, gid := f.src.UID, f.src.GID
+		af := archive.File{Path: f.src.Name, Mode: fi.Mode().Perm(), MTime: fi.ModTime().UTC(), UID: &uid, GID: &gid}
 		if f.f == nil {
 			af.Type = archive.TypeDir
 			m.Files = append(m.Files, af)
@@ -239,6 +240,7 @@ func (s *sendSession) manifest(created time.Time, compression string, rounds uin
 		af.MTime = time.Unix(f.stamp.MTime.Unix()).UTC()
 		af.BLAKE3 = f.digest.Sum()
 		af.Extents = f.extents
+		af.Device, af.Backing = f.src.Device, f.src.ManifestBacking()
 		m.Files = append(m.Files, af)
 	}
 	return m

@@ -18,7 +18,8 @@ import (
 // place: devices get zeros where the shipment has zeros; files are synced;
 // each whole-file digest (and data bytes) is checked from the digests of
 // the blocks the file holds; with ReadBack every block written is read
-// again and checked; Finalize runs; owners, modes and mtimes are set; then
+// again and checked; overlays are pointed at their restored backing files
+// (see backing.go); Finalize runs; owners, modes and mtimes are set; then
 // every file is renamed to its final name, the folders are synced and the
 // marker says what the folder holds. An error before the renames leaves
 // every final name as it was.
@@ -167,9 +168,13 @@ func (w *Writer) zeroGaps(f *file) error {
 	return zeroRange(f.fh, next*bs, f.meta.Size-min(next*bs, f.meta.Size), true)
 }
 
-// finalize runs the Finalize hook on a file written by this restore, then
-// sets its owner, mode and mtime.
+// finalize points an overlay at its restored backing file (relink), runs
+// the Finalize hook on a file written by this restore, then sets its
+// owner, mode and mtime.
 func (w *Writer) finalize(ctx context.Context, f *file) error {
+	if err := w.relink(f); err != nil {
+		return fmt.Errorf("%s: point at its backing file: %w", f.meta.Path, err)
+	}
 	if f.device {
 		return nil
 	}

@@ -40,6 +40,12 @@
 //     whose digest checks on disk, and a Writer for anything else removes
 //     them. Temporary files that no record names (a receive killed before
 //     it recorded them, older versions) are removed too.
+//   - Backing chains: a qcow2 overlay whose manifest entry names its
+//     backing file (archive.File's Backing) is pointed at where that file
+//     was restored, by a relative name within the output folder (a
+//     device's path with --out-device), before it lands; an included
+//     overlay brings its layers. See backing.go for how updates keep the
+//     rewritten header.
 //   - Ownership, modes and times: permission bits and mtimes as the
 //     manifest has them; numeric owner and group (format 3) when running
 //     as root, unless Options.NoSameOwner; otherwise files belong to the

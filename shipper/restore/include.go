@@ -11,10 +11,15 @@ import (
 // --include) writes: a file or folder is restored when a pattern matches
 // its path or the path of a folder it lies in, and a folder also when a
 // restored file lies in it (the folders on the way are created).
+//
+// An overlay image brings its backing chain: the layers it reads through
+// are restored with it (layers lists those no pattern matched), so that it
+// can be pointed at them.
 type includer struct {
 	files    []archive.File
 	patterns []string
 	keep     []bool
+	layers   []string
 }
 
 func newIncluder(files []archive.File, patterns []string) *includer {
@@ -31,14 +36,36 @@ func newIncluder(files []archive.File, patterns []string) *includer {
 		if !inc.matches(files[i].Path) {
 			continue
 		}
-		inc.keep[i] = true
-		for d := path.Dir(files[i].Path); d != "."; d = path.Dir(d) {
-			if j, ok := byPath[d]; ok {
-				inc.keep[j] = true
+		inc.keepWithFolders(i, byPath)
+	}
+	for i := range files {
+		if !inc.keep[i] {
+			continue
+		}
+		// The manifest's check bounds every chain (no loops).
+		for b := files[i].Backing; b != nil; {
+			j, ok := byPath[b.Path]
+			if !ok {
+				break
 			}
+			if !inc.keep[j] {
+				inc.keepWithFolders(j, byPath)
+				inc.layers = append(inc.layers, files[j].Path)
+			}
+			b = files[j].Backing
 		}
 	}
 	return inc
+}
+
+// keepWithFolders keeps file i and the folders it lies in.
+func (inc *includer) keepWithFolders(i int, byPath map[string]int) {
+	inc.keep[i] = true
+	for d := path.Dir(inc.files[i].Path); d != "."; d = path.Dir(d) {
+		if j, ok := byPath[d]; ok {
+			inc.keep[j] = true
+		}
+	}
 }
 
 // matches reports whether a pattern matches p or a folder p lies in.

@@ -210,6 +210,9 @@ func (w *Writer) selectFiles() error {
 	if err := inc.check(); err != nil {
 		return err
 	}
+	for _, l := range inc.layers {
+		w.opts.Log("--include: restoring %s too: an included image reads through it (backing chain)", l)
+	}
 	for dev := range w.opts.Devices {
 		if i := indexOf(w.sh.Files, dev); i < 0 || w.sh.Files[i].Type != archive.TypeFile {
 			return fmt.Errorf("--out-device %s: the shipment has no file %q", dev, dev)
