@@ -28,6 +28,7 @@ type stateKeys struct {
 	id         string    // 8 bytes, hex: which state key a table was made with
 	journalMAC [32]byte  // keys the MAC chain of resume journals
 	tableMAC   [32]byte  // keys the MAC of DR block tables
+	recordMAC  [32]byte  // keys the tags that tie a journal's records to the records they describe
 	keyed      sync.Pool // of *blake3.Hasher keyed with the state key
 }
 
@@ -55,6 +56,7 @@ func loadStateKeys(stateDir string) (*stateKeys, error) {
 	k.id = hex.EncodeToString(id[:])
 	blake3.DeriveKey("coldship/v3 journal mac", key[:], k.journalMAC[:])
 	blake3.DeriveKey("coldship/v3 dr table mac", key[:], k.tableMAC[:])
+	blake3.DeriveKey("coldship/v4 journal record", key[:], k.recordMAC[:])
 	k.keyed.New = func() any {
 		h, err := blake3.NewKeyed(key[:])
 		if err != nil {
@@ -118,6 +120,18 @@ func (k *stateKeys) keyedDigest(index int64, d archive.Digest) archive.Digest {
 	var out archive.Digest
 	h.Sum(out[:0])
 	return out
+}
+
+// recordTag ties a record of a journal's 'R' body (its first
+// journalRecordHead bytes: file, block, length, flags, keyed digest) to
+// the head of the sealed record it describes (its random salt and key
+// commitment, unique to that record): the first recordTagSize bytes of
+// BLAKE3 keyed with the record key over both.
+func (k *stateKeys) recordTag(rec, head []byte) [recordTagSize]byte {
+	m := mac(&k.recordMAC, rec[:journalRecordHead], head)
+	var t [recordTagSize]byte
+	copy(t[:], m[:])
+	return t
 }
 
 // mac returns BLAKE3 keyed with key over the parts, in order.
