@@ -453,6 +453,23 @@ func TestDamagedJournalMovedAside(t *testing.T) {
 	}
 }
 
+// TestDamagedStateKeyReplaced: a state key file that holds no key is
+// moved aside with a warning and replaced; the journal it keyed no longer
+// verifies, so the send starts a new shipment, without a human.
+func TestDamagedStateKeyReplaced(t *testing.T) {
+	s := interrupt(t, 2, 1)
+	key := filepath.Join(s.opts.StateDir, "dr", "state.key")
+	os.WriteFile(key, []byte("not a key\n"), 0o600)
+	res := s.rerun(t)
+	bad, _ := filepath.Glob(key + ".bad-*")
+	if res.Resumed || len(bad) != 1 || !strings.Contains(s.logs.String(), "moved aside to "+bad[0]) {
+		t.Errorf("resumed %v, moved aside %v, log:\n%s", res.Resumed, bad, s.logs)
+	}
+	if b, err := os.ReadFile(key); err != nil || len(strings.TrimSpace(string(b))) != 64 {
+		t.Errorf("no new state key: %q %v", b, err)
+	}
+}
+
 // TestKeySlotNeverOverwritten resumes with a journal that forgot its key
 // slots (restored from an old backup): the rerun must not write its key
 // over keys/0000, which sealed the segments already there.

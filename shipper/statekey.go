@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/zeebo/blake3"
 
@@ -36,8 +37,11 @@ type stateKeys struct {
 func stateKeyFile(stateDir string) string { return filepath.Join(stateDir, "dr", "state.key") }
 
 // loadStateKeys reads (or makes, on first use) the state key of stateDir;
-// with stateDir "" the key is random for this run.
-func loadStateKeys(stateDir string) (*stateKeys, error) {
+// with stateDir "" the key is random for this run. A damaged key is moved
+// aside and replaced, with a warning to log: an unattended run never
+// needs someone to remove it (what it keyed, DR tables and resume
+// journals, then no longer verifies and is set aside in turn).
+func loadStateKeys(stateDir string, log func(string, ...any)) (*stateKeys, error) {
 	var key [32]byte
 	if stateDir == "" {
 		rand.Read(key[:])
@@ -46,7 +50,20 @@ func loadStateKeys(stateDir string) (*stateKeys, error) {
 			return nil, fmt.Errorf("state key: %w", err)
 		}
 		var err error
-		if key, err = loadStateKey(stateKeyFile(stateDir)); err != nil {
+		key, err = loadStateKey(stateKeyFile(stateDir))
+		if errors.Is(err, errStateKeyDamaged) {
+			p := stateKeyFile(stateDir)
+			bad := p + ".bad-" + time.Now().UTC().Format("20060102T150405Z")
+			// Another run may have set it aside first: then load its new one.
+			if rerr := os.Rename(p, bad); rerr == nil {
+				log("warning: %v: moved aside to %s; a new state key is made (the next send with --base is a full one, "+
+					"and an interrupted send starts a new shipment)", err, bad)
+			} else if !errors.Is(rerr, fs.ErrNotExist) {
+				return nil, fmt.Errorf("%w (moving it aside: %v)", err, rerr)
+			}
+			key, err = loadStateKey(p)
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -66,6 +83,9 @@ func loadStateKeys(stateDir string) (*stateKeys, error) {
 	}
 	return k, nil
 }
+
+// errStateKeyDamaged marks a state key file that does not hold a key.
+var errStateKeyDamaged = errors.New("damaged: not 32 bytes in hex")
 
 // loadStateKey reads the state key, or makes one (mode 0600) on first use.
 func loadStateKey(path string) ([32]byte, error) {
@@ -97,7 +117,7 @@ func loadStateKey(path string) ([32]byte, error) {
 		return key, fmt.Errorf("state key: %w", err)
 	}
 	if n, err := hex.Decode(key[:], []byte(strings.TrimSpace(string(b)))); err != nil || n != len(key) {
-		return key, fmt.Errorf("state key %s is damaged; remove it (the next send with --base is then a full one)", path)
+		return key, fmt.Errorf("state key %s: %w", path, errStateKeyDamaged)
 	}
 	return key, nil
 }
