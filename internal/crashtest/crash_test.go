@@ -2,7 +2,6 @@ package crashtest_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -175,8 +174,6 @@ func wanted(transport, cell string) bool {
 	}
 	return only == cell || only == transport
 }
-
-var _ = errors.New
 
 // TestDamage damages what the rerun of a killed send trusts, in every way
 // of issue 14, and checks that the rerun still exits 0 with a shipment

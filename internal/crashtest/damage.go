@@ -245,6 +245,9 @@ func Damages() []Damage {
 		Damage{Name: "state key replaced", Segments: 1, Aside: true, Apply: func(_ context.Context, d *Damaged) error {
 			return os.WriteFile(filepath.Join(d.State, "dr", "state.key"), []byte(strings.Repeat("ab", 32)+"\n"), 0o600)
 		}},
+		Damage{Name: "state key damaged", Segments: 1, Aside: true, Apply: func(_ context.Context, d *Damaged) error {
+			return os.WriteFile(filepath.Join(d.State, "dr", "state.key"), []byte("not a key\n"), 0o600)
+		}},
 	)
 }
 

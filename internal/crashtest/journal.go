@@ -21,8 +21,9 @@ type Journal struct {
 	Tags   [][]byte
 }
 
-// JournalRecordSize is the size of one record of an 'R' body.
-const JournalRecordSize = 49
+// JournalRecordSize is the size of one record of an 'R' body (format 4:
+// file, block, length, flags, keyed digest, tag).
+const JournalRecordSize = 65
 
 // FindJournal returns the one resume journal in stateDir.
 func FindJournal(stateDir string) (string, error) {
@@ -161,7 +162,7 @@ func (j *Journal) Segments() []JournalSegment {
 
 // Records returns the records of the 'R' bodies of segment n, in order,
 // as slices into the bodies (editing them edits the journal): u32be(file)
-// u64be(block) u32be(length) u8(flags) [32]keyed digest.
+// u64be(block) u32be(length) u8(flags) [32]keyed digest [16]tag.
 func (j *Journal) Records(n int) [][]byte {
 	var out [][]byte
 	for _, b := range j.Bodies {

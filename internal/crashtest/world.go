@@ -95,13 +95,13 @@ func tail(s string) string {
 }
 
 // killedCodes are the exit statuses a run stopped by sig may have: 137
-// for SIGKILL; 130 for SIGTERM, which coldship catches (143 if it lands
-// before coldship set its handler up).
+// for SIGKILL; 130 for SIGTERM, which coldship catches and reports as an
+// interruption (README, Exit status).
 func killedCodes(sig syscall.Signal) []int {
 	if sig == syscall.SIGKILL {
 		return []int{128 + int(syscall.SIGKILL)}
 	}
-	return []int{130, 128 + int(syscall.SIGTERM)}
+	return []int{130}
 }
 
 // copyTree copies a folder with cp -a, holes kept: what a previous
