@@ -11,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/coldship/coldship/internal/crashtest"
 	"github.com/coldship/coldship/shipper/s3/s3test"
@@ -99,7 +100,11 @@ var transports = []struct {
 		dir := filepath.Join(srv.Root, "dest")
 		st := &crashtest.Folder{Kind: "sftp", Dir: dir, URL: fmt.Sprintf("sftp://%s@%s%s", srv.User, srv.Addr, dir),
 			Flag: []string{"--ssh-key", srv.ClientKeyFile, "--known-hosts", srv.KnownHostsFile}}
-		return &crashtest.Setup{Store: st, BlockSize: 64 << 10, SegmentSize: 1 << 20, Streams: 2, Restart: srv.Restart}
+		return &crashtest.Setup{Store: st, BlockSize: 64 << 10, SegmentSize: 1 << 20, Streams: 2, Outage: func() {
+			srv.Stop()
+			time.Sleep(time.Second)
+			srv.Restart()
+		}}
 	}},
 	{"s3", func(t *testing.T, w *crashtest.World) *crashtest.Setup {
 		srv := s3test.Start(t)
@@ -109,7 +114,11 @@ var transports = []struct {
 		st := &crashtest.Bucket{Client: srv.Client(), Bucket: srv.Bucket, Prefix: "dest", Flag: []string{"--s3-endpoint", srv.Endpoint}}
 		// Segments past the 8 MiB part size go up as multipart uploads,
 		// which a killed send leaves behind.
-		return &crashtest.Setup{Store: st, BlockSize: 64 << 10, SegmentSize: 9 << 20, Streams: 2, Restart: srv.Restart}
+		return &crashtest.Setup{Store: st, BlockSize: 64 << 10, SegmentSize: 9 << 20, Streams: 2, Outage: func() {
+			srv.Stop()
+			time.Sleep(time.Second)
+			srv.Restart()
+		}}
 	}},
 }
 
@@ -202,6 +211,40 @@ func TestDamage(t *testing.T) {
 				tally.Add(cell, crashtest.Point{}, r)
 				if r.Err != nil {
 					t.Errorf("%s: %v", cell, r.Err)
+				}
+			}
+		})
+	}
+}
+
+// TestOutage stops and restarts the SFTP and S3 servers in the middle of
+// a send and of a receive: each must retry the lost connection, resume,
+// and complete with a result that restores bit for bit (issue 14 item 5:
+// receive retries like send).
+func TestOutage(t *testing.T) {
+	w := getWorld(t)
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
+			if tr.name == "local" || !wanted(tr.name, "") {
+				t.Skip("no server to stop")
+			}
+			set := tr.setup(t, w)
+			ctx := context.Background()
+			ref, err := w.NewReference(ctx, set)
+			if err != nil {
+				t.Fatalf("reference runs: %v", err)
+			}
+			for _, command := range []string{crashtest.Send, crashtest.ReceiveOut} {
+				total := map[string]int64{crashtest.Send: ref.SendMoved, crashtest.ReceiveOut: ref.OutMoved}[command]
+				for i := range points {
+					seed := baseSeed + uint64(i)
+					cell := tr.name + "/" + command + " (server restarted)/-"
+					at := int64(0.1 + 0.5*crashtest.Fraction(cell, seed)*float64(total))
+					r := w.OutagePoint(ctx, set, ref, command, at)
+					tally.Add(cell, crashtest.Point{Seed: seed}, r)
+					if r.Err != nil {
+						t.Errorf("%s seed %d (at %d of %d bytes): %v", cell, seed, at, total, r.Err)
+					}
 				}
 			}
 		})

@@ -294,3 +294,73 @@ func finalNamesKept(src, before, out string) error {
 		return nil
 	})
 }
+
+// OutagePoint runs a send of SourceA to a new folder of set's store, or
+// (command ReceiveOut) a receive of the reference shipment A, and once it
+// has moved at bytes, has set.Outage stop and restart the server. The
+// command must retry (--retries, its default), resume, and exit 0 with a
+// result that restores bit for bit; it must have outlived the outage or
+// said that an attempt failed (else the outage missed it, and the point
+// proves nothing). S3 requests are retried by the client library too, so
+// a send to S3 may ride out the outage without a failed attempt.
+func (w *World) OutagePoint(ctx context.Context, set *Setup, ref *Reference, command string, at int64) (res Result) {
+	res.ReSent = -1
+	var args []string
+	var s Store
+	out := w.Dir("receive")
+	defer os.RemoveAll(out)
+	if command == Send {
+		s = set.Store.Sub(filepath.Base(w.Dir("outage")))
+		args = w.sendArgs(set, s, w.SourceA, w.Dir("state"))
+	} else {
+		args = w.receiveArgs(ref.Store, ref.A, "out", out)
+	}
+	fire := make(chan struct{})
+	type ran struct {
+		o   *Outcome
+		err error
+	}
+	done := make(chan ran, 1)
+	go func() {
+		o, err := Run(ctx, w.Command(args...), Trigger{At: at, Do: func() { close(fire) }})
+		done <- ran{o, err}
+	}()
+	var r ran
+	outlived := false // still running once the server was back
+	select {
+	case <-fire:
+		set.Outage()
+		select {
+		case r = <-done:
+		default:
+			outlived = true
+			r = <-done
+		}
+	case r = <-done:
+	}
+	if r.err != nil {
+		return failf("%v", r.err)
+	}
+	o := r.o
+	res.Fired = o.Fired
+	switch {
+	case !o.Fired:
+		return failf("%s ended (exit %d) before the outage at %d bytes", command, o.Code, at)
+	case o.Code != 0:
+		return failf("%s through an outage: exit %d\n%s", command, o.Code, tail(o.Stderr))
+	case !outlived && !strings.Contains(o.Stdout+o.Stderr, "attempt 1 failed"):
+		return failf("%s through an outage: it ended while the server was down, no attempt failed: the outage missed it\n%s", command, tail(o.Stdout))
+	}
+	var err error
+	if command == Send {
+		_, err = w.checkShipment(ctx, s, o.String("shipment"), w.SourceA, nil)
+	} else if err = SameTree(w.SourceA, out); err == nil {
+		if left, lerr := ReceiveLeftovers(out); lerr != nil || len(left) > 0 {
+			err = fmt.Errorf("left over %v %v", left, lerr)
+		}
+	}
+	if err != nil {
+		return failf("%s through an outage: %v", command, err)
+	}
+	return res
+}

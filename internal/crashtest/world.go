@@ -45,9 +45,10 @@ type Setup struct {
 	BlockSize   int64 // --block-size, bytes
 	SegmentSize int64 // --segment-size, bytes
 	Streams     int
-	// Restart stops and restarts the destination's server (nil for a
-	// local destination).
-	Restart func()
+	// Outage stops the destination's server, waits and starts it again
+	// (nil for a local destination). It is called on the goroutine of
+	// OutagePoint's caller.
+	Outage func()
 }
 
 // sendArgs is the send command of src to s.
