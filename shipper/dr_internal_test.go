@@ -134,7 +134,7 @@ func TestRunLock(t *testing.T) {
 
 func TestKeyedDigestHidesContent(t *testing.T) {
 	dir := t.TempDir()
-	k1, err := loadStateKeys(dir)
+	k1, err := loadStateKeys(dir, t.Logf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +142,7 @@ func TestKeyedDigestHidesContent(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("state key mode %v, want 0600", fi.Mode())
 	}
-	k2, _ := loadStateKeys(dir)
+	k2, _ := loadStateKeys(dir, t.Logf)
 	d := archive.FormDigest([]byte{1, 'x'}, 4096)
 	if k1.keyedDigest(3, d) != k2.keyedDigest(3, d) || k1.id != k2.id || k1.journalMAC != k2.journalMAC {
 		t.Error("the state key is not kept")
@@ -153,11 +153,11 @@ func TestKeyedDigestHidesContent(t *testing.T) {
 	if k1.journalMAC == k1.tableMAC {
 		t.Error("the journal and the DR tables share a MAC key")
 	}
-	other, _ := loadStateKeys(t.TempDir())
+	other, _ := loadStateKeys(t.TempDir(), t.Logf)
 	if other.keyedDigest(3, d) == k1.keyedDigest(3, d) || other.id == k1.id {
 		t.Error("another state key gives the same keyed digest")
 	}
-	eph, _ := loadStateKeys("")
+	eph, _ := loadStateKeys("", t.Logf)
 	if eph.keyedDigest(3, d) == k1.keyedDigest(3, d) {
 		t.Error("a run without a state directory uses the state key")
 	}
@@ -167,7 +167,7 @@ func TestKeyedDigestHidesContent(t *testing.T) {
 // of 1000 bytes at 4000 of a segment of 5000, and returns the store.
 func testTable(t *testing.T, mutate func(tb *drTable, e *archive.TableEntry)) (*drStore, *drTable) {
 	t.Helper()
-	keys, _ := loadStateKeys(t.TempDir())
+	keys, _ := loadStateKeys(t.TempDir(), t.Logf)
 	s := &drStore{dir: t.TempDir(), keys: keys}
 	id := "20261121T233000Z-3f9a1c2e"
 	tb := &drTable{Format: drFormat, ID: id, BlockSize: 1 << 20, StateKey: keys.id,

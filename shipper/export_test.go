@@ -24,7 +24,7 @@ func RewriteJournal(t *testing.T, path, stateDir string, remac bool, edit func(b
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := loadStateKeys(stateDir)
+	keys, err := loadStateKeys(stateDir, t.Logf)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,10 +41,11 @@ import (
 //	'H' the journalHeader, JSON (first record, once)
 //	'K' u32be(slot) || [32]BLAKE3 of the wrapped key object: a key slot
 //	    about to be written
-//	'R' u32be(segment number) || records, 49 bytes each:
+//	'R' u32be(segment number) || records, 65 bytes each:
 //	    u32be(file) u64be(block) u32be(length) u8(flags) [32]keyed digest
-//	    (the records just written into the segment, in order; offsets are
-//	    the running sum of lengths from 0)
+//	    [16]tag (the records just written into the segment, in order;
+//	    offsets are the running sum of lengths from 0; the tag ties the
+//	    entry to the first bytes of the sealed record, see recordTag)
 //	'S' u32be(segment number) u64be(size) u32be(crc32c) u32be(slot)
 //	    u64be(records): the segment is complete at the destination
 //
@@ -87,7 +88,9 @@ type journalHeader struct {
 	Files        []journalFile  `json:"files"`
 }
 
-const journalFormat = 3
+// journalFormat 4 added the records' tags; a journal of another format
+// is moved aside like a damaged one.
+const journalFormat = 4
 
 type journalFile struct {
 	Path  string `json:"path"` // on the source
@@ -116,7 +119,12 @@ type journalSegment struct {
 }
 
 const (
-	journalRecord    = 49
+	journalRecordHead = 49 // file, block, length, flags, keyed digest
+	recordTagSize     = 16
+	journalRecord     = journalRecordHead + recordTagSize
+	// sealedHead is what a record's tag covers of the sealed record: the
+	// salt and key commitment that begin every Cobblestone message.
+	sealedHead       = 56
 	maxJournalRecord = 16 << 20
 )
 
@@ -193,8 +201,8 @@ func (j *journal) addSlot(slot int, d archive.Digest) {
 	j.mu.Unlock()
 }
 
-// addRecords records records just written into segment n (encoded, 49
-// bytes each). Once the journal failed, the records are not kept: a
+// addRecords records records just written into segment n (encoded,
+// journalRecord bytes each). Once the journal failed, the records are not kept: a
 // segment whose records are not all known is not reused.
 func (j *journal) addRecords(n int, records []byte) {
 	off, err := j.append('R', append(binary.BigEndian.AppendUint32(nil, uint32(n)), records...))
@@ -354,8 +362,11 @@ func (j *journal) apply(body []byte, payloadOff int64) error {
 	case 'H':
 		d := json.NewDecoder(strings.NewReader(string(p)))
 		d.DisallowUnknownFields()
-		if err := d.Decode(&j.hdr); err != nil || j.hdr.Format != journalFormat || !archive.ValidID(j.hdr.ID) {
+		if err := d.Decode(&j.hdr); err != nil || !archive.ValidID(j.hdr.ID) {
 			return errors.New("bad header")
+		}
+		if j.hdr.Format != journalFormat {
+			return fmt.Errorf("written by another version of coldship (format %d)", j.hdr.Format)
 		}
 	case 'K':
 		if len(p) != 36 {
@@ -397,7 +408,8 @@ func moveAside(path string) string {
 	return bad
 }
 
-// journalRecordOf encodes one record of an 'R' record into b (49 bytes).
+// journalRecordOf encodes the head of one record of an 'R' record into b
+// (journalRecordHead bytes; the tag follows).
 func journalRecordOf(b []byte, file uint32, block uint64, length uint32, compressed bool, kd *archive.Digest) {
 	binary.BigEndian.PutUint32(b, file)
 	binary.BigEndian.PutUint64(b[4:], block)

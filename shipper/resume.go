@@ -1,6 +1,8 @@
 package shipper
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -167,8 +169,8 @@ func (r *sendRun) keyObjectsAsWritten(ctx context.Context, objs map[string]int64
 }
 
 // checkContent reads back the segments an earlier run put and checks
-// their CRC32C, a few at a time, counting the bytes as progress; a segment
-// that fails is dropped.
+// them (see readBack), a few at a time, counting the bytes as progress; a
+// segment that fails is dropped.
 func (r *sendRun) checkContent(ctx context.Context, segs []*journalSegment) error {
 	if len(segs) == 0 {
 		return nil
@@ -185,13 +187,13 @@ func (r *sendRun) checkContent(ctx context.Context, segs []*journalSegment) erro
 	g.SetLimit(r.opts.Streams)
 	for _, s := range segs {
 		g.Go(func() error {
-			crc, err := readBackCRC(gctx, r.tr, r.j.hdr.ID+"/"+s.Name, s.Size, &cnt.Done)
+			why, err := r.readBack(gctx, s, &cnt.Done)
 			switch {
-			case errors.Is(err, ErrNotFound) || err == nil && crc != s.CRC32C:
-				r.opts.Log("segment %s of shipment %s: its content differs from what was put; its blocks are sent again", s.Name, r.j.hdr.ID)
-				r.j.drop(s.n)
 			case err != nil:
 				return err
+			case why != "":
+				r.opts.Log("segment %s of shipment %s: %s; its blocks are sent again", s.Name, r.j.hdr.ID, why)
+				r.j.drop(s.n)
 			default:
 				s.verified = true
 			}
@@ -201,37 +203,71 @@ func (r *sendRun) checkContent(ctx context.Context, segs []*journalSegment) erro
 	return g.Wait()
 }
 
-// adder is the part of an atomic counter readBackCRC reports progress to.
+// adder is the part of an atomic counter readBack reports progress to.
 type adder interface{ Add(int64) int64 }
 
-// readBackCRC reads a whole object and returns its CRC32C as format 3
-// records it; an object longer than size is cut there (it then differs).
-func readBackCRC(ctx context.Context, tr Transport, name string, size int64, done adder) (string, error) {
-	rc, err := tr.Open(ctx, name, 0, -1)
+// readBack reads a segment an earlier run put, whose journal records tile
+// it (checkSegmentRecords), and says why it cannot be reused, or "": its
+// CRC32C must be the journal's, and each record, at the place the
+// journal's lengths give it, must begin with the salt and commitment its
+// tag was made over. The tags catch a journal whose entries are whole but
+// misplaced (records of equal length swapped between segments, say),
+// which every other check would let through to a shipment that fails to
+// open. Errors reading it are returned.
+func (r *sendRun) readBack(ctx context.Context, s *journalSegment, done adder) (string, error) {
+	name := r.j.hdr.ID + "/" + s.Name
+	const differs = "its content differs from what was put"
+	rc, err := r.tr.Open(ctx, name, 0, -1)
+	if errors.Is(err, ErrNotFound) {
+		return differs, nil
+	}
 	if err != nil {
 		return "", fmt.Errorf("read back %s: %w", name, err)
 	}
 	defer rc.Close()
 	h := archive.NewCRC32C()
-	buf := make([]byte, 256<<10)
-	var n int64
+	br := bufio.NewReaderSize(rc, 256<<10)
+	jr := newJournalReader(r.j, s)
+	head := make([]byte, sealedHead)
 	for {
-		k, err := rc.Read(buf)
-		h.Write(buf[:k])
-		n += int64(k)
-		done.Add(int64(k))
+		e, err := jr.read()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return "", fmt.Errorf("read back %s: %w", name, err)
+			return "", err
 		}
-		if n > size {
-			return "", nil
+		if e.Length < sealedHead {
+			return "a record is too short to be one", nil
 		}
+		if _, err := io.ReadFull(br, head); err != nil {
+			return readBackErr(name, err, differs)
+		}
+		rec := jr.tagged()
+		if tag := r.keys.recordTag(rec, head); !bytes.Equal(tag[:], rec[journalRecordHead:]) {
+			return fmt.Sprintf("the record of block %d of file %d is not where the journal says", e.Block, e.File), nil
+		}
+		h.Write(head)
+		if _, err := io.CopyN(h, br, int64(e.Length)-sealedHead); err != nil {
+			return readBackErr(name, err, differs)
+		}
+		done.Add(int64(e.Length))
 	}
-	if n != size {
-		return "", nil
+	if _, err := br.ReadByte(); err != io.EOF {
+		return readBackErr(name, err, differs) // longer than the journal says
 	}
-	return archive.CRC32CString(h.Sum32()), nil
+	if archive.CRC32CString(h.Sum32()) != s.CRC32C {
+		return differs, nil
+	}
+	return "", nil
+}
+
+// readBackErr sorts what reading a segment back met: the object ending
+// early or going on (nil) means it is not what was put; anything else is
+// an error of the read.
+func readBackErr(name string, err error, differs string) (string, error) {
+	if err == nil || err == io.EOF || err == io.ErrUnexpectedEOF {
+		return differs, nil
+	}
+	return "", fmt.Errorf("read back %s: %w", name, err)
 }

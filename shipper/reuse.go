@@ -15,8 +15,11 @@ import (
 // segment is reused only if its records, as the journal lists them, tile
 // it exactly (offsets are re-derived as the running sum of lengths, from
 // 0 to the segment's size), ascend by (file, block), and name blocks of
-// the shipment's files; and a record is reused for a block only if the
-// block, read again now, has the keyed digest the record was sealed from.
+// the shipment's files, and (for a segment of an earlier run, read back)
+// each record at the place the journal gives it begins with the salt and
+// commitment its tag was made over; and a record is reused for a block
+// only if the block, read again now, has the keyed digest the record was
+// sealed from.
 
 // journalReader reads the records of one segment from the journal, in
 // order, deriving their offsets.
@@ -55,7 +58,7 @@ func (r *journalReader) read() (archive.TableEntry, error) {
 		return archive.TableEntry{}, fmt.Errorf("resume journal: %w", err)
 	}
 	r.left--
-	b := r.buf[:]
+	b := r.buf[:journalRecordHead]
 	e := archive.TableEntry{File: binary.BigEndian.Uint32(b), Block: binary.BigEndian.Uint64(b[4:]),
 		Segment: uint32(r.seg.n), Offset: r.off, Length: binary.BigEndian.Uint32(b[12:]), Compressed: b[16] == 1}
 	copy(e.Digest[:], b[17:])
@@ -65,6 +68,9 @@ func (r *journalReader) read() (archive.TableEntry, error) {
 	r.off += uint64(e.Length)
 	return e, nil
 }
+
+// tagged returns the record read last, with its tag.
+func (r *journalReader) tagged() []byte { return r.buf[:] }
 
 // checkSegmentRecords checks that the journal's records of seg tile it,
 // ascend, and lie in the shipment's files (files[i] is nil for a

@@ -218,7 +218,7 @@ func (r *sendRun) compression() string {
 func (r *sendRun) prepare(ctx context.Context) error {
 	opts := r.opts
 	var err error
-	if r.keys, err = loadStateKeys(opts.StateDir); err != nil {
+	if r.keys, err = loadStateKeys(opts.StateDir, opts.Log); err != nil {
 		return err
 	}
 	if opts.Base != "" {

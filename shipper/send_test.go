@@ -261,13 +261,19 @@ func interruptOver(t *testing.T, tr shipper.Transport, okSegs int32) *interrupte
 
 func interruptOn(t *testing.T, tr shipper.Transport, dir string, okSegs int32, streams int) *interruptedSend {
 	t.Helper()
-	s := &interruptedSend{dir: dir, logs: new(bytes.Buffer)}
-	s.src = filepath.Join(s.dir, "disk.img")
 	// Block i has i%16+1 random pages, then zeros: records of many lengths.
-	s.data = make([]byte, 48*64<<10)
+	data := make([]byte, 48*64<<10)
 	for i := range 48 {
-		rand.Read(s.data[i*64<<10 : i*64<<10+(i%16+1)*4096])
+		rand.Read(data[i*64<<10 : i*64<<10+(i%16+1)*4096])
 	}
+	return interruptData(t, tr, dir, okSegs, streams, data)
+}
+
+// interruptData is interruptOn with the image's content.
+func interruptData(t *testing.T, tr shipper.Transport, dir string, okSegs int32, streams int, data []byte) *interruptedSend {
+	t.Helper()
+	s := &interruptedSend{dir: dir, logs: new(bytes.Buffer), data: data}
+	s.src = filepath.Join(s.dir, "disk.img")
 	if err := os.WriteFile(s.src, s.data, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -380,6 +386,34 @@ func TestResumeWithEditedJournal(t *testing.T) {
 	}
 }
 
+// TestResumeFindsMisplacedRecords: a logic fault that swaps two whole
+// records of equal length between segments in the journal (every field,
+// the MAC recomputed) keeps every segment's records in order, tiling it,
+// and each record's block digest and length right; only the records' tags
+// show that neither record is where the journal says. The rerun must
+// send both segments' blocks again, not complete a shipment that cannot
+// be opened.
+func TestResumeFindsMisplacedRecords(t *testing.T) {
+	dir := t.TempDir()
+	base, _ := local.New(filepath.Join(dir, "dest"))
+	data := make([]byte, 24*64<<10)
+	rand.Read(data) // incompressible: every record has the same length
+	s := interruptData(t, base, dir, 3, 1, data)
+	s.base = base
+	shipper.RewriteJournal(t, s.journal(), s.opts.StateDir, true, func(bodies [][]byte) [][]byte {
+		r1, r2 := records(bodies, 1), records(bodies, 2)
+		if len(r1) < 2 || len(r2) < 2 || binary.BigEndian.Uint64(r1[len(r1)-1][4:])+1 != binary.BigEndian.Uint64(r2[0][4:]) {
+			t.Fatalf("segments 1 and 2 do not hold consecutive blocks: %d and %d records", len(r1), len(r2))
+		}
+		swap(r1[len(r1)-1], r2[0]) // blocks k+1 and k: both segments still ascend
+		return bodies
+	})
+	res := s.rerun(t)
+	if !res.Resumed || !strings.Contains(s.logs.String(), "is not where the journal says") {
+		t.Errorf("resumed %v; log:\n%s", res.Resumed, s.logs)
+	}
+}
+
 // TestResumeRechecksReusedSegments flips a bit in a segment already at
 // the destination (same size): the rerun reads it back, finds it
 // differs, and sends its blocks again.
@@ -416,6 +450,23 @@ func TestDamagedJournalMovedAside(t *testing.T) {
 	bad, _ := filepath.Glob(s.journal() + ".bad-*")
 	if res.Resumed || res.ID == s.ship || len(bad) != 1 || !strings.Contains(s.logs.String(), "warning: ") {
 		t.Errorf("resumed %v as %s, moved aside %v, log:\n%s", res.Resumed, res.ID, bad, s.logs)
+	}
+}
+
+// TestDamagedStateKeyReplaced: a state key file that holds no key is
+// moved aside with a warning and replaced; the journal it keyed no longer
+// verifies, so the send starts a new shipment, without a human.
+func TestDamagedStateKeyReplaced(t *testing.T) {
+	s := interrupt(t, 2, 1)
+	key := filepath.Join(s.opts.StateDir, "dr", "state.key")
+	os.WriteFile(key, []byte("not a key\n"), 0o600)
+	res := s.rerun(t)
+	bad, _ := filepath.Glob(key + ".bad-*")
+	if res.Resumed || len(bad) != 1 || !strings.Contains(s.logs.String(), "moved aside to "+bad[0]) {
+		t.Errorf("resumed %v, moved aside %v, log:\n%s", res.Resumed, bad, s.logs)
+	}
+	if b, err := os.ReadFile(key); err != nil || len(strings.TrimSpace(string(b))) != 64 {
+		t.Errorf("no new state key: %q %v", b, err)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/zeebo/blake3"
 
@@ -28,6 +29,7 @@ type stateKeys struct {
 	id         string    // 8 bytes, hex: which state key a table was made with
 	journalMAC [32]byte  // keys the MAC chain of resume journals
 	tableMAC   [32]byte  // keys the MAC of DR block tables
+	recordMAC  [32]byte  // keys the tags that tie a journal's records to the records they describe
 	keyed      sync.Pool // of *blake3.Hasher keyed with the state key
 }
 
@@ -35,8 +37,11 @@ type stateKeys struct {
 func stateKeyFile(stateDir string) string { return filepath.Join(stateDir, "dr", "state.key") }
 
 // loadStateKeys reads (or makes, on first use) the state key of stateDir;
-// with stateDir "" the key is random for this run.
-func loadStateKeys(stateDir string) (*stateKeys, error) {
+// with stateDir "" the key is random for this run. A damaged key is moved
+// aside and replaced, with a warning to log: an unattended run never
+// needs someone to remove it (what it keyed, DR tables and resume
+// journals, then no longer verifies and is set aside in turn).
+func loadStateKeys(stateDir string, log func(string, ...any)) (*stateKeys, error) {
 	var key [32]byte
 	if stateDir == "" {
 		rand.Read(key[:])
@@ -45,7 +50,20 @@ func loadStateKeys(stateDir string) (*stateKeys, error) {
 			return nil, fmt.Errorf("state key: %w", err)
 		}
 		var err error
-		if key, err = loadStateKey(stateKeyFile(stateDir)); err != nil {
+		key, err = loadStateKey(stateKeyFile(stateDir))
+		if errors.Is(err, errStateKeyDamaged) {
+			p := stateKeyFile(stateDir)
+			bad := p + ".bad-" + time.Now().UTC().Format("20060102T150405Z")
+			// Another run may have set it aside first: then load its new one.
+			if rerr := os.Rename(p, bad); rerr == nil {
+				log("warning: %v: moved aside to %s; a new state key is made (the next send with --base is a full one, "+
+					"and an interrupted send starts a new shipment)", err, bad)
+			} else if !errors.Is(rerr, fs.ErrNotExist) {
+				return nil, fmt.Errorf("%w (moving it aside: %v)", err, rerr)
+			}
+			key, err = loadStateKey(p)
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -55,6 +73,7 @@ func loadStateKeys(stateDir string) (*stateKeys, error) {
 	k.id = hex.EncodeToString(id[:])
 	blake3.DeriveKey("coldship/v3 journal mac", key[:], k.journalMAC[:])
 	blake3.DeriveKey("coldship/v3 dr table mac", key[:], k.tableMAC[:])
+	blake3.DeriveKey("coldship/v4 journal record", key[:], k.recordMAC[:])
 	k.keyed.New = func() any {
 		h, err := blake3.NewKeyed(key[:])
 		if err != nil {
@@ -64,6 +83,9 @@ func loadStateKeys(stateDir string) (*stateKeys, error) {
 	}
 	return k, nil
 }
+
+// errStateKeyDamaged marks a state key file that does not hold a key.
+var errStateKeyDamaged = errors.New("damaged: not 32 bytes in hex")
 
 // loadStateKey reads the state key, or makes one (mode 0600) on first use.
 func loadStateKey(path string) ([32]byte, error) {
@@ -95,7 +117,7 @@ func loadStateKey(path string) ([32]byte, error) {
 		return key, fmt.Errorf("state key: %w", err)
 	}
 	if n, err := hex.Decode(key[:], []byte(strings.TrimSpace(string(b)))); err != nil || n != len(key) {
-		return key, fmt.Errorf("state key %s is damaged; remove it (the next send with --base is then a full one)", path)
+		return key, fmt.Errorf("state key %s: %w", path, errStateKeyDamaged)
 	}
 	return key, nil
 }
@@ -118,6 +140,18 @@ func (k *stateKeys) keyedDigest(index int64, d archive.Digest) archive.Digest {
 	var out archive.Digest
 	h.Sum(out[:0])
 	return out
+}
+
+// recordTag ties a record of a journal's 'R' body (its first
+// journalRecordHead bytes: file, block, length, flags, keyed digest) to
+// the head of the sealed record it describes (its random salt and key
+// commitment, unique to that record): the first recordTagSize bytes of
+// BLAKE3 keyed with the record key over both.
+func (k *stateKeys) recordTag(rec, head []byte) [recordTagSize]byte {
+	m := mac(&k.recordMAC, rec[:journalRecordHead], head)
+	var t [recordTagSize]byte
+	copy(t[:], m[:])
+	return t
 }
 
 // mac returns BLAKE3 keyed with key over the parts, in order.

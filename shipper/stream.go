@@ -104,6 +104,8 @@ func (w *stream) write(blk *blocks.Block[prior], e *archive.TableEntry) error {
 	k := len(w.recs)
 	w.recs = append(w.recs, make([]byte, journalRecord)...)
 	journalRecordOf(w.recs[k:], e.File, e.Block, e.Length, e.Compressed, &blk.Prior.kd)
+	tag := w.p.keys.recordTag(w.recs[k:], blk.Record[:sealedHead])
+	copy(w.recs[k+journalRecordHead:], tag[:])
 	return nil
 }
 

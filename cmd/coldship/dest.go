@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
+	"os"
 	"regexp"
 	"strings"
 
@@ -149,6 +151,13 @@ func openDest(ctx context.Context, s *streams, dest string, o *transportOptions)
 		cfg, err := sftp.ParseURL(dest)
 		if err != nil {
 			return nil, usageError{fmt.Errorf("%w: %s", err, rightForm("sftp"))}
+		}
+		// A key file named that is not there is a usage error, as a
+		// missing identity or recipients file is, not a failed login.
+		for _, k := range o.sshKeys {
+			if _, err := os.Stat(k); errors.Is(err, fs.ErrNotExist) {
+				return nil, usageError{fmt.Errorf("read ssh key file: %w", err)}
+			}
 		}
 		cfg.KeyFiles, cfg.KnownHosts, cfg.AcceptNewHostKey = o.sshKeys, o.knownHosts, o.acceptNew
 		cfg.Streams, cfg.AskPass, cfg.Stderr = o.streams, s.askPass(), s.err

@@ -14,9 +14,10 @@ import (
 	"time"
 )
 
-// TestMissingKeyFilesExit2: a -R, -i or --passphrase-file that names no
-// file is a usage error.
+// TestMissingKeyFilesExit2: a -R, -i, --passphrase-file, --ssh-key or
+// --sign-key that names no file is a usage error.
 func TestMissingKeyFilesExit2(t *testing.T) {
+	key, rcpt := keypair(t)
 	dir := t.TempDir()
 	src := filepath.Join(dir, "disk.img")
 	os.WriteFile(src, []byte("x"), 0o644)
@@ -26,6 +27,9 @@ func TestMissingKeyFilesExit2(t *testing.T) {
 		"--passphrase-file (send)":   {"send", src, "--to", filepath.Join(dir, "dest"), "--passphrase-file", missing},
 		"-i":                         {"receive", filepath.Join(dir, "dest"), "--out", filepath.Join(dir, "out"), "-i", missing},
 		"--passphrase-file (verify)": {"verify", filepath.Join(dir, "dest"), "--passphrase-file", missing},
+		"--ssh-key (send)":           {"send", src, "--to", "sftp://127.0.0.1:1/x", "-r", rcpt, "--ssh-key", missing},
+		"--ssh-key (receive)":        {"receive", "sftp://127.0.0.1:1/x", "--out", filepath.Join(dir, "out"), "-i", key, "--ssh-key", missing},
+		"--sign-key":                 {"send", src, "--to", filepath.Join(dir, "dest"), "-r", rcpt, "--sign-key", missing},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if r := run(t, args...); r.code != exitUsage || !strings.Contains(r.stderr, missing) {

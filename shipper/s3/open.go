@@ -132,6 +132,23 @@ type countedBody struct {
 	once sync.Once
 }
 
+func (b *countedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	return n, bodyErr(err)
+}
+
+// bodyErr is what reading a response body met. net/http ends a body whose
+// connection dropped before its Content-Length with io.ErrUnexpectedEOF;
+// that is a lost connection, which callers must tell apart from an object
+// that ends early (a receive retries the one and takes the other for a
+// truncated segment), so it no longer reads as io.ErrUnexpectedEOF.
+func bodyErr(err error) error {
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("the connection was lost before the response ended (%v)", err)
+	}
+	return err
+}
+
 func (b *countedBody) Close() error {
 	b.once.Do(func() { b.gets.Add(-1) })
 	return b.ReadCloser.Close()
@@ -227,7 +244,9 @@ func (r *chunkReader) schedule() {
 			}
 			defer body.Close()
 			if _, err := io.ReadFull(body, c.buf); err != nil {
-				c.err = fmt.Errorf("read %s at %d: %w", r.t.where(r.key), c.off, err)
+				// Short of the range asked (the ETag still matching):
+				// the response was cut, the object is whole.
+				c.err = fmt.Errorf("read %s at %d: %w", r.t.where(r.key), c.off, bodyErr(err))
 			}
 		}()
 	}
@@ -261,7 +280,7 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 				continue
 			}
 			if err != nil {
-				r.err = fmt.Errorf("read %s: %w", r.t.where(r.key), err)
+				r.err = fmt.Errorf("read %s: %w", r.t.where(r.key), bodyErr(err))
 			}
 			return n, r.err
 		}

@@ -6,7 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/coldship/coldship/shipper"
@@ -184,5 +190,90 @@ func TestOpenObjectReplaced(t *testing.T) {
 	}
 	if _, err := io.ReadAll(rc); err == nil || !strings.Contains(err.Error(), "replaced") {
 		t.Errorf("read after the object was replaced: err = %v, want it to say so", err)
+	}
+}
+
+// cutProxy forwards requests to an S3 server and cuts the response body
+// of the first cuts GETs after 5000 bytes, closing the connection: what a
+// client sees when the server dies in the middle of a response.
+type cutProxy struct {
+	cuts   atomic.Int32
+	server *httptest.Server
+}
+
+func newCutProxy(t *testing.T, endpoint string, cuts int32) *cutProxy {
+	target, err := url.Parse(endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{}
+	p.cuts.Store(cuts)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ErrorLog = log.New(io.Discard, "", 0)
+	p.server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && r.URL.Query().Get("list-type") == "" && p.cuts.Add(-1) >= 0 {
+			w = &cutWriter{ResponseWriter: w, left: 5000}
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(p.server.Close)
+	return p
+}
+
+type cutWriter struct {
+	http.ResponseWriter
+	left int
+}
+
+func (c *cutWriter) Write(p []byte) (int, error) {
+	if len(p) > c.left {
+		c.ResponseWriter.Write(p[:c.left])
+		c.ResponseWriter.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler) // closes the connection mid-body
+	}
+	c.left -= len(p)
+	return c.ResponseWriter.Write(p)
+}
+
+// TestResponseCutShort: a GET whose connection drops before the body's
+// Content-Length is read fails the read as a lost connection, never as
+// the io.ErrUnexpectedEOF of an object that ends early (a receive
+// retries the one, and takes the other for a truncated segment).
+func TestResponseCutShort(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.SetEnv(t)
+	ctx := context.Background()
+	data := randomBytes(2*partSize+100, 23)
+	setup := newTransport(t, Config{Bucket: srv.Bucket, Prefix: "cut"})
+	if err := setup.Put(ctx, "seg", bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name    string
+		streams int
+		off, n  int64
+		cuts    int32
+	}{
+		{"one GET", 1, 0, 100000, 1},
+		{"first of ranged GETs", 2, 0, -1, 1},
+		{"a chunk", 2, 0, -1, 2},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			proxy := newCutProxy(t, srv.Endpoint, c.cuts)
+			tr := newTransport(t, Config{Bucket: srv.Bucket, Prefix: "cut", Endpoint: proxy.server.URL, Streams: c.streams})
+			rc, err := tr.Open(ctx, "seg", c.off, c.n)
+			if c.name == "a chunk" && err == nil {
+				// The first GET of the read is the one of its first
+				// chunk: let it through, cut the next.
+				proxy.cuts.Store(1)
+			}
+			if err == nil {
+				_, err = io.ReadAll(rc)
+				rc.Close()
+			}
+			if err == nil || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || !strings.Contains(err.Error(), "connection") {
+				t.Errorf("read over a response cut short: %v; want a lost connection, not an early end", err)
+			}
+		})
 	}
 }
