@@ -27,7 +27,7 @@ func NewCodec(key *cipher.Key, id string, format int, compress bool, concurrency
 	c := &Codec{key: key, id: id, format: format, compress: compress}
 	var err error
 	c.enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
-		zstd.WithEncoderConcurrency(concurrency), zstd.WithLowerEncoderMem(true))
+		zstd.WithEncoderConcurrency(concurrency), zstd.WithLowerEncoderMem(true), zstd.WithEncoderCRC(false))
 	if err != nil {
 		return nil, err
 	}
