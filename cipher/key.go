@@ -17,13 +17,30 @@ var ErrIntegrity = errors.New("integrity check failed")
 // (see [Key.Wrap]). It is safe for concurrent use.
 //
 // Printing a Key with the fmt package never shows its bytes.
-type Key struct{ b [32]byte }
+type Key struct {
+	b [32]byte
+	c *cobblestone.Key // b made ready for the record layer: see newKey
+}
 
 // NewKey returns a new random shipment key.
 func NewKey() (*Key, error) {
+	var b [32]byte
+	rand.Read(b[:])
+	defer clear(b[:])
+	return keyOf(b[:]), nil
+}
+
+// keyOf makes a Key of 32 bytes. The record layer keys its key derivation
+// (HMAC-SHA-512) once per Key, not once per record.
+func keyOf(b []byte) *Key {
 	k := new(Key)
-	rand.Read(k.b[:])
-	return k, nil
+	copy(k.b[:], b)
+	c, err := cobblestone.NewKey(k.b[:])
+	if err != nil {
+		panic("cipher: internal error: " + err.Error())
+	}
+	k.c = c
+	return k
 }
 
 // Format keeps the key out of logs and error messages whatever the verb.
@@ -37,7 +54,7 @@ func SealedSize(n int64) int64 { return cobblestone.SealedSize(n) }
 // dst. Use plaintext[:0] as dst to encrypt in place; otherwise dst's spare
 // capacity must not overlap plaintext.
 func (k *Key) Seal(dst, context, plaintext []byte) ([]byte, error) {
-	return cobblestone.Seal(dst, k.b[:], context, plaintext)
+	return k.c.Seal(dst, context, plaintext)
 }
 
 // Open authenticates and decrypts a record sealed with the same context and
@@ -45,7 +62,7 @@ func (k *Key) Seal(dst, context, plaintext []byte) ([]byte, error) {
 // plaintext is returned. Use record[:0] as dst to decrypt in place;
 // otherwise dst's spare capacity must not overlap record.
 func (k *Key) Open(dst, context, record []byte) ([]byte, error) {
-	out, err := cobblestone.Open(dst, k.b[:], context, record)
+	out, err := k.c.Open(dst, context, record)
 	if err != nil {
 		return nil, integrity(err)
 	}
@@ -56,7 +73,7 @@ func (k *Key) Open(dst, context, record []byte) ([]byte, error) {
 // context. The caller must Close it to write the end of the stream; Close
 // does not close dst.
 func (k *Key) NewWriter(context []byte, dst io.Writer) (io.WriteCloser, error) {
-	return cobblestone.NewWriter(k.b[:], context, dst)
+	return k.c.NewWriter(context, dst)
 }
 
 // NewReader returns a reader that decrypts a stream written by NewWriter
@@ -65,7 +82,7 @@ func (k *Key) NewWriter(context []byte, dst io.Writer) (io.WriteCloser, error) {
 // that was tampered with, corrupted or truncated with an error wrapping
 // ErrIntegrity, and returns its first error from every later Read.
 func (k *Key) NewReader(context []byte, src io.Reader) (io.Reader, error) {
-	r, err := cobblestone.NewReader(k.b[:], context, src)
+	r, err := k.c.NewReader(context, src)
 	if err != nil {
 		return nil, integrity(err)
 	}

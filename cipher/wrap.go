@@ -98,10 +98,8 @@ func UnwrapKey(wrapped []byte, identities ...age.Identity) (*Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("unwrap key: %w: %v", ErrIntegrity, err)
 	}
-	k := new(Key)
-	if len(payload) != len(k.b) {
-		return nil, fmt.Errorf("unwrap key: %w: payload is not a %d-byte key", ErrIntegrity, len(k.b))
+	if len(payload) != len(Key{}.b) {
+		return nil, fmt.Errorf("unwrap key: %w: payload is not a %d-byte key", ErrIntegrity, len(Key{}.b))
 	}
-	copy(k.b[:], payload)
-	return k, nil
+	return keyOf(payload), nil
 }

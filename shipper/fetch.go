@@ -144,7 +144,7 @@ func (sh *Shipment) readBlocksTracked(ctx context.Context, fe fetch) (*crcTracke
 	defer closeCodecs()
 	rd := &reader{sh: sh, fe: fe, srcs: srcs, first: first, crcs: newCRCTracker(srcs)}
 	m := sh.Manifest
-	rd.pool = bufpool.New(fe.jobs+fe.streams, int(m.MaxRecordLen()))
+	rd.pool = bufpool.New(recordBuffers(fe.jobs), int(m.MaxRecordLen()))
 	table, closeTable, err := sh.openTable(ctx)
 	if err != nil {
 		return nil, err
@@ -289,7 +289,7 @@ func (rd *reader) fetchRun(ctx context.Context, r run, out chan<- record) error 
 	}
 	defer rc.Close()
 	// Buffered: small records (sparse blocks) cost one read each otherwise.
-	var rdr io.Reader = bufio.NewReaderSize(transportReader{rc, src.obj}, 256<<10)
+	var rdr io.Reader = bufio.NewReaderSize(transportReader{rc, src.obj}, fetchBuffer)
 	var sum hash.Hash32
 	if src.seg.CRC32C != "" {
 		sum = archive.NewCRC32C()

@@ -6,20 +6,20 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"io"
 
 	"github.com/coldship/coldship/archive"
 )
 
 // segmentWriter streams one segment object to the transport through a
-// pipe, computing its CRC32C (format 3) as the bytes go by. Records are
+// pipe (a handoff: a local destination writes the records from where they
+// were sealed), computing its CRC32C (format 3) as the bytes go by. Records are
 // gathered into large writes: a sparse image's records are a few KiB each,
 // and a pipe handoff and a write at the destination per record cost more
 // than sealing it.
 type segmentWriter struct {
 	n    int
 	name string
-	pw   *io.PipeWriter
+	pw   *handoffWriter
 	bw   *bufio.Writer
 	crc  hash.Hash32
 	size int64
@@ -30,7 +30,7 @@ type segmentWriter struct {
 const segmentBuffer = 256 << 10
 
 func openSegment(ctx context.Context, tr Transport, id string, n int) *segmentWriter {
-	pr, pw := io.Pipe()
+	pr, pw := newHandoff()
 	w := &segmentWriter{n: n, name: archive.SegmentObject(n), pw: pw, bw: bufio.NewWriterSize(pw, segmentBuffer),
 		crc: archive.NewCRC32C(), res: make(chan error, 1)}
 	go func() {

@@ -226,8 +226,13 @@ func (t *Transport) writeTemp(ctx context.Context, final string, r io.Reader, si
 	}()
 	// Large writes: segments arrive through a pipe, and 32 KiB copies would
 	// cost a system call each.
+	var src io.Reader = ctxReader{ctx, r}
+	if wt, ok := r.(io.WriterTo); ok {
+		// The writer's own buffers, without a copy (a segment's pipe).
+		src = ctxWriterTo{ctxReader{ctx, r}, wt}
+	}
 	buf := copyBuffers.Get().(*[]byte)
-	n, err := io.CopyBuffer(&writeback{f: f}, ctxReader{ctx, r}, *buf)
+	n, err := io.CopyBuffer(&writeback{f: f}, src, *buf)
 	copyBuffers.Put(buf)
 	if err != nil {
 		return "", classify("write", tmp, err)
@@ -267,6 +272,29 @@ func (c ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
+}
+
+// ctxWriterTo is ctxReader for a reader that can write itself out.
+type ctxWriterTo struct {
+	ctxReader
+	wt io.WriterTo
+}
+
+func (c ctxWriterTo) WriteTo(w io.Writer) (int64, error) {
+	return c.wt.WriteTo(ctxWriter{c.ctx, w})
+}
+
+// ctxWriter stops a copy when its context is cancelled.
+type ctxWriter struct {
+	ctx context.Context
+	w   io.Writer
+}
+
+func (c ctxWriter) Write(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.w.Write(p)
 }
 
 // writeback writes to f and starts the kernel's writeback of every 8 MiB

@@ -18,14 +18,11 @@ package cobblestone
 import (
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/hkdf"
 	"crypto/rand"
-	"crypto/sha512"
 	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"slices"
-	"strings"
 	"unsafe"
 )
 
@@ -74,33 +71,24 @@ func SealedSize(plaintextLen int64) int64 {
 //
 // To reuse plaintext's storage for the ciphertext, use plaintext[:0] as dst;
 // otherwise the spare capacity of dst must not overlap plaintext.
+//
+// For many messages under one key, [NewKey] and [Key.Seal] are cheaper.
 func Seal(dst, key, context, plaintext []byte) ([]byte, error) {
-	var salt [SaltSize]byte
-	rand.Read(salt[:])
-	return SealWithSalt(dst, key, salt[:], context, plaintext)
+	k, err := NewKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return k.Seal(dst, context, plaintext)
 }
 
 // SealWithSalt is like [Seal] with a caller-chosen salt. The salt must never
 // repeat for a key; it exists for reproducing test vectors.
 func SealWithSalt(dst, key, salt, context, plaintext []byte) ([]byte, error) {
-	if len(key) != KeySize {
-		return nil, ErrKeySize
+	k, err := NewKey(key)
+	if err != nil {
+		return nil, err
 	}
-	if len(salt) != SaltSize {
-		return nil, errSaltSize
-	}
-	if uint64(len(plaintext))/ChunkSize >= maxChunks {
-		return nil, errTooLarge
-	}
-	// Copy the header first: salt may alias dst's spare capacity.
-	var hdr [HeaderSize]byte
-	copy(hdr[:], salt)
-	r := derive(key, salt, context, (*[CommitmentSize]byte)(hdr[SaltSize:]))
-
-	ret, out := grow(dst, int(SealedSize(int64(len(plaintext)))))
-	r.seal(out[HeaderSize:], plaintext)
-	copy(out, hdr[:])
-	return ret, nil
+	return k.SealWithSalt(dst, salt, context, plaintext)
 }
 
 // Open decrypts and authenticates ciphertext under key and context and
@@ -111,10 +99,44 @@ func SealWithSalt(dst, key, salt, context, plaintext []byte) ([]byte, error) {
 // To reuse ciphertext's storage for the plaintext, use ciphertext[:0] as dst
 // (ciphertext is then overwritten even on failure); otherwise the spare
 // capacity of dst must not overlap ciphertext.
+//
+// For many messages under one key, [NewKey] and [Key.Open] are cheaper.
 func Open(dst, key, context, ciphertext []byte) ([]byte, error) {
-	if len(key) != KeySize {
-		return nil, ErrKeySize
+	k, err := NewKey(key)
+	if err != nil {
+		return nil, err
 	}
+	return k.Open(dst, context, ciphertext)
+}
+
+// Seal is the package's [Seal] under k.
+func (k *Key) Seal(dst, context, plaintext []byte) ([]byte, error) {
+	var salt [SaltSize]byte
+	rand.Read(salt[:])
+	return k.SealWithSalt(dst, salt[:], context, plaintext)
+}
+
+// SealWithSalt is the package's [SealWithSalt] under k.
+func (k *Key) SealWithSalt(dst, salt, context, plaintext []byte) ([]byte, error) {
+	if len(salt) != SaltSize {
+		return nil, errSaltSize
+	}
+	if uint64(len(plaintext))/ChunkSize >= maxChunks {
+		return nil, errTooLarge
+	}
+	// Copy the header first: salt may alias dst's spare capacity.
+	var hdr [HeaderSize]byte
+	copy(hdr[:], salt)
+	r := k.derive(salt, context, (*[CommitmentSize]byte)(hdr[SaltSize:]))
+
+	ret, out := grow(dst, int(SealedSize(int64(len(plaintext)))))
+	r.seal(out[HeaderSize:], plaintext)
+	copy(out, hdr[:])
+	return ret, nil
+}
+
+// Open is the package's [Open] under k.
+func (k *Key) Open(dst, context, ciphertext []byte) ([]byte, error) {
 	if len(ciphertext) < HeaderSize {
 		return nil, ErrAuth
 	}
@@ -124,7 +146,7 @@ func Open(dst, key, context, ciphertext []byte) ([]byte, error) {
 		return nil, ErrAuth
 	}
 	var commitment [CommitmentSize]byte
-	r := derive(key, ciphertext[:SaltSize], context, &commitment)
+	r := k.derive(ciphertext[:SaltSize], context, &commitment)
 	if subtle.ConstantTimeCompare(commitment[:], ciphertext[SaltSize:HeaderSize]) != 1 {
 		return nil, ErrAuth
 	}
@@ -136,20 +158,13 @@ func Open(dst, key, context, ciphertext []byte) ([]byte, error) {
 }
 
 // derive runs the key derivation for one message and writes its commitment
-// into commitment. key must be KeySize bytes and salt SaltSize bytes.
-func derive(key, salt, context []byte, commitment *[CommitmentSize]byte) *raw {
-	var info strings.Builder
-	info.Grow(len(infoPrefix) + len(salt) + len(context))
-	info.WriteString(infoPrefix)
-	info.Write(salt)
-	info.Write(context)
-	out, err := hkdf.Expand(sha512.New, key, info.String(), KeySize+nonceSize+CommitmentSize)
-	if err != nil {
-		panic("cobblestone: internal error: HKDF-Expand failed: " + err.Error())
-	}
+// into commitment. salt must be SaltSize bytes.
+func (k *Key) derive(salt, context []byte, commitment *[CommitmentSize]byte) *raw {
+	var out [expandSize]byte
+	k.expand(&out, salt, context)
 	r := newRaw(out[:KeySize], out[KeySize:KeySize+nonceSize])
 	copy(commitment[:], out[KeySize+nonceSize:])
-	clear(out)
+	clear(out[:])
 	return r
 }
 

@@ -32,9 +32,15 @@ var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 // ciphertext in src. It reads the header and checks the key commitment and
 // that size is a possible ciphertext length before returning.
 func NewReaderAt(key, context []byte, src io.ReaderAt, size int64) (*ReaderAt, error) {
-	if len(key) != KeySize {
-		return nil, ErrKeySize
+	k, err := NewKey(key)
+	if err != nil {
+		return nil, err
 	}
+	return k.NewReaderAt(context, src, size)
+}
+
+// NewReaderAt is the package's [NewReaderAt] under k.
+func (k *Key) NewReaderAt(context []byte, src io.ReaderAt, size int64) (*ReaderAt, error) {
 	if size < HeaderSize {
 		return nil, ErrAuth
 	}
@@ -47,7 +53,7 @@ func NewReaderAt(key, context []byte, src io.ReaderAt, size int64) (*ReaderAt, e
 		return nil, truncated(err)
 	}
 	var commitment [CommitmentSize]byte
-	r := derive(key, hdr[:SaltSize], context, &commitment)
+	r := k.derive(hdr[:SaltSize], context, &commitment)
 	if subtle.ConstantTimeCompare(commitment[:], hdr[SaltSize:]) != 1 {
 		return nil, ErrAuth
 	}

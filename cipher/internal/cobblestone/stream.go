@@ -27,13 +27,19 @@ type Writer struct {
 // The caller must call Close to write the final chunk; without it the
 // message is truncated and will not decrypt.
 func NewWriter(key, context []byte, dst io.Writer) (*Writer, error) {
-	if len(key) != KeySize {
-		return nil, ErrKeySize
+	k, err := NewKey(key)
+	if err != nil {
+		return nil, err
 	}
+	return k.NewWriter(context, dst)
+}
+
+// NewWriter is the package's [NewWriter] under k.
+func (k *Key) NewWriter(context []byte, dst io.Writer) (*Writer, error) {
 	var hdr [HeaderSize]byte
 	rand.Read(hdr[:SaltSize])
 	w := &Writer{dst: dst}
-	w.r = derive(key, hdr[:SaltSize], context, (*[CommitmentSize]byte)(hdr[SaltSize:]))
+	w.r = k.derive(hdr[:SaltSize], context, (*[CommitmentSize]byte)(hdr[SaltSize:]))
 	if _, err := dst.Write(hdr[:]); err != nil {
 		return nil, err
 	}
@@ -122,9 +128,15 @@ type Reader struct {
 // reads the header from src and checks the key commitment before returning,
 // so a wrong key or context fails here with ErrAuth.
 func NewReader(key, context []byte, src io.Reader) (*Reader, error) {
-	if len(key) != KeySize {
-		return nil, ErrKeySize
+	k, err := NewKey(key)
+	if err != nil {
+		return nil, err
 	}
+	return k.NewReader(context, src)
+}
+
+// NewReader is the package's [NewReader] under k.
+func (k *Key) NewReader(context []byte, src io.Reader) (*Reader, error) {
 	var hdr [HeaderSize]byte
 	if _, err := io.ReadFull(src, hdr[:]); err == io.EOF || err == io.ErrUnexpectedEOF {
 		return nil, ErrAuth
@@ -132,7 +144,7 @@ func NewReader(key, context []byte, src io.Reader) (*Reader, error) {
 		return nil, err
 	}
 	var commitment [CommitmentSize]byte
-	r := derive(key, hdr[:SaltSize], context, &commitment)
+	r := k.derive(hdr[:SaltSize], context, &commitment)
 	if subtle.ConstantTimeCompare(commitment[:], hdr[SaltSize:]) != 1 {
 		return nil, ErrAuth
 	}

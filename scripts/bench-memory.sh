@@ -1,0 +1,78 @@
+# shellcheck shell=bash disable=SC2154
+# Sourced by scripts/bench.sh (BENCH_SECTIONS="... memory"), which then
+# calls section_memory. Uses bench.sh's bin, work, rcpt, results and log,
+# and bench-local.sh's lrun, lrow, ltable, lcheck and median (sourced here).
+#
+# Memory flat in the image's size (issue 16): an image of
+# BENCH_MEMORY_BLOCKS (default 2,000,000) blocks of 64 KiB (128 GiB
+# apparent) with a 4 KiB page of data at the start of every block (an
+# 8-byte counter, the rest zero: 8 GiB allocated), on disk in
+# BENCH_MEMORY_DIR (default bench/work/memory: tmpfs could not hold it
+# beside the other engineers' work). Measured, each once: the full send
+# (--base latest, so that DR state is kept), an incremental send after one
+# block changed, receive --out of the full shipment, receive --into of the
+# incremental one over that restore, and verify of the incremental one.
+# Each row gives the peak RSS and the time per block.
+#
+# Targets: peak RSS <= 256 MiB for each; send and receive <= 15 us per
+# block, so that 2 million mostly-empty blocks take under a minute. A
+# quick check:
+#   BENCH_SECTIONS=memory BENCH_MEMORY_BLOCKS=100000 ./scripts/bench.sh
+
+memory_blocks=${BENCH_MEMORY_BLOCKS:-2000000}
+memory_dir=${BENCH_MEMORY_DIR:-$work/memory}
+
+# shellcheck source=scripts/bench-local.sh
+declare -F lrun >/dev/null || . "$(dirname "${BASH_SOURCE[0]}")/bench-local.sh"
+
+# memory_image FILE N : N blocks of 64 KiB, a page of data at the start of each.
+memory_image() {
+	[ -f "$1" ] && [ "$(stat -c %s "$1")" = "$(($2 * 65536))" ] && return 0
+	rm -f "$1"
+	truncate -s $(($2 * 65536)) "$1"
+	perl -e 'my ($f, $n) = @ARGV; open(my $o, "+<", $f) or die;
+		for my $i (0 .. $n - 1) { sysseek($o, $i * 65536, 0); syswrite($o, pack("Q>", $i + 1) . ("\0" x 4088)) == 4096 or die }' \
+		"$1" "$2"
+}
+
+section_memory() {
+	local d=$memory_dir n=$memory_blocks img
+	mkdir -p "$d"
+	img=$d/disk.img
+	rm -rf "$d/dest" "$d/state" "$d/out"
+	log ""
+	log "(memory: writing an image of $n blocks in $d)"
+	memory_image "$img" "$n"
+	cat "$img" >/dev/null
+	LW=() LC=() LR=()
+	local args=(--to "$d/dest" -r "$rcpt" --block-size 64K --state-dir "$d/state" --base latest -q)
+	LRUN_OUT=$d/full.id lrun "send (full)" "$bin" send "$img" "${args[@]}" || return 0
+	local full incr
+	full=$(cat "$d/full.id")
+	# One block changed, as a day's writes would.
+	printf 'changed' | dd of="$img" bs=1 seek=$(((n / 2) * 65536 + 100)) conv=notrunc status=none
+	LRUN_OUT=$d/incr.id lrun "send --base latest (incremental)" "$bin" send "$img" "${args[@]}" || return 0
+	incr=$(cat "$d/incr.id")
+	lrun "receive --out (full)" "$bin" receive "$d/dest" "$full" -i "$work/id.txt" --out "$d/out" -q || return 0
+	lrun "receive --into (incremental)" "$bin" receive "$d/dest" "$incr" -i "$work/id.txt" --into "$d/out" -q || return 0
+	lrun "verify (incremental)" "$bin" verify "$d/dest" "$incr" -i "$work/id.txt" -q || return 0
+	cmp -s "$img" "$d/out/disk.img" || log "  restored image DIFFERS"
+	ltable "Memory: $n blocks of 64 KiB ($(numfmt --to=iec $((n * 65536))) apparent, a 4 KiB page of data in each), on disk"
+	local t gib
+	gib=$(awk -v n="$n" 'BEGIN { print n * 65536 / 1073741824 }')
+	for t in "send (full)" "send --base latest (incremental)" "receive --out (full)" "receive --into (incremental)" "verify (incremental)"; do
+		lrow "$t" "$gib"
+	done
+	log ""
+	for t in "send (full)" "send --base latest (incremental)" "receive --out (full)" "receive --into (incremental)" "verify (incremental)"; do
+		# shellcheck disable=SC2086
+		lcheck "$t, peak RSS" "$(awk -v r="$(median ${LR[$t]:-0})" 'BEGIN { print r / 1024 }')" "<=" 256 "MiB"
+	done
+	for t in "send (full)" "receive --out (full)"; do
+		# shellcheck disable=SC2086
+		lcheck "$t, wall per block" "$(awk -v w="$(median ${LW[$t]:-0})" -v n="$n" 'BEGIN { print w / n * 1e6 }')" "<=" 15 "us"
+		# shellcheck disable=SC2086
+		log "    (CPU per block: $(awk -v c="$(median ${LC[$t]:-0})" -v n="$n" 'BEGIN { printf "%.1f", c / n * 1e6 }') us)"
+	done
+	rm -rf "$d/dest" "$d/state" "$d/out" "$d"/*.id
+}
