@@ -2,8 +2,8 @@ package live
 
 import (
 	"bytes"
-	"encoding/binary"
 	"context"
+	"encoding/binary"
 	"io"
 	"strings"
 	"testing"
