@@ -7,7 +7,7 @@ VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo unkn
 COMMIT  := $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: build man demo test test-deps bench lint fuzz clean
+.PHONY: build man demo test test-deps crashtest bench lint fuzz clean
 
 # A static binary: no cgo, so it runs on any Linux of the same architecture.
 build:
@@ -31,6 +31,17 @@ test: test-deps
 
 test-deps:
 	./scripts/install-test-deps.sh
+
+# The crash-consistency suite at full size (make test runs one point per
+# cell): CRASHTEST_POINTS seeded kill points per transport, command and
+# signal, every damage everywhere, server restarts; prints the table the
+# README's Reliability section shows. The whole log: bench/out/crashtest.log.
+CRASHTEST_POINTS ?= 20
+crashtest: test-deps
+	@mkdir -p bench/out
+	CI=true CRASHTEST_POINTS=$(CRASHTEST_POINTS) $(GO) test -count=1 -timeout 180m -v ./internal/crashtest/ \
+		> bench/out/crashtest.log 2>&1; rc=$$?; sed -n '/^crash-consistency points/,$$p' bench/out/crashtest.log; \
+		grep -E '^(--- FAIL|FAIL|ok)' bench/out/crashtest.log; exit $$rc
 
 # Benchmarks against cp, age, openssl (and the peers of each transport).
 bench: build

@@ -90,20 +90,9 @@ object per shipment on stdout (with its "reasons") and a summary instead.`,
 }
 
 func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
-	policy := shipper.PrunePolicy{KeepLast: opts.keepLast, KeepDaily: opts.keepDaily, KeepWeekly: opts.keepWeekly,
-		KeepMonthly: opts.keepMonthly, KeepYearly: opts.keepYearly, Label: opts.label}
-	if min(opts.keepLast, opts.keepDaily, opts.keepWeekly, opts.keepMonthly, opts.keepYearly) < 0 {
-		return usagef("prune: each --keep-* takes 0 or a positive number")
-	}
-	if opts.keepWithin != "" {
-		w, err := shipper.ParseWithin(opts.keepWithin)
-		if err != nil {
-			return usagef("--keep-within: %v", err)
-		}
-		policy.KeepWithin = w
-	}
-	if opts.keepLast+opts.keepDaily+opts.keepWeekly+opts.keepMonthly+opts.keepYearly == 0 && policy.KeepWithin.IsZero() {
-		return usagef("prune: give at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-within (prune never deletes everything)")
+	policy, err := prunePolicy(opts)
+	if err != nil {
+		return err
 	}
 	if err := checkDest(opts.dest); err != nil {
 		return err
@@ -134,11 +123,37 @@ func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
 		// Uploads of killed or failed sends (S3 multipart uploads) cost
 		// storage though no shipment lists them; with the lock held, those
 		// begun before this run are no running send's.
-		if _, err := shipper.AbortLeftoverUploads(ctx, tr, "", start, s.logf(outputOptions{json: opts.json, quiet: opts.quiet})); err != nil {
-			s.logf(outputOptions{json: opts.json, quiet: opts.quiet})("warning: %v", err)
+		logf := s.logf(outputOptions{json: opts.json, quiet: opts.quiet})
+		if _, err := shipper.AbortLeftoverUploads(ctx, tr, "", start, logf); err != nil {
+			logf("warning: %v", err)
 		}
 	}
+	return carryOutPrune(ctx, s, opts, tr, plan, start)
+}
 
+// prunePolicy checks the --keep-* flags and returns the policy they give.
+func prunePolicy(opts *pruneOptions) (shipper.PrunePolicy, error) {
+	policy := shipper.PrunePolicy{KeepLast: opts.keepLast, KeepDaily: opts.keepDaily, KeepWeekly: opts.keepWeekly,
+		KeepMonthly: opts.keepMonthly, KeepYearly: opts.keepYearly, Label: opts.label}
+	if min(opts.keepLast, opts.keepDaily, opts.keepWeekly, opts.keepMonthly, opts.keepYearly) < 0 {
+		return policy, usagef("prune: each --keep-* takes 0 or a positive number")
+	}
+	if opts.keepWithin != "" {
+		w, err := shipper.ParseWithin(opts.keepWithin)
+		if err != nil {
+			return policy, usagef("--keep-within: %v", err)
+		}
+		policy.KeepWithin = w
+	}
+	if opts.keepLast+opts.keepDaily+opts.keepWeekly+opts.keepMonthly+opts.keepYearly == 0 && policy.KeepWithin.IsZero() {
+		return policy, usagef("prune: give at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-within (prune never deletes everything)")
+	}
+	return policy, nil
+}
+
+// carryOutPrune deletes (or, with --dry-run, names) the shipments plan
+// deletes, showing each decision, and reports the totals.
+func carryOutPrune(ctx context.Context, s *streams, opts *pruneOptions, tr shipper.Transport, plan []shipper.PruneDecision, start time.Time) error {
 	verb := "delete"
 	if opts.dryRun {
 		verb = "would delete"
@@ -146,6 +161,7 @@ func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
 	var w *tabwriter.Writer
 	if !opts.json && !opts.quiet {
 		w = tabwriter.NewWriter(s.err, 0, 4, 2, ' ', 0)
+		defer w.Flush()
 	}
 	var n, ignored int
 	var freed int64
@@ -171,9 +187,6 @@ func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
 		}
 		if !opts.dryRun {
 			if err := shipper.DeleteShipment(ctx, tr, d.ID); err != nil {
-				if w != nil {
-					w.Flush()
-				}
 				return fmt.Errorf("prune %s: %w", tr, err)
 			}
 		}
@@ -186,6 +199,12 @@ func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
 	if w != nil {
 		w.Flush()
 	}
+	return reportPrune(s, opts, tr, plan, n, ignored, freed, start)
+}
+
+// reportPrune writes prune's summary: a sentence on stderr, or the
+// decisions and a summary object with --json.
+func reportPrune(s *streams, opts *pruneOptions, tr shipper.Transport, plan []shipper.PruneDecision, n, ignored int, freed int64, start time.Time) error {
 	if ignored > 0 {
 		s.warnf(opts.json)("%d shipments at %s are left alone and counted for no rule (named above): remove those that are not yours by hand", ignored, tr)
 	}
@@ -199,11 +218,11 @@ func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
 			"deleted": n, "ignored": ignored, "bytes_freed": freed, "duration_s": time.Since(start).Seconds()})
 	}
 	if !opts.quiet {
+		verb := "deleted"
 		if opts.dryRun {
-			fmt.Fprintf(s.err, "coldship: would delete %d shipments (%s) of %d at %s\n", n, humanBytes(freed), len(plan), tr)
-		} else {
-			fmt.Fprintf(s.err, "coldship: deleted %d shipments (%s) of %d at %s\n", n, humanBytes(freed), len(plan), tr)
+			verb = "would delete"
 		}
+		fmt.Fprintf(s.err, "coldship: %s %d shipments (%s) of %d at %s\n", verb, n, humanBytes(freed), len(plan), tr)
 	}
 	return nil
 }

@@ -43,12 +43,8 @@ type receiveOptions struct {
 	output         outputOptions
 }
 
-func newReceiveCmd(s *streams) *cobra.Command {
-	opts := &receiveOptions{}
-	c := &cobra.Command{
-		Use:   "receive DEST [SHIPMENT] --out DIR|--into DIR [-i IDENTITY]... [--passphrase-file FILE]",
-		Short: "Verify, decrypt and restore a shipment into DIR",
-		Long: `Fetch, authenticate and decrypt a shipment (default: the latest complete one)
+// receiveLong is receive's help.
+const receiveLong = `Fetch, authenticate and decrypt a shipment (default: the latest complete one)
 and restore its files under DIR by their relative names. Files are written to
 temporary names, checked against their whole-file digests and renamed into
 place only when every file of the shipment checks out. Only the non-zero 4 KiB
@@ -97,7 +93,14 @@ from --passphrase-file, $COLDSHIP_PASSPHRASE or a prompt on a terminal.
 
 stdout: the restored paths, one per line (-z: each ended by a NUL byte
 instead, for names that hold newlines); with --json, JSON objects only
-(the paths are the summary's "paths").`,
+(the paths are the summary's "paths").`
+
+func newReceiveCmd(s *streams) *cobra.Command {
+	opts := &receiveOptions{}
+	c := &cobra.Command{
+		Use:   "receive DEST [SHIPMENT] --out DIR|--into DIR [-i IDENTITY]... [--passphrase-file FILE]",
+		Short: "Verify, decrypt and restore a shipment into DIR",
+		Long:  receiveLong,
 		Example: `  coldship receive s3://dr-bucket/web01 -i ~/.config/coldship/site-b.key --out /var/lib/libvirt/images
   coldship receive sftp://backup@dr.example.com/srv/coldship/web01 --into /srv/dr/web01 -i /etc/coldship/site-b.key
   coldship receive /mnt/backup/web01 20261121T233000Z-3f9a1c2e -i site-b.key --out /tmp/web01 -z | xargs -0 ls -ls`,

@@ -122,29 +122,13 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if len(opts.sources) == 0 && opts.libvirtDomain == "" {
 		return usagef("send: give SOURCE files or directories, or --libvirt-domain NAME")
 	}
-	bs, err := parseSize(opts.blockSize)
+	bs, segSize, err := sendSizes(opts)
 	if err != nil {
-		return usagef("--block-size: %v", err)
-	}
-	if bs < archive.MinBlockSize || bs > archive.MaxBlockSize || bs%4096 != 0 {
-		return usagef("--block-size %s: must be a multiple of 4 KiB between 64 KiB and 64 MiB", opts.blockSize)
-	}
-	segSize, err := parseSize(opts.segmentSize)
-	if err != nil || segSize < 1<<20 {
-		return usagef("--segment-size %s: want a size of at least 1M", opts.segmentSize)
-	}
-	if opts.compress != "zstd" && opts.compress != "none" {
-		return usagef("--compress %q: want zstd or none", opts.compress)
-	}
-	if opts.jobs < 0 {
-		return usagef("--jobs %d: give 0 (one per CPU, the default) or a positive number", opts.jobs)
+		return err
 	}
 	recipients, err := s.sendRecipients(opts.recipients, opts.recipientFiles, opts.passphraseFile)
 	if err != nil {
 		return err
-	}
-	if opts.retries < 0 {
-		return usagef("--retries %d: give 0 (never retry) or a positive number", opts.retries)
 	}
 	if err := opts.run.check(); err != nil {
 		return err
@@ -158,16 +142,8 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	} else if rid, err = recipientsID(opts.recipients, opts.recipientFiles); err != nil {
 		return err
 	}
-	if opts.base != "" {
-		if opts.base != "latest" && opts.base != "none" && !archive.ValidID(opts.base) {
-			return usagef("--base %q: want latest, none or a shipment id", opts.base)
-		}
-		if rid == "" {
-			return usagef("--base needs recipients (-r or -R): incremental shipments copy the wrapped keys of their base, which a passphrase send cannot check")
-		}
-		if opts.stateDir == "" {
-			return usagef("--base needs a --state-dir")
-		}
+	if err := checkBase(opts, rid); err != nil {
+		return err
 	}
 	if opts.signer, err = s.signingKey(opts.signKey); err != nil {
 		return err
@@ -371,4 +347,48 @@ func (o *runOptions) lockDest(ctx context.Context, stateDir, dest string) (*ship
 	}
 	key := destKey(dest)
 	return shipper.AcquireLock(ctx, shipper.DestLockPath(stateDir, key), "destination "+key, o.lockWait)
+}
+
+// sendSizes checks send's numeric flags and returns the block and segment
+// sizes.
+func sendSizes(opts *sendOptions) (bs, segSize int64, err error) {
+	bs, err = parseSize(opts.blockSize)
+	if err != nil {
+		return 0, 0, usagef("--block-size: %v", err)
+	}
+	if bs < archive.MinBlockSize || bs > archive.MaxBlockSize || bs%4096 != 0 {
+		return 0, 0, usagef("--block-size %s: must be a multiple of 4 KiB between 64 KiB and 64 MiB", opts.blockSize)
+	}
+	segSize, err = parseSize(opts.segmentSize)
+	if err != nil || segSize < 1<<20 {
+		return 0, 0, usagef("--segment-size %s: want a size of at least 1M", opts.segmentSize)
+	}
+	if opts.compress != "zstd" && opts.compress != "none" {
+		return 0, 0, usagef("--compress %q: want zstd or none", opts.compress)
+	}
+	if opts.jobs < 0 {
+		return 0, 0, usagef("--jobs %d: give 0 (one per CPU, the default) or a positive number", opts.jobs)
+	}
+	if opts.retries < 0 {
+		return 0, 0, usagef("--retries %d: give 0 (never retry) or a positive number", opts.retries)
+	}
+	return bs, segSize, nil
+}
+
+// checkBase checks --base: an incremental send needs recipients (rid is
+// their fingerprint) and a state folder.
+func checkBase(opts *sendOptions, rid string) error {
+	if opts.base == "" {
+		return nil
+	}
+	if opts.base != "latest" && opts.base != "none" && !archive.ValidID(opts.base) {
+		return usagef("--base %q: want latest, none or a shipment id", opts.base)
+	}
+	if rid == "" {
+		return usagef("--base needs recipients (-r or -R): incremental shipments copy the wrapped keys of their base, which a passphrase send cannot check")
+	}
+	if opts.stateDir == "" {
+		return usagef("--base needs a --state-dir")
+	}
+	return nil
 }

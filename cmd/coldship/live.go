@@ -18,7 +18,6 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 
-	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/hooks"
 	"github.com/coldship/coldship/shipper"
 	"github.com/coldship/coldship/shipper/live"
@@ -86,48 +85,13 @@ func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if len(opts.recipients)+len(opts.recipientFiles) > 0 || opts.passphraseFile != "" {
 		return usagef("send --live: -r, -R and --passphrase-file do not apply: a one-time key is handed to the receiver over SSH")
 	}
-	bs, err := parseSize(opts.blockSize)
+	bs, _, err := sendSizes(opts)
 	if err != nil {
-		return usagef("--block-size: %v", err)
+		return err
 	}
-	if bs < archive.MinBlockSize || bs > archive.MaxBlockSize || bs%4096 != 0 {
-		return usagef("--block-size %s: must be a multiple of 4 KiB between 64 KiB and 64 MiB", opts.blockSize)
-	}
-	if opts.compress != "zstd" && opts.compress != "none" {
-		return usagef("--compress %q: want zstd or none", opts.compress)
-	}
-	if opts.jobs < 0 {
-		return usagef("--jobs %d: give 0 (one per CPU, the default) or a positive number", opts.jobs)
-	}
-	lanes := opts.transport.streams
-	switch lo.data {
-	case "ssh", "tcp":
-		if lanes < 0 || lanes > 64 {
-			return usagef("--streams %d: want 1 to 64", lanes)
-		}
-		if lanes == 0 && lo.data == "tcp" {
-			lanes = defaultLiveStreams
-		}
-	default:
-		return usagef("--data %q: want ssh or tcp", lo.data)
-	}
-	if lo.rounds < 0 {
-		return usagef("--rounds %d: give 0 (no pre-copy) or a positive number", lo.rounds)
-	}
-	var untilDirty int64
-	if lo.untilDirty != "" {
-		if untilDirty, err = parseSize(lo.untilDirty); err != nil {
-			return usagef("--until-dirty: %v", err)
-		}
-	}
-	for _, h := range lo.remoteHooks {
-		hk, err := hooks.ParseHook(h)
-		if err != nil {
-			return usageError{fmt.Errorf("--remote-hook %s: %w", h, err)}
-		}
-		if hk.Phase != hooks.PreReceive && hk.Phase != hooks.PostReceive && hk.Phase != hooks.OnFailure {
-			return usagef("--remote-hook %s: the destination runs pre-receive, post-receive and on-failure hooks only", h)
-		}
+	lanes, untilDirty, err := liveFlags(lo, opts.transport.streams)
+	if err != nil {
+		return err
 	}
 	runner, err := opts.hooks.runner(s)
 	if err != nil {
@@ -314,22 +278,7 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 		rep.finish(false, nil, "")
 		return &live.SendResult{ID: id}, fmt.Errorf("send --live to %s: %w", opts.to, err)
 	}
-	var data, wire int64
-	rounds := make([]map[string]any, len(res.Rounds))
-	for i, r := range res.Rounds {
-		data += r.Data
-		wire += r.Wire
-		rounds[i] = map[string]any{"round": r.Round, "final": r.Final, "blocks": r.Blocks, "bytes_data": r.Data,
-			"bytes_shipped": r.Wire, "bytes_read": r.Read, "duration_s": r.Duration.Seconds()}
-	}
-	rep.finish(true, map[string]any{
-		"mode": "live", "shipment": res.ID, "files": len(res.Files), "rounds": rounds,
-		"switchover_s": res.Switchover.Seconds(), "pre_switchover_hook_s": res.Hook.Seconds(),
-		"bytes_total": res.Total, "bytes_hole": res.Hole, "bytes_zero": res.Zero,
-		"bytes_data": data, "bytes_shipped": wire, "paths": nonNil(res.Files), "data": lo.data, "lanes": lanes,
-	}, fmt.Sprintf("restored %s (%d paths) at %s as %s in %d rounds, %s sent; switch-over %s (pre-switchover hook %s)",
-		humanBytes(res.Total), len(res.Files), opts.to, res.ID, len(res.Rounds), humanBytes(wire),
-		res.Switchover.Round(time.Millisecond), res.Hook.Round(time.Millisecond)))
+	reportLiveSend(rep, res, opts, lanes)
 	return res, nil
 }
 
@@ -456,4 +405,60 @@ func (w *lineWriter) flush() {
 		w.emit(w.buf.String())
 		w.buf.Reset()
 	}
+}
+
+// liveFlags checks the flags of send --live and returns the number of
+// data lanes and the --until-dirty bound.
+func liveFlags(lo *liveOptions, streams int) (lanes int, untilDirty int64, err error) {
+	lanes = streams
+	switch lo.data {
+	case "ssh", "tcp":
+		if lanes < 0 || lanes > 64 {
+			return 0, 0, usagef("--streams %d: want 1 to 64", lanes)
+		}
+		if lanes == 0 && lo.data == "tcp" {
+			lanes = defaultLiveStreams
+		}
+	default:
+		return 0, 0, usagef("--data %q: want ssh or tcp", lo.data)
+	}
+	if lo.rounds < 0 {
+		return 0, 0, usagef("--rounds %d: give 0 (no pre-copy) or a positive number", lo.rounds)
+	}
+	if lo.untilDirty != "" {
+		if untilDirty, err = parseSize(lo.untilDirty); err != nil {
+			return 0, 0, usagef("--until-dirty: %v", err)
+		}
+	}
+	for _, h := range lo.remoteHooks {
+		hk, err := hooks.ParseHook(h)
+		if err != nil {
+			return 0, 0, usageError{fmt.Errorf("--remote-hook %s: %w", h, err)}
+		}
+		if hk.Phase != hooks.PreReceive && hk.Phase != hooks.PostReceive && hk.Phase != hooks.OnFailure {
+			return 0, 0, usagef("--remote-hook %s: the destination runs pre-receive, post-receive and on-failure hooks only", h)
+		}
+	}
+	return lanes, untilDirty, nil
+}
+
+// reportLiveSend ends the progress of a live send that succeeded with its
+// summary: the rounds, the switch-over and the bytes.
+func reportLiveSend(rep *reporter, res *live.SendResult, opts *sendOptions, lanes int) {
+	var data, wire int64
+	rounds := make([]map[string]any, len(res.Rounds))
+	for i, r := range res.Rounds {
+		data += r.Data
+		wire += r.Wire
+		rounds[i] = map[string]any{"round": r.Round, "final": r.Final, "blocks": r.Blocks, "bytes_data": r.Data,
+			"bytes_shipped": r.Wire, "bytes_read": r.Read, "duration_s": r.Duration.Seconds()}
+	}
+	rep.finish(true, map[string]any{
+		"mode": "live", "shipment": res.ID, "files": len(res.Files), "rounds": rounds,
+		"switchover_s": res.Switchover.Seconds(), "pre_switchover_hook_s": res.Hook.Seconds(),
+		"bytes_total": res.Total, "bytes_hole": res.Hole, "bytes_zero": res.Zero,
+		"bytes_data": data, "bytes_shipped": wire, "paths": nonNil(res.Files), "data": opts.live.data, "lanes": lanes,
+	}, fmt.Sprintf("restored %s (%d paths) at %s as %s in %d rounds, %s sent; switch-over %s (pre-switchover hook %s)",
+		humanBytes(res.Total), len(res.Files), opts.to, res.ID, len(res.Rounds), humanBytes(wire),
+		res.Switchover.Round(time.Millisecond), res.Hook.Round(time.Millisecond)))
 }

@@ -239,7 +239,7 @@ func TestOutage(t *testing.T) {
 				for i := range points {
 					seed := baseSeed + uint64(i)
 					cell := tr.name + "/" + command + " (server restarted)/-"
-					at := int64(0.1 + 0.5*crashtest.Fraction(cell, seed)*float64(total))
+					at := int64((0.1 + 0.5*crashtest.Fraction(cell, seed)) * float64(total))
 					r := w.OutagePoint(ctx, set, ref, command, at)
 					tally.Add(cell, crashtest.Point{Seed: seed}, r)
 					if r.Err != nil {
