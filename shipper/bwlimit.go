@@ -143,6 +143,14 @@ func (t *limitedTransport) AbortUpload(ctx context.Context, u Upload) error {
 	return nil
 }
 
+// RemoveLeftoverProbes passes the optional capability through.
+func (t *limitedTransport) RemoveLeftoverProbes(ctx context.Context, startedBefore time.Time) (int, error) {
+	if pr, ok := t.Transport.(probeRemover); ok {
+		return pr.RemoveLeftoverProbes(ctx, startedBefore)
+	}
+	return 0, nil
+}
+
 // LinkStats passes the optional capability through.
 func (t *limitedTransport) LinkStats() LinkStats {
 	if lr, ok := t.Transport.(LinkReporter); ok {

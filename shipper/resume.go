@@ -37,6 +37,7 @@ func (r *sendRun) loadJournal(ctx context.Context, path string) error {
 	if why != "" {
 		r.opts.Log("not resuming shipment %s (%s): starting a new shipment", j.hdr.ID, why)
 		j.close(true)
+		r.removeAbandoned(ctx, j.hdr.ID)
 		return nil
 	}
 	for _, s := range j.segments {
@@ -45,6 +46,24 @@ func (r *sendRun) loadJournal(ctx context.Context, path string) error {
 	r.j, r.resumed = j, true
 	r.opts.Log("resuming shipment %s: %d segments are at the destination", j.hdr.ID, len(j.segments))
 	return nil
+}
+
+// removeAbandoned deletes what an interrupted send of shipment id left at
+// the destination once its journal is given up: nothing can resume it any
+// more. Only with the destination's lock held (no running send owns it),
+// and only if it never completed; best effort (prune removes it too).
+func (r *sendRun) removeAbandoned(ctx context.Context, id string) {
+	if !r.opts.CleanLeftovers {
+		return
+	}
+	if _, err := r.tr.Stat(ctx, id+"/"+archive.ManifestObject); !errors.Is(err, ErrNotFound) {
+		return
+	}
+	if err := DeleteShipment(ctx, r.tr, id); err != nil {
+		r.opts.Log("warning: removing the incomplete shipment %s: %v", id, err)
+		return
+	}
+	r.opts.Log("removed the incomplete shipment %s that the interrupted send left", id)
 }
 
 // journalFits says why the journal's shipment cannot be resumed, or "".

@@ -45,5 +45,16 @@ func AbortLeftoverUploads(ctx context.Context, tr Transport, prefix string, star
 	if err != nil {
 		return n, fmt.Errorf("abort unfinished uploads at %s: %w", tr, err)
 	}
+	if pr, ok := tr.(probeRemover); ok && prefix == "" {
+		if _, err := pr.RemoveLeftoverProbes(ctx, startedBefore); err != nil {
+			return n, fmt.Errorf("remove leftover probe objects at %s: %w", tr, err)
+		}
+	}
 	return n, nil
+}
+
+// probeRemover is a transport that writes probe objects (S3: whether the
+// server honours conditional writes), which a killed process leaves.
+type probeRemover interface {
+	RemoveLeftoverProbes(ctx context.Context, startedBefore time.Time) (int, error)
 }

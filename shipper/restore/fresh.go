@@ -14,15 +14,15 @@ import (
 // openFresh prepares a fresh restore (receive --out, live): every file is
 // written to a temporary file beside its final name, recorded first.
 func (w *Writer) openFresh(ctx context.Context) error {
-	if err := w.checkFinals(); err != nil {
-		return err
-	}
 	rec := loadRecord(w.t, w.names.record)
 	if rec != nil && !(w.opts.Resume && rec.Shipment == w.sh.ID && rec.BlockSize == w.sh.BlockSize && rec.Digests == w.kind) {
 		if w.opts.Resume {
 			w.opts.Log("%s holds an interrupted receive of %s: removing what it wrote", w.t.path, rec.Shipment)
 		}
 		rec = nil
+	}
+	if err := w.checkFinals(rec); err != nil {
+		return err
 	}
 	var err error
 	if w.bdir, err = w.t.dir(w.names.blocks, true); err != nil {
@@ -47,6 +47,8 @@ func (w *Writer) openFresh(ctx context.Context) error {
 		f.final = w.t.abs(f.meta.Path)
 		if rf := rec.file(f.meta.Path); rf != nil {
 			f.temp, f.blocks, f.resumed = rf.Temp, rf.Blocks, true
+		} else if f.adopt != "" {
+			f.temp, f.blocks, f.resumed = tempName(f.base, tempSuffix()), f.adopt, true
 		} else {
 			s := tempSuffix()
 			f.temp, f.blocks = tempName(f.base, s), s
@@ -65,9 +67,12 @@ func (w *Writer) openFresh(ctx context.Context) error {
 		if f == nil {
 			continue
 		}
-		if f.device {
+		switch {
+		case f.device:
 			err = w.openDeviceSlots(f)
-		} else {
+		case f.adopt != "":
+			err = w.unland(f)
+		default:
 			err = w.openTemp(f)
 		}
 		if err != nil {
@@ -77,8 +82,13 @@ func (w *Writer) openFresh(ctx context.Context) error {
 	return w.checkResumed(ctx)
 }
 
-// checkFinals checks every final name before anything is created.
-func (w *Writer) checkFinals() error {
+// checkFinals checks every final name before anything is created. A
+// file at its final name that the receive being resumed (rec) had landed,
+// or that the folder's marker says this shipment's completed receive left
+// there unchanged, is taken back (adopt) and checked again like a resumed
+// temporary file: running the same command again after a receive killed
+// during or after its renames completes it.
+func (w *Writer) checkFinals(rec *record) error {
 	for _, i := range w.dirs {
 		p := w.sh.Files[i].Path
 		st, ok, err := w.t.lstat(p)
@@ -100,11 +110,46 @@ func (w *Writer) checkFinals() error {
 		case !ok:
 		case st.Mode&unix.S_IFMT != unix.S_IFREG:
 			return fmt.Errorf("output %s: exists and is not a file%s", w.t.abs(f.meta.Path), linkNote(&st))
+		case w.landed(f, rec, &st):
 		case !w.opts.Force:
 			return fmt.Errorf("output %s: %w", w.t.abs(f.meta.Path), ErrExists)
 		}
 	}
 	return nil
+}
+
+// landed reports whether the regular file st at f's final name is one an
+// earlier receive of this shipment put there, and if so sets f.adopt to
+// the blocks file that records what it holds.
+func (w *Writer) landed(f *file, rec *record, st *unix.Stat_t) bool {
+	var blocks string
+	if rf := rec.file(f.meta.Path); rf != nil {
+		if _, ok, _ := w.t.lstat(path.Join(parentOf(f.meta.Path), rf.Temp)); !ok {
+			blocks = rf.Blocks // renamed before the receive was stopped
+		}
+	} else if m := w.old; w.opts.Resume && m != nil && m.State == stateDone && m.Shipment == w.sh.ID &&
+		m.BlockSize == w.sh.BlockSize && m.Digests == w.kind {
+		if mf := m.file(f.meta.Path); mf != nil && mf.Stamp != nil && *mf.Stamp == *stampOf(st) {
+			blocks = mf.Blocks
+		}
+	}
+	if blocks == "" {
+		return false
+	}
+	if _, ok, _ := w.t.lstat(path.Join(w.names.blocks, blocks)); !ok {
+		return false
+	}
+	f.adopt = blocks
+	return true
+}
+
+// unland moves a file that an earlier receive of this shipment landed
+// back to its temporary name (recorded already), to be checked again.
+func (w *Writer) unland(f *file) error {
+	if err := rename(f.dir, f.base, f.temp, false); err != nil {
+		return fmt.Errorf("output %s: %w", f.final, err)
+	}
+	return w.openTemp(f)
 }
 
 // openTemp creates a file's temporary file and blocks file, or reopens

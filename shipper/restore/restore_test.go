@@ -525,3 +525,66 @@ func TestMarkerFormat1(t *testing.T) {
 		t.Errorf("wrote %d bytes for one changed block", res.Written)
 	}
 }
+
+// TestWriterRerunAfterLanding runs a fresh restore again after it was
+// stopped during its renames (one file landed, the other not) and after
+// it completed: each rerun checks what is at the final names again and
+// completes, and a file changed since is refused, not overwritten.
+func TestWriterRerunAfterLanding(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	a := image{"vm/a.img", sparse(16*testBS, 8)}
+	b := image{"vm/b.img", sparse(8*testBS, 9)}
+	sh, blocks := shipment("20261130T120000Z-00000003", a, b)
+	opts := Options{Dir: dir, Resume: true}
+	w, err := Open(context.Background(), sh, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bl := range blocks {
+		if err := w.WriteForm(bl.file, bl.index, bl.form, bl.d, bl.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Close(true) // as a kill before the renames leaves it
+	tmpA, _ := filepath.Glob(filepath.Join(dir, "vm", ".a.img.coldship-*"))
+	if len(tmpA) != 1 {
+		t.Fatalf("temporary files of a.img: %v", tmpA)
+	}
+	if err := os.Rename(tmpA[0], filepath.Join(dir, "vm", "a.img")); err != nil { // landed before the kill
+		t.Fatal(err)
+	}
+	res, err := restoreAll(t, sh, blocks, opts)
+	if err != nil {
+		t.Fatalf("rerun after a stop during the renames: %v", err)
+	}
+	checkImages(t, dir, a, b)
+	if l := temps(t, dir); len(l) != 0 {
+		t.Errorf("temporary files left: %v", l)
+	}
+	if res.Reused <= 0 {
+		t.Errorf("the rerun reused %d bytes of what was landed", res.Reused)
+	}
+
+	res, err = restoreAll(t, sh, blocks, opts)
+	if err != nil {
+		t.Fatalf("rerun after a completed restore: %v", err)
+	}
+	checkImages(t, dir, a, b)
+	var all int64
+	for _, bl := range blocks {
+		all += bl.data
+	}
+	if res.Reused != all {
+		t.Errorf("the rerun of a completed restore reused %d bytes, want all %d (checked again)", res.Reused, all)
+	}
+
+	f, _ := os.OpenFile(filepath.Join(dir, "vm", "b.img"), os.O_RDWR, 0)
+	f.WriteAt([]byte("changed"), 5)
+	f.Close()
+	if _, err := restoreAll(t, sh, blocks, opts); !errors.Is(err, ErrExists) {
+		t.Fatalf("rerun over a file changed since: %v, want %v", err, ErrExists)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "vm", "b.img")); !bytes.Contains(got[:16], []byte("changed")) {
+		t.Error("a file changed since the restore was overwritten")
+	}
+}

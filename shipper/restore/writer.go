@@ -124,10 +124,11 @@ type file struct {
 	slots   *slotFile
 	blocks  string // name of the blocks file
 	device  bool
-	mayHold bool // the file may hold data where the shipment has zeros: punch them
-	resumed bool // slots left by an interrupted receive (checked on disk)
-	touched bool // update: moved aside and rewritten
-	loc     int  // update: where its content is (locNone, locFinal, locAside)
+	mayHold bool   // the file may hold data where the shipment has zeros: punch them
+	resumed bool   // slots left by an interrupted receive (checked on disk)
+	adopt   string // fresh: the blocks file of what an earlier receive of this shipment landed at the final name
+	touched bool   // update: moved aside and rewritten
+	loc     int    // update: where its content is (locNone, locFinal, locAside)
 	oldSize int64
 	cur     *cursor      // update: the walk through its slots
 	prev    *slotFile    // resumed update: the slots the interrupted update wrote

@@ -215,6 +215,13 @@ func (t *Transport) putMultipart(ctx context.Context, key string, src *sizedRead
 	})
 	if err != nil {
 		t.parts.put(first)
+		if ctx.Err() != nil {
+			// Cancelled (SIGTERM) while the server may have made the
+			// upload already: abort whatever it holds of key.
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
+			t.abortStale(actx, key)
+			cancel()
+		}
 		return "", t.classify("start upload of", key, err)
 	}
 	t.track(id, 1)

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 
@@ -133,7 +134,16 @@ func (t *Transport) conditionalWrites(ctx context.Context) (int, error) {
 	if t.cond != condUnknown {
 		return t.cond, nil
 	}
-	key := t.prefix + ".coldship-probe-" + randomHex(8)
+	key := t.prefix + probePrefix + randomHex(8)
+	// The probe is removed however the probe ends, a cancelled ctx
+	// (SIGTERM) too; a killed process leaves it to RemoveLeftoverProbes.
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
+		defer cancel()
+		if err := t.core.RemoveObject(rctx, t.bucket, key, minio.RemoveObjectOptions{}); err != nil {
+			fmt.Fprintf(t.stderr, "warning: could not remove the probe object %s: %v\n", t.where(key), err)
+		}
+	}()
 	mode := condSupported
 	for i := range 2 {
 		_, err := t.putSingle(ctx, key, []byte("probe"), true)
@@ -150,17 +160,15 @@ func (t *Transport) conditionalWrites(ctx context.Context) (int, error) {
 			mode = condIgnored
 			break
 		}
-		if i == 1 {
-			t.core.RemoveObject(ctx, t.bucket, key, minio.RemoveObjectOptions{})
-		}
 		return condUnknown, err
-	}
-	if err := t.core.RemoveObject(ctx, t.bucket, key, minio.RemoveObjectOptions{}); err != nil {
-		fmt.Fprintf(t.stderr, "warning: could not remove the probe object %s: %v\n", t.where(key), err)
 	}
 	t.cond = mode
 	return mode, nil
 }
+
+// probePrefix begins the names of the probe objects (a dot name, which
+// List never shows).
+const probePrefix = ".coldship-probe-"
 
 func randomHex(n int) string {
 	b := make([]byte, n)
@@ -171,4 +179,28 @@ func randomHex(n int) string {
 func notImplemented(err error) bool {
 	var resp minio.ErrorResponse
 	return errors.As(err, &resp) && (resp.Code == "NotImplemented" || resp.StatusCode == http.StatusNotImplemented)
+}
+
+// RemoveLeftoverProbes deletes the probe objects of conditionalWrites that
+// a process killed while probing left, those written before startedBefore
+// (by the server's clock). Like AbortLeftoverUploads, call it with the
+// destination's lock held; a probe of another running process deleted
+// early only makes that process take the server for one that ignores
+// If-None-Match (HEAD before, read back after), which is safe.
+func (t *Transport) RemoveLeftoverProbes(ctx context.Context, startedBefore time.Time) (int, error) {
+	n := 0
+	opts := minio.ListObjectsOptions{Prefix: t.prefix + probePrefix}
+	for oi := range t.core.ListObjectsIter(ctx, t.bucket, opts) {
+		if oi.Err != nil {
+			return n, t.classify("list", t.prefix+probePrefix, oi.Err)
+		}
+		if !oi.LastModified.Before(startedBefore) {
+			continue
+		}
+		if err := t.core.RemoveObject(ctx, t.bucket, oi.Key, minio.RemoveObjectOptions{}); err != nil {
+			return n, t.classify("delete", oi.Key, err)
+		}
+		n++
+	}
+	return n, nil
 }

@@ -3,7 +3,6 @@ package sftp
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"sync"
 
@@ -95,7 +94,7 @@ func (r *rangeReader) issue(off, end int64, size int) {
 			case m == n:
 				err = nil
 			case err == nil || err == io.EOF:
-				err = fmt.Errorf("read %s: %w (the object shrank while it was read)", r.p, io.ErrUnexpectedEOF)
+				err = r.t.shortRead(r.c, r.f, r.p)
 			default:
 				err = r.t.classify(r.c, "read", r.p, err)
 			}

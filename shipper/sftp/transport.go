@@ -674,7 +674,7 @@ func (t *Transport) open(ctx context.Context, c *conn, name string, offset, leng
 		n = length
 	}
 	if int64(m) < min(n, int64(len(head))) {
-		return fail(fmt.Errorf("read %s: %w (the object shrank while it was read)", p, io.ErrUnexpectedEOF))
+		return fail(t.shortRead(c, f, p))
 	}
 	head = head[:min(n, int64(len(head)))]
 	if n == int64(len(head)) {
@@ -684,16 +684,33 @@ func (t *Transport) open(ctx context.Context, c *conn, name string, offset, leng
 	if n <= smallRead {
 		buf := append(head, make([]byte, n-int64(len(head)))...)
 		m, err := f.ReadAt(buf[len(head):], offset+int64(len(head)))
-		go f.Close()
+		defer func() { go f.Close() }()
 		switch {
 		case err != nil && err != io.EOF:
 			return nil, t.classify(c, "read", p, err)
 		case m < len(buf)-len(head):
-			return nil, fmt.Errorf("read %s: %w (the object shrank while it was read)", p, io.ErrUnexpectedEOF)
+			return nil, t.shortRead(c, f, p)
 		}
 		return io.NopCloser(bytes.NewReader(buf)), nil
 	}
 	return newRangeReader(ctx, t, c, f, p, head, offset+int64(len(head)), n-int64(len(head))), nil
+}
+
+// shortRead explains a read of p (open as f on c) that ended before the
+// size the server had given: a connection that broke while it was read
+// (pkg/sftp reports that as io.EOF too) is a lost connection, which is
+// retried; only if the connection still answers did the object shrink.
+func (t *Transport) shortRead(c *conn, f *sftpclient.File, p string) error {
+	if !c.alive() {
+		return fmt.Errorf("read %s: %w", p, sftpclient.ErrSSHFxConnectionLost)
+	}
+	if _, err := f.Stat(); err != nil {
+		if isConnError(err) {
+			return fmt.Errorf("read %s: %w (%v)", p, sftpclient.ErrSSHFxConnectionLost, err)
+		}
+		return t.classify(c, "stat", p, err)
+	}
+	return fmt.Errorf("read %s: %w (the object shrank while it was read)", p, io.ErrUnexpectedEOF)
 }
 
 // Stat returns the size of the object's file.

@@ -156,44 +156,7 @@ func StartSSHD(t testing.TB, opts ...Option) *Server {
 
 	s.SSHDPort = freePort(t)
 	s.SSHDAddr = net.JoinHostPort(s.Host, strconv.Itoa(s.SSHDPort))
-	// Without PAM, sshd refuses keys for accounts whose password is
-	// locked ("!" in /etc/shadow), as CI users often are; PAM lets them in
-	// and works unprivileged. As root, PAM's session modules
-	// (pam_loginuid) can fail in containers, and root is rarely locked.
-	usePAM := "yes"
-	if os.Geteuid() == 0 {
-		usePAM = "no"
-	}
-	logLevel := "ERROR"
-	if o.verbose {
-		logLevel = "DEBUG1"
-	}
-	subsystem := "internal-sftp"
-	if o.readOnly {
-		subsystem += " -R"
-	}
-	s.config = filepath.Join(dir, "sshd_config")
-	writeFile(t, s.config, []byte(strings.Join([]string{
-		"ListenAddress " + s.SSHDAddr,
-		"HostKey " + s.HostKeyFile,
-		"PidFile " + filepath.Join(dir, "sshd.pid"),
-		"AuthorizedKeysFile " + authorized,
-		"AuthenticationMethods publickey",
-		"PubkeyAuthentication yes",
-		"PasswordAuthentication no",
-		"KbdInteractiveAuthentication no",
-		"PermitRootLogin prohibit-password",
-		"StrictModes no",
-		"UsePAM " + usePAM,
-		"PrintMotd no",
-		"UseDNS no",
-		"MaxStartups 64",
-		"MaxSessions 64",
-		"LogLevel " + logLevel,
-		"Subsystem sftp " + subsystem,
-		"AllowTcpForwarding " + map[bool]string{false: "yes", true: "no"}[o.noForwarding],
-		"",
-	}, "\n")), 0o600)
+	s.writeConfig(authorized)
 
 	s.fwd, err = NewForwarder(s.SSHDAddr)
 	if err != nil {
@@ -209,6 +172,53 @@ func StartSSHD(t testing.TB, opts ...Option) *Server {
 	s.start()
 	t.Cleanup(s.stop)
 	return s
+}
+
+// writeConfig writes the server's sshd_config: public keys only, the
+// keys and folders of s, OpenSSH's defaults for what coldship must live
+// with.
+func (s *Server) writeConfig(authorized string) {
+	// Without PAM, sshd refuses keys for accounts whose password is
+	// locked ("!" in /etc/shadow), as CI users often are; PAM lets them in
+	// and works unprivileged. As root, PAM's session modules
+	// (pam_loginuid) can fail in containers, and root is rarely locked.
+	usePAM := "yes"
+	if os.Geteuid() == 0 {
+		usePAM = "no"
+	}
+	logLevel := "ERROR"
+	if s.opts.verbose {
+		logLevel = "DEBUG1"
+	}
+	subsystem := "internal-sftp"
+	if s.opts.readOnly {
+		subsystem += " -R"
+	}
+	s.config = filepath.Join(s.dir, "sshd_config")
+	writeFile(s.t, s.config, []byte(strings.Join([]string{
+		"ListenAddress " + s.SSHDAddr,
+		"HostKey " + s.HostKeyFile,
+		"PidFile " + filepath.Join(s.dir, "sshd.pid"),
+		"AuthorizedKeysFile " + authorized,
+		"AuthenticationMethods publickey",
+		"PubkeyAuthentication yes",
+		"PasswordAuthentication no",
+		"KbdInteractiveAuthentication no",
+		"PermitRootLogin prohibit-password",
+		"StrictModes no",
+		"UsePAM " + usePAM,
+		"PrintMotd no",
+		"UseDNS no",
+		// MaxSessions stays at OpenSSH's default (10), which coldship
+		// must live with (issue 18). MaxStartups is raised because tests
+		// run several clients against one server at once; one client
+		// alone authenticates at most 8 connections at a time.
+		"MaxStartups 64",
+		"LogLevel " + logLevel,
+		"Subsystem sftp " + subsystem,
+		"AllowTcpForwarding " + map[bool]string{false: "yes", true: "no"}[s.opts.noForwarding],
+		"",
+	}, "\n")), 0o600)
 }
 
 // Forwarder returns the forwarder in front of sshd.
