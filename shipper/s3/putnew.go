@@ -135,9 +135,14 @@ func (t *Transport) conditionalWrites(ctx context.Context) (int, error) {
 		return t.cond, nil
 	}
 	key := t.prefix + probePrefix + randomHex(8)
-	// The probe is removed however the probe ends, a cancelled ctx
-	// (SIGTERM) too; a killed process leaves it to RemoveLeftoverProbes.
+	// The probe, once it may exist (a put succeeded, or was cut short
+	// by a cancelled ctx: SIGTERM), is removed however the probe ends; a
+	// killed process leaves it to RemoveLeftoverProbes.
+	made := false
 	defer func() {
+		if !made {
+			return
+		}
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
 		defer cancel()
 		if err := t.core.RemoveObject(rctx, t.bucket, key, minio.RemoveObjectOptions{}); err != nil {
@@ -147,6 +152,7 @@ func (t *Transport) conditionalWrites(ctx context.Context) (int, error) {
 	mode := condSupported
 	for i := range 2 {
 		_, err := t.putSingle(ctx, key, []byte("probe"), true)
+		made = made || err == nil || ctx.Err() != nil
 		if err == nil {
 			if i == 1 {
 				mode = condIgnored
