@@ -109,39 +109,50 @@ func runShow(ctx context.Context, s *streams, opts *showOptions) error {
 		}
 		return fmt.Errorf("show %s at %s: %w", id, tr, err)
 	}
+	if opts.json {
+		return showJSON(s, id, sh)
+	}
+	return showText(s, id, sh)
+}
+
+// showJSON writes what show prints as JSON objects: the shipment, then
+// one object per file.
+func showJSON(s *streams, id string, sh *shipper.Shipment) error {
 	m := sh.Manifest
 	base, bases := shipmentChain(sh)
-	var total, data int64
-	for i := range m.Files {
-		total += m.Files[i].Size
-		data += fileDataBytes(&m.Files[i])
+	total, data := manifestBytes(m)
+	head := map[string]any{"type": "shipment", "id": id, "created": sh.Header.Created, "label": sh.Header.Label,
+		"block_size": m.BlockSize, "bases": bases, "files": len(m.Files), "bytes_total": total, "bytes_data": data}
+	if base != "" {
+		head["base"] = base
 	}
-	if opts.json {
-		head := map[string]any{"type": "shipment", "id": id, "created": sh.Header.Created, "label": sh.Header.Label,
-			"block_size": m.BlockSize, "bases": bases, "files": len(m.Files), "bytes_total": total, "bytes_data": data}
-		if base != "" {
-			head["base"] = base
+	if ti := sh.Trust(); ti != nil {
+		head["signer"] = ti.Signer.Principal()
+	}
+	if err := s.emit(head); err != nil {
+		return err
+	}
+	for i := range m.Files {
+		f := &m.Files[i]
+		digest := ""
+		if f.Type == archive.TypeFile {
+			digest = f.BLAKE3.String()
 		}
-		if ti := sh.Trust(); ti != nil {
-			head["signer"] = ti.Signer.Principal()
-		}
-		if err := s.emit(head); err != nil {
+		if err := s.emit(map[string]any{"type": "file", "path": f.Path, "file_type": f.Type, "size": f.Size,
+			"bytes_data": fileDataBytes(f), "mode": fmt.Sprintf("%04o", f.Mode.Perm()), "mtime": f.MTime,
+			"owner": fileOwner(f), "blake3": digest}); err != nil {
 			return err
 		}
-		for i := range m.Files {
-			f := &m.Files[i]
-			digest := ""
-			if f.Type == archive.TypeFile {
-				digest = f.BLAKE3.String()
-			}
-			if err := s.emit(map[string]any{"type": "file", "path": f.Path, "file_type": f.Type, "size": f.Size,
-				"bytes_data": fileDataBytes(f), "mode": fmt.Sprintf("%04o", f.Mode.Perm()), "mtime": f.MTime,
-				"owner": fileOwner(f), "blake3": digest}); err != nil {
-				return err
-			}
-		}
-		return nil
 	}
+	return nil
+}
+
+// showText writes what show prints for a reader: the shipment, then a
+// table of its files.
+func showText(s *streams, id string, sh *shipper.Shipment) error {
+	m := sh.Manifest
+	base, bases := shipmentChain(sh)
+	total, data := manifestBytes(m)
 	w := s.out
 	fmt.Fprintf(w, "shipment  %s\n", id)
 	fmt.Fprintf(w, "created   %s\n", sh.Header.Created.Local().Format(time.RFC3339))
@@ -171,4 +182,14 @@ func runShow(ctx context.Context, s *streams, opts *showOptions) error {
 			f.MTime.Local().Format(time.RFC3339), digest, f.Path)
 	}
 	return t.flush()
+}
+
+// manifestBytes returns the apparent size and the bytes of data of the
+// files of m.
+func manifestBytes(m *archive.Manifest) (total, data int64) {
+	for i := range m.Files {
+		total += m.Files[i].Size
+		data += fileDataBytes(&m.Files[i])
+	}
+	return total, data
 }
