@@ -125,6 +125,25 @@ type receiver struct {
 	bytes  atomic.Int64
 }
 
+// start starts the decrypting workers and the readers of the control
+// stream and of every data lane.
+func (r *receiver) start(ctx context.Context, br *bufio.Reader) {
+	opts := &r.opts
+	r.pool = bufpool.New(4*opts.Jobs+2*(len(r.conns)+1), blockHeaderSize+int(maxRecord(r.bs)))
+	r.jobs = make(chan recvJob, 2*opts.Jobs)
+	r.laneEnds = make(chan laneEnd, len(r.conns))
+	for range opts.Jobs {
+		r.bg.Add(1)
+		go r.work(ctx)
+	}
+	r.ctl = make(chan ctlFrame)
+	go r.readControl(ctx, br)
+	for i, c := range r.conns {
+		r.bg.Add(1)
+		go r.readLane(ctx, uint32(i+1), bufio.NewReaderSize(c, 256<<10))
+	}
+}
+
 // Receive runs the receiving end of a session: it reads the sender's
 // control lane from in, answers on out, restores the shipment into
 // opts.Dir and returns once every file is checked and renamed into place.
@@ -182,20 +201,7 @@ func Receive(ctx context.Context, in io.Reader, out io.Writer, opts ReceiveOptio
 		return nil, err
 	}
 
-	r.pool = bufpool.New(4*opts.Jobs+2*(len(r.conns)+1), blockHeaderSize+int(maxRecord(r.bs)))
-	r.jobs = make(chan recvJob, 2*opts.Jobs)
-	r.laneEnds = make(chan laneEnd, len(r.conns))
-	for range opts.Jobs {
-		r.bg.Add(1)
-		go r.work(ctx)
-	}
-	r.ctl = make(chan ctlFrame)
-	go r.readControl(ctx, br)
-	for i, c := range r.conns {
-		r.bg.Add(1)
-		go r.readLane(ctx, uint32(i+1), bufio.NewReaderSize(c, 256<<10))
-	}
-
+	r.start(ctx, br)
 	rounds, err := r.rounds(ctx)
 	if err != nil {
 		return nil, err

@@ -406,6 +406,15 @@ func resolveHost(cfg Config, sc *ssh_config.Config, home string) (*destination, 
 	}
 
 	tokens := tokenExpander{home: home, local: local, host: d.host, alias: cfg.Host, user: d.user, port: d.port}
+	d.resolveFiles(cfg, get, getAll, tokens, home)
+	d.hashKnownHosts = strings.EqualFold(get("HashKnownHosts"), "yes")
+	return d, nil
+}
+
+// resolveFiles sets the key files and known_hosts files of d: the flags'
+// (cfg), else ssh_config's (get, getAll; tokens expanded), else OpenSSH's
+// defaults under home.
+func (d *destination) resolveFiles(cfg Config, get func(string) string, getAll func(string) []string, tokens tokenExpander, home string) {
 	switch {
 	case len(cfg.KeyFiles) > 0:
 		d.keyFiles, d.keySource = cfg.KeyFiles, keysFlag
@@ -445,8 +454,6 @@ func resolveHost(cfg Config, sc *ssh_config.Config, home string) (*destination, 
 		// Read, never written, like OpenSSH's GlobalKnownHostsFile.
 		d.knownHosts = append(d.knownHosts, "/etc/ssh/ssh_known_hosts")
 	}
-	d.hashKnownHosts = strings.EqualFold(get("HashKnownHosts"), "yes")
-	return d, nil
 }
 
 func currentUser() string {
