@@ -346,14 +346,37 @@ func (t *Transport) inFlight(id string) bool {
 const abortTimeout = 10 * time.Second
 
 // abort removes the parts of a failed upload, even when ctx is cancelled.
-// If that fails too (the server is unreachable), the next Put or Delete of
+// A part the server was still receiving when the upload was aborted may
+// bring the upload back (S3's documentation says to abort again until it
+// is gone): abort checks, a few times, that it is no longer listed. If
+// that fails too (the server is unreachable), the next Put or Delete of
 // the same name, or shipper.AbortLeftoverUploads, removes them.
 func (t *Transport) abort(ctx context.Context, key, id string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
 	defer cancel()
-	if err := t.core.AbortMultipartUpload(ctx, t.bucket, key, id); err != nil && !isCode(err, "NoSuchUpload") {
-		fmt.Fprintf(t.stderr, "warning: could not abort the unfinished upload of %s (the next upload or delete of it will): %v\n", t.where(key), err)
+	for attempt := range 4 {
+		if attempt > 0 {
+			time.Sleep(time.Duration(attempt) * 100 * time.Millisecond)
+			if !t.listed(ctx, key, id) {
+				return
+			}
+		}
+		if err := t.core.AbortMultipartUpload(ctx, t.bucket, key, id); err != nil && !isCode(err, "NoSuchUpload") {
+			fmt.Fprintf(t.stderr, "warning: could not abort the unfinished upload of %s (the next upload or delete of it will): %v\n", t.where(key), err)
+			return
+		}
 	}
+}
+
+// listed reports whether upload id of key is still listed (false when the
+// listing fails: the next run's clean-up is left to deal with it).
+func (t *Transport) listed(ctx context.Context, key, id string) bool {
+	found := false
+	t.listUploads(ctx, key, func(u minio.ObjectMultipartInfo) error {
+		found = found || (u.Key == key && u.UploadID == id)
+		return nil
+	})
+	return found
 }
 
 // abortStale aborts the multipart uploads of key that a killed process
