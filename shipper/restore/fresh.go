@@ -83,11 +83,11 @@ func (w *Writer) openFresh(ctx context.Context) error {
 }
 
 // checkFinals checks every final name before anything is created. A
-// file at its final name that the receive being resumed (rec) had landed,
-// or that the folder's marker says this shipment's completed receive left
-// there unchanged, is taken back (adopt) and checked again like a resumed
-// temporary file: running the same command again after a receive killed
-// during or after its renames completes it.
+// file that the receive being resumed (rec) had renamed to its final name
+// before it was stopped is taken back (adopt) and checked again like a
+// resumed temporary file: running the same command again after a receive
+// stopped during its renames completes it. A receive that finished
+// (its record removed) is not run again over its files without Force.
 func (w *Writer) checkFinals(rec *record) error {
 	for _, i := range w.dirs {
 		p := w.sh.Files[i].Path
@@ -110,7 +110,7 @@ func (w *Writer) checkFinals(rec *record) error {
 		case !ok:
 		case st.Mode&unix.S_IFMT != unix.S_IFREG:
 			return fmt.Errorf("output %s: exists and is not a file%s", w.t.abs(f.meta.Path), linkNote(&st))
-		case w.landed(f, rec, &st):
+		case w.landed(f, rec):
 		case !w.opts.Force:
 			return fmt.Errorf("output %s: %w", w.t.abs(f.meta.Path), ErrExists)
 		}
@@ -118,19 +118,14 @@ func (w *Writer) checkFinals(rec *record) error {
 	return nil
 }
 
-// landed reports whether the regular file st at f's final name is one an
-// earlier receive of this shipment put there, and if so sets f.adopt to
-// the blocks file that records what it holds.
-func (w *Writer) landed(f *file, rec *record, st *unix.Stat_t) bool {
+// landed reports whether the file at f's final name is one that the
+// receive being resumed (rec: stopped before it finished) renamed there,
+// and if so sets f.adopt to the blocks file that records what it holds.
+func (w *Writer) landed(f *file, rec *record) bool {
 	var blocks string
 	if rf := rec.file(f.meta.Path); rf != nil {
 		if _, ok, _ := w.t.lstat(path.Join(parentOf(f.meta.Path), rf.Temp)); !ok {
 			blocks = rf.Blocks // renamed before the receive was stopped
-		}
-	} else if m := w.old; w.opts.Resume && m != nil && m.State == stateDone && m.Shipment == w.sh.ID &&
-		m.BlockSize == w.sh.BlockSize && m.Digests == w.kind {
-		if mf := m.file(f.meta.Path); mf != nil && mf.Stamp != nil && *mf.Stamp == *stampOf(st) {
-			blocks = mf.Blocks
 		}
 	}
 	if blocks == "" {
