@@ -18,7 +18,8 @@
 #      disk after years of scattered writes): coldship send and receive at
 #      --block-size 64K (BENCH_SPARSE_RUNS, default 3, medians) and once at
 #      the default 1 MiB, cp --sparse=always and rsync --sparse (once), and
-#      the allocation of what each restored.
+#      the allocation of what each restored; CPU seconds per GiB of data
+#      (the allocated 1 GiB), as the CPU target counts them.
 #
 # Targets (issue 16): send and receive <= 0.9 CPU s per GiB; send <= 1.3x
 # cp's wall time and >= 1.6x faster than age -r; the sparse image sent in
@@ -157,11 +158,10 @@ section_local() {
 	lcheck "coldship receive, CPU s per GiB" "$(awk -v c="$(median ${LC["coldship receive"]})" -v g="$gib" 'BEGIN { print c / g }')" "<=" 0.9 "s"
 	rm -rf "$d/cp.img" "$d/dest" "$d/out" "$d"/img.age* "$d"/img.enc*
 
-	local sp spsize spgib alloc
+	local sp spsize alloc
 	sp=$d/sparse.img
 	local_sparse_image "$sp" "$local_sparse"
 	spsize=$(stat -c %s "$sp")
-	spgib=$(awk -v s="$spsize" 'BEGIN { print s / 1073741824 }')
 	alloc=$(du -B1 "$sp" | cut -f1)
 	cat "$sp" >/dev/null
 	LW=() LC=() LR=()
@@ -172,9 +172,9 @@ section_local() {
 		lrun "coldship receive, 64 KiB blocks" "$bin" receive "$d/sdest" -i "$d/id.txt" --out "$d/sout" -q || return 0
 		lrun "cp --sparse=always" cp --sparse=always "$sp" "$d/scp/" || return 0
 	done
-	local restored
+	local restored same=identical
 	restored=$(du -B1 "$d/sout/sparse.img" | cut -f1)
-	cmp -s "$sp" "$d/sout/sparse.img" && log "" && log "  restored sparse image identical (cmp)"
+	cmp -s "$sp" "$d/sout/sparse.img" || same=DIFFERS
 	rm -rf "$d/sdest" "$d/sout" "$d/scp"
 	lrun "coldship send, 1 MiB blocks" "$bin" send "$sp" --to "$d/sdest" -r "$rcpt" -q || return 0
 	lrun "coldship receive, 1 MiB blocks" "$bin" receive "$d/sdest" -i "$d/id.txt" --out "$d/sout" -q || return 0
@@ -186,19 +186,24 @@ section_local() {
 	local rsalloc
 	rsalloc=$(du -B1 "$d/rs/sparse.img" | cut -f1)
 	rm -rf "$d/rs"
-	ltable "Local, tmpfs: $local_sparse sparse image, 4 KiB of data every 64 KiB ($(numfmt --to=iec "$alloc") allocated)"
+	# CPU s per GiB of data (what is allocated), as the CPU target counts it.
+	ltable "Local, tmpfs: $local_sparse sparse image, 4 KiB of data every 64 KiB ($(numfmt --to=iec "$alloc") allocated; CPU s per GiB of data)"
 	for t in "coldship send, 64 KiB blocks" "coldship receive, 64 KiB blocks" "cp --sparse=always" \
 		"coldship send, 1 MiB blocks" "coldship receive, 1 MiB blocks" "rsync --sparse"; do
-		lrow "$t" "$spgib"
+		lrow "$t" "$(awk -v a="$alloc" 'BEGIN { print a / 1073741824 }')"
 	done
 	log ""
+	log "  restored sparse image (64 KiB blocks, last round) $same (cmp)"
 	log "  allocated: source $alloc B; restored $restored B (64 KiB blocks), $restored1m B (1 MiB blocks); rsync --sparse $rsalloc B"
 	local nb
 	nb=$((spsize / 65536))
-	# shellcheck disable=SC2086
-	lcheck "send, 64 KiB blocks" "$(median ${LW["coldship send, 64 KiB blocks"]})" "<=" 3 "s"
-	# shellcheck disable=SC2086
-	lcheck "receive, 64 KiB blocks" "$(median ${LW["coldship receive, 64 KiB blocks"]})" "<=" 3 "s"
+	# The 3 s targets are the 16 GiB image's: a smaller one is not checked.
+	if [ "$spsize" = $((16 << 30)) ]; then
+		# shellcheck disable=SC2086
+		lcheck "send, 64 KiB blocks" "$(median ${LW["coldship send, 64 KiB blocks"]})" "<=" 3 "s"
+		# shellcheck disable=SC2086
+		lcheck "receive, 64 KiB blocks" "$(median ${LW["coldship receive, 64 KiB blocks"]})" "<=" 3 "s"
+	fi
 	# shellcheck disable=SC2086
 	log "  per block ($nb blocks): send $(awk -v w="$(median ${LW["coldship send, 64 KiB blocks"]})" -v c="$(median ${LC["coldship send, 64 KiB blocks"]})" -v n="$nb" 'BEGIN { printf "%.1f us wall, %.1f us CPU", w / n * 1e6, c / n * 1e6 }'), receive $(awk -v w="$(median ${LW["coldship receive, 64 KiB blocks"]})" -v c="$(median ${LC["coldship receive, 64 KiB blocks"]})" -v n="$nb" 'BEGIN { printf "%.1f us wall, %.1f us CPU", w / n * 1e6, c / n * 1e6 }')"
 	lratio "send, 64 KiB blocks / cp --sparse=always" "coldship send, 64 KiB blocks" "cp --sparse=always"
