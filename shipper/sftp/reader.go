@@ -24,11 +24,14 @@ const (
 // together. Each reader owns the chunk it is reading; the chunks it reads
 // ahead are lent while the lent ones and a chunk owned per stream stay
 // within the budget. Without it every reader kept its own window asked
-// for: a receive at 100 ms RTT (32 channels) held 96 MiB of reads, with
-// 64 channels twice that. 48 MiB covers what 32 channels move per round
-// trip (channelBytesPerRTT each): a receive at 100 ms took as long as
-// with 96 MiB, and 40% longer with 32.
-const readBudget = 48 << 20
+// for: a receive over 32 channels held up to 96 MiB of reads, over 64
+// twice that, and its peak RSS passed 256 MiB. A receive reads its
+// segments in turns, a record at a time, so each reader needs about a
+// record ready and one asked for: 64 MiB is what a receive over 32
+// channels (MaxAutoStreams) at 200 ms RTT needed to take as long as with
+// a window each (with 48 MiB: 13% longer). Beyond 32 transfers each gets
+// less.
+const readBudget = 64 << 20
 
 // readBuffers are the chunk buffers of a Transport's reads, kept for
 // reuse. A reader always gets a chunk of its own, whatever the others
