@@ -42,9 +42,9 @@ import (
 // one per CPU, from 2 to 4, each on a connection of its own so that sshd
 // decrypts on every core.
 const (
-	// MaxAutoStreams bounds the automatic choice, and with it the memory
-	// of that many transfers at once (a receive holds 2.5 MiB of reads
-	// in flight, and two blocks, for each).
+	// MaxAutoStreams bounds the automatic choice: connections and
+	// channels cost the server. (The reads of all of them share one
+	// budget, readBudget, which 32 channels' round trips fill.)
 	MaxAutoStreams = 32
 
 	// maxChannelsPerLink is OpenSSH's default MaxSessions.

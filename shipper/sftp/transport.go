@@ -55,6 +55,8 @@ type Transport struct {
 	handshakes chan struct{} // a slot for each connection being made
 	stopDials  context.CancelFunc
 
+	reads *readBuffers // the chunks of all streamed reads
+
 	orphanMu sync.Mutex
 	orphans  []string // temporaries left by a Put whose connection broke
 
@@ -111,6 +113,7 @@ func Dial(ctx context.Context, cfg Config) (*Transport, error) {
 		t.streams = append(t.streams, group...)
 		groups = append(groups, group)
 	}
+	t.reads = newReadBuffers(readBudget, len(t.streams))
 	t.links[0].set(sc)
 	t.streams[0].set(first)
 	// The background work outlives Dial's ctx (a deadline for connecting,
@@ -632,7 +635,8 @@ func (t *Transport) Open(ctx context.Context, name string, offset, length int64)
 
 // open opens the object on c: a small range is read at once, a large one
 // returned as a rangeReader. The size and the first bytes (all of a small
-// object) are asked for together, one round trip; the handle is closed
+// object) are asked for together, one round trip, into a buffer of
+// t.reads that becomes the rangeReader's own; the handle is closed
 // without waiting for the server's answer.
 func (t *Transport) open(ctx context.Context, c *conn, name string, offset, length int64) (io.ReadCloser, error) {
 	p := t.remote(name)
@@ -640,9 +644,12 @@ func (t *Transport) open(ctx context.Context, c *conn, name string, offset, leng
 	if err != nil {
 		return nil, t.classify(c, "open", p, err)
 	}
-	head := make([]byte, readChunk)
+	var own, head []byte
 	if length >= 0 && length < readChunk {
-		head = head[:length]
+		head = make([]byte, length)
+	} else {
+		own = t.reads.own()
+		head = own
 	}
 	var m int
 	var rerr error
@@ -656,6 +663,9 @@ func (t *Transport) open(ctx context.Context, c *conn, name string, offset, leng
 	fi, err := f.Stat()
 	<-read
 	fail := func(err error) (io.ReadCloser, error) {
+		if own != nil {
+			t.reads.put(own, false)
+		}
 		go f.Close()
 		return nil, err
 	}
@@ -677,23 +687,26 @@ func (t *Transport) open(ctx context.Context, c *conn, name string, offset, leng
 		return fail(t.shortRead(c, f, p))
 	}
 	head = head[:min(n, int64(len(head)))]
-	if n == int64(len(head)) {
-		go f.Close()
-		return io.NopCloser(bytes.NewReader(head)), nil
+	if n > smallRead {
+		return newRangeReader(ctx, t, c, f, p, own, head, offset+int64(len(head)), n-int64(len(head))), nil
 	}
-	if n <= smallRead {
-		buf := append(head, make([]byte, n-int64(len(head)))...)
-		m, err := f.ReadAt(buf[len(head):], offset+int64(len(head)))
-		defer func() { go f.Close() }()
+	// Small: read whole, and the buffer goes back.
+	defer func() { go f.Close() }()
+	buf := make([]byte, n)
+	copy(buf, head)
+	if own != nil {
+		t.reads.put(own, false)
+	}
+	if rest := buf[len(head):]; len(rest) > 0 {
+		m, err := f.ReadAt(rest, offset+int64(len(head)))
 		switch {
 		case err != nil && err != io.EOF:
 			return nil, t.classify(c, "read", p, err)
-		case m < len(buf)-len(head):
+		case m < len(rest):
 			return nil, t.shortRead(c, f, p)
 		}
-		return io.NopCloser(bytes.NewReader(buf)), nil
 	}
-	return newRangeReader(ctx, t, c, f, p, head, offset+int64(len(head)), n-int64(len(head))), nil
+	return io.NopCloser(bytes.NewReader(buf)), nil
 }
 
 // shortRead explains a read of p (open as f on c) that ended before the
