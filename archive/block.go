@@ -49,15 +49,33 @@ func (c *Codec) Close() {
 // it for its place, appending the record to dst. scratch is a buffer of at
 // least len(plain) capacity for the compressed form.
 func (c *Codec) Seal(dst, scratch, plain []byte, file uint32, block uint64) (record []byte, compressed bool, err error) {
-	payload := plain
-	if c.compress && c.worthCompressing(plain, scratch) {
-		z := c.enc.EncodeAll(plain, scratch[:0])
-		if len(z) <= len(plain)-len(plain)/16 {
-			payload, compressed = z, true
-		}
-	}
+	payload, compressed := c.payload(plain, scratch)
 	record, err = c.key.Seal(dst, blockContext(c.format, c.id, file, block), payload)
 	return record, compressed, err
+}
+
+// payload returns what a record of plain carries: a zstd frame of plain
+// in scratch (compressed true) when compression is enabled and the frame
+// saves at least 1/16 of plain, plain otherwise. It is deterministic
+// (RecordLen relies on it): the same plain, the same payload.
+//
+// A frame of runs (runFrame) is taken without trying zstd's encoder when
+// it takes at most 1/32 of plain: the encoder could save at most that
+// 1/32 more, at many times the cost.
+func (c *Codec) payload(plain, scratch []byte) ([]byte, bool) {
+	if !c.compress {
+		return plain, false
+	}
+	if z, ok := runFrame(scratch[:0], plain, len(plain)/32); ok {
+		return z, true
+	}
+	if c.worthCompressing(plain, scratch) {
+		z := c.enc.EncodeAll(plain, scratch[:0])
+		if len(z) <= len(plain)-len(plain)/16 {
+			return z, true
+		}
+	}
+	return plain, false
 }
 
 // worthCompressing compresses a 64 KiB sample of a large block first:
@@ -132,9 +150,9 @@ func (c *Codec) openCompressed(dst, scratch, record, context []byte, limit int64
 	if int64(len(z)) > limit+limit/8+1024 {
 		return nil, fmt.Errorf("compressed block larger than its plaintext: %w", ErrIntegrity)
 	}
-	plain, err := c.dec.DecodeAll(z, dst[:0])
+	plain, err := c.decompress(dst, z, limit)
 	if err != nil {
-		return nil, fmt.Errorf("decompress: %v: %w", err, ErrIntegrity)
+		return nil, err
 	}
 	if int64(len(plain)) > limit {
 		return nil, fmt.Errorf("block decompresses to more than %d bytes: %w", limit, ErrIntegrity)
@@ -177,6 +195,20 @@ func (c *Codec) OpenForm(dst, scratch, record []byte, file uint32, block uint64,
 		return nil, 0, fmt.Errorf("block digest mismatch: %w", ErrIntegrity)
 	}
 	return form, data, nil
+}
+
+// decompress decodes the zstd frame z into dst[:0]: a frame of runs
+// (readRunFrame) of at most limit bytes directly, anything else with the
+// decoder.
+func (c *Codec) decompress(dst, z []byte, limit int64) ([]byte, error) {
+	if plain, ok := readRunFrame(dst[:0], z, int(limit)); ok {
+		return plain, nil
+	}
+	plain, err := c.dec.DecodeAll(z, dst[:0])
+	if err != nil {
+		return nil, fmt.Errorf("decompress: %v: %w", err, ErrIntegrity)
+	}
+	return plain, nil
 }
 
 func checkBlock(plain []byte, wantLen int64, want Digest) ([]byte, error) {

@@ -69,13 +69,7 @@ func LiveBlockContext(id string, lane uint32, seq uint64, round uint32, file uin
 // once it is known whether the payload is compressed. In protocol 2, plain
 // is the block's form.
 func (c *Codec) SealLive(dst, scratch, plain []byte, context func(compressed bool) []byte) (record []byte, compressed bool, err error) {
-	payload := plain
-	if c.compress && c.worthCompressing(plain, scratch) {
-		z := c.enc.EncodeAll(plain, scratch[:0])
-		if len(z) <= len(plain)-len(plain)/16 {
-			payload, compressed = z, true
-		}
-	}
+	payload, compressed := c.payload(plain, scratch)
 	record, err = c.key.Seal(dst, context(compressed), payload)
 	return record, compressed, err
 }
@@ -102,9 +96,9 @@ func (c *Codec) OpenLive(dst, scratch, record, context []byte, compressed bool, 
 	if int64(len(z)) > wantLen+wantLen/8+1024 {
 		return nil, fmt.Errorf("compressed block larger than its plaintext: %w", ErrIntegrity)
 	}
-	plain, err := c.dec.DecodeAll(z, dst[:0])
+	plain, err := c.decompress(dst, z, wantLen)
 	if err != nil {
-		return nil, fmt.Errorf("decompress: %v: %w", err, ErrIntegrity)
+		return nil, err
 	}
 	return checkLen(plain, wantLen)
 }

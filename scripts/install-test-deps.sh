@@ -5,6 +5,8 @@
 set -euo pipefail
 
 debs=(openssh-server openssh-client qemu-utils libvirt-clients util-linux)
+# The archive tests decode frames of runs with the reference zstd.
+debs+=(zstd)
 # The boot test (cmd/coldship/boot_test.go): a busybox guest on an ext4 root,
 # booted under QEMU with Debian's kernel and initrd.
 debs+=(qemu-system-x86 busybox-static linux-image-amd64 e2fsprogs)

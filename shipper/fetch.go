@@ -102,13 +102,29 @@ type fetch struct {
 	handle func(e *archive.TableEntry, payload []byte, data int64) error
 }
 
-// record is one fetched record on its way to an opener.
+// record is one fetched record.
 type record struct {
 	e   archive.TableEntry
 	src int
 	rec []byte
-	buf []byte
 }
+
+// batch is records read one after another into one buffer of the pool,
+// on their way to an opener together: a sparse image's records are a
+// hundred bytes, and a hand-off per record (a goroutine woken, often a
+// thread) cost as much as a tenth of opening it.
+type batch struct {
+	recs []record
+	buf  []byte
+}
+
+// A batch is sent once it holds maxBatch records or maxBatchBytes bytes,
+// so that the openers share the records of a run, and records of 64 KiB
+// or more travel one to a batch as before.
+const (
+	maxBatch      = 64
+	maxBatchBytes = 64 << 10
+)
 
 // run is a stretch [start, end) of one segment holding wanted records.
 type run struct {
@@ -153,7 +169,7 @@ func (sh *Shipment) readBlocksTracked(ctx context.Context, fe fetch) (*crcTracke
 
 	g, gctx := errgroup.WithContext(ctx)
 	runs := make(chan run, fe.streams)
-	recs := make(chan record, fe.jobs)
+	recs := make(chan batch, fe.jobs)
 	g.Go(func() error {
 		defer close(runs)
 		return rd.dispatch(gctx, table, runs)
@@ -276,7 +292,7 @@ func (rd *reader) flush(ctx context.Context, win []sourced, runs chan<- run) err
 // so that the segment's size is checked; format 3 checksums every byte
 // read (CRC32C), and the pieces of a segment make its checksum once they
 // cover it.
-func (rd *reader) fetchRun(ctx context.Context, r run, out chan<- record) error {
+func (rd *reader) fetchRun(ctx context.Context, r run, out chan<- batch) error {
 	src := &rd.srcs[r.src]
 	length := r.end - r.start
 	toEnd := r.end == src.seg.Size
@@ -296,7 +312,8 @@ func (rd *reader) fetchRun(ctx context.Context, r run, out chan<- record) error 
 		rdr = io.TeeReader(rdr, sum)
 	}
 	pos := r.start
-	done := ctx.Done()
+	bs := batchSender{rd: rd, done: ctx.Done(), out: out}
+	defer bs.abort()
 	for _, e := range r.entries {
 		if gap := int64(e.Offset) - pos; gap > 0 {
 			if _, err := io.CopyN(io.Discard, rdr, gap); err != nil {
@@ -304,23 +321,19 @@ func (rd *reader) fetchRun(ctx context.Context, r run, out chan<- record) error 
 			}
 			pos += gap
 		}
-		buf, ok := rd.pool.Get(done)
+		rec, ok := bs.next(int(e.Length))
 		if !ok {
 			return context.Cause(ctx)
 		}
-		rec := buf[:e.Length]
 		if _, err := io.ReadFull(rdr, rec); err != nil {
-			rd.pool.Put(buf)
 			return segmentReadError(src.obj, err)
 		}
+		bs.add(record{e: e, src: r.src, rec: rec})
 		pos += int64(e.Length)
 		rd.fe.cnt.Shipped.Add(int64(e.Length))
-		select {
-		case out <- record{e: e, src: r.src, rec: rec, buf: buf}:
-		case <-done:
-			rd.pool.Put(buf)
-			return context.Cause(ctx)
-		}
+	}
+	if !bs.send() {
+		return context.Cause(ctx)
 	}
 	if toEnd {
 		rest, err := io.Copy(io.Discard, rdr)
@@ -337,14 +350,85 @@ func (rd *reader) fetchRun(ctx context.Context, r run, out chan<- record) error 
 	return nil
 }
 
-// open authenticates, decompresses and checks records, and hands them on.
-func (rd *reader) open(ctx context.Context, recs <-chan record) error {
+// batchSender gathers the records a fetcher reads into batches.
+type batchSender struct {
+	rd   *reader
+	done <-chan struct{}
+	out  chan<- batch
+	cur  batch
+	used int // bytes of cur.buf holding records
+}
+
+// next returns where to read the next record, of n bytes (at most the
+// pool's buffer size): in the current batch's buffer, or in a new one
+// once the current batch is sent. ok is false when the context ended.
+func (bs *batchSender) next(n int) ([]byte, bool) {
+	if bs.cur.buf != nil && (bs.used+n > len(bs.cur.buf) || len(bs.cur.recs) == maxBatch || bs.used >= maxBatchBytes) {
+		if !bs.send() {
+			return nil, false
+		}
+	}
+	if bs.cur.buf == nil {
+		buf, ok := bs.rd.pool.Get(bs.done)
+		if !ok {
+			return nil, false
+		}
+		bs.cur, bs.used = batch{buf: buf, recs: make([]record, 0, min(maxBatch, len(buf)/max(n, 1)+1))}, 0
+	}
+	return bs.cur.buf[bs.used : bs.used+n], true
+}
+
+// add takes r, read into what next returned, into the batch.
+func (bs *batchSender) add(r record) {
+	bs.cur.recs = append(bs.cur.recs, r)
+	bs.used += len(r.rec)
+}
+
+// send hands the current batch, if any, to the openers.
+func (bs *batchSender) send() bool {
+	if bs.cur.buf == nil {
+		return true
+	}
+	select {
+	case bs.out <- bs.cur:
+		bs.cur = batch{}
+		return true
+	case <-bs.done:
+		return false
+	}
+}
+
+// abort gives back the buffer of a batch that was not sent.
+func (bs *batchSender) abort() {
+	if bs.cur.buf != nil {
+		bs.rd.pool.Put(bs.cur.buf)
+		bs.cur = batch{}
+	}
+}
+
+// open authenticates, decompresses and checks the batches of records,
+// and hands the blocks on.
+func (rd *reader) open(ctx context.Context, batches <-chan batch) error {
 	m := rd.sh.Manifest
-	v3 := m.Format >= archive.FormatV3
 	formLen := int64(archive.MaxFormLen(m.BlockSize))
 	out := make([]byte, formLen)
 	scratch := make([]byte, 0, formLen+formLen/8+1024)
-	for r := range recs {
+	for b := range batches {
+		err := rd.openBatch(ctx, b.recs, out, scratch)
+		rd.pool.Put(b.buf)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// openBatch opens the records of a batch with the opener's buffers.
+func (rd *reader) openBatch(ctx context.Context, recs []record, out, scratch []byte) error {
+	m := rd.sh.Manifest
+	v3 := m.Format >= archive.FormatV3
+	for i := range recs {
+		r := &recs[i]
 		e := &r.e
 		f := &m.Files[e.File]
 		n := archive.BlockLen(f.Size, m.BlockSize, int64(e.Block))
@@ -362,7 +446,6 @@ func (rd *reader) open(ctx context.Context, recs <-chan record) error {
 		} else {
 			payload, err = src.codec.Open(out[:n], scratch, r.rec, ctxFile, e.Block, e.Compressed, n, e.Digest)
 		}
-		rd.pool.Put(r.buf)
 		if err != nil {
 			return fmt.Errorf("%s at offset %d (%s block %d): %w", src.obj, e.Offset, f.Path, e.Block, asIntegrity(err))
 		}

@@ -31,6 +31,7 @@ type stateKeys struct {
 	tableMAC   [32]byte  // keys the MAC of DR block tables
 	recordMAC  [32]byte  // keys the tags that tie a journal's records to the records they describe
 	keyed      sync.Pool // of *blake3.Hasher keyed with the state key
+	tags       sync.Pool // of *blake3.Hasher keyed with recordMAC
 }
 
 // stateKeyFile is where the state key lives in a state directory.
@@ -74,13 +75,8 @@ func loadStateKeys(stateDir string, log func(string, ...any)) (*stateKeys, error
 	blake3.DeriveKey("coldship/v3 journal mac", key[:], k.journalMAC[:])
 	blake3.DeriveKey("coldship/v3 dr table mac", key[:], k.tableMAC[:])
 	blake3.DeriveKey("coldship/v4 journal record", key[:], k.recordMAC[:])
-	k.keyed.New = func() any {
-		h, err := blake3.NewKeyed(key[:])
-		if err != nil {
-			panic("shipper: internal error: " + err.Error())
-		}
-		return h
-	}
+	k.keyed.New = func() any { return newKeyed(&key) }
+	k.tags.New = func() any { return newKeyed(&k.recordMAC) }
 	return k, nil
 }
 
@@ -147,8 +143,17 @@ func (k *stateKeys) keyedDigest(index int64, d archive.Digest) archive.Digest {
 // the head of the sealed record it describes (its random salt and key
 // commitment, unique to that record): the first recordTagSize bytes of
 // BLAKE3 keyed with the record key over both.
+//
+// It runs once per record sent, so its keyed hasher (8 KiB: making one
+// cost more than the tag) comes from a pool.
 func (k *stateKeys) recordTag(rec, head []byte) [recordTagSize]byte {
-	m := mac(&k.recordMAC, rec[:journalRecordHead], head)
+	h := k.tags.Get().(*blake3.Hasher)
+	defer k.tags.Put(h)
+	h.Reset() // keeps the key
+	h.Write(rec[:journalRecordHead])
+	h.Write(head)
+	var m [32]byte
+	h.Sum(m[:0])
 	var t [recordTagSize]byte
 	copy(t[:], m[:])
 	return t
@@ -156,14 +161,20 @@ func (k *stateKeys) recordTag(rec, head []byte) [recordTagSize]byte {
 
 // mac returns BLAKE3 keyed with key over the parts, in order.
 func mac(key *[32]byte, parts ...[]byte) [32]byte {
-	h, err := blake3.NewKeyed(key[:])
-	if err != nil {
-		panic("shipper: internal error: " + err.Error())
-	}
+	h := newKeyed(key)
 	for _, p := range parts {
 		h.Write(p)
 	}
 	var out [32]byte
 	h.Sum(out[:0])
 	return out
+}
+
+// newKeyed returns BLAKE3 keyed with key.
+func newKeyed(key *[32]byte) *blake3.Hasher {
+	h, err := blake3.NewKeyed(key[:])
+	if err != nil {
+		panic("shipper: internal error: " + err.Error())
+	}
+	return h
 }

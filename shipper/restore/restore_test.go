@@ -569,3 +569,34 @@ func TestWriterRerunAfterLanding(t *testing.T) {
 		t.Fatalf("rerun over a completed restore: %v, want %v", err, ErrExists)
 	}
 }
+
+// TestWritebackCountsDataWritten checks that what starts a file's
+// writeback is the bytes written into it, not the length of its blocks:
+// a sparse image writes a page per block.
+func TestWritebackCountsDataWritten(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	im := image{"vm/disk.img", sparse(64*testBS, 3)}
+	sh, blocks := shipment("20261130T120000Z-00000001", im)
+	w, err := Open(context.Background(), sh, Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(false)
+	var data int64
+	for _, b := range blocks {
+		if _, err := w.Need(b.file, b.index, b.d); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.WriteForm(b.file, b.index, b.form, b.d, b.data); err != nil {
+			t.Fatal(err)
+		}
+		data += b.data
+	}
+	if got := w.files[1].pending.Load(); got != data || data != int64(len(blocks))*archive.PageSize {
+		t.Fatalf("%d bytes pending writeback after %d blocks holding %d bytes of data", got, len(blocks), data)
+	}
+	if _, err := w.Commit(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	checkImages(t, dir, im)
+}

@@ -71,7 +71,19 @@ func (w *Writer) writeRun(f *file, block int64) func(off int64, b []byte) error 
 		if err != nil {
 			return fmt.Errorf("write %s: %w", f.fh.Name(), err)
 		}
+		w.wroteData(f, int64(len(b)))
 		return nil
+	}
+}
+
+// wroteData counts n bytes written into f and, every writebackEvery
+// bytes, starts its writeback. It counts what was written, not the
+// length of the blocks: a sparse image's block writes a page or two, and
+// a writeback started every 32 MiB of blocks (every 512 blocks of 64 KiB)
+// cost more than the writes.
+func (w *Writer) wroteData(f *file, n int64) {
+	if p := f.pending.Add(n); p >= writebackEvery && f.pending.CompareAndSwap(p, 0) {
+		syncRange(f)
 	}
 }
 
@@ -94,15 +106,11 @@ func (w *Writer) wrote(f *file, block int64, sl Slot, n int64) error {
 	return nil
 }
 
-// account counts a block of n bytes written and, every writebackEvery
-// bytes of a file, starts its writeback.
+// account counts a block of n bytes written.
 func (w *Writer) account(f *file, n int64) {
 	w.written.Add(n)
 	w.cnt.Data.Add(n)
 	w.cnt.Done.Add(n)
-	if p := f.pending.Add(n); p >= writebackEvery && f.pending.CompareAndSwap(p, 0) {
-		syncRange(f)
-	}
 }
 
 // syncRange starts the writeback of what f holds (best effort: not every
