@@ -307,27 +307,47 @@ func ReceiveLeftovers(out string) ([]string, error) {
 // slotSize is the size of one slot of a receive's blocks file.
 const slotSize = 40
 
+// recordFile is a file entry of a receive's resume record
+// (docs/FORMAT.md).
+type recordFile struct {
+	Path   string `json:"path"`
+	Temp   string `json:"temp"`
+	Blocks string `json:"blocks"`
+}
+
+// resumeRecords reads the resume records in out: for each, its blocks
+// folder and its files.
+func resumeRecords(out string) (map[string][]recordFile, error) {
+	records, _ := filepath.Glob(filepath.Join(out, ".coldship-receive-*.json"))
+	all := map[string][]recordFile{}
+	for _, r := range records {
+		var rec struct {
+			Files []recordFile `json:"files"`
+		}
+		b, err := os.ReadFile(r)
+		if err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal(b, &rec); err != nil {
+			return nil, fmt.Errorf("resume record %s: %w", r, err)
+		}
+		dir := filepath.Join(out, strings.Replace(strings.TrimSuffix(filepath.Base(r), ".json"), "receive", "restore", 1)+".blocks")
+		all[dir] = rec.Files
+	}
+	return all, nil
+}
+
 // RecordedData sums, over the blocks files that the resume records in out
 // name, the data bytes of every slot that records a block: what a resumed
 // receive can reuse without fetching it again.
 func RecordedData(out string) (int64, error) {
-	records, _ := filepath.Glob(filepath.Join(out, ".coldship-receive-*.json"))
+	records, err := resumeRecords(out)
+	if err != nil {
+		return 0, err
+	}
 	var total int64
-	for _, r := range records {
-		var rec struct {
-			Files []struct {
-				Blocks string `json:"blocks"`
-			} `json:"files"`
-		}
-		b, err := os.ReadFile(r)
-		if err != nil {
-			return 0, err
-		}
-		if err := json.Unmarshal(b, &rec); err != nil {
-			return 0, fmt.Errorf("resume record %s: %w", r, err)
-		}
-		dir := filepath.Join(out, strings.Replace(strings.TrimSuffix(filepath.Base(r), ".json"), "receive", "restore", 1)+".blocks")
-		for _, f := range rec.Files {
+	for dir, files := range records {
+		for _, f := range files {
 			n, err := slotData(filepath.Join(dir, f.Blocks))
 			if err != nil {
 				return 0, err
@@ -363,23 +383,13 @@ func slotData(p string) (int64, error) {
 // content (src is the shipment's top-level folder): what a stopped
 // receive had written.
 func writtenData(out, src string) (int64, error) {
-	records, _ := filepath.Glob(filepath.Join(out, ".coldship-receive-*.json"))
+	records, err := resumeRecords(out)
+	if err != nil {
+		return 0, err
+	}
 	var total int64
-	for _, r := range records {
-		var rec struct {
-			Files []struct {
-				Path string `json:"path"`
-				Temp string `json:"temp"`
-			} `json:"files"`
-		}
-		b, err := os.ReadFile(r)
-		if err != nil {
-			return 0, err
-		}
-		if err := json.Unmarshal(b, &rec); err != nil {
-			return 0, fmt.Errorf("resume record %s: %w", r, err)
-		}
-		for _, f := range rec.Files {
+	for _, files := range records {
+		for _, f := range files {
 			temp := filepath.Join(out, filepath.Dir(filepath.FromSlash(f.Path)), f.Temp)
 			n, err := samePages(temp, filepath.Join(filepath.Dir(src), filepath.FromSlash(f.Path)))
 			if err != nil {
