@@ -160,8 +160,8 @@ func TestClimbDetection(t *testing.T) {
 	dir := t.TempDir()
 	src := `package x
 import "path/filepath"
-var a = filepath.Join("..", "..", "..", "..", "shared", "v.json")
-var b = "../../../../shared/v.json"
+var a = filepath.Join("..", "..", "..", "..", "elsewhere", "v.json")
+var b = "../../../../elsewhere/v.json"
 var c = filepath.Join("testdata", "v.json")
 var d = "../x"
 `
