@@ -65,8 +65,12 @@ func (r *sendRun) attempt(ctx context.Context) (string, error) {
 	// segment. Every attempt puts the header again (the same bytes), so a
 	// retry never depends on whether an earlier attempt's header landed.
 	var small errgroup.Group
-	keyLanded := make(chan bool, 1)
-	small.Go(func() error { return r.put(ctx, id+"/"+archive.HeaderObject, hb) })
+	keyLanded, headerLanded := make(chan bool, 1), make(chan bool, 1)
+	small.Go(func() error {
+		err := r.put(ctx, id+"/"+archive.HeaderObject, hb)
+		headerLanded <- err == nil
+		return err
+	})
 	small.Go(func() error {
 		slot, err := putKeySlot(ctx, r.tr, j, id, firstSlot, wrapped)
 		if err == nil {
@@ -77,7 +81,7 @@ func (r *sendRun) attempt(ctx context.Context) (string, error) {
 		close(keyLanded)
 		return err
 	})
-	p.keyOK = sync.OnceValue(func() bool { return <-keyLanded })
+	p.landed = sync.OnceValue(func() bool { return <-keyLanded && <-headerLanded })
 	err = p.run()
 	if serr := small.Wait(); err == nil {
 		err = serr

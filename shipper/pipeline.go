@@ -44,7 +44,7 @@ type pipeline struct {
 	j       *journal
 	keys    *stateKeys
 	codec   *archive.Codec
-	keyOK   func() bool
+	landed  func() bool // the header and the key object are at the destination
 	nextSeg int
 	own     *ownRecords // records of earlier attempts to reuse, or nil
 	base    *baseCursor // the base's records, or nil

@@ -232,6 +232,64 @@ func TestKeyLostSegmentsResent(t *testing.T) {
 	restore(t, base, res.ID, id, data)
 }
 
+// headerLate holds the first header Put until a segment is at the
+// destination and its completion had time to be counted, and notes how
+// many were counted by then.
+type headerLate struct {
+	shipper.Transport
+	cnt   *shipper.Counters
+	segs  atomic.Int32
+	held  atomic.Bool
+	early atomic.Int64
+}
+
+func (h *headerLate) Put(ctx context.Context, name string, r io.Reader, size int64) error {
+	if strings.HasSuffix(name, "/"+archive.HeaderObject) && h.held.CompareAndSwap(false, true) {
+		for deadline := time.Now().Add(10 * time.Second); h.segs.Load() < 1 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(200 * time.Millisecond)
+		h.early.Store(h.cnt.Segments.Load())
+	}
+	err := h.Transport.Put(ctx, name, r, size)
+	if err == nil && strings.Contains(name, "/segments/") {
+		h.segs.Add(1)
+	}
+	return err
+}
+
+// TestSegmentsCountOnceHeaderLanded: a segment counts as complete (for
+// the journal, and so for a resumed send) only once the shipment's header
+// is at the destination, as a resume needs it; a send killed earlier
+// starts a new shipment, and one killed during the header's Put left its
+// temporary behind.
+func TestSegmentsCountOnceHeaderLanded(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	data := writeRandom(t, src, 12*64<<10)
+	sources, _ := archive.CollectSources([]string{src})
+	id, rcpt := newIdentity(t)
+	base, _ := local.New(filepath.Join(dir, "dest"))
+	cnt := new(shipper.Counters)
+	tr := &headerLate{Transport: base, cnt: cnt}
+	res, err := shipper.Send(context.Background(), tr, sources, shipper.SendOptions{
+		Recipients: []age.Recipient{rcpt}, BlockSize: 64 << 10, SegmentSize: 128 << 10, Streams: 2, Counters: cnt,
+	})
+	if err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	if tr.segs.Load() < 2 {
+		t.Fatalf("%d segments put: want several", tr.segs.Load())
+	}
+	if n := tr.early.Load(); n != 0 {
+		t.Fatalf("%d segments counted complete before the header landed", n)
+	}
+	if cnt.Segments.Load() < 2 {
+		t.Fatalf("%d segments counted complete in the end", cnt.Segments.Load())
+	}
+	restore(t, base, res.ID, id, data)
+}
+
 // interrupted runs a send of a new 48-block image that the link cuts
 // after okSegs segments, and returns what a rerun needs.
 type interruptedSend struct {

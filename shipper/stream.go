@@ -140,9 +140,11 @@ func (w *stream) finish() error {
 			return err
 		}
 		// A segment counts as complete (for the journal, and so for a
-		// resumed send) only once the key that sealed it is at the
-		// destination too.
-		if w.p.keyOK() {
+		// resumed send) only once the key that sealed it and the
+		// shipment's header are at the destination too: a send killed
+		// with a complete segment in its journal resumes (a resume needs
+		// the header), and leaves no header half put.
+		if w.p.landed() {
 			w.p.segmentDone(sw.n, s, records)
 		}
 		return nil
