@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -263,10 +264,14 @@ func (w *World) DamagePoint(ctx context.Context, set *Setup, dm Damage) (res Res
 	s := set.Store.Sub(filepath.Base(w.Dir("damage")))
 	state := w.Dir("state")
 	args := w.sendArgs(set, s, w.SourceA, state)
+	// The killed runs move at most 6 MB/s (about three seconds for SourceA)
+	// so that a loaded machine cannot finish the send before the journal
+	// is polled with the segments the damage needs; the rerun is not limited.
+	killed := append(slices.Clip(args), "--bwlimit", "6M")
 	need := 0
 	for k := range max(1, dm.Kills) {
 		need += max(1, dm.Segments)
-		o, err := Run(ctx, w.Command(args...), Trigger{At: 0, Signal: syscall.SIGKILL, When: func() bool { return journalSegments(state) >= need }})
+		o, err := Run(ctx, w.Command(killed...), Trigger{At: 0, Signal: syscall.SIGKILL, When: func() bool { return journalSegments(state) >= need }})
 		switch {
 		case err != nil:
 			return failf("%v", err)
