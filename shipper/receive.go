@@ -14,7 +14,7 @@ var ErrExists = restore.ErrExists
 
 // ReceiveOptions configure Receive and ReceiveInto.
 type ReceiveOptions struct {
-	Jobs     int
+	Jobs     int // openers (each also writes); 0: restore.DefaultOpeners
 	Streams  int
 	Force    bool
 	Counters *Counters
@@ -61,6 +61,9 @@ func (sh *Shipment) receive(ctx context.Context, dir string, opts ReceiveOptions
 	}
 	if opts.RetryDelay <= 0 {
 		opts.RetryDelay = time.Second
+	}
+	if opts.Jobs <= 0 {
+		opts.Jobs = restore.DefaultOpeners()
 	}
 	opts.Jobs, opts.Streams = sh.clampPipeline(opts.Jobs, opts.Streams, opts.Log)
 	run := restore.NewRun()

@@ -118,7 +118,7 @@ func newReceiveCmd(s *streams) *cobra.Command {
 	f.StringVar(&opts.into, "into", "", "update the earlier restore in `DIR` in place, writing only the blocks that differ")
 	f.StringArrayVarP(&opts.identities, "identity", "i", nil, "decrypt with the identity in `FILE` (repeatable)")
 	f.StringVar(&opts.passphraseFile, "passphrase-file", "", "read the passphrase from the first line of `FILE`")
-	f.IntVarP(&opts.jobs, "jobs", "j", 0, "parallel decrypters (default: all CPUs)")
+	f.IntVarP(&opts.jobs, "jobs", "j", 0, "parallel decrypters, each also writing (default: one more than the CPUs)")
 	f.BoolVarP(&opts.force, "force", "f", false, "overwrite existing files")
 	f.BoolVarP(&opts.null, "null", "z", false, "end each path printed on stdout with a NUL byte instead of a newline")
 	f.BoolVar(&opts.readBack, "read-back", false, "read every written block back after the sync, page cache dropped, and check it")
@@ -163,7 +163,7 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 		return err
 	}
 	if opts.jobs < 0 {
-		return usagef("--jobs %d: give 0 (one per CPU, the default) or a positive number", opts.jobs)
+		return usagef("--jobs %d: give 0 (one more than the CPUs, the default) or a positive number", opts.jobs)
 	}
 	if opts.retries < 0 {
 		return usagef("--retries must not be negative")

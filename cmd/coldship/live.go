@@ -296,7 +296,7 @@ func runLiveReceive(ctx context.Context, s *streams, opts *receiveOptions) error
 		return usagef("receive: --out DIR is required")
 	}
 	if opts.jobs < 0 {
-		return usagef("--jobs %d: give 0 (one per CPU, the default) or a positive number", opts.jobs)
+		return usagef("--jobs %d: give 0 (the default: one per CPU to send, one more to receive) or a positive number", opts.jobs)
 	}
 	if opts.libvirtDefine {
 		return usagef("receive --live: --libvirt-define is not supported; define the domain in a post-receive hook")

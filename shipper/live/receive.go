@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,7 +33,7 @@ type ReceiveOptions struct {
 	Version string // this coldship's version, told to the sender
 	Dir     string // restore into
 	Force   bool   // overwrite existing files
-	Jobs    int    // parallel openers; 0: all CPUs
+	Jobs    int    // parallel openers; 0: restore.DefaultOpeners
 
 	// Listen opens the listener of a session's TCP lanes; nil refuses
 	// sessions that ask for them. Advertise is the host the sender is told
@@ -154,7 +153,7 @@ func (r *receiver) start(ctx context.Context, br *bufio.Reader) {
 // interrupted may outlive it, on a goroutine that touches nothing else.
 func Receive(ctx context.Context, in io.Reader, out io.Writer, opts ReceiveOptions) (res *ReceiveResult, err error) {
 	if opts.Jobs <= 0 {
-		opts.Jobs = runtime.NumCPU()
+		opts.Jobs = restore.DefaultOpeners()
 	}
 	if opts.LaneTimeout <= 0 {
 		opts.LaneTimeout = DefaultLaneTimeout

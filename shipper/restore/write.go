@@ -2,11 +2,22 @@ package restore
 
 import (
 	"fmt"
+	"runtime"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/coldship/coldship/archive"
 )
+
+// DefaultOpeners is how many goroutines should open records and write
+// them through a Writer when the user did not say: one more than the
+// CPUs. An opener spends part of its time waiting for the file's write
+// lock (one writer per file at a time, below), and with one opener per CPU
+// a CPU idled meanwhile: a sparse image's receive, 262,144 blocks of one
+// page each on tmpfs, took a median 2.98 s with 3 openers on 2 CPUs
+// against 3.23 s with 2 (6 pairs, 5 faster), and a 1 GiB random image
+// the same time with either.
+func DefaultOpeners() int { return runtime.NumCPU() + 1 }
 
 // writebackEvery is how many bytes of a file are written before the
 // kernel is asked to start writing them out, so that the sync before the

@@ -427,6 +427,18 @@ func (l *link) get(ctx context.Context) (*sshConn, error) {
 	return nil, err
 }
 
+// discard closes sc, which a call found broken, if it is still the link's
+// connection, so that the next get dials again rather than wait for the
+// connection's reader to notice.
+func (l *link) discard(sc *sshConn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.sc == sc {
+		sc.client.Close()
+		l.set(nil)
+	}
+}
+
 // set makes sc the link's connection; the caller holds l.mu or owns l.
 func (l *link) set(sc *sshConn) {
 	l.sc = sc
@@ -472,7 +484,7 @@ func (s *stream) get(ctx context.Context) (*conn, error) {
 		s.c.close()
 		s.set(nil)
 	}
-	for {
+	for attempt := 1; ; attempt++ {
 		sc, err := s.l.get(ctx)
 		if err != nil {
 			return nil, err
@@ -491,10 +503,14 @@ func (s *stream) get(ctx context.Context) (*conn, error) {
 		case errors.As(err, &refused):
 			s.refuse(err)
 			return nil, errRefused
-		case sc.alive() || ctx.Err() != nil:
+		case ctx.Err() != nil, attempt == redialAttempts:
+			return nil, err
+		case sc.alive() && !isConnError(err):
 			return nil, err
 		}
-		// The connection broke meanwhile: the link dials it again.
+		// The connection broke meanwhile (a write on it failed before
+		// its reader saw the end): the link dials it again.
+		s.l.discard(sc)
 	}
 }
 
