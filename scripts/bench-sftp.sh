@@ -217,7 +217,7 @@ sftp_summary() {
 }
 
 # sftp_lat_run NAME BYTES PREP CMD... : runs CMD (which writes a --json
-# summary on stderr) twice, PREP before each, and keeps the faster run in
+# summary on stdout) twice, PREP before each, and keeps the faster run in
 # LAT_WALL, LAT_CPU (the command's), LAT_SSHD and LAT_PROXY (CPU seconds)
 # and LAT_LINK (round trip, connections x channels); WALL[NAME] too.
 sftp_lat_run() {
@@ -230,7 +230,7 @@ sftp_lat_run() {
 		sync
 		s0=$(sftp_cpu "$sftp_sshd_pid")
 		t0=$(sftp_cpu "${sftp_toxi_pid:-0}")
-		if ! /usr/bin/time -f '%e %U %S' -o "$tf" "$@" >/dev/null 2>"$tf.err"; then
+		if ! /usr/bin/time -f '%e %U %S' -o "$tf" "$@" >"$tf.out" 2>"$tf.err"; then
 			log "FAILED: $name (run $i): $(grep -v '"type":"progress"' "$tf.err" | tail -3)"
 			continue
 		fi
@@ -243,11 +243,11 @@ sftp_lat_run() {
 			LAT_CPU=$(awk -v u="$u" -v s="$sy" 'BEGIN { printf "%.2f", u + s }')
 			LAT_SSHD=$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%.2f", b - a }')
 			LAT_PROXY=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
-			LAT_LINK=$(awk -v r="$(sftp_summary rtt_ms "$tf.err")" -v c="$(sftp_summary connections "$tf.err")" \
-				-v n="$(sftp_summary channels "$tf.err")" 'BEGIN { if (c > 0) printf "%.0f ms, %d x %.3g", r, c, n / c }')
+			LAT_LINK=$(awk -v r="$(sftp_summary rtt_ms "$tf.out")" -v c="$(sftp_summary connections "$tf.out")" \
+				-v n="$(sftp_summary channels "$tf.out")" 'BEGIN { if (c > 0) printf "%.0f ms, %d x %.3g", r, c, n / c }')
 		fi
 	done
-	rm -f "$tf" "$tf.err"
+	rm -f "$tf" "$tf.out" "$tf.err"
 	[ -n "$LAT_WALL" ] || return 0
 	WALL[$name]=$LAT_WALL
 }

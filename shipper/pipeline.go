@@ -84,7 +84,7 @@ func (p *pipeline) run() error {
 	g.Go(func() error {
 		defer close(batches)
 		return blocks.Read(gctx, readerFiles(p.files), blocks.Options[prior]{
-			BlockSize: p.opts.BlockSize, Jobs: p.opts.Jobs, Counters: p.opts.Counters,
+			BlockSize: p.opts.BlockSize, Jobs: p.opts.Jobs, Holders: p.opts.Streams, Counters: p.opts.Counters,
 			Prior: p.lookup, Seal: p.decide,
 			Sealer: func(b *blocks.Block[prior], dst, scratch []byte) ([]byte, bool, error) {
 				return p.codec.SealForm(dst, scratch, b.Form, uint32(b.File), uint64(b.Index))

@@ -104,6 +104,13 @@ func (r *sendRun) journalFits(ctx context.Context, j *journal) (string, error) {
 // returns the records to reuse (nil if none) and the first key slot the
 // attempt may take.
 func (r *sendRun) reuse(ctx context.Context) (*ownRecords, int, error) {
+	if !r.resumed {
+		// The first attempt at a shipment this run named: its journal
+		// holds nothing yet, and nothing of an earlier attempt can be at
+		// the destination (a listing would cost round trips on a long
+		// link for nothing; key slots are created exclusively anyway).
+		return nil, r.j.slots, nil
+	}
 	id := r.j.hdr.ID
 	objs := map[string]int64{}
 	err := r.tr.List(ctx, id+"/", func(oi ObjectInfo) error {

@@ -41,7 +41,7 @@ type layout struct {
 	scratch      int // per worker; 0 without sealing
 }
 
-func plan(bs int64, jobs int, memory int64, sealing bool, headroom int) layout {
+func plan(bs int64, jobs, holders int, memory int64, sealing bool, headroom int) layout {
 	if memory <= 0 {
 		memory = DefaultMemory
 	}
@@ -52,7 +52,7 @@ func plan(bs int64, jobs int, memory int64, sealing bool, headroom int) layout {
 	batch := int64(l.arena + l.sealed)
 	perJob := 2*batch + int64(l.scratch)
 	l.jobs = max(1, min(jobs, int(memory/perJob)))
-	l.window = int(max(1, min(int64(2*l.jobs), (memory-int64(l.jobs*l.scratch))/batch)))
+	l.window = int(max(1, min(int64(2*l.jobs+max(0, holders)), (memory-int64(l.jobs*l.scratch))/batch)))
 	return l
 }
 
@@ -60,5 +60,5 @@ func plan(bs int64, jobs int, memory int64, sealing bool, headroom int) layout {
 // within memory bytes of buffers (0: DefaultMemory), sealing or not: a
 // caller clamps --jobs to it (Read clamps silently).
 func MaxJobs(bs int64, memory int64, sealing bool) int {
-	return plan(bs, 1<<30, memory, sealing, 0).jobs
+	return plan(bs, 1<<30, 0, memory, sealing, 0).jobs
 }

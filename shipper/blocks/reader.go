@@ -40,7 +40,12 @@ type Options[P any] struct {
 	BlockSize int64
 	Jobs      int   // workers reading, hashing and sealing; at least 1
 	Memory    int64 // budget for buffers; 0: DefaultMemory
-	Counters  *progress.Counters
+	// Holders is how many batches the receivers of emit may hold at once
+	// (a send's segment writers, one each while its write waits on the
+	// link): the window of batches grows by that many, within Memory, so
+	// that writers waiting on a long link do not starve the others.
+	Holders  int
+	Counters *progress.Counters
 
 	// Prior, if set, is called in (file, block) order, from one goroutine,
 	// for every block that will be read, before it is read: what it
@@ -78,7 +83,7 @@ func Read[P any](ctx context.Context, files []File, opts Options[P], emit func(*
 	if opts.Counters == nil {
 		opts.Counters = new(progress.Counters)
 	}
-	l := plan(opts.BlockSize, max(1, opts.Jobs), opts.Memory, opts.Sealer != nil, opts.Headroom)
+	l := plan(opts.BlockSize, max(1, opts.Jobs), opts.Holders, opts.Memory, opts.Sealer != nil, opts.Headroom)
 	r := &reader[P]{opts: opts, files: files, l: l, free: make(chan *Batch[P], l.window)}
 	for range l.window {
 		r.free <- &Batch[P]{r: r, ready: make(chan error, 1)}
