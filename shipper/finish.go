@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
@@ -37,10 +40,11 @@ func (r *sendRun) finish(ctx context.Context, p *pipeline, key *cipher.Key, wrap
 		}
 	}
 	defer drw.abort()
-	table, err := r.writeTable(ctx, p, key, segIndex, plan, &drw)
+	table, tableLanded, err := r.writeTable(ctx, p, key, segIndex, plan, &drw)
 	if err != nil {
 		return err
 	}
+	defer tableLanded() // on an early return: the put has ended before the temporaries go
 	keys, err := r.keyObjects(ctx, p.slot, wrapped, segs, copies)
 	if err != nil {
 		return err
@@ -55,13 +59,19 @@ func (r *sendRun) finish(ctx context.Context, p *pipeline, key *cipher.Key, wrap
 	if err != nil {
 		return err
 	}
+	// The inventory goes up while the block table's put ends (its sync
+	// and rename: round trips on a long link); the manifest, which makes
+	// the shipment complete, only once both have landed.
+	var landed errgroup.Group
+	landed.Go(tableLanded)
+	landed.Go(func() error { return r.put(ctx, id+"/"+archive.InventoryObject, ib) })
+	if err := landed.Wait(); err != nil {
+		return err
+	}
 	if r.resumed {
 		if err := r.checkShipment(ctx, inv, ib); err != nil {
 			return err
 		}
-	}
-	if err := r.put(ctx, id+"/"+archive.InventoryObject, ib); err != nil {
-		return err
 	}
 	if err := r.put(ctx, id+"/"+archive.ManifestObject, mb); err != nil {
 		return err
@@ -103,8 +113,11 @@ func (r *sendRun) listedSegments(p *pipeline) ([]archive.Segment, reused) {
 }
 
 // writeTable streams the block table from the per-block state to the
-// blocks object, and the next DR table's block file beside it.
-func (r *sendRun) writeTable(ctx context.Context, p *pipeline, key *cipher.Key, segIndex map[int]int, plan *refPlan, drw **drWriter) (archive.ObjectRef, error) {
+// blocks object, and the next DR table's block file beside it. It returns
+// once every byte is written, with the table's reference and landed,
+// which waits for the put to end (the object synced and in place) and
+// reports how it ended.
+func (r *sendRun) writeTable(ctx context.Context, p *pipeline, key *cipher.Key, segIndex map[int]int, plan *refPlan, drw **drWriter) (archive.ObjectRef, func() error, error) {
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	name := p.id + "/" + archive.BlocksObject
@@ -145,14 +158,18 @@ func (r *sendRun) writeTable(ctx context.Context, p *pipeline, key *cipher.Key, 
 		ref, err = tw.Close()
 	}
 	pw.CloseWithError(err)
-	if perr := <-done; err == nil {
-		err = perr
-	}
 	if err != nil {
-		return ref, err
+		<-done
+		return ref, nil, err
 	}
-	r.opts.Counters.Shipped.Add(ref.Size)
-	return ref, nil
+	landed := sync.OnceValue(func() error {
+		err := <-done
+		if err == nil {
+			r.opts.Counters.Shipped.Add(ref.Size)
+		}
+		return err
+	})
+	return ref, landed, nil
 }
 
 // keyObjects lists every key object of the shipment: the slot of this

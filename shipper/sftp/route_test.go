@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/coldship/coldship/shipper"
 	"github.com/coldship/coldship/shipper/sftp"
@@ -64,6 +65,20 @@ func writeConfig(t *testing.T, entries ...string) string {
 }
 
 // forwarded counts the channels the jump host's sshd opened to port.
+// forwardedAtLeast waits up to 10 s for the count of forwarded
+// connections to port to reach want (the streams past the first connect
+// in the background, and sshd logs when it forwards) and returns it.
+func forwardedAtLeast(srv *sftptest.Server, port, want int) int {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n := forwarded(srv, port)
+		if n >= want || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func forwarded(srv *sftptest.Server, port int) int {
 	return strings.Count(srv.Log(), fmt.Sprintf("target 127.0.0.1 port %d\n", port)) +
 		strings.Count(srv.Log(), fmt.Sprintf("target 127.0.0.1 port %d\r\n", port))
@@ -114,7 +129,7 @@ func TestProxyJump(t *testing.T) {
 			dir := strings.ReplaceAll(tc.name, " ", "-")
 			cfg := sftp.Config{Host: "target", Path: filepath.Join(target.Root, dir), SSHConfig: sshConfig, Streams: 2}
 			roundTrip(t, cfg, dir, target)
-			if n := forwarded(jump, target.Port) - before; n < 2 {
+			if n := forwardedAtLeast(jump, target.Port, before+2) - before; n < 2 {
 				t.Errorf("the jump host forwarded %d connections to the destination, want one per stream (2)\n%s", n, jump.Log())
 			}
 			if tc.hops == 2 && forwarded(jump, jump.Port) == 0 {
@@ -171,7 +186,7 @@ func TestProxyCommand(t *testing.T) {
 	sshConfig := writeConfig(t, hostEntry("target", target, knownHosts, proxy))
 	cfg := sftp.Config{Host: "target", Path: filepath.Join(target.Root, "cmd"), SSHConfig: sshConfig, Streams: 2}
 	roundTrip(t, cfg, "cmd", target)
-	if n := forwarded(jump, target.Port); n < 2 {
+	if n := forwardedAtLeast(jump, target.Port, 2); n < 2 {
 		t.Errorf("the jump host forwarded %d connections to the destination, want one per stream (2)", n)
 	}
 
