@@ -10,10 +10,14 @@ import (
 	"time"
 
 	"filippo.io/age"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
 )
+
+// listHeadersAtOnce is how many shipment headers List reads at once.
+const listHeadersAtOnce = 16
 
 // ShipmentInfo is what `coldship list` shows of a shipment: nothing sealed.
 type ShipmentInfo struct {
@@ -49,14 +53,23 @@ func List(ctx context.Context, tr Transport) ([]ShipmentInfo, error) {
 		return nil, fmt.Errorf("list %s: %w", tr, err)
 	}
 	var out []ShipmentInfo
+	// The headers are read listHeadersAtOnce at a time: a destination of
+	// a year of daily shipments would otherwise cost two round trips per
+	// shipment, one after the other.
+	var g errgroup.Group
+	g.SetLimit(listHeadersAtOnce)
 	for _, si := range byID {
-		h, _, err := readHeader(ctx, tr, si.ID)
-		if err != nil {
-			si.Error = err.Error()
-		} else {
-			si.Created, si.Label, si.Base = h.Created, h.Label, h.Base
-		}
+		g.Go(func() error {
+			h, _, err := readHeader(ctx, tr, si.ID)
+			if err != nil {
+				si.Error = err.Error()
+			} else {
+				si.Created, si.Label, si.Base = h.Created, h.Label, h.Base
+			}
+			return nil
+		})
 	}
+	g.Wait()
 	for _, si := range byID {
 		out = append(out, *si)
 	}
@@ -96,6 +109,9 @@ func Latest(ctx context.Context, tr Transport, now time.Time, log func(string, .
 	return id, nil
 }
 
+// errTooLarge is an object longer than the limit it was read with.
+var errTooLarge = errors.New("larger than")
+
 // getObject reads a whole small object; limit guards against a hostile size.
 func getObject(ctx context.Context, tr Transport, name string, limit int64) ([]byte, error) {
 	rc, err := tr.Open(ctx, name, 0, -1)
@@ -108,7 +124,7 @@ func getObject(ctx context.Context, tr Transport, name string, limit int64) ([]b
 		return nil, fmt.Errorf("get %s: %w", name, err)
 	}
 	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("get %s: larger than %d bytes: %w", name, limit, archive.ErrIntegrity)
+		return nil, fmt.Errorf("get %s: %w %d bytes: %w", name, errTooLarge, limit, archive.ErrIntegrity)
 	}
 	return b, nil
 }
@@ -190,27 +206,9 @@ func OpenShipment(ctx context.Context, tr Transport, id string, identities []age
 	if sh.trust != nil && sh.trust.Statement.ID != id {
 		return nil, fmt.Errorf("open shipment %s: its trust is that of shipment %s", id, sh.trust.Statement.ID)
 	}
-	h, hb, err := readHeader(ctx, tr, id)
+	h, hb, mb, ib, err := readMetadata(ctx, tr, id)
 	if err != nil {
-		if errors.Is(err, ErrNotFound) && absent(ctx, tr, id) {
-			return nil, fmt.Errorf("no shipment %s at %s: %w", id, tr, ErrNotFound)
-		}
 		return nil, err
-	}
-	limit, invLimit := int64(maxLegacyObject), int64(maxLegacyObject)
-	if h.Format >= archive.FormatV3 {
-		limit, invLimit = maxV3Manifest, maxV3Inventory
-	}
-	mb, err := getObject(ctx, tr, id+"/"+archive.ManifestObject, limit)
-	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return nil, fmt.Errorf("shipment %s: %w (%w)", id, archive.ErrIncomplete, archive.ErrIntegrity)
-		}
-		return nil, err
-	}
-	ib, err := getObject(ctx, tr, id+"/"+archive.InventoryObject, invLimit)
-	if err != nil {
-		return nil, missingIsIntegrity(err)
 	}
 	inv, err := archive.ParseInventory(ib)
 	if err != nil {
@@ -249,6 +247,48 @@ func OpenShipment(ctx context.Context, tr Transport, id string, identities []age
 		return nil, err
 	}
 	return sh, nil
+}
+
+// readMetadata reads the header, the manifest and the inventory of
+// shipment id together (one round of requests rather than three on a long
+// link), each within the limit of format 3; those of an older format,
+// whose limits are higher, are read again with them when they need it.
+// Errors come in the order of a reader that reads them one after the
+// other: the header's first.
+func readMetadata(ctx context.Context, tr Transport, id string) (h *archive.Header, hb, mb, ib []byte, err error) {
+	var g errgroup.Group
+	var herr, merr, ierr error
+	g.Go(func() error { h, hb, herr = readHeader(ctx, tr, id); return nil })
+	g.Go(func() error { mb, merr = getObject(ctx, tr, id+"/"+archive.ManifestObject, maxV3Manifest); return nil })
+	g.Go(func() error {
+		ib, ierr = getObject(ctx, tr, id+"/"+archive.InventoryObject, maxV3Inventory)
+		return nil
+	})
+	g.Wait()
+	if herr != nil {
+		if errors.Is(herr, ErrNotFound) && absent(ctx, tr, id) {
+			return nil, nil, nil, nil, fmt.Errorf("no shipment %s at %s: %w", id, tr, ErrNotFound)
+		}
+		return nil, nil, nil, nil, herr
+	}
+	if h.Format < archive.FormatV3 {
+		if errors.Is(merr, errTooLarge) {
+			mb, merr = getObject(ctx, tr, id+"/"+archive.ManifestObject, maxLegacyObject)
+		}
+		if merr == nil && errors.Is(ierr, errTooLarge) {
+			ib, ierr = getObject(ctx, tr, id+"/"+archive.InventoryObject, maxLegacyObject)
+		}
+	}
+	if merr != nil {
+		if errors.Is(merr, ErrNotFound) {
+			return nil, nil, nil, nil, fmt.Errorf("shipment %s: %w (%w)", id, archive.ErrIncomplete, archive.ErrIntegrity)
+		}
+		return nil, nil, nil, nil, merr
+	}
+	if ierr != nil {
+		return nil, nil, nil, nil, missingIsIntegrity(ierr)
+	}
+	return h, hb, mb, ib, nil
 }
 
 // absent reports whether the destination holds nothing of shipment id.
