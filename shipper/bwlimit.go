@@ -107,6 +107,12 @@ type limitedTransport struct {
 	burst int
 }
 
+// ListShallow lists through the wrapped transport (a listing is not
+// limited).
+func (t *limitedTransport) ListShallow(ctx context.Context, depth int, fn func(ObjectInfo) error) error {
+	return listShallow(ctx, t.Transport, depth, fn)
+}
+
 func (t *limitedTransport) Put(ctx context.Context, name string, r io.Reader, size int64) error {
 	return t.Transport.Put(ctx, name, &limitedReader{ctx: ctx, r: r, t: t}, size)
 }

@@ -32,8 +32,23 @@ type ShipmentInfo struct {
 
 // List returns the shipments at tr, oldest first.
 func List(ctx context.Context, tr Transport) ([]ShipmentInfo, error) {
+	return listShipments(ctx, tr, tr.List)
+}
+
+// listNewest is List for choosing a shipment (latest): where the
+// transport walks folders, only each shipment's own folder is read, not
+// those of its segments and keys, so its Bytes count only the objects
+// there.
+func listNewest(ctx context.Context, tr Transport) ([]ShipmentInfo, error) {
+	return listShipments(ctx, tr, func(ctx context.Context, _ string, fn func(ObjectInfo) error) error {
+		return listShallow(ctx, tr, 2, fn)
+	})
+}
+
+// listShipments gathers the shipments from what list lists, oldest first.
+func listShipments(ctx context.Context, tr Transport, list func(context.Context, string, func(ObjectInfo) error) error) ([]ShipmentInfo, error) {
 	byID := map[string]*ShipmentInfo{}
-	err := tr.List(ctx, "", func(oi ObjectInfo) error {
+	err := list(ctx, "", func(oi ObjectInfo) error {
 		id, rest, ok := strings.Cut(oi.Name, "/")
 		if !ok || !archive.ValidID(id) {
 			return nil // not ours
@@ -98,7 +113,7 @@ func List(ctx context.Context, tr Transport) ([]ShipmentInfo, error) {
 // (see NewestComplete): what `latest` means without trusted senders.
 // Newer complete shipments it passes over are named with log.
 func Latest(ctx context.Context, tr Transport, now time.Time, log func(string, ...any)) (string, error) {
-	ships, err := List(ctx, tr)
+	ships, err := listNewest(ctx, tr)
 	if err != nil {
 		return "", err
 	}

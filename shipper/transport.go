@@ -71,6 +71,24 @@ type Transport interface {
 	String() string
 }
 
+// ShallowLister is implemented by transports whose listing walks folders
+// (SFTP), one round trip or more per folder: ListShallow lists only the
+// objects whose names have at most depth components, so that what a
+// shipment's folder holds directly (its header, its manifest) is listed
+// without reading the folders of its segments and keys.
+type ShallowLister interface {
+	ListShallow(ctx context.Context, depth int, fn func(ObjectInfo) error) error
+}
+
+// listShallow is ShallowLister's ListShallow where tr has it, and List of
+// everything otherwise (fn then sees deeper names too).
+func listShallow(ctx context.Context, tr Transport, depth int, fn func(ObjectInfo) error) error {
+	if sl, ok := tr.(ShallowLister); ok {
+		return sl.ListShallow(ctx, depth, fn)
+	}
+	return tr.List(ctx, "", fn)
+}
+
 // TemporaryRemover is implemented by transports whose interrupted Puts can
 // leave temporaries behind when the process dies (a local directory, an
 // SFTP server). RemoveTemporaries deletes the temporaries under the folder

@@ -396,7 +396,7 @@ func (t *TrustInfo) checkHeaderInventory(ctx context.Context, tr Transport) erro
 // like a shipment is one of these). If no shipment verifies, the error
 // wraps ErrUntrusted; if there is no complete shipment, ErrNotFound.
 func LatestTrusted(ctx context.Context, tr Transport, trusted *cipher.AllowedSigners, now time.Time, log func(string, ...any)) (*TrustInfo, error) {
-	ships, err := List(ctx, tr)
+	ships, err := listNewest(ctx, tr)
 	if err != nil {
 		return nil, err
 	}

@@ -176,3 +176,32 @@ func TestSFTPServerRestartRetried(t *testing.T) {
 	mustRun(t, append([]string{"receive", dest, id, "--out", out, "-i", key, "-q"}, auth...)...)
 	sameFile(t, src, filepath.Join(out, "disk.img"))
 }
+
+// TestSFTPLatest: without a shipment id, receive over SFTP (which lists
+// only the shipments' own folders to choose) restores the newest
+// complete shipment, through --bwlimit's wrapper too, and passes over a
+// newer one whose manifest is gone.
+func TestSFTPLatest(t *testing.T) {
+	srv, dest, auth := sftpEnv(t)
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img")
+	makeImage(t, a, 4<<20, region{0, 1 << 20, "random"})
+	makeImage(t, b, 4<<20, region{1 << 20, 1 << 20, "random"})
+	send := func(src string) string {
+		return strings.TrimSpace(mustRun(t, append([]string{"send", src, "--to", dest, "-r", rcpt, "-q"}, auth...)...).stdout)
+	}
+	send(a)
+	time.Sleep(1100 * time.Millisecond) // ids sort by the second
+	idB := send(b)
+	out := filepath.Join(dir, "out1")
+	mustRun(t, append([]string{"receive", dest, "--out", out, "-i", key, "-q", "--bwlimit", "1G"}, auth...)...)
+	sameFile(t, b, filepath.Join(out, "b.img"))
+
+	if err := os.Remove(filepath.Join(srv.Root, "dr", idB, "manifest")); err != nil {
+		t.Fatal(err)
+	}
+	out = filepath.Join(dir, "out2")
+	mustRun(t, append([]string{"receive", dest, "--out", out, "-i", key, "-q"}, auth...)...)
+	sameFile(t, a, filepath.Join(out, "a.img"))
+}

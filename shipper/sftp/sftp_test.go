@@ -14,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -667,5 +669,45 @@ func TestAutoStreams(t *testing.T) {
 	}
 	if _, err := tr.Stat(context.Background(), "nothing"); !errors.Is(err, shipper.ErrNotFound) {
 		t.Errorf("Stat: %v", err)
+	}
+}
+
+// TestListShallow lists only the names of at most the depth asked for,
+// without reading the folders below (a shipment's segments and keys),
+// and the same names at that depth as List.
+func TestListShallow(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+	tr := dial(t, config(srv, "shallow", 1))
+	ctx := context.Background()
+	for _, name := range []string{"top", "a/manifest", "a/header", "a/segments/00000001", "a/keys/0000", "b/header", "b/segments/x/deep"} {
+		if err := tr.Put(ctx, name, strings.NewReader(name), int64(len(name))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	collect := func(list func(func(shipper.ObjectInfo) error) error) []string {
+		var names []string
+		if err := list(func(oi shipper.ObjectInfo) error {
+			if oi.Size != int64(len(oi.Name)) {
+				t.Errorf("%s: size %d, want %d", oi.Name, oi.Size, len(oi.Name))
+			}
+			names = append(names, oi.Name)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		sort.Strings(names)
+		return names
+	}
+	got := collect(func(fn func(shipper.ObjectInfo) error) error { return tr.ListShallow(ctx, 2, fn) })
+	if want := []string{"a/header", "a/manifest", "b/header", "top"}; !slices.Equal(got, want) {
+		t.Errorf("ListShallow(2) = %q, want %q", got, want)
+	}
+	got = collect(func(fn func(shipper.ObjectInfo) error) error { return tr.ListShallow(ctx, 1, fn) })
+	if want := []string{"top"}; !slices.Equal(got, want) {
+		t.Errorf("ListShallow(1) = %q, want %q", got, want)
+	}
+	if all := collect(func(fn func(shipper.ObjectInfo) error) error { return tr.List(ctx, "", fn) }); len(all) != 7 {
+		t.Errorf("List = %q, want all 7", all)
 	}
 }

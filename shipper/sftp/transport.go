@@ -758,11 +758,25 @@ const listParallel = 16
 // (temporaries) are skipped, and so are directories that cannot hold a
 // match.
 func (t *Transport) List(ctx context.Context, prefix string, fn func(shipper.ObjectInfo) error) error {
+	return t.list(ctx, prefix, 0, fn)
+}
+
+var _ shipper.ShallowLister = (*Transport)(nil)
+
+// ListShallow is List of everything whose name has at most depth
+// components: the folders deeper down are not read.
+func (t *Transport) ListShallow(ctx context.Context, depth int, fn func(shipper.ObjectInfo) error) error {
+	return t.list(ctx, "", max(depth, 1), fn)
+}
+
+// list walks the folders that can hold a name starting with prefix, down
+// to names of depth components (0: all).
+func (t *Transport) list(ctx context.Context, prefix string, depth int, fn func(shipper.ObjectInfo) error) error {
 	start := ""
 	if i := strings.LastIndex(prefix, "/"); i > 0 && shipper.CheckName(prefix[:i]) == nil {
 		start = prefix[:i]
 	}
-	w := &walker{t: t, prefix: prefix, fn: fn, sem: make(chan struct{}, listParallel)}
+	w := &walker{t: t, prefix: prefix, depth: depth, fn: fn, sem: make(chan struct{}, listParallel)}
 	var gctx context.Context
 	w.g, gctx = errgroup.WithContext(ctx)
 	w.g.Go(func() error { return w.walk(gctx, start, true) })
@@ -780,6 +794,7 @@ func (t *Transport) List(ctx context.Context, prefix string, fn func(shipper.Obj
 type walker struct {
 	t      *Transport
 	prefix string
+	depth  int // the most components a listed name has; 0: no limit
 	g      *errgroup.Group
 	sem    chan struct{}
 
@@ -833,6 +848,9 @@ func (w *walker) walk(ctx context.Context, rel string, first bool) error {
 		}
 		switch {
 		case e.IsDir():
+			if w.depth > 0 && strings.Count(name, "/")+2 > w.depth {
+				continue // the names in it would be too deep
+			}
 			if strings.HasPrefix(name+"/", w.prefix) || strings.HasPrefix(w.prefix, name+"/") {
 				w.g.Go(func() error { return w.walk(ctx, name, false) })
 			}
