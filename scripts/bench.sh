@@ -105,7 +105,7 @@ printf 'bench-passphrase-%s\n' "$RANDOM" >"$work/pass"
 
 log "# coldship benchmarks, $(date -u +%Y-%m-%dT%H:%MZ)"
 log ""
-log "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); coldship defaults (block 1 MiB, zstd, jobs = cores, 4 streams; sftp: from the round trip); load average $(cut -d' ' -f1-3 /proc/loadavg) at the start."
+log "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); coldship defaults (block 1 MiB, zstd, jobs = cores (receive: cores + 1), 4 streams; sftp: from the round trip); load average $(cut -d' ' -f1-3 /proc/loadavg) at the start."
 
 for s in $sections; do
 	[ "$s" != core ] || s=local # the local section's former name
