@@ -12,14 +12,7 @@ import (
 // 64 KiB block (a sparse image), random or log-like, and a whole 1 MiB
 // block of random data.
 func benchForms(b *testing.B) map[string][]byte {
-	page := func(data []byte) []byte {
-		var fb FormBuilder
-		buf := make([]byte, MaxFormLen(64<<10))
-		fb.Reset(buf, 64<<10)
-		copy(fb.Next(0, 1), data)
-		fb.Commit(0, 1)
-		return fb.Form()
-	}
+	page := pageForm
 	rnd := make([]byte, 1<<20)
 	rand.Read(rnd)
 	text := []byte(strings.Repeat("Nov 30 17:15:48 host kernel: [12345.678] eth0: link up, 1000 Mbps\n", 100))[:PageSize]
