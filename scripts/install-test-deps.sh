@@ -4,7 +4,7 @@
 # `make bench` measures against.
 set -euo pipefail
 
-debs=(openssh-server openssh-client qemu-utils libvirt-clients util-linux)
+debs=(openssh-server openssh-sftp-server openssh-client qemu-utils libvirt-clients util-linux)
 # The archive tests decode frames of runs with the reference zstd.
 debs+=(zstd)
 # The boot test (cmd/coldship/boot_test.go): a busybox guest on an ext4 root,

@@ -117,6 +117,11 @@ func (t *limitedTransport) Put(ctx context.Context, name string, r io.Reader, si
 	return t.Transport.Put(ctx, name, &limitedReader{ctx: ctx, r: r, t: t}, size)
 }
 
+// PutGated puts through the wrapped transport's PutGated, limited.
+func (t *limitedTransport) PutGated(ctx context.Context, name string, r io.Reader, size int64, ready func() error) error {
+	return putGated(ctx, t.Transport, name, &limitedReader{ctx: ctx, r: r, t: t}, size, ready)
+}
+
 func (t *limitedTransport) Open(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
 	rc, err := t.Transport.Open(ctx, name, offset, length)
 	if err != nil {

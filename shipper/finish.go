@@ -1,6 +1,7 @@
 package shipper
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -60,22 +61,30 @@ func (r *sendRun) finish(ctx context.Context, p *pipeline, key *cipher.Key, wrap
 		return err
 	}
 	// The inventory goes up while the block table's put ends (its sync
-	// and rename: round trips on a long link); the manifest, which makes
-	// the shipment complete, only once both have landed.
+	// and rename: round trips on a long link). The manifest, which makes
+	// the shipment complete, is written meanwhile too, but takes its name
+	// only once both have landed (and a resumed shipment is checked).
 	var landed errgroup.Group
 	landed.Go(tableLanded)
 	landed.Go(func() error { return r.put(ctx, id+"/"+archive.InventoryObject, ib) })
-	if err := landed.Wait(); err != nil {
-		return err
-	}
-	if r.resumed {
-		if err := r.checkShipment(ctx, inv, ib); err != nil {
+	ready := sync.OnceValue(func() error {
+		if err := landed.Wait(); err != nil {
 			return err
 		}
+		if r.resumed {
+			return r.checkShipment(ctx, inv, ib)
+		}
+		return nil
+	})
+	name := id + "/" + archive.ManifestObject
+	err = putGated(ctx, r.tr, name, bytes.NewReader(mb), int64(len(mb)), ready)
+	if rerr := ready(); rerr != nil { // the other puts end before finish does, whatever happened
+		return rerr
 	}
-	if err := r.put(ctx, id+"/"+archive.ManifestObject, mb); err != nil {
-		return err
+	if err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
 	}
+	opts.Counters.Shipped.Add(int64(len(mb)))
 	opts.Counters.Reused.Add(fromBefore.bytes)
 	opts.Counters.SegmentsReused.Add(fromBefore.n)
 	if drw != nil {

@@ -89,6 +89,29 @@ func listShallow(ctx context.Context, tr Transport, depth int, fn func(ObjectInf
 	return tr.List(ctx, "", fn)
 }
 
+// GatedPutter is implemented by transports whose Put spends round trips
+// before the object takes its name (SFTP: create, write, sync, then
+// rename): PutGated does all of that at once but gives the object its name
+// only once ready has returned nil, so that an object that must land after
+// others (a shipment's manifest) costs one round trip after them instead
+// of four. If ready fails, nothing appears under name and PutGated returns
+// ready's error as it is. ready is called at most once.
+type GatedPutter interface {
+	PutGated(ctx context.Context, name string, r io.Reader, size int64, ready func() error) error
+}
+
+// putGated is GatedPutter's PutGated where tr has it, and ready followed
+// by Put otherwise.
+func putGated(ctx context.Context, tr Transport, name string, r io.Reader, size int64, ready func() error) error {
+	if gp, ok := tr.(GatedPutter); ok {
+		return gp.PutGated(ctx, name, r, size, ready)
+	}
+	if err := ready(); err != nil {
+		return err
+	}
+	return tr.Put(ctx, name, r, size)
+}
+
 // TemporaryRemover is implemented by transports whose interrupted Puts can
 // leave temporaries behind when the process dies (a local directory, an
 // SFTP server). RemoveTemporaries deletes the temporaries under the folder

@@ -628,12 +628,14 @@ func (t *Transport) do(ctx context.Context, transfer bool, fn func(c *conn) erro
 }
 
 // checkBroken drops c if err says the session is gone. A failing source
-// reader or a cancelled context says nothing about the session.
+// reader, a PutGated's failed ready or a cancelled context says nothing
+// about the session.
 func (s *stream) checkBroken(c *conn, err error) {
 	var src *sourceError
+	var gate *gateError
 	switch {
 	case !c.alive():
-	case errors.As(err, &src), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+	case errors.As(err, &src), errors.As(err, &gate), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return
 	case !isConnError(err):
 		return

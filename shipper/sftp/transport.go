@@ -255,12 +255,46 @@ func (t *Transport) Put(ctx context.Context, name string, r io.Reader, size int6
 	if err := shipper.CheckName(name); err != nil {
 		return err
 	}
-	err := t.do(ctx, isTransfer(size), func(c *conn) error { return t.put(ctx, c, t.remote(name), r, size, false) })
+	err := t.do(ctx, isTransfer(size), func(c *conn) error { return t.put(ctx, c, t.remote(name), r, size, false, nil) })
 	if err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
 	return nil
 }
+
+var _ shipper.GatedPutter = (*Transport)(nil)
+
+// PutGated is Put, but the object is renamed into place only once ready
+// has returned nil: the temporary is created, written and synced first.
+func (t *Transport) PutGated(ctx context.Context, name string, r io.Reader, size int64, ready func() error) error {
+	if err := shipper.CheckName(name); err != nil {
+		return err
+	}
+	var gate *gateError
+	err := t.do(ctx, isTransfer(size), func(c *conn) error {
+		return t.put(ctx, c, t.remote(name), r, size, false, func() error {
+			if err := ready(); err != nil {
+				gate = &gateError{err}
+				return gate
+			}
+			return nil
+		})
+	})
+	switch {
+	case gate != nil:
+		return gate.err
+	case err != nil:
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	return nil
+}
+
+// gateError is a failure of PutGated's ready: it says nothing about the
+// session.
+type gateError struct{ err error }
+
+func (e *gateError) Error() string { return e.err.Error() }
+func (e *gateError) Unwrap() error { return e.err }
 
 var _ shipper.ExclusiveCreator = (*Transport)(nil)
 
@@ -277,7 +311,7 @@ func (t *Transport) PutNew(ctx context.Context, name string, r io.Reader, size i
 	if err := shipper.CheckName(name); err != nil {
 		return err
 	}
-	err := t.do(ctx, isTransfer(size), func(c *conn) error { return t.put(ctx, c, t.remote(name), r, size, true) })
+	err := t.do(ctx, isTransfer(size), func(c *conn) error { return t.put(ctx, c, t.remote(name), r, size, true, nil) })
 	if err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
@@ -285,8 +319,9 @@ func (t *Transport) PutNew(ctx context.Context, name string, r io.Reader, size i
 }
 
 // put writes the object through a temporary; exclusive publishes it only
-// where no object exists.
-func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader, size int64, exclusive bool) (err error) {
+// where no object exists; ready, if not nil, must return nil before it is
+// published.
+func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader, size int64, exclusive bool, ready func() error) (err error) {
 	dir := path.Dir(final)
 	tmp := path.Join(dir, "."+path.Base(final)+".tmp-"+randomSuffix())
 	const flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL
@@ -315,6 +350,9 @@ func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader,
 	}()
 
 	src := &sourceReader{ctx: ctx, r: r}
+	if c.fsync && (size < 0 || size > smallPut) {
+		src.early = newEarlySync(c, tmp, earlySyncEvery(len(t.streams)))
+	}
 	var in io.Reader = src
 	concurrency := c.requests()
 	if size >= 0 {
@@ -325,6 +363,7 @@ func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader,
 	// ReadFrom would write sequentially for a reader of unknown size (an
 	// io.Pipe): ReadFromWithConcurrency keeps the requests in flight.
 	_, err = f.ReadFromWithConcurrency(in, concurrency)
+	src.early.stop()
 	if src.err != nil {
 		return &sourceError{src.err}
 	}
@@ -343,11 +382,18 @@ func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader,
 		if err := f.Close(); err != nil {
 			return t.classify(c, "close", tmp, err)
 		}
+		if err := gate(ready); err != nil {
+			return err
+		}
 		return publish(c, tmp, final)
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
 		return t.classify(c, "sync", tmp, err)
+	}
+	if err := gate(ready); err != nil {
+		f.Close()
+		return err
 	}
 	// Synced: the file is complete on the server's disk, so the handle is
 	// closed while it is renamed, one round trip instead of two. (Only
@@ -570,10 +616,11 @@ func randomSuffix() string {
 // sourceReader counts what Put reads, keeps the source's error apart from
 // the server's, and stops when ctx is cancelled.
 type sourceReader struct {
-	ctx context.Context
-	r   io.Reader
-	n   int64
-	err error
+	ctx   context.Context
+	r     io.Reader
+	n     int64
+	err   error
+	early *earlySync // nil: none
 }
 
 func (s *sourceReader) Read(p []byte) (int, error) {
@@ -583,10 +630,19 @@ func (s *sourceReader) Read(p []byte) (int, error) {
 	}
 	n, err := s.r.Read(p)
 	s.n += int64(n)
+	s.early.read(s.n)
 	if err != nil && err != io.EOF {
 		s.err = err
 	}
 	return n, err
+}
+
+// gate runs ready, if any.
+func gate(ready func() error) error {
+	if ready == nil {
+		return nil
+	}
+	return ready()
 }
 
 // sourceError is a failure of the reader given to Put.

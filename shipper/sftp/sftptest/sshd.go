@@ -73,6 +73,7 @@ type options struct {
 	noOverride   bool
 	mounts       []mount
 	verbose      bool
+	logRequests  bool
 	noForwarding bool
 }
 
@@ -102,6 +103,21 @@ func NoForwarding() Option { return func(o *options) { o.noForwarding = true } }
 // Verbose makes sshd log at level DEBUG1 (see Log): it then names every
 // session channel it opens, which tests count.
 func Verbose() Option { return func(o *options) { o.verbose = true } }
+
+// LogRequests serves SFTP with OpenSSH's sftp-server program rather than
+// internal-sftp, logging the requests it serves (open, fsync, rename,
+// close with the bytes written: sftp-server -l VERBOSE) where RequestLog
+// shows them. (internal-sftp logs only to syslog.)
+func LogRequests() Option { return func(o *options) { o.logRequests = true } }
+
+// sftpServers are where distributions install OpenSSH's sftp-server.
+var sftpServers = []string{"/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server", "/usr/lib/ssh/sftp-server"}
+
+// RequestLog returns what the SFTP servers logged so far (LogRequests).
+func (s *Server) RequestLog() string {
+	b, _ := os.ReadFile(filepath.Join(s.dir, "sftp-server.log"))
+	return string(b)
+}
 
 // StartSSHD starts sshd and waits until it accepts connections. It is
 // stopped in t.Cleanup.
@@ -191,6 +207,9 @@ func (s *Server) writeConfig(authorized string) {
 		logLevel = "DEBUG1"
 	}
 	subsystem := "internal-sftp"
+	if s.opts.logRequests {
+		subsystem = s.sftpServer() + " -e -l VERBOSE 2>>" + filepath.Join(s.dir, "sftp-server.log")
+	}
 	if s.opts.readOnly {
 		subsystem += " -R"
 	}
@@ -219,6 +238,20 @@ func (s *Server) writeConfig(authorized string) {
 		"AllowTcpForwarding " + map[bool]string{false: "yes", true: "no"}[s.opts.noForwarding],
 		"",
 	}, "\n")), 0o600)
+}
+
+// sftpServer returns the path of OpenSSH's sftp-server program.
+func (s *Server) sftpServer() string {
+	for _, p := range sftpServers {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") == "true" {
+		s.t.Fatalf("OpenSSH's sftp-server is not installed (looked in %v)", sftpServers)
+	}
+	s.t.Skipf("OpenSSH's sftp-server is not installed (looked in %v)", sftpServers)
+	return ""
 }
 
 // Forwarder returns the forwarder in front of sshd.
