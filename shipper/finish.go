@@ -123,21 +123,24 @@ func (r *sendRun) listedSegments(p *pipeline) ([]archive.Segment, reused) {
 
 // writeTable streams the block table from the per-block state to the
 // blocks object, and the next DR table's block file beside it. It returns
-// once every byte is written, with the table's reference and landed,
+// once every byte is written (a table of up to spoolLimit bytes: held,
+// its put started, so that the inventory's put need not wait for the
+// table's first round trip), with the table's reference and landed,
 // which waits for the put to end (the object synced and in place) and
 // reports how it ended.
 func (r *sendRun) writeTable(ctx context.Context, p *pipeline, key *cipher.Key, segIndex map[int]int, plan *refPlan, drw **drWriter) (archive.ObjectRef, func() error, error) {
-	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	name := p.id + "/" + archive.BlocksObject
-	go func() {
-		err := r.tr.Put(ctx, name, pr, -1)
+	pw := &spool{start: func(rd io.Reader, size int64, pr *io.PipeReader) {
+		err := r.tr.Put(ctx, name, rd, size)
 		if err != nil {
 			err = fmt.Errorf("put %s: %w", name, err)
 		}
-		pr.CloseWithError(err)
+		if pr != nil {
+			pr.CloseWithError(err)
+		}
 		done <- err
-	}()
+	}}
 	tw, err := archive.NewTableWriter(pw, key, p.slot, p.id)
 	if err == nil {
 		err = r.state.scan(p.entries, func(e *archive.TableEntry, kd *archive.Digest) error {
@@ -166,9 +169,10 @@ func (r *sendRun) writeTable(ctx context.Context, p *pipeline, key *cipher.Key, 
 	if err == nil {
 		ref, err = tw.Close()
 	}
-	pw.CloseWithError(err)
-	if err != nil {
-		<-done
+	if started := pw.CloseWithError(err); err != nil {
+		if started {
+			<-done
+		}
 		return ref, nil, err
 	}
 	landed := sync.OnceValue(func() error {
