@@ -87,6 +87,11 @@ func Plan(rtt time.Duration, streams int, tunnelled bool) []int {
 	if tunnelled {
 		links = streams
 	}
+	return spread(streams, links)
+}
+
+// spread spreads streams over links connections as evenly as it can.
+func spread(streams, links int) []int {
 	per := make([]int, links)
 	for i := range per {
 		per[i] = streams / links
@@ -95,6 +100,29 @@ func Plan(rtt time.Duration, streams int, tunnelled bool) []int {
 		}
 	}
 	return per
+}
+
+func sum(xs []int) int {
+	n := 0
+	for _, x := range xs {
+		n += x
+	}
+	return n
+}
+
+// handshakeRTTs is fewer round trips than the first connection's TCP
+// connect, SSH handshake and authentication take (6 to 7 with Go's SSH
+// library), so that the round trip guessed from their time is no longer
+// than the real one (the handshake's CPU time adds to it).
+const handshakeRTTs = 8
+
+// AheadLinks is how many more connections to dial as soon as the first has
+// authenticated, before the round trip is measured on its first session
+// (3 round trips later): those that Plan gives for the round trip the
+// handshake's duration suggests, less the first. On a long link they then
+// carry data as soon as the first connection does.
+func AheadLinks(handshake time.Duration, streams int, tunnelled bool) int {
+	return len(Plan(handshake/handshakeRTTs, streams, tunnelled)) - 1
 }
 
 // maxHandshakes is how many connections of one Transport authenticate at

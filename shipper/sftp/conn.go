@@ -379,17 +379,78 @@ func (t *Transport) banner(msg string) error {
 // runs an SFTP session in a channel of its own over it. A link that broke
 // is dialed again by the first stream that needs it.
 type link struct {
-	t    *Transport
-	mu   sync.Mutex // held while dialing
-	sc   *sshConn
-	live atomic.Pointer[sshConn] // sc, for LinkStats
+	t       *Transport
+	mu      sync.Mutex // held while dialing
+	sc      *sshConn
+	live    atomic.Pointer[sshConn] // sc, for LinkStats
+	pending chan dialed             // a dial started ahead (dialAhead), until get takes it
+}
+
+// dialed is the outcome of a dial started ahead.
+type dialed struct {
+	sc  *sshConn
+	err error
+}
+
+// dialAhead starts n more connections at once, each the first dial of a
+// link that Dial then gives a place in the pool.
+func (t *Transport) dialAhead(ctx context.Context, n int) []*link {
+	links := make([]*link, n)
+	for i := range links {
+		ch := make(chan dialed, 1)
+		go func() {
+			sc, err := t.dialSSH(ctx)
+			ch <- dialed{sc, err}
+		}()
+		links[i] = &link{t: t, pending: ch}
+	}
+	return links
+}
+
+// abandon closes the connection of a dial started ahead that no stream
+// will use, once it is made. The caller holds l.mu or owns l.
+func (l *link) abandon() {
+	if p := l.pending; p != nil {
+		l.pending = nil
+		go closeDialed(p)
+	}
+}
+
+// closeDialed closes the connection a dial started ahead makes.
+func closeDialed(p <-chan dialed) {
+	if d := <-p; d.sc != nil {
+		d.sc.client.Close()
+	}
+}
+
+// takePending waits for the dial started ahead, if any: its connection, or
+// nil when it failed (get then dials as usual). The caller holds l.mu.
+func (l *link) takePending(ctx context.Context) *sshConn {
+	p := l.pending
+	if p == nil {
+		return nil
+	}
+	l.pending = nil
+	select {
+	case d := <-p:
+		return d.sc
+	case <-ctx.Done():
+		go closeDialed(p)
+		return nil
+	}
 }
 
 // get returns the link's connection, dialing it again if it broke.
 func (l *link) get(ctx context.Context) (*sshConn, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if sc := l.takePending(ctx); sc != nil {
+		l.set(sc)
+	}
 	if l.t.closed.Load() {
+		if l.sc != nil {
+			l.sc.client.Close()
+		}
 		return nil, errClosed
 	}
 	if l.sc != nil && l.sc.alive() {

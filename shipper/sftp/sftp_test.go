@@ -711,3 +711,72 @@ func TestListShallow(t *testing.T) {
 		t.Errorf("List = %q, want all 7", all)
 	}
 }
+
+// TestAheadLinks checks the connections dialled before the round trip is
+// measured: from the handshake's duration, never more than the plan for
+// the round trip it suggests would have, and none for one stream.
+func TestAheadLinks(t *testing.T) {
+	for _, tc := range []struct {
+		handshake time.Duration
+		streams   int
+		tunnelled bool
+	}{
+		{40 * time.Millisecond, 0, false},
+		{650 * time.Millisecond, 0, false},
+		{1300 * time.Millisecond, 0, false},
+		{10 * time.Second, 0, false},
+		{650 * time.Millisecond, 1, false},
+		{650 * time.Millisecond, 4, true},
+	} {
+		got := sftp.AheadLinks(tc.handshake, tc.streams, tc.tunnelled)
+		rtt := tc.handshake / 8
+		if want := len(sftp.Plan(rtt, tc.streams, tc.tunnelled)) - 1; got != want {
+			t.Errorf("AheadLinks(%v, %d, %v) = %d, want %d", tc.handshake, tc.streams, tc.tunnelled, got, want)
+		}
+		if real := len(sftp.Plan(tc.handshake/6, tc.streams, tc.tunnelled)) - 1; got > real {
+			t.Errorf("AheadLinks(%v) = %d: more than the %d of a round trip of a sixth of the handshake", tc.handshake, got, real)
+		}
+	}
+	if n := sftp.AheadLinks(40*time.Millisecond, 0, false); n != len(sftp.Plan(time.Millisecond, 0, false))-1 {
+		t.Errorf("on loopback: %d connections ahead, want the loopback plan's %d", n, len(sftp.Plan(time.Millisecond, 0, false))-1)
+	}
+	if n := sftp.AheadLinks(650*time.Millisecond, 1, false); n != 0 {
+		t.Errorf("one stream: %d connections ahead", n)
+	}
+}
+
+// TestDialAhead dials through a 100 ms round trip: the other connections
+// are on their way when Dial returns (they started once the first had
+// authenticated, not once its session had timed the round trip), every
+// one is used, and the transport works.
+func TestDialAhead(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+	srv.Forwarder().SetDelay(50 * time.Millisecond)
+	defer srv.Forwarder().SetDelay(0)
+	tr := dial(t, config(srv, "ahead", 0))
+	if n := srv.Forwarder().Accepted(); n < 2 {
+		t.Errorf("when Dial returned, %d connection(s) had reached the server, want the first and those dialled ahead", n)
+	}
+	plan := len(sftp.Plan(tr.LinkStats().RTT, 0, false))
+	data := randomBytes(1 << 20)
+	ctx := context.Background()
+	if err := tr.Put(ctx, "a/o", bytes.NewReader(data), -1); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); tr.LinkStats().Channels < tr.Streams() && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st := tr.LinkStats(); st.Connections < plan || srv.Forwarder().Accepted() != st.Connections {
+		t.Errorf("LinkStats %+v, %d connections accepted: want the plan's %d, each used", st, srv.Forwarder().Accepted(), plan)
+	}
+	rc, err := tr.Open(ctx, "a/o", 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(rc)
+	rc.Close()
+	if !bytes.Equal(got, data) {
+		t.Error("read back differs")
+	}
+}

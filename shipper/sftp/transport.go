@@ -71,11 +71,13 @@ var (
 // Dial resolves cfg through ssh_config, connects, authenticates and starts
 // the pool: cfg.Streams SFTP sessions (without it, as many as AutoStreams
 // says for the round trip measured on the first), spread over SSH
-// connections as Plan says. The first connection and its first session
-// are made alone, so that a passphrase is asked and a new host key
-// recorded once, and Dial returns with them: the other sessions of that
-// connection and the other connections are opened in parallel in the
-// background (on a 100 ms link a connection takes about a second), and a
+// connections as Plan says. The first connection is made alone, so that a
+// passphrase is asked and a new host key recorded once; as soon as it has
+// authenticated, the connections that AheadLinks guesses from its
+// handshake's duration are dialled while its first session opens and
+// times the round trip, and Dial returns with that session: the other
+// sessions and connections are opened in parallel in the background (on a
+// 100 ms link a connection takes about a second), and a
 // transfer that picks a stream before it is up waits for it. A stream that
 // cannot connect (sshd's MaxStartups, a transient error) is opened again
 // when used; one whose channel the server refuses (MaxSessions) is
@@ -92,19 +94,36 @@ func Dial(ctx context.Context, cfg Config) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	sc, err := t.dialSSH(ctx)
 	if err != nil {
 		return nil, err
 	}
+	// The background work outlives Dial's ctx (a deadline for connecting,
+	// often): Close stops it.
+	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
+	t.stopDials = stop
+	ahead := t.dialAhead(bg, AheadLinks(time.Since(start), cfg.Streams, t.route.tunnelled()))
 	first, rtt, err := openSession(ctx, sc, true)
 	if err != nil {
+		stop()
+		for _, l := range ahead {
+			l.abandon()
+		}
 		sc.client.Close()
 		return nil, fmt.Errorf("connect to %s: %w", d.addr(), err)
 	}
 	t.rtt = rtt
+	plan := Plan(rtt, cfg.Streams, t.route.tunnelled())
+	if len(plan) < 1+len(ahead) {
+		plan = spread(sum(plan), 1+len(ahead))
+	}
 	var groups [][]*stream
-	for _, n := range Plan(rtt, cfg.Streams, t.route.tunnelled()) {
+	for i, n := range plan {
 		l := &link{t: t}
+		if i > 0 && i <= len(ahead) {
+			l = ahead[i-1]
+		}
 		t.links = append(t.links, l)
 		var group []*stream
 		for range n {
@@ -116,10 +135,6 @@ func Dial(ctx context.Context, cfg Config) (*Transport, error) {
 	t.reads = newReadBuffers(readBudget, len(t.streams))
 	t.links[0].set(sc)
 	t.streams[0].set(first)
-	// The background work outlives Dial's ctx (a deadline for connecting,
-	// often): Close stops it.
-	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
-	t.stopDials = stop
 	for i, l := range t.links {
 		streams := groups[i]
 		if i == 0 {
@@ -225,6 +240,7 @@ func (t *Transport) Close() error {
 			if l.sc != nil {
 				l.sc.client.Close()
 			}
+			l.abandon()
 			l.mu.Unlock()
 		}
 	}
