@@ -205,9 +205,12 @@ func (sh *Shipment) openTable(ctx context.Context) (archive.BlockTable, func(), 
 		return m.LegacyTable(), func() {}, nil
 	}
 	name := sh.Header.ID + "/" + archive.BlocksObject
-	rc, err := sh.tr.Open(ctx, name, 0, -1)
-	if err != nil {
-		return nil, nil, transportErr(missingIsIntegrity(err))
+	rc, ok := sh.ahead.tableReader(ctx, sh.tr, name, m.Table.Size)
+	if !ok {
+		var err error
+		if rc, err = sh.tr.Open(ctx, name, 0, -1); err != nil {
+			return nil, nil, transportErr(missingIsIntegrity(err))
+		}
 	}
 	t, err := archive.OpenTable(transportReader{rc, name}, sh.keys[sh.slot], sh.slot, m)
 	if err != nil {

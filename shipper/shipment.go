@@ -178,6 +178,7 @@ type Shipment struct {
 	slot      int                   // the manifest's key slot (and the block table's)
 	tr        Transport
 	trust     *TrustInfo // its checked signature, if opened with Trusted
+	ahead     *readAhead // objects read before they were needed
 }
 
 // OpenOption configures OpenShipment.
@@ -221,6 +222,8 @@ func OpenShipment(ctx context.Context, tr Transport, id string, identities []age
 	if sh.trust != nil && sh.trust.Statement.ID != id {
 		return nil, fmt.Errorf("open shipment %s: its trust is that of shipment %s", id, sh.trust.Statement.ID)
 	}
+	sh.ahead = new(readAhead)
+	sh.ahead.start(ctx, tr, id)
 	h, hb, mb, ib, err := readMetadata(ctx, tr, id)
 	if err != nil {
 		return nil, err
@@ -319,9 +322,12 @@ func absent(ctx context.Context, tr Transport, id string) bool {
 // manifest's list (format 3).
 func (sh *Shipment) keyObject(ctx context.Context, name string) ([]byte, error) {
 	id := sh.Header.ID
-	kb, err := getObject(ctx, sh.tr, id+"/"+name, archive.MaxKeyObject)
-	if err != nil {
-		return nil, missingIsIntegrity(err)
+	kb, ok := sh.ahead.keyObject(name)
+	if !ok {
+		var err error
+		if kb, err = getObject(ctx, sh.tr, id+"/"+name, archive.MaxKeyObject); err != nil {
+			return nil, missingIsIntegrity(err)
+		}
 	}
 	if err := sh.checkTrusted(map[string][]byte{name: kb}); err != nil {
 		return nil, err
