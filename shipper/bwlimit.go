@@ -2,6 +2,7 @@ package shipper
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -107,10 +108,13 @@ type limitedTransport struct {
 	burst int
 }
 
-// ListShallow lists through the wrapped transport (a listing is not
-// limited).
-func (t *limitedTransport) ListShallow(ctx context.Context, depth int, fn func(ObjectInfo) error) error {
-	return listShallow(ctx, t.Transport, depth, fn)
+// ListFolders lists through the wrapped transport (a listing is not
+// limited), or fails with errors.ErrUnsupported if it cannot.
+func (t *limitedTransport) ListFolders(ctx context.Context, fn func(name string) error) error {
+	if fl, ok := t.Transport.(FolderLister); ok {
+		return fl.ListFolders(ctx, fn)
+	}
+	return errors.ErrUnsupported
 }
 
 func (t *limitedTransport) Put(ctx context.Context, name string, r io.Reader, size int64) error {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"filippo.io/age"
@@ -36,18 +37,79 @@ func List(ctx context.Context, tr Transport) ([]ShipmentInfo, error) {
 }
 
 // listNewest is List for choosing a shipment (latest): where the
-// transport walks folders, only each shipment's own folder is read, not
-// those of its segments and keys, so its Bytes count only the objects
-// there.
+// transport lists folders (FolderLister), the shipments' folders are not
+// read, only whether each has a manifest asked (see listByFolder), and
+// Bytes is 0.
 func listNewest(ctx context.Context, tr Transport) ([]ShipmentInfo, error) {
+	fl, ok := tr.(FolderLister)
+	if !ok {
+		return listShipments(ctx, tr, tr.List)
+	}
 	return listShipments(ctx, tr, func(ctx context.Context, _ string, fn func(ObjectInfo) error) error {
-		return listShallow(ctx, tr, 2, fn)
+		err := listByFolder(ctx, tr, fl, fn)
+		if errors.Is(err, errors.ErrUnsupported) {
+			return tr.List(ctx, "", fn)
+		}
+		return err
 	})
 }
 
+// listByFolder lists, for each folder at the root named as a shipment,
+// the folder itself (its name and a slash) and its manifest if it has one
+// (a Stat each, listHeadersAtOnce at a time): what listShipments needs to
+// tell the complete shipments. Over SFTP a folder read is four round
+// trips, a Stat one, and the headers are read meanwhile.
+func listByFolder(ctx context.Context, tr Transport, fl FolderLister, fn func(ObjectInfo) error) error {
+	var ids []string
+	err := fl.ListFolders(ctx, func(name string) error {
+		if archive.ValidID(name) {
+			ids = append(ids, name)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	var mu sync.Mutex // serialises fn
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(listHeadersAtOnce)
+	for _, id := range ids {
+		g.Go(func() error {
+			mu.Lock()
+			err := fn(ObjectInfo{Name: id + "/"})
+			mu.Unlock()
+			if err != nil {
+				return err
+			}
+			name := id + "/" + archive.ManifestObject
+			oi, err := tr.Stat(gctx, name)
+			switch {
+			case errors.Is(err, ErrNotFound):
+				return nil
+			case err != nil:
+				return fmt.Errorf("stat %s: %w", name, err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			return fn(ObjectInfo{Name: name, Size: oi.Size})
+		})
+	}
+	return g.Wait()
+}
+
 // listShipments gathers the shipments from what list lists, oldest first.
+// Each shipment's header is read as soon as the shipment is listed.
 func listShipments(ctx context.Context, tr Transport, list func(context.Context, string, func(ObjectInfo) error) error) ([]ShipmentInfo, error) {
-	byID := map[string]*ShipmentInfo{}
+	type header struct {
+		h   *archive.Header
+		err error
+	}
+	byID, headers := map[string]*ShipmentInfo{}, map[string]*header{}
+	// The headers are read listHeadersAtOnce at a time: a destination of
+	// a year of daily shipments would otherwise cost two round trips per
+	// shipment, one after the other.
+	var g errgroup.Group
+	g.SetLimit(listHeadersAtOnce)
 	err := list(ctx, "", func(oi ObjectInfo) error {
 		id, rest, ok := strings.Cut(oi.Name, "/")
 		if !ok || !archive.ValidID(id) {
@@ -56,7 +118,12 @@ func listShipments(ctx context.Context, tr Transport, list func(context.Context,
 		si := byID[id]
 		if si == nil {
 			si = &ShipmentInfo{ID: id}
-			byID[id] = si
+			hd := new(header)
+			byID[id], headers[id] = si, hd
+			g.Go(func() error {
+				hd.h, _, hd.err = readHeader(ctx, tr, id)
+				return nil
+			})
 		}
 		si.Bytes += oi.Size
 		if rest == archive.ManifestObject {
@@ -64,27 +131,18 @@ func listShipments(ctx context.Context, tr Transport, list func(context.Context,
 		}
 		return nil
 	})
+	g.Wait()
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", tr, err)
 	}
-	var out []ShipmentInfo
-	// The headers are read listHeadersAtOnce at a time: a destination of
-	// a year of daily shipments would otherwise cost two round trips per
-	// shipment, one after the other.
-	var g errgroup.Group
-	g.SetLimit(listHeadersAtOnce)
-	for _, si := range byID {
-		g.Go(func() error {
-			h, _, err := readHeader(ctx, tr, si.ID)
-			if err != nil {
-				si.Error = err.Error()
-			} else {
-				si.Created, si.Label, si.Base = h.Created, h.Label, h.Base
-			}
-			return nil
-		})
+	for id, si := range byID {
+		if hd := headers[id]; hd.err != nil {
+			si.Error = hd.err.Error()
+		} else {
+			si.Created, si.Label, si.Base = hd.h.Created, hd.h.Label, hd.h.Base
+		}
 	}
-	g.Wait()
+	var out []ShipmentInfo
 	for _, si := range byID {
 		out = append(out, *si)
 	}

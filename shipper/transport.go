@@ -71,22 +71,13 @@ type Transport interface {
 	String() string
 }
 
-// ShallowLister is implemented by transports whose listing walks folders
-// (SFTP), one round trip or more per folder: ListShallow lists only the
-// objects whose names have at most depth components, so that what a
-// shipment's folder holds directly (its header, its manifest) is listed
-// without reading the folders of its segments and keys.
-type ShallowLister interface {
-	ListShallow(ctx context.Context, depth int, fn func(ObjectInfo) error) error
-}
-
-// listShallow is ShallowLister's ListShallow where tr has it, and List of
-// everything otherwise (fn then sees deeper names too).
-func listShallow(ctx context.Context, tr Transport, depth int, fn func(ObjectInfo) error) error {
-	if sl, ok := tr.(ShallowLister); ok {
-		return sl.ListShallow(ctx, depth, fn)
-	}
-	return tr.List(ctx, "", fn)
+// FolderLister is implemented by transports whose listing walks folders
+// (SFTP: a folder read is four round trips): ListFolders names the folders
+// at the root, in one folder read, so that choosing the latest shipment
+// need not read the folder of each (see listByFolder). A wrapper whose
+// transport cannot fails with errors.ErrUnsupported, before calling fn.
+type FolderLister interface {
+	ListFolders(ctx context.Context, fn func(name string) error) error
 }
 
 // GatedPutter is implemented by transports whose Put spends round trips

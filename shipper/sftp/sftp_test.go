@@ -672,43 +672,39 @@ func TestAutoStreams(t *testing.T) {
 	}
 }
 
-// TestListShallow lists only the names of at most the depth asked for,
-// without reading the folders below (a shipment's segments and keys),
-// and the same names at that depth as List.
-func TestListShallow(t *testing.T) {
+// TestListFolders names the folders at the root, in one folder read (the
+// server's own log shows no other folder opened), and skips files and
+// temporaries; List still finds everything.
+func TestListFolders(t *testing.T) {
 	isolate(t)
-	srv := sftptest.StartSSHD(t)
-	tr := dial(t, config(srv, "shallow", 1))
+	srv := sftptest.StartSSHD(t, sftptest.LogRequests())
+	tr := dial(t, config(srv, "folders", 1))
 	ctx := context.Background()
 	for _, name := range []string{"top", "a/manifest", "a/header", "a/segments/00000001", "a/keys/0000", "b/header", "b/segments/x/deep"} {
 		if err := tr.Put(ctx, name, strings.NewReader(name), int64(len(name))); err != nil {
 			t.Fatal(err)
 		}
 	}
-	collect := func(list func(func(shipper.ObjectInfo) error) error) []string {
-		var names []string
-		if err := list(func(oi shipper.ObjectInfo) error {
-			if oi.Size != int64(len(oi.Name)) {
-				t.Errorf("%s: size %d, want %d", oi.Name, oi.Size, len(oi.Name))
-			}
-			names = append(names, oi.Name)
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-		sort.Strings(names)
-		return names
+	os.Mkdir(filepath.Join(srv.Root, "folders", ".hidden"), 0o755)
+	before := strings.Count(srv.RequestLog(), "opendir")
+	var got []string
+	if err := tr.ListFolders(ctx, func(name string) error { got = append(got, name); return nil }); err != nil {
+		t.Fatal(err)
 	}
-	got := collect(func(fn func(shipper.ObjectInfo) error) error { return tr.ListShallow(ctx, 2, fn) })
-	if want := []string{"a/header", "a/manifest", "b/header", "top"}; !slices.Equal(got, want) {
-		t.Errorf("ListShallow(2) = %q, want %q", got, want)
+	sort.Strings(got)
+	if want := []string{"a", "b"}; !slices.Equal(got, want) {
+		t.Errorf("ListFolders = %q, want %q", got, want)
 	}
-	got = collect(func(fn func(shipper.ObjectInfo) error) error { return tr.ListShallow(ctx, 1, fn) })
-	if want := []string{"top"}; !slices.Equal(got, want) {
-		t.Errorf("ListShallow(1) = %q, want %q", got, want)
+	if n := strings.Count(srv.RequestLog(), "opendir") - before; n != 1 {
+		t.Errorf("ListFolders read %d folders, want 1\n%s", n, srv.RequestLog())
 	}
-	if all := collect(func(fn func(shipper.ObjectInfo) error) error { return tr.List(ctx, "", fn) }); len(all) != 7 {
-		t.Errorf("List = %q, want all 7", all)
+	errStop := errors.New("stop")
+	if err := tr.ListFolders(ctx, func(string) error { return errStop }); !errors.Is(err, errStop) {
+		t.Errorf("ListFolders returned %v, want fn's error", err)
+	}
+	var all []string
+	if err := tr.List(ctx, "", func(oi shipper.ObjectInfo) error { all = append(all, oi.Name); return nil }); err != nil || len(all) != 7 {
+		t.Errorf("List = %q (%v), want all 7", all, err)
 	}
 }
 

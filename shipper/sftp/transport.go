@@ -830,25 +830,26 @@ const listParallel = 16
 // (temporaries) are skipped, and so are directories that cannot hold a
 // match.
 func (t *Transport) List(ctx context.Context, prefix string, fn func(shipper.ObjectInfo) error) error {
-	return t.list(ctx, prefix, 0, fn)
+	return t.list(ctx, prefix, 0, fn, nil)
 }
 
-var _ shipper.ShallowLister = (*Transport)(nil)
+var _ shipper.FolderLister = (*Transport)(nil)
 
-// ListShallow is List of everything whose name has at most depth
-// components: the folders deeper down are not read.
-func (t *Transport) ListShallow(ctx context.Context, depth int, fn func(shipper.ObjectInfo) error) error {
-	return t.list(ctx, "", max(depth, 1), fn)
+// ListFolders names the folders at the root (but those whose names start
+// with '.'), in one folder read; fn is called from one goroutine at a time.
+func (t *Transport) ListFolders(ctx context.Context, fn func(name string) error) error {
+	return t.list(ctx, "", 1, func(shipper.ObjectInfo) error { return nil }, fn)
 }
 
 // list walks the folders that can hold a name starting with prefix, down
-// to names of depth components (0: all).
-func (t *Transport) list(ctx context.Context, prefix string, depth int, fn func(shipper.ObjectInfo) error) error {
+// to names of depth components (0: all); with dirFn, the folders that are
+// too deep to read are named to it.
+func (t *Transport) list(ctx context.Context, prefix string, depth int, fn func(shipper.ObjectInfo) error, dirFn func(string) error) error {
 	start := ""
 	if i := strings.LastIndex(prefix, "/"); i > 0 && shipper.CheckName(prefix[:i]) == nil {
 		start = prefix[:i]
 	}
-	w := &walker{t: t, prefix: prefix, depth: depth, fn: fn, sem: make(chan struct{}, listParallel)}
+	w := &walker{t: t, prefix: prefix, depth: depth, fn: fn, dirFn: dirFn, sem: make(chan struct{}, listParallel)}
 	var gctx context.Context
 	w.g, gctx = errgroup.WithContext(ctx)
 	w.g.Go(func() error { return w.walk(gctx, start, true) })
@@ -870,9 +871,20 @@ type walker struct {
 	g      *errgroup.Group
 	sem    chan struct{}
 
-	mu    sync.Mutex // serialises fn
+	mu    sync.Mutex // serialises fn and dirFn
 	fn    func(shipper.ObjectInfo) error
+	dirFn func(string) error // nil: none
 	fnErr error
+}
+
+// call calls f under the walker's lock, unless an earlier call failed.
+func (w *walker) call(f func() error) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.fnErr == nil {
+		w.fnErr = f()
+	}
+	return w.fnErr
 }
 
 // walk reads the folder rel (relative to the root) and walks the folders
@@ -921,21 +933,19 @@ func (w *walker) walk(ctx context.Context, rel string, first bool) error {
 		switch {
 		case e.IsDir():
 			if w.depth > 0 && strings.Count(name, "/")+2 > w.depth {
-				continue // the names in it would be too deep
+				// The names in it would be too deep.
+				if w.dirFn != nil {
+					if err := w.call(func() error { return w.dirFn(name) }); err != nil {
+						return err
+					}
+				}
+				continue
 			}
 			if strings.HasPrefix(name+"/", w.prefix) || strings.HasPrefix(w.prefix, name+"/") {
 				w.g.Go(func() error { return w.walk(ctx, name, false) })
 			}
 		case e.Mode().IsRegular() && strings.HasPrefix(name, w.prefix):
-			w.mu.Lock()
-			err := w.fnErr
-			if err == nil {
-				if err = w.fn(shipper.ObjectInfo{Name: name, Size: e.Size()}); err != nil {
-					w.fnErr = err
-				}
-			}
-			w.mu.Unlock()
-			if err != nil {
+			if err := w.call(func() error { return w.fn(shipper.ObjectInfo{Name: name, Size: e.Size()}) }); err != nil {
 				return err
 			}
 		}
