@@ -84,8 +84,8 @@ func listByFolder(ctx context.Context, tr Transport, fl FolderLister, fn func(Ob
 			name := id + "/" + archive.ManifestObject
 			oi, err := tr.Stat(gctx, name)
 			switch {
-			case errors.Is(err, ErrNotFound):
-				return nil
+			case errors.Is(err, ErrNotFound), errors.Is(err, ErrNotRegular):
+				return nil // not complete, as a listing would show it
 			case err != nil:
 				return fmt.Errorf("stat %s: %w", name, err)
 			}

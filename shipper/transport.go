@@ -20,6 +20,10 @@ var ErrPermanent = errors.New("permanent error")
 // or changed host key, a rejected user key, wrong credentials.
 var ErrAuth = errors.New("authentication failed")
 
+// ErrNotRegular is returned (wrapped) by Stat when something other than
+// an object (a folder) has the name.
+var ErrNotRegular = errors.New("not a regular file")
+
 // ObjectInfo describes one stored object.
 type ObjectInfo struct {
 	Name string // slash-separated, relative to the transport's root

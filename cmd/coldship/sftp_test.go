@@ -204,4 +204,14 @@ func TestSFTPLatest(t *testing.T) {
 	out = filepath.Join(dir, "out2")
 	mustRun(t, append([]string{"receive", dest, "--out", out, "-i", key, "-q"}, auth...)...)
 	sameFile(t, a, filepath.Join(out, "a.img"))
+
+	// A newer folder whose "manifest" is a folder is no complete shipment
+	// (latest over SFTP asks Stat of each manifest rather than listing).
+	junk := time.Now().UTC().Format("20060102T150405Z") + "-0000abcd"
+	if err := os.MkdirAll(filepath.Join(srv.Root, "dr", junk, "manifest"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out = filepath.Join(dir, "out3")
+	mustRun(t, append([]string{"receive", dest, "--out", out, "-i", key, "-q"}, auth...)...)
+	sameFile(t, a, filepath.Join(out, "a.img"))
 }

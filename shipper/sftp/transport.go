@@ -811,7 +811,7 @@ func (t *Transport) Stat(ctx context.Context, name string) (shipper.ObjectInfo, 
 			return t.classify(c, "stat", p, err)
 		}
 		if !fi.Mode().IsRegular() {
-			return fmt.Errorf("stat %s: not a regular file (%w)", p, shipper.ErrPermanent)
+			return fmt.Errorf("stat %s: %w (%w)", p, shipper.ErrNotRegular, shipper.ErrPermanent)
 		}
 		oi = shipper.ObjectInfo{Name: name, Size: fi.Size()}
 		return nil
