@@ -390,6 +390,13 @@ func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader,
 		return fmt.Errorf("the source yielded %d bytes, want %d", src.n, size)
 	}
 	open = false
+	return t.publish(c, f, tmp, final, exclusive, ready)
+}
+
+// publish closes the written temporary f, syncing it first where the
+// server can, and gives it its final name once ready (if any) returns nil;
+// exclusive publishes it only where no object exists.
+func (t *Transport) publish(c *conn, f *sftpclient.File, tmp, final string, exclusive bool, ready func() error) error {
 	publish := t.rename
 	if exclusive {
 		publish = t.publishNew
