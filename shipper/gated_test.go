@@ -61,14 +61,10 @@ func (g *gating) PutGated(ctx context.Context, name string, r io.Reader, size in
 // and the inventory have landed, and the manifest lands last; when the
 // inventory's put fails, the send fails and no manifest appears.
 func TestManifestGated(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "disk.img")
-	data := writeRandom(t, src, 10*64<<10)
-	sources, _ := archive.CollectSources([]string{src})
-	id, rcpt := newIdentity(t)
-	opts := shipper.SendOptions{Recipients: []age.Recipient{rcpt}, BlockSize: 64 << 10, SegmentSize: 128 << 10, Streams: 2}
+	s := newSetup(t, 10*64<<10)
+	dir, data, sources, id, base := s.dir, s.data, s.sources, s.id, s.base
+	opts := shipper.SendOptions{Recipients: []age.Recipient{s.rcpt}, BlockSize: 64 << 10, SegmentSize: 128 << 10, Streams: 2}
 
-	base, _ := local.New(filepath.Join(dir, "dest"))
 	g := &gating{Transport: base}
 	res, err := shipper.Send(context.Background(), g, sources, opts)
 	if err != nil {

@@ -16,7 +16,6 @@ import (
 
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/shipper"
-	"github.com/coldship/coldship/shipper/local"
 )
 
 // aheadProbe holds the manifest's read until the key object of slot 0 and
@@ -52,12 +51,8 @@ func (p *aheadProbe) Open(ctx context.Context, name string, offset, length int64
 // a round of requests earlier), and that the receive built on them is
 // bit-exact.
 func TestReadAhead(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "disk.img")
-	data := writeRandom(t, src, 12*64<<10)
-	sources, _ := archive.CollectSources([]string{src})
-	id, rcpt := newIdentity(t)
-	base, _ := local.New(filepath.Join(dir, "dest"))
+	s := newSetup(t, 12*64<<10)
+	dir, data, sources, id, rcpt, base := s.dir, s.data, s.sources, s.id, s.rcpt, s.base
 	res, err := shipper.Send(context.Background(), base, sources, shipper.SendOptions{
 		Recipients: []age.Recipient{rcpt}, BlockSize: 64 << 10, SegmentSize: 256 << 10, Streams: 2,
 	})

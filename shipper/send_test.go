@@ -55,6 +55,34 @@ func (f *faulty) Put(ctx context.Context, name string, r io.Reader, size int64) 
 	return f.Transport.Put(ctx, name, r, size)
 }
 
+// setup is what most send tests start from: a random image in a
+// temporary folder, its sources, a key pair and a local destination.
+type setup struct {
+	dir, src string
+	data     []byte
+	sources  []archive.Source
+	id       *age.X25519Identity
+	rcpt     age.Recipient
+	base     *local.Transport
+}
+
+// newSetup writes an image of n random bytes to dir/disk.img; the
+// destination is dir/dest.
+func newSetup(t *testing.T, n int) *setup {
+	s := &setup{dir: t.TempDir()}
+	s.src = filepath.Join(s.dir, "disk.img")
+	s.data = writeRandom(t, s.src, n)
+	var err error
+	if s.sources, err = archive.CollectSources([]string{s.src}); err != nil {
+		t.Fatal(err)
+	}
+	s.id, s.rcpt = newIdentity(t)
+	if s.base, err = local.New(filepath.Join(s.dir, "dest")); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func newIdentity(t *testing.T) (*age.X25519Identity, age.Recipient) {
 	id, err := age.GenerateX25519Identity()
 	if err != nil {
@@ -128,12 +156,8 @@ func testResume(t *testing.T, late bool) {
 }
 
 func TestRetryWithinOneRun(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "disk.img")
-	data := writeRandom(t, src, 20*64<<10)
-	sources, _ := archive.CollectSources([]string{src})
-	id, rcpt := newIdentity(t)
-	base, _ := local.New(filepath.Join(dir, "dest"))
+	s := newSetup(t, 20*64<<10)
+	data, sources, id, rcpt, base := s.data, s.sources, s.id, s.rcpt, s.base
 	tr := &flaky{Transport: base}
 	var logs bytes.Buffer
 	res, err := shipper.Send(context.Background(), tr, sources, shipper.SendOptions{
@@ -214,12 +238,8 @@ func (k *keyFails) Put(ctx context.Context, name string, r io.Reader, size int64
 }
 
 func TestKeyLostSegmentsResent(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "disk.img")
-	data := writeRandom(t, src, 12*64<<10)
-	sources, _ := archive.CollectSources([]string{src})
-	id, rcpt := newIdentity(t)
-	base, _ := local.New(filepath.Join(dir, "dest"))
+	s := newSetup(t, 12*64<<10)
+	data, sources, id, rcpt, base := s.data, s.sources, s.id, s.rcpt, s.base
 	res, err := shipper.Send(context.Background(), &keyFails{Transport: base}, sources, shipper.SendOptions{
 		Recipients: []age.Recipient{rcpt}, BlockSize: 64 << 10, SegmentSize: 128 << 10, Streams: 2, Retries: 2, RetryDelay: 1,
 	})
@@ -264,12 +284,8 @@ func (h *headerLate) Put(ctx context.Context, name string, r io.Reader, size int
 // starts a new shipment, and one killed during the header's Put left its
 // temporary behind.
 func TestSegmentsCountOnceHeaderLanded(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "disk.img")
-	data := writeRandom(t, src, 12*64<<10)
-	sources, _ := archive.CollectSources([]string{src})
-	id, rcpt := newIdentity(t)
-	base, _ := local.New(filepath.Join(dir, "dest"))
+	s := newSetup(t, 12*64<<10)
+	data, sources, id, rcpt, base := s.data, s.sources, s.id, s.rcpt, s.base
 	cnt := new(shipper.Counters)
 	tr := &headerLate{Transport: base, cnt: cnt}
 	res, err := shipper.Send(context.Background(), tr, sources, shipper.SendOptions{
