@@ -3,6 +3,8 @@ package sftp
 import (
 	"os"
 	"sync"
+
+	"github.com/coldship/coldship/shipper"
 )
 
 // A transfer's data waits in the server's page cache until the put's
@@ -13,17 +15,20 @@ import (
 // over 32 channels spent its last 1.05 s in those syncs. So each stream
 // asks for a sync every so often while it writes, on a second handle to
 // its temporary, and what is left to write out at the end stays within
-// earlySyncBudget over all streams. With few streams the interval
-// exceeds a segment and nothing changes.
+// earlySyncBudget over all streams. A few streams leave little to the end
+// anyway (at most twice the budget in default segments): they do not.
 const (
 	earlySyncBudget = 128 << 20
 	minEarlySync    = 4 << 20
 )
 
 // earlySyncEvery is how many bytes a transfer writes between early syncs
-// when the transport has streams streams.
+// when the transport has streams streams; 0: none.
 func earlySyncEvery(streams int) int64 {
-	return max(minEarlySync, earlySyncBudget/int64(max(streams, 1)))
+	if int64(streams)*shipper.DefaultSegmentSize <= 2*earlySyncBudget {
+		return 0
+	}
+	return max(minEarlySync, earlySyncBudget/int64(streams))
 }
 
 // earlySync syncs a temporary being written, every interval bytes, on its

@@ -366,8 +366,8 @@ func (t *Transport) put(ctx context.Context, c *conn, final string, r io.Reader,
 	}()
 
 	src := &sourceReader{ctx: ctx, r: r}
-	if c.fsync && (size < 0 || size > smallPut) {
-		src.early = newEarlySync(c, tmp, earlySyncEvery(len(t.streams)))
+	if every := earlySyncEvery(len(t.streams)); every > 0 && c.fsync && (size < 0 || size > smallPut) {
+		src.early = newEarlySync(c, tmp, every)
 	}
 	var in io.Reader = src
 	concurrency := c.requests()
