@@ -205,7 +205,7 @@ func (sh *Shipment) openTable(ctx context.Context) (archive.BlockTable, func(), 
 		return m.LegacyTable(), func() {}, nil
 	}
 	name := sh.Header.ID + "/" + archive.BlocksObject
-	rc, ok := sh.ahead.tableReader(ctx, sh.tr, name, m.Table.Size)
+	rc, ok := sh.ahead.tableReader(ctx, sh.tr, name)
 	if !ok {
 		var err error
 		if rc, err = sh.tr.Open(ctx, name, 0, -1); err != nil {

@@ -84,11 +84,12 @@ func (ra *readAhead) keyObject(name string) ([]byte, bool) {
 	return ra.take(&ra.key0)
 }
 
-// tableReader returns a reader of the block table name, of size bytes by
-// the manifest, from the bytes read ahead and, past them, from tr; false
-// when nothing was read ahead. (A table shorter than the manifest says
-// reads short, as it would from tr.)
-func (ra *readAhead) tableReader(ctx context.Context, tr Transport, name string, size int64) (io.ReadCloser, bool) {
+// tableReader returns a reader of the block table name from the bytes
+// read ahead and, past them, from tr (opened only if read past them); false
+// when nothing was read ahead. It reads the object as it is, shorter or
+// longer than the manifest says, as a read from tr would: the table's
+// reader checks its length by reading one byte past it.
+func (ra *readAhead) tableReader(ctx context.Context, tr Transport, name string) (io.ReadCloser, bool) {
 	if ra == nil {
 		return nil, false
 	}
@@ -96,7 +97,7 @@ func (ra *readAhead) tableReader(ctx context.Context, tr Transport, name string,
 	if !ok {
 		return nil, false
 	}
-	if len(head) < tableHead || int64(len(head)) >= size {
+	if len(head) < tableHead { // the whole object
 		return io.NopCloser(bytes.NewReader(head)), true
 	}
 	rest := &lazyOpen{open: func() (io.ReadCloser, error) { return tr.Open(ctx, name, int64(len(head)), -1) }}

@@ -133,6 +133,7 @@ func testOpenRange(t *testing.T, tr shipper.Transport) {
 	put(t, tr, "s/seg", data, int64(len(data)))
 	cases := []struct{ off, n int64 }{
 		{0, 1}, {1, 10}, {1 << 20, 1 << 20}, {int64(len(data)) - 5, 5}, {int64(len(data)) - 5, -1}, {12345, -1},
+		{int64(len(data)), -1}, // at the end: nothing (how a read continued past a head learns the object ends there)
 	}
 	for _, c := range cases {
 		want := data[c.off:]
