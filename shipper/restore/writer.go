@@ -133,7 +133,6 @@ type file struct {
 	cur     *cursor      // update: the walk through its slots
 	prev    *slotFile    // resumed update: the slots the interrupted update wrote
 	pending atomic.Int64 // bytes written since writeback was last started
-	mu      sync.Mutex   // serializes the writes of data
 }
 
 // Open prepares the restore of sh into opts.Dir: it locks the folder,
