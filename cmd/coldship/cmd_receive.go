@@ -44,14 +44,14 @@ type receiveOptions struct {
 }
 
 // receiveLong is receive's help.
-const receiveLong = `Fetch, authenticate and decrypt a shipment (default: the latest complete one)
-and restore its files under DIR by their relative names. Files are written to
-temporary names, checked against their whole-file digests and renamed into
-place only when every file of the shipment checks out. Only the non-zero 4 KiB
-pages of each block are written: holes stay holes. Existing files are never
-overwritten without --force. Every block is checked against its digest before
-it is written; files are synced; --read-back also reads every written block
-again after the sync (page cache dropped) and checks it.
+const receiveLong = `Fetch, authenticate and decrypt a shipment (default, or SHIPMENT "latest": the
+latest complete one) and restore its files under DIR by their relative names.
+Files are written to temporary names, checked against their whole-file digests
+and renamed into place only when every file of the shipment checks out. Only
+the non-zero 4 KiB pages of each block are written: holes stay holes. Existing
+files are never overwritten without --force. Every block is checked against its
+digest before it is written; files are synced; --read-back also reads every
+written block again after the sync (page cache dropped) and checks it.
 
 An interrupted receive (killed, a lost connection) resumes: run the same
 command again and the blocks already written are checked on disk and reused.

@@ -30,17 +30,17 @@ func newVerifyCmd(s *streams) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "verify DEST [SHIPMENT] [-i IDENTITY]... [--trusted-senders FILE] | verify --all DEST [--read-data -i IDENTITY] [--trusted-senders FILE]",
 		Short: "Check a shipment, or everything, at DEST, with or without a key",
-		Long: `Without an identity: check that every object of the shipment (default: the
-latest complete one) is present with the size and checksum recorded in its
-plaintext inventory (which reveals object names and sizes, nothing else):
-BLAKE3 of the header, key objects, block table and manifest, CRC32C of the
-segments (BLAKE3 in shipments of formats 1 and 2), and, if the shipment is
-signed, that its objects match the SHA-256 sums of its statement. That
-proves the shipment consistent with its inventory, not authentic: anyone
-who can write to DEST can write an inventory and a statement. With
---trusted-senders FILE (an OpenSSH allowed_signers file): the shipment
-(default: the newest that verifies) must be signed by a key of FILE and
-match what it signed, or verify exits 4; the header, inventory, key
+		Long: `Without an identity: check that every object of the shipment (default, or
+SHIPMENT "latest": the latest complete one) is present with the size and
+checksum recorded in its plaintext inventory (which reveals object names and
+sizes, nothing else): BLAKE3 of the header, key objects, block table and
+manifest, CRC32C of the segments (BLAKE3 in shipments of formats 1 and 2),
+and, if the shipment is signed, that its objects match the SHA-256 sums of
+its statement. That proves the shipment consistent with its inventory, not
+authentic: anyone who can write to DEST can write an inventory and a
+statement. With --trusted-senders FILE (an OpenSSH allowed_signers file):
+the shipment (default: the newest that verifies) must be signed by a key of
+FILE and match what it signed, or verify exits 4; the header, inventory, key
 objects and manifest are then authenticated. With an identity (-i,
 --passphrase-file or $COLDSHIP_PASSPHRASE): authenticate every block,
 check every file's whole-file digest and every segment's checksum.

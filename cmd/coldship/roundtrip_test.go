@@ -202,9 +202,18 @@ func TestListAndVerify(t *testing.T) {
 	if n := strings.Count(r.stdout, `"complete":`); n != 2 {
 		t.Errorf("list --json printed %d objects", n)
 	}
-	// latest complete is id1 now that id2 lost its manifest
+	// latest complete is id1 now that id2 lost its manifest; "latest"
+	// names it as leaving the shipment out does
 	mustRun(t, "verify", dest)
 	mustRun(t, "verify", dest, id1, "-i", key)
+	for _, args := range [][]string{{"verify", dest, "latest", "-i", key, "--json"}, {"show", dest, "latest", "-i", key, "--json"}} {
+		if r := mustRun(t, args...); !strings.Contains(r.stdout, id1) || strings.Contains(r.stdout, id2) {
+			t.Errorf("%s %s latest: did not pick %s:\n%s", args[0], dest, id1, r.stdout)
+		}
+	}
+	out := filepath.Join(dir, "latest-out")
+	mustRun(t, "receive", dest, "latest", "-i", key, "--out", out, "-q")
+	sameFile(t, src, filepath.Join(out, "disk.img"))
 	for _, args := range [][]string{{"verify", dest, id2}, {"verify", dest, id2, "-i", key}, {"receive", dest, id2, "-i", key, "--out", filepath.Join(dir, "o")}} {
 		if r := run(t, args...); r.code != exitIntegrity || !strings.Contains(r.stderr, "incomplete") {
 			t.Errorf("%v on an incomplete shipment: exit %d, %s; want 5 saying incomplete", args[0], r.code, r.stderr)

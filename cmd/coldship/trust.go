@@ -55,7 +55,12 @@ func (s *streams) warnf(json bool) func(string, ...any) {
 	}
 }
 
-// pick returns shipment id, or the latest one when id is "". With trusted
+// latestName names the default shipment on the command line, as `send
+// --base latest` does: `receive DEST latest` is `receive DEST`.
+const latestName = "latest"
+
+// pick returns shipment id, or the latest one when id is "" or "latest"
+// (no shipment id is a word: ids start with their date). With trusted
 // senders the shipment's signature is checked (exit 4 when it does not
 // verify) and the latest is the newest that verifies; without, the latest
 // is the newest complete shipment that is readable and not dated more
@@ -63,6 +68,9 @@ func (s *streams) warnf(json bool) func(string, ...any) {
 // named with warn, with why.
 func (o *trustOptions) pick(ctx context.Context, tr shipper.Transport, id string, warn func(string, ...any)) (string, *shipper.TrustInfo, error) {
 	now := time.Now()
+	if id == latestName {
+		id = ""
+	}
 	switch {
 	case o.senders == nil && id != "":
 		return id, nil, nil
