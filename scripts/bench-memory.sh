@@ -12,8 +12,8 @@
 # would take 15.2 GiB of memory: the source is then moved to bench/work
 # for the receives (and back at the end), or the kernel's reclaim is what
 # they would measure (the 2 million block receive took 39-64 s on this
-# 24 GiB machine with the source beside it, 12-22 s without). Measured, each once: the full send
-# (--base latest, so that DR state is kept), an incremental send after one
+# 24 GiB machine with the source beside it, 12-22 s without). Measured,
+# each once: the full send (--base latest, so that DR state is kept), an incremental send after one
 # block changed, receive --out of the full shipment, receive --into of the
 # incremental one over that restore, and verify of the incremental one.
 # Each row gives the peak RSS and CPU seconds per GiB of data; the time
@@ -90,9 +90,9 @@ section_memory() {
 		parked=$work/memory-source.img
 		cp --sparse=always "$img" "$parked" && rm -f "$img" && img=$parked
 	fi
-	lrun "receive --out (full)" "$bin" receive "$d/dest" "$full" -i "$work/id.txt" --out "$d/out" -q || return 0
-	lrun "receive --into (incremental)" "$bin" receive "$d/dest" "$incr" -i "$work/id.txt" --into "$d/out" -q || return 0
-	lrun "verify (incremental)" "$bin" verify "$d/dest" "$incr" -i "$work/id.txt" -q || return 0
+	lrun "receive --out (full)" "$bin" receive "$d/dest" "$full" -i "$work/id.txt" --out "$d/out" -q || { memory_unpark "$parked" "$d/disk.img"; return 0; }
+	lrun "receive --into (incremental)" "$bin" receive "$d/dest" "$incr" -i "$work/id.txt" --into "$d/out" -q || { memory_unpark "$parked" "$d/disk.img"; return 0; }
+	lrun "verify (incremental)" "$bin" verify "$d/dest" "$incr" -i "$work/id.txt" -q || { memory_unpark "$parked" "$d/disk.img"; return 0; }
 	local same=identical
 	memory_same "$img" "$d/out/disk.img" || same=DIFFERS
 	ltable "Memory: $n blocks of 64 KiB ($(numfmt --to=iec --round=nearest $((n * 65536))) apparent, a 4 KiB page of data in each: $(numfmt --to=iec --round=nearest $((n * 4096))); CPU s per GiB of data), on $(stat -f -c %T "$d")"
@@ -114,7 +114,12 @@ section_memory() {
 		log "    (CPU per block: $(awk -v c="$(median ${LC[$t]:-0})" -v n="$n" 'BEGIN { printf "%.1f", c / n * 1e6 }') us)"
 	done
 	rm -rf "$d/dest" "$d/state" "$d/out" "$d"/*.id
-	if [ -n "$parked" ]; then
-		cp --sparse=always "$parked" "$d/disk.img" && rm -f "$parked"
-	fi
+	memory_unpark "$parked" "$d/disk.img"
+}
+
+# memory_unpark PARKED IMG : moves the source parked on disk back to IMG
+# (nothing when PARKED is empty), so that the next run finds it.
+memory_unpark() {
+	[ -n "$1" ] || return 0
+	cp --sparse=always "$1" "$2" && rm -f "$1"
 }
