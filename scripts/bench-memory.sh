@@ -54,6 +54,30 @@ memory_same() {
 		}' "$1" "$2"
 }
 
+# memory_fstype DIR : the type of the file system DIR is on (ext4, tmpfs).
+memory_fstype() {
+	local t
+	t=$(findmnt -no FSTYPE -T "$1" 2>/dev/null | head -1)
+	echo "${t:-$(stat -f -c %T "$1")}"
+}
+
+# memory_warm FILE : reads FILE's data extents into the page cache, and
+# only them. `cat` read the holes too: 122 GiB of zero pages on ext4,
+# which evicted the data pages, so that the send that followed read every
+# page from the disk (134.7 s for 2 million blocks, 22.0 s warmed so).
+memory_warm() {
+	perl -e 'my ($p) = @ARGV; open(my $f, "<", $p) or die "$p: $!"; my $size = -s $f;
+		for (my $pos = 0; $pos < $size;) {
+			my $d = sysseek($f, $pos, 3); last unless defined $d;
+			my $h = sysseek($f, $d, 4); sysseek($f, $d, 0);
+			for (my $o = $d; $o < $h; $o += 1 << 20) {
+				my $n = $h - $o < 1 << 20 ? $h - $o : 1 << 20;
+				sysread($f, my $x, $n) == $n or die "read: $!";
+			}
+			$pos = $h;
+		}' "$1"
+}
+
 # memory_image FILE N : N blocks of 64 KiB, a page of data at the start of each.
 memory_image() {
 	[ -f "$1" ] && [ "$(stat -c %s "$1")" = "$(($2 * 65536))" ] && return 0
@@ -72,7 +96,7 @@ section_memory() {
 	log ""
 	log "(memory: writing an image of $n blocks in $d)"
 	memory_image "$img" "$n"
-	cat "$img" >/dev/null
+	memory_warm "$img"
 	LW=() LC=() LR=()
 	local args=(--to "$d/dest" -r "$rcpt" --block-size 64K --state-dir "$d/state" --base latest -q)
 	LRUN_OUT=$d/full.id lrun "send (full)" "$bin" send "$img" "${args[@]}" || return 0
@@ -86,7 +110,7 @@ section_memory() {
 	# together: the source waits on disk during the receives, so that
 	# they measure coldship and not the kernel's reclaim.
 	local parked=
-	if [ "$(stat -f -c %T "$d")" = tmpfs ]; then
+	if [ "$(memory_fstype "$d")" = tmpfs ]; then
 		parked=$work/memory-source.img
 		cp --sparse=always "$img" "$parked" && rm -f "$img" && img=$parked
 	fi
@@ -95,7 +119,7 @@ section_memory() {
 	lrun "verify (incremental)" "$bin" verify "$d/dest" "$incr" -i "$work/id.txt" -q || { memory_unpark "$parked" "$d/disk.img"; return 0; }
 	local same=identical
 	memory_same "$img" "$d/out/disk.img" || same=DIFFERS
-	ltable "Memory: $n blocks of 64 KiB ($(numfmt --to=iec --round=nearest $((n * 65536))) apparent, a 4 KiB page of data in each: $(numfmt --to=iec --round=nearest $((n * 4096))); CPU s per GiB of data), on $(stat -f -c %T "$d")"
+	ltable "Memory: $n blocks of 64 KiB ($(numfmt --to=iec --round=nearest $((n * 65536))) apparent, a 4 KiB page of data in each: $(numfmt --to=iec --round=nearest $((n * 4096))); CPU s per GiB of data), on $(memory_fstype "$d")"
 	local t gib
 	gib=$(awk -v n="$n" 'BEGIN { print n * 4096 / 1073741824 }')
 	for t in "send (full)" "send --base latest (incremental)" "receive --out (full)" "receive --into (incremental)" "verify (incremental)"; do
