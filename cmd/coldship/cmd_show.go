@@ -29,8 +29,8 @@ func newShowCmd(s *streams) *cobra.Command {
 		Short: "Show what a shipment holds: its files and its chain of bases",
 		Long: `Open a shipment (default, or SHIPMENT "latest": the latest complete one) with
 its key and print its files (type, mode, owner, size, data, modification time,
-BLAKE3 digest, path) and the chain of earlier shipments whose blocks it uses. Nothing is
-fetched but the shipment's small objects; nothing is written.
+BLAKE3 digest, path) and the chain of earlier shipments whose blocks it uses.
+Nothing is fetched but the shipment's small objects; nothing is written.
 
 With --trusted-senders FILE the shipment (default: the newest that
 verifies) must be signed by a key of that OpenSSH allowed_signers file
