@@ -21,6 +21,9 @@ func NewCRC32C() hash.Hash32 { return crc32.New(castagnoli) }
 // CRC32CString formats a CRC32C as format 3 records it: 8 lowercase hex digits.
 func CRC32CString(sum uint32) string { return fmt.Sprintf("%08x", sum) }
 
+// CRC32CSum returns the CRC32C of b.
+func CRC32CSum(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
 // CRC32C returns the CRC32C of b as format 3 records it.
 func CRC32C(b []byte) string { return CRC32CString(crc32.Checksum(b, castagnoli)) }
 

@@ -20,6 +20,7 @@ type prior struct {
 	hasOwn, hasBase bool
 	kd              archive.Digest // the block's keyed digest
 	use             byte
+	crc             uint32 // useNew: the CRC32C of the record
 }
 
 const (
@@ -92,9 +93,7 @@ func (p *pipeline) run() error {
 		return blocks.Read(gctx, readerFiles(p.files), blocks.Options[prior]{
 			BlockSize: p.opts.BlockSize, Jobs: p.opts.Jobs, Holders: min(p.opts.Streams, maxHeld), Counters: p.opts.Counters,
 			Prior: p.lookup, Seal: p.decide,
-			Sealer: func(b *blocks.Block[prior], dst, scratch []byte) ([]byte, bool, error) {
-				return p.codec.SealForm(dst, scratch, b.Form, uint32(b.File), uint64(b.Index))
-			},
+			Sealer: p.seal,
 		}, func(b *blocks.Batch[prior]) error { return p.emit(gctx, b, batches) })
 	})
 	for range p.opts.Streams {
@@ -104,6 +103,18 @@ func (p *pipeline) run() error {
 		})
 	}
 	return g.Wait()
+}
+
+// seal is the reader's Sealer. It takes the record's CRC32C at once, while
+// the record is still in the CPU's cache: the segment writer combines
+// them (a CRC32C of 1 GiB of records in the segment writer, from memory,
+// took a tenth of the send's CPU).
+func (p *pipeline) seal(b *blocks.Block[prior], dst, scratch []byte) ([]byte, bool, error) {
+	rec, z, err := p.codec.SealForm(dst, scratch, b.Form, uint32(b.File), uint64(b.Index))
+	if err == nil {
+		b.Prior.crc = archive.CRC32CSum(rec)
+	}
+	return rec, z, err
 }
 
 // lookup is the reader's Prior: called in (file, block) order.

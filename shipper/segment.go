@@ -5,14 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash"
 
 	"github.com/coldship/coldship/archive"
 )
 
 // segmentWriter streams one segment object to the transport through a
 // pipe (a handoff: a local destination writes the records from where they
-// were sealed), computing its CRC32C (format 3) as the bytes go by. Records are
+// were sealed), combining the CRC32C of its records into the segment's
+// (format 3). Records are
 // gathered into large writes: a sparse image's records are a few KiB each,
 // and a pipe handoff and a write at the destination per record cost more
 // than sealing it.
@@ -21,7 +21,7 @@ type segmentWriter struct {
 	name string
 	pw   *handoffWriter
 	bw   *bufio.Writer
-	crc  hash.Hash32
+	crc  uint32
 	size int64
 	res  chan error
 }
@@ -32,7 +32,7 @@ const segmentBuffer = 256 << 10
 func openSegment(ctx context.Context, tr Transport, id string, n int) *segmentWriter {
 	pr, pw := newHandoff()
 	w := &segmentWriter{n: n, name: archive.SegmentObject(n), pw: pw, bw: bufio.NewWriterSize(pw, segmentBuffer),
-		crc: archive.NewCRC32C(), res: make(chan error, 1)}
+		res: make(chan error, 1)}
 	go func() {
 		err := tr.Put(ctx, id+"/"+w.name, pr, -1)
 		if err != nil {
@@ -46,8 +46,9 @@ func openSegment(ctx context.Context, tr Transport, id string, n int) *segmentWr
 	return w
 }
 
-func (w *segmentWriter) write(p []byte) error {
-	w.crc.Write(p)
+// write appends a record whose CRC32C is crc.
+func (w *segmentWriter) write(p []byte, crc uint32) error {
+	w.crc = archive.CRC32CCombine(w.crc, crc, int64(len(p)))
 	if _, err := w.bw.Write(p); err != nil {
 		return err
 	}
@@ -71,7 +72,7 @@ func (w *segmentWriter) close() (archive.Segment, error) {
 	if err := <-w.res; err != nil {
 		return archive.Segment{}, err
 	}
-	return archive.Segment{Name: w.name, Size: w.size, CRC32C: archive.CRC32CString(w.crc.Sum32())}, nil
+	return archive.Segment{Name: w.name, Size: w.size, CRC32C: archive.CRC32CString(w.crc)}, nil
 }
 
 func (w *segmentWriter) abort() {

@@ -96,7 +96,7 @@ func (w *stream) write(blk *blocks.Block[prior], e *archive.TableEntry) error {
 		w.cur, w.records = openSegment(w.ctx, w.p.tr, w.p.id, w.seg.next()), 0
 	}
 	e.Segment, e.Offset, e.Length, e.Compressed = uint32(w.cur.n), uint64(w.cur.size), uint32(len(blk.Record)), blk.Compressed
-	if err := w.cur.write(blk.Record); err != nil {
+	if err := w.cur.write(blk.Record, blk.Prior.crc); err != nil {
 		return err
 	}
 	w.records++
