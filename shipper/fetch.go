@@ -29,7 +29,22 @@ import (
 const (
 	windowEntries = 4096    // table entries gathered before they are fetched
 	maxGap        = 1 << 20 // a run reads through gaps smaller than this rather than ask again
+	minPiece      = 8 << 20 // a run is cut into pieces of at least this (see pieceLimit)
 )
+
+// pieceLimit is the length past which a window's runs are cut, so that
+// the window gives every stream a run: one SFTP channel moves at most a
+// window (2 MiB) per round trip, and a 1 GiB shipment has only 16
+// segments of 64 MiB, so whole segments kept half of 32 channels idle on
+// a long link. Pieces of one segment are checked against its CRC32C
+// together (crcTracker), in whatever order they come.
+func pieceLimit(win []sourced, streams int) int64 {
+	var total int64
+	for i := range win {
+		total += int64(win[i].e.Length)
+	}
+	return max(minPiece, total/int64(max(1, streams)))
+}
 
 // segmentSource is a segment that holds records of the shipment: one of
 // its own, or one of a base shipment's, with the codec of the key and
@@ -259,11 +274,13 @@ type sourced struct {
 	src int
 }
 
-// flush cuts a window into runs and hands them on.
+// flush cuts a window into runs, of at most about pieceLimit bytes, and
+// hands them on.
 func (rd *reader) flush(ctx context.Context, win []sourced, runs chan<- run) error {
 	sort.Slice(win, func(i, j int) bool {
 		return win[i].src < win[j].src || win[i].src == win[j].src && win[i].e.Offset < win[j].e.Offset
 	})
+	piece := pieceLimit(win, rd.fe.streams)
 	for i := 0; i < len(win); {
 		r := run{src: win[i].src, start: int64(win[i].e.Offset)}
 		end := r.start
@@ -273,7 +290,7 @@ func (rd *reader) flush(ctx context.Context, win []sourced, runs chan<- run) err
 			if off < end {
 				return fmt.Errorf("%s: records overlap at offset %d: %w", rd.srcs[r.src].obj, off, archive.ErrIntegrity)
 			}
-			if j > i && off-end > maxGap {
+			if j > i && (off-end > maxGap || end-r.start >= piece) {
 				break
 			}
 			end = off + int64(win[j].e.Length)

@@ -96,3 +96,58 @@ func TestBatchSender(t *testing.T) {
 		t.Fatal("next succeeded with no buffer free and the context ended")
 	}
 }
+
+// TestFlushPieces checks how a window is cut into runs: a segment's
+// records in runs of at least minPiece and about the window's bytes per
+// stream, so that every stream gets one; in order, each record in exactly
+// one run, never split; a gap over maxGap still ends a run; one stream
+// gets whole segments.
+func TestFlushPieces(t *testing.T) {
+	const rec = 1 << 20
+	var win []sourced
+	for src := range 2 { // two segments of 64 records of 1 MiB, the second with a gap
+		for k := range int64(64) {
+			off := k * rec
+			if src == 1 && k >= 40 {
+				off += 2 * maxGap
+			}
+			win = append(win, sourced{archive.TableEntry{Segment: uint32(src), Block: uint64(src*64) + uint64(k), Offset: uint64(off), Length: rec}, src})
+		}
+	}
+	for _, tc := range []struct {
+		streams  int
+		maxPiece int64
+		runs     int
+	}{
+		{1, 1 << 40, 3},  // whole segments; the gap cuts the second
+		{4, 32 * rec, 5}, // 128 MiB / 4: 32 MiB pieces; 24 MiB left after the gap
+		{32, minPiece, 16},
+	} {
+		rd := &reader{fe: fetch{streams: tc.streams}}
+		runs := make(chan run, 1000)
+		if err := rd.flush(t.Context(), append([]sourced(nil), win...), runs); err != nil {
+			t.Fatal(err)
+		}
+		close(runs)
+		var n int
+		next := map[int]uint64{}
+		for r := range runs {
+			n++
+			if r.end-r.start > tc.maxPiece {
+				t.Errorf("streams %d: run [%d, %d) of segment %d is longer than %d", tc.streams, r.start, r.end, r.src, tc.maxPiece)
+			}
+			if r.start != int64(r.entries[0].Offset) || r.end != int64(r.entries[len(r.entries)-1].Offset)+rec {
+				t.Errorf("streams %d: run [%d, %d) does not span its records", tc.streams, r.start, r.end)
+			}
+			for _, e := range r.entries {
+				if e.Block != next[r.src]+uint64(r.src*64) {
+					t.Fatalf("streams %d: segment %d: block %d, want %d", tc.streams, r.src, e.Block, next[r.src]+uint64(r.src*64))
+				}
+				next[r.src]++
+			}
+		}
+		if n != tc.runs || next[0] != 64 || next[1] != 64 {
+			t.Errorf("streams %d: %d runs covering %v records, want %d runs covering 64 of each segment", tc.streams, n, next, tc.runs)
+		}
+	}
+}
