@@ -177,6 +177,26 @@ func TestSFTPServerRestartRetried(t *testing.T) {
 	sameFile(t, src, filepath.Join(out, "disk.img"))
 }
 
+// TestSFTPReceiveMemoryBound receives 512 MiB from a real sshd over 32
+// SFTP channels with 8 openers, the most memory a receive asks for over
+// SFTP: its reads ahead fill the shared budget, every channel has a piece
+// of a segment to read, and the peak RSS must stay within the README's
+// 256 MiB (without the runtime's memory limit it was 259-265 MiB here).
+func TestSFTPReceiveMemoryBound(t *testing.T) {
+	_, dest, auth := sftpEnv(t)
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	makeImage(t, src, 512<<20, region{0, 512 << 20, "random"})
+	id := strings.TrimSpace(mustRun(t, append([]string{"send", src, "--to", dest, "-r", rcpt, "-q"}, auth...)...).stdout)
+	out := filepath.Join(dir, "out")
+	rss, _ := sendRSS(t, append([]string{"receive", dest, id, "--out", out, "-i", key, "-q", "--jobs", "8", "--streams", "32"}, auth...)...)
+	if rss > 256<<20 {
+		t.Errorf("receive over 32 SFTP channels: peak RSS %d MiB, want at most 256", rss>>20)
+	}
+	sameFile(t, src, filepath.Join(out, "disk.img"))
+}
+
 // TestSFTPLatest: without a shipment id, receive over SFTP (which lists
 // only the shipments' own folders to choose) restores the newest
 // complete shipment, through --bwlimit's wrapper too, and passes over a
