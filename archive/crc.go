@@ -25,7 +25,7 @@ func CRC32CString(sum uint32) string { return fmt.Sprintf("%08x", sum) }
 func CRC32CSum(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 
 // CRC32C returns the CRC32C of b as format 3 records it.
-func CRC32C(b []byte) string { return CRC32CString(crc32.Checksum(b, castagnoli)) }
+func CRC32C(b []byte) string { return CRC32CString(CRC32CSum(b)) }
 
 func validCRC(s string) bool {
 	if len(s) != 8 {
