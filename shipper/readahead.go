@@ -44,9 +44,9 @@ func (ra *readAhead) start(ctx context.Context, tr Transport, id string) {
 
 // goRead runs read on a goroutine of its own and returns what waits for
 // its outcome.
-func goRead(read func() ([]byte, error)) func() ([]byte, error) {
+func goRead[T any](read func() (T, error)) func() (T, error) {
 	type result struct {
-		b   []byte
+		b   T
 		err error
 	}
 	ch := make(chan result, 1)
@@ -54,7 +54,7 @@ func goRead(read func() ([]byte, error)) func() ([]byte, error) {
 		b, err := read()
 		ch <- result{b, err}
 	}()
-	return sync.OnceValues(func() ([]byte, error) {
+	return sync.OnceValues(func() (T, error) {
 		r := <-ch
 		return r.b, r.err
 	})

@@ -7,7 +7,6 @@ import (
 	"io"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"filippo.io/age"
@@ -34,67 +33,6 @@ type ShipmentInfo struct {
 // List returns the shipments at tr, oldest first.
 func List(ctx context.Context, tr Transport) ([]ShipmentInfo, error) {
 	return listShipments(ctx, tr, tr.List)
-}
-
-// listNewest is List for choosing a shipment (latest): where the
-// transport lists folders (FolderLister), the shipments' folders are not
-// read, only whether each has a manifest asked (see listByFolder), and
-// Bytes is 0.
-func listNewest(ctx context.Context, tr Transport) ([]ShipmentInfo, error) {
-	fl, ok := tr.(FolderLister)
-	if !ok {
-		return listShipments(ctx, tr, tr.List)
-	}
-	return listShipments(ctx, tr, func(ctx context.Context, _ string, fn func(ObjectInfo) error) error {
-		err := listByFolder(ctx, tr, fl, fn)
-		if errors.Is(err, errors.ErrUnsupported) {
-			return tr.List(ctx, "", fn)
-		}
-		return err
-	})
-}
-
-// listByFolder lists, for each folder at the root named as a shipment,
-// the folder itself (its name and a slash) and its manifest if it has one
-// (a Stat each, listHeadersAtOnce at a time): what listShipments needs to
-// tell the complete shipments. Over SFTP a folder read is four round
-// trips, a Stat one, and the headers are read meanwhile.
-func listByFolder(ctx context.Context, tr Transport, fl FolderLister, fn func(ObjectInfo) error) error {
-	var ids []string
-	err := fl.ListFolders(ctx, func(name string) error {
-		if archive.ValidID(name) {
-			ids = append(ids, name)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	var mu sync.Mutex // serialises fn
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(listHeadersAtOnce)
-	for _, id := range ids {
-		g.Go(func() error {
-			mu.Lock()
-			err := fn(ObjectInfo{Name: id + "/"})
-			mu.Unlock()
-			if err != nil {
-				return err
-			}
-			name := id + "/" + archive.ManifestObject
-			oi, err := tr.Stat(gctx, name)
-			switch {
-			case errors.Is(err, ErrNotFound), errors.Is(err, ErrNotRegular):
-				return nil // not complete, as a listing would show it
-			case err != nil:
-				return fmt.Errorf("stat %s: %w", name, err)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			return fn(ObjectInfo{Name: name, Size: oi.Size})
-		})
-	}
-	return g.Wait()
 }
 
 // listShipments gathers the shipments from what list lists, oldest first.
@@ -146,40 +84,30 @@ func listShipments(ctx context.Context, tr Transport, list func(context.Context,
 	for _, si := range byID {
 		out = append(out, *si)
 	}
-	// Ids sort by creation time to the second only: within one second, an
-	// incremental shipment comes after the chain of its bases.
+	sortShipments(out, byID)
+	return out, nil
+}
+
+// sortShipments sorts ships oldest first: by id, which names the second
+// a shipment was made in, and within one second an incremental shipment
+// after the chain of its bases, as far as byID (the shipments known, by
+// id) tells.
+func sortShipments(ships []ShipmentInfo, byID map[string]*ShipmentInfo) {
 	depth := map[string]int{}
-	for _, si := range out {
+	for _, si := range ships {
 		d := 0
-		for cur := byID[si.ID]; cur != nil && cur.Base != "" && d <= len(out); cur = byID[cur.Base] {
+		for cur := byID[si.ID]; cur != nil && cur.Base != "" && d <= len(byID); cur = byID[cur.Base] {
 			d++
 		}
 		depth[si.ID] = d
 	}
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i].ID, out[j].ID
+	sort.Slice(ships, func(i, j int) bool {
+		a, b := ships[i].ID, ships[j].ID
 		if a[:16] != b[:16] || depth[a] == depth[b] {
 			return a < b
 		}
 		return depth[a] < depth[b]
 	})
-	return out, nil
-}
-
-// Latest returns the id of the newest complete shipment at tr whose
-// header reads and that is not dated more than MaxClockSkew ahead of now
-// (see NewestComplete): what `latest` means without trusted senders.
-// Newer complete shipments it passes over are named with log.
-func Latest(ctx context.Context, tr Transport, now time.Time, log func(string, ...any)) (string, error) {
-	ships, err := listNewest(ctx, tr)
-	if err != nil {
-		return "", err
-	}
-	id, err := NewestComplete(ships, now, log)
-	if err != nil {
-		return "", fmt.Errorf("no complete shipment at %s: %w", tr, ErrNotFound)
-	}
-	return id, nil
 }
 
 // errTooLarge is an object longer than the limit it was read with.
@@ -237,6 +165,7 @@ type Shipment struct {
 	tr        Transport
 	trust     *TrustInfo // its checked signature, if opened with Trusted
 	ahead     *readAhead // objects read before they were needed
+	pre       *prefetch  // reads begun while the shipment was chosen (Latest)
 }
 
 // OpenOption configures OpenShipment.
@@ -280,12 +209,19 @@ func OpenShipment(ctx context.Context, tr Transport, id string, identities []age
 	if sh.trust != nil && sh.trust.Statement.ID != id {
 		return nil, fmt.Errorf("open shipment %s: its trust is that of shipment %s", id, sh.trust.Statement.ID)
 	}
-	sh.ahead = new(readAhead)
-	sh.ahead.start(ctx, tr, id)
-	h, hb, mb, ib, err := readMetadata(ctx, tr, id)
-	if err != nil {
-		return nil, err
+	md, ahead, ok := sh.pre.take(id)
+	sh.pre = nil
+	if ok {
+		sh.ahead = ahead
+	} else {
+		sh.ahead = new(readAhead)
+		sh.ahead.start(ctx, tr, id)
+		var err error
+		if md.h, md.hb, md.mb, md.ib, err = readMetadata(ctx, tr, id); err != nil {
+			return nil, err
+		}
 	}
+	h, hb, mb, ib := md.h, md.hb, md.mb, md.ib
 	inv, err := archive.ParseInventory(ib)
 	if err != nil {
 		return nil, fmt.Errorf("%s/%s: %w", id, archive.InventoryObject, err)

@@ -396,31 +396,36 @@ func (t *TrustInfo) checkHeaderInventory(ctx context.Context, tr Transport) erro
 // like a shipment is one of these). If no shipment verifies, the error
 // wraps ErrUntrusted; if there is no complete shipment, ErrNotFound.
 func LatestTrusted(ctx context.Context, tr Transport, trusted *cipher.AllowedSigners, now time.Time, log func(string, ...any)) (*TrustInfo, error) {
-	ships, err := listNewest(ctx, tr)
-	if err != nil {
-		return nil, err
-	}
 	if log == nil {
 		log = func(string, ...any) {}
 	}
+	ids, known, err := candidates(ctx, tr)
+	if err != nil {
+		return nil, err
+	}
 	complete := 0
-	for i := len(ships) - 1; i >= 0; i-- {
-		id := ships[i].ID
-		if !ships[i].Complete {
-			continue
-		}
+	var ti *TrustInfo
+	err = newest(ctx, tr, ids, known, func(si ShipmentInfo) (bool, error) {
 		complete++
-		if err := CheckNotFuture(id, now); err != nil {
-			log("skipping %s: %v", id, err)
-			continue
+		if err := CheckNotFuture(si.ID, now); err != nil {
+			log("skipping %s: %v", si.ID, err)
+			return false, nil
 		}
-		ti, err := CheckSignature(ctx, tr, id, trusted, now)
-		if errors.Is(err, ErrUntrusted) {
+		t, err := CheckSignature(ctx, tr, si.ID, trusted, now)
+		switch {
+		case errors.Is(err, ErrUntrusted):
 			log("skipping %v", err)
-			continue
-		} else if err != nil {
-			return nil, err
+			return false, nil
+		case err != nil:
+			return false, err
 		}
+		ti = t
+		return true, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if ti != nil {
 		return ti, nil
 	}
 	if complete == 0 {
@@ -456,12 +461,8 @@ func NewestComplete(ships []ShipmentInfo, now time.Time, log func(string, ...any
 		if !si.Complete {
 			continue
 		}
-		if err := CheckNotFuture(si.ID, now); err != nil {
-			log("skipping %s: %v", si.ID, err)
-			continue
-		}
-		if si.Error != "" {
-			log("skipping %s: %s", si.ID, si.Error)
+		if why := notPickable(si, now); why != "" {
+			log("skipping %s: %s", si.ID, why)
 			continue
 		}
 		return si.ID, nil

@@ -188,6 +188,33 @@ func (t *Transport) List(ctx context.Context, prefix string, fn func(shipper.Obj
 	return ctx.Err()
 }
 
+var _ shipper.FolderLister = (*Transport)(nil)
+
+// ListFolders names the folders at the prefix (the common prefixes of a
+// listing with the delimiter '/'), but those whose names start with '.':
+// choosing the latest shipment then lists one key per shipment rather
+// than every segment of every shipment (a page of 1,000 keys a request:
+// 33 requests for each shipment of 2 TiB).
+func (t *Transport) ListFolders(ctx context.Context, fn func(name string) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops the listing goroutine when fn fails
+	opts := minio.ListObjectsOptions{Prefix: t.prefix, Recursive: false}
+	for oi := range t.core.ListObjectsIter(ctx, t.bucket, opts) {
+		if oi.Err != nil {
+			return t.classify("list", t.prefix, oi.Err)
+		}
+		rest, _ := strings.CutPrefix(oi.Key, t.prefix)
+		name, ok := strings.CutSuffix(rest, "/")
+		if !ok || strings.HasPrefix(name, ".") || shipper.CheckName(name) != nil {
+			continue // an object at the prefix, or not a name of ours
+		}
+		if err := fn(name); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
 // Delete removes the object and aborts multipart uploads of its key left by
 // a process that died during a Put.
 func (t *Transport) Delete(ctx context.Context, name string) error {

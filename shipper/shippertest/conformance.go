@@ -32,6 +32,7 @@ func Run(t *testing.T, newTransport func(t *testing.T) shipper.Transport) {
 		{"FailingReaderLeavesNothing", testFailingReader},
 		{"CancelledLeavesNothing", testCancelled},
 		{"ListPrefix", testListPrefix},
+		{"ListFolders", testListFolders},
 		{"Delete", testDelete},
 		{"Concurrent", testConcurrent},
 		{"InvalidNames", testInvalidNames},
@@ -246,6 +247,40 @@ func testListPrefix(t *testing.T, tr shipper.Transport) {
 		if fmt.Sprint(names) != fmt.Sprint(want) {
 			t.Errorf("List(%q) = %v, want %v", prefix, names, want)
 		}
+	}
+}
+
+// testListFolders: a transport that lists folders names each folder at
+// the root once, however deep what it holds, and no object at the root;
+// fn's error ends the listing and is returned as it is. A wrapper of a
+// transport that does not fails with errors.ErrUnsupported first.
+func testListFolders(t *testing.T, tr shipper.Transport) {
+	fl, ok := tr.(shipper.FolderLister)
+	if !ok {
+		t.Logf("%T does not list folders", tr)
+		return
+	}
+	for _, n := range []string{"top", "a/manifest", "a/header", "a/segments/00000001", "b/header", "b/segments/x/deep", "c/d/e"} {
+		put(t, tr, n, randomBytes(len(n), 2), int64(len(n)))
+	}
+	var got []string
+	err := fl.ListFolders(context.Background(), func(name string) error { got = append(got, name); return nil })
+	switch {
+	case errors.Is(err, errors.ErrUnsupported) && got == nil:
+		t.Logf("%T wraps a transport that does not list folders", tr)
+		return
+	case err != nil:
+		t.Fatal(err)
+	}
+	sort.Strings(got)
+	if want := []string{"a", "b", "c"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("ListFolders = %q, want %q", got, want)
+	}
+	errStop := errors.New("stop")
+	calls := 0
+	err = fl.ListFolders(context.Background(), func(string) error { calls++; return errStop })
+	if !errors.Is(err, errStop) || calls != 1 {
+		t.Errorf("ListFolders returned %v after %d calls, want fn's error after 1", err, calls)
 	}
 }
 

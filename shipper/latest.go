@@ -1,0 +1,257 @@
+package shipper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"filippo.io/age"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/coldship/coldship/archive"
+)
+
+// Choosing the latest shipment reads the shipments newest first, a window
+// of listHeadersAtOnce at a time, and stops at the first that will do: a
+// destination of a year of daily shipments costs one window's round trips,
+// not a header (and, where folders are listed, a manifest's Stat) per
+// shipment. Meanwhile the newest candidate's first reads are begun (see
+// prefetch), so that opening it, the common case, waits for nothing more.
+
+// candidates returns the ids of the shipments at tr, newest first. Where
+// the transport lists folders (FolderLister), complete is nil and whether
+// each shipment has its manifest is asked as it is read (a Stat); else the
+// whole listing says which are complete.
+func candidates(ctx context.Context, tr Transport) (ids []string, complete map[string]bool, err error) {
+	if fl, ok := tr.(FolderLister); ok {
+		err := fl.ListFolders(ctx, func(name string) error {
+			if archive.ValidID(name) {
+				ids = append(ids, name)
+			}
+			return nil
+		})
+		if err == nil {
+			slices.Sort(ids)
+			slices.Reverse(ids)
+			return ids, nil, nil
+		}
+		if !errors.Is(err, errors.ErrUnsupported) {
+			return nil, nil, fmt.Errorf("list %s: %w", tr, err)
+		}
+		ids = nil
+	}
+	complete = map[string]bool{}
+	err = tr.List(ctx, "", func(oi ObjectInfo) error {
+		id, rest, ok := strings.Cut(oi.Name, "/")
+		if !ok || !archive.ValidID(id) {
+			return nil // not ours
+		}
+		if _, seen := complete[id]; !seen {
+			ids = append(ids, id)
+		}
+		complete[id] = complete[id] || rest == archive.ManifestObject
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list %s: %w", tr, err)
+	}
+	slices.Sort(ids)
+	slices.Reverse(ids)
+	return ids, complete, nil
+}
+
+// newest calls fn with the complete shipments among ids (newest first, as
+// candidates returns them) in List's order reversed, each with its
+// header's fields or, when the header does not read, Error; until fn
+// returns true. Bytes is 0.
+func newest(ctx context.Context, tr Transport, ids []string, complete map[string]bool, fn func(ShipmentInfo) (bool, error)) error {
+	known := map[string]*ShipmentInfo{} // every shipment read so far, for the order within a second
+	for len(ids) > 0 {
+		n := min(listHeadersAtOnce, len(ids))
+		// Shipments of the same second stay in one window: their order
+		// depends on their headers (an incremental one follows its base).
+		for n < len(ids) && ids[n][:16] == ids[n-1][:16] {
+			n++
+		}
+		window, err := readWindow(ctx, tr, ids[:n], complete)
+		if err != nil {
+			return err
+		}
+		ids = ids[n:]
+		for i := range window {
+			known[window[i].ID] = &window[i]
+		}
+		sortShipments(window, known)
+		for i := len(window) - 1; i >= 0; i-- {
+			if stop, err := fn(window[i]); stop || err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// readWindow reads the headers of the complete shipments among ids, at
+// once; with complete nil, it asks each shipment's manifest first.
+func readWindow(ctx context.Context, tr Transport, ids []string, complete map[string]bool) ([]ShipmentInfo, error) {
+	infos := make([]*ShipmentInfo, len(ids))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(listHeadersAtOnce)
+	for i, id := range ids {
+		g.Go(func() error {
+			if complete == nil {
+				name := id + "/" + archive.ManifestObject
+				_, err := tr.Stat(gctx, name)
+				switch {
+				case errors.Is(err, ErrNotFound), errors.Is(err, ErrNotRegular):
+					return nil // not complete, as a listing would show it
+				case err != nil:
+					return fmt.Errorf("list %s: stat %s: %w", tr, name, err)
+				}
+			} else if !complete[id] {
+				return nil
+			}
+			si := &ShipmentInfo{ID: id, Complete: true}
+			if h, _, err := readHeader(gctx, tr, id); err != nil {
+				si.Error = err.Error()
+			} else {
+				si.Created, si.Label, si.Base = h.Created, h.Label, h.Base
+			}
+			infos[i] = si
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	var out []ShipmentInfo
+	for _, si := range infos {
+		if si != nil {
+			out = append(out, *si)
+		}
+	}
+	return out, nil
+}
+
+// Latest returns the id of the newest complete shipment at tr whose
+// header reads and that is not dated more than MaxClockSkew ahead of now
+// (see NewestComplete): what `latest` means without trusted senders.
+// Newer complete shipments it passes over are named with log.
+func Latest(ctx context.Context, tr Transport, now time.Time, log func(string, ...any)) (string, error) {
+	id, _, err := latest(ctx, tr, now, log, false)
+	return id, err
+}
+
+// OpenLatest is Latest followed by OpenShipment of the shipment chosen,
+// whose first reads begin while it is chosen: on a long link, two round
+// trips sooner.
+func OpenLatest(ctx context.Context, tr Transport, now time.Time, log func(string, ...any), identities []age.Identity, opts ...OpenOption) (string, *Shipment, error) {
+	id, pre, err := latest(ctx, tr, now, log, true)
+	if err != nil {
+		return "", nil, err
+	}
+	sh, err := OpenShipment(ctx, tr, id, identities, append(opts, func(sh *Shipment) { sh.pre = pre })...)
+	return id, sh, err
+}
+
+// latest is Latest; with early, the newest candidate's first reads are
+// begun at once and returned if it is the one chosen.
+func latest(ctx context.Context, tr Transport, now time.Time, log func(string, ...any), early bool) (string, *prefetch, error) {
+	if log == nil {
+		log = func(string, ...any) {}
+	}
+	ids, complete, err := candidates(ctx, tr)
+	if err != nil {
+		return "", nil, err
+	}
+	var pre *prefetch
+	notFuture := func(id string) bool { return CheckNotFuture(id, now) == nil }
+	if i := slices.IndexFunc(ids, notFuture); early && i >= 0 {
+		pre = startPrefetch(ctx, tr, ids[i])
+	}
+	var chosen string
+	err = newest(ctx, tr, ids, complete, func(si ShipmentInfo) (bool, error) {
+		if why := notPickable(si, now); why != "" {
+			log("skipping %s: %s", si.ID, why)
+			return false, nil
+		}
+		chosen = si.ID
+		return true, nil
+	})
+	switch {
+	case err != nil:
+		pre.stop()
+		return "", nil, err
+	case chosen == "":
+		pre.stop()
+		return "", nil, fmt.Errorf("no complete shipment at %s: %w", tr, ErrNotFound)
+	case pre != nil && pre.id != chosen:
+		pre.stop()
+		pre = nil
+	}
+	return chosen, pre, nil
+}
+
+// notPickable says why a complete shipment is not the latest (dated too
+// far ahead, or its header does not read), or "" if it can be.
+func notPickable(si ShipmentInfo, now time.Time) string {
+	if err := CheckNotFuture(si.ID, now); err != nil {
+		return err.Error()
+	}
+	return si.Error
+}
+
+// prefetch is OpenShipment's first round of reads (readMetadata and the
+// readAhead) of a shipment, begun before it is chosen. Nothing read is
+// trusted for being read early: OpenShipment checks it as it checks its
+// own reads, and a read that failed is done again.
+type prefetch struct {
+	id     string
+	meta   func() (metadata, error)
+	ahead  *readAhead
+	cancel context.CancelFunc
+}
+
+// metadata is what readMetadata reads.
+type metadata struct {
+	h          *archive.Header
+	hb, mb, ib []byte
+}
+
+func startPrefetch(ctx context.Context, tr Transport, id string) *prefetch {
+	ctx, cancel := context.WithCancel(ctx)
+	p := &prefetch{id: id, ahead: new(readAhead), cancel: cancel}
+	p.meta = goRead(func() (metadata, error) {
+		var m metadata
+		var err error
+		m.h, m.hb, m.mb, m.ib, err = readMetadata(ctx, tr, id)
+		return m, err
+	})
+	p.ahead.start(ctx, tr, id)
+	return p
+}
+
+// stop gives up the reads of a shipment not chosen.
+func (p *prefetch) stop() {
+	if p != nil {
+		p.cancel()
+	}
+}
+
+// take returns the metadata and the reads ahead begun for shipment id, if
+// they are for it and the metadata read; the prefetch is used once.
+func (p *prefetch) take(id string) (metadata, *readAhead, bool) {
+	if p == nil || p.id != id {
+		return metadata{}, nil, false
+	}
+	p.id = ""
+	m, err := p.meta()
+	if err != nil {
+		p.cancel()
+		return metadata{}, nil, false
+	}
+	return m, p.ahead, true
+}
