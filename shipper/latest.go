@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/cipher"
 )
 
 // Choosing the latest shipment reads the shipments newest first, a window
@@ -64,10 +65,11 @@ func candidates(ctx context.Context, tr Transport) (ids []string, complete map[s
 }
 
 // newest calls fn with the complete shipments among ids (newest first, as
-// candidates returns them) in List's order reversed, each with its
-// header's fields or, when the header does not read, Error; until fn
-// returns true. Bytes is 0.
-func newest(ctx context.Context, tr Transport, ids []string, complete map[string]bool, fn func(ShipmentInfo) (bool, error)) error {
+// candidates returns them) in List's order reversed, until fn returns
+// true. With headers, each comes with its header's fields or, when the
+// header does not read, Error; without, only shipments of one second have
+// them (they order them). Bytes is 0.
+func newest(ctx context.Context, tr Transport, ids []string, complete map[string]bool, headers bool, fn func(ShipmentInfo) (bool, error)) error {
 	known := map[string]*ShipmentInfo{} // every shipment read so far, for the order within a second
 	for len(ids) > 0 {
 		n := min(listHeadersAtOnce, len(ids))
@@ -76,7 +78,7 @@ func newest(ctx context.Context, tr Transport, ids []string, complete map[string
 		for n < len(ids) && ids[n][:16] == ids[n-1][:16] {
 			n++
 		}
-		window, err := readWindow(ctx, tr, ids[:n], complete)
+		window, err := readWindow(ctx, tr, ids[:n], complete, headers)
 		if err != nil {
 			return err
 		}
@@ -95,14 +97,18 @@ func newest(ctx context.Context, tr Transport, ids []string, complete map[string
 }
 
 // readWindow reads the headers of the complete shipments among ids, at
-// once; with complete nil, it asks each shipment's manifest first.
-func readWindow(ctx context.Context, tr Transport, ids []string, complete map[string]bool) ([]ShipmentInfo, error) {
-	infos := make([]*ShipmentInfo, len(ids))
+// once; with complete nil, it asks each shipment's manifest meanwhile.
+// Without headers, only the headers of shipments of the same second are
+// read (for their order).
+func readWindow(ctx context.Context, tr Transport, ids []string, complete map[string]bool, headers bool) ([]ShipmentInfo, error) {
+	infos := make([]ShipmentInfo, len(ids))
+	done := make([]bool, len(ids)) // complete, as far as known
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(listHeadersAtOnce)
+	g.SetLimit(2 * listHeadersAtOnce)
 	for i, id := range ids {
-		g.Go(func() error {
-			if complete == nil {
+		infos[i] = ShipmentInfo{ID: id, Complete: true}
+		if complete == nil {
+			g.Go(func() error {
 				name := id + "/" + archive.ManifestObject
 				_, err := tr.Stat(gctx, name)
 				switch {
@@ -111,16 +117,23 @@ func readWindow(ctx context.Context, tr Transport, ids []string, complete map[st
 				case err != nil:
 					return fmt.Errorf("list %s: stat %s: %w", tr, name, err)
 				}
-			} else if !complete[id] {
+				done[i] = true
 				return nil
-			}
-			si := &ShipmentInfo{ID: id, Complete: true}
+			})
+		} else if done[i] = complete[id]; !done[i] {
+			continue
+		}
+		tie := i > 0 && ids[i-1][:16] == id[:16] || i+1 < len(ids) && ids[i+1][:16] == id[:16]
+		if !headers && !tie {
+			continue
+		}
+		g.Go(func() error {
+			si := &infos[i]
 			if h, _, err := readHeader(gctx, tr, id); err != nil {
 				si.Error = err.Error()
 			} else {
 				si.Created, si.Label, si.Base = h.Created, h.Label, h.Base
 			}
-			infos[i] = si
 			return nil
 		})
 	}
@@ -128,9 +141,9 @@ func readWindow(ctx context.Context, tr Transport, ids []string, complete map[st
 		return nil, err
 	}
 	var out []ShipmentInfo
-	for _, si := range infos {
-		if si != nil {
-			out = append(out, *si)
+	for i, si := range infos {
+		if done[i] {
+			out = append(out, si)
 		}
 	}
 	return out, nil
@@ -145,11 +158,23 @@ func Latest(ctx context.Context, tr Transport, now time.Time, log func(string, .
 	return id, err
 }
 
-// OpenLatest is Latest followed by OpenShipment of the shipment chosen,
-// whose first reads begin while it is chosen: on a long link, two round
-// trips sooner.
-func OpenLatest(ctx context.Context, tr Transport, now time.Time, log func(string, ...any), identities []age.Identity, opts ...OpenOption) (string, *Shipment, error) {
-	id, pre, err := latest(ctx, tr, now, log, true)
+// OpenLatest is Latest, or with trusted senders LatestTrusted, followed by
+// OpenShipment of the shipment chosen (with Trusted), whose first reads
+// begin while it is chosen: on a long link, two round trips sooner.
+func OpenLatest(ctx context.Context, tr Transport, trusted *cipher.AllowedSigners, now time.Time, log func(string, ...any),
+	identities []age.Identity, opts ...OpenOption) (string, *Shipment, error) {
+	var id string
+	var pre *prefetch
+	var err error
+	if trusted == nil {
+		id, pre, err = latest(ctx, tr, now, log, true)
+	} else {
+		var ti *TrustInfo
+		if ti, pre, err = latestTrusted(ctx, tr, trusted, now, log, true); err == nil {
+			id = ti.Statement.ID
+			opts = append(opts, Trusted(ti))
+		}
+	}
 	if err != nil {
 		return "", nil, err
 	}
@@ -163,6 +188,25 @@ func latest(ctx context.Context, tr Transport, now time.Time, log func(string, .
 	if log == nil {
 		log = func(string, ...any) {}
 	}
+	id, pre, err := choose(ctx, tr, now, early, true, func(si ShipmentInfo) (bool, error) {
+		if why := notPickable(si, now); why != "" {
+			log("skipping %s: %s", si.ID, why)
+			return false, nil
+		}
+		return true, nil
+	})
+	if err == nil && id == "" {
+		err = fmt.Errorf("no complete shipment at %s: %w", tr, ErrNotFound)
+	}
+	return id, pre, err
+}
+
+// choose returns the first of the complete shipments at tr, newest first
+// (see newest; with headers, each with its header's fields), that pick
+// takes, or "" if none. With early, the first reads of the newest one not
+// dated ahead of now are begun at once, and returned if it is chosen;
+// they are stopped otherwise.
+func choose(ctx context.Context, tr Transport, now time.Time, early, headers bool, pick func(ShipmentInfo) (bool, error)) (string, *prefetch, error) {
 	ids, complete, err := candidates(ctx, tr)
 	if err != nil {
 		return "", nil, err
@@ -173,26 +217,18 @@ func latest(ctx context.Context, tr Transport, now time.Time, log func(string, .
 		pre = startPrefetch(ctx, tr, ids[i])
 	}
 	var chosen string
-	err = newest(ctx, tr, ids, complete, func(si ShipmentInfo) (bool, error) {
-		if why := notPickable(si, now); why != "" {
-			log("skipping %s: %s", si.ID, why)
-			return false, nil
+	err = newest(ctx, tr, ids, complete, headers, func(si ShipmentInfo) (bool, error) {
+		ok, err := pick(si)
+		if ok {
+			chosen = si.ID
 		}
-		chosen = si.ID
-		return true, nil
+		return ok, err
 	})
-	switch {
-	case err != nil:
-		pre.stop()
-		return "", nil, err
-	case chosen == "":
-		pre.stop()
-		return "", nil, fmt.Errorf("no complete shipment at %s: %w", tr, ErrNotFound)
-	case pre != nil && pre.id != chosen:
+	if err != nil || chosen == "" || pre != nil && pre.id != chosen {
 		pre.stop()
 		pre = nil
 	}
-	return chosen, pre, nil
+	return chosen, pre, err
 }
 
 // notPickable says why a complete shipment is not the latest (dated too

@@ -135,7 +135,7 @@ func TestLatestNewestFirst(t *testing.T) {
 
 			// The early reads are for ids[37] (the newest not dated
 			// ahead), which is not chosen: ids[35] opens all the same.
-			got, sh, err := shipper.OpenLatest(context.Background(), tr, now, nil, []age.Identity{s.id})
+			got, sh, err := shipper.OpenLatest(context.Background(), tr, nil, now, nil, []age.Identity{s.id})
 			if err != nil || got != want || sh.Header.ID != want {
 				t.Fatalf("OpenLatest = %s, %v; want %s", got, err, want)
 			}
@@ -145,7 +145,7 @@ func TestLatestNewestFirst(t *testing.T) {
 	// With the newest shipment pickable, OpenLatest's early reads are the
 	// ones it uses: its manifest is read once, and it receives bit-exact.
 	ct := newCounting(s.base)
-	got, sh, err := shipper.OpenLatest(context.Background(), folderLister{ct}, now.Add(72*time.Hour), nil, []age.Identity{s.id})
+	got, sh, err := shipper.OpenLatest(context.Background(), folderLister{ct}, nil, now.Add(72*time.Hour), nil, []age.Identity{s.id})
 	if err != nil || got != future {
 		t.Fatalf("OpenLatest = %s, %v; want %s", got, err, future)
 	}

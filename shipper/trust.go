@@ -13,6 +13,7 @@ import (
 
 	"github.com/zeebo/blake3"
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
@@ -124,41 +125,54 @@ func SignShipment(ctx context.Context, tr Transport, id string, signer ssh.Signe
 // lists, checks them against its inventory, and returns the statement
 // without its chain.
 func readStatementObjects(ctx context.Context, tr Transport, id string) (*archive.Statement, error) {
-	objects, err := listShipment(ctx, tr, id)
-	if err != nil {
-		return nil, err
+	var objects map[string]int64
+	var h *archive.Header
+	var inv *archive.Inventory
+	var hb, ib []byte
+	var lerr, herr error
+	var g errgroup.Group
+	g.Go(func() error { objects, lerr = listShipment(ctx, tr, id); return nil })
+	g.Go(func() error { h, inv, hb, ib, herr = readHeaderInventory(ctx, tr, id); return nil })
+	g.Wait()
+	if lerr != nil {
+		return nil, lerr
 	}
 	if _, ok := objects[archive.ManifestObject]; !ok {
 		return nil, fmt.Errorf("%w (%w)", archive.ErrIncomplete, archive.ErrIntegrity)
 	}
-	h, inv, hb, ib, err := readHeaderInventory(ctx, tr, id)
-	if err != nil {
-		return nil, err
+	if herr != nil {
+		return nil, herr
 	}
 	if h.Created.Nanosecond() != 0 {
 		return nil, fmt.Errorf("%s: creation time %s is not in whole seconds", archive.HeaderObject, h.Created)
 	}
 	st := &archive.Statement{ID: id, Created: h.Created.UTC()}
+	var names []string
 	for name := range objects {
-		if !archive.InStatement(name) {
-			continue
+		if archive.InStatement(name) && name != archive.HeaderObject && name != archive.InventoryObject {
+			names = append(names, name)
 		}
-		var d objectDigests
-		switch name {
-		case archive.HeaderObject:
-			d = digestsOf(hb)
-		case archive.InventoryObject:
-			st.Objects = append(st.Objects, archive.StatementEntry{Name: name, SHA256: sha256.Sum256(ib)})
-			continue
-		default:
-			if d, err = hashObject(ctx, tr, id+"/"+name, true); err != nil {
-				return nil, err
-			}
+	}
+	sort.Strings(names)
+	digests, errs := hashObjects(ctx, tr, id, names, true)
+	for i, name := range names {
+		if errs[i] != nil {
+			return nil, errs[i]
 		}
-		if err := checkInventoryEntry(inv, name, d); err != nil {
+		if err := checkInventoryEntry(inv, name, digests[i]); err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		st.Objects = append(st.Objects, archive.StatementEntry{Name: name, SHA256: d.sha256})
+		st.Objects = append(st.Objects, archive.StatementEntry{Name: name, SHA256: digests[i].sha256})
+	}
+	if _, ok := objects[archive.HeaderObject]; ok {
+		d := digestsOf(hb)
+		if err := checkInventoryEntry(inv, archive.HeaderObject, d); err != nil {
+			return nil, fmt.Errorf("%s: %w", archive.HeaderObject, err)
+		}
+		st.Objects = append(st.Objects, archive.StatementEntry{Name: archive.HeaderObject, SHA256: d.sha256})
+	}
+	if _, ok := objects[archive.InventoryObject]; ok {
+		st.Objects = append(st.Objects, archive.StatementEntry{Name: archive.InventoryObject, SHA256: sha256.Sum256(ib)})
 	}
 	for _, o := range inv.Objects {
 		if _, ok := objects[o.Name]; !ok {
@@ -251,6 +265,27 @@ func hashObject(ctx context.Context, tr Transport, name string, withBLAKE3 bool)
 	return d, nil
 }
 
+// hashAtOnce is how many objects hashObjects reads at once: a shipment's
+// key objects, manifest and block table are each a round of requests on a
+// long link.
+const hashAtOnce = 8
+
+// hashObjects hashes the objects names of shipment id, hashAtOnce at a
+// time, and returns each one's digests or error, in the order of names.
+func hashObjects(ctx context.Context, tr Transport, id string, names []string, withBLAKE3 bool) ([]objectDigests, []error) {
+	digests, errs := make([]objectDigests, len(names)), make([]error, len(names))
+	var g errgroup.Group
+	g.SetLimit(hashAtOnce)
+	for i, name := range names {
+		g.Go(func() error {
+			digests[i], errs[i] = hashObject(ctx, tr, id+"/"+name, withBLAKE3)
+			return nil
+		})
+	}
+	g.Wait()
+	return digests, errs
+}
+
 // CheckSignature checks shipment id at tr against the trusted senders at
 // time now: its `signature` must be a valid SSH signature of its `signed`
 // statement by a trusted key, the statement must be for this shipment, it
@@ -266,16 +301,31 @@ func CheckSignature(ctx context.Context, tr Transport, id string, trusted *ciphe
 	if !archive.ValidID(id) {
 		return nil, fmt.Errorf("%q is not a shipment id", id)
 	}
-	sb, err := readSignatureObject(ctx, tr, id, archive.SignedObject, archive.MaxStatement)
-	if errors.Is(err, cipher.ErrUnsigned) && absent(ctx, tr, id) {
+	// The statement, its signature and the shipment's listing are read at
+	// once (on a long link each is a round of requests or more); what
+	// fails is reported in the order they are checked.
+	var sb, sig []byte
+	var objects map[string]int64
+	var serr, gerr, lerr error
+	var g errgroup.Group
+	g.Go(func() error {
+		sb, serr = readSignatureObject(ctx, tr, id, archive.SignedObject, archive.MaxStatement)
+		return nil
+	})
+	g.Go(func() error {
+		sig, gerr = readSignatureObject(ctx, tr, id, archive.SignatureObject, maxSignatureObject)
+		return nil
+	})
+	g.Go(func() error { objects, lerr = listShipment(ctx, tr, id); return nil })
+	g.Wait()
+	if errors.Is(serr, cipher.ErrUnsigned) && absent(ctx, tr, id) {
 		return nil, fmt.Errorf("no shipment %s at %s: %w", id, tr, ErrNotFound)
 	}
-	if err != nil {
-		return nil, err
+	if serr != nil {
+		return nil, serr
 	}
-	sig, err := readSignatureObject(ctx, tr, id, archive.SignatureObject, maxSignatureObject)
-	if err != nil {
-		return nil, err
+	if gerr != nil {
+		return nil, gerr
 	}
 	signer, err := trusted.Verify(sb, sig, now)
 	if err != nil {
@@ -288,8 +338,11 @@ func CheckSignature(ctx context.Context, tr Transport, id string, trusted *ciphe
 	if st.ID != id {
 		return nil, mismatch(id, "it is the statement of shipment %s", st.ID)
 	}
+	if lerr != nil {
+		return nil, lerr
+	}
 	ti := &TrustInfo{Signer: signer, Statement: st, SHA256: archive.StatementDigest(sb)}
-	if err := ti.checkObjects(ctx, tr); err != nil {
+	if err := ti.checkObjects(ctx, tr, objects); err != nil {
 		return nil, err
 	}
 	return ti, nil
@@ -310,14 +363,13 @@ func readSignatureObject(ctx context.Context, tr Transport, id, name string, lim
 	return b, nil
 }
 
-// checkObjects compares the shipment's objects with the statement, and
-// fills in the header and the inventory from the bytes it checked.
-func (t *TrustInfo) checkObjects(ctx context.Context, tr Transport) error {
+// checkObjects compares the shipment's objects (as listed: by name,
+// with their sizes) with the statement, and fills in the header and the
+// inventory from the bytes it checked. The objects are read at once;
+// what fails is reported in the statement's order, the header and the
+// inventory last.
+func (t *TrustInfo) checkObjects(ctx context.Context, tr Transport, objects map[string]int64) error {
 	id := t.Statement.ID
-	objects, err := listShipment(ctx, tr, id)
-	if err != nil {
-		return err
-	}
 	var extra []string
 	for name := range objects {
 		if _, ok := t.Statement.Lookup(name); !ok && archive.InStatement(name) {
@@ -328,6 +380,23 @@ func (t *TrustInfo) checkObjects(ctx context.Context, tr Transport) error {
 		sort.Strings(extra)
 		return mismatch(id, "it does not list %s", strings.Join(extra, ", "))
 	}
+	var names []string
+	for _, o := range t.Statement.Objects {
+		if _, ok := objects[o.Name]; ok && o.Name != archive.HeaderObject && o.Name != archive.InventoryObject {
+			names = append(names, o.Name)
+		}
+	}
+	var hb, ib []byte
+	var herr, ierr error
+	var g errgroup.Group
+	g.Go(func() error { hb, herr = t.readListed(ctx, tr, archive.HeaderObject, maxHeaderObject); return nil })
+	g.Go(func() error {
+		ib, ierr = t.readListed(ctx, tr, archive.InventoryObject, maxInventoryObject)
+		return nil
+	})
+	digests, errs := hashObjects(ctx, tr, id, names, false)
+	g.Wait()
+	at := 0
 	for _, o := range t.Statement.Objects {
 		if _, ok := objects[o.Name]; !ok {
 			return mismatch(id, "%s is missing", o.Name)
@@ -335,7 +404,8 @@ func (t *TrustInfo) checkObjects(ctx context.Context, tr Transport) error {
 		if o.Name == archive.HeaderObject || o.Name == archive.InventoryObject {
 			continue
 		}
-		d, err := hashObject(ctx, tr, id+"/"+o.Name, false)
+		d, err := digests[at], errs[at]
+		at++
 		if errors.Is(err, ErrNotFound) {
 			return mismatch(id, "%s is missing", o.Name)
 		} else if err != nil {
@@ -345,33 +415,36 @@ func (t *TrustInfo) checkObjects(ctx context.Context, tr Transport) error {
 			return mismatch(id, "%s differs from it", o.Name)
 		}
 	}
-	return t.checkHeaderInventory(ctx, tr)
+	if herr != nil {
+		return herr
+	}
+	if ierr != nil {
+		return ierr
+	}
+	return t.checkHeaderInventory(hb, ib)
 }
 
-// checkHeaderInventory reads the header and the inventory, checks them
-// against the statement, then parses them.
-func (t *TrustInfo) checkHeaderInventory(ctx context.Context, tr Transport) error {
+// readListed reads the header or the inventory of the shipment whole and
+// checks it against the statement.
+func (t *TrustInfo) readListed(ctx context.Context, tr Transport, name string, limit int64) ([]byte, error) {
 	id := t.Statement.ID
-	read := func(name string, limit int64) ([]byte, error) {
-		b, err := getObject(ctx, tr, id+"/"+name, limit)
-		switch {
-		case errors.Is(err, ErrNotFound):
-			return nil, mismatch(id, "%s is missing", name)
-		case errors.Is(err, archive.ErrIntegrity):
-			return nil, mismatch(id, "%s differs from it (larger than %d bytes)", name, limit)
-		case err != nil:
-			return nil, err
-		}
-		return b, t.Check(name, b)
+	b, err := getObject(ctx, tr, id+"/"+name, limit)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil, mismatch(id, "%s is missing", name)
+	case errors.Is(err, archive.ErrIntegrity):
+		return nil, mismatch(id, "%s differs from it (larger than %d bytes)", name, limit)
+	case err != nil:
+		return nil, err
 	}
-	hb, err := read(archive.HeaderObject, maxHeaderObject)
-	if err != nil {
-		return err
-	}
-	ib, err := read(archive.InventoryObject, maxInventoryObject)
-	if err != nil {
-		return err
-	}
+	return b, t.Check(name, b)
+}
+
+// checkHeaderInventory parses the header and the inventory, read and
+// checked against the statement, and checks that they name the shipment
+// (the header with the statement's creation time).
+func (t *TrustInfo) checkHeaderInventory(hb, ib []byte) error {
+	id := t.Statement.ID
 	h, err := archive.ParseHeader(hb)
 	if err != nil || h.ID != id {
 		return mismatch(id, "the header it lists does not parse or names another shipment (%v)", err)
@@ -396,16 +469,18 @@ func (t *TrustInfo) checkHeaderInventory(ctx context.Context, tr Transport) erro
 // like a shipment is one of these). If no shipment verifies, the error
 // wraps ErrUntrusted; if there is no complete shipment, ErrNotFound.
 func LatestTrusted(ctx context.Context, tr Transport, trusted *cipher.AllowedSigners, now time.Time, log func(string, ...any)) (*TrustInfo, error) {
+	ti, _, err := latestTrusted(ctx, tr, trusted, now, log, false)
+	return ti, err
+}
+
+// latestTrusted is LatestTrusted; with early, see choose.
+func latestTrusted(ctx context.Context, tr Transport, trusted *cipher.AllowedSigners, now time.Time, log func(string, ...any), early bool) (*TrustInfo, *prefetch, error) {
 	if log == nil {
 		log = func(string, ...any) {}
 	}
-	ids, known, err := candidates(ctx, tr)
-	if err != nil {
-		return nil, err
-	}
 	complete := 0
 	var ti *TrustInfo
-	err = newest(ctx, tr, ids, known, func(si ShipmentInfo) (bool, error) {
+	_, pre, err := choose(ctx, tr, now, early, false, func(si ShipmentInfo) (bool, error) {
 		complete++
 		if err := CheckNotFuture(si.ID, now); err != nil {
 			log("skipping %s: %v", si.ID, err)
@@ -422,16 +497,15 @@ func LatestTrusted(ctx context.Context, tr Transport, trusted *cipher.AllowedSig
 		ti = t
 		return true, nil
 	})
-	if err != nil {
-		return nil, err
+	switch {
+	case err != nil:
+		return nil, nil, err
+	case ti != nil:
+		return ti, pre, nil
+	case complete == 0:
+		return nil, nil, fmt.Errorf("no complete shipment at %s: %w", tr, ErrNotFound)
 	}
-	if ti != nil {
-		return ti, nil
-	}
-	if complete == 0 {
-		return nil, fmt.Errorf("no complete shipment at %s: %w", tr, ErrNotFound)
-	}
-	return nil, fmt.Errorf("none of the %d complete shipments at %s is from a trusted sender: %w", complete, tr, ErrUntrusted)
+	return nil, nil, fmt.Errorf("none of the %d complete shipments at %s is from a trusted sender: %w", complete, tr, ErrUntrusted)
 }
 
 // CheckNotFuture reports an error if shipment id is dated more than
@@ -503,8 +577,12 @@ func CheckStatement(ctx context.Context, tr Transport, id string) (*archive.Stat
 	if err != nil || st == nil {
 		return nil, err
 	}
+	objects, err := listShipment(ctx, tr, st.ID)
+	if err != nil {
+		return nil, err
+	}
 	ti := &TrustInfo{Statement: st}
-	if err := ti.checkObjects(ctx, tr); errors.Is(err, ErrUntrusted) {
+	if err := ti.checkObjects(ctx, tr, objects); errors.Is(err, ErrUntrusted) {
 		return nil, fmt.Errorf("%v (%w)", err, archive.ErrIntegrity)
 	} else if err != nil {
 		return nil, err

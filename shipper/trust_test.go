@@ -396,6 +396,13 @@ func TestLatestTrusted(t *testing.T) {
 	if len(logs) != 5 {
 		t.Errorf("%d lines logged, want one per skipped shipment:\n%s", len(logs), all)
 	}
+	// OpenLatest chooses the same and opens it with its checked signature
+	// (its early reads were for the junk folder, the newest not dated
+	// ahead, and are given up).
+	id, sh, err := shipper.OpenLatest(ctx, f.tr, f.trusted, now, nil, []age.Identity{f.identity})
+	if err != nil || id != newest || sh.Trust() == nil || sh.Trust().Statement.ID != newest {
+		t.Fatalf("OpenLatest with trusted senders = %s, %v", id, err)
+	}
 
 	// No trusted shipment at all: an untrusted error, not "not found".
 	otherPub := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(otherSigner.PublicKey())))

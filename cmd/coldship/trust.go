@@ -104,8 +104,9 @@ func (o *trustOptions) refused(err error) error {
 // senders. The id is returned even when opening fails, for the hooks.
 func (o *trustOptions) open(ctx context.Context, tr shipper.Transport, id string, ids []age.Identity,
 	warn func(string, ...any)) (string, *shipper.Shipment, error) {
-	if o.senders == nil && (id == "" || id == latestName) {
-		return shipper.OpenLatest(ctx, tr, time.Now(), warn, ids)
+	if id == "" || id == latestName {
+		id, sh, err := shipper.OpenLatest(ctx, tr, o.senders, time.Now(), warn, ids)
+		return id, sh, o.refused(err)
 	}
 	id, ti, err := o.pick(ctx, tr, id, warn)
 	if err != nil {
