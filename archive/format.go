@@ -34,9 +34,10 @@ const (
 	HeaderObject    = "header"
 	InventoryObject = "inventory"
 	ManifestObject  = "manifest"
-	BlocksObject    = "blocks" // format 3: the sealed block table
+	BlocksObject    = "blocks"   // format 3: the sealed block table
+	SegmentFolder   = "segments" // the folder of the segments
 	keyPrefix       = "keys/"
-	segmentPrefix   = "segments/"
+	segmentPrefix   = SegmentFolder + "/"
 	basePrefix      = "bases/"
 )
 

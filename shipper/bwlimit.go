@@ -117,6 +117,15 @@ func (t *limitedTransport) ListFolders(ctx context.Context, fn func(name string)
 	return errors.ErrUnsupported
 }
 
+// ListSkipping lists through the wrapped transport, or fails with
+// errors.ErrUnsupported if it cannot.
+func (t *limitedTransport) ListSkipping(ctx context.Context, prefix string, skip func(string) bool, fn func(ObjectInfo) error) error {
+	if sl, ok := t.Transport.(SkippingLister); ok {
+		return sl.ListSkipping(ctx, prefix, skip, fn)
+	}
+	return errors.ErrUnsupported
+}
+
 func (t *limitedTransport) Put(ctx context.Context, name string, r io.Reader, size int64) error {
 	return t.Transport.Put(ctx, name, &limitedReader{ctx: ctx, r: r, t: t}, size)
 }

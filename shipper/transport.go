@@ -84,6 +84,35 @@ type FolderLister interface {
 	ListFolders(ctx context.Context, fn func(name string) error) error
 }
 
+// SkippingLister is implemented by transports whose listing reads folder
+// after folder (SFTP: 100 names a round trip; S3: 1,000 keys a request):
+// ListSkipping is List but for the objects under the folders that skip
+// names (relative to the root, without a trailing slash), which it does
+// not read, so that checking a shipment's signature does not list its
+// segments (32,768 of them in a shipment of 2 TiB). A wrapper whose
+// transport cannot fails with errors.ErrUnsupported, before calling fn.
+type SkippingLister interface {
+	ListSkipping(ctx context.Context, prefix string, skip func(folder string) bool, fn func(ObjectInfo) error) error
+}
+
+// listSkipping is SkippingLister's ListSkipping where tr has it, and List
+// without the objects under the folders skipped otherwise.
+func listSkipping(ctx context.Context, tr Transport, prefix string, skip func(string) bool, fn func(ObjectInfo) error) error {
+	if sl, ok := tr.(SkippingLister); ok {
+		if err := sl.ListSkipping(ctx, prefix, skip, fn); !errors.Is(err, errors.ErrUnsupported) {
+			return err
+		}
+	}
+	return tr.List(ctx, prefix, func(oi ObjectInfo) error {
+		for i := range len(oi.Name) {
+			if oi.Name[i] == '/' && skip(oi.Name[:i]) {
+				return nil
+			}
+		}
+		return fn(oi)
+	})
+}
+
 // GatedPutter is implemented by transports whose Put spends round trips
 // before the object takes its name (SFTP: create, write, sync, then
 // rename): PutGated does all of that at once but gives the object its name

@@ -197,8 +197,21 @@ func checkInventoryEntry(inv *archive.Inventory, name string, d objectDigests) e
 // listShipment returns the objects of shipment id by name relative to its
 // folder, with their sizes.
 func listShipment(ctx context.Context, tr Transport, id string) (map[string]int64, error) {
+	return listObjects(ctx, tr, id, func(string) bool { return false })
+}
+
+// listSigned is listShipment without the segments, which a statement does
+// not list: their folder is not read (see SkippingLister).
+func listSigned(ctx context.Context, tr Transport, id string) (map[string]int64, error) {
+	segments := id + "/" + archive.SegmentFolder
+	return listObjects(ctx, tr, id, func(folder string) bool { return folder == segments })
+}
+
+// listObjects returns the objects of shipment id but those under the
+// folders that skip names, by name relative to its folder.
+func listObjects(ctx context.Context, tr Transport, id string, skip func(string) bool) (map[string]int64, error) {
 	objects := map[string]int64{}
-	err := tr.List(ctx, id+"/", func(oi ObjectInfo) error {
+	err := listSkipping(ctx, tr, id+"/", skip, func(oi ObjectInfo) error {
 		objects[strings.TrimPrefix(oi.Name, id+"/")] = oi.Size
 		return nil
 	})
@@ -316,7 +329,7 @@ func CheckSignature(ctx context.Context, tr Transport, id string, trusted *ciphe
 		sig, gerr = readSignatureObject(ctx, tr, id, archive.SignatureObject, maxSignatureObject)
 		return nil
 	})
-	g.Go(func() error { objects, lerr = listShipment(ctx, tr, id); return nil })
+	g.Go(func() error { objects, lerr = listSigned(ctx, tr, id); return nil })
 	g.Wait()
 	if errors.Is(serr, cipher.ErrUnsigned) && absent(ctx, tr, id) {
 		return nil, fmt.Errorf("no shipment %s at %s: %w", id, tr, ErrNotFound)
@@ -577,7 +590,7 @@ func CheckStatement(ctx context.Context, tr Transport, id string) (*archive.Stat
 	if err != nil || st == nil {
 		return nil, err
 	}
-	objects, err := listShipment(ctx, tr, st.ID)
+	objects, err := listSigned(ctx, tr, st.ID)
 	if err != nil {
 		return nil, err
 	}

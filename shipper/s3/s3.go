@@ -215,6 +215,49 @@ func (t *Transport) ListFolders(ctx context.Context, fn func(name string) error)
 	return ctx.Err()
 }
 
+var _ shipper.SkippingLister = (*Transport)(nil)
+
+// ListSkipping is List without listing the folders that skip names: a
+// listing with the delimiter '/' of each folder but those.
+func (t *Transport) ListSkipping(ctx context.Context, prefix string, skip func(string) bool, fn func(shipper.ObjectInfo) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops the listing goroutine when fn fails
+	dir := prefix[:strings.LastIndex(prefix, "/")+1]
+	return t.listFolder(ctx, dir, prefix, skip, fn)
+}
+
+// listFolder lists the folder dir ("" or ending in '/') and, one after
+// the other, the folders in it that are not skipped and can hold names
+// starting with prefix.
+func (t *Transport) listFolder(ctx context.Context, dir, prefix string, skip func(string) bool, fn func(shipper.ObjectInfo) error) error {
+	var sub []string
+	opts := minio.ListObjectsOptions{Prefix: t.prefix + dir, Recursive: false}
+	for oi := range t.core.ListObjectsIter(ctx, t.bucket, opts) {
+		if oi.Err != nil {
+			return t.classify("list", t.prefix+dir, oi.Err)
+		}
+		name, _ := strings.CutPrefix(oi.Key, t.prefix)
+		if folder, ok := strings.CutSuffix(name, "/"); ok {
+			if !skip(folder) && (strings.HasPrefix(name, prefix) || strings.HasPrefix(prefix, name)) {
+				sub = append(sub, name)
+			}
+			continue
+		}
+		if !strings.HasPrefix(name, prefix) || shipper.CheckName(name) != nil {
+			continue
+		}
+		if err := fn(shipper.ObjectInfo{Name: name, Size: oi.Size}); err != nil {
+			return err
+		}
+	}
+	for _, d := range sub {
+		if err := t.listFolder(ctx, d, prefix, skip, fn); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
 // Delete removes the object and aborts multipart uploads of its key left by
 // a process that died during a Put.
 func (t *Transport) Delete(ctx context.Context, name string) error {

@@ -672,6 +672,40 @@ func TestAutoStreams(t *testing.T) {
 	}
 }
 
+// TestListSkippingReadsNoSkippedFolder: ListSkipping does not open the
+// folders it skips (the server's own log shows which it opened), and
+// lists what is beside them.
+func TestListSkippingReadsNoSkippedFolder(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t, sftptest.LogRequests())
+	tr := dial(t, config(srv, "skip", 1))
+	ctx := context.Background()
+	for _, name := range []string{"id/header", "id/keys/0000", "id/segments/00000001", "id/segments/00000002"} {
+		if err := tr.Put(ctx, name, strings.NewReader(name), int64(len(name))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := srv.RequestLog()
+	var got []string
+	err := tr.ListSkipping(ctx, "id/", func(f string) bool { return f == "id/segments" }, func(oi shipper.ObjectInfo) error {
+		got = append(got, oi.Name)
+		return nil
+	})
+	sort.Strings(got)
+	if want := []string{"id/header", "id/keys/0000"}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("ListSkipping = %q, %v; want %q", got, err, want)
+	}
+	log := strings.TrimPrefix(srv.RequestLog(), before)
+	if !strings.Contains(log, "opendir") {
+		t.Fatalf("the server logged no folder read:\n%s", log)
+	}
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "opendir") && strings.Contains(line, "segments") {
+			t.Errorf("ListSkipping read the folder it skips: %s", line)
+		}
+	}
+}
+
 // TestListFolders names the folders at the root, in one folder read (the
 // server's own log shows no other folder opened), and skips files and
 // temporaries; List still finds everything.

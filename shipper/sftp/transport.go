@@ -837,7 +837,7 @@ const listParallel = 16
 // (temporaries) are skipped, and so are directories that cannot hold a
 // match.
 func (t *Transport) List(ctx context.Context, prefix string, fn func(shipper.ObjectInfo) error) error {
-	return t.list(ctx, prefix, 0, fn, nil)
+	return t.list(ctx, prefix, 0, fn, nil, nil)
 }
 
 var _ shipper.FolderLister = (*Transport)(nil)
@@ -845,18 +845,26 @@ var _ shipper.FolderLister = (*Transport)(nil)
 // ListFolders names the folders at the root (but those whose names start
 // with '.'), in one folder read; fn is called from one goroutine at a time.
 func (t *Transport) ListFolders(ctx context.Context, fn func(name string) error) error {
-	return t.list(ctx, "", 1, func(shipper.ObjectInfo) error { return nil }, fn)
+	return t.list(ctx, "", 1, func(shipper.ObjectInfo) error { return nil }, fn, nil)
+}
+
+var _ shipper.SkippingLister = (*Transport)(nil)
+
+// ListSkipping is List without reading the folders that skip names.
+func (t *Transport) ListSkipping(ctx context.Context, prefix string, skip func(string) bool, fn func(shipper.ObjectInfo) error) error {
+	return t.list(ctx, prefix, 0, fn, nil, skip)
 }
 
 // list walks the folders that can hold a name starting with prefix, down
-// to names of depth components (0: all); with dirFn, the folders that are
-// too deep to read are named to it.
-func (t *Transport) list(ctx context.Context, prefix string, depth int, fn func(shipper.ObjectInfo) error, dirFn func(string) error) error {
+// to names of depth components (0: all), but those that skip names (nil:
+// none); with dirFn, the folders that are too deep to read are named to
+// it.
+func (t *Transport) list(ctx context.Context, prefix string, depth int, fn func(shipper.ObjectInfo) error, dirFn func(string) error, skip func(string) bool) error {
 	start := ""
 	if i := strings.LastIndex(prefix, "/"); i > 0 && shipper.CheckName(prefix[:i]) == nil {
 		start = prefix[:i]
 	}
-	w := &walker{t: t, prefix: prefix, depth: depth, fn: fn, dirFn: dirFn, sem: make(chan struct{}, listParallel)}
+	w := &walker{t: t, prefix: prefix, depth: depth, fn: fn, dirFn: dirFn, skip: skip, sem: make(chan struct{}, listParallel)}
 	var gctx context.Context
 	w.g, gctx = errgroup.WithContext(ctx)
 	w.g.Go(func() error { return w.walk(gctx, start, true) })
@@ -874,7 +882,8 @@ func (t *Transport) list(ctx context.Context, prefix string, depth int, fn func(
 type walker struct {
 	t      *Transport
 	prefix string
-	depth  int // the most components a listed name has; 0: no limit
+	depth  int               // the most components a listed name has; 0: no limit
+	skip   func(string) bool // folders not read; nil: none
 	g      *errgroup.Group
 	sem    chan struct{}
 
@@ -938,6 +947,7 @@ func (w *walker) walk(ctx context.Context, rel string, first bool) error {
 			name = rel + "/" + name
 		}
 		switch {
+		case e.IsDir() && w.skip != nil && w.skip(name):
 		case e.IsDir():
 			if w.depth > 0 && strings.Count(name, "/")+2 > w.depth {
 				// The names in it would be too deep.

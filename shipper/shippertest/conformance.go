@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -33,6 +34,7 @@ func Run(t *testing.T, newTransport func(t *testing.T) shipper.Transport) {
 		{"CancelledLeavesNothing", testCancelled},
 		{"ListPrefix", testListPrefix},
 		{"ListFolders", testListFolders},
+		{"ListSkipping", testListSkipping},
 		{"Delete", testDelete},
 		{"Concurrent", testConcurrent},
 		{"InvalidNames", testInvalidNames},
@@ -281,6 +283,55 @@ func testListFolders(t *testing.T, tr shipper.Transport) {
 	err = fl.ListFolders(context.Background(), func(string) error { calls++; return errStop })
 	if !errors.Is(err, errStop) || calls != 1 {
 		t.Errorf("ListFolders returned %v after %d calls, want fn's error after 1", err, calls)
+	}
+}
+
+// testListSkipping: a transport that lists while skipping folders lists
+// what List lists but the objects under those folders, at any depth; fn's
+// error ends the listing. A wrapper of a transport that does not fails
+// with errors.ErrUnsupported first.
+func testListSkipping(t *testing.T, tr shipper.Transport) {
+	sl, ok := tr.(shipper.SkippingLister)
+	if !ok {
+		t.Logf("%T does not list while skipping folders", tr)
+		return
+	}
+	for _, n := range []string{"top", "a/header", "a/keys/0000", "a/segments/00000001", "a/segments/x/deep", "a/bases/b/keys/0000", "ab/x", "b/segments/00000001"} {
+		put(t, tr, n, randomBytes(len(n), 3), int64(len(n)))
+	}
+	cases := []struct {
+		prefix string
+		skip   []string
+		want   []string
+	}{
+		{"a/", []string{"a/segments"}, []string{"a/bases/b/keys/0000", "a/header", "a/keys/0000"}},
+		{"a/", []string{"a/segments", "a/bases/b"}, []string{"a/header", "a/keys/0000"}},
+		{"", []string{"a/segments", "b"}, []string{"a/bases/b/keys/0000", "a/header", "a/keys/0000", "ab/x", "top"}},
+		{"a", []string{"a"}, []string{"ab/x"}},
+		{"a/segments/", []string{"a/segments/x"}, []string{"a/segments/00000001"}},
+	}
+	for _, c := range cases {
+		var got []string
+		err := sl.ListSkipping(context.Background(), c.prefix, func(f string) bool { return slices.Contains(c.skip, f) },
+			func(oi shipper.ObjectInfo) error {
+				got = append(got, oi.Name)
+				if oi.Size != int64(len(oi.Name)) {
+					t.Errorf("ListSkipping: %s has size %d, want %d", oi.Name, oi.Size, len(oi.Name))
+				}
+				return nil
+			})
+		if errors.Is(err, errors.ErrUnsupported) && got == nil {
+			t.Logf("%T wraps a transport that does not list while skipping folders", tr)
+			return
+		}
+		sort.Strings(got)
+		if err != nil || fmt.Sprint(got) != fmt.Sprint(c.want) {
+			t.Errorf("ListSkipping(%q, skip %q) = %q, %v; want %q", c.prefix, c.skip, got, err, c.want)
+		}
+	}
+	errStop := errors.New("stop")
+	if err := sl.ListSkipping(context.Background(), "", func(string) bool { return false }, func(shipper.ObjectInfo) error { return errStop }); !errors.Is(err, errStop) {
+		t.Errorf("ListSkipping returned %v, want fn's error", err)
 	}
 }
 
