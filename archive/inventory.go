@@ -111,24 +111,54 @@ func (inv *Inventory) Check(name string, b []byte) error {
 	return fmt.Errorf("not in the inventory: %w", ErrIntegrity)
 }
 
+// InventoryIndex finds an inventory's entries by name in constant time,
+// for checking a manifest's segments against it: a shipment of 2 TiB has
+// 32,768 segments, and looking each up in the list took 4.4 s (48 s at
+// 8 TiB), and longer for a forged inventory of 64 MiB.
+type InventoryIndex struct {
+	objects map[string]InventoryEntry            // the first entry of each name
+	bases   map[string]map[string]InventoryEntry // by base id
+}
+
+// Index returns the inventory's index; the inventory must not change
+// while it is used.
+func (inv *Inventory) Index() *InventoryIndex {
+	x := &InventoryIndex{objects: byName(inv.Objects), bases: map[string]map[string]InventoryEntry{}}
+	for _, b := range inv.Bases {
+		if _, ok := x.bases[b.ID]; !ok {
+			x.bases[b.ID] = byName(b.Objects)
+		}
+	}
+	return x
+}
+
+func byName(objects []InventoryEntry) map[string]InventoryEntry {
+	m := make(map[string]InventoryEntry, len(objects))
+	for _, o := range objects {
+		if _, ok := m[o.Name]; !ok {
+			m[o.Name] = o
+		}
+	}
+	return m
+}
+
 // CheckSegment reports whether the inventory agrees with a manifest's
 // record of a segment.
-func (inv *Inventory) CheckSegment(s Segment) error {
-	return checkSegment(inv.Objects, s)
+func (x *InventoryIndex) CheckSegment(s Segment) error {
+	return checkSegment(x.objects, s)
 }
 
 // CheckBaseSegment reports whether the inventory agrees with a manifest's
 // record of a segment of base shipment baseID.
-func (inv *Inventory) CheckBaseSegment(baseID string, s Segment) error {
-	for _, b := range inv.Bases {
-		if b.ID == baseID {
-			if err := checkSegment(b.Objects, s); err != nil {
-				return fmt.Errorf("base %s: %w", baseID, err)
-			}
-			return nil
-		}
+func (x *InventoryIndex) CheckBaseSegment(baseID string, s Segment) error {
+	objects, ok := x.bases[baseID]
+	if !ok {
+		return fmt.Errorf("base %s is not listed: %w", baseID, ErrIntegrity)
 	}
-	return fmt.Errorf("base %s is not listed: %w", baseID, ErrIntegrity)
+	if err := checkSegment(objects, s); err != nil {
+		return fmt.Errorf("base %s: %w", baseID, err)
+	}
+	return nil
 }
 
 // sumFits reports whether the entry carries the checksum its kind needs:
@@ -145,14 +175,13 @@ func SegmentEntry(s Segment) InventoryEntry {
 	return InventoryEntry{Name: s.Name, Size: s.Size, BLAKE3: s.BLAKE3, CRC32C: s.CRC32C}
 }
 
-func checkSegment(objects []InventoryEntry, s Segment) error {
-	for _, o := range objects {
-		if o.Name == s.Name {
-			if o.Size != s.Size || o.BLAKE3 != s.BLAKE3 || o.CRC32C != s.CRC32C {
-				return fmt.Errorf("entry of %s differs from the manifest: %w", s.Name, ErrIntegrity)
-			}
-			return nil
-		}
+func checkSegment(objects map[string]InventoryEntry, s Segment) error {
+	o, ok := objects[s.Name]
+	if !ok {
+		return fmt.Errorf("%s is missing: %w", s.Name, ErrIntegrity)
 	}
-	return fmt.Errorf("%s is missing: %w", s.Name, ErrIntegrity)
+	if o.Size != s.Size || o.BLAKE3 != s.BLAKE3 || o.CRC32C != s.CRC32C {
+		return fmt.Errorf("entry of %s differs from the manifest: %w", s.Name, ErrIntegrity)
+	}
+	return nil
 }

@@ -28,10 +28,15 @@ func (r *sendRun) finish(ctx context.Context, p *pipeline, key *cipher.Key, wrap
 	}
 	plan := r.base.plan(p.usedBase)
 	copies := plan.keyCopies(r.base)
+	// The copies go up basesAtOnce at a time: a put is round trips on a
+	// long link, and a base of thirty shipments has thirty copies or more.
+	var puts errgroup.Group
+	puts.SetLimit(basesAtOnce)
 	for _, kc := range copies {
-		if err := r.put(ctx, id+"/"+kc.name, kc.b); err != nil {
-			return err
-		}
+		puts.Go(func() error { return r.put(ctx, id+"/"+kc.name, kc.b) })
+	}
+	if err := puts.Wait(); err != nil {
+		return err
 	}
 	var drw *drWriter
 	if r.dr != nil {

@@ -368,49 +368,61 @@ func (sh *Shipment) checkKeyObject(name string, b []byte) error {
 // unwrapKeys unwraps the key of every other slot the shipment's segments
 // name (a resumed send sealed earlier segments under an earlier slot,
 // wrapped for the same recipients) and of every base slot, from this
-// shipment's copies of the bases' wrapped keys.
+// shipment's copies of the bases' wrapped keys. The key objects are read
+// keysAtOnce at a time (an incremental shipment at the end of a month of
+// daily ones has thirty), and unwrapped one after the other.
 func (sh *Shipment) unwrapKeys(ctx context.Context, identities []age.Identity) error {
-	m, id := sh.Manifest, sh.Header.ID
-	unwrap := func(name string) (*cipher.Key, error) {
-		b, err := sh.keyObject(ctx, name)
-		if err != nil {
-			return nil, err
-		}
-		k, err := cipher.UnwrapKey(b, identities...)
-		if err != nil {
-			return nil, fmt.Errorf("%s/%s: %w", id, name, err)
-		}
-		return k, nil
-	}
+	m, id, inv := sh.Manifest, sh.Header.ID, sh.Inventory.Index()
+	var names []string
+	var sets []func(*cipher.Key)
+	seen := map[int]bool{}
 	for _, s := range m.Segments {
-		if err := sh.Inventory.CheckSegment(s); err != nil {
+		if err := inv.CheckSegment(s); err != nil {
 			return fmt.Errorf("%s/%s: %w", id, archive.InventoryObject, err)
 		}
-		if sh.keys[s.Key] != nil {
-			continue
+		if sh.keys[s.Key] == nil && !seen[s.Key] {
+			seen[s.Key] = true
+			names = append(names, archive.KeyObject(s.Key))
+			sets = append(sets, func(k *cipher.Key) { sh.keys[s.Key] = k })
 		}
-		k, err := unwrap(archive.KeyObject(s.Key))
-		if err != nil {
-			return err
-		}
-		sh.keys[s.Key] = k
 	}
 	sh.baseKeys = make([]map[int]*cipher.Key, len(m.Bases))
 	for bi, b := range m.Bases {
 		sh.baseKeys[bi] = map[int]*cipher.Key{}
+		seen := map[int]bool{}
 		for _, s := range b.Segments {
-			if err := sh.Inventory.CheckBaseSegment(b.ID, s); err != nil {
+			if err := inv.CheckBaseSegment(b.ID, s); err != nil {
 				return fmt.Errorf("%s/%s: %w", id, archive.InventoryObject, err)
 			}
-			if sh.baseKeys[bi][s.Key] != nil {
-				continue
+			if !seen[s.Key] {
+				seen[s.Key] = true
+				names = append(names, archive.BaseKeyObject(b.ID, s.Key))
+				sets = append(sets, func(k *cipher.Key) { sh.baseKeys[bi][s.Key] = k })
 			}
-			k, err := unwrap(archive.BaseKeyObject(b.ID, s.Key))
-			if err != nil {
-				return err
-			}
-			sh.baseKeys[bi][s.Key] = k
 		}
+	}
+	for len(names) > 0 {
+		n := min(keysAtOnce, len(names))
+		objs, errs := make([][]byte, n), make([]error, n)
+		var g errgroup.Group
+		for i, name := range names[:n] {
+			g.Go(func() error { objs[i], errs[i] = sh.keyObject(ctx, name); return nil })
+		}
+		g.Wait()
+		for i, name := range names[:n] {
+			if errs[i] != nil {
+				return errs[i]
+			}
+			k, err := cipher.UnwrapKey(objs[i], identities...)
+			if err != nil {
+				return fmt.Errorf("%s/%s: %w", id, name, err)
+			}
+			sets[i](k)
+		}
+		names, sets = names[n:], sets[n:]
 	}
 	return nil
 }
+
+// keysAtOnce is how many key objects unwrapKeys reads at once.
+const keysAtOnce = 16

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/coldship/coldship/internal/vmtest"
 )
@@ -198,7 +199,15 @@ func holdInShell(t *testing.T, script string, args ...string) int {
 	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
 		t.Fatalf("shell: %q, %v", line, err)
 	}
-	return cmd.Process.Pid
+	// The script says ready just before it execs the program that holds
+	// the file: wait until the process is no longer the shell.
+	pid := cmd.Process.Pid
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err != nil || string(comm) != "sh\n" {
+			break
+		}
+	}
+	return pid
 }
 
 // domainXML is a libvirt test-driver domain; runstate 5 is shut off.
