@@ -13,6 +13,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/coldship/coldship/shipper"
 )
@@ -169,7 +170,55 @@ func (t *Transport) Stat(ctx context.Context, name string) (shipper.ObjectInfo, 
 
 // List lists the keys under the prefix; keys that are not valid object
 // names (directory markers, dot files) are skipped as local skips them.
+// The root is listed folder by folder, listParallel folders at once: keys
+// come a page of 1,000 a request, one page after the other, and a
+// destination of shipments of 2 TiB (33 pages each) would otherwise be
+// listed in the time of all their pages, not of the largest's. fn is
+// called from one goroutine at a time.
 func (t *Transport) List(ctx context.Context, prefix string, fn func(shipper.ObjectInfo) error) error {
+	if prefix != "" {
+		return t.listKeys(ctx, prefix, fn)
+	}
+	var mu sync.Mutex
+	var fnErr error
+	call := func(oi shipper.ObjectInfo) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if fnErr == nil {
+			fnErr = fn(oi)
+		}
+		return fnErr
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(listParallel)
+	rootErr := t.listRoot(gctx, call, func(dir string) {
+		g.Go(func() error { return t.listKeys(gctx, dir, call) })
+	})
+	if rootErr != nil && gctx.Err() == nil { // the root's own failure
+		cancel()
+		g.Wait()
+		if fnErr != nil {
+			return fnErr
+		}
+		return rootErr
+	}
+	werr := g.Wait()
+	switch {
+	case fnErr != nil:
+		return fnErr
+	case werr != nil:
+		return werr
+	}
+	return rootErr
+}
+
+// listParallel is how many folders List lists at once.
+const listParallel = 16
+
+// listKeys lists the keys under prefix, one page after the other.
+func (t *Transport) listKeys(ctx context.Context, prefix string, fn func(shipper.ObjectInfo) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // stops the listing goroutine when fn fails
 	opts := minio.ListObjectsOptions{Prefix: t.prefix + prefix, Recursive: true}
@@ -179,6 +228,32 @@ func (t *Transport) List(ctx context.Context, prefix string, fn func(shipper.Obj
 		}
 		name, ok := strings.CutPrefix(oi.Key, t.prefix)
 		if !ok || shipper.CheckName(name) != nil {
+			continue
+		}
+		if err := fn(shipper.ObjectInfo{Name: name, Size: oi.Size}); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+// listRoot lists the root with the delimiter '/': its objects go to fn,
+// and the name of each folder ("name/") to folder.
+func (t *Transport) listRoot(ctx context.Context, fn func(shipper.ObjectInfo) error, folder func(dir string)) error {
+	opts := minio.ListObjectsOptions{Prefix: t.prefix, Recursive: false}
+	for oi := range t.core.ListObjectsIter(ctx, t.bucket, opts) {
+		if oi.Err != nil {
+			return t.classify("list", t.prefix, oi.Err)
+		}
+		name, ok := strings.CutPrefix(oi.Key, t.prefix)
+		if !ok {
+			continue
+		}
+		if strings.HasSuffix(name, "/") {
+			folder(name)
+			continue
+		}
+		if shipper.CheckName(name) != nil {
 			continue
 		}
 		if err := fn(shipper.ObjectInfo{Name: name, Size: oi.Size}); err != nil {

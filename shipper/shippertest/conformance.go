@@ -225,12 +225,12 @@ func testCancelled(t *testing.T, tr shipper.Transport) {
 }
 
 func testListPrefix(t *testing.T, tr shipper.Transport) {
-	objs := map[string]int{"a1/header": 10, "a1/segments/00000001": 20, "a1/segments/00000002": 0, "a2/header": 30, "b/x": 1}
+	objs := map[string]int{"a1/header": 10, "a1/segments/00000001": 20, "a1/segments/00000002": 0, "a2/header": 30, "b/x": 1, "top": 3}
 	for n, sz := range objs {
 		put(t, tr, n, randomBytes(sz, 1), int64(sz))
 	}
 	cases := map[string][]string{
-		"":            {"a1/header", "a1/segments/00000001", "a1/segments/00000002", "a2/header", "b/x"},
+		"":            {"a1/header", "a1/segments/00000001", "a1/segments/00000002", "a2/header", "b/x", "top"},
 		"a1/":         {"a1/header", "a1/segments/00000001", "a1/segments/00000002"},
 		"a1/segments": {"a1/segments/00000001", "a1/segments/00000002"},
 		"a":           {"a1/header", "a1/segments/00000001", "a1/segments/00000002", "a2/header"},
@@ -248,6 +248,23 @@ func testListPrefix(t *testing.T, tr shipper.Transport) {
 		sort.Strings(names)
 		if fmt.Sprint(names) != fmt.Sprint(want) {
 			t.Errorf("List(%q) = %v, want %v", prefix, names, want)
+		}
+	}
+	// fn's error ends the listing and is returned as it is, from the root
+	// (where some transports list folders at once) and from a folder; fn
+	// is not called again once it failed.
+	errStop := errors.New("stop")
+	for _, prefix := range []string{"", "a1/"} {
+		var mu sync.Mutex
+		calls := 0
+		err := tr.List(context.Background(), prefix, func(shipper.ObjectInfo) error {
+			mu.Lock()
+			defer mu.Unlock()
+			calls++
+			return errStop
+		})
+		if !errors.Is(err, errStop) || calls != 1 {
+			t.Errorf("List(%q) returned %v after %d calls, want fn's error after 1", prefix, err, calls)
 		}
 	}
 }
