@@ -28,10 +28,11 @@ func (r *sendRun) finish(ctx context.Context, p *pipeline, key *cipher.Key, wrap
 	}
 	plan := r.base.plan(p.usedBase)
 	copies := plan.keyCopies(r.base)
-	// The copies go up basesAtOnce at a time: a put is round trips on a
-	// long link, and a base of thirty shipments has thirty copies or more.
+	// The copies go up copiesAtOnce at a time: a put into a new folder is
+	// eight round trips on a long link (its folders made first), and a
+	// base of thirty shipments has thirty copies or more.
 	var puts errgroup.Group
-	puts.SetLimit(basesAtOnce)
+	puts.SetLimit(copiesAtOnce)
 	for _, kc := range copies {
 		puts.Go(func() error { return r.put(ctx, id+"/"+kc.name, kc.b) })
 	}
@@ -366,3 +367,6 @@ func (r *sendRun) newTable(m *archive.Manifest, keys []archive.ObjectRef, plan *
 	}
 	return t
 }
+
+// copiesAtOnce is how many base key copies finish puts at once.
+const copiesAtOnce = 32

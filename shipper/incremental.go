@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strings"
 
 	"golang.org/x/sync/errgroup"
 
@@ -130,55 +131,62 @@ func (b *drBase) checkAtDest(ctx context.Context, tr Transport, used map[int]map
 const basesAtOnce = 8
 
 // checkShipment is checkAtDest's check of shipment si, whose segments segs
-// hold blocks of the base: its listing and inventory are read at once,
-// then its key objects; it returns them by slot.
+// hold blocks of the base: whether its manifest is there, its segments'
+// sizes (only their folder is listed: a shipment's keys and base key
+// copies are folders of folders, each a round trip or more), its
+// inventory and its key objects (the slots come from the state), all read
+// at once. It returns the key objects by slot.
 func (b *drBase) checkShipment(ctx context.Context, tr Transport, si int, segs map[int]bool) (map[int][]byte, string, error) {
 	ship := &b.t.Shipments[si]
-	var objs map[string]int64
-	var ib []byte
-	var lerr, ierr error
-	var g errgroup.Group
-	g.Go(func() error { objs, lerr = listShipment(ctx, tr, ship.ID); return nil })
-	g.Go(func() error { ib, ierr = getObject(ctx, tr, ship.ID+"/"+archive.InventoryObject, 1<<30); return nil })
-	g.Wait()
-	if lerr != nil {
-		return nil, "", lerr
-	}
-	what := "base " + ship.ID
-	if si > 0 {
-		what = fmt.Sprintf("shipment %s (which base %s refers to)", ship.ID, b.t.ID)
-	}
-	if len(objs) == 0 {
-		return nil, what + " is missing at the destination", nil
-	}
-	if _, ok := objs[archive.ManifestObject]; !ok {
-		return nil, what + " is incomplete at the destination", nil
-	}
-	if errors.Is(ierr, ErrNotFound) {
-		return nil, what + " is incomplete at the destination", nil
-	}
-	if ierr != nil {
-		return nil, "", ierr
-	}
-	if archive.ObjectDigest(ib) != ship.Inventory {
-		return nil, what + " is listed differently at the destination than when it was sent", nil
-	}
 	var slots []int
 	for seg := range segs {
-		s := ship.Segments[seg]
-		if size, ok := objs[s.Name]; !ok || size != s.Size {
-			return nil, fmt.Sprintf("%s/%s is missing or of the wrong size at the destination", ship.ID, s.Name), nil
-		}
-		if !slices.Contains(slots, s.Key) {
+		if s := ship.Segments[seg]; !slices.Contains(slots, s.Key) {
 			slots = append(slots, s.Key)
 		}
 	}
 	sort.Ints(slots)
+	sizes := map[string]int64{}
+	var ib []byte
+	var serr, lerr, ierr error
 	kbs, whys, errs := make([][]byte, len(slots)), make([]string, len(slots)), make([]error, len(slots))
+	var g errgroup.Group
+	g.Go(func() error { _, serr = tr.Stat(ctx, ship.ID+"/"+archive.ManifestObject); return nil })
+	g.Go(func() error {
+		lerr = tr.List(ctx, ship.ID+"/"+archive.SegmentFolder+"/", func(oi ObjectInfo) error {
+			sizes[strings.TrimPrefix(oi.Name, ship.ID+"/")] = oi.Size
+			return nil
+		})
+		return nil
+	})
+	g.Go(func() error { ib, ierr = getObject(ctx, tr, ship.ID+"/"+archive.InventoryObject, 1<<30); return nil })
 	for i, slot := range slots {
 		g.Go(func() error { kbs[i], whys[i], errs[i] = b.readKey(ctx, tr, si, slot); return nil })
 	}
 	g.Wait()
+	what := "base " + ship.ID
+	if si > 0 {
+		what = fmt.Sprintf("shipment %s (which base %s refers to)", ship.ID, b.t.ID)
+	}
+	switch {
+	case lerr != nil:
+		return nil, "", fmt.Errorf("list %s: %w", ship.ID, lerr)
+	case serr != nil && !errors.Is(serr, ErrNotFound) && !errors.Is(serr, ErrNotRegular):
+		return nil, "", serr
+	case serr != nil && errors.Is(ierr, ErrNotFound) && len(sizes) == 0:
+		return nil, what + " is missing at the destination", nil
+	case serr != nil, errors.Is(ierr, ErrNotFound):
+		return nil, what + " is incomplete at the destination", nil
+	case ierr != nil:
+		return nil, "", ierr
+	case archive.ObjectDigest(ib) != ship.Inventory:
+		return nil, what + " is listed differently at the destination than when it was sent", nil
+	}
+	for seg := range segs {
+		s := ship.Segments[seg]
+		if size, ok := sizes[s.Name]; !ok || size != s.Size {
+			return nil, fmt.Sprintf("%s/%s is missing or of the wrong size at the destination", ship.ID, s.Name), nil
+		}
+	}
 	keys := map[int][]byte{}
 	for i, slot := range slots {
 		if whys[i] != "" || errs[i] != nil {

@@ -699,3 +699,50 @@ func TestS3IncrementalChain(t *testing.T) {
 	mustRun(t, "receive", dest, ids[1], "--out", out2, "-i", key, "-q")
 	sameFile(t, src, filepath.Join(out2, "disk.img"))
 }
+
+// TestSFTPIncrementalChain runs a DR chain over OpenSSH's sshd: each
+// incremental send checks every shipment its base uses at the destination
+// (their segments' folder, manifests, inventories and keys, at once), the
+// latest of the chain restores bit-exact, and a segment of a base deleted
+// at the destination makes the next send a full one that says why.
+func TestSFTPIncrementalChain(t *testing.T) {
+	srv, dest, auth := sftpEnv(t)
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	makeImage(t, src, 64*testBS, region{0, 64 * testBS, "random"})
+	send := append([]string{src, "--to", dest, "-r", rcpt, "--block-size", "64K", "--segment-size", "1M", "--base", "latest",
+		"--state-dir", filepath.Join(dir, "state")}, auth...)
+	full, _, _ := drSend(t, send...)
+	var ids []string
+	for i := range 4 {
+		rewriteBlocks(t, src, testBS, int64(i), int64(40+i))
+		id, sum, stderr := drSend(t, send...)
+		if sum["incremental"] != true || num(sum, "bytes_data") != 2*testBS {
+			t.Fatalf("incremental %d over SFTP: %v\n%s", i, sum, stderr)
+		}
+		ids = append(ids, id)
+	}
+	out := filepath.Join(dir, "out")
+	mustRun(t, append([]string{"receive", dest, "--out", out, "-i", key, "-q"}, auth...)...)
+	sameFile(t, src, filepath.Join(out, "disk.img"))
+
+	segs, _ := filepath.Glob(filepath.Join(srv.Root, "dr", full, "segments", "*"))
+	if len(segs) < 2 {
+		t.Fatalf("the full shipment has %d segments", len(segs))
+	}
+	if err := os.Remove(segs[len(segs)-1]); err != nil {
+		t.Fatal(err)
+	}
+	rewriteBlocks(t, src, testBS, 7)
+	again, sum, stderr := drSend(t, send...)
+	if sum["incremental"] != false || !strings.Contains(stderr, "sending a full shipment") || !strings.Contains(stderr, "missing or of the wrong size") {
+		t.Fatalf("after a base segment was deleted: %v\n%s", sum, stderr)
+	}
+	out2 := filepath.Join(dir, "out2")
+	mustRun(t, append([]string{"receive", dest, again, "--out", out2, "-i", key, "-q"}, auth...)...)
+	sameFile(t, src, filepath.Join(out2, "disk.img"))
+	if r := run(t, append([]string{"receive", dest, ids[3], "--out", filepath.Join(dir, "out3"), "-i", key, "-q"}, auth...)...); r.code != exitIntegrity {
+		t.Errorf("receive of an incremental shipment whose base lost a segment: exit %d, want %d\n%s", r.code, exitIntegrity, r.stderr)
+	}
+}
