@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
 )
@@ -209,6 +211,26 @@ func newPrunePlan(ctx context.Context, tr Transport, p PrunePolicy, ships []Ship
 	pl := &prunePlan{ships: ships, dec: make([]PruneDecision, len(ships)), index: map[string]int{},
 		counted: make([]bool, len(ships)), trust: make([]*TrustInfo, len(ships)), newestComplete: -1, oldestComplete: -1,
 		trusted: p.Trusted, now: now}
+	// The signatures are checked checksAtOnce at a time (each is several
+	// round trips on a long link); their outcomes are taken in order.
+	type checked struct {
+		ti  *TrustInfo
+		err error
+	}
+	checks := make([]checked, len(ships))
+	if p.Trusted != nil {
+		var g errgroup.Group
+		g.SetLimit(checksAtOnce)
+		for i, si := range ships {
+			if si.Complete && si.Error == "" && (p.Label == "" || si.Label == p.Label) && CheckNotFuture(si.ID, now) == nil {
+				g.Go(func() error {
+					checks[i].ti, checks[i].err = CheckSignature(ctx, tr, si.ID, p.Trusted, now)
+					return nil
+				})
+			}
+		}
+		g.Wait()
+	}
 	for i, si := range ships {
 		pl.index[si.ID] = i
 		d := &pl.dec[i]
@@ -221,7 +243,7 @@ func newPrunePlan(ctx context.Context, tr Transport, p PrunePolicy, ships []Ship
 		case CheckNotFuture(si.ID, now) != nil:
 			d.Ignored = CheckNotFuture(si.ID, now).Error()
 		case si.Complete && p.Trusted != nil:
-			ti, err := CheckSignature(ctx, tr, si.ID, p.Trusted, now)
+			ti, err := checks[i].ti, checks[i].err
 			if errors.Is(err, ErrUntrusted) {
 				d.Ignored = "not from a trusted sender: " + err.Error()
 				break
@@ -304,35 +326,49 @@ func (pl *prunePlan) applyRules(p PrunePolicy) {
 // progress may use any shipment its base uses. A shipment prune does not
 // count keeps nothing.
 func (pl *prunePlan) keepBases(ctx context.Context, tr Transport) error {
-	queue := []int{}
+	var queue []int
 	for i := range pl.dec {
 		if len(pl.dec[i].Reasons) > 0 {
 			queue = append(queue, i)
 		}
 	}
+	// A round reads what every shipment of the queue needs at once
+	// (checksAtOnce at a time): an inventory lists all the shipments whose
+	// records it uses, so one round or two is the rule.
 	for len(queue) > 0 {
-		i := queue[0]
-		queue = queue[1:]
-		bases, err := pl.basesOf(ctx, tr, i)
-		if err != nil {
-			return err
+		bases, errs := make([][]string, len(queue)), make([]error, len(queue))
+		var g errgroup.Group
+		g.SetLimit(checksAtOnce)
+		for k, i := range queue {
+			g.Go(func() error { bases[k], errs[k] = pl.basesOf(ctx, tr, i); return nil })
 		}
-		for _, b := range bases {
-			j, ok := pl.index[b]
-			if !ok {
-				continue // already gone: nothing to protect
+		g.Wait()
+		var next []int
+		for k, i := range queue {
+			if errs[k] != nil {
+				return errs[k]
 			}
-			if len(pl.dec[j].Reasons) == 0 {
-				queue = append(queue, j)
-			}
-			why := "base of " + pl.ships[i].ID
-			if !hasReason(pl.dec[j].Reasons, why) {
-				pl.dec[j].Reasons = append(pl.dec[j].Reasons, why)
+			for _, b := range bases[k] {
+				j, ok := pl.index[b]
+				if !ok {
+					continue // already gone: nothing to protect
+				}
+				if len(pl.dec[j].Reasons) == 0 {
+					next = append(next, j)
+				}
+				why := "base of " + pl.ships[i].ID
+				if !hasReason(pl.dec[j].Reasons, why) {
+					pl.dec[j].Reasons = append(pl.dec[j].Reasons, why)
+				}
 			}
 		}
+		queue = next
 	}
 	return nil
 }
+
+// checksAtOnce is how many shipments prune reads at once.
+const checksAtOnce = 8
 
 // basesOf returns the shipments kept shipment i needs.
 func (pl *prunePlan) basesOf(ctx context.Context, tr Transport, i int) ([]string, error) {
