@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/internal/atonce"
 )
 
 // drBase is a checked base for an incremental send: its table, and the
@@ -109,15 +110,10 @@ func (b *drBase) checkAtDest(ctx context.Context, tr Transport, used map[int]map
 	sort.Ints(order)
 	whys, errs := make([]string, len(order)), make([]error, len(order))
 	keys := make([]map[int][]byte, len(order))
-	var g errgroup.Group
-	g.SetLimit(basesAtOnce)
-	for i, si := range order {
-		g.Go(func() error {
-			keys[i], whys[i], errs[i] = b.checkShipment(ctx, tr, si, used[si])
-			return nil
-		})
-	}
-	g.Wait()
+	atonce.Each(len(order), basesAtOnce, func(i int) error {
+		keys[i], whys[i], errs[i] = b.checkShipment(ctx, tr, order[i], used[order[i]])
+		return nil
+	})
 	for i, si := range order {
 		if whys[i] != "" || errs[i] != nil {
 			return whys[i], errs[i]

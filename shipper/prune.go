@@ -10,10 +10,9 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
+	"github.com/coldship/coldship/internal/atonce"
 )
 
 // PrunePolicy says which shipments to keep, with restic forget's rules:
@@ -219,17 +218,13 @@ func newPrunePlan(ctx context.Context, tr Transport, p PrunePolicy, ships []Ship
 	}
 	checks := make([]checked, len(ships))
 	if p.Trusted != nil {
-		var g errgroup.Group
-		g.SetLimit(checksAtOnce)
-		for i, si := range ships {
+		atonce.Each(len(ships), checksAtOnce, func(i int) error {
+			si := ships[i]
 			if si.Complete && si.Error == "" && (p.Label == "" || si.Label == p.Label) && CheckNotFuture(si.ID, now) == nil {
-				g.Go(func() error {
-					checks[i].ti, checks[i].err = CheckSignature(ctx, tr, si.ID, p.Trusted, now)
-					return nil
-				})
+				checks[i].ti, checks[i].err = CheckSignature(ctx, tr, si.ID, p.Trusted, now)
 			}
-		}
-		g.Wait()
+			return nil
+		})
 	}
 	for i, si := range ships {
 		pl.index[si.ID] = i
@@ -336,18 +331,17 @@ func (pl *prunePlan) keepBases(ctx context.Context, tr Transport) error {
 	// (checksAtOnce at a time): an inventory lists all the shipments whose
 	// records it uses, so one round or two is the rule.
 	for len(queue) > 0 {
-		bases, errs := make([][]string, len(queue)), make([]error, len(queue))
-		var g errgroup.Group
-		g.SetLimit(checksAtOnce)
-		for k, i := range queue {
-			g.Go(func() error { bases[k], errs[k] = pl.basesOf(ctx, tr, i); return nil })
+		bases := make([][]string, len(queue))
+		err := atonce.Each(len(queue), checksAtOnce, func(k int) error {
+			var err error
+			bases[k], err = pl.basesOf(ctx, tr, queue[k])
+			return err
+		})
+		if err != nil {
+			return err
 		}
-		g.Wait()
 		var next []int
 		for k, i := range queue {
-			if errs[k] != nil {
-				return errs[k]
-			}
 			for _, b := range bases[k] {
 				j, ok := pl.index[b]
 				if !ok {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
+	"github.com/coldship/coldship/internal/atonce"
 )
 
 // listHeadersAtOnce is how many shipment headers List reads at once.
@@ -404,11 +405,10 @@ func (sh *Shipment) unwrapKeys(ctx context.Context, identities []age.Identity) e
 	for len(names) > 0 {
 		n := min(keysAtOnce, len(names))
 		objs, errs := make([][]byte, n), make([]error, n)
-		var g errgroup.Group
-		for i, name := range names[:n] {
-			g.Go(func() error { objs[i], errs[i] = sh.keyObject(ctx, name); return nil })
-		}
-		g.Wait()
+		atonce.Each(n, n, func(i int) error {
+			objs[i], errs[i] = sh.keyObject(ctx, names[i])
+			return nil
+		})
 		for i, name := range names[:n] {
 			if errs[i] != nil {
 				return errs[i]

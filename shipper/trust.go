@@ -17,6 +17,7 @@ import (
 
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
+	"github.com/coldship/coldship/internal/atonce"
 )
 
 // MaxClockSkew is how far ahead of the receiver's clock a shipment id may
@@ -287,15 +288,10 @@ const hashAtOnce = 8
 // time, and returns each one's digests or error, in the order of names.
 func hashObjects(ctx context.Context, tr Transport, id string, names []string, withBLAKE3 bool) ([]objectDigests, []error) {
 	digests, errs := make([]objectDigests, len(names)), make([]error, len(names))
-	var g errgroup.Group
-	g.SetLimit(hashAtOnce)
-	for i, name := range names {
-		g.Go(func() error {
-			digests[i], errs[i] = hashObject(ctx, tr, id+"/"+name, withBLAKE3)
-			return nil
-		})
-	}
-	g.Wait()
+	atonce.Each(len(names), hashAtOnce, func(i int) error {
+		digests[i], errs[i] = hashObject(ctx, tr, id+"/"+names[i], withBLAKE3)
+		return nil
+	})
 	return digests, errs
 }
 

@@ -10,6 +10,7 @@ import (
 	"filippo.io/age"
 
 	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/internal/atonce"
 )
 
 // Problem is one thing wrong at a destination, found by VerifyAll.
@@ -178,6 +179,9 @@ func (v *allVerifier) shipment(ctx context.Context, id string) error {
 		v.report(Problem{Shipment: id, Object: id + "/" + archive.InventoryObject, Problem: err.Error(), Err: archive.ErrIntegrity})
 		return nil
 	}
+	if err := v.prefetch(ctx, id, inv); err != nil {
+		return err
+	}
 	listed := map[string]bool{id + "/" + archive.InventoryObject: true}
 	for _, o := range inv.Objects {
 		name := id + "/" + o.Name
@@ -219,6 +223,76 @@ func (v *allVerifier) shipment(ctx context.Context, id string) error {
 	return nil
 }
 
+// prefetch reads, verifyAtOnce at a time, the objects of shipment id
+// and of its bases that its inventory lists, are at the destination and
+// have not been read yet (one after the other, each object cost round
+// trips and moved one window per round trip); object then finds them read.
+func (v *allVerifier) prefetch(ctx context.Context, id string, inv *archive.Inventory) error {
+	type entry struct {
+		name string
+		want archive.InventoryEntry
+	}
+	var todo []entry
+	seen := map[string]bool{}
+	add := func(name string, want archive.InventoryEntry) {
+		if _, present := v.objects[name]; present && !seen[name] && v.checked[name] == nil && CheckName(name) == nil {
+			seen[name] = true
+			todo = append(todo, entry{name, want})
+		}
+	}
+	for _, o := range inv.Objects {
+		add(id+"/"+o.Name, o)
+	}
+	for _, b := range inv.Bases {
+		if _, ok := v.objects[b.ID+"/"+archive.HeaderObject]; ok && archive.ValidID(b.ID) {
+			for _, o := range b.Objects {
+				add(b.ID+"/"+o.Name, o)
+			}
+		}
+	}
+	checks := make([]*objectCheck, len(todo))
+	err := atonce.Each(len(todo), verifyAtOnce, func(i int) error {
+		var err error
+		checks[i], err = v.read(ctx, todo[i].name, v.objects[todo[i].name], todo[i].want)
+		return err
+	})
+	for i, c := range checks {
+		if c != nil {
+			v.checked[todo[i].name] = c
+		}
+	}
+	return err
+}
+
+// verifyAtOnce is how many objects verify --all reads at once.
+const verifyAtOnce = 8
+
+// read reads object name (size bytes as listed) and sums it as want, the
+// inventory entry that first names it, asks: its CRC32C or its BLAKE3
+// digest. A missing object is a check with err set, not an error.
+func (v *allVerifier) read(ctx context.Context, name string, size int64, want archive.InventoryEntry) (*objectCheck, error) {
+	c := &objectCheck{size: size}
+	v.cnt.Total.Add(size)
+	rc, err := v.tr.Open(ctx, name, 0, -1)
+	if err != nil {
+		if !errors.Is(err, ErrNotFound) {
+			return nil, fmt.Errorf("open %s: %w", name, err)
+		}
+		c.err = err
+		return c, nil
+	}
+	defer rc.Close()
+	c.crc, _ = entrySum(want)
+	n, sum, err := objectSum(rc, c.crc)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	v.cnt.Done.Add(n)
+	v.cnt.Shipped.Add(n)
+	c.size, c.sum = n, sum
+	return c, nil
+}
+
 // object checks that name is present with the inventory's size and
 // digest, reading it only the first time.
 func (v *allVerifier) object(ctx context.Context, id, name string, want archive.InventoryEntry) error {
@@ -233,24 +307,9 @@ func (v *allVerifier) object(ctx context.Context, id, name string, want archive.
 	}
 	c := v.checked[name]
 	if c == nil {
-		c = &objectCheck{size: size}
-		v.cnt.Total.Add(size)
-		rc, err := v.tr.Open(ctx, name, 0, -1)
-		if err != nil {
-			if !errors.Is(err, ErrNotFound) {
-				return fmt.Errorf("open %s: %w", name, err)
-			}
-			c.err = err
-		} else {
-			c.crc, _ = entrySum(want)
-			n, sum, err := objectSum(rc, c.crc)
-			rc.Close()
-			if err != nil {
-				return fmt.Errorf("read %s: %w", name, err)
-			}
-			v.cnt.Done.Add(n)
-			v.cnt.Shipped.Add(n)
-			c.size, c.sum = n, sum
+		var err error
+		if c, err = v.read(ctx, name, size, want); err != nil {
+			return err
 		}
 		v.checked[name] = c
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
+	"github.com/coldship/coldship/internal/atonce"
 	"github.com/coldship/coldship/shipper"
 )
 
@@ -84,12 +85,17 @@ func runList(ctx context.Context, s *streams, opts *listOptions) error {
 	if err != nil {
 		return err
 	}
+	// Each shipment's statement is read (with trusted senders, its
+	// signature checked) describeAtOnce at a time: round trips each.
 	listed := make([]listedShipment, len(ships))
 	now := time.Now()
-	for i, si := range ships {
-		if listed[i], err = opts.trust.describe(ctx, tr, si, now); err != nil {
-			return err
-		}
+	err = atonce.Each(len(ships), describeAtOnce, func(i int) error {
+		var err error
+		listed[i], err = opts.trust.describe(ctx, tr, ships[i], now)
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	if opts.json {
 		for _, ls := range listed {
@@ -125,6 +131,9 @@ func runList(ctx context.Context, s *streams, opts *listOptions) error {
 	}
 	return t.flush()
 }
+
+// describeAtOnce is how many shipments list describes at once.
+const describeAtOnce = 8
 
 // describe adds to a listed shipment what its statement says: with
 // trusted senders, only once its signature checked out (else why not);

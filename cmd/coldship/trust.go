@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/coldship/coldship/cipher"
+	"github.com/coldship/coldship/internal/atonce"
 	"github.com/coldship/coldship/shipper"
 	"github.com/coldship/coldship/shipper/restore"
 )
@@ -129,11 +130,18 @@ func (o *trustOptions) checkAll(ctx context.Context, tr shipper.Transport, res *
 		return err
 	}
 	now := time.Now()
-	for _, si := range ships {
+	errs := make([]error, len(ships))
+	atonce.Each(len(ships), describeAtOnce, func(i int) error {
+		if ships[i].Complete {
+			_, errs[i] = shipper.CheckSignature(ctx, tr, ships[i].ID, o.senders, now)
+		}
+		return nil
+	})
+	for i, si := range ships {
 		if !si.Complete {
 			continue
 		}
-		_, err := shipper.CheckSignature(ctx, tr, si.ID, o.senders, now)
+		err := errs[i]
 		if errors.Is(err, shipper.ErrUntrusted) {
 			p := shipper.Problem{Shipment: si.ID, Problem: strings.TrimPrefix(err.Error(), "shipment "+si.ID+": "), Err: err}
 			report(p)
