@@ -445,10 +445,38 @@ func DeleteShipment(ctx context.Context, tr Transport, id string) error {
 		}
 		return names[i] < names[j]
 	})
-	for _, name := range names {
-		if err := tr.Delete(ctx, name); err != nil {
-			return fmt.Errorf("delete %s: %w", name, err)
+	// The manifest and the inventory go first, one after the other, so that
+	// what is left is never taken for complete; the header goes last. The
+	// rest (segments and keys: 32,768 segments in a shipment of 2 TiB, each
+	// delete a round trip or two) go deletesAtOnce at a time.
+	var last []string
+	for len(names) > 0 && rank(names[0]) < 2 {
+		if err := deleteObject(ctx, tr, names[0]); err != nil {
+			return err
 		}
+		names = names[1:]
+	}
+	for len(names) > 0 && rank(names[len(names)-1]) > 2 {
+		last, names = append(last, names[len(names)-1]), names[:len(names)-1]
+	}
+	if err := atonce.Each(len(names), deletesAtOnce, func(i int) error { return deleteObject(ctx, tr, names[i]) }); err != nil {
+		return err
+	}
+	for _, name := range last {
+		if err := deleteObject(ctx, tr, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deletesAtOnce is how many objects of a shipment DeleteShipment deletes
+// at once.
+const deletesAtOnce = 64
+
+func deleteObject(ctx context.Context, tr Transport, name string) error {
+	if err := tr.Delete(ctx, name); err != nil {
+		return fmt.Errorf("delete %s: %w", name, err)
 	}
 	return nil
 }
