@@ -12,6 +12,7 @@ import (
 
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
+	"github.com/coldship/coldship/internal/atonce"
 )
 
 // finish completes the shipment of an attempt whose records are all at
@@ -28,15 +29,7 @@ func (r *sendRun) finish(ctx context.Context, p *pipeline, key *cipher.Key, wrap
 	}
 	plan := r.base.plan(p.usedBase)
 	copies := plan.keyCopies(r.base)
-	// The copies go up copiesAtOnce at a time: a put into a new folder is
-	// eight round trips on a long link (its folders made first), and a
-	// base of thirty shipments has thirty copies or more.
-	var puts errgroup.Group
-	puts.SetLimit(copiesAtOnce)
-	for _, kc := range copies {
-		puts.Go(func() error { return r.put(ctx, id+"/"+kc.name, kc.b) })
-	}
-	if err := puts.Wait(); err != nil {
+	if err := r.putCopies(ctx, id, copies); err != nil {
 		return err
 	}
 	var drw *drWriter
@@ -368,5 +361,15 @@ func (r *sendRun) newTable(m *archive.Manifest, keys []archive.ObjectRef, plan *
 	return t
 }
 
-// copiesAtOnce is how many base key copies finish puts at once.
+// putCopies puts the copies of the bases' keys into shipment id,
+// copiesAtOnce at a time: a put into a new folder is eight round trips on
+// a long link (its folders made first), and a base of thirty shipments
+// has thirty copies or more.
+func (r *sendRun) putCopies(ctx context.Context, id string, copies []keyCopy) error {
+	return atonce.Each(len(copies), copiesAtOnce, func(i int) error {
+		return r.put(ctx, id+"/"+copies[i].name, copies[i].b)
+	})
+}
+
+// copiesAtOnce is how many base key copies putCopies puts at once.
 const copiesAtOnce = 32

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"filippo.io/age"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/internal/atonce"
@@ -113,25 +114,9 @@ func VerifyAll(ctx context.Context, tr Transport, opts VerifyAllOptions) (*Verif
 		}
 	}
 	v := &allVerifier{tr: tr, objects: objects, checked: map[string]*objectCheck{}, cnt: opts.Counters, report: report}
-	for i, si := range ships {
-		if err := ctx.Err(); err != nil {
+	for start := 0; start < len(ships); start += verifyWindow {
+		if err := v.window(ctx, ships[start:min(start+verifyWindow, len(ships))], newestComplete-start, opts, res); err != nil {
 			return nil, err
-		}
-		res.Shipments++
-		switch {
-		case !si.Complete && i > newestComplete:
-			continue // a send may be running
-		case !si.Complete:
-			report(Problem{Shipment: si.ID, Problem: "incomplete: a send that failed and was not resumed (prune deletes it)", Err: archive.ErrIntegrity})
-			continue
-		}
-		if err := v.shipment(ctx, si.ID); err != nil {
-			return nil, err
-		}
-		if opts.ReadData {
-			if err := readData(ctx, tr, si.ID, opts, report); err != nil {
-				return nil, err
-			}
 		}
 	}
 	if ua, ok := tr.(UploadAborter); ok {
@@ -157,30 +142,110 @@ type allVerifier struct {
 	report  func(Problem)
 }
 
-// shipment checks one complete shipment's objects and those of its bases
-// that it needs, and reports objects in its folder that it does not list.
-func (v *allVerifier) shipment(ctx context.Context, id string) error {
-	if _, _, err := readHeader(ctx, v.tr, id); err != nil {
-		if !errors.Is(err, archive.ErrIntegrity) {
-			return err
+// verifyWindow is how many shipments VerifyAll reads at once: their
+// headers and inventories, then the objects of all of them (verifyAtOnce
+// at a time), before it checks them one after the other.
+const verifyWindow = 4
+
+// window checks the shipments of ships (newestComplete: the index among
+// them of the newest complete shipment at the destination, which may be
+// past them), as VerifyAll does, reporting in their order.
+func (v *allVerifier) window(ctx context.Context, ships []ShipmentInfo, newestComplete int, opts VerifyAllOptions, res *VerifyAllResult) error {
+	loaded := make([]*loadedShipment, len(ships))
+	err := atonce.Each(len(ships), len(ships), func(k int) error {
+		if !ships[k].Complete {
+			return nil
 		}
-		v.report(Problem{Shipment: id, Object: id + "/" + archive.HeaderObject, Problem: err.Error(), Err: err})
-	}
-	ib, err := getObject(ctx, v.tr, id+"/"+archive.InventoryObject, 1<<30)
+		var err error
+		loaded[k], err = v.load(ctx, ships[k].ID)
+		return err
+	})
 	if err != nil {
-		if !errors.Is(err, ErrNotFound) && !errors.Is(err, archive.ErrIntegrity) {
+		return err
+	}
+	if err := v.prefetch(ctx, loaded); err != nil {
+		return err
+	}
+	for k, si := range ships {
+		if err := ctx.Err(); err != nil {
 			return err
 		}
-		v.report(Problem{Shipment: id, Object: id + "/" + archive.InventoryObject, Problem: "the inventory is missing or unreadable: nothing of this shipment can be checked without a key", Err: archive.ErrIntegrity})
-		return nil
+		res.Shipments++
+		switch {
+		case !si.Complete && k > newestComplete:
+			continue // a send may be running
+		case !si.Complete:
+			v.report(Problem{Shipment: si.ID, Problem: "incomplete: a send that failed and was not resumed (prune deletes it)", Err: archive.ErrIntegrity})
+			continue
+		}
+		if err := v.shipment(ctx, loaded[k]); err != nil {
+			return err
+		}
+		if opts.ReadData {
+			if err := readData(ctx, v.tr, si.ID, opts, v.report); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// loadedShipment is a complete shipment's header and inventory as read,
+// with what is wrong with them.
+type loadedShipment struct {
+	id         string
+	header     error              // the header's integrity failure, if any
+	inv        *archive.Inventory // nil: invProblem says why
+	invProblem string
+	statement  error // a signed shipment's: its objects do not match it
+}
+
+// load reads shipment id's header and inventory and, if it is signed,
+// checks it against its statement, all at once; an error is one that
+// stops the check (not an integrity failure).
+func (v *allVerifier) load(ctx context.Context, id string) (*loadedShipment, error) {
+	l := &loadedShipment{id: id}
+	var ib []byte
+	var ierr error
+	var g errgroup.Group
+	g.Go(func() error { _, _, l.header = readHeader(ctx, v.tr, id); return nil })
+	g.Go(func() error { ib, ierr = getObject(ctx, v.tr, id+"/"+archive.InventoryObject, 1<<30); return nil })
+	if _, signed := v.objects[id+"/"+archive.SignedObject]; signed {
+		g.Go(func() error { _, l.statement = CheckStatement(ctx, v.tr, id); return nil })
+	}
+	g.Wait()
+	if l.header != nil && !errors.Is(l.header, archive.ErrIntegrity) {
+		return nil, l.header
+	}
+	if l.statement != nil && !errors.Is(l.statement, archive.ErrIntegrity) {
+		return nil, l.statement
+	}
+	if ierr != nil {
+		if !errors.Is(ierr, ErrNotFound) && !errors.Is(ierr, archive.ErrIntegrity) {
+			return nil, ierr
+		}
+		l.invProblem = "the inventory is missing or unreadable: nothing of this shipment can be checked without a key"
+		return l, nil
 	}
 	inv, err := archive.ParseInventory(ib)
 	if err != nil {
-		v.report(Problem{Shipment: id, Object: id + "/" + archive.InventoryObject, Problem: err.Error(), Err: archive.ErrIntegrity})
-		return nil
+		l.invProblem = err.Error()
+		return l, nil
 	}
-	if err := v.prefetch(ctx, id, inv); err != nil {
-		return err
+	l.inv = inv
+	return l, nil
+}
+
+// shipment checks one complete shipment's objects and those of its bases
+// that it needs, and reports objects in its folder that it does not list.
+func (v *allVerifier) shipment(ctx context.Context, l *loadedShipment) error {
+	id, inv := l.id, l.inv
+	if l.header != nil {
+		v.report(Problem{Shipment: id, Object: id + "/" + archive.HeaderObject, Problem: l.header.Error(), Err: l.header})
+	}
+	if inv == nil {
+		v.report(Problem{Shipment: id, Object: id + "/" + archive.InventoryObject, Problem: l.invProblem, Err: archive.ErrIntegrity})
+		return nil
 	}
 	listed := map[string]bool{id + "/" + archive.InventoryObject: true}
 	for _, o := range inv.Objects {
@@ -213,21 +278,18 @@ func (v *allVerifier) shipment(ctx context.Context, id string) error {
 			v.report(Problem{Shipment: id, Object: name, Problem: "not listed in the shipment's inventory (a leftover)", Err: archive.ErrIntegrity})
 		}
 	}
-	if _, signed := v.objects[id+"/"+archive.SignedObject]; signed {
-		if _, err := CheckStatement(ctx, v.tr, id); errors.Is(err, archive.ErrIntegrity) {
-			v.report(Problem{Shipment: id, Object: id + "/" + archive.SignedObject, Problem: err.Error(), Err: err})
-		} else if err != nil {
-			return err
-		}
+	if l.statement != nil {
+		v.report(Problem{Shipment: id, Object: id + "/" + archive.SignedObject, Problem: l.statement.Error(), Err: l.statement})
 	}
 	return nil
 }
 
-// prefetch reads, verifyAtOnce at a time, the objects of shipment id
-// and of its bases that its inventory lists, are at the destination and
-// have not been read yet (one after the other, each object cost round
-// trips and moved one window per round trip); object then finds them read.
-func (v *allVerifier) prefetch(ctx context.Context, id string, inv *archive.Inventory) error {
+// prefetch reads, verifyAtOnce at a time, the objects of the shipments
+// loaded and of their bases that their inventories list, are at the
+// destination and have not been read yet (one after the other, each object
+// cost round trips and moved one window per round trip); object then
+// finds them read.
+func (v *allVerifier) prefetch(ctx context.Context, loaded []*loadedShipment) error {
 	type entry struct {
 		name string
 		want archive.InventoryEntry
@@ -240,13 +302,18 @@ func (v *allVerifier) prefetch(ctx context.Context, id string, inv *archive.Inve
 			todo = append(todo, entry{name, want})
 		}
 	}
-	for _, o := range inv.Objects {
-		add(id+"/"+o.Name, o)
-	}
-	for _, b := range inv.Bases {
-		if _, ok := v.objects[b.ID+"/"+archive.HeaderObject]; ok && archive.ValidID(b.ID) {
-			for _, o := range b.Objects {
-				add(b.ID+"/"+o.Name, o)
+	for _, l := range loaded {
+		if l == nil || l.inv == nil {
+			continue
+		}
+		for _, o := range l.inv.Objects {
+			add(l.id+"/"+o.Name, o)
+		}
+		for _, b := range l.inv.Bases {
+			if _, ok := v.objects[b.ID+"/"+archive.HeaderObject]; ok && archive.ValidID(b.ID) {
+				for _, o := range b.Objects {
+					add(b.ID+"/"+o.Name, o)
+				}
 			}
 		}
 	}
