@@ -283,7 +283,10 @@ func (w *World) ReceivePoint(ctx context.Context, ref *Reference, p Point) (res 
 // finalNamesKept checks that, after a receive was stopped, every final
 // name of the shipment's files is as it was: absent for a new restore
 // (before ""), or, for an update, absent (moved aside while it is
-// rewritten) or holding the earlier version's content.
+// rewritten) or holding the earlier version's content; or else holding
+// exactly the new version (src): the stop came during the renames at the
+// end, which begin only once every file has checked out. Never anything
+// partial.
 func finalNamesKept(src, before, out string) error {
 	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !d.Type().IsRegular() {
@@ -294,8 +297,11 @@ func finalNamesKept(src, before, out string) error {
 		if _, err := os.Lstat(final); errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
+		if sameFile(p, final) == nil {
+			return nil
+		}
 		if before == "" {
-			return fmt.Errorf("%s is at its final name", rel)
+			return fmt.Errorf("%s is at its final name and is not the shipment's version", rel)
 		}
 		if err := sameFile(filepath.Join(filepath.Dir(before), rel), final); err != nil {
 			return fmt.Errorf("%s at its final name is neither absent nor the earlier version: %v", rel, err)
