@@ -170,9 +170,22 @@ func StartSSHD(t testing.TB, opts ...Option) *Server {
 	authorized := filepath.Join(dir, "authorized_keys")
 	writeFile(t, authorized, ssh.MarshalAuthorizedKey(s.ClientKey.PublicKey()), 0o600)
 
-	s.SSHDPort = freePort(t)
-	s.SSHDAddr = net.JoinHostPort(s.Host, strconv.Itoa(s.SSHDPort))
-	s.writeConfig(authorized)
+	// The port is found free and then handed to sshd, so another process
+	// may take it meanwhile: then sshd cannot bind it, and another is
+	// tried.
+	t.Cleanup(s.stop)
+	for attempt := 1; ; attempt++ {
+		s.SSHDPort = freePort(t)
+		s.SSHDAddr = net.JoinHostPort(s.Host, strconv.Itoa(s.SSHDPort))
+		s.writeConfig(authorized)
+		err := s.launch()
+		if err == nil {
+			break
+		}
+		if !strings.Contains(err.Error(), "Address already in use") || attempt == 5 {
+			t.Fatal(err)
+		}
+	}
 
 	s.fwd, err = NewForwarder(s.SSHDAddr)
 	if err != nil {
@@ -184,9 +197,6 @@ func StartSSHD(t testing.TB, opts ...Option) *Server {
 
 	s.KnownHostsFile = filepath.Join(dir, "known_hosts")
 	writeFile(t, s.KnownHostsFile, []byte(knownhosts.Line([]string{s.Addr, s.SSHDAddr}, s.HostKey)+"\n"), 0o600)
-
-	s.start()
-	t.Cleanup(s.stop)
 	return s
 }
 
@@ -278,13 +288,21 @@ func (s *Server) Restart() {
 
 func (s *Server) start() {
 	s.t.Helper()
+	if err := s.launch(); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// launch starts sshd and waits until it accepts connections; the error
+// holds sshd's log.
+func (s *Server) launch() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	// A file rather than a pipe: the connections' sshd children inherit
 	// it, and exec would wait for them to close a pipe.
 	logFile, err := os.OpenFile(s.log, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
-		s.t.Fatal(err)
+		return err
 	}
 	defer logFile.Close()
 	cmd := exec.Command(SSHDPath, "-D", "-e", "-f", s.config)
@@ -297,7 +315,7 @@ func (s *Server) start() {
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("start sshd: %v", err)
+		return fmt.Errorf("start sshd: %v", err)
 	}
 	exited := make(chan struct{})
 	go func() {
@@ -309,15 +327,16 @@ func (s *Server) start() {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if banner(s.SSHDAddr) {
-			return
+			return nil
 		}
 		select {
 		case <-exited:
-			s.t.Fatalf("sshd exited: %v\n%s", cmd.ProcessState, s.Log())
+			s.cmd = nil
+			return fmt.Errorf("sshd exited: %v\n%s", cmd.ProcessState, s.Log())
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("sshd does not accept connections on %s after 10s\n%s", s.SSHDAddr, s.Log())
+			return fmt.Errorf("sshd does not accept connections on %s after 10s\n%s", s.SSHDAddr, s.Log())
 		}
 	}
 }
