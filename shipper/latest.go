@@ -102,7 +102,7 @@ func newest(ctx context.Context, tr Transport, ids []string, complete map[string
 // read (for their order).
 func readWindow(ctx context.Context, tr Transport, ids []string, complete map[string]bool, headers bool) ([]ShipmentInfo, error) {
 	infos := make([]ShipmentInfo, len(ids))
-	done := make([]bool, len(ids)) // complete, as far as known
+	hasManifest := make([]bool, len(ids)) // whether each has its manifest
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(2 * listHeadersAtOnce)
 	for i, id := range ids {
@@ -117,11 +117,11 @@ func readWindow(ctx context.Context, tr Transport, ids []string, complete map[st
 				case err != nil:
 					return fmt.Errorf("list %s: stat %s: %w", tr, name, err)
 				}
-				done[i] = true
+				hasManifest[i] = true
 				return nil
 			})
-		} else if done[i] = complete[id]; !done[i] {
-			continue
+		} else if hasManifest[i] = complete[id]; !hasManifest[i] {
+			continue // no header to read: not complete
 		}
 		tie := i > 0 && ids[i-1][:16] == id[:16] || i+1 < len(ids) && ids[i+1][:16] == id[:16]
 		if !headers && !tie {
@@ -142,7 +142,7 @@ func readWindow(ctx context.Context, tr Transport, ids []string, complete map[st
 	}
 	var out []ShipmentInfo
 	for i, si := range infos {
-		if done[i] {
+		if hasManifest[i] {
 			out = append(out, si)
 		}
 	}

@@ -1,0 +1,67 @@
+package shipper_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	"filippo.io/age"
+
+	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/shipper"
+)
+
+// deleteLog records the objects deleted, in order.
+type deleteLog struct {
+	shipper.Transport
+	mu      sync.Mutex
+	deleted []string
+}
+
+func (d *deleteLog) Delete(ctx context.Context, name string) error {
+	d.mu.Lock()
+	d.deleted = append(d.deleted, name)
+	d.mu.Unlock()
+	return d.Transport.Delete(ctx, name)
+}
+
+// TestDeleteShipmentOrder: a shipment's manifest goes first and its
+// inventory second (what is left is never taken for complete), its header
+// last, and everything of it goes (the segments and keys in between, many
+// at once); nothing of another shipment is touched.
+func TestDeleteShipmentOrder(t *testing.T) {
+	s := newSetup(t, 40*64<<10)
+	var ids []string
+	for range 2 {
+		res, err := shipper.Send(context.Background(), s.base, s.sources, shipper.SendOptions{
+			Recipients: []age.Recipient{s.rcpt}, BlockSize: 64 << 10, SegmentSize: 128 << 10, Streams: 2,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, res.ID)
+	}
+	count := func(id string) int {
+		n := 0
+		s.base.List(context.Background(), id+"/", func(shipper.ObjectInfo) error { n++; return nil })
+		return n
+	}
+	before := count(ids[0])
+	if before < 10 {
+		t.Fatalf("the shipment has %d objects, want many segments", before)
+	}
+	dl := &deleteLog{Transport: s.base}
+	if err := shipper.DeleteShipment(context.Background(), dl, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	d := dl.deleted
+	if len(d) != before || d[0] != ids[0]+"/"+archive.ManifestObject || d[1] != ids[0]+"/"+archive.InventoryObject || d[len(d)-1] != ids[0]+"/"+archive.HeaderObject {
+		t.Errorf("deleted %d of %d objects, in the order %q", len(d), before, d)
+	}
+	if n := count(ids[0]); n != 0 {
+		t.Errorf("%d objects of the deleted shipment are left", n)
+	}
+	if _, err := shipper.OpenShipment(context.Background(), s.base, ids[1], []age.Identity{s.id}); err != nil {
+		t.Errorf("the other shipment: %v", err)
+	}
+}
