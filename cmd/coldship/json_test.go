@@ -221,3 +221,24 @@ func TestErrorCategories(t *testing.T) {
 		}
 	}
 }
+
+// TestDurationCountsTheWholeCommand: the summary's duration_s is the whole
+// command's, as documented, not only its transfer: a pre-send hook that
+// sleeps half a second before anything is read counts in it.
+func TestDurationCountsTheWholeCommand(t *testing.T) {
+	vm := filepath.Join(t.TempDir(), "vm.img")
+	if err := os.WriteFile(vm, []byte("a small disk"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, rcpt := keypair(t)
+	dest := t.TempDir()
+	r := run(t, "send", vm, "--to", dest, "-r", rcpt, "--json", "--state-dir", t.TempDir(), "--hook", "pre-send=sleep 0.5")
+	if r.code != 0 {
+		t.Fatalf("send: exit %d; %s", r.code, r.stderr)
+	}
+	objs := jsonLines(t, r.stdout)
+	last := objs[len(objs)-1]
+	if d, _ := last["duration_s"].(float64); d < 0.5 {
+		t.Errorf("duration_s = %v after a pre-send hook of 0.5 s: %v", last["duration_s"], last)
+	}
+}

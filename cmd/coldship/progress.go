@@ -46,7 +46,7 @@ type reporter struct {
 	o       outputOptions
 	cnt     *shipper.Counters
 	moved   moved
-	start   time.Time
+	start   time.Time // the command's start (see streams.start)
 	samples []sample
 	stop    chan struct{}
 	done    chan struct{}
@@ -56,7 +56,11 @@ type reporter struct {
 }
 
 func startProgress(s *streams, op string, o outputOptions, cnt *shipper.Counters, m moved) *reporter {
-	r := &reporter{s: s, op: op, o: o, cnt: cnt, moved: m, start: time.Now(), stop: make(chan struct{}), done: make(chan struct{})}
+	start := s.start
+	if start.IsZero() {
+		start = time.Now()
+	}
+	r := &reporter{s: s, op: op, o: o, cnt: cnt, moved: m, start: start, stop: make(chan struct{}), done: make(chan struct{})}
 	interval := time.Second
 	switch fd, tty := s.stderrTerminal(); {
 	case o.json:
@@ -67,7 +71,7 @@ func startProgress(s *streams, op string, o outputOptions, cnt *shipper.Counters
 		close(r.done)
 		return r
 	}
-	r.samples = append(r.samples, r.sample(r.start))
+	r.samples = append(r.samples, r.sample(time.Now()))
 	go func() {
 		defer close(r.done)
 		t := time.NewTicker(interval)

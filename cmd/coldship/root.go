@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -16,6 +17,10 @@ import (
 type streams struct {
 	in       io.Reader
 	out, err io.Writer
+	// start is when the command started (its flags resolved): what the
+	// summaries' duration_s and throughput_bps count from, so that they
+	// include connecting, waiting for a lock and the hooks.
+	start time.Time
 }
 
 func (s *streams) stdinIsTerminal() bool {
@@ -118,6 +123,7 @@ With --json, every command writes newline-delimited JSON objects on stdout
 		},
 		RunE: func(c *cobra.Command, args []string) error { return c.Help() },
 		PersistentPreRunE: func(c *cobra.Command, args []string) error {
+			s.start = time.Now()
 			if err := applyEnv(c); err != nil {
 				return err
 			}
