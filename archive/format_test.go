@@ -239,7 +239,7 @@ func TestFixtureDecodesPerFormatDoc(t *testing.T) {
 	if err := sh.Verify(context.Background(), 1, 1, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := shipper.VerifyInventory(context.Background(), tr, id, nil); err != nil {
+	if err := shipper.VerifyInventory(context.Background(), tr, id, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -447,7 +447,7 @@ func TestIncrementalFixtureDecodesPerFormatDoc(t *testing.T) {
 	if err := sh.Verify(context.Background(), 1, 1, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := shipper.VerifyInventory(context.Background(), tr, id, nil); err != nil {
+	if err := shipper.VerifyInventory(context.Background(), tr, id, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -208,7 +208,7 @@ func TestReceiveV3Damage(t *testing.T) {
 	if err := sh.Verify(context.Background(), 2, 2, nil); !isIntegrity(err) {
 		t.Fatalf("verify of a damaged segment: %v", err)
 	}
-	if err := shipper.VerifyInventory(context.Background(), e.tr, id, nil); !isIntegrity(err) {
+	if err := shipper.VerifyInventory(context.Background(), e.tr, id, 0, nil); !isIntegrity(err) {
 		t.Fatalf("key-less verify of a damaged segment: %v", err)
 	}
 }
@@ -316,7 +316,7 @@ func TestReceiveV3NoSuchShipment(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "no shipment 20261130T000000Z-0deadbee at") || isIntegrity(err) {
 		t.Fatalf("a shipment that is not there: %v", err)
 	}
-	if err := shipper.VerifyInventory(context.Background(), e.tr, "20261130T000000Z-0deadbee", nil); err == nil || isIntegrity(err) {
+	if err := shipper.VerifyInventory(context.Background(), e.tr, "20261130T000000Z-0deadbee", 0, nil); err == nil || isIntegrity(err) {
 		t.Fatalf("key-less verify of a shipment that is not there: %v", err)
 	}
 }
@@ -336,7 +336,7 @@ func TestReceiveV3SwappedKey(t *testing.T) {
 	if err := v3test.ReplaceObject(e.dest, id, "keys/0000", wrapped); err != nil {
 		t.Fatal(err)
 	}
-	if err := shipper.VerifyInventory(context.Background(), e.tr, id, nil); err != nil {
+	if err := shipper.VerifyInventory(context.Background(), e.tr, id, 0, nil); err != nil {
 		t.Fatalf("the forgery should pass the key-less check: %v", err)
 	}
 	_, err = e.open(id)

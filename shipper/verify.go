@@ -111,8 +111,9 @@ func (sh *Shipment) checkSegment(ctx context.Context, src segmentSource, cnt *Co
 // earlier formats' segments), and that the manifest is there. For an
 // incremental shipment that includes the objects of its bases that it
 // needs. It proves the shipment consistent with its inventory, not
-// authentic: anyone can write an inventory.
-func VerifyInventory(ctx context.Context, tr Transport, id string, cnt *Counters) error {
+// authentic: anyone can write an inventory. It reads streams objects, or
+// pieces of large segments, at once (0: a default).
+func VerifyInventory(ctx context.Context, tr Transport, id string, streams int, cnt *Counters) error {
 	if cnt == nil {
 		cnt = new(Counters)
 	}
@@ -135,7 +136,7 @@ func VerifyInventory(ctx context.Context, tr Transport, id string, cnt *Counters
 	if err != nil {
 		return fmt.Errorf("%s/%s: %w", id, archive.InventoryObject, err)
 	}
-	return verifyInventory(ctx, tr, id, inv, cnt)
+	return verifyInventory(ctx, tr, id, inv, streams, cnt)
 }
 
 // VerifyInventory is the key-less check of the shipment against the
@@ -143,14 +144,14 @@ func VerifyInventory(ctx context.Context, tr Transport, id string, cnt *Counters
 // every object is present and consistent with what the signer shipped,
 // the segments by their CRC32C (format 3), which only the sealed manifest
 // binds cryptographically.
-func (t *TrustInfo) VerifyInventory(ctx context.Context, tr Transport, cnt *Counters) error {
+func (t *TrustInfo) VerifyInventory(ctx context.Context, tr Transport, streams int, cnt *Counters) error {
 	if cnt == nil {
 		cnt = new(Counters)
 	}
-	return verifyInventory(ctx, tr, t.Statement.ID, t.Inventory, cnt)
+	return verifyInventory(ctx, tr, t.Statement.ID, t.Inventory, streams, cnt)
 }
 
-func verifyInventory(ctx context.Context, tr Transport, id string, inv *archive.Inventory, cnt *Counters) error {
+func verifyInventory(ctx context.Context, tr Transport, id string, inv *archive.Inventory, streams int, cnt *Counters) error {
 	hasManifest := false
 	for _, o := range inv.Objects {
 		cnt.Total.Add(o.Size)
@@ -162,32 +163,43 @@ func verifyInventory(ctx context.Context, tr Transport, id string, inv *archive.
 		return fmt.Errorf("%s/%s: does not list the manifest: %w", id, archive.InventoryObject, archive.ErrIntegrity)
 	}
 	// The objects of the shipment, then those of its bases that it needs.
-	type object struct {
-		name string
-		archive.InventoryEntry
-	}
-	var objects []object
+	var objects []objectRef
 	for _, o := range inv.Objects {
-		objects = append(objects, object{id + "/" + o.Name, o})
+		objects = append(objects, objectRef{id + "/" + o.Name, o})
 	}
 	for _, b := range inv.Bases {
 		for _, o := range b.Objects {
 			cnt.Total.Add(o.Size)
-			objects = append(objects, object{b.ID + "/" + o.Name, o})
+			objects = append(objects, objectRef{b.ID + "/" + o.Name, o})
 		}
 	}
 	for _, o := range objects {
 		if err := CheckName(o.name); err != nil {
 			return fmt.Errorf("%s/%s: %v: %w", id, archive.InventoryObject, err, archive.ErrIntegrity)
 		}
-		if err := checkObject(ctx, tr, o.name, o.InventoryEntry, cnt); err != nil {
-			if errors.Is(err, ErrNotFound) && o.Name == archive.ManifestObject {
-				return fmt.Errorf("shipment %s: %w (%w)", id, archive.ErrIncomplete, archive.ErrIntegrity)
-			}
-			return err
+	}
+	checks, err := readObjects(ctx, tr, objects, streams, cnt)
+	if err != nil {
+		return err
+	}
+	for i, o := range objects {
+		c := checks[i]
+		switch {
+		case c.err != nil && o.want.Name == archive.ManifestObject:
+			return fmt.Errorf("shipment %s: %w (%w)", id, archive.ErrIncomplete, archive.ErrIntegrity)
+		case c.err != nil:
+			return missingIsIntegrity(c.err)
+		case c.size != o.want.Size || c.sum != wantSum(o.want):
+			return fmt.Errorf("%s: size or checksum does not match the inventory: %w", o.name, archive.ErrIntegrity)
 		}
 	}
 	return nil
+}
+
+// wantSum is the sum inventory entry o records, in entrySum's form.
+func wantSum(o archive.InventoryEntry) string {
+	_, sum := entrySum(o)
+	return sum
 }
 
 // ReadHeader reads and checks the plaintext header of shipment id (no
@@ -199,26 +211,6 @@ func ReadHeader(ctx context.Context, tr Transport, id string) (*archive.Header, 
 		return nil, fmt.Errorf("no shipment %s at %s: %w", id, tr, ErrNotFound)
 	}
 	return h, err
-}
-
-// checkObject reads an object whole and checks it against its entry.
-func checkObject(ctx context.Context, tr Transport, name string, o archive.InventoryEntry, cnt *Counters) error {
-	rc, err := tr.Open(ctx, name, 0, -1)
-	if err != nil {
-		return missingIsIntegrity(err)
-	}
-	defer rc.Close()
-	crc, want := entrySum(o)
-	n, got, err := objectSum(rc, crc)
-	if err != nil {
-		return fmt.Errorf("read %s: %w", name, err)
-	}
-	cnt.Done.Add(n)
-	cnt.Shipped.Add(n)
-	if n != o.Size || got != want {
-		return fmt.Errorf("%s: size or checksum does not match the inventory: %w", name, archive.ErrIntegrity)
-	}
-	return nil
 }
 
 // entrySum returns the kind of checksum an inventory entry records (CRC32C

@@ -113,7 +113,7 @@ func VerifyAll(ctx context.Context, tr Transport, opts VerifyAllOptions) (*Verif
 			newestComplete = i
 		}
 	}
-	v := &allVerifier{tr: tr, objects: objects, checked: map[string]*objectCheck{}, cnt: opts.Counters, report: report}
+	v := &allVerifier{tr: tr, objects: objects, checked: map[string]*objectCheck{}, streams: opts.Streams, cnt: opts.Counters, report: report}
 	for start := 0; start < len(ships); start += verifyWindow {
 		if err := v.window(ctx, ships[start:min(start+verifyWindow, len(ships))], newestComplete-start, opts, res); err != nil {
 			return nil, err
@@ -138,6 +138,7 @@ type allVerifier struct {
 	tr      Transport
 	objects map[string]int64 // every object at the destination, with its size
 	checked map[string]*objectCheck
+	streams int // objects, or pieces, read at once
 	cnt     *Counters
 	report  func(Problem)
 }
@@ -284,7 +285,7 @@ func (v *allVerifier) shipment(ctx context.Context, l *loadedShipment) error {
 	return nil
 }
 
-// prefetch reads, verifyAtOnce at a time, the objects of the shipments
+// prefetch reads, all at once (readObjects), the objects of the shipments
 // loaded and of their bases that their inventories list, are at the
 // destination and have not been read yet (one after the other, each object
 // cost round trips and moved one window per round trip); object then
@@ -317,48 +318,24 @@ func (v *allVerifier) prefetch(ctx context.Context, loaded []*loadedShipment) er
 			}
 		}
 	}
-	checks := make([]*objectCheck, len(todo))
-	err := atonce.Each(len(todo), verifyAtOnce, func(i int) error {
-		var err error
-		checks[i], err = v.read(ctx, todo[i].name, v.objects[todo[i].name], todo[i].want)
+	refs := make([]objectRef, len(todo))
+	for i, e := range todo {
+		refs[i] = objectRef{e.name, e.want}
+		v.cnt.Total.Add(v.objects[e.name])
+	}
+	checks, err := readObjects(ctx, v.tr, refs, v.streams, v.cnt)
+	if err != nil {
 		return err
-	})
+	}
 	for i, c := range checks {
-		if c != nil {
-			v.checked[todo[i].name] = c
-		}
+		v.checked[todo[i].name] = c
 	}
-	return err
+	return nil
 }
 
-// verifyAtOnce is how many objects verify --all reads at once.
+// verifyAtOnce is how many objects, or pieces of large segments, the
+// key-less checks read at once when not told (see readObjects).
 const verifyAtOnce = 8
-
-// read reads object name (size bytes as listed) and sums it as want, the
-// inventory entry that first names it, asks: its CRC32C or its BLAKE3
-// digest. A missing object is a check with err set, not an error.
-func (v *allVerifier) read(ctx context.Context, name string, size int64, want archive.InventoryEntry) (*objectCheck, error) {
-	c := &objectCheck{size: size}
-	v.cnt.Total.Add(size)
-	rc, err := v.tr.Open(ctx, name, 0, -1)
-	if err != nil {
-		if !errors.Is(err, ErrNotFound) {
-			return nil, fmt.Errorf("open %s: %w", name, err)
-		}
-		c.err = err
-		return c, nil
-	}
-	defer rc.Close()
-	c.crc, _ = entrySum(want)
-	n, sum, err := objectSum(rc, c.crc)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", name, err)
-	}
-	v.cnt.Done.Add(n)
-	v.cnt.Shipped.Add(n)
-	c.size, c.sum = n, sum
-	return c, nil
-}
 
 // object checks that name is present with the inventory's size and
 // digest, reading it only the first time.
@@ -374,10 +351,12 @@ func (v *allVerifier) object(ctx context.Context, id, name string, want archive.
 	}
 	c := v.checked[name]
 	if c == nil {
-		var err error
-		if c, err = v.read(ctx, name, size, want); err != nil {
+		v.cnt.Total.Add(size)
+		checks, err := readObjects(ctx, v.tr, []objectRef{{name, want}}, v.streams, v.cnt)
+		if err != nil {
 			return err
 		}
+		c = checks[0]
 		v.checked[name] = c
 	}
 	switch {

@@ -134,8 +134,8 @@ func verifyKeyless(ctx context.Context, s *streams, opts *verifyOptions, tr ship
 	rep := startProgress(s, "verify", opts.output, cnt, movedShipped)
 	var st *archive.Statement
 	if ti != nil {
-		err = ti.VerifyInventory(ctx, tr, cnt)
-	} else if err = shipper.VerifyInventory(ctx, tr, id, cnt); err == nil {
+		err = ti.VerifyInventory(ctx, tr, opts.transport.streams, cnt)
+	} else if err = shipper.VerifyInventory(ctx, tr, id, opts.transport.streams, cnt); err == nil {
 		st, err = shipper.CheckStatement(ctx, tr, id)
 	}
 	if err != nil {
