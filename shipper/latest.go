@@ -65,30 +65,19 @@ func candidates(ctx context.Context, tr Transport) (ids []string, complete map[s
 }
 
 // newest calls fn with the complete shipments among ids (newest first, as
-// candidates returns them) in List's order reversed, until fn returns
-// true. With headers, each comes with its header's fields or, when the
-// header does not read, Error; without, only shipments of one second have
-// them (they order them). Bytes is 0.
+// candidates returns them), in that order, until fn returns true. With
+// headers, each comes with its header's fields or, when the header does
+// not read, Error. Bytes is 0.
 func newest(ctx context.Context, tr Transport, ids []string, complete map[string]bool, headers bool, fn func(ShipmentInfo) (bool, error)) error {
-	known := map[string]*ShipmentInfo{} // every shipment read so far, for the order within a second
 	for len(ids) > 0 {
 		n := min(listHeadersAtOnce, len(ids))
-		// Shipments of the same second stay in one window: their order
-		// depends on their headers (an incremental one follows its base).
-		for n < len(ids) && ids[n][:16] == ids[n-1][:16] {
-			n++
-		}
 		window, err := readWindow(ctx, tr, ids[:n], complete, headers)
 		if err != nil {
 			return err
 		}
 		ids = ids[n:]
-		for i := range window {
-			known[window[i].ID] = &window[i]
-		}
-		sortShipments(window, known)
-		for i := len(window) - 1; i >= 0; i-- {
-			if stop, err := fn(window[i]); stop || err != nil {
+		for _, si := range window {
+			if stop, err := fn(si); stop || err != nil {
 				return err
 			}
 		}
@@ -97,9 +86,8 @@ func newest(ctx context.Context, tr Transport, ids []string, complete map[string
 }
 
 // readWindow reads the headers of the complete shipments among ids, at
-// once; with complete nil, it asks each shipment's manifest meanwhile.
-// Without headers, only the headers of shipments of the same second are
-// read (for their order).
+// once, and returns those shipments in the order of ids; with complete
+// nil, it asks each shipment's manifest meanwhile.
 func readWindow(ctx context.Context, tr Transport, ids []string, complete map[string]bool, headers bool) ([]ShipmentInfo, error) {
 	infos := make([]ShipmentInfo, len(ids))
 	hasManifest := make([]bool, len(ids)) // whether each has its manifest
@@ -123,8 +111,7 @@ func readWindow(ctx context.Context, tr Transport, ids []string, complete map[st
 		} else if hasManifest[i] = complete[id]; !hasManifest[i] {
 			continue // no header to read: not complete
 		}
-		tie := i > 0 && ids[i-1][:16] == id[:16] || i+1 < len(ids) && ids[i+1][:16] == id[:16]
-		if !headers && !tie {
+		if !headers {
 			continue
 		}
 		g.Go(func() error {

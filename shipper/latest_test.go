@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -158,5 +159,60 @@ func TestLatestNewestFirst(t *testing.T) {
 	}
 	if b, err := os.ReadFile(filepath.Join(out, "disk.img")); err != nil || !bytes.Equal(b, s.data) {
 		t.Errorf("received image differs (%v)", err)
+	}
+}
+
+// TestSameSecondOrder: shipments made within one second are ordered by
+// the milliseconds of their ids, whatever their kinds. A full shipment
+// made after two incremental ones in the same second is the newest: it is
+// latest, listed last, and what prune --keep-last 1 keeps (an order by
+// chain depth within the second made the last incremental latest and had
+// prune delete the newest shipment).
+func TestSameSecondOrder(t *testing.T) {
+	s := newSetup(t, 64<<10)
+	state := t.TempDir()
+	sec := time.Now().Add(-time.Hour).Truncate(time.Second)
+	send := func(ms int, base string) string {
+		res, err := shipper.Send(context.Background(), s.base, s.sources, shipper.SendOptions{
+			Recipients: []age.Recipient{s.rcpt}, RecipientsID: "r", BlockSize: 64 << 10, Streams: 1,
+			StateDir: state, Dest: "dest", Base: base,
+			Now: func() time.Time { return sec.Add(time.Duration(ms) * time.Millisecond) },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.ID
+	}
+	first := send(100, "none")
+	incr1, incr2 := send(200, "latest"), send(300, "latest")
+	full := send(900, "none")
+	ships, err := shipper.List(context.Background(), s.base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	for _, si := range ships {
+		order = append(order, si.ID)
+	}
+	if want := []string{first, incr1, incr2, full}; !slices.Equal(order, want) {
+		t.Errorf("List order %v, want %v", order, want)
+	}
+	if ships[1].Base != first || ships[2].Base != incr1 {
+		t.Fatalf("the middle shipments are not incremental on the ones before: %+v", ships)
+	}
+	if got, err := shipper.Latest(context.Background(), folderLister{newCounting(s.base)}, time.Now(), nil); err != nil || got != full {
+		t.Errorf("Latest (folders) = %s, %v; want %s", got, err, full)
+	}
+	if got, err := shipper.Latest(context.Background(), s.base, time.Now(), nil); err != nil || got != full {
+		t.Errorf("Latest = %s, %v; want %s", got, err, full)
+	}
+	plan, err := shipper.PlanPrune(context.Background(), s.base, shipper.PrunePolicy{KeepLast: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range plan {
+		if d.ID == full && d.Delete {
+			t.Errorf("prune --keep-last 1 deletes the newest shipment %s: %+v", full, plan)
+		}
 	}
 }

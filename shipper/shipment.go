@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -85,30 +85,16 @@ func listShipments(ctx context.Context, tr Transport, list func(context.Context,
 	for _, si := range byID {
 		out = append(out, *si)
 	}
-	sortShipments(out, byID)
+	sortShipments(out)
 	return out, nil
 }
 
-// sortShipments sorts ships oldest first: by id, which names the second
-// a shipment was made in, and within one second an incremental shipment
-// after the chain of its bases, as far as byID (the shipments known, by
-// id) tells.
-func sortShipments(ships []ShipmentInfo, byID map[string]*ShipmentInfo) {
-	depth := map[string]int{}
-	for _, si := range ships {
-		d := 0
-		for cur := byID[si.ID]; cur != nil && cur.Base != "" && d <= len(byID); cur = byID[cur.Base] {
-			d++
-		}
-		depth[si.ID] = d
-	}
-	sort.Slice(ships, func(i, j int) bool {
-		a, b := ships[i].ID, ships[j].ID
-		if a[:16] != b[:16] || depth[a] == depth[b] {
-			return a < b
-		}
-		return depth[a] < depth[b]
-	})
+// sortShipments sorts ships oldest first: by id, which names the
+// millisecond a shipment was begun in (archive.NewID), so that of two
+// shipments made within one second the later is the newer, whatever
+// their kinds: a full one made after an incremental one is the newest.
+func sortShipments(ships []ShipmentInfo) {
+	slices.SortFunc(ships, func(a, b ShipmentInfo) int { return strings.Compare(a.ID, b.ID) })
 }
 
 // errTooLarge is an object longer than the limit it was read with.
