@@ -87,7 +87,7 @@ var (
 	fShipment = jsonField{"shipment", "string", "the shipment id"}
 	fFiles    = jsonField{"files", "integer", "files and directories in the shipment"}
 	fTotal    = jsonField{"bytes_total", "integer", "logical size of all files (holes included)"}
-	fPaths    = jsonField{"paths", "array", "the restored paths, relative to the output directory (what stdout prints without --json)"}
+	fPaths    = jsonField{"paths", "array", "the restored paths, absolute (what stdout prints without --json)"}
 	// What the transport measured of its link (send and receive).
 	fLink = []jsonField{
 		{"throughput_bps", "integer?", "bytes moved to or from the destination per second, over the whole command"},
@@ -151,8 +151,8 @@ var jsonSchema = []jsonKind{
 	}},
 	{Name: "summary of receive", Type: "summary", Op: "receive", Fields: withLink([]jsonField{
 		fType, fOp, fShipment, fFiles, fTotal,
-		{"bytes_data", "integer", "bytes in the non-zero pages of the blocks written"},
-		{"bytes_fetched", "integer", "bytes read from the destination by this run"},
+		{"bytes_data", "integer", "plaintext bytes of the blocks written, whole blocks (their zero pages stay holes)"},
+		{"bytes_fetched", "integer", "bytes of segments read from the destination by this run (not the small objects: header, keys, manifest, table)"},
 		{"bytes_reused", "integer", "bytes an interrupted receive had written, checked and kept instead of fetched"},
 		{"bytes_read", "integer?", "receive --into: bytes of existing files read back and hashed"},
 		{"bytes_written", "integer?", "receive --into: bytes written"},
