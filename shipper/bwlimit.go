@@ -29,9 +29,9 @@ type waiter interface {
 // As with restic, the limit is a wrapper around a transport, not code in
 // one: it works the same over every destination. The wrapper keeps tr's
 // optional capabilities: it is an ExclusiveCreator exactly when tr is one,
-// and passes TemporaryRemover, UploadAborter and LinkReporter through (as
-// no-ops where tr lacks them: nothing to remove, no uploads, no
-// measurement).
+// and passes TemporaryRemover and UploadAborter through (as no-ops where tr
+// lacks them: nothing to remove, no uploads). It is no LinkReporter: its
+// Unwrap returns tr, which reports its link if it measures one.
 func LimitBandwidth(tr Transport, bytesPerSecond int64) Transport {
 	return limitBandwidth(tr, bytesPerSecond, realClock{})
 }
@@ -175,13 +175,11 @@ func (t *limitedTransport) RemoveLeftoverProbes(ctx context.Context, startedBefo
 	return 0, nil
 }
 
-// LinkStats passes the optional capability through.
-func (t *limitedTransport) LinkStats() LinkStats {
-	if lr, ok := t.Transport.(LinkReporter); ok {
-		return lr.LinkStats()
-	}
-	return LinkStats{}
-}
+// Unwrap returns the transport the limit wraps. A LinkStats passed
+// through would have to return zeros for a transport that measures no link
+// (a local directory), and zeros read as measurements: a caller unwraps to
+// find the LinkReporter, or learns there is none.
+func (t *limitedTransport) Unwrap() Transport { return t.Transport }
 
 // limitedExclusive is the wrapper of a transport that can create objects
 // exclusively.

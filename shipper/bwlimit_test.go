@@ -210,8 +210,13 @@ func TestLimitBandwidthKeepsCapabilities(t *testing.T) {
 	if _, ok := tr.(UploadAborter); !ok {
 		t.Error("the wrapper hides UploadAborter")
 	}
-	if _, ok := tr.(LinkReporter); !ok {
-		t.Error("the wrapper hides LinkReporter")
+	// A wrapper that were a LinkReporter would report zeros for a
+	// transport that measures no link: Unwrap leads to the one that does.
+	if _, ok := tr.(LinkReporter); ok {
+		t.Error("the wrapper of a transport that measures no link claims to measure it")
+	}
+	if u, ok := tr.(interface{ Unwrap() Transport }); !ok || u.Unwrap() != Transport(inner) {
+		t.Error("the wrapper does not unwrap to the transport it limits")
 	}
 	if _, ok := tr.(TemporaryRemover); !ok {
 		t.Error("the wrapper hides TemporaryRemover")
