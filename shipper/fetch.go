@@ -8,6 +8,7 @@ import (
 	"hash"
 	"io"
 	"sort"
+	"strings"
 	"sync"
 
 	"golang.org/x/sync/errgroup"
@@ -44,6 +45,18 @@ func pieceLimit(win []sourced, streams int) int64 {
 		total += int64(win[i].e.Length)
 	}
 	return max(minPiece, total/int64(max(1, streams)))
+}
+
+// ofBase names the base shipment an object that is not there belongs to,
+// if it is one of a base: an incremental shipment whose base was deleted
+// or pruned away fails on the base's first segment it needs, and the
+// operator should learn that, not only the segment's name.
+func (sh *Shipment) ofBase(obj string, err error) error {
+	id, _, _ := strings.Cut(obj, "/")
+	if !errors.Is(err, ErrNotFound) || id == sh.Header.ID {
+		return err
+	}
+	return fmt.Errorf("base shipment %s, which %s needs: %w", id, sh.Header.ID, err)
 }
 
 // segmentSource is a segment that holds records of the shipment: one of
@@ -321,7 +334,7 @@ func (rd *reader) fetchRun(ctx context.Context, r run, out chan<- batch) error {
 	}
 	rc, err := rd.sh.tr.Open(ctx, src.obj, r.start, length)
 	if err != nil {
-		return transportErr(missingIsIntegrity(err))
+		return transportErr(missingIsIntegrity(rd.sh.ofBase(src.obj, err)))
 	}
 	defer rc.Close()
 	// Buffered: small records (sparse blocks) cost one read each otherwise.

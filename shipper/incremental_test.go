@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -142,5 +144,33 @@ func TestIncrementalFallsBack(t *testing.T) {
 				t.Errorf("the send after the fallback is not incremental: %s", res.FullReason)
 			}
 		})
+	}
+}
+
+// TestBaseGoneNamed: receiving or verifying an incremental shipment whose
+// base was deleted fails as an integrity error that names the base
+// shipment, not only one of its segments.
+func TestBaseGoneNamed(t *testing.T) {
+	c := newDRChain(t)
+	full, _ := c.send(t)
+	c.rewrite(t, 2)
+	inc, _ := c.send(t)
+	if inc.Base != full.ID {
+		t.Fatalf("the second send is not incremental on the first: %+v", inc)
+	}
+	if err := os.RemoveAll(filepath.Join(c.dir, "dest", full.ID, "segments")); err != nil {
+		t.Fatal(err)
+	}
+	sh, err := shipper.OpenShipment(context.Background(), c.tr, inc.ID, []age.Identity{c.id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "base shipment " + full.ID + ", which " + inc.ID + " needs"
+	_, err = sh.Receive(context.Background(), filepath.Join(c.dir, "out"), shipper.ReceiveOptions{Jobs: 2})
+	if !errors.Is(err, archive.ErrIntegrity) || !strings.Contains(fmt.Sprint(err), want) {
+		t.Errorf("receive: %v; want an integrity error saying %q", err, want)
+	}
+	if err := sh.Verify(context.Background(), 2, 2, nil); !errors.Is(err, archive.ErrIntegrity) || !strings.Contains(fmt.Sprint(err), want) {
+		t.Errorf("verify: %v; want an integrity error saying %q", err, want)
 	}
 }

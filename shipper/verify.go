@@ -74,7 +74,7 @@ func (sh *Shipment) checkSegments(ctx context.Context, streams int, crcs *crcTra
 func (sh *Shipment) checkSegment(ctx context.Context, src segmentSource, cnt *Counters) error {
 	rc, err := sh.tr.Open(ctx, src.obj, 0, -1)
 	if err != nil {
-		return transportErr(missingIsIntegrity(err))
+		return transportErr(missingIsIntegrity(sh.ofBase(src.obj, err)))
 	}
 	defer rc.Close()
 	var h hash.Hash
