@@ -153,13 +153,17 @@ func newBar(s *streams, op string) *progressbar.ProgressBar {
 }
 
 // details is the text after the bar: bytes done of the total, bytes read
-// and shipped, the rate and the time left.
+// and shipped (fetched, for receive and verify), the rate and the time left.
 func (r *reporter) details(total, done int64, rate float64, eta time.Duration, etaOK bool) string {
 	parts := []string{fmt.Sprintf("%s / %s", humanBytes(done), humanBytes(total))}
 	if n := r.cnt.Read.Load(); n > 0 {
 		parts = append(parts, "read "+humanBytes(n))
 	}
-	parts = append(parts, "shipped "+humanBytes(r.cnt.Shipped.Load()), humanBytes(int64(rate))+"/s")
+	moved := "shipped " // what send puts; receive and verify fetch
+	if r.op != "send" {
+		moved = "fetched "
+	}
+	parts = append(parts, moved+humanBytes(r.cnt.Shipped.Load()), humanBytes(int64(rate))+"/s")
 	if etaOK {
 		parts = append(parts, "ETA "+formatDuration(eta))
 	}
@@ -177,8 +181,10 @@ func (r *reporter) draw(total, done int64, details string) {
 	if total > 0 {
 		r.bar.ChangeMax64(total)
 	}
-	r.bar.Describe(r.op + " " + details)
+	// The bar draws on each call: the value first, so that the frame with
+	// the new details does not show the old percentage.
 	r.bar.Set64(min(done, max(total, 0)))
+	r.bar.Describe(r.op + " " + details)
 	r.drawn = true
 }
 
