@@ -137,6 +137,7 @@ func newReceiveCmd(s *streams) *cobra.Command {
 	addRunFlags(f, &opts.run)
 	addOutputFlags(f, &opts.output)
 	commaList(f, "identity")
+	exclusive(f, "out", "into")
 	return c
 }
 

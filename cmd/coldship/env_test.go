@@ -153,3 +153,55 @@ func TestEnvDefaultsRun(t *testing.T) {
 	mustRun(t, "receive", filepath.Join(dir, "dest"))
 	sameFile(t, src, filepath.Join(dir, "out", "disk.img"))
 }
+
+// TestEnvExclusiveFlags checks receive's --out and --into, which exclude
+// each other: one on the command line wins over the other's variable (a
+// hook runs with COLDSHIP_OUT set, and "receive --into" in one must work),
+// and the two variables together are a usage error naming both.
+func TestEnvExclusiveFlags(t *testing.T) {
+	var seen *pflag.FlagSet
+	flagsResolved = func(c *cobra.Command) error {
+		seen = c.Flags()
+		return errResolved
+	}
+	defer func() { flagsResolved = nil }()
+	for _, tc := range []struct {
+		name      string
+		env       map[string]string
+		args      []string
+		out, into string // what the command sees
+		err       string // a usage error holding this instead
+	}{
+		{"--into over COLDSHIP_OUT", map[string]string{"COLDSHIP_OUT": "/env-out"}, []string{"--into", "/cli"}, "", "/cli", ""},
+		{"--out over COLDSHIP_INTO", map[string]string{"COLDSHIP_INTO": "/env-into"}, []string{"--out", "/cli"}, "/cli", "", ""},
+		{"-o over COLDSHIP_INTO", map[string]string{"COLDSHIP_INTO": "/env-into"}, []string{"-o", "/cli"}, "/cli", "", ""},
+		{"COLDSHIP_OUT alone", map[string]string{"COLDSHIP_OUT": "/env-out"}, nil, "/env-out", "", ""},
+		{"both variables", map[string]string{"COLDSHIP_OUT": "/env-out", "COLDSHIP_INTO": "/env-into"}, nil, "", "",
+			"COLDSHIP_INTO and COLDSHIP_OUT are both set"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			seen = nil
+			r := run(t, append([]string{"receive", "dest"}, tc.args...)...)
+			if tc.err != "" {
+				if r.code != exitUsage || !strings.Contains(r.stderr, tc.err) {
+					t.Errorf("exit %d, want 2 saying %q: %s", r.code, tc.err, r.stderr)
+				}
+				return
+			}
+			if seen == nil {
+				t.Fatalf("the command did not reach its flags (exit %d): %s", r.code, r.stderr)
+			}
+			if out, into := resolved(seen, "out")[0], resolved(seen, "into")[0]; out != tc.out || into != tc.into {
+				t.Errorf("--out %q --into %q, want %q and %q", out, into, tc.out, tc.into)
+			}
+		})
+	}
+	// The command line alone still conflicts: neither is the environment's.
+	flagsResolved = nil
+	if r := run(t, "receive", t.TempDir(), "--out", "/a", "--into", "/b"); r.code != exitUsage || !strings.Contains(r.stderr, "not both") {
+		t.Errorf("--out and --into: exit %d, want 2: %s", r.code, r.stderr)
+	}
+}
