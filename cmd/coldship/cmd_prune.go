@@ -33,13 +33,17 @@ type pruneOptions struct {
 func newPruneCmd(s *streams) *cobra.Command {
 	opts := &pruneOptions{}
 	c := &cobra.Command{
-		Use:   "prune DEST --keep-last N [--keep-daily N] [--keep-weekly N] [--keep-monthly N] [--keep-yearly N] [--keep-within SPAN] [--trusted-senders FILE] [--dry-run]",
+		// Any one rule is enough: the usage line says so rather than
+		// showing one of them as required.
+		Use: "prune DEST (--keep-last N | --keep-daily N | --keep-weekly N | --keep-monthly N | --keep-yearly N | --keep-within SPAN)... " +
+			"[--name LABEL] [--trusted-senders FILE] [--dry-run]",
 		Short: "Delete the shipments at DEST that are no longer wanted",
-		Long: `Keep, as restic's forget does: the N newest complete shipments (--keep-last);
-the newest of each of the last N days (--keep-daily), ISO weeks
-(--keep-weekly), months (--keep-monthly) and years (--keep-yearly) that have
-one, in local time (when fewer have one than asked, the oldest shipment is
-kept too); every shipment created within SPAN of the newest one
+		Long: `Keep what any of the rules given keeps (give at least one; any one is
+enough), as restic's forget does: the N newest complete shipments
+(--keep-last); the newest of each of the last N days (--keep-daily), ISO
+weeks (--keep-weekly), months (--keep-monthly) and years (--keep-yearly)
+that have one, in local time (when fewer have one than asked, the oldest
+shipment is kept too); every shipment created within SPAN of the newest one
 (--keep-within, such as 2y5m7d3h, 30d or 36h: years, months, days, hours).
 Also kept: every shipment that a kept one uses as a base (an incremental
 shipment needs its bases to be restored), and incomplete shipments newer than

@@ -37,7 +37,8 @@ verifies) must be signed by a key of that OpenSSH allowed_signers file
 (exit 4 otherwise) and the head names the signer.
 
 The DATA column is the file's data: its size less holes and zero blocks,
-as shipped. Owners are shown as "-" until shipments record them.`,
+as shipped. Owners are numeric uid:gid, "-" for shipments of formats 1
+and 2, which do not record them.`,
 		Example: `  coldship show s3://dr-bucket/web01 -i ~/.config/coldship/site-b.key
   coldship show /mnt/backup/web01 20261121T233000Z-3f9a1c2e -i site-b.key --json | jq -r 'select(.type=="file") | .path'`,
 		Args: cobra.RangeArgs(1, 2),
