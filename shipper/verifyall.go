@@ -291,16 +291,13 @@ func (v *allVerifier) shipment(ctx context.Context, l *loadedShipment) error {
 // cost round trips and moved one window per round trip); object then
 // finds them read.
 func (v *allVerifier) prefetch(ctx context.Context, loaded []*loadedShipment) error {
-	type entry struct {
-		name string
-		want archive.InventoryEntry
-	}
-	var todo []entry
+	var todo []objectRef
 	seen := map[string]bool{}
 	add := func(name string, want archive.InventoryEntry) {
 		if _, present := v.objects[name]; present && !seen[name] && v.checked[name] == nil && CheckName(name) == nil {
 			seen[name] = true
-			todo = append(todo, entry{name, want})
+			todo = append(todo, objectRef{name, want})
+			v.cnt.Total.Add(v.objects[name])
 		}
 	}
 	for _, l := range loaded {
@@ -318,12 +315,7 @@ func (v *allVerifier) prefetch(ctx context.Context, loaded []*loadedShipment) er
 			}
 		}
 	}
-	refs := make([]objectRef, len(todo))
-	for i, e := range todo {
-		refs[i] = objectRef{e.name, e.want}
-		v.cnt.Total.Add(v.objects[e.name])
-	}
-	checks, err := readObjects(ctx, v.tr, refs, v.streams, v.cnt)
+	checks, err := readObjects(ctx, v.tr, todo, v.streams, v.cnt)
 	if err != nil {
 		return err
 	}
