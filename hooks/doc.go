@@ -19,7 +19,8 @@
 //     stderr, so that a hook missing its x bit does not go unnoticed.
 //
 // Files run directly, so they need a #! line. A hook gets coldship's
-// environment plus COLDSHIP_PHASE, COLDSHIP_SHIPMENT, COLDSHIP_DEST,
+// environment without COLDSHIP_PASSPHRASE (neither hooks nor virsh see
+// that secret), plus COLDSHIP_PHASE, COLDSHIP_SHIPMENT, COLDSHIP_DEST,
 // COLDSHIP_OUT (receive), COLDSHIP_FILES (one path a line) and
 // COLDSHIP_ERROR (on-failure); a variable with nothing to say is unset.
 // Its standard input is /dev/null; its standard output and error go to

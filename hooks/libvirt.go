@@ -183,7 +183,7 @@ func (l *Libvirt) virsh(ctx context.Context, cmds ...[]string) ([]byte, error) {
 
 	cmd := exec.CommandContext(ctx, bin, args...)
 	// States and messages in English, as this package compares them.
-	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	cmd.Env = append(childEnviron(), "LC_ALL=C")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = waitDelay

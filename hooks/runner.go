@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -78,11 +79,12 @@ func (r *Runner) Has(phase Phase) bool {
 }
 
 // Run runs every hook of phase in order and stops at the first one that
-// fails. Each hook gets the process environment with COLDSHIP_PHASE and
-// the non-empty fields of env added, and /dev/null as its standard input.
-// A hook still running after Timeout is killed with its whole process
-// group, and so is one running when ctx is done; the latter returns an
-// error wrapping ctx's error, not ErrHook.
+// fails. Each hook gets the process environment without coldship's
+// secrets (secretEnv), with COLDSHIP_PHASE and the non-empty fields of env
+// added, and /dev/null as its standard input. A hook still running after
+// Timeout is killed with its whole process group, and so is one running
+// when ctx is done; the latter returns an error wrapping ctx's error, not
+// ErrHook.
 func (r *Runner) Run(ctx context.Context, phase Phase, env Env) error {
 	stderr := r.Stderr
 	if stderr == nil {
@@ -92,7 +94,7 @@ func (r *Runner) Run(ctx context.Context, phase Phase, env Env) error {
 	if err != nil {
 		return &Error{Phase: phase, Hook: r.Dir, Status: err.Error(), Err: err}
 	}
-	environ := env.environ(phase, os.Environ())
+	environ := env.environ(phase, childEnviron())
 	for _, h := range hs {
 		if err := r.run(ctx, phase, h, environ, stderr); err != nil {
 			return err
@@ -221,22 +223,35 @@ func runnable(fi os.FileInfo) (bool, string) {
 	return true, ""
 }
 
+// secretEnv are the variables coldship reads secrets from. Neither hooks
+// nor virsh need them, and a hook that logs its environment, or runs a
+// command with set -x, must not be able to show them. The credentials of
+// the user's own tools (AWS_SECRET_ACCESS_KEY, SSH_AUTH_SOCK...) stay, as
+// hooks may need them.
+var secretEnv = []string{"COLDSHIP_PASSPHRASE"}
+
+// childEnviron is the environment of a hook or of virsh: coldship's own,
+// without the variables that hold its secrets.
+func childEnviron() []string { return without(os.Environ(), secretEnv) }
+
+// without returns environ without the variables named in names.
+func without(environ, names []string) []string {
+	out := make([]string, 0, len(environ))
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(names, name) {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
 // envNames are the variables Run sets; inherited values of them are
 // dropped so that a coldship run from a hook cannot leak its own.
 var envNames = []string{"COLDSHIP_PHASE", "COLDSHIP_SHIPMENT", "COLDSHIP_DEST", "COLDSHIP_OUT", "COLDSHIP_FILES", "COLDSHIP_ERROR"}
 
 func (e Env) environ(phase Phase, base []string) []string {
-	env := make([]string, 0, len(base)+len(envNames))
-	for _, kv := range base {
-		name, _, _ := strings.Cut(kv, "=")
-		inherited := false
-		for _, n := range envNames {
-			inherited = inherited || name == n
-		}
-		if !inherited {
-			env = append(env, kv)
-		}
-	}
+	env := without(base, envNames)
 	add := func(name, value string) {
 		if value != "" {
 			env = append(env, name+"="+value)

@@ -71,8 +71,10 @@ func TestRunEnvironmentEveryPhase(t *testing.T) {
 	// A coldship run from a hook must not pass its own values on.
 	t.Setenv("COLDSHIP_OUT", "inherited")
 	t.Setenv("COLDSHIP_HOOKS_TEST_KEEP", "kept")
+	// Nor its secrets, in any phase.
+	t.Setenv("COLDSHIP_PASSPHRASE", "correct horse battery staple")
 
-	vars := []string{"PHASE", "SHIPMENT", "DEST", "OUT", "FILES", "ERROR", "HOOKS_TEST_KEEP"}
+	vars := []string{"PHASE", "SHIPMENT", "DEST", "OUT", "FILES", "ERROR", "HOOKS_TEST_KEEP", "PASSPHRASE"}
 	tests := []struct {
 		phase Phase
 		env   Env
@@ -107,6 +109,7 @@ func TestRunEnvironmentEveryPhase(t *testing.T) {
 			}
 			tt.want["PHASE"] = string(tt.phase)
 			tt.want["HOOKS_TEST_KEEP"] = "kept"
+			tt.want["PASSPHRASE"] = "unset"
 			for _, v := range vars {
 				got, err := os.ReadFile(filepath.Join(dir, v))
 				if err != nil {
@@ -393,4 +396,36 @@ func TestRunCanceled(t *testing.T) {
 		t.Fatalf("Run: %v, want context.Canceled and not ErrHook", err)
 	}
 	waitDead(t, readPID(t, pidFile))
+}
+
+// TestSecretsWithheld: neither a --hook, nor a hooks-dir file, nor virsh
+// sees COLDSHIP_PASSPHRASE; the user's own credentials stay, as a hook
+// that copies to a bucket needs them.
+func TestSecretsWithheld(t *testing.T) {
+	t.Setenv("COLDSHIP_PASSPHRASE", "correct horse battery staple")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "the hook's own")
+	dir, out := t.TempDir(), t.TempDir()
+	writeExec(t, filepath.Join(dir, "post-send"), "env > "+filepath.Join(out, "dir-hook"), 0o755)
+	r := &Runner{Hooks: []Hook{{PostSend, "env > " + filepath.Join(out, "flag-hook")}}, Dir: dir, Stderr: &syncBuffer{}}
+	if err := r.Run(context.Background(), PostSend, Env{Dest: "/mnt/ship"}); err != nil {
+		t.Fatal(err)
+	}
+	virsh := filepath.Join(dir, "virsh")
+	writeExec(t, virsh, "env > "+filepath.Join(out, "virsh"), 0o755)
+	// It fails (virsh printed no XML): only its environment matters here.
+	(&Libvirt{Virsh: virsh}).Domain(context.Background(), "web01")
+
+	for _, name := range []string{"flag-hook", "dir-hook", "virsh"} {
+		env, err := os.ReadFile(filepath.Join(out, name))
+		if err != nil {
+			t.Fatalf("%s did not run: %v", name, err)
+		}
+		// Not the whole environment in the failure: CI logs are public.
+		if strings.Contains(string(env), "COLDSHIP_PASSPHRASE") || strings.Contains(string(env), "horse") {
+			t.Errorf("%s got the passphrase", name)
+		}
+		if !strings.Contains("\n"+string(env), "\nAWS_SECRET_ACCESS_KEY=the hook's own\n") {
+			t.Errorf("%s lost AWS_SECRET_ACCESS_KEY", name)
+		}
+	}
 }
