@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"time"
@@ -38,9 +37,11 @@ shipment.
 
 On a terminal: a header, aligned columns and sizes in KiB, MiB, GiB.
 Otherwise: tab-separated columns without a header, sizes in bytes, for
-scripts. Either way "-" stands for an empty value, and a value holding a
-space, tab, newline, quote or backslash is printed double-quoted with
-escapes, so that columns never break. --json prints one JSON object per
+scripts. Either way "-" stands for an empty value, and a label or signer
+holding a space, tab, newline, quote or backslash is printed double-quoted
+with escapes, so that columns never break. Tab-separated output quotes any
+such value (so "bad signature"); a terminal shows what coldship writes
+itself (sizes, times, states) as it is. --json prints one JSON object per
 shipment instead, with the chain and previous shipment of a signed one
 (checked with --trusted-senders; as its statement says, unchecked,
 without).
@@ -123,9 +124,13 @@ func runList(ctx context.Context, s *streams, opts *listOptions) error {
 		if !si.Created.IsZero() {
 			created = si.Created.UTC().Format(time.RFC3339)
 		}
-		row := []string{si.ID, created, si.Label, t.size(si.Bytes), state, si.Base}
-		if opts.trust.senders != nil {
-			row = append(row, cmp.Or(ls.Signer, ls.Trust))
+		row := []field{text(si.ID), own(created), text(si.Label), t.size(si.Bytes), own(state), text(si.Base)}
+		switch {
+		case opts.trust.senders == nil:
+		case ls.Signer != "":
+			row = append(row, text(ls.Signer))
+		default:
+			row = append(row, own(ls.Trust))
 		}
 		t.row(row...)
 	}

@@ -175,12 +175,12 @@ func showText(s *streams, id string, sh *shipper.Shipment) error {
 	t := newTable(s, "TYPE", "MODE", "OWNER", "SIZE", "DATA", "MTIME", "BLAKE3", "PATH")
 	for i := range m.Files {
 		f := &m.Files[i]
-		digest := "-"
+		digest := ""
 		if f.Type == archive.TypeFile {
 			digest = f.BLAKE3.String()
 		}
-		t.row(f.Type, fmt.Sprintf("%04o", f.Mode.Perm()), fileOwner(f), t.size(f.Size), t.size(fileDataBytes(f)),
-			f.MTime.Local().Format(time.RFC3339), digest, f.Path)
+		t.row(text(f.Type), own(fmt.Sprintf("%04o", f.Mode.Perm())), own(fileOwner(f)), t.size(f.Size), t.size(fileDataBytes(f)),
+			own(f.MTime.Local().Format(time.RFC3339)), own(digest), text(f.Path))
 	}
 	return t.flush()
 }

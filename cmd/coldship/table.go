@@ -19,6 +19,21 @@ type table struct {
 	terminal bool
 }
 
+// A field is one value of a row: text that comes from a shipment, its
+// files or its signer (an id, a label, a path, a principal), which may
+// hold anything, or a value coldship formats itself (a size, a time, a
+// state), whose blanks are its own.
+type field struct {
+	s   string
+	own bool
+}
+
+// text is a value that comes from a shipment, its files or its signer.
+func text(s string) field { return field{s: s} }
+
+// own is a value coldship formats itself.
+func own(s string) field { return field{s: s, own: true} }
+
 func newTable(s *streams, header ...string) *table {
 	t := &table{w: s.out, terminal: s.stdoutIsTerminal()}
 	if t.terminal {
@@ -29,16 +44,28 @@ func newTable(s *streams, header ...string) *table {
 }
 
 // size formats a byte count for the table's reader.
-func (t *table) size(n int64) string {
+func (t *table) size(n int64) field {
 	if t.terminal {
-		return humanBytes(n)
+		return own(humanBytes(n))
 	}
-	return strconv.FormatInt(n, 10)
+	return own(strconv.FormatInt(n, 10))
 }
 
-func (t *table) row(cells ...string) {
-	for i, c := range cells {
-		cells[i] = cell(c)
+// row prints a row. Every value goes through cell but, on a terminal, one
+// that coldship formatted itself (6.8 KiB, bad signature): it never holds
+// a tab or newline, and the reader knows its form, so quotes would only be
+// noise; a label or path can hold anything, and is quoted when it needs.
+func (t *table) row(fields ...field) {
+	cells := make([]string, len(fields))
+	for i, f := range fields {
+		switch {
+		case f.s == "":
+			cells[i] = "-"
+		case f.own && t.terminal:
+			cells[i] = f.s
+		default:
+			cells[i] = cell(f.s)
+		}
 	}
 	line := strings.Join(cells, "\t") + "\n"
 	if t.tw != nil {
