@@ -2,6 +2,7 @@ package main
 
 import (
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -30,5 +31,33 @@ func TestPruneUsageRules(t *testing.T) {
 	}
 	if r := run(t, "prune", t.TempDir()); r.code != exitUsage || !strings.Contains(r.stderr, "give at least one of") {
 		t.Errorf("prune without a rule: exit %d, %s", r.code, r.stderr)
+	}
+}
+
+// TestUnknownCommandMessages checks what a mistyped command or flag is
+// reported as: an unknown command is one, even with flags after it that
+// only the real command has, and the hint names the program once.
+func TestUnknownCommandMessages(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"recieve", "x", "--json"}, `unknown command "recieve" for "coldship": did you mean "receive"?`},
+		{[]string{"recieve", "x"}, `unknown command "recieve" for "coldship": did you mean "receive"?`},
+		{[]string{"frobnicate", "--out", "x"}, `unknown command "frobnicate" for "coldship": run "coldship help"`},
+		{[]string{"--bogus"}, "unknown flag: --bogus (see coldship --help)"},
+		{[]string{"list", "--bogus", "x"}, "unknown flag: --bogus (see coldship list --help)"},
+		{[]string{"keygen", "extra"}, "(see coldship keygen --help)"},
+	} {
+		r := run(t, tc.args...)
+		if r.code != exitUsage || !strings.Contains(r.stderr, tc.want) || strings.Contains(r.stderr, "coldship coldship") {
+			t.Errorf("coldship %s: exit %d, %q; want 2 and %q", strings.Join(tc.args, " "), r.code, r.stderr, tc.want)
+		}
+		if slices.Contains(tc.args, "--json") {
+			o := jsonLines(t, r.stdout)
+			if len(o) != 1 || o[0]["type"] != "error" || !strings.Contains(o[0]["error"].(string), tc.want) || o[0]["category"] != "usage" {
+				t.Errorf("coldship %s: JSON %v, want one usage error object", strings.Join(tc.args, " "), o)
+			}
+		}
 	}
 }

@@ -115,11 +115,7 @@ With --json, every command writes newline-delimited JSON objects on stdout
 			if len(args) == 0 {
 				return nil
 			}
-			msg := fmt.Sprintf("unknown command %q: run \"coldship help\" for the list of commands", args[0])
-			if sug := c.SuggestionsFor(args[0]); len(sug) > 0 {
-				msg = fmt.Sprintf("unknown command %q: did you mean %q?", args[0], sug[0])
-			}
-			return usageError{fmt.Errorf("%s", msg)}
+			return unknownCommand(c, args[0])
 		},
 		RunE: func(c *cobra.Command, args []string) error { return c.Help() },
 		PersistentPreRunE: func(c *cobra.Command, args []string) error {
@@ -138,9 +134,7 @@ With --json, every command writes newline-delimited JSON objects on stdout
 	root.SetErr(s.err)
 	root.SetVersionTemplate(versionText(readBuildInfo()))
 	root.SetHelpFunc(help)
-	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return usageError{fmt.Errorf("%w (see coldship %s --help)", err, c.Name())}
-	})
+	root.SetFlagErrorFunc(flagError)
 	root.AddCommand(newKeygenCmd(s), newSendCmd(s), newReceiveCmd(s), newVerifyCmd(s), newListCmd(s),
 		newPruneCmd(s), newShowCmd(s), newVersionCmd(s), newManCmd(s))
 	for _, c := range root.Commands() {
@@ -151,13 +145,35 @@ With --json, every command writes newline-delimited JSON objects on stdout
 		args := c.Args
 		c.Args = func(c *cobra.Command, a []string) error {
 			if err := args(c, a); err != nil {
-				return usageError{fmt.Errorf("%w (see coldship %s --help)", err, c.Name())}
+				return usageError{fmt.Errorf("%w (see %s --help)", err, c.CommandPath())}
 			}
 			return nil
 		}
 	}
 	addCompletions(root)
 	return root
+}
+
+// unknownCommand is the usage error of a word that names no command of
+// c, worded as cobra words it, with the command it likely misspells.
+func unknownCommand(c *cobra.Command, word string) error {
+	if sug := c.SuggestionsFor(word); len(sug) > 0 {
+		return usagef("unknown command %q for %q: did you mean %q?", word, c.CommandPath(), sug[0])
+	}
+	return usagef("unknown command %q for %q: run \"%s help\" for the list of commands", word, c.CommandPath(), c.CommandPath())
+}
+
+// flagError is the usage error of a flag the command line got wrong. On
+// the root, a flag that follows a word naming no command (coldship
+// recieve x --json) was meant for the command that word misspells: the
+// word is the mistake to report.
+func flagError(c *cobra.Command, err error) error {
+	if !c.HasParent() {
+		if args := c.Flags().Args(); len(args) > 0 {
+			return unknownCommand(c, args[0])
+		}
+	}
+	return usageError{fmt.Errorf("%w (see %s --help)", err, c.CommandPath())}
 }
 
 // help prints a command's description and usage, then the environment
