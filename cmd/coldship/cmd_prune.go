@@ -210,7 +210,8 @@ func carryOutPrune(ctx context.Context, s *streams, opts *pruneOptions, tr shipp
 // decisions and a summary object with --json.
 func reportPrune(s *streams, opts *pruneOptions, tr shipper.Transport, plan []shipper.PruneDecision, n, ignored int, freed int64, start time.Time) error {
 	if ignored > 0 {
-		s.warnf(opts.json)("%d shipments at %s are left alone and counted for no rule (named above): remove those that are not yours by hand", ignored, tr)
+		s.warnf(opts.json)("%s at %s left alone and counted for no rule (named above): remove those that are not yours by hand",
+			plural(ignored, "shipment", "shipments"), tr)
 	}
 	if opts.json {
 		for _, d := range plan {
@@ -226,7 +227,7 @@ func reportPrune(s *streams, opts *pruneOptions, tr shipper.Transport, plan []sh
 		if opts.dryRun {
 			verb = "would delete"
 		}
-		fmt.Fprintf(s.err, "coldship: %s %d shipments (%s) of %d at %s\n", verb, n, humanBytes(freed), len(plan), tr)
+		fmt.Fprintf(s.err, "coldship: %s %s (%s) of %d at %s\n", verb, plural(n, "shipment", "shipments"), humanBytes(freed), len(plan), tr)
 	}
 	return nil
 }

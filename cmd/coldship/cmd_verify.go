@@ -209,7 +209,7 @@ func runVerifyAll(ctx context.Context, s *streams, opts *verifyOptions) error {
 	}
 	summary := map[string]any{"mode": "all", "shipments": res.Shipments, "problems": len(res.Problems), "bytes_checked": cnt.Shipped.Load()}
 	if len(res.Problems) == 0 {
-		rep.finish(true, summary, fmt.Sprintf("%s: %d shipments, no problem (%s)", tr, res.Shipments, mode))
+		rep.finish(true, summary, fmt.Sprintf("%s: %s, no problem (%s)", tr, plural(res.Shipments, "shipment", "shipments"), mode))
 		return nil
 	}
 	rep.finish(true, summary, "")
@@ -229,5 +229,6 @@ func verifyAllError(dest string, res *shipper.VerifyAllResult) error {
 	if !integrity {
 		kind = res.Problems[0].Err
 	}
-	return fmt.Errorf("verify --all at %s: %d problems in %d shipments (listed above): %w", dest, len(res.Problems), res.Shipments, kind)
+	return fmt.Errorf("verify --all at %s: %s in %s (listed above): %w", dest,
+		plural(len(res.Problems), "problem", "problems"), plural(res.Shipments, "shipment", "shipments"), kind)
 }
