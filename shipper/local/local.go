@@ -55,8 +55,16 @@ func (t *Transport) path(name string) (string, error) {
 }
 
 // classify wraps err with the sentinel errors callers branch on, and says
-// in words what a permanent error means for the destination.
+// in words what a permanent error means for the destination. Of an error
+// of the os package, which names an operation and path too, only the
+// cause is kept: the path is said once.
 func classify(op, path string, err error) error {
+	switch e := err.(type) {
+	case *fs.PathError:
+		err = e.Err
+	case *os.LinkError:
+		err = e.Err
+	}
 	hint := ""
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
