@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 
 	"filippo.io/age"
@@ -47,12 +48,58 @@ func ParseIdentityFile(name string, askPass func(prompt string) ([]byte, error))
 	if bytes.HasPrefix(trimmed, []byte("-----BEGIN")) {
 		return parseSSHIdentity(name, data, askPass)
 	}
-	ids, err := age.ParseIdentities(bytes.NewReader(data))
-	if err != nil {
-		// age's messages name the line but never its content.
-		return nil, fmt.Errorf("identity file %s: %v", name, err)
+	return parseAgeIdentities(name, data)
+}
+
+// parseAgeIdentities parses the lines of an age identity file, as
+// age.ParseIdentities does, but with errors that say which line, and what
+// it holds if it is a public key, never its content.
+func parseAgeIdentities(name string, data []byte) ([]age.Identity, error) {
+	var ids []age.Identity
+	for i, b := range bytes.Split(data, []byte("\n")) {
+		line := string(bytes.TrimSpace(b))
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		id, err := parseIdentity(line)
+		if err != nil {
+			return nil, fmt.Errorf("identity file %s line %d: %v", name, i+1, err)
+		}
+		ids = append(ids, id)
+	}
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("identity file %s: no identities", name)
 	}
 	return ids, nil
+}
+
+func parseIdentity(line string) (age.Identity, error) {
+	var id age.Identity
+	var err error
+	switch {
+	case strings.HasPrefix(line, "AGE-SECRET-KEY-PQ-1"):
+		id, err = age.ParseHybridIdentity(line)
+	case strings.HasPrefix(line, "AGE-SECRET-KEY-1"):
+		id, err = age.ParseX25519Identity(line)
+	case strings.HasPrefix(line, "age1"):
+		return nil, errors.New("this is an age public key (age1...), not an identity: give the file of its private key (AGE-SECRET-KEY-1...)")
+	case isSSHPublicKey(line):
+		return nil, errors.New("this is an SSH public key, not an identity: give its private key (id_ed25519, not id_ed25519.pub)")
+	default:
+		// age's own messages, which never quote the line, don't say more.
+		return nil, errors.New("unknown identity type: want AGE-SECRET-KEY-1... lines, or an OpenSSH private key")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return id, nil
+}
+
+// isSSHPublicKey reports whether line is an SSH public key line, as in a
+// .pub or authorized_keys file.
+func isSSHPublicKey(line string) bool {
+	_, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
+	return err == nil
 }
 
 func parseSSHIdentity(name string, pemBytes []byte, askPass func(string) ([]byte, error)) ([]age.Identity, error) {

@@ -85,6 +85,8 @@ func UnwrapKey(wrapped []byte, identities ...age.Identity) (*Key, error) {
 	switch {
 	case errors.As(err, &wrongPass):
 		return nil, fmt.Errorf("unwrap key: %w: %v", ErrNoIdentity, wrongPass)
+	case errors.As(err, &noMatch) && wrongPassphrase(noMatch.StanzaTypes, identities):
+		return nil, fmt.Errorf("unwrap key: %w: wrong passphrase", ErrNoIdentity)
 	case errors.As(err, &noMatch):
 		return nil, fmt.Errorf("unwrap key: %w (key is wrapped to: %s)",
 			ErrNoIdentity, strings.Join(noMatch.StanzaTypes, ", "))
@@ -102,4 +104,20 @@ func UnwrapKey(wrapped []byte, identities ...age.Identity) (*Key, error) {
 		return nil, fmt.Errorf("unwrap key: %w: payload is not a %d-byte key", ErrIntegrity, len(Key{}.b))
 	}
 	return keyOf(payload), nil
+}
+
+// wrongPassphrase says whether a key wrapped to stanzaTypes that none of
+// identities could unwrap was wrapped to a passphrase that was given:
+// then the passphrase is wrong, which says more than "no identity
+// matches". age allows a passphrase only as the only recipient.
+func wrongPassphrase(stanzaTypes []string, identities []age.Identity) bool {
+	if len(stanzaTypes) != 1 || stanzaTypes[0] != "scrypt" {
+		return false
+	}
+	for _, id := range identities {
+		if _, ok := id.(*age.ScryptIdentity); ok {
+			return true
+		}
+	}
+	return false
 }

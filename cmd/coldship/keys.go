@@ -69,10 +69,12 @@ func (s *streams) askPass() func(string) ([]byte, error) {
 // sendRecipients gathers -r, -R and the passphrase into age recipients.
 func (s *streams) sendRecipients(rs, files []string, passFile string) ([]age.Recipient, error) {
 	var out []age.Recipient
-	for _, r := range rs {
+	for i, r := range rs {
 		rec, err := cipher.ParseRecipient(r)
 		if err != nil {
-			return nil, usageError{fmt.Errorf("-r %s: %w", r, err)}
+			// Never echo r: it may be a private key or a passphrase
+			// given by mistake, and errors end up in logs.
+			return nil, usageError{fmt.Errorf("%s: %w", nthFlag("-r", i, len(rs)), err)}
 		}
 		out = append(out, rec)
 	}
@@ -118,13 +120,26 @@ func (s *streams) sendRecipients(rs, files []string, passFile string) ([]age.Rec
 	return []age.Recipient{rec}, nil
 }
 
-// identities gathers -i files and the passphrase into age identities.
+// nthFlag names the i-th of n values of a repeatable flag without quoting
+// it: "-r", or "-r number 2 of 3".
+func nthFlag(flag string, i, n int) string {
+	if n == 1 {
+		return flag
+	}
+	return fmt.Sprintf("%s number %d of %d", flag, i+1, n)
+}
+
+// identities gathers -i files and the passphrase into age identities. An
+// -i file that cannot be used (missing, malformed, a public key, or
+// passphrase-protected without a terminal to ask on) is a usage error,
+// exit 2, as a bad -R file is: the command line cannot work as given, and
+// a cron job must say so rather than look like a transient failure.
 func (s *streams) identities(files []string, passFile string, required bool) ([]age.Identity, error) {
 	var out []age.Identity
 	for _, f := range files {
 		ids, err := cipher.ParseIdentityFile(f, s.askPass())
 		if err != nil {
-			return nil, missingIsUsage(err)
+			return nil, usageError{err}
 		}
 		out = append(out, ids...)
 	}
@@ -150,9 +165,9 @@ func (s *streams) identities(files []string, passFile string, required bool) ([]
 	return out, nil
 }
 
-// missingIsUsage makes a key, identity or passphrase file that does not
-// exist (or cannot be read) a usage error (exit 2), as a missing -R file
-// is: the command line names a file that is not there.
+// missingIsUsage makes a passphrase file that does not exist (or cannot
+// be read) a usage error (exit 2), as a missing -R or -i file is: the
+// command line names a file that is not there.
 func missingIsUsage(err error) error {
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
 		return usageError{err}
