@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"strings"
 	"time"
+
+	"github.com/coldship/coldship/internal/childenv"
 )
 
 // DefaultShutdownWait is how long Shutdown waits when given no wait.
@@ -183,7 +185,7 @@ func (l *Libvirt) virsh(ctx context.Context, cmds ...[]string) ([]byte, error) {
 
 	cmd := exec.CommandContext(ctx, bin, args...)
 	// States and messages in English, as this package compares them.
-	cmd.Env = append(childEnviron(), "LC_ALL=C")
+	cmd.Env = append(childenv.Environ(), "LC_ALL=C")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = waitDelay

@@ -9,10 +9,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/coldship/coldship/internal/childenv"
 )
 
 // DefaultTimeout is how long a hook may run when Runner.Timeout is zero.
@@ -80,7 +81,7 @@ func (r *Runner) Has(phase Phase) bool {
 
 // Run runs every hook of phase in order and stops at the first one that
 // fails. Each hook gets the process environment without coldship's
-// secrets (secretEnv), with COLDSHIP_PHASE and the non-empty fields of env
+// secrets (childenv.Secret), with COLDSHIP_PHASE and the non-empty fields of env
 // added, and /dev/null as its standard input. A hook still running after
 // Timeout is killed with its whole process group, and so is one running
 // when ctx is done; the latter returns an error wrapping ctx's error, not
@@ -94,7 +95,7 @@ func (r *Runner) Run(ctx context.Context, phase Phase, env Env) error {
 	if err != nil {
 		return &Error{Phase: phase, Hook: r.Dir, Status: err.Error(), Err: err}
 	}
-	environ := env.environ(phase, childEnviron())
+	environ := env.environ(phase, childenv.Environ())
 	for _, h := range hs {
 		if err := r.run(ctx, phase, h, environ, stderr); err != nil {
 			return err
@@ -223,35 +224,12 @@ func runnable(fi os.FileInfo) (bool, string) {
 	return true, ""
 }
 
-// secretEnv are the variables coldship reads secrets from. Neither hooks
-// nor virsh need them, and a hook that logs its environment, or runs a
-// command with set -x, must not be able to show them. The credentials of
-// the user's own tools (AWS_SECRET_ACCESS_KEY, SSH_AUTH_SOCK...) stay, as
-// hooks may need them.
-var secretEnv = []string{"COLDSHIP_PASSPHRASE"}
-
-// childEnviron is the environment of a hook or of virsh: coldship's own,
-// without the variables that hold its secrets.
-func childEnviron() []string { return without(os.Environ(), secretEnv) }
-
-// without returns environ without the variables named in names.
-func without(environ, names []string) []string {
-	out := make([]string, 0, len(environ))
-	for _, kv := range environ {
-		name, _, _ := strings.Cut(kv, "=")
-		if !slices.Contains(names, name) {
-			out = append(out, kv)
-		}
-	}
-	return out
-}
-
 // envNames are the variables Run sets; inherited values of them are
 // dropped so that a coldship run from a hook cannot leak its own.
 var envNames = []string{"COLDSHIP_PHASE", "COLDSHIP_SHIPMENT", "COLDSHIP_DEST", "COLDSHIP_OUT", "COLDSHIP_FILES", "COLDSHIP_ERROR"}
 
 func (e Env) environ(phase Phase, base []string) []string {
-	env := without(base, envNames)
+	env := childenv.Without(base, envNames...)
 	add := func(name, value string) {
 		if value != "" {
 			env = append(env, name+"="+value)

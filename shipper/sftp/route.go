@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/coldship/coldship/internal/childenv"
 )
 
 // route is how the SSH connections of a Transport reach the destination:
@@ -165,6 +167,7 @@ func dialCommand(command, addr string, stderr io.Writer) (*commandConn, error) {
 		return nil, err
 	}
 	cmd := exec.Command("/bin/sh", "-c", "exec "+command)
+	cmd.Env = childenv.Environ()
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	err = cmd.Start()
