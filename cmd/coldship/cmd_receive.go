@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"syscall"
 
 	"filippo.io/age"
 	"github.com/spf13/cobra"
@@ -160,6 +161,9 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 	case opts.into != "":
 		opts.out = opts.into
 	}
+	if err := checkRestoreDir(opts); err != nil {
+		return err
+	}
 	if err := opts.run.check(); err != nil {
 		return err
 	}
@@ -305,6 +309,22 @@ func receiveInto(ctx context.Context, s *streams, opts *receiveOptions, sh *ship
 	}, fmt.Sprintf("updated %s to %s (%s, %s): %s written", opts.into, id, describeFiles(sh.Manifest.Files),
 		humanBytes(cnt.Total.Load()), humanBytes(res.Written)))
 	return res.Files, nil
+}
+
+// checkRestoreDir refuses, before anything is fetched, a --out or --into
+// that is not a directory (a missing one is created): else the first to
+// trip on it would be a read of the restore's marker inside it, or the
+// write of a file, far from the flag that is wrong.
+func checkRestoreDir(opts *receiveOptions) error {
+	flag, dir := "out", opts.out
+	if opts.into != "" {
+		flag = "into"
+	}
+	fi, err := os.Stat(dir)
+	if (err == nil && !fi.IsDir()) || errors.Is(err, syscall.ENOTDIR) {
+		return usagef("--%s %s: not a directory", flag, dir)
+	}
+	return nil
 }
 
 // noRestoreError is receive --into of a directory that holds files but

@@ -35,3 +35,22 @@ func TestCountsInMessages(t *testing.T) {
 		t.Errorf("prune deleting one shipment: %s", r.stderr)
 	}
 }
+
+// TestReceiveIntoAFile checks that a --out or --into naming a file (or a
+// path through one) is a usage error saying so, before anything else: it
+// used to fail on reading the restore marker inside it.
+func TestReceiveIntoAFile(t *testing.T) {
+	dest, key, _, _ := sendSample(t)
+	file := filepath.Join(t.TempDir(), "afile")
+	if err := os.WriteFile(file, []byte("not a folder"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ flag, dir string }{
+		{"--into", file}, {"--out", file}, {"--into", filepath.Join(file, "sub")},
+	} {
+		r := run(t, "receive", dest, "-i", key, tc.flag, tc.dir)
+		if want := "coldship: " + tc.flag + " " + tc.dir + ": not a directory\n"; r.code != exitUsage || r.stderr != want {
+			t.Errorf("receive %s %s: exit %d, %q; want 2 and only %q", tc.flag, tc.dir, r.code, r.stderr, want)
+		}
+	}
+}
