@@ -348,7 +348,7 @@ func TestTrustFutureDated(t *testing.T) {
 		r := s.mustRun(append([]string{"prune", s.dest, "--keep-last", "1", "--dry-run"}, trusted...)...)
 		if strings.TrimSpace(r.stdout) != old || !strings.HasPrefix(pruneLine(r.stderr, future), "ignore "+future) ||
 			!strings.Contains(pruneLine(r.stderr, real), "last 1") ||
-			!strings.Contains(r.stderr, "warning: 1 shipments at") {
+			!strings.Contains(r.stderr, "warning: 1 shipment at") {
 			t.Errorf("prune --keep-last 1 (%v): stdout %q\n%s", trusted, r.stdout, r.stderr)
 		}
 	}
