@@ -19,7 +19,7 @@ func (t *Transport) CheckRoot(ctx context.Context) error {
 	case err != nil:
 		return classify("stat", t.root, err)
 	case !fi.IsDir():
-		return fmt.Errorf("destination %s is not a directory", t.root)
+		return errors.New("not a directory") // the caller names the destination
 	}
 	return nil
 }

@@ -25,7 +25,7 @@ func (t *Transport) CheckRoot(ctx context.Context) error {
 			return err
 		}
 		if !fi.IsDir() {
-			return fmt.Errorf("destination %s on %s is not a directory", root, t.dest)
+			return fmt.Errorf("%s is not a directory", root) // the caller names the destination
 		}
 		return nil
 	})
