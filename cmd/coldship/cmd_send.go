@@ -104,6 +104,10 @@ stdout: exactly one line, the shipment id; with --json, JSON objects only
 	addRunFlags(f, &opts.run)
 	addOutputFlags(f, &opts.output)
 	commaList(f, "recipients-file")
+	// A passphrase is the only recipient: --passphrase-file on the command
+	// line wins over a site's COLDSHIP_RECIPIENT(S_FILE), not the reverse.
+	exclusive(f, "passphrase-file", "recipient")
+	exclusive(f, "passphrase-file", "recipients-file")
 	return c
 }
 

@@ -205,3 +205,31 @@ func TestEnvExclusiveFlags(t *testing.T) {
 		t.Errorf("--out and --into: exit %d, want 2: %s", r.code, r.stderr)
 	}
 }
+
+// TestEnvPassphraseFileOverRecipients: send --passphrase-file on the
+// command line wins over recipients in the environment (a site's
+// COLDSHIP_RECIPIENT), as any flag wins over a variable.
+func TestEnvPassphraseFileOverRecipients(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	pass := filepath.Join(dir, "pass")
+	os.WriteFile(img, []byte("a small disk"), 0o600)
+	os.WriteFile(pass, []byte("correct horse battery staple\n"), 0o600)
+	_, rcpt := keypair(t)
+	rfile := filepath.Join(dir, "recipients")
+	os.WriteFile(rfile, []byte(rcpt+"\n"), 0o600)
+	for _, env := range []string{"COLDSHIP_RECIPIENT", "COLDSHIP_RECIPIENTS_FILE"} {
+		t.Run(env, func(t *testing.T) {
+			t.Setenv(env, map[string]string{"COLDSHIP_RECIPIENT": rcpt, "COLDSHIP_RECIPIENTS_FILE": rfile}[env])
+			dest := filepath.Join(t.TempDir(), "dest")
+			r := run(t, "send", img, "--to", dest, "--passphrase-file", pass)
+			if r.code != 0 {
+				t.Fatalf("send --passphrase-file with %s set: exit %d: %s", env, r.code, r.stderr)
+			}
+			out := filepath.Join(t.TempDir(), "out")
+			if r := run(t, "receive", dest, "--passphrase-file", pass, "--out", out); r.code != 0 {
+				t.Errorf("the shipment does not open with the passphrase: exit %d: %s", r.code, r.stderr)
+			}
+		})
+	}
+}
