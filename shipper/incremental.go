@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"sort"
@@ -89,10 +90,48 @@ func (s *drStore) chooseBase(ctx context.Context, tr Transport, base string, opt
 		return nil, fmt.Sprintf("the DR state of base %s is damaged: %v", id, err), nil
 	}
 	why, err := b.checkAtDest(ctx, tr, used)
+	if why == "" && err == nil && !opts.BaseSizeOnly {
+		why, err = b.checkContent(ctx, tr, used, opts)
+	}
 	if why != "" || err != nil {
 		return nil, why, err
 	}
 	return b, "", nil
+}
+
+// checkContent reads back the segments of the base that its blocks are
+// in (those the new shipment may refer to) and checks each against what
+// was put: its size and CRC32C, as key-less verify does, streams reads at
+// once, large segments in pieces (readObjects). It returns why the base
+// cannot be used, or "".
+func (b *drBase) checkContent(ctx context.Context, tr Transport, used map[int]map[int]bool, opts *SendOptions) (string, error) {
+	var refs []objectRef
+	var total int64
+	for _, si := range slices.Sorted(maps.Keys(used)) {
+		ship := &b.t.Shipments[si]
+		for _, seg := range slices.Sorted(maps.Keys(used[si])) {
+			sg := ship.Segments[seg]
+			refs = append(refs, objectRef{ship.ID + "/" + sg.Name, archive.InventoryEntry{Name: sg.Name, Size: sg.Size, BLAKE3: sg.BLAKE3, CRC32C: sg.CRC32C}})
+			total += sg.Size
+		}
+	}
+	if len(refs) == 0 {
+		return "", nil
+	}
+	opts.Log("checking the %d base segments (%d bytes) the shipment may refer to: read back, CRC32C", len(refs), total)
+	checks, err := readObjects(ctx, tr, refs, opts.Streams, new(Counters))
+	if err != nil {
+		return "", err
+	}
+	for i, c := range checks {
+		switch {
+		case c.err != nil:
+			return refs[i].name + " is missing at the destination", nil
+		case c.size != refs[i].want.Size || c.sum != wantSum(refs[i].want):
+			return refs[i].name + " is not what was sent (its size or CRC32C differs at the destination)", nil
+		}
+	}
+	return "", nil
 }
 
 // checkAtDest checks that every shipment the base uses is complete at the

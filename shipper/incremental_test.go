@@ -129,6 +129,9 @@ func TestIncrementalFallsBack(t *testing.T) {
 		{"segment gone", "missing or of the wrong size", func(t *testing.T, c *drChain, base string) {
 			os.Remove(filepath.Join(c.dir, "dest", base, "segments", "00000001"))
 		}},
+		{"segment damaged, same size", "is not what was sent", func(t *testing.T, c *drChain, base string) {
+			flipByte(t, filepath.Join(c.dir, "dest", base, "segments", "00000001"), 300)
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newDRChain(t)
@@ -172,5 +175,45 @@ func TestBaseGoneNamed(t *testing.T) {
 	}
 	if err := sh.Verify(context.Background(), 2, 2, nil); !errors.Is(err, archive.ErrIntegrity) || !strings.Contains(fmt.Sprint(err), want) {
 		t.Errorf("verify: %v; want an integrity error saying %q", err, want)
+	}
+}
+
+// flipByte flips the bits of byte off of file name, in place.
+func flipByte(t *testing.T, name string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(name, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBaseSizeOnly: with BaseSizeOnly (--base-check size) nothing of the
+// base is read back: a base segment damaged in place goes unnoticed by the
+// send (and is found by verify), as the option says.
+func TestBaseSizeOnly(t *testing.T) {
+	c := newDRChain(t)
+	full, _ := c.send(t)
+	flipByte(t, filepath.Join(c.dir, "dest", full.ID, "segments", "00000001"), 300)
+	c.rewrite(t, 2)
+	c.opts.BaseSizeOnly = true
+	sources, _ := archive.CollectSources([]string{c.src})
+	res, err := shipper.Send(context.Background(), c.tr, sources, c.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Base != full.ID {
+		t.Fatalf("with BaseSizeOnly the send is not incremental: %q", res.FullReason)
+	}
+	if err := shipper.VerifyInventory(context.Background(), c.tr, res.ID, 0, nil); !errors.Is(err, archive.ErrIntegrity) {
+		t.Errorf("key-less verify of the shipment on a damaged base: %v, want an integrity error", err)
 	}
 }

@@ -51,8 +51,14 @@ type SendOptions struct {
 	// state does not fit the destination or the options, the send is a full
 	// one (Log says why). "none" forces a full shipment that starts a new
 	// chain. Needs StateDir and RecipientsID.
-	Base       string
-	Retries    int           // attempts after a transient failure, each resuming
+	Base string
+	// BaseSizeOnly checks the base segments an incremental shipment may
+	// use for their presence and size only. By default their content is
+	// read back and checked too (their CRC32C, as key-less verify does):
+	// a base segment damaged since it was sent would otherwise give an
+	// incremental shipment that exits 0 and cannot be restored.
+	BaseSizeOnly bool
+	Retries      int           // attempts after a transient failure, each resuming
 	RetryDelay time.Duration // first backoff delay; doubles each time
 	// CleanLeftovers says the caller holds the destination's lock: no
 	// other run can be writing there, so unfinished uploads (S3 multipart

@@ -32,6 +32,7 @@ type sendOptions struct {
 	stateDir       string
 	noResume       bool
 	base           string
+	baseCheck      string
 	signKey        string
 	signer         *sendSigner // loaded from signKey
 	run            runOptions
@@ -91,6 +92,7 @@ stdout: exactly one line, the shipment id; with --json, JSON objects only
 	f.BoolVar(&opts.noResume, "no-resume", false, "start a new shipment even if an interrupted one could be resumed")
 	f.StringVar(&opts.signKey, "sign-key", "", "sign the shipment with the SSH private key in `FILE`, or with ssh-agent's key for the public key in FILE")
 	f.StringVar(&opts.base, "base", "", "incremental: ship only blocks changed since shipment `latest|ID` of these sources (kept in --state-dir); none: a full one that starts a new chain")
+	f.StringVar(&opts.baseCheck, "base-check", "content", "incremental: `MODE` of checking the base segments the shipment may use at the destination: content (read back, CRC32C) or size (presence and size only, nothing read back)")
 	f.BoolVarP(&opts.force, "force", "f", false, "ship images that another process has locked or open for writing (a running VM)")
 	f.StringVar(&opts.libvirtDomain, "libvirt-domain", "", "ship the disks and definition of libvirt domain `NAME` (it must be shut off)")
 	f.StringVar(&opts.libvirtURI, "libvirt-uri", "", "libvirt connection `URI` (virsh -c)")
@@ -235,7 +237,7 @@ func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *ho
 	res, err := shipper.Send(ctx, tr, sources, shipper.SendOptions{
 		Recipients: recipients, Jobs: opts.jobs, Streams: opts.transport.streams, BlockSize: bs, SegmentSize: segSize,
 		Compress: opts.compress == "zstd", Label: opts.name, Counters: cnt,
-		StateDir: stateDir, Dest: destKey(opts.to), RecipientsID: rid, NoResume: opts.noResume, Base: opts.base,
+		StateDir: stateDir, Dest: destKey(opts.to), RecipientsID: rid, NoResume: opts.noResume, Base: opts.base, BaseSizeOnly: opts.baseCheck == "size",
 		Retries: opts.retries, CleanLeftovers: locked, Log: s.logf(opts.output),
 	})
 	if err != nil {
@@ -382,6 +384,9 @@ func sendSizes(opts *sendOptions) (bs, segSize int64, err error) {
 // checkBase checks --base: an incremental send needs recipients (rid is
 // their fingerprint) and a state folder.
 func checkBase(opts *sendOptions, rid string) error {
+	if opts.baseCheck != "content" && opts.baseCheck != "size" {
+		return usagef("--base-check %q: want content or size", opts.baseCheck)
+	}
 	if opts.base == "" {
 		return nil
 	}

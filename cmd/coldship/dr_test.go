@@ -746,3 +746,20 @@ func TestSFTPIncrementalChain(t *testing.T) {
 		t.Errorf("receive of an incremental shipment whose base lost a segment: exit %d, want %d\n%s", r.code, exitIntegrity, r.stderr)
 	}
 }
+
+// TestBaseCheckFlag: --base-check takes content or size; anything else is
+// a usage error before anything is read.
+func TestBaseCheckFlag(t *testing.T) {
+	_, rcpt := keypair(t)
+	img := filepath.Join(t.TempDir(), "disk.img")
+	os.WriteFile(img, []byte("a small disk"), 0o600)
+	r := run(t, "send", img, "--to", t.TempDir(), "-r", rcpt, "--base", "latest", "--base-check", "crc", "--state-dir", t.TempDir())
+	if r.code != exitUsage || !strings.Contains(r.stderr, "--base-check") {
+		t.Errorf("--base-check crc: exit %d, want 2 naming the flag: %s", r.code, r.stderr)
+	}
+	for _, mode := range []string{"content", "size"} {
+		if r := run(t, "send", img, "--to", t.TempDir(), "-r", rcpt, "--base", "latest", "--base-check", mode, "--state-dir", t.TempDir()); r.code != 0 {
+			t.Errorf("--base-check %s: exit %d: %s", mode, r.code, r.stderr)
+		}
+	}
+}
