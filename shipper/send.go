@@ -59,7 +59,7 @@ type SendOptions struct {
 	// incremental shipment that exits 0 and cannot be restored.
 	BaseSizeOnly bool
 	Retries      int           // attempts after a transient failure, each resuming
-	RetryDelay time.Duration // first backoff delay; doubles each time
+	RetryDelay   time.Duration // first backoff delay; doubles each time
 	// CleanLeftovers says the caller holds the destination's lock: no
 	// other run can be writing there, so unfinished uploads (S3 multipart
 	// uploads) that earlier runs left under shipment folders are aborted.
