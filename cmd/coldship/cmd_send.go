@@ -20,6 +20,7 @@ import (
 
 type sendOptions struct {
 	sources        []string
+	set            func(flag string) bool // whether the flag was given (command line or environment)
 	to             string
 	recipients     []string
 	recipientFiles []string
@@ -74,7 +75,7 @@ stdout: exactly one line, the shipment id; with --json, JSON objects only
   coldship send --live /var/lib/libvirt/images/web01.qcow2 --to ssh://root@target.example.com/var/lib/libvirt/images`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(c *cobra.Command, args []string) error {
-			opts.sources = args
+			opts.sources, opts.set = args, c.Flags().Changed
 			return runSend(c.Context(), s, opts)
 		},
 	}

@@ -85,6 +85,9 @@ func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if len(opts.recipients)+len(opts.recipientFiles) > 0 || opts.passphraseFile != "" {
 		return usagef("send --live: -r, -R and --passphrase-file do not apply: a one-time key is handed to the receiver over SSH")
 	}
+	if err := notLive(opts); err != nil {
+		return err
+	}
 	bs, _, err := sendSizes(opts)
 	if err != nil {
 		return err
@@ -409,6 +412,26 @@ func (w *lineWriter) flush() {
 
 // liveFlags checks the flags of send --live and returns the number of
 // data lanes and the --until-dirty bound.
+// storedOnly are the flags of send that only a stored shipment has a use
+// for: a live send given one would ignore it silently (a --bwlimit that
+// does not limit, say).
+var storedOnly = []string{"bwlimit", "base", "base-check", "segment-size", "retries", "no-resume"}
+
+// notLive refuses, naming them, the flags of storedOnly that were given
+// (on the command line or as COLDSHIP_* variables) to a live send.
+func notLive(opts *sendOptions) error {
+	var given []string
+	for _, name := range storedOnly {
+		if opts.set != nil && opts.set(name) {
+			given = append(given, "--"+name+" ("+envName(name)+")")
+		}
+	}
+	if len(given) == 0 {
+		return nil
+	}
+	return usagef("send --live: %s: only for stored shipments (a live send does not limit its rate, keep DR state, cut segments or resume)", strings.Join(given, ", "))
+}
+
 func liveFlags(lo *liveOptions, streams int) (lanes int, untilDirty int64, err error) {
 	lanes = streams
 	switch lo.data {

@@ -243,12 +243,22 @@ func TestLiveUsage(t *testing.T) {
 		{"send", "--live", img, "--to", "ssh://h/x", "--streams", "65"},
 		{"send", "--live", img, "--to", "ssh://h/x", "--remote-hook", "pre-send=true"},
 		{"send", "--live", "--to", "ssh://h/x"},
+		{"send", "--live", img, "--to", "ssh://h/x", "--bwlimit", "10M"},
+		{"send", "--live", img, "--to", "ssh://h/x", "--base", "latest"},
+		{"send", "--live", img, "--to", "ssh://h/x", "--segment-size", "16M"},
+		{"send", "--live", img, "--to", "ssh://h/x", "--retries", "1"},
 		{"receive", "--live", "/srv", "--out", "x"},
 		{"receive", "--live", "-"},
 	} {
 		if r := run(t, args...); r.code != exitUsage {
 			t.Errorf("coldship %s: exit %d, want 2; %s", strings.Join(args, " "), r.code, r.stderr)
 		}
+	}
+	// From the environment too, named as such: a live send must not
+	// ignore a rate limit that a unit's environment file sets.
+	t.Setenv("COLDSHIP_BWLIMIT", "10M")
+	if r := run(t, "send", "--live", img, "--to", "ssh://h/x"); r.code != exitUsage || !strings.Contains(r.stderr, "COLDSHIP_BWLIMIT") {
+		t.Errorf("send --live with COLDSHIP_BWLIMIT: exit %d, want 2 naming the variable; %s", r.code, r.stderr)
 	}
 }
 
