@@ -184,7 +184,11 @@ func runVerifyAll(ctx context.Context, s *streams, opts *verifyOptions) error {
 	rep := startProgress(s, "verify", opts.output, cnt, movedShipped)
 	report := func(p shipper.Problem) {
 		if opts.output.json {
-			s.emit(map[string]any{"type": "problem", "shipment": p.Shipment, "object": p.Object, "problem": p.Problem})
+			o := map[string]any{"type": "problem", "object": p.Object, "problem": p.Problem}
+			if p.Shipment != "" {
+				o["shipment"] = p.Shipment
+			}
+			s.emit(o)
 			return
 		}
 		fmt.Fprintf(s.err, "coldship: problem: %s\n", p)
@@ -206,6 +210,12 @@ func runVerifyAll(ctx context.Context, s *streams, opts *verifyOptions) error {
 	}
 	if opts.trust.senders != nil {
 		mode += ", every signature checked"
+	}
+	if res.Shipments == 0 && len(res.Problems) == 0 {
+		// A monitoring job must not pass on a mistyped DEST: an S3 prefix
+		// (or an empty folder) that holds nothing is not a checked copy.
+		rep.finish(false, nil, "")
+		return fmt.Errorf("verify --all at %s: no shipment there, nothing was checked (an S3 prefix that does not exist looks empty: check DEST)", tr)
 	}
 	summary := map[string]any{"mode": "all", "shipments": res.Shipments, "problems": len(res.Problems), "bytes_checked": cnt.Shipped.Load()}
 	if len(res.Problems) == 0 {

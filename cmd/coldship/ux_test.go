@@ -463,3 +463,14 @@ func jsonLines(t *testing.T, stdout string) []map[string]any {
 	}
 	return out
 }
+
+// TestVerifyAllEmpty: verify --all of a destination that holds no
+// shipment fails (exit 1) rather than passing a monitoring job on a
+// mistyped prefix or an empty folder.
+func TestVerifyAllEmpty(t *testing.T) {
+	dest := t.TempDir()
+	r := run(t, "verify", "--all", dest)
+	if r.code != exitError || !strings.Contains(r.stderr, "no shipment there") {
+		t.Errorf("verify --all of an empty destination: exit %d, want 1 saying so: %s", r.code, r.stderr)
+	}
+}
