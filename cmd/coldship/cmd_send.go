@@ -290,16 +290,6 @@ func recipientsID(rs, files []string) (string, error) {
 	return shipper.RecipientsFingerprint(all), nil
 }
 
-// destKey names a destination in resume journals: absolute for paths.
-func destKey(dest string) string {
-	if !strings.Contains(dest, "://") {
-		if abs, err := filepath.Abs(dest); err == nil {
-			return abs
-		}
-	}
-	return dest
-}
-
 // defaultStateDir is $XDG_STATE_HOME/coldship, or ~/.local/state/coldship.
 func defaultStateDir() string {
 	if d := os.Getenv("XDG_STATE_HOME"); d != "" {

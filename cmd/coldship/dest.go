@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 
@@ -201,4 +202,36 @@ func openExistingDest(ctx context.Context, s *streams, dest string, o *transport
 		return nil, fmt.Errorf("destination %s: %w", dest, err)
 	}
 	return tr, nil
+}
+
+// destKey names a destination in resume journals, DR state and locks:
+// one name however it is spelled (an absolute, clean path; a URL without
+// trailing slashes or the default port).
+func destKey(dest string) string {
+	scheme, _, ok := strings.Cut(dest, "://")
+	switch {
+	case !ok:
+		if abs, err := filepath.Abs(dest); err == nil {
+			return abs
+		}
+	case scheme == "file":
+		if u, err := url.Parse(dest); err == nil && u.Path != "" {
+			return filepath.Clean(u.Path)
+		}
+	case scheme == "sftp":
+		// One spelling per destination: a trailing slash, a doubled one
+		// or the default port must not start another chain, journal and
+		// lock for the same folder.
+		if cfg, err := sftp.ParseURL(dest); err == nil {
+			if cfg.Port == 22 {
+				cfg.Port = 0
+			}
+			return cfg.String()
+		}
+	case scheme == "s3":
+		if cfg, err := s3.ParseURL(dest); err == nil {
+			return strings.TrimSuffix("s3://"+cfg.Bucket+"/"+cfg.Prefix, "/")
+		}
+	}
+	return dest
 }

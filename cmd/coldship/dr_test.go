@@ -763,3 +763,30 @@ func TestBaseCheckFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestDestKey: one destination has one name in journals, DR state and
+// locks however it is spelled.
+func TestDestKey(t *testing.T) {
+	for _, same := range [][]string{
+		{"sftp://backup@dr.example.com/srv/dr", "sftp://backup@dr.example.com/srv/dr/", "sftp://backup@dr.example.com:22//srv//dr/"},
+		{"sftp://dr.example.com:2222/~/dr", "sftp://dr.example.com:2222/~/dr/"},
+		{"s3://bucket/web01", "s3://bucket/web01/", "s3://bucket//web01"},
+		{"file:///srv/dr", "/srv/dr/", "/srv//dr"},
+	} {
+		for _, d := range same[1:] {
+			if got, want := destKey(d), destKey(same[0]); got != want {
+				t.Errorf("destKey(%q) = %q, want %q as for %q", d, got, want, same[0])
+			}
+		}
+	}
+	for _, differ := range [][2]string{
+		{"sftp://a@h/srv/dr", "sftp://b@h/srv/dr"},
+		{"sftp://h/srv/dr", "sftp://h:2222/srv/dr"},
+		{"sftp://h/~/dr", "sftp://h/dr"},
+		{"s3://bucket/a", "s3://bucket/b"},
+	} {
+		if destKey(differ[0]) == destKey(differ[1]) {
+			t.Errorf("destKey(%q) = destKey(%q) = %q", differ[0], differ[1], destKey(differ[0]))
+		}
+	}
+}
