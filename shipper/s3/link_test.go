@@ -84,8 +84,11 @@ func TestLongLinkMoreInFlight(t *testing.T) {
 	if m := most.Load(); m <= 2 {
 		t.Errorf("the read had at most %d requests in flight, want more than Streams (2)", m)
 	}
-	if _, ok := shipper.LimitBandwidth(tr, 1<<30).(shipper.LinkReporter); !ok {
-		t.Error("the bandwidth wrapper hides LinkStats")
+	// The bandwidth wrapper measures no link itself: what it wraps does.
+	if u, ok := shipper.LimitBandwidth(tr, 1<<30).(interface{ Unwrap() shipper.Transport }); !ok {
+		t.Error("the bandwidth wrapper hides the transport's LinkStats")
+	} else if _, ok := u.Unwrap().(shipper.LinkReporter); !ok {
+		t.Error("the transport under the bandwidth wrapper reports no LinkStats")
 	}
 	t.Logf("LinkStats %+v", tr.LinkStats())
 }
