@@ -140,6 +140,8 @@ type PruneDecision struct {
 	// cannot be read, it is dated more than MaxClockSkew ahead, or it is
 	// not from a trusted sender.
 	Ignored string `json:"ignored,omitempty"`
+	// OtherLabel is set when PrunePolicy.Label leaves the shipment out.
+	OtherLabel bool `json:"-"`
 }
 
 // PlanPrune decides, without any key, which shipments at tr the policy
@@ -234,7 +236,7 @@ func newPrunePlan(ctx context.Context, tr Transport, p PrunePolicy, ships []Ship
 		case si.Error != "":
 			d.Ignored = "header unreadable"
 		case p.Label != "" && si.Label != p.Label:
-			d.Reasons = []string{"another label"}
+			d.Reasons, d.OtherLabel = []string{"another label"}, true
 		case CheckNotFuture(si.ID, now) != nil:
 			d.Ignored = CheckNotFuture(si.ID, now).Error()
 		case si.Complete && p.Trusted != nil:

@@ -47,7 +47,8 @@ shipment instead, with the chain and previous shipment of a signed one
 without).
 
 A DEST that does not exist (a missing directory or bucket) is an error
-(exit 1), not an empty list.`,
+(exit 1), not an empty list. A DEST that holds no shipment prints nothing
+on stdout and says so on stderr (a notice with --json); it exits 0.`,
 		Example: `  coldship list s3://dr-bucket/web01
   coldship list /mnt/backup/web01 | cut -f1,5
   coldship list sftp://backup@dr.example.com/srv/coldship --json | jq -r 'select(.complete) | .id'`,
@@ -85,6 +86,11 @@ func runList(ctx context.Context, s *streams, opts *listOptions) error {
 	ships, err := shipper.List(ctx, tr)
 	if err != nil {
 		return err
+	}
+	if len(ships) == 0 {
+		// stdout stays empty for scripts; a person is told why.
+		s.logf(outputOptions{json: opts.json})("no shipment at %s", tr)
+		return nil
 	}
 	// Each shipment's statement is read (with trusted senders, its
 	// signature checked) describeAtOnce at a time: round trips each.

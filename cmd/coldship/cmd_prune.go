@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -123,11 +124,16 @@ func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
 	if err != nil {
 		return err
 	}
+	logf := s.logf(outputOptions{json: opts.json, quiet: opts.quiet})
+	if opts.label != "" && !slices.ContainsFunc(plan, func(d shipper.PruneDecision) bool { return !d.OtherLabel }) {
+		// Nothing to delete is no error, but a mistyped label should
+		// not pass for a series with nothing to prune.
+		logf("no shipment at %s has the label %q", tr, opts.label)
+	}
 	if !opts.dryRun {
 		// Uploads of killed or failed sends (S3 multipart uploads) cost
 		// storage though no shipment lists them; with the lock held, those
 		// begun before this run are no running send's.
-		logf := s.logf(outputOptions{json: opts.json, quiet: opts.quiet})
 		if _, err := shipper.AbortLeftoverUploads(ctx, tr, "", start, logf); err != nil {
 			logf("warning: %v", err)
 		}
@@ -150,6 +156,9 @@ func prunePolicy(opts *pruneOptions) (shipper.PrunePolicy, error) {
 		policy.KeepWithin = w
 	}
 	if opts.keepLast+opts.keepDaily+opts.keepWeekly+opts.keepMonthly+opts.keepYearly == 0 && policy.KeepWithin.IsZero() {
+		if opts.keepWithin != "" {
+			return policy, usagef("--keep-within %s keeps nothing: give a span such as 7d (prune never deletes everything)", opts.keepWithin)
+		}
 		return policy, usagef("prune: give at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-within (prune never deletes everything)")
 	}
 	return policy, nil

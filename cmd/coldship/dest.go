@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net/url"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -153,12 +152,8 @@ func openDest(ctx context.Context, s *streams, dest string, o *transportOptions)
 		if err != nil {
 			return nil, usageError{fmt.Errorf("%w: %s", err, rightForm("sftp"))}
 		}
-		// A key file named that is not there is a usage error, as a
-		// missing identity or recipients file is, not a failed login.
-		for _, k := range o.sshKeys {
-			if _, err := os.Stat(k); errors.Is(err, fs.ErrNotExist) {
-				return nil, usageError{fmt.Errorf("read ssh key file: %w", err)}
-			}
+		if err := checkSSHKeys(o.sshKeys); err != nil {
+			return nil, err
 		}
 		cfg.KeyFiles, cfg.KnownHosts, cfg.AcceptNewHostKey = o.sshKeys, o.knownHosts, o.acceptNew
 		cfg.Streams, cfg.AskPass, cfg.Stderr = o.streams, s.askPass(), s.err
@@ -181,9 +176,32 @@ func openDest(ctx context.Context, s *streams, dest string, o *transportOptions)
 		}
 		cfg.Endpoint, cfg.Region, cfg.PathStyle = o.s3Endpoint, o.s3Region, o.s3PathStyle
 		cfg.Streams, cfg.Stderr = o.streams, s.err
-		return s3.New(ctx, cfg)
+		t, err := s3.New(ctx, cfg)
+		if err != nil {
+			if errors.Is(err, s3.ErrEndpoint) {
+				return nil, usageError{err}
+			}
+			return nil, err
+		}
+		return t, nil
 	}
 	return nil, usagef("DEST %q: unknown scheme %q: %s", dest, scheme, rightForm(""))
+}
+
+// checkSSHKeys refuses an --ssh-key that names no file, or a file that
+// holds no SSH private key (an age identity, a public key): a usage error,
+// as a missing or unusable identity file is, not a failed login.
+func checkSSHKeys(keys []string) error {
+	for _, k := range keys {
+		err := sftp.CheckKeyFile(k)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return usageError{fmt.Errorf("read ssh key file: %w", err)}
+		case errors.Is(err, sftp.ErrNotKey):
+			return usageError{fmt.Errorf("--ssh-key %s: %w", k, sftp.ErrNotKey)}
+		}
+	}
+	return nil
 }
 
 // openExistingDest opens DEST for reading: a destination that does not

@@ -143,7 +143,7 @@ var jsonSchema = []jsonKind{
 		{"bytes_shipped", "integer", "bytes sent on the wire, all rounds"},
 		{"rounds", "array", "one object per round: round, final, blocks, bytes_data, bytes_shipped, bytes_read, duration_s"},
 		{"switchover_s", "number", "seconds from the pre-switchover hook's start to the files in place"},
-		{"pre_switchover_hook_s", "number", "the hook's share of it"},
+		{"pre_switchover_hook_s", "number", "the hook's share of it (0 without a pre-switchover hook)"},
 		{"paths", "array", "the restored paths at the destination"},
 		{"data", "string", "the data path: ssh (lanes over SSH channels) or tcp (direct TCP lanes)"},
 		{"lanes", "integer", "lanes that carried the blocks (0: the one control channel)"},

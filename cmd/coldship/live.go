@@ -96,6 +96,9 @@ func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if err != nil {
 		return err
 	}
+	if err := checkSSHKeys(opts.transport.sshKeys); err != nil {
+		return err
+	}
 	runner, err := opts.hooks.runner(s)
 	if err != nil {
 		return err
@@ -272,8 +275,8 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 			if st.Final {
 				what = "final"
 			}
-			logf("round %d (%s): %s in %d blocks sent (%s on the wire) in %s", st.Round, what,
-				humanBytes(st.Data), st.Blocks, humanBytes(st.Wire), st.Duration.Round(time.Millisecond))
+			logf("round %d (%s): %s in %s sent (%s on the wire) in %s", st.Round, what,
+				humanBytes(st.Data), plural(int(st.Blocks), "block", "blocks"), humanBytes(st.Wire), st.Duration.Round(time.Millisecond))
 		},
 	})
 	err = remote.Finish(err)
@@ -281,7 +284,7 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 		rep.finish(false, nil, "")
 		return &live.SendResult{ID: id}, fmt.Errorf("send --live to %s: %w", opts.to, err)
 	}
-	reportLiveSend(rep, res, opts, lanes)
+	reportLiveSend(rep, res, opts, lanes, runner.Has(hooks.PreSwitchover))
 	return res, nil
 }
 
@@ -347,7 +350,8 @@ func runLiveReceive(ctx context.Context, s *streams, opts *receiveOptions) error
 	}
 	rep.finish(true, map[string]any{
 		"shipment": res.ID, "files": len(res.Files), "rounds": res.Rounds, "bytes_total": cnt.Total.Load(),
-	}, fmt.Sprintf("restored %s (%d paths) into %s in %d rounds", res.ID, len(res.Files), opts.out, res.Rounds))
+	}, fmt.Sprintf("restored %s (%s) into %s in %s", res.ID, plural(len(res.Files), "path", "paths"), opts.out,
+		plural(res.Rounds, "round", "rounds")))
 	env.Files = res.Files
 	if err := runner.Run(ctx, hooks.PostReceive, env); err != nil {
 		err = hookErr(fmt.Errorf("shipment %s is restored in %s and kept, but %w", res.ID, opts.out, err))
@@ -466,8 +470,15 @@ func liveFlags(lo *liveOptions, streams int) (lanes int, untilDirty int64, err e
 }
 
 // reportLiveSend ends the progress of a live send that succeeded with its
-// summary: the rounds, the switch-over and the bytes.
-func reportLiveSend(rep *reporter, res *live.SendResult, opts *sendOptions, lanes int) {
+// summary: the rounds, the switch-over and the bytes. Without a
+// pre-switchover hook, the time res.Hook measured is coldship's own checks:
+// no hook's share, so 0 in JSON and not shown.
+func reportLiveSend(rep *reporter, res *live.SendResult, opts *sendOptions, lanes int, hookRan bool) {
+	hook, hookNote := time.Duration(0), ""
+	if hookRan {
+		hook = res.Hook
+		hookNote = fmt.Sprintf(" (pre-switchover hook %s)", hook.Round(time.Millisecond))
+	}
 	var data, wire int64
 	rounds := make([]map[string]any, len(res.Rounds))
 	for i, r := range res.Rounds {
@@ -478,10 +489,10 @@ func reportLiveSend(rep *reporter, res *live.SendResult, opts *sendOptions, lane
 	}
 	rep.finish(true, map[string]any{
 		"mode": "live", "shipment": res.ID, "files": len(res.Files), "rounds": rounds,
-		"switchover_s": res.Switchover.Seconds(), "pre_switchover_hook_s": res.Hook.Seconds(),
+		"switchover_s": res.Switchover.Seconds(), "pre_switchover_hook_s": hook.Seconds(),
 		"bytes_total": res.Total, "bytes_hole": res.Hole, "bytes_zero": res.Zero,
 		"bytes_data": data, "bytes_shipped": wire, "paths": nonNil(res.Files), "data": opts.live.data, "lanes": lanes,
-	}, fmt.Sprintf("restored %s (%d paths) at %s as %s in %d rounds, %s sent; switch-over %s (pre-switchover hook %s)",
-		humanBytes(res.Total), len(res.Files), opts.to, res.ID, len(res.Rounds), humanBytes(wire),
-		res.Switchover.Round(time.Millisecond), res.Hook.Round(time.Millisecond)))
+	}, fmt.Sprintf("restored %s (%s) at %s as %s in %s, %s sent; switch-over %s%s",
+		humanBytes(res.Total), plural(len(res.Files), "path", "paths"), opts.to, res.ID,
+		plural(len(res.Rounds), "round", "rounds"), humanBytes(wire), res.Switchover.Round(time.Millisecond), hookNote))
 }

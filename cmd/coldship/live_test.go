@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -13,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/shipper/live"
 	"github.com/coldship/coldship/shipper/live/livetest"
 	"github.com/coldship/coldship/shipper/sftp/sftptest"
 )
@@ -159,6 +162,59 @@ func TestLivePreCopy(t *testing.T) {
 	}
 }
 
+// TestLiveSummaryWords checks the sentences of a live send of one image
+// in one round, without a pre-switchover hook: singular counts, and no
+// hook's share of the switch-over (0 in JSON) since no hook ran.
+func TestLiveSummaryWords(t *testing.T) {
+	_, _, to, flags := liveEnv(t)
+	img := filepath.Join(t.TempDir(), "disk.img")
+	makeImage(t, img, 1<<20, region{0, 1 << 20, "random"})
+	r := mustRun(t, append([]string{"send", img, "--to", to}, flags...)...)
+	for _, want := range []string{"in 1 block sent", "(1 path) at ", " in 1 round, "} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr does not say %q:\n%s", want, r.stderr)
+		}
+	}
+	if strings.Contains(r.stderr, "pre-switchover hook") {
+		t.Errorf("a pre-switchover hook's time although none ran:\n%s", r.stderr)
+	}
+	r = mustRun(t, append([]string{"send", img, "--to", to, "--remote-force", "--json"}, flags...)...)
+	if hook := lastJSON(t, r.stdout)["pre_switchover_hook_s"]; hook != 0.0 {
+		t.Errorf("pre_switchover_hook_s %v without a hook, want 0", hook)
+	}
+}
+
+// TestLiveReceiveSummaryWords runs receive --live in this process, as
+// a person would at the far end, fed by a sender of one image in one
+// round: its sentence counts in the singular.
+func TestLiveReceiveSummaryWords(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "disk.img")
+	makeImage(t, img, 1<<20, region{0, 1 << 20, "random"})
+	sources, err := archive.CollectSources([]string{img})
+	if err != nil {
+		t.Fatal(err)
+	}
+	toRecvR, toRecvW := io.Pipe()
+	toSendR, toSendW := io.Pipe()
+	var stderr strings.Builder
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		execute(context.Background(), []string{"receive", "--live", "-", "--out", t.TempDir()}, toRecvR, toSendW, &stderr)
+		toSendW.Close()
+		toRecvR.Close()
+	})
+	_, err = live.Send(context.Background(), live.Peer{In: toSendR, Out: toRecvW}, sources, live.SendOptions{})
+	toRecvW.Close()
+	toSendR.Close()
+	wg.Wait()
+	if err != nil {
+		t.Fatalf("send: %v\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "(1 path) into ") || !strings.Contains(stderr.String(), " in 1 round") {
+		t.Errorf("receive --live summary, want 1 path in 1 round:\n%s", stderr.String())
+	}
+}
+
 // TestLiveConnectionCut cuts the SSH connection in the middle of a send:
 // the sender fails, and the receiver leaves nothing at a final name (nor
 // its temporaries).
@@ -178,6 +234,10 @@ func TestLiveConnectionCut(t *testing.T) {
 	r := <-done
 	if r.code == 0 {
 		t.Fatal("send succeeded although its connection was cut")
+	}
+	// One line: the cause follows the failure, not on a line of its own.
+	if msg := strings.TrimSpace(r.stderr); strings.Contains(msg, "\n") || !strings.Contains(msg, "connection to the receiver failed: ") {
+		t.Errorf("error of a cut connection, want one line saying why: %q", r.stderr)
 	}
 	// The receiver notices the end of its input and cleans up.
 	deadline := time.Now().Add(15 * time.Second)

@@ -29,11 +29,42 @@ func TestMissingKeyFilesExit2(t *testing.T) {
 		"--passphrase-file (verify)": {"verify", filepath.Join(dir, "dest"), "--passphrase-file", missing},
 		"--ssh-key (send)":           {"send", src, "--to", "sftp://127.0.0.1:1/x", "-r", rcpt, "--ssh-key", missing},
 		"--ssh-key (receive)":        {"receive", "sftp://127.0.0.1:1/x", "--out", filepath.Join(dir, "out"), "-i", key, "--ssh-key", missing},
+		"--ssh-key (live)":           {"send", "--live", src, "--to", "ssh://127.0.0.1:1/x", "--ssh-key", missing},
 		"--sign-key":                 {"send", src, "--to", filepath.Join(dir, "dest"), "-r", rcpt, "--sign-key", missing},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if r := run(t, args...); r.code != exitUsage || !strings.Contains(r.stderr, missing) {
 				t.Errorf("exit %d, want %d naming the file: %s", r.code, exitUsage, r.stderr)
+			}
+		})
+	}
+}
+
+// TestUnusableArgumentsExit2: an --ssh-key file that holds no SSH private
+// key and an S3 endpoint with credentials in it are usage errors, named
+// (and the secret not repeated), not failed connections.
+func TestUnusableArgumentsExit2(t *testing.T) {
+	key, rcpt := keypair(t) // an age identity, not an SSH key
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	os.WriteFile(src, []byte("x"), 0o644)
+	notSSH := "--ssh-key " + key + ": not an SSH private key"
+	for name, tc := range map[string]struct {
+		args []string
+		want string
+	}{
+		"--ssh-key (send)":    {[]string{"send", src, "--to", "sftp://127.0.0.1:1/x", "-r", rcpt, "--ssh-key", key}, notSSH},
+		"--ssh-key (receive)": {[]string{"receive", "sftp://127.0.0.1:1/x", "--out", filepath.Join(dir, "out"), "-i", key, "--ssh-key", key}, notSSH},
+		"--ssh-key (live)":    {[]string{"send", "--live", src, "--to", "ssh://127.0.0.1:1/x", "--ssh-key", key}, notSSH},
+		"--s3-endpoint":       {[]string{"list", "s3://bucket", "--s3-endpoint", "http://AK:SECRET@127.0.0.1:7171"}, "credentials in the URL are not accepted"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := run(t, tc.args...)
+			if r.code != exitUsage || !strings.Contains(r.stderr, tc.want) {
+				t.Errorf("exit %d, want %d saying %q: %s", r.code, exitUsage, tc.want, r.stderr)
+			}
+			if strings.Contains(r.stderr, "SECRET") {
+				t.Errorf("the secret is repeated: %s", r.stderr)
 			}
 		})
 	}

@@ -350,6 +350,38 @@ func TestPruneRules(t *testing.T) {
 	}
 }
 
+// TestPruneNothing checks what prune says when its rules or its label
+// select nothing: a --keep-within of 0 keeps nothing (a usage error that
+// says so), and a label no shipment has is a notice (exit 0, since
+// nothing to delete is no error), not silence.
+func TestPruneNothing(t *testing.T) {
+	dest := t.TempDir()
+	fakeShipment(t, dest, time.Now().Add(-time.Hour), "web01")
+	state := t.TempDir()
+	r := run(t, "prune", dest, "--keep-within", "0d", "--state-dir", state)
+	if r.code != exitUsage || !strings.Contains(r.stderr, "--keep-within 0d keeps nothing: give a span such as 7d") {
+		t.Errorf("--keep-within 0d: exit %d, want 2 saying it keeps nothing: %s", r.code, r.stderr)
+	}
+	mustRun(t, "prune", dest, "--keep-within", "0d", "--keep-last", "1", "--dry-run", "--state-dir", state)
+
+	notice := fmt.Sprintf("no shipment at %s has the label %q", dest, "db01")
+	r = mustRun(t, "prune", dest, "--keep-last", "1", "--name", "db01", "--state-dir", state)
+	if !strings.Contains(r.stderr, notice) {
+		t.Errorf("prune --name of no shipment, stderr does not say %q: %s", notice, r.stderr)
+	}
+	r = mustRun(t, "prune", dest, "--keep-last", "1", "--name", "db01", "--json", "--state-dir", state)
+	if o := jsonLines(t, r.stdout)[0]; o["type"] != "notice" || o["message"] != notice {
+		t.Errorf("prune --name of no shipment --json: %s", r.stdout)
+	}
+	lastJSON(t, r.stdout)
+	if r = mustRun(t, "prune", dest, "--keep-last", "1", "--name", "db01", "-q", "--state-dir", state); r.stderr != "" {
+		t.Errorf("prune -q printed: %s", r.stderr)
+	}
+	if r = mustRun(t, "prune", dest, "--keep-last", "1", "--name", "web01", "--state-dir", state); strings.Contains(r.stderr, "has the label") {
+		t.Errorf("prune --name of a label that exists: %s", r.stderr)
+	}
+}
+
 func TestListColumns(t *testing.T) {
 	dest, _, id, _ := sendSample(t, "--name", "web 01\tprod")
 	r := mustRun(t, "list", dest)
@@ -467,6 +499,21 @@ func jsonLines(t *testing.T, stdout string) []map[string]any {
 // TestVerifyAllEmpty: verify --all of a destination that holds no
 // shipment fails (exit 1) rather than passing a monitoring job on a
 // mistyped prefix or an empty folder.
+// TestListEmpty: a destination that holds no shipment lists nothing on
+// stdout, for scripts, exits 0, and says so on stderr for a person (a
+// notice object with --json).
+func TestListEmpty(t *testing.T) {
+	dest := t.TempDir()
+	r := mustRun(t, "list", dest)
+	if r.stdout != "" || !strings.Contains(r.stderr, "no shipment at "+dest) {
+		t.Errorf("list of an empty destination: stdout %q, stderr %q; want nothing, then a notice", r.stdout, r.stderr)
+	}
+	r = mustRun(t, "list", dest, "--json")
+	if o := lastJSON(t, r.stdout); o["type"] != "notice" || o["message"] != "no shipment at "+dest || r.stderr != "" {
+		t.Errorf("list --json of an empty destination: stdout %q, stderr %q", r.stdout, r.stderr)
+	}
+}
+
 func TestVerifyAllEmpty(t *testing.T) {
 	dest := t.TempDir()
 	r := run(t, "verify", "--all", dest)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 )
@@ -44,6 +45,11 @@ func (f outFrame) release() {
 // errLink marks a failure to write to or read from the receiver: the
 // receiver's own report, if it sends one, explains it better.
 var errLink = errors.New("connection to the receiver failed")
+
+// linkError marks err as a failure of the link. The cause follows on the
+// same line (errors.Join would put it on a line of its own, and a bare
+// "EOF" there reads as a second error).
+func linkError(err error) error { return fmt.Errorf("%w: %w", errLink, err) }
 
 func newOutLane(n uint32, w io.Writer) *outLane {
 	l := &outLane{n: n, w: bufio.NewWriterSize(w, 256<<10), pending: map[uint64]outFrame{}, done: make(chan struct{})}
@@ -129,7 +135,7 @@ func (l *outLane) run() {
 
 func (l *outLane) fail(err error) {
 	if l.err == nil {
-		l.err = errors.Join(errLink, err)
+		l.err = linkError(err)
 	}
 	l.cond.Broadcast()
 }

@@ -390,7 +390,7 @@ func (s *sendSession) waitReply(ctx context.Context, want byte, timeout time.Dur
 		case errors.Is(r.err, io.EOF) || errors.Is(r.err, io.ErrUnexpectedEOF):
 			return nil, fmt.Errorf("%w: the receiver ended the session", errLink)
 		case r.err != nil:
-			return nil, errors.Join(errLink, r.err)
+			return nil, linkError(r.err)
 		case r.kind == replyError:
 			<-ctx.Done()
 			return nil, context.Cause(ctx)
@@ -509,7 +509,7 @@ func (s *sendSession) handshake(ctx context.Context) (time.Time, error) {
 		return time.Time{}, err
 	}
 	if _, err := s.peer.Out.Write(appendFrame(nil, frameKey, appendKey(nil, s.id, wrapped))); err != nil {
-		return time.Time{}, errors.Join(errLink, err)
+		return time.Time{}, linkError(err)
 	}
 	if s.codec, err = archive.NewCodec(s.key, s.id, archive.FormatV3, opts.Compress, opts.Jobs); err != nil {
 		return time.Time{}, err

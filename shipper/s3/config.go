@@ -79,6 +79,20 @@ func ParseURL(raw string) (Config, error) {
 	return Config{Bucket: u.Host, Prefix: prefix}, nil
 }
 
+// ErrEndpoint marks an endpoint that cannot be used as written (credentials
+// in it, a scheme other than http or https, no host, a path): what was
+// given is wrong, not the server, so a caller can report it as such.
+var ErrEndpoint = errors.New("s3 endpoint cannot be used")
+
+// endpointError is an error of ErrEndpoint whose message is its own.
+type endpointError struct{ error }
+
+func (e endpointError) Is(target error) bool { return target == ErrEndpoint }
+
+func endpointErrorf(format string, a ...any) error {
+	return endpointError{fmt.Errorf(format, a...)}
+}
+
 // endpoint resolves the endpoint into the host[:port] the client dials and
 // whether it uses TLS.
 func (cfg *Config) endpoint() (host string, secure bool, err error) {
@@ -89,22 +103,22 @@ func (cfg *Config) endpoint() (host string, secure bool, err error) {
 	}
 	if strings.Contains(raw, "@") {
 		// Not echoed: it may hold a password.
-		return "", false, fmt.Errorf("s3 endpoint (%s): credentials in the URL are not accepted; use the environment or ~/.aws/credentials", from)
+		return "", false, endpointErrorf("s3 endpoint (%s): credentials in the URL are not accepted; use the environment or ~/.aws/credentials", from)
 	}
 	if !strings.Contains(raw, "://") {
 		raw = "https://" + raw
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return "", false, fmt.Errorf("s3 endpoint (%s): %w", from, err)
+		return "", false, endpointErrorf("s3 endpoint (%s): %w", from, err)
 	}
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
-		return "", false, fmt.Errorf("s3 endpoint %q (%s): scheme must be http or https", raw, from)
+		return "", false, endpointErrorf("s3 endpoint %q (%s): scheme must be http or https", raw, from)
 	case u.Host == "":
-		return "", false, fmt.Errorf("s3 endpoint %q (%s): no host", raw, from)
+		return "", false, endpointErrorf("s3 endpoint %q (%s): no host", raw, from)
 	case strings.Trim(u.Path, "/") != "" || u.RawQuery != "":
-		return "", false, fmt.Errorf("s3 endpoint %q (%s): a path or query is not supported", raw, from)
+		return "", false, endpointErrorf("s3 endpoint %q (%s): a path or query is not supported", raw, from)
 	}
 	return u.Host, u.Scheme == "https", nil
 }

@@ -3,6 +3,7 @@ package s3
 import (
 	"bytes"
 	"context"
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -84,6 +85,9 @@ func TestEndpoint(t *testing.T) {
 				}
 				if strings.Contains(err.Error(), "hunter2") {
 					t.Errorf("error repeats the password: %v", err)
+				}
+				if !errors.Is(err, ErrEndpoint) {
+					t.Errorf("error %v is not an ErrEndpoint", err)
 				}
 				return
 			}

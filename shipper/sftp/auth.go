@@ -65,6 +65,20 @@ func newAuthenticator(d *destination, askPass func(string) ([]byte, error)) (*au
 	return a, nil
 }
 
+// ErrNotKey marks a key file that holds no SSH private key coldship can
+// read.
+var ErrNotKey = errors.New("not an SSH private key")
+
+// CheckKeyFile reads the private key file p as Dial reads a file of
+// Config.KeyFiles, so that a caller can refuse one that cannot be used
+// before it connects. Its error wraps fs.ErrNotExist or ErrNotKey where
+// they apply. An encrypted key passes: its passphrase is asked for only
+// when a server would accept it.
+func CheckKeyFile(p string) error {
+	_, err := readKeyFile(p)
+	return err
+}
+
 func readKeyFile(p string) (*keyFile, error) {
 	data, err := os.ReadFile(p)
 	if err != nil {
@@ -83,7 +97,7 @@ func readKeyFile(p string) (*keyFile, error) {
 		}
 	default:
 		// The parser's message is not shown: it could quote the file.
-		return nil, fmt.Errorf("ssh key %s: not a private key that coldship can read", p)
+		return nil, fmt.Errorf("ssh key %s: %w", p, ErrNotKey)
 	}
 	return k, nil
 }
