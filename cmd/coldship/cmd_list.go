@@ -48,7 +48,7 @@ without).
 
 A DEST that does not exist (a missing directory or bucket) is an error
 (exit 1), not an empty list. A DEST that holds no shipment prints nothing
-on stdout and says so on stderr (a notice with --json); it exits 0.`,
+on stdout (with --json too) and says so on stderr; it exits 0.`,
 		Example: `  coldship list s3://dr-bucket/web01
   coldship list /mnt/backup/web01 | cut -f1,5
   coldship list sftp://backup@dr.example.com/srv/coldship --json | jq -r 'select(.complete) | .id'`,
@@ -88,8 +88,9 @@ func runList(ctx context.Context, s *streams, opts *listOptions) error {
 		return err
 	}
 	if len(ships) == 0 {
-		// stdout stays empty for scripts; a person is told why.
-		s.logf(outputOptions{json: opts.json})("no shipment at %s", tr)
+		// stdout stays empty for scripts, with --json too (a script
+		// reading ids meets nothing else there); a person is told why.
+		s.logf(outputOptions{})("no shipment at %s", tr)
 		return nil
 	}
 	// Each shipment's statement is read (with trusted senders, its
