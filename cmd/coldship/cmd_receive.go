@@ -150,37 +150,8 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 		}
 		return runLiveReceive(ctx, s, opts)
 	}
-	if err := checkDest(opts.dest); err != nil {
+	if err := checkReceiveFlags(opts); err != nil {
 		return err
-	}
-	switch {
-	case opts.out == "" && opts.into == "":
-		return usagef("receive: give --out DIR (a new restore) or --into DIR (update an earlier restore in place)")
-	case opts.out != "" && opts.into != "":
-		return usagef("receive: give --out DIR or --into DIR, not both")
-	case opts.into != "":
-		opts.out = opts.into
-	}
-	if err := checkRestoreDir(opts); err != nil {
-		return err
-	}
-	if err := opts.run.check(); err != nil {
-		return err
-	}
-	if opts.jobs < 0 {
-		return usagef("--jobs %d: give 0 (one more than the CPUs, the default) or a positive number", opts.jobs)
-	}
-	if opts.retries < 0 {
-		return usagef("--retries must not be negative")
-	}
-	if err := opts.checkPartial(); err != nil {
-		return err
-	}
-	if opts.libvirtStart && !opts.libvirtDefine {
-		return usagef("--libvirt-start needs --libvirt-define")
-	}
-	if opts.allowRollback && opts.into == "" {
-		return usagef("--allow-rollback goes with --into")
 	}
 	if err := opts.trust.load(); err != nil {
 		return err
@@ -223,6 +194,45 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 	if err := runner.Run(ctx, hooks.PostReceive, env); err != nil {
 		err = fmt.Errorf("shipment %s is restored in %s and kept, but %w", env.Shipment, opts.out, err)
 		return onFailure(ctx, s, runner, env, hookErr(err))
+	}
+	return nil
+}
+
+// checkReceiveFlags checks what a stored receive was given, before
+// anything is read: the destination's form, one of --out and --into, and
+// the flags that only go with others.
+func checkReceiveFlags(opts *receiveOptions) error {
+	if err := checkDest(opts.dest); err != nil {
+		return err
+	}
+	switch {
+	case opts.out == "" && opts.into == "":
+		return usagef("receive: give --out DIR (a new restore) or --into DIR (update an earlier restore in place)")
+	case opts.out != "" && opts.into != "":
+		return usagef("receive: give --out DIR or --into DIR, not both")
+	case opts.into != "":
+		opts.out = opts.into
+	}
+	if err := checkRestoreDir(opts); err != nil {
+		return err
+	}
+	if err := opts.run.check(); err != nil {
+		return err
+	}
+	if opts.jobs < 0 {
+		return usagef("--jobs %d: give 0 (one more than the CPUs, the default) or a positive number", opts.jobs)
+	}
+	if opts.retries < 0 {
+		return usagef("--retries must not be negative")
+	}
+	if err := opts.checkPartial(); err != nil {
+		return err
+	}
+	if opts.libvirtStart && !opts.libvirtDefine {
+		return usagef("--libvirt-start needs --libvirt-define")
+	}
+	if opts.allowRollback && opts.into == "" {
+		return usagef("--allow-rollback goes with --into")
 	}
 	return nil
 }
