@@ -81,7 +81,7 @@ func (r *sendRun) finish(ctx context.Context, p *pipeline, key *cipher.Key, wrap
 		return rerr
 	}
 	if err != nil {
-		return fmt.Errorf("put %s: %w", name, err)
+		return err // it names the object
 	}
 	opts.Counters.Shipped.Add(int64(len(mb)))
 	opts.Counters.Reused.Add(fromBefore.bytes)
@@ -131,10 +131,7 @@ func (r *sendRun) writeTable(ctx context.Context, p *pipeline, key *cipher.Key, 
 	done := make(chan error, 1)
 	name := p.id + "/" + archive.BlocksObject
 	pw := &spool{start: func(rd io.Reader, size int64, pr *io.PipeReader) {
-		err := r.tr.Put(ctx, name, rd, size)
-		if err != nil {
-			err = fmt.Errorf("put %s: %w", name, err)
-		}
+		err := r.tr.Put(ctx, name, rd, size) // its error names the object
 		if pr != nil {
 			pr.CloseWithError(err)
 		}

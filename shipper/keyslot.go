@@ -39,10 +39,7 @@ func putKeySlot(ctx context.Context, tr Transport, j *journal, id string, slot i
 // writer fails instead of leaving a key that does not open our records.
 func putNew(ctx context.Context, tr Transport, name string, b []byte) error {
 	if ec, ok := tr.(ExclusiveCreator); ok {
-		if err := ec.PutNew(ctx, name, bytes.NewReader(b), int64(len(b))); err != nil {
-			return fmt.Errorf("put %s: %w", name, err)
-		}
-		return nil
+		return ec.PutNew(ctx, name, bytes.NewReader(b), int64(len(b))) // its error names the object
 	}
 	if _, err := tr.Stat(ctx, name); err == nil {
 		return fmt.Errorf("put %s: %w", name, ErrObjectExists)
@@ -50,7 +47,7 @@ func putNew(ctx context.Context, tr Transport, name string, b []byte) error {
 		return fmt.Errorf("stat %s: %w", name, err)
 	}
 	if err := tr.Put(ctx, name, bytes.NewReader(b), int64(len(b))); err != nil {
-		return fmt.Errorf("put %s: %w", name, err)
+		return err // it names the object
 	}
 	got, err := getObject(ctx, tr, name, int64(len(b))+1)
 	if err != nil {

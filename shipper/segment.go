@@ -34,9 +34,8 @@ func openSegment(ctx context.Context, tr Transport, id string, n int) *segmentWr
 	w := &segmentWriter{n: n, name: archive.SegmentObject(n), pw: pw, bw: bufio.NewWriterSize(pw, segmentBuffer),
 		res: make(chan error, 1)}
 	go func() {
-		err := tr.Put(ctx, id+"/"+w.name, pr, -1)
+		err := tr.Put(ctx, id+"/"+w.name, pr, -1) // its error names the object
 		if err != nil {
-			err = fmt.Errorf("put %s/%s: %w", id, w.name, err)
 			pr.CloseWithError(err)
 		} else {
 			pr.CloseWithError(fmt.Errorf("put %s/%s: transport returned before reading all data", id, w.name))

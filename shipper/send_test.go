@@ -715,3 +715,34 @@ func TestSendSizes(t *testing.T) {
 		})
 	}
 }
+
+// failPut fails the Put of one object, naming it as transports do.
+type failPut struct {
+	shipper.Transport
+	suffix string
+}
+
+func (f failPut) Put(ctx context.Context, name string, r io.Reader, size int64) error {
+	if strings.HasSuffix(name, f.suffix) {
+		io.Copy(io.Discard, r)
+		return fmt.Errorf("put %s: %w", name, shipper.ErrPermanent)
+	}
+	return f.Transport.Put(ctx, name, r, size)
+}
+
+// TestPutErrorNamesObjectOnce: a failed put is reported with the object's
+// name once (the transport names it; the send does not say it again).
+func TestPutErrorNamesObjectOnce(t *testing.T) {
+	for _, suffix := range []string{"/segments/00000001", "/" + archive.InventoryObject, "/" + archive.BlocksObject, "/" + archive.ManifestObject, "/keys/0000"} {
+		s := newSetup(t, 256<<10)
+		_, err := shipper.Send(context.Background(), failPut{s.base, suffix}, s.sources, shipper.SendOptions{
+			Recipients: []age.Recipient{s.rcpt}, BlockSize: 64 << 10, Streams: 1, Retries: 0,
+		})
+		if err == nil {
+			t.Fatalf("%s: the send succeeded", suffix)
+		}
+		if n := strings.Count(err.Error(), suffix); n != 1 {
+			t.Errorf("%s: named %d times in %q", suffix, n, err)
+		}
+	}
+}

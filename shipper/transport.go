@@ -48,6 +48,8 @@ type ObjectInfo struct {
 //   - Not found is reported as an error wrapping ErrNotFound, never as an
 //     empty object.
 //   - All methods are safe for concurrent use.
+//   - Errors name the object (or the destination) they concern: callers
+//     add what the object is for, not its name again.
 type Transport interface {
 	// Put stores r under name. size is the number of bytes r yields, or -1
 	// when unknown. Put reads r until io.EOF; it fails if r yields a
