@@ -383,3 +383,33 @@ func hookFiles(t *testing.T, dir, phase string) string {
 	}
 	return string(b)
 }
+
+// TestOutDeviceInUse: receive --out-device refuses, before anything is
+// written, a device that another process has open for writing (a running
+// VM's QEMU opens its disks so, without O_EXCL), exit 6 naming it; the
+// device keeps its bytes.
+func TestOutDeviceInUse(t *testing.T) {
+	dest, key, id, _ := sendSample(t)
+	target, _ := vmtest.Loop(t, 8<<20)
+	fill := bytes.Repeat([]byte{0xab}, 8<<20)
+	if err := os.WriteFile(target, fill, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	holder := exec.Command("sh", "-c", "exec 3<>"+target+"; exec sleep 60")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { holder.Process.Kill(); holder.Wait() }()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", holder.Process.Pid)); len(fds) > 3 || time.Now().After(deadline) {
+			break
+		}
+	}
+	r := run(t, "receive", dest, id, "-i", key, "--out", t.TempDir(), "--out-device", "vm/disk.img="+target)
+	if r.code != exitBusy || !strings.Contains(r.stderr, target) || !strings.Contains(r.stderr, "open for writing") {
+		t.Errorf("receive --out-device onto a device held open for writing: exit %d, want 6 naming it: %s", r.code, r.stderr)
+	}
+	if got, _ := os.ReadFile(target); !bytes.Equal(got, fill) {
+		t.Error("the device was written")
+	}
+}

@@ -6,19 +6,26 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/coldship/coldship/hooks"
 )
 
 // openDevices opens the block devices that files are restored onto
-// (Options.Devices). A device is opened with O_EXCL, which the kernel
-// refuses while it is mounted or held by another exclusive user (a device
-// mapper or an LVM volume in use, a swap area); its size must hold the
-// file. It is written in place: there is no temporary file and no rename,
+// (Options.Devices). A device that any other process has open, locks or
+// holds (hooks.CheckDeviceFree: a running VM's QEMU opens its disks
+// without O_EXCL) is refused as busy; then it is opened with O_EXCL,
+// which the kernel refuses while it is mounted or held by another
+// exclusive user (a device mapper or an LVM volume in use, a swap area);
+// its size must hold the file. It is written in place: there is no temporary file and no rename,
 // so a restore that fails leaves the device unusable.
 func (w *Writer) openDevices() error {
 	for name, dev := range w.opts.Devices {
 		f := w.files[indexOf(w.sh.Files, name)]
 		if f == nil {
 			return fmt.Errorf("--out-device %s: the file is not restored (--include)", name)
+		}
+		if err := hooks.CheckDeviceFree(dev); errors.Is(err, hooks.ErrBusy) {
+			return fmt.Errorf("--out-device %s=%s: %w", name, dev, err)
 		}
 		fd, err := unix.Open(dev, unix.O_RDWR|unix.O_EXCL|unix.O_CLOEXEC, 0)
 		if errors.Is(err, unix.EBUSY) {
