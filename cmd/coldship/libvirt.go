@@ -185,6 +185,10 @@ func shippedPaths(dom *hooks.Domain, srcs []archive.Source, chains bool) (map[st
 // root to its path, and of each file written onto a device (--out-device)
 // to the device.
 func restoredNames(root string, files []string, devices map[string]string) map[string]string {
+	// The restored paths are absolute; --out may not be (--out .).
+	if abs, err := filepath.Abs(root); err == nil {
+		root = abs
+	}
 	out := map[string]string{}
 	for _, p := range files {
 		if rel, err := filepath.Rel(root, p); err == nil && !strings.HasPrefix(rel, "..") {

@@ -413,3 +413,16 @@ func TestOutDeviceInUse(t *testing.T) {
 		t.Error("the device was written")
 	}
 }
+
+// TestRestoredNamesRelativeOut: --libvirt-define finds the restored files
+// when --out was given relative to the working directory (--out .), as
+// the restored paths are absolute.
+func TestRestoredNamesRelativeOut(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	files := []string{filepath.Join(dir, "out", "web01", "web01.qcow2"), filepath.Join(dir, "out", "web01", "coldship-libvirt.json")}
+	got := restoredNames("out", files, nil)
+	if got["web01/web01.qcow2"] != files[0] || got["web01/coldship-libvirt.json"] != files[1] {
+		t.Errorf("restoredNames with a relative --out: %v", got)
+	}
+}
