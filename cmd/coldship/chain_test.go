@@ -144,6 +144,11 @@ func TestChainRoundTrip(t *testing.T) {
 			if n := summaryOf(t, r.stdout)["files"].(float64); n < 4 {
 				t.Errorf("shipped %v files: want the two overlays, mid and base once", n)
 			}
+			// The layers that join the shipment from the images' headers
+			// are named, once each.
+			if n := strings.Count(r.stdout, `"also shipping `); n != 2 {
+				t.Errorf("%d notices of backing files shipped though not named, want 2 (mid and base):\n%s", n, r.stdout)
+			}
 			out := filepath.Join(t.TempDir(), "site-b")
 			s.away(t, func() {
 				mustRun(t, append([]string{"receive", dest, "--out", out, "-i", key, "-q"}, auth...)...)

@@ -74,6 +74,7 @@ func gatherSources(ctx context.Context, s *streams, opts *sendOptions, lv *hooks
 				set.layers = append(set.layers, src.Path)
 			}
 		}
+		noticeLayers(s.logf(opts.output), srcs, named)
 	}
 	if dom != nil {
 		staged, clean, err := stageDomain(dom, srcs, !opts.noBackingChain)
@@ -107,6 +108,24 @@ func checkSourcesNotInUse(srcs []archive.Source) error {
 		}
 	}
 	return nil
+}
+
+// noticeLayers says which backing files are shipped though not named, and
+// which image's header names each: the header is written by the guest's
+// hypervisor, and an operator should see a file from outside the
+// sources join the shipment.
+func noticeLayers(logf func(string, ...any), srcs []archive.Source, named map[string]bool) {
+	for _, layer := range srcs {
+		if named[layer.Name] {
+			continue
+		}
+		for _, src := range srcs {
+			if src.Backing == layer.Name && !src.Info.IsDir() {
+				logf("also shipping %s, the backing file that %s names (--no-backing-chain: the images alone)", layer.Path, src.Path)
+				break
+			}
+		}
+	}
 }
 
 // warnNoBackingChain says which images ship without their backing files.
