@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
+	"strings"
 
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/hooks"
@@ -83,8 +85,30 @@ func gatherSources(ctx context.Context, s *streams, opts *sendOptions, lv *hooks
 		}
 		srcs, set.cleanup = append(srcs, staged...), clean
 	}
+	noticeSpecialBits(s.logf(opts.output), srcs)
 	set.sources = srcs
 	return set, nil
+}
+
+// noticeSpecialBits says which sources have setuid, setgid or sticky bits,
+// which a shipment does not keep (its manifest holds the permission bits
+// alone): a setgid shared folder comes back without its bit.
+func noticeSpecialBits(logf func(string, ...any), srcs []archive.Source) {
+	for _, src := range srcs {
+		var bits []string
+		m := src.Info.Mode()
+		for _, b := range []struct {
+			mode fs.FileMode
+			name string
+		}{{fs.ModeSetuid, "setuid"}, {fs.ModeSetgid, "setgid"}, {fs.ModeSticky, "sticky"}} {
+			if m&b.mode != 0 {
+				bits = append(bits, b.name)
+			}
+		}
+		if len(bits) > 0 {
+			logf("%s: its %s bit is not shipped (a shipment keeps the permission bits rwx only)", src.Path, strings.Join(bits, " and "))
+		}
+	}
 }
 
 // checkSourcesNotInUse refuses sources another process uses (ErrBusy,

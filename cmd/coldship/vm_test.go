@@ -426,3 +426,18 @@ func TestRestoredNamesRelativeOut(t *testing.T) {
 		t.Errorf("restoredNames with a relative --out: %v", got)
 	}
 }
+
+// TestSpecialBitsNoticed: a source with setuid, setgid or sticky bits is
+// shipped with its permission bits only, and send says so.
+func TestSpecialBitsNoticed(t *testing.T) {
+	_, rcpt := keypair(t)
+	vm := filepath.Join(t.TempDir(), "vm")
+	shared := filepath.Join(vm, "shared")
+	os.MkdirAll(shared, 0o770)
+	os.Chmod(shared, 0o770|os.ModeSetgid)
+	os.WriteFile(filepath.Join(vm, "plain.img"), []byte("data"), 0o640)
+	r := mustRun(t, "send", vm, "--to", t.TempDir(), "-r", rcpt)
+	if !strings.Contains(r.stderr, shared+": its setgid bit is not shipped") || strings.Contains(r.stderr, "plain.img: its") {
+		t.Errorf("send of a setgid folder: stderr %q", r.stderr)
+	}
+}
