@@ -81,7 +81,9 @@ func (w *Writer) writeRun(f *file, block int64) func(off int64, b []byte) error 
 		// on two busy CPUs or on ext4 (2026-12-01, pairs).
 		_, err := f.fh.WriteAt(b, base+off)
 		if err != nil {
-			return fmt.Errorf("write %s: %w", f.fh.Name(), err)
+			// WriteAt's error names the file being written (a temporary):
+			// say which file of the shipment it will be.
+			return fmt.Errorf("restore %s: %w", f.final, err)
 		}
 		w.wroteData(f, int64(len(b)))
 		return nil
