@@ -91,11 +91,20 @@ func CollectSources(args []string) ([]Source, error) {
 				return nil, err
 			}
 		case fi.IsDir():
-			err := filepath.WalkDir(arg, func(p string, d fs.DirEntry, err error) error {
+			// A SOURCE that is a link to a folder is followed, as one to a
+			// file or a device is (WalkDir would not enter it); links inside
+			// a folder are still refused.
+			root := arg
+			if lfi, err := os.Lstat(arg); err == nil && lfi.Mode()&fs.ModeSymlink != 0 {
+				if root, err = filepath.EvalSymlinks(arg); err != nil {
+					return nil, fmt.Errorf("source %s: %w", arg, err)
+				}
+			}
+			err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 				if err != nil {
 					return fmt.Errorf("source %s: %w", p, err)
 				}
-				rel, err := filepath.Rel(arg, p)
+				rel, err := filepath.Rel(root, p)
 				if err != nil {
 					return err
 				}
@@ -105,7 +114,7 @@ func CollectSources(args []string) ([]Source, error) {
 					return fmt.Errorf("source %s: %w", p, err)
 				}
 				if !info.Mode().IsRegular() && !info.IsDir() {
-					return fmt.Errorf("source %s: %v is not supported (only regular files and directories)", p, info.Mode().Type())
+					return fmt.Errorf("source %s: %s is not supported (only regular files and directories)", p, typeName(info.Mode()))
 				}
 				return add(NewSource(p, name, info))
 			})
@@ -118,6 +127,24 @@ func CollectSources(args []string) ([]Source, error) {
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
+}
+
+// typeName names a file's type for a person: "a symbolic link" rather
+// than the mode's "L---------".
+func typeName(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	}
+	return "a file of type " + m.Type().String()
 }
 
 // Range is a byte range [Offset, Offset+Length).
