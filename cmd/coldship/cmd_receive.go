@@ -428,6 +428,11 @@ func parseDevices(flags []string) (map[string]string, error) {
 		if _, dup := out[name]; dup {
 			return nil, usagef("--out-device: %s is given twice", name)
 		}
+		for other, d := range out {
+			if d == dev {
+				return nil, usagef("--out-device: %s and %s would both be written onto %s", other, name, dev)
+			}
+		}
 		out[name] = dev
 	}
 	return out, nil

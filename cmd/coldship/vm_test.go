@@ -441,3 +441,16 @@ func TestSpecialBitsNoticed(t *testing.T) {
 		t.Errorf("send of a setgid folder: stderr %q", r.stderr)
 	}
 }
+
+// TestParseDevices: one device per file and one file per device.
+func TestParseDevices(t *testing.T) {
+	if _, err := parseDevices([]string{"a.img=/dev/vg/a", "b.img=/dev/vg/a"}); err == nil || !strings.Contains(err.Error(), "would both be written onto /dev/vg/a") {
+		t.Errorf("two files onto one device: %v", err)
+	}
+	if _, err := parseDevices([]string{"a.img=/dev/vg/a", "a.img=/dev/vg/b"}); err == nil || !strings.Contains(err.Error(), "given twice") {
+		t.Errorf("one file onto two devices: %v", err)
+	}
+	if got, err := parseDevices([]string{"a.img=/dev/vg/a", "b.img=/dev/vg/b"}); err != nil || len(got) != 2 {
+		t.Errorf("two files onto two devices: %v, %v", got, err)
+	}
+}
