@@ -20,6 +20,7 @@ import (
 
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
+	"github.com/coldship/coldship/hooks"
 	"github.com/coldship/coldship/shipper"
 	"github.com/coldship/coldship/shipper/local"
 	"github.com/coldship/coldship/shipper/v3test"
@@ -543,8 +544,8 @@ func TestReceiveOutDevice(t *testing.T) {
 	}
 	_, err = e.receive(id, out, shipper.ReceiveOptions{Devices: map[string]string{"vm/disk.img": dev}})
 	holder.Close()
-	if err == nil || !strings.Contains(err.Error(), "in use") {
-		t.Fatalf("a device in use: %v", err)
+	if !errors.Is(err, hooks.ErrBusy) || !strings.Contains(err.Error(), dev) {
+		t.Fatalf("a device in use: %v, want a refusal as busy naming it", err)
 	}
 
 	res, err := e.receive(id, out, shipper.ReceiveOptions{Devices: map[string]string{"vm/disk.img": dev}})
