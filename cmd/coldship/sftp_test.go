@@ -235,3 +235,48 @@ func TestSFTPLatest(t *testing.T) {
 	mustRun(t, append([]string{"receive", dest, "--out", out, "-i", key, "-q"}, auth...)...)
 	sameFile(t, a, filepath.Join(out, "a.img"))
 }
+
+// TestSFTPVerifyInPieces: without a key, verify reads a large segment in
+// pieces over several channels of real sshd (32 MiB segments, 4 streams:
+// pieces of 10 MiB) and still checks it whole: a byte flipped in its middle
+// or one appended at its end exits 5, naming it.
+func TestSFTPVerifyInPieces(t *testing.T) {
+	srv, dest, auth := sftpEnv(t)
+	_, rcpt := keypair(t)
+	src := filepath.Join(t.TempDir(), "disk.img")
+	makeImage(t, src, 40<<20, region{0, 40 << 20, "random"})
+	id := strings.TrimSpace(mustRun(t, append([]string{"send", src, "--to", dest, "-r", rcpt, "--segment-size", "32M", "--streams", "1", "--compress", "none", "-q"}, auth...)...).stdout)
+	verify := append([]string{"verify", dest, id, "--streams", "4"}, auth...)
+	mustRun(t, verify...)
+
+	seg := filepath.Join(srv.Root, "dr", id, "segments", "00000001")
+	if fi, err := os.Stat(seg); err != nil || fi.Size() < 30<<20 {
+		t.Fatalf("segment 1: %v, %v; want one of about 32 MiB", fi, err)
+	}
+	flip := func(off int64) {
+		f, err := os.OpenFile(seg, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		b := make([]byte, 1)
+		f.ReadAt(b, off)
+		b[0] ^= 0x01
+		f.WriteAt(b, off)
+	}
+	flip(17 << 20)
+	if r := run(t, verify...); r.code != exitIntegrity || !strings.Contains(r.stderr, "segments/00000001") {
+		t.Errorf("verify of a segment damaged in its middle: exit %d, want 5 naming it: %s", r.code, r.stderr)
+	}
+	flip(17 << 20)
+	mustRun(t, verify...)
+	f, err := os.OpenFile(seg, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte{0})
+	f.Close()
+	if r := run(t, verify...); r.code != exitIntegrity || !strings.Contains(r.stderr, "segments/00000001") {
+		t.Errorf("verify of a segment one byte longer: exit %d, want 5 naming it: %s", r.code, r.stderr)
+	}
+}
