@@ -127,7 +127,7 @@ func (b *drBase) checkContent(ctx context.Context, tr Transport, used map[int]ma
 		switch {
 		case c.err != nil:
 			return refs[i].name + " is missing at the destination", nil
-		case c.size != refs[i].want.Size || c.sum != wantSum(refs[i].want):
+		case !c.matches(refs[i].want):
 			return refs[i].name + " is not what was sent (its size or CRC32C differs at the destination)", nil
 		}
 	}

@@ -84,6 +84,13 @@ func readObjects(ctx context.Context, tr Transport, refs []objectRef, streams in
 	return checks, nil
 }
 
+// matches reports whether c is the object want describes: present, of
+// its size, with its sum (of the kind it records).
+func (c *objectCheck) matches(want archive.InventoryEntry) bool {
+	crc, sum := entrySum(want)
+	return c.err == nil && c.size == want.Size && c.crc == crc && c.sum == sum
+}
+
 // cutObjects cuts refs into the pieces readObjects reads: a CRC32C object
 // into pieces of at least pieceLimit's length for the bytes of all of them
 // over streams, any other object whole.

@@ -189,7 +189,7 @@ func verifyInventory(ctx context.Context, tr Transport, id string, inv *archive.
 			return fmt.Errorf("shipment %s: %w (%w)", id, archive.ErrIncomplete, archive.ErrIntegrity)
 		case c.err != nil:
 			return missingIsIntegrity(c.err)
-		case c.size != o.want.Size || c.sum != wantSum(o.want):
+		case !c.matches(o.want):
 			return fmt.Errorf("%s: size or checksum does not match the inventory: %w", o.name, archive.ErrIntegrity)
 		}
 	}
