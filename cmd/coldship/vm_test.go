@@ -454,3 +454,48 @@ func TestParseDevices(t *testing.T) {
 		t.Errorf("two files onto two devices: %v, %v", got, err)
 	}
 }
+
+// TestOutDeviceOverwritesOldData: a device holding an old filesystem gets
+// the image exactly, its holes and zero blocks written as zeros (a device
+// has no holes), and the bytes past the image's size kept; a device smaller
+// than the image is refused, naming it, with nothing written.
+func TestOutDeviceOverwritesOldData(t *testing.T) {
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	img, dest := filepath.Join(dir, "vm", "disk.img"), filepath.Join(dir, "dest")
+	os.Mkdir(filepath.Dir(img), 0o755)
+	// A block of data pages and zero pages, a zero block, holes.
+	makeImage(t, img, 4<<20, region{0, 8 << 10, "random"}, region{48 << 10, 4 << 10, "random"},
+		region{1 << 20, 128 << 10, "zero"}, region{2 << 20, 64 << 10, "random"})
+	id, _ := summaryOf(t, mustRun(t, "send", filepath.Dir(img), "--to", dest, "-r", rcpt, "--block-size", "64K", "--json").stdout)["shipment"].(string)
+	want, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := bytes.Repeat([]byte{0xab}, 8<<20)
+	target, _ := vmtest.Loop(t, int64(len(old)))
+	small, _ := vmtest.Loop(t, int64(len(want))/2)
+	for dev, n := range map[string]int{target: len(old), small: len(want) / 2} {
+		if err := os.WriteFile(dev, old[:n], 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustRun(t, "receive", dest, id, "-i", key, "-q", "--out", t.TempDir(), "--out-device", "vm/disk.img="+target)
+	got, err := os.ReadFile(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[:len(want)], want) {
+		t.Error("the device does not hold the image: old data left where the image has holes or zero blocks")
+	}
+	if !bytes.Equal(got[len(want):], old[len(want):]) {
+		t.Error("bytes past the image's size were changed")
+	}
+	r := run(t, "receive", dest, id, "-i", key, "--out", t.TempDir(), "--out-device", "vm/disk.img="+small)
+	if r.code == 0 || !strings.Contains(r.stderr, small) || !strings.Contains(r.stderr, "device holds") {
+		t.Errorf("receive onto a device smaller than the image: exit %d, want a refusal naming %s: %s", r.code, small, r.stderr)
+	}
+	if got, _ := os.ReadFile(small); !bytes.Equal(got, old[:len(want)/2]) {
+		t.Error("the smaller device was written")
+	}
+}
