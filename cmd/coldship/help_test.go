@@ -44,6 +44,8 @@ func TestUnknownCommandMessages(t *testing.T) {
 	}{
 		{[]string{"recieve", "x", "--json"}, `unknown command "recieve" for "coldship": did you mean "receive"?`},
 		{[]string{"recieve", "x"}, `unknown command "recieve" for "coldship": did you mean "receive"?`},
+		{[]string{"--json", "recieve", "x"}, `unknown command "recieve" for "coldship": did you mean "receive"?`},
+		{[]string{"--bogus", "send"}, "unknown flag: --bogus (see coldship --help)"},
 		{[]string{"frobnicate", "--out", "x"}, `unknown command "frobnicate" for "coldship": run "coldship help"`},
 		{[]string{"--bogus"}, "unknown flag: --bogus (see coldship --help)"},
 		{[]string{"list", "--bogus", "x"}, "unknown flag: --bogus (see coldship list --help)"},

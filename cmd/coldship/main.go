@@ -131,6 +131,9 @@ func execute(ctx context.Context, args []string, in io.Reader, out, errw io.Writ
 	if err != nil && context.Cause(ctx) == errInterrupted {
 		err = fmt.Errorf("%w: %v", errInterrupted, err)
 	}
+	if cmd == root {
+		err = misspeltCommand(root, args, err)
+	}
 	code := exitCode(err)
 	if err == nil {
 		return code

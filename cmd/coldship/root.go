@@ -2,6 +2,7 @@ package main
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -191,4 +192,30 @@ func help(c *cobra.Command, _ []string) {
 	if example != "" {
 		fmt.Fprintf(w, "\nEXAMPLES\n%s\n", example)
 	}
+}
+
+// misspeltCommand reports a flag error on the root as the misspelt command
+// it precedes (coldship --json recieve): pflag stops at the flag, so cobra
+// never looked at the word that is the real mistake.
+func misspeltCommand(root *cobra.Command, args []string, err error) error {
+	var u usageError
+	if !errors.As(err, &u) {
+		return err
+	}
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if strings.HasPrefix(a, "-") {
+			continue
+		}
+		if sub, _, ferr := root.Find([]string{a}); ferr == nil && sub != root {
+			return err
+		}
+		if len(root.SuggestionsFor(a)) > 0 {
+			return unknownCommand(root, a)
+		}
+		return err
+	}
+	return err
 }
