@@ -78,9 +78,9 @@ EXIT STATUS
        signed by a trusted sender (--trusted-senders)
   5    integrity: tampered, corrupted, truncated or missing data,
        an incomplete shipment, or a refused rollback (receive --into)
-  6    source busy: an image or device in use (locked, open for writing,
-       mounted), a libvirt domain still running, or a source that
-       changed while it was shipped
+  6    busy: a source image or device in use (locked, open for writing,
+       mounted), an --out-device target in use, a libvirt domain still
+       running, or a source that changed while it was shipped
   130  interrupted (Ctrl-C, SIGTERM)
 `
 

@@ -177,7 +177,7 @@ func TestExitBusy(t *testing.T) {
 
 func TestExitBusyDocumented(t *testing.T) {
 	for _, args := range [][]string{{"--help"}, {"send", "--help"}} {
-		if r := run(t, args...); !strings.Contains(r.stdout, "6    source busy") {
+		if r := run(t, args...); !strings.Contains(r.stdout, "6    busy: a source image") {
 			t.Errorf("coldship %s does not document exit status 6:\n%s", strings.Join(args, " "), r.stdout)
 		}
 	}
