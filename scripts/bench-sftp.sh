@@ -343,6 +343,8 @@ UsePAM no
 StrictModes no
 PrintMotd no
 UseDNS no
+# bash skips the user's ~/.bashrc at SHLVL=1 (see sftptest/sshd.go)
+SetEnv SHLVL=1
 LogLevel ERROR
 Subsystem sftp internal-sftp
 EOF

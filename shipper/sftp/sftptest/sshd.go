@@ -238,6 +238,13 @@ func (s *Server) writeConfig(authorized string) {
 		"UsePAM " + usePAM,
 		"PrintMotd no",
 		"UseDNS no",
+		// sshd runs every command and every subsystem but internal-sftp
+		// through the user's shell, and a bash started by sshd with
+		// SHLVL unset reads the user's ~/.bashrc: on a CI machine that may
+		// do anything (pyenv's rehash, with a lock that 32 SFTP sessions
+		// queue on for tens of seconds). At SHLVL=1 bash counts itself
+		// nested and skips it; other shells ignore it.
+		"SetEnv SHLVL=1",
 		// MaxSessions stays at OpenSSH's default (10), which coldship
 		// must live with (issue 18). MaxStartups is raised because tests
 		// run several clients against one server at once; one client
