@@ -384,6 +384,7 @@ type link struct {
 	sc      *sshConn
 	live    atomic.Pointer[sshConn] // sc, for LinkStats
 	pending chan dialed             // a dial started ahead (dialAhead), until get takes it
+	wasUp   bool                    // it had a connection once: a dial now is a reconnection
 }
 
 // dialed is the outcome of a dial started ahead.
@@ -460,6 +461,9 @@ func (l *link) get(ctx context.Context) (*sshConn, error) {
 		l.sc.client.Close()
 		l.set(nil)
 	}
+	if l.wasUp {
+		l.t.notice("the connection to %s broke; connecting again", l.t.dest.addr())
+	}
 	var err error
 	for attempt := range redialAttempts {
 		if attempt > 0 {
@@ -504,6 +508,18 @@ func (l *link) discard(sc *sshConn) {
 func (l *link) set(sc *sshConn) {
 	l.sc = sc
 	l.live.Store(sc)
+	if sc != nil {
+		l.wasUp = true
+	}
+}
+
+// notice tells the user, on cfg.Stderr, what the transport does about a
+// fault that it gets over by itself (a broken connection), so that a run
+// from cron that takes longer than usual says why.
+func (t *Transport) notice(format string, a ...any) {
+	if t.stderr != nil {
+		fmt.Fprintf(t.stderr, "notice: "+format+"\n", a...)
+	}
 }
 
 // stream is one slot of the pool: an SFTP session on one of the links.

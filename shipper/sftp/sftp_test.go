@@ -429,11 +429,32 @@ func TestConnectionCutDuringPut(t *testing.T) {
 	}
 }
 
+// lockedBuffer is a bytes.Buffer that goroutines may write at once.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 func TestConnectionCutDuringOpen(t *testing.T) {
 	isolate(t)
 	srv := sftptest.StartSSHD(t)
 	ctx := context.Background()
-	tr := dial(t, config(srv, "d", 1))
+	cfg := config(srv, "d", 1)
+	var stderr lockedBuffer
+	cfg.Stderr = &stderr
+	tr := dial(t, cfg)
 	data := randomBytes(16 << 20)
 	if err := tr.Put(ctx, "obj", bytes.NewReader(data), int64(len(data))); err != nil {
 		t.Fatal(err)
@@ -457,6 +478,11 @@ func TestConnectionCutDuringOpen(t *testing.T) {
 	defer rc.Close()
 	if got, err := io.ReadAll(rc); err != nil || !bytes.Equal(got, data[5:]) {
 		t.Errorf("read after the cut: %d bytes, err %v", len(got), err)
+	}
+	// An operator reading cron's mail learns why the run took longer.
+	want := "notice: the connection to " + srv.Addr + " broke; connecting again\n"
+	if got := stderr.String(); got != want {
+		t.Errorf("stderr = %q, want %q", got, want)
 	}
 }
 
