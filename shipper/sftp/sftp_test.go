@@ -429,30 +429,12 @@ func TestConnectionCutDuringPut(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer that goroutines may write at once.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestConnectionCutDuringOpen(t *testing.T) {
 	isolate(t)
 	srv := sftptest.StartSSHD(t)
 	ctx := context.Background()
 	cfg := config(srv, "d", 1)
-	var stderr lockedBuffer
+	var stderr shippertest.Buffer
 	cfg.Stderr = &stderr
 	tr := dial(t, cfg)
 	data := randomBytes(16 << 20)
