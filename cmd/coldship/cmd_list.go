@@ -78,6 +78,7 @@ func runList(ctx context.Context, s *streams, opts *listOptions) error {
 	if err := opts.trust.load(); err != nil {
 		return err
 	}
+	opts.transport.log = s.logf(outputOptions{json: opts.json})
 	tr, err := openExistingDest(ctx, s, opts.dest, &opts.transport)
 	if err != nil {
 		return err

@@ -115,6 +115,7 @@ func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
 		return err
 	}
 	defer lock.Release()
+	opts.transport.log = s.logf(outputOptions{json: opts.json, quiet: opts.quiet})
 	tr, err := openExistingDest(ctx, s, opts.dest, &opts.transport)
 	if err != nil {
 		return err

@@ -242,6 +242,7 @@ func checkReceiveFlags(opts *receiveOptions) error {
 // pre-receive hooks after the shipment opened and before anything is
 // written.
 func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runner *hooks.Runner, env *hooks.Env, ids []age.Identity) ([]string, error) {
+	opts.transport.log = s.logf(opts.output)
 	tr, err := openExistingDest(ctx, s, opts.dest, &opts.transport)
 	if err != nil {
 		return nil, err

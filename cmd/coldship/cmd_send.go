@@ -226,6 +226,7 @@ func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *ho
 		}
 	}
 	sources := set.sources
+	opts.transport.log = s.logf(opts.output)
 	tr, err := openDest(ctx, s, opts.to, &opts.transport)
 	if err != nil {
 		return "", err

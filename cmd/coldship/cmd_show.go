@@ -98,6 +98,7 @@ func runShow(ctx context.Context, s *streams, opts *showOptions) error {
 	if err != nil {
 		return err
 	}
+	opts.transport.log = s.logf(outputOptions{json: opts.json})
 	tr, err := openExistingDest(ctx, s, opts.dest, &opts.transport)
 	if err != nil {
 		return err

@@ -95,6 +95,7 @@ func runVerify(ctx context.Context, s *streams, opts *verifyOptions) error {
 	if err != nil {
 		return err
 	}
+	opts.transport.log = s.logf(opts.output)
 	tr, err := openExistingDest(ctx, s, opts.dest, &opts.transport)
 	if err != nil {
 		return err
@@ -175,6 +176,7 @@ func runVerifyAll(ctx context.Context, s *streams, opts *verifyOptions) error {
 	if err := opts.trust.load(); err != nil {
 		return err
 	}
+	opts.transport.log = s.logf(opts.output)
 	tr, err := openExistingDest(ctx, s, opts.dest, &opts.transport)
 	if err != nil {
 		return err

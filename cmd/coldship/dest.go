@@ -28,6 +28,10 @@ type transportOptions struct {
 	s3Endpoint  string
 	s3Region    string
 	s3PathStyle bool
+
+	// log takes the transport's notices (a connection dialled again) as
+	// the command prints its own; nil: lines on stderr.
+	log func(format string, a ...any)
 }
 
 // addTransportFlags adds the flags of every transport to a command.
@@ -156,7 +160,7 @@ func openDest(ctx context.Context, s *streams, dest string, o *transportOptions)
 			return nil, err
 		}
 		cfg.KeyFiles, cfg.KnownHosts, cfg.AcceptNewHostKey = o.sshKeys, o.knownHosts, o.acceptNew
-		cfg.Streams, cfg.AskPass, cfg.Stderr = o.streams, s.askPass(), s.err
+		cfg.Streams, cfg.AskPass, cfg.Stderr, cfg.Log = o.streams, s.askPass(), s.err, o.log
 		t, err := sftp.Dial(ctx, cfg)
 		if err != nil {
 			return nil, err

@@ -106,6 +106,9 @@ func TestSFTPConnectionCutAndRerun(t *testing.T) {
 	if r.code == 0 {
 		t.Fatal("send succeeded although its connections were cut")
 	}
+	if strings.Contains(r.stderr, "notice") { // -q: only errors
+		t.Errorf("send -q printed a notice: %s", r.stderr)
+	}
 	ships, _ := filepath.Glob(filepath.Join(srv.Root, "dr", "*"))
 	if len(ships) != 1 {
 		t.Fatalf("shipments after the cut: %v", ships)
@@ -170,6 +173,11 @@ func TestSFTPServerRestartRetried(t *testing.T) {
 	}
 	if !strings.Contains(r.stdout, "resuming") {
 		t.Errorf("no retry was reported: %s", r.stdout)
+	}
+	// The transport's own notice is a JSON object too, not a line on stderr.
+	if !strings.Contains(r.stdout, `{"message":"notice: the connection to `+srv.Addr+` broke; connecting again","type":"notice"}`) ||
+		strings.Contains(r.stderr, "broke") {
+		t.Errorf("the reconnection was not reported as a JSON notice:\nstdout: %s\nstderr: %s", r.stdout, r.stderr)
 	}
 	out := filepath.Join(dir, "out")
 	id, _ := summaryOf(t, r.stdout)["shipment"].(string)

@@ -175,6 +175,12 @@ type Config struct {
 	// Stderr receives warnings such as a newly recorded host key. It may be
 	// nil.
 	Stderr io.Writer
+
+	// Log receives notices about faults the transport gets over by
+	// itself (a connection dialled again, a channel the server refused),
+	// one message a call, without a trailing newline. If nil, they are
+	// lines on Stderr.
+	Log func(format string, a ...any)
 }
 
 // ParseURL parses sftp://[user@]host[:port][/path]. An IPv6 host is written

@@ -513,11 +513,14 @@ func (l *link) set(sc *sshConn) {
 	}
 }
 
-// notice tells the user, on cfg.Stderr, what the transport does about a
-// fault that it gets over by itself (a broken connection), so that a run
-// from cron that takes longer than usual says why.
+// notice tells the user (Config.Log, else Stderr) what the transport does
+// about a fault that it gets over by itself, so that a run from cron that
+// takes longer than usual says why.
 func (t *Transport) notice(format string, a ...any) {
-	if t.stderr != nil {
+	switch {
+	case t.log != nil:
+		t.log("notice: "+format, a...)
+	case t.stderr != nil:
 		fmt.Fprintf(t.stderr, "notice: "+format+"\n", a...)
 	}
 }
@@ -595,8 +598,8 @@ func (s *stream) get(ctx context.Context) (*conn, error) {
 // once per Transport.
 func (s *stream) refuse(err error) {
 	s.refused.Store(true)
-	if s.t.stderr != nil && s.t.refusalShown.CompareAndSwap(false, true) {
-		fmt.Fprintf(s.t.stderr, "notice: %v; coldship goes on with fewer (is sshd's MaxSessions below %d?)\n", err, maxChannelsPerLink)
+	if s.t.refusalShown.CompareAndSwap(false, true) {
+		s.t.notice("%v; coldship goes on with fewer (is sshd's MaxSessions below %d?)", err, maxChannelsPerLink)
 	}
 }
 

@@ -43,6 +43,7 @@ type Transport struct {
 	target  *endpoint
 	route   *route // how connections reach the destination
 	stderr  io.Writer
+	log     func(format string, a ...any) // Config.Log
 	links   []*link
 	streams []*stream
 	rtt     time.Duration // measured on the first connection
@@ -167,6 +168,7 @@ func newTransport(d *destination, cfg Config) (*Transport, error) {
 		target:     target,
 		route:      r,
 		stderr:     cfg.Stderr,
+		log:        cfg.Log,
 		handshakes: make(chan struct{}, maxHandshakes),
 	}, nil
 }
