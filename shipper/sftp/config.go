@@ -274,6 +274,8 @@ type destination struct {
 
 	jumps        []*destination // ProxyJump's hosts, in order
 	proxyCommand string         // ProxyCommand, its tokens expanded
+
+	alive aliveCheck // ServerAliveInterval and ServerAliveCountMax
 }
 
 // keySource says where the key files come from: a missing file named on
@@ -439,6 +441,9 @@ func resolveHost(cfg Config, sc *ssh_config.Config, home string) (*destination, 
 		return nil, errors.New("sftp: no user name: give one in the URL (sftp://user@host/path)")
 	}
 
+	if d.alive, err = parseAliveCheck(get("ServerAliveInterval"), get("ServerAliveCountMax")); err != nil {
+		return nil, fmt.Errorf("ssh_config: Host %s: %w", cfg.Host, err)
+	}
 	tokens := tokenExpander{home: home, local: local, host: d.host, alias: cfg.Host, user: d.user, port: d.port}
 	d.resolveFiles(cfg, get, getAll, tokens, home)
 	d.hashKnownHosts = strings.EqualFold(get("HashKnownHosts"), "yes")

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	sftpclient "github.com/pkg/sftp"
 
@@ -30,6 +31,8 @@ Host backup
     UserKnownHostsFile ~/.ssh/kh1 /etc/kh2
     IdentitiesOnly yes
     HashKnownHosts yes
+    ServerAliveInterval 1m30s
+    ServerAliveCountMax 2
 
 Host *.example.org
     HostName %h.internal
@@ -49,6 +52,7 @@ Host *.example.org
 				keySource: keysConfig, identitiesOnly: true,
 				knownHosts:      []string{home + "/.ssh/kh1", "/etc/kh2", "/etc/ssh/ssh_known_hosts"},
 				knownHostsWrite: home + "/.ssh/kh1", hashKnownHosts: true,
+				alive: aliveCheck{interval: 90 * time.Second, countMax: 2},
 			},
 		},
 		{
@@ -59,6 +63,7 @@ Host *.example.org
 				alias: "backup", host: "192.0.2.7", port: 22, user: "alice",
 				keyFiles: []string{"/k"}, keySource: keysFlag, identitiesOnly: true,
 				knownHosts: []string{"/kh"}, knownHostsWrite: "/kh", hashKnownHosts: true,
+				alive: aliveCheck{interval: 90 * time.Second, countMax: 2},
 			},
 		},
 		{
@@ -68,6 +73,7 @@ Host *.example.org
 				alias: "vault.example.org", host: "vault.example.org.internal", port: 22, user: local,
 				keyFiles:   []string{home + "/.ssh/id_ed25519", home + "/.ssh/id_ecdsa", home + "/.ssh/id_rsa"},
 				knownHosts: []string{home + "/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts"}, knownHostsWrite: home + "/.ssh/known_hosts",
+				alive: defaultAliveCheck,
 			},
 		},
 		{
@@ -77,6 +83,7 @@ Host *.example.org
 				alias: "backup", host: "backup", port: 22, user: local,
 				keyFiles:   []string{home + "/.ssh/id_ed25519", home + "/.ssh/id_ecdsa", home + "/.ssh/id_rsa"},
 				knownHosts: []string{home + "/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts"}, knownHostsWrite: home + "/.ssh/known_hosts",
+				alive: defaultAliveCheck,
 			},
 		},
 	}
@@ -105,6 +112,46 @@ Host *.example.org
 	if !strings.Contains(warn.String(), "ignoring") {
 		t.Errorf("no warning about the unparsable ssh_config: %q", warn.String())
 	}
+}
+
+// TestParseAliveCheck reads ssh_config's ServerAliveInterval and
+// ServerAliveCountMax as OpenSSH does, keeping coldship's default for what
+// is not given and for "never" (0).
+func TestParseAliveCheck(t *testing.T) {
+	for _, tc := range []struct {
+		interval, countMax string
+		want               aliveCheck
+	}{
+		{"", "", aliveCheck{15 * time.Second, 3}},
+		{"5", "", aliveCheck{5 * time.Second, 3}},
+		{"1m30s", "2", aliveCheck{90 * time.Second, 2}},
+		{"2M", "1", aliveCheck{2 * time.Minute, 1}},
+		{"1h", "", aliveCheck{time.Hour, 3}},
+		{"0", "5", aliveCheck{15 * time.Second, 5}},
+	} {
+		got, err := parseAliveCheck(tc.interval, tc.countMax)
+		if err != nil || got != tc.want {
+			t.Errorf("parseAliveCheck(%q, %q) = %+v, %v; want %+v", tc.interval, tc.countMax, got, err, tc.want)
+		}
+	}
+	for _, bad := range [][2]string{{"x", ""}, {"5x", ""}, {"-1", ""}, {"m", ""}, {"2d", ""}, {"", "0"}, {"", "many"}, {"", "-2"}} {
+		if got, err := parseAliveCheck(bad[0], bad[1]); err == nil {
+			t.Errorf("parseAliveCheck(%q, %q) = %+v, want an error", bad[0], bad[1], got)
+		}
+	}
+	_, err := resolve(Config{Host: "h", SSHConfig: writeSSHConfig(t, "Host h\n  ServerAliveInterval soon\n")})
+	if err == nil || !strings.Contains(err.Error(), "ServerAliveInterval") || !strings.Contains(err.Error(), "Host h") {
+		t.Errorf("resolve with a bad ServerAliveInterval: %v", err)
+	}
+}
+
+func writeSSHConfig(t *testing.T, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config")
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // TestResolveProxy reads ProxyJump and ProxyCommand: each jump host

@@ -25,11 +25,11 @@ const (
 	// version exchange when ctx has no earlier deadline.
 	handshakeTimeout = 30 * time.Second
 
-	// keepaliveInterval and keepaliveTimeout detect a connection that hangs
+	// keepaliveInterval and keepaliveCountMax detect a connection that hangs
 	// without being closed (a NAT that forgot it, a dead peer): calls on it
 	// would otherwise wait forever.
 	keepaliveInterval = 15 * time.Second
-	keepaliveTimeout  = 45 * time.Second
+	keepaliveCountMax = 3
 
 	// redialAttempts and redialBackoff bound the re-dial of a connection
 	// that broke; the caller's retry wrapper decides about the operation.
@@ -134,7 +134,7 @@ func (t *Transport) dialSSH(ctx context.Context) (*sshConn, error) {
 		client.Wait()
 		close(sc.done)
 	}()
-	go keepAlive(client, sc.done, func() { client.Close() })
+	go keepAlive(client, sc.done, func() { client.Close() }, t.target.d.alive)
 	return sc, nil
 }
 

@@ -113,7 +113,7 @@ func (r *route) chain(ctx context.Context, deadline time.Time, banner ssh.Banner
 			r.closeClients()
 			return nil, fmt.Errorf("jump host %s: %w", hop.d.alias, err)
 		}
-		go keepAliveClient(client)
+		go keepAliveClient(client, hop.d.alive)
 		r.clients = append(r.clients, client)
 	}
 	last := r.clients[len(r.clients)-1]

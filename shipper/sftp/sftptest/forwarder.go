@@ -14,6 +14,7 @@ type Forwarder struct {
 	ln     net.Listener
 	target string
 	delay  atomic.Int64 // one-way, in nanoseconds
+	drop   atomic.Bool  // Blackhole: data read is discarded
 
 	accepted atomic.Int64
 
@@ -49,6 +50,12 @@ func (f *Forwarder) Accepted() int { return int(f.accepted.Load()) }
 // unlimited, which leaves the protocol's flow-control windows as the limit,
 // as on a long fat link.
 func (f *Forwarder) SetDelay(oneWay time.Duration) { f.delay.Store(int64(oneWay)) }
+
+// Blackhole makes every connection, live or new, silently lose the data it
+// carries while on is true, without closing anything: a link that died
+// where no one tells the ends (a NAT that forgot it, a cable pulled
+// between two switches).
+func (f *Forwarder) Blackhole(on bool) { f.drop.Store(on) }
 
 // CloseAll closes every live connection, both sides.
 func (f *Forwarder) CloseAll() {
@@ -137,7 +144,7 @@ func (f *Forwarder) relay(dst, src net.Conn) {
 		for {
 			buf := make([]byte, 64<<10)
 			n, err := src.Read(buf)
-			if n > 0 {
+			if n > 0 && !f.drop.Load() {
 				queue <- chunk{time.Now().Add(time.Duration(f.delay.Load())), buf[:n]}
 			}
 			if err != nil {
