@@ -275,7 +275,17 @@ type destination struct {
 	jumps        []*destination // ProxyJump's hosts, in order
 	proxyCommand string         // ProxyCommand, its tokens expanded
 
-	alive aliveCheck // ServerAliveInterval and ServerAliveCountMax
+	alive          aliveCheck    // ServerAliveInterval and ServerAliveCountMax
+	connectTimeout time.Duration // ConnectTimeout; 0: handshakeTimeout
+}
+
+// handshakeTimeout is how long connecting and the SSH handshake may take:
+// ssh_config's ConnectTimeout, else coldship's default.
+func (d *destination) handshakeTimeout() time.Duration {
+	if d.connectTimeout > 0 {
+		return d.connectTimeout
+	}
+	return handshakeTimeout
 }
 
 // keySource says where the key files come from: a missing file named on
@@ -443,6 +453,11 @@ func resolveHost(cfg Config, sc *ssh_config.Config, home string) (*destination, 
 
 	if d.alive, err = parseAliveCheck(get("ServerAliveInterval"), get("ServerAliveCountMax")); err != nil {
 		return nil, fmt.Errorf("ssh_config: Host %s: %w", cfg.Host, err)
+	}
+	if v := get("ConnectTimeout"); v != "" && !strings.EqualFold(v, "none") {
+		if d.connectTimeout, err = parseSSHTime(v); err != nil {
+			return nil, fmt.Errorf("ssh_config: Host %s: bad ConnectTimeout %q: %w", cfg.Host, v, err)
+		}
 	}
 	tokens := tokenExpander{home: home, local: local, host: d.host, alias: cfg.Host, user: d.user, port: d.port}
 	d.resolveFiles(cfg, get, getAll, tokens, home)

@@ -33,6 +33,7 @@ Host backup
     HashKnownHosts yes
     ServerAliveInterval 1m30s
     ServerAliveCountMax 2
+    ConnectTimeout 5
 
 Host *.example.org
     HostName %h.internal
@@ -52,7 +53,7 @@ Host *.example.org
 				keySource: keysConfig, identitiesOnly: true,
 				knownHosts:      []string{home + "/.ssh/kh1", "/etc/kh2", "/etc/ssh/ssh_known_hosts"},
 				knownHostsWrite: home + "/.ssh/kh1", hashKnownHosts: true,
-				alive: aliveCheck{interval: 90 * time.Second, countMax: 2},
+				alive: aliveCheck{interval: 90 * time.Second, countMax: 2}, connectTimeout: 5 * time.Second,
 			},
 		},
 		{
@@ -63,7 +64,7 @@ Host *.example.org
 				alias: "backup", host: "192.0.2.7", port: 22, user: "alice",
 				keyFiles: []string{"/k"}, keySource: keysFlag, identitiesOnly: true,
 				knownHosts: []string{"/kh"}, knownHostsWrite: "/kh", hashKnownHosts: true,
-				alive: aliveCheck{interval: 90 * time.Second, countMax: 2},
+				alive: aliveCheck{interval: 90 * time.Second, countMax: 2}, connectTimeout: 5 * time.Second,
 			},
 		},
 		{
@@ -139,9 +140,11 @@ func TestParseAliveCheck(t *testing.T) {
 			t.Errorf("parseAliveCheck(%q, %q) = %+v, want an error", bad[0], bad[1], got)
 		}
 	}
-	_, err := resolve(Config{Host: "h", SSHConfig: writeSSHConfig(t, "Host h\n  ServerAliveInterval soon\n")})
-	if err == nil || !strings.Contains(err.Error(), "ServerAliveInterval") || !strings.Contains(err.Error(), "Host h") {
-		t.Errorf("resolve with a bad ServerAliveInterval: %v", err)
+	for _, key := range []string{"ServerAliveInterval", "ConnectTimeout"} {
+		_, err := resolve(Config{Host: "h", SSHConfig: writeSSHConfig(t, "Host h\n  "+key+" soon\n")})
+		if err == nil || !strings.Contains(err.Error(), key) || !strings.Contains(err.Error(), "Host h") {
+			t.Errorf("resolve with a bad %s: %v", key, err)
+		}
 	}
 }
 

@@ -22,7 +22,8 @@ import (
 
 const (
 	// handshakeTimeout bounds connecting, the SSH handshake and the SFTP
-	// version exchange when ctx has no earlier deadline.
+	// version exchange when ctx has no earlier deadline and ssh_config no
+	// ConnectTimeout.
 	handshakeTimeout = 30 * time.Second
 
 	// keepaliveInterval and keepaliveCountMax detect a connection that hangs
@@ -275,7 +276,7 @@ func waitChan(wait func() error) <-chan struct{} {
 // connect opens one SSH connection to the destination: directly, through
 // its ProxyCommand or through its jump hosts, then the SSH handshake.
 func (t *Transport) connect(ctx context.Context) (*ssh.Client, error) {
-	deadline := time.Now().Add(handshakeTimeout)
+	deadline := time.Now().Add(t.target.d.handshakeTimeout())
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
 	}

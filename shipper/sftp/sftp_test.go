@@ -498,6 +498,33 @@ func TestServerAliveFromSSHConfig(t *testing.T) {
 	}
 }
 
+// TestConnectTimeoutFromSSHConfig dials over a link that loses every
+// byte: ssh_config's ConnectTimeout 2 gives up within 2 s, where
+// coldship's default (30 s) would wait for the caller's 20 s.
+func TestConnectTimeoutFromSSHConfig(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+	cfg := config(srv, "d", 1)
+	cfg.SSHConfig = filepath.Join(t.TempDir(), "config")
+	if err := os.WriteFile(cfg.SSHConfig, []byte("Host *\n  ConnectTimeout 2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv.Forwarder().Blackhole(true)
+	defer srv.Forwarder().Blackhole(false)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	tr, err := sftp.Dial(ctx, cfg)
+	if err == nil {
+		tr.Close()
+		t.Fatal("Dial over a link that loses everything succeeded")
+	}
+	// Well before the caller's deadline (the default's deadline is the
+	// caller's, reached at 20 s).
+	if dl, _ := ctx.Deadline(); time.Until(dl) < 10*time.Second {
+		t.Errorf("Dial did not give up within ConnectTimeout: %v", err)
+	}
+}
+
 func TestServerRestart(t *testing.T) {
 	isolate(t)
 	srv := sftptest.StartSSHD(t)
