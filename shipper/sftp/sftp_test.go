@@ -470,15 +470,16 @@ func TestConnectionCutDuringOpen(t *testing.T) {
 
 // TestServerAliveFromSSHConfig loses every byte on the link without
 // closing it (a NAT that forgot the connection): ssh_config's
-// ServerAliveInterval 1 and ServerAliveCountMax 2 find the connection dead
-// within about 3 s and the call fails, where coldship's default (15 s, 3)
-// would leave it waiting 15 to 60 s, past the call's 12 s deadline.
+// ServerAliveInterval 2 and ServerAliveCountMax 3 find the connection dead
+// within about 8 s and the call fails, where coldship's default (15 s, 3)
+// would leave it waiting 15 to 60 s, past the call's 25 s deadline. (The
+// margins leave room for a loaded machine.)
 func TestServerAliveFromSSHConfig(t *testing.T) {
 	isolate(t)
 	srv := sftptest.StartSSHD(t)
 	cfg := config(srv, "d", 1)
 	cfg.SSHConfig = filepath.Join(t.TempDir(), "config")
-	if err := os.WriteFile(cfg.SSHConfig, []byte("Host *\n  ServerAliveInterval 1\n  ServerAliveCountMax 2\n"), 0o600); err != nil {
+	if err := os.WriteFile(cfg.SSHConfig, []byte("Host *\n  ServerAliveInterval 2\n  ServerAliveCountMax 3\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	tr := dial(t, cfg)
@@ -487,14 +488,14 @@ func TestServerAliveFromSSHConfig(t *testing.T) {
 	}
 	srv.Forwarder().Blackhole(true)
 	defer srv.Forwarder().Blackhole(false)
-	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
 	defer cancel()
 	_, err := tr.Stat(ctx, "a")
 	if err == nil {
 		t.Fatal("Stat over a link that loses everything succeeded")
 	}
 	if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("the dead connection was not found within 12 s: %v", err)
+		t.Errorf("the dead connection was not found within 25 s: %v", err)
 	}
 }
 
