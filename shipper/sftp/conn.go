@@ -304,6 +304,30 @@ func newEndpoint(d *destination, cfg Config) (*endpoint, error) {
 	return &endpoint{d: d, hostKeys: &hostKeyChecker{d: d, accept: cfg.AcceptNewHostKey, stderr: cfg.Stderr}, auth: auth}, nil
 }
 
+// authTime wraps a host key check so that, as with OpenSSH, ssh_config's
+// ConnectTimeout bounds connecting and the key exchange only: once the
+// host key checked out, authentication (a passphrase typed at the prompt,
+// say) has coldship's own handshakeTimeout, within ctx's deadline.
+func (e *endpoint) authTime(ctx context.Context, nc net.Conn, check ssh.HostKeyCallback) ssh.HostKeyCallback {
+	if e.d.connectTimeout <= 0 {
+		return check
+	}
+	return func(hostname string, remote net.Addr, key ssh.PublicKey) error {
+		if err := check(hostname, remote, key); err != nil {
+			return err
+		}
+		deadline := time.Now().Add(handshakeTimeout)
+		if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+			deadline = dl
+		}
+		nc.SetDeadline(deadline)
+		if ctx.Err() != nil { // ended meanwhile: keep its interruption
+			nc.SetDeadline(time.Unix(1, 0))
+		}
+		return nil
+	}
+}
+
 // handshake runs the SSH handshake over nc, which it owns: the host key
 // checked against known_hosts, the user authenticated, the server's
 // preferred cipher chosen from ours, all before deadline or ctx's end.
@@ -317,18 +341,18 @@ func (e *endpoint) handshake(ctx context.Context, conn net.Conn, deadline time.T
 	auth := e.auth.begin()
 	defer auth.close()
 
+	nc := newBatchConn(conn)
+	nc.SetDeadline(deadline)
+	interrupt := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
+
 	config := &ssh.ClientConfig{
 		User:              d.user,
-		HostKeyCallback:   hostKeyCallback,
+		HostKeyCallback:   e.authTime(ctx, nc, hostKeyCallback),
 		HostKeyAlgorithms: algos,
 		AuthCallback:      auth.callback,
 		BannerCallback:    banner,
 	}
 	config.Ciphers = cipherOffer()
-
-	nc := newBatchConn(conn)
-	nc.SetDeadline(deadline)
-	interrupt := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
 
 	var client *ssh.Client
 	sc, chans, reqs, err := ssh.NewClientConn(nc, d.addr(), config)

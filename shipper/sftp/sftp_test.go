@@ -242,6 +242,24 @@ func TestEncryptedKey(t *testing.T) {
 			t.Errorf("prompts = %q, want two (one wrong passphrase) naming %s", prompts, keyFile)
 		}
 	})
+	// ssh_config's ConnectTimeout bounds the key exchange, not the person
+	// typing the passphrase (as with OpenSSH).
+	t.Run("slow typist, short ConnectTimeout", func(t *testing.T) {
+		cfg := config(srv, "d", 1)
+		cfg.KeyFiles = []string{keyFile}
+		cfg.SSHConfig = filepath.Join(t.TempDir(), "config")
+		if err := os.WriteFile(cfg.SSHConfig, []byte("Host *\n  ConnectTimeout 1\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg.AskPass = func(string) ([]byte, error) {
+			time.Sleep(2500 * time.Millisecond)
+			return bytes.Clone(pass), nil
+		}
+		tr := dial(t, cfg)
+		if err := tr.Put(context.Background(), "b", strings.NewReader("x"), 1); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Run("no terminal", func(t *testing.T) {
 		cfg := config(srv, "d", 1)
 		cfg.KeyFiles = []string{keyFile}
