@@ -308,7 +308,7 @@ func newEndpoint(d *destination, cfg Config) (*endpoint, error) {
 // ConnectTimeout bounds connecting and the key exchange only: once the
 // host key checked out, authentication (a passphrase typed at the prompt,
 // say) has coldship's own handshakeTimeout, within ctx's deadline.
-func (e *endpoint) authTime(ctx context.Context, nc net.Conn, check ssh.HostKeyCallback) ssh.HostKeyCallback {
+func (e *endpoint) authTime(ctx context.Context, nc net.Conn, until *atomic.Int64, check ssh.HostKeyCallback) ssh.HostKeyCallback {
 	if e.d.connectTimeout <= 0 {
 		return check
 	}
@@ -320,6 +320,7 @@ func (e *endpoint) authTime(ctx context.Context, nc net.Conn, check ssh.HostKeyC
 		if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 			deadline = dl
 		}
+		until.Store(deadline.UnixNano())
 		nc.SetDeadline(deadline)
 		if ctx.Err() != nil { // ended meanwhile: keep its interruption
 			nc.SetDeadline(time.Unix(1, 0))
@@ -343,11 +344,13 @@ func (e *endpoint) handshake(ctx context.Context, conn net.Conn, deadline time.T
 
 	nc := newBatchConn(conn)
 	nc.SetDeadline(deadline)
+	var until atomic.Int64 // the deadline in force, in Unix nanoseconds
+	until.Store(deadline.UnixNano())
 	interrupt := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
 
 	config := &ssh.ClientConfig{
 		User:              d.user,
-		HostKeyCallback:   e.authTime(ctx, nc, hostKeyCallback),
+		HostKeyCallback:   e.authTime(ctx, nc, &until, hostKeyCallback),
 		HostKeyAlgorithms: algos,
 		AuthCallback:      auth.callback,
 		BannerCallback:    banner,
@@ -368,11 +371,16 @@ func (e *endpoint) handshake(ctx context.Context, conn net.Conn, deadline time.T
 		if e := refused(); e != nil {
 			return nil, e
 		}
-		if auth.err != nil {
-			return nil, auth.err
-		}
+		// A deadline that passed while authenticating (a passphrase typed
+		// slowly) is not the server refusing the key.
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("connect to %s: %w", d.addr(), ctx.Err())
+		}
+		if !time.Now().Before(time.Unix(0, until.Load())) {
+			return nil, fmt.Errorf("connect to %s: the SSH handshake did not finish in time (%v): %w", d.addr(), err, os.ErrDeadlineExceeded)
+		}
+		if auth.err != nil {
+			return nil, auth.err
 		}
 		if e := noCommonHostKeyError(d, algos, err); e != nil && len(algos) > 0 {
 			return nil, e

@@ -260,6 +260,26 @@ func TestEncryptedKey(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	// Time running out while the passphrase is typed is not the server
+	// refusing the key (which would send the operator to authorized_keys).
+	t.Run("passphrase too late", func(t *testing.T) {
+		cfg := config(srv, "d", 1)
+		cfg.KeyFiles = []string{keyFile}
+		cfg.AskPass = func(string) ([]byte, error) {
+			time.Sleep(4 * time.Second)
+			return bytes.Clone(pass), nil
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		tr, err := sftp.Dial(ctx, cfg)
+		if err == nil {
+			tr.Close()
+			t.Fatal("Dial succeeded after its deadline")
+		}
+		if errors.Is(err, shipper.ErrAuth) || strings.Contains(err.Error(), "did not accept") {
+			t.Errorf("a deadline during authentication reported as a refused key: %v", err)
+		}
+	})
 	t.Run("no terminal", func(t *testing.T) {
 		cfg := config(srv, "d", 1)
 		cfg.KeyFiles = []string{keyFile}
