@@ -17,3 +17,6 @@ func ReadBuffers(tr *Transport) (out, peakOut, peakLent int) {
 	defer b.mu.Unlock()
 	return (b.owned + b.lent) * readChunk, b.peakOut * readChunk, b.peakLent * readChunk
 }
+
+// WriteSSHConfig writes text as an ssh_config file for Config.SSHConfig.
+var WriteSSHConfig = writeSSHConfig

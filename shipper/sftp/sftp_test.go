@@ -247,10 +247,7 @@ func TestEncryptedKey(t *testing.T) {
 	t.Run("slow typist, short ConnectTimeout", func(t *testing.T) {
 		cfg := config(srv, "d", 1)
 		cfg.KeyFiles = []string{keyFile}
-		cfg.SSHConfig = filepath.Join(t.TempDir(), "config")
-		if err := os.WriteFile(cfg.SSHConfig, []byte("Host *\n  ConnectTimeout 1\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		cfg.SSHConfig = sftp.WriteSSHConfig(t, "Host *\n  ConnectTimeout 1\n")
 		cfg.AskPass = func(string) ([]byte, error) {
 			time.Sleep(2500 * time.Millisecond)
 			return bytes.Clone(pass), nil
@@ -516,10 +513,7 @@ func TestServerAliveFromSSHConfig(t *testing.T) {
 	isolate(t)
 	srv := sftptest.StartSSHD(t)
 	cfg := config(srv, "d", 1)
-	cfg.SSHConfig = filepath.Join(t.TempDir(), "config")
-	if err := os.WriteFile(cfg.SSHConfig, []byte("Host *\n  ServerAliveInterval 2\n  ServerAliveCountMax 3\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfg.SSHConfig = sftp.WriteSSHConfig(t, "Host *\n  ServerAliveInterval 2\n  ServerAliveCountMax 3\n")
 	tr := dial(t, cfg)
 	if err := tr.Put(context.Background(), "a", strings.NewReader("1"), 1); err != nil {
 		t.Fatal(err)
@@ -544,10 +538,7 @@ func TestConnectTimeoutFromSSHConfig(t *testing.T) {
 	isolate(t)
 	srv := sftptest.StartSSHD(t)
 	cfg := config(srv, "d", 1)
-	cfg.SSHConfig = filepath.Join(t.TempDir(), "config")
-	if err := os.WriteFile(cfg.SSHConfig, []byte("Host *\n  ConnectTimeout 2\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfg.SSHConfig = sftp.WriteSSHConfig(t, "Host *\n  ConnectTimeout 2\n")
 	srv.Forwarder().Blackhole(true)
 	defer srv.Forwarder().Blackhole(false)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
