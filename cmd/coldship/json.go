@@ -112,7 +112,7 @@ var jsonSchema = []jsonKind{
 		fDuration,
 	}},
 	{Name: "notice", Type: "notice", Fields: []jsonField{
-		fType, {"message", "string", "a notice for a person: a retry, a resume, a connection dialled again, a fallback to a full shipment, a remote's line"},
+		fType, {"message", "string", "a notice for a person: a retry, a resume, a connection dialled again, a host key recorded, a fallback to a full shipment, a remote's line"},
 	}},
 	{Name: "error", Type: "error", Fields: []jsonField{
 		fType, {"error", "string", "what failed, as on stderr"},

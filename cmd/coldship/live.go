@@ -232,13 +232,13 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 	}
 
 	cfg.KeyFiles, cfg.KnownHosts, cfg.AcceptNewHostKey = opts.transport.sshKeys, opts.transport.knownHosts, opts.transport.acceptNew
-	cfg.AskPass, cfg.Stderr = s.askPass(), s.err
+	logf := s.logf(opts.output)
+	cfg.AskPass, cfg.Stderr, cfg.Log = s.askPass(), s.err, logf
 	client, err := sftp.DialSSH(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer client.Close()
-	logf := s.logf(opts.output)
 	remoteLog := &lineWriter{emit: func(line string) { logf("remote: %s", line) }}
 	defer remoteLog.flush()
 	remote, peer, lanes, err := startReceiver(client, cfg, lo, lanes, remoteLog, logf)

@@ -63,8 +63,27 @@ func TestSFTPHostKeysAndUserKey(t *testing.T) {
 	if r.code != exitAuth || !strings.Contains(r.stderr, srv.HostKeyFingerprint) || !strings.Contains(r.stderr, "--accept-new-host-key") {
 		t.Errorf("unknown host: exit %d, stderr %q; want 4 with the SHA256 fingerprint and how to trust it", r.code, r.stderr)
 	}
-	mustRun(t, "list", dest, "--ssh-key", srv.ClientKeyFile, "--known-hosts", empty, "--accept-new-host-key")
+	r = mustRun(t, "list", dest, "--ssh-key", srv.ClientKeyFile, "--known-hosts", empty, "--accept-new-host-key")
+	if !strings.Contains(r.stderr, "Permanently added") || !strings.Contains(r.stderr, srv.HostKeyFingerprint) {
+		t.Errorf("recorded host key: stderr %q; want it said, with the fingerprint, as ssh does", r.stderr)
+	}
 	mustRun(t, "list", dest, "--ssh-key", srv.ClientKeyFile, "--known-hosts", empty) // now known
+
+	// The note of a recorded key follows --json (a notice object on
+	// stdout) and --quiet (nothing), as every notice does.
+	fresh := func(name string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, nil, 0o600)
+		return p
+	}
+	r = mustRun(t, "list", dest, "--ssh-key", srv.ClientKeyFile, "--known-hosts", fresh("kh_json"), "--accept-new-host-key", "--json")
+	if strings.Contains(r.stderr, "Permanently added") || !strings.Contains(r.stdout, `"type":"notice"`) || !strings.Contains(r.stdout, srv.HostKeyFingerprint) {
+		t.Errorf("recorded host key with --json: stdout %q, stderr %q; want a notice object on stdout only", r.stdout, r.stderr)
+	}
+	r = run(t, "verify", "--all", dest, "--ssh-key", srv.ClientKeyFile, "--known-hosts", fresh("kh_quiet"), "--accept-new-host-key", "-q")
+	if strings.Contains(r.stderr, "Permanently added") || !strings.Contains(r.stderr, "no shipment") {
+		t.Errorf("recorded host key with --quiet: exit %d, stderr %q; want only the error", r.code, r.stderr)
+	}
 
 	// Changed host key: another key recorded for this host and port.
 	_, other := sftptest.NewKeyFile(t, dir, "other_host_key", nil)

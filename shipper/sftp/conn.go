@@ -301,7 +301,7 @@ func newEndpoint(d *destination, cfg Config) (*endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &endpoint{d: d, hostKeys: &hostKeyChecker{d: d, accept: cfg.AcceptNewHostKey, stderr: cfg.Stderr}, auth: auth}, nil
+	return &endpoint{d: d, hostKeys: &hostKeyChecker{d: d, accept: cfg.AcceptNewHostKey, stderr: cfg.Stderr, log: cfg.Log}, auth: auth}, nil
 }
 
 // authTime wraps a host key check so that, as with OpenSSH, ssh_config's

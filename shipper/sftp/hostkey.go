@@ -30,6 +30,7 @@ type hostKeyChecker struct {
 	d      *destination
 	accept bool
 	stderr io.Writer
+	log    func(format string, a ...any) // Config.Log; nil: stderr
 }
 
 // prepare reads the known_hosts files and returns the callback for one
@@ -182,11 +183,21 @@ func (h *hostKeyChecker) add(hostname string, remote net.Addr, key ssh.PublicKey
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("record host key in %s: %w", file, err)
 	}
-	if h.stderr != nil {
-		fmt.Fprintf(h.stderr, "Warning: Permanently added %s (%s %s) to the list of known hosts in %s.\n",
-			host, key.Type(), ssh.FingerprintSHA256(key), file)
-	}
+	h.added(host, key, file)
 	return nil
+}
+
+// added tells the user that a host key was recorded, as ssh does: through
+// Config.Log when set (so that it follows --quiet and --json like every
+// notice), else on stderr.
+func (h *hostKeyChecker) added(host string, key ssh.PublicKey, file string) {
+	const msg = "Permanently added %s (%s %s) to the list of known hosts in %s."
+	switch {
+	case h.log != nil:
+		h.log(msg, host, key.Type(), ssh.FingerprintSHA256(key), file)
+	case h.stderr != nil:
+		fmt.Fprintf(h.stderr, "Warning: "+msg+"\n", host, key.Type(), ssh.FingerprintSHA256(key), file)
+	}
 }
 
 // probeKey is a key that is in no known_hosts file: checking it reveals the
