@@ -118,7 +118,8 @@ func runVerify(ctx context.Context, s *streams, opts *verifyOptions) error {
 	if ti := sh.Trust(); ti != nil {
 		auth = "authenticated (signed by " + signedBy(ti) + "); "
 	}
-	rep.finish(true, map[string]any{"shipment": id, "mode": "full", "files": len(sh.Manifest.Files), "bytes_total": cnt.Total.Load()},
+	rep.finish(true, addLinkStats(map[string]any{"shipment": id, "mode": "full", "files": len(sh.Manifest.Files), "bytes_total": cnt.Total.Load()},
+		tr, cnt.Shipped.Load(), rep.start),
 		fmt.Sprintf("%s: %severy block authentic, every file digest and segment checksum correct (%s)", id, auth, describeFiles(sh.Manifest.Files)))
 	return nil
 }
@@ -158,7 +159,8 @@ func verifyKeyless(ctx context.Context, s *streams, opts *verifyOptions, tr ship
 	default:
 		msg = fmt.Sprintf("%s: consistent with its inventory (%s), not authenticated (verify with -i to authenticate every block)", id, sums)
 	}
-	rep.finish(true, map[string]any{"shipment": id, "mode": "inventory", "bytes_checked": cnt.Shipped.Load()}, msg)
+	rep.finish(true, addLinkStats(map[string]any{"shipment": id, "mode": "inventory", "bytes_checked": cnt.Shipped.Load()},
+		tr, cnt.Shipped.Load(), rep.start), msg)
 	return nil
 }
 
@@ -219,7 +221,8 @@ func runVerifyAll(ctx context.Context, s *streams, opts *verifyOptions) error {
 		rep.finish(false, nil, "")
 		return fmt.Errorf("verify --all at %s: no shipment there, nothing was checked (an S3 prefix that does not exist looks empty: check DEST)", tr)
 	}
-	summary := map[string]any{"mode": "all", "shipments": res.Shipments, "problems": len(res.Problems), "bytes_checked": cnt.Shipped.Load()}
+	summary := addLinkStats(map[string]any{"mode": "all", "shipments": res.Shipments, "problems": len(res.Problems), "bytes_checked": cnt.Shipped.Load()},
+		tr, cnt.Shipped.Load(), rep.start)
 	if len(res.Problems) == 0 {
 		rep.finish(true, summary, fmt.Sprintf("%s: %s, no problem (%s)", tr, plural(res.Shipments, "shipment", "shipments"), mode))
 		return nil

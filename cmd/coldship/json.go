@@ -88,7 +88,7 @@ var (
 	fFiles    = jsonField{"files", "integer", "files and directories in the shipment"}
 	fTotal    = jsonField{"bytes_total", "integer", "logical size of all files (holes included)"}
 	fPaths    = jsonField{"paths", "array", "the restored paths, absolute (what stdout prints without --json)"}
-	// What the transport measured of its link (send and receive).
+	// What the transport measured of its link (send, receive and verify).
 	fLink = []jsonField{
 		{"throughput_bps", "integer?", "bytes moved to or from the destination per second, over the whole command"},
 		{"rtt_ms", "number?", "round trip to the destination in milliseconds, measured at connect time (SFTP, S3)"},
@@ -159,7 +159,7 @@ var jsonSchema = []jsonKind{
 		{"mode", "string", "out (a new restore) or into (an earlier restore updated in place)"},
 		fPaths, fDuration,
 	})},
-	{Name: "summary of verify", Type: "summary", Op: "verify", Fields: []jsonField{
+	{Name: "summary of verify", Type: "summary", Op: "verify", Fields: withLink([]jsonField{
 		fType, fOp,
 		{"shipment", "string?", "the shipment checked (not with --all)"},
 		{"mode", "string", "inventory (no key), full (every block opened) or all (verify --all)"},
@@ -169,7 +169,7 @@ var jsonSchema = []jsonKind{
 		{"bytes_total", "integer?", "full: logical size of all files"},
 		{"bytes_checked", "integer?", "inventory, all: bytes of objects read and hashed"},
 		fDuration,
-	}},
+	})},
 	{Name: "problem (verify --all)", Type: "problem", Fields: []jsonField{
 		fType,
 		{"shipment", "string?", "the shipment concerned, when there is one"},

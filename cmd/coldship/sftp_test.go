@@ -37,8 +37,13 @@ func TestSFTPRoundTrip(t *testing.T) {
 	if r := mustRun(t, append([]string{"list", dest}, auth...)...); !strings.Contains(r.stdout, id+"\t") || !strings.Contains(r.stdout, "complete") {
 		t.Errorf("list over sftp: %q", r.stdout)
 	}
-	mustRun(t, append([]string{"verify", dest, id}, auth...)...)
-	mustRun(t, append([]string{"verify", dest, id, "-i", key}, auth...)...)
+	// Every transfer's summary says what the link was measured to be.
+	for _, args := range [][]string{{"verify", dest, id}, {"verify", dest, id, "-i", key}, {"verify", "--all", dest}} {
+		sum := summaryOf(t, mustRun(t, append(append(args, "--json"), auth...)...).stdout)
+		if rtt, _ := sum["rtt_ms"].(float64); rtt <= 0 || sum["connections"] == nil || sum["channels"] == nil || sum["throughput_bps"] == nil {
+			t.Errorf("%v --json: summary %v; want rtt_ms, connections, channels and throughput_bps", args, sum)
+		}
+	}
 	out := filepath.Join(dir, "out")
 	mustRun(t, append([]string{"receive", dest, id, "--out", out, "-i", key, "-q"}, auth...)...)
 	sameFile(t, src, filepath.Join(out, "vm", "disk.img"))
