@@ -6,9 +6,11 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"filippo.io/age"
@@ -215,5 +217,52 @@ func TestBaseSizeOnly(t *testing.T) {
 	}
 	if err := shipper.VerifyInventory(context.Background(), c.tr, res.ID, 0, nil); !errors.Is(err, archive.ErrIntegrity) {
 		t.Errorf("key-less verify of the shipment on a damaged base: %v, want an integrity error", err)
+	}
+}
+
+// baseGoesAway deletes one object at the destination when the send puts
+// its header: after the send checked its base, before anything of the new
+// shipment is at the destination (a prune run elsewhere, a lifecycle rule,
+// a hand).
+type baseGoesAway struct {
+	shipper.Transport
+	victim string
+	once   sync.Once
+}
+
+func (b *baseGoesAway) Put(ctx context.Context, name string, r io.Reader, size int64) error {
+	if strings.HasSuffix(name, "/"+archive.HeaderObject) {
+		b.once.Do(func() { b.Transport.Delete(ctx, b.victim) })
+	}
+	return b.Transport.Put(ctx, name, r, size)
+}
+
+// TestBaseGoneDuringSend: a base segment that the new shipment refers to
+// and that goes away while the send runs makes the send fail as an
+// integrity error naming it, with no manifest put (a shipment that cannot
+// be restored must not exit 0); the next send is a full one.
+func TestBaseGoneDuringSend(t *testing.T) {
+	c := newDRChain(t)
+	full, _ := c.send(t)
+	c.rewrite(t, 2)
+	victim := full.ID + "/segments/00000001"
+	tr := &baseGoesAway{Transport: c.tr, victim: victim}
+	sources, _ := archive.CollectSources([]string{c.src})
+	res, err := shipper.Send(context.Background(), tr, sources, c.opts)
+	if !errors.Is(err, archive.ErrIntegrity) || !strings.Contains(fmt.Sprint(err), victim) {
+		t.Fatalf("send: %+v, %v; want an integrity error naming %s", res, err, victim)
+	}
+	ships, err := shipper.List(context.Background(), c.tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range ships {
+		if s.ID != full.ID && s.Complete {
+			t.Errorf("shipment %s is complete on a base segment that is gone", s.ID)
+		}
+	}
+	res2, _ := c.send(t)
+	if res2.Base != "" {
+		t.Errorf("the next send is incremental on %s, whose segment is gone", res2.Base)
 	}
 }
