@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -152,6 +153,35 @@ func TestIncrementalFallsBack(t *testing.T) {
 	}
 }
 
+// TestStateSegmentsOutOfOrder: a DR table whose base segments are each
+// still the one the destination holds, but listed in another order (which
+// the block file's entries index), is not used: the shipment would refer
+// to the wrong records and could not be restored.
+func TestStateSegmentsOutOfOrder(t *testing.T) {
+	c := newDRChain(t)
+	rand.Read(c.data) // records of one length: segments of one size
+	if err := os.WriteFile(c.src, c.data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	full, _ := c.send(t)
+	hdrs, _ := filepath.Glob(filepath.Join(c.opts.StateDir, "dr", "*", full.ID+".json"))
+	if len(hdrs) != 1 {
+		t.Fatalf("DR table headers of %s: %v", full.ID, hdrs)
+	}
+	editJSON(t, hdrs[0], func(tb map[string]any) {
+		segs := tb["shipments"].([]any)[0].(map[string]any)["segments"].([]any)
+		if len(segs) < 3 || segs[0].(map[string]any)["size"] != segs[1].(map[string]any)["size"] {
+			t.Fatalf("the base's segments %v: want several of one size", segs)
+		}
+		segs[0], segs[1] = segs[1], segs[0]
+	})
+	c.rewrite(t, 2)
+	res, _ := c.send(t) // restores it
+	if res.Base != "" || !strings.Contains(res.FullReason, "damaged") {
+		t.Errorf("base %q, reason %q; want a full shipment because the DR state is damaged", res.Base, res.FullReason)
+	}
+}
+
 // TestBaseGoneNamed: receiving or verifying an incremental shipment whose
 // base was deleted fails as an integrity error that names the base
 // shipment, not only one of its segments.
@@ -264,5 +294,27 @@ func TestBaseGoneDuringSend(t *testing.T) {
 	res2, _ := c.send(t)
 	if res2.Base != "" {
 		t.Errorf("the next send is incremental on %s, whose segment is gone", res2.Base)
+	}
+}
+
+// editJSON rewrites the JSON object in file name with edit.
+func editJSON(t *testing.T, name string, edit func(map[string]any)) {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	var m map[string]any
+	if err := d.Decode(&m); err != nil {
+		t.Fatal(err)
+	}
+	edit(m)
+	if b, err = json.Marshal(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(name, b, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
