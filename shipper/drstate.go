@@ -378,6 +378,31 @@ func (s *drStore) save(t *drTable, w *drWriter) error {
 	return nil
 }
 
+// removeStale removes what sends killed before their table was saved left
+// in the pair's folder and nothing will use: unfinished block files
+// (<id>.blocks.tmp, as large as the table), tables that never made it into
+// the index. Only with the destination's lock held: the sends of the pair
+// are then this one alone. Best effort.
+func (s *drStore) removeStale() {
+	ids := s.tables()
+	if len(ids) == 0 {
+		return // the index that save has just written does not read
+	}
+	keep := map[string]bool{"index": true}
+	for _, id := range ids {
+		keep[id+".json"], keep[id+".blocks"] = true, true
+	}
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !keep[e.Name()] && e.Type().IsRegular() {
+			os.Remove(filepath.Join(s.dir, e.Name()))
+		}
+	}
+}
+
 // writeFileAtomic writes a 0600 file under a temporary name, syncs it and
 // renames it into place.
 func writeFileAtomic(path string, b []byte) error {

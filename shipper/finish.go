@@ -90,6 +90,8 @@ func (r *sendRun) finish(ctx context.Context, p *pipeline, key *cipher.Key, wrap
 	if drw != nil {
 		if err := r.dr.save(r.newTable(m, keys, plan, ib), drw); err != nil {
 			opts.Log("warning: %v (the next send with --base will be a full one)", err)
+		} else if opts.CleanLeftovers {
+			r.dr.removeStale()
 		}
 	}
 	if r.resumed {

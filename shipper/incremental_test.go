@@ -318,3 +318,49 @@ func editJSON(t *testing.T, name string, edit func(map[string]any)) {
 		t.Fatal(err)
 	}
 }
+
+// TestStaleStateRemoved: what sends killed before their DR table was saved
+// left in the pair's folder (an unfinished block file as large as the
+// table, a table the index never named) is removed by
+// the next send that holds the destination's lock; the tables in use stay.
+func TestStaleStateRemoved(t *testing.T) {
+	c := newDRChain(t)
+	first, _ := c.send(t)
+	pairs, _ := filepath.Glob(filepath.Join(c.opts.StateDir, "dr", "*", "index"))
+	if len(pairs) != 1 {
+		t.Fatalf("DR state pairs: %v", pairs)
+	}
+	pair := filepath.Dir(pairs[0])
+	stale := []string{"20261121T233000Z-3f9a1c2e.blocks.tmp", "20261121T233001Z-3f9a1c2e.blocks", "20261121T233001Z-3f9a1c2e.json"}
+	for _, name := range stale {
+		if err := os.WriteFile(filepath.Join(pair, name), []byte("left by a killed send"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.rewrite(t, 2)
+	c.send(t) // without the lock: nothing removed
+	for _, name := range stale {
+		if _, err := os.Stat(filepath.Join(pair, name)); err != nil {
+			t.Errorf("a send without the destination's lock removed %s: %v", name, err)
+		}
+	}
+	c.opts.CleanLeftovers = true
+	c.rewrite(t, 5)
+	res, _ := c.send(t)
+	for _, name := range stale {
+		if _, err := os.Stat(filepath.Join(pair, name)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s is still in the DR state: %v", name, err)
+		}
+	}
+	for _, id := range []string{first.ID, res.ID} {
+		for _, ext := range []string{".json", ".blocks"} {
+			if _, err := os.Stat(filepath.Join(pair, id+ext)); err != nil {
+				t.Errorf("the table of %s: %v", id, err)
+			}
+		}
+	}
+	c.rewrite(t, 9)
+	if next, _ := c.send(t); next.Base != res.ID {
+		t.Errorf("the send after the clean-up is not incremental on %s: base %q, %s", res.ID, next.Base, next.FullReason)
+	}
+}
