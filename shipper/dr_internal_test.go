@@ -171,7 +171,7 @@ func testTable(t *testing.T, mutate func(tb *drTable, e *archive.TableEntry)) (*
 	s := &drStore{dir: t.TempDir(), keys: keys}
 	id := "20261121T233000Z-3f9a1c2e"
 	tb := &drTable{Format: drFormat, ID: id, BlockSize: 1 << 20, StateKey: keys.id,
-		Shipments: []drShipment{{ID: id, Segments: []archive.Segment{{Name: archive.SegmentObject(1), Size: 5000}}}},
+		Shipments: []drShipment{{ID: id, Keys: []drKey{{Slot: 0}}, Segments: []archive.Segment{{Name: archive.SegmentObject(1), Size: 5000}}}},
 		Files:     []drFile{{Name: "vm", Dir: true}, {Name: "vm/disk", Size: 2 << 20, First: 0, Count: 1}}}
 	e := archive.TableEntry{File: 1, Block: 1, Offset: 4000, Length: 1000}
 	if mutate != nil {
@@ -220,6 +220,20 @@ func TestDRTableCheck(t *testing.T) {
 		"count":         func(tb *drTable) { tb.Files[1].Count = 3 },
 		"entries":       func(tb *drTable) { tb.Entries = 2 },
 		"dir with data": func(tb *drTable) { tb.Files[0].Count = 1 },
+		// The destination vouches for each shipment's segments and keys,
+		// not for their order, which the entries index.
+		"segments out of order": func(tb *drTable) {
+			tb.Shipments[0].Segments = []archive.Segment{{Name: archive.SegmentObject(2), Size: 5000}, {Name: archive.SegmentObject(1), Size: 5000}}
+		},
+		"not a segment name": func(tb *drTable) { tb.Shipments[0].Segments = []archive.Segment{{Name: "keys/0000", Size: 5000}} },
+		"key slot not listed": func(tb *drTable) {
+			tb.Shipments[0].Segments = []archive.Segment{{Name: archive.SegmentObject(1), Size: 5000, Key: 1}}
+		},
+		"key slots out of order": func(tb *drTable) { tb.Shipments[0].Keys = []drKey{{Slot: 1}, {Slot: 0}} },
+		"bases out of order": func(tb *drTable) {
+			tb.Shipments = append(tb.Shipments, drShipment{ID: "20261120T233000Z-00000002"}, drShipment{ID: "20261120T233000Z-00000001"})
+		},
+		"itself as a base": func(tb *drTable) { tb.Shipments = append(tb.Shipments, drShipment{ID: tb.ID}) },
 	} {
 		tb := *tb
 		tb.Files = append([]drFile(nil), tb.Files...)

@@ -168,9 +168,9 @@ func (t *drTable) check() error {
 		t.BlockSize < archive.MinBlockSize || t.BlockSize > archive.MaxBlockSize || len(t.Shipments) > 1<<16 || t.Entries < 0 {
 		return errors.New("malformed")
 	}
-	for _, s := range t.Shipments {
-		if !archive.ValidID(s.ID) {
-			return errors.New("malformed shipment id")
+	for i := range t.Shipments {
+		if err := t.checkShipment(i); err != nil {
+			return err
 		}
 	}
 	next := int64(0)
@@ -183,6 +183,43 @@ func (t *drTable) check() error {
 	}
 	if next != t.Entries {
 		return errors.New("entries do not add up")
+	}
+	return nil
+}
+
+// checkShipment checks shipment i of the table as the send wrote it: the
+// shipments whose records it uses in ascending order of id, each one's
+// segments in ascending order of name (as its manifest lists them) and
+// sealed under key slots it lists. The destination vouches for each
+// shipment's segments and keys (checkAtDest) but not for their order,
+// which the block file's entries index and the new manifest copies: a
+// table reordered behind the sender's back would give a shipment that
+// refers to the wrong records, exits 0 and cannot be restored.
+func (t *drTable) checkShipment(i int) error {
+	s := &t.Shipments[i]
+	switch {
+	case !archive.ValidID(s.ID):
+		return errors.New("malformed shipment id")
+	case i > 0 && s.ID == t.ID, i > 1 && s.ID <= t.Shipments[i-1].ID:
+		return errors.New("shipments out of order")
+	}
+	slots := map[int]bool{}
+	for k, key := range s.Keys {
+		if key.Slot < 0 || k > 0 && key.Slot <= s.Keys[k-1].Slot {
+			return fmt.Errorf("shipment %s: key slots out of order", s.ID)
+		}
+		slots[key.Slot] = true
+	}
+	prev := 0
+	for _, seg := range s.Segments {
+		n, ok := archive.SegmentNumber(seg.Name)
+		switch {
+		case !ok || n <= prev:
+			return fmt.Errorf("shipment %s: segments out of order", s.ID)
+		case !slots[seg.Key]:
+			return fmt.Errorf("shipment %s: %s: a key slot it does not list", s.ID, seg.Name)
+		}
+		prev = n
 	}
 	return nil
 }
@@ -339,6 +376,31 @@ func (s *drStore) save(t *drTable, w *drWriter) error {
 		os.Remove(s.blocksPath(id))
 	}
 	return nil
+}
+
+// removeStale removes what sends killed before their table was saved left
+// in the pair's folder and nothing will use: unfinished block files
+// (<id>.blocks.tmp, as large as the table), tables that never made it into
+// the index. Only with the destination's lock held: the sends of the pair
+// are then this one alone. Best effort.
+func (s *drStore) removeStale() {
+	ids := s.tables()
+	if len(ids) == 0 {
+		return // the index that save has just written does not read
+	}
+	keep := map[string]bool{"index": true}
+	for _, id := range ids {
+		keep[id+".json"], keep[id+".blocks"] = true, true
+	}
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !keep[e.Name()] && e.Type().IsRegular() {
+			os.Remove(filepath.Join(s.dir, e.Name()))
+		}
+	}
 }
 
 // writeFileAtomic writes a 0600 file under a temporary name, syncs it and

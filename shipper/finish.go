@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"sync"
 
 	"golang.org/x/sync/errgroup"
@@ -73,7 +74,7 @@ func (r *sendRun) finish(ctx context.Context, p *pipeline, key *cipher.Key, wrap
 		if r.resumed {
 			return r.checkShipment(ctx, inv, ib)
 		}
-		return nil
+		return r.checkBases(ctx, inv)
 	})
 	name := id + "/" + archive.ManifestObject
 	err = putGated(ctx, r.tr, name, bytes.NewReader(mb), int64(len(mb)), ready)
@@ -89,6 +90,8 @@ func (r *sendRun) finish(ctx context.Context, p *pipeline, key *cipher.Key, wrap
 	if drw != nil {
 		if err := r.dr.save(r.newTable(m, keys, plan, ib), drw); err != nil {
 			opts.Log("warning: %v (the next send with --base will be a full one)", err)
+		} else if opts.CleanLeftovers {
+			r.dr.removeStale()
 		}
 	}
 	if r.resumed {
@@ -290,17 +293,34 @@ func (r *sendRun) checkShipment(ctx context.Context, inv *archive.Inventory, ib 
 			return fmt.Errorf("resumed shipment %s: %s does not match what was put: %w", inv.ID, o.Name, archive.ErrIntegrity)
 		}
 	}
-	for _, b := range inv.Bases {
-		if err := list(b.ID); err != nil {
+	return r.checkBases(ctx, inv)
+}
+
+// checkBases checks, before the manifest of an incremental shipment is
+// put, that every base segment its inventory lists is still at the
+// destination at its size. The base was checked when the send started,
+// but a base deleted since (a prune run elsewhere, a lifecycle rule)
+// would give a shipment that exits 0 and cannot be restored. Only each
+// base's segment folder is listed, basesAtOnce bases at a time.
+func (r *sendRun) checkBases(ctx context.Context, inv *archive.Inventory) error {
+	return atonce.Each(len(inv.Bases), basesAtOnce, func(i int) error {
+		b := &inv.Bases[i]
+		sizes := map[string]int64{}
+		err := r.tr.List(ctx, b.ID+"/"+archive.SegmentFolder+"/", func(oi ObjectInfo) error {
+			sizes[strings.TrimPrefix(oi.Name, b.ID+"/")] = oi.Size
+			return nil
+		})
+		if err != nil {
 			return fmt.Errorf("list %s: %w", b.ID, err)
 		}
 		for _, o := range b.Objects {
-			if size, ok := sizes[b.ID+"/"+o.Name]; !ok || size != o.Size {
-				return fmt.Errorf("base %s: %s is missing or of the wrong size at the destination: %w", b.ID, o.Name, archive.ErrIntegrity)
+			if size, ok := sizes[o.Name]; !ok || size != o.Size {
+				return fmt.Errorf("%s/%s, a segment of base %s that shipment %s refers to, is missing or of the wrong size at the destination (the next send with --base will be a full one): %w",
+					b.ID, o.Name, b.ID, inv.ID, archive.ErrIntegrity)
 			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // removeStrays deletes, once a resumed shipment is complete, what earlier

@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"filippo.io/age"
@@ -150,6 +153,35 @@ func TestIncrementalFallsBack(t *testing.T) {
 	}
 }
 
+// TestStateSegmentsOutOfOrder: a DR table whose base segments are each
+// still the one the destination holds, but listed in another order (which
+// the block file's entries index), is not used: the shipment would refer
+// to the wrong records and could not be restored.
+func TestStateSegmentsOutOfOrder(t *testing.T) {
+	c := newDRChain(t)
+	rand.Read(c.data) // records of one length: segments of one size
+	if err := os.WriteFile(c.src, c.data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	full, _ := c.send(t)
+	hdrs, _ := filepath.Glob(filepath.Join(c.opts.StateDir, "dr", "*", full.ID+".json"))
+	if len(hdrs) != 1 {
+		t.Fatalf("DR table headers of %s: %v", full.ID, hdrs)
+	}
+	editJSON(t, hdrs[0], func(tb map[string]any) {
+		segs := tb["shipments"].([]any)[0].(map[string]any)["segments"].([]any)
+		if len(segs) < 3 || segs[0].(map[string]any)["size"] != segs[1].(map[string]any)["size"] {
+			t.Fatalf("the base's segments %v: want several of one size", segs)
+		}
+		segs[0], segs[1] = segs[1], segs[0]
+	})
+	c.rewrite(t, 2)
+	res, _ := c.send(t) // restores it
+	if res.Base != "" || !strings.Contains(res.FullReason, "damaged") {
+		t.Errorf("base %q, reason %q; want a full shipment because the DR state is damaged", res.Base, res.FullReason)
+	}
+}
+
 // TestBaseGoneNamed: receiving or verifying an incremental shipment whose
 // base was deleted fails as an integrity error that names the base
 // shipment, not only one of its segments.
@@ -215,5 +247,120 @@ func TestBaseSizeOnly(t *testing.T) {
 	}
 	if err := shipper.VerifyInventory(context.Background(), c.tr, res.ID, 0, nil); !errors.Is(err, archive.ErrIntegrity) {
 		t.Errorf("key-less verify of the shipment on a damaged base: %v, want an integrity error", err)
+	}
+}
+
+// baseGoesAway deletes one object at the destination when the send puts
+// its header: after the send checked its base, before anything of the new
+// shipment is at the destination (a prune run elsewhere, a lifecycle rule,
+// a hand).
+type baseGoesAway struct {
+	shipper.Transport
+	victim string
+	once   sync.Once
+}
+
+func (b *baseGoesAway) Put(ctx context.Context, name string, r io.Reader, size int64) error {
+	if strings.HasSuffix(name, "/"+archive.HeaderObject) {
+		b.once.Do(func() { b.Transport.Delete(ctx, b.victim) })
+	}
+	return b.Transport.Put(ctx, name, r, size)
+}
+
+// TestBaseGoneDuringSend: a base segment that the new shipment refers to
+// and that goes away while the send runs makes the send fail as an
+// integrity error naming it, with no manifest put (a shipment that cannot
+// be restored must not exit 0); the next send is a full one.
+func TestBaseGoneDuringSend(t *testing.T) {
+	c := newDRChain(t)
+	full, _ := c.send(t)
+	c.rewrite(t, 2)
+	victim := full.ID + "/segments/00000001"
+	tr := &baseGoesAway{Transport: c.tr, victim: victim}
+	sources, _ := archive.CollectSources([]string{c.src})
+	res, err := shipper.Send(context.Background(), tr, sources, c.opts)
+	if !errors.Is(err, archive.ErrIntegrity) || !strings.Contains(fmt.Sprint(err), victim) {
+		t.Fatalf("send: %+v, %v; want an integrity error naming %s", res, err, victim)
+	}
+	ships, err := shipper.List(context.Background(), c.tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range ships {
+		if s.ID != full.ID && s.Complete {
+			t.Errorf("shipment %s is complete on a base segment that is gone", s.ID)
+		}
+	}
+	res2, _ := c.send(t)
+	if res2.Base != "" {
+		t.Errorf("the next send is incremental on %s, whose segment is gone", res2.Base)
+	}
+}
+
+// editJSON rewrites the JSON object in file name with edit.
+func editJSON(t *testing.T, name string, edit func(map[string]any)) {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	var m map[string]any
+	if err := d.Decode(&m); err != nil {
+		t.Fatal(err)
+	}
+	edit(m)
+	if b, err = json.Marshal(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(name, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStaleStateRemoved: what sends killed before their DR table was saved
+// left in the pair's folder (an unfinished block file as large as the
+// table, a table the index never named) is removed by
+// the next send that holds the destination's lock; the tables in use stay.
+func TestStaleStateRemoved(t *testing.T) {
+	c := newDRChain(t)
+	first, _ := c.send(t)
+	pairs, _ := filepath.Glob(filepath.Join(c.opts.StateDir, "dr", "*", "index"))
+	if len(pairs) != 1 {
+		t.Fatalf("DR state pairs: %v", pairs)
+	}
+	pair := filepath.Dir(pairs[0])
+	stale := []string{"20261121T233000Z-3f9a1c2e.blocks.tmp", "20261121T233001Z-3f9a1c2e.blocks", "20261121T233001Z-3f9a1c2e.json"}
+	for _, name := range stale {
+		if err := os.WriteFile(filepath.Join(pair, name), []byte("left by a killed send"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.rewrite(t, 2)
+	c.send(t) // without the lock: nothing removed
+	for _, name := range stale {
+		if _, err := os.Stat(filepath.Join(pair, name)); err != nil {
+			t.Errorf("a send without the destination's lock removed %s: %v", name, err)
+		}
+	}
+	c.opts.CleanLeftovers = true
+	c.rewrite(t, 5)
+	res, _ := c.send(t)
+	for _, name := range stale {
+		if _, err := os.Stat(filepath.Join(pair, name)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s is still in the DR state: %v", name, err)
+		}
+	}
+	for _, id := range []string{first.ID, res.ID} {
+		for _, ext := range []string{".json", ".blocks"} {
+			if _, err := os.Stat(filepath.Join(pair, id+ext)); err != nil {
+				t.Errorf("the table of %s: %v", id, err)
+			}
+		}
+	}
+	c.rewrite(t, 9)
+	if next, _ := c.send(t); next.Base != res.ID {
+		t.Errorf("the send after the clean-up is not incremental on %s: base %q, %s", res.ID, next.Base, next.FullReason)
 	}
 }

@@ -388,7 +388,9 @@ func (pl *prunePlan) basesOf(ctx context.Context, tr Transport, i int) ([]string
 	}
 	ib, err := getObject(ctx, tr, si.ID+"/"+archive.InventoryObject, 1<<30)
 	if err != nil {
-		return nil, fmt.Errorf("prune: cannot tell which shipments %s needs: %w", si.ID, err)
+		// Missing from a complete shipment is damage, as verify and
+		// receive report it (exit 5), not "no such shipment".
+		return nil, fmt.Errorf("prune: cannot tell which shipments %s needs: %w", si.ID, missingIsIntegrity(err))
 	}
 	inv, err := archive.ParseInventory(ib)
 	if err != nil {

@@ -2,6 +2,9 @@ package shipper_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 
@@ -63,5 +66,29 @@ func TestDeleteShipmentOrder(t *testing.T) {
 	}
 	if _, err := shipper.OpenShipment(context.Background(), s.base, ids[1], []age.Identity{s.id}); err != nil {
 		t.Errorf("the other shipment: %v", err)
+	}
+}
+
+// TestInventoryLost: a complete incremental shipment whose inventory is
+// gone is damage: prune, which cannot tell which shipments it needs,
+// deletes nothing and says so as an integrity error (as verify and
+// receive do), and key-less verify names the inventory, not a missing
+// manifest.
+func TestInventoryLost(t *testing.T) {
+	c := newDRChain(t)
+	c.send(t)
+	c.rewrite(t, 2)
+	inc, _ := c.send(t)
+	inv := inc.ID + "/" + archive.InventoryObject
+	if err := c.tr.Delete(context.Background(), inv); err != nil {
+		t.Fatal(err)
+	}
+	dec, err := shipper.PlanPrune(context.Background(), c.tr, shipper.PrunePolicy{KeepLast: 1})
+	if !errors.Is(err, archive.ErrIntegrity) || !strings.Contains(fmt.Sprint(err), inv) {
+		t.Errorf("prune: %v, %v; want an integrity error naming %s", dec, err, inv)
+	}
+	err = shipper.VerifyInventory(context.Background(), c.tr, inc.ID, 0, nil)
+	if !errors.Is(err, archive.ErrIntegrity) || !strings.Contains(fmt.Sprint(err), inv) || errors.Is(err, archive.ErrIncomplete) {
+		t.Errorf("verify: %v; want an integrity error naming %s", err, inv)
 	}
 }

@@ -126,10 +126,16 @@ func VerifyInventory(ctx context.Context, tr Transport, id string, streams int, 
 		limit = maxV3Inventory
 	}
 	ib, err := getObject(ctx, tr, id+"/"+archive.InventoryObject, limit)
-	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return fmt.Errorf("shipment %s: %w (%w)", id, archive.ErrIncomplete, archive.ErrIntegrity)
+	if errors.Is(err, ErrNotFound) {
+		// A send puts the inventory before the manifest, and prune deletes
+		// it after: without it, a shipment is incomplete unless its
+		// inventory was lost.
+		if _, serr := tr.Stat(ctx, id+"/"+archive.ManifestObject); serr == nil {
+			return fmt.Errorf("%s/%s is missing, though the shipment's manifest is there: %w", id, archive.InventoryObject, archive.ErrIntegrity)
 		}
+		return fmt.Errorf("shipment %s: %w (%w)", id, archive.ErrIncomplete, archive.ErrIntegrity)
+	}
+	if err != nil {
 		return err
 	}
 	inv, err := archive.ParseInventory(ib)
