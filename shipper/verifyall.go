@@ -175,6 +175,11 @@ func (v *allVerifier) window(ctx context.Context, ships []ShipmentInfo, newestCo
 		switch {
 		case !si.Complete && k > newestComplete:
 			continue // a send may be running
+		case !si.Complete && si.Error != "":
+			// Prune deletes only what it can tell is a shipment.
+			v.report(Problem{Shipment: si.ID, Problem: "incomplete, and its header is unreadable (" + si.Error +
+				"): prune leaves it alone; remove it by hand if it is not yours", Err: archive.ErrIntegrity})
+			continue
 		case !si.Complete:
 			v.report(Problem{Shipment: si.ID, Problem: "incomplete: a send that failed and was not resumed (prune deletes it)", Err: archive.ErrIntegrity})
 			continue

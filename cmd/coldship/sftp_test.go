@@ -304,6 +304,38 @@ func TestSFTPHeaderNotReadIsNoDamage(t *testing.T) {
 	}
 }
 
+// TestSFTPVerifyAllAgreesWithPrune: a folder older than the newest
+// complete shipment, with no manifest and a header that does not parse,
+// is one prune leaves alone (it cannot tell it is a shipment); verify
+// --all reported it as a failed send that prune deletes.
+func TestSFTPVerifyAllAgreesWithPrune(t *testing.T) {
+	srv, dest, auth := sftpEnv(t)
+	_, rcpt := keypair(t)
+	src := filepath.Join(t.TempDir(), "a.img")
+	makeImage(t, src, 2<<20, region{0, 1 << 20, "random"})
+	mustRun(t, append([]string{"send", src, "--to", dest, "-r", rcpt, "-q"}, auth...)...)
+	junk := filepath.Join(srv.Root, "dr", "20200101T000000Z-0000abcd")
+	os.MkdirAll(filepath.Join(junk, "segments"), 0o755)
+	os.WriteFile(filepath.Join(junk, "header"), []byte("not a header\n"), 0o644)
+	os.WriteFile(filepath.Join(junk, "segments", "00000001"), []byte("x"), 0o644)
+
+	id := filepath.Base(junk)
+	r := run(t, append([]string{"prune", dest, "--keep-last", "1", "--dry-run"}, auth...)...)
+	if r.code != 0 || !strings.Contains(r.stderr, "ignore  "+id) {
+		t.Fatalf("prune --dry-run: exit %d, stderr %q; want %s left alone", r.code, r.stderr, id)
+	}
+	r = run(t, append([]string{"verify", "--all", dest}, auth...)...)
+	line := ""
+	for l := range strings.SplitSeq(r.stderr, "\n") {
+		if strings.Contains(l, id) {
+			line = l
+		}
+	}
+	if r.code != exitIntegrity || !strings.Contains(line, "prune leaves it alone") || strings.Contains(line, "prune deletes it") {
+		t.Errorf("verify --all: exit %d, says of %s %q; want 5, and that prune leaves it alone", r.code, id, line)
+	}
+}
+
 // TestSFTPVerifyInPieces: without a key, verify reads a large segment in
 // pieces over several channels of real sshd (32 MiB segments, 4 streams:
 // pieces of 10 MiB) and still checks it whole: a byte flipped in its middle
