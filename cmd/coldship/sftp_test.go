@@ -336,6 +336,35 @@ func TestSFTPVerifyAllAgreesWithPrune(t *testing.T) {
 	}
 }
 
+// TestSFTPFolderForAnObject: a folder where a segment should be is a
+// missing segment for every command that reads it (exit 5, naming it);
+// key-less verify exited 1.
+func TestSFTPFolderForAnObject(t *testing.T) {
+	srv, dest, auth := sftpEnv(t)
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "a.img")
+	makeImage(t, src, 4<<20, region{0, 4 << 20, "random"})
+	id := strings.TrimSpace(mustRun(t, append([]string{"send", src, "--to", dest, "-r", rcpt, "--segment-size", "1M", "-q"}, auth...)...).stdout)
+	seg := filepath.Join(srv.Root, "dr", id, "segments", "00000002")
+	if err := os.Remove(seg); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(seg, "x"), 0o755)
+	out := filepath.Join(dir, "out")
+	for _, args := range [][]string{
+		{"verify", dest, id},
+		{"verify", dest, id, "-i", key},
+		{"receive", dest, id, "--out", out, "-i", key, "-q"},
+	} {
+		r := run(t, append(args, auth...)...)
+		if r.code != exitIntegrity || !strings.Contains(r.stderr, id+"/segments/00000002") {
+			t.Errorf("%v with a folder for a segment: exit %d, stderr %q; want 5 naming it", args, r.code, r.stderr)
+		}
+	}
+	noFinalFiles(t, out)
+}
+
 // TestSFTPVerifyInPieces: without a key, verify reads a large segment in
 // pieces over several channels of real sshd (32 MiB segments, 4 streams:
 // pieces of 10 MiB) and still checks it whole: a byte flipped in its middle
