@@ -116,9 +116,13 @@ func readWindow(ctx context.Context, tr Transport, ids []string, complete map[st
 		}
 		g.Go(func() error {
 			si := &infos[i]
-			if h, _, err := readHeader(gctx, tr, id); err != nil {
-				si.Error = err.Error()
-			} else {
+			h, bad, err := readListedHeader(gctx, tr, id)
+			switch {
+			case err != nil:
+				return fmt.Errorf("list %s: %w", tr, err)
+			case bad != nil:
+				si.Error = bad.Error()
+			default:
 				si.Created, si.Label, si.Base = h.Created, h.Label, h.Base
 			}
 			return nil

@@ -38,7 +38,7 @@ type pieceSum struct {
 	n   int64
 	crc uint32 // CRC32C objects
 	sum string // BLAKE3 objects (never cut)
-	err error  // the object is not there (wraps ErrNotFound)
+	err error  // the object is not there (wraps ErrNotFound or ErrNotRegular)
 }
 
 // readObjects reads the objects of refs, streams reads at once, and
@@ -123,7 +123,7 @@ func cutObjects(refs []objectRef, streams int) []objectPiece {
 // it as ref's entry asks.
 func readPiece(ctx context.Context, tr Transport, ref objectRef, off, n int64) (pieceSum, error) {
 	rc, err := tr.Open(ctx, ref.name, off, n)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrNotRegular) {
 		return pieceSum{err: err}, nil
 	} else if err != nil {
 		return pieceSum{}, fmt.Errorf("open %s: %w", ref.name, err)

@@ -137,7 +137,7 @@ type PruneDecision struct {
 	Reasons  []string  `json:"reasons"`
 	// Ignored says why prune counts the shipment for no rule and leaves
 	// it alone (unless a kept shipment needs it as a base): its header
-	// cannot be read, it is dated more than MaxClockSkew ahead, or it is
+	// is missing or damaged, it is dated more than MaxClockSkew ahead, or it is
 	// not from a trusted sender.
 	Ignored string `json:"ignored,omitempty"`
 	// OtherLabel is set when PrunePolicy.Label leaves the shipment out.

@@ -40,8 +40,8 @@ func List(ctx context.Context, tr Transport) ([]ShipmentInfo, error) {
 // Each shipment's header is read as soon as the shipment is listed.
 func listShipments(ctx context.Context, tr Transport, list func(context.Context, string, func(ObjectInfo) error) error) ([]ShipmentInfo, error) {
 	type header struct {
-		h   *archive.Header
-		err error
+		h        *archive.Header
+		bad, err error
 	}
 	byID, headers := map[string]*ShipmentInfo{}, map[string]*header{}
 	// The headers are read listHeadersAtOnce at a time: a destination of
@@ -60,7 +60,7 @@ func listShipments(ctx context.Context, tr Transport, list func(context.Context,
 			hd := new(header)
 			byID[id], headers[id] = si, hd
 			g.Go(func() error {
-				hd.h, _, hd.err = readHeader(ctx, tr, id)
+				hd.h, hd.bad, hd.err = readListedHeader(ctx, tr, id)
 				return nil
 			})
 		}
@@ -74,18 +74,22 @@ func listShipments(ctx context.Context, tr Transport, list func(context.Context,
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", tr, err)
 	}
-	for id, si := range byID {
-		if hd := headers[id]; hd.err != nil {
-			si.Error = hd.err.Error()
-		} else {
-			si.Created, si.Label, si.Base = hd.h.Created, hd.h.Label, hd.h.Base
-		}
-	}
 	var out []ShipmentInfo
 	for _, si := range byID {
 		out = append(out, *si)
 	}
 	sortShipments(out)
+	for i := range out {
+		si, hd := &out[i], headers[out[i].ID]
+		switch {
+		case hd.err != nil:
+			return nil, fmt.Errorf("list %s: %w", tr, hd.err)
+		case hd.bad != nil:
+			si.Error = hd.bad.Error()
+		default:
+			si.Created, si.Label, si.Base = hd.h.Created, hd.h.Label, hd.h.Base
+		}
+	}
 	return out, nil
 }
 
@@ -122,20 +126,49 @@ func readHeader(ctx context.Context, tr Transport, id string) (*archive.Header, 
 	if err != nil {
 		return nil, nil, missingIsIntegrity(err)
 	}
-	h, err := archive.ParseHeader(b)
+	h, err := parseHeader(id, b)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s/%s: %w", id, archive.HeaderObject, err)
-	}
-	if h.ID != id {
-		return nil, nil, fmt.Errorf("%s/%s: names shipment %s: %w", id, archive.HeaderObject, h.ID, archive.ErrIntegrity)
+		return nil, nil, err
 	}
 	return h, b, nil
 }
 
-// missingIsIntegrity turns a missing object of a shipment into an integrity
-// error: part of the shipment is gone.
+func parseHeader(id string, b []byte) (*archive.Header, error) {
+	h, err := archive.ParseHeader(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s/%s: %w", id, archive.HeaderObject, err)
+	}
+	if h.ID != id {
+		return nil, fmt.Errorf("%s/%s: names shipment %s: %w", id, archive.HeaderObject, h.ID, archive.ErrIntegrity)
+	}
+	return h, nil
+}
+
+// readListedHeader is readHeader for choosing among shipments (list,
+// latest, prune): bad says why a header that is missing, damaged or not
+// one this coldship reads is no use (the shipment is shown unreadable,
+// passed over by latest, left alone by prune), while err is a failure to
+// read it at all (a dropped connection, permission denied, an
+// interrupt), which must stop the caller: a shipment passed over for what
+// was not read would have latest restore an older one, and prune delete
+// the base it needs.
+func readListedHeader(ctx context.Context, tr Transport, id string) (h *archive.Header, bad, err error) {
+	b, err := getObject(ctx, tr, id+"/"+archive.HeaderObject, 64<<10)
+	if err != nil {
+		if err = missingIsIntegrity(err); errors.Is(err, archive.ErrIntegrity) {
+			return nil, err, nil
+		}
+		return nil, nil, err
+	}
+	h, bad = parseHeader(id, b)
+	return h, bad, nil
+}
+
+// missingIsIntegrity turns a missing object of a shipment, or something
+// other than an object in its place (a folder), into an integrity error:
+// part of the shipment is gone.
 func missingIsIntegrity(err error) error {
-	if errors.Is(err, ErrNotFound) && !errors.Is(err, archive.ErrIntegrity) {
+	if (errors.Is(err, ErrNotFound) || errors.Is(err, ErrNotRegular)) && !errors.Is(err, archive.ErrIntegrity) {
 		return fmt.Errorf("%w (%w)", err, archive.ErrIntegrity)
 	}
 	return err

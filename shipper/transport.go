@@ -20,8 +20,8 @@ var ErrPermanent = errors.New("permanent error")
 // or changed host key, a rejected user key, wrong credentials.
 var ErrAuth = errors.New("authentication failed")
 
-// ErrNotRegular is returned (wrapped) by Stat when something other than
-// an object (a folder) has the name.
+// ErrNotRegular is returned (wrapped) by Stat and Open when something
+// other than an object (a folder) has the name.
 var ErrNotRegular = errors.New("not a regular file")
 
 // ObjectInfo describes one stored object.

@@ -70,7 +70,8 @@ type objectCheck struct {
 // needs, and objects that belong to no shipment: objects outside any
 // shipment's folder, objects inside one that its inventory does not list,
 // incomplete shipments older than the newest complete one (failed sends
-// that were not resumed) and unfinished uploads. Every problem is
+// that were not resumed) and unfinished uploads but those of a newer one
+// (a send may be running). Every problem is
 // reported, not only the first. An error is returned only when the check
 // itself cannot go on (the destination cannot be listed).
 func VerifyAll(ctx context.Context, tr Transport, opts VerifyAllOptions) (*VerifyAllResult, error) {
@@ -120,7 +121,11 @@ func VerifyAll(ctx context.Context, tr Transport, opts VerifyAllOptions) (*Verif
 		}
 	}
 	if ua, ok := tr.(UploadAborter); ok {
+		running := mayBeRunning(ships, newestComplete)
 		err := ua.Uploads(ctx, "", func(u Upload) error {
+			if running(u.Name) {
+				return nil
+			}
 			report(Problem{Object: u.Name, Problem: fmt.Sprintf("an unfinished upload (started %s) costs storage; prune or a rerun of the send aborts it",
 				u.Initiated.Format("2006-01-02 15:04")), Err: archive.ErrIntegrity})
 			return nil
@@ -130,6 +135,22 @@ func VerifyAll(ctx context.Context, tr Transport, opts VerifyAllOptions) (*Verif
 		}
 	}
 	return res, nil
+}
+
+// mayBeRunning says whether an object name lies in the folder of a
+// shipment that a send may be writing now: one that is not complete and
+// is newer than the newest complete shipment (newestComplete, an index
+// of ships; -1: none). Its incompleteness is no problem, nor are its
+// unfinished uploads.
+func mayBeRunning(ships []ShipmentInfo, newestComplete int) func(name string) bool {
+	newest := ""
+	if newestComplete >= 0 {
+		newest = ships[newestComplete].ID
+	}
+	return func(name string) bool {
+		id, _, ok := strings.Cut(name, "/")
+		return ok && archive.ValidID(id) && id > newest
+	}
 }
 
 // allVerifier checks shipments against their inventories, reading each
@@ -175,6 +196,11 @@ func (v *allVerifier) window(ctx context.Context, ships []ShipmentInfo, newestCo
 		switch {
 		case !si.Complete && k > newestComplete:
 			continue // a send may be running
+		case !si.Complete && si.Error != "":
+			// Prune deletes only what it can tell is a shipment.
+			v.report(Problem{Shipment: si.ID, Problem: "incomplete, and its header is unreadable (" + si.Error +
+				"): prune leaves it alone; remove it by hand if it is not yours", Err: archive.ErrIntegrity})
+			continue
 		case !si.Complete:
 			v.report(Problem{Shipment: si.ID, Problem: "incomplete: a send that failed and was not resumed (prune deletes it)", Err: archive.ErrIntegrity})
 			continue

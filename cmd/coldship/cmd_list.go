@@ -26,7 +26,7 @@ func newListCmd(s *streams) *cobra.Command {
 		Use:   "list DEST [--trusted-senders FILE] [--json]",
 		Short: "List the shipments at DEST",
 		Long: `One line per shipment: id, creation time, label, bytes stored, state
-(complete, incomplete, or unreadable when its header cannot be read) and
+(complete, incomplete, or unreadable when its header is missing or damaged) and
 base. No key is needed; file names stay sealed.
 
 With --trusted-senders FILE (an OpenSSH allowed_signers file) a SIGNER

@@ -54,7 +54,7 @@ needed.
 
 Left alone and counted for no rule (so that none takes the place of a
 shipment you want kept, or is deleted on its own word): shipments whose
-header cannot be read, shipments dated more than 24 hours ahead of this
+header is missing or damaged, shipments dated more than 24 hours ahead of this
 machine's clock, and, with --trusted-senders FILE (an OpenSSH
 allowed_signers file), every shipment that is not signed by a key of FILE
 or does not match what it signed; with it, the bases to keep are taken only

@@ -50,7 +50,8 @@ Nothing is written.
 shipment against its inventory, every base that one of them needs, and
 objects that belong to no shipment (stray objects, leftovers in a
 shipment's folder that its inventory does not list, incomplete shipments
-older than the newest complete one, unfinished uploads). Every problem is
+older than the newest complete one, unfinished uploads but those into a
+newer one, which a send may be writing). Every problem is
 listed, on stderr (--json: a problem object each), and the exit status is 5
 if there is any. With --read-data and an identity it also opens every block
 of every shipment. With --trusted-senders, every complete shipment that is

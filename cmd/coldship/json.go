@@ -243,6 +243,6 @@ var jsonSchema = []jsonKind{
 		{"bytes", "integer", "bytes stored at DEST"},
 		{"delete", "boolean", "true if prune deletes it (or would, with --dry-run)"},
 		{"reasons", "array", "every rule that keeps it (\"last 1\", \"daily 2026-11-21\", \"within 7d\", \"base of ID\"...), or why it is deleted"},
-		{"ignored", "string?", "why it is left alone and counted for no rule: its header cannot be read, it is dated more than 24 h ahead, or it is not from a trusted sender (--trusted-senders)"},
+		{"ignored", "string?", "why it is left alone and counted for no rule: its header is missing or damaged, it is dated more than 24 h ahead, or it is not from a trusted sender (--trusted-senders)"},
 	}},
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minio/minio-go/v7"
+
 	"github.com/coldship/coldship/shipper/s3/s3test"
 )
 
@@ -112,6 +114,43 @@ func TestS3InterruptedSendResumes(t *testing.T) {
 			t.Fatalf("list incomplete uploads: %v", u.Err)
 		}
 		t.Errorf("incomplete multipart upload left behind: %s", u.Key)
+	}
+}
+
+// TestS3VerifyAllLeavesARunningSendAlone: verify --all does not count a
+// shipment newer than the newest complete one incomplete (a send may be
+// writing it), and so not its unfinished multipart uploads either, which
+// it reported (exit 5) while a send ran; the uploads into an older
+// incomplete shipment are still problems.
+func TestS3VerifyAllLeavesARunningSendAlone(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.SetEnv(t)
+	_, rcpt := keypair(t)
+	src := filepath.Join(t.TempDir(), "disk.img")
+	makeImage(t, src, 2<<20, region{0, 1 << 20, "random"})
+	dest := "s3://" + srv.Bucket + "/dr"
+	id := strings.TrimSpace(mustRun(t, "send", src, "--to", dest, "-r", rcpt, "-q").stdout)
+
+	core := minio.Core{Client: srv.Client()}
+	upload := func(ship string) {
+		key := "dr/" + ship + "/segments/00000001"
+		if _, err := core.NewMultipartUpload(context.Background(), srv.Bucket, key, minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	running := time.Now().UTC().Add(time.Hour).Format("20060102T150405Z") + "-0000abcd"
+	if running <= id {
+		t.Fatalf("shipment %s is not newer than %s", running, id)
+	}
+	upload(running) // a send's first segment, going up
+	if r := run(t, "verify", "--all", dest); r.code != 0 || strings.Contains(r.stderr, running) {
+		t.Errorf("verify --all while a send runs: exit %d, %s; want 0, nothing said of %s", r.code, r.stderr, running)
+	}
+	failed := "20200101T000000Z-0000abcd"
+	upload(failed) // a send that failed long ago
+	if r := run(t, "verify", "--all", dest); r.code != exitIntegrity || !strings.Contains(r.stderr, failed+"/segments/00000001: an unfinished upload") ||
+		strings.Contains(r.stderr, running) {
+		t.Errorf("verify --all with an old unfinished upload: exit %d, %s; want 5 naming it alone", r.code, r.stderr)
 	}
 }
 

@@ -15,8 +15,8 @@ import (
 // sftpEnv starts a real OpenSSH sshd on loopback and returns the DEST URL
 // and the flags that authenticate to it, with the user's own ssh setup
 // (agent, ~/.ssh) out of the way.
-func sftpEnv(t *testing.T) (*sftptest.Server, string, []string) {
-	srv := sftptest.StartSSHD(t)
+func sftpEnv(t *testing.T, opts ...sftptest.Option) (*sftptest.Server, string, []string) {
+	srv := sftptest.StartSSHD(t, opts...)
 	t.Setenv("HOME", t.TempDir())
 	t.Setenv("SSH_AUTH_SOCK", "")
 	dest := fmt.Sprintf("sftp://%s@%s:%d%s/dr", srv.User, srv.Host, srv.Port, srv.Root)
@@ -266,6 +266,127 @@ func TestSFTPLatest(t *testing.T) {
 	out = filepath.Join(dir, "out3")
 	mustRun(t, append([]string{"receive", dest, "--out", out, "-i", key, "-q"}, auth...)...)
 	sameFile(t, a, filepath.Join(out, "a.img"))
+}
+
+// TestSFTPHeaderNotReadIsNoDamage: a header the server refuses to read
+// (permission denied: sshd without root's override, the header mode 0) is
+// not a damaged one. Before, list showed the shipment unreadable and exit
+// 0, latest passed over it and restored an older shipment, and prune
+// counted it for no rule and deleted its base; now each exits 1 naming the
+// header, and nothing is restored or deleted.
+func TestSFTPHeaderNotReadIsNoDamage(t *testing.T) {
+	srv, dest, auth := sftpEnv(t, sftptest.NoOverride())
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	a, c := filepath.Join(dir, "a.img"), filepath.Join(dir, "c.img")
+	makeImage(t, a, 4<<20, region{0, 1 << 20, "random"})
+	makeImage(t, c, 4<<20, region{1 << 20, 1 << 20, "random"})
+	send := func(src string, extra ...string) string {
+		args := append([]string{"send", src, "--to", dest, "-r", rcpt, "-q"}, extra...)
+		return strings.TrimSpace(mustRun(t, append(args, auth...)...).stdout)
+	}
+	idA := send(a, "--base", "none")
+	time.Sleep(1100 * time.Millisecond) // ids sort by the second
+	send(c, "--base", "none")
+	time.Sleep(1100 * time.Millisecond)
+	makeImage(t, a, 4<<20, region{0, 1 << 20, "random"}, region{2 << 20, 1 << 20, "random"})
+	idB := send(a, "--base", idA) // the newest, incremental on A
+
+	header := filepath.Join(srv.Root, "dr", idB, "header")
+	if err := os.Chmod(header, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Chmod(header, 0o644)
+	named := idB + "/header"
+	out := filepath.Join(dir, "out")
+	for _, args := range [][]string{
+		{"list", dest},
+		{"receive", dest, "latest", "--out", out, "-i", key, "-q"},
+		{"prune", dest, "--keep-last", "1"},
+	} {
+		r := run(t, append(args, auth...)...)
+		if r.code != exitError || !strings.Contains(r.stderr, named) || !strings.Contains(r.stderr, "permission denied") {
+			t.Errorf("%s with %s not readable: exit %d, stderr %q; want 1 naming it", args[0], named, r.code, r.stderr)
+		}
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("receive latest restored something into %s (%v)", out, err)
+	}
+	if _, err := os.Stat(filepath.Join(srv.Root, "dr", idA, "manifest")); err != nil {
+		t.Errorf("prune deleted %s, the base of %s: %v", idA, idB, err)
+	}
+
+	// A folder where a header should be is damage, not a failed read:
+	// list shows that junk unreadable, as before.
+	os.Chmod(header, 0o644)
+	junk := filepath.Join(srv.Root, "dr", "20200101T000000Z-0000abcd")
+	os.MkdirAll(filepath.Join(junk, "header"), 0o755)
+	os.WriteFile(filepath.Join(junk, "header", "x"), []byte("x"), 0o644)
+	r := run(t, append([]string{"list", dest}, auth...)...)
+	if r.code != 0 || !strings.Contains(r.stdout, filepath.Base(junk)+"\t-\t-\t1\tunreadable") {
+		t.Errorf("list with a folder as a header: exit %d, stdout %q, stderr %q; want it unreadable", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestSFTPVerifyAllAgreesWithPrune: a folder older than the newest
+// complete shipment, with no manifest and a header that does not parse,
+// is one prune leaves alone (it cannot tell it is a shipment); verify
+// --all reported it as a failed send that prune deletes.
+func TestSFTPVerifyAllAgreesWithPrune(t *testing.T) {
+	srv, dest, auth := sftpEnv(t)
+	_, rcpt := keypair(t)
+	src := filepath.Join(t.TempDir(), "a.img")
+	makeImage(t, src, 2<<20, region{0, 1 << 20, "random"})
+	mustRun(t, append([]string{"send", src, "--to", dest, "-r", rcpt, "-q"}, auth...)...)
+	junk := filepath.Join(srv.Root, "dr", "20200101T000000Z-0000abcd")
+	os.MkdirAll(filepath.Join(junk, "segments"), 0o755)
+	os.WriteFile(filepath.Join(junk, "header"), []byte("not a header\n"), 0o644)
+	os.WriteFile(filepath.Join(junk, "segments", "00000001"), []byte("x"), 0o644)
+
+	id := filepath.Base(junk)
+	r := run(t, append([]string{"prune", dest, "--keep-last", "1", "--dry-run"}, auth...)...)
+	if r.code != 0 || !strings.Contains(r.stderr, "ignore  "+id) {
+		t.Fatalf("prune --dry-run: exit %d, stderr %q; want %s left alone", r.code, r.stderr, id)
+	}
+	r = run(t, append([]string{"verify", "--all", dest}, auth...)...)
+	line := ""
+	for l := range strings.SplitSeq(r.stderr, "\n") {
+		if strings.Contains(l, id) {
+			line = l
+		}
+	}
+	if r.code != exitIntegrity || !strings.Contains(line, "prune leaves it alone") || strings.Contains(line, "prune deletes it") {
+		t.Errorf("verify --all: exit %d, says of %s %q; want 5, and that prune leaves it alone", r.code, id, line)
+	}
+}
+
+// TestSFTPFolderForAnObject: a folder where a segment should be is a
+// missing segment for every command that reads it (exit 5, naming it);
+// key-less verify exited 1.
+func TestSFTPFolderForAnObject(t *testing.T) {
+	srv, dest, auth := sftpEnv(t)
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "a.img")
+	makeImage(t, src, 4<<20, region{0, 4 << 20, "random"})
+	id := strings.TrimSpace(mustRun(t, append([]string{"send", src, "--to", dest, "-r", rcpt, "--segment-size", "1M", "-q"}, auth...)...).stdout)
+	seg := filepath.Join(srv.Root, "dr", id, "segments", "00000002")
+	if err := os.Remove(seg); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(seg, "x"), 0o755)
+	out := filepath.Join(dir, "out")
+	for _, args := range [][]string{
+		{"verify", dest, id},
+		{"verify", dest, id, "-i", key},
+		{"receive", dest, id, "--out", out, "-i", key, "-q"},
+	} {
+		r := run(t, append(args, auth...)...)
+		if r.code != exitIntegrity || !strings.Contains(r.stderr, id+"/segments/00000002") {
+			t.Errorf("%v with a folder for a segment: exit %d, stderr %q; want 5 naming it", args, r.code, r.stderr)
+		}
+	}
+	noFinalFiles(t, out)
 }
 
 // TestSFTPVerifyInPieces: without a key, verify reads a large segment in

@@ -342,6 +342,10 @@ func (t *Transport) Open(ctx context.Context, name string, offset, length int64)
 		f.Close()
 		return nil, classify("stat", p, err)
 	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("open %s: %w", p, shipper.ErrNotRegular)
+	}
 	if offset < 0 || offset > fi.Size() {
 		f.Close()
 		return nil, fmt.Errorf("open %s: offset %d beyond size %d", p, offset, fi.Size())
@@ -370,7 +374,7 @@ func (t *Transport) Stat(ctx context.Context, name string) (shipper.ObjectInfo, 
 		return shipper.ObjectInfo{}, classify("stat", p, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return shipper.ObjectInfo{}, fmt.Errorf("stat %s: not a regular file", p)
+		return shipper.ObjectInfo{}, fmt.Errorf("stat %s: %w", p, shipper.ErrNotRegular)
 	}
 	return shipper.ObjectInfo{Name: name, Size: fi.Size()}, nil
 }

@@ -754,7 +754,7 @@ func (t *Transport) open(ctx context.Context, c *conn, name string, offset, leng
 	case err != nil:
 		return fail(t.classify(c, "stat", p, err))
 	case !fi.Mode().IsRegular():
-		return fail(fmt.Errorf("%s is not a regular file (%w)", p, shipper.ErrPermanent))
+		return fail(fmt.Errorf("%s is %w (%w)", p, shipper.ErrNotRegular, shipper.ErrPermanent))
 	case offset > fi.Size():
 		return fail(fmt.Errorf("offset %d beyond size %d", offset, fi.Size()))
 	case rerr != nil && rerr != io.EOF:
