@@ -600,3 +600,48 @@ func TestWritebackCountsDataWritten(t *testing.T) {
 	}
 	checkImages(t, dir, im)
 }
+
+// TestUpdateShortBlocksFile updates a restore whose blocks file no longer
+// covers its file (cut short by a crash or a full disk, emptied) while
+// the file's stamp still matches: the stamp vouches for the file, not for
+// a blocks file that does not describe all of it, so the file is read
+// again. Trusted, the slots past the end would read as zero blocks, and a
+// block that became zero in the new shipment would keep its old data
+// under a whole-file digest that checks.
+func TestUpdateShortBlocksFile(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		size func(n int64) int64
+	}{
+		{"cut short", func(n int64) int64 { return n / 2 }},
+		{"empty", func(int64) int64 { return 0 }},
+		{"a partial slot", func(n int64) int64 { return n - 1 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "out")
+			a := image{"vm/a.img", sparse(16*testBS, 21)}
+			sh, blocks := shipment("20261130T120000Z-00000001", a)
+			if _, err := restoreAll(t, sh, blocks, Options{Dir: dir}); err != nil {
+				t.Fatal(err)
+			}
+			bfs, err := filepath.Glob(filepath.Join(dir, namesFor(sh.Files).blocks, "*"))
+			if err != nil || len(bfs) != 1 {
+				t.Fatalf("blocks files %v: %v", bfs, err)
+			}
+			fi, err := os.Stat(bfs[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(bfs[0], tc.size(fi.Size())); err != nil {
+				t.Fatal(err)
+			}
+			a2 := image{"vm/a.img", append([]byte(nil), a.data...)}
+			clear(a2.data[12*testBS:]) // the last blocks became zero
+			sh2, blocks2 := shipment("20261130T120000Z-00000002", a2)
+			if _, err := restoreAll(t, sh2, blocks2, Options{Dir: dir, Update: true}); err != nil {
+				t.Fatal(err)
+			}
+			checkImages(t, dir, a2)
+		})
+	}
+}

@@ -109,13 +109,10 @@ func (w *Writer) planFile(ctx context.Context, f *file, mf *markerFile) (replace
 	m := w.old
 	if f.loc == locFinal && mf != nil && mf.Stamp != nil && mf.Blocks != "" && m.Digests == w.kind &&
 		m.BlockSize == w.sh.BlockSize && *mf.Stamp == *stampOf(&st) {
-		if sf, err := openFile(w.bdir, mf.Blocks, false, true); err == nil {
-			f.blocks, f.slots = mf.Blocks, w.slotFile(sf, mf.Blocks)
-			f.cur, err = newCursor(f.slots)
+		if ok, err := w.trustBlocks(f, mf.Blocks); ok || err != nil {
 			return "", err
 		}
-	}
-	if f.loc == locFinal && mf != nil && mf.Stamp != nil && m.State == stateDone {
+	} else if f.loc == locFinal && mf != nil && mf.Stamp != nil && m.State == stateDone {
 		w.opts.Log("%s changed since it was restored: reading it to find the blocks that differ", f.final)
 	}
 	if mf != nil && m.State == stateUpdating && m.Run != 0 && f.loc == locAside && mf.Blocks != "" {
@@ -133,6 +130,33 @@ func (w *Writer) planFile(ctx context.Context, f *file, mf *markerFile) (replace
 		replaced = mf.Blocks
 	}
 	return replaced, nil
+}
+
+// trustBlocks opens the blocks file that the marker vouches for f with,
+// if it still has a slot for every block of f and nothing more: past its
+// end every block reads as zero, so a blocks file cut short (a crash, a
+// full disk, a hand) would leave data where the new shipment has zeros,
+// under a whole-file digest that checks. Otherwise f is read again.
+func (w *Writer) trustBlocks(f *file, name string) (bool, error) {
+	sf, err := openFile(w.bdir, name, false, true)
+	if err != nil {
+		w.opts.Log("%s: its blocks file cannot be read (%v): reading it to find the blocks that differ", f.final, err)
+		return false, nil
+	}
+	slots := w.slotFile(sf, name)
+	cur, err := newCursor(slots)
+	if err != nil {
+		slots.close()
+		return false, err
+	}
+	if nb := (f.oldSize + w.sh.BlockSize - 1) / w.sh.BlockSize; cur.size != nb*SlotSize {
+		slots.close()
+		w.opts.Log("%s: its blocks file %s holds %d bytes, not the %d of its %d blocks: reading it to find the blocks that differ",
+			f.final, slots.name, cur.size, nb*SlotSize, nb)
+		return false, nil
+	}
+	f.blocks, f.slots, f.cur = name, slots, cur
+	return true, nil
 }
 
 // rehash reads f's current content (if any) and records the digest of each
