@@ -645,3 +645,25 @@ func TestUpdateShortBlocksFile(t *testing.T) {
 		})
 	}
 }
+
+// TestUpdateRefusesShippedAsideName updates a restore whose shipment holds
+// a file at the name an update moves another of its files aside to (as a
+// folder where an update was interrupted holds, shipped again): the move
+// would replace that file. The update is refused before anything changes.
+func TestUpdateRefusesShippedAsideName(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	a := image{"vm/a.img", sparse(8*testBS, 31)}
+	aside := image{"vm/.a.img.coldship-update", []byte("a file of the shipment\n")}
+	sh, blocks := shipment("20261130T120000Z-00000001", aside, a) // sorted, as a manifest is
+	if _, err := restoreAll(t, sh, blocks, Options{Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	checkImages(t, dir, a, aside)
+	a2 := image{"vm/a.img", append(append([]byte(nil), a.data...), sparse(testBS, 32)...)} // grown
+	sh2, blocks2 := shipment("20261130T120000Z-00000002", aside, a2)
+	_, err := restoreAll(t, sh2, blocks2, Options{Dir: dir, Update: true})
+	if err == nil || !strings.Contains(err.Error(), aside.path) || !strings.Contains(err.Error(), "--out") {
+		t.Errorf("update: %v; want a refusal naming %s and saying to use --out", err, aside.path)
+	}
+	checkImages(t, dir, aside, a)
+}

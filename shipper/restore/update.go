@@ -30,6 +30,9 @@ func (w *Writer) openUpdate(ctx context.Context) error {
 		from = m.From
 		w.opts.Log("%s holds an interrupted update from %s to %s: completing it as an update to %s", w.t.path, m.From, m.Shipment, w.sh.ID)
 	}
+	if err := w.checkAsideNames(); err != nil {
+		return err
+	}
 	if err := w.sweep(nil); err != nil {
 		return err
 	}
@@ -69,6 +72,28 @@ func (w *Writer) openUpdate(ctx context.Context) error {
 			if err := w.touch(f); err != nil {
 				return err
 			}
+		}
+	}
+	return nil
+}
+
+// checkAsideNames refuses, before anything changes, a shipment that holds
+// a file at the name an update moves another of its files aside to
+// (.NAME.coldship-update, as a folder where an update was interrupted
+// holds, shipped again): the move would replace that file, and the update
+// then fail with neither at its name.
+func (w *Writer) checkAsideNames() error {
+	paths := make(map[string]bool, len(w.sh.Files))
+	for i := range w.sh.Files {
+		paths[w.sh.Files[i].Path] = true
+	}
+	for _, f := range w.files {
+		if f == nil || f.device {
+			continue
+		}
+		if aside := path.Join(parentOf(f.meta.Path), asideName(path.Base(f.meta.Path))); paths[aside] {
+			return fmt.Errorf("the shipment holds %s, the name an update moves %s aside to: restore it with --out (--force over this folder), not --into",
+				aside, f.meta.Path)
 		}
 	}
 	return nil
