@@ -667,3 +667,30 @@ func TestUpdateRefusesShippedAsideName(t *testing.T) {
 	}
 	checkImages(t, dir, aside, a)
 }
+
+// TestUpdateFileBecomesFolder updates a restore in which a file became a
+// folder at the source (and back): the restore's file gives way to the
+// folder, and the folder to the file.
+func TestUpdateFileBecomesFolder(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	a := image{"vm/a.img", sparse(4*testBS, 41)}
+	asFile := image{"vm/nvram", []byte("a file\n")}
+	sh, blocks := shipment("20261130T120000Z-00000001", a, asFile)
+	if _, err := restoreAll(t, sh, blocks, Options{Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	inside := image{"vm/nvram/vars.fd", sparse(testBS, 42)}
+	sh2, blocks2 := shipment("20261130T120000Z-00000002", a, inside)
+	nvram := sh2.Files[0]
+	nvram.Path = "vm/nvram"
+	sh2.Files = append(sh2.Files, nvram) // the folder, after the file it holds: indexes stay
+	if _, err := restoreAll(t, sh2, blocks2, Options{Dir: dir, Update: true}); err != nil {
+		t.Fatalf("a file that became a folder: %v", err)
+	}
+	checkImages(t, dir, a, inside)
+	sh3, blocks3 := shipment("20261130T120000Z-00000003", a, asFile)
+	if _, err := restoreAll(t, sh3, blocks3, Options{Dir: dir, Update: true}); err != nil {
+		t.Fatalf("a folder that became a file: %v", err)
+	}
+	checkImages(t, dir, a, asFile)
+}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"sort"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -32,6 +34,18 @@ func (w *Writer) openUpdate(ctx context.Context) error {
 	}
 	if err := w.checkAsideNames(); err != nil {
 		return err
+	}
+	for _, i := range w.dirs {
+		if err := w.clearOldFile(w.sh.Files[i].Path); err != nil {
+			return err
+		}
+	}
+	for _, f := range w.files {
+		if f != nil && !f.device {
+			if err := w.clearOldFolder(f.meta.Path); err != nil {
+				return err
+			}
+		}
 	}
 	if err := w.sweep(nil); err != nil {
 		return err
@@ -94,6 +108,67 @@ func (w *Writer) checkAsideNames() error {
 		if aside := path.Join(parentOf(f.meta.Path), asideName(path.Base(f.meta.Path))); paths[aside] {
 			return fmt.Errorf("the shipment holds %s, the name an update moves %s aside to: restore it with --out (--force over this folder), not --into",
 				aside, f.meta.Path)
+		}
+	}
+	return nil
+}
+
+// clearOldFile removes, where a folder of the shipment goes, the file of
+// the restore that has its name (a file that became a folder at the
+// source): the end of the update would remove it, but the folder, and the
+// files in it, come first.
+func (w *Writer) clearOldFile(rel string) error {
+	if mf := w.old.file(rel); mf == nil || mf.Type != archive.TypeFile {
+		return nil
+	}
+	st, ok, err := w.t.lstat(rel)
+	if err != nil || !ok || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return err
+	}
+	d, err := w.t.dir(parentOf(rel), true)
+	if err != nil {
+		return err
+	}
+	if err := unix.Unlinkat(int(d.Fd()), path.Base(rel), 0); err != nil {
+		return fmt.Errorf("remove %s, a file of the restore that %s has as a folder: %w", w.t.abs(rel), w.sh.ID, err)
+	}
+	return nil
+}
+
+// clearOldFolder removes, where a file of the shipment goes, the folder of
+// the restore that has its name (a folder that became a file at the
+// source), with the files and folders of the restore in it, deepest first.
+// A folder that holds anything else stays, and the file cannot land.
+func (w *Writer) clearOldFolder(rel string) error {
+	if mf := w.old.file(rel); mf == nil || mf.Type != archive.TypeDir {
+		return nil
+	}
+	st, ok, err := w.t.lstat(rel)
+	if err != nil || !ok || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return err
+	}
+	var inside []markerFile
+	for _, of := range w.old.Files {
+		if strings.HasPrefix(of.Path, rel+"/") {
+			inside = append(inside, of)
+		}
+	}
+	sort.Slice(inside, func(a, b int) bool { return inside[a].Path > inside[b].Path }) // a folder after what it holds
+	for _, of := range append(inside, markerFile{Path: rel, Type: archive.TypeDir}) {
+		d, err := w.t.dir(parentOf(of.Path), false)
+		if err != nil {
+			continue
+		}
+		if of.Temp != "" { // aside, by an update that did not complete
+			w.t.removeEntry(parentOf(of.Temp), path.Base(of.Temp))
+		}
+		flags := 0
+		if of.Type == archive.TypeDir {
+			flags = unix.AT_REMOVEDIR
+			w.t.forget(of.Path)
+		}
+		if err := unix.Unlinkat(int(d.Fd()), path.Base(of.Path), flags); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("remove %s, a folder of the restore that %s has as a file: %w", w.t.abs(of.Path), w.sh.ID, err)
 		}
 	}
 	return nil
