@@ -36,9 +36,10 @@ type ReceiveOptions struct {
 
 // ReceiveResult lists the restored files.
 type ReceiveResult struct {
-	Files    []string // every file and folder, as restored on disk
-	Written  int64    // bytes written or zeroed (receive --into: only the blocks that differed)
-	Reused   int64    // data bytes an interrupted receive had written, reused
+	Files    []string       // every file and folder, as restored on disk
+	Entries  []archive.File // the manifest entry of each of Files (--include restores some)
+	Written  int64          // bytes written or zeroed (receive --into: only the blocks that differed)
+	Reused   int64          // data bytes an interrupted receive had written, reused
 	Attempts int
 }
 
@@ -143,7 +144,11 @@ func (sh *Shipment) receiveAttempt(ctx context.Context, dir string, opts Receive
 	if r.Reused > 0 {
 		opts.Log("resumed an interrupted receive: %d bytes were already written and checked", r.Reused)
 	}
-	return &ReceiveResult{Files: r.Files, Written: r.Written, Reused: r.Reused}, nil
+	res = &ReceiveResult{Files: r.Files, Written: r.Written, Reused: r.Reused}
+	for _, i := range r.Entries {
+		res.Entries = append(res.Entries, m.Files[i])
+	}
+	return res, nil
 }
 
 // Verify authenticates every block of the shipment, checks every file's

@@ -293,7 +293,7 @@ func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runn
 	rep.finish(true, addLinkStats(map[string]any{
 		"mode": "out", "shipment": id, "files": len(res.Files), "bytes_total": cnt.Total.Load(),
 		"bytes_data": cnt.Data.Load(), "bytes_fetched": cnt.Shipped.Load(), "bytes_reused": res.Reused, "paths": nonNil(res.Files),
-	}, tr, cnt.Shipped.Load(), rep.start), fmt.Sprintf("restored %s (%s, %s) into %s", id, describeFiles(sh.Manifest.Files), humanBytes(cnt.Total.Load()), opts.out))
+	}, tr, cnt.Shipped.Load(), rep.start), fmt.Sprintf("restored %s (%s, %s) into %s", id, describeFiles(res.Entries), humanBytes(cnt.Total.Load()), opts.out))
 	return res.Files, nil
 }
 
@@ -317,7 +317,7 @@ func receiveInto(ctx context.Context, s *streams, opts *receiveOptions, sh *ship
 		"mode": "into", "paths": nonNil(res.Files), "shipment": id, "files": len(res.Files), "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
 		"bytes_written": res.Written, "bytes_data": cnt.Data.Load(), "bytes_fetched": cnt.Shipped.Load(),
 		"bytes_reused": res.Reused,
-	}, fmt.Sprintf("updated %s to %s (%s, %s): %s written", opts.into, id, describeFiles(sh.Manifest.Files),
+	}, fmt.Sprintf("updated %s to %s (%s, %s): %s written", opts.into, id, describeFiles(res.Entries),
 		humanBytes(cnt.Total.Load()), humanBytes(res.Written)))
 	return res.Files, nil
 }

@@ -139,6 +139,24 @@ func TestVMDirectory(t *testing.T) {
 	sameFile(t, filepath.Join(vm, "notes"), filepath.Join(out, "web01", "notes"))
 }
 
+// TestIncludeSummary: with --include, the summary counts what was
+// restored (the file, and the folders on its way), not the whole shipment.
+func TestIncludeSummary(t *testing.T) {
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	vm := filepath.Join(dir, "web01")
+	os.MkdirAll(filepath.Join(vm, "disks"), 0o755)
+	for _, name := range []string{"root.img", "data.img", "swap.img"} {
+		makeImage(t, filepath.Join(vm, "disks", name), 1<<20, region{0, 64 << 10, "random"})
+	}
+	dest := filepath.Join(dir, "dest")
+	id := strings.TrimSpace(mustRun(t, "send", vm, "--to", dest, "-r", rcpt, "--block-size", "64K", "-q").stdout)
+	r := mustRun(t, "receive", dest, id, "--out", filepath.Join(dir, "out"), "-i", key, "--include", "web01/disks/root.img")
+	if want := "restored " + id + " (1 file and 2 folders, 1.0 MiB)"; !strings.Contains(r.stderr, want) {
+		t.Errorf("receive --include: stderr %q; want %q", r.stderr, want)
+	}
+}
+
 func TestQcow2RoundTrip(t *testing.T) {
 	qemuImg := requireTool(t, "qemu-img")
 	key, rcpt := keypair(t)

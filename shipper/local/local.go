@@ -333,18 +333,9 @@ func (t *Transport) Open(ctx context.Context, name string, offset, length int64)
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(p)
+	f, fi, err := openObject(p)
 	if err != nil {
-		return nil, classify("open", p, err)
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, classify("stat", p, err)
-	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("open %s: %w", p, shipper.ErrNotRegular)
+		return nil, err
 	}
 	if offset < 0 || offset > fi.Size() {
 		f.Close()
@@ -354,6 +345,33 @@ func (t *Transport) Open(ctx context.Context, name string, offset, length int64)
 		length = fi.Size() - offset
 	}
 	return &sectionCloser{io.NewSectionReader(f, offset, length), f}, nil
+}
+
+// openObject opens the object's file for reading. It does not wait: at
+// an object's name, a FIFO (whose open would block until a writer came,
+// where no signal stops it), a device or a folder is not an object, and is
+// reported as one that is not there, as List does not list it.
+func openObject(p string) (*os.File, fs.FileInfo, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, classify("open", p, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, classify("stat", p, err)
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, nil, notAnObject("open", p)
+	}
+	return f, fi, nil
+}
+
+// notAnObject is the error for something other than a regular file at an
+// object's name.
+func notAnObject(op, p string) error {
+	return fmt.Errorf("%s %s: %w (%w)", op, p, shipper.ErrNotRegular, shipper.ErrNotFound)
 }
 
 type sectionCloser struct {
@@ -374,7 +392,7 @@ func (t *Transport) Stat(ctx context.Context, name string) (shipper.ObjectInfo, 
 		return shipper.ObjectInfo{}, classify("stat", p, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return shipper.ObjectInfo{}, fmt.Errorf("stat %s: %w", p, shipper.ErrNotRegular)
+		return shipper.ObjectInfo{}, notAnObject("stat", p)
 	}
 	return shipper.ObjectInfo{Name: name, Size: fi.Size()}, nil
 }

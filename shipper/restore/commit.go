@@ -333,8 +333,10 @@ func (w *Writer) result() *Result {
 		switch {
 		case w.Restored(i):
 			res.Files = append(res.Files, w.files[i].final)
+			res.Entries = append(res.Entries, i)
 		case w.sh.Files[i].Type == archive.TypeDir && w.dirRestored(i):
 			res.Files = append(res.Files, w.t.abs(w.sh.Files[i].Path))
+			res.Entries = append(res.Entries, i)
 		}
 	}
 	return res

@@ -600,3 +600,97 @@ func TestWritebackCountsDataWritten(t *testing.T) {
 	}
 	checkImages(t, dir, im)
 }
+
+// TestUpdateShortBlocksFile updates a restore whose blocks file no longer
+// covers its file (cut short by a crash or a full disk, emptied) while
+// the file's stamp still matches: the stamp vouches for the file, not for
+// a blocks file that does not describe all of it, so the file is read
+// again. Trusted, the slots past the end would read as zero blocks, and a
+// block that became zero in the new shipment would keep its old data
+// under a whole-file digest that checks.
+func TestUpdateShortBlocksFile(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		size func(n int64) int64
+	}{
+		{"cut short", func(n int64) int64 { return n / 2 }},
+		{"empty", func(int64) int64 { return 0 }},
+		{"a partial slot", func(n int64) int64 { return n - 1 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "out")
+			a := image{"vm/a.img", sparse(16*testBS, 21)}
+			sh, blocks := shipment("20261130T120000Z-00000001", a)
+			if _, err := restoreAll(t, sh, blocks, Options{Dir: dir}); err != nil {
+				t.Fatal(err)
+			}
+			bfs, err := filepath.Glob(filepath.Join(dir, namesFor(sh.Files).blocks, "*"))
+			if err != nil || len(bfs) != 1 {
+				t.Fatalf("blocks files %v: %v", bfs, err)
+			}
+			fi, err := os.Stat(bfs[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(bfs[0], tc.size(fi.Size())); err != nil {
+				t.Fatal(err)
+			}
+			a2 := image{"vm/a.img", append([]byte(nil), a.data...)}
+			clear(a2.data[12*testBS:]) // the last blocks became zero
+			sh2, blocks2 := shipment("20261130T120000Z-00000002", a2)
+			if _, err := restoreAll(t, sh2, blocks2, Options{Dir: dir, Update: true}); err != nil {
+				t.Fatal(err)
+			}
+			checkImages(t, dir, a2)
+		})
+	}
+}
+
+// TestUpdateRefusesShippedAsideName updates a restore whose shipment holds
+// a file at the name an update moves another of its files aside to (as a
+// folder where an update was interrupted holds, shipped again): the move
+// would replace that file. The update is refused before anything changes.
+func TestUpdateRefusesShippedAsideName(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	a := image{"vm/a.img", sparse(8*testBS, 31)}
+	aside := image{"vm/.a.img.coldship-update", []byte("a file of the shipment\n")}
+	sh, blocks := shipment("20261130T120000Z-00000001", aside, a) // sorted, as a manifest is
+	if _, err := restoreAll(t, sh, blocks, Options{Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	checkImages(t, dir, a, aside)
+	a2 := image{"vm/a.img", append(append([]byte(nil), a.data...), sparse(testBS, 32)...)} // grown
+	sh2, blocks2 := shipment("20261130T120000Z-00000002", aside, a2)
+	_, err := restoreAll(t, sh2, blocks2, Options{Dir: dir, Update: true})
+	if err == nil || !strings.Contains(err.Error(), aside.path) || !strings.Contains(err.Error(), "--out") {
+		t.Errorf("update: %v; want a refusal naming %s and saying to use --out", err, aside.path)
+	}
+	checkImages(t, dir, aside, a)
+}
+
+// TestUpdateFileBecomesFolder updates a restore in which a file became a
+// folder at the source (and back): the restore's file gives way to the
+// folder, and the folder to the file.
+func TestUpdateFileBecomesFolder(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	a := image{"vm/a.img", sparse(4*testBS, 41)}
+	asFile := image{"vm/nvram", []byte("a file\n")}
+	sh, blocks := shipment("20261130T120000Z-00000001", a, asFile)
+	if _, err := restoreAll(t, sh, blocks, Options{Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	inside := image{"vm/nvram/vars.fd", sparse(testBS, 42)}
+	sh2, blocks2 := shipment("20261130T120000Z-00000002", a, inside)
+	nvram := sh2.Files[0]
+	nvram.Path = "vm/nvram"
+	sh2.Files = append(sh2.Files, nvram) // the folder, after the file it holds: indexes stay
+	if _, err := restoreAll(t, sh2, blocks2, Options{Dir: dir, Update: true}); err != nil {
+		t.Fatalf("a file that became a folder: %v", err)
+	}
+	checkImages(t, dir, a, inside)
+	sh3, blocks3 := shipment("20261130T120000Z-00000003", a, asFile)
+	if _, err := restoreAll(t, sh3, blocks3, Options{Dir: dir, Update: true}); err != nil {
+		t.Fatalf("a folder that became a file: %v", err)
+	}
+	checkImages(t, dir, a, asFile)
+}

@@ -105,7 +105,9 @@ func (t *tree) dir(rel string, create bool) (*os.File, error) {
 		}
 	}
 	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
-		return nil, fmt.Errorf("output %s: exists and is not a directory (a symbolic link is never followed)", t.abs(rel))
+		var st unix.Stat_t
+		unix.Fstatat(int(parent.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW)
+		return nil, fmt.Errorf("output %s: exists and is not a directory%s", t.abs(rel), linkNote(&st))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("output %s: %w", t.abs(rel), err)
@@ -113,6 +115,14 @@ func (t *tree) dir(rel string, create bool) (*os.File, error) {
 	d := os.NewFile(uintptr(fd), t.abs(rel))
 	t.dirs[rel] = d
 	return d, nil
+}
+
+// forget drops the folder rel, removed, from those the tree holds open.
+func (t *tree) forget(rel string) {
+	if d := t.dirs[rel]; d != nil {
+		d.Close()
+		delete(t.dirs, rel)
+	}
 }
 
 func parentOf(rel string) string {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"sort"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -29,6 +31,21 @@ func (w *Writer) openUpdate(ctx context.Context) error {
 	if m.State == stateUpdating {
 		from = m.From
 		w.opts.Log("%s holds an interrupted update from %s to %s: completing it as an update to %s", w.t.path, m.From, m.Shipment, w.sh.ID)
+	}
+	if err := w.checkAsideNames(); err != nil {
+		return err
+	}
+	for _, i := range w.dirs {
+		if err := w.clearOldFile(w.sh.Files[i].Path); err != nil {
+			return err
+		}
+	}
+	for _, f := range w.files {
+		if f != nil && !f.device {
+			if err := w.clearOldFolder(f.meta.Path); err != nil {
+				return err
+			}
+		}
 	}
 	if err := w.sweep(nil); err != nil {
 		return err
@@ -74,6 +91,89 @@ func (w *Writer) openUpdate(ctx context.Context) error {
 	return nil
 }
 
+// checkAsideNames refuses, before anything changes, a shipment that holds
+// a file at the name an update moves another of its files aside to
+// (.NAME.coldship-update, as a folder where an update was interrupted
+// holds, shipped again): the move would replace that file, and the update
+// then fail with neither at its name.
+func (w *Writer) checkAsideNames() error {
+	paths := make(map[string]bool, len(w.sh.Files))
+	for i := range w.sh.Files {
+		paths[w.sh.Files[i].Path] = true
+	}
+	for _, f := range w.files {
+		if f == nil || f.device {
+			continue
+		}
+		if aside := path.Join(parentOf(f.meta.Path), asideName(path.Base(f.meta.Path))); paths[aside] {
+			return fmt.Errorf("the shipment holds %s, the name an update moves %s aside to: restore it with --out (--force over this folder), not --into",
+				aside, f.meta.Path)
+		}
+	}
+	return nil
+}
+
+// clearOldFile removes, where a folder of the shipment goes, the file of
+// the restore that has its name (a file that became a folder at the
+// source): the end of the update would remove it, but the folder, and the
+// files in it, come first.
+func (w *Writer) clearOldFile(rel string) error {
+	if mf := w.old.file(rel); mf == nil || mf.Type != archive.TypeFile {
+		return nil
+	}
+	st, ok, err := w.t.lstat(rel)
+	if err != nil || !ok || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return err
+	}
+	d, err := w.t.dir(parentOf(rel), true)
+	if err != nil {
+		return err
+	}
+	if err := unix.Unlinkat(int(d.Fd()), path.Base(rel), 0); err != nil {
+		return fmt.Errorf("remove %s, a file of the restore that %s has as a folder: %w", w.t.abs(rel), w.sh.ID, err)
+	}
+	return nil
+}
+
+// clearOldFolder removes, where a file of the shipment goes, the folder of
+// the restore that has its name (a folder that became a file at the
+// source), with the files and folders of the restore in it, deepest first.
+// A folder that holds anything else stays, and the file cannot land.
+func (w *Writer) clearOldFolder(rel string) error {
+	if mf := w.old.file(rel); mf == nil || mf.Type != archive.TypeDir {
+		return nil
+	}
+	st, ok, err := w.t.lstat(rel)
+	if err != nil || !ok || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return err
+	}
+	var inside []markerFile
+	for _, of := range w.old.Files {
+		if strings.HasPrefix(of.Path, rel+"/") {
+			inside = append(inside, of)
+		}
+	}
+	sort.Slice(inside, func(a, b int) bool { return inside[a].Path > inside[b].Path }) // a folder after what it holds
+	for _, of := range append(inside, markerFile{Path: rel, Type: archive.TypeDir}) {
+		d, err := w.t.dir(parentOf(of.Path), false)
+		if err != nil {
+			continue
+		}
+		if of.Temp != "" { // aside, by an update that did not complete
+			w.t.removeEntry(parentOf(of.Temp), path.Base(of.Temp))
+		}
+		flags := 0
+		if of.Type == archive.TypeDir {
+			flags = unix.AT_REMOVEDIR
+			w.t.forget(of.Path)
+		}
+		if err := unix.Unlinkat(int(d.Fd()), path.Base(of.Path), flags); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("remove %s, a folder of the restore that %s has as a file: %w", w.t.abs(of.Path), w.sh.ID, err)
+		}
+	}
+	return nil
+}
+
 // planFile finds where f's content is and opens the blocks file that
 // describes it; it returns the name of a blocks file the update replaces.
 func (w *Writer) planFile(ctx context.Context, f *file, mf *markerFile) (replaced string, err error) {
@@ -109,13 +209,10 @@ func (w *Writer) planFile(ctx context.Context, f *file, mf *markerFile) (replace
 	m := w.old
 	if f.loc == locFinal && mf != nil && mf.Stamp != nil && mf.Blocks != "" && m.Digests == w.kind &&
 		m.BlockSize == w.sh.BlockSize && *mf.Stamp == *stampOf(&st) {
-		if sf, err := openFile(w.bdir, mf.Blocks, false, true); err == nil {
-			f.blocks, f.slots = mf.Blocks, w.slotFile(sf, mf.Blocks)
-			f.cur, err = newCursor(f.slots)
+		if ok, err := w.trustBlocks(f, mf.Blocks); ok || err != nil {
 			return "", err
 		}
-	}
-	if f.loc == locFinal && mf != nil && mf.Stamp != nil && m.State == stateDone {
+	} else if f.loc == locFinal && mf != nil && mf.Stamp != nil && m.State == stateDone {
 		w.opts.Log("%s changed since it was restored: reading it to find the blocks that differ", f.final)
 	}
 	if mf != nil && m.State == stateUpdating && m.Run != 0 && f.loc == locAside && mf.Blocks != "" {
@@ -133,6 +230,33 @@ func (w *Writer) planFile(ctx context.Context, f *file, mf *markerFile) (replace
 		replaced = mf.Blocks
 	}
 	return replaced, nil
+}
+
+// trustBlocks opens the blocks file that the marker vouches for f with,
+// if it still has a slot for every block of f and nothing more: past its
+// end every block reads as zero, so a blocks file cut short (a crash, a
+// full disk, a hand) would leave data where the new shipment has zeros,
+// under a whole-file digest that checks. Otherwise f is read again.
+func (w *Writer) trustBlocks(f *file, name string) (bool, error) {
+	sf, err := openFile(w.bdir, name, false, true)
+	if err != nil {
+		w.opts.Log("%s: its blocks file cannot be read (%v): reading it to find the blocks that differ", f.final, err)
+		return false, nil
+	}
+	slots := w.slotFile(sf, name)
+	cur, err := newCursor(slots)
+	if err != nil {
+		slots.close()
+		return false, err
+	}
+	if nb := (f.oldSize + w.sh.BlockSize - 1) / w.sh.BlockSize; cur.size != nb*SlotSize {
+		slots.close()
+		w.opts.Log("%s: its blocks file %s holds %d bytes, not the %d of its %d blocks: reading it to find the blocks that differ",
+			f.final, slots.name, cur.size, nb*SlotSize, nb)
+		return false, nil
+	}
+	f.blocks, f.slots, f.cur = name, slots, cur
+	return true, nil
 }
 
 // rehash reads f's current content (if any) and records the digest of each

@@ -83,6 +83,7 @@ type FinalFile struct {
 // Result describes a restore once committed.
 type Result struct {
 	Files   []string // every file and folder restored (absolute paths; devices by their path)
+	Entries []int    // the index in the shipment of each of Files
 	Written int64    // bytes of blocks written or zeroed
 	Reused  int64    // data bytes an interrupted receive had written, reused
 }
