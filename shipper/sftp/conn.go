@@ -546,15 +546,33 @@ func (l *link) set(sc *sshConn) {
 	}
 }
 
+// noticeQuiet is how long a notice is not repeated: one outage breaks
+// every link of the pool, and each says so as it dials again (several
+// times while the server stays down).
+const noticeQuiet = 10 * time.Second
+
 // notice tells the user (Config.Log, else Stderr) what the transport does
 // about a fault that it gets over by itself, so that a run from cron that
-// takes longer than usual says why.
+// takes longer than usual says why; the same message at most once in
+// noticeQuiet.
 func (t *Transport) notice(format string, a ...any) {
+	msg := fmt.Sprintf(format, a...)
+	t.noticeMu.Lock()
+	last, seen := t.noticed[msg]
+	if seen && time.Since(last) < noticeQuiet {
+		t.noticeMu.Unlock()
+		return
+	}
+	if t.noticed == nil {
+		t.noticed = map[string]time.Time{}
+	}
+	t.noticed[msg] = time.Now()
+	t.noticeMu.Unlock()
 	switch {
 	case t.log != nil:
-		t.log("notice: "+format, a...)
+		t.log("notice: %s", msg)
 	case t.stderr != nil:
-		fmt.Fprintf(t.stderr, "notice: "+format+"\n", a...)
+		fmt.Fprintf(t.stderr, "notice: %s\n", msg)
 	}
 }
 

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/coldship/coldship/shipper"
 	"github.com/coldship/coldship/shipper/sftp"
@@ -500,6 +501,45 @@ func TestConnectionCutDuringOpen(t *testing.T) {
 	want := "notice: the connection to " + srv.Addr + " broke; connecting again\n"
 	if got := stderr.String(); got != want {
 		t.Errorf("stderr = %q, want %q", got, want)
+	}
+}
+
+// TestConnectionCutNoticedOnce cuts both connections of a pool: each is
+// dialled again, and the operator reads one notice of it, not one per
+// connection.
+func TestConnectionCutNoticedOnce(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+	ctx := context.Background()
+	cfg := config(srv, "d", 4)
+	var stderr shippertest.Buffer
+	cfg.Stderr = &stderr
+	tr := dial(t, cfg)
+	putAll := func(round string) {
+		t.Helper()
+		var g errgroup.Group
+		for i := range tr.Streams() {
+			g.Go(func() error {
+				data := randomBytes(4 << 20)
+				return tr.Put(ctx, fmt.Sprintf("%s-%d", round, i), bytes.NewReader(data), int64(len(data)))
+			})
+		}
+		if err := g.Wait(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	putAll("before")
+	if st := tr.LinkStats(); st.Connections < 2 {
+		t.Fatalf("%d connections, want at least 2 to cut", st.Connections)
+	}
+	srv.CutConnections()
+	putAll("after")
+	if st := tr.LinkStats(); st.Connections < 2 {
+		t.Fatalf("%d connections after the cut, want every one dialled again", st.Connections)
+	}
+	want := "notice: the connection to " + srv.Addr + " broke; connecting again\n"
+	if got := stderr.String(); got != want {
+		t.Errorf("stderr = %q, want %q once", got, want)
 	}
 }
 

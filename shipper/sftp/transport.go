@@ -58,6 +58,9 @@ type Transport struct {
 
 	reads *readBuffers // the chunks of all streamed reads
 
+	noticeMu sync.Mutex
+	noticed  map[string]time.Time // when each notice was last given
+
 	orphanMu sync.Mutex
 	orphans  []string // temporaries left by a Put whose connection broke
 
