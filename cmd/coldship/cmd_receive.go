@@ -13,8 +13,10 @@ import (
 	"filippo.io/age"
 	"github.com/spf13/cobra"
 
+	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/hooks"
 	"github.com/coldship/coldship/shipper"
+	"github.com/coldship/coldship/shipper/restore"
 )
 
 type receiveOptions struct {
@@ -311,7 +313,7 @@ func receiveInto(ctx context.Context, s *streams, opts *receiveOptions, sh *ship
 	}
 	if err != nil {
 		rep.finish(false, nil, "")
-		return nil, fmt.Errorf("update %s to %s from %s: %w", opts.into, id, opts.dest, err)
+		return nil, fmt.Errorf("update %s to %s from %s: %w%s", opts.into, id, opts.dest, err, asideHint(opts.into, sh.Manifest.Files))
 	}
 	rep.finish(true, map[string]any{
 		"mode": "into", "paths": nonNil(res.Files), "shipment": id, "files": len(res.Files), "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
@@ -320,6 +322,23 @@ func receiveInto(ctx context.Context, s *streams, opts *receiveOptions, sh *ship
 	}, fmt.Sprintf("updated %s to %s (%s, %s): %s written", opts.into, id, describeFiles(res.Entries),
 		humanBytes(cnt.Total.Load()), humanBytes(res.Written)))
 	return res.Files, nil
+}
+
+// asideHint tells the operator of a failed update where the files it was
+// rewriting are, when it left them aside (the final names are then
+// missing), and how to get them back; "" when none is aside.
+func asideHint(dir string, files []archive.File) string {
+	h, ok, err := restore.Held(dir, files)
+	if err != nil || !ok || len(h.Aside) == 0 {
+		return ""
+	}
+	names := h.Aside
+	more := ""
+	if len(names) > 3 {
+		names, more = names[:3], fmt.Sprintf(" and %d more", len(names)-3)
+	}
+	return fmt.Sprintf("; the files being updated stay aside until an update of %s completes (%s%s): run this command again once the cause is fixed, "+
+		"update to another shipment, or restore afresh with --out --force", dir, strings.Join(names, ", "), more)
 }
 
 // checkRestoreDir refuses, before anything is fetched, a --out or --into

@@ -296,6 +296,46 @@ func TestIncrementalChain(t *testing.T) {
 	}
 }
 
+// TestIntoFailedSaysWhereFilesAre: an update that fails on a damaged
+// shipment leaves the image aside (never half-written under its name), and
+// its error says where it is and how to get it back.
+func TestIntoFailedSaysWhereFilesAre(t *testing.T) {
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	makeImage(t, src, 64*testBS, region{0, 64 * testBS, "random"})
+	dest := filepath.Join(dir, "dest")
+	send := []string{src, "--to", dest, "-r", rcpt, "--block-size", "64K", "--base", "latest", "--segment-size", "1M", "-q"}
+	id1 := strings.TrimSpace(mustRun(t, append([]string{"send"}, send...)...).stdout)
+	into := filepath.Join(dir, "into")
+	mustRun(t, "receive", dest, id1, "--out", into, "-i", key, "-q")
+	var all []int64
+	for b := range int64(64) {
+		all = append(all, b)
+	}
+	rewriteBlocks(t, src, testBS, all...)
+	id2 := strings.TrimSpace(mustRun(t, append([]string{"send"}, send...)...).stdout)
+	segs, _ := filepath.Glob(filepath.Join(dest, id2, "segments", "0*"))
+	if len(segs) < 2 {
+		t.Fatalf("segments of %s: %v, want several", id2, segs)
+	}
+	last := segs[len(segs)-1]
+	b, _ := os.ReadFile(last)
+	b[len(b)/2] ^= 1
+	os.WriteFile(last, b, 0o644)
+
+	r := run(t, "receive", dest, id2, "--into", into, "-i", key, "-q", "-j", "1", "--streams", "1", "--retries", "0")
+	if r.code != exitIntegrity {
+		t.Fatalf("update from a damaged shipment: exit %d, want 5; %s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(into, ".disk.img.coldship-update")); err != nil {
+		t.Fatalf("the image is not aside after the failed update: %v", err)
+	}
+	if !strings.Contains(r.stderr, ".disk.img.coldship-update") || !strings.Contains(r.stderr, "--out --force") {
+		t.Errorf("the error does not say where the image is and how to get it back: %s", r.stderr)
+	}
+}
+
 // TestIntoInterrupted kills an update in the middle: no half-written image
 // is left under its name, the marker says so, and running receive --into
 // again completes it exactly, without trusting what the killed run left.

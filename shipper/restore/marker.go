@@ -251,6 +251,10 @@ type Holding struct {
 	// checked; "" and zero otherwise.
 	Chain     string
 	Statement archive.Digest
+	// Aside lists, while an update is unfinished, where the files it
+	// rewrites are kept (relative to the folder, .NAME.coldship-update)
+	// until an update completes.
+	Aside []string
 }
 
 // Held reports what the restore marker of files in dir says the folder
@@ -270,5 +274,13 @@ func Held(dir string, files []archive.File) (h Holding, ok bool, err error) {
 		(m.Chain != "" && !archive.ValidChainID(m.Chain)) {
 		return Holding{}, false, fmt.Errorf("restore marker %s is %w", MarkerPath(dir, files), errDamaged)
 	}
-	return Holding{Shipment: m.Shipment, State: m.State, From: m.From, Chain: m.Chain, Statement: m.Statement}, true, nil
+	h = Holding{Shipment: m.Shipment, State: m.State, From: m.From, Chain: m.Chain, Statement: m.Statement}
+	if m.State == stateUpdating {
+		for _, f := range m.Files {
+			if f.Temp != "" {
+				h.Aside = append(h.Aside, f.Temp)
+			}
+		}
+	}
+	return h, true, nil
 }
