@@ -110,8 +110,9 @@ func newReceiveCmd(s *streams) *cobra.Command {
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(c *cobra.Command, args []string) error {
 			opts.dest = args[0]
-			if len(args) > 1 {
-				opts.shipment = args[1]
+			var err error
+			if opts.shipment, err = shipmentArg(args); err != nil {
+				return err
 			}
 			return runReceive(c.Context(), s, opts)
 		},

@@ -63,8 +63,9 @@ not signed by a key of FILE, or not what it signed, is a problem too (exit
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(c *cobra.Command, args []string) error {
 			opts.dest = args[0]
-			if len(args) > 1 {
-				opts.shipment = args[1]
+			var err error
+			if opts.shipment, err = shipmentArg(args); err != nil {
+				return err
 			}
 			if opts.all {
 				return runVerifyAll(c.Context(), s, opts)

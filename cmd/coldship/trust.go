@@ -10,6 +10,7 @@ import (
 	"filippo.io/age"
 	"github.com/spf13/pflag"
 
+	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/cipher"
 	"github.com/coldship/coldship/internal/atonce"
 	"github.com/coldship/coldship/shipper"
@@ -59,6 +60,19 @@ func (s *streams) warnf(json bool) func(string, ...any) {
 // latestName names the default shipment on the command line, as `send
 // --base latest` does: `receive DEST latest` is `receive DEST`.
 const latestName = "latest"
+
+// shipmentArg returns the SHIPMENT argument of receive, show and verify
+// (args[1]), "" when there is none: a usage error when it is neither
+// latest nor of a shipment id's form, before DEST is reached.
+func shipmentArg(args []string) (string, error) {
+	if len(args) < 2 {
+		return "", nil
+	}
+	if id := args[1]; id == latestName || archive.ValidID(id) {
+		return id, nil
+	}
+	return "", usagef("%q is not a shipment id: give latest or an id as list shows it (20261121T233000Z-3f9a1c2e)", args[1])
+}
 
 // pick returns shipment id, or the latest one when id is "" or "latest"
 // (no shipment id is a word: ids start with their date). With trusted

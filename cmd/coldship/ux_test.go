@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -81,6 +82,30 @@ func TestMissingDest(t *testing.T) {
 	if _, err := os.Stat(missing); err == nil {
 		t.Errorf("a command created the missing destination")
 	}
+}
+
+// TestShipmentNotAnID: a SHIPMENT argument that is neither latest nor of
+// an id's form is a usage error (exit 2) naming it, before DEST is read
+// (a path such as ../etc never becomes an object name).
+func TestShipmentNotAnID(t *testing.T) {
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	makeImage(t, src, 1<<20, region{0, 64 << 10, "random"})
+	dest := filepath.Join(dir, "dest")
+	mustRun(t, "send", src, "--to", dest, "-r", rcpt, "-q")
+	for _, bad := range []string{"../etc", "web01", "20261121T233000Z"} {
+		for _, args := range [][]string{
+			{"verify", dest, bad}, {"verify", dest, bad, "-i", key}, {"show", dest, bad, "-i", key},
+			{"receive", dest, bad, "--out", filepath.Join(dir, "out"), "-i", key},
+		} {
+			r := run(t, args...)
+			if r.code != exitUsage || !strings.Contains(r.stderr, strconv.Quote(bad)+" is not a shipment id") {
+				t.Errorf("coldship %s %s: exit %d, want 2 naming it; %s", args[0], bad, r.code, r.stderr)
+			}
+		}
+	}
+	mustRun(t, "verify", dest, "latest")
 }
 
 func TestKeygenCreatesFolders(t *testing.T) {
