@@ -178,7 +178,7 @@ func TestPlanPruneDailyWeekly(t *testing.T) {
 			for _, at := range tc.keep {
 				want[ids[at]] = true
 			}
-			for _, d := range plan {
+			for _, d := range plan.Decisions {
 				if d.Delete == want[d.ID] {
 					t.Errorf("%s (%s): delete=%v, %v", d.ID, d.Created, d.Delete, d.Reasons)
 				}

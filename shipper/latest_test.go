@@ -210,9 +210,9 @@ func TestSameSecondOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range plan {
+	for _, d := range plan.Decisions {
 		if d.ID == full && d.Delete {
-			t.Errorf("prune --keep-last 1 deletes the newest shipment %s: %+v", full, plan)
+			t.Errorf("prune --keep-last 1 deletes the newest shipment %s: %+v", full, plan.Decisions)
 		}
 	}
 }

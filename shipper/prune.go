@@ -153,8 +153,8 @@ type PruneDecision struct {
 // were not resumed. Shipments of another label are left alone, and so are
 // the shipments prune does not count (see PruneDecision.Ignored): none of
 // them takes the place of a counted one, and none is deleted or keeps
-// another on its own word. Decisions are returned oldest first.
-func PlanPrune(ctx context.Context, tr Transport, p PrunePolicy) ([]PruneDecision, error) {
+// another on its own word.
+func PlanPrune(ctx context.Context, tr Transport, p PrunePolicy) (*PrunePlan, error) {
 	if !p.keepsAny() {
 		return nil, errors.New("prune: the policy keeps nothing")
 	}
@@ -162,7 +162,7 @@ func PlanPrune(ctx context.Context, tr Transport, p PrunePolicy) ([]PruneDecisio
 	if err != nil {
 		return nil, err
 	}
-	pl, err := newPrunePlan(ctx, tr, p, ships)
+	pl, err := newPruner(ctx, tr, p, ships)
 	if err != nil {
 		return nil, err
 	}
@@ -182,12 +182,28 @@ func PlanPrune(ctx context.Context, tr Transport, p PrunePolicy) ([]PruneDecisio
 			d.Reasons = []string{"incomplete, older than the newest complete shipment"}
 		}
 	}
-	return pl.dec, nil
+	return &PrunePlan{Decisions: pl.dec, running: mayBeRunning(pl.ships, pl.newestComplete)}, nil
 }
 
-// prunePlan is PlanPrune's work: the shipments, oldest first, and what
+// PrunePlan is what prune does at a destination.
+type PrunePlan struct {
+	Decisions []PruneDecision // one per shipment, oldest first
+	running   func(name string) bool
+}
+
+// AbortLeftoverUploads aborts, as the function of that name does, the
+// unfinished uploads at tr that earlier runs left (begun before
+// startedBefore), but those into a shipment newer than the newest
+// complete one it counts, listed or not yet: the plan keeps such a shipment because
+// a send may be running, maybe on another host, whose lock this one does
+// not see, and the uploads are that send's.
+func (p *PrunePlan) AbortLeftoverUploads(ctx context.Context, tr Transport, startedBefore time.Time, log func(string, ...any)) (int, error) {
+	return abortUploads(ctx, tr, "", startedBefore, p.running, log)
+}
+
+// pruner is PlanPrune's work: the shipments, oldest first, and what
 // is decided of each.
-type prunePlan struct {
+type pruner struct {
 	ships []ShipmentInfo
 	dec   []PruneDecision
 	index map[string]int
@@ -201,15 +217,15 @@ type prunePlan struct {
 	now            time.Time
 }
 
-// newPrunePlan decides which shipments count: complete, of the label,
+// newPruner decides which shipments count: complete, of the label,
 // header readable, not dated ahead, and verified when there are trusted
 // senders. The others (but those of another label) are marked ignored.
-func newPrunePlan(ctx context.Context, tr Transport, p PrunePolicy, ships []ShipmentInfo) (*prunePlan, error) {
+func newPruner(ctx context.Context, tr Transport, p PrunePolicy, ships []ShipmentInfo) (*pruner, error) {
 	now := p.Now
 	if now.IsZero() {
 		now = time.Now()
 	}
-	pl := &prunePlan{ships: ships, dec: make([]PruneDecision, len(ships)), index: map[string]int{},
+	pl := &pruner{ships: ships, dec: make([]PruneDecision, len(ships)), index: map[string]int{},
 		counted: make([]bool, len(ships)), trust: make([]*TrustInfo, len(ships)), newestComplete: -1, oldestComplete: -1,
 		trusted: p.Trusted, now: now}
 	// The signatures are checked checksAtOnce at a time (each is several
@@ -267,7 +283,7 @@ func newPrunePlan(ctx context.Context, tr Transport, p PrunePolicy, ships []Ship
 
 // applyRules keeps what the policy's rules keep of the counted shipments,
 // and the incomplete shipments newer than the newest counted one.
-func (pl *prunePlan) applyRules(p PrunePolicy) {
+func (pl *pruner) applyRules(p PrunePolicy) {
 	loc := p.Location
 	if loc == nil {
 		loc = time.Local
@@ -322,7 +338,7 @@ func (pl *prunePlan) applyRules(p PrunePolicy) {
 // trusted senders: the inventory its signature vouches for); a send in
 // progress may use any shipment its base uses. A shipment prune does not
 // count keeps nothing.
-func (pl *prunePlan) keepBases(ctx context.Context, tr Transport) error {
+func (pl *pruner) keepBases(ctx context.Context, tr Transport) error {
 	var queue []int
 	for i := range pl.dec {
 		if len(pl.dec[i].Reasons) > 0 {
@@ -367,7 +383,7 @@ func (pl *prunePlan) keepBases(ctx context.Context, tr Transport) error {
 const checksAtOnce = 8
 
 // basesOf returns the shipments kept shipment i needs.
-func (pl *prunePlan) basesOf(ctx context.Context, tr Transport, i int) ([]string, error) {
+func (pl *pruner) basesOf(ctx context.Context, tr Transport, i int) ([]string, error) {
 	si := pl.ships[i]
 	ti := pl.trust[i]
 	switch {

@@ -83,9 +83,9 @@ func TestInventoryLost(t *testing.T) {
 	if err := c.tr.Delete(context.Background(), inv); err != nil {
 		t.Fatal(err)
 	}
-	dec, err := shipper.PlanPrune(context.Background(), c.tr, shipper.PrunePolicy{KeepLast: 1})
+	plan, err := shipper.PlanPrune(context.Background(), c.tr, shipper.PrunePolicy{KeepLast: 1})
 	if !errors.Is(err, archive.ErrIntegrity) || !strings.Contains(fmt.Sprint(err), inv) {
-		t.Errorf("prune: %v, %v; want an integrity error naming %s", dec, err, inv)
+		t.Errorf("prune: %v, %v; want an integrity error naming %s", plan, err, inv)
 	}
 	err = shipper.VerifyInventory(context.Background(), c.tr, inc.ID, 0, nil)
 	if !errors.Is(err, archive.ErrIntegrity) || !strings.Contains(fmt.Sprint(err), inv) || errors.Is(err, archive.ErrIncomplete) {

@@ -36,6 +36,23 @@ func List(ctx context.Context, tr Transport) ([]ShipmentInfo, error) {
 	return listShipments(ctx, tr, tr.List)
 }
 
+// mayBeRunning says whether an object name lies in the folder of a
+// shipment that a send may be writing now: one newer than the newest
+// complete shipment (newestComplete, an index of ships; -1: none), listed
+// or not yet (a send's first uploads may still be going up). Its
+// incompleteness is no problem, and its unfinished uploads are the
+// send's: verify --all does not report them, prune does not abort them.
+func mayBeRunning(ships []ShipmentInfo, newestComplete int) func(name string) bool {
+	newest := ""
+	if newestComplete >= 0 {
+		newest = ships[newestComplete].ID
+	}
+	return func(name string) bool {
+		id, _, ok := strings.Cut(name, "/")
+		return ok && archive.ValidID(id) && id > newest
+	}
+}
+
 // listShipments gathers the shipments from what list lists, oldest first.
 // Each shipment's header is read as soon as the shipment is listed.
 func listShipments(ctx context.Context, tr Transport, list func(context.Context, string, func(ObjectInfo) error) error) ([]ShipmentInfo, error) {

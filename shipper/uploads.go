@@ -22,6 +22,13 @@ import (
 // aborted. Failing to list or abort is returned: the uploads stay for the
 // next run, so callers may treat it as a warning.
 func AbortLeftoverUploads(ctx context.Context, tr Transport, prefix string, startedBefore time.Time, log func(string, ...any)) (int, error) {
+	return abortUploads(ctx, tr, prefix, startedBefore, nil, log)
+}
+
+// abortUploads is AbortLeftoverUploads, but that it leaves alone the
+// uploads of the names that running (if not nil) says a send may still
+// be writing.
+func abortUploads(ctx context.Context, tr Transport, prefix string, startedBefore time.Time, running func(name string) bool, log func(string, ...any)) (int, error) {
 	ua, ok := tr.(UploadAborter)
 	if !ok {
 		return 0, nil
@@ -30,7 +37,7 @@ func AbortLeftoverUploads(ctx context.Context, tr Transport, prefix string, star
 	err := ua.Uploads(ctx, prefix, func(u Upload) error {
 		// Only uploads into shipment folders are coldship's own.
 		id, _, _ := strings.Cut(u.Name, "/")
-		if !u.Initiated.Before(startedBefore) || !archive.ValidID(id) {
+		if !u.Initiated.Before(startedBefore) || !archive.ValidID(id) || (running != nil && running(u.Name)) {
 			return nil
 		}
 		if err := ua.AbortUpload(ctx, u); err != nil {

@@ -137,22 +137,6 @@ func VerifyAll(ctx context.Context, tr Transport, opts VerifyAllOptions) (*Verif
 	return res, nil
 }
 
-// mayBeRunning says whether an object name lies in the folder of a
-// shipment that a send may be writing now: one that is not complete and
-// is newer than the newest complete shipment (newestComplete, an index
-// of ships; -1: none). Its incompleteness is no problem, nor are its
-// unfinished uploads.
-func mayBeRunning(ships []ShipmentInfo, newestComplete int) func(name string) bool {
-	newest := ""
-	if newestComplete >= 0 {
-		newest = ships[newestComplete].ID
-	}
-	return func(name string) bool {
-		id, _, ok := strings.Cut(name, "/")
-		return ok && archive.ValidID(id) && id > newest
-	}
-}
-
 // allVerifier checks shipments against their inventories, reading each
 // object once.
 type allVerifier struct {

@@ -126,7 +126,7 @@ func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
 		return err
 	}
 	logf := s.logf(outputOptions{json: opts.json, quiet: opts.quiet})
-	if opts.label != "" && !slices.ContainsFunc(plan, func(d shipper.PruneDecision) bool { return !d.OtherLabel }) {
+	if opts.label != "" && !slices.ContainsFunc(plan.Decisions, func(d shipper.PruneDecision) bool { return !d.OtherLabel }) {
 		// Nothing to delete is no error, but a mistyped label should
 		// not pass for a series with nothing to prune.
 		logf("no shipment at %s has the label %q", tr, opts.label)
@@ -134,12 +134,13 @@ func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
 	if !opts.dryRun {
 		// Uploads of killed or failed sends (S3 multipart uploads) cost
 		// storage though no shipment lists them; with the lock held, those
-		// begun before this run are no running send's.
-		if _, err := shipper.AbortLeftoverUploads(ctx, tr, "", start, logf); err != nil {
+		// begun before this run are no running send's of this host, and
+		// the plan leaves alone those a send of another host may be making.
+		if _, err := plan.AbortLeftoverUploads(ctx, tr, start, logf); err != nil {
 			logf("warning: %v", err)
 		}
 	}
-	return carryOutPrune(ctx, s, opts, tr, plan, start)
+	return carryOutPrune(ctx, s, opts, tr, plan.Decisions, start)
 }
 
 // prunePolicy checks the --keep-* flags and returns the policy they give.

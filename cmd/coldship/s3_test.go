@@ -154,6 +154,61 @@ func TestS3VerifyAllLeavesARunningSendAlone(t *testing.T) {
 	}
 }
 
+// TestS3PruneLeavesARunningSendAlone: prune keeps a shipment newer than
+// the newest complete one (a send may be writing it: from another host,
+// whose lock prune does not see), but aborted its unfinished multipart
+// uploads as left by an earlier run, failing that send or making it send
+// again. Those uploads must stay; those into an older, abandoned shipment
+// are still aborted.
+func TestS3PruneLeavesARunningSendAlone(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.SetEnv(t)
+	_, rcpt := keypair(t)
+	src := filepath.Join(t.TempDir(), "disk.img")
+	makeImage(t, src, 2<<20, region{0, 1 << 20, "random"})
+	dest := "s3://" + srv.Bucket + "/dr"
+	complete := strings.TrimSpace(mustRun(t, "send", src, "--to", dest, "-r", rcpt, "-q", "--base", "none").stdout)
+	running := strings.TrimSpace(mustRun(t, "send", src, "--to", dest, "-r", rcpt, "-q", "--base", "none").stdout)
+	if running < complete { // sent within one second: the ids' random part decides
+		running, complete = complete, running
+	}
+	// The newer send, caught in the middle: its header is there, its
+	// manifest not yet, and a segment is going up.
+	ctx := context.Background()
+	if err := srv.Client().RemoveObject(ctx, srv.Bucket, "dr/"+running+"/manifest", minio.RemoveObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// A send with no object up yet, and one that failed long ago.
+	starting := time.Now().UTC().Add(time.Minute).Format("20060102T150405Z") + "-0000abcd"
+	abandoned := "20200101T000000Z-0000abcd"
+	core := minio.Core{Client: srv.Client()}
+	for _, ship := range []string{running, starting, abandoned} {
+		if _, err := core.NewMultipartUpload(ctx, srv.Bucket, "dr/"+ship+"/segments/00000099", minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	r := mustRun(t, "prune", dest, "--keep-last", "1", "--state-dir", t.TempDir())
+	if !strings.Contains(r.stderr, running) || !strings.Contains(r.stderr, "a send may be running") {
+		t.Errorf("prune does not keep %s as a running send's: %s", running, r.stderr)
+	}
+	left := map[string]bool{}
+	for u := range srv.Client().ListIncompleteUploads(ctx, srv.Bucket, "", true) {
+		if u.Err != nil {
+			t.Fatalf("list incomplete uploads: %v", u.Err)
+		}
+		left[u.Key] = true
+	}
+	for _, ship := range []string{running, starting} {
+		if !left["dr/"+ship+"/segments/00000099"] {
+			t.Errorf("prune aborted the upload of a running send into %s: %s", ship, r.stderr)
+		}
+	}
+	if left["dr/"+abandoned+"/segments/00000099"] {
+		t.Errorf("prune left the upload into the abandoned %s: %s", abandoned, r.stderr)
+	}
+}
+
 // TestS3VerifyInPieces: key-less verify of a 32 MiB segment on versitygw,
 // read in pieces at once, checks it whole: a byte flipped in its middle
 // exits 5, naming it.
