@@ -17,6 +17,7 @@ import (
 	"github.com/coldship/coldship/cipher"
 	"github.com/coldship/coldship/hooks"
 	"github.com/coldship/coldship/shipper"
+	"github.com/coldship/coldship/shipper/sftp"
 )
 
 // Exit statuses, documented in the help and the README.
@@ -49,7 +50,7 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.Is(err, errInterrupted):
 		return exitInterrupted
-	case errors.As(err, &ue):
+	case errors.As(err, &ue), errors.Is(err, sftp.ErrConfig):
 		return exitUsage
 	case errors.Is(err, errHook):
 		return exitHook

@@ -68,10 +68,11 @@ const exitStatusHelp = `
 EXIT STATUS
   0    success
   1    other error (a destination that does not exist, a busy lock...)
-  2    usage error (a wrong flag, argument, destination URL or
-       COLDSHIP_* variable; a key, identity, recipient or passphrase
-       file that is missing or cannot be used, or that needs a
-       passphrase and there is no terminal to ask on)
+  2    usage error (a wrong flag, argument, destination URL,
+       COLDSHIP_* variable or ssh_config value; a key, identity,
+       recipient or passphrase file that is missing or cannot be
+       used, or that needs a passphrase and there is no terminal to
+       ask on)
   3    a hook failed
   4    authentication failed: no identity matches, wrong passphrase,
        unknown or changed host key, wrong credentials, a shipment not

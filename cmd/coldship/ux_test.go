@@ -108,6 +108,28 @@ func TestShipmentNotAnID(t *testing.T) {
 	mustRun(t, "verify", dest, "latest")
 }
 
+// TestSSHConfigBadValue: a value of the user's ssh_config that coldship
+// cannot use is the operator's to fix: a usage error (exit 2) naming the
+// file, the Host and the value, before anything is dialled.
+func TestSSHConfigBadValue(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	t.Setenv("SSH_AUTH_SOCK", "")
+	file := filepath.Join(home, ".ssh", "config")
+	os.MkdirAll(filepath.Dir(file), 0o700)
+	os.WriteFile(file, []byte("Host badport\n  HostName 127.0.0.1\n  Port 99999\n"+
+		"Host badtimeout\n  HostName 127.0.0.1\n  ConnectTimeout soon\n"+
+		"Host badalive\n  HostName 127.0.0.1\n  ServerAliveCountMax many\n"+
+		"Host badjump\n  HostName 127.0.0.1\n  ProxyJump user@:x\n"), 0o600)
+	for _, host := range []string{"badport", "badtimeout", "badalive", "badjump"} {
+		r := run(t, "list", "sftp://root@"+host+"/srv/dr", "--json")
+		if r.code != exitUsage || !strings.Contains(r.stderr, file) || !strings.Contains(r.stderr, "Host "+host) ||
+			!strings.Contains(r.stdout, `"category":"usage"`) {
+			t.Errorf("ssh_config Host %s: exit %d, stdout %q, stderr %q; want 2 naming the file and the Host", host, r.code, r.stdout, r.stderr)
+		}
+	}
+}
+
 func TestKeygenCreatesFolders(t *testing.T) {
 	home := t.TempDir()
 	p := filepath.Join(home, ".config", "coldship", "site-b.key")

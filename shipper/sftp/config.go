@@ -305,6 +305,20 @@ func (d *destination) String() string {
 	return Config{User: d.user, Host: d.alias, Port: d.port, Path: d.root}.String()
 }
 
+// ErrConfig marks an error in the ssh_config that coldship reads for the
+// destination (a value it cannot use, a file named that cannot be read or
+// parsed): the operator's to fix, not a fault of the destination.
+var ErrConfig = errors.New("ssh_config error")
+
+// configError is an error in ssh_config: its message as it is, and
+// ErrConfig.
+type configError struct{ err error }
+
+func (e configError) Error() string   { return e.err.Error() }
+func (e configError) Unwrap() []error { return []error{e.err, ErrConfig} }
+
+func configErrorf(format string, a ...any) error { return configError{fmt.Errorf(format, a...)} }
+
 // resolve applies ssh_config and the defaults to cfg, and to each of its
 // jump hosts.
 func resolve(cfg Config) (*destination, error) {
@@ -312,11 +326,11 @@ func resolve(cfg Config) (*destination, error) {
 		return nil, errors.New("sftp: no host")
 	}
 	home := homeDir()
-	sc, err := loadSSHConfig(cfg.SSHConfig, home, cfg.Stderr)
+	sc, file, err := loadSSHConfig(cfg.SSHConfig, home, cfg.Stderr)
 	if err != nil {
 		return nil, err
 	}
-	d, err := resolveHost(cfg, sc, home)
+	d, err := resolveHost(cfg, sc, file, home)
 	if err != nil {
 		return nil, err
 	}
@@ -335,10 +349,10 @@ func resolve(cfg Config) (*destination, error) {
 		for _, spec := range strings.Split(v, ",") {
 			hop, err := parseHop(strings.TrimSpace(spec))
 			if err != nil {
-				return nil, fmt.Errorf("ssh_config: Host %s: ProxyJump: %w", cfg.Host, err)
+				return nil, configErrorf("ssh_config %s: Host %s: ProxyJump: %w", file, cfg.Host, err)
 			}
 			hop.KeyFiles, hop.KnownHosts, hop.Stderr = cfg.KeyFiles, cfg.KnownHosts, cfg.Stderr
-			jd, err := resolveHost(hop, sc, home)
+			jd, err := resolveHost(hop, sc, file, home)
 			if err != nil {
 				return nil, fmt.Errorf("ProxyJump %s: %w", spec, err)
 			}
@@ -408,7 +422,7 @@ func parseHop(spec string) (Config, error) {
 }
 
 // resolveHost applies the ssh_config entry of cfg.Host and the defaults.
-func resolveHost(cfg Config, sc *ssh_config.Config, home string) (*destination, error) {
+func resolveHost(cfg Config, sc *ssh_config.Config, file, home string) (*destination, error) {
 	local := currentUser()
 	var err error
 	get := func(key string) string {
@@ -434,7 +448,7 @@ func resolveHost(cfg Config, sc *ssh_config.Config, home string) (*destination, 
 		if p := get("Port"); p != "" {
 			d.port, err = strconv.Atoi(p)
 			if err != nil || d.port < 1 || d.port > 65535 {
-				return nil, fmt.Errorf("ssh_config: Host %s: bad Port %q", cfg.Host, p)
+				return nil, configErrorf("ssh_config %s: Host %s: bad Port %q", file, cfg.Host, p)
 			}
 		}
 	}
@@ -452,11 +466,11 @@ func resolveHost(cfg Config, sc *ssh_config.Config, home string) (*destination, 
 	}
 
 	if d.alive, err = parseAliveCheck(get("ServerAliveInterval"), get("ServerAliveCountMax")); err != nil {
-		return nil, fmt.Errorf("ssh_config: Host %s: %w", cfg.Host, err)
+		return nil, configErrorf("ssh_config %s: Host %s: %w", file, cfg.Host, err)
 	}
 	if v := get("ConnectTimeout"); v != "" && !strings.EqualFold(v, "none") {
 		if d.connectTimeout, err = parseSSHTime(v); err != nil {
-			return nil, fmt.Errorf("ssh_config: Host %s: bad ConnectTimeout %q: %w", cfg.Host, v, err)
+			return nil, configErrorf("ssh_config %s: Host %s: bad ConnectTimeout %q: %w", file, cfg.Host, v, err)
 		}
 	}
 	tokens := tokenExpander{home: home, local: local, host: d.host, alias: cfg.Host, user: d.user, port: d.port}
@@ -517,40 +531,41 @@ func currentUser() string {
 	return os.Getenv("USER")
 }
 
-// loadSSHConfig reads the ssh_config named by name. A default file that is
-// missing is no error; one that cannot be parsed is ignored with a warning,
-// since OpenSSH would still be usable with it and refusing to run would
-// surprise; a file named explicitly must parse.
-func loadSSHConfig(name, home string, stderr io.Writer) (*ssh_config.Config, error) {
+// loadSSHConfig reads the ssh_config named by name, and returns it with
+// its path (for messages). A default file that is missing is no error; one
+// that cannot be parsed is ignored with a warning, since OpenSSH would
+// still be usable with it and refusing to run would surprise; a file named
+// explicitly must parse.
+func loadSSHConfig(name, home string, stderr io.Writer) (*ssh_config.Config, string, error) {
 	explicit := name != ""
 	switch {
 	case strings.EqualFold(name, "none"):
-		return nil, nil
+		return nil, "", nil
 	case name == "":
 		if home == "" {
-			return nil, nil
+			return nil, "", nil
 		}
 		name = filepath.Join(home, ".ssh", "config")
 	}
 	f, err := os.Open(name)
 	if err != nil {
 		if !explicit && errors.Is(err, os.ErrNotExist) {
-			return nil, nil
+			return nil, "", nil
 		}
-		return nil, fmt.Errorf("ssh_config: %w", err)
+		return nil, "", configErrorf("ssh_config: %w", err)
 	}
 	defer f.Close()
 	sc, err := ssh_config.Decode(f)
 	if err != nil {
 		if explicit {
-			return nil, fmt.Errorf("ssh_config %s: %w", name, err)
+			return nil, "", configErrorf("ssh_config %s: %w", name, err)
 		}
 		if stderr != nil {
 			fmt.Fprintf(stderr, "warning: ignoring %s: %v\n", name, err)
 		}
-		return nil, nil
+		return nil, "", nil
 	}
-	return sc, nil
+	return sc, name, nil
 }
 
 // tokenExpander expands the ssh_config(5) tokens that make sense for file
