@@ -109,12 +109,33 @@ func TestS3InterruptedSendResumes(t *testing.T) {
 	out := filepath.Join(dir, "out")
 	mustRun(t, "receive", dest, id, "--out", out, "-i", key, "-q")
 	sameFile(t, src, filepath.Join(out, "disk.img"))
+	for key := range incompleteUploads(t, srv) {
+		t.Errorf("incomplete multipart upload left behind: %s", key)
+	}
+}
+
+// startUpload begins a multipart upload of key, as a send that is (or
+// was) writing it.
+func startUpload(t *testing.T, srv *s3test.Server, key string) {
+	t.Helper()
+	core := minio.Core{Client: srv.Client()}
+	if _, err := core.NewMultipartUpload(context.Background(), srv.Bucket, key, minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// incompleteUploads returns the keys of the unfinished multipart uploads
+// in srv's bucket.
+func incompleteUploads(t *testing.T, srv *s3test.Server) map[string]bool {
+	t.Helper()
+	left := map[string]bool{}
 	for u := range srv.Client().ListIncompleteUploads(context.Background(), srv.Bucket, "", true) {
 		if u.Err != nil {
 			t.Fatalf("list incomplete uploads: %v", u.Err)
 		}
-		t.Errorf("incomplete multipart upload left behind: %s", u.Key)
+		left[u.Key] = true
 	}
+	return left
 }
 
 // TestS3VerifyAllLeavesARunningSendAlone: verify --all does not count a
@@ -131,13 +152,7 @@ func TestS3VerifyAllLeavesARunningSendAlone(t *testing.T) {
 	dest := "s3://" + srv.Bucket + "/dr"
 	id := strings.TrimSpace(mustRun(t, "send", src, "--to", dest, "-r", rcpt, "-q").stdout)
 
-	core := minio.Core{Client: srv.Client()}
-	upload := func(ship string) {
-		key := "dr/" + ship + "/segments/00000001"
-		if _, err := core.NewMultipartUpload(context.Background(), srv.Bucket, key, minio.PutObjectOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	upload := func(ship string) { startUpload(t, srv, "dr/"+ship+"/segments/00000001") }
 	running := time.Now().UTC().Add(time.Hour).Format("20060102T150405Z") + "-0000abcd"
 	if running <= id {
 		t.Fatalf("shipment %s is not newer than %s", running, id)
@@ -181,24 +196,15 @@ func TestS3PruneLeavesARunningSendAlone(t *testing.T) {
 	// A send with no object up yet, and one that failed long ago.
 	starting := time.Now().UTC().Add(time.Minute).Format("20060102T150405Z") + "-0000abcd"
 	abandoned := "20200101T000000Z-0000abcd"
-	core := minio.Core{Client: srv.Client()}
 	for _, ship := range []string{running, starting, abandoned} {
-		if _, err := core.NewMultipartUpload(ctx, srv.Bucket, "dr/"+ship+"/segments/00000099", minio.PutObjectOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		startUpload(t, srv, "dr/"+ship+"/segments/00000099")
 	}
 
 	r := mustRun(t, "prune", dest, "--keep-last", "1", "--state-dir", t.TempDir())
 	if !strings.Contains(r.stderr, running) || !strings.Contains(r.stderr, "a send may be running") {
 		t.Errorf("prune does not keep %s as a running send's: %s", running, r.stderr)
 	}
-	left := map[string]bool{}
-	for u := range srv.Client().ListIncompleteUploads(ctx, srv.Bucket, "", true) {
-		if u.Err != nil {
-			t.Fatalf("list incomplete uploads: %v", u.Err)
-		}
-		left[u.Key] = true
-	}
+	left := incompleteUploads(t, srv)
 	for _, ship := range []string{running, starting} {
 		if !left["dr/"+ship+"/segments/00000099"] {
 			t.Errorf("prune aborted the upload of a running send into %s: %s", ship, r.stderr)
