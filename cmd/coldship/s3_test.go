@@ -114,6 +114,18 @@ func TestS3InterruptedSendResumes(t *testing.T) {
 	}
 }
 
+// smallS3Env starts versitygw for the command, and returns it with a
+// 2 MiB image to send, the destination s3://BUCKET/dr and a recipient.
+func smallS3Env(t *testing.T) (*s3test.Server, string, string, string) {
+	t.Helper()
+	srv := s3test.Start(t)
+	srv.SetEnv(t)
+	_, rcpt := keypair(t)
+	src := filepath.Join(t.TempDir(), "disk.img")
+	makeImage(t, src, 2<<20, region{0, 1 << 20, "random"})
+	return srv, src, "s3://" + srv.Bucket + "/dr", rcpt
+}
+
 // startUpload begins a multipart upload of key, as a send that is (or
 // was) writing it.
 func startUpload(t *testing.T, srv *s3test.Server, key string) {
@@ -144,12 +156,7 @@ func incompleteUploads(t *testing.T, srv *s3test.Server) map[string]bool {
 // it reported (exit 5) while a send ran; the uploads into an older
 // incomplete shipment are still problems.
 func TestS3VerifyAllLeavesARunningSendAlone(t *testing.T) {
-	srv := s3test.Start(t)
-	srv.SetEnv(t)
-	_, rcpt := keypair(t)
-	src := filepath.Join(t.TempDir(), "disk.img")
-	makeImage(t, src, 2<<20, region{0, 1 << 20, "random"})
-	dest := "s3://" + srv.Bucket + "/dr"
+	srv, src, dest, rcpt := smallS3Env(t)
 	id := strings.TrimSpace(mustRun(t, "send", src, "--to", dest, "-r", rcpt, "-q").stdout)
 
 	upload := func(ship string) { startUpload(t, srv, "dr/"+ship+"/segments/00000001") }
@@ -176,12 +183,7 @@ func TestS3VerifyAllLeavesARunningSendAlone(t *testing.T) {
 // again. Those uploads must stay; those into an older, abandoned shipment
 // are still aborted.
 func TestS3PruneLeavesARunningSendAlone(t *testing.T) {
-	srv := s3test.Start(t)
-	srv.SetEnv(t)
-	_, rcpt := keypair(t)
-	src := filepath.Join(t.TempDir(), "disk.img")
-	makeImage(t, src, 2<<20, region{0, 1 << 20, "random"})
-	dest := "s3://" + srv.Bucket + "/dr"
+	srv, src, dest, rcpt := smallS3Env(t)
 	complete := strings.TrimSpace(mustRun(t, "send", src, "--to", dest, "-r", rcpt, "-q", "--base", "none").stdout)
 	running := strings.TrimSpace(mustRun(t, "send", src, "--to", dest, "-r", rcpt, "-q", "--base", "none").stdout)
 	if running < complete { // sent within one second: the ids' random part decides

@@ -465,14 +465,21 @@ func TestConnectionCutDuringPut(t *testing.T) {
 	}
 }
 
-func TestConnectionCutDuringOpen(t *testing.T) {
+// dialNoticed starts sshd and dials it with streams streams, the
+// transport's notices going to the buffer it returns.
+func dialNoticed(t *testing.T, streams int) (*sftptest.Server, *sftp.Transport, *shippertest.Buffer) {
+	t.Helper()
 	isolate(t)
 	srv := sftptest.StartSSHD(t)
+	cfg := config(srv, "d", streams)
+	stderr := new(shippertest.Buffer)
+	cfg.Stderr = stderr
+	return srv, dial(t, cfg), stderr
+}
+
+func TestConnectionCutDuringOpen(t *testing.T) {
+	srv, tr, stderr := dialNoticed(t, 1)
 	ctx := context.Background()
-	cfg := config(srv, "d", 1)
-	var stderr shippertest.Buffer
-	cfg.Stderr = &stderr
-	tr := dial(t, cfg)
 	data := randomBytes(16 << 20)
 	if err := tr.Put(ctx, "obj", bytes.NewReader(data), int64(len(data))); err != nil {
 		t.Fatal(err)
@@ -508,20 +515,24 @@ func TestConnectionCutDuringOpen(t *testing.T) {
 // dialled again, and the operator reads one notice of it, not one per
 // connection.
 func TestConnectionCutNoticedOnce(t *testing.T) {
-	isolate(t)
-	srv := sftptest.StartSSHD(t)
+	srv, tr, stderr := dialNoticed(t, 4)
 	ctx := context.Background()
-	cfg := config(srv, "d", 4)
-	var stderr shippertest.Buffer
-	cfg.Stderr = &stderr
-	tr := dial(t, cfg)
 	putAll := func(round string) {
 		t.Helper()
 		var g errgroup.Group
 		for i := range tr.Streams() {
 			g.Go(func() error {
 				data := randomBytes(4 << 20)
-				return tr.Put(ctx, fmt.Sprintf("%s-%d", round, i), bytes.NewReader(data), int64(len(data)))
+				put := func() error {
+					return tr.Put(ctx, fmt.Sprintf("%s-%d", round, i), bytes.NewReader(data), int64(len(data)))
+				}
+				// A call that meets the cut before the connection's reader
+				// noticed it fails, and is tried again, as the send's
+				// retries do.
+				if err := put(); err != nil {
+					return put()
+				}
+				return nil
 			})
 		}
 		if err := g.Wait(); err != nil {
