@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -43,18 +44,41 @@ func passphrase(file string) ([]byte, error) {
 }
 
 // prompt reads a secret from the terminal on stdin, prompting on stderr.
+// A signal (Ctrl-C) ends it at once with the terminal's echo back on: the
+// read itself cannot be interrupted, so it is left to the exiting process.
 func (s *streams) prompt(msg string) ([]byte, error) {
 	f, ok := s.in.(*os.File)
 	if !ok || !term.IsTerminal(int(f.Fd())) {
 		return nil, errors.New("no terminal to prompt on")
 	}
-	fmt.Fprint(s.err, msg)
-	p, err := term.ReadPassword(int(f.Fd()))
-	fmt.Fprintln(s.err)
+	fd := int(f.Fd())
+	saved, err := term.GetState(fd)
 	if err != nil {
 		return nil, fmt.Errorf("read passphrase: %w", err)
 	}
-	return p, nil
+	type read struct {
+		p   []byte
+		err error
+	}
+	done := make(chan read, 1)
+	fmt.Fprint(s.err, msg)
+	go func() {
+		p, err := term.ReadPassword(fd)
+		done <- read{p, err}
+	}()
+	ctx := s.context()
+	select {
+	case r := <-done:
+		fmt.Fprintln(s.err)
+		if r.err != nil {
+			return nil, fmt.Errorf("read passphrase: %w", r.err)
+		}
+		return r.p, nil
+	case <-ctx.Done():
+		term.Restore(fd, saved)
+		fmt.Fprintln(s.err)
+		return nil, context.Cause(ctx)
+	}
 }
 
 // askPass is the prompt callback for encrypted SSH keys: nil without a

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -9,9 +10,13 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
 )
 
 // TestProgressBarOnTerminal runs the built command with stderr on a
@@ -75,5 +80,95 @@ func TestProgressBarOnTerminal(t *testing.T) {
 	}
 	if !strings.Contains(drawn, "ETA ") {
 		t.Errorf("the bar shows no ETA:\n%q", drawn)
+	}
+}
+
+// TestPromptCtrlC types Ctrl-C at the passphrase prompt of a send run on
+// a pseudo terminal: the first one ends the run (exit 130) and leaves the
+// terminal echoing, as ssh and age do. A prompt that waited for its read
+// kept the process until a second Ctrl-C, which exited with echo off.
+func TestPromptCtrlC(t *testing.T) {
+	bin := coldshipBinary(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	makeImage(t, img, 4<<20, region{0, 1 << 20, "random"})
+
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		t.Fatalf("open a pseudo terminal: %v", err)
+	}
+	defer ptmx.Close()
+	defer tty.Close()
+	cmd := exec.Command(bin, "send", img, "--to", filepath.Join(dir, "dest"))
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "COLDSHIP_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "TERM=xterm", "XDG_STATE_HOME="+t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var screen bytes.Buffer
+	go func() {
+		b := make([]byte, 4096)
+		for {
+			n, err := ptmx.Read(b)
+			mu.Lock()
+			screen.Write(b[:n])
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	shown := func() string { mu.Lock(); defer mu.Unlock(); return screen.String() }
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(shown(), "Passphrase for the shipment: ") {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("no passphrase prompt within a minute:\n%q", shown())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	ptmx.Write([]byte{3}) // Ctrl-C: SIGINT to the foreground process group
+	var werr error
+	select {
+	case werr = <-exited:
+	case <-time.After(30 * time.Second):
+		ptmx.Write([]byte{3})
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+		t.Errorf("the prompt did not end at the first Ctrl-C:\n%q", shown())
+	}
+	if werr != nil {
+		var ee *exec.ExitError
+		if !errors.As(werr, &ee) || ee.ExitCode() != 130 {
+			t.Errorf("exit %v after Ctrl-C at the prompt, want 130:\n%q", werr, shown())
+		}
+	}
+	tio, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tio.Lflag&unix.ECHO == 0 {
+		t.Errorf("the terminal was left without echo after Ctrl-C at the prompt")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "dest")); err == nil {
+		entries, _ := os.ReadDir(filepath.Join(dir, "dest"))
+		for _, e := range entries {
+			if !strings.HasPrefix(e.Name(), ".") {
+				t.Errorf("an interrupted prompt left %s at the destination", e.Name())
+			}
+		}
 	}
 }

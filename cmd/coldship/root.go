@@ -2,6 +2,7 @@ package main
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,17 @@ type streams struct {
 	// summaries' duration_s and throughput_bps count from, so that they
 	// include connecting, waiting for a lock and the hooks.
 	start time.Time
+	// ctx is the command's context, cancelled by SIGINT or SIGTERM: what
+	// a passphrase prompt gives up on.
+	ctx context.Context
+}
+
+// context returns the command's context (Background before one runs).
+func (s *streams) context() context.Context {
+	if s.ctx == nil {
+		return context.Background()
+	}
+	return s.ctx
 }
 
 func (s *streams) stdinIsTerminal() bool {
@@ -124,6 +136,7 @@ With --json, every command writes newline-delimited JSON objects on stdout
 		RunE: func(c *cobra.Command, args []string) error { return c.Help() },
 		PersistentPreRunE: func(c *cobra.Command, args []string) error {
 			s.start = time.Now()
+			s.ctx = c.Context()
 			if err := applyEnv(c); err != nil {
 				return err
 			}
