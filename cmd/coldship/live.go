@@ -88,6 +88,11 @@ func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if err := notLive(opts); err != nil {
 		return err
 	}
+	// --lock-wait is the receiver's: how long it waits for another
+	// receive into the destination folder.
+	if err := opts.run.check(); err != nil {
+		return err
+	}
 	bs, _, err := sendSizes(opts)
 	if err != nil {
 		return err
@@ -122,8 +127,9 @@ func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
 
 // startReceiver starts `coldship receive --live` at the destination and
 // returns it, the peer to send to and the lanes to open: those of --data
-// tcp as given, those of --data ssh as sshLanes says.
-func startReceiver(client *ssh.Client, cfg sftp.Config, lo *liveOptions, lanes int, stderr io.Writer,
+// tcp as given, those of --data ssh as sshLanes says. lockWait is the
+// receiver's --lock-wait: how long it waits for another receive into dir.
+func startReceiver(client *ssh.Client, cfg sftp.Config, lo *liveOptions, lockWait time.Duration, lanes int, stderr io.Writer,
 	logf func(string, ...any)) (*live.Remote, live.Peer, int, error) {
 	dir := cfg.Path
 	if dir == "" {
@@ -140,6 +146,9 @@ func startReceiver(client *ssh.Client, cfg sftp.Config, lo *liveOptions, lanes i
 	}
 	if lo.remoteHooksDir != "" {
 		argv = append(argv, "--hooks-dir", lo.remoteHooksDir)
+	}
+	if lockWait > 0 {
+		argv = append(argv, "--lock-wait", lockWait.String())
 	}
 	if lo.data == "ssh" {
 		// The lanes reach the receiver through the SSH server, on its
@@ -241,7 +250,7 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 	defer client.Close()
 	remoteLog := &lineWriter{emit: func(line string) { logf("remote: %s", line) }}
 	defer remoteLog.flush()
-	remote, peer, lanes, err := startReceiver(client, cfg, lo, lanes, remoteLog, logf)
+	remote, peer, lanes, err := startReceiver(client, cfg, lo, opts.run.lockWait, lanes, remoteLog, logf)
 	if err != nil {
 		return nil, err
 	}

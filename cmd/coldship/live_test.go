@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/shipper/live"
 	"github.com/coldship/coldship/shipper/live/livetest"
@@ -380,4 +382,63 @@ func TestLiveSSHNoForwarding(t *testing.T) {
 	if !strings.Contains(r.stderr, "AllowTcpForwarding") || !strings.Contains(r.stderr, "one SSH channel") {
 		t.Errorf("no notice of the fallback: %s", r.stderr)
 	}
+}
+
+// TestLiveLockWait: --lock-wait is the receiver's, as the receiver's
+// error says: a live send into a folder that another receive holds waits
+// for it, and lands once it is free.
+func TestLiveLockWait(t *testing.T) {
+	_, dir, to, flags := liveEnv(t)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Another receive into dir: its flock on the folder.
+	held, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := unix.Flock(int(held.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(t.TempDir(), "disk.img")
+	makeImage(t, img, 4<<20, region{0, 4 << 20, "random"})
+	started := filepath.Join(t.TempDir(), "started")
+	done := make(chan result, 1)
+	go func() {
+		done <- runCtx(t, context.Background(), nil, append([]string{"send", img, "--to", to, "-q", "--lock-wait", "1h",
+			"--remote-hook", "pre-receive=touch " + started}, flags...)...)
+	}()
+	// The receiver locks the folder it opened once its pre-receive hook
+	// ran: release ours once it has.
+	waitForFile(t, started)
+	waitOpened(t, dir, done)
+	unix.Flock(int(held.Fd()), unix.LOCK_UN)
+	r := <-done
+	if r.code != 0 {
+		t.Fatalf("send --live --lock-wait 1h into a folder another receive held: exit %d\n%s", r.code, r.stderr)
+	}
+	sameFile(t, img, filepath.Join(dir, "disk.img"))
+}
+
+// waitOpened waits until another process holds dir open, or the run of
+// done ends (and is put back).
+func waitOpened(t *testing.T, dir string, done chan result) {
+	t.Helper()
+	self := fmt.Sprintf("/proc/%d/", os.Getpid())
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		select {
+		case r := <-done:
+			done <- r
+			return
+		default:
+		}
+		fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+		for _, fd := range fds {
+			if link, _ := os.Readlink(fd); link == dir && !strings.HasPrefix(fd, self) {
+				return
+			}
+		}
+	}
+	t.Fatalf("no process opened %s", dir)
 }
