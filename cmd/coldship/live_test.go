@@ -442,3 +442,45 @@ func waitOpened(t *testing.T, dir string, done chan result) {
 	}
 	t.Fatalf("no process opened %s", dir)
 }
+
+// TestLiveInterruptedAfterLanding: a sender interrupted once the receiver
+// renamed the files into place (here, in its post-receive hook) cannot
+// undo that, and says so rather than leave "interrupted" alone.
+func TestLiveInterruptedAfterLanding(t *testing.T) {
+	_, dir, to, flags := liveEnv(t)
+	img := filepath.Join(t.TempDir(), "disk.img")
+	makeImage(t, img, 4<<20, region{0, 4 << 20, "random"})
+	hookDir := t.TempDir()
+	started, goOn := filepath.Join(hookDir, "started"), filepath.Join(hookDir, "go")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	done := make(chan result, 1)
+	go func() {
+		done <- runCtx(t, ctx, nil, append([]string{"send", img, "--to", to, "-q",
+			"--remote-hook", fmt.Sprintf("post-receive=touch %s; while [ ! -e %s ]; do sleep 0.01; done", started, goOn)}, flags...)...)
+	}()
+	waitForFile(t, started)
+	cancel(errInterrupted)
+	os.WriteFile(goOn, nil, 0o644)
+	r := <-done
+	if r.code != exitInterrupted || !strings.Contains(r.stderr, "already put every file in place") {
+		t.Errorf("exit %d, want 130 saying the files are in place:\n%s", r.code, r.stderr)
+	}
+	sameFile(t, img, filepath.Join(dir, "disk.img"))
+}
+
+// TestLiveLinkLostAfterFinalRound: a receiver that goes away once the
+// final round is in leaves the sender unsure of the outcome, and its error
+// says that the destination may hold the files (and the VM be started
+// there), not only that the connection failed.
+func TestLiveLinkLostAfterFinalRound(t *testing.T) {
+	_, dir, to, flags := liveEnv(t)
+	img := filepath.Join(t.TempDir(), "disk.img")
+	makeImage(t, img, 4<<20, region{0, 4 << 20, "random"})
+	// The receiver dies in its post-receive hook: after every file landed.
+	r := run(t, append([]string{"send", img, "--to", to, "-q", "--remote-hook", "post-receive=kill -9 $PPID"}, flags...)...)
+	if r.code != exitError || !strings.Contains(r.stderr, "the destination may have put every file in place") {
+		t.Errorf("exit %d, want 1 saying the destination may hold the files:\n%s", r.code, r.stderr)
+	}
+	sameFile(t, img, filepath.Join(dir, "disk.img"))
+}
