@@ -82,8 +82,8 @@ func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if len(opts.sources) == 0 {
 		return usagef("send --live: give SOURCE files or directories")
 	}
-	if len(opts.recipients)+len(opts.recipientFiles) > 0 || opts.passphraseFile != "" {
-		return usagef("send --live: -r, -R and --passphrase-file do not apply: a one-time key is handed to the receiver over SSH")
+	if given := givenFlags(opts, "recipient", "recipients-file", "passphrase-file"); given != "" {
+		return usagef("send --live: %s: -r, -R and --passphrase-file do not apply: a one-time key is handed to the receiver over SSH", given)
 	}
 	if err := notLive(opts); err != nil {
 		return err
@@ -433,16 +433,24 @@ var storedOnly = []string{"bwlimit", "base", "base-check", "segment-size", "retr
 // notLive refuses, naming them, the flags of storedOnly that were given
 // (on the command line or as COLDSHIP_* variables) to a live send.
 func notLive(opts *sendOptions) error {
+	given := givenFlags(opts, storedOnly...)
+	if given == "" {
+		return nil
+	}
+	return usagef("send --live: %s: only for stored shipments (a live send does not limit its rate, keep DR state, cut segments or resume)", given)
+}
+
+// givenFlags names those of the flags that were given, on the command
+// line or as COLDSHIP_* variables, with their variable: a site's
+// environment may set one the user did not type.
+func givenFlags(opts *sendOptions, names ...string) string {
 	var given []string
-	for _, name := range storedOnly {
+	for _, name := range names {
 		if opts.set != nil && opts.set(name) {
 			given = append(given, "--"+name+" ("+envName(name)+")")
 		}
 	}
-	if len(given) == 0 {
-		return nil
-	}
-	return usagef("send --live: %s: only for stored shipments (a live send does not limit its rate, keep DR state, cut segments or resume)", strings.Join(given, ", "))
+	return strings.Join(given, ", ")
 }
 
 func liveFlags(lo *liveOptions, streams int) (lanes int, untilDirty int64, err error) {

@@ -316,6 +316,13 @@ func TestLiveUsage(t *testing.T) {
 			t.Errorf("coldship %s: exit %d, want 2; %s", strings.Join(args, " "), r.code, r.stderr)
 		}
 	}
+	// A site's recipient for its stored sends: refused, naming the
+	// variable that the user did not type.
+	t.Setenv("COLDSHIP_RECIPIENT", rcpt)
+	if r := run(t, "send", "--live", img, "--to", "ssh://h/x"); r.code != exitUsage || !strings.Contains(r.stderr, "COLDSHIP_RECIPIENT") {
+		t.Errorf("send --live with COLDSHIP_RECIPIENT: exit %d, want 2 naming the variable; %s", r.code, r.stderr)
+	}
+	os.Unsetenv("COLDSHIP_RECIPIENT")
 	// From the environment too, named as such: a live send must not
 	// ignore a rate limit that a unit's environment file sets.
 	t.Setenv("COLDSHIP_BWLIMIT", "10M")
