@@ -312,7 +312,7 @@ type runOptions struct {
 
 func addRunFlags(f *pflag.FlagSet, o *runOptions) {
 	f.StringVar(&o.bwlimit, "bwlimit", "", "move at most `RATE` bytes per second over all streams (e.g. 50M)")
-	f.DurationVar(&o.lockWait, "lock-wait", 0, "wait up to `DURATION` for another run on the same destination (receive --into: the same directory) to finish (default: exit at once)")
+	f.DurationVar(&o.lockWait, "lock-wait", 0, "wait up to `DURATION` for another run on the same destination (receive --into: the same directory; send --live: the receiver waits for another receive into its folder) to finish (default: exit at once)")
 }
 
 func (o *runOptions) check() error {

@@ -82,10 +82,15 @@ func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if len(opts.sources) == 0 {
 		return usagef("send --live: give SOURCE files or directories")
 	}
-	if len(opts.recipients)+len(opts.recipientFiles) > 0 || opts.passphraseFile != "" {
-		return usagef("send --live: -r, -R and --passphrase-file do not apply: a one-time key is handed to the receiver over SSH")
+	if given := givenFlags(opts, "recipient", "recipients-file", "passphrase-file"); given != "" {
+		return usagef("send --live: %s: -r, -R and --passphrase-file do not apply: a one-time key is handed to the receiver over SSH", given)
 	}
 	if err := notLive(opts); err != nil {
+		return err
+	}
+	// --lock-wait is the receiver's: how long it waits for another
+	// receive into the destination folder.
+	if err := opts.run.check(); err != nil {
 		return err
 	}
 	bs, _, err := sendSizes(opts)
@@ -122,8 +127,9 @@ func runLiveSend(ctx context.Context, s *streams, opts *sendOptions) error {
 
 // startReceiver starts `coldship receive --live` at the destination and
 // returns it, the peer to send to and the lanes to open: those of --data
-// tcp as given, those of --data ssh as sshLanes says.
-func startReceiver(client *ssh.Client, cfg sftp.Config, lo *liveOptions, lanes int, stderr io.Writer,
+// tcp as given, those of --data ssh as sshLanes says. lockWait is the
+// receiver's --lock-wait: how long it waits for another receive into dir.
+func startReceiver(client *ssh.Client, cfg sftp.Config, lo *liveOptions, lockWait time.Duration, lanes int, stderr io.Writer,
 	logf func(string, ...any)) (*live.Remote, live.Peer, int, error) {
 	dir := cfg.Path
 	if dir == "" {
@@ -140,6 +146,9 @@ func startReceiver(client *ssh.Client, cfg sftp.Config, lo *liveOptions, lanes i
 	}
 	if lo.remoteHooksDir != "" {
 		argv = append(argv, "--hooks-dir", lo.remoteHooksDir)
+	}
+	if lockWait > 0 {
+		argv = append(argv, "--lock-wait", lockWait.String())
 	}
 	if lo.data == "ssh" {
 		// The lanes reach the receiver through the SSH server, on its
@@ -241,7 +250,7 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 	defer client.Close()
 	remoteLog := &lineWriter{emit: func(line string) { logf("remote: %s", line) }}
 	defer remoteLog.flush()
-	remote, peer, lanes, err := startReceiver(client, cfg, lo, lanes, remoteLog, logf)
+	remote, peer, lanes, err := startReceiver(client, cfg, lo, opts.run.lockWait, lanes, remoteLog, logf)
 	if err != nil {
 		return nil, err
 	}
@@ -424,16 +433,24 @@ var storedOnly = []string{"bwlimit", "base", "base-check", "segment-size", "retr
 // notLive refuses, naming them, the flags of storedOnly that were given
 // (on the command line or as COLDSHIP_* variables) to a live send.
 func notLive(opts *sendOptions) error {
+	given := givenFlags(opts, storedOnly...)
+	if given == "" {
+		return nil
+	}
+	return usagef("send --live: %s: only for stored shipments (a live send does not limit its rate, keep DR state, cut segments or resume)", given)
+}
+
+// givenFlags names those of the flags that were given, on the command
+// line or as COLDSHIP_* variables, with their variable: a site's
+// environment may set one the user did not type.
+func givenFlags(opts *sendOptions, names ...string) string {
 	var given []string
-	for _, name := range storedOnly {
+	for _, name := range names {
 		if opts.set != nil && opts.set(name) {
 			given = append(given, "--"+name+" ("+envName(name)+")")
 		}
 	}
-	if len(given) == 0 {
-		return nil
-	}
-	return usagef("send --live: %s: only for stored shipments (a live send does not limit its rate, keep DR state, cut segments or resume)", strings.Join(given, ", "))
+	return strings.Join(given, ", ")
 }
 
 func liveFlags(lo *liveOptions, streams int) (lanes int, untilDirty int64, err error) {

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/shipper/live"
 	"github.com/coldship/coldship/shipper/live/livetest"
@@ -314,6 +316,13 @@ func TestLiveUsage(t *testing.T) {
 			t.Errorf("coldship %s: exit %d, want 2; %s", strings.Join(args, " "), r.code, r.stderr)
 		}
 	}
+	// A site's recipient for its stored sends: refused, naming the
+	// variable that the user did not type.
+	t.Setenv("COLDSHIP_RECIPIENT", rcpt)
+	if r := run(t, "send", "--live", img, "--to", "ssh://h/x"); r.code != exitUsage || !strings.Contains(r.stderr, "COLDSHIP_RECIPIENT") {
+		t.Errorf("send --live with COLDSHIP_RECIPIENT: exit %d, want 2 naming the variable; %s", r.code, r.stderr)
+	}
+	os.Unsetenv("COLDSHIP_RECIPIENT")
 	// From the environment too, named as such: a live send must not
 	// ignore a rate limit that a unit's environment file sets.
 	t.Setenv("COLDSHIP_BWLIMIT", "10M")
@@ -380,4 +389,105 @@ func TestLiveSSHNoForwarding(t *testing.T) {
 	if !strings.Contains(r.stderr, "AllowTcpForwarding") || !strings.Contains(r.stderr, "one SSH channel") {
 		t.Errorf("no notice of the fallback: %s", r.stderr)
 	}
+}
+
+// TestLiveLockWait: --lock-wait is the receiver's, as the receiver's
+// error says: a live send into a folder that another receive holds waits
+// for it, and lands once it is free.
+func TestLiveLockWait(t *testing.T) {
+	_, dir, to, flags := liveEnv(t)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Another receive into dir: its flock on the folder.
+	held, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := unix.Flock(int(held.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(t.TempDir(), "disk.img")
+	makeImage(t, img, 4<<20, region{0, 4 << 20, "random"})
+	started := filepath.Join(t.TempDir(), "started")
+	done := make(chan result, 1)
+	go func() {
+		done <- runCtx(t, context.Background(), nil, append([]string{"send", img, "--to", to, "-q", "--lock-wait", "1h",
+			"--remote-hook", "pre-receive=touch " + started}, flags...)...)
+	}()
+	// The receiver locks the folder it opened once its pre-receive hook
+	// ran: release ours once it has.
+	waitForFile(t, started)
+	waitOpened(t, dir, done)
+	unix.Flock(int(held.Fd()), unix.LOCK_UN)
+	r := <-done
+	if r.code != 0 {
+		t.Fatalf("send --live --lock-wait 1h into a folder another receive held: exit %d\n%s", r.code, r.stderr)
+	}
+	sameFile(t, img, filepath.Join(dir, "disk.img"))
+}
+
+// waitOpened waits until another process holds dir open, or the run of
+// done ends (and is put back).
+func waitOpened(t *testing.T, dir string, done chan result) {
+	t.Helper()
+	self := fmt.Sprintf("/proc/%d/", os.Getpid())
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		select {
+		case r := <-done:
+			done <- r
+			return
+		default:
+		}
+		fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+		for _, fd := range fds {
+			if link, _ := os.Readlink(fd); link == dir && !strings.HasPrefix(fd, self) {
+				return
+			}
+		}
+	}
+	t.Fatalf("no process opened %s", dir)
+}
+
+// TestLiveInterruptedAfterLanding: a sender interrupted once the receiver
+// renamed the files into place (here, in its post-receive hook) cannot
+// undo that, and says so rather than leave "interrupted" alone.
+func TestLiveInterruptedAfterLanding(t *testing.T) {
+	_, dir, to, flags := liveEnv(t)
+	img := filepath.Join(t.TempDir(), "disk.img")
+	makeImage(t, img, 4<<20, region{0, 4 << 20, "random"})
+	hookDir := t.TempDir()
+	started, goOn := filepath.Join(hookDir, "started"), filepath.Join(hookDir, "go")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	done := make(chan result, 1)
+	go func() {
+		done <- runCtx(t, ctx, nil, append([]string{"send", img, "--to", to, "-q",
+			"--remote-hook", fmt.Sprintf("post-receive=touch %s; while [ ! -e %s ]; do sleep 0.01; done", started, goOn)}, flags...)...)
+	}()
+	waitForFile(t, started)
+	cancel(errInterrupted)
+	os.WriteFile(goOn, nil, 0o644)
+	r := <-done
+	if r.code != exitInterrupted || !strings.Contains(r.stderr, "already put every file in place") {
+		t.Errorf("exit %d, want 130 saying the files are in place:\n%s", r.code, r.stderr)
+	}
+	sameFile(t, img, filepath.Join(dir, "disk.img"))
+}
+
+// TestLiveLinkLostAfterFinalRound: a receiver that goes away once the
+// final round is in leaves the sender unsure of the outcome, and its error
+// says that the destination may hold the files (and the VM be started
+// there), not only that the connection failed.
+func TestLiveLinkLostAfterFinalRound(t *testing.T) {
+	_, dir, to, flags := liveEnv(t)
+	img := filepath.Join(t.TempDir(), "disk.img")
+	makeImage(t, img, 4<<20, region{0, 4 << 20, "random"})
+	// The receiver dies in its post-receive hook: after every file landed.
+	r := run(t, append([]string{"send", img, "--to", to, "-q", "--remote-hook", "post-receive=kill -9 $PPID"}, flags...)...)
+	if r.code != exitError || !strings.Contains(r.stderr, "the destination may have put every file in place") {
+		t.Errorf("exit %d, want 1 saying the destination may hold the files:\n%s", r.code, r.stderr)
+	}
+	sameFile(t, img, filepath.Join(dir, "disk.img"))
 }

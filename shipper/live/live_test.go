@@ -384,6 +384,27 @@ func TestLiveSenderInterrupted(t *testing.T) {
 	}
 }
 
+// TestLiveAbortAfterManifest: a sender that gives up once its manifest is
+// sent (interrupted while the receiver checks the files) reports a
+// failure, so the receiver lands nothing either.
+func TestLiveAbortAfterManifest(t *testing.T) {
+	s := newSession(t)
+	s.write("disk.img", 256*testBS, [3]int64{0, 256 * testBS, 0})
+	s.control = func(w io.Writer) io.Writer {
+		return livetest.Wrap(writerConn{w}, func(_ int, frame []byte) [][]byte {
+			if frame[0] == frameManifest {
+				return [][]byte{frame, appendFrame(nil, frameAbort, []byte("the sender was interrupted"))}
+			}
+			return [][]byte{frame}
+		})
+	}
+	o := s.run("disk.img")
+	if o.sendErr == nil || !errors.Is(o.recvErr, ErrAborted) {
+		t.Fatalf("send: %v; receive: %v", o.sendErr, o.recvErr)
+	}
+	s.nothingLeft()
+}
+
 func TestLiveSwitchoverFails(t *testing.T) {
 	s := newSession(t)
 	s.send.Rounds = 1

@@ -864,6 +864,7 @@ func (r *receiver) finish(ctx context.Context, m *archive.LiveManifest, rounds u
 	if m.ID != r.id || m.BlockSize != r.bs || m.Compression != r.sess.Compression || m.Rounds != int(rounds) || len(m.Files) != len(r.files) {
 		return nil, errFrame("the manifest does not match the session")
 	}
+	defer r.watchControl()()
 	for i := range m.Files {
 		mf, rf := &m.Files[i], &r.files[i]
 		if mf.Path != rf.path || mf.Type != rf.typ || mf.Size != rf.size {
@@ -882,6 +883,22 @@ func (r *receiver) finish(ctx context.Context, m *archive.LiveManifest, rounds u
 		return nil, err
 	}
 	return res.Files, nil
+}
+
+// watchControl fails the session if the control lane aborts or ends while
+// the files are checked, until it returns stop: the sender gave up
+// (interrupted, or its link dropped) and reports a failure, so nothing
+// may land. Once the files are landing, they all land.
+func (r *receiver) watchControl() (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		select {
+		case c := <-r.ctl:
+			r.fail(r.unexpectedControl(c))
+		case <-done:
+		}
+	}()
+	return func() { close(done) }
 }
 
 // gate lets the TCP lanes' readers into a round once the control lane has

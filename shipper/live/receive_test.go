@@ -109,9 +109,10 @@ func formOf(plain []byte) []byte {
 	return fb.Form()
 }
 
-// result waits for Receive and returns its error.
-func (s *scripted) result() error {
-	s.w.(*io.PipeWriter).Close()
+// wait waits for Receive, the sender's stream still open as a sender's is
+// until the receiver answers, and returns its error.
+func (s *scripted) wait() error {
+	s.t.Helper()
 	select {
 	case <-s.done:
 	case <-time.After(10 * time.Second):
@@ -217,6 +218,7 @@ func TestLiveReceiverRejects(t *testing.T) {
 		{"stream ends early", func(s *scripted) {
 			s.sealed(frameBegin, 1, marshal(beginMsg{Round: 1, Final: true, Files: oneFile}))
 			s.block(1, 0, 0, a)
+			s.w.(*io.PipeWriter).Close()
 		}, "ended before"},
 		{"unsealed begin", func(s *scripted) {
 			s.write(appendFrame(nil, frameBegin, marshal(beginMsg{Round: 1, Final: true, Files: oneFile})))
@@ -229,7 +231,7 @@ func TestLiveReceiverRejects(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := startScripted(t)
 			tc.script(s)
-			err := s.result()
+			err := s.wait()
 			if !errors.Is(err, archive.ErrIntegrity) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Receive: %v; want an integrity error containing %q", err, tc.want)
 			}
@@ -262,7 +264,7 @@ func TestLiveReceiverScripted(t *testing.T) {
 	s.reply(replyAck, &ack)
 	s.sealed(frameManifest, 2, manifestFor(s, 2, []archive.Extent{{Kind: "data", Offset: 0, Length: testBS}, {Kind: "zero", Offset: testBS, Length: 2 * testBS}},
 		[][]byte{b, nil, nil}))
-	if err := s.result(); err != nil {
+	if err := s.wait(); err != nil {
 		t.Fatal(err)
 	}
 	p := filepath.Join(s.dir, "disk.img")

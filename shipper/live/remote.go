@@ -89,6 +89,10 @@ func (r *Remote) Finish(err error) error {
 		return &RemoteError{Code: status, Message: fmt.Sprintf("the receiver reported success but exited with status %d", status)}
 	case err == nil, errors.As(err, &re):
 		return err
+	case status == 0:
+		// Too late: the receiver was renaming the files into place when
+		// the sender gave up or lost its word, and it succeeded.
+		return fmt.Errorf("%w; but the receiver had already put every file in place and exited 0: the shipment is restored at the destination, its post-receive hooks ran", err)
 	case status == 127 || status == 126:
 		return fmt.Errorf("the receiver could not be started (exit status %d: not found or not executable): "+
 			"install coldship on the destination or give its path with --remote-coldship", status)

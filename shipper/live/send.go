@@ -457,6 +457,11 @@ func (s *sendSession) run(ctx context.Context) (*SendResult, error) {
 
 	s.sendSealed(s.lanes[0], frameManifest, round, marshal(s.manifest(created, s.compression(), round)))
 	body, err := s.waitReply(ctx, replyDone, 0)
+	if errors.Is(err, errLink) {
+		// The receiver had everything: it may have landed it all before
+		// the link failed, and started the VM there.
+		return nil, fmt.Errorf("%w (after the final round: the destination may have put every file in place and run its post-receive hooks; look there before starting the VM here again)", err)
+	}
 	if err != nil {
 		return nil, err
 	}
