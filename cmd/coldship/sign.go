@@ -131,9 +131,10 @@ func (k *sendSigner) Close() {
 	}
 }
 
-// sign signs the complete shipment id at tr as the next of the chain of
-// these sources to dest (kept in stateDir), and records it there.
-func (k *sendSigner) sign(ctx context.Context, tr shipper.Transport, id, stateDir, dest string,
+// sign signs the complete shipment id at tr, whose inventory the send put
+// with SHA-256 inventory, as the next of the chain of these sources to
+// dest (kept in stateDir), and records it there.
+func (k *sendSigner) sign(ctx context.Context, tr shipper.Transport, id string, inventory archive.Digest, stateDir, dest string,
 	sources []archive.Source, log func(string, ...any)) error {
 	chain, err := shipper.OpenChainState(stateDir, dest, sources)
 	if err != nil {
@@ -143,7 +144,7 @@ func (k *sendSigner) sign(ctx context.Context, tr shipper.Transport, id, stateDi
 	if err != nil {
 		return err
 	}
-	sum, err := shipper.SignShipment(ctx, tr, id, k.signer, link)
+	sum, err := shipper.SignShipment(ctx, tr, id, inventory, k.signer, link)
 	if err != nil {
 		return err
 	}
