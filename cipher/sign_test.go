@@ -9,6 +9,7 @@ import (
 	"crypto/rsa"
 	"encoding/pem"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -380,4 +381,44 @@ func FuzzVerify(f *testing.F) {
 			t.Fatalf("accepted a signature not by the trusted key: %v", err)
 		}
 	})
+}
+
+// ignoresAlgorithm is an RSA signer such as an ssh-agent that does not
+// know rsa-sha2-512: it signs with SHA-1 (ssh-rsa) whatever is asked.
+type ignoresAlgorithm struct{ ssh.AlgorithmSigner }
+
+func (s ignoresAlgorithm) SignWithAlgorithm(r io.Reader, data []byte, _ string) (*ssh.Signature, error) {
+	return s.AlgorithmSigner.SignWithAlgorithm(r, data, ssh.KeyAlgoRSA)
+}
+
+// otherKey claims one key and signs with another (a confused agent or
+// token).
+type otherKey struct {
+	ssh.Signer
+	claimed ssh.PublicKey
+}
+
+func (s otherKey) PublicKey() ssh.PublicKey { return s.claimed }
+
+// TestSignRefusesWhatDoesNotVerify: Sign checks the signature it made, so
+// that send never reports a shipment signed with a signature every
+// receiver refuses.
+func TestSignRefusesWhatDoesNotVerify(t *testing.T) {
+	msg := []byte("# coldship-signed-v1\n")
+	rsaKey := newSigningKey(t, "rsa")
+	a, b := newSigningKey(t, "ed25519"), newSigningKey(t, "ed25519")
+	for name, s := range map[string]ssh.Signer{
+		"SHA-1 RSA signature": ignoresAlgorithm{rsaKey.signer.(ssh.AlgorithmSigner)},
+		"another key's":       otherKey{Signer: b.signer, claimed: a.signer.PublicKey()},
+	} {
+		t.Run(name, func(t *testing.T) {
+			armored, err := Sign(s, msg)
+			if err == nil {
+				t.Fatalf("signed; the signature does not verify:\n%s", armored)
+			}
+			if !strings.Contains(err.Error(), ssh.FingerprintSHA256(s.PublicKey())) {
+				t.Errorf("the error does not name the key: %v", err)
+			}
+		})
+	}
 }
