@@ -227,10 +227,12 @@ func TestVerifyCertificate(t *testing.T) {
 			}
 		})
 	}
-	// As OpenSSH: a certificate of a key listed as a plain key is that key.
+	// As OpenSSH (sshkey_equal compares the key types): a line that lists
+	// a plain key vouches for that key only, not for a certificate of it,
+	// whose principals, validity and CA nobody checks.
 	plain := allowed(t, "site-a "+user.pub)
-	if _, err := plain.Verify(msg, cert(ssh.UserCert, []string{"x"}, now.Add(-hour), now.Add(hour), nil), now); err != nil {
-		t.Fatal(err)
+	if _, err := plain.Verify(msg, cert(ssh.UserCert, []string{"x"}, now.Add(-hour), now.Add(hour), nil), now); !errors.Is(err, ErrUntrustedSigner) {
+		t.Fatalf("a certificate of a key listed as a plain key: got %v, want %v", err, ErrUntrustedSigner)
 	}
 }
 
@@ -353,6 +355,17 @@ func TestOpenSSHCertificateInterop(t *testing.T) {
 	}
 	if _, err := allowed(t, "*@site-a cert-authority "+ca.pub).Verify(msg, sig, time.Now().Add(2*time.Hour)); !errors.Is(err, ErrUntrustedSigner) {
 		t.Fatalf("an expired certificate passed: %v", err)
+	}
+	// The certificate's key listed as a plain key: ssh-keygen refuses the
+	// signature, and so does coldship.
+	plainFile := writeAt(t, filepath.Join(dir, "allowed_plain"), "vm01@site-a "+user.pub+"\n")
+	verify := exec.Command(keygen, "-Y", "verify", "-f", plainFile, "-I", "vm01@site-a", "-n", SignatureNamespace, "-s", msgFile+".sig")
+	verify.Stdin = bytes.NewReader(msg)
+	if out, err := verify.CombinedOutput(); err == nil {
+		t.Fatalf("ssh-keygen -Y verify took a certificate for the plain key it certifies:\n%s", out)
+	}
+	if _, err := allowed(t, "vm01@site-a "+user.pub).Verify(msg, sig, time.Now()); !errors.Is(err, ErrUntrustedSigner) {
+		t.Fatalf("a certificate of a key listed as a plain key passed: %v", err)
 	}
 }
 
