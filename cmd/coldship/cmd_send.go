@@ -152,7 +152,7 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if err := checkBase(opts, rid); err != nil {
 		return err
 	}
-	if opts.signer, err = s.signingKey(opts.signKey); err != nil {
+	if opts.signer, err = s.signingKey(ctx, opts.signKey); err != nil {
 		return err
 	}
 	defer opts.signer.Close()
