@@ -396,12 +396,16 @@ func (a *AllowedSigners) Verify(message, armored []byte, now time.Time) (*Signer
 func (e *allowedSigner) vouch(key ssh.PublicKey, now time.Time) (principals []string, refusal string) {
 	cert, isCert := key.(*ssh.Certificate)
 	switch {
-	case !e.ca:
-		plain := key
-		if isCert {
-			plain = cert.Key // as OpenSSH: a certificate of a listed key is that key
+	case !e.ca && isCert:
+		// As OpenSSH: a plain key's line vouches for that key, not for a
+		// certificate of it (whose CA, principals and validity it does not
+		// check).
+		if !bytes.Equal(cert.Key.Marshal(), e.key.Marshal()) {
+			return nil, ""
 		}
-		if !bytes.Equal(plain.Marshal(), e.key.Marshal()) {
+		return nil, "lists the certificate's key, not the certificate: a signature by a certificate needs its CA's key on a cert-authority line"
+	case !e.ca:
+		if !bytes.Equal(key.Marshal(), e.key.Marshal()) {
 			return nil, ""
 		}
 		for _, p := range strings.Split(e.principals, ",") {

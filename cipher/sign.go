@@ -40,13 +40,20 @@ var (
 // namespace "coldship", SHA-512) of message by signer: what
 // `ssh-keygen -Y sign -n coldship` writes, which `ssh-keygen -Y verify`
 // checks. signer may be a key held in ssh-agent. An RSA key signs with
-// rsa-sha2-512.
+// rsa-sha2-512. The signature is checked as a receiver checks it: one
+// that does not verify (an agent that signs with SHA-1 or with another
+// key) is an error, not a signed shipment every receiver refuses.
 func Sign(signer ssh.Signer, message []byte) ([]byte, error) {
 	sig, err := sshsig.Sign(bytes.NewReader(message), signer, signatureHash, SignatureNamespace)
 	if err != nil {
 		return nil, fmt.Errorf("sign with %s key %s: %w", signer.PublicKey().Type(), ssh.FingerprintSHA256(signer.PublicKey()), err)
 	}
-	return sshsig.Armor(sig), nil
+	armored := sshsig.Armor(sig)
+	if _, err := parseSignature(message, armored); err != nil {
+		return nil, fmt.Errorf("sign with %s key %s: the signature it made does not verify: %v",
+			signer.PublicKey().Type(), ssh.FingerprintSHA256(signer.PublicKey()), err)
+	}
+	return armored, nil
 }
 
 // parseSignature decodes an armored signature strictly: one PEM block of

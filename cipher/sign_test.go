@@ -9,6 +9,7 @@ import (
 	"crypto/rsa"
 	"encoding/pem"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -226,10 +227,12 @@ func TestVerifyCertificate(t *testing.T) {
 			}
 		})
 	}
-	// As OpenSSH: a certificate of a key listed as a plain key is that key.
+	// As OpenSSH (sshkey_equal compares the key types): a line that lists
+	// a plain key vouches for that key only, not for a certificate of it,
+	// whose principals, validity and CA nobody checks.
 	plain := allowed(t, "site-a "+user.pub)
-	if _, err := plain.Verify(msg, cert(ssh.UserCert, []string{"x"}, now.Add(-hour), now.Add(hour), nil), now); err != nil {
-		t.Fatal(err)
+	if _, err := plain.Verify(msg, cert(ssh.UserCert, []string{"x"}, now.Add(-hour), now.Add(hour), nil), now); !errors.Is(err, ErrUntrustedSigner) {
+		t.Fatalf("a certificate of a key listed as a plain key: got %v, want %v", err, ErrUntrustedSigner)
 	}
 }
 
@@ -353,6 +356,17 @@ func TestOpenSSHCertificateInterop(t *testing.T) {
 	if _, err := allowed(t, "*@site-a cert-authority "+ca.pub).Verify(msg, sig, time.Now().Add(2*time.Hour)); !errors.Is(err, ErrUntrustedSigner) {
 		t.Fatalf("an expired certificate passed: %v", err)
 	}
+	// The certificate's key listed as a plain key: ssh-keygen refuses the
+	// signature, and so does coldship.
+	plainFile := writeAt(t, filepath.Join(dir, "allowed_plain"), "vm01@site-a "+user.pub+"\n")
+	verify := exec.Command(keygen, "-Y", "verify", "-f", plainFile, "-I", "vm01@site-a", "-n", SignatureNamespace, "-s", msgFile+".sig")
+	verify.Stdin = bytes.NewReader(msg)
+	if out, err := verify.CombinedOutput(); err == nil {
+		t.Fatalf("ssh-keygen -Y verify took a certificate for the plain key it certifies:\n%s", out)
+	}
+	if _, err := allowed(t, "vm01@site-a "+user.pub).Verify(msg, sig, time.Now()); !errors.Is(err, ErrUntrustedSigner) {
+		t.Fatalf("a certificate of a key listed as a plain key passed: %v", err)
+	}
 }
 
 func FuzzVerify(f *testing.F) {
@@ -380,4 +394,44 @@ func FuzzVerify(f *testing.F) {
 			t.Fatalf("accepted a signature not by the trusted key: %v", err)
 		}
 	})
+}
+
+// ignoresAlgorithm is an RSA signer such as an ssh-agent that does not
+// know rsa-sha2-512: it signs with SHA-1 (ssh-rsa) whatever is asked.
+type ignoresAlgorithm struct{ ssh.AlgorithmSigner }
+
+func (s ignoresAlgorithm) SignWithAlgorithm(r io.Reader, data []byte, _ string) (*ssh.Signature, error) {
+	return s.AlgorithmSigner.SignWithAlgorithm(r, data, ssh.KeyAlgoRSA)
+}
+
+// otherKey claims one key and signs with another (a confused agent or
+// token).
+type otherKey struct {
+	ssh.Signer
+	claimed ssh.PublicKey
+}
+
+func (s otherKey) PublicKey() ssh.PublicKey { return s.claimed }
+
+// TestSignRefusesWhatDoesNotVerify: Sign checks the signature it made, so
+// that send never reports a shipment signed with a signature every
+// receiver refuses.
+func TestSignRefusesWhatDoesNotVerify(t *testing.T) {
+	msg := []byte("# coldship-signed-v1\n")
+	rsaKey := newSigningKey(t, "rsa")
+	a, b := newSigningKey(t, "ed25519"), newSigningKey(t, "ed25519")
+	for name, s := range map[string]ssh.Signer{
+		"SHA-1 RSA signature": ignoresAlgorithm{rsaKey.signer.(ssh.AlgorithmSigner)},
+		"another key's":       otherKey{Signer: b.signer, claimed: a.signer.PublicKey()},
+	} {
+		t.Run(name, func(t *testing.T) {
+			armored, err := Sign(s, msg)
+			if err == nil {
+				t.Fatalf("signed; the signature does not verify:\n%s", armored)
+			}
+			if !strings.Contains(err.Error(), ssh.FingerprintSHA256(s.PublicKey())) {
+				t.Errorf("the error does not name the key: %v", err)
+			}
+		})
+	}
 }

@@ -3,6 +3,7 @@ package shipper
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"sort"
@@ -60,6 +61,7 @@ func (r *sendRun) finish(ctx context.Context, p *pipeline, key *cipher.Key, wrap
 	if err != nil {
 		return err
 	}
+	r.inventory = sha256.Sum256(ib)
 	// The inventory goes up while the block table's put ends (its sync
 	// and rename: round trips on a long link). The manifest, which makes
 	// the shipment complete, is written meanwhile too, but takes its name

@@ -77,6 +77,9 @@ type SendResult struct {
 	Base     string // the shipment this one is incremental on; "" for a full one
 	// FullReason says why a send asked to be incremental is a full one.
 	FullReason string
+	// Inventory is the SHA-256 of the inventory object the send put: what
+	// SignShipment signs must be what this send wrote.
+	Inventory archive.Digest
 }
 
 // Send reads the sources, seals their blocks under a fresh shipment key
@@ -118,7 +121,7 @@ func Send(ctx context.Context, tr Transport, sources []archive.Source, opts Send
 		if err == nil {
 			r.j.close(true)
 			return &SendResult{ID: id, Files: len(files), Resumed: r.resumed, Attempts: attempt, Duration: time.Since(start),
-				Base: r.base.id(), FullReason: r.fullReason}, nil
+				Base: r.base.id(), FullReason: r.fullReason, Inventory: r.inventory}, nil
 		}
 		if !retryable(ctx, err) || attempt > opts.Retries {
 			if n := len(r.j.complete()); n > 0 && r.j.path != "" && retryable(ctx, err) {
@@ -208,6 +211,7 @@ type sendRun struct {
 	base       *drBase  // nil for a full shipment
 	fullReason string
 	state      *blockState
+	inventory  archive.Digest // SHA-256 of the inventory object finish put
 }
 
 func (r *sendRun) close() {

@@ -87,18 +87,22 @@ func (t *TrustInfo) Check(name string, b []byte) error {
 
 // SignShipment signs the complete shipment id at tr with signer as link of
 // its chain, and returns the SHA-256 of its statement (for the next link).
+// inventory is the SHA-256 of the inventory object the send put
+// (SendResult.Inventory).
 //
 // It trusts nothing it has not read back in this call: it lists the
 // shipment's objects, reads every one of them but the segments, checks
-// that each is in the shipment's inventory with that size and BLAKE3
-// digest and that the header and the inventory name the shipment, builds
-// the statement of their SHA-256 digests, signs it, and puts `signed` then
-// `signature`, the last objects of a shipment.
-func SignShipment(ctx context.Context, tr Transport, id string, signer ssh.Signer, link ChainLink) (archive.Digest, error) {
+// that the inventory is the one the send put and that each object is in
+// it with that size and BLAKE3 digest (so that whoever can write to the
+// destination cannot swap in a shipment of their own between the send and
+// its signature), and that the header and the inventory name the
+// shipment, builds the statement of their SHA-256 digests, signs it, and
+// puts `signed` then `signature`, the last objects of a shipment.
+func SignShipment(ctx context.Context, tr Transport, id string, inventory archive.Digest, signer ssh.Signer, link ChainLink) (archive.Digest, error) {
 	if !archive.ValidID(id) {
 		return archive.Digest{}, fmt.Errorf("%q is not a shipment id", id)
 	}
-	st, err := readStatementObjects(ctx, tr, id)
+	st, err := readStatementObjects(ctx, tr, id, inventory)
 	if err != nil {
 		return archive.Digest{}, fmt.Errorf("sign shipment %s: %w", id, err)
 	}
@@ -123,9 +127,9 @@ func SignShipment(ctx context.Context, tr Transport, id string, signer ssh.Signe
 }
 
 // readStatementObjects reads back the objects a statement of shipment id
-// lists, checks them against its inventory, and returns the statement
-// without its chain.
-func readStatementObjects(ctx context.Context, tr Transport, id string) (*archive.Statement, error) {
+// lists, checks them against its inventory, which must have SHA-256
+// inventory, and returns the statement without its chain.
+func readStatementObjects(ctx context.Context, tr Transport, id string, inventory archive.Digest) (*archive.Statement, error) {
 	var objects map[string]int64
 	var h *archive.Header
 	var inv *archive.Inventory
@@ -143,6 +147,9 @@ func readStatementObjects(ctx context.Context, tr Transport, id string) (*archiv
 	}
 	if herr != nil {
 		return nil, herr
+	}
+	if archive.Digest(sha256.Sum256(ib)) != inventory {
+		return nil, fmt.Errorf("%s is not the one this send put: it was changed at the destination (%w)", archive.InventoryObject, archive.ErrIntegrity)
 	}
 	if h.Created.Nanosecond() != 0 {
 		return nil, fmt.Errorf("%s: creation time %s is not in whole seconds", archive.HeaderObject, h.Created)

@@ -37,6 +37,8 @@ type signingFixture struct {
 	pubLine  string
 	sources  []archive.Source
 	identity *age.X25519Identity
+	// inventories holds the SHA-256 of the inventory each send put.
+	inventories map[string]archive.Digest
 }
 
 func newSigner(t *testing.T) (ssh.Signer, string) {
@@ -54,7 +56,7 @@ func newSigner(t *testing.T) (ssh.Signer, string) {
 
 func newSigningFixture(t *testing.T) *signingFixture {
 	t.Helper()
-	f := &signingFixture{dir: t.TempDir()}
+	f := &signingFixture{dir: t.TempDir(), inventories: map[string]archive.Digest{}}
 	f.src = filepath.Join(f.dir, "disk.img")
 	writeRandom(t, f.src, 8*64<<10)
 	var err error
@@ -90,6 +92,7 @@ func (f *signingFixture) send(t *testing.T, base string, now time.Time) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.inventories[res.ID] = res.Inventory
 	return res.ID
 }
 
@@ -105,7 +108,7 @@ func (f *signingFixture) sign(t *testing.T, id string) (shipper.ChainLink, archi
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum, err := shipper.SignShipment(context.Background(), f.tr, id, f.signer, link)
+	sum, err := shipper.SignShipment(context.Background(), f.tr, id, f.inventories[id], f.signer, link)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -327,11 +330,17 @@ func TestSignShipmentRefuses(t *testing.T) {
 			func() { os.Rename(aside, at("keys/0000")) }},
 		"inventory object missing": {
 			func() { os.Rename(at("keys/0000"), aside) }, func() { os.Rename(aside, at("keys/0000")) }},
+		// Whoever can write to the destination swaps, between the send and
+		// its signature, a key slot of their own in, with an inventory
+		// that agrees: the send must not sign what it did not write.
+		"key slot and inventory swapped since the send": {
+			func() { swapKeySlot(t, filepath.Join(f.dest, id), filepath.Join(f.dir, "swapped")) },
+			func() { restoreSwapped(t, filepath.Join(f.dest, id), filepath.Join(f.dir, "swapped")) }},
 	} {
 		t.Run(name, func(t *testing.T) {
 			tc.tamper()
 			defer tc.undo()
-			if _, err := shipper.SignShipment(context.Background(), f.tr, id, f.signer, link); err == nil {
+			if _, err := shipper.SignShipment(context.Background(), f.tr, id, f.inventories[id], f.signer, link); err == nil {
 				t.Fatal("signed")
 			}
 			if _, err := os.Stat(at(archive.SignatureObject)); err == nil {
@@ -339,8 +348,57 @@ func TestSignShipmentRefuses(t *testing.T) {
 			}
 		})
 	}
-	if _, err := shipper.SignShipment(context.Background(), f.tr, id, f.signer, link); err != nil {
+	if _, err := shipper.SignShipment(context.Background(), f.tr, id, f.inventories[id], f.signer, link); err != nil {
 		t.Fatalf("the untouched shipment: %v", err)
+	}
+}
+
+// swapKeySlot replaces keys/0000 of the shipment in folder dir with other
+// bytes and its inventory with one that lists them, keeping the originals
+// in aside.
+func swapKeySlot(t *testing.T, dir, aside string) {
+	t.Helper()
+	if err := os.MkdirAll(aside, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ib, err := os.ReadFile(filepath.Join(dir, archive.InventoryObject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := archive.ParseInventory(ib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot := []byte("age-encryption.org/v1\n-> X25519 an attacker's key slot\n")
+	for i := range inv.Objects {
+		if inv.Objects[i].Name == "keys/0000" {
+			inv.Objects[i].Size, inv.Objects[i].BLAKE3 = int64(len(slot)), archive.ObjectDigest(slot)
+		}
+	}
+	forged, err := inv.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{archive.InventoryObject, "keys/0000"} {
+		if err := os.Rename(filepath.Join(dir, name), filepath.Join(aside, filepath.Base(name))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, archive.InventoryObject), forged, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "keys/0000"), slot, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// restoreSwapped undoes swapKeySlot.
+func restoreSwapped(t *testing.T, dir, aside string) {
+	t.Helper()
+	for _, name := range []string{archive.InventoryObject, "keys/0000"} {
+		if err := os.Rename(filepath.Join(aside, filepath.Base(name)), filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -357,7 +415,7 @@ func TestLatestTrusted(t *testing.T) {
 	unsigned := f.send(t, "", now.Add(-time.Hour))
 	byOther := f.send(t, "", now.Add(-30*time.Minute))
 	otherSigner, _ := newSigner(t)
-	if _, err := shipper.SignShipment(ctx, f.tr, byOther, otherSigner, shipper.ChainLink{Chain: archive.NewChainID()}); err != nil {
+	if _, err := shipper.SignShipment(ctx, f.tr, byOther, f.inventories[byOther], otherSigner, shipper.ChainLink{Chain: archive.NewChainID()}); err != nil {
 		t.Fatal(err)
 	}
 	future := f.send(t, "", now.Add(48*time.Hour))

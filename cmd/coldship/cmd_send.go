@@ -152,7 +152,7 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if err := checkBase(opts, rid); err != nil {
 		return err
 	}
-	if opts.signer, err = s.signingKey(opts.signKey); err != nil {
+	if opts.signer, err = s.signingKey(ctx, opts.signKey); err != nil {
 		return err
 	}
 	defer opts.signer.Close()
@@ -247,7 +247,7 @@ func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *ho
 		return "", fmt.Errorf("send to %s: %w", tr, err)
 	}
 	if opts.signer != nil {
-		if err := opts.signer.sign(ctx, tr, res.ID, opts.stateDir, destKey(opts.to), sources, s.logf(opts.output)); err != nil {
+		if err := opts.signer.sign(ctx, tr, res.ID, res.Inventory, opts.stateDir, destKey(opts.to), sources, s.logf(opts.output)); err != nil {
 			rep.finish(false, nil, "")
 			return res.ID, fmt.Errorf("shipment %s is complete at %s but not signed: %w", res.ID, tr, err)
 		}

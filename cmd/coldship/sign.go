@@ -39,8 +39,9 @@ type sendSigner struct {
 // whose passphrase is asked for only on a terminal, or, as with
 // `ssh-keygen -Y sign`, a public key whose private key ssh-agent holds.
 // Every failure is a usage error (exit 2) except a wrong passphrase
-// (exit 4), so that a cron job fails before anything is shipped.
-func (s *streams) signingKey(file string) (*sendSigner, error) {
+// (exit 4), so that a cron job fails before anything is shipped. The
+// connection to ssh-agent is closed when ctx is done.
+func (s *streams) signingKey(ctx context.Context, file string) (*sendSigner, error) {
 	if file == "" {
 		file = os.Getenv(signKeyEnv)
 	}
@@ -53,7 +54,7 @@ func (s *streams) signingKey(file string) (*sendSigner, error) {
 	}
 	defer clear(data)
 	if pub, _, _, _, err := ssh.ParseAuthorizedKey(data); err == nil {
-		return agentSigner(file, pub)
+		return agentSigner(ctx, file, pub)
 	}
 	signer, err := ssh.ParsePrivateKey(data)
 	var missing *ssh.PassphraseMissingError
@@ -96,8 +97,10 @@ func readKeyFile(name string) ([]byte, error) {
 }
 
 // agentSigner finds the key of public key pub (read from file) in
-// ssh-agent.
-func agentSigner(file string, pub ssh.PublicKey) (*sendSigner, error) {
+// ssh-agent. The connection is closed when ctx is done: an agent that
+// does not answer (a forwarded one whose link hung) must not keep an
+// interrupted send from ending.
+func agentSigner(ctx context.Context, file string, pub ssh.PublicKey) (*sendSigner, error) {
 	if _, ok := pub.(*ssh.Certificate); ok {
 		return nil, usagef("--sign-key %s is a certificate: give the key's own public key", file)
 	}
@@ -105,10 +108,11 @@ func agentSigner(file string, pub ssh.PublicKey) (*sendSigner, error) {
 	if sock == "" {
 		return nil, usagef("--sign-key %s is a public key, so its private key must be in ssh-agent, but SSH_AUTH_SOCK is not set", file)
 	}
-	conn, err := net.Dial("unix", sock)
+	c, err := net.Dial("unix", sock)
 	if err != nil {
 		return nil, usagef("--sign-key %s is a public key, but ssh-agent cannot be reached: %v", file, err)
 	}
+	conn := &agentConn{Conn: c, stop: context.AfterFunc(ctx, func() { c.Close() })}
 	signers, err := agent.NewClient(conn).Signers()
 	if err != nil {
 		conn.Close()
@@ -124,6 +128,18 @@ func agentSigner(file string, pub ssh.PublicKey) (*sendSigner, error) {
 		file, pub.Type(), ssh.FingerprintSHA256(pub))
 }
 
+// agentConn is a connection to ssh-agent that context.AfterFunc closes
+// when the run's context is done.
+type agentConn struct {
+	net.Conn
+	stop func() bool
+}
+
+func (c *agentConn) Close() error {
+	c.stop()
+	return c.Conn.Close()
+}
+
 // Close closes the connection to ssh-agent, if any. A nil signer is fine.
 func (k *sendSigner) Close() {
 	if k != nil && k.agent != nil {
@@ -131,9 +147,10 @@ func (k *sendSigner) Close() {
 	}
 }
 
-// sign signs the complete shipment id at tr as the next of the chain of
-// these sources to dest (kept in stateDir), and records it there.
-func (k *sendSigner) sign(ctx context.Context, tr shipper.Transport, id, stateDir, dest string,
+// sign signs the complete shipment id at tr, whose inventory the send put
+// with SHA-256 inventory, as the next of the chain of these sources to
+// dest (kept in stateDir), and records it there.
+func (k *sendSigner) sign(ctx context.Context, tr shipper.Transport, id string, inventory archive.Digest, stateDir, dest string,
 	sources []archive.Source, log func(string, ...any)) error {
 	chain, err := shipper.OpenChainState(stateDir, dest, sources)
 	if err != nil {
@@ -143,7 +160,7 @@ func (k *sendSigner) sign(ctx context.Context, tr shipper.Transport, id, stateDi
 	if err != nil {
 		return err
 	}
-	sum, err := shipper.SignShipment(ctx, tr, id, k.signer, link)
+	sum, err := shipper.SignShipment(ctx, tr, id, inventory, k.signer, link)
 	if err != nil {
 		return err
 	}

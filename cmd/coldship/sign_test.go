@@ -3,14 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/sys/unix"
 
 	"github.com/coldship/coldship/archive"
@@ -324,4 +329,79 @@ func openPTY(t *testing.T) (ptmx, pts *os.File) {
 	}
 	t.Cleanup(func() { pts.Close() })
 	return ptmx, pts
+}
+
+// stallingAgent is an ssh-agent that lists its keys but, asked to sign,
+// interrupts the run (as SIGTERM does) and does not answer until
+// released: a forwarded agent whose link hung. stalled is set if it had
+// to give up waiting.
+type stallingAgent struct {
+	agent.Agent
+	interrupt func()
+	released  chan struct{}
+	stalled   atomic.Bool
+}
+
+func (a *stallingAgent) Sign(ssh.PublicKey, []byte) (*ssh.Signature, error) {
+	a.interrupt()
+	select {
+	case <-a.released:
+	case <-time.After(time.Minute): // only bounds a test that fails
+		a.stalled.Store(true)
+	}
+	return nil, errors.New("no answer")
+}
+
+// TestSendSignInterruptedAgent: an interrupted send whose ssh-agent does
+// not answer ends (exit 130) and signs nothing, instead of waiting for
+// the agent for ever (systemd's stop, a cron job's kill).
+func TestSendSignInterruptedAgent(t *testing.T) {
+	key, pub := sshKeygen(t, "ed25519", "")
+	b, _ := os.ReadFile(key)
+	raw, err := ssh.ParseRawPrivateKey(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyring := agent.NewKeyring()
+	if err := keyring.Add(agent.AddedKey{PrivateKey: raw}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	stall := &stallingAgent{Agent: keyring, interrupt: func() { cancel(errInterrupted) }, released: make(chan struct{})}
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); agent.ServeAgent(stall, c) }()
+		}
+	}()
+	_, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	makeImage(t, src, 256<<10, region{0, 128 << 10, "random"})
+	dest := filepath.Join(dir, "dest")
+	pubFile := writeAllowedSigners(t, pub)
+	r := runCtx(t, ctx, map[string]string{"SSH_AUTH_SOCK": sock}, "send", src, "--to", dest, "-r", rcpt, "-q", "--sign-key", pubFile)
+	close(stall.released)
+	if stall.stalled.Load() {
+		t.Fatalf("the interrupted send waited for the agent's answer (exit %d)\n%s", r.code, r.stderr)
+	}
+	if r.code != exitInterrupted {
+		t.Fatalf("exit %d, want %d\n%s", r.code, exitInterrupted, r.stderr)
+	}
+	ships, _ := shipper.List(context.Background(), mustLocal(t, dest))
+	for _, si := range ships {
+		if _, err := os.Stat(filepath.Join(dest, si.ID, archive.SignatureObject)); err == nil {
+			t.Fatalf("%s was signed", si.ID)
+		}
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -584,7 +585,11 @@ func TestTrustForgedHugeManifest(t *testing.T) {
 		t.Fatal(err)
 	}
 	tr, _ := local.New(s.dest)
-	if _, err := shipper.SignShipment(context.Background(), tr, bySelf, signer, shipper.ChainLink{Chain: archive.NewChainID()}); err != nil {
+	inv, err := os.ReadFile(filepath.Join(s.dest, bySelf, archive.InventoryObject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := shipper.SignShipment(context.Background(), tr, bySelf, sha256.Sum256(inv), signer, shipper.ChainLink{Chain: archive.NewChainID()}); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range []string{unsigned, bySelf} {
