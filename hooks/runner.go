@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -128,7 +129,12 @@ func (r *Runner) run(ctx context.Context, phase Phase, h hook, environ []string,
 		return nil
 	}
 	cmd.WaitDelay = waitDelay
-	err := cmd.Run()
+	err := cmd.Start()
+	if err == nil {
+		running.add(cmd.Process.Pid)
+		err = cmd.Wait()
+		running.remove(cmd.Process.Pid)
+	}
 	out.flush()
 
 	switch {
@@ -149,6 +155,45 @@ func (r *Runner) run(ctx context.Context, phase Phase, h hook, environ []string,
 		status = ee.ProcessState.String()
 	}
 	return &Error{Phase: phase, Hook: h.name, Status: status, Err: err}
+}
+
+// running holds the process groups of the hooks that run now, for
+// KillRunning.
+var running = processGroups{pgids: map[int]bool{}}
+
+type processGroups struct {
+	mu    sync.Mutex
+	pgids map[int]bool
+}
+
+func (g *processGroups) add(pgid int) {
+	g.mu.Lock()
+	g.pgids[pgid] = true
+	g.mu.Unlock()
+}
+
+func (g *processGroups) remove(pgid int) {
+	g.mu.Lock()
+	delete(g.pgids, pgid)
+	g.mu.Unlock()
+}
+
+// KillRunning kills every hook that runs now, with its whole process
+// group, and returns how many it killed. It is for a process about to exit
+// without waiting (a second Ctrl-C): each hook runs in its own process
+// group, so the terminal's signal does not reach it, and an on-failure
+// hook, which runs on after an interruption, would otherwise outlive
+// coldship.
+func KillRunning() int {
+	running.mu.Lock()
+	defer running.mu.Unlock()
+	n := 0
+	for pgid := range running.pgids {
+		if syscall.Kill(-pgid, syscall.SIGKILL) == nil {
+			n++
+		}
+	}
+	return n
 }
 
 // hooks lists what runs for phase, reporting files it skips to stderr.

@@ -398,6 +398,37 @@ func TestRunCanceled(t *testing.T) {
 	waitDead(t, readPID(t, pidFile))
 }
 
+// TestKillRunning: a hook that ignores the context (an on-failure hook
+// runs on after an interruption) is killed, with what it started, by
+// KillRunning, and a finished hook is not counted.
+func TestKillRunning(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "pid")
+	r := &Runner{
+		Hooks:  []Hook{{OnFailure, "sleep 1000 & echo $! > " + pidFile + "; wait"}},
+		Stderr: &syncBuffer{},
+	}
+	go func() {
+		for {
+			if fi, err := os.Stat(pidFile); err == nil && fi.Size() > 0 {
+				if n := KillRunning(); n != 1 {
+					t.Errorf("KillRunning killed %d hooks, want 1", n)
+				}
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	err := runWithin(t, 20*time.Second, context.WithoutCancel(context.Background()), r, OnFailure)
+	if !errors.Is(err, ErrHook) || !strings.Contains(err.Error(), "signal: killed") {
+		t.Errorf("Run: %v, want the hook killed", err)
+	}
+	waitDead(t, readPID(t, pidFile))
+	if n := KillRunning(); n != 0 {
+		t.Errorf("KillRunning after the hook ended killed %d, want 0", n)
+	}
+}
+
 // TestSecretsWithheld: neither a --hook, nor a hooks-dir file, nor virsh
 // sees COLDSHIP_PASSPHRASE; the user's own credentials stay, as a hook
 // that copies to a bucket needs them.

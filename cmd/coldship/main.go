@@ -107,7 +107,10 @@ func main() {
 		<-sigs
 		cancel(errInterrupted)
 		<-sigs
-		os.Exit(exitInterrupted) // a second signal does not wait for cleanup
+		// A second signal does not wait for cleanup, nor for the hooks,
+		// which would outlive us in their own process groups.
+		hooks.KillRunning()
+		os.Exit(exitInterrupted)
 	}()
 	// COLDSHIP_CPUPROFILE=FILE writes a CPU profile: for benchmarking only.
 	if p := os.Getenv("COLDSHIP_CPUPROFILE"); p != "" {

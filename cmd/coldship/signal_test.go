@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -106,4 +107,54 @@ func waitForFile(t *testing.T, pattern string) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	t.Fatalf("%s did not appear", pattern)
+}
+
+// TestSecondInterruptKillsHooks: the on-failure hooks run on after a first
+// Ctrl-C; a second one exits at once, and takes the running hook (in its
+// own process group, out of the terminal's reach) with it.
+func TestSecondInterruptKillsHooks(t *testing.T) {
+	bin := coldshipBinary(t)
+	_, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "a.img")
+	makeImage(t, src, 1<<20, region{0, 1 << 20, "random"})
+	pidFile := filepath.Join(dir, "hook.pid")
+	cmd := exec.Command(bin, "send", src, "--to", filepath.Join(dir, "dest"), "-r", rcpt, "-q",
+		"--hook", "pre-send=exit 1",
+		"--hook", "on-failure=echo $$ > "+pidFile+"; exec sleep 1000")
+	cmd.Env = append(os.Environ(), "XDG_STATE_HOME="+t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitForFile(t, pidFile)
+	var pid int
+	for deadline := time.Now().Add(10 * time.Second); pid == 0 && time.Now().Before(deadline); {
+		b, _ := os.ReadFile(pidFile)
+		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		time.Sleep(5 * time.Millisecond)
+	}
+	defer syscall.Kill(pid, syscall.SIGKILL)
+	cmd.Process.Signal(syscall.SIGINT)
+	time.Sleep(100 * time.Millisecond)
+	cmd.Process.Signal(syscall.SIGINT)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != exitInterrupted {
+			t.Errorf("send after two interrupts: %v, want exit 130", err)
+		}
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("send still running 30 s after a second interrupt")
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the on-failure hook (pid %d) outlived coldship", pid)
+		}
+	}
 }
