@@ -183,7 +183,10 @@ func runReceive(ctx context.Context, s *streams, opts *receiveOptions) error {
 		devices, _ := parseDevices(opts.outDevices)
 		name, err := libvirtDefine(ctx, lv, restoredNames(root, files, devices), opts.libvirtStart)
 		if err != nil {
-			err = fmt.Errorf("shipment %s is restored in %s, but defining the libvirt domain failed: %w", env.Shipment, opts.out, err)
+			if len(opts.include) > 0 && errors.Is(err, errNotRestored) {
+				err = fmt.Errorf("%w: --include left it out (include the domain's files, or define the domain by hand)", err)
+			}
+			err = fmt.Errorf("shipment %s is restored in %s, but defining the libvirt domain failed: %w", env.Shipment, root, err)
 			return onFailure(ctx, s, runner, env, err)
 		}
 		what := "defined"

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -201,6 +202,10 @@ func restoredNames(root string, files []string, devices map[string]string) map[s
 	return out
 }
 
+// errNotRestored: a file that --libvirt-define needs is not among those
+// restored.
+var errNotRestored = errors.New("was not restored")
+
 // libvirtDefine points the restored definition at the restored disks,
 // backing files and NVRAM, and defines (and starts) the domain. restored
 // maps names in the shipment to where they were restored: a file under
@@ -213,7 +218,7 @@ func libvirtDefine(ctx context.Context, lv *hooks.Libvirt, restored map[string]s
 		}
 	}
 	if len(names) == 0 {
-		return "", fmt.Errorf("--libvirt-define: the shipment holds no libvirt domain (it was not sent with --libvirt-domain)")
+		return "", fmt.Errorf("--libvirt-define: no libvirt domain: its record %s %w (a shipment holds one when sent with --libvirt-domain)", libvirtSidecar, errNotRestored)
 	}
 	sort.Strings(names)
 	sidecar := restored[names[0]]
@@ -238,7 +243,7 @@ func libvirtDefine(ctx context.Context, lv *hooks.Libvirt, restored map[string]s
 		}
 		p, ok := restored[shipped]
 		if !ok {
-			return "", fmt.Errorf("--libvirt-define: %s (for %s) was not restored", shipped, old)
+			return "", fmt.Errorf("--libvirt-define: %s (for %s) %w", shipped, old, errNotRestored)
 		}
 		fi, err := os.Stat(p)
 		if err != nil {

@@ -337,6 +337,20 @@ func TestLibvirtChainAndBlockDisk(t *testing.T) {
 		t.Errorf("definition defined with --out-device still names a source path:\n%s", xml)
 	}
 
+	// --include that leaves out the domain's files says so, rather than
+	// that the shipment holds no domain.
+	for i, pats := range [][]string{{"web01/base.qcow2"}, {"web01/web01.xml", "web01/" + libvirtSidecar}} {
+		args := []string{"receive", dest, "--out", filepath.Join(dir, fmt.Sprint("site-d", i)), "-i", key, "-q",
+			"--libvirt-define", "--libvirt-uri", "test:///default"}
+		for _, p := range pats {
+			args = append(args, "--include", p)
+		}
+		r := run(t, args...)
+		if r.code == 0 || !strings.Contains(r.stderr, "--include left it out") || !strings.Contains(r.stderr, "was not restored") {
+			t.Errorf("receive --include %s --libvirt-define: exit %d, %q", pats, r.code, r.stderr)
+		}
+	}
+
 	// A definition whose <backingStore> is not what the headers say is
 	// refused before anything is shipped; the on-failure hook sees the
 	// files too.
