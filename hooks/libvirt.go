@@ -17,6 +17,12 @@ import (
 // DefaultShutdownWait is how long Shutdown waits when given no wait.
 const DefaultShutdownWait = 5 * time.Minute
 
+// DefaultVirshTimeout bounds one virsh run when Libvirt.Timeout is zero.
+// virsh waits for libvirtd without limit, and a hung libvirtd (or a
+// hypervisor stuck starting a domain) must not hang a cron job: defining
+// or starting a domain takes seconds, so this is generous.
+const DefaultVirshTimeout = 5 * time.Minute
+
 // Domain states as virsh domstate prints them (with LC_ALL=C).
 const (
 	StateRunning = "running"
@@ -35,6 +41,9 @@ type Libvirt struct {
 	URI    string    // --libvirt-uri; "" for virsh's default
 	Virsh  string    // the virsh binary; "" means "virsh" from $PATH
 	Stderr io.Writer // progress and virsh warnings; nil discards them
+	// Timeout bounds each virsh run (killed after it); zero means
+	// DefaultVirshTimeout.
+	Timeout time.Duration
 }
 
 // Domain returns the persistent definition of domain name and its disks.
@@ -183,7 +192,13 @@ func (l *Libvirt) virsh(ctx context.Context, cmds ...[]string) ([]byte, error) {
 	}
 	args = append(args, strings.Join(line, " ; "))
 
-	cmd := exec.CommandContext(ctx, bin, args...)
+	timeout := l.Timeout
+	if timeout <= 0 {
+		timeout = DefaultVirshTimeout
+	}
+	vctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(vctx, bin, args...)
 	// States and messages in English, as this package compares them.
 	cmd.Env = append(childenv.Environ(), "LC_ALL=C")
 	var stdout, stderr bytes.Buffer
@@ -205,6 +220,9 @@ func (l *Libvirt) virsh(ctx context.Context, cmds ...[]string) ([]byte, error) {
 	op := "virsh " + strings.Join(what, "; ")
 	if ctx.Err() != nil {
 		return nil, fmt.Errorf("%s: %w", op, context.Cause(ctx))
+	}
+	if vctx.Err() != nil {
+		return nil, fmt.Errorf("%s: no answer after %s, killed (is libvirtd hung? virsh -c %q list)", op, timeout, l.URI)
 	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("%s: %s", op, strings.Join(errs, ": "))

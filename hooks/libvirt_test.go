@@ -307,6 +307,27 @@ func TestLibvirtQuoting(t *testing.T) {
 	}
 }
 
+// TestLibvirtHungVirsh: a virsh that never answers (libvirtd hung) is
+// killed after Timeout, and the error says so.
+func TestLibvirtHungVirsh(t *testing.T) {
+	fake := filepath.Join(t.TempDir(), "virsh")
+	writeExec(t, fake, "exec sleep 1000", 0o755)
+	l := &Libvirt{URI: "qemu:///system", Virsh: fake, Timeout: 300 * time.Millisecond}
+	done := make(chan error, 1)
+	go func() {
+		_, err := l.State(context.Background(), "vm1")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "virsh domstate: no answer after 300ms, killed") {
+			t.Errorf("State with a hung virsh: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("State still waits for a hung virsh after 20 s")
+	}
+}
+
 func TestLibvirtMissingVirsh(t *testing.T) {
 	l := &Libvirt{Virsh: "coldship-no-such-virsh"}
 	if _, err := l.State(context.Background(), "vm1"); err == nil || !strings.Contains(err.Error(), "libvirt-clients") {
