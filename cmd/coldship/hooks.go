@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -35,6 +36,15 @@ func (o *hookOptions) runner(s *streams) (*hooks.Runner, error) {
 	}
 	if o.timeout <= 0 {
 		return nil, usagef("--hook-timeout %s: give a positive duration such as 30m", o.timeout)
+	}
+	// A mistyped --hooks-dir is the command line's error, found before
+	// anything runs, not a hook that failed (exit 3) at its first phase.
+	if o.dir != "" {
+		if fi, err := os.Stat(o.dir); err != nil {
+			return nil, usageError{fmt.Errorf("--hooks-dir: %w", err)}
+		} else if !fi.IsDir() {
+			return nil, usagef("--hooks-dir %s: not a directory", o.dir)
+		}
 	}
 	return r, nil
 }

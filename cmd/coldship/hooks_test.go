@@ -105,6 +105,16 @@ func TestFailingPreHooksWriteNothing(t *testing.T) {
 	if _, err := os.Stat(dest); err == nil {
 		t.Error("a failing pre-send hook still wrote to the destination")
 	}
+	// A mistyped --hooks-dir is a usage error, before anything runs.
+	for _, hd := range []string{filepath.Join(dir, "no-such-hooks"), src} {
+		r := run(t, "send", src, "--to", dest, "-r", rcpt, "--hooks-dir", hd)
+		if r.code != exitUsage || !strings.Contains(r.stderr, "--hooks-dir") {
+			t.Errorf("send --hooks-dir %s: exit %d, %s; want 2", hd, r.code, r.stderr)
+		}
+	}
+	if _, err := os.Stat(dest); err == nil {
+		t.Error("a send with a missing --hooks-dir wrote to the destination")
+	}
 	id := strings.TrimSpace(mustRun(t, "send", src, "--to", dest, "-r", rcpt, "-q").stdout)
 	out := filepath.Join(dir, "out")
 	r = run(t, "receive", dest, id, "--out", out, "-i", key, "--hook", "pre-receive=false")
