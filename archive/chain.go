@@ -154,12 +154,20 @@ func resolveBacking(overlay, name string) (string, error) {
 // first, then their overlays, layer by layer), in name order within a
 // layer; images without backing files and directories come first, in name
 // order as before. A missing or unreadable backing file is an error naming
-// it, returned before anything is shipped.
+// it, returned before anything is shipped. Every vmdk descriptor's extent
+// files are added too (AddVMDKExtents), a layer's as a source's.
 func AddBackingChains(sources []Source) ([]Source, error) {
-	out := append([]Source(nil), sources...)
+	out, err := AddVMDKExtents(sources)
+	if err != nil {
+		return nil, err
+	}
 	names := map[string]bool{}
+	extent := map[string]bool{}
 	for _, s := range out {
 		names[s.Name] = true
+		for _, d := range s.DataFiles {
+			extent[d] = true
+		}
 	}
 	find := func(fi fs.FileInfo) int {
 		for i, s := range out {
@@ -170,7 +178,7 @@ func AddBackingChains(sources []Source) ([]Source, error) {
 		return -1
 	}
 	for i := 0; i < len(sources); i++ {
-		if out[i].Info.IsDir() {
+		if out[i].Info.IsDir() || extent[out[i].Name] {
 			continue
 		}
 		chain, err := BackingChain(out[i].Path, out[i].Format)
@@ -204,6 +212,10 @@ func AddBackingChains(sources []Source) ([]Source, error) {
 			out[cur].Backing, out[cur].BackingFormat = out[j].Name, l.Format
 			cur = j
 		}
+	}
+	// The layers' extents: a base may be a vmdk descriptor.
+	if out, err = AddVMDKExtents(out); err != nil {
+		return nil, err
 	}
 	sortChainOrder(out)
 	return out, nil

@@ -37,6 +37,9 @@ type Image struct {
 	// when the image has one, named or not.
 	DataFile string
 	External bool
+	// Descriptor: a vmdk that is a text descriptor file, whose data is
+	// in the extent files it names (VMDKExtentFiles).
+	Descriptor bool
 }
 
 // Limits of what is read to tell an image's format.
@@ -83,7 +86,9 @@ func ReadImageInfo(r io.ReaderAt, size int64) (Image, error) {
 		if n, err := r.ReadAt(b, 0); err != nil && !(errors.Is(err, io.EOF) && int64(n) == size) {
 			return Image{}, err
 		}
-		return parseVMDKDescriptor(b), nil
+		img := parseVMDKDescriptor(b)
+		img.Descriptor = true
+		return img, nil
 	}
 	return Image{Format: ImageRaw}, nil
 }
