@@ -1,0 +1,155 @@
+package main
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/coldship/coldship/internal/vmtest"
+)
+
+// vmdkDisk makes dir/name, a 64 MiB vmdk of subformat sub, with data
+// written by qemu-io at 1 MiB and 40 MiB, and a raw copy of what it reads
+// as (ref) to compare the restored disk with once the source is gone.
+func vmdkDisk(t *testing.T, dir, name, sub string) (img, ref string) {
+	t.Helper()
+	img = filepath.Join(dir, name)
+	vmtest.Run(t, "qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat="+sub, img, "64M")
+	vmtest.Run(t, "qemu-io", "-f", "vmdk", "-c", "write -P 90 1M 2M", "-c", "write -P 17 40M 64k", img)
+	ref = filepath.Join(t.TempDir(), name+".raw")
+	vmtest.Run(t, "qemu-img", "convert", "-f", "vmdk", "-O", "raw", img, ref)
+	return img, ref
+}
+
+// compareWithRef checks with qemu-img compare that the vmdk at restored
+// reads as the raw image ref.
+func compareWithRef(t *testing.T, ref, restored string) {
+	t.Helper()
+	b, err := exec.Command("qemu-img", "compare", "-f", "raw", "-F", "vmdk", ref, restored).CombinedOutput()
+	if err != nil || !strings.Contains(string(b), "Images are identical") {
+		t.Errorf("qemu-img compare %s %s: %v\n%s", ref, restored, err, b)
+	}
+}
+
+// TestVMDKDescriptorRoundTrip: a vmdk made of a descriptor and extent
+// files ships with its extents, named, and restores, with the source gone,
+// to a disk that reads as the source did; --include of the descriptor
+// brings its extents, and --no-backing-chain still ships them.
+func TestVMDKDescriptorRoundTrip(t *testing.T) {
+	for _, tc := range []struct{ sub, extent string }{
+		{"monolithicFlat", "disk-flat.vmdk"},
+		{"twoGbMaxExtentSparse", "disk-s001.vmdk"},
+	} {
+		t.Run(tc.sub, func(t *testing.T) {
+			key, rcpt := keypair(t)
+			site := filepath.Join(t.TempDir(), "site-a")
+			os.Mkdir(site, 0o755)
+			img, ref := vmdkDisk(t, site, "disk.vmdk", tc.sub)
+			other := filepath.Join(site, "other.img")
+			makeImage(t, other, 64<<10, region{0, 64 << 10, "random"})
+			dest := filepath.Join(t.TempDir(), "dest")
+			r := mustRun(t, "send", img, other, "--to", dest, "-r", rcpt, "--json")
+			if n := summaryOf(t, r.stdout)["files"].(float64); n != 3 {
+				t.Errorf("shipped %v files, want 3 (the descriptor, its extent, other.img)", n)
+			}
+			if want := "also shipping " + filepath.Join(site, tc.extent) + ", an extent file of the vmdk descriptor " + img; !strings.Contains(r.stdout, want) {
+				t.Errorf("no notice %q:\n%s", want, r.stdout)
+			}
+
+			out := filepath.Join(t.TempDir(), "site-b")
+			part := filepath.Join(t.TempDir(), "part")
+			mustRun(t, "receive", dest, "--out", out, "-i", key, "-q")
+			r = mustRun(t, "receive", dest, "--out", part, "-i", key, "--include", "disk.vmdk")
+			if !strings.Contains(r.stderr, "restoring "+tc.extent+" too: it holds the data of disk.vmdk") {
+				t.Errorf("--include of a descriptor: stderr does not say its extent came along: %s", r.stderr)
+			}
+			if _, err := os.Stat(filepath.Join(part, "other.img")); err == nil {
+				t.Error("--include disk.vmdk restored other.img too")
+			}
+			if err := os.Rename(site, site+".away"); err != nil {
+				t.Fatal(err)
+			}
+			compareWithRef(t, ref, filepath.Join(out, "disk.vmdk"))
+			compareWithRef(t, ref, filepath.Join(part, "disk.vmdk"))
+			os.Rename(site+".away", site)
+
+			// The extents are the image itself, not a backing chain.
+			r = mustRun(t, "send", img, "--to", dest, "-r", rcpt, "--json", "--no-backing-chain")
+			if n := summaryOf(t, r.stdout)["files"].(float64); n != 2 {
+				t.Errorf("--no-backing-chain: shipped %v files, want the descriptor and its extent", n)
+			}
+		})
+	}
+}
+
+// TestVMDKExtentRefused: a descriptor whose extents cannot be shipped so
+// that the restored descriptor finds them fails the send, naming it,
+// before anything is written to the destination.
+func TestVMDKExtentRefused(t *testing.T) {
+	_, rcpt := keypair(t)
+	for _, tc := range []struct{ name, line, want string }{
+		{"missing", `RW 16 FLAT "gone-flat.vmdk" 0`, "gone-flat.vmdk"},
+		{"absolute", `RW 16 FLAT "/srv/vmfs/x-flat.vmdk" 0`, "an absolute name, which would not be found at the destination: flatten the disk (qemu-img convert -O qcow2)"},
+		{"unparsable", `RW 16 FLAT "x-flat.vmdk 0`, "no closing quote"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			desc := filepath.Join(dir, "x.vmdk")
+			if err := os.WriteFile(desc, []byte("# Disk DescriptorFile\nversion=1\nparentCID=ffffffff\n"+tc.line+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			dest := filepath.Join(dir, "dest")
+			for _, extra := range [][]string{nil, {"--no-backing-chain"}} {
+				r := run(t, append([]string{"send", desc, "--to", dest, "-r", rcpt}, extra...)...)
+				if r.code != exitError || !strings.Contains(r.stderr, desc) || !strings.Contains(r.stderr, tc.want) {
+					t.Errorf("send %v: exit %d, %s; want exit 1 naming %s and saying %q", extra, r.code, r.stderr, desc, tc.want)
+				}
+				if _, err := os.Stat(dest); err == nil {
+					t.Fatal("a refused send wrote to the destination")
+				}
+			}
+		})
+	}
+}
+
+// TestVMDKSharedBaseExtents: the extents of a vmdk base shared by linked
+// clones are checked as the base is: a running clone reading them does
+// not stop the send of another clone, but the same lock on the extent of
+// a disk shipped as itself does.
+func TestVMDKSharedBaseExtents(t *testing.T) {
+	_, rcpt := keypair(t)
+	dir := t.TempDir()
+	base, _ := vmdkDisk(t, dir, "base.vmdk", "monolithicFlat")
+	top := filepath.Join(dir, "top.qcow2")
+	vmtest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.vmdk", "-F", "vmdk", top)
+	holdQEMULockOn(t, filepath.Join(dir, "base-flat.vmdk"))
+
+	r := mustRun(t, "send", top, "--to", filepath.Join(dir, "dest"), "-r", rcpt, "--json")
+	if n := summaryOf(t, r.stdout)["files"].(float64); n != 3 {
+		t.Errorf("shipped %v files, want 3 (the overlay, the base and its extent)", n)
+	}
+	r = run(t, "send", base, "--to", filepath.Join(dir, "dest2"), "-r", rcpt)
+	if r.code != exitBusy || !strings.Contains(r.stderr, filepath.Join(dir, "base-flat.vmdk")) {
+		t.Errorf("send of a disk whose extent is locked: exit %d, %s; want 6 naming the extent", r.code, r.stderr)
+	}
+}
+
+// holdQEMULockOn takes, in a child process, the locks a running QEMU
+// takes on an image it reads (see holdQEMULock), until the test ends.
+func holdQEMULockOn(t *testing.T, p string) {
+	t.Helper()
+	holder := exec.Command(os.Args[0])
+	holder.Env = append(os.Environ(), "COLDSHIP_TEST_QEMU_LOCK="+p)
+	stdin, _ := holder.StdinPipe()
+	stdout, _ := holder.StdoutPipe()
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); holder.Wait() })
+	if line, _ := bufio.NewReader(stdout).ReadString('\n'); line != "locked\n" {
+		t.Fatalf("lock holder: %q", line)
+	}
+}
