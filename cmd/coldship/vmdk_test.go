@@ -153,3 +153,36 @@ func holdQEMULockOn(t *testing.T, p string) {
 		t.Fatalf("lock holder: %q", line)
 	}
 }
+
+// TestOverlayHeaderNoRoom: an overlay whose qcow2 header cannot hold the
+// backing name a receive would write (a 512-byte header cluster; its base
+// shipped in a deep folder, so the restored name is longer than the one it
+// holds) is refused by send, naming it, before anything is shipped; every
+// receive of it would fail.
+func TestOverlayHeaderNoRoom(t *testing.T) {
+	_, rcpt := keypair(t)
+	dir := t.TempDir()
+	deep := filepath.Join(dir, strings.Repeat("a", 200), strings.Repeat("b", 200))
+	if err := os.MkdirAll(deep, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	base := qemuImg(t, deep, "base.qcow2", "", 0x11, 0, 64<<10)
+	if err := os.Symlink(base, filepath.Join(dir, "b")); err != nil {
+		t.Fatal(err)
+	}
+	top := filepath.Join(dir, "top.qcow2")
+	vmtest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", "-b", "b", "-F", "qcow2", top)
+
+	dest := filepath.Join(dir, "dest")
+	r := run(t, "send", top, filepath.Join(dir, strings.Repeat("a", 200)), "--to", dest, "-r", rcpt)
+	for _, want := range []string{top, "does not fit in the 512-byte header cluster", "qemu-img convert -O qcow2 -B"} {
+		if r.code != exitError || !strings.Contains(r.stderr, want) {
+			t.Errorf("send: exit %d, %s; want exit 1 saying %q", r.code, r.stderr, want)
+		}
+	}
+	if _, err := os.Stat(dest); err == nil {
+		t.Error("a refused send wrote to the destination")
+	}
+	// Shipped beside it, the base gets a name that fits.
+	mustRun(t, "send", top, "--to", dest, "-r", rcpt, "-q")
+}
