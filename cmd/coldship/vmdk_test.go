@@ -51,7 +51,11 @@ func TestVMDKDescriptorRoundTrip(t *testing.T) {
 			other := filepath.Join(site, "other.img")
 			makeImage(t, other, 64<<10, region{0, 64 << 10, "random"})
 			dest := filepath.Join(t.TempDir(), "dest")
-			r := mustRun(t, "send", img, other, "--to", dest, "-r", rcpt, "--json")
+			hooked := t.TempDir()
+			r := mustRun(t, "send", img, other, "--to", dest, "-r", rcpt, "--json", "--hook", filesHook(hooked, "post-send"))
+			if got, want := hookFiles(t, hooked, "post-send"), img+"\n"+other+"\n"+filepath.Join(site, tc.extent); got != want {
+				t.Errorf("post-send COLDSHIP_FILES %q, want %q", got, want)
+			}
 			if n := summaryOf(t, r.stdout)["files"].(float64); n != 3 {
 				t.Errorf("shipped %v files, want 3 (the descriptor, its extent, other.img)", n)
 			}
@@ -61,7 +65,10 @@ func TestVMDKDescriptorRoundTrip(t *testing.T) {
 
 			out := filepath.Join(t.TempDir(), "site-b")
 			part := filepath.Join(t.TempDir(), "part")
-			mustRun(t, "receive", dest, "--out", out, "-i", key, "-q")
+			mustRun(t, "receive", dest, "--out", out, "-i", key, "-q", "--hook", filesHook(hooked, "post-receive"))
+			if got := hookFiles(t, hooked, "post-receive"); !strings.Contains(got, filepath.Join(out, tc.extent)) {
+				t.Errorf("post-receive COLDSHIP_FILES %q lacks the extent", got)
+			}
 			r = mustRun(t, "receive", dest, "--out", part, "-i", key, "--include", "disk.vmdk")
 			if !strings.Contains(r.stderr, "restoring "+tc.extent+" too: it holds the data of disk.vmdk") {
 				t.Errorf("--include of a descriptor: stderr does not say its extent came along: %s", r.stderr)
@@ -185,4 +192,23 @@ func TestOverlayHeaderNoRoom(t *testing.T) {
 	}
 	// Shipped beside it, the base gets a name that fits.
 	mustRun(t, "send", top, "--to", dest, "-r", rcpt, "-q")
+}
+
+// TestQcow2DataFile: a qcow2 that keeps its data in an external data file
+// is refused; --no-backing-chain ships it alone and says the data file is
+// not shipped.
+func TestQcow2DataFile(t *testing.T) {
+	_, rcpt := keypair(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.qcow2")
+	vmtest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file="+filepath.Join(dir, "disk.raw"), img, "4M")
+	dest := filepath.Join(dir, "dest")
+	r := run(t, "send", img, "--to", dest, "-r", rcpt)
+	if r.code != exitError || !strings.Contains(r.stderr, img+" keeps its data in an external data file") {
+		t.Errorf("send: exit %d, %s", r.code, r.stderr)
+	}
+	r = mustRun(t, "send", img, "--to", dest, "-r", rcpt, "--no-backing-chain", "-q")
+	if want := img + " ships without its external data file"; !strings.Contains(r.stderr, want) {
+		t.Errorf("--no-backing-chain: stderr %q lacks %q", r.stderr, want)
+	}
 }
