@@ -264,7 +264,15 @@ func AddVMDKExtents(sources []Source) ([]Source, error) {
 		}
 		files[i], errs[i] = VMDKExtentFiles(s.Path)
 		for _, x := range files[i] {
-			extent[path.Join(path.Dir(s.Name), x.Name)] = true
+			if name := path.Join(path.Dir(s.Name), x.Name); name != s.Name {
+				extent[name] = true
+			}
+		}
+	}
+	owner := map[string]int{} // the descriptor of each extent: a receiver refuses one listed twice
+	for i, s := range out {
+		for _, d := range s.DataFiles {
+			owner[d] = i
 		}
 	}
 	for i := range sources {
@@ -279,10 +287,19 @@ func AddVMDKExtents(sources []Source) ([]Source, error) {
 			if err != nil {
 				return nil, err
 			}
+			if out[j].DataFiles != nil {
+				return nil, fmt.Errorf("%s: its extent %s is a vmdk descriptor itself", out[i].Path, x.Path)
+			}
+			if k, ok := owner[out[j].Name]; ok && k != i {
+				return nil, fmt.Errorf("%s: its extent %s is also an extent of %s: a file holds the data of one disk", out[i].Path, x.Path, out[k].Path)
+			}
 			if x.Flat {
 				out[j].Format = ImageRaw
 			}
-			out[i].DataFiles = append(out[i].DataFiles, out[j].Name)
+			if _, ok := owner[out[j].Name]; !ok {
+				owner[out[j].Name] = i
+				out[i].DataFiles = append(out[i].DataFiles, out[j].Name)
+			}
 		}
 		if files[i] != nil {
 			out[i].Format = ImageVMDK
@@ -297,6 +314,9 @@ func extentSource(out *[]Source, names map[string]int, i int, x VMDKExtentFile) 
 	d := (*out)[i]
 	name := path.Join(path.Dir(d.Name), x.Name)
 	if j, ok := names[name]; ok {
+		if j == i {
+			return 0, fmt.Errorf("%s: names itself as an extent file", d.Path)
+		}
 		if o := (*out)[j]; o.Info.IsDir() || !SameImage(o.Info, x.Info) {
 			return 0, fmt.Errorf("%s: its extent %s would ship as %s, which is %s", d.Path, x.Path, name, o.Path)
 		}

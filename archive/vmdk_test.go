@@ -179,6 +179,24 @@ func TestAddVMDKExtentsFailures(t *testing.T) {
 			}
 		})
 	}
+	t.Run("itself", func(t *testing.T) {
+		desc := filepath.Join(t.TempDir(), "x.vmdk")
+		os.WriteFile(desc, []byte("# Disk DescriptorFile\nRW 16 FLAT \"x.vmdk\" 0\n"), 0o644)
+		if _, err := AddVMDKExtents(sourcesOf(t, desc)); err == nil || !strings.Contains(err.Error(), "names itself") {
+			t.Fatalf("error %v", err)
+		}
+	})
+	t.Run("shared extent", func(t *testing.T) {
+		dir := t.TempDir()
+		a, b := filepath.Join(dir, "a.vmdk"), filepath.Join(dir, "b.vmdk")
+		for _, p := range []string{a, b} {
+			os.WriteFile(p, []byte("# Disk DescriptorFile\nRW 16 FLAT \"x-flat.vmdk\" 0\n"), 0o644)
+		}
+		os.WriteFile(filepath.Join(dir, "x-flat.vmdk"), make([]byte, 8192), 0o644)
+		if _, err := AddVMDKExtents(sourcesOf(t, a, b)); err == nil || !strings.Contains(err.Error(), "is also an extent of "+a) {
+			t.Fatalf("error %v", err)
+		}
+	})
 	t.Run("too large", func(t *testing.T) {
 		desc := filepath.Join(t.TempDir(), "x.vmdk")
 		b := append([]byte("# Disk DescriptorFile\n"), bytes.Repeat([]byte("#\n"), vmdkMaxDescriptor)...)
