@@ -164,13 +164,10 @@ func AddBackingChains(sources []Source) ([]Source, error) {
 		return nil, err
 	}
 	names := map[string]bool{}
-	extent := map[string]bool{}
 	for _, s := range out {
 		names[s.Name] = true
-		for _, d := range s.DataFiles {
-			extent[d] = true
-		}
 	}
+	extent := dataFileNames(out)
 	find := func(fi fs.FileInfo) int {
 		for i, s := range out {
 			if !s.Info.IsDir() && SameImage(s.Info, fi) {

@@ -152,11 +152,11 @@ func VMDKExtentFiles(p string) ([]VMDKExtentFile, error) {
 		if dir := path.Dir(p); dir != "." {
 			xp = strings.TrimSuffix(dir, "/") + "/" + name
 		}
-		fi, err := statExtent(xp)
+		l, _, err := openLayer(xp, ImageRaw) // opened and checked, never read
 		if err != nil {
 			return nil, fmt.Errorf("%s: extent file %s (named %q): %w", p, xp, e.File, err)
 		}
-		out = append(out, VMDKExtentFile{Name: name, Path: xp, Flat: e.Type == "FLAT" || e.Type == "VMFS", Info: fi})
+		out = append(out, VMDKExtentFile{Name: name, Path: xp, Flat: e.Type == "FLAT" || e.Type == "VMFS", Info: l.Info})
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("%s: vmdk descriptor names no extent file", p)
@@ -215,24 +215,6 @@ func vmdkExtentName(name string) (string, error) {
 	return clean, nil
 }
 
-// statExtent checks that the extent file at p can be read and is a
-// regular file or a block device.
-func statExtent(p string) (fs.FileInfo, error) {
-	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() && !isBlockDevice(fi.Mode()) {
-		return nil, errors.New("not a regular file or block device")
-	}
-	return fi, nil
-}
-
 // AddVMDKExtents returns sources with the extent files of every vmdk
 // descriptor among them added, and each descriptor's DataFiles set. An
 // extent ships under the name its descriptor gives it, relative to the
@@ -247,13 +229,10 @@ func statExtent(p string) (fs.FileInfo, error) {
 func AddVMDKExtents(sources []Source) ([]Source, error) {
 	out := append([]Source(nil), sources...)
 	names := map[string]int{}
-	extent := map[string]bool{}
 	for i, s := range out {
 		names[s.Name] = i
-		for _, d := range s.DataFiles {
-			extent[d] = true
-		}
 	}
+	extent := dataFileNames(out)
 	// Every descriptor's extents first: a source that is the extent of
 	// another is not read as a descriptor, whatever it holds.
 	files := make([][]VMDKExtentFile, len(sources))
@@ -334,4 +313,15 @@ func extentSource(out *[]Source, names map[string]int, i int, x VMDKExtentFile) 
 	names[name] = len(*out)
 	*out = append(*out, NewSource(x.Path, name, x.Info))
 	return len(*out) - 1, nil
+}
+
+// dataFileNames returns the names of every data file of srcs.
+func dataFileNames(srcs []Source) map[string]bool {
+	m := map[string]bool{}
+	for _, s := range srcs {
+		for _, d := range s.DataFiles {
+			m[d] = true
+		}
+	}
+	return m
 }

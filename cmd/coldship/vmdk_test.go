@@ -145,8 +145,9 @@ func TestVMDKSharedBaseExtents(t *testing.T) {
 }
 
 // holdQEMULockOn takes, in a child process, the locks a running QEMU
-// takes on an image it reads (see holdQEMULock), until the test ends.
-func holdQEMULockOn(t *testing.T, p string) {
+// takes on an image it reads (see holdQEMULock), until the test ends, and
+// returns the child's pid.
+func holdQEMULockOn(t *testing.T, p string) int {
 	t.Helper()
 	holder := exec.Command(os.Args[0])
 	holder.Env = append(os.Environ(), "COLDSHIP_TEST_QEMU_LOCK="+p)
@@ -159,6 +160,7 @@ func holdQEMULockOn(t *testing.T, p string) {
 	if line, _ := bufio.NewReader(stdout).ReadString('\n'); line != "locked\n" {
 		t.Fatalf("lock holder: %q", line)
 	}
+	return holder.Process.Pid
 }
 
 // TestOverlayHeaderNoRoom: an overlay whose qcow2 header cannot hold the
