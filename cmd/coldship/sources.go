@@ -69,9 +69,10 @@ func gatherSources(ctx context.Context, s *streams, opts *sendOptions, lv *hooks
 	var err error
 	if opts.noBackingChain {
 		// A descriptor's extents are the image itself, not a chain: they
-		// come even so.
-		warnNoBackingChain(s, srcs)
-		srcs, err = archive.AddVMDKExtents(srcs)
+		// come even so (marked first, a flat one is not read for a header).
+		if srcs, err = archive.AddVMDKExtents(srcs); err == nil {
+			warnNoBackingChain(s, srcs)
+		}
 	} else {
 		srcs, err = archive.AddBackingChains(srcs)
 	}

@@ -214,3 +214,24 @@ func TestQcow2DataFile(t *testing.T) {
 		t.Errorf("--no-backing-chain: stderr %q lacks %q", r.stderr, want)
 	}
 }
+
+// TestVMDKFlatExtentNotAnImage: a flat extent holds what the guest wrote,
+// here a qcow2 header naming a backing file that does not exist; shipped
+// in its VM folder, it is neither followed as an overlay nor warned about.
+func TestVMDKFlatExtentNotAnImage(t *testing.T) {
+	_, rcpt := keypair(t)
+	vm := filepath.Join(t.TempDir(), "vm")
+	os.Mkdir(vm, 0o755)
+	flat := filepath.Join(vm, "disk-flat.vmdk")
+	vmtest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "/nonexistent/guest.img", "-F", "raw", flat, "1M")
+	desc := "# Disk DescriptorFile\nversion=1\nparentCID=ffffffff\nRW 2048 FLAT \"disk-flat.vmdk\" 0\n"
+	if err := os.WriteFile(filepath.Join(vm, "disk.vmdk"), []byte(desc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dest := filepath.Join(t.TempDir(), "dest")
+	mustRun(t, "send", vm, "--to", dest, "-r", rcpt, "-q")
+	r := mustRun(t, "send", vm, "--to", dest, "-r", rcpt, "-q", "--no-backing-chain")
+	if strings.Contains(r.stderr, "ships without") {
+		t.Errorf("--no-backing-chain warned about a flat extent's content: %s", r.stderr)
+	}
+}
