@@ -235,3 +235,12 @@ func TestVMDKFlatExtentNotAnImage(t *testing.T) {
 		t.Errorf("--no-backing-chain warned about a flat extent's content: %s", r.stderr)
 	}
 }
+
+// TestVMDKDescriptorLive: send --live ships a descriptor's extents too,
+// and the receiver's disk reads as the source's.
+func TestVMDKDescriptorLive(t *testing.T) {
+	_, dir, to, flags := liveEnv(t)
+	img, ref := vmdkDisk(t, t.TempDir(), "disk.vmdk", "twoGbMaxExtentSparse")
+	mustRun(t, append([]string{"send", img, "--to", to, "-q"}, flags...)...)
+	compareWithRef(t, ref, filepath.Join(dir, "disk.vmdk"))
+}
