@@ -208,3 +208,35 @@ func TestAddVMDKExtentsFailures(t *testing.T) {
 		}
 	})
 }
+
+func TestIsVMDKDescriptor(t *testing.T) {
+	for text, want := range map[string]bool{
+		"# Disk DescriptorFile\nversion=1\n":                true,
+		"# Disk DescriptorFile":                             true,
+		"# written by hand\n   \nversion=1\nCID=fffffffe\n": true,
+		"#\r\n \r\nversion=3\r\n":                           true,
+		"version=2\n":                                       true,
+		"version=1":                                         false, // QEMU wants the newline
+		"\nversion=1\n":                                     false, // an empty line is not a blank one to QEMU
+		"# comment\nversion=4\n":                            false,
+		"# comment\nCID=1\nversion=1\n":                     false,
+		"  x\nversion=1\n":                                  false,
+		"":                                                  false,
+		"QFI\xfb":                                           false,
+		"# Disk Descriptor\n" + strings.Repeat("#\n", 2000): false,
+	} {
+		if got := isVMDKDescriptor([]byte(text)); got != want {
+			t.Errorf("isVMDKDescriptor(%q) = %v, want %v", text, got, want)
+		}
+	}
+	// A descriptor that does not start with the usual comment still ships
+	// its extents.
+	dir := t.TempDir()
+	desc := filepath.Join(dir, "x.vmdk")
+	os.WriteFile(desc, []byte("# hand-made\nversion=1\nCID=fffffffe\nparentCID=ffffffff\nRW 16 FLAT \"x-flat.vmdk\" 0\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "x-flat.vmdk"), make([]byte, 8192), 0o644)
+	got, err := AddVMDKExtents(sourcesOf(t, desc))
+	if err != nil || len(got) != 2 || !reflect.DeepEqual(got[0].DataFiles, []string{"x-flat.vmdk"}) {
+		t.Errorf("AddVMDKExtents of a descriptor without the usual first line: %+v, %v", got, err)
+	}
+}
