@@ -154,13 +154,20 @@ func resolveBacking(overlay, name string) (string, error) {
 // first, then their overlays, layer by layer), in name order within a
 // layer; images without backing files and directories come first, in name
 // order as before. A missing or unreadable backing file is an error naming
-// it, returned before anything is shipped.
+// it, returned before anything is shipped, and so is an overlay whose
+// header has no room for the backing name a receive writes into it
+// (RestoredBackingName, CheckPointBacking). Every vmdk descriptor's extent
+// files are added too (AddVMDKExtents), a layer's as a source's.
 func AddBackingChains(sources []Source) ([]Source, error) {
-	out := append([]Source(nil), sources...)
+	out, err := AddVMDKExtents(sources)
+	if err != nil {
+		return nil, err
+	}
 	names := map[string]bool{}
 	for _, s := range out {
 		names[s.Name] = true
 	}
+	extent := dataFileNames(out)
 	find := func(fi fs.FileInfo) int {
 		for i, s := range out {
 			if !s.Info.IsDir() && SameImage(s.Info, fi) {
@@ -170,7 +177,7 @@ func AddBackingChains(sources []Source) ([]Source, error) {
 		return -1
 	}
 	for i := 0; i < len(sources); i++ {
-		if out[i].Info.IsDir() {
+		if out[i].Info.IsDir() || extent[out[i].Name] {
 			continue
 		}
 		chain, err := BackingChain(out[i].Path, out[i].Format)
@@ -205,8 +212,44 @@ func AddBackingChains(sources []Source) ([]Source, error) {
 			cur = j
 		}
 	}
+	// The layers' extents: a base may be a vmdk descriptor.
+	if out, err = AddVMDKExtents(out); err != nil {
+		return nil, err
+	}
+	if err := checkOverlays(out); err != nil {
+		return nil, err
+	}
 	sortChainOrder(out)
 	return out, nil
+}
+
+// checkOverlays checks that a receive can point every overlay among srcs
+// at its restored backing file: the name it will write must fit in the
+// overlay's qcow2 header, or every receive of the shipment would fail.
+func checkOverlays(srcs []Source) error {
+	for _, s := range srcs {
+		if s.Backing == "" {
+			continue
+		}
+		name, err := RestoredBackingName(s.Name, s.Backing)
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.Path, err)
+		}
+		f, err := os.OpenFile(s.Path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+		if err != nil {
+			return err
+		}
+		err = CheckPointBacking(f, name, s.BackingFormat)
+		f.Close()
+		if err != nil {
+			// qemu-img rebase keeps the header cluster: it cannot make room.
+			return fmt.Errorf("%s: a receive could not point it at its backing file, restored as %q: %w: "+
+				"ship the backing file from beside the overlay (a shorter restored name), or copy the overlay into one with a 64 KiB header cluster "+
+				"(qemu-img convert -O qcow2 -B BACKING -F %s) or flatten it (qemu-img convert -O qcow2)",
+				s.Path, name, err, s.BackingFormat)
+		}
+	}
+	return nil
 }
 
 // SameImage reports whether a and b (Stat results) are the same file, or

@@ -171,8 +171,8 @@ func TestBackingChainVMDK(t *testing.T) {
 	}{
 		{base, Image{Format: ImageVMDK}},
 		{child, Image{Format: ImageVMDK, HasBacking: true, Backing: "base.vmdk"}},
-		{desc, Image{Format: ImageVMDK}},
-		{descChild, Image{Format: ImageVMDK, HasBacking: true, Backing: "base.vmdk"}},
+		{desc, Image{Format: ImageVMDK, Descriptor: true}},
+		{descChild, Image{Format: ImageVMDK, HasBacking: true, Backing: "base.vmdk", Descriptor: true}},
 	}
 	for _, tt := range tests {
 		f, err := os.Open(tt.path)

@@ -37,6 +37,9 @@ type Image struct {
 	// when the image has one, named or not.
 	DataFile string
 	External bool
+	// Descriptor: a vmdk that is a text descriptor file, whose data is
+	// in the extent files it names (VMDKExtentFiles).
+	Descriptor bool
 }
 
 // Limits of what is read to tell an image's format.
@@ -77,15 +80,47 @@ func ReadImageInfo(r io.ReaderAt, size int64) (Image, error) {
 	case string(magic[:]) == "KDMV":
 		return readVMDKSparseInfo(r, size)
 	}
-	var peek [21]byte
-	if n, _ := r.ReadAt(peek[:], 0); n == len(peek) && string(peek[:]) == "# Disk DescriptorFile" {
+	var peek [vmdkProbeLen]byte
+	if n, _ := r.ReadAt(peek[:], 0); isVMDKDescriptor(peek[:n]) {
 		b := make([]byte, min(size, vmdkTextPeek))
 		if n, err := r.ReadAt(b, 0); err != nil && !(errors.Is(err, io.EOF) && int64(n) == size) {
 			return Image{}, err
 		}
-		return parseVMDKDescriptor(b), nil
+		img := parseVMDKDescriptor(b)
+		img.Descriptor = true
+		return img, nil
 	}
 	return Image{Format: ImageRaw}, nil
+}
+
+// vmdkProbeLen is how much of a file QEMU reads to probe its format.
+const vmdkProbeLen = 2048
+
+// isVMDKDescriptor reports whether b, the start of a file, is the text of
+// a vmdk descriptor: it starts with "# Disk DescriptorFile", or, as QEMU's
+// vmdk_probe has it, comment and blank lines up to a "version=1", 2 or 3
+// line. A descriptor QEMU opens that coldship took for raw would ship
+// without its extents.
+func isVMDKDescriptor(b []byte) bool {
+	if bytes.HasPrefix(b, []byte("# Disk DescriptorFile")) {
+		return true
+	}
+	for {
+		line, rest, ok := bytes.Cut(b, []byte("\n"))
+		if !ok {
+			return false // QEMU wants the version line, and every line before it, ended
+		}
+		blank := bytes.TrimSuffix(bytes.TrimLeft(line, " "), []byte("\r"))
+		switch v := string(bytes.TrimSuffix(line, []byte("\r"))); {
+		case strings.HasPrefix(v, "#"):
+		case strings.HasPrefix(v, " ") && len(blank) == 0:
+		case v == "version=1" || v == "version=2" || v == "version=3":
+			return true
+		default:
+			return false
+		}
+		b = rest
+	}
 }
 
 func readQCOW2Info(r io.ReaderAt, size int64) (Image, error) {

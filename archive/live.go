@@ -204,7 +204,7 @@ func (m *LiveManifest) check() error {
 			return fmt.Errorf("%s: owner without group", f.Path)
 		}
 		if f.Type != TypeFile {
-			if len(f.Extents) != 0 || f.Backing != nil || f.Device {
+			if len(f.Extents) != 0 || f.Backing != nil || f.Device || f.DataFiles != nil {
 				return fmt.Errorf("%s: directory with data", f.Path)
 			}
 			continue
@@ -225,6 +225,9 @@ func (m *LiveManifest) check() error {
 		if off != f.Size {
 			return fmt.Errorf("%s: extents cover %d of %d bytes", f.Path, off, f.Size)
 		}
+	}
+	if err := checkDataFiles(m.Files, types); err != nil {
+		return err
 	}
 	return checkBacking(m.Files, types)
 }

@@ -32,16 +32,29 @@ func TestLiveManifestBacking(t *testing.T) {
 	if err := parse(good()); err != nil {
 		t.Fatalf("a good live manifest: %v", err)
 	}
+	withData := good()
+	withData.Files[2].Backing, withData.Files[2].DataFiles = nil, []string{"vm/base"}
+	if err := parse(withData); err != nil {
+		t.Fatalf("a live manifest with a data file: %v", err)
+	}
 	for name, tc := range map[string]struct {
 		edit func(*LiveManifest)
 		want string
 	}{
-		"backing loop":      {func(m *LiveManifest) { m.Files[1].Backing = &Backing{Path: "vm/top", Format: "qcow2"} }, "loops"},
-		"backing to a dir":  {func(m *LiveManifest) { m.Files[2].Backing.Path = "vm" }, "not a file of the shipment"},
-		"backing missing":   {func(m *LiveManifest) { m.Files[2].Backing.Path = "vm/gone" }, "not a file of the shipment"},
-		"backing format":    {func(m *LiveManifest) { m.Files[2].Backing.Format = "nbd" }, "backing format"},
-		"dir with backing":  {func(m *LiveManifest) { m.Files[0].Backing = &Backing{Path: "vm/base", Format: "raw"} }, "directory with data"},
-		"owner, no group":   {func(m *LiveManifest) { m.Files[1].GID = nil }, "owner without group"},
+		"backing loop":        {func(m *LiveManifest) { m.Files[1].Backing = &Backing{Path: "vm/top", Format: "qcow2"} }, "loops"},
+		"backing to a dir":    {func(m *LiveManifest) { m.Files[2].Backing.Path = "vm" }, "not a file of the shipment"},
+		"backing missing":     {func(m *LiveManifest) { m.Files[2].Backing.Path = "vm/gone" }, "not a file of the shipment"},
+		"backing format":      {func(m *LiveManifest) { m.Files[2].Backing.Format = "nbd" }, "backing format"},
+		"dir with backing":    {func(m *LiveManifest) { m.Files[0].Backing = &Backing{Path: "vm/base", Format: "raw"} }, "directory with data"},
+		"owner, no group":     {func(m *LiveManifest) { m.Files[1].GID = nil }, "owner without group"},
+		"data file missing":   {func(m *LiveManifest) { m.Files[2].DataFiles = []string{"vm/gone"} }, "data file \"vm/gone\" is not a file"},
+		"data file itself":    {func(m *LiveManifest) { m.Files[2].DataFiles = []string{"vm/top"} }, "is not a file"},
+		"data file twice":     {func(m *LiveManifest) { m.Files[2].DataFiles = []string{"vm/base", "vm/base"} }, "listed twice"},
+		"dir with data files": {func(m *LiveManifest) { m.Files[0].DataFiles = []string{"vm/base"} }, "directory with data"},
+		"data file's own": {func(m *LiveManifest) {
+			m.Files[2].DataFiles = []string{"vm/base"}
+			m.Files[1].DataFiles = []string{"vm/top"}
+		}, "data files of its own"},
 		"data blocks count": {func(m *LiveManifest) { m.Files[1].DataBlocks = 1 }, "block table"},
 	} {
 		m := good()

@@ -123,6 +123,9 @@ type File struct {
 	DataBytes  int64    `json:"data_bytes,omitempty"`  // bytes in the non-zero pages of those blocks
 	Backing    *Backing `json:"backing,omitempty"`     // the image this one is an overlay of
 	Device     bool     `json:"device,omitempty"`      // read from a block device
+	// DataFiles are the files of the shipment that this image keeps its
+	// data in (a vmdk descriptor's extent files), by path.
+	DataFiles []string `json:"data_files,omitempty"`
 }
 
 // Backing names the layer below an overlay image (a qcow2 backing file)
@@ -303,6 +306,9 @@ func (m *Manifest) check() error {
 			}
 		}
 	}
+	if err := checkDataFiles(m.Files, seen); err != nil {
+		return err
+	}
 	return checkBacking(m.Files, seen)
 }
 
@@ -312,12 +318,12 @@ func (m *Manifest) checkFile(f *File) error {
 	if v3 != (f.UID != nil && f.GID != nil) {
 		return fmt.Errorf("%s: owner missing or not expected in format %d", f.Path, m.Format)
 	}
-	if !v3 && (f.DataBlocks != 0 || f.DataBytes != 0 || f.Backing != nil || f.Device) {
+	if !v3 && (f.DataBlocks != 0 || f.DataBytes != 0 || f.Backing != nil || f.Device || f.DataFiles != nil) {
 		return fmt.Errorf("%s: format 3 fields in a format %d manifest", f.Path, m.Format)
 	}
 	switch f.Type {
 	case TypeDir:
-		if f.Size != 0 || len(f.Blocks) != 0 || len(f.Extents) != 0 || f.DataBlocks != 0 || f.DataBytes != 0 || f.Backing != nil || f.Device {
+		if f.Size != 0 || len(f.Blocks) != 0 || len(f.Extents) != 0 || f.DataBlocks != 0 || f.DataBytes != 0 || f.Backing != nil || f.Device || f.DataFiles != nil {
 			return fmt.Errorf("%s: directory with data", f.Path)
 		}
 		return nil
@@ -438,6 +444,27 @@ func (m *Manifest) checkV3Objects() error {
 			if !names[BaseKeyObject(b.ID, s.Key)] {
 				return fmt.Errorf("base %s segment %s: key slot %d is not listed", b.ID, s.Name, s.Key)
 			}
+		}
+	}
+	return nil
+}
+
+// checkDataFiles checks that every data file of files names another file
+// of them (types: the type of each path), once, and that no data file has
+// data files of its own.
+func checkDataFiles(files []File, types map[string]string) error {
+	isData := map[string]bool{}
+	for _, f := range files {
+		for _, d := range f.DataFiles {
+			if types[d] != TypeFile || d == f.Path || isData[d] {
+				return fmt.Errorf("%s: data file %q is not a file of the shipment, or is listed twice", f.Path, d)
+			}
+			isData[d] = true
+		}
+	}
+	for _, f := range files {
+		if isData[f.Path] && f.DataFiles != nil {
+			return fmt.Errorf("%s: a data file with data files of its own", f.Path)
 		}
 	}
 	return nil

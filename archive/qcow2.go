@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
+	"path/filepath"
 	"strings"
 )
 
@@ -240,6 +242,36 @@ func (h *qcow2Header) structures() map[string]int64 {
 // that is renamed into place afterwards, as restores do. f may be a block
 // device holding a qcow2 image (written in place).
 func RewriteBacking(f *os.File, name, format string) error {
+	return rewriteBacking(f, name, format, true, true)
+}
+
+// RestoredBackingName is the backing file name that a receive writes
+// into an overlay shipped as overlay (a path of the shipment) whose
+// backing layer is shipped as backing, both restored as files of the
+// output folder: backing relative to the overlay's folder, so that the
+// chain reads the same wherever the folder goes.
+func RestoredBackingName(overlay, backing string) (string, error) {
+	return filepath.Rel(filepath.FromSlash(path.Dir(overlay)), filepath.FromSlash(backing))
+}
+
+// PointBacking makes the qcow2 image f name backing file name in format
+// format, as every restore does: it writes nothing when the header names
+// them already, and otherwise rewrites it as RewriteBacking does.
+func PointBacking(f *os.File, name, format string) error {
+	return rewriteBacking(f, name, format, false, true)
+}
+
+// CheckPointBacking reports whether PointBacking(f, name, format) can
+// succeed, without writing anything: what send checks for every overlay
+// before it ships it, so that no receive fails where it must not.
+func CheckPointBacking(f *os.File, name, format string) error {
+	return rewriteBacking(f, name, format, false, false)
+}
+
+// rewriteBacking points f at name and format: always (RewriteBacking), or
+// only if its header names something else; and writes, or only checks
+// that it could.
+func rewriteBacking(f *os.File, name, format string, always, write bool) error {
 	fi, err := f.Stat()
 	if err != nil {
 		return fmt.Errorf("rewrite backing file of %s: %w", f.Name(), err)
@@ -255,9 +287,15 @@ func RewriteBacking(f *os.File, name, format string) error {
 	if err != nil {
 		return fmt.Errorf("rewrite backing file of %s: %w", f.Name(), err)
 	}
+	if h, err := parseQCOW2(b); !always && err == nil && h.backing == name && h.backingFormat == format {
+		return nil
+	}
 	out, err := rewriteQCOW2Header(b, name, format)
 	if err != nil {
 		return fmt.Errorf("rewrite backing file of %s: %w", f.Name(), err)
+	}
+	if !write {
+		return nil
 	}
 	if _, err := f.WriteAt(out, 0); err != nil {
 		return fmt.Errorf("rewrite backing file of %s: %w", f.Name(), err)

@@ -337,3 +337,62 @@ func TestReadImageInfoTestdata(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckPointBacking: the send's check and the restore's rewrite agree
+// on every name, on an overlay made by qemu-img with a 512-byte header
+// cluster (376 bytes free for the name after its backing format).
+func TestCheckPointBacking(t *testing.T) {
+	dir := t.TempDir()
+	qcow2(t, dir, "base.qcow2", "", "1.1")
+	top := qcow2(t, dir, "top.qcow2", "base.qcow2", "1.1", "-o", "cluster_size=512")
+	for _, tc := range []struct {
+		name string
+		fits bool
+	}{
+		{"base.qcow2", true}, // what it holds
+		{"../images/base.qcow2", true},
+		{strings.Repeat("n", 376), true},
+		{strings.Repeat("n", 377), false},
+		{strings.Repeat("n", 1000), false},
+	} {
+		cp := filepath.Join(t.TempDir(), "top.qcow2")
+		b, err := os.ReadFile(top)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(cp, b, 0o644)
+		f, err := os.OpenFile(cp, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checked := CheckPointBacking(f, tc.name, "qcow2")
+		after, _ := os.ReadFile(cp)
+		pointed := PointBacking(f, tc.name, "qcow2")
+		f.Close()
+		if (checked == nil) != tc.fits || (pointed == nil) != tc.fits {
+			t.Errorf("name of %d bytes: check %v, point %v; want fits=%v", len(tc.name), checked, pointed, tc.fits)
+		}
+		if !bytes.Equal(after, b) {
+			t.Errorf("name of %d bytes: the check wrote to the image", len(tc.name))
+		}
+		if tc.fits {
+			if img := imageInfoOf(t, cp); img.Backing != tc.name {
+				t.Errorf("pointed at %q, holds %q", tc.name, img.Backing)
+			}
+		}
+	}
+}
+
+func imageInfoOf(t *testing.T, p string) Image {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := ImageInfo(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}

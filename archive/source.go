@@ -32,6 +32,9 @@ type Source struct {
 	// backing file, "" if it has none (or chains were not followed);
 	// BackingFormat is that file's format.
 	Backing, BackingFormat string
+	// DataFiles are the shipped Names of the files that this image keeps
+	// its data in: a vmdk descriptor's extent files (AddVMDKExtents).
+	DataFiles []string
 }
 
 // NewSource describes the file at p, whose Stat or Lstat is fi, shipped
@@ -51,6 +54,12 @@ func (s Source) ManifestBacking() *Backing {
 		return nil
 	}
 	return &Backing{Path: s.Backing, Format: s.BackingFormat}
+}
+
+// ManifestDataFiles is the manifest's record of s's data files, nil when
+// it has none.
+func (s Source) ManifestDataFiles() []string {
+	return append([]string(nil), s.DataFiles...)
 }
 
 // CollectSources expands the command line's SOURCE arguments: a file or a

@@ -95,5 +95,6 @@ func (sf *sendFile) manifestFile() archive.File {
 	f.DataBlocks, f.DataBytes = sf.dataBlocks, sf.dataBytes
 	f.Device = sf.src.Device
 	f.Backing = sf.src.ManifestBacking()
+	f.DataFiles = sf.src.ManifestDataFiles()
 	return f
 }

@@ -86,7 +86,8 @@ fails leaves that device unusable.
 
 qcow2 backing chains land side by side, each overlay's header rewritten to
 name its restored layer by a relative name (a device's path for a layer on
---out-device); --include of an overlay brings its layers.
+--out-device); --include of an overlay brings its layers, and of a vmdk
+descriptor its extent files.
 
 As root, files get the numeric owner and group they had at the source
 (--no-same-owner: not); otherwise they belong to the user running receive.

@@ -58,7 +58,8 @@ func newSendCmd(s *streams) *cobra.Command {
 		Long: `Seal SOURCE files, block devices and directories (sent recursively under
 their base names) under a fresh shipment key wrapped for the recipients, and
 ship them to DEST. The backing files of qcow2 images are shipped with them,
-each once (--no-backing-chain: the images alone).
+each once (--no-backing-chain: the images alone), and a vmdk descriptor's
+extent files always.
 
 Recipients: -r age1... (age X25519), -r "ssh-ed25519 ..." or "ssh-rsa ..."
 (SSH public keys), -R FILE (one recipient per line), or a passphrase from

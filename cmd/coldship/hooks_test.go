@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -172,21 +171,11 @@ func TestLockedImageRefused(t *testing.T) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "running.qcow2")
 	makeImage(t, src, 1<<20, region{0, 1 << 20, "random"})
-	holder := exec.Command(os.Args[0])
-	holder.Env = append(os.Environ(), "COLDSHIP_TEST_QEMU_LOCK="+src)
-	stdin, _ := holder.StdinPipe()
-	stdout, _ := holder.StdoutPipe()
-	if err := holder.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { stdin.Close(); holder.Wait() }()
-	if line, _ := bufio.NewReader(stdout).ReadString('\n'); line != "locked\n" {
-		t.Fatalf("lock holder: %q", line)
-	}
+	pid := holdQEMULockOn(t, src)
 	dest := filepath.Join(dir, "dest")
 	r := run(t, "send", src, "--to", dest, "-r", rcpt)
-	if r.code != exitBusy || !strings.Contains(r.stderr, src) || !strings.Contains(r.stderr, strconv.Itoa(holder.Process.Pid)) {
-		t.Errorf("send of a locked image: exit %d, %q; want a refusal naming the file and pid %d", r.code, r.stderr, holder.Process.Pid)
+	if r.code != exitBusy || !strings.Contains(r.stderr, src) || !strings.Contains(r.stderr, strconv.Itoa(pid)) {
+		t.Errorf("send of a locked image: exit %d, %q; want a refusal naming the file and pid %d", r.code, r.stderr, pid)
 	}
 	if _, err := os.Stat(dest); err == nil {
 		t.Error("a refused send wrote to the destination")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/coldship/coldship/archive"
@@ -14,13 +15,14 @@ import (
 // sendSet is what a send ships.
 type sendSet struct {
 	sources []archive.Source
-	layers  []string // the backing files added to what was named, for COLDSHIP_FILES
+	layers  []string // the backing and extent files added to what was named, for COLDSHIP_FILES
 	cleanup func()   // removes the staged libvirt definition
 }
 
 // sendSources gathers what a send ships: the libvirt domain's disks,
 // NVRAM and definition (the domain shut off first), the SOURCE arguments,
-// and, unless --no-backing-chain, every backing file of every image once.
+// every vmdk descriptor's extent files, and, unless --no-backing-chain,
+// every backing file of every image once.
 // It checks that nothing is in use. Nothing is read but image headers.
 func sendSources(ctx context.Context, s *streams, opts *sendOptions, lv *hooks.Libvirt) (*sendSet, error) {
 	set, err := gatherSources(ctx, s, opts, lv)
@@ -60,24 +62,29 @@ func gatherSources(ctx context.Context, s *streams, opts *sendOptions, lv *hooks
 		srcs = append(srcs, more...)
 	}
 	set := &sendSet{cleanup: func() {}}
-	if opts.noBackingChain {
-		warnNoBackingChain(s, srcs)
-	} else {
-		named := map[string]bool{}
-		for _, src := range srcs {
-			named[src.Name] = true
-		}
-		var err error
-		if srcs, err = archive.AddBackingChains(srcs); err != nil {
-			return nil, err
-		}
-		for _, src := range srcs {
-			if !named[src.Name] {
-				set.layers = append(set.layers, src.Path)
-			}
-		}
-		noticeLayers(s.logf(opts.output), srcs, named)
+	named := map[string]bool{}
+	for _, src := range srcs {
+		named[src.Name] = true
 	}
+	var err error
+	if opts.noBackingChain {
+		// A descriptor's extents are the image itself, not a chain: they
+		// come even so (marked first, a flat one is not read for a header).
+		if srcs, err = archive.AddVMDKExtents(srcs); err == nil {
+			warnNoBackingChain(s, srcs)
+		}
+	} else {
+		srcs, err = archive.AddBackingChains(srcs)
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, src := range srcs {
+		if !named[src.Name] {
+			set.layers = append(set.layers, src.Path)
+		}
+	}
+	noticeLayers(s.logf(opts.output), srcs, named)
 	if dom != nil {
 		staged, clean, err := stageDomain(dom, srcs, !opts.noBackingChain)
 		if err != nil {
@@ -112,19 +119,27 @@ func noticeSpecialBits(logf func(string, ...any), srcs []archive.Source) {
 }
 
 // checkSourcesNotInUse refuses sources another process uses (ErrBusy,
-// exit 6). A backing file of another source may be read by running VMs
-// (a base shared by linked clones); only a writer refuses it.
+// exit 6). A backing file of another source, and the extent files of
+// such a vmdk descriptor, may be read by running VMs (a base shared by
+// linked clones); only a writer refuses it.
 func checkSourcesNotInUse(srcs []archive.Source) error {
-	backing := map[string]bool{}
+	shared := map[string]bool{}
 	for _, src := range srcs {
-		backing[src.Backing] = true
+		shared[src.Backing] = true
+	}
+	for _, src := range srcs {
+		if shared[src.Name] {
+			for _, d := range src.DataFiles {
+				shared[d] = true
+			}
+		}
 	}
 	for _, src := range srcs {
 		if src.Info.IsDir() {
 			continue
 		}
 		check := hooks.CheckNotInUse
-		if backing[src.Name] {
+		if shared[src.Name] {
 			check = hooks.CheckNotWritten
 		}
 		if err := check(src.Path); err != nil {
@@ -134,10 +149,10 @@ func checkSourcesNotInUse(srcs []archive.Source) error {
 	return nil
 }
 
-// noticeLayers says which backing files are shipped though not named, and
-// which image's header names each: the header is written by the guest's
-// hypervisor, and an operator should see a file from outside the
-// sources join the shipment.
+// noticeLayers says which backing files and vmdk extent files are shipped
+// though not named, and which image's header or descriptor names each:
+// they are written by the guest's hypervisor, and an operator should see
+// a file from outside the sources join the shipment.
 func noticeLayers(logf func(string, ...any), srcs []archive.Source, named map[string]bool) {
 	for _, layer := range srcs {
 		if named[layer.Name] {
@@ -146,6 +161,10 @@ func noticeLayers(logf func(string, ...any), srcs []archive.Source, named map[st
 		for _, src := range srcs {
 			if src.Backing == layer.Name && !src.Info.IsDir() {
 				logf("also shipping %s, the backing file that %s names (--no-backing-chain: the images alone)", layer.Path, src.Path)
+				break
+			}
+			if slices.Contains(src.DataFiles, layer.Name) {
+				logf("also shipping %s, an extent file of the vmdk descriptor %s (its data: it comes with it even with --no-backing-chain)", layer.Path, src.Path)
 				break
 			}
 		}
@@ -167,6 +186,10 @@ func warnNoBackingChain(s *streams, srcs []archive.Source) {
 		if err == nil && img.HasBacking {
 			fmt.Fprintf(s.err, "coldship: --no-backing-chain: %s ships without its backing file %q: the restored image needs it beside it, or rebased (qemu-img rebase)\n",
 				src.Path, img.Backing)
+		}
+		if err == nil && img.External {
+			fmt.Fprintf(s.err, "coldship: --no-backing-chain: %s ships without its external data file %q: the restored image needs it beside it, or converted (qemu-img convert)\n",
+				src.Path, img.DataFile)
 		}
 	}
 }

@@ -241,6 +241,7 @@ func (s *sendSession) manifest(created time.Time, compression string, rounds uin
 		af.BLAKE3 = f.digest.Sum()
 		af.Extents = f.extents
 		af.Device, af.Backing = f.src.Device, f.src.ManifestBacking()
+		af.DataFiles = f.src.ManifestDataFiles()
 		m.Files = append(m.Files, af)
 	}
 	return m

@@ -3,8 +3,6 @@ package restore
 import (
 	"fmt"
 	"os"
-	"path"
-	"path/filepath"
 
 	"github.com/coldship/coldship/archive"
 )
@@ -43,7 +41,8 @@ func (w *Writer) backingRef(f *file) (name, format string, err error) {
 	if f.device || layer.device {
 		return layer.final, b.Format, nil
 	}
-	rel, err := filepath.Rel(filepath.FromSlash(path.Dir(f.meta.Path)), filepath.FromSlash(b.Path))
+	// The name send checked the overlay's header has room for.
+	rel, err := archive.RestoredBackingName(f.meta.Path, b.Path)
 	if err != nil {
 		return layer.final, b.Format, nil
 	}
@@ -79,7 +78,7 @@ func (w *Writer) relink(f *file) error {
 	if err != nil || ok {
 		return err
 	}
-	return archive.RewriteBacking(f.fh, name, format)
+	return archive.PointBacking(f.fh, name, format)
 }
 
 // holdsBacking reports whether the qcow2 image fh names backing file name

@@ -1,6 +1,8 @@
 package restore
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -224,4 +226,39 @@ func mustStat(t *testing.T, p string) os.FileInfo {
 		t.Fatal(err)
 	}
 	return fi
+}
+
+// TestIncludeBringsDataFiles: --include of a vmdk descriptor restores the
+// extent files the manifest lists as its data files, which no pattern
+// matched, and says so; the other files stay out.
+func TestIncludeBringsDataFiles(t *testing.T) {
+	desc := image{"vm/disk.vmdk", []byte("# Disk DescriptorFile\nRW 2048 FLAT \"disk-flat.vmdk\" 0\n")}
+	flat := image{"vm/disk-flat.vmdk", bytes.Repeat([]byte{0x5a}, 1<<20)}
+	other := image{"vm/other.img", bytes.Repeat([]byte{0x33}, 4096)}
+	sh, blocks := shipment("20261130T120000Z-00000001", desc, flat, other)
+	sh.Files[1].DataFiles = []string{flat.path}
+	dir := filepath.Join(t.TempDir(), "out")
+	var log strings.Builder
+	w, err := Open(context.Background(), sh, Options{Dir: dir, Include: []string{"vm/disk.vmdk"},
+		Log: func(f string, a ...any) { fmt.Fprintf(&log, f+"\n", a...) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(false)
+	var restored []block // as a receive streams them: the restored files' blocks
+	for _, b := range blocks {
+		if w.Restored(b.file) {
+			restored = append(restored, b)
+		}
+	}
+	if _, err := deliver(t, w, restored, -1); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(log.String(), "restoring vm/disk-flat.vmdk too: it holds the data of vm/disk.vmdk") {
+		t.Errorf("log %q does not say the extent came along", log.String())
+	}
+	checkImages(t, dir, desc, flat)
+	if _, err := os.Stat(filepath.Join(dir, other.path)); err == nil {
+		t.Errorf("--include vm/disk.vmdk restored %s too", other.path)
+	}
 }

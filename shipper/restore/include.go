@@ -14,13 +14,19 @@ import (
 //
 // An overlay image brings its backing chain: the layers it reads through
 // are restored with it (layers lists those no pattern matched), so that it
-// can be pointed at them.
+// can be pointed at them. An image with data files (a vmdk descriptor's
+// extents) brings them too, a layer's as an included image's: without
+// them it restores as a disk with nothing in it.
 type includer struct {
-	files    []archive.File
-	patterns []string
-	keep     []bool
-	layers   []string
+	files     []archive.File
+	patterns  []string
+	keep      []bool
+	layers    []string
+	dataFiles []dataFile // those no pattern matched
 }
+
+// dataFile is a data file restored because the image of Of needs it.
+type dataFile struct{ Path, Of string }
 
 func newIncluder(files []archive.File, patterns []string) *includer {
 	inc := &includer{files: files, patterns: patterns}
@@ -53,6 +59,18 @@ func newIncluder(files []archive.File, patterns []string) *includer {
 				inc.layers = append(inc.layers, files[j].Path)
 			}
 			b = files[j].Backing
+		}
+	}
+	// The manifest's check: a data file has no data files of its own.
+	for i := range files {
+		if !inc.keep[i] {
+			continue
+		}
+		for _, d := range files[i].DataFiles {
+			if j, ok := byPath[d]; ok && !inc.keep[j] {
+				inc.keepWithFolders(j, byPath)
+				inc.dataFiles = append(inc.dataFiles, dataFile{d, files[i].Path})
+			}
 		}
 	}
 	return inc

@@ -214,6 +214,9 @@ func (w *Writer) selectFiles() error {
 	for _, l := range inc.layers {
 		w.opts.Log("--include: restoring %s too: an included image reads through it (backing chain)", l)
 	}
+	for _, d := range inc.dataFiles {
+		w.opts.Log("--include: restoring %s too: it holds the data of %s (a vmdk extent file)", d.Path, d.Of)
+	}
 	for dev := range w.opts.Devices {
 		if i := indexOf(w.sh.Files, dev); i < 0 || w.sh.Files[i].Type != archive.TypeFile {
 			return fmt.Errorf("--out-device %s: the shipment has no file %q", dev, dev)
