@@ -135,6 +135,7 @@ func newReceiveCmd(s *streams) *cobra.Command {
 	f.BoolVar(&opts.libvirtStart, "libvirt-start", false, "with --libvirt-define: start the domain")
 	f.StringVar(&opts.libvirtURI, "libvirt-uri", "", "libvirt connection `URI` (virsh -c)")
 	addTrustFlags(f, &opts.trust)
+	addLabelFlag(f, &opts.trust)
 	f.BoolVar(&opts.allowRollback, "allow-rollback", false, "--into: update to a shipment older than the one the restore holds, or of another chain")
 	addHookFlags(f, &opts.hooks)
 	addLiveReceiveFlags(f, &opts.live)

@@ -22,6 +22,12 @@ import (
 type trustOptions struct {
 	file    string
 	senders *cipher.AllowedSigners // loaded by load; nil without the flag
+	label   string                 // --name of receive, verify and show: one series at DEST
+}
+
+// addLabelFlag adds --name, which picks a series among several at DEST.
+func addLabelFlag(f *pflag.FlagSet, o *trustOptions) {
+	f.StringVar(&o.label, "name", "", "only a shipment of this `LABEL` (send --name): latest is the latest of the label; an id of another label is refused")
 }
 
 func addTrustFlags(f *pflag.FlagSet, o *trustOptions) {
@@ -88,22 +94,34 @@ func (o *trustOptions) pick(ctx context.Context, tr shipper.Transport, id string
 	}
 	switch {
 	case o.senders == nil && id != "":
-		return id, nil, nil
+		return id, nil, o.checkLabel(ctx, tr, id)
 	case o.senders == nil:
-		id, err := shipper.Latest(ctx, tr, now, warn)
+		id, err := shipper.Latest(ctx, tr, o.label, now, warn)
 		return id, nil, err
 	case id != "":
 		ti, err := shipper.CheckSignature(ctx, tr, id, o.senders, now)
 		if err != nil {
 			return id, nil, o.refused(err)
 		}
-		return id, ti, nil
+		return id, ti, o.checkLabel(ctx, tr, id)
 	}
-	ti, err := shipper.LatestTrusted(ctx, tr, o.senders, now, warn)
+	ti, err := shipper.LatestTrusted(ctx, tr, o.senders, o.label, now, warn)
 	if err != nil {
 		return "", nil, o.refused(err)
 	}
 	return ti.Statement.ID, ti, nil
+}
+
+// checkLabel refuses shipment id unless it has the --name label.
+func (o *trustOptions) checkLabel(ctx context.Context, tr shipper.Transport, id string) error {
+	if o.label == "" {
+		return nil
+	}
+	h, err := shipper.ReadHeader(ctx, tr, id)
+	if err != nil {
+		return err
+	}
+	return shipper.CheckLabel(h, o.label)
 }
 
 // refused says which file a shipment was checked against.
@@ -119,19 +137,27 @@ func (o *trustOptions) refused(err error) error {
 // senders. The id is returned even when opening fails, for the hooks.
 func (o *trustOptions) open(ctx context.Context, tr shipper.Transport, id string, ids []age.Identity,
 	warn func(string, ...any)) (string, *shipper.Shipment, error) {
+	var sh *shipper.Shipment
+	var err error
 	if id == "" || id == latestName {
-		id, sh, err := shipper.OpenLatest(ctx, tr, o.senders, time.Now(), warn, ids)
-		return id, sh, o.refused(err)
+		id, sh, err = shipper.OpenLatest(ctx, tr, o.senders, o.label, time.Now(), warn, ids)
+		err = o.refused(err)
+	} else {
+		var ti *shipper.TrustInfo
+		if id, ti, err = o.pick(ctx, tr, id, warn); err != nil {
+			return id, nil, err
+		}
+		var opts []shipper.OpenOption
+		if ti != nil {
+			opts = append(opts, shipper.Trusted(ti))
+		}
+		sh, err = shipper.OpenShipment(ctx, tr, id, ids, opts...)
 	}
-	id, ti, err := o.pick(ctx, tr, id, warn)
-	if err != nil {
-		return id, nil, err
+	// The header opened is the one checked (against the manifest, and the
+	// signature with trusted senders): its label is the one that counts.
+	if err == nil {
+		err = shipper.CheckLabel(sh.Header, o.label)
 	}
-	var opts []shipper.OpenOption
-	if ti != nil {
-		opts = append(opts, shipper.Trusted(ti))
-	}
-	sh, err := shipper.OpenShipment(ctx, tr, id, ids, opts...)
 	return id, sh, err
 }
 
