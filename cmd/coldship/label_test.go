@@ -56,6 +56,12 @@ func TestNameSelectsSeries(t *testing.T) {
 	if r := s.run("show", s.dest, "--name", "web01", "-i", s.key); r.code != 0 || !strings.Contains(r.stdout, webID) {
 		t.Errorf("show --name web01: exit %d, %q", r.code, r.stdout)
 	}
+	if r := s.run("list", s.dest, "--name", "db01"); r.code != 0 || !strings.Contains(r.stdout, dbID) || strings.Contains(r.stdout, webID) {
+		t.Errorf("list --name db01: exit %d, %q", r.code, r.stdout)
+	}
+	if r := s.run("list", s.dest, "--name", "nope"); r.code != 0 || r.stdout != "" || !strings.Contains(r.stderr, `no shipment labelled "nope"`) {
+		t.Errorf("list --name nope: exit %d, %q, %q", r.code, r.stdout, r.stderr)
+	}
 
 	// The other series' newer shipment relabelled at DEST: not taken as
 	// web01's, whether or not the signature is checked.
