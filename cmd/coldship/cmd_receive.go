@@ -264,8 +264,9 @@ func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runn
 	if opts.trust.senders == nil {
 		s.logf(opts.output)("the sender of %s is not authenticated: give --trusted-senders to accept only shipments signed by a trusted key", id)
 	}
+	var checkHeld func(restore.Holding) error
 	if opts.into != "" {
-		if err := checkRollback(opts.into, sh, opts.allowRollback, s.logf(opts.output)); err != nil {
+		if checkHeld, err = checkRollback(opts.into, sh, opts.allowRollback, s.logf(opts.output)); err != nil {
 			return nil, err
 		}
 	}
@@ -277,7 +278,7 @@ func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runn
 		Jobs: opts.jobs, Streams: opts.transport.streams, Force: opts.force,
 		Dest: destKey(opts.dest), Log: s.logf(opts.output),
 		ReadBack: opts.readBack, NoSameOwner: opts.noSameOwner, Include: opts.include, Devices: devices,
-		LockWait: opts.run.lockWait, Retries: opts.retries,
+		LockWait: opts.run.lockWait, Retries: opts.retries, CheckHeld: checkHeld,
 	}
 	if opts.into != "" {
 		fresh, err := emptyOrMissing(opts.into)

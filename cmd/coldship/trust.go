@@ -180,11 +180,32 @@ func signedBy(ti *shipper.TrustInfo) string {
 // chain. A restore of an unsigned shipment, or a receive without trusted
 // senders, has no chain to compare: only the age rule applies. With
 // allow, the refusal is only said.
-func checkRollback(dir string, sh *shipper.Shipment, allow bool, log func(string, ...any)) error {
+//
+// It checks what dir holds now, before the pre-receive hooks run; the
+// check it returns is for the update to make again under dir's lock
+// (ReceiveOptions.CheckHeld), as another receive may have updated dir
+// while this one waited for the lock (--lock-wait) or ran its hooks.
+func checkRollback(dir string, sh *shipper.Shipment, allow bool, log func(string, ...any)) (func(restore.Holding) error, error) {
 	held, ok, err := restore.Held(dir, sh.Manifest.Files)
-	if err != nil || !ok {
-		return err
+	if err != nil {
+		return nil, err
 	}
+	check := func(h restore.Holding) error { return rollbackCheck(dir, sh, h, allow, log) }
+	if ok {
+		if err := check(held); err != nil {
+			return nil, err
+		}
+	}
+	return func(h restore.Holding) error {
+		if ok && sameHolding(h, held) {
+			return nil // checked above (and, with allow, said)
+		}
+		return check(h)
+	}, nil
+}
+
+// rollbackCheck is checkRollback's check of what dir holds.
+func rollbackCheck(dir string, sh *shipper.Shipment, held restore.Holding, allow bool, log func(string, ...any)) error {
 	// An update that did not complete left the folder at the shipment it
 	// came from: completing it, or going anywhere from there, is no
 	// rollback.
@@ -192,6 +213,7 @@ func checkRollback(dir string, sh *shipper.Shipment, allow bool, log func(string
 	if held.State == "updating" && held.From != "" && sh.Header.ID != held.Shipment {
 		ref = held.From
 	}
+	var err error
 	if ti := sh.Trust(); ti != nil {
 		err = shipper.CheckNotRollback(ref, held.Chain, ti)
 	} else {
@@ -205,4 +227,8 @@ func checkRollback(dir string, sh *shipper.Shipment, allow bool, log func(string
 		return nil
 	}
 	return fmt.Errorf("--into %s: %w; give --allow-rollback to update to it anyway", dir, err)
+}
+
+func sameHolding(a, b restore.Holding) bool {
+	return a.Shipment == b.Shipment && a.State == b.State && a.From == b.From && a.Chain == b.Chain && a.Statement == b.Statement
 }

@@ -274,7 +274,12 @@ func Held(dir string, files []archive.File) (h Holding, ok bool, err error) {
 		(m.Chain != "" && !archive.ValidChainID(m.Chain)) {
 		return Holding{}, false, fmt.Errorf("restore marker %s is %w", MarkerPath(dir, files), errDamaged)
 	}
-	h = Holding{Shipment: m.Shipment, State: m.State, From: m.From, Chain: m.Chain, Statement: m.Statement}
+	return m.holding(), true, nil
+}
+
+// holding is what m says its folder holds.
+func (m *marker) holding() Holding {
+	h := Holding{Shipment: m.Shipment, State: m.State, From: m.From, Chain: m.Chain, Statement: m.Statement}
 	if m.State == stateUpdating {
 		for _, f := range m.Files {
 			if f.Temp != "" {
@@ -282,5 +287,5 @@ func Held(dir string, files []archive.File) (h Holding, ok bool, err error) {
 			}
 		}
 	}
-	return h, true, nil
+	return h
 }
