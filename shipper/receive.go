@@ -98,7 +98,7 @@ func (sh *Shipment) receiveAttempt(ctx context.Context, dir string, opts Receive
 	cnt.Total.Store(0)
 	cnt.Done.Store(0)
 	cnt.Data.Store(0)
-	rs := restore.Shipment{ID: m.ID, Format: m.Format, BlockSize: m.BlockSize, Files: m.Files}
+	rs := restore.Shipment{ID: m.ID, Format: m.Format, BlockSize: m.BlockSize, Files: m.Files, Label: &m.Label}
 	if sh.trust != nil {
 		rs.Chain, rs.Statement = sh.trust.Statement.Chain, sh.trust.SHA256
 	}

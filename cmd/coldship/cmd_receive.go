@@ -73,8 +73,9 @@ any other exits 4 before anything is written or any hook runs, and the
 default is the newest shipment that verifies (newer ones are named on
 stderr). Without it, receive says that the sender is not authenticated.
 The default is never a shipment dated more than 24 hours ahead. --into
-refuses a shipment older than the one the restore holds, or (both
-signatures checked) of another chain: exit 5, unless --allow-rollback.
+refuses a shipment older than the one the restore holds, of another label
+(send --name), or (both signatures checked) of another chain: exit 5,
+unless --allow-rollback.
 The pre-receive hooks run once the shipment opened (its signature checked),
 before anything is written; post-receive and --libvirt-define once every
 block and file checked out.
@@ -135,7 +136,7 @@ func newReceiveCmd(s *streams) *cobra.Command {
 	f.BoolVar(&opts.libvirtStart, "libvirt-start", false, "with --libvirt-define: start the domain")
 	f.StringVar(&opts.libvirtURI, "libvirt-uri", "", "libvirt connection `URI` (virsh -c)")
 	addTrustFlags(f, &opts.trust)
-	f.BoolVar(&opts.allowRollback, "allow-rollback", false, "--into: update to a shipment older than the one the restore holds, or of another chain")
+	f.BoolVar(&opts.allowRollback, "allow-rollback", false, "--into: update to a shipment older than the one the restore holds, of another label, or of another chain")
 	addHookFlags(f, &opts.hooks)
 	addLiveReceiveFlags(f, &opts.live)
 	addTransportFlags(f, &opts.transport)

@@ -886,3 +886,45 @@ func TestIntoRollbackCheckedUnderLock(t *testing.T) {
 		t.Errorf("the restore no longer holds %s", ids[2])
 	}
 }
+
+// TestIntoRefusesAnotherLabel: two VMs sent to one destination under the
+// same file name (/vms/a/disk.img, /vms/b/disk.img) with their own
+// --name. receive --into the restore of one, of latest, took the other's
+// newer shipment for the next of its series and replaced the restore
+// with the other VM's disk, exit 0. It refuses (exit 5, naming both)
+// unless --allow-rollback; the next shipment of its own label updates it.
+func TestIntoRefusesAnotherLabel(t *testing.T) {
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	dest, state := filepath.Join(dir, "dest"), filepath.Join(dir, "state")
+	disk := map[string]string{}
+	for _, vm := range []string{"a", "b"} {
+		disk[vm] = filepath.Join(dir, vm, "disk.img")
+		os.MkdirAll(filepath.Dir(disk[vm]), 0o755)
+		makeImage(t, disk[vm], 8*testBS, region{0, 8 * testBS, "random"})
+	}
+	send := func(vm string) string {
+		id, _, _ := drSend(t, disk[vm], "--to", dest, "-r", rcpt, "--block-size", "64K", "--base", "latest", "--state-dir", state, "--name", vm)
+		return id
+	}
+	into := filepath.Join(dir, "dr-a")
+	a1 := send("a")
+	mustRun(t, "receive", dest, "--into", into, "-i", key, "-q")
+	b1 := send("b")
+	r := run(t, "receive", dest, "--into", into, "-i", key)
+	if r.code != exitIntegrity || !strings.Contains(r.stderr, b1) || !strings.Contains(r.stderr, a1) || !strings.Contains(r.stderr, "another series") {
+		t.Errorf("--into the restore of %q of latest, of label %q: exit %d; want 5 naming both\n%s", "a", "b", r.code, r.stderr)
+	}
+	sameFile(t, disk["a"], filepath.Join(into, "disk.img"))
+
+	rewriteBlocks(t, disk["a"], testBS, 3)
+	a2 := send("a")
+	mustRun(t, "receive", dest, a2, "--into", into, "-i", key, "-q")
+	sameFile(t, disk["a"], filepath.Join(into, "disk.img"))
+
+	r = run(t, "receive", dest, b1, "--into", into, "-i", key, "--allow-rollback")
+	if r.code != 0 || !strings.Contains(r.stderr, "--allow-rollback: refusing to update to another series") {
+		t.Errorf("--allow-rollback: exit %d\n%s", r.code, r.stderr)
+	}
+	sameFile(t, disk["b"], filepath.Join(into, "disk.img"))
+}

@@ -177,7 +177,8 @@ func signedBy(ti *shipper.TrustInfo) string {
 // would roll it back: sh older than the shipment the restore holds (of an
 // update that did not complete: the one it came from) or,
 // when sh's signature was checked and the restore's was too, of another
-// chain. A restore of an unsigned shipment, or a receive without trusted
+// chain; or when sh is of another label than the shipment the restore
+// holds (when its marker says: another series at the destination). A restore of an unsigned shipment, or a receive without trusted
 // senders, has no chain to compare: only the age rule applies. With
 // allow, the refusal is only said.
 //
@@ -213,10 +214,10 @@ func rollbackCheck(dir string, sh *shipper.Shipment, held restore.Holding, allow
 	if held.State == "updating" && held.From != "" && sh.Header.ID != held.Shipment {
 		ref = held.From
 	}
-	var err error
-	if ti := sh.Trust(); ti != nil {
+	err := shipper.CheckSameLabel(held.Shipment, held.Label, sh.Header.ID, sh.Header.Label)
+	if ti := sh.Trust(); err == nil && ti != nil {
 		err = shipper.CheckNotRollback(ref, held.Chain, ti)
-	} else {
+	} else if err == nil {
 		err = shipper.CheckNotOlder(ref, sh.Header.ID)
 	}
 	switch {
@@ -226,9 +227,13 @@ func rollbackCheck(dir string, sh *shipper.Shipment, held restore.Holding, allow
 		log("--allow-rollback: %v: updating %s anyway", err, dir)
 		return nil
 	}
+	if errors.Is(err, shipper.ErrOtherSeries) {
+		return fmt.Errorf("--into %s: %w; name a shipment of its series (coldship list shows the labels), or give --allow-rollback to update to it anyway", dir, err)
+	}
 	return fmt.Errorf("--into %s: %w; give --allow-rollback to update to it anyway", dir, err)
 }
 
 func sameHolding(a, b restore.Holding) bool {
-	return a.Shipment == b.Shipment && a.State == b.State && a.From == b.From && a.Chain == b.Chain && a.Statement == b.Statement
+	return a.Shipment == b.Shipment && a.State == b.State && a.From == b.From && a.Chain == b.Chain && a.Statement == b.Statement &&
+		(a.Label == nil) == (b.Label == nil) && (a.Label == nil || *a.Label == *b.Label)
 }

@@ -37,6 +37,10 @@ type Shipment struct {
 	// marker records for the rollback check of the next update.
 	Chain     string
 	Statement archive.Digest
+	// Label is the shipment's label, which the marker records for the
+	// next update to check that it is of the same series; nil: unknown,
+	// not recorded.
+	Label *string
 }
 
 // Options configure a Writer.
