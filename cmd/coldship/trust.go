@@ -178,9 +178,10 @@ func signedBy(ti *shipper.TrustInfo) string {
 // update that did not complete: the one it came from) or,
 // when sh's signature was checked and the restore's was too, of another
 // chain; or when sh is of another label than the shipment the restore
-// holds (when its marker says: another series at the destination). A restore of an unsigned shipment, or a receive without trusted
-// senders, has no chain to compare: only the age rule applies. With
-// allow, the refusal is only said.
+// holds (when its marker says: another series at the destination). A
+// restore of an unsigned shipment, or a receive without trusted senders,
+// has no chain to compare: only the age rule applies. With allow, the
+// refusal is only said.
 //
 // It checks what dir holds now, before the pre-receive hooks run; the
 // check it returns is for the update to make again under dir's lock
