@@ -203,14 +203,37 @@ func signedBy(ti *shipper.TrustInfo) string {
 // would roll it back: sh older than the shipment the restore holds (of an
 // update that did not complete: the one it came from) or,
 // when sh's signature was checked and the restore's was too, of another
-// chain. A restore of an unsigned shipment, or a receive without trusted
-// senders, has no chain to compare: only the age rule applies. With
-// allow, the refusal is only said.
-func checkRollback(dir string, sh *shipper.Shipment, allow bool, log func(string, ...any)) error {
+// chain; or when sh is of another label than the shipment the restore
+// holds (when its marker says: another series at the destination). A
+// restore of an unsigned shipment, or a receive without trusted senders,
+// has no chain to compare: only the age rule applies. With allow, the
+// refusal is only said.
+//
+// It checks what dir holds now, before the pre-receive hooks run; the
+// check it returns is for the update to make again under dir's lock
+// (ReceiveOptions.CheckHeld), as another receive may have updated dir
+// while this one waited for the lock (--lock-wait) or ran its hooks.
+func checkRollback(dir string, sh *shipper.Shipment, allow bool, log func(string, ...any)) (func(restore.Holding) error, error) {
 	held, ok, err := restore.Held(dir, sh.Manifest.Files)
-	if err != nil || !ok {
-		return err
+	if err != nil {
+		return nil, err
 	}
+	check := func(h restore.Holding) error { return rollbackCheck(dir, sh, h, allow, log) }
+	if ok {
+		if err := check(held); err != nil {
+			return nil, err
+		}
+	}
+	return func(h restore.Holding) error {
+		if ok && sameHolding(h, held) {
+			return nil // checked above (and, with allow, said)
+		}
+		return check(h)
+	}, nil
+}
+
+// rollbackCheck is checkRollback's check of what dir holds.
+func rollbackCheck(dir string, sh *shipper.Shipment, held restore.Holding, allow bool, log func(string, ...any)) error {
 	// An update that did not complete left the folder at the shipment it
 	// came from: completing it, or going anywhere from there, is no
 	// rollback.
@@ -218,9 +241,10 @@ func checkRollback(dir string, sh *shipper.Shipment, allow bool, log func(string
 	if held.State == "updating" && held.From != "" && sh.Header.ID != held.Shipment {
 		ref = held.From
 	}
-	if ti := sh.Trust(); ti != nil {
+	err := shipper.CheckSameLabel(held.Shipment, held.Label, sh.Header.ID, sh.Header.Label)
+	if ti := sh.Trust(); err == nil && ti != nil {
 		err = shipper.CheckNotRollback(ref, held.Chain, ti)
-	} else {
+	} else if err == nil {
 		err = shipper.CheckNotOlder(ref, sh.Header.ID)
 	}
 	switch {
@@ -230,5 +254,13 @@ func checkRollback(dir string, sh *shipper.Shipment, allow bool, log func(string
 		log("--allow-rollback: %v: updating %s anyway", err, dir)
 		return nil
 	}
+	if errors.Is(err, shipper.ErrOtherSeries) {
+		return fmt.Errorf("--into %s: %w; name a shipment of its series (coldship list shows the labels), or give --allow-rollback to update to it anyway", dir, err)
+	}
 	return fmt.Errorf("--into %s: %w; give --allow-rollback to update to it anyway", dir, err)
+}
+
+func sameHolding(a, b restore.Holding) bool {
+	return a.Shipment == b.Shipment && a.State == b.State && a.From == b.From && a.Chain == b.Chain && a.Statement == b.Statement &&
+		(a.Label == nil) == (b.Label == nil) && (a.Label == nil || *a.Label == *b.Label)
 }
