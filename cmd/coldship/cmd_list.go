@@ -62,7 +62,7 @@ on stdout (with --json too) and says so on stderr; it exits 0.`,
 	}
 	c.Flags().BoolVar(&opts.json, "json", false, "one JSON object per shipment on stdout")
 	addTrustFlags(c.Flags(), &opts.trust)
-	addLabelFlag(c.Flags(), &opts.trust)
+	c.Flags().StringVar(&opts.trust.label, "name", "", "list only the shipments of this `LABEL` (send --name)")
 	addTransportFlags(c.Flags(), &opts.transport)
 	return c
 }
