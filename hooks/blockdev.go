@@ -147,8 +147,10 @@ func deviceBusyReason(dev uint64) string {
 			return what + "held by " + name
 		}
 	}
-	return "held exclusively by another user of the device (an O_EXCL opener, a mount in another namespace)"
+	return heldExclusively
 }
+
+const heldExclusively = "held exclusively by another user of the device (an O_EXCL opener, a mount in another namespace)"
 
 // deviceName is the kernel's name of a block device (sdb1, dm-0).
 func deviceName(dev uint64) string {

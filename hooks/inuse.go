@@ -96,6 +96,10 @@ func checkInUse(path string, readersOK bool) error {
 	if isBlockDevice(fi) {
 		if reason, busy := probeExclusive(path, fi); busy {
 			holder, _ := find(users, other)
+			if sender, ok := find(users, func(u procUser) bool { return other(u) && !u.writable && ourExecutable(u.pid) }); ok && reason == heldExclusively {
+				// A send holds the device it reads (archive.OpenSource).
+				holder, reason = sender, "held exclusively by another coldship, which is shipping it (one send of a device at a time)"
+			}
 			return &InUseError{Path: path, Reason: reason, PID: holder.pid, Command: holder.command()}
 		}
 	}
@@ -252,6 +256,13 @@ func (u procUser) command() string {
 }
 
 // find returns the first user that ok accepts.
+// ourExecutable reports whether process pid runs this program's executable.
+func ourExecutable(pid int) bool {
+	theirs, err1 := os.Stat(fmt.Sprintf("/proc/%d/exe", pid))
+	ours, err2 := os.Stat("/proc/self/exe")
+	return err1 == nil && err2 == nil && os.SameFile(theirs, ours)
+}
+
 func find(users []procUser, ok func(procUser) bool) (procUser, bool) {
 	for _, u := range users {
 		if ok(u) {
