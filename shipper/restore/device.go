@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sort"
 
 	"golang.org/x/sys/unix"
 
@@ -53,6 +54,21 @@ func (w *Writer) openDevices() error {
 		w.opts.Log("%s is written in place onto %s: if the receive fails, the device holds a partial image", name, dev)
 	}
 	return nil
+}
+
+// checkNoDevices refuses to update (receive --into) a restore that wrote
+// files onto block devices: the update would restore them into the folder
+// as new files and leave the devices as they were.
+func (m *marker) checkNoDevices(dir string) error {
+	names := make([]string, 0, len(m.Devices))
+	for name := range m.Devices {
+		names = append(names, name)
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	sort.Strings(names)
+	return fmt.Errorf("%s: %s was restored onto %s (--out-device), which receive --into cannot update: receive the shipment in full again, with --out and --out-device", dir, names[0], m.Devices[names[0]])
 }
 
 // zeroRange makes [off, off+n) of f read as zeros, deallocating where it

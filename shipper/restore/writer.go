@@ -182,6 +182,11 @@ func Open(ctx context.Context, sh Shipment, opts Options) (_ *Writer, err error)
 	if opts.Update && w.old == nil {
 		return nil, fmt.Errorf("%s %w", w.t.path, ErrNoRestore)
 	}
+	if opts.Update {
+		if err := w.old.checkNoDevices(w.t.path); err != nil {
+			return nil, err
+		}
+	}
 	if err := w.openDevices(); err != nil {
 		return nil, err
 	}

@@ -1,0 +1,37 @@
+package restore
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/coldship/coldship/internal/vmtest"
+)
+
+// TestUpdateRefusesDeviceRestore: a folder whose restore wrote a file onto
+// a block device (--out-device) cannot be updated by --into, which only
+// updates files in the folder: it would write that file into the folder
+// as a new full file and leave the device at the old shipment, exit 0.
+// It is refused, naming the device, and nothing is written.
+func TestUpdateRefusesDeviceRestore(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	disk := image{"vm/disk.img", sparse(8*testBS, 3)}
+	conf := image{"vm/conf.img", sparse(2*testBS, 4)}
+	sh, blocks := shipment("20261130T120000Z-00000001", disk, conf)
+	dev, _ := vmtest.Loop(t, int64(len(disk.data)))
+	if _, err := restoreAll(t, sh, blocks, Options{Dir: dir, Devices: map[string]string{disk.path: dev}}); err != nil {
+		t.Fatal(err)
+	}
+	disk2 := image{disk.path, append([]byte(nil), disk.data...)}
+	disk2.data[3*testBS] ^= 0x55
+	sh2, blocks2 := shipment("20261130T120000Z-00000002", disk2, conf)
+	_, err := restoreAll(t, sh2, blocks2, Options{Dir: dir, Update: true})
+	if err == nil || !strings.Contains(err.Error(), disk.path) || !strings.Contains(err.Error(), dev) || !strings.Contains(err.Error(), "--out-device") {
+		t.Fatalf("update of a restore with a file on %s: %v, want a refusal naming the device", dev, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, disk.path)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the refused update wrote %s into the folder (%v)", disk.path, err)
+	}
+}
