@@ -41,6 +41,12 @@ func (w *Writer) openDevices() error {
 			fh.Close()
 			return fmt.Errorf("--out-device %s=%s: not a block device", name, dev)
 		}
+		// A read-only device opens for writing all the same; its
+		// writes fail, once blocks are being fetched.
+		if ro, err := unix.IoctlGetInt(fd, unix.BLKROGET); err == nil && ro != 0 {
+			fh.Close()
+			return fmt.Errorf("--out-device %s=%s: the device is read-only", name, dev)
+		}
 		size, err := unix.Seek(fd, 0, 2) // a block device's end is its size
 		if err != nil {
 			fh.Close()

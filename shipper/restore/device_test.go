@@ -1,8 +1,10 @@
 package restore
 
 import (
+	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -33,5 +35,29 @@ func TestUpdateRefusesDeviceRestore(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, disk.path)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the refused update wrote %s into the folder (%v)", disk.path, err)
+	}
+}
+
+// TestDeviceReadOnly: a read-only device (losetup -r, a write-protected
+// disk, BLKROSET) opens for writing all the same; it is refused when the
+// devices are opened, saying why, not at the first write once blocks are
+// being fetched ("operation not permitted").
+func TestDeviceReadOnly(t *testing.T) {
+	vmtest.Tool(t, "losetup")
+	_, file := vmtest.Loop(t, 1<<20)
+	out, err := exec.Command("losetup", "--find", "--show", "--read-only", file).CombinedOutput()
+	if err != nil {
+		t.Fatalf("losetup --read-only: %v: %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "--detach", dev).Run() })
+	disk := image{"vm/disk.img", sparse(4*testBS, 5)}
+	sh, _ := shipment("20261130T120000Z-00000001", disk)
+	w, err := Open(context.Background(), sh, Options{Dir: filepath.Join(t.TempDir(), "out"), Devices: map[string]string{disk.path: dev}})
+	if err == nil {
+		w.Close(false)
+	}
+	if err == nil || !strings.Contains(err.Error(), dev) || !strings.Contains(err.Error(), "read-only") {
+		t.Fatalf("Open onto the read-only %s: %v, want a refusal saying it is read-only", dev, err)
 	}
 }
