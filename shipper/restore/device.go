@@ -25,6 +25,13 @@ func (w *Writer) openDevices() error {
 		if f == nil {
 			return fmt.Errorf("--out-device %s: the file is not restored (--include)", name)
 		}
+		// Nothing but a block device is opened: opening a character
+		// device has effects (a watchdog starts, a serial line waits).
+		if st, err := os.Stat(dev); err != nil {
+			return fmt.Errorf("--out-device %s=%s: %w", name, dev, err)
+		} else if st.Mode()&os.ModeDevice == 0 || st.Mode()&os.ModeCharDevice != 0 {
+			return fmt.Errorf("--out-device %s=%s: not a block device", name, dev)
+		}
 		if err := hooks.CheckDeviceFree(dev); errors.Is(err, hooks.ErrBusy) {
 			return fmt.Errorf("--out-device %s=%s: %w", name, dev, err)
 		}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/coldship/coldship/internal/vmtest"
 )
 
@@ -59,5 +61,37 @@ func TestDeviceReadOnly(t *testing.T) {
 	}
 	if err == nil || !strings.Contains(err.Error(), dev) || !strings.Contains(err.Error(), "read-only") {
 		t.Fatalf("Open onto the read-only %s: %v, want a refusal saying it is read-only", dev, err)
+	}
+}
+
+// TestDeviceNotBlockNeverOpened: an --out-device that is not a block
+// device is refused without being opened: opening a character device
+// has effects of its own (a watchdog starts counting down, a serial line
+// waits for its carrier: the receive would hang).
+func TestDeviceNotBlockNeverOpened(t *testing.T) {
+	node := filepath.Join(t.TempDir(), "chr")
+	if err := unix.Mknod(node, unix.S_IFCHR|0o600, int(unix.Mkdev(1, 3))); err != nil { // as /dev/null
+		t.Skipf("mknod: %v", err)
+	}
+	in, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(in)
+	if _, err := unix.InotifyAddWatch(in, node, unix.IN_OPEN); err != nil {
+		t.Fatal(err)
+	}
+	disk := image{"vm/disk.img", sparse(2*testBS, 6)}
+	sh, _ := shipment("20261130T120000Z-00000001", disk)
+	w, err := Open(context.Background(), sh, Options{Dir: filepath.Join(t.TempDir(), "out"), Devices: map[string]string{disk.path: node}})
+	if err == nil {
+		w.Close(false)
+	}
+	if err == nil || !strings.Contains(err.Error(), "not a block device") {
+		t.Fatalf("Open onto a character device: %v, want a refusal", err)
+	}
+	var buf [4096]byte
+	if n, _ := unix.Read(in, buf[:]); n > 0 {
+		t.Errorf("the character device %s was opened", node)
 	}
 }
