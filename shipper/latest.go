@@ -143,25 +143,27 @@ func readWindow(ctx context.Context, tr Transport, ids []string, complete map[st
 // Latest returns the id of the newest complete shipment at tr whose
 // header reads and that is not dated more than MaxClockSkew ahead of now
 // (see NewestComplete): what `latest` means without trusted senders.
-// Newer complete shipments it passes over are named with log.
-func Latest(ctx context.Context, tr Transport, now time.Time, log func(string, ...any)) (string, error) {
-	id, _, err := latest(ctx, tr, now, log, false)
+// With a label, only the shipments of that label (send --name) count: one
+// series among several at tr. Newer complete shipments it passes over are
+// named with log, except those of another label.
+func Latest(ctx context.Context, tr Transport, label string, now time.Time, log func(string, ...any)) (string, error) {
+	id, _, err := latest(ctx, tr, label, now, log, false)
 	return id, err
 }
 
 // OpenLatest is Latest, or with trusted senders LatestTrusted, followed by
 // OpenShipment of the shipment chosen (with Trusted), whose first reads
 // begin while it is chosen: on a long link, two round trips sooner.
-func OpenLatest(ctx context.Context, tr Transport, trusted *cipher.AllowedSigners, now time.Time, log func(string, ...any),
+func OpenLatest(ctx context.Context, tr Transport, trusted *cipher.AllowedSigners, label string, now time.Time, log func(string, ...any),
 	identities []age.Identity, opts ...OpenOption) (string, *Shipment, error) {
 	var id string
 	var pre *prefetch
 	var err error
 	if trusted == nil {
-		id, pre, err = latest(ctx, tr, now, log, true)
+		id, pre, err = latest(ctx, tr, label, now, log, true)
 	} else {
 		var ti *TrustInfo
-		if ti, pre, err = latestTrusted(ctx, tr, trusted, now, log, true); err == nil {
+		if ti, pre, err = latestTrusted(ctx, tr, trusted, label, now, log, true); err == nil {
 			id = ti.Statement.ID
 			opts = append(opts, Trusted(ti))
 		}
@@ -175,7 +177,7 @@ func OpenLatest(ctx context.Context, tr Transport, trusted *cipher.AllowedSigner
 
 // latest is Latest; with early, the newest candidate's first reads are
 // begun at once and returned if it is the one chosen.
-func latest(ctx context.Context, tr Transport, now time.Time, log func(string, ...any), early bool) (string, *prefetch, error) {
+func latest(ctx context.Context, tr Transport, label string, now time.Time, log func(string, ...any), early bool) (string, *prefetch, error) {
 	if log == nil {
 		log = func(string, ...any) {}
 	}
@@ -184,12 +186,30 @@ func latest(ctx context.Context, tr Transport, now time.Time, log func(string, .
 			log("skipping %s: %s", si.ID, why)
 			return false, nil
 		}
-		return true, nil
+		return label == "" || si.Label == label, nil
 	})
 	if err == nil && id == "" {
-		err = fmt.Errorf("no complete shipment at %s: %w", tr, ErrNotFound)
+		err = fmt.Errorf("no complete shipment%s at %s: %w", labelled(label), tr, ErrNotFound)
 	}
 	return id, pre, err
+}
+
+// labelled says " labelled LABEL" for a label, nothing for none.
+func labelled(label string) string {
+	if label == "" {
+		return ""
+	}
+	return fmt.Sprintf(" labelled %q", label)
+}
+
+// CheckLabel reports an error unless the shipment whose header is h has
+// the label (send --name), "" taking any: a shipment of another series
+// named by its id, or put among this one's.
+func CheckLabel(h *archive.Header, label string) error {
+	if label != "" && h.Label != label {
+		return fmt.Errorf("shipment %s is labelled %q, not %q: another series", h.ID, h.Label, label)
+	}
+	return nil
 }
 
 // choose returns the first of the complete shipments at tr, newest first

@@ -114,7 +114,7 @@ func TestLatestNewestFirst(t *testing.T) {
 			}
 			var logs []string
 			logf := func(f string, a ...any) { logs = append(logs, fmt.Sprintf(f, a...)) }
-			got, err := shipper.Latest(context.Background(), tr, now, logf)
+			got, err := shipper.Latest(context.Background(), tr, "", now, logf)
 			if err != nil || got != want {
 				t.Fatalf("Latest = %s, %v; want %s", got, err, want)
 			}
@@ -136,7 +136,7 @@ func TestLatestNewestFirst(t *testing.T) {
 
 			// The early reads are for ids[37] (the newest not dated
 			// ahead), which is not chosen: ids[35] opens all the same.
-			got, sh, err := shipper.OpenLatest(context.Background(), tr, nil, now, nil, []age.Identity{s.id})
+			got, sh, err := shipper.OpenLatest(context.Background(), tr, nil, "", now, nil, []age.Identity{s.id})
 			if err != nil || got != want || sh.Header.ID != want {
 				t.Fatalf("OpenLatest = %s, %v; want %s", got, err, want)
 			}
@@ -146,7 +146,7 @@ func TestLatestNewestFirst(t *testing.T) {
 	// With the newest shipment pickable, OpenLatest's early reads are the
 	// ones it uses: its manifest is read once, and it receives bit-exact.
 	ct := newCounting(s.base)
-	got, sh, err := shipper.OpenLatest(context.Background(), folderLister{ct}, nil, now.Add(72*time.Hour), nil, []age.Identity{s.id})
+	got, sh, err := shipper.OpenLatest(context.Background(), folderLister{ct}, nil, "", now.Add(72*time.Hour), nil, []age.Identity{s.id})
 	if err != nil || got != future {
 		t.Fatalf("OpenLatest = %s, %v; want %s", got, err, future)
 	}
@@ -200,10 +200,10 @@ func TestSameSecondOrder(t *testing.T) {
 	if ships[1].Base != first || ships[2].Base != incr1 {
 		t.Fatalf("the middle shipments are not incremental on the ones before: %+v", ships)
 	}
-	if got, err := shipper.Latest(context.Background(), folderLister{newCounting(s.base)}, time.Now(), nil); err != nil || got != full {
+	if got, err := shipper.Latest(context.Background(), folderLister{newCounting(s.base)}, "", time.Now(), nil); err != nil || got != full {
 		t.Errorf("Latest (folders) = %s, %v; want %s", got, err, full)
 	}
-	if got, err := shipper.Latest(context.Background(), s.base, time.Now(), nil); err != nil || got != full {
+	if got, err := shipper.Latest(context.Background(), s.base, "", time.Now(), nil); err != nil || got != full {
 		t.Errorf("Latest = %s, %v; want %s", got, err, full)
 	}
 	plan, err := shipper.PlanPrune(context.Background(), s.base, shipper.PrunePolicy{KeepLast: 1})

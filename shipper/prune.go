@@ -182,7 +182,25 @@ func PlanPrune(ctx context.Context, tr Transport, p PrunePolicy) (*PrunePlan, er
 			d.Reasons = []string{"incomplete, older than the newest complete shipment"}
 		}
 	}
-	return &PrunePlan{Decisions: pl.dec, running: mayBeRunning(pl.ships, pl.newestComplete)}, nil
+	return &PrunePlan{Decisions: pl.dec, running: pl.mayBeRunning()}, nil
+}
+
+// mayBeRunning says whether an upload is into a shipment that a send may
+// be writing (see mayBeRunning) or that prune leaves alone: one of
+// another label (whose newest complete shipment prune does not know: that
+// series' send may be running) or one it does not count.
+func (pl *pruner) mayBeRunning() func(name string) bool {
+	newer := mayBeRunning(pl.ships, pl.newestComplete)
+	alone := map[string]bool{}
+	for _, d := range pl.dec {
+		if d.OtherLabel || d.Ignored != "" {
+			alone[d.ID] = true
+		}
+	}
+	return func(name string) bool {
+		id, _, _ := strings.Cut(name, "/")
+		return newer(name) || alone[id]
+	}
 }
 
 // PrunePlan is what prune does at a destination.
@@ -196,7 +214,8 @@ type PrunePlan struct {
 // startedBefore), but those into a shipment newer than the newest
 // complete one it counts, listed or not yet: the plan keeps such a shipment because
 // a send may be running, maybe on another host, whose lock this one does
-// not see, and the uploads are that send's.
+// not see, and the uploads are that send's. Nor those into a shipment the
+// plan leaves alone (of another label, or not counted).
 func (p *PrunePlan) AbortLeftoverUploads(ctx context.Context, tr Transport, startedBefore time.Time, log func(string, ...any)) (int, error) {
 	return abortUploads(ctx, tr, "", startedBefore, p.running, log)
 }

@@ -26,6 +26,8 @@ type ReceiveOptions struct {
 	Include     []string          // restore only the files these shell patterns match
 	Devices     map[string]string // restore these files onto block devices, in place
 	LockWait    time.Duration     // wait this long for another receive into the folder
+	// CheckHeld, for ReceiveInto: see restore.Options.CheckHeld.
+	CheckHeld func(restore.Holding) error
 	// Retries is how many times a receive that lost its connection is
 	// tried again, each attempt resuming, after RetryDelay (doubling).
 	Retries    int
@@ -96,14 +98,14 @@ func (sh *Shipment) receiveAttempt(ctx context.Context, dir string, opts Receive
 	cnt.Total.Store(0)
 	cnt.Done.Store(0)
 	cnt.Data.Store(0)
-	rs := restore.Shipment{ID: m.ID, Format: m.Format, BlockSize: m.BlockSize, Files: m.Files}
+	rs := restore.Shipment{ID: m.ID, Format: m.Format, BlockSize: m.BlockSize, Files: m.Files, Label: &m.Label}
 	if sh.trust != nil {
 		rs.Chain, rs.Statement = sh.trust.Statement.Chain, sh.trust.SHA256
 	}
 	w, err := restore.Open(ctx, rs, restore.Options{
 		Dir: dir, Update: update, Force: opts.Force, Resume: true, ReadBack: opts.ReadBack, NoSameOwner: opts.NoSameOwner,
 		Include: opts.Include, Devices: opts.Devices, LockWait: opts.LockWait, Jobs: opts.Jobs, Dest: opts.Dest,
-		Counters: cnt, Finalize: opts.Finalize, Log: opts.Log, Run: run,
+		CheckHeld: opts.CheckHeld, Counters: cnt, Finalize: opts.Finalize, Log: opts.Log, Run: run,
 	})
 	if err != nil {
 		return nil, err

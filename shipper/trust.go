@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -35,6 +36,8 @@ var (
 	ErrStatementMismatch = errors.New("the signed statement does not match the shipment")
 	// ErrRollback wraps archive.ErrIntegrity too (exit status 5).
 	ErrRollback = errors.New("refusing to roll back")
+	// ErrOtherSeries wraps archive.ErrIntegrity too (exit status 5).
+	ErrOtherSeries = errors.New("refusing to update to another series")
 )
 
 // Limits of the objects read whole by the trust checks.
@@ -484,19 +487,25 @@ func (t *TrustInfo) checkHeaderInventory(hb, ib []byte) error {
 // signer, a statement that does not match; a junk folder that merely looks
 // like a shipment is one of these). If no shipment verifies, the error
 // wraps ErrUntrusted; if there is no complete shipment, ErrNotFound.
-func LatestTrusted(ctx context.Context, tr Transport, trusted *cipher.AllowedSigners, now time.Time, log func(string, ...any)) (*TrustInfo, error) {
-	ti, _, err := latestTrusted(ctx, tr, trusted, now, log, false)
+func LatestTrusted(ctx context.Context, tr Transport, trusted *cipher.AllowedSigners, label string, now time.Time, log func(string, ...any)) (*TrustInfo, error) {
+	ti, _, err := latestTrusted(ctx, tr, trusted, label, now, log, false)
 	return ti, err
 }
 
 // latestTrusted is LatestTrusted; with early, see choose.
-func latestTrusted(ctx context.Context, tr Transport, trusted *cipher.AllowedSigners, now time.Time, log func(string, ...any), early bool) (*TrustInfo, *prefetch, error) {
+func latestTrusted(ctx context.Context, tr Transport, trusted *cipher.AllowedSigners, label string, now time.Time, log func(string, ...any), early bool) (*TrustInfo, *prefetch, error) {
 	if log == nil {
 		log = func(string, ...any) {}
 	}
 	complete := 0
 	var ti *TrustInfo
-	_, pre, err := choose(ctx, tr, now, early, false, func(si ShipmentInfo) (bool, error) {
+	// With a label the headers are read to skip the other series; the
+	// label of the one chosen is what its signature vouches for, checked
+	// again when it is opened (CheckLabel).
+	_, pre, err := choose(ctx, tr, now, early, label != "", func(si ShipmentInfo) (bool, error) {
+		if label != "" && si.Error == "" && si.Label != label {
+			return false, nil
+		}
 		complete++
 		if err := CheckNotFuture(si.ID, now); err != nil {
 			log("skipping %s: %v", si.ID, err)
@@ -519,9 +528,9 @@ func latestTrusted(ctx context.Context, tr Transport, trusted *cipher.AllowedSig
 	case ti != nil:
 		return ti, pre, nil
 	case complete == 0:
-		return nil, nil, fmt.Errorf("no complete shipment at %s: %w", tr, ErrNotFound)
+		return nil, nil, fmt.Errorf("no complete shipment%s at %s: %w", labelled(label), tr, ErrNotFound)
 	}
-	return nil, nil, fmt.Errorf("none of the %d complete shipments at %s is from a trusted sender: %w", complete, tr, ErrUntrusted)
+	return nil, nil, fmt.Errorf("none of the %d complete shipments%s at %s is from a trusted sender: %w", complete, labelled(label), tr, ErrUntrusted)
 }
 
 // CheckNotFuture reports an error if shipment id is dated more than
@@ -619,6 +628,27 @@ func CheckNotOlder(restoredID, next string) error {
 			ErrRollback, next, restoredID, archive.ErrIntegrity)
 	}
 	return nil
+}
+
+// CheckSameLabel is for updating a restore in place: the restore holds
+// shipment restoredID, of label restoredLabel (nil: unknown), and next,
+// of label nextLabel, would replace it. A shipment of another label is
+// of another series (another VM sent to the same destination, maybe
+// under the same file names): it is refused. The error wraps
+// ErrOtherSeries and archive.ErrIntegrity and names both shipments.
+func CheckSameLabel(restoredID string, restoredLabel *string, next, nextLabel string) error {
+	if restoredLabel == nil || *restoredLabel == nextLabel {
+		return nil
+	}
+	return fmt.Errorf("%w: shipment %s is labelled %s, the restore holds %s, labelled %s (%w)",
+		ErrOtherSeries, next, labelOrNone(nextLabel), restoredID, labelOrNone(*restoredLabel), archive.ErrIntegrity)
+}
+
+func labelOrNone(l string) string {
+	if l == "" {
+		return "(none)"
+	}
+	return strconv.Quote(l)
 }
 
 // CheckNotRollback is for updating a restore in place: the restore holds

@@ -429,7 +429,7 @@ func TestLatestTrusted(t *testing.T) {
 
 	var logs []string
 	logf := func(format string, a ...any) { logs = append(logs, fmt.Sprintf(format, a...)) }
-	ti, err := shipper.LatestTrusted(ctx, f.tr, f.trusted, now, logf)
+	ti, err := shipper.LatestTrusted(ctx, f.tr, f.trusted, "", now, logf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -457,21 +457,21 @@ func TestLatestTrusted(t *testing.T) {
 	// OpenLatest chooses the same and opens it with its checked signature
 	// (its early reads were for the junk folder, the newest not dated
 	// ahead, and are given up).
-	id, sh, err := shipper.OpenLatest(ctx, f.tr, f.trusted, now, nil, []age.Identity{f.identity})
+	id, sh, err := shipper.OpenLatest(ctx, f.tr, f.trusted, "", now, nil, []age.Identity{f.identity})
 	if err != nil || id != newest || sh.Trust() == nil || sh.Trust().Statement.ID != newest {
 		t.Fatalf("OpenLatest with trusted senders = %s, %v", id, err)
 	}
 
 	// No trusted shipment at all: an untrusted error, not "not found".
 	otherPub := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(otherSigner.PublicKey())))
-	if ti, err := shipper.LatestTrusted(ctx, f.tr, f.allow(t, "site-b "+otherPub), now, nil); err != nil || ti.Statement.ID != byOther {
+	if ti, err := shipper.LatestTrusted(ctx, f.tr, f.allow(t, "site-b "+otherPub), "", now, nil); err != nil || ti.Statement.ID != byOther {
 		t.Fatalf("trusting the other key: %v", err)
 	}
-	if _, err := shipper.LatestTrusted(ctx, f.tr, f.allow(t, `site-b namespaces="git" `+otherPub), now, nil); !errors.Is(err, shipper.ErrUntrusted) {
+	if _, err := shipper.LatestTrusted(ctx, f.tr, f.allow(t, `site-b namespaces="git" `+otherPub), "", now, nil); !errors.Is(err, shipper.ErrUntrusted) {
 		t.Fatalf("no trusted shipment: %v", err)
 	}
 	empty, _ := local.New(filepath.Join(f.dir, "empty"))
-	if _, err := shipper.LatestTrusted(ctx, empty, f.trusted, now, nil); !errors.Is(err, shipper.ErrNotFound) {
+	if _, err := shipper.LatestTrusted(ctx, empty, f.trusted, "", now, nil); !errors.Is(err, shipper.ErrNotFound) {
 		t.Fatalf("empty destination: %v", err)
 	}
 }

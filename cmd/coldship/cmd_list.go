@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -23,7 +24,7 @@ type listOptions struct {
 func newListCmd(s *streams) *cobra.Command {
 	opts := &listOptions{}
 	c := &cobra.Command{
-		Use:   "list DEST [--trusted-senders FILE] [--json]",
+		Use:   "list DEST [--trusted-senders FILE] [--name LABEL] [--json]",
 		Short: "List the shipments at DEST",
 		Long: `One line per shipment: id, creation time, label, bytes stored, state
 (complete, incomplete, or unreadable when its header is missing or damaged) and
@@ -33,7 +34,8 @@ With --trusted-senders FILE (an OpenSSH allowed_signers file) a SIGNER
 column follows: the principal of the trusted key that signed the shipment,
 or unsigned, untrusted (signed by a key FILE does not trust), bad signature
 or tampered (its objects are not those it signed); "-" for an incomplete
-shipment.
+shipment. --name LABEL lists only the shipments of that label (send --name):
+one series among several at DEST.
 
 On a terminal: a header, aligned columns and sizes in KiB, MiB, GiB.
 Otherwise: tab-separated columns without a header, sizes in bytes, for
@@ -60,6 +62,7 @@ on stdout (with --json too) and says so on stderr; it exits 0.`,
 	}
 	c.Flags().BoolVar(&opts.json, "json", false, "one JSON object per shipment on stdout")
 	addTrustFlags(c.Flags(), &opts.trust)
+	c.Flags().StringVar(&opts.trust.label, "name", "", "list only the shipments of this `LABEL` (send --name)")
 	addTransportFlags(c.Flags(), &opts.transport)
 	return c
 }
@@ -88,10 +91,17 @@ func runList(ctx context.Context, s *streams, opts *listOptions) error {
 	if err != nil {
 		return err
 	}
+	if l := opts.trust.label; l != "" {
+		ships = slices.DeleteFunc(ships, func(si shipper.ShipmentInfo) bool { return si.Label != l })
+	}
 	if len(ships) == 0 {
 		// stdout stays empty for scripts, with --json too (a script
 		// reading ids meets nothing else there); a person is told why.
-		s.logf(outputOptions{})("no shipment at %s", tr)
+		if opts.trust.label != "" {
+			s.logf(outputOptions{})("no shipment labelled %q at %s", opts.trust.label, tr)
+		} else {
+			s.logf(outputOptions{})("no shipment at %s", tr)
+		}
 		return nil
 	}
 	// Each shipment's statement is read (with trusted senders, its

@@ -73,8 +73,9 @@ any other exits 4 before anything is written or any hook runs, and the
 default is the newest shipment that verifies (newer ones are named on
 stderr). Without it, receive says that the sender is not authenticated.
 The default is never a shipment dated more than 24 hours ahead. --into
-refuses a shipment older than the one the restore holds, or (both
-signatures checked) of another chain: exit 5, unless --allow-rollback.
+refuses a shipment older than the one the restore holds, of another label
+(send --name), or (both signatures checked) of another chain: exit 5,
+unless --allow-rollback.
 The pre-receive hooks run once the shipment opened (its signature checked),
 before anything is written; post-receive and --libvirt-define once every
 block and file checked out.
@@ -135,7 +136,8 @@ func newReceiveCmd(s *streams) *cobra.Command {
 	f.BoolVar(&opts.libvirtStart, "libvirt-start", false, "with --libvirt-define: start the domain")
 	f.StringVar(&opts.libvirtURI, "libvirt-uri", "", "libvirt connection `URI` (virsh -c)")
 	addTrustFlags(f, &opts.trust)
-	f.BoolVar(&opts.allowRollback, "allow-rollback", false, "--into: update to a shipment older than the one the restore holds, or of another chain")
+	addLabelFlag(f, &opts.trust)
+	f.BoolVar(&opts.allowRollback, "allow-rollback", false, "--into: update to a shipment older than the one the restore holds, of another label, or of another chain")
 	addHookFlags(f, &opts.hooks)
 	addLiveReceiveFlags(f, &opts.live)
 	addTransportFlags(f, &opts.transport)
@@ -264,8 +266,9 @@ func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runn
 	if opts.trust.senders == nil {
 		s.logf(opts.output)("the sender of %s is not authenticated: give --trusted-senders to accept only shipments signed by a trusted key", id)
 	}
+	var checkHeld func(restore.Holding) error
 	if opts.into != "" {
-		if err := checkRollback(opts.into, sh, opts.allowRollback, s.logf(opts.output)); err != nil {
+		if checkHeld, err = checkRollback(opts.into, sh, opts.allowRollback, s.logf(opts.output)); err != nil {
 			return nil, err
 		}
 	}
@@ -277,7 +280,7 @@ func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runn
 		Jobs: opts.jobs, Streams: opts.transport.streams, Force: opts.force,
 		Dest: destKey(opts.dest), Log: s.logf(opts.output),
 		ReadBack: opts.readBack, NoSameOwner: opts.noSameOwner, Include: opts.include, Devices: devices,
-		LockWait: opts.run.lockWait, Retries: opts.retries,
+		LockWait: opts.run.lockWait, Retries: opts.retries, CheckHeld: checkHeld,
 	}
 	if opts.into != "" {
 		fresh, err := emptyOrMissing(opts.into)

@@ -55,6 +55,7 @@ and 2, which do not record them.`,
 	f.StringArrayVarP(&opts.identities, "identity", "i", nil, "open the shipment with the identity in `FILE` (repeatable)")
 	f.StringVar(&opts.passphraseFile, "passphrase-file", "", "read the passphrase from the first line of `FILE`")
 	addTrustFlags(f, &opts.trust)
+	addLabelFlag(f, &opts.trust)
 	addTransportFlags(f, &opts.transport)
 	f.BoolVar(&opts.json, "json", false, "a shipment object, then one object per file, on stdout")
 	commaList(f, "identity")

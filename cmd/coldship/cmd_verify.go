@@ -80,6 +80,7 @@ not signed by a key of FILE, or not what it signed, is a problem too (exit
 	f.StringVar(&opts.passphraseFile, "passphrase-file", "", "read the passphrase from the first line of `FILE`")
 	f.IntVarP(&opts.jobs, "jobs", "j", 0, "parallel decrypters (default: all CPUs)")
 	addTrustFlags(f, &opts.trust)
+	addLabelFlag(f, &opts.trust)
 	addTransportFlags(f, &opts.transport)
 	addOutputFlags(f, &opts.output)
 	commaList(f, "identity")

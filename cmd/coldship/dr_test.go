@@ -830,3 +830,101 @@ func TestDestKey(t *testing.T) {
 		}
 	}
 }
+
+// TestIntoRollbackCheckedUnderLock: receive --into checked that it would
+// not roll the restore back before it waited for the folder's lock (and
+// before its pre-receive hooks ran). Another receive that updated the
+// folder to a newer shipment meanwhile went unseen: the first then
+// updated it back to its older shipment and exited 0. The check is made
+// again under the lock, on what the folder holds then.
+func TestIntoRollbackCheckedUnderLock(t *testing.T) {
+	bin := coldshipBinary(t)
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	makeImage(t, src, 16*testBS, region{0, 16 * testBS, "random"})
+	dest, state := filepath.Join(dir, "dest"), filepath.Join(dir, "state")
+	send := []string{src, "--to", dest, "-r", rcpt, "--block-size", "64K", "--base", "latest", "--state-dir", state}
+	var ids []string
+	for i := range 3 {
+		rewriteBlocks(t, src, testBS, int64(i))
+		id, _, _ := drSend(t, send...)
+		ids = append(ids, id)
+	}
+	newest, _ := os.ReadFile(src)
+	into := filepath.Join(dir, "dr")
+	mustRun(t, "receive", dest, ids[0], "--out", into, "-i", key, "-q")
+
+	// The older update passes its check, then waits in its pre-receive
+	// hook while the newer one runs to its end.
+	hooked, proceed := filepath.Join(dir, "hooked"), filepath.Join(dir, "proceed")
+	hook := fmt.Sprintf("pre-receive=touch %s; while [ ! -e %s ]; do sleep 0.05; done", hooked, proceed)
+	older := exec.Command(bin, "receive", dest, ids[1], "--into", into, "-i", key, "--lock-wait", "1m", "--hook", hook)
+	var stderr bytes.Buffer
+	older.Stderr = &stderr
+	if err := older.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer older.Process.Kill()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(hooked); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the older receive never ran its hook: %s", stderr.String())
+		}
+	}
+	mustRun(t, "receive", dest, ids[2], "--into", into, "-i", key, "-q")
+	os.WriteFile(proceed, nil, 0o644)
+	err := older.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != exitIntegrity || !strings.Contains(stderr.String(), "refusing to roll back") ||
+		!strings.Contains(stderr.String(), ids[2]) {
+		t.Errorf("update to %s after another receive updated the folder to %s: %v; want exit 5 naming both\n%s", ids[1], ids[2], err, stderr.String())
+	}
+	if b, _ := os.ReadFile(filepath.Join(into, "disk.img")); !bytes.Equal(b, newest) {
+		t.Errorf("the restore no longer holds %s", ids[2])
+	}
+}
+
+// TestIntoRefusesAnotherLabel: two VMs sent to one destination under the
+// same file name (/vms/a/disk.img, /vms/b/disk.img) with their own
+// --name. receive --into the restore of one, of latest, took the other's
+// newer shipment for the next of its series and replaced the restore
+// with the other VM's disk, exit 0. It refuses (exit 5, naming both)
+// unless --allow-rollback; the next shipment of its own label updates it.
+func TestIntoRefusesAnotherLabel(t *testing.T) {
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	dest, state := filepath.Join(dir, "dest"), filepath.Join(dir, "state")
+	disk := map[string]string{}
+	for _, vm := range []string{"a", "b"} {
+		disk[vm] = filepath.Join(dir, vm, "disk.img")
+		os.MkdirAll(filepath.Dir(disk[vm]), 0o755)
+		makeImage(t, disk[vm], 8*testBS, region{0, 8 * testBS, "random"})
+	}
+	send := func(vm string) string {
+		id, _, _ := drSend(t, disk[vm], "--to", dest, "-r", rcpt, "--block-size", "64K", "--base", "latest", "--state-dir", state, "--name", vm)
+		return id
+	}
+	into := filepath.Join(dir, "dr-a")
+	a1 := send("a")
+	mustRun(t, "receive", dest, "--into", into, "-i", key, "-q")
+	b1 := send("b")
+	r := run(t, "receive", dest, "--into", into, "-i", key)
+	if r.code != exitIntegrity || !strings.Contains(r.stderr, b1) || !strings.Contains(r.stderr, a1) || !strings.Contains(r.stderr, "another series") {
+		t.Errorf("--into the restore of %q of latest, of label %q: exit %d; want 5 naming both\n%s", "a", "b", r.code, r.stderr)
+	}
+	sameFile(t, disk["a"], filepath.Join(into, "disk.img"))
+
+	rewriteBlocks(t, disk["a"], testBS, 3)
+	a2 := send("a")
+	mustRun(t, "receive", dest, a2, "--into", into, "-i", key, "-q")
+	sameFile(t, disk["a"], filepath.Join(into, "disk.img"))
+
+	r = run(t, "receive", dest, b1, "--into", into, "-i", key, "--allow-rollback")
+	if r.code != 0 || !strings.Contains(r.stderr, "--allow-rollback: refusing to update to another series") {
+		t.Errorf("--allow-rollback: exit %d\n%s", r.code, r.stderr)
+	}
+	sameFile(t, disk["b"], filepath.Join(into, "disk.img"))
+}

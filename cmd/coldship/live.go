@@ -301,8 +301,8 @@ func runLiveReceive(ctx context.Context, s *streams, opts *receiveOptions) error
 	if opts.dest != "-" {
 		return usagef("receive --live: DEST must be - (the session arrives on stdin and answers on stdout)")
 	}
-	if opts.shipment != "" {
-		return usagef("receive --live: no SHIPMENT: the sender names it")
+	if opts.shipment != "" || opts.trust.label != "" {
+		return usagef("receive --live: no SHIPMENT or --name: the sender names the shipment")
 	}
 	if opts.output.json || opts.null {
 		return usagef("receive --live: --json and -z do not apply: stdout carries the live session")

@@ -90,7 +90,8 @@ EXIT STATUS
        unknown or changed host key, wrong credentials, a shipment not
        signed by a trusted sender (--trusted-senders)
   5    integrity: tampered, corrupted, truncated or missing data,
-       an incomplete shipment, or a refused rollback (receive --into)
+       an incomplete shipment, or a refused rollback or change of
+       series (receive --into)
   6    busy: a source image or device in use (locked, open for writing,
        mounted), an --out-device target in use, a libvirt domain still
        running, or a source that changed while it was shipped

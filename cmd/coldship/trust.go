@@ -22,6 +22,12 @@ import (
 type trustOptions struct {
 	file    string
 	senders *cipher.AllowedSigners // loaded by load; nil without the flag
+	label   string                 // --name of receive, verify and show: one series at DEST
+}
+
+// addLabelFlag adds --name, which picks a series among several at DEST.
+func addLabelFlag(f *pflag.FlagSet, o *trustOptions) {
+	f.StringVar(&o.label, "name", "", "only a shipment of this `LABEL` (send --name): latest is the latest of the label; an id of another label is refused")
 }
 
 func addTrustFlags(f *pflag.FlagSet, o *trustOptions) {
@@ -88,22 +94,34 @@ func (o *trustOptions) pick(ctx context.Context, tr shipper.Transport, id string
 	}
 	switch {
 	case o.senders == nil && id != "":
-		return id, nil, nil
+		return id, nil, o.checkLabel(ctx, tr, id)
 	case o.senders == nil:
-		id, err := shipper.Latest(ctx, tr, now, warn)
+		id, err := shipper.Latest(ctx, tr, o.label, now, warn)
 		return id, nil, err
 	case id != "":
 		ti, err := shipper.CheckSignature(ctx, tr, id, o.senders, now)
 		if err != nil {
 			return id, nil, o.refused(err)
 		}
-		return id, ti, nil
+		return id, ti, o.checkLabel(ctx, tr, id)
 	}
-	ti, err := shipper.LatestTrusted(ctx, tr, o.senders, now, warn)
+	ti, err := shipper.LatestTrusted(ctx, tr, o.senders, o.label, now, warn)
 	if err != nil {
 		return "", nil, o.refused(err)
 	}
 	return ti.Statement.ID, ti, nil
+}
+
+// checkLabel refuses shipment id unless it has the --name label.
+func (o *trustOptions) checkLabel(ctx context.Context, tr shipper.Transport, id string) error {
+	if o.label == "" {
+		return nil
+	}
+	h, err := shipper.ReadHeader(ctx, tr, id)
+	if err != nil {
+		return err
+	}
+	return shipper.CheckLabel(h, o.label)
 }
 
 // refused says which file a shipment was checked against.
@@ -119,19 +137,27 @@ func (o *trustOptions) refused(err error) error {
 // senders. The id is returned even when opening fails, for the hooks.
 func (o *trustOptions) open(ctx context.Context, tr shipper.Transport, id string, ids []age.Identity,
 	warn func(string, ...any)) (string, *shipper.Shipment, error) {
+	var sh *shipper.Shipment
+	var err error
 	if id == "" || id == latestName {
-		id, sh, err := shipper.OpenLatest(ctx, tr, o.senders, time.Now(), warn, ids)
-		return id, sh, o.refused(err)
+		id, sh, err = shipper.OpenLatest(ctx, tr, o.senders, o.label, time.Now(), warn, ids)
+		err = o.refused(err)
+	} else {
+		var ti *shipper.TrustInfo
+		if id, ti, err = o.pick(ctx, tr, id, warn); err != nil {
+			return id, nil, err
+		}
+		var opts []shipper.OpenOption
+		if ti != nil {
+			opts = append(opts, shipper.Trusted(ti))
+		}
+		sh, err = shipper.OpenShipment(ctx, tr, id, ids, opts...)
 	}
-	id, ti, err := o.pick(ctx, tr, id, warn)
-	if err != nil {
-		return id, nil, err
+	// The header opened is the one checked (against the manifest, and the
+	// signature with trusted senders): its label is the one that counts.
+	if err == nil {
+		err = shipper.CheckLabel(sh.Header, o.label)
 	}
-	var opts []shipper.OpenOption
-	if ti != nil {
-		opts = append(opts, shipper.Trusted(ti))
-	}
-	sh, err := shipper.OpenShipment(ctx, tr, id, ids, opts...)
 	return id, sh, err
 }
 
@@ -177,14 +203,37 @@ func signedBy(ti *shipper.TrustInfo) string {
 // would roll it back: sh older than the shipment the restore holds (of an
 // update that did not complete: the one it came from) or,
 // when sh's signature was checked and the restore's was too, of another
-// chain. A restore of an unsigned shipment, or a receive without trusted
-// senders, has no chain to compare: only the age rule applies. With
-// allow, the refusal is only said.
-func checkRollback(dir string, sh *shipper.Shipment, allow bool, log func(string, ...any)) error {
+// chain; or when sh is of another label than the shipment the restore
+// holds (when its marker says: another series at the destination). A
+// restore of an unsigned shipment, or a receive without trusted senders,
+// has no chain to compare: only the age rule applies. With allow, the
+// refusal is only said.
+//
+// It checks what dir holds now, before the pre-receive hooks run; the
+// check it returns is for the update to make again under dir's lock
+// (ReceiveOptions.CheckHeld), as another receive may have updated dir
+// while this one waited for the lock (--lock-wait) or ran its hooks.
+func checkRollback(dir string, sh *shipper.Shipment, allow bool, log func(string, ...any)) (func(restore.Holding) error, error) {
 	held, ok, err := restore.Held(dir, sh.Manifest.Files)
-	if err != nil || !ok {
-		return err
+	if err != nil {
+		return nil, err
 	}
+	check := func(h restore.Holding) error { return rollbackCheck(dir, sh, h, allow, log) }
+	if ok {
+		if err := check(held); err != nil {
+			return nil, err
+		}
+	}
+	return func(h restore.Holding) error {
+		if ok && sameHolding(h, held) {
+			return nil // checked above (and, with allow, said)
+		}
+		return check(h)
+	}, nil
+}
+
+// rollbackCheck is checkRollback's check of what dir holds.
+func rollbackCheck(dir string, sh *shipper.Shipment, held restore.Holding, allow bool, log func(string, ...any)) error {
 	// An update that did not complete left the folder at the shipment it
 	// came from: completing it, or going anywhere from there, is no
 	// rollback.
@@ -192,9 +241,10 @@ func checkRollback(dir string, sh *shipper.Shipment, allow bool, log func(string
 	if held.State == "updating" && held.From != "" && sh.Header.ID != held.Shipment {
 		ref = held.From
 	}
-	if ti := sh.Trust(); ti != nil {
+	err := shipper.CheckSameLabel(held.Shipment, held.Label, sh.Header.ID, sh.Header.Label)
+	if ti := sh.Trust(); err == nil && ti != nil {
 		err = shipper.CheckNotRollback(ref, held.Chain, ti)
-	} else {
+	} else if err == nil {
 		err = shipper.CheckNotOlder(ref, sh.Header.ID)
 	}
 	switch {
@@ -204,5 +254,13 @@ func checkRollback(dir string, sh *shipper.Shipment, allow bool, log func(string
 		log("--allow-rollback: %v: updating %s anyway", err, dir)
 		return nil
 	}
+	if errors.Is(err, shipper.ErrOtherSeries) {
+		return fmt.Errorf("--into %s: %w; name a shipment of its series (coldship list shows the labels), or give --allow-rollback to update to it anyway", dir, err)
+	}
 	return fmt.Errorf("--into %s: %w; give --allow-rollback to update to it anyway", dir, err)
+}
+
+func sameHolding(a, b restore.Holding) bool {
+	return a.Shipment == b.Shipment && a.State == b.State && a.From == b.From && a.Chain == b.Chain && a.Statement == b.Statement &&
+		(a.Label == nil) == (b.Label == nil) && (a.Label == nil || *a.Label == *b.Label)
 }

@@ -254,7 +254,7 @@ func (w *Writer) dirAttrs() {
 func (w *Writer) markDone() error {
 	mk := &marker{Format: markerFormat, State: stateDone, Shipment: w.sh.ID, Dest: w.opts.Dest,
 		BlockSize: w.sh.BlockSize, Digests: w.kind, Partial: w.Partial() || len(w.opts.Devices) > 0,
-		Chain: w.sh.Chain, Statement: w.sh.Statement}
+		Chain: w.sh.Chain, Statement: w.sh.Statement, Label: w.sh.Label}
 	for _, f := range w.files {
 		if f != nil && f.device {
 			if mk.Devices == nil {

@@ -54,6 +54,9 @@ type marker struct {
 	// signed statement, when receive checked its signature; else absent.
 	Chain     string         `json:"chain,omitempty"`
 	Statement archive.Digest `json:"statement_sha256,omitzero"`
+	// Label is Shipment's label ("" for none); absent when unknown (a
+	// marker of an earlier version, a live receive).
+	Label *string `json:"label,omitempty"`
 }
 
 const (
@@ -255,6 +258,9 @@ type Holding struct {
 	// checked; "" and zero otherwise.
 	Chain     string
 	Statement archive.Digest
+	// Label is Shipment's label ("" for none), nil when the marker does
+	// not say.
+	Label *string
 	// Aside lists, while an update is unfinished, where the files it
 	// rewrites are kept (relative to the folder, .NAME.coldship-update)
 	// until an update completes.
@@ -278,7 +284,12 @@ func Held(dir string, files []archive.File) (h Holding, ok bool, err error) {
 		(m.Chain != "" && !archive.ValidChainID(m.Chain)) {
 		return Holding{}, false, fmt.Errorf("restore marker %s is %w", MarkerPath(dir, files), errDamaged)
 	}
-	h = Holding{Shipment: m.Shipment, State: m.State, From: m.From, Chain: m.Chain, Statement: m.Statement}
+	return m.holding(), true, nil
+}
+
+// holding is what m says its folder holds.
+func (m *marker) holding() Holding {
+	h := Holding{Shipment: m.Shipment, State: m.State, From: m.From, Chain: m.Chain, Statement: m.Statement, Label: m.Label}
 	if m.State == stateUpdating {
 		for _, f := range m.Files {
 			if f.Temp != "" {
@@ -286,5 +297,5 @@ func Held(dir string, files []archive.File) (h Holding, ok bool, err error) {
 			}
 		}
 	}
-	return h, true, nil
+	return h
 }

@@ -61,7 +61,7 @@ func (w *Writer) openUpdate(ctx context.Context) error {
 	}
 	w.upd = &marker{Format: markerFormat, State: stateUpdating, Shipment: w.sh.ID, From: from, Dest: w.opts.Dest,
 		BlockSize: w.sh.BlockSize, Digests: w.kind, Partial: m.Partial, Run: w.run, Files: append([]markerFile(nil), m.Files...),
-		Chain: w.sh.Chain, Statement: w.sh.Statement}
+		Chain: w.sh.Chain, Statement: w.sh.Statement, Label: w.sh.Label}
 	var replaced []string
 	for _, f := range w.files {
 		if f == nil || f.device {

@@ -37,6 +37,10 @@ type Shipment struct {
 	// marker records for the rollback check of the next update.
 	Chain     string
 	Statement archive.Digest
+	// Label is the shipment's label, which the marker records for the
+	// next update to check that it is of the same series; nil: unknown,
+	// not recorded.
+	Label *string
 }
 
 // Options configure a Writer.
@@ -54,6 +58,12 @@ type Options struct {
 	LockWait    time.Duration     // how long to wait for another receive into Dir
 	Jobs        int               // parallel readers when hashing files; 0: all CPUs
 	Dest        string            // names the destination in the marker
+	// CheckHeld, with Update, is given what the folder's marker says it
+	// holds, read under the folder's lock before anything changes; an
+	// error refuses the update. A check made before the lock was taken
+	// (the rollback check of receive --into) can be out of date by then:
+	// another receive may have updated the folder while this one waited.
+	CheckHeld func(Holding) error
 	// Live is set by the live receiver: blocks are written with
 	// WriteLive, each round marks its own, and the final manifest carries
 	// no data bytes.
@@ -184,6 +194,11 @@ func Open(ctx context.Context, sh Shipment, opts Options) (_ *Writer, err error)
 	}
 	if opts.Update {
 		if err := w.old.checkNoDevices(w.t.path); err != nil {
+			return nil, err
+		}
+	}
+	if opts.Update && opts.CheckHeld != nil {
+		if err := opts.CheckHeld(w.old.holding()); err != nil {
 			return nil, err
 		}
 	}

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestNameSelectsSeries: two VMs' series at one destination, told apart by
+// send --name. receive, verify and show --name LABEL take the latest of
+// that label, refuse a shipment of another named by its id, and (with
+// trusted senders) do not take a shipment of another series whose header
+// was relabelled, though signed by the same key.
+func TestNameSelectsSeries(t *testing.T) {
+	dir := t.TempDir()
+	s := newTrustSite(t, filepath.Join(dir, "dest"))
+	web, db := filepath.Join(dir, "web.img"), filepath.Join(dir, "db.img")
+	makeImage(t, web, 1<<20, region{0, 1 << 20, "random"})
+	makeImage(t, db, 1<<20, region{0, 1 << 20, "random"})
+	webID := s.sendSigned(web, "--name", "web01")
+	time.Sleep(1100 * time.Millisecond) // ids are dated to the second
+	dbID := s.sendSigned(db, "--name", "db01", "--state-dir", filepath.Join(dir, "db-state"))
+
+	receive := func(out string, args ...string) result {
+		return s.run(append([]string{"receive", s.dest, "--out", filepath.Join(dir, out), "-i", s.key, "-q"}, args...)...)
+	}
+	if r := receive("newest"); r.code != 0 {
+		t.Fatalf("receive: %d %s", r.code, r.stderr)
+	}
+	sameFile(t, db, filepath.Join(dir, "newest", "db.img"))
+	for _, args := range [][]string{{"--name", "web01"}, {"--name", "web01", "--trusted-senders", s.allowed}} {
+		out := "web" + string(rune('0'+len(args)))
+		if r := receive(out, args...); r.code != 0 {
+			t.Fatalf("receive %s: %d %s", args, r.code, r.stderr)
+		}
+		sameFile(t, web, filepath.Join(dir, out, "web.img"))
+		missing(t, filepath.Join(dir, out, "db.img"))
+	}
+	for _, cmd := range [][]string{
+		{"receive", s.dest, dbID, "--out", filepath.Join(dir, "refused"), "-i", s.key, "--name", "web01"},
+		{"verify", s.dest, dbID, "--name", "web01"},
+		{"verify", s.dest, dbID, "--name", "web01", "-i", s.key},
+		{"show", s.dest, dbID, "--name", "web01", "-i", s.key},
+	} {
+		if r := s.run(cmd...); r.code == 0 || !strings.Contains(r.stderr, `is labelled "db01", not "web01"`) {
+			t.Errorf("%s: exit %d, %q", cmd, r.code, r.stderr)
+		}
+	}
+	missing(t, filepath.Join(dir, "refused"))
+	if r := s.run("verify", s.dest, "--name", "nope"); r.code == 0 || !strings.Contains(r.stderr, `no complete shipment labelled "nope"`) {
+		t.Errorf("verify --name nope: exit %d, %q", r.code, r.stderr)
+	}
+	if r := s.run("show", s.dest, "--name", "web01", "-i", s.key); r.code != 0 || !strings.Contains(r.stdout, webID) {
+		t.Errorf("show --name web01: exit %d, %q", r.code, r.stdout)
+	}
+	if r := s.run("list", s.dest, "--name", "db01"); r.code != 0 || !strings.Contains(r.stdout, dbID) || strings.Contains(r.stdout, webID) {
+		t.Errorf("list --name db01: exit %d, %q", r.code, r.stdout)
+	}
+	if r := s.run("list", s.dest, "--name", "nope"); r.code != 0 || r.stdout != "" || !strings.Contains(r.stderr, `no shipment labelled "nope"`) {
+		t.Errorf("list --name nope: exit %d, %q, %q", r.code, r.stdout, r.stderr)
+	}
+
+	// The other series' newer shipment relabelled at DEST: not taken as
+	// web01's, whether or not the signature is checked.
+	hp := filepath.Join(s.dest, dbID, "header")
+	b := mustReadFile(t, hp)
+	relabelled := bytes.Replace(b, []byte(`"label":"db01"`), []byte(`"label":"web01"`), 1)
+	if bytes.Equal(relabelled, b) {
+		t.Fatalf("no label in the header: %q", b)
+	}
+	if err := os.WriteFile(hp, relabelled, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"--name", "web01"}, {"--name", "web01", "--trusted-senders", s.allowed}} {
+		out := filepath.Join(dir, "relabelled"+string(rune('0'+len(args))))
+		r := s.run(append([]string{"receive", s.dest, "--out", out, "-i", s.key, "-q"}, args...)...)
+		if _, err := os.Stat(filepath.Join(out, "db.img")); err == nil {
+			t.Errorf("receive %s restored the other series' image (exit %d)", args, r.code)
+		}
+		if r.code == 0 {
+			sameFile(t, web, filepath.Join(out, "web.img"))
+		}
+		t.Logf("receive %s of a relabelled shipment: exit %d, %s", args, r.code, r.stderr)
+	}
+}
