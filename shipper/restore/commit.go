@@ -176,6 +176,7 @@ func (w *Writer) finalize(ctx context.Context, f *file) error {
 		return fmt.Errorf("%s: point at its backing file: %w", f.meta.Path, err)
 	}
 	if f.device {
+		w.rereadPartitions(f)
 		return nil
 	}
 	if w.opts.Finalize != nil && f.fh != nil {

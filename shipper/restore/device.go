@@ -84,6 +84,20 @@ func (m *marker) checkNoDevices(dir string) error {
 	return fmt.Errorf("%s: %s was restored onto %s (--out-device), which receive --into cannot update: receive the shipment in full again, with --out and --out-device", dir, names[0], m.Devices[names[0]])
 }
 
+// rereadPartitions has the kernel read the partition table of a disk
+// just restored (BLKRRPART): a whole-disk image brings its own, and the
+// disk's old partitions, left in place, would have a mount or an fsck
+// read and write the restored disk at the old offsets. A device that
+// holds no partitions (a partition, an LVM volume, a loop device without
+// partscan) answers EINVAL. Another failure (a partition opened since the
+// device was checked) is said, not fatal: the device holds the image.
+func (w *Writer) rereadPartitions(f *file) {
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.fh.Fd(), unix.BLKRRPART, 0)
+	if errno != 0 && errno != unix.EINVAL {
+		w.opts.Log("warning: %s holds %s, but the kernel could not re-read its partition table (%v): its partitions may still be the old ones; run blockdev --rereadpt %s before using them", f.final, f.meta.Path, errno, f.final)
+	}
+}
+
 // zeroRange makes [off, off+n) of f read as zeros, deallocating where it
 // can: a hole punched in a file, a range discarded or zeroed on a device
 // (FALLOC_FL_PUNCH_HOLE zeroes block devices too; BLKZEROOUT where it

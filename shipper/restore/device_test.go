@@ -2,6 +2,7 @@ package restore
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"os"
 	"os/exec"
@@ -94,4 +95,57 @@ func TestDeviceNotBlockNeverOpened(t *testing.T) {
 	if n, _ := unix.Read(in, buf[:]); n > 0 {
 		t.Errorf("the character device %s was opened", node)
 	}
+}
+
+// TestDevicePartitionsReread: a whole-disk image restored onto a disk
+// brings its own partition table; the kernel must see it, not keep the
+// disk's old partitions, through which a mount or an fsck would read and
+// write the restored disk at the old offsets.
+func TestDevicePartitionsReread(t *testing.T) {
+	vmtest.Tool(t, "losetup")
+	file := filepath.Join(t.TempDir(), "disk")
+	old := make([]byte, 4<<20)
+	mbr(old, [2]uint32{128, 1024}, [2]uint32{2048, 2048})
+	if err := os.WriteFile(file, old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("losetup", "--find", "--show", "--partscan", file).CombinedOutput()
+	if err != nil {
+		vmtest.Unavailable(t, "losetup --partscan: %v: %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "--detach", dev).Run() })
+	sys := filepath.Join("/sys/block", filepath.Base(dev))
+	part := func(n int) string { return filepath.Join(sys, filepath.Base(dev)+"p"+string(rune('0'+n)), "start") }
+	if _, err := os.Stat(part(2)); err != nil {
+		// A kernel without the MBR parser: partx adds them (BLKPG).
+		vmtest.Run(t, "partx", "--add", dev)
+	}
+
+	disk := image{"vm/disk.img", sparse(16*testBS, 7)}
+	mbr(disk.data, [2]uint32{64, 512})
+	sh, blocks := shipment("20261130T120000Z-00000001", disk)
+	if _, err := restoreAll(t, sh, blocks, Options{Dir: filepath.Join(t.TempDir(), "out"), Devices: map[string]string{disk.path: dev}}); err != nil {
+		t.Fatal(err)
+	}
+	// The first partition is the restored table's, or none where the
+	// kernel cannot parse the table (the old one is gone all the same).
+	if start, err := os.ReadFile(part(1)); err == nil && strings.TrimSpace(string(start)) != "64" {
+		t.Errorf("%s's first partition starts at sector %s, want the restored table's 64", dev, start)
+	}
+	if _, err := os.Stat(part(2)); err == nil {
+		t.Errorf("%s keeps the old second partition, which the restored table does not have", dev)
+	}
+}
+
+// mbr writes an MBR partition table of Linux partitions {start, sectors}.
+func mbr(b []byte, parts ...[2]uint32) {
+	clear(b[446:512])
+	for i, p := range parts {
+		e := b[446+16*i:]
+		e[4] = 0x83
+		binary.LittleEndian.PutUint32(e[8:], p[0])
+		binary.LittleEndian.PutUint32(e[12:], p[1])
+	}
+	b[510], b[511] = 0x55, 0xaa
 }
