@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 
 	"golang.org/x/sys/unix"
@@ -90,12 +91,24 @@ func (m *marker) checkNoDevices(dir string) error {
 // read and write the restored disk at the old offsets. A device that
 // holds no partitions (a partition, an LVM volume, a loop device without
 // partscan) answers EINVAL. Another failure (a partition opened since the
-// device was checked) is said, not fatal: the device holds the image.
+// device was checked, no CAP_SYS_ADMIN) is said where the disk has
+// partitions, not fatal: the device holds the image.
 func (w *Writer) rereadPartitions(f *file) {
 	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.fh.Fd(), unix.BLKRRPART, 0)
-	if errno != 0 && errno != unix.EINVAL {
+	if errno != 0 && errno != unix.EINVAL && hasPartitions(f.fh) {
 		w.opts.Log("warning: %s holds %s, but the kernel could not re-read its partition table (%v): its partitions may still be the old ones; run blockdev --rereadpt %s before using them", f.final, f.meta.Path, errno, f.final)
 	}
+}
+
+// hasPartitions reports whether the kernel knows partitions of the disk
+// dev (sysfs).
+func hasPartitions(dev *os.File) bool {
+	var st unix.Stat_t
+	if unix.Fstat(int(dev.Fd()), &st) != nil {
+		return false
+	}
+	parts, _ := filepath.Glob(fmt.Sprintf("/sys/dev/block/%d:%d/*/partition", unix.Major(st.Rdev), unix.Minor(st.Rdev)))
+	return len(parts) > 0
 }
 
 // zeroRange makes [off, off+n) of f read as zeros, deallocating where it

@@ -121,6 +121,11 @@ func TestDevicePartitionsReread(t *testing.T) {
 		// A kernel without the MBR parser: partx adds them (BLKPG).
 		vmtest.Run(t, "partx", "--add", dev)
 	}
+	if fh, err := os.Open(dev); err != nil || !hasPartitions(fh) {
+		t.Errorf("hasPartitions(%s) is false (%v), with two partitions", dev, err)
+	} else {
+		fh.Close()
+	}
 
 	disk := image{"vm/disk.img", sparse(16*testBS, 7)}
 	mbr(disk.data, [2]uint32{64, 512})
