@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"errors"
 	"io/fs"
 	"os"
 	"unsafe"
@@ -27,4 +28,22 @@ func blockDeviceSize(f *os.File) (int64, error) {
 		return 0, &fs.PathError{Op: "BLKGETSIZE64", Path: f.Name(), Err: errno}
 	}
 	return int64(min(size, 1<<63-1)), nil
+}
+
+// OpenSource opens a source file for reading. A block device is opened
+// exclusively (O_EXCL) for as long as it is read: the kernel then refuses
+// to mount it and any other exclusive user (mkfs, LVM, a device mapper)
+// its claim, writers whose writes nothing else would see, since a
+// device's times do not move when it is written. A device that another
+// holder claimed already (send --force over a mounted device) is opened
+// without the claim.
+func OpenSource(src Source) (*os.File, error) {
+	if !src.Device {
+		return os.Open(src.Path)
+	}
+	f, err := os.OpenFile(src.Path, os.O_RDONLY|unix.O_EXCL, 0)
+	if errors.Is(err, unix.EBUSY) {
+		return os.Open(src.Path)
+	}
+	return f, err
 }

@@ -22,6 +22,11 @@ import (
 // other PID namespaces) go unseen; the O_EXCL probe does not depend on
 // them.
 func CheckDeviceFree(path string) error {
+	// Not opened unless it is one: opening a character device can start
+	// a watchdog or wait for a serial line's carrier.
+	if fi, err := os.Stat(path); err == nil && !isBlockDevice(fi) {
+		return fmt.Errorf("check device %s: not a block device", path)
+	}
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return fmt.Errorf("check device %s: %w", path, err)
@@ -147,8 +152,10 @@ func deviceBusyReason(dev uint64) string {
 			return what + "held by " + name
 		}
 	}
-	return "held exclusively by another user of the device (an O_EXCL opener, a mount in another namespace)"
+	return heldExclusively
 }
+
+const heldExclusively = "held exclusively by another user of the device (an O_EXCL opener, a mount in another namespace)"
 
 // deviceName is the kernel's name of a block device (sdb1, dm-0).
 func deviceName(dev uint64) string {

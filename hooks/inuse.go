@@ -94,9 +94,8 @@ func checkInUse(path string, readersOK bool) error {
 	other := func(u procUser) bool { return !u.self }
 
 	if isBlockDevice(fi) {
-		if reason, busy := probeExclusive(path, fi); busy {
-			holder, _ := find(users, other)
-			return &InUseError{Path: path, Reason: reason, PID: holder.pid, Command: holder.command()}
+		if err := checkExclusive(path, fi, users, readersOK); err != nil {
+			return err
 		}
 	}
 	if readersOK {
@@ -252,6 +251,34 @@ func (u procUser) command() string {
 }
 
 // find returns the first user that ok accepts.
+// checkExclusive refuses a block device that cannot be opened
+// exclusively. A send holds the device it reads (archive.OpenSource): a
+// device that another coldship holds so, and only reads, is refused as
+// such, unless readersOK (a base shared by linked clones, which two sends
+// may read at once).
+func checkExclusive(path string, fi os.FileInfo, users []procUser, readersOK bool) error {
+	reason, busy := probeExclusive(path, fi)
+	if !busy {
+		return nil
+	}
+	other := func(u procUser) bool { return !u.self }
+	holder, _ := find(users, other)
+	if sender, ok := find(users, func(u procUser) bool { return other(u) && !u.writable && ourExecutable(u.pid) }); ok && reason == heldExclusively {
+		if readersOK {
+			return nil
+		}
+		holder, reason = sender, "held exclusively by another coldship, which is shipping it (one send of a device at a time)"
+	}
+	return &InUseError{Path: path, Reason: reason, PID: holder.pid, Command: holder.command()}
+}
+
+// ourExecutable reports whether process pid runs this program's executable.
+func ourExecutable(pid int) bool {
+	theirs, err1 := os.Stat(fmt.Sprintf("/proc/%d/exe", pid))
+	ours, err2 := os.Stat("/proc/self/exe")
+	return err1 == nil && err2 == nil && os.SameFile(theirs, ours)
+}
+
 func find(users []procUser, ok func(procUser) bool) (procUser, bool) {
 	for _, u := range users {
 		if ok(u) {

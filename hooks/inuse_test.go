@@ -196,7 +196,11 @@ func TestCheckDeviceBusy(t *testing.T) {
 	// Claimed exclusively.
 	dev2, _ := vmtest.Loop(t, 16<<20)
 	pid = holdImageInChild(t, "excl", dev2)
-	wantInUse(t, dev2, pid, "held exclusively")
+	wantInUse(t, dev2, pid, "held exclusively by another coldship, which is shipping it")
+	// A base shared by linked clones may be shipped by two sends at once.
+	if err := CheckNotWritten(dev2); err != nil {
+		t.Errorf("CheckNotWritten of a device another coldship ships: %v", err)
+	}
 	wantDeviceBusy(t, dev2, 0, "held exclusively")
 
 	if err := CheckDeviceFree(newImage(t)); err == nil || !strings.Contains(err.Error(), "not a block device") || errors.Is(err, ErrBusy) {

@@ -34,7 +34,7 @@ func openSources(sources []archive.Source) ([]*sendFile, error) {
 		if src.Info.IsDir() {
 			continue
 		}
-		f, err := os.Open(src.Path)
+		f, err := archive.OpenSource(src)
 		if err != nil {
 			closeSources(files)
 			return nil, fmt.Errorf("open source: %w", err)

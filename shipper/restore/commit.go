@@ -176,6 +176,7 @@ func (w *Writer) finalize(ctx context.Context, f *file) error {
 		return fmt.Errorf("%s: point at its backing file: %w", f.meta.Path, err)
 	}
 	if f.device {
+		w.rereadPartitions(f)
 		return nil
 	}
 	if w.opts.Finalize != nil && f.fh != nil {
@@ -255,6 +256,14 @@ func (w *Writer) markDone() error {
 	mk := &marker{Format: markerFormat, State: stateDone, Shipment: w.sh.ID, Dest: w.opts.Dest,
 		BlockSize: w.sh.BlockSize, Digests: w.kind, Partial: w.Partial() || len(w.opts.Devices) > 0,
 		Chain: w.sh.Chain, Statement: w.sh.Statement, Label: w.sh.Label}
+	for _, f := range w.files {
+		if f != nil && f.device {
+			if mk.Devices == nil {
+				mk.Devices = map[string]string{}
+			}
+			mk.Devices[f.meta.Path] = f.final
+		}
+	}
 	for _, i := range w.dirs {
 		mk.Files = append(mk.Files, markerFile{Path: w.sh.Files[i].Path, Type: archive.TypeDir})
 	}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"sort"
 
 	"golang.org/x/sys/unix"
 
@@ -24,6 +26,13 @@ func (w *Writer) openDevices() error {
 		if f == nil {
 			return fmt.Errorf("--out-device %s: the file is not restored (--include)", name)
 		}
+		// Nothing but a block device is opened: opening a character
+		// device has effects (a watchdog starts, a serial line waits).
+		if st, err := os.Stat(dev); err != nil {
+			return fmt.Errorf("--out-device %s=%s: %w", name, dev, err)
+		} else if st.Mode()&os.ModeDevice == 0 || st.Mode()&os.ModeCharDevice != 0 {
+			return fmt.Errorf("--out-device %s=%s: not a block device", name, dev)
+		}
 		if err := hooks.CheckDeviceFree(dev); errors.Is(err, hooks.ErrBusy) {
 			return fmt.Errorf("--out-device %s=%s: %w", name, dev, err)
 		}
@@ -40,6 +49,12 @@ func (w *Writer) openDevices() error {
 			fh.Close()
 			return fmt.Errorf("--out-device %s=%s: not a block device", name, dev)
 		}
+		// A read-only device opens for writing all the same; its
+		// writes fail, once blocks are being fetched.
+		if ro, err := unix.IoctlGetInt(fd, unix.BLKROGET); err == nil && ro != 0 {
+			fh.Close()
+			return fmt.Errorf("--out-device %s=%s: the device is read-only", name, dev)
+		}
 		size, err := unix.Seek(fd, 0, 2) // a block device's end is its size
 		if err != nil {
 			fh.Close()
@@ -53,6 +68,47 @@ func (w *Writer) openDevices() error {
 		w.opts.Log("%s is written in place onto %s: if the receive fails, the device holds a partial image", name, dev)
 	}
 	return nil
+}
+
+// checkNoDevices refuses to update (receive --into) a restore that wrote
+// files onto block devices: the update would restore them into the folder
+// as new files and leave the devices as they were.
+func (m *marker) checkNoDevices(dir string) error {
+	names := make([]string, 0, len(m.Devices))
+	for name := range m.Devices {
+		names = append(names, name)
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	sort.Strings(names)
+	return fmt.Errorf("%s: %s was restored onto %s (--out-device), which receive --into cannot update: receive the shipment in full again, with --out and --out-device", dir, names[0], m.Devices[names[0]])
+}
+
+// rereadPartitions has the kernel read the partition table of a disk
+// just restored (BLKRRPART): a whole-disk image brings its own, and the
+// disk's old partitions, left in place, would have a mount or an fsck
+// read and write the restored disk at the old offsets. A device that
+// holds no partitions (a partition, an LVM volume, a loop device without
+// partscan) answers EINVAL. Another failure (a partition opened since the
+// device was checked, no CAP_SYS_ADMIN) is said where the disk has
+// partitions, not fatal: the device holds the image.
+func (w *Writer) rereadPartitions(f *file) {
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.fh.Fd(), unix.BLKRRPART, 0)
+	if errno != 0 && errno != unix.EINVAL && hasPartitions(f.fh) {
+		w.opts.Log("warning: %s holds %s, but the kernel could not re-read its partition table (%v): its partitions may still be the old ones; run blockdev --rereadpt %s before using them", f.final, f.meta.Path, errno, f.final)
+	}
+}
+
+// hasPartitions reports whether the kernel knows partitions of the disk
+// dev (sysfs).
+func hasPartitions(dev *os.File) bool {
+	var st unix.Stat_t
+	if unix.Fstat(int(dev.Fd()), &st) != nil {
+		return false
+	}
+	parts, _ := filepath.Glob(fmt.Sprintf("/sys/dev/block/%d:%d/*/partition", unix.Major(st.Rdev), unix.Minor(st.Rdev)))
+	return len(parts) > 0
 }
 
 // zeroRange makes [off, off+n) of f read as zeros, deallocating where it

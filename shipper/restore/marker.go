@@ -45,6 +45,10 @@ type marker struct {
 	Partial   bool         `json:"partial,omitempty"` // receive --include: the files the shipment has beyond these are absent
 	Run       uint32       `json:"run,omitempty"`     // updating: the mark of the update's writes
 	Files     []markerFile `json:"files"`
+	// Devices: files of the shipment that --out-device wrote onto block
+	// devices (path in the shipment -> device), which the folder does not
+	// hold and an update cannot reach.
+	Devices map[string]string `json:"devices,omitempty"`
 
 	// Chain and Statement are Shipment's chain id and the SHA-256 of its
 	// signed statement, when receive checked its signature; else absent.

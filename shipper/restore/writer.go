@@ -192,6 +192,11 @@ func Open(ctx context.Context, sh Shipment, opts Options) (_ *Writer, err error)
 	if opts.Update && w.old == nil {
 		return nil, fmt.Errorf("%s %w", w.t.path, ErrNoRestore)
 	}
+	if opts.Update {
+		if err := w.old.checkNoDevices(w.t.path); err != nil {
+			return nil, err
+		}
+	}
 	if opts.Update && opts.CheckHeld != nil {
 		if err := opts.CheckHeld(w.old.holding()); err != nil {
 			return nil, err
