@@ -30,6 +30,9 @@ type InUseError struct {
 	// Write: the refusal is of a restore target (CheckDeviceFree), not of
 	// a source.
 	Write bool
+	// Advice replaces the source's "is the VM running?" when the holder
+	// is known to be something else.
+	Advice string
 }
 
 func (e *InUseError) Error() string {
@@ -43,7 +46,11 @@ func (e *InUseError) Error() string {
 	if e.Write {
 		return fmt.Sprintf("refusing to write %s: %s%s: it must be unmounted and unused", e.Path, e.Reason, who)
 	}
-	return fmt.Sprintf("refusing to read %s: %s%s: is the VM running? use --force to override", e.Path, e.Reason, who)
+	advice := e.Advice
+	if advice == "" {
+		advice = "is the VM running? use --force to override"
+	}
+	return fmt.Sprintf("refusing to read %s: %s%s: %s", e.Path, e.Reason, who, advice)
 }
 
 func (e *InUseError) Unwrap() error { return ErrBusy }
@@ -250,7 +257,6 @@ func (u procUser) command() string {
 	return name
 }
 
-// find returns the first user that ok accepts.
 // checkExclusive refuses a block device that cannot be opened
 // exclusively. A send holds the device it reads (archive.OpenSource): a
 // device that another coldship holds so, and only reads, is refused as
@@ -263,13 +269,15 @@ func checkExclusive(path string, fi os.FileInfo, users []procUser, readersOK boo
 	}
 	other := func(u procUser) bool { return !u.self }
 	holder, _ := find(users, other)
+	advice := ""
 	if sender, ok := find(users, func(u procUser) bool { return other(u) && !u.writable && ourExecutable(u.pid) }); ok && reason == heldExclusively {
 		if readersOK {
 			return nil
 		}
 		holder, reason = sender, "held exclusively by another coldship, which is shipping it (one send of a device at a time)"
+		advice = "wait for that send to end, or use --force to read it alongside"
 	}
-	return &InUseError{Path: path, Reason: reason, PID: holder.pid, Command: holder.command()}
+	return &InUseError{Path: path, Reason: reason, PID: holder.pid, Command: holder.command(), Advice: advice}
 }
 
 // ourExecutable reports whether process pid runs this program's executable.
@@ -279,6 +287,7 @@ func ourExecutable(pid int) bool {
 	return err1 == nil && err2 == nil && os.SameFile(theirs, ours)
 }
 
+// find returns the first user that ok accepts.
 func find(users []procUser, ok func(procUser) bool) (procUser, bool) {
 	for _, u := range users {
 		if ok(u) {

@@ -35,7 +35,11 @@ func wantInUse(t *testing.T, path string, pid int, reason string) {
 	}
 	msg := err.Error()
 	t.Log(msg)
-	for _, s := range []string{"refusing to read " + path, fmt.Sprintf("(pid %d, %s)", pid, iu.Command), "is the VM running?", "--force"} {
+	advice := "is the VM running?"
+	if iu.Advice != "" {
+		advice = iu.Advice
+	}
+	for _, s := range []string{"refusing to read " + path, fmt.Sprintf("(pid %d, %s)", pid, iu.Command), advice, "--force"} {
 		if !strings.Contains(msg, s) {
 			t.Errorf("message %q lacks %q", msg, s)
 		}
@@ -197,6 +201,9 @@ func TestCheckDeviceBusy(t *testing.T) {
 	dev2, _ := vmtest.Loop(t, 16<<20)
 	pid = holdImageInChild(t, "excl", dev2)
 	wantInUse(t, dev2, pid, "held exclusively by another coldship, which is shipping it")
+	if err := CheckNotInUse(dev2); err == nil || !strings.Contains(err.Error(), ": wait for that send to end") || strings.Contains(err.Error(), "VM running") {
+		t.Errorf("CheckNotInUse of a device another coldship ships: %v, want advice to wait for it", err)
+	}
 	// A base shared by linked clones may be shipped by two sends at once.
 	if err := CheckNotWritten(dev2); err != nil {
 		t.Errorf("CheckNotWritten of a device another coldship ships: %v", err)
