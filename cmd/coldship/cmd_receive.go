@@ -301,7 +301,7 @@ func receiveShipment(ctx context.Context, s *streams, opts *receiveOptions, runn
 		return nil, fmt.Errorf("receive %s from %s: %w", id, tr, err)
 	}
 	rep.finish(true, addLinkStats(map[string]any{
-		"mode": "out", "shipment": id, "files": len(res.Files), "bytes_total": cnt.Total.Load(),
+		"mode": "out", "shipment": id, "label": sh.Header.Label, "files": len(res.Files), "bytes_total": cnt.Total.Load(),
 		"bytes_data": cnt.Data.Load(), "bytes_fetched": cnt.Shipped.Load(), "bytes_reused": res.Reused, "paths": nonNil(res.Files),
 	}, tr, cnt.Shipped.Load(), rep.start), fmt.Sprintf("restored %s (%s, %s) into %s", id, describeFiles(res.Entries), humanBytes(cnt.Total.Load()), opts.out))
 	return res.Files, nil
@@ -324,7 +324,7 @@ func receiveInto(ctx context.Context, s *streams, opts *receiveOptions, sh *ship
 		return nil, fmt.Errorf("update %s to %s from %s: %w%s", opts.into, id, opts.dest, err, asideHint(opts.into, sh.Manifest.Files))
 	}
 	rep.finish(true, map[string]any{
-		"mode": "into", "paths": nonNil(res.Files), "shipment": id, "files": len(res.Files), "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
+		"mode": "into", "paths": nonNil(res.Files), "shipment": id, "label": sh.Header.Label, "files": len(res.Files), "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
 		"bytes_written": res.Written, "bytes_data": cnt.Data.Load(), "bytes_fetched": cnt.Shipped.Load(),
 		"bytes_reused": res.Reused,
 	}, fmt.Sprintf("updated %s to %s (%s, %s): %s written", opts.into, id, describeFiles(res.Entries),

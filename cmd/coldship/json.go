@@ -150,7 +150,9 @@ var jsonSchema = []jsonKind{
 		fDuration,
 	}},
 	{Name: "summary of receive", Type: "summary", Op: "receive", Fields: withLink([]jsonField{
-		fType, fOp, fShipment, fFiles, fTotal,
+		fType, fOp, fShipment,
+		{"label", "string", "the shipment's label (send --name), \"\" if none"},
+		fFiles, fTotal,
 		{"bytes_data", "integer", "plaintext bytes of the blocks written, whole blocks (their zero pages stay holes)"},
 		{"bytes_fetched", "integer", "bytes of segments read from the destination by this run (not the small objects: header, keys, manifest, table)"},
 		{"bytes_reused", "integer", "bytes an interrupted receive had written, checked and kept instead of fetched"},

@@ -56,6 +56,10 @@ func TestNameSelectsSeries(t *testing.T) {
 	if r := s.run("show", s.dest, "--name", "web01", "-i", s.key); r.code != 0 || !strings.Contains(r.stdout, webID) {
 		t.Errorf("show --name web01: exit %d, %q", r.code, r.stdout)
 	}
+	if r := s.run("receive", s.dest, "--out", filepath.Join(dir, "json"), "-i", s.key, "--name", "web01", "--json"); r.code != 0 ||
+		summaryOf(t, r.stdout)["label"] != "web01" || summaryOf(t, r.stdout)["shipment"] != webID {
+		t.Errorf("receive --json --name web01: exit %d, %q", r.code, r.stdout)
+	}
 	if r := s.run("list", s.dest, "--name", "db01"); r.code != 0 || !strings.Contains(r.stdout, dbID) || strings.Contains(r.stdout, webID) {
 		t.Errorf("list --name db01: exit %d, %q", r.code, r.stdout)
 	}
