@@ -364,3 +364,40 @@ func TestResponseStalls(t *testing.T) {
 		})
 	}
 }
+
+// TestUploadStalls: a PUT whose body the server stops reading, the
+// connection kept open, fails the upload once the connection has carried
+// nothing for stallTimeout (the upload's retries included) instead of
+// hanging the send.
+func TestUploadStalls(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.SetEnv(t)
+	defer func(d time.Duration) { stallTimeout = d }(stallTimeout)
+	stallTimeout = time.Second
+	target, err := url.Parse(srv.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ErrorLog = log.New(io.Discard, "", 0)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut {
+			<-stop // never reads the body
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() {
+		close(stop)
+		proxy.Close()
+	})
+	tr := newTransport(t, Config{Bucket: srv.Bucket, Prefix: "stall", Endpoint: proxy.URL, Streams: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	data := randomBytes(partSize, 31)
+	err = tr.Put(ctx, "seg", bytes.NewReader(data), int64(len(data)))
+	if ctx.Err() != nil || err == nil {
+		t.Errorf("upload to a server that stops reading: %v (context: %v); want it to fail", err, ctx.Err())
+	}
+}
