@@ -2,9 +2,12 @@ package s3
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,12 +52,54 @@ func newLink(ht *http.Transport) *link {
 	}
 	ht.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := dial(ctx, network, addr)
-		if err == nil {
-			l.dials.Add(1)
+		if err != nil {
+			return nil, err
 		}
-		return c, err
+		l.dials.Add(1)
+		return &stallConn{Conn: c, timeout: stallTimeout}, nil
 	}
 	return l
+}
+
+// stallTimeout is how long a connection may carry nothing either way,
+// while a request or response is in progress, before its reads and writes
+// fail. net/http bounds the wait for response headers (a minute) but
+// not a body that stops arriving or a server that stops reading one: a
+// stalled store or a link that dies without closing would otherwise hang
+// a cron run forever. It is longer than the idle connection timeout (a
+// minute), so that connections idle in the pool close as idle first.
+var stallTimeout = 2 * time.Minute
+
+// stallConn fails a Read or Write once the connection has moved nothing
+// either way for timeout: every byte read or written pushes both
+// deadlines on (an upload's response is read only after its body is sent,
+// while net/http already waits in a Read).
+type stallConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c *stallConn) Read(p []byte) (int, error) {
+	c.Conn.SetDeadline(time.Now().Add(c.timeout))
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.Conn.SetDeadline(time.Now().Add(c.timeout))
+	}
+	return n, stallErr(err, c.timeout)
+}
+
+func (c *stallConn) Write(p []byte) (int, error) {
+	c.Conn.SetDeadline(time.Now().Add(c.timeout))
+	n, err := c.Conn.Write(p)
+	return n, stallErr(err, c.timeout)
+}
+
+// stallErr says what a deadline of stallConn means.
+func stallErr(err error, timeout time.Duration) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("the S3 server sent and took nothing for %v (a stalled server or link): %w", timeout, err)
+	}
+	return err
 }
 
 func (l *link) RoundTrip(req *http.Request) (*http.Response, error) {

@@ -283,3 +283,121 @@ func TestResponseCutShort(t *testing.T) {
 		})
 	}
 }
+
+// stallProxy forwards requests to an S3 server and, for the GETs of
+// objects, sends the first 5000 bytes of the body and then nothing more
+// while keeping the connection open: a store that hangs mid-response, or
+// a link that dies without closing.
+func newStallProxy(t *testing.T, endpoint string) string {
+	target, err := url.Parse(endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ErrorLog = log.New(io.Discard, "", 0)
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && r.URL.Query().Get("list-type") == "" {
+			w = &stallWriter{ResponseWriter: w, left: 5000, stop: stop}
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() {
+		close(stop)
+		server.Close()
+	})
+	return server.URL
+}
+
+type stallWriter struct {
+	http.ResponseWriter
+	left int
+	stop chan struct{}
+}
+
+func (s *stallWriter) Write(p []byte) (int, error) {
+	if len(p) > s.left {
+		s.ResponseWriter.Write(p[:s.left])
+		s.ResponseWriter.(http.Flusher).Flush()
+		<-s.stop
+		panic(http.ErrAbortHandler)
+	}
+	s.left -= len(p)
+	return s.ResponseWriter.Write(p)
+}
+
+// TestResponseStalls: a GET whose body stops arriving while its
+// connection stays open fails the read, as a lost connection, once the
+// connection has carried nothing for stallTimeout, instead of hanging
+// the receive for as long as the server keeps the connection open.
+func TestResponseStalls(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.SetEnv(t)
+	defer func(d time.Duration) { stallTimeout = d }(stallTimeout)
+	stallTimeout = time.Second
+	ctx := context.Background()
+	data := randomBytes(2*partSize+100, 29)
+	setup := newTransport(t, Config{Bucket: srv.Bucket, Prefix: "stall"})
+	if err := setup.Put(ctx, "seg", bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name    string
+		streams int
+		n       int64
+	}{
+		{"one GET", 1, 100000},
+		{"ranged GETs", 4, -1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			tr := newTransport(t, Config{Bucket: srv.Bucket, Prefix: "stall", Endpoint: newStallProxy(t, srv.Endpoint), Streams: c.streams})
+			ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			rc, err := tr.Open(ctx, "seg", 0, c.n)
+			if err == nil {
+				_, err = io.ReadAll(rc)
+				rc.Close()
+			}
+			if ctx.Err() != nil || err == nil || !strings.Contains(err.Error(), "stalled") {
+				t.Errorf("read of a stalled response: %v (context: %v); want it to fail as stalled", err, ctx.Err())
+			}
+		})
+	}
+}
+
+// TestUploadStalls: a PUT whose body the server stops reading, the
+// connection kept open, fails the upload once the connection has carried
+// nothing for stallTimeout (the upload's retries included) instead of
+// hanging the send.
+func TestUploadStalls(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.SetEnv(t)
+	defer func(d time.Duration) { stallTimeout = d }(stallTimeout)
+	stallTimeout = time.Second
+	target, err := url.Parse(srv.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ErrorLog = log.New(io.Discard, "", 0)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut {
+			<-stop // never reads the body
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() {
+		close(stop)
+		proxy.Close()
+	})
+	tr := newTransport(t, Config{Bucket: srv.Bucket, Prefix: "stall", Endpoint: proxy.URL, Streams: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	data := randomBytes(partSize, 31)
+	err = tr.Put(ctx, "seg", bytes.NewReader(data), int64(len(data)))
+	if ctx.Err() != nil || err == nil {
+		t.Errorf("upload to a server that stops reading: %v (context: %v); want it to fail", err, ctx.Err())
+	}
+}
