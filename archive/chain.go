@@ -92,11 +92,18 @@ func BackingChain(p, format string) ([]Layer, error) {
 	}
 }
 
+// openHeaderOf opens the file at p to read its image header. The name
+// comes from a header or a descriptor that the guest's hypervisor wrote:
+// O_NONBLOCK, so that a FIFO named there does not hang us, and O_NOCTTY,
+// so that a terminal does not become ours.
+func openHeaderOf(p string) (*os.File, error) {
+	return os.OpenFile(p, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+}
+
 // openLayer stats and reads the header of one layer, read as format
 // ("" probes it).
 func openLayer(p, format string) (Layer, Image, error) {
-	// O_NONBLOCK: a FIFO named by a hostile header must not hang us.
-	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	f, err := openHeaderOf(p)
 	if err != nil {
 		return Layer{}, Image{}, err
 	}
@@ -235,7 +242,7 @@ func checkOverlays(srcs []Source) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.Path, err)
 		}
-		f, err := os.OpenFile(s.Path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+		f, err := openHeaderOf(s.Path)
 		if err != nil {
 			return err
 		}

@@ -5,12 +5,9 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"path"
 	"strconv"
 	"strings"
-
-	"golang.org/x/sys/unix"
 )
 
 // A vmdk made of a descriptor file (monolithicFlat, twoGbMaxExtentFlat,
@@ -167,8 +164,7 @@ func VMDKExtentFiles(p string) ([]VMDKExtentFile, error) {
 // readVMDKDescriptor returns the text of the vmdk descriptor file at p,
 // nil if p is not one.
 func readVMDKDescriptor(p string) ([]byte, error) {
-	// O_NONBLOCK: a FIFO must not hang us.
-	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	f, err := openHeaderOf(p)
 	if err != nil {
 		return nil, err
 	}

@@ -194,24 +194,6 @@ func latest(ctx context.Context, tr Transport, label string, now time.Time, log 
 	return id, pre, err
 }
 
-// labelled says " labelled LABEL" for a label, nothing for none.
-func labelled(label string) string {
-	if label == "" {
-		return ""
-	}
-	return fmt.Sprintf(" labelled %q", label)
-}
-
-// CheckLabel reports an error unless the shipment whose header is h has
-// the label (send --name), "" taking any: a shipment of another series
-// named by its id, or put among this one's.
-func CheckLabel(h *archive.Header, label string) error {
-	if label != "" && h.Label != label {
-		return fmt.Errorf("shipment %s is labelled %q, not %q: another series", h.ID, h.Label, label)
-	}
-	return nil
-}
-
 // choose returns the first of the complete shipments at tr, newest first
 // (see newest; with headers, each with its header's fields), that pick
 // takes, or "" if none. With early, the first reads of the newest one not

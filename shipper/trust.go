@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -36,8 +35,6 @@ var (
 	ErrStatementMismatch = errors.New("the signed statement does not match the shipment")
 	// ErrRollback wraps archive.ErrIntegrity too (exit status 5).
 	ErrRollback = errors.New("refusing to roll back")
-	// ErrOtherSeries wraps archive.ErrIntegrity too (exit status 5).
-	ErrOtherSeries = errors.New("refusing to update to another series")
 )
 
 // Limits of the objects read whole by the trust checks.
@@ -628,27 +625,6 @@ func CheckNotOlder(restoredID, next string) error {
 			ErrRollback, next, restoredID, archive.ErrIntegrity)
 	}
 	return nil
-}
-
-// CheckSameLabel is for updating a restore in place: the restore holds
-// shipment restoredID, of label restoredLabel (nil: unknown), and next,
-// of label nextLabel, would replace it. A shipment of another label is
-// of another series (another VM sent to the same destination, maybe
-// under the same file names): it is refused. The error wraps
-// ErrOtherSeries and archive.ErrIntegrity and names both shipments.
-func CheckSameLabel(restoredID string, restoredLabel *string, next, nextLabel string) error {
-	if restoredLabel == nil || *restoredLabel == nextLabel {
-		return nil
-	}
-	return fmt.Errorf("%w: shipment %s is labelled %s, the restore holds %s, labelled %s (%w)",
-		ErrOtherSeries, next, labelOrNone(nextLabel), restoredID, labelOrNone(*restoredLabel), archive.ErrIntegrity)
-}
-
-func labelOrNone(l string) string {
-	if l == "" {
-		return "(none)"
-	}
-	return strconv.Quote(l)
 }
 
 // CheckNotRollback is for updating a restore in place: the restore holds
