@@ -339,13 +339,21 @@ func (o *runOptions) limit(tr shipper.Transport) shipper.Transport {
 }
 
 // lockDest takes the lock of destination dest in the state directory.
-// Without a state directory there is nothing to lock with.
+// Without a state directory there is nothing to lock with. A local
+// folder is locked by its real path: the same folder through a symlink
+// takes the same lock.
 func (o *runOptions) lockDest(ctx context.Context, stateDir, dest string) (*shipper.RunLock, error) {
 	if stateDir == "" {
 		return nil, nil
 	}
 	key := destKey(dest)
-	return shipper.AcquireLock(ctx, shipper.DestLockPath(stateDir, key), "destination "+key, o.lockWait)
+	lockKey := key
+	if filepath.IsAbs(key) {
+		if real, err := filepath.EvalSymlinks(key); err == nil {
+			lockKey = real
+		}
+	}
+	return shipper.AcquireLock(ctx, shipper.DestLockPath(stateDir, lockKey), "destination "+key, o.lockWait)
 }
 
 // sendSizes checks send's numeric flags and returns the block and segment
