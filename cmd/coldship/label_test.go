@@ -90,3 +90,32 @@ func TestNameSelectsSeries(t *testing.T) {
 		t.Logf("receive %s of a relabelled shipment: exit %d, %s", args, r.code, r.stderr)
 	}
 }
+
+// TestPruneSeriesApart: without --name, prune applies its rules to each
+// label's series apart (and to the unlabelled shipments as one more), as
+// restic's forget groups snapshots: --keep-last 1 at a destination that
+// two VMs share deleted the only shipment of the VM that shipped first.
+func TestPruneSeriesApart(t *testing.T) {
+	_, rcpt := keypair(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	makeImage(t, img, 1<<20, region{0, 64 << 10, "random"})
+	dest := filepath.Join(dir, "dest")
+	send := func(args ...string) string {
+		r := mustRun(t, append([]string{"send", img, "--to", dest, "-r", rcpt, "--no-resume"}, args...)...)
+		time.Sleep(1100 * time.Millisecond) // ids are dated to the second
+		return strings.TrimSpace(r.stdout)
+	}
+	webOld, webNew := send("--name", "web01"), send("--name", "web01")
+	db, plain := send("--name", "db01"), send()
+	r := mustRun(t, "prune", dest, "--keep-last", "1")
+	if got := strings.TrimSpace(r.stdout); got != webOld {
+		t.Errorf("prune --keep-last 1 deleted %q, want only %s (the older of web01's two); stderr:\n%s", got, webOld, r.stderr)
+	}
+	listed := mustRun(t, "list", dest).stdout
+	for _, id := range []string{webNew, db, plain} {
+		if !strings.Contains(listed, id) {
+			t.Errorf("%s, the only or newest shipment of its series, is gone:\n%s", id, listed)
+		}
+	}
+}
