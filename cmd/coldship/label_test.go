@@ -119,3 +119,32 @@ func TestPruneSeriesApart(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifyAllSeriesApart: an incomplete shipment newer than the newest
+// complete one of its own series may be a send still running, whatever
+// another series shipped since: verify --all does not report it and prune
+// keeps it, as they do for a single series.
+func TestVerifyAllSeriesApart(t *testing.T) {
+	_, rcpt := keypair(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	makeImage(t, img, 1<<20, region{0, 64 << 10, "random"})
+	dest := filepath.Join(dir, "dest")
+	send := func(label string) string {
+		r := mustRun(t, "send", img, "--to", dest, "-r", rcpt, "--no-resume", "--name", label)
+		time.Sleep(1100 * time.Millisecond) // ids are dated to the second
+		return strings.TrimSpace(r.stdout)
+	}
+	send("web01")
+	running := send("web01")
+	if err := os.Remove(filepath.Join(dest, running, "manifest")); err != nil { // as while its send runs
+		t.Fatal(err)
+	}
+	send("db01")
+	if r := run(t, "verify", "--all", dest); r.code != 0 || strings.Contains(r.stdout+r.stderr, running) {
+		t.Errorf("verify --all: exit %d, reporting %s, which web01's send may still be writing:\n%s%s", r.code, running, r.stdout, r.stderr)
+	}
+	if r := mustRun(t, "prune", dest, "--keep-last", "1", "--dry-run"); strings.Contains(r.stdout, running) {
+		t.Errorf("prune would delete %s, which web01's send may still be writing:\n%s", running, r.stderr)
+	}
+}
