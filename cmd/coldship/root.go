@@ -68,7 +68,7 @@ func (s *streams) emit(v any) error { return writeJSON(s.out, v) }
 
 // stdoutWriter keeps the first error of a write to stdout: what a script
 // captures there (keygen's identity, a shipment id, list's lines) that
-// could not be written (a full disk, a closed descriptor) fails the
+// could not be written (a full disk, an I/O error) fails the
 // command, even where it was printed with fmt.Fprint and no check.
 type stdoutWriter struct {
 	mu  sync.Mutex
