@@ -91,21 +91,27 @@ func TestNameSelectsSeries(t *testing.T) {
 	}
 }
 
+// seriesSender returns a destination and a send of one small image to it
+// with the given arguments (--name LABEL), returning the shipment id.
+func seriesSender(t *testing.T) (dest string, send func(args ...string) string) {
+	_, rcpt := keypair(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	makeImage(t, img, 1<<20, region{0, 64 << 10, "random"})
+	dest = filepath.Join(dir, "dest")
+	return dest, func(args ...string) string {
+		r := mustRun(t, append([]string{"send", img, "--to", dest, "-r", rcpt, "--no-resume"}, args...)...)
+		time.Sleep(1100 * time.Millisecond) // ids are dated to the second
+		return strings.TrimSpace(r.stdout)
+	}
+}
+
 // TestPruneSeriesApart: without --name, prune applies its rules to each
 // label's series apart (and to the unlabelled shipments as one more), as
 // restic's forget groups snapshots: --keep-last 1 at a destination that
 // two VMs share deleted the only shipment of the VM that shipped first.
 func TestPruneSeriesApart(t *testing.T) {
-	_, rcpt := keypair(t)
-	dir := t.TempDir()
-	img := filepath.Join(dir, "disk.img")
-	makeImage(t, img, 1<<20, region{0, 64 << 10, "random"})
-	dest := filepath.Join(dir, "dest")
-	send := func(args ...string) string {
-		r := mustRun(t, append([]string{"send", img, "--to", dest, "-r", rcpt, "--no-resume"}, args...)...)
-		time.Sleep(1100 * time.Millisecond) // ids are dated to the second
-		return strings.TrimSpace(r.stdout)
-	}
+	dest, send := seriesSender(t)
 	webOld, webNew := send("--name", "web01"), send("--name", "web01")
 	db, plain := send("--name", "db01"), send()
 	r := mustRun(t, "prune", dest, "--keep-last", "1")
@@ -125,22 +131,13 @@ func TestPruneSeriesApart(t *testing.T) {
 // another series shipped since: verify --all does not report it and prune
 // keeps it, as they do for a single series.
 func TestVerifyAllSeriesApart(t *testing.T) {
-	_, rcpt := keypair(t)
-	dir := t.TempDir()
-	img := filepath.Join(dir, "disk.img")
-	makeImage(t, img, 1<<20, region{0, 64 << 10, "random"})
-	dest := filepath.Join(dir, "dest")
-	send := func(label string) string {
-		r := mustRun(t, "send", img, "--to", dest, "-r", rcpt, "--no-resume", "--name", label)
-		time.Sleep(1100 * time.Millisecond) // ids are dated to the second
-		return strings.TrimSpace(r.stdout)
-	}
-	send("web01")
-	running := send("web01")
+	dest, send := seriesSender(t)
+	send("--name", "web01")
+	running := send("--name", "web01")
 	if err := os.Remove(filepath.Join(dest, running, "manifest")); err != nil { // as while its send runs
 		t.Fatal(err)
 	}
-	send("db01")
+	send("--name", "db01")
 	if r := run(t, "verify", "--all", dest); r.code != 0 || strings.Contains(r.stdout+r.stderr, running) {
 		t.Errorf("verify --all: exit %d, reporting %s, which web01's send may still be writing:\n%s%s", r.code, running, r.stdout, r.stderr)
 	}
