@@ -31,7 +31,8 @@ func newShowCmd(s *streams) *cobra.Command {
 its key and print its files (type, mode, owner, size, data, modification time,
 BLAKE3 digest, path) and the chain of earlier shipments whose blocks it uses.
 An "overlay" line names an overlay image's backing file, an "extents" line a
-vmdk descriptor's extent files: restore them with it (--include).
+vmdk descriptor's extent files: what a restore writes beside it (--include
+of it brings them along).
 Nothing is fetched but the shipment's small objects; nothing is written.
 
 With --trusted-senders FILE the shipment (default: the newest that
@@ -201,8 +202,8 @@ func showText(s *streams, id string, sh *shipper.Shipment) error {
 
 // showNeeds writes a head line for every image that needs other files of
 // the shipment beside it once restored: an overlay's backing file, a vmdk
-// descriptor's extent files. Restoring one without them (--include) gives
-// an image that does not open.
+// descriptor's extent files: what a restore writes beside it (--include
+// brings them along), which an operator sizes and checks before restoring.
 func showNeeds(s *streams, m *archive.Manifest) {
 	for i := range m.Files {
 		f := &m.Files[i]

@@ -248,8 +248,8 @@ func TestVMDKDescriptorLive(t *testing.T) {
 
 // TestShowOverlayAndExtents: show names what an image needs beside it at
 // the destination (an overlay's backing file, a vmdk descriptor's extent
-// files), so an operator who restores with --include knows what else to
-// take and sees the chain before restoring.
+// files), so an operator sees before restoring what else a restore of it
+// writes (what --include of it brings along).
 func TestShowOverlayAndExtents(t *testing.T) {
 	key, rcpt := keypair(t)
 	vm := filepath.Join(t.TempDir(), "vm")
