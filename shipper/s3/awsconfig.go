@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/coldship/coldship/internal/home"
 )
 
 // maxConfigSize bounds what is read of the AWS config file: real ones are
@@ -40,11 +42,11 @@ func loadAWSConfig() (*awsConfig, error) {
 		c.profile = "default"
 	}
 	if c.path == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
+		h := home.Dir()
+		if h == "" {
 			return c, nil // no home: no file
 		}
-		c.path = filepath.Join(home, ".aws", "config")
+		c.path = filepath.Join(h, ".aws", "config")
 	}
 	f, err := os.Open(c.path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -150,4 +152,20 @@ func (c *awsConfig) s3Endpoint() (url, from string) {
 		return u, fmt.Sprintf("endpoint_url of profile %s in %s", c.profile, c.path)
 	}
 	return "", ""
+}
+
+// sharedCredentialsFile names the shared credentials file for the
+// credential chain when HOME is unset (a systemd unit without User=):
+// ~/.aws/credentials of the home directory the password database gives,
+// which minio-go would not find. "" leaves the choice to minio-go (the
+// AWS CLI's: AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials merged
+// over ~/.aws/config).
+func sharedCredentialsFile() string {
+	if os.Getenv("HOME") != "" || os.Getenv("AWS_SHARED_CREDENTIALS_FILE") != "" {
+		return ""
+	}
+	if h := home.Dir(); h != "" {
+		return filepath.Join(h, ".aws", "credentials")
+	}
+	return ""
 }

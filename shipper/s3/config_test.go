@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -263,5 +264,30 @@ func TestAWSConfigEndpointServer(t *testing.T) {
 				t.Errorf("Stat: %v", err)
 			}
 		})
+	}
+}
+
+// TestSharedCredentialsFileWithoutHOME: with HOME unset (a systemd unit
+// without User=), the credential chain reads ~/.aws/credentials of the
+// password database's home, which minio-go alone would not find; with
+// HOME or AWS_SHARED_CREDENTIALS_FILE set, minio-go chooses as the AWS CLI
+// does.
+func TestSharedCredentialsFileWithoutHOME(t *testing.T) {
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "")
+	t.Setenv("HOME", "/somewhere")
+	if got := sharedCredentialsFile(); got != "" {
+		t.Errorf("with HOME: %q, want minio-go's choice", got)
+	}
+	t.Setenv("HOME", "")
+	u, err := user.Current()
+	if err != nil || u.HomeDir == "" {
+		t.Skip("no home in the password database")
+	}
+	if got, want := sharedCredentialsFile(), filepath.Join(u.HomeDir, ".aws", "credentials"); got != want {
+		t.Errorf("without HOME: %q, want %q", got, want)
+	}
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/etc/coldship/aws")
+	if got := sharedCredentialsFile(); got != "" {
+		t.Errorf("with AWS_SHARED_CREDENTIALS_FILE: %q, want minio-go's choice (the variable)", got)
 	}
 }

@@ -112,11 +112,13 @@ func New(ctx context.Context, cfg Config) (*Transport, error) {
 }
 
 // credentialChain is the standard chain: environment, shared files
-// (AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE), then roles.
+// (AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE; without
+// HOME, the credentials file of the password database's home), then
+// roles.
 func credentialChain(ht *http.Transport) *credentials.Credentials {
 	providers := []credentials.Provider{
 		&credentials.EnvAWS{},
-		&credentials.FileAWSCredentials{},
+		&credentials.FileAWSCredentials{Filename: sharedCredentialsFile()},
 	}
 	// Honour the AWS SDKs' switch so that no request goes to the
 	// instance metadata address when there is no such service (tests, CI).
