@@ -133,6 +133,7 @@ type PruneDecision struct {
 	Created  time.Time `json:"created"`
 	Complete bool      `json:"complete"`
 	Bytes    int64     `json:"bytes"`
+	Label    string    `json:"label"` // its series (send --name), "" if none or unknown
 	Delete   bool      `json:"delete"`
 	Reasons  []string  `json:"reasons"`
 	// Ignored says why prune counts the shipment for no rule and leaves
@@ -268,7 +269,7 @@ func newPruner(ctx context.Context, tr Transport, p PrunePolicy, ships []Shipmen
 	for i, si := range ships {
 		pl.index[si.ID] = i
 		d := &pl.dec[i]
-		*d = PruneDecision{ID: si.ID, Created: si.Created, Complete: si.Complete, Bytes: si.Bytes}
+		*d = PruneDecision{ID: si.ID, Created: si.Created, Complete: si.Complete, Bytes: si.Bytes, Label: si.Label}
 		switch {
 		case si.Error != "":
 			d.Ignored = "header unreadable"

@@ -197,7 +197,7 @@ func carryOutPrune(ctx context.Context, s *streams, opts *pruneOptions, tr shipp
 			}
 		}
 		if w != nil {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", what, d.ID, humanBytes(d.Bytes), strings.Join(d.Reasons, "; "))
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s%s\n", what, d.ID, humanBytes(d.Bytes), seriesOf(d, opts.label), strings.Join(d.Reasons, "; "))
 		}
 		if !d.Delete {
 			continue
@@ -243,4 +243,13 @@ func reportPrune(s *streams, opts *pruneOptions, tr shipper.Transport, plan []sh
 		fmt.Fprintf(s.err, "coldship: %s %s (%s) of %d at %s\n", verb, plural(n, "shipment", "shipments"), humanBytes(freed), len(plan), tr)
 	}
 	return nil
+}
+
+// seriesOf begins a decision's reasons with its series when prune was not
+// given one (--name): "web01: last 1".
+func seriesOf(d shipper.PruneDecision, label string) string {
+	if label != "" || d.Label == "" {
+		return ""
+	}
+	return d.Label + ": "
 }

@@ -246,6 +246,7 @@ var jsonSchema = []jsonKind{
 		{"created", "string", "creation time, RFC 3339"},
 		{"complete", "boolean", "whether the shipment is complete"},
 		{"bytes", "integer", "bytes stored at DEST"},
+		{"label", "string", "its series: the label (send --name), \"\" if none (or its header is missing); prune applies its rules to each label's shipments apart"},
 		{"delete", "boolean", "true if prune deletes it (or would, with --dry-run)"},
 		{"reasons", "array", "every rule that keeps it (\"last 1\", \"daily 2026-11-21\", \"within 7d\", \"base of ID\"...), or why it is deleted"},
 		{"ignored", "string?", "why it is left alone and counted for no rule: its header is missing or damaged, it is dated more than 24 h ahead, or it is not from a trusted sender (--trusted-senders)"},

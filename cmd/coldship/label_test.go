@@ -114,7 +114,20 @@ func TestPruneSeriesApart(t *testing.T) {
 	dest, send := seriesSender(t)
 	webOld, webNew := send("--name", "web01"), send("--name", "web01")
 	db, plain := send("--name", "db01"), send()
+	dry := mustRun(t, "prune", dest, "--keep-last", "1", "--dry-run", "--json")
+	labels := map[string]string{}
+	for _, o := range jsonLines(t, dry.stdout) {
+		if id, ok := o["id"].(string); ok {
+			labels[id], _ = o["label"].(string)
+		}
+	}
+	if labels[webOld] != "web01" || labels[db] != "db01" || labels[plain] != "" {
+		t.Errorf("prune --json labels: %v; want web01 for %s, db01 for %s, none for %s", labels, webOld, db, plain)
+	}
 	r := mustRun(t, "prune", dest, "--keep-last", "1")
+	if !strings.Contains(r.stderr, "db01: last 1") || !strings.Contains(r.stderr, "web01: last 1") {
+		t.Errorf("prune's reasons do not name the series:\n%s", r.stderr)
+	}
 	if got := strings.TrimSpace(r.stdout); got != webOld {
 		t.Errorf("prune --keep-last 1 deleted %q, want only %s (the older of web01's two); stderr:\n%s", got, webOld, r.stderr)
 	}
