@@ -84,6 +84,9 @@ func gatherSources(ctx context.Context, s *streams, opts *sendOptions, lv *hooks
 			set.layers = append(set.layers, src.Path)
 		}
 	}
+	if err := checkNames(srcs); err != nil {
+		return nil, err
+	}
 	noticeLayers(s.logf(opts.output), srcs, named)
 	if dom != nil {
 		staged, clean, err := stageDomain(dom, srcs, !opts.noBackingChain)
@@ -95,6 +98,17 @@ func gatherSources(ctx context.Context, s *streams, opts *sendOptions, lv *hooks
 	noticeSpecialBits(s.logf(opts.output), srcs)
 	set.sources = srcs
 	return set, nil
+}
+
+// checkNames refuses, before anything is read or shipped, a source whose
+// shipped name no receive could restore as it is.
+func checkNames(srcs []archive.Source) error {
+	for _, src := range srcs {
+		if err := archive.CheckName(src.Name); err != nil {
+			return fmt.Errorf("source %s: cannot ship it as %q: %v: rename it", src.Path, src.Name, err)
+		}
+	}
+	return nil
 }
 
 // noticeSpecialBits says which sources have setuid, setgid or sticky bits,

@@ -513,3 +513,29 @@ func TestOutDeviceOverwritesOldData(t *testing.T) {
 		t.Error("the smaller device was written")
 	}
 }
+
+// TestUnshippableNamesRefused: a file whose name a receive refuses (a
+// backslash) or cannot keep (bytes that are not UTF-8, which the JSON
+// manifest turns into U+FFFD) fails the send, exit 1, naming it, before
+// anything is shipped; a send that exited 0 made a shipment every receive
+// refused as damaged (exit 5) or restored under another name.
+func TestUnshippableNamesRefused(t *testing.T) {
+	_, rcpt := keypair(t)
+	for _, name := range []string{`a\b.img`, "disk-\xff.img"} {
+		vm := filepath.Join(t.TempDir(), "vm")
+		os.MkdirAll(vm, 0o755)
+		os.WriteFile(filepath.Join(vm, "ok.img"), []byte("data"), 0o640)
+		if err := os.WriteFile(filepath.Join(vm, name), []byte("data"), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		dest := filepath.Join(t.TempDir(), "dest")
+		os.MkdirAll(dest, 0o755)
+		r := run(t, "send", vm, "--to", dest, "-r", rcpt, "--state-dir", t.TempDir())
+		if r.code != 1 || !strings.Contains(r.stderr, filepath.Join(vm, name)) {
+			t.Errorf("send of %q: exit %d, stderr %q; want 1 naming the file", name, r.code, r.stderr)
+		}
+		if left, _ := os.ReadDir(dest); len(left) != 0 {
+			t.Errorf("send of %q left %d objects at the destination", name, len(left))
+		}
+	}
+}
