@@ -772,3 +772,51 @@ func TestPutErrorNamesObjectOnce(t *testing.T) {
 		}
 	}
 }
+
+// touchOnPut runs touch when the first segment is put: something that
+// writes into a source folder while it is shipped.
+type touchOnPut struct {
+	shipper.Transport
+	once  sync.Once
+	touch func()
+}
+
+func (p *touchOnPut) Put(ctx context.Context, name string, r io.Reader, size int64) error {
+	if strings.Contains(name, "/segments/") {
+		p.once.Do(p.touch)
+	}
+	return p.Transport.Put(ctx, name, r, size)
+}
+
+// TestFolderChangedWhileShipped: a file that appears in, or is renamed
+// within, a source folder while it is shipped is a source that changed
+// (exit 6), not a shipment that exits 0 without it.
+func TestFolderChangedWhileShipped(t *testing.T) {
+	for name, change := range map[string]func(vm string){
+		"file appears":   func(vm string) { os.WriteFile(filepath.Join(vm, "sub", "new.img"), []byte("x"), 0o644) },
+		"file renamed":   func(vm string) { os.Rename(filepath.Join(vm, "sub", "small"), filepath.Join(vm, "sub", "moved")) },
+		"folder appears": func(vm string) { os.Mkdir(filepath.Join(vm, "snap"), 0o755) },
+	} {
+		dir := t.TempDir()
+		vm := filepath.Join(dir, "vm")
+		os.MkdirAll(filepath.Join(vm, "sub"), 0o755)
+		writeRandom(t, filepath.Join(vm, "disk.img"), 4*64<<10)
+		os.WriteFile(filepath.Join(vm, "sub", "small"), []byte("s"), 0o644)
+		sources, err := archive.CollectSources([]string{vm})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, rcpt := newIdentity(t)
+		base, _ := local.New(filepath.Join(dir, "dest"))
+		tr := &touchOnPut{Transport: base, touch: func() { change(vm) }}
+		_, err = shipper.Send(context.Background(), tr, sources, shipper.SendOptions{
+			Recipients: []age.Recipient{rcpt}, BlockSize: 64 << 10, Streams: 1,
+		})
+		if !errors.Is(err, shipper.ErrSourceChanged) {
+			t.Errorf("%s: err %v; want ErrSourceChanged", name, err)
+		}
+		if m, _ := filepath.Glob(filepath.Join(dir, "dest", "*", archive.ManifestObject)); len(m) != 0 {
+			t.Errorf("%s: a manifest was put: %v", name, m)
+		}
+	}
+}
