@@ -539,3 +539,32 @@ func TestUnshippableNamesRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestDestInsideSourceRefused: a local DEST or a --state-dir inside a
+// SOURCE folder is a usage error (exit 2) before anything is written: each
+// send shipped every earlier shipment again, inside the new one.
+func TestDestInsideSourceRefused(t *testing.T) {
+	_, rcpt := keypair(t)
+	vm := filepath.Join(t.TempDir(), "vm")
+	os.MkdirAll(filepath.Join(vm, "sub"), 0o755)
+	os.WriteFile(filepath.Join(vm, "disk.img"), []byte("data"), 0o640)
+	link := filepath.Join(t.TempDir(), "link")
+	os.Symlink(vm, link)
+	for _, tc := range []struct{ name, dest, state string }{
+		{"dest", filepath.Join(vm, "dest"), t.TempDir()},
+		{"dest file://", "file://" + filepath.Join(vm, "sub", "dest"), t.TempDir()},
+		{"dest through a link", filepath.Join(link, "dest"), t.TempDir()},
+		{"state", filepath.Join(t.TempDir(), "dest"), filepath.Join(vm, "state")},
+	} {
+		r := run(t, "send", vm, "--to", tc.dest, "-r", rcpt, "--state-dir", tc.state)
+		if r.code != 2 || !strings.Contains(r.stderr, "inside SOURCE "+vm) {
+			t.Errorf("%s: exit %d, stderr %q; want 2, saying it is inside the source", tc.name, r.code, r.stderr)
+		}
+		for _, p := range []string{filepath.Join(vm, "dest"), filepath.Join(vm, "sub", "dest"), filepath.Join(vm, "state")} {
+			if _, err := os.Stat(p); err == nil {
+				t.Errorf("%s: %s was created", tc.name, p)
+				os.RemoveAll(p)
+			}
+		}
+	}
+}
