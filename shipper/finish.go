@@ -73,10 +73,7 @@ func (r *sendRun) finish(ctx context.Context, p *pipeline, key *cipher.Key, wrap
 		if err := landed.Wait(); err != nil {
 			return err
 		}
-		if r.resumed {
-			return r.checkShipment(ctx, inv, ib)
-		}
-		return r.checkBases(ctx, inv)
+		return r.checkShipment(ctx, inv)
 	})
 	name := id + "/" + archive.ManifestObject
 	err = putGated(ctx, r.tr, name, bytes.NewReader(mb), int64(len(mb)), ready)
@@ -261,19 +258,32 @@ func inventoryOf(m *archive.Manifest, headerSize int64, keys []archive.ObjectRef
 	return inv
 }
 
-// checkShipment checks a resumed shipment without a key before its
-// manifest is put: every object its inventory lists is at the
-// destination at its size; the small ones (header, keys, blocks) are read
-// back and checked against their BLAKE3; the segments' content was read
-// back and checked when the attempt started (those of earlier runs) or
-// summed as they were written (those of this run); the base segments are
-// at their size.
-func (r *sendRun) checkShipment(ctx context.Context, inv *archive.Inventory, ib []byte) error {
-	sizes := map[string]int64{}
-	list := func(id string) error {
-		return r.tr.List(ctx, id+"/", func(oi ObjectInfo) error { sizes[oi.Name] = oi.Size; return nil })
+// checkShipment checks a shipment without a key before its manifest is
+// put: its own objects (checkOwn) and its bases' segments (checkBases),
+// side by side. The segments' content was read back and checked when the
+// attempt started (those of earlier runs) or summed as they were written
+// (those of this run).
+func (r *sendRun) checkShipment(ctx context.Context, inv *archive.Inventory) error {
+	var g errgroup.Group
+	g.Go(func() error { return r.checkOwn(ctx, inv) })
+	g.Go(func() error { return r.checkBases(ctx, inv) })
+	return g.Wait()
+}
+
+// checkOwn checks, before the manifest is put, that every other object
+// the inventory lists is at the destination at its size: a segment put
+// and then deleted (a prune run from another host takes a shipment
+// without a manifest, older than a newer complete one, for a failed
+// send's leftovers) would give a shipment that exits 0 and cannot be
+// restored. A resumed shipment's objects other than segments, put by an
+// earlier run, are also read back against their digests.
+func (r *sendRun) checkOwn(ctx context.Context, inv *archive.Inventory) error {
+	what := "shipment " + inv.ID
+	if r.resumed {
+		what = "resumed " + what
 	}
-	if err := list(inv.ID); err != nil {
+	sizes := map[string]int64{}
+	if err := r.tr.List(ctx, inv.ID+"/", func(oi ObjectInfo) error { sizes[oi.Name] = oi.Size; return nil }); err != nil {
 		return fmt.Errorf("list %s: %w", inv.ID, err)
 	}
 	for _, o := range inv.Objects {
@@ -282,9 +292,9 @@ func (r *sendRun) checkShipment(ctx context.Context, inv *archive.Inventory, ib 
 			continue
 		}
 		if size, ok := sizes[name]; !ok || size != o.Size {
-			return fmt.Errorf("resumed shipment %s: %s is missing or of the wrong size at the destination: %w", inv.ID, o.Name, archive.ErrIntegrity)
+			return fmt.Errorf("%s: %s is missing or of the wrong size at the destination: %w", what, name, archive.ErrIntegrity)
 		}
-		if _, seg := archive.SegmentNumber(o.Name); seg {
+		if _, seg := archive.SegmentNumber(o.Name); seg || !r.resumed {
 			continue
 		}
 		b, err := getObject(ctx, r.tr, name, o.Size)
@@ -292,10 +302,10 @@ func (r *sendRun) checkShipment(ctx context.Context, inv *archive.Inventory, ib 
 			return err
 		}
 		if archive.ObjectDigest(b) != o.BLAKE3 {
-			return fmt.Errorf("resumed shipment %s: %s does not match what was put: %w", inv.ID, o.Name, archive.ErrIntegrity)
+			return fmt.Errorf("%s: %s does not match what was put: %w", what, name, archive.ErrIntegrity)
 		}
 	}
-	return r.checkBases(ctx, inv)
+	return nil
 }
 
 // checkBases checks, before the manifest of an incremental shipment is

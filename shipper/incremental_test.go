@@ -364,3 +364,58 @@ func TestStaleStateRemoved(t *testing.T) {
 		t.Errorf("the send after the clean-up is not incremental on %s: base %q, %s", res.ID, next.Base, next.FullReason)
 	}
 }
+
+// ownGoesAway deletes one object of the shipment being sent once its
+// inventory is put, before its manifest: a prune run from another host
+// (which takes a shipment without a manifest, older than a newer complete
+// one, for the leftover of a failed send) or a hand.
+type ownGoesAway struct {
+	shipper.Transport
+	segment string // the name under the shipment's folder
+	once    sync.Once
+	victim  string
+}
+
+func (o *ownGoesAway) Put(ctx context.Context, name string, r io.Reader, size int64) error {
+	err := o.Transport.Put(ctx, name, r, size)
+	if id, ok := strings.CutSuffix(name, "/"+archive.InventoryObject); ok && err == nil {
+		o.once.Do(func() {
+			o.victim = id + "/" + o.segment
+			o.Transport.Delete(ctx, o.victim)
+		})
+	}
+	return err
+}
+
+// TestOwnObjectGoneDuringSend: a segment of the shipment being sent that
+// goes away before its manifest is put makes the send fail as an integrity
+// error naming it, with no complete shipment left (a fresh send checked
+// only its bases); the next send ships a complete, restorable one.
+func TestOwnObjectGoneDuringSend(t *testing.T) {
+	for _, base := range []string{"", "latest"} {
+		t.Run("base="+base, func(t *testing.T) {
+			c := newDRChain(t)
+			c.opts.Base = base
+			if base != "" {
+				c.send(t)
+				c.rewrite(t, 2, 9)
+			}
+			tr := &ownGoesAway{Transport: c.tr, segment: "segments/00000001"}
+			sources, _ := archive.CollectSources([]string{c.src})
+			res, err := shipper.Send(context.Background(), tr, sources, c.opts)
+			if !errors.Is(err, archive.ErrIntegrity) || tr.victim == "" || !strings.Contains(fmt.Sprint(err), tr.victim) {
+				t.Fatalf("send: %+v, %v; want an integrity error naming %s", res, err, tr.victim)
+			}
+			ships, err := shipper.List(context.Background(), c.tr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range ships {
+				if s.Complete && strings.HasPrefix(tr.victim, s.ID+"/") {
+					t.Errorf("shipment %s is complete without %s", s.ID, tr.victim)
+				}
+			}
+			c.send(t) // restores it and compares
+		})
+	}
+}

@@ -24,7 +24,7 @@ import (
 type PrunePolicy struct {
 	KeepLast, KeepDaily, KeepWeekly, KeepMonthly, KeepYearly int
 	KeepWithin                                               Within
-	Label                                                    string         // only shipments with this label are considered; "" all
+	Label                                                    string         // only shipments with this label are considered; "": every label, each a series apart
 	Location                                                 *time.Location // days, weeks, months and years are counted in it; nil: local time
 	// Trusted, when set, makes prune count only shipments whose signature
 	// CheckSignature vouches for, and take the bases to keep only from
@@ -190,10 +190,10 @@ func PlanPrune(ctx context.Context, tr Transport, p PrunePolicy) (*PrunePlan, er
 // another label (whose newest complete shipment prune does not know: that
 // series' send may be running) or one it does not count.
 func (pl *pruner) mayBeRunning() func(name string) bool {
-	newer := mayBeRunning(pl.ships, pl.newestComplete)
+	newer := mayBeRunning(pl.ships, pl.runningAfter)
 	alone := map[string]bool{}
 	for _, d := range pl.dec {
-		if d.OtherLabel || d.Ignored != "" {
+		if d.OtherLabel || d.Ignored != "" || !d.Complete && !d.Delete {
 			alone[d.ID] = true
 		}
 	}
@@ -228,12 +228,14 @@ type pruner struct {
 	index map[string]int
 	// counted marks the complete shipments the rules count; trust holds
 	// their checked signatures (with trusted senders).
-	counted        []bool
-	trust          []*TrustInfo
-	newestComplete int // the newest counted shipment, or -1
-	oldestComplete int
-	trusted        *cipher.AllowedSigners
-	now            time.Time
+	counted []bool
+	trust   []*TrustInfo
+	// runningAfter is the oldest of the series' newest counted shipments
+	// (-1: a series has none): an upload into a shipment not listed yet
+	// and newer than it may be a running send's.
+	runningAfter int
+	trusted      *cipher.AllowedSigners
+	now          time.Time
 }
 
 // newPruner decides which shipments count: complete, of the label,
@@ -245,7 +247,7 @@ func newPruner(ctx context.Context, tr Transport, p PrunePolicy, ships []Shipmen
 		now = time.Now()
 	}
 	pl := &pruner{ships: ships, dec: make([]PruneDecision, len(ships)), index: map[string]int{},
-		counted: make([]bool, len(ships)), trust: make([]*TrustInfo, len(ships)), newestComplete: -1, oldestComplete: -1,
+		counted: make([]bool, len(ships)), trust: make([]*TrustInfo, len(ships)),
 		trusted: p.Trusted, now: now}
 	// The signatures are checked checksAtOnce at a time (each is several
 	// round trips on a long link); their outcomes are taken in order.
@@ -290,19 +292,50 @@ func newPruner(ctx context.Context, tr Transport, p PrunePolicy, ships []Shipmen
 		if d.Ignored != "" {
 			d.Reasons = []string{d.Ignored + ": left alone, counted for no rule"}
 		}
-		if pl.counted[i] {
-			pl.newestComplete = i
-			if pl.oldestComplete < 0 {
-				pl.oldestComplete = i
-			}
-		}
 	}
 	return pl, nil
 }
 
 // applyRules keeps what the policy's rules keep of the counted shipments,
-// and the incomplete shipments newer than the newest counted one.
+// and the incomplete shipments newer than the newest counted one, in each
+// series apart: without a label to prune, every label is a series of its
+// own (the unlabelled shipments one more), as restic's forget groups
+// snapshots by host and paths. Counted together, the newest shipments of
+// one VM would take every --keep-last place from another VM sharing the
+// destination and its only shipment would be deleted.
 func (pl *pruner) applyRules(p PrunePolicy) {
+	var labels []string
+	seen := map[string]bool{}
+	for i, d := range pl.dec {
+		if l := pl.ships[i].Label; len(d.Reasons) == 0 && !seen[l] {
+			seen[l] = true
+			labels = append(labels, l)
+		}
+	}
+	pl.runningAfter = -1
+	for k, label := range labels {
+		newest, oldest := -1, -1
+		for i := range pl.ships {
+			if pl.counted[i] && pl.ships[i].Label == label {
+				newest = i
+				if oldest < 0 {
+					oldest = i
+				}
+			}
+		}
+		// Uploads into a shipment not listed yet (its series unknown) are
+		// a running send's when newer than any series' newest complete.
+		if k == 0 || newest < pl.runningAfter {
+			pl.runningAfter = newest
+		}
+		pl.applySeriesRules(p, label, newest, oldest)
+	}
+}
+
+// applySeriesRules applies the policy to the shipments of one label,
+// whose newest and oldest counted shipments are newest and oldest (-1:
+// none).
+func (pl *pruner) applySeriesRules(p PrunePolicy, label string, newest, oldest int) {
 	loc := p.Location
 	if loc == nil {
 		loc = time.Local
@@ -313,16 +346,16 @@ func (pl *pruner) applyRules(p PrunePolicy) {
 		r.seen = map[string]bool{}
 	}
 	var withinSince time.Time
-	if pl.newestComplete >= 0 && !p.KeepWithin.IsZero() {
-		withinSince = p.KeepWithin.Before(pl.dec[pl.newestComplete].Created)
+	if newest >= 0 && !p.KeepWithin.IsZero() {
+		withinSince = p.KeepWithin.Before(pl.dec[newest].Created)
 	}
 	last := 0
 	for i := len(pl.ships) - 1; i >= 0; i-- {
 		d := &pl.dec[i]
 		switch {
-		case len(d.Reasons) > 0: // another label, or ignored
+		case pl.ships[i].Label != label || len(d.Reasons) > 0: // another series, another label, or ignored
 			continue
-		case !d.Complete && i > pl.newestComplete:
+		case !d.Complete && i > newest:
 			keep(i, "incomplete and newer than the newest complete shipment: a send may be running")
 			continue
 		case !pl.counted[i]:
@@ -346,8 +379,8 @@ func (pl *pruner) applyRules(p PrunePolicy) {
 	// As restic does: when fewer buckets have a shipment than a rule asks
 	// for, the oldest shipment is kept as well.
 	for _, r := range rules {
-		if pl.oldestComplete >= 0 && r.n > 0 && len(r.seen) < r.n {
-			keep(pl.oldestComplete, fmt.Sprintf("oldest (%s %d: only %d have a shipment)", r.name, r.n, len(r.seen)))
+		if oldest >= 0 && r.n > 0 && len(r.seen) < r.n {
+			keep(oldest, fmt.Sprintf("oldest (%s %d: only %d have a shipment)", r.name, r.n, len(r.seen)))
 		}
 	}
 }

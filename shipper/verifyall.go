@@ -108,20 +108,16 @@ func VerifyAll(ctx context.Context, tr Transport, opts VerifyAllOptions) (*Verif
 	if err != nil {
 		return nil, err
 	}
-	newestComplete := -1
-	for i, si := range ships {
-		if si.Complete {
-			newestComplete = i
-		}
-	}
+	sending, runningAfter := seriesSending(ships)
 	v := &allVerifier{tr: tr, objects: objects, checked: map[string]*objectCheck{}, streams: opts.Streams, cnt: opts.Counters, report: report}
 	for start := 0; start < len(ships); start += verifyWindow {
-		if err := v.window(ctx, ships[start:min(start+verifyWindow, len(ships))], newestComplete-start, opts, res); err != nil {
+		end := min(start+verifyWindow, len(ships))
+		if err := v.window(ctx, ships[start:end], sending[start:end], opts, res); err != nil {
 			return nil, err
 		}
 	}
 	if ua, ok := tr.(UploadAborter); ok {
-		running := mayBeRunning(ships, newestComplete)
+		running := mayBeRunning(ships, runningAfter)
 		err := ua.Uploads(ctx, "", func(u Upload) error {
 			if running(u.Name) {
 				return nil
@@ -153,10 +149,38 @@ type allVerifier struct {
 // at a time), before it checks them one after the other.
 const verifyWindow = 4
 
-// window checks the shipments of ships (newestComplete: the index among
-// them of the newest complete shipment at the destination, which may be
-// past them), as VerifyAll does, reporting in their order.
-func (v *allVerifier) window(ctx context.Context, ships []ShipmentInfo, newestComplete int, opts VerifyAllOptions, res *VerifyAllResult) error {
+// seriesSending marks the incomplete shipments newer than the newest
+// complete one of their label's series (each label a series, as prune
+// counts them): a send may be writing them. runningAfter is the oldest of
+// the series' newest complete shipments (-1: a series has none), past
+// which an upload into a shipment not listed yet may be a send's.
+func seriesSending(ships []ShipmentInfo) (sending []bool, runningAfter int) {
+	newest := map[string]int{}
+	for i, si := range ships {
+		if _, ok := newest[si.Label]; !ok {
+			newest[si.Label] = -1
+		}
+		if si.Complete {
+			newest[si.Label] = i
+		}
+	}
+	sending = make([]bool, len(ships))
+	for i, si := range ships {
+		sending[i] = !si.Complete && i > newest[si.Label]
+	}
+	runningAfter = -1
+	first := true
+	for _, n := range newest {
+		if first || n < runningAfter {
+			runningAfter, first = n, false
+		}
+	}
+	return sending, runningAfter
+}
+
+// window checks the shipments of ships (sending: those a send may be
+// writing), as VerifyAll does, reporting in their order.
+func (v *allVerifier) window(ctx context.Context, ships []ShipmentInfo, sending []bool, opts VerifyAllOptions, res *VerifyAllResult) error {
 	loaded := make([]*loadedShipment, len(ships))
 	err := atonce.Each(len(ships), len(ships), func(k int) error {
 		if !ships[k].Complete {
@@ -178,7 +202,7 @@ func (v *allVerifier) window(ctx context.Context, ships []ShipmentInfo, newestCo
 		}
 		res.Shipments++
 		switch {
-		case !si.Complete && k > newestComplete:
+		case sending[k]:
 			continue // a send may be running
 		case !si.Complete && si.Error != "":
 			// Prune deletes only what it can tell is a shipment.

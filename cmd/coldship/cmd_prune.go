@@ -61,6 +61,8 @@ or does not match what it signed; with it, the bases to keep are taken only
 from what a signature vouches for. Each one is named in a warning, even
 with --quiet: remove what is not yours by hand.
 
+Each label is a series of its own: without --name, the rules apply to
+each label's shipments apart (the unlabelled ones are one more series).
 --name LABEL considers only the shipments of that label (one series among
 several at DEST). --dry-run deletes nothing.
 

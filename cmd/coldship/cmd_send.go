@@ -15,6 +15,7 @@ import (
 
 	"github.com/coldship/coldship/archive"
 	"github.com/coldship/coldship/hooks"
+	"github.com/coldship/coldship/internal/home"
 	"github.com/coldship/coldship/shipper"
 )
 
@@ -161,7 +162,7 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	}
 	defer opts.signer.Close()
 	if opts.signer != nil && opts.stateDir == "" {
-		return usagef("--sign-key needs a --state-dir: the chain of signed shipments is kept there")
+		return usagef("--sign-key needs a --state-dir: the chain of signed shipments is kept there%s", noStateDirWhy())
 	}
 	// One run per destination at a time: a nightly send that runs long
 	// must not meet the next one, nor a prune.
@@ -295,15 +296,27 @@ func recipientsID(rs, files []string) (string, error) {
 	return shipper.RecipientsFingerprint(all), nil
 }
 
-// defaultStateDir is $XDG_STATE_HOME/coldship, or ~/.local/state/coldship.
+// defaultStateDir is $XDG_STATE_HOME/coldship, or ~/.local/state/coldship,
+// the home directory taken from the password database when HOME is unset:
+// without one, a run under cron or systemd would take no lock and keep no
+// journal.
 func defaultStateDir() string {
 	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
 		return filepath.Join(d, "coldship")
 	}
-	if h, err := os.UserHomeDir(); err == nil {
+	if h := home.Dir(); h != "" {
 		return filepath.Join(h, ".local", "state", "coldship")
 	}
 	return ""
+}
+
+// noStateDirWhy says why there is no default state directory, when there
+// is none.
+func noStateDirWhy() string {
+	if defaultStateDir() != "" {
+		return ""
+	}
+	return " (there is no default: XDG_STATE_HOME and HOME are unset and the password database names no home)"
 }
 
 // runOptions are the flags of unattended runs shared by send, receive and
@@ -342,13 +355,21 @@ func (o *runOptions) limit(tr shipper.Transport) shipper.Transport {
 }
 
 // lockDest takes the lock of destination dest in the state directory.
-// Without a state directory there is nothing to lock with.
+// Without a state directory there is nothing to lock with. A local
+// folder is locked by its real path: the same folder through a symlink
+// takes the same lock.
 func (o *runOptions) lockDest(ctx context.Context, stateDir, dest string) (*shipper.RunLock, error) {
 	if stateDir == "" {
 		return nil, nil
 	}
 	key := destKey(dest)
-	return shipper.AcquireLock(ctx, shipper.DestLockPath(stateDir, key), "destination "+key, o.lockWait)
+	lockKey := key
+	if filepath.IsAbs(key) {
+		if real, err := filepath.EvalSymlinks(key); err == nil {
+			lockKey = real
+		}
+	}
+	return shipper.AcquireLock(ctx, shipper.DestLockPath(stateDir, lockKey), "destination "+key, o.lockWait)
 }
 
 // sendSizes checks send's numeric flags and returns the block and segment
@@ -393,7 +414,7 @@ func checkBase(opts *sendOptions, rid string) error {
 		return usagef("--base needs recipients (-r or -R): incremental shipments copy the wrapped keys of their base, which a passphrase send cannot check")
 	}
 	if opts.stateDir == "" {
-		return usagef("--base needs a --state-dir")
+		return usagef("--base needs a --state-dir%s", noStateDirWhy())
 	}
 	return nil
 }

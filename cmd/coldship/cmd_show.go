@@ -30,6 +30,9 @@ func newShowCmd(s *streams) *cobra.Command {
 		Long: `Open a shipment (default, or SHIPMENT "latest": the latest complete one) with
 its key and print its files (type, mode, owner, size, data, modification time,
 BLAKE3 digest, path) and the chain of earlier shipments whose blocks it uses.
+An "overlay" line names an overlay image's backing file, an "extents" line a
+vmdk descriptor's extent files: what a restore writes beside it (--include
+of it brings them along).
 Nothing is fetched but the shipment's small objects; nothing is written.
 
 With --trusted-senders FILE the shipment (default: the newest that
@@ -142,9 +145,16 @@ func showJSON(s *streams, id string, sh *shipper.Shipment) error {
 		if f.Type == archive.TypeFile {
 			digest = f.BLAKE3.String()
 		}
-		if err := s.emit(map[string]any{"type": "file", "path": f.Path, "file_type": f.Type, "size": f.Size,
+		o := map[string]any{"type": "file", "path": f.Path, "file_type": f.Type, "size": f.Size,
 			"bytes_data": fileDataBytes(f), "mode": fmt.Sprintf("%04o", f.Mode.Perm()), "mtime": f.MTime,
-			"owner": fileOwner(f), "blake3": digest}); err != nil {
+			"owner": fileOwner(f), "blake3": digest}
+		if f.Backing != nil {
+			o["backing"], o["backing_format"] = f.Backing.Path, f.Backing.Format
+		}
+		if len(f.DataFiles) > 0 {
+			o["data_files"] = f.DataFiles
+		}
+		if err := s.emit(o); err != nil {
 			return err
 		}
 	}
@@ -174,7 +184,9 @@ func showText(s *streams, id string, sh *shipper.Shipment) error {
 	default:
 		fmt.Fprintf(w, "base      - (a full shipment)\n")
 	}
-	fmt.Fprintf(w, "files     %d, %s, %s of data\n\n", len(m.Files), humanBytes(total), humanBytes(data))
+	fmt.Fprintf(w, "files     %d, %s, %s of data\n", len(m.Files), humanBytes(total), humanBytes(data))
+	showNeeds(s, m)
+	fmt.Fprintln(w)
 	t := newTable(s, "TYPE", "MODE", "OWNER", "SIZE", "DATA", "MTIME", "BLAKE3", "PATH")
 	for i := range m.Files {
 		f := &m.Files[i]
@@ -186,6 +198,26 @@ func showText(s *streams, id string, sh *shipper.Shipment) error {
 			own(f.MTime.Local().Format(time.RFC3339)), own(digest), text(f.Path))
 	}
 	return t.flush()
+}
+
+// showNeeds writes a head line for every image that needs other files of
+// the shipment beside it once restored: an overlay's backing file, a vmdk
+// descriptor's extent files: what a restore writes beside it (--include
+// brings them along), which an operator sizes and checks before restoring.
+func showNeeds(s *streams, m *archive.Manifest) {
+	for i := range m.Files {
+		f := &m.Files[i]
+		if f.Backing != nil {
+			fmt.Fprintf(s.out, "overlay   %s on %s (%s)\n", cell(f.Path), cell(f.Backing.Path), cell(f.Backing.Format))
+		}
+		if len(f.DataFiles) > 0 {
+			names := make([]string, len(f.DataFiles))
+			for j, p := range f.DataFiles {
+				names[j] = cell(p)
+			}
+			fmt.Fprintf(s.out, "extents   %s in %s\n", cell(f.Path), strings.Join(names, ", "))
+		}
+	}
 }
 
 // manifestBytes returns the apparent size and the bytes of data of the

@@ -533,11 +533,16 @@ func TestConcurrentRunIsRefused(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	for _, second := range [][]string{args, {"prune", dest, "--keep-last", "1", "--state-dir", state}} {
+	link := filepath.Join(dir, "dest-link") // the same folder, spelled another way
+	if err := os.Symlink(dest, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, second := range [][]string{args, {"prune", dest, "--keep-last", "1", "--state-dir", state},
+		{"prune", link, "--keep-last", "1", "--state-dir", state}} {
 		r := run(t, second...)
 		if r.code != exitError || !strings.Contains(r.stderr, fmt.Sprintf("pid %d", cmd.Process.Pid)) ||
 			!strings.Contains(r.stderr, "--lock-wait") {
-			t.Errorf("%s during a send: exit %d, stderr %q; want 1 naming the running pid", second[0], r.code, r.stderr)
+			t.Errorf("%s %s during a send: exit %d, stderr %q; want 1 naming the running pid", second[0], second[1], r.code, r.stderr)
 		}
 	}
 	if r := run(t, append(args, "--lock-wait", "200ms")...); r.code != exitError || !strings.Contains(r.stderr, "gave up after") {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -231,5 +232,25 @@ func TestEnvPassphraseFileOverRecipients(t *testing.T) {
 				t.Errorf("the shipment does not open with the passphrase: exit %d: %s", r.code, r.stderr)
 			}
 		})
+	}
+}
+
+// TestStateDirWithoutHOME: cron and systemd units may start coldship
+// without HOME. The state directory (the lock of DEST, resume journals,
+// the incremental state) is then under the password database's home, not
+// missing: without it send and prune took no lock, a killed send could not
+// resume and --base failed with "--base needs a --state-dir".
+func TestStateDirWithoutHOME(t *testing.T) {
+	u, err := user.Current()
+	if err != nil || u.HomeDir == "" {
+		t.Skipf("no home folder in the password database: %v", err)
+	}
+	t.Setenv("HOME", "")
+	t.Setenv("XDG_STATE_HOME", "")
+	want := fmt.Sprintf("(default %q)", filepath.Join(u.HomeDir, ".local", "state", "coldship"))
+	for _, cmd := range []string{"send", "prune"} {
+		if r := mustRun(t, cmd, "--help"); !strings.Contains(r.stdout, want) {
+			t.Errorf("%s --help without HOME: --state-dir is not %s:\n%s", cmd, want, r.stdout)
+		}
 	}
 }

@@ -217,6 +217,9 @@ var jsonSchema = []jsonKind{
 		{"mtime", "string", "modification time, RFC 3339"},
 		{"owner", "string", "numeric uid:gid at the source, \"-\" for shipments of formats 1 and 2, which do not record it"},
 		{"blake3", "string", "whole-file digest, hex (\"\" for a directory)"},
+		{"backing", "string?", "an overlay image's backing file: its path in the shipment, restored beside it"},
+		{"backing_format", "string?", "with backing: the backing file's format (qcow2, raw or vmdk)"},
+		{"data_files", "array?", "a vmdk descriptor's extent files: their paths in the shipment, which hold its data"},
 	}},
 	{Name: "version", Type: "version", Fields: []jsonField{
 		fType, {"version", "string", "coldship's version (git describe)"},

@@ -242,3 +242,35 @@ func TestDurationCountsTheWholeCommand(t *testing.T) {
 		t.Errorf("duration_s = %v after a pre-send hook of 0.5 s: %v", last["duration_s"], last)
 	}
 }
+
+// TestJSONQuiet: --json with --quiet prints the summary alone (or the
+// error object): no notices, no progress, as -q prints only errors.
+func TestJSONQuiet(t *testing.T) {
+	id, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	makeImage(t, src, 4<<20, region{0, 1 << 20, "random"})
+	send := func(dest string, extra ...string) []map[string]any {
+		r := run(t, append([]string{"send", src, "--to", dest, "-r", rcpt, "--base", "latest",
+			"--state-dir", filepath.Join(dir, "state"), "--json"}, extra...)...)
+		if r.code != 0 {
+			t.Fatalf("send %v: exit %d: %s", extra, r.code, r.stderr)
+		}
+		return jsonLines(t, r.stdout)
+	}
+	if objs := send(filepath.Join(dir, "a")); len(objs) < 2 || objs[0]["type"] != "notice" {
+		t.Fatalf("without -q, want a notice (a first full send) before the summary: %v", objs)
+	}
+	objs := send(filepath.Join(dir, "b"), "-q")
+	if len(objs) != 1 || objs[0]["type"] != "summary" {
+		t.Errorf("send --json -q: %v; want the summary alone", objs)
+	}
+	r := run(t, "receive", filepath.Join(dir, "b"), "-i", id, "--out", filepath.Join(dir, "out"), "--json", "-q")
+	if objs := jsonLines(t, r.stdout); r.code != 0 || len(objs) != 1 || objs[0]["type"] != "summary" {
+		t.Errorf("receive --json -q: exit %d, %v; want the summary alone", r.code, objs)
+	}
+	r = run(t, "receive", filepath.Join(dir, "nowhere"), "-i", id, "--out", filepath.Join(dir, "out2"), "--json", "-q")
+	if objs := jsonLines(t, r.stdout); r.code == 0 || len(objs) != 1 || objs[0]["type"] != "error" {
+		t.Errorf("failing receive --json -q: exit %d, %v; want the error object alone", r.code, objs)
+	}
+}

@@ -115,6 +115,7 @@ func (s *streams) sendRecipients(rs, files []string, passFile string) ([]age.Rec
 		}
 		return out, nil
 	}
+	s.warnReadableByAll("passphrase file", passFile)
 	pass, err := passphrase(passFile)
 	if err != nil {
 		return nil, err
@@ -161,12 +162,14 @@ func nthFlag(flag string, i, n int) string {
 func (s *streams) identities(files []string, passFile string, required bool) ([]age.Identity, error) {
 	var out []age.Identity
 	for _, f := range files {
+		s.warnReadableByAll("identity file", f)
 		ids, err := cipher.ParseIdentityFile(f, s.askPass())
 		if err != nil {
 			return nil, usageError{err}
 		}
 		out = append(out, ids...)
 	}
+	s.warnReadableByAll("passphrase file", passFile)
 	pass, err := passphrase(passFile)
 	if err != nil {
 		return nil, err
@@ -187,6 +190,22 @@ func (s *streams) identities(files []string, passFile string, required bool) ([]
 		out = append(out, id)
 	}
 	return out, nil
+}
+
+// warnReadableByAll warns, even with -q, when the secret file name can be
+// read by every user of the machine (an identity written with `coldship
+// keygen > FILE` under umask 022). It is used all the same, as age and
+// ssh-keygen -Y do: refusing it would stop a nightly run that worked.
+func (s *streams) warnReadableByAll(what, name string) {
+	if name == "" {
+		return
+	}
+	fi, err := os.Stat(name)
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o004 == 0 {
+		return
+	}
+	fmt.Fprintf(s.err, "coldship: warning: %s %s can be read by every user of this machine (mode %04o): chmod 600 %s\n",
+		what, name, fi.Mode().Perm(), name)
 }
 
 // missingIsUsage makes a passphrase file that does not exist (or cannot

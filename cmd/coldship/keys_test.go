@@ -198,3 +198,37 @@ func TestHooksDoNotSeeThePassphrase(t *testing.T) {
 		t.Errorf("a hook saw the passphrase:\n%s", stderr)
 	}
 }
+
+// TestSecretFileReadableByAllWarns: a secret file that every user of the
+// machine can read (an identity written with `coldship keygen > FILE`
+// under umask 022, a passphrase file copied without care) is used, as age
+// does, but with a warning naming it, even with -q, that a cron mail or a
+// journal shows.
+func TestSecretFileReadableByAllWarns(t *testing.T) {
+	dest, key, id, _ := sendSample(t)
+	dir := t.TempDir()
+	pass := filepath.Join(dir, "pass")
+	os.WriteFile(pass, []byte("correct horse\n"), 0o600)
+	open := filepath.Join(dir, "open.key")
+	b, _ := os.ReadFile(key)
+	os.WriteFile(open, b, 0o644)
+	os.Chmod(open, 0o644) // whatever the umask
+	openPass := filepath.Join(dir, "open.pass")
+	os.WriteFile(openPass, []byte("correct horse\n"), 0o604)
+	os.Chmod(openPass, 0o604)
+	for _, tc := range []struct {
+		args []string
+		warn string // "" for none
+	}{
+		{[]string{"verify", dest, id, "-i", key, "-q"}, ""},
+		{[]string{"verify", dest, id, "-i", open, "-q"}, "identity file " + open + " can be read by every user of this machine (mode 0644): chmod 600 " + open},
+		{[]string{"show", dest, id, "-i", open, "--json"}, "identity file " + open + " can be read by every user"},
+		{[]string{"verify", dest, id, "-i", key, "--passphrase-file", openPass, "-q"}, "passphrase file " + openPass + " can be read by every user of this machine (mode 0604)"},
+		{[]string{"verify", dest, id, "-i", key, "--passphrase-file", pass, "-q"}, ""},
+	} {
+		r := mustRun(t, tc.args...)
+		if tc.warn == "" && strings.Contains(r.stderr, "every user") || tc.warn != "" && !strings.Contains(r.stderr, "coldship: warning: "+tc.warn) {
+			t.Errorf("coldship %s: stderr %q; want warning %q", strings.Join(tc.args, " "), r.stderr, tc.warn)
+		}
+	}
+}

@@ -90,3 +90,58 @@ func TestNameSelectsSeries(t *testing.T) {
 		t.Logf("receive %s of a relabelled shipment: exit %d, %s", args, r.code, r.stderr)
 	}
 }
+
+// seriesSender returns a destination and a send of one small image to it
+// with the given arguments (--name LABEL), returning the shipment id.
+func seriesSender(t *testing.T) (dest string, send func(args ...string) string) {
+	_, rcpt := keypair(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	makeImage(t, img, 1<<20, region{0, 64 << 10, "random"})
+	dest = filepath.Join(dir, "dest")
+	return dest, func(args ...string) string {
+		r := mustRun(t, append([]string{"send", img, "--to", dest, "-r", rcpt, "--no-resume"}, args...)...)
+		time.Sleep(1100 * time.Millisecond) // ids are dated to the second
+		return strings.TrimSpace(r.stdout)
+	}
+}
+
+// TestPruneSeriesApart: without --name, prune applies its rules to each
+// label's series apart (and to the unlabelled shipments as one more), as
+// restic's forget groups snapshots: --keep-last 1 at a destination that
+// two VMs share deleted the only shipment of the VM that shipped first.
+func TestPruneSeriesApart(t *testing.T) {
+	dest, send := seriesSender(t)
+	webOld, webNew := send("--name", "web01"), send("--name", "web01")
+	db, plain := send("--name", "db01"), send()
+	r := mustRun(t, "prune", dest, "--keep-last", "1")
+	if got := strings.TrimSpace(r.stdout); got != webOld {
+		t.Errorf("prune --keep-last 1 deleted %q, want only %s (the older of web01's two); stderr:\n%s", got, webOld, r.stderr)
+	}
+	listed := mustRun(t, "list", dest).stdout
+	for _, id := range []string{webNew, db, plain} {
+		if !strings.Contains(listed, id) {
+			t.Errorf("%s, the only or newest shipment of its series, is gone:\n%s", id, listed)
+		}
+	}
+}
+
+// TestVerifyAllSeriesApart: an incomplete shipment newer than the newest
+// complete one of its own series may be a send still running, whatever
+// another series shipped since: verify --all does not report it and prune
+// keeps it, as they do for a single series.
+func TestVerifyAllSeriesApart(t *testing.T) {
+	dest, send := seriesSender(t)
+	send("--name", "web01")
+	running := send("--name", "web01")
+	if err := os.Remove(filepath.Join(dest, running, "manifest")); err != nil { // as while its send runs
+		t.Fatal(err)
+	}
+	send("--name", "db01")
+	if r := run(t, "verify", "--all", dest); r.code != 0 || strings.Contains(r.stdout+r.stderr, running) {
+		t.Errorf("verify --all: exit %d, reporting %s, which web01's send may still be writing:\n%s%s", r.code, running, r.stdout, r.stderr)
+	}
+	if r := mustRun(t, "prune", dest, "--keep-last", "1", "--dry-run"); strings.Contains(r.stdout, running) {
+		t.Errorf("prune would delete %s, which web01's send may still be writing:\n%s", running, r.stderr)
+	}
+}

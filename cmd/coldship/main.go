@@ -129,9 +129,13 @@ func main() {
 // line or from COLDSHIP_JSON), as an error object on stdout: even when the
 // command line itself is wrong.
 func execute(ctx context.Context, args []string, in io.Reader, out, errw io.Writer) int {
-	root := newRootCmd(in, out, errw)
+	stdout := &stdoutWriter{w: out}
+	root := newRootCmd(in, stdout, errw)
 	root.SetArgs(args)
 	cmd, err := root.ExecuteContextC(ctx)
+	if err == nil && stdout.err != nil {
+		err = fmt.Errorf("the command finished, but what it printed on stdout was lost: %w", stdout.err)
+	}
 	if err != nil && context.Cause(ctx) == errInterrupted {
 		err = fmt.Errorf("%w: %v", errInterrupted, err)
 	}

@@ -63,7 +63,7 @@ func startProgress(s *streams, op string, o outputOptions, cnt *shipper.Counters
 	r := &reporter{s: s, op: op, o: o, cnt: cnt, moved: m, start: start, stop: make(chan struct{}), done: make(chan struct{})}
 	interval := time.Second
 	switch fd, tty := s.stderrTerminal(); {
-	case o.json:
+	case o.json && !o.quiet:
 	case !o.quiet && tty:
 		interval, r.tty = 200*time.Millisecond, fd
 		r.bar = newBar(s, op)
@@ -265,14 +265,16 @@ func parseSize(s string) (int64, error) {
 }
 
 // logf returns a logger for notices (resuming, retrying): notice objects
-// on stdout with --json, lines on stderr otherwise, nothing with --quiet.
+// on stdout with --json, lines on stderr otherwise, nothing with --quiet
+// (with --json too: a script that wants only the summary says -q).
 func (s *streams) logf(o outputOptions) func(string, ...any) {
 	return func(format string, a ...any) {
 		msg := fmt.Sprintf(format, a...)
 		switch {
+		case o.quiet:
 		case o.json:
 			s.emit(map[string]string{"type": "notice", "message": msg})
-		case !o.quiet:
+		default:
 			fmt.Fprintf(s.err, "coldship: %s\n", msg)
 		}
 	}
@@ -281,7 +283,7 @@ func (s *streams) logf(o outputOptions) func(string, ...any) {
 // addOutputFlags adds --json and --quiet.
 func addOutputFlags(f *pflag.FlagSet, o *outputOptions) {
 	f.BoolVar(&o.json, "json", false, "JSON objects on stdout, one per line: progress, notices, a final summary or an error object (and nothing else there)")
-	f.BoolVarP(&o.quiet, "quiet", "q", false, "print only errors")
+	f.BoolVarP(&o.quiet, "quiet", "q", false, "print only errors (with --json: only the summary or the error object, no progress or notices)")
 }
 
 // describeFiles counts a shipment's files and folders for a person:

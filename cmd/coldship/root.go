@@ -55,12 +55,36 @@ func (s *streams) stderrTerminal() (int, bool) {
 }
 
 func (s *streams) stdoutIsTerminal() bool {
-	f, ok := s.out.(*os.File)
+	w := s.out
+	if sw, ok := w.(*stdoutWriter); ok {
+		w = sw.w
+	}
+	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 // emit writes one JSON object on stdout (--json).
 func (s *streams) emit(v any) error { return writeJSON(s.out, v) }
+
+// stdoutWriter keeps the first error of a write to stdout: what a script
+// captures there (keygen's identity, a shipment id, list's lines) that
+// could not be written (a full disk, an I/O error) fails the
+// command, even where it was printed with fmt.Fprint and no check.
+type stdoutWriter struct {
+	mu  sync.Mutex
+	w   io.Writer
+	err error
+}
+
+func (s *stdoutWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, err := s.w.Write(p)
+	if err != nil && s.err == nil {
+		s.err = err
+	}
+	return n, err
+}
 
 // syncWriter serializes writes to stderr, which progress reports, notices
 // from the pipeline (a retry, a fallback to a full shipment) and hooks

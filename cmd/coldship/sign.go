@@ -56,6 +56,7 @@ func (s *streams) signingKey(ctx context.Context, file string) (*sendSigner, err
 	if pub, _, _, _, err := ssh.ParseAuthorizedKey(data); err == nil {
 		return agentSigner(ctx, file, pub)
 	}
+	s.warnReadableByAll("--sign-key file", file)
 	signer, err := ssh.ParsePrivateKey(data)
 	var missing *ssh.PassphraseMissingError
 	switch {

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -567,5 +569,32 @@ func TestVerifyAllEmpty(t *testing.T) {
 	r := run(t, "verify", "--all", dest)
 	if r.code != exitError || !strings.Contains(r.stderr, "no shipment there") {
 		t.Errorf("verify --all of an empty destination: exit %d, want 1 saying so: %s", r.code, r.stderr)
+	}
+}
+
+// fullWriter fails every write, as stdout redirected to a full disk does.
+type fullWriter struct{}
+
+func (fullWriter) Write([]byte) (int, error) {
+	return 0, errors.New("write /dev/stdout: no space left on device")
+}
+
+// TestStdoutWriteFails: what a script captures on stdout (keygen's
+// identity, the shipment id, list's lines) that cannot be written fails
+// the command, text or JSON alike: `coldship keygen > site.key` on a full
+// disk exited 0 having lost the only copy of the identity.
+func TestStdoutWriteFails(t *testing.T) {
+	dest, key, _, vm := sendSample(t)
+	_, rcpt := keypair(t)
+	for _, args := range [][]string{
+		{"keygen"}, {"keygen", "-o", filepath.Join(t.TempDir(), "k")}, {"list", dest}, {"show", dest, "-i", key},
+		{"send", vm, "--to", dest, "-r", rcpt, "--no-resume"}, {"prune", dest, "--keep-last", "1", "--dry-run"},
+		{"list", dest, "--json"},
+	} {
+		var errb strings.Builder
+		code := execute(context.Background(), args, strings.NewReader(""), fullWriter{}, &errb)
+		if code != exitError || !strings.Contains(errb.String(), "no space left on device") {
+			t.Errorf("coldship %s with stdout on a full disk: exit %d, want %d saying why; stderr:\n%s", strings.Join(args, " "), code, exitError, errb.String())
+		}
 	}
 }

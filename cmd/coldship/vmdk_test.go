@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -243,4 +244,42 @@ func TestVMDKDescriptorLive(t *testing.T) {
 	img, ref := vmdkDisk(t, t.TempDir(), "disk.vmdk", "twoGbMaxExtentSparse")
 	mustRun(t, append([]string{"send", img, "--to", to, "-q"}, flags...)...)
 	compareWithRef(t, ref, filepath.Join(dir, "disk.vmdk"))
+}
+
+// TestShowOverlayAndExtents: show names what an image needs beside it at
+// the destination (an overlay's backing file, a vmdk descriptor's extent
+// files), so an operator sees before restoring what else a restore of it
+// writes (what --include of it brings along).
+func TestShowOverlayAndExtents(t *testing.T) {
+	key, rcpt := keypair(t)
+	vm := filepath.Join(t.TempDir(), "vm")
+	os.Mkdir(vm, 0o755)
+	qemuImg(t, vm, "base.qcow2", "", 0x11, 0, 64<<10)
+	qemuImg(t, vm, "top.qcow2", "base.qcow2", 0x22, 1<<20, 64<<10)
+	vmtest.Run(t, "qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", filepath.Join(vm, "d.vmdk"), "1M")
+	dest := filepath.Join(t.TempDir(), "dest")
+	mustRun(t, "send", vm, "--to", dest, "-r", rcpt, "-q")
+
+	r := mustRun(t, "show", dest, "-i", key)
+	for _, want := range []string{"overlay   vm/top.qcow2 on vm/base.qcow2 (qcow2)\n", "extents   vm/d.vmdk in vm/d-flat.vmdk\n"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("show does not print %q:\n%s", want, r.stdout)
+		}
+	}
+	files := map[string]map[string]any{}
+	for _, o := range jsonLines(t, mustRun(t, "show", dest, "-i", key, "--json").stdout) {
+		checkSchema(t, o)
+		if o["type"] == "file" {
+			files[o["path"].(string)] = o
+		}
+	}
+	if top := files["vm/top.qcow2"]; top["backing"] != "vm/base.qcow2" || top["backing_format"] != "qcow2" {
+		t.Errorf("show --json of the overlay: %v; want backing vm/base.qcow2, backing_format qcow2", top)
+	}
+	if d := files["vm/d.vmdk"]; fmt.Sprint(d["data_files"]) != "[vm/d-flat.vmdk]" {
+		t.Errorf("show --json of the vmdk descriptor: %v; want data_files [vm/d-flat.vmdk]", d)
+	}
+	if b := files["vm/base.qcow2"]; b["backing"] != nil || b["data_files"] != nil {
+		t.Errorf("show --json of a plain image: %v; want no backing nor data_files", b)
+	}
 }

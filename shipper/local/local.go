@@ -400,9 +400,13 @@ func (t *Transport) Stat(ctx context.Context, name string) (shipper.ObjectInfo, 
 // List walks the root; files and directories whose names start with '.'
 // (temporaries) are skipped.
 func (t *Transport) List(ctx context.Context, prefix string, fn func(shipper.ObjectInfo) error) error {
-	err := filepath.WalkDir(t.root, func(p string, d fs.DirEntry, err error) error {
+	// The root is walked with a trailing slash so that a destination that
+	// is a symlink to a folder (/backup -> /mnt/nas/backup) is followed,
+	// as every other operation follows it; links below it are not.
+	root := t.root + string(filepath.Separator)
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			if p == t.root && errors.Is(err, fs.ErrNotExist) {
+			if p == root && errors.Is(err, fs.ErrNotExist) {
 				return fs.SkipAll
 			}
 			return classify("list", p, err)
@@ -410,9 +414,9 @@ func (t *Transport) List(ctx context.Context, prefix string, fn func(shipper.Obj
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if p == t.root {
+		if p == root {
 			if !d.IsDir() {
-				return classify("list", p, syscall.ENOTDIR)
+				return classify("list", t.root, syscall.ENOTDIR)
 			}
 			return nil
 		}

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/kevinburke/ssh_config"
+
+	"github.com/coldship/coldship/internal/home"
 )
 
 // When Config.Streams is zero a Transport picks the number of SFTP
@@ -325,12 +327,12 @@ func resolve(cfg Config) (*destination, error) {
 	if cfg.Host == "" {
 		return nil, errors.New("sftp: no host")
 	}
-	home := homeDir()
-	sc, file, err := loadSSHConfig(cfg.SSHConfig, home, cfg.Stderr)
+	homeDir := home.Dir()
+	sc, file, err := loadSSHConfig(cfg.SSHConfig, homeDir, cfg.Stderr)
 	if err != nil {
 		return nil, err
 	}
-	d, err := resolveHost(cfg, sc, file, home)
+	d, err := resolveHost(cfg, sc, file, homeDir)
 	if err != nil {
 		return nil, err
 	}
@@ -338,7 +340,7 @@ func resolve(cfg Config) (*destination, error) {
 	case "proxycommand":
 		v, _ := sc.Get(cfg.Host, "ProxyCommand")
 		if v = strings.TrimSpace(v); !strings.EqualFold(v, "none") {
-			tokens := tokenExpander{home: home, local: currentUser(), host: d.host, alias: cfg.Host, user: d.user, port: d.port}
+			tokens := tokenExpander{home: homeDir, local: currentUser(), host: d.host, alias: cfg.Host, user: d.user, port: d.port}
 			d.proxyCommand = tokens.expand(v)
 		}
 	case "proxyjump":
@@ -352,7 +354,7 @@ func resolve(cfg Config) (*destination, error) {
 				return nil, configErrorf("ssh_config %s: Host %s: ProxyJump: %w", file, cfg.Host, err)
 			}
 			hop.KeyFiles, hop.KnownHosts, hop.Stderr = cfg.KeyFiles, cfg.KnownHosts, cfg.Stderr
-			jd, err := resolveHost(hop, sc, file, home)
+			jd, err := resolveHost(hop, sc, file, homeDir)
 			if err != nil {
 				return nil, fmt.Errorf("ProxyJump %s: %w", spec, err)
 			}
@@ -360,18 +362,6 @@ func resolve(cfg Config) (*destination, error) {
 		}
 	}
 	return d, nil
-}
-
-// homeDir is $HOME, or else the login directory the password database
-// gives (a cron job or a systemd unit may run without HOME).
-func homeDir() string {
-	if h := os.Getenv("HOME"); h != "" {
-		return h
-	}
-	if u, err := user.Current(); err == nil {
-		return u.HomeDir
-	}
-	return ""
 }
 
 // proxyKey says which of ProxyJump and ProxyCommand applies to alias,
