@@ -71,6 +71,10 @@ func BackingChain(p, format string) ([]Layer, error) {
 			}
 			return nil, fmt.Errorf("%s is a vmdk child disk%s: vmdk backing chains are not supported: ship with --no-backing-chain after flattening (qemu-img convert)", l.Path, hint)
 		}
+		if (img.Format == ImageQCOW || img.Format == ImageQED) && img.HasBacking {
+			return nil, fmt.Errorf("%s is a %s overlay on %q: coldship does not follow its backing chain: convert it (qemu-img convert -O qcow2) or ship with --no-backing-chain",
+				l.Path, img.Format, img.Backing)
+		}
 		if img.External {
 			return nil, fmt.Errorf("%s keeps its data in an external data file %q: not supported", l.Path, img.DataFile)
 		}
@@ -124,10 +128,11 @@ func openLayer(p, format string) (Layer, Image, error) {
 			return Layer{}, Image{}, fmt.Errorf("%s: recorded as %s, but its header is %s", p, format, img.Format)
 		}
 	}
-	if img.Format == ImageQCOW {
-		img = Image{Format: ImageRaw} // not read: shipped as it is
+	l := Layer{Path: p, Format: img.Format, Backing: img.Backing, BackingFormat: img.BackingFormat, Info: fi}
+	if img.Format == ImageQCOW || img.Format == ImageQED {
+		l = Layer{Path: p, Format: ImageRaw, Info: fi} // not read: shipped as it is
 	}
-	return Layer{Path: p, Format: img.Format, Backing: img.Backing, BackingFormat: img.BackingFormat, Info: fi}, img, nil
+	return l, img, nil
 }
 
 // resolveBacking returns the file that backing name names for the image

@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -262,5 +263,57 @@ func TestAddBackingChains(t *testing.T) {
 	}
 	if got[0].UID != uint32(os.Getuid()) || got[0].GID != uint32(os.Getgid()) {
 		t.Errorf("owner of an added layer: %d:%d", got[0].UID, got[0].GID)
+	}
+}
+
+// TestBackingChainUnreadOverlays: an overlay in a format whose chain
+// coldship does not follow (qcow version 1, QED) is refused, naming it
+// and its backing file, rather than shipped without its backing file;
+// one without a backing file ships as it is (raw).
+func TestBackingChainUnreadOverlays(t *testing.T) {
+	qcow1 := func(backing string) []byte {
+		b := make([]byte, 512)
+		copy(b, "QFI\xfb\x00\x00\x00\x01")
+		if backing != "" {
+			binary.BigEndian.PutUint64(b[8:], 64)
+			binary.BigEndian.PutUint32(b[16:], uint32(len(backing)))
+			copy(b[64:], backing)
+		}
+		return b
+	}
+	qed := func(backing string) []byte {
+		b := make([]byte, 4096)
+		copy(b, "QED\x00")
+		binary.LittleEndian.PutUint32(b[4:], 65536)
+		if backing != "" {
+			binary.LittleEndian.PutUint64(b[16:], 1)
+			binary.LittleEndian.PutUint32(b[56:], 64)
+			binary.LittleEndian.PutUint32(b[60:], uint32(len(backing)))
+			copy(b[64:], backing)
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want string // "" ships
+	}{
+		{"qcow1 overlay", qcow1("base.img"), `is a qcow overlay on "base.img"`},
+		{"qcow1", qcow1(""), ""},
+		{"qed overlay", qed("base.img"), `is a qed overlay on "base.img"`},
+		{"qed", qed(""), ""},
+		{"qed truncated", []byte("QED\x00"), ""},
+	} {
+		dir := t.TempDir()
+		p := filepath.Join(dir, "disk.img")
+		os.WriteFile(p, tc.data, 0o644)
+		os.WriteFile(filepath.Join(dir, "base.img"), make([]byte, 512), 0o644)
+		chain, err := BackingChain(p, "")
+		switch {
+		case tc.want == "" && (err != nil || len(chain) != 1 || chain[0].Format != ImageRaw):
+			t.Errorf("%s: chain %v, err %v; want itself, shipped as raw", tc.name, chain, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), p+" "+tc.want) || !strings.Contains(err.Error(), "--no-backing-chain")):
+			t.Errorf("%s: chain %v, err %v; want it refused", tc.name, chain, err)
+		}
 	}
 }

@@ -1,6 +1,9 @@
 package archive
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -87,6 +90,28 @@ func FuzzManifestKeySlot(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if slot, err := ManifestKeySlot(b); err == nil && (slot < 0 || slot > 9999) {
 			t.Fatalf("slot %d accepted", slot)
+		}
+	})
+}
+
+// FuzzReadImageInfo: an image header, as the guest's hypervisor (or a
+// guest writing a raw disk) made it, never panics the probe, and a
+// backing name it reports is one the file holds.
+func FuzzReadImageInfo(f *testing.F) {
+	for _, name := range []string{"qcow2-v2-overlay", "qcow2-v3-base", "qcow2-v3-overlay", "vmdk-child"} {
+		b, err := os.ReadFile(filepath.Join("testdata", "images", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b[:min(len(b), 8192)])
+	}
+	f.Add([]byte("QFI\xfb\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x18\x00\x00\x00\x04base"))
+	f.Add(append([]byte("QED\x00"), make([]byte, 60)...))
+	f.Add([]byte("# Disk DescriptorFile\nparentCID=1\nparentFileNameHint=\"p.vmdk\"\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		img, err := ReadImageInfo(bytes.NewReader(b), int64(len(b)))
+		if err == nil && img.Backing != "" && !bytes.Contains(b, []byte(img.Backing)) {
+			t.Fatalf("backing name %q is not in the file", img.Backing)
 		}
 	})
 }

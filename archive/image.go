@@ -16,8 +16,11 @@ const (
 	ImageRaw   = "raw"
 	ImageQCOW2 = "qcow2"
 	ImageVMDK  = "vmdk"
-	// ImageQCOW is qcow version 1, which coldship ships but does not read.
+	// ImageQCOW is qcow version 1, and ImageQED QEMU's QED: coldship
+	// ships them as they are, reading only whether they name a backing
+	// file (they are then refused: their chains are not followed).
 	ImageQCOW = "qcow"
+	ImageQED  = "qed"
 )
 
 // Image is what the header of a disk image says about its format and its
@@ -79,6 +82,8 @@ func ReadImageInfo(r io.ReaderAt, size int64) (Image, error) {
 		return readQCOW2Info(r, size)
 	case string(magic[:]) == "KDMV":
 		return readVMDKSparseInfo(r, size)
+	case string(magic[:]) == "QED\x00":
+		return readQEDInfo(r, size)
 	}
 	var peek [vmdkProbeLen]byte
 	if n, _ := r.ReadAt(peek[:], 0); isVMDKDescriptor(peek[:n]) {
@@ -132,7 +137,14 @@ func readQCOW2Info(r io.ReaderAt, size int64) (Image, error) {
 		return Image{}, err
 	}
 	if binary.BigEndian.Uint32(v[:]) == 1 {
-		return Image{Format: ImageQCOW}, nil
+		// qcow version 1: the backing file name's offset and size at 8
+		// and 16, big endian.
+		var hdr [20]byte
+		if _, err := r.ReadAt(hdr[:], 0); err != nil {
+			return Image{}, fmt.Errorf("qcow header: %w", err)
+		}
+		be := binary.BigEndian
+		return unreadOverlay(r, size, ImageQCOW, be.Uint64(hdr[8:]), uint64(be.Uint32(hdr[16:])), be.Uint64(hdr[8:]) != 0)
 	}
 	if size < qcow2V2HeaderLen {
 		return Image{}, errors.New("qcow2 header: truncated")
@@ -149,6 +161,34 @@ func readQCOW2Info(r io.ReaderAt, size int64) (Image, error) {
 		Format: ImageQCOW2, HasBacking: h.backing != "", Backing: h.backing, BackingFormat: h.backingFormat,
 		DataFile: h.dataFile, External: h.dataFile != "" || h.incompatible&qcow2IncompatDataFile != 0,
 	}, nil
+}
+
+// readQEDInfo reads whether a QED image has a backing file: feature bit
+// 0, its name's offset and size at 56 and 60 of the little-endian header.
+func readQEDInfo(r io.ReaderAt, size int64) (Image, error) {
+	var hdr [64]byte
+	if size < int64(len(hdr)) {
+		return Image{Format: ImageQED}, nil // shipped as it is: QEMU would not open it either
+	}
+	if _, err := r.ReadAt(hdr[:], 0); err != nil {
+		return Image{}, fmt.Errorf("qed header: %w", err)
+	}
+	le := binary.LittleEndian
+	return unreadOverlay(r, size, ImageQED, uint64(le.Uint32(hdr[56:])), uint64(le.Uint32(hdr[60:])), le.Uint64(hdr[16:])&1 != 0)
+}
+
+// unreadOverlay is the Image of a format whose data coldship does not
+// read: whether it has a backing file, and its name when it lies within
+// the file and is of a sane length (for messages only).
+func unreadOverlay(r io.ReaderAt, size int64, format string, off, n uint64, backed bool) (Image, error) {
+	img := Image{Format: format, HasBacking: backed}
+	if backed && n > 0 && n <= qcow2MaxBackingName && off < uint64(size) && off+n <= uint64(size) {
+		b := make([]byte, n)
+		if _, err := r.ReadAt(b, int64(off)); err == nil {
+			img.Backing = string(b)
+		}
+	}
+	return img, nil
 }
 
 // readVMDKSparseInfo reads the descriptor embedded in a hosted sparse

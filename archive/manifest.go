@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -525,6 +526,23 @@ func checkSegments(segs []Segment, v3 bool) error {
 		if v3 != (s.CRC32C != "") || (v3 && (!validCRC(s.CRC32C) || s.BLAKE3 != Digest{})) {
 			return fmt.Errorf("segment %s: checksum does not fit the format", s.Name)
 		}
+	}
+	return nil
+}
+
+// CheckName reports why the relative, slash-separated name cannot be a
+// file's path in a shipment, nil if it can: a receive refuses a path
+// holding a backslash (checkPath), and the manifest, which is JSON, keeps
+// UTF-8 only (any other byte would come back as U+FFFD, another name).
+// Send checks every source's name with it before shipping anything.
+func CheckName(name string) error {
+	switch {
+	case strings.Contains(name, `\`):
+		return errors.New("it holds a backslash, which no receive accepts in a path")
+	case !utf8.ValidString(name):
+		return errors.New("it is not valid UTF-8, and a shipment's manifest keeps UTF-8 names only")
+	case checkPath(name) != nil:
+		return errors.New("it is not a clean relative path")
 	}
 	return nil
 }

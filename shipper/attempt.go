@@ -89,6 +89,9 @@ func (r *sendRun) attempt(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if err := checkFolders(r.files); err != nil {
+		return "", err
+	}
 	return id, r.finish(ctx, p, key, wrapped, hb)
 }
 

@@ -24,6 +24,8 @@ type segmentWriter struct {
 	crc  uint32
 	size int64
 	res  chan error
+	put  error // the transport's answer once taken from res
+	done bool
 }
 
 // segmentBuffer is what a segment writer gathers before a write.
@@ -49,6 +51,12 @@ func openSegment(ctx context.Context, tr Transport, id string, n int) *segmentWr
 func (w *segmentWriter) write(p []byte, crc uint32) error {
 	w.crc = archive.CRC32CCombine(w.crc, crc, int64(len(p)))
 	if _, err := w.bw.Write(p); err != nil {
+		// The pipe ended because the transport gave up: its error is the
+		// one that says why (a full disk, classified permanent) and names
+		// the object; the pipe's is only the raw cause.
+		if perr := w.wait(); perr != nil {
+			return perr
+		}
 		return err
 	}
 	w.size += int64(len(p))
@@ -68,7 +76,7 @@ func (w *segmentWriter) end() {
 // close ends the segment and waits for the transport to store it.
 func (w *segmentWriter) close() (archive.Segment, error) {
 	w.end()
-	if err := <-w.res; err != nil {
+	if err := w.wait(); err != nil {
 		return archive.Segment{}, err
 	}
 	return archive.Segment{Name: w.name, Size: w.size, CRC32C: archive.CRC32CString(w.crc)}, nil
@@ -76,5 +84,13 @@ func (w *segmentWriter) close() (archive.Segment, error) {
 
 func (w *segmentWriter) abort() {
 	w.pw.CloseWithError(errors.New("send aborted"))
-	<-w.res
+	w.wait()
+}
+
+// wait waits for the transport's Put to return and returns its error.
+func (w *segmentWriter) wait() error {
+	if !w.done {
+		w.put, w.done = <-w.res, true
+	}
+	return w.put
 }

@@ -8,11 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -621,32 +623,56 @@ func TestResumeCountsThisRun(t *testing.T) {
 // permanentPut fails every segment Put with a permanent error.
 type permanentPut struct {
 	shipper.Transport
-	puts atomic.Int32
+	puts     atomic.Int32
+	midWrite bool // fail part way through the segment, not after reading it all
 }
 
 func (p *permanentPut) Put(ctx context.Context, name string, r io.Reader, size int64) error {
 	if strings.Contains(name, "/segments/") {
 		p.puts.Add(1)
-		io.Copy(io.Discard, r)
-		return fmt.Errorf("disk full: %w", shipper.ErrPermanent)
+		if !p.midWrite {
+			io.Copy(io.Discard, r)
+			return fmt.Errorf("disk full: %w", shipper.ErrPermanent)
+		}
+		// As the local transport meets a full disk: the copy (through the
+		// reader's WriteTo) fails part way with the file system's error,
+		// which the transport then classifies.
+		_, err := io.Copy(&fullDisk{room: 1000}, r)
+		return fmt.Errorf("write %s: the destination is full: %w (%w)", name, err, shipper.ErrPermanent)
 	}
 	return p.Transport.Put(ctx, name, r, size)
 }
 
-// TestPermanentErrorNotRetried: a permanent error fails the send at once.
+// fullDisk takes room bytes, then fails as a full file system does.
+type fullDisk struct{ room int }
+
+func (d *fullDisk) Write(p []byte) (int, error) {
+	n := min(len(p), d.room)
+	d.room -= n
+	if n < len(p) {
+		return n, &fs.PathError{Op: "write", Path: "/dest/.00000001.tmp", Err: syscall.ENOSPC}
+	}
+	return n, nil
+}
+
+// TestPermanentErrorNotRetried: a permanent error fails the send at once,
+// also when the transport meets it part way through a segment (a full
+// disk), while the sender is still writing into it.
 func TestPermanentErrorNotRetried(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "disk.img")
-	writeRandom(t, src, 8*64<<10)
-	sources, _ := archive.CollectSources([]string{src})
-	_, rcpt := newIdentity(t)
-	base, _ := local.New(filepath.Join(dir, "dest"))
-	tr := &permanentPut{Transport: base}
-	_, err := shipper.Send(context.Background(), tr, sources, shipper.SendOptions{
-		Recipients: []age.Recipient{rcpt}, BlockSize: 64 << 10, Streams: 1, Retries: 5, RetryDelay: time.Hour,
-	})
-	if !errors.Is(err, shipper.ErrPermanent) || tr.puts.Load() != 1 {
-		t.Errorf("err %v after %d segment puts; want the permanent error after one", err, tr.puts.Load())
+	for _, midWrite := range []bool{false, true} {
+		dir := t.TempDir()
+		src := filepath.Join(dir, "disk.img")
+		writeRandom(t, src, 8*64<<10)
+		sources, _ := archive.CollectSources([]string{src})
+		_, rcpt := newIdentity(t)
+		base, _ := local.New(filepath.Join(dir, "dest"))
+		tr := &permanentPut{Transport: base, midWrite: midWrite}
+		_, err := shipper.Send(context.Background(), tr, sources, shipper.SendOptions{
+			Recipients: []age.Recipient{rcpt}, BlockSize: 64 << 10, Streams: 1, Retries: 5, RetryDelay: time.Millisecond,
+		})
+		if !errors.Is(err, shipper.ErrPermanent) || tr.puts.Load() != 1 {
+			t.Errorf("midWrite=%v: err %v after %d segment puts; want the permanent error after one", midWrite, err, tr.puts.Load())
+		}
 	}
 }
 
@@ -743,6 +769,54 @@ func TestPutErrorNamesObjectOnce(t *testing.T) {
 		}
 		if n := strings.Count(err.Error(), suffix); n != 1 {
 			t.Errorf("%s: named %d times in %q", suffix, n, err)
+		}
+	}
+}
+
+// touchOnPut runs touch when the first segment is put: something that
+// writes into a source folder while it is shipped.
+type touchOnPut struct {
+	shipper.Transport
+	once  sync.Once
+	touch func()
+}
+
+func (p *touchOnPut) Put(ctx context.Context, name string, r io.Reader, size int64) error {
+	if strings.Contains(name, "/segments/") {
+		p.once.Do(p.touch)
+	}
+	return p.Transport.Put(ctx, name, r, size)
+}
+
+// TestFolderChangedWhileShipped: a file that appears in, or is renamed
+// within, a source folder while it is shipped is a source that changed
+// (exit 6), not a shipment that exits 0 without it.
+func TestFolderChangedWhileShipped(t *testing.T) {
+	for name, change := range map[string]func(vm string){
+		"file appears":   func(vm string) { os.WriteFile(filepath.Join(vm, "sub", "new.img"), []byte("x"), 0o644) },
+		"file renamed":   func(vm string) { os.Rename(filepath.Join(vm, "sub", "small"), filepath.Join(vm, "sub", "moved")) },
+		"folder appears": func(vm string) { os.Mkdir(filepath.Join(vm, "snap"), 0o755) },
+	} {
+		dir := t.TempDir()
+		vm := filepath.Join(dir, "vm")
+		os.MkdirAll(filepath.Join(vm, "sub"), 0o755)
+		writeRandom(t, filepath.Join(vm, "disk.img"), 4*64<<10)
+		os.WriteFile(filepath.Join(vm, "sub", "small"), []byte("s"), 0o644)
+		sources, err := archive.CollectSources([]string{vm})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, rcpt := newIdentity(t)
+		base, _ := local.New(filepath.Join(dir, "dest"))
+		tr := &touchOnPut{Transport: base, touch: func() { change(vm) }}
+		_, err = shipper.Send(context.Background(), tr, sources, shipper.SendOptions{
+			Recipients: []age.Recipient{rcpt}, BlockSize: 64 << 10, Streams: 1,
+		})
+		if !errors.Is(err, shipper.ErrSourceChanged) {
+			t.Errorf("%s: err %v; want ErrSourceChanged", name, err)
+		}
+		if m, _ := filepath.Glob(filepath.Join(dir, "dest", "*", archive.ManifestObject)); len(m) != 0 {
+			t.Errorf("%s: a manifest was put: %v", name, m)
 		}
 	}
 }

@@ -48,6 +48,23 @@ func openSources(sources []archive.Source) ([]*sendFile, error) {
 	return files, nil
 }
 
+// checkFolders fails with ErrSourceChanged if a source folder gained,
+// lost or renamed an entry since it was collected (its modification time
+// moved, or its path names another folder): the shipment would not hold
+// what the folder holds. Its files' own changes are found as they are read.
+func checkFolders(files []*sendFile) error {
+	for _, sf := range files {
+		if sf.f != nil || !sf.src.Info.IsDir() {
+			continue
+		}
+		fi, err := os.Stat(sf.src.Path)
+		if err != nil || !fi.IsDir() || !os.SameFile(fi, sf.src.Info) || !fi.ModTime().Equal(sf.src.Info.ModTime()) {
+			return fmt.Errorf("folder %s: %w", sf.src.Path, ErrSourceChanged)
+		}
+	}
+	return nil
+}
+
 func closeSources(files []*sendFile) {
 	for _, sf := range files {
 		if sf != nil && sf.f != nil {

@@ -131,6 +131,9 @@ func runSend(ctx context.Context, s *streams, opts *sendOptions) error {
 	if len(opts.sources) == 0 && opts.libvirtDomain == "" {
 		return usagef("send: give SOURCE files or directories, or --libvirt-domain NAME")
 	}
+	if err := checkOutsideSources(opts.to, opts.stateDir, opts.sources); err != nil {
+		return err
+	}
 	bs, segSize, err := sendSizes(opts)
 	if err != nil {
 		return err

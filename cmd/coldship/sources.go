@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -84,6 +86,9 @@ func gatherSources(ctx context.Context, s *streams, opts *sendOptions, lv *hooks
 			set.layers = append(set.layers, src.Path)
 		}
 	}
+	if err := checkNames(srcs); err != nil {
+		return nil, err
+	}
 	noticeLayers(s.logf(opts.output), srcs, named)
 	if dom != nil {
 		staged, clean, err := stageDomain(dom, srcs, !opts.noBackingChain)
@@ -95,6 +100,79 @@ func gatherSources(ctx context.Context, s *streams, opts *sendOptions, lv *hooks
 	noticeSpecialBits(s.logf(opts.output), srcs)
 	set.sources = srcs
 	return set, nil
+}
+
+// checkOutsideSources refuses a local DEST, or a --state-dir, inside a
+// SOURCE folder: the send would write into what it ships, and ship its own
+// shipments (each send all the earlier ones again) or its state.
+func checkOutsideSources(dest, stateDir string, sources []string) error {
+	places := []struct{ what, path string }{{"DEST", localDestPath(dest)}, {"--state-dir", stateDir}}
+	for _, arg := range sources {
+		fi, err := os.Stat(arg)
+		if err != nil || !fi.IsDir() {
+			continue // CollectSources says what is wrong with it
+		}
+		dir, err := realPath(arg)
+		if err != nil {
+			continue
+		}
+		for _, p := range places {
+			if p.path == "" {
+				continue
+			}
+			if in, err := realPath(p.path); err == nil && (in == dir || strings.HasPrefix(in, dir+string(filepath.Separator))) {
+				return usagef("%s %s is inside SOURCE %s: the send would ship what it writes there; put it elsewhere", p.what, p.path, arg)
+			}
+		}
+	}
+	return nil
+}
+
+// localDestPath is the folder of a local DEST (a path or file://), ""
+// for a remote one.
+func localDestPath(dest string) string {
+	scheme, _, ok := strings.Cut(dest, "://")
+	switch {
+	case !ok:
+		return dest
+	case strings.EqualFold(scheme, "file"):
+		if u, err := url.Parse(dest); err == nil {
+			return u.Path
+		}
+	}
+	return ""
+}
+
+// realPath is p made absolute, with the symbolic links of the part of it
+// that exists resolved.
+func realPath(p string) (string, error) {
+	cur, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	rest := ""
+	for {
+		if r, err := filepath.EvalSymlinks(cur); err == nil {
+			return filepath.Join(r, rest), nil
+		}
+		parent := filepath.Dir(cur)
+		if parent == cur {
+			return filepath.Join(cur, rest), nil
+		}
+		rest = filepath.Join(filepath.Base(cur), rest)
+		cur = parent
+	}
+}
+
+// checkNames refuses, before anything is read or shipped, a source whose
+// shipped name no receive could restore as it is.
+func checkNames(srcs []archive.Source) error {
+	for _, src := range srcs {
+		if err := archive.CheckName(src.Name); err != nil {
+			return fmt.Errorf("source %s: cannot ship it as %q: %v: rename it", src.Path, src.Name, err)
+		}
+	}
+	return nil
 }
 
 // noticeSpecialBits says which sources have setuid, setgid or sticky bits,

@@ -513,3 +513,58 @@ func TestOutDeviceOverwritesOldData(t *testing.T) {
 		t.Error("the smaller device was written")
 	}
 }
+
+// TestUnshippableNamesRefused: a file whose name a receive refuses (a
+// backslash) or cannot keep (bytes that are not UTF-8, which the JSON
+// manifest turns into U+FFFD) fails the send, exit 1, naming it, before
+// anything is shipped; a send that exited 0 made a shipment every receive
+// refused as damaged (exit 5) or restored under another name.
+func TestUnshippableNamesRefused(t *testing.T) {
+	_, rcpt := keypair(t)
+	for _, name := range []string{`a\b.img`, "disk-\xff.img"} {
+		vm := filepath.Join(t.TempDir(), "vm")
+		os.MkdirAll(vm, 0o755)
+		os.WriteFile(filepath.Join(vm, "ok.img"), []byte("data"), 0o640)
+		if err := os.WriteFile(filepath.Join(vm, name), []byte("data"), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		dest := filepath.Join(t.TempDir(), "dest")
+		os.MkdirAll(dest, 0o755)
+		r := run(t, "send", vm, "--to", dest, "-r", rcpt, "--state-dir", t.TempDir())
+		if r.code != 1 || !strings.Contains(r.stderr, filepath.Join(vm, name)) {
+			t.Errorf("send of %q: exit %d, stderr %q; want 1 naming the file", name, r.code, r.stderr)
+		}
+		if left, _ := os.ReadDir(dest); len(left) != 0 {
+			t.Errorf("send of %q left %d objects at the destination", name, len(left))
+		}
+	}
+}
+
+// TestDestInsideSourceRefused: a local DEST or a --state-dir inside a
+// SOURCE folder is a usage error (exit 2) before anything is written: each
+// send shipped every earlier shipment again, inside the new one.
+func TestDestInsideSourceRefused(t *testing.T) {
+	_, rcpt := keypair(t)
+	vm := filepath.Join(t.TempDir(), "vm")
+	os.MkdirAll(filepath.Join(vm, "sub"), 0o755)
+	os.WriteFile(filepath.Join(vm, "disk.img"), []byte("data"), 0o640)
+	link := filepath.Join(t.TempDir(), "link")
+	os.Symlink(vm, link)
+	for _, tc := range []struct{ name, dest, state string }{
+		{"dest", filepath.Join(vm, "dest"), t.TempDir()},
+		{"dest file://", "file://" + filepath.Join(vm, "sub", "dest"), t.TempDir()},
+		{"dest through a link", filepath.Join(link, "dest"), t.TempDir()},
+		{"state", filepath.Join(t.TempDir(), "dest"), filepath.Join(vm, "state")},
+	} {
+		r := run(t, "send", vm, "--to", tc.dest, "-r", rcpt, "--state-dir", tc.state)
+		if r.code != 2 || !strings.Contains(r.stderr, "inside SOURCE "+vm) {
+			t.Errorf("%s: exit %d, stderr %q; want 2, saying it is inside the source", tc.name, r.code, r.stderr)
+		}
+		for _, p := range []string{filepath.Join(vm, "dest"), filepath.Join(vm, "sub", "dest"), filepath.Join(vm, "state")} {
+			if _, err := os.Stat(p); err == nil {
+				t.Errorf("%s: %s was created", tc.name, p)
+				os.RemoveAll(p)
+			}
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -693,4 +694,37 @@ func TestUpdateFileBecomesFolder(t *testing.T) {
 		t.Fatalf("a folder that became a file: %v", err)
 	}
 	checkImages(t, dir, a, asFile)
+}
+
+// TestLongFileName restores, then updates, a file whose name is as long
+// as a file system allows (255 bytes): its temporary and aside names must
+// fit too, or a shipment that send made from it cannot be restored.
+func TestLongFileName(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	long := "vm/" + strings.Repeat("L", 251) + ".img"
+	other := "vm/" + strings.Repeat("L", 251) + ".raw" // the same first 200 bytes
+	a, b := image{long, sparse(4*testBS, 21)}, image{other, sparse(2*testBS, 22)}
+	sh, blocks := shipment("20261130T120000Z-00000001", a, b)
+	if _, err := restoreAll(t, sh, blocks, Options{Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	checkImages(t, dir, a, b)
+	a2 := image{long, append([]byte(nil), a.data...)}
+	a2.data[testBS] ^= 0x55
+	sh2, blocks2 := shipment("20261130T120000Z-00000002", a2, b)
+	if _, err := restoreAll(t, sh2, blocks2, Options{Dir: dir, Update: true}); err != nil {
+		t.Fatal(err)
+	}
+	checkImages(t, dir, a2, b)
+	if left := temps(t, dir); len(left) != 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+	for _, n := range []string{tempName(path.Base(long), tempSuffix()), asideName(path.Base(long))} {
+		if len(n) > 255 || !strings.Contains(n, tempInfix) {
+			t.Errorf("temporary name %q: %d bytes", n, len(n))
+		}
+	}
+	if isTempOf(tempName(path.Base(long), tempSuffix()), path.Base(other)) {
+		t.Error("a temporary name of one long name is taken for one of another")
+	}
 }

@@ -3,6 +3,7 @@ package restore
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -205,15 +206,33 @@ var tempSuffix = func() string {
 const tempInfix = ".coldship-"
 
 // tempName returns the temporary name of a file whose base name is base.
-func tempName(base, suffix string) string { return "." + base + tempInfix + suffix }
+func tempName(base, suffix string) string { return "." + tempStem(base) + tempInfix + suffix }
 
 // asideName is where an update keeps a file while it rewrites it.
-func asideName(base string) string { return "." + base + tempInfix + "update" }
+func asideName(base string) string { return "." + tempStem(base) + tempInfix + "update" }
+
+// Names longer than maxStem bytes are shortened in temporary names, so
+// that "." + stem + tempInfix + 12 hex digits fits in NAME_MAX (255).
+const (
+	maxStem  = 255 - 1 - len(tempInfix) - 12
+	keptStem = 200
+)
+
+// tempStem is base as it appears in its temporary names: itself, or, for
+// a name too long to take the prefix and suffix, its first bytes and a
+// digest of all of it (the same base always gives the same stem).
+func tempStem(base string) string {
+	if len(base) <= maxStem {
+		return base
+	}
+	sum := sha256.Sum256([]byte(base))
+	return base[:keptStem] + "~" + hex.EncodeToString(sum[:8])
+}
 
 // isTempOf reports whether name is a temporary name of base (any suffix
 // a receive of any version made: 12 hex digits or "update").
 func isTempOf(name, base string) bool {
-	rest, ok := strings.CutPrefix(name, "."+base+tempInfix)
+	rest, ok := strings.CutPrefix(name, "."+tempStem(base)+tempInfix)
 	if !ok {
 		return false
 	}
