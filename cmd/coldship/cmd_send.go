@@ -365,7 +365,7 @@ func (o *runOptions) lockDest(ctx context.Context, stateDir, dest string) (*ship
 	key := destKey(dest)
 	lockKey := key
 	if filepath.IsAbs(key) {
-		if real, err := filepath.EvalSymlinks(key); err == nil {
+		if real, err := realPath(key); err == nil {
 			lockKey = real
 		}
 	}
