@@ -38,7 +38,7 @@ func (r *sendRun) finish(ctx context.Context, p *pipeline, key *cipher.Key, wrap
 	if r.dr != nil {
 		var err error
 		if drw, err = r.dr.newWriter(id); err != nil {
-			opts.Log("warning: %v (the next send with --base will be a full one)", err)
+			opts.Log("warning: %v (the next send with --base will not build on this shipment)", err)
 		}
 	}
 	defer drw.abort()
@@ -88,7 +88,7 @@ func (r *sendRun) finish(ctx context.Context, p *pipeline, key *cipher.Key, wrap
 	opts.Counters.SegmentsReused.Add(fromBefore.n)
 	if drw != nil {
 		if err := r.dr.save(r.newTable(m, keys, plan, ib), drw); err != nil {
-			opts.Log("warning: %v (the next send with --base will be a full one)", err)
+			opts.Log("warning: %v (the next send with --base will not build on this shipment)", err)
 		} else if opts.CleanLeftovers {
 			r.dr.removeStale()
 		}
@@ -156,7 +156,7 @@ func (r *sendRun) writeTable(ctx context.Context, p *pipeline, key *cipher.Key, 
 				de.Base = te.Base
 			}
 			if *drw != nil && (*drw).add(&de) != nil {
-				r.opts.Log("warning: DR state: cannot write the block file (the next send with --base will be a full one)")
+				r.opts.Log("warning: DR state: cannot write the block file (the next send with --base will not build on this shipment)")
 				(*drw).abort()
 				*drw = nil
 			}
