@@ -820,3 +820,27 @@ func TestFolderChangedWhileShipped(t *testing.T) {
 		}
 	}
 }
+
+// TestSourceGoneBeforeOpen: a file listed as a source and gone when the
+// send opens it is a source that changed (exit 6), not an unreadable
+// one (exit 1): the operator looks at what else touches the VM's files.
+func TestSourceGoneBeforeOpen(t *testing.T) {
+	dir := t.TempDir()
+	vm := filepath.Join(dir, "vm")
+	os.MkdirAll(vm, 0o755)
+	writeRandom(t, filepath.Join(vm, "disk.img"), 64<<10)
+	os.WriteFile(filepath.Join(vm, "vm.xml"), []byte("<domain/>"), 0o644)
+	sources, err := archive.CollectSources([]string{vm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(vm, "vm.xml"))
+	_, rcpt := newIdentity(t)
+	tr, _ := local.New(filepath.Join(dir, "dest"))
+	_, err = shipper.Send(context.Background(), tr, sources, shipper.SendOptions{
+		Recipients: []age.Recipient{rcpt}, BlockSize: 64 << 10, Streams: 1,
+	})
+	if !errors.Is(err, shipper.ErrSourceChanged) || !strings.Contains(fmt.Sprint(err), "vm.xml") {
+		t.Errorf("err %v; want ErrSourceChanged naming vm.xml", err)
+	}
+}

@@ -1,7 +1,9 @@
 package shipper
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"time"
 
@@ -35,6 +37,9 @@ func openSources(sources []archive.Source) ([]*sendFile, error) {
 			continue
 		}
 		f, err := archive.OpenSource(src)
+		if errors.Is(err, fs.ErrNotExist) { // it was there when the sources were listed
+			err = fmt.Errorf("%w: %s is gone since the send listed it", ErrSourceChanged, src.Path)
+		}
 		if err != nil {
 			closeSources(files)
 			return nil, fmt.Errorf("open source: %w", err)
