@@ -108,7 +108,7 @@ var jsonSchema = []jsonKind{
 		{"bytes_read", "integer", "bytes read from source files (send) or existing files (receive --into)"},
 		{"bytes_shipped", "integer", "bytes put to or fetched from the destination: what --bwlimit limits"},
 		{"bytes_per_s", "number", "bytes read or shipped per second, over the last seconds (holes skipped never count)"},
-		{"eta_s", "number?", "estimated seconds left, once there is a rate to estimate from"},
+		{"eta_s", "number?", "estimated seconds left, once there is a rate to estimate from; absent once every byte is read while the last records are still being put"},
 		fDuration,
 	}},
 	{Name: "notice", Type: "notice", Fields: []jsonField{

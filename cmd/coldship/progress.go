@@ -109,8 +109,10 @@ func (r *reporter) rates(now time.Time) (perSecond float64, eta time.Duration, o
 	}
 	perSecond = float64(cur.moved-first.moved) / dt
 	pace := float64(cur.done-first.done) / dt
+	// Nothing left to read is not nothing left to do: the last segments
+	// are still being put (synced, uploaded), so no ETA is claimed then.
 	left := r.cnt.Total.Load() - r.cnt.Done.Load()
-	if pace <= 0 || left < 0 {
+	if pace <= 0 || left <= 0 {
 		return perSecond, 0, false
 	}
 	return perSecond, time.Duration(float64(left) / pace * float64(time.Second)), true
@@ -164,8 +166,11 @@ func (r *reporter) details(total, done int64, rate float64, eta time.Duration, e
 		moved = "fetched "
 	}
 	parts = append(parts, moved+humanBytes(r.cnt.Shipped.Load()), humanBytes(int64(rate))+"/s")
-	if etaOK {
+	switch {
+	case etaOK:
 		parts = append(parts, "ETA "+formatDuration(eta))
+	case total > 0 && done >= total:
+		parts = append(parts, "finishing")
 	}
 	return strings.Join(parts, ", ")
 }
