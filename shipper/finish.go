@@ -69,11 +69,17 @@ func (r *sendRun) finish(ctx context.Context, p *pipeline, key *cipher.Key, wrap
 	var landed errgroup.Group
 	landed.Go(tableLanded)
 	landed.Go(func() error { return r.put(ctx, id+"/"+archive.InventoryObject, ib) })
+	if !r.resumed { // its own objects are checked meanwhile, those put here aside
+		landed.Go(func() error { return r.checkOwn(ctx, inv, archive.BlocksObject) })
+	}
 	ready := sync.OnceValue(func() error {
 		if err := landed.Wait(); err != nil {
 			return err
 		}
-		return r.checkShipment(ctx, inv)
+		if r.resumed {
+			return r.checkShipment(ctx, inv)
+		}
+		return r.checkBases(ctx, inv)
 	})
 	name := id + "/" + archive.ManifestObject
 	err = putGated(ctx, r.tr, name, bytes.NewReader(mb), int64(len(mb)), ready)
@@ -265,7 +271,7 @@ func inventoryOf(m *archive.Manifest, headerSize int64, keys []archive.ObjectRef
 // (those of this run).
 func (r *sendRun) checkShipment(ctx context.Context, inv *archive.Inventory) error {
 	var g errgroup.Group
-	g.Go(func() error { return r.checkOwn(ctx, inv) })
+	g.Go(func() error { return r.checkOwn(ctx, inv, "") })
 	g.Go(func() error { return r.checkBases(ctx, inv) })
 	return g.Wait()
 }
@@ -276,8 +282,9 @@ func (r *sendRun) checkShipment(ctx context.Context, inv *archive.Inventory) err
 // without a manifest, older than a newer complete one, for a failed
 // send's leftovers) would give a shipment that exits 0 and cannot be
 // restored. A resumed shipment's objects other than segments, put by an
-// earlier run, are also read back against their digests.
-func (r *sendRun) checkOwn(ctx context.Context, inv *archive.Inventory) error {
+// earlier run, are also read back against their digests. The object
+// named putting, whose put is under way, is not looked for.
+func (r *sendRun) checkOwn(ctx context.Context, inv *archive.Inventory, putting string) error {
 	what := "shipment " + inv.ID
 	if r.resumed {
 		what = "resumed " + what
@@ -288,7 +295,7 @@ func (r *sendRun) checkOwn(ctx context.Context, inv *archive.Inventory) error {
 	}
 	for _, o := range inv.Objects {
 		name := inv.ID + "/" + o.Name
-		if o.Name == archive.ManifestObject {
+		if o.Name == archive.ManifestObject || o.Name == putting {
 			continue
 		}
 		if size, ok := sizes[name]; !ok || size != o.Size {

@@ -365,26 +365,30 @@ func TestStaleStateRemoved(t *testing.T) {
 	}
 }
 
-// ownGoesAway deletes one object of the shipment being sent once its
-// inventory is put, before its manifest: a prune run from another host
-// (which takes a shipment without a manifest, older than a newer complete
-// one, for the leftover of a failed send) or a hand.
+// ownGoesAway deletes one object of the shipment being sent just before
+// the send lists that shipment's folder, before its manifest: as a prune
+// run from another host would (it takes a shipment without a manifest,
+// older than a newer complete one, for the leftover of a failed send).
 type ownGoesAway struct {
 	shipper.Transport
 	segment string // the name under the shipment's folder
-	once    sync.Once
+	id      string // of the shipment being sent, from its header's put
 	victim  string
 }
 
 func (o *ownGoesAway) Put(ctx context.Context, name string, r io.Reader, size int64) error {
-	err := o.Transport.Put(ctx, name, r, size)
-	if id, ok := strings.CutSuffix(name, "/"+archive.InventoryObject); ok && err == nil {
-		o.once.Do(func() {
-			o.victim = id + "/" + o.segment
-			o.Transport.Delete(ctx, o.victim)
-		})
+	if id, ok := strings.CutSuffix(name, "/"+archive.HeaderObject); ok {
+		o.id = id
 	}
-	return err
+	return o.Transport.Put(ctx, name, r, size)
+}
+
+func (o *ownGoesAway) List(ctx context.Context, prefix string, fn func(shipper.ObjectInfo) error) error {
+	if o.id != "" && prefix == o.id+"/" && o.victim == "" {
+		o.victim = o.id + "/" + o.segment
+		o.Transport.Delete(ctx, o.victim)
+	}
+	return o.Transport.List(ctx, prefix, fn)
 }
 
 // TestOwnObjectGoneDuringSend: a segment of the shipment being sent that
