@@ -524,7 +524,8 @@ func TestConcurrentRunIsRefused(t *testing.T) {
 	lockFile := shipper.DestLockPath(state, destKey(dest))
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if b, _ := os.ReadFile(lockFile); bytes.HasPrefix(b, []byte("pid ")) {
+		_, err := os.Stat(dest) // the prunes below check DEST exists before they lock it
+		if b, _ := os.ReadFile(lockFile); bytes.HasPrefix(b, []byte("pid ")) && err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
