@@ -25,6 +25,7 @@ func (r *sendRun) attempt(ctx context.Context) (string, error) {
 	}
 	for _, sf := range r.files {
 		opts.Counters.Total.Add(sf.stamp.Size)
+		opts.Counters.Sparse.Add(sf.unallocated())
 	}
 	own, firstSlot, err := r.reuse(ctx)
 	if err != nil {

@@ -115,12 +115,17 @@ func (sh *Shipment) receiveAttempt(ctx context.Context, dir string, opts Receive
 		// a way that would fail again.
 		w.Close(err != nil && (retryableReceive(ctx, err) || ctx.Err() != nil))
 	}()
+	cnt.Hole.Store(0)
+	cnt.Sparse.Store(0)
+	v3 := m.Format >= archive.FormatV3
 	for i := range m.Files {
 		if w.Restored(i) {
 			cnt.Total.Add(m.Files[i].Size)
+			if v3 {
+				cnt.Sparse.Add(zeroBlockBytes(&m.Files[i], m.BlockSize))
+			}
 		}
 	}
-	v3 := m.Format >= archive.FormatV3
 	err = sh.readBlocks(ctx, fetch{
 		streams: opts.Streams, jobs: opts.Jobs, cnt: cnt,
 		want: func(e *archive.TableEntry) (bool, error) {
@@ -204,4 +209,11 @@ func (d *fileDigests) finish() error {
 		return fmt.Errorf("%s: whole-file digest does not match its blocks: %w", f.Path, archive.ErrIntegrity)
 	}
 	return nil
+}
+
+// zeroBlockBytes returns the bytes of f's blocks that hold no data (zero
+// blocks, never fetched), as the restore writer passes them: at least the
+// file less its data blocks (a short last block counts whole).
+func zeroBlockBytes(f *archive.File, blockSize int64) int64 {
+	return max(0, f.Size-f.DataBlocks*blockSize)
 }

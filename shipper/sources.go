@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/coldship/coldship/archive"
@@ -23,6 +24,25 @@ type sendFile struct {
 	dataBlocks int64
 	dataBytes  int64
 	firstEntry int64 // ordinal of its first data block in the per-block state
+}
+
+// unallocated returns the bytes of a regular file that its file system
+// holds no blocks for (holes), which the send will pass without reading;
+// 0 for a folder or a device, and when it cannot tell. It only feeds the
+// time left shown in progress.
+func (sf *sendFile) unallocated() int64 {
+	if sf.f == nil {
+		return 0
+	}
+	fi, err := sf.f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return 0
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0
+	}
+	return max(0, fi.Size()-st.Blocks*512)
 }
 
 // openSources opens every file first, so that a missing or unreadable

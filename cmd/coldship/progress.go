@@ -93,8 +93,9 @@ func (r *reporter) sample(now time.Time) sample {
 }
 
 // rates returns the bytes moved per second over the window, and the
-// estimated time left: the logical bytes left at the pace that bytes
-// that were not skipped were processed. ok is false until there is a
+// estimated time left: the bytes left to read or fetch (holes ahead not
+// counted, where they are known) at the pace that bytes that were not
+// skipped were processed. ok is false until there is a
 // pace to go by.
 func (r *reporter) rates(now time.Time) (perSecond float64, eta time.Duration, ok bool) {
 	cur := r.sample(now)
@@ -111,7 +112,8 @@ func (r *reporter) rates(now time.Time) (perSecond float64, eta time.Duration, o
 	pace := float64(cur.done-first.done) / dt
 	// Nothing left to read is not nothing left to do: the last segments
 	// are still being put (synced, uploaded), so no ETA is claimed then.
-	left := r.cnt.Total.Load() - r.cnt.Done.Load()
+	// Holes still ahead take no time: they are not left to do.
+	left := r.cnt.Left()
 	if pace <= 0 || left <= 0 {
 		return perSecond, 0, false
 	}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -41,4 +43,43 @@ func TestProgressFinishing(t *testing.T) {
 	if got := r.details(8<<20, 4<<20, 1<<20, 0, false); strings.Contains(got, "finishing") {
 		t.Errorf("details %q half way; want no finishing", got)
 	}
+}
+
+// TestETASkipsHoles: a sparse image under --bwlimit. The data is 6 MiB
+// of 512 MiB at 2 MiB/s, so neither send nor receive has more than about
+// 3 s left at any point; the ETA counted the holes still ahead as if they
+// had to be read at the data's pace (over two minutes here).
+func TestETASkipsHoles(t *testing.T) {
+	key, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	makeImage(t, src, 512<<20, region{0, 6 << 20, "random"})
+	dest := filepath.Join(dir, "dest")
+	limited := []string{"--bwlimit", "2M", "--json", "--streams", "1", "-j", "1"}
+	checkETA := func(op, stdout string) {
+		t.Helper()
+		seen := 0
+		for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
+			var o map[string]any
+			if err := json.Unmarshal([]byte(line), &o); err != nil {
+				t.Fatalf("%s: %q: %v", op, line, err)
+			}
+			eta, ok := o["eta_s"].(float64)
+			if o["type"] != "progress" || !ok {
+				continue
+			}
+			seen++
+			if eta > 8 {
+				t.Errorf("%s: progress %s: ETA %.0f s with at most 6 MiB of data left at 2 MiB/s", op, line, eta)
+			}
+		}
+		if seen == 0 {
+			t.Errorf("%s: no progress object with an ETA in %s", op, stdout)
+		}
+	}
+	r := mustRun(t, append([]string{"send", src, "--to", dest, "-r", rcpt, "--compress", "none", "--state-dir", filepath.Join(dir, "state")}, limited...)...)
+	checkETA("send", r.stdout)
+	r = mustRun(t, append([]string{"receive", dest, "latest", "--out", filepath.Join(dir, "out"), "-i", key}, limited...)...)
+	checkETA("receive", r.stdout)
+	sameFile(t, src, filepath.Join(dir, "out", "disk.img"))
 }

@@ -395,7 +395,9 @@ func (w *Writer) updateSkip(f *file, from, to int64) error {
 		}
 		w.written.Add(n)
 	}
-	w.cnt.Done.Add(min(to*bs, f.meta.Size) - min(from*bs, f.meta.Size))
+	n := min(to*bs, f.meta.Size) - min(from*bs, f.meta.Size)
+	w.cnt.Hole.Add(n)
+	w.cnt.Done.Add(n)
 	return nil
 }
 

@@ -237,7 +237,9 @@ func (w *Writer) skip(f *file, from, to int64) error {
 		return w.updateSkip(f, from, to)
 	}
 	bs := w.sh.BlockSize
-	w.cnt.Done.Add(min(to*bs, f.meta.Size) - min(from*bs, f.meta.Size))
+	n := min(to*bs, f.meta.Size) - min(from*bs, f.meta.Size)
+	w.cnt.Hole.Add(n)
+	w.cnt.Done.Add(n)
 	return nil
 }
 
