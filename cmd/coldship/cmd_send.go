@@ -109,6 +109,7 @@ stdout: exactly one line, the shipment id; with --json, JSON objects only
 	addRunFlags(f, &opts.run)
 	addOutputFlags(f, &opts.output)
 	commaList(f, "recipients-file")
+	commaWords(f, "recipient")
 	// A passphrase is the only recipient: --passphrase-file on the command
 	// line wins over a site's COLDSHIP_RECIPIENT(S_FILE), not the reverse.
 	exclusive(f, "passphrase-file", "recipient")

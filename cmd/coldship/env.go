@@ -13,7 +13,8 @@ import (
 // wins, over its own variable and over those of the flags it excludes
 // (annotated with envExcludes). A repeatable flag takes a list, one value
 // per line; the lists of files (annotated with envCommaList) may also be
-// separated by commas.
+// separated by commas, and so may recipients on a line where each is one
+// word (envCommaWords).
 const envPrefix = "COLDSHIP_"
 
 // envExcludes lists, on a flag, the flags a command refuses to take with
@@ -26,6 +27,10 @@ const envExcludes = "coldship-env-excludes"
 // commas in its environment variable: file names. Recipients (SSH keys
 // hold spaces and comments) and hooks (commands) are split on newlines only.
 const envCommaList = "coldship-env-comma"
+
+// envCommaWords marks a repeatable flag whose variable may separate values
+// with commas on a line where every value is one word (see commaWords).
+const envCommaWords = "coldship-env-comma-words"
 
 // envName is the environment variable of a flag.
 func envName(flag string) string {
@@ -139,11 +144,30 @@ func envValues(f *pflag.Flag, v string) []string {
 	}
 	var out []string
 	for _, item := range strings.FieldsFunc(v, func(r rune) bool { return strings.ContainsRune(seps, r) }) {
-		if item = strings.TrimSpace(item); item != "" {
+		item = strings.TrimSpace(item)
+		if words := commaSeparatedWords(item); len(f.Annotations[envCommaWords]) > 0 && words != nil {
+			out = append(out, words...)
+		} else if item != "" {
 			out = append(out, item)
 		}
 	}
 	return out
+}
+
+// commaSeparatedWords splits line on its commas if every part is one word
+// (no space inside), or returns nil.
+func commaSeparatedWords(line string) []string {
+	var words []string
+	for _, w := range strings.Split(line, ",") {
+		w = strings.TrimSpace(w)
+		if strings.ContainsAny(w, " \t") {
+			return nil
+		}
+		if w != "" {
+			words = append(words, w)
+		}
+	}
+	return words
 }
 
 // envHelp is the part of every command's help that says so.
@@ -153,6 +177,18 @@ ENVIRONMENT
   underscores: --state-dir is COLDSHIP_STATE_DIR); a flag on the command
   line wins, also over the variable of a flag it cannot go with (receive
   --into over COLDSHIP_OUT). Repeatable flags take one value per line
-  (files also comma-separated). COLDSHIP_PASSPHRASE holds a passphrase
-  (no flag).
+  (files, and recipients without spaces such as age1..., also
+  comma-separated). COLDSHIP_PASSPHRASE holds a passphrase (no flag).
 `
+
+// commaWords marks flags whose environment lists may use commas between
+// values that hold no space (age recipients): a line whose comma-separated
+// parts all are single words is split on its commas; another line (an SSH
+// key with its comment) is one value.
+func commaWords(f *pflag.FlagSet, names ...string) {
+	for _, n := range names {
+		if err := f.SetAnnotation(n, envCommaWords, []string{"true"}); err != nil {
+			panic("commaWords: " + err.Error())
+		}
+	}
+}

@@ -254,3 +254,30 @@ func TestStateDirWithoutHOME(t *testing.T) {
 		}
 	}
 }
+
+// TestEnvRecipientsCommaSeparated: COLDSHIP_RECIPIENT=age1...,age1... (one
+// line, as a systemd EnvironmentFile writes it) names two recipients; a
+// recipient with spaces (an SSH key and its comment) is one per line.
+func TestEnvRecipientsCommaSeparated(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	makeImage(t, src, 1<<20, region{0, 200 << 10, "random"})
+	k1, r1 := keypair(t)
+	k2, r2 := keypair(t)
+	dest := filepath.Join(dir, "dest")
+	t.Setenv("COLDSHIP_RECIPIENT", r1+", "+r2)
+	mustRun(t, "send", src, "--to", dest, "-q", "--state-dir", filepath.Join(dir, "state"))
+	os.Unsetenv("COLDSHIP_RECIPIENT")
+	for i, k := range []string{k1, k2} {
+		out := filepath.Join(dir, fmt.Sprintf("out%d", i))
+		mustRun(t, "receive", dest, "latest", "--out", out, "-i", k, "-q")
+		sameFile(t, src, filepath.Join(out, "disk.img"))
+	}
+	fs := pflag.NewFlagSet("send", pflag.ContinueOnError)
+	fs.StringArray("recipient", nil, "")
+	commaWords(fs, "recipient")
+	f := fs.Lookup("recipient")
+	if got := envValues(f, "ssh-ed25519 AAAA x, y\n"+r1+","+r2); len(got) != 3 || got[0] != "ssh-ed25519 AAAA x, y" {
+		t.Errorf("recipient list split as %q", got)
+	}
+}
