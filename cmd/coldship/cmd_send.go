@@ -261,7 +261,8 @@ func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *ho
 	summary := map[string]any{
 		"mode": "stored", "shipment": res.ID, "files": res.Files, "bytes_total": cnt.Total.Load(), "bytes_read": cnt.Read.Load(),
 		"bytes_hole": cnt.Hole.Load(), "bytes_zero": cnt.Zero.Load(), "bytes_data": cnt.Data.Load(),
-		"bytes_unchanged": cnt.Unchanged.Load(), "bytes_shipped": cnt.Shipped.Load(), "segments": cnt.Segments.Load(),
+		"bytes_unchanged": cnt.Unchanged.Load(), "bytes_skipped": cnt.Hole.Load() + cnt.Zero.Load() + cnt.Unchanged.Load(),
+		"bytes_shipped": cnt.Shipped.Load(), "segments": cnt.Segments.Load(),
 		"bytes_reused": cnt.Reused.Load(), "segments_reused": cnt.SegmentsReused.Load(),
 		"incremental": res.Base != "",
 	}

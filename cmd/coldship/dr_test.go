@@ -143,6 +143,10 @@ func TestIncrementalShipsOnlyChangedBlocks(t *testing.T) {
 	if d, u := num(sum2, "bytes_data"), num(sum2, "bytes_unchanged"); d != 3*testBS || u != 78*testBS {
 		t.Errorf("second send: bytes_data %d, bytes_unchanged %d; want %d and %d", d, u, 3*testBS, 78*testBS)
 	}
+	// Issue 6: the summary says what was skipped, in one field.
+	if k, want := num(sum2, "bytes_skipped"), num(sum2, "bytes_hole")+num(sum2, "bytes_zero")+78*testBS; k != want {
+		t.Errorf("second send: bytes_skipped %d, want holes, zeros and unchanged blocks: %d", k, want)
+	}
 	// Three sealed blocks, plus the header, keys, inventory and manifest.
 	sealed := 3 * cipher.SealedSize(testBS)
 	if s := num(sum2, "bytes_shipped"); s < sealed || s > sealed+32<<10 {

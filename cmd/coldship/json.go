@@ -126,6 +126,7 @@ var jsonSchema = []jsonKind{
 		{"bytes_zero", "integer", "bytes read and found zero, in whole 4 KiB pages, not shipped"},
 		{"bytes_data", "integer", "bytes in the non-zero pages of the blocks the shipment holds records of, before compression"},
 		{"bytes_unchanged", "integer", "bytes in the non-zero pages of blocks unchanged since the base, not shipped (bytes_total = bytes_hole + bytes_zero + bytes_data + bytes_unchanged)"},
+		{"bytes_skipped", "integer", "bytes not shipped: bytes_hole + bytes_zero + bytes_unchanged"},
 		{"bytes_shipped", "integer", "bytes put to the destination by this run"},
 		{"segments", "integer", "segment objects put by this run"},
 		{"bytes_reused", "integer", "bytes of segments of an interrupted run that this run checked and kept"},
