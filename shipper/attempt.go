@@ -23,10 +23,7 @@ func (r *sendRun) attempt(ctx context.Context) (string, error) {
 	if archive.ObjectDigest(hb) != j.hdr.HeaderDigest {
 		panic("shipper: internal error: header does not match the journal")
 	}
-	for _, sf := range r.files {
-		opts.Counters.Total.Add(sf.stamp.Size)
-		opts.Counters.Sparse.Add(sf.unallocated())
-	}
+	r.countSources()
 	own, firstSlot, err := r.reuse(ctx)
 	if err != nil {
 		return "", err
@@ -103,4 +100,13 @@ func (r *sendRun) put(ctx context.Context, name string, b []byte) error {
 	}
 	r.opts.Counters.Shipped.Add(int64(len(b)))
 	return nil
+}
+
+// countSources adds the sources' sizes, and the holes known in them, to
+// the counters that the time left is computed from.
+func (r *sendRun) countSources() {
+	for _, sf := range r.files {
+		r.opts.Counters.Total.Add(sf.stamp.Size)
+		r.opts.Counters.Sparse.Add(sf.unallocated())
+	}
 }
