@@ -246,10 +246,11 @@ func reportPrune(s *streams, opts *pruneOptions, tr shipper.Transport, plan []sh
 }
 
 // seriesOf begins a decision's reasons with its series when prune was not
-// given one (--name): "web01: last 1".
+// given one (--name): "web01: last 1"; a label that holds a space, tab,
+// newline or quote is quoted as list quotes it, so a decision stays one line.
 func seriesOf(d shipper.PruneDecision, label string) string {
 	if label != "" || d.Label == "" {
 		return ""
 	}
-	return d.Label + ": "
+	return cell(d.Label) + ": "
 }

@@ -158,3 +158,16 @@ func TestVerifyAllSeriesApart(t *testing.T) {
 		t.Errorf("prune would delete %s, which web01's send may still be writing:\n%s", running, r.stderr)
 	}
 }
+
+// TestPruneSeriesEscaped: a label holding a tab or a newline is quoted in
+// prune's lines as list quotes it, so that each shipment stays one line
+// with its columns aligned (a newline used to split a decision in two).
+func TestPruneSeriesEscaped(t *testing.T) {
+	dest, send := seriesSender(t)
+	send("--name", "web01\nprod\tsite")
+	r := mustRun(t, "prune", dest, "--keep-last", "1", "--dry-run")
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], `"web01\nprod\tsite": last 1`) {
+		t.Errorf("prune --dry-run stderr:\n%s\nwant one decision line naming the series quoted", r.stderr)
+	}
+}

@@ -679,6 +679,7 @@ func (r *receiver) begin(ctx context.Context, b beginMsg) error {
 	cnt := r.opts.Counters
 	cnt.Total.Store(0)
 	cnt.Done.Store(0)
+	cnt.Hole.Store(0) // zero blocks passed, counted per round as Done is
 	for _, f := range b.Files {
 		cnt.Total.Add(f.Size)
 	}
