@@ -18,6 +18,14 @@ var destSchemes = []string{"s3://", "sftp://", "file:///"}
 // addCompletions gives the shell values to complete: destination schemes
 // for DEST and --to, shipment ids after a DEST, phase names for hooks.
 func addCompletions(root *cobra.Command) {
+	// cobra adds its completion command as it runs; made now, it can end
+	// its help with examples as every other command does.
+	root.InitDefaultCompletionCmd()
+	if c, _, err := root.Find([]string{"completion"}); err == nil && c != root {
+		c.Example = `  coldship completion bash > /etc/bash_completion.d/coldship
+  coldship completion zsh > "${fpath[1]}/_coldship"
+  coldship completion fish > ~/.config/fish/completions/coldship.fish`
+	}
 	for _, c := range root.Commands() {
 		switch c.Name() {
 		case "receive", "verify", "show":

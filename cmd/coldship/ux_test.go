@@ -498,15 +498,18 @@ func TestMan(t *testing.T) {
 
 func TestHelpEndsWithExamples(t *testing.T) {
 	root := newRootCmd(strings.NewReader(""), os.Stdout, os.Stderr)
+	names := []string{"completion"} // cobra's own, which it adds as it runs
 	for _, c := range root.Commands() {
-		if c.Name() == "help" || c.Name() == "completion" {
-			continue
+		if c.Name() != "help" && c.Name() != "completion" {
+			names = append(names, c.Name())
 		}
-		r := mustRun(t, c.Name(), "--help")
+	}
+	for _, name := range names {
+		r := mustRun(t, name, "--help")
 		i := strings.LastIndex(r.stdout, "\nEXAMPLES\n")
 		examples := strings.Count(r.stdout[max(i, 0):], "  coldship ")
 		if i < 0 || examples < 2 || examples > 3 || !strings.Contains(r.stdout, "COLDSHIP_<FLAG>") || !strings.Contains(r.stdout, "EXIT STATUS") {
-			t.Errorf("coldship %s --help: want ENVIRONMENT, EXIT STATUS and 2 or 3 examples at the end:\n%s", c.Name(), r.stdout)
+			t.Errorf("coldship %s --help: want ENVIRONMENT, EXIT STATUS and 2 or 3 examples at the end:\n%s", name, r.stdout)
 		}
 	}
 }
