@@ -167,6 +167,10 @@ func TestPlanPruneDailyWeekly(t *testing.T) {
 		// Only 2 weeks have a shipment: the oldest is kept too, as restic does.
 		{"last 1, daily 2, weekly 3", shipper.PrunePolicy{KeepLast: 1, KeepDaily: 2, KeepWeekly: 3},
 			[]time.Time{day(9, 1), day(10, 1), day(20, 1), day(21, 23)}},
+		// -1 is restic's "unlimited": every bucket, no oldest rule.
+		{"daily -1", shipper.PrunePolicy{KeepDaily: -1},
+			[]time.Time{day(9, 1), day(10, 1), day(16, 13), day(20, 1), day(21, 23)}},
+		{"last -1", shipper.PrunePolicy{KeepLast: -1}, times},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.policy.Location = time.UTC

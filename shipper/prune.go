@@ -21,6 +21,8 @@ import (
 // years that have one (counted in Location); and every shipment within
 // KeepWithin of the newest one. When fewer days (weeks, months, years)
 // have a shipment than a rule asks for, the oldest shipment is kept too.
+// A negative count (restic's -1) has no limit: every complete shipment,
+// or the newest of every day (week, month, year).
 type PrunePolicy struct {
 	KeepLast, KeepDaily, KeepWeekly, KeepMonthly, KeepYearly int
 	KeepWithin                                               Within
@@ -103,11 +105,12 @@ func ParseWithin(s string) (Within, error) {
 
 // keepsAny reports whether the policy keeps anything by itself.
 func (p PrunePolicy) keepsAny() bool {
-	return p.KeepLast > 0 || p.KeepDaily > 0 || p.KeepWeekly > 0 || p.KeepMonthly > 0 || p.KeepYearly > 0 || !p.KeepWithin.IsZero()
+	return p.KeepLast != 0 || p.KeepDaily != 0 || p.KeepWeekly != 0 || p.KeepMonthly != 0 || p.KeepYearly != 0 || !p.KeepWithin.IsZero()
 }
 
 // bucketRule keeps the newest shipment of each of the last n buckets
-// (days, weeks...) that have one.
+// (days, weeks...) that have one; of every bucket when n is negative
+// (restic's -1, unlimited).
 type bucketRule struct {
 	name   string
 	n      int
@@ -362,13 +365,13 @@ func (pl *pruner) applySeriesRules(p PrunePolicy, label string, newest, oldest i
 		case !pl.counted[i]:
 			continue
 		}
-		if last < p.KeepLast {
+		if p.KeepLast < 0 || last < p.KeepLast {
 			last++
 			keep(i, fmt.Sprintf("last %d", last))
 		}
 		t := d.Created.In(loc)
 		for _, r := range rules {
-			if b := r.bucket(t); !r.seen[b] && len(r.seen) < r.n {
+			if b := r.bucket(t); !r.seen[b] && (r.n < 0 || len(r.seen) < r.n) {
 				r.seen[b] = true
 				keep(i, r.name+" "+b)
 			}

@@ -44,7 +44,7 @@ enough), as restic's forget does: the N newest complete shipments
 (--keep-last); the newest of each of the last N days (--keep-daily), ISO
 weeks (--keep-weekly), months (--keep-monthly) and years (--keep-yearly)
 that have one, in local time (when fewer have one than asked, the oldest
-shipment is kept too); every shipment created within SPAN of the newest one
+shipment is kept too; -1 for N: every one, with no limit, as in restic); every shipment created within SPAN of the newest one
 (--keep-within, such as 2y5m7d3h, 30d or 36h: years, months, days, hours).
 Also kept: every shipment that a kept one uses as a base (an incremental
 shipment needs its bases to be restored), and incomplete shipments newer than
@@ -149,8 +149,8 @@ func runPrune(ctx context.Context, s *streams, opts *pruneOptions) error {
 func prunePolicy(opts *pruneOptions) (shipper.PrunePolicy, error) {
 	policy := shipper.PrunePolicy{KeepLast: opts.keepLast, KeepDaily: opts.keepDaily, KeepWeekly: opts.keepWeekly,
 		KeepMonthly: opts.keepMonthly, KeepYearly: opts.keepYearly, Label: opts.label}
-	if min(opts.keepLast, opts.keepDaily, opts.keepWeekly, opts.keepMonthly, opts.keepYearly) < 0 {
-		return policy, usagef("prune: each --keep-* takes 0 or a positive number")
+	if min(opts.keepLast, opts.keepDaily, opts.keepWeekly, opts.keepMonthly, opts.keepYearly) < -1 {
+		return policy, usagef("prune: each --keep-* takes a number of shipments, 0 or more, or -1 for all of them (as restic's forget)")
 	}
 	if opts.keepWithin != "" {
 		w, err := shipper.ParseWithin(opts.keepWithin)
@@ -159,7 +159,8 @@ func prunePolicy(opts *pruneOptions) (shipper.PrunePolicy, error) {
 		}
 		policy.KeepWithin = w
 	}
-	if opts.keepLast+opts.keepDaily+opts.keepWeekly+opts.keepMonthly+opts.keepYearly == 0 && policy.KeepWithin.IsZero() {
+	if !slices.ContainsFunc([]int{opts.keepLast, opts.keepDaily, opts.keepWeekly, opts.keepMonthly, opts.keepYearly},
+		func(n int) bool { return n != 0 }) && policy.KeepWithin.IsZero() {
 		if opts.keepWithin != "" {
 			return policy, usagef("--keep-within %s keeps nothing: give a span such as 7d (prune never deletes everything)", opts.keepWithin)
 		}

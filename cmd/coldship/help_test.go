@@ -32,6 +32,12 @@ func TestPruneUsageRules(t *testing.T) {
 	if r := run(t, "prune", t.TempDir()); r.code != exitUsage || !strings.Contains(r.stderr, "give at least one of") {
 		t.Errorf("prune without a rule: exit %d, %s", r.code, r.stderr)
 	}
+	if r := run(t, "prune", t.TempDir(), "--keep-daily", "-2"); r.code != exitUsage || !strings.Contains(r.stderr, "-1 for all") {
+		t.Errorf("prune --keep-daily -2: exit %d, %s; want 2 naming -1", r.code, r.stderr)
+	}
+	if r := run(t, "prune", t.TempDir(), "--keep-last", "1", "--keep-daily", "-1", "--dry-run"); r.code != 0 {
+		t.Errorf("prune --keep-last -1 (restic's unlimited): exit %d, %s", r.code, r.stderr)
+	}
 }
 
 // TestUnknownCommandMessages checks what a mistyped command or flag is
