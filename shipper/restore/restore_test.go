@@ -345,6 +345,36 @@ func TestWriterResumesUnrecorded(t *testing.T) {
 	}
 }
 
+// TestWriterResumeZeroesStrayData: a resumed temporary file that holds
+// data where the shipment has a zero block (written there by something
+// else than the stopped receive) is not trusted for that block either:
+// the restored file is the shipment's, not what the temporary held.
+func TestWriterResumeZeroesStrayData(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	a := image{"vm/a.img", sparse(32*testBS, 17)}
+	clear(a.data[20*testBS : 21*testBS]) // a zero block
+	sh, blocks := shipment("20261130T120000Z-00000001", a)
+	w, err := Open(context.Background(), sh, Options{Dir: dir, Resume: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := deliver(t, w, blocks, 4); err != nil {
+		t.Fatal(err)
+	}
+	w.Close(true)
+	tmp, _ := filepath.Glob(filepath.Join(dir, "vm", ".a.img.coldship-*"))
+	if len(tmp) != 1 {
+		t.Fatalf("temporary files of a.img: %v", tmp)
+	}
+	f, _ := os.OpenFile(tmp[0], os.O_RDWR, 0)
+	f.WriteAt([]byte("stray"), 20*testBS+100)
+	f.Close()
+	if _, err := restoreAll(t, sh, blocks, Options{Dir: dir, Resume: true}); err != nil {
+		t.Fatal(err)
+	}
+	checkImages(t, dir, a)
+}
+
 // TestWriterUpdate updates a restore: only changed blocks are written,
 // pages that became zero are punched, a file that shrank and one that
 // went are handled, and the marker then vouches for the result.
