@@ -112,6 +112,9 @@ func checkInUse(path string, readersOK bool) error {
 	} else if err := checkLocks(f, path, users); err != nil {
 		return err
 	}
+	if err := checkFlocks(path, users, readersOK); err != nil {
+		return err
+	}
 	if u, ok := find(users, func(u procUser) bool { return u.writable && other(u) }); ok {
 		reason := "open for writing"
 		if isBlockDevice(fi) {
@@ -151,6 +154,22 @@ func checkLocks(f *os.File, path string, users []procUser) error {
 		return &InUseError{Path: path, Reason: describeLock(lk), PID: int(lk.Pid), Command: procUser{pid: int(lk.Pid)}.command()}
 	}
 	return nil
+}
+
+// checkFlocks refuses a file that another process holds under flock(2)
+// (flock(1) in a script, a tool that marks an image it writes that way),
+// which the fcntl probes cannot see: such locks never conflict with fcntl
+// ones. They show in /proc/PID/fdinfo, so only a holder whose fds we may
+// read is found. A base other VMs may read (readersOK) is refused only
+// for an exclusive one.
+func checkFlocks(path string, users []procUser, readersOK bool) error {
+	u, ok := find(users, func(u procUser) bool {
+		return !u.self && (u.flock == "write" || (u.flock == "read" && !readersOK))
+	})
+	if !ok {
+		return nil
+	}
+	return &InUseError{Path: path, Reason: "flock(2) " + u.flock + " lock on the whole file", PID: u.pid, Command: u.command()}
 }
 
 // QEMU's image locking (block/file-posix.c): byte 100+N is locked (shared)
@@ -221,7 +240,8 @@ type procUser struct {
 	pid      int
 	self     bool
 	writable bool   // some fd open O_WRONLY or O_RDWR
-	locks    bool   // some fdinfo shows a lock held through that fd
+	locks    bool   // some fdinfo shows an fcntl lock held through that fd
+	flock    string // "write" or "read": a flock(2) lock held through one of its fds
 	via      string // the path of the first such fd (for a block device, maybe a partition's)
 }
 
@@ -359,16 +379,20 @@ func procUserOf(pid int, match func(os.FileInfo) bool) (procUser, bool) {
 		if err != nil {
 			continue
 		}
-		writable, locks := parseFdinfo(info)
+		writable, locks, flock := parseFdinfo(info)
 		u.writable = u.writable || writable
 		u.locks = u.locks || locks
+		if u.flock != "write" && flock != "" {
+			u.flock = flock
+		}
 	}
 	return u, found
 }
 
-// parseFdinfo reads the access mode from the octal "flags:" line and
-// whether any "lock:" line shows a lock held through the fd.
-func parseFdinfo(info []byte) (writable, locks bool) {
+// parseFdinfo reads the access mode from the octal "flags:" line, whether
+// any "lock:" line shows an fcntl lock held through the fd, and the kind
+// ("write" or "read") of a flock(2) lock held through it, if any.
+func parseFdinfo(info []byte) (writable, locks bool, flock string) {
 	sc := bufio.NewScanner(bytes.NewReader(info))
 	for sc.Scan() {
 		key, value, ok := strings.Cut(sc.Text(), ":")
@@ -385,7 +409,11 @@ func parseFdinfo(info []byte) (writable, locks bool) {
 		case "lock":
 			// fcntl locks only: flock(2) locks never conflict with them.
 			locks = locks || strings.Contains(value, "POSIX") || strings.Contains(value, "OFDLCK")
+			// "1: FLOCK  ADVISORY  WRITE 4321 00:2f:99 0 EOF"
+			if f := strings.Fields(value); len(f) >= 4 && f[1] == "FLOCK" && flock != "write" {
+				flock = strings.ToLower(f[3])
+			}
 		}
 	}
-	return writable, locks
+	return writable, locks, flock
 }

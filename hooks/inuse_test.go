@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -66,6 +67,46 @@ func TestCheckNotInUseLocked(t *testing.T) {
 	}
 }
 
+// TestCheckNotInUseFlocked: an image under flock(2) (flock(1) in a
+// script, a tool that marks what it writes that way) is locked too.
+// CheckNotWritten refuses only an exclusive one: a shared flock is a
+// reader's.
+func TestCheckNotInUseFlocked(t *testing.T) {
+	if _, err := exec.LookPath("flock"); err != nil {
+		t.Skip("no flock(1):", err)
+	}
+	for _, tt := range []struct {
+		opt, reason   string
+		refusedAsBase bool
+	}{
+		{"-x", "flock(2) write lock", true},
+		{"-s", "flock(2) read lock", false},
+	} {
+		t.Run(tt.opt, func(t *testing.T) {
+			path := newImage(t)
+			pid := startShell(t, `exec 3<"$1"; flock `+tt.opt+` 3; echo ready; exec sleep 1000`, path)
+			wantInUse(t, path, pid, tt.reason)
+			err := CheckNotWritten(path)
+			if refused := errors.Is(err, ErrBusy); refused != tt.refusedAsBase {
+				t.Errorf("CheckNotWritten: %v, want refused %v", err, tt.refusedAsBase)
+			}
+		})
+	}
+	// One of our own is no reason to refuse.
+	path := newImage(t)
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckNotInUse(path); err != nil {
+		t.Errorf("image flocked by this process: %v", err)
+	}
+}
+
 func TestCheckNotInUseWriter(t *testing.T) {
 	path := newImage(t)
 	pid := startShell(t, `exec 3<>"$1"; echo ready; exec sleep 1000`, path)
@@ -117,19 +158,21 @@ func TestParseFdinfo(t *testing.T) {
 		name            string
 		info            string
 		writable, locks bool
+		flock           string
 	}{
-		{"read-only", "pos:\t0\nflags:\t0100000\nmnt_id:\t29\nino:\t1234\n", false, false},
-		{"write-only", "pos:\t0\nflags:\t02100001\nmnt_id:\t29\n", true, false},
-		{"read-write with OFD locks", "pos:\t0\nflags:\t0100002\nmnt_id:\t29\nlock:\t1: OFDLCK ADVISORY  READ -1 08:01:1234 100 101\nlock:\t2: OFDLCK ADVISORY  WRITE -1 08:01:1234 201 201\n", true, true},
-		{"POSIX lock", "flags:\t0100000\nlock:\t1: POSIX  ADVISORY  READ 4321 00:2f:99 100 100\n", false, true},
-		{"flock only", "flags:\t0100000\nlock:\t1: FLOCK  ADVISORY  WRITE 4321 00:2f:99 0 EOF\n", false, false},
-		{"garbage", "flags:\tzz\nnonsense\n", false, false},
+		{"read-only", "pos:\t0\nflags:\t0100000\nmnt_id:\t29\nino:\t1234\n", false, false, ""},
+		{"write-only", "pos:\t0\nflags:\t02100001\nmnt_id:\t29\n", true, false, ""},
+		{"read-write with OFD locks", "pos:\t0\nflags:\t0100002\nmnt_id:\t29\nlock:\t1: OFDLCK ADVISORY  READ -1 08:01:1234 100 101\nlock:\t2: OFDLCK ADVISORY  WRITE -1 08:01:1234 201 201\n", true, true, ""},
+		{"POSIX lock", "flags:\t0100000\nlock:\t1: POSIX  ADVISORY  READ 4321 00:2f:99 100 100\n", false, true, ""},
+		{"flock only", "flags:\t0100000\nlock:\t1: FLOCK  ADVISORY  WRITE 4321 00:2f:99 0 EOF\n", false, false, "write"},
+		{"shared flock", "flags:\t0100000\nlock:\t1: FLOCK  ADVISORY  READ 4321 00:2f:99 0 EOF\n", false, false, "read"},
+		{"garbage", "flags:\tzz\nnonsense\nlock:\tFLOCK\n", false, false, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w, l := parseFdinfo([]byte(tt.info))
-			if w != tt.writable || l != tt.locks {
-				t.Errorf("writable %v, locks %v; want %v, %v", w, l, tt.writable, tt.locks)
+			w, l, fl := parseFdinfo([]byte(tt.info))
+			if w != tt.writable || l != tt.locks || fl != tt.flock {
+				t.Errorf("writable %v, locks %v, flock %q; want %v, %v, %q", w, l, fl, tt.writable, tt.locks, tt.flock)
 			}
 		})
 	}

@@ -152,6 +152,13 @@ func TestExitBusy(t *testing.T) {
 		pid := holdInShell(t, `exec 3<>"$1"; echo ready; exec sleep 1000`, img)
 		busy(t, []string{"refusing to read " + img, "open for writing", fmt.Sprintf("(pid %d, sleep)", pid)}, "send", img)
 	})
+	t.Run("flock", func(t *testing.T) {
+		requireTool(t, "flock")
+		img := filepath.Join(t.TempDir(), "disk.img")
+		makeImage(t, img, 1<<20, region{0, 1 << 20, "random"})
+		pid := holdInShell(t, `exec 3<"$1"; flock -x 3; echo ready; exec sleep 1000`, img)
+		busy(t, []string{"refusing to read " + img, "flock(2) write lock", fmt.Sprintf("(pid %d, sleep)", pid)}, "send", img)
+	})
 	t.Run("block device", func(t *testing.T) {
 		dev, _ := vmtest.Loop(t, 8<<20)
 		pid := holdInShell(t, `exec 3<>"$1"; echo ready; exec sleep 1000`, dev)

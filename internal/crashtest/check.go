@@ -401,8 +401,8 @@ func writtenData(out, src string) (int64, error) {
 	return total, nil
 }
 
-// samePages counts the bytes of the non-zero pages of temp that equal the
-// page at the same place in src.
+// samePages counts the bytes of the non-zero pages of temp (the last one
+// may be short) that equal the page at the same place in src.
 func samePages(temp, src string) (int64, error) {
 	ft, err := os.Open(temp)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -424,9 +424,12 @@ func samePages(temp, src string) (int64, error) {
 	for {
 		na, ea := io.ReadFull(ft, a)
 		nb, _ := io.ReadFull(fsrc, b)
-		for off := 0; off+page <= min(na, nb); off += page {
-			if !bytes.Equal(a[off:off+page], zero) && bytes.Equal(a[off:off+page], b[off:off+page]) {
-				n += page
+		// The last page of a file may be short: it counts its bytes, as
+		// the data bytes of a block do.
+		for off := 0; off < min(na, nb); off += page {
+			end := min(off+page, na, nb)
+			if !bytes.Equal(a[off:end], zero[:end-off]) && bytes.Equal(a[off:end], b[off:end]) {
+				n += int64(end - off)
 			}
 		}
 		if ea != nil {

@@ -205,27 +205,61 @@ func (w *Writer) size(f *file) error {
 }
 
 // checkResumed reads back every block an interrupted receive recorded and
-// keeps those whose digest checks; the others are written again.
+// keeps those whose digest checks; the others are written again. Then it
+// reads the blocks that hold data in the temporary file but are recorded
+// by no slot (written, but killed before putLater's batch was), and
+// records them with the digest found on disk, which Need compares with the
+// shipment's: every block written whose digest checks is reused.
 func (w *Writer) checkResumed(ctx context.Context) error {
 	for _, f := range w.files {
 		if f == nil || !f.resumed {
 			continue
 		}
-		each := func(yield func(int64) error) error {
+		recorded := func(yield func(int64) error) error {
 			return f.slots.each(w.nblocks(f), func(b int64, _ Slot) error { return yield(b) })
 		}
-		err := scan(ctx, f.fh, f.meta.Size, w.sh.BlockSize, w.kind, w.opts.Jobs, each, func(b int64, got Slot) error {
-			want, err := f.slots.get(b)
-			if err != nil || (got.Digest == want.Digest && got.Data == want.Data) {
-				return err
+		err := w.scanResumed(ctx, f, recorded, func(b int64, got, want Slot) error {
+			if got.Digest == want.Digest && got.Data == want.Data {
+				return nil
 			}
 			return f.slots.put(b, Slot{})
 		})
 		if err != nil {
 			return err
 		}
+		unrecorded := func(yield func(int64) error) error {
+			return dataBlocks(f.fh, f.meta.Size, w.sh.BlockSize)(func(b int64) error {
+				if sl, err := f.slots.get(b); err != nil || !sl.Zero() {
+					return err
+				}
+				return yield(b)
+			})
+		}
+		err = w.scanResumed(ctx, f, unrecorded, func(b int64, got, _ Slot) error {
+			if got.Zero() {
+				return nil
+			}
+			got.Mark = 0 // not this run's: counted as reused if the shipment has it
+			return f.slots.put(b, got)
+		})
+		if err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// scanResumed hashes the blocks of f's temporary file that blocks yields
+// and calls visit with what each holds and what its slot records.
+func (w *Writer) scanResumed(ctx context.Context, f *file, blocks func(yield func(int64) error) error,
+	visit func(b int64, got, want Slot) error) error {
+	return scan(ctx, f.fh, f.meta.Size, w.sh.BlockSize, w.kind, w.opts.Jobs, blocks, func(b int64, got Slot) error {
+		want, err := f.slots.get(b)
+		if err != nil {
+			return err
+		}
+		return visit(b, got, want)
+	})
 }
 
 // sweep removes what earlier receives left and nothing can use any more:

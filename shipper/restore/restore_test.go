@@ -294,6 +294,87 @@ func TestWriterResumes(t *testing.T) {
 	}
 }
 
+// TestWriterResumesUnrecorded: a kill loses the slots not yet written
+// (putLater batches up to 32 MiB of blocks per file), but the blocks are
+// in the temporary file: the next run checks every block that holds data
+// there against the shipment and reuses those whose digest checks.
+func TestWriterResumesUnrecorded(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	a := image{"vm/a.img", sparse(32*testBS, 16)}
+	sh, blocks := shipment("20261130T120000Z-00000001", a)
+	w, err := Open(context.Background(), sh, Options{Dir: dir, Resume: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := len(blocks) / 2
+	if _, err := deliver(t, w, blocks, half); err != nil {
+		t.Fatal(err)
+	}
+	w.Close(true)
+	slots, _ := filepath.Glob(filepath.Join(dir, ".coldship-restore-*.blocks", "*"))
+	if len(slots) != 1 {
+		t.Fatalf("blocks files: %v", slots)
+	}
+	if err := os.Truncate(slots[0], 0); err != nil { // as if no batch had been written
+		t.Fatal(err)
+	}
+	tmp, _ := filepath.Glob(filepath.Join(dir, "vm", ".a.img.coldship-*"))
+	if len(tmp) != 1 {
+		t.Fatalf("temporary files of a.img: %v", tmp)
+	}
+	f, _ := os.OpenFile(tmp[0], os.O_RDWR, 0)
+	f.WriteAt([]byte{0xff}, 3*testBS+17) // a torn block: written again
+	f.Close()
+
+	res, err := restoreAll(t, sh, blocks, Options{Dir: dir, Resume: true, ReadBack: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkImages(t, dir, a)
+	var want int64
+	for _, bl := range blocks[:half] {
+		if bl.index != 3 {
+			want += bl.data
+		}
+	}
+	if res.Reused != want {
+		t.Errorf("reused %d bytes, want the %d written before whose digest checks", res.Reused, want)
+	}
+	if l := temps(t, dir); len(l) != 0 {
+		t.Errorf("temporary files left: %v", l)
+	}
+}
+
+// TestWriterResumeZeroesStrayData: a resumed temporary file that holds
+// data where the shipment has a zero block (written there by something
+// else than the stopped receive) is not trusted for that block either:
+// the restored file is the shipment's, not what the temporary held.
+func TestWriterResumeZeroesStrayData(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	a := image{"vm/a.img", sparse(32*testBS, 17)}
+	clear(a.data[20*testBS : 21*testBS]) // a zero block
+	sh, blocks := shipment("20261130T120000Z-00000001", a)
+	w, err := Open(context.Background(), sh, Options{Dir: dir, Resume: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := deliver(t, w, blocks, 4); err != nil {
+		t.Fatal(err)
+	}
+	w.Close(true)
+	tmp, _ := filepath.Glob(filepath.Join(dir, "vm", ".a.img.coldship-*"))
+	if len(tmp) != 1 {
+		t.Fatalf("temporary files of a.img: %v", tmp)
+	}
+	f, _ := os.OpenFile(tmp[0], os.O_RDWR, 0)
+	f.WriteAt([]byte("stray"), 20*testBS+100)
+	f.Close()
+	if _, err := restoreAll(t, sh, blocks, Options{Dir: dir, Resume: true}); err != nil {
+		t.Fatal(err)
+	}
+	checkImages(t, dir, a)
+}
+
 // TestWriterUpdate updates a restore: only changed blocks are written,
 // pages that became zero are punched, a file that shrank and one that
 // went are handled, and the marker then vouches for the result.

@@ -173,10 +173,15 @@ func (s *slotFile) close() {
 // order, below nblocks. It skips the holes of the blocks file (zero
 // blocks) without reading them, so it costs what the image holds in data.
 func (s *slotFile) each(nblocks int64, fn func(block int64, sl Slot) error) error {
-	end := nblocks * SlotSize
+	return s.eachIn(0, nblocks, fn)
+}
+
+// eachIn is each for the blocks from from to to (excluded).
+func (s *slotFile) eachIn(from, to int64, fn func(block int64, sl Slot) error) error {
+	end := to * SlotSize
 	fd := int(s.f.Fd())
 	buf := make([]byte, 64*SlotSize*16)
-	for off := int64(0); off < end; {
+	for off := from * SlotSize; off < end; {
 		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
 		if errors.Is(err, syscall.ENXIO) {
 			return nil

@@ -240,7 +240,24 @@ func (w *Writer) skip(f *file, from, to int64) error {
 	n := min(to*bs, f.meta.Size) - min(from*bs, f.meta.Size)
 	w.cnt.Hole.Add(n)
 	w.cnt.Done.Add(n)
+	if f.resumed {
+		return w.dropStray(f, from, to)
+	}
 	return nil
+}
+
+// dropStray zeroes the blocks from..to of a resumed file, which the
+// shipment says are zero, that its temporary file holds data in
+// (checkResumed recorded them): the stopped receive did not write them,
+// so what they hold is not this shipment's.
+func (w *Writer) dropStray(f *file, from, to int64) error {
+	bs := w.sh.BlockSize
+	return f.slots.eachIn(from, to, func(b int64, _ Slot) error {
+		if err := zeroRange(f.fh, b*bs, w.blockLen(f, b), f.device); err != nil {
+			return fmt.Errorf("restore %s: %w", f.final, err)
+		}
+		return f.slots.put(b, Slot{})
+	})
 }
 
 // endFile is called once the walk has passed every block of f.

@@ -2,6 +2,7 @@ package s3
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -110,7 +111,7 @@ func (l *link) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := l.next.RoundTrip(req)
 	if err != nil {
 		l.inFlight.Add(-1)
-		return resp, err
+		return resp, notTLS(err)
 	}
 	if req.ContentLength >= 0 && req.ContentLength <= smallRequest {
 		d := int64(time.Since(start))
@@ -119,6 +120,24 @@ func (l *link) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	resp.Body = &doneBody{ReadCloser: resp.Body, done: func() { l.inFlight.Add(-1) }}
 	return resp, nil
+}
+
+// errNotTLS is net/http's own error for an https request answered in
+// plain http; minio-go knows that message (exactly: it compares the
+// string) and does not try again, and linkProblem explains it.
+var errNotTLS = errors.New("http: server gave HTTP response to HTTPS client")
+
+// notTLS turns any answer to a TLS hello that is not TLS into errNotTLS.
+// net/http says so itself only when the answer starts "HTTP/"; an
+// HTTP/0.9-style error page, a plain-http proxy or appliance otherwise
+// gives tls.RecordHeaderError, which minio-go and the send's retries
+// would try again for a minute, though no retry makes a server speak TLS.
+func notTLS(err error) error {
+	var rh tls.RecordHeaderError
+	if errors.As(err, &rh) {
+		return errNotTLS
+	}
+	return err
 }
 
 // RTT is the shortest round trip measured so far; 0 before any.

@@ -125,6 +125,39 @@ func TestSchemeMismatch(t *testing.T) {
 	})
 }
 
+// TestNotTLS points https:// at a server that answers a TLS hello with
+// something that is not TLS and does not start "HTTP/" (an HTTP/0.9-style
+// error page, as Python's http.server sends; a plain-http proxy or
+// appliance): no retry can fix it, so one attempt and the same advice.
+func TestNotTLS(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.SetEnv(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns atomic.Int64
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			c.Read(make([]byte, 512))
+			io.WriteString(c, "<!DOCTYPE HTML>\n<html><body>Error 400: Bad request version</body></html>\n")
+			c.Close()
+		}
+	}()
+	addr := l.Addr().String()
+	tr := newTransport(t, Config{Bucket: srv.Bucket, Prefix: "p", Endpoint: "https://" + addr})
+	checkOnce(t, tr, &conns, shipper.ErrPermanent, "the endpoint speaks http: use http://"+addr)
+}
+
 // TestInsufficientStorage runs against a real HTTP server on loopback that
 // answers every request with 507 Insufficient Storage, as versitygw does
 // on a full disk and MinIO below its free-space threshold: one attempt, a
