@@ -239,6 +239,23 @@ func TestParentLinkRefused(t *testing.T) {
 	}
 }
 
+// interruptHalfWay restores the first half of blocks into dir and stops
+// there, as a killed receive would (its record kept for a resume); it
+// returns how many blocks were delivered.
+func interruptHalfWay(t *testing.T, dir string, sh Shipment, blocks []block) int {
+	t.Helper()
+	w, err := Open(context.Background(), sh, Options{Dir: dir, Resume: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := len(blocks) / 2
+	if _, err := deliver(t, w, blocks, half); err != nil {
+		t.Fatal(err)
+	}
+	w.Close(true)
+	return half
+}
+
 // TestWriterResumes interrupts a restore half-way, damages one block it
 // wrote and plants a link at a recorded temporary name: the next restore
 // of the same shipment reuses the blocks that check out, rewrites the
@@ -249,15 +266,7 @@ func TestWriterResumes(t *testing.T) {
 	a := image{"vm/a.img", sparse(32*testBS, 6)}
 	b := image{"vm/b.img", sparse(8*testBS, 7)}
 	sh, blocks := shipment("20261130T120000Z-00000001", a, b)
-	w, err := Open(context.Background(), sh, Options{Dir: dir, Resume: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	half := len(blocks) / 2
-	if _, err := deliver(t, w, blocks, half); err != nil {
-		t.Fatal(err)
-	}
-	w.Close(true)
+	half := interruptHalfWay(t, dir, sh, blocks)
 	tmpA, _ := filepath.Glob(filepath.Join(dir, "vm", ".a.img.coldship-*"))
 	if len(tmpA) != 1 {
 		t.Fatalf("temporary files of a.img: %v", tmpA)
@@ -302,15 +311,7 @@ func TestWriterResumesUnrecorded(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "out")
 	a := image{"vm/a.img", sparse(32*testBS, 16)}
 	sh, blocks := shipment("20261130T120000Z-00000001", a)
-	w, err := Open(context.Background(), sh, Options{Dir: dir, Resume: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	half := len(blocks) / 2
-	if _, err := deliver(t, w, blocks, half); err != nil {
-		t.Fatal(err)
-	}
-	w.Close(true)
+	half := interruptHalfWay(t, dir, sh, blocks)
 	slots, _ := filepath.Glob(filepath.Join(dir, ".coldship-restore-*.blocks", "*"))
 	if len(slots) != 1 {
 		t.Fatalf("blocks files: %v", slots)

@@ -59,6 +59,28 @@ func checkOnce(t *testing.T, tr shipper.Transport, count *atomic.Int64, want err
 
 // countingProxy forwards TCP connections to addr and counts them.
 func countingProxy(t *testing.T, addr string) (string, *atomic.Int64) {
+	return countingServer(t, func(c net.Conn, wg *sync.WaitGroup) {
+		up, err := net.Dial("tcp", addr)
+		if err != nil {
+			c.Close()
+			return
+		}
+		wg.Add(2)
+		pipe := func(dst, src net.Conn) {
+			defer wg.Done()
+			io.Copy(dst, src)
+			dst.Close()
+			src.Close()
+		}
+		go pipe(up, c)
+		go pipe(c, up)
+	})
+}
+
+// countingServer accepts TCP connections on loopback, counts them and
+// hands each to serve (which may start goroutines counted in wg), until
+// the test ends.
+func countingServer(t *testing.T, serve func(c net.Conn, wg *sync.WaitGroup)) (string, *atomic.Int64) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -75,20 +97,7 @@ func countingProxy(t *testing.T, addr string) (string, *atomic.Int64) {
 				return
 			}
 			n.Add(1)
-			up, err := net.Dial("tcp", addr)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			wg.Add(2)
-			pipe := func(dst, src net.Conn) {
-				defer wg.Done()
-				io.Copy(dst, src)
-				dst.Close()
-				src.Close()
-			}
-			go pipe(up, c)
-			go pipe(c, up)
+			serve(c, &wg)
 		}
 	}()
 	return l.Addr().String(), &n
@@ -132,30 +141,13 @@ func TestSchemeMismatch(t *testing.T) {
 func TestNotTLS(t *testing.T) {
 	srv := s3test.Start(t)
 	srv.SetEnv(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns atomic.Int64
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			conns.Add(1)
-			c.Read(make([]byte, 512))
-			io.WriteString(c, "<!DOCTYPE HTML>\n<html><body>Error 400: Bad request version</body></html>\n")
-			c.Close()
-		}
-	}()
-	addr := l.Addr().String()
+	addr, conns := countingServer(t, func(c net.Conn, _ *sync.WaitGroup) {
+		c.Read(make([]byte, 512))
+		io.WriteString(c, "<!DOCTYPE HTML>\n<html><body>Error 400: Bad request version</body></html>\n")
+		c.Close()
+	})
 	tr := newTransport(t, Config{Bucket: srv.Bucket, Prefix: "p", Endpoint: "https://" + addr})
-	checkOnce(t, tr, &conns, shipper.ErrPermanent, "the endpoint speaks http: use http://"+addr)
+	checkOnce(t, tr, conns, shipper.ErrPermanent, "the endpoint speaks http: use http://"+addr)
 }
 
 // TestInsufficientStorage runs against a real HTTP server on loopback that
