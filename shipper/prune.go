@@ -308,38 +308,25 @@ func newPruner(ctx context.Context, tr Transport, p PrunePolicy, ships []Shipmen
 // one VM would take every --keep-last place from another VM sharing the
 // destination and its only shipment would be deleted.
 func (pl *pruner) applyRules(p PrunePolicy) {
-	var labels []string
-	seen := map[string]bool{}
-	for i, d := range pl.dec {
-		if l := pl.ships[i].Label; len(d.Reasons) == 0 && !seen[l] {
-			seen[l] = true
-			labels = append(labels, l)
-		}
-	}
-	pl.runningAfter = -1
-	for k, label := range labels {
-		newest, oldest := -1, -1
-		for i := range pl.ships {
-			if pl.counted[i] && pl.ships[i].Label == label {
-				newest = i
-				if oldest < 0 {
-					oldest = i
-				}
-			}
-		}
-		// Uploads into a shipment not listed yet (its series unknown) are
-		// a running send's when newer than any series' newest complete.
-		if k == 0 || newest < pl.runningAfter {
-			pl.runningAfter = newest
-		}
-		pl.applySeriesRules(p, label, newest, oldest)
+	newest, runningAfter := seriesNewest(pl.ships,
+		func(i int) bool { return len(pl.dec[i].Reasons) == 0 }, // not of another label, not ignored
+		func(i int) bool { return pl.counted[i] })
+	pl.runningAfter = runningAfter
+	for label, n := range newest { // each series touches only its own shipments
+		pl.applySeriesRules(p, label, n)
 	}
 }
 
 // applySeriesRules applies the policy to the shipments of one label,
-// whose newest and oldest counted shipments are newest and oldest (-1:
-// none).
-func (pl *pruner) applySeriesRules(p PrunePolicy, label string, newest, oldest int) {
+// whose newest counted shipment is newest (-1: none).
+func (pl *pruner) applySeriesRules(p PrunePolicy, label string, newest int) {
+	oldest := -1
+	for i := range pl.ships {
+		if pl.counted[i] && pl.ships[i].Label == label {
+			oldest = i
+			break
+		}
+	}
 	loc := p.Location
 	if loc == nil {
 		loc = time.Local

@@ -150,30 +150,13 @@ type allVerifier struct {
 const verifyWindow = 4
 
 // seriesSending marks the incomplete shipments newer than the newest
-// complete one of their label's series (each label a series, as prune
-// counts them): a send may be writing them. runningAfter is the oldest of
-// the series' newest complete shipments (-1: a series has none), past
-// which an upload into a shipment not listed yet may be a send's.
+// complete one of their label's series (as prune counts them): a send may
+// be writing them. runningAfter is as seriesNewest says.
 func seriesSending(ships []ShipmentInfo) (sending []bool, runningAfter int) {
-	newest := map[string]int{}
-	for i, si := range ships {
-		if _, ok := newest[si.Label]; !ok {
-			newest[si.Label] = -1
-		}
-		if si.Complete {
-			newest[si.Label] = i
-		}
-	}
+	newest, runningAfter := seriesNewest(ships, func(int) bool { return true }, func(i int) bool { return ships[i].Complete })
 	sending = make([]bool, len(ships))
 	for i, si := range ships {
 		sending[i] = !si.Complete && i > newest[si.Label]
-	}
-	runningAfter = -1
-	first := true
-	for _, n := range newest {
-		if first || n < runningAfter {
-			runningAfter, first = n, false
-		}
 	}
 	return sending, runningAfter
 }
