@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
+	"path"
 	"sort"
 	"strings"
 	"sync"
@@ -289,8 +291,14 @@ func (r *sendRun) checkOwn(ctx context.Context, inv *archive.Inventory, putting 
 	if r.resumed {
 		what = "resumed " + what
 	}
-	sizes := map[string]int64{}
-	if err := r.tr.List(ctx, inv.ID+"/", func(oi ObjectInfo) error { sizes[oi.Name] = oi.Size; return nil }); err != nil {
+	var names []string
+	for _, o := range inv.Objects {
+		if o.Name != archive.ManifestObject && o.Name != putting {
+			names = append(names, inv.ID+"/"+o.Name)
+		}
+	}
+	sizes, err := objectSizes(ctx, r.tr, names)
+	if err != nil {
 		return fmt.Errorf("list %s: %w", inv.ID, err)
 	}
 	for _, o := range inv.Objects {
@@ -313,6 +321,67 @@ func (r *sendRun) checkOwn(ctx context.Context, inv *archive.Inventory, putting 
 		}
 	}
 	return nil
+}
+
+// objectSizes returns the sizes of those of the named objects that are at
+// the destination: each folder that holds more than lookupsPerFolder of
+// them is listed, and each other object looked up, listsAtOnce at once.
+// (A listing of their common folder would read the folders below it only
+// after it, and reading a folder takes four round trips on SFTP: a few
+// lookups sent together take one.)
+func objectSizes(ctx context.Context, tr Transport, names []string) (map[string]int64, error) {
+	want := map[string]bool{}
+	inFolder := map[string]int{}
+	for _, name := range names {
+		want[name] = true
+		inFolder[path.Dir(name)]++
+	}
+	list := map[string]bool{}
+	for dir, n := range inFolder {
+		list[dir] = list[dir] || n > lookupsPerFolder
+	}
+	// A folder with others below it would be walked down to them: its own
+	// objects are looked up instead (a shipment's header, beside its
+	// segment and key folders).
+	for dir := range inFolder {
+		for d := path.Dir(dir); d != "." && d != "/"; d = path.Dir(d) {
+			list[d] = false
+		}
+	}
+	var folders, alone []string
+	for dir := range inFolder {
+		if list[dir] {
+			folders = append(folders, dir+"/")
+		}
+	}
+	for _, name := range names {
+		if !list[path.Dir(name)] {
+			alone = append(alone, name)
+		}
+	}
+	var mu sync.Mutex
+	sizes := map[string]int64{}
+	found := func(oi ObjectInfo) error {
+		if want[oi.Name] {
+			mu.Lock()
+			sizes[oi.Name] = oi.Size
+			mu.Unlock()
+		}
+		return nil
+	}
+	return sizes, atonce.Each(len(folders)+len(alone), listsAtOnce, func(i int) error {
+		if i < len(folders) {
+			return tr.List(ctx, folders[i], found)
+		}
+		oi, err := tr.Stat(ctx, alone[i-len(folders)])
+		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrNotRegular) {
+			return nil // missing
+		}
+		if err != nil {
+			return err
+		}
+		return found(oi)
+	})
 }
 
 // checkBases checks, before the manifest of an incremental shipment is
@@ -409,3 +478,11 @@ func (r *sendRun) putCopies(ctx context.Context, id string, copies []keyCopy) er
 
 // copiesAtOnce is how many base key copies putCopies puts at once.
 const copiesAtOnce = 32
+
+// listsAtOnce bounds the listings and lookups objectSizes runs at once,
+// and lookupsPerFolder the objects of one folder it looks up rather than
+// list the folder.
+const (
+	listsAtOnce      = 32
+	lookupsPerFolder = 32
+)

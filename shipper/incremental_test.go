@@ -373,22 +373,43 @@ type ownGoesAway struct {
 	shipper.Transport
 	segment string // the name under the shipment's folder
 	id      string // of the shipment being sent, from its header's put
+	mu      sync.Mutex
+	landed  bool // the segment has been put
 	victim  string
 }
 
 func (o *ownGoesAway) Put(ctx context.Context, name string, r io.Reader, size int64) error {
 	if id, ok := strings.CutSuffix(name, "/"+archive.HeaderObject); ok {
+		o.mu.Lock()
 		o.id = id
+		o.mu.Unlock()
 	}
-	return o.Transport.Put(ctx, name, r, size)
+	err := o.Transport.Put(ctx, name, r, size)
+	o.mu.Lock()
+	o.landed = o.landed || (err == nil && o.id != "" && name == o.id+"/"+o.segment)
+	o.mu.Unlock()
+	return err
 }
 
+// List and Stat delete the victim, once it has landed, as the shipment's
+// own objects are first looked for.
 func (o *ownGoesAway) List(ctx context.Context, prefix string, fn func(shipper.ObjectInfo) error) error {
-	if o.id != "" && prefix == o.id+"/" && o.victim == "" {
+	o.goAway(ctx, prefix)
+	return o.Transport.List(ctx, prefix, fn)
+}
+
+func (o *ownGoesAway) Stat(ctx context.Context, name string) (shipper.ObjectInfo, error) {
+	o.goAway(ctx, name)
+	return o.Transport.Stat(ctx, name)
+}
+
+func (o *ownGoesAway) goAway(ctx context.Context, name string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.landed && strings.HasPrefix(name, o.id+"/") && o.victim == "" {
 		o.victim = o.id + "/" + o.segment
 		o.Transport.Delete(ctx, o.victim)
 	}
-	return o.Transport.List(ctx, prefix, fn)
 }
 
 // TestOwnObjectGoneDuringSend: a segment of the shipment being sent that

@@ -956,3 +956,28 @@ func TestDialAhead(t *testing.T) {
 		t.Error("read back differs")
 	}
 }
+
+// TestPutMakesFolders: Puts side by side into new folders several levels
+// deep, under a root whose parents do not exist either, make every folder
+// (their creations are sent together, and those a missing parent failed
+// are made again) and land every object.
+func TestPutMakesFolders(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+	tr := dial(t, config(srv, "new/deeper/root", 4))
+	names := []string{"s/a/b/o1", "s/a/b/o2", "s/c/o3", "s/c/d/e/o4", "top"}
+	ctx := context.Background()
+	var g errgroup.Group
+	for _, name := range names {
+		g.Go(func() error { return tr.Put(ctx, name, bytes.NewReader([]byte(name)), int64(len(name))) })
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		got, err := os.ReadFile(filepath.Join(srv.Root, "new/deeper/root", name))
+		if err != nil || string(got) != name {
+			t.Errorf("%s: %q, %v", name, got, err)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -441,11 +442,15 @@ func (t *Transport) publish(c *conn, f *sftpclient.File, tmp, final string, excl
 	return nil
 }
 
-// makeDirs makes the folders from the root down to dir, one request each
-// and whatever the answers: a new shipment's folders cost a round trip
-// each, rather than the failed create, failed folder, parent, folder and
-// create again of making them only once a create fails. An error shows in
-// the create that follows.
+// makeDirs makes the root and the folders below it down to dir, whatever
+// the answers (an error shows in the create that follows), in one round
+// trip: the requests are sent together, parents first, and a server that
+// runs them in order (OpenSSH does) makes every level. One that a parent
+// missing at that moment failed (another server, or a request overtaken
+// on its way out) is sent again once the others have been answered. A
+// new shipment's folders, and a new destination's root, then cost one
+// round trip, not one per level or the failed create, failed folder,
+// parent, folder and create again of making them only once a create fails.
 func (t *Transport) makeDirs(c *conn, dir string) {
 	rel := dir
 	if t.dest.root != "" {
@@ -457,9 +462,29 @@ func (t *Transport) makeDirs(c *conn, dir string) {
 	if rel == "." || shipper.CheckName(rel) != nil {
 		return
 	}
+	var levels []string
+	if r := strings.TrimSuffix(t.dest.root, "/"); r != "" && r != "." {
+		levels = append(levels, r)
+	}
 	parts := strings.Split(rel, "/")
 	for i := range parts {
-		c.sftp.Mkdir(t.remote(strings.Join(parts[:i+1], "/")))
+		levels = append(levels, t.remote(strings.Join(parts[:i+1], "/")))
+	}
+	missing := make([]bool, len(levels))
+	var wg sync.WaitGroup
+	for i, d := range levels {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			missing[i] = errors.Is(c.sftp.Mkdir(d), os.ErrNotExist)
+		}()
+		runtime.Gosched() // parents go out first, as a rule
+	}
+	wg.Wait()
+	for i, d := range levels {
+		if missing[i] {
+			c.sftp.Mkdir(d)
+		}
 	}
 }
 
