@@ -96,8 +96,14 @@ func (p *pipeline) run() error {
 			Sealer: p.seal,
 		}, func(b *blocks.Batch[prior]) error { return p.emit(gctx, b, batches) })
 	})
-	for range p.opts.Streams {
+	for i := range p.opts.Streams {
 		g.Go(func() error {
+			// A writer whose put would wait for its stream to be made
+			// would hold batches meanwhile, and the reader's window of
+			// them is shared: the streams that are up would go short.
+			if err := waitStreams(gctx, p.tr, i+1); err != nil {
+				return err
+			}
 			w := &stream{p: p, ctx: gctx, g: g, seg: segCounter, finishing: make(chan struct{}, 1)}
 			return w.run(batches)
 		})

@@ -205,6 +205,29 @@ type LinkStats struct {
 	Channels    int           // streams carried over them (SFTP channels, parallel S3 requests)
 }
 
+// StreamWaiter is implemented by transports whose streams come up after
+// they are opened (SFTP: the sessions and connections beyond the first are
+// made in the background, a second or more on a long link). WaitStreams
+// returns once n streams can move data, or none is on its way any more.
+type StreamWaiter interface {
+	WaitStreams(ctx context.Context, n int) error
+}
+
+// waitStreams waits as tr's StreamWaiter says, if tr or a transport under
+// its wrappers (which return it from Unwrap) is one.
+func waitStreams(ctx context.Context, tr Transport, n int) error {
+	for {
+		if sw, ok := tr.(StreamWaiter); ok {
+			return sw.WaitStreams(ctx, n)
+		}
+		w, ok := tr.(interface{ Unwrap() Transport })
+		if !ok {
+			return nil
+		}
+		tr = w.Unwrap()
+	}
+}
+
 // LinkReporter is implemented by transports that measure their link.
 type LinkReporter interface {
 	LinkStats() LinkStats

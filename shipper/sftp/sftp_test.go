@@ -981,3 +981,25 @@ func TestPutMakesFolders(t *testing.T) {
 		}
 	}
 }
+
+// TestWaitStreams dials through a 100 ms round trip: the sessions beyond
+// the first are still being made when Dial returns, and WaitStreams
+// returns once the number asked for is up (every one of them here).
+func TestWaitStreams(t *testing.T) {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+	srv.Forwarder().SetDelay(50 * time.Millisecond)
+	defer srv.Forwarder().SetDelay(0)
+	tr := dial(t, config(srv, "wait", 8))
+	if st := tr.LinkStats(); st.Channels >= tr.Streams() {
+		t.Fatalf("LinkStats %+v as Dial returned: every session was up already, nothing to wait for", st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := tr.WaitStreams(ctx, tr.Streams()); err != nil {
+		t.Fatal(err)
+	}
+	if st := tr.LinkStats(); st.Channels != tr.Streams() {
+		t.Errorf("LinkStats %+v once WaitStreams(%d) returned", st, tr.Streams())
+	}
+}

@@ -57,6 +57,9 @@ type Transport struct {
 	handshakes chan struct{} // a slot for each connection being made
 	stopDials  context.CancelFunc
 
+	upMu sync.Mutex
+	up   chan struct{} // closed (and replaced) as a stream's first session is made or fails
+
 	reads *readBuffers // the chunks of all streamed reads
 
 	noticeMu sync.Mutex
@@ -174,6 +177,7 @@ func newTransport(d *destination, cfg Config) (*Transport, error) {
 		stderr:     cfg.Stderr,
 		log:        cfg.Log,
 		handshakes: make(chan struct{}, maxHandshakes),
+		up:         make(chan struct{}),
 	}, nil
 }
 
@@ -184,6 +188,10 @@ func (t *Transport) fill(ctx context.Context, l *link, streams []*stream) {
 	done := func(s *stream) {
 		s.dialing.Store(false)
 		s.mu.Unlock()
+		t.upMu.Lock()
+		close(t.up)
+		t.up = make(chan struct{})
+		t.upMu.Unlock()
 	}
 	sc, err := l.get(ctx)
 	if err != nil {
@@ -207,6 +215,34 @@ func (t *Transport) fill(ctx context.Context, l *link, streams []*stream) {
 				s.set(c)
 			}
 		}()
+	}
+}
+
+var _ shipper.StreamWaiter = (*Transport)(nil)
+
+// WaitStreams returns once n streams have a live session, or none is
+// being made any more (one that failed is made again by the call that
+// picks it).
+func (t *Transport) WaitStreams(ctx context.Context, n int) error {
+	for {
+		t.upMu.Lock()
+		up := t.up
+		t.upMu.Unlock()
+		live, dialing := 0, false
+		for _, s := range t.streams {
+			if s.healthy() {
+				live++
+			}
+			dialing = dialing || s.dialing.Load()
+		}
+		if live >= n || !dialing {
+			return nil
+		}
+		select {
+		case <-up:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 
