@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -99,5 +100,41 @@ func waitEmpty(t *testing.T, dir string) {
 		if time.Now().After(deadline) {
 			t.Fatalf("left at the destination: %v %v", left, hidden)
 		}
+	}
+}
+
+// TestLiveSenderKilled: a sender killed with SIGKILL leaves no receiver
+// behind holding the destination: its SSH connection closes with it, sshd
+// ends the session, and the receiver, finding its input closed, removes
+// what it wrote and exits.
+func TestLiveSenderKilled(t *testing.T) {
+	for _, data := range []string{"ssh", "tcp"} {
+		t.Run(data, func(t *testing.T) {
+			_, dir, to, flags := liveEnv(t)
+			bin := coldshipBinary(t)
+			img := filepath.Join(t.TempDir(), "disk.img")
+			makeImage(t, img, 8<<20, region{0, 8 << 20, "random"})
+			started := filepath.Join(t.TempDir(), "started")
+			cmd := exec.Command(bin, append([]string{"send", img, "--to", to, "-q", "--data", data,
+				// The hook waits as long as its sender lives.
+				"--hook", "pre-switchover=touch " + started + "; while kill -0 $PPID; do sleep 0.05; done"}, flags...)...)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer cmd.Process.Kill()
+			waitForFile(t, started)
+			pid := liveReceiverPID(t, dir)
+			cmd.Process.Signal(syscall.SIGKILL)
+			cmd.Wait()
+			for deadline := time.Now().Add(30 * time.Second); syscall.Kill(pid, 0) == nil; time.Sleep(20 * time.Millisecond) {
+				if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); strings.Contains(string(b), ") Z ") {
+					break // exited, not yet reaped
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the receiver (pid %d) still runs after its sender was killed", pid)
+				}
+			}
+			waitEmpty(t, dir)
+		})
 	}
 }
