@@ -248,6 +248,12 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 		return nil, err
 	}
 	defer client.Close()
+	// TCP lanes carry no keepalives: one that takes nothing for as long as
+	// the SSH connection may go unanswered is given up by the same rule.
+	stall, err := sftp.AliveTimeout(cfg)
+	if err != nil {
+		return nil, err
+	}
 	remoteLog := &lineWriter{emit: func(line string) { logf("remote: %s", line) }}
 	defer remoteLog.flush()
 	remote, peer, lanes, err := startReceiver(client, cfg, lo, opts.run.lockWait, lanes, remoteLog, logf)
@@ -260,7 +266,7 @@ func liveSend(ctx context.Context, s *streams, opts *sendOptions, cfg sftp.Confi
 	rep := startProgress(s, "send", opts.output, cnt, movedShipped)
 	res, err := live.Send(ctx, peer, sources, live.SendOptions{
 		Version: version,
-		Jobs:    opts.jobs, Lanes: lanes, BlockSize: bs, Compress: opts.compress == "zstd", Label: opts.name,
+		Jobs:    opts.jobs, Lanes: lanes, StallTimeout: stall, BlockSize: bs, Compress: opts.compress == "zstd", Label: opts.name,
 		Rounds: lo.rounds, UntilDirty: untilDirty, Counters: cnt, Log: logf,
 		Switchover: func(ctx context.Context, shipment string) error {
 			id = shipment

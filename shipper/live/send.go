@@ -25,6 +25,10 @@ import (
 // when SendOptions.Rounds does not.
 const DefaultMaxRounds = 30
 
+// DefaultStallTimeout is SendOptions.StallTimeout when not set: that of
+// an SSH connection's default keepalives (15 s × 3).
+const DefaultStallTimeout = 45 * time.Second
+
 // helloTimeout bounds the wait for a receiver that was just started.
 const helloTimeout = 60 * time.Second
 
@@ -42,12 +46,18 @@ type Peer struct {
 
 // SendOptions configure Send.
 type SendOptions struct {
-	Version   string // this coldship's version, for messages
-	Jobs      int    // parallel readers and sealers; 0: all CPUs
-	Lanes     int    // direct TCP lanes for the blocks; 0: the blocks travel on the control channel
-	BlockSize int64  // 0: shipper.DefaultBlockSize
-	Compress  bool   // zstd per block where it helps
-	Label     string
+	Version string // this coldship's version, for messages
+	Jobs    int    // parallel readers and sealers; 0: all CPUs
+	Lanes   int    // direct TCP lanes for the blocks; 0: the blocks travel on the control channel
+	// StallTimeout is how long a TCP lane may take nothing from a frame in
+	// hand before the session fails (shipper.StallConn): a receiver
+	// stopped, or a link that drops the lane's packets, while the SSH
+	// connection, which its keepalives check, is still up. 0 means
+	// DefaultStallTimeout.
+	StallTimeout time.Duration
+	BlockSize    int64 // 0: shipper.DefaultBlockSize
+	Compress     bool  // zstd per block where it helps
+	Label        string
 
 	// Rounds is the number of pre-copy rounds, sent while the sources may
 	// still change, before the switch-over; 0 means none. With UntilDirty,
@@ -219,6 +229,9 @@ func Send(ctx context.Context, peer Peer, sources []archive.Source, opts SendOpt
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.StallTimeout <= 0 {
+		opts.StallTimeout = DefaultStallTimeout
 	}
 	if peer.Dial == nil {
 		var d net.Dialer
@@ -572,7 +585,7 @@ func (s *sendSession) openLanes(ctx context.Context, ready readyMsg) error {
 			if err != nil {
 				return fmt.Errorf("%w: open data connection to %s: %v", errLink, addr, err)
 			}
-			conns[i] = c
+			conns[i] = &shipper.StallConn{Conn: c, Timeout: s.opts.StallTimeout, Peer: fmt.Sprintf("the receiver on data connection %d (%s)", i+1, addr)}
 			return nil
 		})
 	}

@@ -127,6 +127,10 @@ func (t *Transport) linkProblem(err error) string {
 	if errors.As(err, &resp) {
 		msg = strings.ToLower(resp.Message)
 	}
+	var silent *silentError
+	if errors.As(err, &silent) {
+		return silent.Error()
+	}
 	hostPort := strings.TrimPrefix(strings.TrimPrefix(t.endpoint, "https://"), "http://")
 	switch {
 	case strings.Contains(msg, "server gave http response to https client"):

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +38,31 @@ type link struct {
 	inFlight    atomic.Int32
 	maxInFlight atomic.Int32
 	dials       atomic.Int32
+
+	// answered is set by the endpoint's first answer; silent holds the
+	// error once a request went unanswered for silentTimeout before any.
+	answered atomic.Bool
+	silent   atomic.Pointer[error]
+}
+
+// silentTimeout is how long an endpoint that has answered nothing yet in
+// this run may take to answer a small request. A server that accepts
+// connections and never answers (a wrong port, a hung gateway, a
+// firewall appliance) otherwise costs net/http's minute for each of
+// minio-go's 10 attempts, and a cron run learns it only after minutes.
+// Once the endpoint has answered, slow answers get the minute, and
+// bodies on the move are never cut (see shipper.StallConn).
+var silentTimeout = 20 * time.Second
+
+// silentError is an endpoint that has not answered: no retry helps in
+// this run.
+type silentError struct {
+	endpoint string
+	timeout  time.Duration
+}
+
+func (e *silentError) Error() string {
+	return fmt.Sprintf("the S3 endpoint %s accepted the connection but sent nothing in %v (is it an S3 server, and the right port?)", e.endpoint, e.timeout)
 }
 
 // smallRequest is the largest body whose request still times the round
@@ -57,7 +81,7 @@ func newLink(ht *http.Transport) *link {
 			return nil, err
 		}
 		l.dials.Add(1)
-		return &stallConn{Conn: c, timeout: stallTimeout}, nil
+		return &shipper.StallConn{Conn: c, Timeout: stallTimeout, Peer: "the S3 server " + addr}, nil
 	}
 	return l
 }
@@ -71,44 +95,15 @@ func newLink(ht *http.Transport) *link {
 // minute), so that connections idle in the pool close as idle first.
 var stallTimeout = 2 * time.Minute
 
-// stallConn fails a Read or Write once the connection has moved nothing
-// either way for timeout: every byte read or written pushes both
-// deadlines on (an upload's response is read only after its body is sent,
-// while net/http already waits in a Read).
-type stallConn struct {
-	net.Conn
-	timeout time.Duration
-}
-
-func (c *stallConn) Read(p []byte) (int, error) {
-	c.Conn.SetDeadline(time.Now().Add(c.timeout))
-	n, err := c.Conn.Read(p)
-	if n > 0 {
-		c.Conn.SetDeadline(time.Now().Add(c.timeout))
-	}
-	return n, stallErr(err, c.timeout)
-}
-
-func (c *stallConn) Write(p []byte) (int, error) {
-	c.Conn.SetDeadline(time.Now().Add(c.timeout))
-	n, err := c.Conn.Write(p)
-	return n, stallErr(err, c.timeout)
-}
-
-// stallErr says what a deadline of stallConn means.
-func stallErr(err error, timeout time.Duration) error {
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return fmt.Errorf("the S3 server sent and took nothing for %v (a stalled server or link): %w", timeout, err)
-	}
-	return err
-}
-
 func (l *link) RoundTrip(req *http.Request) (*http.Response, error) {
+	if err := l.silent.Load(); err != nil {
+		return nil, *err
+	}
 	n := l.inFlight.Add(1)
 	for m := l.maxInFlight.Load(); n > m && !l.maxInFlight.CompareAndSwap(m, n); m = l.maxInFlight.Load() {
 	}
 	start := time.Now()
-	resp, err := l.next.RoundTrip(req)
+	resp, cancel, err := l.roundTrip(req)
 	if err != nil {
 		l.inFlight.Add(-1)
 		return resp, notTLS(err)
@@ -118,8 +113,38 @@ func (l *link) RoundTrip(req *http.Request) (*http.Response, error) {
 		for r := l.rtt.Load(); (r == 0 || d < r) && !l.rtt.CompareAndSwap(r, d); r = l.rtt.Load() {
 		}
 	}
-	resp.Body = &doneBody{ReadCloser: resp.Body, done: func() { l.inFlight.Add(-1) }}
+	resp.Body = &doneBody{ReadCloser: resp.Body, done: func() { l.inFlight.Add(-1); cancel() }}
 	return resp, nil
+}
+
+// roundTrip sends req, and gives an endpoint that has not answered yet
+// silentTimeout to answer a small one. cancel releases the request once
+// its response body is closed.
+func (l *link) roundTrip(req *http.Request) (*http.Response, func(), error) {
+	if l.answered.Load() || req.ContentLength < 0 || req.ContentLength > smallRequest {
+		resp, err := l.next.RoundTrip(req)
+		return resp, func() {}, err
+	}
+	ctx, cancel := context.WithCancel(req.Context())
+	var fired atomic.Bool
+	timer := time.AfterFunc(silentTimeout, func() {
+		if !l.answered.Load() {
+			fired.Store(true)
+			cancel()
+		}
+	})
+	resp, err := l.next.RoundTrip(req.WithContext(ctx))
+	timer.Stop()
+	if err == nil {
+		l.answered.Store(true)
+		return resp, cancel, nil
+	}
+	cancel()
+	if fired.Load() && req.Context().Err() == nil {
+		err = &silentError{endpoint: req.URL.Scheme + "://" + req.URL.Host, timeout: silentTimeout}
+		l.silent.CompareAndSwap(nil, &err)
+	}
+	return nil, func() {}, err
 }
 
 // errNotTLS is net/http's own error for an https request answered in

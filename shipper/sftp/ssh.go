@@ -59,6 +59,19 @@ func DialSSH(ctx context.Context, cfg Config) (*ssh.Client, error) {
 	return client, nil
 }
 
+// AliveTimeout is how long a connection to cfg's destination may go
+// unanswered before it is given up: ServerAliveInterval ×
+// ServerAliveCountMax of ssh_config (45 s by default), as DialSSH's
+// keepalives do. Connections to the same host that carry no keepalives
+// (send --live's TCP lanes) are given up by the same rule.
+func AliveTimeout(cfg Config) (time.Duration, error) {
+	d, err := resolve(cfg)
+	if err != nil {
+		return 0, err
+	}
+	return d.alive.timeout(), nil
+}
+
 // keepAliveClient closes client when it stops answering keepalive
 // requests: a peer that vanished without closing the connection (a NAT
 // that forgot it) would otherwise leave reads and writes waiting forever.
