@@ -84,12 +84,17 @@ func TestOpenSharesStreams(t *testing.T) {
 	srv.SetEnv(t)
 	ctx := context.Background()
 	data := randomBytes(3*partSize, 22)
-	tr := newTransport(t, Config{Bucket: srv.Bucket, Prefix: "shared", Streams: 4})
+	put := newTransport(t, Config{Bucket: srv.Bucket, Prefix: "shared", Streams: 4})
 	for i := range 4 {
-		if err := tr.Put(ctx, fmt.Sprint("seg", i), bytes.NewReader(data), int64(len(data))); err != nil {
+		if err := put.Put(ctx, fmt.Sprint("seg", i), bytes.NewReader(data), int64(len(data))); err != nil {
 			t.Fatal(err)
 		}
 	}
+	// Read through a link of 16 MB/s per connection: the first read's
+	// GETs hold their streams for half a second each, however loaded the
+	// machine, while the others are opened (on loopback they could end
+	// first, and free the streams).
+	tr := newTransport(t, Config{Bucket: srv.Bucket, Prefix: "shared", Streams: 4, Endpoint: srv.SlowProxy(t, 16e6)})
 	// The streams a read may take grow with the round trip measured (the
 	// shortest small request so far): on a loaded machine a first request
 	// that took 25 ms doubled them and let read 1 split too. This test is
