@@ -242,18 +242,7 @@ func TestLiveConnectionCut(t *testing.T) {
 		t.Errorf("error of a cut connection, want one line saying why: %q", r.stderr)
 	}
 	// The receiver notices the end of its input and cleans up.
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		left, _ := filepath.Glob(filepath.Join(dir, "*"))
-		hidden, _ := filepath.Glob(filepath.Join(dir, ".*"))
-		if len(left)+len(hidden) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("left at the destination: %v %v", left, hidden)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitEmpty(t, dir)
 }
 
 // TestLiveTCPAttacks tampers with, replays and injects records on a TCP

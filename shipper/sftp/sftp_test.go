@@ -921,15 +921,22 @@ func TestAheadLinks(t *testing.T) {
 	}
 }
 
+// startFar starts sshd behind its forwarder at a 100 ms round trip, in a
+// home of the test's own.
+func startFar(t *testing.T) *sftptest.Server {
+	isolate(t)
+	srv := sftptest.StartSSHD(t)
+	srv.Forwarder().SetDelay(50 * time.Millisecond)
+	t.Cleanup(func() { srv.Forwarder().SetDelay(0) })
+	return srv
+}
+
 // TestDialAhead dials through a 100 ms round trip: the other connections
 // are on their way when Dial returns (they started once the first had
 // authenticated, not once its session had timed the round trip), every
 // one is used, and the transport works.
 func TestDialAhead(t *testing.T) {
-	isolate(t)
-	srv := sftptest.StartSSHD(t)
-	srv.Forwarder().SetDelay(50 * time.Millisecond)
-	defer srv.Forwarder().SetDelay(0)
+	srv := startFar(t)
 	tr := dial(t, config(srv, "ahead", 0))
 	if n := srv.Forwarder().Accepted(); n < 2 {
 		t.Errorf("when Dial returned, %d connection(s) had reached the server, want the first and those dialled ahead", n)
@@ -986,10 +993,7 @@ func TestPutMakesFolders(t *testing.T) {
 // the first are still being made when Dial returns, and WaitStreams
 // returns once the number asked for is up (every one of them here).
 func TestWaitStreams(t *testing.T) {
-	isolate(t)
-	srv := sftptest.StartSSHD(t)
-	srv.Forwarder().SetDelay(50 * time.Millisecond)
-	defer srv.Forwarder().SetDelay(0)
+	srv := startFar(t)
 	tr := dial(t, config(srv, "wait", 8))
 	if st := tr.LinkStats(); st.Channels >= tr.Streams() {
 		t.Fatalf("LinkStats %+v as Dial returned: every session was up already, nothing to wait for", st)
