@@ -338,7 +338,7 @@ func objectSizes(ctx context.Context, tr Transport, names []string) (map[string]
 	}
 	list := map[string]bool{}
 	for dir, n := range inFolder {
-		list[dir] = list[dir] || n > lookupsPerFolder
+		list[dir] = n > lookupsPerFolder
 	}
 	// A folder with others below it would be walked down to them: its own
 	// objects are looked up instead (a shipment's header, beside its
