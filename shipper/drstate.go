@@ -88,9 +88,18 @@ type drStore struct {
 	keys *stateKeys
 }
 
-// openDRStore opens the table directory of the pair.
-func openDRStore(stateDir, dest string, sources []archive.Source, keys *stateKeys) *drStore {
-	return &drStore{dir: filepath.Join(stateDir, "dr", drPair(dest, sources)), keys: keys}
+// openDRStore opens the table directory of the pair and the series'
+// label (send --name): two VMs whose files have the same names (a/disk.raw
+// and b/disk.raw), sent to one destination under their own labels, keep a
+// state each, or each send would take the other's last shipment for its
+// base and ship in full. An unlabelled series keeps the pair's name alone.
+func openDRStore(stateDir, dest string, sources []archive.Source, label string, keys *stateKeys) *drStore {
+	name := drPair(dest, sources)
+	if label != "" {
+		sum := sha256.Sum256([]byte(name + "\n" + label))
+		name = hex.EncodeToString(sum[:16])
+	}
+	return &drStore{dir: filepath.Join(stateDir, "dr", name), keys: keys}
 }
 
 // drPair names the state of a destination and a set of sources by the

@@ -54,3 +54,9 @@ func RewriteJournal(t *testing.T, path, stateDir string, remac bool, edit func(b
 
 // JournalRecordSize is the size of one record of an 'R' journal record.
 const JournalRecordSize = journalRecord
+
+// DRStateDir is the folder of the DR state of sources sent to dest under
+// label, for tests that lay out the state of an earlier coldship.
+func DRStateDir(stateDir, dest string, sources []archive.Source, label string) string {
+	return openDRStore(stateDir, dest, sources, label, nil).dir
+}

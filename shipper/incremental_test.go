@@ -444,3 +444,63 @@ func TestOwnObjectGoneDuringSend(t *testing.T) {
 		})
 	}
 }
+
+// TestDRStatePerLabel: two VMs whose images have the same file name
+// (a/disk.img, b/disk.img), sent to one destination under their own
+// labels, each build on their own last shipment: with one DR state for
+// both, each send took the other VM's last shipment for its base and
+// shipped everything again.
+func TestDRStatePerLabel(t *testing.T) {
+	a, b := newDRChain(t), newDRChain(t)
+	b.tr, b.id, b.opts.Recipients, b.opts.StateDir = a.tr, a.id, a.opts.Recipients, a.opts.StateDir
+	a.opts.Label, b.opts.Label = "a", "b"
+	a1, _ := a.send(t)
+	if b1, _ := b.send(t); b1.Base != "" {
+		t.Fatalf("b's first send built on %s, another label's shipment", b1.Base)
+	}
+	a2, cnt := a.send(t)
+	if a2.Base != a1.ID || cnt.Data.Load() != 0 {
+		t.Errorf("a's second send, unchanged: base %q (want a's %s), %d bytes of data shipped\n%s", a2.Base, a1.ID, cnt.Data.Load(), a.logs.String())
+	}
+}
+
+// TestDRStateBeforeLabels: the state an earlier coldship kept for both
+// series together (one folder for the sources' names, whatever the label)
+// still serves each: a labelled series without a state of its own builds
+// on its newest shipment there, not on the other series' newer one.
+func TestDRStateBeforeLabels(t *testing.T) {
+	a, b := newDRChain(t), newDRChain(t)
+	b.tr, b.id, b.opts.Recipients, b.opts.StateDir = a.tr, a.id, a.opts.Recipients, a.opts.StateDir
+	a.opts.Label, b.opts.Label = "a", "b"
+	a1, _ := a.send(t)
+	b1, _ := b.send(t)
+	// Lay both out as one state, as an earlier coldship kept it.
+	sources := func(c *drChain) []archive.Source {
+		s, _ := archive.CollectSources([]string{c.src})
+		return s
+	}
+	former := shipper.DRStateDir(a.opts.StateDir, a.opts.Dest, sources(a), "")
+	if err := os.MkdirAll(former, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*drChain{a, b} {
+		dir := shipper.DRStateDir(c.opts.StateDir, c.opts.Dest, sources(c), c.opts.Label)
+		files, _ := filepath.Glob(filepath.Join(dir, "*.*"))
+		for _, f := range files {
+			if err := os.Rename(f, filepath.Join(former, filepath.Base(f))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		os.RemoveAll(dir)
+	}
+	if err := os.WriteFile(filepath.Join(former, "index"), []byte(a1.ID+"\n"+b1.ID+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a2, cnt := a.send(t)
+	if a2.Base != a1.ID || cnt.Data.Load() != 0 {
+		t.Errorf("a's send after the upgrade: base %q (want a's %s), %d bytes of data shipped\n%s", a2.Base, a1.ID, cnt.Data.Load(), a.logs.String())
+	}
+	if b2, _ := b.send(t); b2.Base != b1.ID {
+		t.Errorf("b's send after the upgrade: base %q, want b's %s\n%s", b2.Base, b1.ID, b.logs.String())
+	}
+}

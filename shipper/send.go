@@ -223,6 +223,30 @@ func (r *sendRun) compression() string {
 	return map[bool]string{false: "none", true: "zstd"}[r.opts.Compress]
 }
 
+// formerState returns, for a labelled series without DR state of its own,
+// the state that an earlier coldship kept for its sources whatever their
+// label, with the shipment there to build on: the newest of this label
+// (for --base latest) or the one named, if it is of this label (its
+// header at the destination says). Without one, it returns the series'
+// own, empty state.
+func (r *sendRun) formerState(ctx context.Context) (*drStore, string) {
+	opts := r.opts
+	old := openDRStore(opts.StateDir, opts.Dest, r.sources, "", r.keys)
+	ids := old.tables()
+	for i := len(ids) - 1; i >= 0; i-- {
+		if opts.Base != "latest" && ids[i] != opts.Base {
+			continue
+		}
+		if h, _, err := readHeader(ctx, r.tr, ids[i]); err == nil && h.Label == opts.Label {
+			return old, ids[i]
+		}
+		if opts.Base != "latest" {
+			break
+		}
+	}
+	return r.dr, opts.Base
+}
+
 // prepare loads the state key, chooses the base, resumes or starts the
 // journal, and opens the per-block state.
 func (r *sendRun) prepare(ctx context.Context) error {
@@ -232,9 +256,13 @@ func (r *sendRun) prepare(ctx context.Context) error {
 		return err
 	}
 	if opts.Base != "" {
-		r.dr = openDRStore(opts.StateDir, opts.Dest, r.sources, r.keys)
+		r.dr = openDRStore(opts.StateDir, opts.Dest, r.sources, opts.Label, r.keys)
 		if opts.Base != "none" {
-			base, why, err := r.dr.chooseBase(ctx, r.tr, opts.Base, opts)
+			from, want := r.dr, opts.Base
+			if opts.Label != "" && len(r.dr.tables()) == 0 {
+				from, want = r.formerState(ctx)
+			}
+			base, why, err := from.chooseBase(ctx, r.tr, want, opts)
 			if err != nil {
 				return err
 			}
