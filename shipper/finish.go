@@ -9,7 +9,6 @@ import (
 	"io"
 	"path"
 	"sort"
-	"strings"
 	"sync"
 
 	"golang.org/x/sync/errgroup"
@@ -388,27 +387,28 @@ func objectSizes(ctx context.Context, tr Transport, names []string) (map[string]
 // put, that every base segment its inventory lists is still at the
 // destination at its size. The base was checked when the send started,
 // but a base deleted since (a prune run elsewhere, a lifecycle rule)
-// would give a shipment that exits 0 and cannot be restored. Only each
-// base's segment folder is listed, basesAtOnce bases at a time.
+// would give a shipment that exits 0 and cannot be restored. The segments
+// are found as the shipment's own objects are (objectSizes).
 func (r *sendRun) checkBases(ctx context.Context, inv *archive.Inventory) error {
-	return atonce.Each(len(inv.Bases), basesAtOnce, func(i int) error {
-		b := &inv.Bases[i]
-		sizes := map[string]int64{}
-		err := r.tr.List(ctx, b.ID+"/"+archive.SegmentFolder+"/", func(oi ObjectInfo) error {
-			sizes[strings.TrimPrefix(oi.Name, b.ID+"/")] = oi.Size
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("list %s: %w", b.ID, err)
-		}
+	var names []string
+	for _, b := range inv.Bases {
 		for _, o := range b.Objects {
-			if size, ok := sizes[o.Name]; !ok || size != o.Size {
+			names = append(names, b.ID+"/"+o.Name)
+		}
+	}
+	sizes, err := objectSizes(ctx, r.tr, names)
+	if err != nil {
+		return fmt.Errorf("list the bases of %s: %w", inv.ID, err)
+	}
+	for _, b := range inv.Bases {
+		for _, o := range b.Objects {
+			if size, ok := sizes[b.ID+"/"+o.Name]; !ok || size != o.Size {
 				return fmt.Errorf("%s/%s, a segment of base %s that shipment %s refers to, is missing or of the wrong size at the destination (the next send with --base will be a full one): %w",
 					b.ID, o.Name, b.ID, inv.ID, archive.ErrIntegrity)
 			}
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // removeStrays deletes, once a resumed shipment is complete, what earlier
