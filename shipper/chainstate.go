@@ -23,10 +23,12 @@ type ChainLink struct {
 }
 
 // ChainState is the source's record of one chain, kept in the state
-// directory as chains/<pair>.json (mode 0600, written atomically), <pair>
-// naming the destination and the sources' top-level names as the DR state
-// does. It holds the chain's random id and the last shipment signed in it
-// with the SHA-256 of its statement: no key and nothing of the data.
+// directory as chains/<series>.json (mode 0600, written atomically),
+// <series> naming the destination, the sources' top-level names and the
+// label (send --name) as the DR state does (seriesName): two VMs whose
+// files have the same names keep a chain each. It holds the chain's random
+// id and the last shipment signed in it with the SHA-256 of its statement:
+// no key and nothing of the data.
 //
 // The chain id is random rather than derived from the names so that it
 // tells the destination nothing about them; losing the state starts a new
@@ -47,15 +49,31 @@ type chainRecord struct {
 	LastSHA256 archive.Digest `json:"last_sha256"`
 }
 
-// OpenChainState reads the chain state of sources sent to dest, or starts
-// a new chain (in memory until Record) if there is none or it is damaged.
-func OpenChainState(stateDir, dest string, sources []archive.Source) (*ChainState, error) {
+// OpenChainState reads the chain state of the series of sources sent to
+// dest under label ("" for none), or starts a new chain (in memory until
+// Record) if there is none or it is damaged.
+//
+// A labelled series without a state of its own continues the chain that
+// an earlier coldship kept for its sources whatever their label (one chain
+// for all the labels then): a new chain would make every `receive --into`
+// of the series refuse the next shipment until given --allow-rollback.
+// Its first statement then names that chain's last shipment as its
+// previous, whichever series signed it; the state it records is its own.
+func OpenChainState(stateDir, dest string, sources []archive.Source, label string) (*ChainState, error) {
 	if stateDir == "" {
 		return nil, errors.New("chain state: no state directory")
 	}
-	c := &ChainState{path: filepath.Join(stateDir, "chains", drPair(dest, sources)+".json")}
+	path := func(label string) string {
+		return filepath.Join(stateDir, "chains", seriesName(dest, sources, label)+".json")
+	}
+	c := &ChainState{path: path(label)}
 	fresh := chainRecord{Format: 1, Dest: dest, Chain: archive.NewChainID()}
-	b, err := os.ReadFile(c.path)
+	from := c.path
+	b, err := os.ReadFile(from)
+	if errors.Is(err, fs.ErrNotExist) && label != "" {
+		from = path("")
+		b, err = os.ReadFile(from)
+	}
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		c.rec = fresh
@@ -65,7 +83,7 @@ func OpenChainState(stateDir, dest string, sources []archive.Source) (*ChainStat
 	}
 	if err := json.Unmarshal(b, &c.rec); err != nil || !c.rec.valid(dest) {
 		c.rec = fresh
-		c.restart = fmt.Sprintf("chain state %s is damaged", c.path)
+		c.restart = fmt.Sprintf("chain state %s is damaged", from)
 	}
 	return c, nil
 }

@@ -94,12 +94,19 @@ type drStore struct {
 // state each, or each send would take the other's last shipment for its
 // base and ship in full. An unlabelled series keeps the pair's name alone.
 func openDRStore(stateDir, dest string, sources []archive.Source, label string, keys *stateKeys) *drStore {
+	return &drStore{dir: filepath.Join(stateDir, "dr", seriesName(dest, sources, label)), keys: keys}
+}
+
+// seriesName names the state that a series of sends keeps (its DR state,
+// its signing chain): the pair's name (drPair), and with a label the
+// pair's name and the label together.
+func seriesName(dest string, sources []archive.Source, label string) string {
 	name := drPair(dest, sources)
 	if label != "" {
 		sum := sha256.Sum256([]byte(name + "\n" + label))
 		name = hex.EncodeToString(sum[:16])
 	}
-	return &drStore{dir: filepath.Join(stateDir, "dr", name), keys: keys}
+	return name
 }
 
 // drPair names the state of a destination and a set of sources by the

@@ -100,7 +100,7 @@ func (f *signingFixture) send(t *testing.T, base string, now time.Time) string {
 // --sign-key does.
 func (f *signingFixture) sign(t *testing.T, id string) (shipper.ChainLink, archive.Digest) {
 	t.Helper()
-	cs, err := shipper.OpenChainState(f.state, f.dest, f.sources)
+	cs, err := shipper.OpenChainState(f.state, f.dest, f.sources, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -552,7 +552,7 @@ func TestChainState(t *testing.T) {
 		t.Fatalf("chain state mode %v", fi.Mode())
 	}
 	open := func(sources []archive.Source) *shipper.ChainState {
-		cs, err := shipper.OpenChainState(f.state, f.dest, sources)
+		cs, err := shipper.OpenChainState(f.state, f.dest, sources, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -596,5 +596,63 @@ func TestChainState(t *testing.T) {
 	if got, _ := open(f.sources).Link(ctx, f.tr, b, logf); got.Chain == link.Chain || got.Previous != "" ||
 		len(logs) != 1 || !strings.Contains(logs[0], "damaged") {
 		t.Fatalf("link %+v, logs %q", got, logs)
+	}
+}
+
+// TestChainStatePerLabel: two VMs whose files have the same names, sent
+// to one destination under their own labels, keep a chain each (one chain
+// for both made each statement name the other VM's last shipment as its
+// previous); a labelled series without a chain of its own continues the
+// one an earlier coldship kept for its sources, so that `receive --into`
+// needs no --allow-rollback after the upgrade.
+func TestChainStatePerLabel(t *testing.T) {
+	f := newSigningFixture(t)
+	ctx := context.Background()
+	link := func(label, id string) shipper.ChainLink {
+		t.Helper()
+		cs, err := shipper.OpenChainState(f.state, f.dest, f.sources, label)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := cs.Link(ctx, f.tr, id, t.Errorf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cs.Record(id, archive.Digest{byte(len(id))}); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	now := time.Now().Add(-time.Hour)
+	next := func() string { now = now.Add(time.Second); return f.send(t, "", now) }
+
+	// Without labels, as an earlier coldship kept it for both VMs.
+	x := next()
+	former, _ := f.sign(t, x)
+	a1, b1 := next(), next()
+	if l := link("a", a1); l.Chain != former.Chain || l.Previous != x {
+		t.Fatalf("a's first link after the upgrade %+v: want chain %s after %s", l, former.Chain, x)
+	}
+	if l := link("b", b1); l.Chain != former.Chain || l.Previous != x {
+		t.Fatalf("b's first link after the upgrade %+v: want chain %s after %s", l, former.Chain, x)
+	}
+	a2, b2 := next(), next()
+	if l := link("a", a2); l.Chain != former.Chain || l.Previous != a1 {
+		t.Errorf("a's second link %+v: want the previous %s, a's own", l, a1)
+	}
+	if l := link("b", b2); l.Chain != former.Chain || l.Previous != b1 {
+		t.Errorf("b's second link %+v: want the previous %s, b's own", l, b1)
+	}
+	// The unlabelled series keeps its own.
+	if l := link("", next()); l.Chain != former.Chain || l.Previous != x {
+		t.Errorf("the unlabelled series' link %+v: want the previous %s", l, x)
+	}
+
+	// Labels from the start: a chain each.
+	g := newSigningFixture(t)
+	f.state, f.dest, f.tr, f.sources = g.state, g.dest, g.tr, g.sources
+	la, lb := link("a", next()), link("b", next())
+	if la.Chain == lb.Chain || la.Previous != "" || lb.Previous != "" {
+		t.Errorf("two labels' first links %+v and %+v: want two new chains", la, lb)
 	}
 }

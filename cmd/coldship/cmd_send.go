@@ -253,7 +253,7 @@ func sendShipment(ctx context.Context, s *streams, opts *sendOptions, runner *ho
 		return "", fmt.Errorf("send to %s: %w", tr, err)
 	}
 	if opts.signer != nil {
-		if err := opts.signer.sign(ctx, tr, res.ID, res.Inventory, opts.stateDir, destKey(opts.to), sources, s.logf(opts.output)); err != nil {
+		if err := opts.signer.sign(ctx, tr, res.ID, res.Inventory, opts.stateDir, destKey(opts.to), sources, opts.name, s.logf(opts.output)); err != nil {
 			rep.finish(false, nil, "")
 			return res.ID, fmt.Errorf("shipment %s is complete at %s but not signed: %w", res.ID, tr, err)
 		}

@@ -150,10 +150,10 @@ func (k *sendSigner) Close() {
 
 // sign signs the complete shipment id at tr, whose inventory the send put
 // with SHA-256 inventory, as the next of the chain of these sources to
-// dest (kept in stateDir), and records it there.
+// dest under label (kept in stateDir), and records it there.
 func (k *sendSigner) sign(ctx context.Context, tr shipper.Transport, id string, inventory archive.Digest, stateDir, dest string,
-	sources []archive.Source, log func(string, ...any)) error {
-	chain, err := shipper.OpenChainState(stateDir, dest, sources)
+	sources []archive.Source, label string, log func(string, ...any)) error {
+	chain, err := shipper.OpenChainState(stateDir, dest, sources, label)
 	if err != nil {
 		return err
 	}

@@ -405,3 +405,30 @@ func TestSendSignInterruptedAgent(t *testing.T) {
 		}
 	}
 }
+
+// TestSendSignedPerLabel: two VMs whose images have the same file name,
+// sent to one destination under their own --name, each sign in a chain of
+// their own: each statement names the VM's own last shipment as its
+// previous, not the other VM's.
+func TestSendSignedPerLabel(t *testing.T) {
+	key, _ := sshKeygen(t, "ed25519", "")
+	_, rcpt := keypair(t)
+	dir := t.TempDir()
+	dest := filepath.Join(dir, "dest")
+	send := func(vm string) string {
+		src := filepath.Join(dir, vm, "disk.img")
+		if _, err := os.Stat(src); err != nil {
+			os.MkdirAll(filepath.Dir(src), 0o755)
+			makeImage(t, src, 256<<10, region{0, 128 << 10, "random"})
+		}
+		return strings.TrimSpace(mustRun(t, "send", src, "--to", dest, "-r", rcpt, "-q", "--name", vm, "--sign-key", key).stdout)
+	}
+	a1, b1, a2, b2 := send("a"), send("b"), send("a"), send("b")
+	sa1, sb1, sa2, sb2 := statementOf(t, dest, a1), statementOf(t, dest, b1), statementOf(t, dest, a2), statementOf(t, dest, b2)
+	if sa1.Chain == sb1.Chain || sa2.Chain != sa1.Chain || sb2.Chain != sb1.Chain {
+		t.Errorf("chains: a %s then %s, b %s then %s; want one for each VM", sa1.Chain, sa2.Chain, sb1.Chain, sb2.Chain)
+	}
+	if sa2.Previous != a1 || sb2.Previous != b1 {
+		t.Errorf("previous of a's second %q (want %s), of b's second %q (want %s)", sa2.Previous, a1, sb2.Previous, b1)
+	}
+}
