@@ -471,3 +471,71 @@ func TestReceiveForgedExitCodes(t *testing.T) {
 		t.Errorf("verify of a shipment that is not there: exit %d, %s", res.code, res.stderr)
 	}
 }
+
+// TestReceiveIntoDoesNotFit: an update (--into) whose shipment holds more
+// data than the folder's file system has room for, beyond what the held
+// files already allocate, is refused before anything changes (exit 1,
+// naming the folder), as a fresh restore is; an update of the same size
+// goes ahead though the file system could not hold the image twice. On an
+// 8 MiB tmpfs of its own.
+func TestReceiveIntoDoesNotFit(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small file system")
+	}
+	dir := t.TempDir()
+	key, rcpt := keypair(t)
+	r, _ := age.ParseX25519Recipient(rcpt)
+	dest := filepath.Join(dir, "dest")
+	const bs = 1 << 20
+	now := time.Now().Add(-time.Hour)
+	write := func(seed byte, blocks int64) string {
+		now = now.Add(time.Second)
+		var data []int64
+		for b := range blocks {
+			data = append(data, b)
+		}
+		files := []v3test.File{{Path: "disk.img", Size: 64 << 20, Blocks: data, Content: v3test.Pattern(seed, "d")}}
+		id, err := v3test.Write(dest, files, v3test.Options{BlockSize: bs, Recipients: []age.Recipient{r}, Now: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	first, tooMuch, same := write(1, 5), write(2, 12), write(3, 5)
+	into := filepath.Join(dir, "restore")
+	if err := os.Mkdir(into, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", into).CombinedOutput(); err != nil {
+		t.Fatalf("mount a tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", into).Run() })
+	held := func() (state, shipment string) {
+		t.Helper()
+		ms, _ := filepath.Glob(filepath.Join(into, ".coldship-restore-*.json"))
+		if len(ms) != 1 {
+			t.Fatalf("restore markers in %s: %v", into, ms)
+		}
+		var m struct{ State, Shipment string }
+		if err := json.Unmarshal(mustReadFile(t, ms[0]), &m); err != nil {
+			t.Fatal(err)
+		}
+		return m.State, m.Shipment
+	}
+	mustRun(t, "receive", dest, first, "--into", into, "-i", key, "-q")
+	res := run(t, "receive", dest, tooMuch, "--into", into, "-i", key)
+	if res.code != exitError || !strings.Contains(res.stderr, "needs") || !strings.Contains(res.stderr, into) {
+		t.Fatalf("exit %d, want %d naming %s and what it needs; stderr: %s", res.code, exitError, into, res.stderr)
+	}
+	if left, _ := filepath.Glob(filepath.Join(into, ".*.coldship-*")); len(left) != 0 {
+		t.Errorf("files left aside or temporary: %v", left)
+	}
+	if state, id := held(); id != first || state != "done" {
+		t.Errorf("the refused update left the restore %s of %s, want done of %s", state, id, first)
+	}
+	mustRun(t, "receive", dest, same, "--into", into, "-i", key, "-q")
+	if state, id := held(); id != same || state != "done" {
+		t.Errorf("after the update that fits: %s of %s, want done of %s", state, id, same)
+	}
+	mustRun(t, "verify", dest, same, "-i", key, "-q")
+}

@@ -55,7 +55,7 @@ func (w *Writer) openFresh(ctx context.Context) error {
 		}
 		w.rec.Files = append(w.rec.Files, recordFile{Path: f.meta.Path, Temp: f.temp, Blocks: f.blocks})
 	}
-	if err := w.checkSpace(); err != nil {
+	if err := w.checkSpace(false); err != nil {
 		return err
 	}
 	// Recorded before anything is created: a receive killed from here on

@@ -35,6 +35,9 @@ func (w *Writer) openUpdate(ctx context.Context) error {
 	if err := w.checkAsideNames(); err != nil {
 		return err
 	}
+	if err := w.checkSpace(true); err != nil {
+		return err
+	}
 	for _, i := range w.dirs {
 		if err := w.clearOldFile(w.sh.Files[i].Path); err != nil {
 			return err
