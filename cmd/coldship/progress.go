@@ -10,6 +10,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/internal/units"
 	"github.com/coldship/coldship/shipper"
 )
 
@@ -238,18 +239,7 @@ func (r *reporter) finish(ok bool, summary map[string]any, line string) {
 }
 
 // humanBytes formats n in IEC units: 512 B, 1.5 KiB, 3.0 GiB.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+func humanBytes(n int64) string { return units.IEC(n) }
 
 // parseSize parses sizes such as 1048576, 1M, 4MiB, 512k. K, M and G are
 // powers of two (KiB, MiB, GiB) whether written with the i or not.

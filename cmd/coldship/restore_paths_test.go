@@ -524,7 +524,7 @@ func TestReceiveIntoDoesNotFit(t *testing.T) {
 	}
 	mustRun(t, "receive", dest, first, "--into", into, "-i", key, "-q")
 	res := run(t, "receive", dest, tooMuch, "--into", into, "-i", key)
-	if res.code != exitError || !strings.Contains(res.stderr, "needs") || !strings.Contains(res.stderr, into) {
+	if res.code != exitError || !strings.Contains(res.stderr, "needs 7.0 MiB more") || !strings.Contains(res.stderr, into) {
 		t.Fatalf("exit %d, want %d naming %s and what it needs; stderr: %s", res.code, exitError, into, res.stderr)
 	}
 	if left, _ := filepath.Glob(filepath.Join(into, ".*.coldship-*")); len(left) != 0 {

@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/internal/units"
 )
 
 // dataBytes returns the bytes of data the shipment says file f holds
@@ -47,7 +48,8 @@ func (w *Writer) checkSpace(update bool) error {
 	}
 	free := int64(fs.Bavail) * fs.Bsize
 	if need > free {
-		return fmt.Errorf("%s: the restore needs %d more bytes for the shipment's data, its file system has %d free", w.t.path, need, free)
+		return fmt.Errorf("%s: the restore needs %s more for the shipment's data (%d bytes), its file system has %s free (%d bytes)",
+			w.t.path, units.IEC(need), need, units.IEC(free), free)
 	}
 	return nil
 }
