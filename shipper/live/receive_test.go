@@ -57,7 +57,7 @@ func startScripted(t *testing.T) *scripted {
 		t.Fatal(err)
 	}
 	s.write(appendFrame(nil, frameKey, appendKey(nil, s.id, wrapped)))
-	s.sealed(frameSession, 0, marshal(sessionMsg{Format: Protocol, ID: s.id, BlockSize: testBS, Compression: "none"}))
+	s.sealed(frameSession, 0, marshal(sessionMsg{Format: Protocol, ID: s.id, BlockSize: testBS, Compression: "none", TimeoutMS: 60000}))
 	s.reply(replyReady, &readyMsg{})
 	return s
 }
@@ -69,6 +69,9 @@ func (s *scripted) write(b []byte) {
 func (s *scripted) reply(kind byte, v any) {
 	s.t.Helper()
 	fr, err := readFrame(s.r, replyKinds, nil)
+	for err == nil && fr.kind == replyBeat {
+		fr, err = readFrame(s.r, replyKinds, nil)
+	}
 	if err != nil {
 		s.t.Fatalf("reply: %v", err)
 	}
