@@ -1,6 +1,7 @@
 package live
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -173,7 +174,11 @@ func asReplies(out io.Writer) *Replies {
 	return NewReplies(out)
 }
 
+// errPeerSilent marks the failure of a peer that fell silent: it will not
+// take what is still to write, or report how it ended.
+var errPeerSilent = errors.New("stopped answering")
+
 // errSilent is the error of a peer that has been silent for timeout.
 func errSilent(who string, timeout time.Duration) error {
-	return fmt.Errorf("%s stopped answering: heard nothing from it for %s (stopped, hung, or its link dropped)", who, timeout)
+	return fmt.Errorf("%s %w: heard nothing from it for %s (stopped, hung, or its link dropped)", who, errPeerSilent, timeout)
 }

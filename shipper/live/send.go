@@ -281,7 +281,7 @@ func Send(ctx context.Context, peer Peer, sources []archive.Source, opts SendOpt
 
 	res, err := s.run(ctx)
 	if err == nil {
-		s.shutdown()
+		s.shutdown(false)
 		res.Duration = time.Since(start)
 		return res, nil
 	}
@@ -292,7 +292,7 @@ func Send(ctx context.Context, peer Peer, sources []archive.Source, opts SendOpt
 // receiver's own report when it sent one, since a broken link is usually
 // its consequence.
 func (s *sendSession) failed(ctx context.Context, err error) error {
-	defer s.shutdown()
+	defer func() { s.shutdown(errors.Is(context.Cause(ctx), errPeerSilent)) }()
 	var re *RemoteError
 	if errors.As(context.Cause(ctx), &re) || errors.As(err, &re) {
 		return re
@@ -355,13 +355,17 @@ func writeTimeout(w io.Writer, b []byte, d time.Duration) {
 	}
 }
 
-// shutdown stops the lanes' writers and closes the TCP lanes.
-func (s *sendSession) shutdown() {
+// shutdown stops the lanes' writers and closes the TCP lanes. A receiver
+// that fell silent takes nothing more: its writers are not waited for.
+func (s *sendSession) shutdown(silent bool) {
 	for _, c := range s.conns {
 		c.Close()
 	}
 	for _, l := range s.lanes {
 		l.abort("")
+	}
+	if silent {
+		return
 	}
 	// Let the writers finish the frame in hand, so that the caller may
 	// end the control channel; one stuck on a receiver that stopped
