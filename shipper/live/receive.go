@@ -149,6 +149,12 @@ func (r *receiver) start(ctx context.Context, br *bufio.Reader) {
 // On any failure nothing is left at a final name. The caller then tells
 // the sender the outcome with ReplyDone or ReplyError.
 //
+// Once the session is described, Receive sends heartbeats on out and
+// fails if a read from in waits for the session's timeout without a
+// byte (the sender stopped). Given Replies (NewReplies), it leaves the
+// heartbeats running when it returns, so that the sender hears the
+// receiver while the caller runs its post-receive hooks.
+//
 // Receive does not close in or out. A read from in that cannot be
 // interrupted may outlive it, on a goroutine that touches nothing else.
 func Receive(ctx context.Context, in io.Reader, out io.Writer, opts ReceiveOptions) (res *ReceiveResult, err error) {

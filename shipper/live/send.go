@@ -297,7 +297,7 @@ func (s *sendSession) failed(ctx context.Context, err error) error {
 	if errors.As(context.Cause(ctx), &re) || errors.As(err, &re) {
 		return re
 	}
-	if cause := context.Cause(ctx); errors.Is(cause, errLink) {
+	if cause := context.Cause(ctx); errors.Is(cause, errPeerSilent) {
 		// The receiver fell silent: whatever stopped on that says less.
 		err = cause
 	}
