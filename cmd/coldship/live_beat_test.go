@@ -28,7 +28,8 @@ func aliveConfig(t *testing.T) {
 
 // stoppedReceiver runs a live send whose receiver is stopped (SIGSTOP)
 // once its pre-switchover hook runs, before the final round, and returns
-// how the send ended. The receiver is continued before it returns.
+// how the send ended. The receiver is continued before it returns, and
+// has exited.
 func stoppedReceiver(t *testing.T, dir, img string, args ...string) result {
 	t.Helper()
 	hookDir := t.TempDir()
@@ -43,14 +44,20 @@ func stoppedReceiver(t *testing.T, dir, img string, args ...string) result {
 	syscall.Kill(pid, syscall.SIGSTOP)
 	defer syscall.Kill(pid, syscall.SIGCONT)
 	os.WriteFile(goOn, nil, 0o644)
+	var r result
 	select {
-	case r := <-done:
-		return r
+	case r = <-done:
 	case <-time.After(3 * time.Minute): // a guard against hanging the suite, not a timing
 		syscall.Kill(pid, syscall.SIGCONT)
 		t.Fatal("send --live still blocked on a stopped receiver")
 	}
-	return result{}
+	if _, err := os.Stat(filepath.Join(dir, "disk.img")); err == nil {
+		t.Error("disk.img is at its final name")
+	}
+	// Continued, it finds its input closed: it cleans up and exits.
+	syscall.Kill(pid, syscall.SIGCONT)
+	waitExited(t, pid, "its sender gave up")
+	return r
 }
 
 // TestLiveReceiverStopped: a receiver stopped with SIGSTOP, which sshd
@@ -83,10 +90,7 @@ func TestLiveReceiverStopped(t *testing.T) {
 			if r.code != exitError || !strings.Contains(r.stderr, want) {
 				t.Errorf("exit %d, want 1 saying %q:\n%s", r.code, want, r.stderr)
 			}
-			if _, err := os.Stat(filepath.Join(dir, "disk.img")); err == nil {
-				t.Error("disk.img is at its final name")
-			}
-			waitEmpty(t, dir) // continued: its input is closed
+			waitEmpty(t, dir)
 		})
 	}
 }

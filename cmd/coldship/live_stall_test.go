@@ -54,6 +54,7 @@ func TestLiveTCPStall(t *testing.T) {
 		t.Errorf("exit %d, want 1 naming the stalled data connection or the silent receiver:\n%s", r.code, r.stderr)
 	}
 	syscall.Kill(pid, syscall.SIGCONT)
+	waitExited(t, pid, "its sender gave up")
 	waitEmpty(t, dir)
 }
 
