@@ -205,3 +205,30 @@ func testRecipient(t *testing.T) string {
 	}
 	return ident.Recipient().String()
 }
+
+// TestReceiveSenderStoppedBeforeSession: a sender that stops before it
+// describes the session (it sends that as soon as it has the hello) is
+// given helloTimeout, not forever.
+func TestReceiveSenderStoppedBeforeSession(t *testing.T) {
+	defer func(d time.Duration) { helloTimeout = d }(helloTimeout)
+	helloTimeout = 200 * time.Millisecond
+	toRecvR, toRecvW := io.Pipe()
+	toSendR, toSendW := io.Pipe()
+	defer toRecvW.Close()
+	defer toSendR.Close()
+	go io.Copy(io.Discard, toSendR)
+	done := make(chan error, 1)
+	go func() {
+		_, err := Receive(context.Background(), toRecvR, toSendW, ReceiveOptions{Dir: filepath.Join(t.TempDir(), "out"), Jobs: 1})
+		done <- err
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(guard):
+		t.Fatal("Receive still waits for a sender that stopped before the session")
+	}
+	if err == nil || !strings.Contains(err.Error(), "the sender stopped answering: heard nothing from it for 200ms") {
+		t.Fatalf("Receive: %v; want the sender's silence", err)
+	}
+}

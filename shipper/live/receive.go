@@ -201,6 +201,9 @@ func Receive(ctx context.Context, in io.Reader, out io.Writer, opts ReceiveOptio
 	}()
 
 	br := bufio.NewReaderSize(watch, 256<<10)
+	// Until the session says how long to wait, a sender that stopped
+	// before describing it is given helloTimeout.
+	watch.arm(helloTimeout)
 	if err := r.handshake(ctx, br); err != nil {
 		return nil, err
 	}
@@ -278,7 +281,7 @@ func (r *receiver) handshake(ctx context.Context, br *bufio.Reader) error {
 	if err := r.reply(replyHello, helloMsg{Protocol: Protocol, Recipient: identity.Recipient().String(), Version: r.opts.Version}); err != nil {
 		return err
 	}
-	fr, err := readFrame(br, sessionKinds, nil)
+	fr, err := r.handshakeFrame(br, sessionKinds)
 	if err != nil {
 		return streamError(err, "before the session started")
 	}
@@ -298,7 +301,7 @@ func (r *receiver) handshake(ctx context.Context, br *bufio.Reader) error {
 	// A heartbeat may come first: the sender's writer of lane 0 puts them
 	// before the frames it holds.
 	for fr.kind != frameSession {
-		if fr, err = readFrame(br, "SAP", nil); err != nil {
+		if fr, err = r.handshakeFrame(br, "SAP"); err != nil {
 			return streamError(err, "before the session started")
 		}
 		if fr.kind == frameAbort {
@@ -328,6 +331,27 @@ func (r *receiver) handshake(ctx context.Context, br *bufio.Reader) error {
 	r.bs = s.BlockSize
 	r.codec, err = archive.NewCodec(r.key, id, archive.FormatV3, s.Compression == "zstd", r.opts.Jobs)
 	return err
+}
+
+// handshakeFrame reads the next frame of the handshake, unless the sender
+// falls silent first: the read, which cannot be interrupted, is then left
+// to end on its own, touching nothing else.
+func (r *receiver) handshakeFrame(br *bufio.Reader, allowed string) (frame, error) {
+	type read struct {
+		fr  frame
+		err error
+	}
+	c := make(chan read, 1)
+	go func() {
+		fr, err := readFrame(br, allowed, nil)
+		c <- read{fr, err}
+	}()
+	select {
+	case got := <-c:
+		return got.fr, got.err
+	case <-r.failed:
+		return frame{}, r.failErr
+	}
 }
 
 // maxRecord is the longest sealed record of a block of bs bytes: its

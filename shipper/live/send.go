@@ -29,8 +29,10 @@ const DefaultMaxRounds = 30
 // an SSH connection's default keepalives (15 s × 3).
 const DefaultStallTimeout = 45 * time.Second
 
-// helloTimeout bounds the wait for a receiver that was just started.
-const helloTimeout = 60 * time.Second
+// helloTimeout bounds the wait for a receiver that was just started, and
+// the receiver's wait for the session's description, which the sender
+// sends as soon as it has the hello (a variable for tests).
+var helloTimeout = 60 * time.Second
 
 // Peer is the far end of a session: a `coldship receive --live` whose
 // standard output is In and standard input is Out (see StartRemote).
