@@ -10,7 +10,7 @@ package archive
 // dropped, moved to another lane or carried over from an earlier round
 // fails to open. docs/LIVE.md specifies the protocol.
 //
-// Protocol 2 carries format 3 block records: the payload of a block record
+// Protocols 2 and 3 carry format 3 block records: the payload of a block record
 // is the block's form (see FormBuilder), or a zstd frame of it, so a block
 // that is mostly hole costs what it holds in data on the wire and at the
 // receiver; the live manifest's whole-file digest is format 3's (see
@@ -30,9 +30,10 @@ import (
 const liveContextPrefix = "coldship/v3/live\x00"
 
 // LiveFormat is the version of the live protocol and of its manifest.
-// Version 1 carried dense blocks under "coldship/v1/live" contexts; peers of
-// different versions refuse each other at the hello.
-const LiveFormat = 2
+// Version 1 carried dense blocks under "coldship/v1/live" contexts; version
+// 3 added heartbeats; peers of different versions refuse each other at the
+// hello.
+const LiveFormat = 3
 
 // LiveBlock is the kind byte of a block record in live contexts.
 const LiveBlock = 'D'

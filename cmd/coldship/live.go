@@ -160,6 +160,7 @@ func startReceiver(client *ssh.Client, cfg sftp.Config, lo *liveOptions, lockWai
 		return nil, live.Peer{}, 0, err
 	}
 	peer := remote.Peer()
+	peer.Host = cfg.Host
 	peer.Dial = liveDial
 	if lo.data == "ssh" {
 		var forwards bool
@@ -345,7 +346,10 @@ func runLiveReceive(ctx context.Context, s *streams, opts *receiveOptions) error
 	env := hooks.Env{Dest: opts.dest, Out: opts.out}
 	cnt := new(shipper.Counters)
 	rep := startProgress(s, "receive", opts.output, cnt, movedShipped)
-	res, err := live.Receive(ctx, s.in, s.out, live.ReceiveOptions{
+	// The receiver's heartbeats go on through its post-receive hooks, until
+	// the sender is told the outcome.
+	out := live.NewReplies(s.out)
+	res, err := live.Receive(ctx, s.in, out, live.ReceiveOptions{
 		Version: version,
 		Dir:     opts.out, Force: opts.force, Jobs: opts.jobs, Listen: listen, Advertise: advertise,
 		ReadBack: opts.readBack, NoSameOwner: opts.noSameOwner, LockWait: opts.run.lockWait,
@@ -360,7 +364,7 @@ func runLiveReceive(ctx context.Context, s *streams, opts *receiveOptions) error
 	})
 	if err != nil {
 		rep.finish(false, nil, "")
-		live.ReplyError(s.out, exitCode(err), err)
+		live.ReplyError(out, exitCode(err), err)
 		return onFailure(ctx, s, runner, env, err)
 	}
 	rep.finish(true, map[string]any{
@@ -370,10 +374,10 @@ func runLiveReceive(ctx context.Context, s *streams, opts *receiveOptions) error
 	env.Files = res.Files
 	if err := runner.Run(ctx, hooks.PostReceive, env); err != nil {
 		err = hookErr(fmt.Errorf("shipment %s is restored in %s and kept, but %w", res.ID, opts.out, err))
-		live.ReplyError(s.out, exitCode(err), err)
+		live.ReplyError(out, exitCode(err), err)
 		return onFailure(ctx, s, runner, env, err)
 	}
-	return live.ReplyDone(s.out, res.Files)
+	return live.ReplyDone(out, res.Files)
 }
 
 // liveListener returns how to listen for TCP lanes, and the host to tell

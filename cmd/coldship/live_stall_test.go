@@ -16,17 +16,14 @@ import (
 
 // TestLiveTCPStall stops the receiver (SIGSTOP) while the sender streams
 // to it over TCP lanes: sshd still answers the SSH connection's
-// keepalives, so only the lanes can tell. The send must fail, naming the
-// data connection, once a lane has taken nothing for ServerAliveInterval
-// × ServerAliveCountMax (here 1 s × 2), rather than block forever; and
-// the receiver, continued, cleans up.
+// keepalives. The send must fail once a lane has taken nothing, or the
+// receiver sent no heartbeat, for ServerAliveInterval ×
+// ServerAliveCountMax (here 1 s × 2: both rules have the same timeout,
+// and either may tell first), rather than block forever; and the
+// receiver, continued, cleans up.
 func TestLiveTCPStall(t *testing.T) {
 	_, dir, to, flags := liveEnv(t)
-	home := os.Getenv("HOME")
-	os.MkdirAll(filepath.Join(home, ".ssh"), 0o700)
-	if err := os.WriteFile(filepath.Join(home, ".ssh", "config"), []byte("Host *\n  ServerAliveInterval 1\n  ServerAliveCountMax 2\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	aliveConfig(t)
 	img := filepath.Join(t.TempDir(), "disk.img")
 	// More than the lanes' socket buffers hold, so that writes block.
 	makeImage(t, img, 96<<20, region{0, 96 << 20, "random"})
@@ -51,10 +48,13 @@ func TestLiveTCPStall(t *testing.T) {
 		syscall.Kill(pid, syscall.SIGCONT)
 		t.Fatal("send --live --data tcp still blocked on a stopped receiver")
 	}
-	if r.code != exitError || !strings.Contains(r.stderr, "data connection") || !strings.Contains(r.stderr, "took nothing for 2s") {
-		t.Errorf("exit %d, want 1 naming the stalled data connection:\n%s", r.code, r.stderr)
+	stalled := strings.Contains(r.stderr, "data connection") && strings.Contains(r.stderr, "took nothing for 2s")
+	silent := strings.Contains(r.stderr, "stopped answering: heard nothing from it for 2s")
+	if r.code != exitError || !stalled && !silent {
+		t.Errorf("exit %d, want 1 naming the stalled data connection or the silent receiver:\n%s", r.code, r.stderr)
 	}
 	syscall.Kill(pid, syscall.SIGCONT)
+	waitExited(t, pid, "its sender gave up")
 	waitEmpty(t, dir)
 }
 
@@ -126,14 +126,7 @@ func TestLiveSenderKilled(t *testing.T) {
 			pid := liveReceiverPID(t, dir)
 			cmd.Process.Signal(syscall.SIGKILL)
 			cmd.Wait()
-			for deadline := time.Now().Add(30 * time.Second); syscall.Kill(pid, 0) == nil; time.Sleep(20 * time.Millisecond) {
-				if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); strings.Contains(string(b), ") Z ") {
-					break // exited, not yet reaped
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("the receiver (pid %d) still runs after its sender was killed", pid)
-				}
-			}
+			waitExited(t, pid, "its sender was killed")
 			waitEmpty(t, dir)
 		})
 	}

@@ -8,7 +8,7 @@
 // blocks that changed, so that the VM is paused only for the last round.
 //
 // The package owns the protocol (frames, the key handoff, lanes and their
-// binding to the session, rounds, the manifest of a session) and both
+// binding to the session, rounds, heartbeats, the manifest of a session) and both
 // engines: Send and Receive. StartRemote runs the receiver over an SSH
 // connection. docs/LIVE.md specifies every byte.
 //

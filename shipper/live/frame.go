@@ -29,12 +29,14 @@ const (
 	frameManifest byte = 'M' // sealed archive.LiveManifest
 	frameHello    byte = 'H' // u32be(lane) || sealed empty message
 	frameAbort    byte = 'A' // unsealed: why the sender gave up
+	frameBeat     byte = 'P' // unsealed, empty: the sender is alive
 
 	replyHello byte = 'h' // helloMsg
 	replyReady byte = 'r' // readyMsg
 	replyAck   byte = 'a' // ackMsg
 	replyDone  byte = 'd' // doneMsg
 	replyError byte = 'x' // errorMsg
+	replyBeat  byte = 'p' // empty: the receiver is alive
 )
 
 const (
@@ -50,10 +52,10 @@ const (
 // Kinds allowed on each path.
 const (
 	sessionKinds = "KA"
-	controlKinds = "SBDEMA"
+	controlKinds = "SBDEMAP"
 	laneKinds    = "DL"
 	helloKinds   = "H"
-	replyKinds   = "hradx"
+	replyKinds   = "hradxp"
 )
 
 // maxBody bounds a frame's body by kind, so that a peer cannot make the
@@ -77,6 +79,8 @@ func maxBody(kind byte) int {
 		return 64 << 10
 	case replyDone:
 		return 64 << 20
+	case frameBeat, replyBeat:
+		return 0
 	}
 	return -1
 }
@@ -253,6 +257,10 @@ type sessionMsg struct {
 	BlockSize   int64     `json:"block_size"`
 	Compression string    `json:"compression"`
 	Lanes       int       `json:"lanes"` // TCP lanes; 0: blocks travel on lane 0
+	// TimeoutMS is how long, in milliseconds, either end may hear nothing
+	// from the other before it gives the session up; each sends a
+	// heartbeat every third of it.
+	TimeoutMS int64 `json:"timeout_ms"`
 }
 
 // readyMsg tells the sender where to open its TCP lanes: Port on Host, or

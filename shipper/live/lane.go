@@ -24,6 +24,7 @@ type outLane struct {
 	next    uint64 // next position to write
 	pending map[uint64]outFrame
 	idle    bool   // everything up to next is written and flushed
+	beating bool   // a heartbeat is due, ahead of the pending frames
 	blocks  uint64 // block frames in the current round
 	err     error  // sticky write error
 	aborted bool
@@ -91,6 +92,16 @@ func (l *outLane) run() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for {
+		if l.beating && !l.aborted && l.err == nil {
+			l.beating, l.idle = false, false
+			l.mu.Unlock()
+			_, err := l.w.Write(beatFrame)
+			l.mu.Lock()
+			if err != nil {
+				l.fail(err)
+			}
+			continue
+		}
 		f, ok := l.pending[l.next]
 		if !ok {
 			if l.aborted || l.err != nil {
@@ -174,6 +185,18 @@ func (l *outLane) roundBlocks() uint64 {
 	b := l.blocks
 	l.blocks = 0
 	return b
+}
+
+var beatFrame = appendFrame(nil, frameBeat, nil)
+
+// beat has a heartbeat written after the frame being written, ahead of
+// the frames waiting, and flushed. It never blocks: a writer stuck on a
+// peer that takes nothing has a heartbeat due, and needs no more.
+func (l *outLane) beat() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.beating = true
+	l.cond.Broadcast()
 }
 
 // abort stops the lane: frames not yet written are dropped and, on lane 0,

@@ -14,18 +14,21 @@ import (
 // coldship version at each end.
 func TestProtocolMismatchNamesVersions(t *testing.T) {
 	for _, tc := range []struct {
-		name, theirs, want string
+		name, theirs string
+		protocol     int
+		want         string
 	}{
-		{"older receiver with a version", "v0.9.0", "the receiver runs coldship v0.9.0, which speaks live protocol 1; this coldship (v1.0.0) speaks protocol 2"},
-		{"receiver of protocol 1", "", "the receiver runs coldship an older version, which speaks live protocol 1"},
+		{"receiver of protocol 2, without heartbeats", "v0.9.5", 2, "the receiver runs coldship v0.9.5, which speaks live protocol 2; this coldship (v1.0.0) speaks protocol 3"},
+		{"older receiver with a version", "v0.9.0", 1, "the receiver runs coldship v0.9.0, which speaks live protocol 1; this coldship (v1.0.0) speaks protocol 3"},
+		{"receiver of protocol 1", "", 1, "the receiver runs coldship an older version, which speaks live protocol 1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			hello := appendFrame(nil, replyHello, marshal(helloMsg{Protocol: 1, Recipient: "age1x", Version: tc.theirs}))
+			hello := appendFrame(nil, replyHello, marshal(helloMsg{Protocol: tc.protocol, Recipient: "age1x", Version: tc.theirs}))
 			var sent bytes.Buffer
 			_, err := Send(context.Background(), Peer{In: io.MultiReader(bytes.NewReader(hello), blockForever{}), Out: &sent},
 				nil, SendOptions{Version: "v1.0.0"})
 			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "--remote-coldship") {
-				t.Fatalf("Send to a protocol 1 receiver: %v; want it to say %q", err, tc.want)
+				t.Fatalf("Send to a protocol %d receiver: %v; want it to say %q", tc.protocol, err, tc.want)
 			}
 			// Nothing but an abort: no key was handed over.
 			for b := sent.Bytes(); len(b) >= frameHeaderSize; {

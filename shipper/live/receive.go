@@ -149,6 +149,12 @@ func (r *receiver) start(ctx context.Context, br *bufio.Reader) {
 // On any failure nothing is left at a final name. The caller then tells
 // the sender the outcome with ReplyDone or ReplyError.
 //
+// Once the session is described, Receive sends heartbeats on out and
+// fails if a read from in waits for the session's timeout without a
+// byte (the sender stopped). Given Replies (NewReplies), it leaves the
+// heartbeats running when it returns, so that the sender hears the
+// receiver while the caller runs its post-receive hooks.
+//
 // Receive does not close in or out. A read from in that cannot be
 // interrupted may outlive it, on a goroutine that touches nothing else.
 func Receive(ctx context.Context, in io.Reader, out io.Writer, opts ReceiveOptions) (res *ReceiveResult, err error) {
@@ -169,10 +175,17 @@ func Receive(ctx context.Context, in io.Reader, out io.Writer, opts ReceiveOptio
 		return nil, err
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
-	r := &receiver{opts: opts, out: out, dir: dir, cancel: cancel, failed: make(chan struct{})}
+	replies := asReplies(out)
+	if replies != out {
+		// Nobody else can end the heartbeats of our own Replies.
+		defer replies.stopBeats()
+	}
+	r := &receiver{opts: opts, out: replies, dir: dir, cancel: cancel, failed: make(chan struct{})}
 	r.gate.cond.L = &r.gate.mu
 	stopGate := context.AfterFunc(ctx, r.gate.close)
+	watch := newSilence(in, func(timeout time.Duration) { r.fail(fmt.Errorf("live: %w", errSilent("the sender", timeout))) })
 	defer func() {
+		watch.stop()
 		cancel(nil)
 		stopGate()
 		r.gate.close()
@@ -187,10 +200,16 @@ func Receive(ctx context.Context, in io.Reader, out io.Writer, opts ReceiveOptio
 		r.w.Close(false)
 	}()
 
-	br := bufio.NewReaderSize(in, 256<<10)
+	br := bufio.NewReaderSize(watch, 256<<10)
+	// Until the session says how long to wait, a sender that stopped
+	// before describing it is given helloTimeout.
+	watch.arm(helloTimeout)
 	if err := r.handshake(ctx, br); err != nil {
 		return nil, err
 	}
+	timeout := time.Duration(r.sess.TimeoutMS) * time.Millisecond
+	replies.beat(beatInterval(timeout))
+	watch.arm(timeout)
 	if opts.PreReceive != nil {
 		if err := opts.PreReceive(ctx, r.id); err != nil {
 			return nil, err
@@ -225,16 +244,16 @@ func Receive(ctx context.Context, in io.Reader, out io.Writer, opts ReceiveOptio
 }
 
 // ReplyDone tells the sender that the shipment is restored as files.
+// Replies given to Receive stop their heartbeats.
 func ReplyDone(out io.Writer, files []string) error {
-	_, err := out.Write(appendFrame(nil, replyDone, marshal(doneMsg{Files: files})))
-	return err
+	return asReplies(out).last(appendFrame(nil, replyDone, marshal(doneMsg{Files: files})))
 }
 
 // ReplyError tells the sender that the session failed and how the
-// receiver exits (code, as the command's exit status).
+// receiver exits (code, as the command's exit status). Replies given to
+// Receive stop their heartbeats.
 func ReplyError(out io.Writer, code int, err error) error {
-	_, werr := out.Write(appendFrame(nil, replyError, marshal(errorMsg{Code: code, Message: err.Error()})))
-	return werr
+	return asReplies(out).last(appendFrame(nil, replyError, marshal(errorMsg{Code: code, Message: err.Error()})))
 }
 
 func (r *receiver) fail(err error) {
@@ -262,7 +281,7 @@ func (r *receiver) handshake(ctx context.Context, br *bufio.Reader) error {
 	if err := r.reply(replyHello, helloMsg{Protocol: Protocol, Recipient: identity.Recipient().String(), Version: r.opts.Version}); err != nil {
 		return err
 	}
-	fr, err := readFrame(br, sessionKinds, nil)
+	fr, err := r.handshakeFrame(br, sessionKinds)
 	if err != nil {
 		return streamError(err, "before the session started")
 	}
@@ -279,11 +298,15 @@ func (r *receiver) handshake(ctx context.Context, br *bufio.Reader) error {
 		return fmt.Errorf("live: shipment key: %v: %w", err, archive.ErrIntegrity)
 	}
 	r.id = id
-	if fr, err = readFrame(br, "SA", nil); err != nil {
-		return streamError(err, "before the session started")
-	}
-	if fr.kind == frameAbort {
-		return abortError(fr.body)
+	// A heartbeat may come first: the sender's writer of lane 0 puts them
+	// before the frames it holds.
+	for fr.kind != frameSession {
+		if fr, err = r.handshakeFrame(br, "SAP"); err != nil {
+			return streamError(err, "before the session started")
+		}
+		if fr.kind == frameAbort {
+			return abortError(fr.body)
+		}
 	}
 	plain, err := r.openControl(fr, frameSession, 0)
 	if err != nil {
@@ -302,10 +325,33 @@ func (r *receiver) handshake(ctx context.Context, br *bufio.Reader) error {
 		return errFrame("compression %q", s.Compression)
 	case s.Lanes < 0 || s.Lanes > maxLanes:
 		return errFrame("%d lanes", s.Lanes)
+	case s.TimeoutMS < minTimeout.Milliseconds() || s.TimeoutMS > maxTimeout.Milliseconds():
+		return errFrame("timeout of %d ms", s.TimeoutMS)
 	}
 	r.bs = s.BlockSize
 	r.codec, err = archive.NewCodec(r.key, id, archive.FormatV3, s.Compression == "zstd", r.opts.Jobs)
 	return err
+}
+
+// handshakeFrame reads the next frame of the handshake, unless the sender
+// falls silent first: the read, which cannot be interrupted, is then left
+// to end on its own, touching nothing else.
+func (r *receiver) handshakeFrame(br *bufio.Reader, allowed string) (frame, error) {
+	type read struct {
+		fr  frame
+		err error
+	}
+	c := make(chan read, 1)
+	go func() {
+		fr, err := readFrame(br, allowed, nil)
+		c <- read{fr, err}
+	}()
+	select {
+	case got := <-c:
+		return got.fr, got.err
+	case <-r.failed:
+		return frame{}, r.failErr
+	}
 }
 
 // maxRecord is the longest sealed record of a block of bs bytes: its
@@ -475,6 +521,9 @@ func (r *receiver) readControl(ctx context.Context, br *bufio.Reader) {
 	alloc := r.allocBlock(ctx)
 	for {
 		fr, err := readFrame(br, controlKinds, alloc)
+		if err == nil && fr.kind == frameBeat {
+			continue // it was heard, which is all it says
+		}
 		select {
 		case r.ctl <- ctlFrame{fr, err}:
 		case <-ctx.Done():

@@ -33,7 +33,10 @@ type scripted struct {
 
 // startScripted starts Receive into a new directory and does the key
 // handoff and session (block size testBS, no compression, no TCP lanes).
-func startScripted(t *testing.T) *scripted {
+func startScripted(t *testing.T) *scripted { return startScriptedTimeout(t, time.Minute) }
+
+// startScriptedTimeout is startScripted with a session timeout.
+func startScriptedTimeout(t *testing.T, timeout time.Duration) *scripted {
 	toRecvR, toRecvW := io.Pipe()
 	toSendR, toSendW := io.Pipe()
 	s := &scripted{t: t, w: toRecvW, r: bufio.NewReader(toSendR), done: make(chan struct{}), dir: filepath.Join(t.TempDir(), "out")}
@@ -57,7 +60,7 @@ func startScripted(t *testing.T) *scripted {
 		t.Fatal(err)
 	}
 	s.write(appendFrame(nil, frameKey, appendKey(nil, s.id, wrapped)))
-	s.sealed(frameSession, 0, marshal(sessionMsg{Format: Protocol, ID: s.id, BlockSize: testBS, Compression: "none"}))
+	s.sealed(frameSession, 0, marshal(sessionMsg{Format: Protocol, ID: s.id, BlockSize: testBS, Compression: "none", TimeoutMS: timeout.Milliseconds()}))
 	s.reply(replyReady, &readyMsg{})
 	return s
 }
@@ -69,6 +72,9 @@ func (s *scripted) write(b []byte) {
 func (s *scripted) reply(kind byte, v any) {
 	s.t.Helper()
 	fr, err := readFrame(s.r, replyKinds, nil)
+	for err == nil && fr.kind == replyBeat {
+		fr, err = readFrame(s.r, replyKinds, nil)
+	}
 	if err != nil {
 		s.t.Fatalf("reply: %v", err)
 	}

@@ -66,7 +66,11 @@ func (r *Remote) Peer() Peer {
 func (r *Remote) Finish(err error) error {
 	r.stdin.closeWrite()
 	wait := 30 * time.Second
-	if err != nil {
+	switch {
+	case errors.Is(err, errPeerSilent):
+		// It stopped answering: it will not report its exit either.
+		wait = 0
+	case err != nil:
 		wait = 10 * time.Second
 	}
 	status := -1

@@ -29,8 +29,10 @@ const DefaultMaxRounds = 30
 // an SSH connection's default keepalives (15 s × 3).
 const DefaultStallTimeout = 45 * time.Second
 
-// helloTimeout bounds the wait for a receiver that was just started.
-const helloTimeout = 60 * time.Second
+// helloTimeout bounds the wait for a receiver that was just started, and
+// the receiver's wait for the session's description, which the sender
+// sends as soon as it has the hello (a variable for tests).
+var helloTimeout = 60 * time.Second
 
 // Peer is the far end of a session: a `coldship receive --live` whose
 // standard output is In and standard input is Out (see StartRemote).
@@ -40,6 +42,8 @@ type Peer struct {
 	// DataHost is the host the TCP lanes dial when the receiver does not
 	// name one: the address the SSH connection reached.
 	DataHost string
+	// Host names the receiver's host in messages; "" names none.
+	Host string
 	// Dial opens a TCP lane; nil means a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
@@ -52,7 +56,9 @@ type SendOptions struct {
 	// StallTimeout is how long a TCP lane may take nothing from a frame in
 	// hand before the session fails (shipper.StallConn): a receiver
 	// stopped, or a link that drops the lane's packets, while the SSH
-	// connection, which its keepalives check, is still up. 0 means
+	// connection, which its keepalives check, is still up. It is also the
+	// session's heartbeat timeout: how long either end may hear nothing
+	// from the other on lane 0 before it fails. 0 means
 	// DefaultStallTimeout.
 	StallTimeout time.Duration
 	BlockSize    int64 // 0: shipper.DefaultBlockSize
@@ -186,6 +192,7 @@ type sendSession struct {
 
 	replies      chan reply
 	repliesEnded chan struct{} // closed when the receiver's output ended
+	watch        *silence      // of the receiver's output
 	stopped      chan struct{} // closed when Send returns
 	rr           atomic.Uint64
 }
@@ -233,6 +240,7 @@ func Send(ctx context.Context, peer Peer, sources []archive.Source, opts SendOpt
 	if opts.StallTimeout <= 0 {
 		opts.StallTimeout = DefaultStallTimeout
 	}
+	opts.StallTimeout = min(max(opts.StallTimeout, minTimeout), maxTimeout)
 	if peer.Dial == nil {
 		var d net.Dialer
 		peer.Dial = d.DialContext
@@ -267,11 +275,15 @@ func Send(ctx context.Context, peer Peer, sources []archive.Source, opts SendOpt
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	s.cancel = cancel
+	s.watch = newSilence(peer.In, func(timeout time.Duration) {
+		cancel(linkError(errSilent(peer.receiver(), timeout)))
+	})
+	defer s.watch.stop()
 	go s.readReplies(ctx)
 
 	res, err := s.run(ctx)
 	if err == nil {
-		s.shutdown()
+		s.shutdown(false)
 		res.Duration = time.Since(start)
 		return res, nil
 	}
@@ -282,10 +294,14 @@ func Send(ctx context.Context, peer Peer, sources []archive.Source, opts SendOpt
 // receiver's own report when it sent one, since a broken link is usually
 // its consequence.
 func (s *sendSession) failed(ctx context.Context, err error) error {
-	defer s.shutdown()
+	defer func() { s.shutdown(errors.Is(context.Cause(ctx), errPeerSilent)) }()
 	var re *RemoteError
 	if errors.As(context.Cause(ctx), &re) || errors.As(err, &re) {
 		return re
+	}
+	if cause := context.Cause(ctx); errors.Is(cause, errPeerSilent) {
+		// The receiver fell silent: whatever stopped on that says less.
+		err = cause
 	}
 	if errors.Is(err, errLink) || errors.Is(err, errAborted) {
 		// The receiver failed first, probably: wait a little for its word,
@@ -341,13 +357,17 @@ func writeTimeout(w io.Writer, b []byte, d time.Duration) {
 	}
 }
 
-// shutdown stops the lanes' writers and closes the TCP lanes.
-func (s *sendSession) shutdown() {
+// shutdown stops the lanes' writers and closes the TCP lanes. A receiver
+// that fell silent takes nothing more: its writers are not waited for.
+func (s *sendSession) shutdown(silent bool) {
 	for _, c := range s.conns {
 		c.Close()
 	}
 	for _, l := range s.lanes {
 		l.abort("")
+	}
+	if silent {
+		return
 	}
 	// Let the writers finish the frame in hand, so that the caller may
 	// end the control channel; one stuck on a receiver that stopped
@@ -365,9 +385,12 @@ func (s *sendSession) shutdown() {
 
 func (s *sendSession) readReplies(ctx context.Context) {
 	defer close(s.repliesEnded)
-	br := bufio.NewReader(s.peer.In)
+	br := bufio.NewReader(s.watch)
 	for {
 		fr, err := readFrame(br, replyKinds, nil)
+		if err == nil && fr.kind == replyBeat {
+			continue // it was heard, which is all it says
+		}
 		if err == nil && fr.kind == replyError {
 			var m errorMsg
 			if err = unmarshal(fr.body, &m); err == nil {
@@ -537,7 +560,12 @@ func (s *sendSession) handshake(ctx context.Context) (time.Time, error) {
 	s.sendSealed(s.lanes[0], frameSession, 0, marshal(sessionMsg{
 		Format: Protocol, ID: s.id, Created: created, Label: opts.Label,
 		BlockSize: opts.BlockSize, Compression: s.compression(), Lanes: opts.Lanes,
+		TimeoutMS: opts.StallTimeout.Milliseconds(),
 	}))
+	// From here on the receiver beats, whatever it is doing; so do we, on
+	// a goroutine that waits for nothing the data path does.
+	s.watch.arm(opts.StallTimeout)
+	go heartbeats(beatInterval(opts.StallTimeout), s.lanes[0].beat, s.stopped)
 	if body, err = s.waitReply(ctx, replyReady, 0); err != nil {
 		return created, err
 	}
@@ -613,6 +641,14 @@ func (s *sendSession) openLanes(ctx context.Context, ready readyMsg) error {
 		l.deposit(t, outFrame{data: b})
 	}
 	return nil
+}
+
+// receiver names the receiver in messages.
+func (p Peer) receiver() string {
+	if p.Host == "" {
+		return "the receiver"
+	}
+	return "the receiver on " + p.Host
 }
 
 func putUint32(b []byte, v uint32) {

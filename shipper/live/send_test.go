@@ -19,7 +19,7 @@ import (
 	"github.com/coldship/coldship/shipper"
 )
 
-// refReceiver is a reference receiver of live protocol 2, written from
+// refReceiver is a reference receiver of live protocol 3, written from
 // docs/LIVE.md for the sender's tests (blocks on the control lane only):
 // it opens every frame at the position it counts, applies each block's
 // form to an in-memory copy of its file, punches (zeroes) what the final
@@ -43,9 +43,20 @@ func (r *refReceiver) reply(kind byte, v any) {
 	r.out.Write(appendFrame(nil, kind, marshal(v)))
 }
 
+// next reads the next frame of lane 0 but heartbeats, which only say
+// that the sender is alive.
+func (r *refReceiver) next() (frame, error) {
+	for {
+		fr, err := readFrame(r.in, controlKinds, nil)
+		if err != nil || fr.kind != frameBeat {
+			return fr, err
+		}
+	}
+}
+
 // open opens the next sealed frame of lane 0 of kind in round.
 func (r *refReceiver) open(kind byte, round uint32) ([]byte, error) {
-	fr, err := readFrame(r.in, controlKinds, nil)
+	fr, err := r.next()
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +70,7 @@ func (r *refReceiver) open(kind byte, round uint32) ([]byte, error) {
 
 func (r *refReceiver) run() error {
 	ident, _ := age.GenerateX25519Identity()
-	r.reply(replyHello, helloMsg{Protocol: 2, Recipient: ident.Recipient().String()})
+	r.reply(replyHello, helloMsg{Protocol: 3, Recipient: ident.Recipient().String()})
 	fr, err := readFrame(r.in, sessionKinds, nil)
 	if err != nil {
 		return err
@@ -77,7 +88,7 @@ func (r *refReceiver) run() error {
 		return err
 	}
 	var sess sessionMsg
-	if err := unmarshal(p, &sess); err != nil || sess.Format != 2 {
+	if err := unmarshal(p, &sess); err != nil || sess.Format != 3 || sess.TimeoutMS <= 0 {
 		return fmt.Errorf("session %+v: %v", sess, err)
 	}
 	r.bs = sess.BlockSize
@@ -96,7 +107,7 @@ func (r *refReceiver) run() error {
 
 // round receives round n, or the manifest that follows the final round.
 func (r *refReceiver) round(n uint32) (bool, error) {
-	fr, err := readFrame(r.in, controlKinds, nil)
+	fr, err := r.next()
 	if err != nil {
 		return false, err
 	}
@@ -125,7 +136,7 @@ func (r *refReceiver) round(n uint32) (bool, error) {
 	}
 	var blocks uint64
 	for {
-		fr, err := readFrame(r.in, controlKinds, nil)
+		fr, err := r.next()
 		if err != nil {
 			return false, err
 		}
@@ -218,10 +229,10 @@ func refSession(t *testing.T, sources []archive.Source, opts SendOptions) (*Send
 	return res, r, err
 }
 
-// TestSendProtocol2 sends a sparse image with pre-copy rounds to the
+// TestSendProtocol3 sends a sparse image with pre-copy rounds to the
 // reference receiver: only the changed blocks travel in a later round,
 // and what arrives is the source.
-func TestSendProtocol2(t *testing.T) {
+func TestSendProtocol3(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "disk.img")
 	f, _ := os.Create(p)
