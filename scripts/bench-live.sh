@@ -71,7 +71,7 @@ live_reset() { # before each timed run: an empty destination, a cold page cache 
 	mkdir -p "$live_dir/remote"
 }
 
-# live_summary FIELD FILE : a number from the --json summary on stderr.
+# live_summary FIELD FILE : a number from the --json summary (stdout).
 live_summary() {
 	grep '"type":"summary"' "$2" | grep -o "\"$1\":[0-9.e+-]*" | tail -1 | cut -d: -f2
 }
@@ -176,8 +176,8 @@ EOF
 		for i in 1 2; do
 			live_reset
 			if ! "${cs[@]}" --data "$data" --rounds 1 --hook "pre-switchover=$live_dir/dirty.sh" --json \
-				>/dev/null 2>"$live_dir/switch.json"; then
-				log "FAILED: switch-over --data $data: $(tail -3 "$live_dir/switch.json")"
+				>"$live_dir/switch.json" 2>"$live_dir/switch.err"; then
+				log "FAILED: switch-over --data $data: $(tail -3 "$live_dir/switch.err")"
 				continue
 			fi
 			sw=$(live_summary switchover_s "$live_dir/switch.json")
