@@ -22,8 +22,8 @@
 dr_size=${BENCH_DR_SIZE:-2G}
 dr_pct=${BENCH_DR_PCT:-1}
 
-# dr_run NAME BYTES OUTFILE CMD... : measure, keeping CMD's stderr (coldship's
-# --json summary) and stdout in OUTFILE.err and OUTFILE.out.
+# dr_run NAME BYTES OUTFILE CMD... : measure, keeping CMD's stdout (coldship's
+# --json summary) and stderr in OUTFILE.out and OUTFILE.err.
 dr_run() {
 	local name=$1 bytes=$2 outf=$3
 	shift 3
@@ -32,6 +32,9 @@ dr_run() {
 
 # dr_field FILE KEY: a number from the JSON summary in FILE.
 dr_field() { grep -o "\"$2\":[0-9.e+]*" "$1" | tail -1 | cut -d: -f2 | awk '{ printf "%.0f", $1 }'; }
+
+# dr_id FILE: the shipment id in the JSON summary in FILE.
+dr_id() { grep '"type":"summary"' "$1" | grep -o '"shipment":"[^"]*"' | tail -1 | cut -d'"' -f4; }
 
 # dr_check DESC VALUE LIMIT: prints VALUE against the target VALUE <= LIMIT.
 dr_check() {
@@ -60,7 +63,7 @@ dr() {
 	dr_run "coldship send (full)" "$size" "$o/full" \
 		"$bin" send "$img" --to "$dest" -r "$rcpt" --state-dir "$state" --base latest --json
 	local full_id full_bytes
-	full_id=$(cat "$o/full.out")
+	full_id=$(dr_id "$o/full.out")
 	full_bytes=$(du -sb "$dest/$full_id" | cut -f1)
 	dr_run "restic backup (first)" "$size" "$o/restic1" restic backup --repo "$repo" --json "$img"
 	local repo1
@@ -76,7 +79,7 @@ dr() {
 	dr_run "coldship send --base latest" "$size" "$o/incr" \
 		"$bin" send "$img" --to "$dest" -r "$rcpt" --state-dir "$state" --base latest --json
 	local incr_id incr_bytes
-	incr_id=$(cat "$o/incr.out")
+	incr_id=$(dr_id "$o/incr.out")
 	incr_bytes=$(du -sb "$dest/$incr_id" | cut -f1)
 	dr_run "restic backup (after the change)" "$size" "$o/restic2" restic backup --repo "$repo" --json "$img"
 	local repo2
@@ -88,10 +91,11 @@ dr() {
 		"$bin" receive "$dest" "$incr_id" --out "$out2" -i "$work/id.txt" --json
 	cmp "$img" "$out2/dr.img" && log "  incremental shipment restored in full identical"
 	# A restore that changed since (a VM booted from it, here: touched)
-	# is not trusted: --into reads and hashes it before updating it.
+	# is not trusted: --into reads and hashes it before updating it. (To
+	# the full shipment, older than the one it holds: --allow-rollback.)
 	touch "$out2/dr.img"
 	dr_run "coldship receive --into (re-read)" "$size" "$o/into2" \
-		"$bin" receive "$dest" "$full_id" --into "$out2" -i "$work/id.txt" --json
+		"$bin" receive "$dest" "$full_id" --into "$out2" -i "$work/id.txt" --allow-rollback --json
 
 	log ""
 	log "| stored at the destination          | bytes         |"
@@ -101,9 +105,9 @@ dr() {
 	printf '| %-34s | %13s |\n' "restic repository, first backup" "$repo1" | tee -a "$results"
 	printf '| %-34s | %13s |\n' "restic repository, growth" "$((repo2 - repo1))" | tee -a "$results"
 	log ""
-	log "  incremental send: $(dr_field "$o/incr.err" bytes_unchanged) bytes unchanged, $(dr_field "$o/incr.err" bytes_data) changed, $(dr_field "$o/incr.err" bytes_shipped) shipped"
-	log "  receive --into: $(dr_field "$o/into.err" bytes_written) bytes written, $(dr_field "$o/into.err" bytes_fetched) fetched, $(dr_field "$o/into.err" bytes_read) read of the old image"
-	log "  receive --into of a touched restore: $(dr_field "$o/into2.err" bytes_read) bytes read and hashed first, $(dr_field "$o/into2.err" bytes_written) written"
+	log "  incremental send: $(dr_field "$o/incr.out" bytes_unchanged) bytes unchanged, $(dr_field "$o/incr.out" bytes_data) changed, $(dr_field "$o/incr.out" bytes_shipped) shipped"
+	log "  receive --into: $(dr_field "$o/into.out" bytes_written) bytes written, $(dr_field "$o/into.out" bytes_fetched) fetched, $(dr_field "$o/into.out" bytes_read) read of the old image"
+	log "  receive --into of a touched restore: $(dr_field "$o/into2.out" bytes_read) bytes read and hashed first, $(dr_field "$o/into2.out" bytes_written) written"
 	dr_check "incremental / full send, bytes" "$(awk -v a="$incr_bytes" -v b="$full_bytes" 'BEGIN { if (b > 0) print a / b }')" 0.03
 	dr_check "incremental / full send, time" "$(awk -v a="${WALL["coldship send --base latest"]:-0}" -v b="${WALL["coldship send (full)"]:-0}" 'BEGIN { if (b > 0) print a / b }')" 0.35
 	dr_check "receive --into / full receive, time" "$(awk -v a="${WALL["coldship receive --into"]:-0}" -v b="${WALL["coldship receive (full)"]:-0}" 'BEGIN { if (b > 0) print a / b }')" 0.25
