@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,34 +25,12 @@ func TestLiveTCPStall(t *testing.T) {
 	img := filepath.Join(t.TempDir(), "disk.img")
 	// More than the lanes' socket buffers hold, so that writes block.
 	makeImage(t, img, 96<<20, region{0, 96 << 20, "random"})
-	hookDir := t.TempDir()
-	started, goOn := filepath.Join(hookDir, "started"), filepath.Join(hookDir, "go")
-	done := make(chan result, 1)
-	go func() {
-		done <- runCtx(t, context.Background(), nil, append([]string{"send", img, "--to", to, "-q", "--data", "tcp", "--streams", "2",
-			"--hook", fmt.Sprintf("pre-switchover=touch %s; while [ ! -e %s ]; do sleep 0.01; done", started, goOn)}, flags...)...)
-	}()
-	// The receiver has opened its lanes and waits for the round: stop it.
-	waitForFile(t, started)
-	pid := liveReceiverPID(t, dir)
-	syscall.Kill(pid, syscall.SIGSTOP)
-	defer syscall.Kill(pid, syscall.SIGCONT)
-	os.WriteFile(goOn, nil, 0o644)
-
-	var r result
-	select {
-	case r = <-done:
-	case <-time.After(3 * time.Minute): // a guard against hanging the suite, not a timing
-		syscall.Kill(pid, syscall.SIGCONT)
-		t.Fatal("send --live --data tcp still blocked on a stopped receiver")
-	}
+	r := stoppedReceiver(t, dir, img, append([]string{"--to", to, "-q", "--data", "tcp", "--streams", "2"}, flags...)...)
 	stalled := strings.Contains(r.stderr, "data connection") && strings.Contains(r.stderr, "took nothing for 2s")
 	silent := strings.Contains(r.stderr, "stopped answering: heard nothing from it for 2s")
 	if r.code != exitError || !stalled && !silent {
 		t.Errorf("exit %d, want 1 naming the stalled data connection or the silent receiver:\n%s", r.code, r.stderr)
 	}
-	syscall.Kill(pid, syscall.SIGCONT)
-	waitExited(t, pid, "its sender gave up")
 	waitEmpty(t, dir)
 }
 
