@@ -5,6 +5,8 @@
 set -euo pipefail
 
 debs=(openssh-server openssh-sftp-server openssh-client qemu-utils libvirt-clients util-linux)
+# The live tests drop or reset the packets of a data connection.
+debs+=(iptables)
 # The archive tests decode frames of runs with the reference zstd.
 debs+=(zstd)
 # The boot test (cmd/coldship/boot_test.go): a busybox guest on an ext4 root,

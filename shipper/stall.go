@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // StallConn fails a Read or Write of a connection that has moved nothing
@@ -53,9 +56,45 @@ func (c *StallConn) Write(p []byte) (int, error) {
 	}
 }
 
-// stalled says what a deadline of StallConn means.
+// GiveUpUnacked makes the kernel give the connection up, too, once data
+// written to it has gone unacknowledged for Timeout (TCP_USER_TIMEOUT;
+// nothing for a connection that is not TCP). The deadlines cannot see
+// that for a writer whose last writes fit in the socket buffers and who
+// now only waits (elsewhere) for the peer's word about them: the kernel
+// would retransmit them for many minutes. Broken then tells.
+func (c *StallConn) GiveUpUnacked() {
+	c.control(func(fd int) {
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(c.Timeout.Milliseconds()))
+	})
+}
+
+// Broken returns the error the kernel holds for the connection, if it
+// gave the connection up since the last Read or Write (see
+// GiveUpUnacked), or nil.
+func (c *StallConn) Broken() error {
+	var errno int
+	c.control(func(fd int) { errno, _ = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR) })
+	if errno == 0 {
+		return nil
+	}
+	return c.stalled(syscall.Errno(errno))
+}
+
+// control runs fn on the connection's socket, if it has one.
+func (c *StallConn) control(fn func(fd int)) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return
+	}
+	if raw, err := sc.SyscallConn(); err == nil {
+		raw.Control(func(fd uintptr) { fn(int(fd)) })
+	}
+}
+
+// stalled says what a deadline of StallConn, or the kernel giving the
+// connection up (GiveUpUnacked), means.
 func (c *StallConn) stalled(err error) error {
-	if errors.Is(err, os.ErrDeadlineExceeded) {
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, syscall.ETIMEDOUT) {
 		return fmt.Errorf("%w: %s sent and took nothing for %v (a stopped peer, or a link that drops packets): %w", ErrStalled, c.Peer, c.Timeout, err)
 	}
 	return err

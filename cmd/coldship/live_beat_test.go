@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,6 +33,19 @@ func aliveConfig(t *testing.T) {
 // has exited.
 func stoppedReceiver(t *testing.T, dir, img string, args ...string) result {
 	t.Helper()
+	return atSwitchover(t, dir, img, func(pid int) func() {
+		syscall.Kill(pid, syscall.SIGSTOP)
+		return func() { syscall.Kill(pid, syscall.SIGCONT) }
+	}, args...)
+}
+
+// atSwitchover runs a live send, does harm to the link or the receiver
+// (pid) while the sender's pre-switchover hook holds it before the final
+// round, and returns how the send ended. Nothing may be at a final name;
+// once harm's undo has run, the receiver must remove what it wrote and
+// exit.
+func atSwitchover(t *testing.T, dir, img string, harm func(pid int) (undo func()), args ...string) result {
+	t.Helper()
 	hookDir := t.TempDir()
 	started, goOn := filepath.Join(hookDir, "started"), filepath.Join(hookDir, "go")
 	done := make(chan result, 1)
@@ -41,21 +55,21 @@ func stoppedReceiver(t *testing.T, dir, img string, args ...string) result {
 	}()
 	waitForFile(t, started)
 	pid := liveReceiverPID(t, dir)
-	syscall.Kill(pid, syscall.SIGSTOP)
-	defer syscall.Kill(pid, syscall.SIGCONT)
+	undo := sync.OnceFunc(harm(pid))
+	defer undo()
 	os.WriteFile(goOn, nil, 0o644)
 	var r result
 	select {
 	case r = <-done:
 	case <-time.After(3 * time.Minute): // a guard against hanging the suite, not a timing
-		syscall.Kill(pid, syscall.SIGCONT)
-		t.Fatal("send --live still blocked on a stopped receiver")
+		undo()
+		t.Fatal("send --live still blocked")
 	}
 	if _, err := os.Stat(filepath.Join(dir, "disk.img")); err == nil {
 		t.Error("disk.img is at its final name")
 	}
-	// Continued, it finds its input closed: it cleans up and exits.
-	syscall.Kill(pid, syscall.SIGCONT)
+	// Undone, it finds its input closed: it cleans up and exits.
+	undo()
 	waitExited(t, pid, "its sender gave up")
 	return r
 }

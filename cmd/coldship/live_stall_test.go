@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/coldship/coldship/internal/vmtest"
 )
 
 // TestLiveTCPStall stops the receiver (SIGSTOP) while the sender streams
@@ -32,6 +35,80 @@ func TestLiveTCPStall(t *testing.T) {
 		t.Errorf("exit %d, want 1 naming the stalled data connection or the silent receiver:\n%s", r.code, r.stderr)
 	}
 	waitEmpty(t, dir)
+}
+
+// TestLiveTCPLaneLost: after the pre-copy round the packets of the TCP
+// lanes to the receiver vanish (a firewall that drops without a reset, a
+// path gone while SSH's still works), or are answered with a reset, and
+// the final round fits in the socket buffers, so no write blocks. The
+// send must fail with exit 1 naming the data connection: for vanishing
+// packets once the receiver has acknowledged nothing for the stall
+// timeout, instead of waiting on the heartbeats of a receiver that never
+// gets the round (TCP would retransmit for some 15 minutes, and a sender
+// that only waits would not even hear of that). The receiver, told on the
+// control lane, removes what it wrote and exits.
+func TestLiveTCPLaneLost(t *testing.T) {
+	if os.Geteuid() != 0 {
+		vmtest.Unavailable(t, "dropping packets with iptables needs root")
+	}
+	iptables := requireTool(t, "iptables")
+	for _, tc := range []struct {
+		name   string
+		target []string
+		want   string
+	}{
+		{"dropped", []string{"DROP"}, "took nothing for 2s"},
+		{"reset", []string{"REJECT", "--reject-with", "tcp-reset"}, "connection reset by peer"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, dir, to, flags := liveEnv(t)
+			aliveConfig(t)
+			img := filepath.Join(t.TempDir(), "disk.img")
+			makeImage(t, img, 1<<20, region{0, 1 << 20, "random"})
+			r := atSwitchover(t, dir, img, func(pid int) func() {
+				rule := append([]string{"INPUT", "-i", "lo", "-p", "tcp", "--dport", strconv.Itoa(lanePort(t, pid)), "-j"}, tc.target...)
+				if out, err := exec.Command(iptables, append([]string{"-I"}, rule...)...).CombinedOutput(); err != nil {
+					t.Fatalf("iptables: %v\n%s", err, out)
+				}
+				return func() { exec.Command(iptables, append([]string{"-D"}, rule...)...).Run() }
+			}, append([]string{"--to", to, "-q", "--data", "tcp", "--streams", "2"}, flags...)...)
+			if r.code != exitError || !strings.Contains(r.stderr, "data connection") || !strings.Contains(r.stderr, tc.want) {
+				t.Errorf("exit %d, want 1 naming a data connection and saying %q:\n%s", r.code, tc.want, r.stderr)
+			}
+			waitEmpty(t, dir)
+		})
+	}
+}
+
+// lanePort finds the local TCP port of process pid's connections (on
+// IPv4): that of a live receiver's data connections, which it accepted
+// on one port.
+func lanePort(t *testing.T, pid int) int {
+	t.Helper()
+	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
+	sockets := map[string]bool{}
+	for _, fd := range fds {
+		if l, err := os.Readlink(fd); err == nil && strings.HasPrefix(l, "socket:[") {
+			sockets[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	table, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(table), "\n")[1:] {
+		// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+		f := strings.Fields(line)
+		if len(f) < 10 || f[3] != "01" || !sockets[f[9]] {
+			continue
+		}
+		_, hexPort, _ := strings.Cut(f[1], ":")
+		if port, err := strconv.ParseInt(hexPort, 16, 32); err == nil {
+			return int(port)
+		}
+	}
+	t.Fatalf("process %d has no TCP connection", pid)
+	return 0
 }
 
 // liveReceiverPID finds the `coldship receive --live` writing into dir.

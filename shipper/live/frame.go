@@ -300,6 +300,9 @@ type doneMsg struct {
 type errorMsg struct {
 	Code    int    `json:"code"`
 	Message string `json:"message"`
+	// Aborted: the session failed because the sender aborted it (its A),
+	// so the sender's own reason says more.
+	Aborted bool `json:"aborted,omitempty"`
 }
 
 func marshal(v any) []byte {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"sync"
+
+	"github.com/coldship/coldship/shipper"
 )
 
 // outLane is the sending end of one lane. The position of a sealed frame
@@ -145,6 +147,9 @@ func (l *outLane) run() {
 }
 
 func (l *outLane) fail(err error) {
+	if l.n > 0 && !errors.Is(err, shipper.ErrStalled) { // which names it
+		err = fmt.Errorf("data connection %d: %w", l.n, err)
+	}
 	if l.err == nil {
 		l.err = linkError(err)
 	}

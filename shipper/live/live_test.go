@@ -551,3 +551,49 @@ func TestLiveExistingOutput(t *testing.T) {
 	}
 	s.same("disk.img")
 }
+
+// resetConn passes the first limit bytes written, then fails every write
+// as a connection reset by its peer would, leaving the receiver's end
+// open: the receiver hears nothing of it on that lane.
+type resetConn struct {
+	net.Conn
+	limit int
+}
+
+func (c *resetConn) Write(p []byte) (int, error) {
+	if len(p) > c.limit {
+		return 0, syscall.ECONNRESET
+	}
+	c.limit -= len(p)
+	return c.Conn.Write(p)
+}
+
+func (c *resetConn) Close() error { return nil }
+
+// TestLiveDataLaneFails: a TCP lane fails at the sender's end while the
+// receiver and the control lane are well. The sender reports its own
+// failure, naming the data connection (not the receiver's echo of it, nor
+// a truncation), and tells the receiver on the control lane, which ends
+// (without waiting for the lane) and removes what it wrote.
+func TestLiveDataLaneFails(t *testing.T) {
+	s := newSession(t)
+	s.send.Lanes = 2
+	s.write("disk.img", 40*testBS, [3]int64{0, 40 * testBS, 0})
+	s.attack = func(n int, c net.Conn) net.Conn {
+		if n != 1 {
+			return c
+		}
+		return &resetConn{Conn: c, limit: 1024}
+	}
+	o := s.run("disk.img")
+	var re *RemoteError
+	// The lanes are dialled at once: the second dialled may be either.
+	if o.sendErr == nil || errors.As(o.sendErr, &re) || !strings.Contains(o.sendErr.Error(), "data connection ") ||
+		!errors.Is(o.sendErr, syscall.ECONNRESET) {
+		t.Errorf("send: %v, want its own failure naming the data connection", o.sendErr)
+	}
+	if !errors.Is(o.recvErr, ErrAborted) {
+		t.Errorf("receive: %v, want the sender's abort", o.recvErr)
+	}
+	s.nothingLeft()
+}

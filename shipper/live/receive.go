@@ -253,7 +253,8 @@ func ReplyDone(out io.Writer, files []string) error {
 // receiver exits (code, as the command's exit status). Replies given to
 // Receive stop their heartbeats.
 func ReplyError(out io.Writer, code int, err error) error {
-	return asReplies(out).last(appendFrame(nil, replyError, marshal(errorMsg{Code: code, Message: err.Error()})))
+	m := errorMsg{Code: code, Message: err.Error(), Aborted: errors.Is(err, ErrAborted)}
+	return asReplies(out).last(appendFrame(nil, replyError, marshal(m)))
 }
 
 func (r *receiver) fail(err error) {
@@ -665,12 +666,15 @@ func (r *receiver) controlBlocks(ctx context.Context, round uint32) (endMsg, err
 func (r *receiver) roundWritten(ctx context.Context, round uint32, end endMsg) error {
 	ctl, ended := r.ctl, error(nil)
 	// control takes a control frame that arrived meanwhile: an abort
-	// fails at once; the lane's end is reported once the rest has.
+	// fails at once; the lane's end is reported once the rest has, or
+	// once the lanes had laneEOFGrace to report: a lane whose packets
+	// vanish would not end for many minutes, holding the folder.
+	var grace <-chan time.Time
 	control := func(c ctlFrame) error {
 		if ended = r.unexpectedControl(c); c.err == nil {
 			return ended
 		}
-		ctl = nil
+		ctl, grace = nil, time.After(laneEOFGrace)
 		return nil
 	}
 	for lanes := len(r.conns); lanes > 0; {
@@ -684,6 +688,8 @@ func (r *receiver) roundWritten(ctx context.Context, round uint32, end endMsg) e
 			if err := control(c); err != nil {
 				return err
 			}
+		case <-grace:
+			return ended
 		case <-r.failed:
 			return r.failErr
 		case <-ctx.Done():

@@ -115,6 +115,7 @@ type SendResult struct {
 type RemoteError struct {
 	Code    int // the receiver's exit status: 3 hook, 4 authentication, 5 integrity, 1 other
 	Message string
+	echo    bool // it failed on the sender's abort: the sender's reason says more
 }
 
 func (e *RemoteError) Error() string { return "destination: " + e.Message }
@@ -307,9 +308,16 @@ func (s *sendSession) failed(ctx context.Context, err error) error {
 		// The receiver failed first, probably: wait a little for its word,
 		// unless its output already ended without one. The data
 		// connections are closed first: a receiver that waits for its lane
-		// readers to end must not wait for us.
+		// readers to end must not wait for us. But a data connection may
+		// have failed on its own (a link that drops or resets its
+		// packets), which the receiver may never hear of: tell it on the
+		// control lane, if that still works, so that it ends now, with
+		// our reason (its word then only echoes it).
 		for _, c := range s.conns {
 			c.Close()
+		}
+		if len(s.lanes) > 0 && !errors.Is(context.Cause(ctx), errPeerSilent) {
+			s.lanes[0].abort(err.Error())
 		}
 		t := time.NewTimer(10 * time.Second)
 		defer t.Stop()
@@ -318,7 +326,7 @@ func (s *sendSession) failed(ctx context.Context, err error) error {
 		case <-s.repliesEnded:
 		case <-t.C:
 		}
-		if errors.As(context.Cause(ctx), &re) {
+		if errors.As(context.Cause(ctx), &re) && !re.echo {
 			return re
 		}
 		return err
@@ -397,7 +405,7 @@ func (s *sendSession) readReplies(ctx context.Context) {
 				if m.Code == 0 {
 					m.Code = 1
 				}
-				s.cancel(&RemoteError{Code: m.Code, Message: m.Message})
+				s.cancel(&RemoteError{Code: m.Code, Message: m.Message, echo: m.Aborted})
 			}
 		}
 		select {
@@ -603,7 +611,7 @@ func (s *sendSession) openLanes(ctx context.Context, ready readyMsg) error {
 		host = s.peer.DataHost
 	}
 	addr := net.JoinHostPort(host, strconv.Itoa(ready.Port))
-	conns := make([]net.Conn, s.opts.Lanes)
+	conns := make([]*shipper.StallConn, s.opts.Lanes)
 	g, gctx := errgroup.WithContext(ctx)
 	for i := range conns {
 		g.Go(func() error {
@@ -626,6 +634,7 @@ func (s *sendSession) openLanes(ctx context.Context, ready readyMsg) error {
 	if err != nil {
 		return err
 	}
+	s.watchLanes(conns)
 	for i, c := range conns {
 		l := newOutLane(uint32(i+1), c)
 		s.lanes = append(s.lanes, l)
@@ -641,6 +650,34 @@ func (s *sendSession) openLanes(ctx context.Context, ready readyMsg) error {
 		l.deposit(t, outFrame{data: b})
 	}
 	return nil
+}
+
+// watchLanes fails the session once the kernel gives a TCP lane up (see
+// shipper.StallConn.GiveUpUnacked): after a round small enough for the
+// socket buffers the sender writes nothing more and waits for the
+// receiver's acknowledgement on lane 0, whose heartbeats go on, so no
+// write would tell that the round's data never arrives.
+func (s *sendSession) watchLanes(conns []*shipper.StallConn) {
+	for _, c := range conns {
+		c.GiveUpUnacked()
+	}
+	go func() {
+		t := time.NewTicker(beatInterval(s.opts.StallTimeout))
+		defer t.Stop()
+		for {
+			select {
+			case <-s.stopped:
+				return
+			case <-t.C:
+			}
+			for _, c := range conns {
+				if err := c.Broken(); err != nil {
+					s.cancel(linkError(err))
+					return
+				}
+			}
+		}
+	}()
 }
 
 // receiver names the receiver in messages.
