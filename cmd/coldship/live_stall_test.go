@@ -184,3 +184,22 @@ func TestLiveSenderKilled(t *testing.T) {
 		})
 	}
 }
+
+// TestLiveFolderChanged: a file added to the VM's folder before the final
+// round (here by the pre-switchover hook, as a snapshot taken at the last
+// moment would be) fails the live send as a changed source (exit 6,
+// naming the file), and the receiver keeps nothing: the shipment would
+// not hold it.
+func TestLiveFolderChanged(t *testing.T) {
+	_, dir, to, flags := liveEnv(t)
+	vm := filepath.Join(t.TempDir(), "vm1")
+	os.Mkdir(vm, 0o755)
+	makeImage(t, filepath.Join(vm, "disk.img"), 4<<20, region{0, 4 << 20, "random"})
+	added := filepath.Join(vm, "disk.snap.qcow2")
+	r := run(t, append([]string{"send", vm, "--to", to, "-q", "--rounds", "1", "--hook", "pre-switchover=touch " + added}, flags...)...)
+	want := added + " was added since the live send listed it"
+	if r.code != exitBusy || !strings.Contains(r.stderr, want) {
+		t.Errorf("exit %d, want %d saying %q:\n%s", r.code, exitBusy, want, r.stderr)
+	}
+	waitEmpty(t, dir)
+}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coldship/coldship/archive"
+	"github.com/coldship/coldship/shipper"
 	"github.com/coldship/coldship/shipper/live/livetest"
 )
 
@@ -596,4 +597,67 @@ func TestLiveDataLaneFails(t *testing.T) {
 		t.Errorf("receive: %v, want the sender's abort", o.recvErr)
 	}
 	s.nothingLeft()
+}
+
+// TestLiveSourceFolderChanged: a source folder that gains, loses or has
+// an entry replaced between the pre-copy round and the final one fails
+// the send with ErrSourceChanged (the shipment would not hold what the
+// folder holds, or a stale file), and the receiver keeps nothing; an
+// entry that came and went meanwhile (a running VM's lock file) is no
+// change.
+func TestLiveSourceFolderChanged(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(dir string) error
+		want   string // "": the send succeeds
+	}{
+		{"added", func(dir string) error { return os.WriteFile(filepath.Join(dir, "new.qcow2"), []byte("x"), 0o644) }, "new.qcow2 was added"},
+		{"folder added", func(dir string) error { return os.Mkdir(filepath.Join(dir, "snap"), 0o755) }, "snap was added"},
+		{"gone", func(dir string) error { return os.Remove(filepath.Join(dir, "vm.xml")) }, "vm.xml is gone"},
+		{"replaced", func(dir string) error {
+			tmp := filepath.Join(dir, "sub", "vm.xml.tmp")
+			if err := os.WriteFile(tmp, []byte("<domain>new</domain>"), 0o644); err != nil {
+				return err
+			}
+			return os.Rename(tmp, filepath.Join(dir, "sub", "nvram"))
+		}, "nvram was replaced"},
+		{"came and went", func(dir string) error {
+			lock := filepath.Join(dir, "disk.img.lck")
+			if err := os.WriteFile(lock, nil, 0o644); err != nil {
+				return err
+			}
+			return os.Remove(lock)
+		}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSession(t)
+			s.send.Rounds = 1
+			s.write("vm/disk.img", 8*testBS, [3]int64{0, 8 * testBS, 0})
+			s.write("vm/vm.xml", 100, [3]int64{0, 100, 1})
+			s.write("vm/sub/nvram", 100, [3]int64{0, 100, 0})
+			dir := filepath.Join(s.src, "vm")
+			s.send.OnRound = func(st RoundStats) {
+				if !st.Final {
+					if err := tc.change(dir); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+			o := s.run("vm")
+			if tc.want == "" {
+				if o.sendErr != nil || o.recvErr != nil {
+					t.Fatalf("send: %v; receive: %v", o.sendErr, o.recvErr)
+				}
+				s.same("vm/disk.img")
+				return
+			}
+			if !errors.Is(o.sendErr, shipper.ErrSourceChanged) || !strings.Contains(o.sendErr.Error(), tc.want) {
+				t.Errorf("send: %v, want the source changed: %q", o.sendErr, tc.want)
+			}
+			if !errors.Is(o.recvErr, ErrAborted) {
+				t.Errorf("receive: %v, want ErrAborted", o.recvErr)
+			}
+			s.nothingLeft()
+		})
+	}
 }

@@ -39,6 +39,11 @@ func (s *sendSession) sendRound(ctx context.Context, n uint32, final bool) (Roun
 	for _, v := range []*atomic.Int64{&cnt.Total, &cnt.Done, &cnt.Read, &cnt.Hole, &cnt.Zero, &cnt.Data, &cnt.Shipped} {
 		v.Store(0)
 	}
+	if final {
+		if err := s.sameFolders(); err != nil {
+			return st, err
+		}
+	}
 	table, files, err := s.beginRound()
 	if err != nil {
 		return st, err
@@ -105,7 +110,7 @@ func (s *sendSession) beginRound() ([]archive.File, []blocks.File, error) {
 }
 
 // unchanged fails with ErrSourceChanged if a file's stamp differs from
-// the one the round started with.
+// the one the round started with, or a source folder changed.
 func (s *sendSession) unchanged() error {
 	for _, f := range s.files {
 		if f.f == nil {
@@ -119,7 +124,7 @@ func (s *sendSession) unchanged() error {
 			return fmt.Errorf("%s: %w", f.src.Path, shipper.ErrSourceChanged)
 		}
 	}
-	return nil
+	return s.sameFolders()
 }
 
 // seal is the reader's Sealer: it takes the next position of a lane and
