@@ -17,6 +17,7 @@ import (
 	"github.com/coldship/coldship/hooks"
 	"github.com/coldship/coldship/internal/home"
 	"github.com/coldship/coldship/shipper"
+	"github.com/coldship/coldship/shipper/sftp"
 )
 
 type sendOptions struct {
@@ -359,7 +360,8 @@ func (o *runOptions) limit(tr shipper.Transport) shipper.Transport {
 // lockDest takes the lock of destination dest in the state directory.
 // Without a state directory there is nothing to lock with. A local
 // folder is locked by its real path: the same folder through a symlink
-// takes the same lock.
+// takes the same lock; an SFTP one by the account and host it reaches
+// (sftp.Identity): with or without the user, by an alias.
 func (o *runOptions) lockDest(ctx context.Context, stateDir, dest string) (*shipper.RunLock, error) {
 	if stateDir == "" {
 		return nil, nil
@@ -369,6 +371,10 @@ func (o *runOptions) lockDest(ctx context.Context, stateDir, dest string) (*ship
 	if filepath.IsAbs(key) {
 		if real, err := realPath(key); err == nil {
 			lockKey = real
+		}
+	} else if cfg, err := sftp.ParseURL(key); err == nil && strings.HasPrefix(key, "sftp://") {
+		if id, err := sftp.Identity(cfg); err == nil {
+			lockKey = id
 		}
 	}
 	return shipper.AcquireLock(ctx, shipper.DestLockPath(stateDir, lockKey), "destination "+key, o.lockWait)

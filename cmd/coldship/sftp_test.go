@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -431,5 +432,50 @@ func TestSFTPVerifyInPieces(t *testing.T) {
 	f.Close()
 	if r := run(t, verify...); r.code != exitIntegrity || !strings.Contains(r.stderr, "segments/00000001") {
 		t.Errorf("verify of a segment one byte longer: exit %d, want 5 naming it: %s", r.code, r.stderr)
+	}
+}
+
+// TestSFTPLockSpellings: a send to an SFTP destination holds its lock
+// however another run spells it (without the user, by an ssh_config
+// alias): a prune meanwhile is refused, naming the send's pid.
+func TestSFTPLockSpellings(t *testing.T) {
+	srv, dest, auth := sftpEnv(t)
+	bin := coldshipBinary(t)
+	_, rcpt := keypair(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "disk.img")
+	makeImage(t, src, 2<<20, region{0, 2 << 20, "random"})
+	state := filepath.Join(dir, "state")
+	home := os.Getenv("HOME")
+	os.MkdirAll(filepath.Join(home, ".ssh"), 0o700)
+	os.WriteFile(filepath.Join(home, ".ssh", "config"), fmt.Appendf(nil, "Host vault\n  HostName %s\n  Port %d\n", srv.Host, srv.Port), 0o600)
+
+	cmd := exec.Command(bin, append([]string{"send", src, "--to", dest, "-r", rcpt, "--state-dir", state, "-q", "--bwlimit", "2M", "--compress", "none"}, auth...)...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		locks, _ := filepath.Glob(filepath.Join(state, "locks", "*.lock"))
+		if len(locks) == 1 {
+			if b, _ := os.ReadFile(locks[0]); strings.HasPrefix(string(b), "pid ") {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the send never took the lock")
+		}
+	}
+	for _, spelling := range []string{
+		fmt.Sprintf("sftp://%s:%d%s/dr", srv.Host, srv.Port, srv.Root),
+		fmt.Sprintf("sftp://vault%s/dr", srv.Root),
+	} {
+		r := run(t, append([]string{"prune", spelling, "--keep-last", "1", "--state-dir", state}, auth...)...)
+		if r.code != exitError || !strings.Contains(r.stderr, fmt.Sprintf("pid %d", cmd.Process.Pid)) {
+			t.Errorf("prune %s during a send to %s: exit %d, want 1 naming pid %d:\n%s", spelling, dest, r.code, cmd.Process.Pid, r.stderr)
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("send: %v", err)
 	}
 }

@@ -237,6 +237,19 @@ func ParseURL(raw string) (Config, error) {
 	return cfg, nil
 }
 
+// Identity names the account and folder that cfg reaches once ssh_config
+// (User, HostName, Port) and the defaults (the local user, port 22)
+// apply: one name for every spelling of one destination, with or without
+// the user, by an alias or by the host's name. Locks use it, so that two
+// runs never write one folder at once because it was spelled two ways.
+func Identity(cfg Config) (string, error) {
+	d, err := resolve(cfg)
+	if err != nil {
+		return "", err
+	}
+	return Config{User: d.user, Host: strings.ToLower(d.host), Port: d.port, Path: d.root}.String(), nil
+}
+
 // String returns the destination as an sftp URL.
 func (c Config) String() string {
 	u := url.URL{Scheme: "sftp", Host: c.Host}

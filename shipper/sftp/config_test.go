@@ -307,3 +307,38 @@ func FuzzParseURL(f *testing.F) {
 		}
 	})
 }
+
+// TestIdentity: the spellings of one destination (with or without the
+// local user, the default port, an ssh_config alias for the host, the
+// host's name in capitals) have one identity; another user, port, host or
+// folder has another.
+func TestIdentity(t *testing.T) {
+	t.Setenv("HOME", t.TempDir())
+	local := currentUser()
+	cfgFile := writeSSHConfig(t, "Host vault\n    HostName backup.example.org\n    User "+local+"\n\nHost other\n    HostName backup.example.org\n    User someone-else\n")
+	id := func(raw string) string {
+		t.Helper()
+		cfg, err := ParseURL(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.SSHConfig = cfgFile
+		s, err := Identity(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	want := id("sftp://" + local + "@backup.example.org:22/srv/vms")
+	for _, same := range []string{"sftp://backup.example.org/srv/vms", "sftp://vault/srv/vms", "sftp://BACKUP.example.org:22/srv/vms"} {
+		if got := id(same); got != want {
+			t.Errorf("Identity(%s) = %s, want %s", same, got, want)
+		}
+	}
+	for _, other := range []string{"sftp://other/srv/vms", "sftp://backup.example.org:2222/srv/vms", "sftp://backup2.example.org/srv/vms",
+		"sftp://backup.example.org/srv/vms2"} {
+		if got := id(other); got == want {
+			t.Errorf("Identity(%s) = %s, the same as another destination's", other, got)
+		}
+	}
+}
