@@ -68,16 +68,20 @@ func (c *StallConn) GiveUpUnacked() {
 	})
 }
 
-// Broken returns the error the kernel holds for the connection, if it
-// gave the connection up since the last Read or Write (see
-// GiveUpUnacked), or nil.
+// Broken returns the error the kernel holds for the connection, naming
+// the peer, if it gave the connection up (see GiveUpUnacked) or the peer
+// reset it since the last Read or Write; else nil.
 func (c *StallConn) Broken() error {
 	var errno int
 	c.control(func(fd int) { errno, _ = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR) })
-	if errno == 0 {
+	switch err := syscall.Errno(errno); {
+	case errno == 0:
 		return nil
+	case err == syscall.ETIMEDOUT:
+		return c.stalled(err)
+	default:
+		return fmt.Errorf("%s: %w", c.Peer, err)
 	}
-	return c.stalled(syscall.Errno(errno))
 }
 
 // control runs fn on the connection's socket, if it has one.
