@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 
 	"github.com/coldship/coldship/archive"
@@ -129,6 +130,9 @@ func main() {
 // line or from COLDSHIP_JSON), as an error object on stdout: even when the
 // command line itself is wrong.
 func execute(ctx context.Context, args []string, in io.Reader, out, errw io.Writer) int {
+	if versionOnly(args) {
+		return printVersion(out, errw, jsonRequested(nil, args))
+	}
 	stdout := &stdoutWriter{w: out}
 	root := newRootCmd(in, stdout, errw)
 	root.SetArgs(args)
@@ -151,4 +155,38 @@ func execute(ctx context.Context, args []string, in io.Reader, out, errw io.Writ
 		writeJSON(out, errorObject{Type: "error", Error: err.Error(), ExitCode: code, Category: errorCategory(code)})
 	}
 	return code
+}
+
+// versionOnly reports whether args are `--version` (`-v`), with or without
+// --json: cobra's --version knows only its text template, and the root
+// command has no --json of its own, while every command answers --json
+// (or COLDSHIP_JSON).
+func versionOnly(args []string) bool {
+	version := false
+	for _, a := range args {
+		switch {
+		case a == "--version", a == "-v":
+			version = true
+		case a == "--json", strings.HasPrefix(a, "--json="):
+		default:
+			return false
+		}
+	}
+	return version
+}
+
+// printVersion prints what `coldship version` does, as JSON or text.
+func printVersion(out, errw io.Writer, asJSON bool) int {
+	bi := readBuildInfo()
+	var err error
+	if asJSON {
+		err = writeJSON(out, bi)
+	} else {
+		_, err = fmt.Fprint(out, versionText(bi))
+	}
+	if err != nil {
+		fmt.Fprintf(errw, "coldship: %v\n", err)
+		return exitError
+	}
+	return exitOK
 }

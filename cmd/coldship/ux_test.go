@@ -460,6 +460,7 @@ func TestReceiveNull(t *testing.T) {
 
 func TestVersion(t *testing.T) {
 	r := mustRun(t, "version")
+	text := r.stdout
 	for _, want := range []string{"coldship ", "go:     go1.", "commit: ", "github.com/spf13/cobra v1.10.2"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("version does not print %q:\n%s", want, r.stdout)
@@ -473,6 +474,20 @@ func TestVersion(t *testing.T) {
 	checkSchema(t, o)
 	if o["type"] != "version" || len(o["dependencies"].([]any)) == 0 {
 		t.Errorf("version --json: %v", o)
+	}
+	// --version answers --json (or COLDSHIP_JSON) as every command does.
+	if r2 := mustRun(t, "-v", "--json"); r2.stdout != r.stdout {
+		t.Errorf("--version --json differs from version --json:\n%s\n%s", r2.stdout, r.stdout)
+	}
+	t.Setenv("COLDSHIP_JSON", "1")
+	if r2 := mustRun(t, "--version"); r2.stdout != r.stdout {
+		t.Errorf("COLDSHIP_JSON=1 --version differs from version --json:\n%s\n%s", r2.stdout, r.stdout)
+	}
+	if r2 := run(t, "--version", "--json", "--bogus"); r2.code != exitUsage {
+		t.Errorf("--version --json --bogus: exit %d, want 2", r2.code)
+	}
+	if r2 := mustRun(t, "--version", "--json=false"); r2.stdout != text {
+		t.Errorf("--version --json=false differs from version:\n%s\n%s", r2.stdout, text)
 	}
 }
 
