@@ -2,6 +2,7 @@ package archive
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"syscall"
 )
@@ -46,4 +47,19 @@ func StampOf(f *os.File) (Stamp, error) {
 		}
 	}
 	return s, nil
+}
+
+// Listed reports whether s, the stamp of a file as it was opened, is of
+// the file that fi described when the sources were listed (and image
+// headers read): the same inode, size, modification and change times. A
+// file changed in between (an overlay rebased onto another backing file
+// after its header was read, say) would ship with a description that no
+// longer holds. Block devices are not compared (a device node's times are
+// not its contents').
+func (s Stamp) Listed(fi fs.FileInfo) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || s.Rdev != 0 || st.Mode&syscall.S_IFMT == syscall.S_IFBLK {
+		return true
+	}
+	return st.Ino == s.Ino && st.Size == s.Size && st.Mtim == s.MTime && st.Ctim == s.CTime
 }

@@ -69,6 +69,10 @@ func openSources(sources []archive.Source) ([]*sendFile, error) {
 			closeSources(files)
 			return nil, err
 		}
+		if !sf.stamp.Listed(src.Info) {
+			closeSources(files)
+			return nil, fmt.Errorf("%w: %s changed since the send listed it and read its header", ErrSourceChanged, src.Path)
+		}
 	}
 	return files, nil
 }

@@ -82,10 +82,14 @@ func (f *signingFixture) allow(t *testing.T, lines string) *cipher.AllowedSigner
 }
 
 // send ships the source (incremental with base "latest" when asked) dated
-// now, unsigned.
+// now, unsigned. It lists the source anew, as every run of send does.
 func (f *signingFixture) send(t *testing.T, base string, now time.Time) string {
 	t.Helper()
-	res, err := shipper.Send(context.Background(), f.tr, f.sources, shipper.SendOptions{
+	sources, err := archive.CollectSources([]string{f.src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := shipper.Send(context.Background(), f.tr, sources, shipper.SendOptions{
 		Recipients: []age.Recipient{f.rcpt}, BlockSize: 64 << 10, Jobs: 2, Streams: 1,
 		StateDir: f.state, Dest: f.dest, RecipientsID: "r1", Base: base, Now: func() time.Time { return now },
 	})
