@@ -129,9 +129,8 @@ func (r *Runner) run(ctx context.Context, phase Phase, h hook, environ []string,
 		return nil
 	}
 	cmd.WaitDelay = waitDelay
-	err := cmd.Start()
+	err := running.start(cmd)
 	if err == nil {
-		running.add(cmd.Process.Pid)
 		err = cmd.Wait()
 		running.remove(cmd.Process.Pid)
 	}
@@ -166,10 +165,17 @@ type processGroups struct {
 	pgids map[int]bool
 }
 
-func (g *processGroups) add(pgid int) {
+// start starts cmd, in a process group of its own, and adds it. It holds
+// the lock meanwhile: a KillRunning called while the hook starts waits
+// for it to be there, rather than miss it.
+func (g *processGroups) start(cmd *exec.Cmd) error {
 	g.mu.Lock()
-	g.pgids[pgid] = true
-	g.mu.Unlock()
+	defer g.mu.Unlock()
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	g.pgids[cmd.Process.Pid] = true
+	return nil
 }
 
 func (g *processGroups) remove(pgid int) {

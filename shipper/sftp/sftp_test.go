@@ -527,11 +527,13 @@ func TestConnectionCutNoticedOnce(t *testing.T) {
 					return tr.Put(ctx, fmt.Sprintf("%s-%d", round, i), bytes.NewReader(data), int64(len(data)))
 				}
 				// A call that meets the cut before the connection's reader
-				// noticed it fails, and is tried again, as the send's
-				// retries do: the next try may meet another connection
-				// cut and not yet noticed.
+				// noticed it fails, and is tried again after a pause, as
+				// the send's retries do (with backoff): the next try may
+				// meet another stream whose connection was cut and not
+				// yet noticed.
 				err := put()
-				for try := 1; err != nil && try < 4; try++ {
+				for try := 1; err != nil && try < 10; try++ {
+					time.Sleep(time.Duration(try) * 50 * time.Millisecond)
 					err = put()
 				}
 				return err
