@@ -372,9 +372,11 @@ func (o *runOptions) lockDest(ctx context.Context, stateDir, dest string) (*ship
 		if real, err := realPath(key); err == nil {
 			lockKey = real
 		}
-	} else if cfg, err := sftp.ParseURL(key); err == nil && strings.HasPrefix(key, "sftp://") {
-		if id, err := sftp.Identity(cfg); err == nil {
-			lockKey = id
+	} else if strings.HasPrefix(key, "sftp://") {
+		if cfg, err := sftp.ParseURL(key); err == nil {
+			if id, err := sftp.Identity(cfg); err == nil {
+				lockKey = id
+			}
 		}
 	}
 	return shipper.AcquireLock(ctx, shipper.DestLockPath(stateDir, lockKey), "destination "+key, o.lockWait)

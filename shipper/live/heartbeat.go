@@ -109,14 +109,15 @@ func (s *silence) startLocked() {
 	})
 }
 
-// heartbeats calls beat every interval until stop is closed.
-func heartbeats(interval time.Duration, beat func(), stop <-chan struct{}) {
+// every calls fn every interval until stop is closed: the heartbeats, and
+// the sender's watch of its TCP lanes.
+func every(interval time.Duration, fn func(), stop <-chan struct{}) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-t.C:
-			beat()
+			fn()
 		case <-stop:
 			return
 		}
@@ -151,7 +152,7 @@ func (r *Replies) Write(p []byte) (int, error) {
 
 // beat starts the heartbeats, every interval.
 func (r *Replies) beat(interval time.Duration) {
-	go heartbeats(interval, func() {
+	go every(interval, func() {
 		r.Write(appendFrame(nil, replyBeat, nil))
 	}, r.halt)
 }

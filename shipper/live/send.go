@@ -573,7 +573,7 @@ func (s *sendSession) handshake(ctx context.Context) (time.Time, error) {
 	// From here on the receiver beats, whatever it is doing; so do we, on
 	// a goroutine that waits for nothing the data path does.
 	s.watch.arm(opts.StallTimeout)
-	go heartbeats(beatInterval(opts.StallTimeout), s.lanes[0].beat, s.stopped)
+	go every(beatInterval(opts.StallTimeout), s.lanes[0].beat, s.stopped)
 	if body, err = s.waitReply(ctx, replyReady, 0); err != nil {
 		return created, err
 	}
@@ -661,23 +661,14 @@ func (s *sendSession) watchLanes(conns []*shipper.StallConn) {
 	for _, c := range conns {
 		c.GiveUpUnacked()
 	}
-	go func() {
-		t := time.NewTicker(beatInterval(s.opts.StallTimeout))
-		defer t.Stop()
-		for {
-			select {
-			case <-s.stopped:
+	go every(beatInterval(s.opts.StallTimeout), func() {
+		for _, c := range conns {
+			if err := c.Broken(); err != nil {
+				s.cancel(linkError(err)) // the first cause stays
 				return
-			case <-t.C:
-			}
-			for _, c := range conns {
-				if err := c.Broken(); err != nil {
-					s.cancel(linkError(err))
-					return
-				}
 			}
 		}
-	}()
+	}, s.stopped)
 }
 
 // receiver names the receiver in messages.
